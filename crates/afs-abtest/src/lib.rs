@@ -1,0 +1,1 @@
+//! Champion/challenger experiments: model versions, routing and sound statistics (built by the abtest issue).

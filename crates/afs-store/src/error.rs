@@ -1,0 +1,90 @@
+//! Database-neutral errors of the store, with a `kind()` callers can match on.
+
+use std::fmt;
+
+/// The broad class of a [`StoreError`]; what callers (the CLI's exit codes, the HTTP
+/// service's status codes) match on. Upper layers never see driver errors directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The caller passed a value the store refuses (a field is empty, too large, out of range).
+    InvalidInput,
+    /// The record id (or unit) named by the caller does not exist.
+    NotFound,
+    /// The database could not be opened, migrated or written (I/O, corruption, locking).
+    Database,
+    /// A file the store was asked to write or read (an archive) failed.
+    Io,
+}
+
+/// An error from the usage store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A field of the input is invalid; `field` names it and `reason` says why.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The offending field, as named in the schema (`quality_score`, `query`, ...).
+        field: &'static str,
+        /// Why the value is refused, as a lowercase fragment.
+        reason: String,
+    },
+    /// A record in a batch is invalid; nothing of the batch was written.
+    #[error("record {index} of batch: {source}")]
+    InvalidBatchRecord {
+        /// Zero-based position of the bad record in the batch.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// No record has this id.
+    #[error("no usage record with id {id:?}")]
+    NotFound {
+        /// The id that was looked up.
+        id: String,
+    },
+    /// The database failed; the driver's error is boxed inside.
+    #[error("database error: {context}: {source}")]
+    Database {
+        /// What the store was doing.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing, naming the file.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::InvalidInput { .. } => ErrorKind::InvalidInput,
+            StoreError::InvalidBatchRecord { source, .. } => source.kind(),
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Database { .. } => ErrorKind::Database,
+            StoreError::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
+        StoreError::InvalidInput { field, reason: reason.to_string() }
+    }
+
+    pub(crate) fn db(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Database { context: context.into(), source: Box::new(source) }
+    }
+}
+
+/// Result alias of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,38 @@
+//! The usage store: the bottom layer of afs, holding the usage log, feedback and the
+//! per-model rollups every upper layer reads.
+//!
+//! The [`UsageStore`] trait is the seam between afs and its storage; [`SqliteStore`] is the
+//! embedded default (one SQLite file, WAL mode, versioned migrations, a connection pool and
+//! group commit for single-record logging). Everything that writes a timestamp asks a
+//! [`Clock`], so tests move time by hand with a [`ManualClock`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use afs_store::{NewUsage, SqliteConfig, SqliteStore, SystemClock, UsageStore, FeedbackValue};
+//!
+//! let store = SqliteStore::open(SqliteConfig::new("afs.db"), Arc::new(SystemClock))?;
+//! let id = store.log(NewUsage { quality_score: Some(0.85), ..NewUsage::new("What is 65816?", "CPU for SNES...", "nayru-v1") })?;
+//! store.record_feedback(&id, FeedbackValue::Positive, None)?;
+//! # Ok::<(), afs_store::StoreError>(())
+//! ```
+
+mod clock;
+mod error;
+mod id;
+mod query;
+mod record;
+mod sqlite;
+mod stats;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ErrorKind, Result, StoreError};
+pub use id::new_id;
+pub use query::{FeedbackFilter, Order, RecordFilter, StatsWindow};
+pub use record::{
+    dedupe_hash, validate_quality, Feedback, FeedbackValue, NewUsage, UsageRecord,
+    DEFAULT_MAX_FIELD_BYTES,
+};
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, SCHEMA_VERSION};
+pub use stats::UsageStats;
+pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};

@@ -1,0 +1,62 @@
+//! Filters for streaming records and windows for statistics.
+
+use chrono::{DateTime, Utc};
+
+/// Which records to return from [`crate::UsageStore::query`]. Every condition is optional;
+/// the default returns every record, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordFilter {
+    /// Only records at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only records strictly before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Only this expert.
+    pub expert: Option<String>,
+    /// Only this unit (user or session).
+    pub unit_id: Option<String>,
+    /// Only records with a quality score >= this value (records without a score are excluded).
+    pub min_quality: Option<f64>,
+    /// Which feedback a record must have.
+    pub feedback: FeedbackFilter,
+    /// At most this many records.
+    pub limit: Option<u64>,
+    /// Oldest or newest first.
+    pub order: Order,
+}
+
+/// A condition on a record's feedback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FeedbackFilter {
+    /// No condition.
+    #[default]
+    Any,
+    /// Feedback present (any value).
+    Present,
+    /// Feedback absent.
+    Absent,
+    /// Feedback present and >= this value (-1, 0 or 1).
+    AtLeast(i64),
+}
+
+/// Order of a record stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first (by timestamp, then insertion order).
+    #[default]
+    OldestFirst,
+    /// Newest first.
+    NewestFirst,
+}
+
+/// A time window and optional model for statistics: `[since, until)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsWindow {
+    /// Start of the window, inclusive; `None` = from the beginning.
+    pub since: Option<DateTime<Utc>>,
+    /// End of the window, exclusive; `None` = no end.
+    pub until: Option<DateTime<Utc>>,
+    /// Only this model; `None` = all models.
+    pub model: Option<String>,
+}

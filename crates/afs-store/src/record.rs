@@ -1,0 +1,281 @@
+//! Usage records: what a caller logs (`NewUsage`), what the store returns (`UsageRecord`),
+//! feedback values and input validation.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Result, StoreError};
+
+/// Default limit on the size of any one text field, in bytes (1 MiB).
+pub const DEFAULT_MAX_FIELD_BYTES: usize = 1024 * 1024;
+
+/// A user's judgement of one response: thumbs down, neutral, thumbs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FeedbackValue {
+    /// Thumbs down (-1).
+    Negative,
+    /// Neutral (0): the user reacted but neither liked nor disliked the response.
+    Neutral,
+    /// Thumbs up (1).
+    Positive,
+}
+
+impl FeedbackValue {
+    /// The integer the seed's schema stores: -1, 0 or 1.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            FeedbackValue::Negative => -1,
+            FeedbackValue::Neutral => 0,
+            FeedbackValue::Positive => 1,
+        }
+    }
+
+    /// Parses -1, 0 or 1; anything else is an `InvalidInput` error naming `user_feedback`.
+    pub fn from_i64(value: i64) -> Result<Self> {
+        match value {
+            -1 => Ok(FeedbackValue::Negative),
+            0 => Ok(FeedbackValue::Neutral),
+            1 => Ok(FeedbackValue::Positive),
+            other => Err(StoreError::invalid(
+                "user_feedback",
+                format!("{other} is not one of -1, 0, 1"),
+            )),
+        }
+    }
+}
+
+/// Feedback attached to a record: the value and an optional free-text comment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    /// The value.
+    pub value: FeedbackValue,
+    /// Optional comment from the user.
+    pub text: Option<String>,
+    /// When the feedback was given; `None` means "now" when written.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// One model call to log. Only `query`, `response` and `model` are required.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewUsage {
+    /// The user's query (non-empty).
+    pub query: String,
+    /// The model's response (non-empty).
+    pub response: String,
+    /// Model identifier, e.g. `nayru-v1` (non-empty).
+    pub model: String,
+    /// Expert or agent name, if the service routes among several.
+    pub expert: Option<String>,
+    /// Inference latency in milliseconds (finite, >= 0).
+    pub latency_ms: Option<f64>,
+    /// Token count of the call (>= 0).
+    pub token_count: Option<i64>,
+    /// Quality score in [0, 1].
+    pub quality_score: Option<f64>,
+    /// Unit of assignment: a user or session id (for sticky routing and for forgetting a user).
+    pub unit_id: Option<String>,
+    /// Context identifier (the seed's `context_hash`), free-form.
+    pub context_hash: Option<String>,
+    /// When the call happened; `None` means the store's clock at logging time.
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Feedback already known at logging time (e.g. when importing a history).
+    pub feedback: Option<Feedback>,
+}
+
+/// A stored usage record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    /// Unique id. New ids are 26-character ULIDs (sortable by time); rows migrated from the
+    /// Python module keep their 12-character ids.
+    pub id: String,
+    /// When the call happened, UTC.
+    pub timestamp: DateTime<Utc>,
+    /// The user's query.
+    pub query: String,
+    /// The model's response.
+    pub response: String,
+    /// Model identifier.
+    pub model: String,
+    /// Expert or agent name.
+    pub expert: Option<String>,
+    /// Inference latency in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Token count.
+    pub token_count: Option<i64>,
+    /// Quality score in [0, 1].
+    pub quality_score: Option<f64>,
+    /// User feedback.
+    pub feedback: Option<FeedbackValue>,
+    /// Optional feedback comment.
+    pub feedback_text: Option<String>,
+    /// When the feedback was given (unknown for feedback written by the Python module).
+    pub feedback_at: Option<DateTime<Utc>>,
+    /// Unit of assignment (user or session).
+    pub unit_id: Option<String>,
+    /// Context identifier.
+    pub context_hash: Option<String>,
+    /// BLAKE3 hex digest of the query and response (see [`dedupe_hash`]).
+    pub dedupe_hash: Option<String>,
+    /// When the row was written, if known.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// The exact-duplicate key of a query/response pair: BLAKE3 over both texts, each prefixed
+/// with its length so that ("ab", "c") and ("a", "bc") differ. Returned as 64 hex digits.
+pub fn dedupe_hash(query: &str, response: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(query.len() as u64).to_le_bytes());
+    hasher.update(query.as_bytes());
+    hasher.update(&(response.len() as u64).to_le_bytes());
+    hasher.update(response.as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Checks a quality score: finite and within [0, 1].
+pub fn validate_quality(quality: f64) -> Result<()> {
+    if !quality.is_finite() {
+        return Err(StoreError::invalid("quality_score", format!("{quality} is not a finite number")));
+    }
+    if !(0.0..=1.0).contains(&quality) {
+        return Err(StoreError::invalid("quality_score", format!("{quality} is outside [0, 1]")));
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, value: &str, required: bool, max_bytes: usize) -> Result<()> {
+    if required && value.trim().is_empty() {
+        return Err(StoreError::invalid(field, "must not be empty"));
+    }
+    if value.len() > max_bytes {
+        return Err(StoreError::invalid(
+            field,
+            format!("{} bytes exceeds the limit of {max_bytes} bytes", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_optional_text(field: &'static str, value: Option<&str>, max_bytes: usize) -> Result<()> {
+    match value {
+        Some(v) => check_text(field, v, false, max_bytes),
+        None => Ok(()),
+    }
+}
+
+/// Checks feedback text against the field size limit.
+pub(crate) fn validate_feedback_text(text: Option<&str>, max_bytes: usize) -> Result<()> {
+    check_optional_text("feedback_text", text, max_bytes)
+}
+
+impl NewUsage {
+    /// A record with the three required fields and nothing else.
+    pub fn new(query: impl Into<String>, response: impl Into<String>, model: impl Into<String>) -> Self {
+        NewUsage {
+            query: query.into(),
+            response: response.into(),
+            model: model.into(),
+            ..NewUsage::default()
+        }
+    }
+
+    /// Checks every field; the first problem found is returned, naming its field.
+    pub fn validate(&self, max_field_bytes: usize) -> Result<()> {
+        check_text("query", &self.query, true, max_field_bytes)?;
+        check_text("response", &self.response, true, max_field_bytes)?;
+        check_text("model", &self.model, true, max_field_bytes)?;
+        check_optional_text("expert", self.expert.as_deref(), max_field_bytes)?;
+        check_optional_text("unit_id", self.unit_id.as_deref(), max_field_bytes)?;
+        check_optional_text("context_hash", self.context_hash.as_deref(), max_field_bytes)?;
+        if let Some(unit) = &self.unit_id {
+            if unit.is_empty() {
+                return Err(StoreError::invalid("unit_id", "must not be empty when given"));
+            }
+        }
+        if let Some(latency) = self.latency_ms {
+            if !latency.is_finite() || latency < 0.0 {
+                return Err(StoreError::invalid(
+                    "latency_ms",
+                    format!("{latency} is not a finite number >= 0"),
+                ));
+            }
+        }
+        if let Some(tokens) = self.token_count {
+            if tokens < 0 {
+                return Err(StoreError::invalid("token_count", format!("{tokens} is negative")));
+            }
+        }
+        if let Some(quality) = self.quality_score {
+            validate_quality(quality)?;
+        }
+        if let Some(t) = self.timestamp {
+            if t.timestamp() < 0 {
+                return Err(StoreError::invalid("timestamp", format!("{t} is before 1970")));
+            }
+        }
+        if let Some(feedback) = &self.feedback {
+            validate_feedback_text(feedback.text.as_deref(), max_field_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn field_of(err: StoreError) -> &'static str {
+        match err {
+            StoreError::InvalidInput { field, .. } => field,
+            other => panic!("expected invalid input, got {other}"),
+        }
+    }
+
+    fn check(record: NewUsage, expected_field: Option<&str>) {
+        let result = record.validate(16);
+        match expected_field {
+            None => assert!(result.is_ok(), "{result:?}"),
+            Some(field) => {
+                let err = result.expect_err("expected an error");
+                assert_eq!(err.kind(), ErrorKind::InvalidInput);
+                assert_eq!(field_of(err), field);
+            }
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let ok = NewUsage::new("q", "r", "m");
+        check(ok.clone(), None);
+        check(NewUsage { query: "  ".into(), ..ok.clone() }, Some("query"));
+        check(NewUsage { response: String::new(), ..ok.clone() }, Some("response"));
+        check(NewUsage { model: String::new(), ..ok.clone() }, Some("model"));
+        check(NewUsage { query: "x".repeat(17), ..ok.clone() }, Some("query"));
+        check(NewUsage { query: "x".repeat(16), ..ok.clone() }, None);
+        check(NewUsage { quality_score: Some(f64::NAN), ..ok.clone() }, Some("quality_score"));
+        check(NewUsage { quality_score: Some(f64::INFINITY), ..ok.clone() }, Some("quality_score"));
+        check(NewUsage { quality_score: Some(1.01), ..ok.clone() }, Some("quality_score"));
+        check(NewUsage { quality_score: Some(-0.01), ..ok.clone() }, Some("quality_score"));
+        check(NewUsage { quality_score: Some(1.0), ..ok.clone() }, None);
+        check(NewUsage { latency_ms: Some(-1.0), ..ok.clone() }, Some("latency_ms"));
+        check(NewUsage { token_count: Some(-1), ..ok.clone() }, Some("token_count"));
+        check(NewUsage { unit_id: Some(String::new()), ..ok.clone() }, Some("unit_id"));
+        check(NewUsage { expert: Some("e".repeat(17)), ..ok }, Some("expert"));
+    }
+
+    #[test]
+    fn feedback_values_are_minus_one_zero_one() {
+        for v in [-1, 0, 1] {
+            assert_eq!(FeedbackValue::from_i64(v).unwrap().as_i64(), v);
+        }
+        for v in [-2, 2, 5] {
+            assert_eq!(field_of(FeedbackValue::from_i64(v).unwrap_err()), "user_feedback");
+        }
+    }
+
+    #[test]
+    fn dedupe_hash_separates_fields() {
+        assert_ne!(dedupe_hash("ab", "c"), dedupe_hash("a", "bc"));
+        assert_eq!(dedupe_hash("a", "b"), dedupe_hash("a", "b"));
+        assert_eq!(dedupe_hash("a", "b").len(), 64);
+    }
+}

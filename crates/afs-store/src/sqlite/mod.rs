@@ -1,0 +1,382 @@
+//! The SQLite implementation of [`UsageStore`]: one file, WAL mode, a connection pool for
+//! reads and short writes, and one writer thread that commits concurrent `log` calls in groups.
+
+mod migrations;
+mod rows;
+mod stream;
+mod time;
+mod window;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::clock::Clock;
+use crate::error::{Result, StoreError};
+use crate::query::{RecordFilter, StatsWindow};
+use crate::record::{
+    validate_feedback_text, validate_quality, FeedbackValue, NewUsage, UsageRecord,
+    DEFAULT_MAX_FIELD_BYTES,
+};
+use crate::stats::UsageStats;
+use crate::store::{DedupeReport, PruneReport, RecordStream, UsageStore};
+
+pub use migrations::SCHEMA_VERSION;
+use rows::{InsertRow, RECORD_COLUMNS};
+use time::{micros_of, rfc3339};
+use writer::Writer;
+
+/// How hard SQLite syncs to disk on commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// `synchronous=NORMAL` in WAL mode: a committed write survives a crash of the process;
+    /// the last commits before a power loss or OS crash may be rolled back. Much faster.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is synced to disk before it returns.
+    Full,
+}
+
+/// Settings of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; created (with its directory) when missing.
+    pub path: PathBuf,
+    /// Limit on any one text field, in bytes.
+    pub max_field_bytes: usize,
+    /// How long to wait for another connection's or process's lock before failing.
+    pub busy_timeout: Duration,
+    /// Connections in the pool (readers and short writers).
+    pub pool_size: u32,
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+}
+
+impl SqliteConfig {
+    /// Defaults for a database at `path`: 1 MiB field limit, 30 s busy timeout, 8 connections,
+    /// `synchronous=NORMAL`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteConfig {
+            path: path.into(),
+            max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+            busy_timeout: Duration::from_secs(30),
+            pool_size: 8,
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// The embedded SQLite usage store.
+pub struct SqliteStore {
+    config: SqliteConfig,
+    clock: Arc<dyn Clock>,
+    pool: Pool<SqliteConnectionManager>,
+    writer: Mutex<Option<Writer>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.config.path).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<()> {
+    conn.busy_timeout(config.busy_timeout)?;
+    let sync = match config.synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA cache_size = -16000; \
+         PRAGMA temp_store = MEMORY;"
+    ))
+}
+
+pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
+    let conn = Connection::open(&config.path)
+        .map_err(|e| StoreError::db(format!("open {}", config.path.display()), e))?;
+    configure(&conn, config).map_err(|e| StoreError::db("configure connection", e))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `config.path`.
+    ///
+    /// A database written by the Python module is migrated in place with every row kept.
+    pub fn open(config: SqliteConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                context: format!("create directory {}", dir.display()),
+                source: e,
+            })?;
+        }
+        let mut conn = open_connection(&config)?;
+        // WAL lets readers run while one writer commits; switching needs a brief exclusive
+        // lock, which the busy timeout waits for when other processes hold the file.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| StoreError::db("enable WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "database is not in WAL mode; concurrent access will be slower");
+        }
+        migrations::migrate(&mut conn)?;
+        drop(conn);
+
+        let init_config = config.clone();
+        let manager = SqliteConnectionManager::file(&config.path)
+            .with_init(move |c| configure(c, &init_config));
+        let pool = Pool::builder()
+            .max_size(config.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(config.busy_timeout)
+            .build(manager)
+            .map_err(|e| StoreError::db("create connection pool", e))?;
+        Ok(SqliteStore { config, clock, pool, writer: Mutex::new(None) })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// The settings this store was opened with.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+
+    pub(crate) fn conn(&self) -> Result<PooledConnection<SqliteConnectionManager>> {
+        self.pool.get().map_err(|e| StoreError::db("get a connection from the pool", e))
+    }
+
+    fn writer(&self) -> Result<writer::Handle> {
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(Writer::start(self.config.clone())?);
+        }
+        Ok(guard.as_ref().map(Writer::handle).expect("writer was just started"))
+    }
+
+    fn prepare(&self, record: NewUsage) -> InsertRow {
+        InsertRow::new(record, self.clock.now())
+    }
+
+    fn update_one(&self, context: &str, sql: &str, id: &str, params: &[&dyn rusqlite::ToSql]) -> Result<()> {
+        let conn = self.conn()?;
+        let changed = conn.execute(sql, params).map_err(|e| StoreError::db(context, e))?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { id: id.to_string() });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            writer.shutdown();
+        }
+    }
+}
+
+impl UsageStore for SqliteStore {
+    fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    fn log(&self, record: NewUsage) -> Result<String> {
+        record.validate(self.config.max_field_bytes)?;
+        let row = self.prepare(record);
+        self.writer()?.log(row)
+    }
+
+    fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>> {
+        for (index, record) in records.iter().enumerate() {
+            record
+                .validate(self.config.max_field_bytes)
+                .map_err(|e| StoreError::InvalidBatchRecord { index, source: Box::new(e) })?;
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<InsertRow> = records.into_iter().map(|r| self.prepare(r)).collect();
+        self.writer()?.log_batch(rows)
+    }
+
+    fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
+        validate_feedback_text(text, self.config.max_field_bytes)?;
+        let at = rfc3339(self.clock.now());
+        self.update_one(
+            "record feedback",
+            "UPDATE usage SET user_feedback = ?1, feedback_text = ?2, feedback_at = ?3 WHERE id = ?4",
+            id,
+            &[&value.as_i64(), &text, &at, &id],
+        )
+    }
+
+    fn update_quality(&self, id: &str, quality: f64) -> Result<()> {
+        validate_quality(quality)?;
+        self.update_one(
+            "update quality score",
+            "UPDATE usage SET quality_score = ?1 WHERE id = ?2",
+            id,
+            &[&quality, &id],
+        )
+    }
+
+    fn get(&self, id: &str) -> Result<UsageRecord> {
+        let conn = self.conn()?;
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE id = ?1");
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| StoreError::db("get record", e))?;
+        stmt.query_row([id], rows::record_from_row)
+            .optional()
+            .map_err(|e| StoreError::db("get record", e))?
+            .ok_or_else(|| StoreError::NotFound { id: id.to_string() })
+    }
+
+    fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>> {
+        if let Some(q) = filter.min_quality {
+            if !q.is_finite() {
+                return Err(StoreError::invalid("min_quality", format!("{q} is not a finite number")));
+            }
+        }
+        Ok(Box::new(stream::RecordPages::new(self, filter.clone())))
+    }
+
+    fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {
+        let by_model = self.stats_by_model(window)?;
+        let mut total = UsageStats::default();
+        for stats in by_model.values() {
+            total.add(stats);
+        }
+        Ok(total)
+    }
+
+    fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>> {
+        let conn = self.conn()?;
+        window::stats_grouped(&conn, window, window::Grouping::Model).map(|groups| {
+            groups.into_iter().map(|(key, stats)| (key.model, stats)).collect()
+        })
+    }
+
+    fn stats_by_hour(&self, window: &StatsWindow) -> Result<BTreeMap<DateTime<Utc>, UsageStats>> {
+        let conn = self.conn()?;
+        window::stats_grouped(&conn, window, window::Grouping::Hour).map(|groups| {
+            groups.into_iter().map(|(key, stats)| (key.hour_start(), stats)).collect()
+        })
+    }
+
+    fn count_quality_samples(&self, since: Option<DateTime<Utc>>, model: Option<&str>) -> Result<u64> {
+        let window = StatsWindow { since, until: None, model: model.map(str::to_string) };
+        Ok(self.stats(&window)?.n_quality)
+    }
+
+    fn dedupe(&self, dry_run: bool) -> Result<DedupeReport> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin dedupe", e))?;
+        // Rank each group's rows newest first; every row ranked below 1 is a duplicate.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS dedupe_victims (rid INTEGER PRIMARY KEY);
+             DELETE FROM dedupe_victims;
+             INSERT INTO dedupe_victims (rid)
+             SELECT rid FROM (
+                 SELECT rowid AS rid, ROW_NUMBER() OVER (
+                     PARTITION BY dedupe_hash ORDER BY ts_us DESC, rowid DESC) AS rank
+                 FROM usage WHERE dedupe_hash IS NOT NULL)
+             WHERE rank > 1;",
+        )
+        .map_err(|e| StoreError::db("find duplicates", e))?;
+        let (removed, duplicate_groups): (i64, i64) = tx
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM dedupe_victims),
+                        (SELECT COUNT(DISTINCT dedupe_hash) FROM usage
+                         WHERE rowid IN (SELECT rid FROM dedupe_victims))",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|e| StoreError::db("count duplicates", e))?;
+        if !dry_run {
+            tx.execute("DELETE FROM usage WHERE rowid IN (SELECT rid FROM dedupe_victims)", [])
+                .map_err(|e| StoreError::db("delete duplicates", e))?;
+        }
+        tx.execute("DELETE FROM dedupe_victims", []).map_err(|e| StoreError::db("dedupe cleanup", e))?;
+        tx.commit().map_err(|e| StoreError::db("commit dedupe", e))?;
+        Ok(DedupeReport { duplicate_groups: duplicate_groups as u64, removed: removed as u64, dry_run })
+    }
+
+    fn prune(&self, cutoff: DateTime<Utc>, archive: Option<&Path>) -> Result<PruneReport> {
+        let cutoff_us = micros_of(cutoff);
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin prune", e))?;
+        let mut archived = 0u64;
+        if let Some(path) = archive {
+            archived = write_archive(&tx, cutoff_us, path)?;
+        }
+        let removed = tx
+            .execute("DELETE FROM usage WHERE ts_us < ?1", [cutoff_us])
+            .map_err(|e| StoreError::db("delete old records", e))? as u64;
+        tx.commit().map_err(|e| StoreError::db("commit prune", e))?;
+        Ok(PruneReport { removed, archived })
+    }
+
+    fn forget_unit(&self, unit_id: &str) -> Result<u64> {
+        if unit_id.is_empty() {
+            return Err(StoreError::invalid("unit_id", "must not be empty"));
+        }
+        let conn = self.conn()?;
+        let removed = conn
+            .execute("DELETE FROM usage WHERE unit_id = ?1", [unit_id])
+            .map_err(|e| StoreError::db("forget unit", e))?;
+        Ok(removed as u64)
+    }
+
+    fn rebuild_rollups(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin rollup rebuild", e))?;
+        tx.execute_batch(&migrations::rebuild_rollups_sql())
+            .map_err(|e| StoreError::db("rebuild rollups", e))?;
+        tx.commit().map_err(|e| StoreError::db("commit rollup rebuild", e))
+    }
+}
+
+/// Writes every record older than `cutoff_us` to a new file at `path` as JSON lines and syncs
+/// it. On any failure the partial file is removed, so an archive either is whole or absent.
+fn write_archive(tx: &rusqlite::Transaction<'_>, cutoff_us: i64, path: &Path) -> Result<u64> {
+    let io_err = |e: std::io::Error| StoreError::Io { context: format!("write archive {}", path.display()), source: e };
+    let file = OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err)?;
+    let result = (|| {
+        let mut out = BufWriter::new(file);
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE ts_us < ?1 ORDER BY ts_us, rowid");
+        let mut stmt = tx.prepare(&sql).map_err(|e| StoreError::db("read records to archive", e))?;
+        let mut rows = stmt.query(params![cutoff_us]).map_err(|e| StoreError::db("read records to archive", e))?;
+        let mut n = 0u64;
+        while let Some(row) = rows.next().map_err(|e| StoreError::db("read records to archive", e))? {
+            let record = rows::record_from_row(row).map_err(|e| StoreError::db("read records to archive", e))?;
+            serde_json::to_writer(&mut out, &rows::ArchiveLine::from(&record))
+                .map_err(|e| io_err(std::io::Error::other(e)))?;
+            out.write_all(b"\n").map_err(io_err)?;
+            n += 1;
+        }
+        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.sync_all().map_err(io_err)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}

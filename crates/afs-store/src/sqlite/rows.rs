@@ -1,0 +1,156 @@
+//! Mapping between record types and `usage` rows.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, Row};
+use serde::Serialize;
+
+use super::migrations::parse_legacy_time;
+use super::time::{micros_of, rfc3339, time_of_micros};
+use crate::id::new_id;
+use crate::record::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
+
+/// The columns [`record_from_row`] reads, in order. `rowid` comes last for keyset paging.
+pub(crate) const RECORD_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
+    token_count, quality_score, user_feedback, feedback_text, feedback_at, unit_id, context_hash, \
+    dedupe_hash, created_at, rowid";
+
+/// A record ready to insert: id, times and hash computed in the caller's thread, so the
+/// writer thread only runs SQL.
+#[derive(Debug)]
+pub(crate) struct InsertRow {
+    pub(crate) id: String,
+    record: NewUsage,
+    ts_us: i64,
+    timestamp: String,
+    created_at: String,
+    dedupe_hash: String,
+    feedback_at: Option<String>,
+}
+
+impl InsertRow {
+    pub(crate) fn new(record: NewUsage, now: DateTime<Utc>) -> Self {
+        let when = record.timestamp.unwrap_or(now);
+        let feedback_at = record.feedback.as_ref().map(|f| rfc3339(f.at.unwrap_or(now)));
+        InsertRow {
+            id: new_id(now),
+            ts_us: micros_of(when),
+            timestamp: rfc3339(when),
+            created_at: rfc3339(now),
+            dedupe_hash: dedupe_hash(&record.query, &record.response),
+            feedback_at,
+            record,
+        }
+    }
+
+    pub(crate) fn insert(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO usage (id, timestamp, query, response, model, expert, latency_ms, \
+             token_count, quality_score, user_feedback, feedback_text, context_hash, dedupe_hash, \
+             created_at, ts_us, feedback_at, unit_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        )?;
+        let r = &self.record;
+        stmt.execute(params![
+            self.id,
+            self.timestamp,
+            r.query,
+            r.response,
+            r.model,
+            r.expert,
+            r.latency_ms,
+            r.token_count,
+            r.quality_score,
+            r.feedback.as_ref().map(|f| f.value.as_i64()),
+            r.feedback.as_ref().and_then(|f| f.text.as_deref()),
+            r.context_hash,
+            self.dedupe_hash,
+            self.created_at,
+            self.ts_us,
+            self.feedback_at,
+            r.unit_id,
+        ])?;
+        Ok(())
+    }
+}
+
+fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
+    text.as_deref().and_then(parse_legacy_time)
+}
+
+/// Reads a record from a row selected with [`RECORD_COLUMNS`].
+pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+    let feedback: Option<i64> = row.get(9)?;
+    Ok(UsageRecord {
+        id: row.get(0)?,
+        timestamp: time_of_micros(row.get::<_, Option<i64>>(1)?.unwrap_or(0)),
+        query: row.get(2)?,
+        response: row.get(3)?,
+        model: row.get(4)?,
+        expert: row.get(5)?,
+        latency_ms: row.get(6)?,
+        token_count: row.get(7)?,
+        quality_score: row.get(8)?,
+        // Values outside {-1, 0, 1} can only come from a foreign writer; show them as absent
+        // rather than failing the whole read.
+        feedback: feedback.and_then(|v| FeedbackValue::from_i64(v).ok()),
+        feedback_text: row.get(10)?,
+        feedback_at: parse_time(row.get(11)?),
+        unit_id: row.get(12)?,
+        context_hash: row.get(13)?,
+        dedupe_hash: row.get(14)?,
+        created_at: parse_time(row.get(15)?),
+    })
+}
+
+/// One line of a prune archive: the import format's field names plus the record's id and
+/// bookkeeping times, so an archive can be read back by `afs import`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ArchiveLine<'a> {
+    id: &'a str,
+    timestamp: String,
+    query: &'a str,
+    response: &'a str,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expert: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feedback: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feedback_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feedback_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_hash: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<String>,
+}
+
+impl<'a> From<&'a UsageRecord> for ArchiveLine<'a> {
+    fn from(r: &'a UsageRecord) -> Self {
+        ArchiveLine {
+            id: &r.id,
+            timestamp: rfc3339(r.timestamp),
+            query: &r.query,
+            response: &r.response,
+            model: &r.model,
+            expert: r.expert.as_deref(),
+            latency_ms: r.latency_ms,
+            token_count: r.token_count,
+            quality_score: r.quality_score,
+            feedback: r.feedback.map(FeedbackValue::as_i64),
+            feedback_text: r.feedback_text.as_deref(),
+            feedback_at: r.feedback_at.map(rfc3339),
+            unit: r.unit_id.as_deref(),
+            context_hash: r.context_hash.as_deref(),
+            created_at: r.created_at.map(rfc3339),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Streaming reads: records are fetched in keyset-paginated pages, so memory stays bounded
+//! and no read transaction is held open between pages.
+
+use std::collections::VecDeque;
+
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
+
+use super::rows::{record_from_row, RECORD_COLUMNS};
+use super::time::micros_of;
+use super::SqliteStore;
+use crate::error::{Result, StoreError};
+use crate::query::{FeedbackFilter, Order, RecordFilter};
+use crate::record::UsageRecord;
+
+/// The first page is small so the first record arrives quickly; later pages grow.
+const FIRST_PAGE: u64 = 64;
+const MAX_PAGE: u64 = 2048;
+
+pub(crate) struct RecordPages<'a> {
+    store: &'a SqliteStore,
+    filter: RecordFilter,
+    /// `(ts_us, rowid)` of the last record returned; the next page starts after it.
+    after: Option<(i64, i64)>,
+    buffer: VecDeque<UsageRecord>,
+    page_size: u64,
+    remaining: Option<u64>,
+    exhausted: bool,
+}
+
+impl<'a> RecordPages<'a> {
+    pub(crate) fn new(store: &'a SqliteStore, filter: RecordFilter) -> Self {
+        let remaining = filter.limit;
+        RecordPages {
+            store,
+            filter,
+            after: None,
+            buffer: VecDeque::new(),
+            page_size: FIRST_PAGE,
+            remaining,
+            exhausted: false,
+        }
+    }
+
+    fn fetch_page(&mut self) -> Result<()> {
+        let f = &self.filter;
+        let mut conds: Vec<&str> = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(since) = f.since {
+            conds.push("ts_us >= ?");
+            args.push(micros_of(since).into());
+        }
+        if let Some(until) = f.until {
+            conds.push("ts_us < ?");
+            args.push(micros_of(until).into());
+        }
+        if let Some(model) = &f.model {
+            conds.push("model = ?");
+            args.push(model.clone().into());
+        }
+        if let Some(expert) = &f.expert {
+            conds.push("expert = ?");
+            args.push(expert.clone().into());
+        }
+        if let Some(unit) = &f.unit_id {
+            conds.push("unit_id = ?");
+            args.push(unit.clone().into());
+        }
+        if let Some(q) = f.min_quality {
+            conds.push("quality_score >= ?");
+            args.push(q.into());
+        }
+        match f.feedback {
+            FeedbackFilter::Any => {}
+            FeedbackFilter::Present => conds.push("user_feedback IS NOT NULL"),
+            FeedbackFilter::Absent => conds.push("user_feedback IS NULL"),
+            FeedbackFilter::AtLeast(v) => {
+                conds.push("user_feedback >= ?");
+                args.push(v.into());
+            }
+        }
+        let (cmp, dir) = match f.order {
+            Order::OldestFirst => (">", "ASC"),
+            Order::NewestFirst => ("<", "DESC"),
+        };
+        let keyset = format!("(ts_us, rowid) {cmp} (?, ?)");
+        if let Some((ts, rowid)) = self.after {
+            conds.push(&keyset);
+            args.push(ts.into());
+            args.push(rowid.into());
+        }
+        let page = match self.remaining {
+            Some(left) => left.min(self.page_size),
+            None => self.page_size,
+        };
+        let where_sql = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} \
+             ORDER BY ts_us {dir}, rowid {dir} LIMIT {page}"
+        );
+        let conn = self.store.conn()?;
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| StoreError::db("query records", e))?;
+        let mut rows = stmt.query(params_from_iter(args)).map_err(|e| StoreError::db("query records", e))?;
+        let mut n = 0u64;
+        while let Some(row) = rows.next().map_err(|e| StoreError::db("query records", e))? {
+            let record = record_from_row(row).map_err(|e| StoreError::db("read record", e))?;
+            let rowid: i64 = row.get(16).map_err(|e| StoreError::db("read record", e))?;
+            let ts: Option<i64> = row.get(17).map_err(|e| StoreError::db("read record", e))?;
+            self.after = Some((ts.unwrap_or(0), rowid));
+            self.buffer.push_back(record);
+            n += 1;
+        }
+        if n < page {
+            self.exhausted = true;
+        }
+        self.page_size = (self.page_size * 4).min(MAX_PAGE);
+        Ok(())
+    }
+}
+
+impl Iterator for RecordPages<'_> {
+    type Item = Result<UsageRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        if self.buffer.is_empty() && !self.exhausted {
+            if let Err(e) = self.fetch_page() {
+                self.exhausted = true;
+                return Some(Err(e));
+            }
+        }
+        let record = self.buffer.pop_front()?;
+        if let Some(left) = self.remaining.as_mut() {
+            *left -= 1;
+        }
+        Some(Ok(record))
+    }
+}

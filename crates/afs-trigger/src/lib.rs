@@ -1,0 +1,1 @@
+//! Retraining triggers and the retrainer: decides when to retrain and runs one retrain (built by the trigger issue).
