@@ -13,7 +13,7 @@ use super::time::micros_of;
 use crate::error::{Result, StoreError};
 use crate::record::dedupe_hash;
 
-/// The schema version this build writes and understands.
+/// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
 pub const SCHEMA_VERSION: i64 = 2;
 
 const V1_SEED_USAGE: &str = "
@@ -143,6 +143,30 @@ END;
     )
 }
 
+/// One schema step: the version it brings the database to, and how.
+struct Migration {
+    version: i64,
+    apply: fn(&rusqlite::Transaction<'_>) -> Result<()>,
+}
+
+/// Every migration, in order. A new step appends an entry (its SQL may live in the module
+/// that owns the tables) and raises [`SCHEMA_VERSION`]; a released step is never edited.
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, apply: migrate_v1_seed_usage },
+    Migration { version: 2, apply: migrate_v2_afs_usage },
+];
+
+fn migrate_v1_seed_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(V1_SEED_USAGE).map_err(|e| StoreError::db("migration 1", e))
+}
+
+fn migrate_v2_afs_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(&v2_schema()).map_err(|e| StoreError::db("migration 2", e))?;
+    backfill_seed_rows(tx)?;
+    tx.execute_batch(&rebuild_rollups_sql())
+        .map_err(|e| StoreError::db("migration 2: build rollups", e))
+}
+
 /// Brings the database to [`SCHEMA_VERSION`] in one immediate transaction, so several
 /// processes opening a new file at once migrate it exactly once.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
@@ -160,14 +184,8 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
             )),
         ));
     }
-    if version < 1 {
-        tx.execute_batch(V1_SEED_USAGE).map_err(|e| StoreError::db("migration 1", e))?;
-    }
-    if version < 2 {
-        tx.execute_batch(&v2_schema()).map_err(|e| StoreError::db("migration 2", e))?;
-        backfill_seed_rows(&tx)?;
-        tx.execute_batch(&rebuild_rollups_sql())
-            .map_err(|e| StoreError::db("migration 2: build rollups", e))?;
+    for step in MIGRATIONS.iter().filter(|m| m.version > version) {
+        (step.apply)(&tx)?;
     }
     if version < SCHEMA_VERSION {
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
@@ -246,4 +264,16 @@ pub(crate) fn parse_legacy_time(text: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_the_last_migration_and_steps_are_consecutive() {
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let expected: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions, expected);
+    }
 }
