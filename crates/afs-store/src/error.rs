@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Database,
     /// A file the store was asked to write or read (an archive) failed.
     Io,
+    /// The operation conflicts with the current state (e.g. a retrain is already running).
+    Conflict,
 }
 
 /// An error from the usage store.
@@ -51,6 +53,12 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The operation conflicts with the current state; `reason` says with what.
+    #[error("{reason}")]
+    Conflict {
+        /// What is in the way, as a lowercase fragment.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -71,18 +79,25 @@ impl StoreError {
             StoreError::NotFound { .. } => ErrorKind::NotFound,
             StoreError::Database { .. } => ErrorKind::Database,
             StoreError::Io { .. } => ErrorKind::Io,
+            StoreError::Conflict { .. } => ErrorKind::Conflict,
         }
     }
 
     pub(crate) fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
-        StoreError::InvalidInput { field, reason: reason.to_string() }
+        StoreError::InvalidInput {
+            field,
+            reason: reason.to_string(),
+        }
     }
 
     pub(crate) fn db(
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        StoreError::Database { context: context.into(), source: Box::new(source) }
+        StoreError::Database {
+            context: context.into(),
+            source: Box::new(source),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::error::{Result, StoreError};
 const MAX_GROUP: usize = 1024;
 
 enum Job {
-    One(InsertRow, Sender<Result<String>>),
+    One(Box<InsertRow>, Sender<Result<String>>),
     Batch(Vec<InsertRow>, Sender<Result<Vec<String>>>),
 }
 
@@ -30,19 +30,26 @@ pub(crate) struct Handle {
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::db("log record", std::io::Error::other("the writer thread stopped"))
+    StoreError::db(
+        "log record",
+        std::io::Error::other("the writer thread stopped"),
+    )
 }
 
 impl Handle {
     pub(crate) fn log(&self, row: InsertRow) -> Result<String> {
         let (reply, answer) = mpsc::channel();
-        self.jobs.send(Job::One(row, reply)).map_err(|_| writer_gone())?;
+        self.jobs
+            .send(Job::One(Box::new(row), reply))
+            .map_err(|_| writer_gone())?;
         answer.recv().map_err(|_| writer_gone())?
     }
 
     pub(crate) fn log_batch(&self, rows: Vec<InsertRow>) -> Result<Vec<String>> {
         let (reply, answer) = mpsc::channel();
-        self.jobs.send(Job::Batch(rows, reply)).map_err(|_| writer_gone())?;
+        self.jobs
+            .send(Job::Batch(rows, reply))
+            .map_err(|_| writer_gone())?;
         answer.recv().map_err(|_| writer_gone())?
     }
 }
@@ -54,12 +61,17 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("afs-store-writer".into())
             .spawn(move || run(conn, queue))
-            .map_err(|e| StoreError::Io { context: "start the writer thread".into(), source: e })?;
+            .map_err(|e| StoreError::Io {
+                context: "start the writer thread".into(),
+                source: e,
+            })?;
         Ok(Writer { jobs, thread })
     }
 
     pub(crate) fn handle(&self) -> Handle {
-        Handle { jobs: self.jobs.clone() }
+        Handle {
+            jobs: self.jobs.clone(),
+        }
     }
 
     /// Stops accepting jobs and waits for the thread to finish the ones queued.
@@ -76,16 +88,21 @@ fn run(mut conn: Connection, queue: Receiver<Job>) {
         let mut next = Some(first);
         while let Some(job) = next {
             match job {
-                Job::One(row, reply) => singles.push((row, reply)),
+                Job::One(row, reply) => singles.push((*row, reply)),
                 Job::Batch(rows, reply) => batches.push((rows, reply)),
             }
-            next = if singles.len() < MAX_GROUP { queue.try_recv().ok() } else { None };
+            next = if singles.len() < MAX_GROUP {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
         }
         if !singles.is_empty() {
             commit_group(&mut conn, singles);
         }
         for (rows, reply) in batches {
-            let result = insert_all(&mut conn, rows.iter()).map(|()| rows.into_iter().map(|r| r.id).collect());
+            let result = insert_all(&mut conn, rows.iter())
+                .map(|()| rows.into_iter().map(|r| r.id).collect());
             let _ = reply.send(result);
         }
     }
@@ -96,7 +113,8 @@ fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRo
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::db("begin write", e))?;
     for row in rows {
-        row.insert(&tx).map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
+        row.insert(&tx)
+            .map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
     }
     tx.commit().map_err(|e| StoreError::db("commit", e))
 }

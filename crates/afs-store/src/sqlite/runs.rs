@@ -1,0 +1,298 @@
+//! `RunStore` for SQLite: the `retrain_runs` and `afs_state` tables (schema version 4).
+
+use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+
+use super::migrations::parse_legacy_time;
+use super::time::rfc3339;
+use super::SqliteStore;
+use crate::error::{Result, StoreError};
+use crate::id::new_id;
+use crate::runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
+use crate::UsageStore;
+
+const V4_RUNS: &str = "
+CREATE TABLE retrain_runs (
+    id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'timed_out', 'interrupted')),
+    trigger_type TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    dataset_manifest TEXT,
+    dataset_path TEXT,
+    n_samples INTEGER,
+    model_path TEXT,
+    metrics TEXT,
+    error TEXT,
+    owner_pid INTEGER NOT NULL,
+    owner_start TEXT NOT NULL
+);
+CREATE INDEX retrain_runs_status ON retrain_runs (status, started_at);
+CREATE TABLE afs_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+";
+
+/// Migration 4: retrain runs and controller state.
+pub(crate) fn migrate_v4(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(V4_RUNS)
+        .map_err(|e| StoreError::db("migration 4", e))
+}
+
+const RUN_COLUMNS: &str = "id, started_at, finished_at, status, trigger_type, trigger, run_dir, \
+    dataset_manifest, dataset_path, n_samples, model_path, metrics, error, owner_pid";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RetrainRun> {
+    let time = |i: usize| -> rusqlite::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(row
+            .get::<_, Option<String>>(i)?
+            .as_deref()
+            .and_then(parse_legacy_time))
+    };
+    let status: String = row.get(3)?;
+    Ok(RetrainRun {
+        id: row.get(0)?,
+        started_at: time(1)?.unwrap_or_default(),
+        finished_at: time(2)?,
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        trigger_type: row.get(4)?,
+        trigger: row.get(5)?,
+        run_dir: row.get(6)?,
+        dataset_manifest: row.get(7)?,
+        dataset_path: row.get(8)?,
+        n_samples: row.get::<_, Option<i64>>(9)?.map(|n| n.max(0) as u64),
+        model_path: row.get(10)?,
+        metrics: row.get(11)?,
+        error: row.get(12)?,
+        owner_pid: row.get::<_, i64>(13)?.clamp(0, i64::from(u32::MAX)) as u32,
+    })
+}
+
+/// Identifies a process beyond its pid (pids are reused): its start time in clock ticks
+/// since boot, from `/proc/PID/stat`, plus the boot id. Empty where `/proc` is unavailable.
+fn process_identity(pid: u32) -> String {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return String::new();
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return String::new();
+    };
+    let start_ticks = rest.split_whitespace().nth(19).unwrap_or("");
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{}:{start_ticks}", boot.trim())
+}
+
+/// Whether the process that recorded `identity` as `pid` is still running. Without `/proc`
+/// (identity empty) the owner is assumed alive: a stuck lock is safer than two trainers.
+fn owner_alive(pid: u32, identity: &str) -> bool {
+    if identity.is_empty() {
+        return true;
+    }
+    process_identity(pid) == identity
+}
+
+impl SqliteStore {
+    fn fail_dead_runs(&self, tx: &rusqlite::Transaction<'_>) -> Result<Vec<String>> {
+        let mut stmt = tx
+            .prepare("SELECT id, owner_pid, owner_start FROM retrain_runs WHERE status = 'running'")
+            .map_err(|e| StoreError::db("read running runs", e))?;
+        let running: Vec<(String, i64, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| StoreError::db("read running runs", e))?;
+        let now = rfc3339(self.clock().now());
+        let mut failed = Vec::new();
+        for (id, pid, identity) in running {
+            let pid = pid.clamp(0, i64::from(u32::MAX)) as u32;
+            if owner_alive(pid, &identity) {
+                continue;
+            }
+            tx.execute(
+                "UPDATE retrain_runs SET status = 'failed', finished_at = ?1, error = ?2 WHERE id = ?3",
+                params![now, format!("the process that ran it (pid {pid}) died before it finished"), id],
+            )
+            .map_err(|e| StoreError::db("mark stale run failed", e))?;
+            tracing::warn!(run = %id, pid, "marked a run left running by a dead process as failed");
+            failed.push(id);
+        }
+        Ok(failed)
+    }
+}
+
+impl RunStore for SqliteStore {
+    fn begin_run(&self, run: NewRun) -> Result<RetrainRun> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin run", e))?;
+        self.fail_dead_runs(&tx)?;
+        let busy: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT id, owner_pid FROM retrain_runs WHERE status = 'running' LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| StoreError::db("check running runs", e))?;
+        if let Some((id, pid)) = busy {
+            return Err(StoreError::Conflict {
+                reason: format!("retrain run {id} is already running (pid {pid})"),
+            });
+        }
+        let now = self.clock().now();
+        let id = new_id(now);
+        let pid = std::process::id();
+        tx.execute(
+            "INSERT INTO retrain_runs (id, started_at, status, trigger_type, trigger, run_dir, owner_pid, owner_start)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
+            params![id, rfc3339(now), run.trigger_type, run.trigger, run.run_dir, pid, process_identity(pid)],
+        )
+        .map_err(|e| StoreError::db("insert run", e))?;
+        tx.commit()
+            .map_err(|e| StoreError::db("commit run start", e))?;
+        self.run(&id)
+    }
+
+    fn set_run_dataset(
+        &self,
+        id: &str,
+        dataset_path: &str,
+        manifest: &str,
+        n_samples: u64,
+    ) -> Result<()> {
+        let conn = self.conn()?;
+        let changed = conn
+            .execute(
+                "UPDATE retrain_runs SET dataset_path = ?1, dataset_manifest = ?2, n_samples = ?3
+                 WHERE id = ?4 AND status = 'running'",
+                params![dataset_path, manifest, n_samples as i64, id],
+            )
+            .map_err(|e| StoreError::db("record run dataset", e))?;
+        if changed == 0 {
+            self.run(id)?;
+            return Err(StoreError::Conflict {
+                reason: format!("retrain run {id} is not running"),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish_run(&self, id: &str, outcome: RunOutcome) -> Result<RetrainRun> {
+        if outcome.status == RunStatus::Running {
+            return Err(StoreError::invalid(
+                "status",
+                "a run cannot finish as running",
+            ));
+        }
+        let conn = self.conn()?;
+        let changed = conn
+            .execute(
+                "UPDATE retrain_runs SET status = ?1, finished_at = ?2, model_path = ?3, metrics = ?4, error = ?5
+                 WHERE id = ?6 AND status = 'running'",
+                params![
+                    outcome.status.as_str(),
+                    rfc3339(self.clock().now()),
+                    outcome.model_path,
+                    outcome.metrics,
+                    outcome.error,
+                    id
+                ],
+            )
+            .map_err(|e| StoreError::db("finish run", e))?;
+        if changed == 0 {
+            let run = self.run(id)?;
+            return Err(StoreError::Conflict {
+                reason: format!(
+                    "retrain run {id} already finished as {}",
+                    run.status.as_str()
+                ),
+            });
+        }
+        drop(conn);
+        self.run(id)
+    }
+
+    fn run(&self, id: &str) -> Result<RetrainRun> {
+        let conn = self.conn()?;
+        conn.query_row(
+            &format!("SELECT {RUN_COLUMNS} FROM retrain_runs WHERE id = ?1"),
+            [id],
+            run_from_row,
+        )
+        .optional()
+        .map_err(|e| StoreError::db("read run", e))?
+        .ok_or_else(|| StoreError::NotFound { id: id.to_string() })
+    }
+
+    fn runs(&self, limit: usize) -> Result<Vec<RetrainRun>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM retrain_runs ORDER BY started_at DESC, id DESC LIMIT ?1"
+            ))
+            .map_err(|e| StoreError::db("list runs", e))?;
+        let rows = stmt
+            .query_map([limit.min(i64::MAX as usize) as i64], run_from_row)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| StoreError::db("list runs", e))?;
+        Ok(rows)
+    }
+
+    fn last_run_with_status(&self, status: RunStatus) -> Result<Option<RetrainRun>> {
+        let conn = self.conn()?;
+        conn.query_row(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM retrain_runs WHERE status = ?1 ORDER BY started_at DESC, id DESC LIMIT 1"
+            ),
+            [status.as_str()],
+            run_from_row,
+        )
+        .optional()
+        .map_err(|e| StoreError::db("read last run", e))
+    }
+
+    fn recover_stale_runs(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin run recovery", e))?;
+        let failed = self.fail_dead_runs(&tx)?;
+        tx.commit()
+            .map_err(|e| StoreError::db("commit run recovery", e))?;
+        Ok(failed)
+    }
+
+    fn state(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.conn()?;
+        conn.query_row("SELECT value FROM afs_state WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| StoreError::db(format!("read state {key}"), e))
+    }
+
+    fn put_states(&self, entries: &[(&str, &str)]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin state write", e))?;
+        let now = rfc3339(self.clock().now());
+        for (key, value) in entries {
+            if key.is_empty() {
+                return Err(StoreError::invalid("key", "must not be empty"));
+            }
+            tx.execute(
+                "INSERT INTO afs_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, value, now],
+            )
+            .map_err(|e| StoreError::db(format!("write state {key}"), e))?;
+        }
+        tx.commit()
+            .map_err(|e| StoreError::db("commit state write", e))
+    }
+}

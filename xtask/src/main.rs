@@ -1,0 +1,222 @@
+//! `cargo xtask`: the afs repository's automation (CI checks, layering, benchmarks).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const HELP: &str = "\
+cargo xtask: automation for the afs repository
+
+Usage: cargo xtask <COMMAND> [ARGS...]
+
+Commands:
+  ci               Run every CI check in order, stopping at the first failure:
+                     1. cargo fmt --all -- --check
+                     2. cargo clippy --workspace --all-targets -- -D warnings
+                     3. the layering check (see `layering`)
+                     4. cargo test --workspace, with AFS_SLOW_TESTS=1 so slow suites run
+                   This is what .ci/run runs.
+  layering         Check that afs crates depend only downward: every afs-* edge in
+                   crates/*/Cargo.toml ([dependencies], [build-dependencies] and
+                   [dev-dependencies]) must be allowed by the layer table in
+                   xtask/src/layering.rs (see docs/ARCHITECTURE.md).
+  bench [ARGS...]  Build afs-cli in release mode, then run the benchmark harness:
+                   cargo run --release -p afs-bench -- ARGS...
+  help             Print this help (also -h, --help).
+
+Exit status: 0 when the command succeeded, 1 when a step failed, 2 on a usage error.
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let Some(command) = args.next() else {
+        eprint!("error: no command given\n\n{HELP}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<OsString> = args.collect();
+    let result = match command.to_str() {
+        Some("ci") if rest.is_empty() => ci(),
+        Some("layering") if rest.is_empty() => layering(),
+        Some("bench") => bench(&rest),
+        Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some("ci" | "layering") => {
+            eprintln!(
+                "error: `{}` takes no arguments\n\nRun `cargo xtask --help` for usage.",
+                command.to_string_lossy()
+            );
+            return ExitCode::from(2);
+        }
+        _ => {
+            eprintln!(
+                "error: unknown command `{}`\n\nRun `cargo xtask --help` for usage.",
+                command.to_string_lossy()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask lives in `<root>/xtask`.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo that launched us (`cargo xtask` sets `CARGO`), so the same toolchain is used.
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root());
+    command
+}
+
+/// Runs a command to completion, inheriting stdio, and fails if it exits non-zero.
+fn run(mut command: Command) -> Result<()> {
+    let shown = describe(&command);
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    let mut parts: Vec<String> = command
+        .get_envs()
+        .filter_map(|(key, value)| {
+            let value = value?;
+            Some(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ))
+        })
+        .collect();
+    // Show `cargo`, not the absolute path in $CARGO.
+    let program = Path::new(command.get_program())
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parts.push(program);
+    parts.extend(
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned()),
+    );
+    parts.join(" ")
+}
+
+/// One step of `cargo xtask ci`.
+type Step = fn() -> Result<()>;
+
+fn ci() -> Result<()> {
+    let start = Instant::now();
+    let steps: [(&str, Step); 4] = [
+        ("fmt", fmt_check),
+        ("clippy", clippy),
+        ("layering", layering),
+        ("test", test),
+    ];
+    let n_steps = steps.len();
+    for (i, (name, step)) in steps.into_iter().enumerate() {
+        eprintln!("\n==> ci step {}/{n_steps}: {name}", i + 1);
+        if let Err(err) = step() {
+            eprintln!(
+                "\n==> ci failed at step `{name}` after {}",
+                format_duration(start.elapsed())
+            );
+            return Err(err.context(format!("ci step `{name}` failed")));
+        }
+    }
+    eprintln!(
+        "\n==> ci passed: {n_steps} steps in {}",
+        format_duration(start.elapsed())
+    );
+    Ok(())
+}
+
+fn fmt_check() -> Result<()> {
+    let mut command = cargo();
+    command.args(["fmt", "--all", "--", "--check"]);
+    run(command).context("formatting differs; run `cargo fmt --all`")
+}
+
+fn clippy() -> Result<()> {
+    let mut command = cargo();
+    command.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(command)
+}
+
+fn test() -> Result<()> {
+    let mut command = cargo();
+    // Slow suites only run when this is set; CI always runs them.
+    command
+        .args(["test", "--workspace"])
+        .env("AFS_SLOW_TESTS", "1");
+    run(command)
+}
+
+fn layering() -> Result<()> {
+    let root = root();
+    let manifests = xtask::layering::workspace_manifests(&root)?;
+    let violations = xtask::layering::check(&manifests);
+    if violations.is_empty() {
+        eprintln!(
+            "layering ok: {} crates under crates/ depend only downward",
+            manifests.len()
+        );
+        return Ok(());
+    }
+    for violation in &violations {
+        eprintln!("{violation}");
+    }
+    bail!(
+        "{} layering violation(s); the allowed edges are listed in xtask/src/layering.rs",
+        violations.len()
+    );
+}
+
+fn bench(args: &[OsString]) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "afs-cli"]);
+    run(build).context("cannot build afs-cli for the benchmark")?;
+
+    let mut bench = cargo();
+    bench
+        .args(["run", "--release", "-p", "afs-bench", "--"])
+        .args(args);
+    run(bench)
+}
+
+fn format_duration(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let whole = elapsed.as_secs();
+    format!("{}m {:02}s", whole / 60, whole % 60)
+}
