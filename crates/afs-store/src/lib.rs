@@ -18,21 +18,29 @@
 
 mod clock;
 mod error;
+mod experiment;
 mod id;
 mod query;
 mod record;
+mod runs;
 mod sqlite;
 mod stats;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, Result, StoreError};
+pub use experiment::{
+    Decision, EventFilter, EventKind, EventNote, Experiment, ExperimentEvent, ExperimentPeriod,
+    ExperimentStatus, ExperimentStore, ModelVersion, NewModelVersion, SequentialState,
+    VersionStatus, WeightSource,
+};
 pub use id::new_id;
 pub use query::{FeedbackFilter, Order, RecordFilter, StatsWindow};
 pub use record::{
     dedupe_hash, validate_quality, Feedback, FeedbackValue, NewUsage, UsageRecord,
     DEFAULT_MAX_FIELD_BYTES,
 };
+pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, SCHEMA_VERSION};
 pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};

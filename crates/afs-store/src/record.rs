@@ -133,10 +133,16 @@ pub fn dedupe_hash(query: &str, response: &str) -> String {
 /// Checks a quality score: finite and within [0, 1].
 pub fn validate_quality(quality: f64) -> Result<()> {
     if !quality.is_finite() {
-        return Err(StoreError::invalid("quality_score", format!("{quality} is not a finite number")));
+        return Err(StoreError::invalid(
+            "quality_score",
+            format!("{quality} is not a finite number"),
+        ));
     }
     if !(0.0..=1.0).contains(&quality) {
-        return Err(StoreError::invalid("quality_score", format!("{quality} is outside [0, 1]")));
+        return Err(StoreError::invalid(
+            "quality_score",
+            format!("{quality} is outside [0, 1]"),
+        ));
     }
     Ok(())
 }
@@ -148,7 +154,10 @@ fn check_text(field: &'static str, value: &str, required: bool, max_bytes: usize
     if value.len() > max_bytes {
         return Err(StoreError::invalid(
             field,
-            format!("{} bytes exceeds the limit of {max_bytes} bytes", value.len()),
+            format!(
+                "{} bytes exceeds the limit of {max_bytes} bytes",
+                value.len()
+            ),
         ));
     }
     Ok(())
@@ -168,7 +177,11 @@ pub(crate) fn validate_feedback_text(text: Option<&str>, max_bytes: usize) -> Re
 
 impl NewUsage {
     /// A record with the three required fields and nothing else.
-    pub fn new(query: impl Into<String>, response: impl Into<String>, model: impl Into<String>) -> Self {
+    pub fn new(
+        query: impl Into<String>,
+        response: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
         NewUsage {
             query: query.into(),
             response: response.into(),
@@ -184,10 +197,17 @@ impl NewUsage {
         check_text("model", &self.model, true, max_field_bytes)?;
         check_optional_text("expert", self.expert.as_deref(), max_field_bytes)?;
         check_optional_text("unit_id", self.unit_id.as_deref(), max_field_bytes)?;
-        check_optional_text("context_hash", self.context_hash.as_deref(), max_field_bytes)?;
+        check_optional_text(
+            "context_hash",
+            self.context_hash.as_deref(),
+            max_field_bytes,
+        )?;
         if let Some(unit) = &self.unit_id {
             if unit.is_empty() {
-                return Err(StoreError::invalid("unit_id", "must not be empty when given"));
+                return Err(StoreError::invalid(
+                    "unit_id",
+                    "must not be empty when given",
+                ));
             }
         }
         if let Some(latency) = self.latency_ms {
@@ -200,7 +220,10 @@ impl NewUsage {
         }
         if let Some(tokens) = self.token_count {
             if tokens < 0 {
-                return Err(StoreError::invalid("token_count", format!("{tokens} is negative")));
+                return Err(StoreError::invalid(
+                    "token_count",
+                    format!("{tokens} is negative"),
+                ));
             }
         }
         if let Some(quality) = self.quality_score {
@@ -208,7 +231,10 @@ impl NewUsage {
         }
         if let Some(t) = self.timestamp {
             if t.timestamp() < 0 {
-                return Err(StoreError::invalid("timestamp", format!("{t} is before 1970")));
+                return Err(StoreError::invalid(
+                    "timestamp",
+                    format!("{t} is before 1970"),
+                ));
             }
         }
         if let Some(feedback) = &self.feedback {
@@ -246,20 +272,104 @@ mod tests {
     fn validation_names_the_bad_field() {
         let ok = NewUsage::new("q", "r", "m");
         check(ok.clone(), None);
-        check(NewUsage { query: "  ".into(), ..ok.clone() }, Some("query"));
-        check(NewUsage { response: String::new(), ..ok.clone() }, Some("response"));
-        check(NewUsage { model: String::new(), ..ok.clone() }, Some("model"));
-        check(NewUsage { query: "x".repeat(17), ..ok.clone() }, Some("query"));
-        check(NewUsage { query: "x".repeat(16), ..ok.clone() }, None);
-        check(NewUsage { quality_score: Some(f64::NAN), ..ok.clone() }, Some("quality_score"));
-        check(NewUsage { quality_score: Some(f64::INFINITY), ..ok.clone() }, Some("quality_score"));
-        check(NewUsage { quality_score: Some(1.01), ..ok.clone() }, Some("quality_score"));
-        check(NewUsage { quality_score: Some(-0.01), ..ok.clone() }, Some("quality_score"));
-        check(NewUsage { quality_score: Some(1.0), ..ok.clone() }, None);
-        check(NewUsage { latency_ms: Some(-1.0), ..ok.clone() }, Some("latency_ms"));
-        check(NewUsage { token_count: Some(-1), ..ok.clone() }, Some("token_count"));
-        check(NewUsage { unit_id: Some(String::new()), ..ok.clone() }, Some("unit_id"));
-        check(NewUsage { expert: Some("e".repeat(17)), ..ok }, Some("expert"));
+        check(
+            NewUsage {
+                query: "  ".into(),
+                ..ok.clone()
+            },
+            Some("query"),
+        );
+        check(
+            NewUsage {
+                response: String::new(),
+                ..ok.clone()
+            },
+            Some("response"),
+        );
+        check(
+            NewUsage {
+                model: String::new(),
+                ..ok.clone()
+            },
+            Some("model"),
+        );
+        check(
+            NewUsage {
+                query: "x".repeat(17),
+                ..ok.clone()
+            },
+            Some("query"),
+        );
+        check(
+            NewUsage {
+                query: "x".repeat(16),
+                ..ok.clone()
+            },
+            None,
+        );
+        check(
+            NewUsage {
+                quality_score: Some(f64::NAN),
+                ..ok.clone()
+            },
+            Some("quality_score"),
+        );
+        check(
+            NewUsage {
+                quality_score: Some(f64::INFINITY),
+                ..ok.clone()
+            },
+            Some("quality_score"),
+        );
+        check(
+            NewUsage {
+                quality_score: Some(1.01),
+                ..ok.clone()
+            },
+            Some("quality_score"),
+        );
+        check(
+            NewUsage {
+                quality_score: Some(-0.01),
+                ..ok.clone()
+            },
+            Some("quality_score"),
+        );
+        check(
+            NewUsage {
+                quality_score: Some(1.0),
+                ..ok.clone()
+            },
+            None,
+        );
+        check(
+            NewUsage {
+                latency_ms: Some(-1.0),
+                ..ok.clone()
+            },
+            Some("latency_ms"),
+        );
+        check(
+            NewUsage {
+                token_count: Some(-1),
+                ..ok.clone()
+            },
+            Some("token_count"),
+        );
+        check(
+            NewUsage {
+                unit_id: Some(String::new()),
+                ..ok.clone()
+            },
+            Some("unit_id"),
+        );
+        check(
+            NewUsage {
+                expert: Some("e".repeat(17)),
+                ..ok
+            },
+            Some("expert"),
+        );
     }
 
     #[test]
@@ -268,7 +378,10 @@ mod tests {
             assert_eq!(FeedbackValue::from_i64(v).unwrap().as_i64(), v);
         }
         for v in [-2, 2, 5] {
-            assert_eq!(field_of(FeedbackValue::from_i64(v).unwrap_err()), "user_feedback");
+            assert_eq!(
+                field_of(FeedbackValue::from_i64(v).unwrap_err()),
+                "user_feedback"
+            );
         }
     }
 

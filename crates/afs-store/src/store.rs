@@ -98,7 +98,11 @@ pub trait UsageStore: Send + Sync {
 
     /// Number of records with a quality score at or after `since` (all time when `None`),
     /// optionally for one model.
-    fn count_quality_samples(&self, since: Option<DateTime<Utc>>, model: Option<&str>) -> Result<u64>;
+    fn count_quality_samples(
+        &self,
+        since: Option<DateTime<Utc>>,
+        model: Option<&str>,
+    ) -> Result<u64>;
 
     /// Finds records with the same query and response (BLAKE3 key) and, unless `dry_run`,
     /// deletes all but the newest of each group.

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use afs_store::{
-    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, Order,
-    RecordFilter, SqliteConfig, SqliteStore, StatsWindow, StoreError, UsageRecord, UsageStats,
-    UsageStore,
+    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, Order, RecordFilter,
+    SqliteConfig, SqliteStore, StatsWindow, StoreError, UsageRecord, UsageStats, UsageStore,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
@@ -27,12 +26,24 @@ fn start() -> DateTime<Utc> {
 fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(start()));
-    let store = SqliteStore::open(SqliteConfig::new(dir.path().join("usage.db")), clock.clone()).unwrap();
-    Fixture { store: Box::new(store), clock, dir }
+    let store = SqliteStore::open(
+        SqliteConfig::new(dir.path().join("usage.db")),
+        clock.clone(),
+    )
+    .unwrap();
+    Fixture {
+        store: Box::new(store),
+        clock,
+        dir,
+    }
 }
 
 fn all_records(store: &dyn UsageStore, filter: &RecordFilter) -> Vec<UsageRecord> {
-    store.query(filter).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+    store
+        .query(filter)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 fn record(i: usize) -> NewUsage {
@@ -51,7 +62,11 @@ fn log_and_get_round_trip_every_field() {
         unit_id: Some("user-7".into()),
         context_hash: Some("ctx".into()),
         timestamp: Some(start() - Duration::hours(2)),
-        feedback: Some(Feedback { value: FeedbackValue::Positive, text: Some("great ✓ \"quoted\"".into()), at: Some(feedback_time) }),
+        feedback: Some(Feedback {
+            value: FeedbackValue::Positive,
+            text: Some("great ✓ \"quoted\"".into()),
+            at: Some(feedback_time),
+        }),
         ..NewUsage::new("What is 65816? 日本語", "CPU for SNES", "nayru-v1")
     };
     let id = f.store.log(new.clone()).unwrap();
@@ -72,7 +87,10 @@ fn log_and_get_round_trip_every_field() {
     assert_eq!(got.feedback_text.as_deref(), Some("great ✓ \"quoted\""));
     assert_eq!(got.feedback_at, Some(feedback_time));
     assert_eq!(got.created_at, Some(start()));
-    assert_eq!(got.dedupe_hash, Some(afs_store::dedupe_hash(&new.query, &new.response)));
+    assert_eq!(
+        got.dedupe_hash,
+        Some(afs_store::dedupe_hash(&new.query, &new.response))
+    );
 
     // Without a timestamp the clock stamps the record.
     let id2 = f.store.log(record(1)).unwrap();
@@ -85,7 +103,8 @@ fn ids_are_unique_and_sort_by_time() {
     let mut ids = Vec::new();
     for i in 0..50 {
         ids.push(f.store.log(record(i)).unwrap());
-        f.clock.advance(Duration::milliseconds(if i % 2 == 0 { 0 } else { 3 }));
+        f.clock
+            .advance(Duration::milliseconds(if i % 2 == 0 { 0 } else { 3 }));
     }
     let mut sorted = ids.clone();
     sorted.sort();
@@ -97,12 +116,27 @@ fn ids_are_unique_and_sort_by_time() {
 fn bad_input_is_refused_with_the_field_named() {
     let f = sqlite();
     let cases: Vec<(NewUsage, &str)> = vec![
-        (NewUsage { quality_score: Some(f64::NAN), ..record(0) }, "quality_score"),
-        (NewUsage { quality_score: Some(1.5), ..record(0) }, "quality_score"),
+        (
+            NewUsage {
+                quality_score: Some(f64::NAN),
+                ..record(0)
+            },
+            "quality_score",
+        ),
+        (
+            NewUsage {
+                quality_score: Some(1.5),
+                ..record(0)
+            },
+            "quality_score",
+        ),
         (NewUsage::new("", "r", "m"), "query"),
         (NewUsage::new("q", "", "m"), "response"),
         (NewUsage::new("q", "r", ""), "model"),
-        (NewUsage::new("x".repeat(1024 * 1024 + 1), "r", "m"), "query"),
+        (
+            NewUsage::new("x".repeat(1024 * 1024 + 1), "r", "m"),
+            "query",
+        ),
     ];
     for (bad, field) in cases {
         let err = f.store.log(bad).unwrap_err();
@@ -112,10 +146,23 @@ fn bad_input_is_refused_with_the_field_named() {
     let id = f.store.log(record(0)).unwrap();
     let err = f.store.update_quality(&id, f64::INFINITY).unwrap_err();
     assert!(err.to_string().contains("quality_score"));
-    assert_eq!(f.store.update_quality("nope", 0.5).unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(f.store.record_feedback("nope", FeedbackValue::Positive, None).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        f.store.update_quality("nope", 0.5).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        f.store
+            .record_feedback("nope", FeedbackValue::Positive, None)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
     assert_eq!(f.store.get("nope").unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().total, 1, "nothing else was written");
+    assert_eq!(
+        f.store.stats(&StatsWindow::default()).unwrap().total,
+        1,
+        "nothing else was written"
+    );
 }
 
 #[test]
@@ -124,34 +171,56 @@ fn a_batch_with_one_bad_record_writes_nothing() {
     let mut batch: Vec<NewUsage> = (0..10).map(record).collect();
     batch[7].quality_score = Some(-0.1);
     let err = f.store.log_batch(batch.clone()).unwrap_err();
-    assert!(matches!(err, StoreError::InvalidBatchRecord { index: 7, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::InvalidBatchRecord { index: 7, .. }),
+        "{err}"
+    );
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().total, 0);
     batch[7].quality_score = Some(0.1);
     let ids = f.store.log_batch(batch).unwrap();
     assert_eq!(ids.len(), 10);
-    let got: Vec<String> = all_records(f.store.as_ref(), &RecordFilter::default()).into_iter().map(|r| r.id).collect();
+    let got: Vec<String> = all_records(f.store.as_ref(), &RecordFilter::default())
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(got, ids, "batch ids come back in input order");
 }
 
 #[test]
 fn feedback_replaces_and_aggregates_follow() {
     let f = sqlite();
-    let id = f.store.log(NewUsage { quality_score: Some(0.5), ..record(0) }).unwrap();
+    let id = f
+        .store
+        .log(NewUsage {
+            quality_score: Some(0.5),
+            ..record(0)
+        })
+        .unwrap();
     let stats = |s: &dyn UsageStore| s.stats(&StatsWindow::default()).unwrap();
     assert_eq!(stats(f.store.as_ref()).with_feedback, 0);
 
     f.clock.advance(Duration::minutes(3));
-    f.store.record_feedback(&id, FeedbackValue::Positive, Some("nice")).unwrap();
+    f.store
+        .record_feedback(&id, FeedbackValue::Positive, Some("nice"))
+        .unwrap();
     let s = stats(f.store.as_ref());
-    assert_eq!((s.with_feedback, s.positive_feedback, s.negative_feedback), (1, 1, 0));
+    assert_eq!(
+        (s.with_feedback, s.positive_feedback, s.negative_feedback),
+        (1, 1, 0)
+    );
     let r = f.store.get(&id).unwrap();
     assert_eq!(r.feedback_at, Some(start() + Duration::minutes(3)));
     assert_eq!(r.feedback_text.as_deref(), Some("nice"));
 
-    f.store.record_feedback(&id, FeedbackValue::Negative, None).unwrap();
+    f.store
+        .record_feedback(&id, FeedbackValue::Negative, None)
+        .unwrap();
     let s = stats(f.store.as_ref());
-    assert_eq!((s.with_feedback, s.positive_feedback, s.negative_feedback), (1, 0, 1));
+    assert_eq!(
+        (s.with_feedback, s.positive_feedback, s.negative_feedback),
+        (1, 0, 1)
+    );
     assert_eq!(f.store.get(&id).unwrap().feedback_text, None);
 
     f.store.update_quality(&id, 0.9).unwrap();
@@ -175,7 +244,17 @@ fn query_filters_order_and_limit() {
         };
         let id = f.store.log(new).unwrap();
         if i % 2 == 0 {
-            f.store.record_feedback(&id, if i % 4 == 0 { FeedbackValue::Negative } else { FeedbackValue::Positive }, None).unwrap();
+            f.store
+                .record_feedback(
+                    &id,
+                    if i % 4 == 0 {
+                        FeedbackValue::Negative
+                    } else {
+                        FeedbackValue::Positive
+                    },
+                    None,
+                )
+                .unwrap();
         }
         expected_ids.push(id);
     }
@@ -193,35 +272,139 @@ fn query_filters_order_and_limit() {
         let got_ids: Vec<_> = got.iter().map(|r| &r.id).collect();
         let want_ids: Vec<_> = all.iter().map(|r| &r.id).collect();
         assert_eq!(got_ids, want_ids, "filter {filter:?}");
-        assert!(!got.is_empty() || filter.limit == Some(0), "filter {filter:?} should match something");
+        assert!(
+            !got.is_empty() || filter.limit == Some(0),
+            "filter {filter:?} should match something"
+        );
     };
     // The unfiltered stream crosses several pages and keeps time order.
     let everything = all_records(store, &RecordFilter::default());
-    assert_eq!(everything.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), expected_ids);
+    assert_eq!(
+        everything.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        expected_ids
+    );
 
     let t = start() + Duration::minutes(100);
-    check(RecordFilter { since: Some(t), ..Default::default() }, &|r| r.timestamp >= t);
-    check(RecordFilter { until: Some(t), ..Default::default() }, &|r| r.timestamp < t);
-    check(RecordFilter { model: Some("a".into()), ..Default::default() }, &|r| r.model == "a");
-    check(RecordFilter { expert: Some("e".into()), ..Default::default() }, &|r| r.expert.as_deref() == Some("e"));
-    check(RecordFilter { unit_id: Some("u3".into()), ..Default::default() }, &|r| r.unit_id.as_deref() == Some("u3"));
-    check(RecordFilter { min_quality: Some(0.7), ..Default::default() }, &|r| r.quality_score.is_some_and(|q| q >= 0.7));
-    check(RecordFilter { feedback: FeedbackFilter::Present, ..Default::default() }, &|r| r.feedback.is_some());
-    check(RecordFilter { feedback: FeedbackFilter::Absent, ..Default::default() }, &|r| r.feedback.is_none());
-    check(RecordFilter { feedback: FeedbackFilter::AtLeast(1), ..Default::default() }, &|r| r.feedback == Some(FeedbackValue::Positive));
     check(
-        RecordFilter { min_quality: Some(0.5), feedback: FeedbackFilter::AtLeast(1), model: Some("b".into()), ..Default::default() },
-        &|r| r.quality_score.is_some_and(|q| q >= 0.5) && r.feedback == Some(FeedbackValue::Positive) && r.model == "b",
+        RecordFilter {
+            since: Some(t),
+            ..Default::default()
+        },
+        &|r| r.timestamp >= t,
     );
-    check(RecordFilter { order: Order::NewestFirst, ..Default::default() }, &|_| true);
-    check(RecordFilter { order: Order::NewestFirst, limit: Some(130), model: Some("b".into()), ..Default::default() }, &|r| r.model == "b");
-    check(RecordFilter { limit: Some(65), ..Default::default() }, &|_| true);
-    assert_eq!(all_records(store, &RecordFilter { limit: Some(0), ..Default::default() }).len(), 0);
+    check(
+        RecordFilter {
+            until: Some(t),
+            ..Default::default()
+        },
+        &|r| r.timestamp < t,
+    );
+    check(
+        RecordFilter {
+            model: Some("a".into()),
+            ..Default::default()
+        },
+        &|r| r.model == "a",
+    );
+    check(
+        RecordFilter {
+            expert: Some("e".into()),
+            ..Default::default()
+        },
+        &|r| r.expert.as_deref() == Some("e"),
+    );
+    check(
+        RecordFilter {
+            unit_id: Some("u3".into()),
+            ..Default::default()
+        },
+        &|r| r.unit_id.as_deref() == Some("u3"),
+    );
+    check(
+        RecordFilter {
+            min_quality: Some(0.7),
+            ..Default::default()
+        },
+        &|r| r.quality_score.is_some_and(|q| q >= 0.7),
+    );
+    check(
+        RecordFilter {
+            feedback: FeedbackFilter::Present,
+            ..Default::default()
+        },
+        &|r| r.feedback.is_some(),
+    );
+    check(
+        RecordFilter {
+            feedback: FeedbackFilter::Absent,
+            ..Default::default()
+        },
+        &|r| r.feedback.is_none(),
+    );
+    check(
+        RecordFilter {
+            feedback: FeedbackFilter::AtLeast(1),
+            ..Default::default()
+        },
+        &|r| r.feedback == Some(FeedbackValue::Positive),
+    );
+    check(
+        RecordFilter {
+            min_quality: Some(0.5),
+            feedback: FeedbackFilter::AtLeast(1),
+            model: Some("b".into()),
+            ..Default::default()
+        },
+        &|r| {
+            r.quality_score.is_some_and(|q| q >= 0.5)
+                && r.feedback == Some(FeedbackValue::Positive)
+                && r.model == "b"
+        },
+    );
+    check(
+        RecordFilter {
+            order: Order::NewestFirst,
+            ..Default::default()
+        },
+        &|_| true,
+    );
+    check(
+        RecordFilter {
+            order: Order::NewestFirst,
+            limit: Some(130),
+            model: Some("b".into()),
+            ..Default::default()
+        },
+        &|r| r.model == "b",
+    );
+    check(
+        RecordFilter {
+            limit: Some(65),
+            ..Default::default()
+        },
+        &|_| true,
+    );
+    assert_eq!(
+        all_records(
+            store,
+            &RecordFilter {
+                limit: Some(0),
+                ..Default::default()
+            }
+        )
+        .len(),
+        0
+    );
 }
 
 /// Brute-force statistics of the records a filter selects, for checking the rollups.
 fn scan_stats(store: &dyn UsageStore, window: &StatsWindow) -> BTreeMap<String, UsageStats> {
-    let filter = RecordFilter { since: window.since, until: window.until, model: window.model.clone(), ..Default::default() };
+    let filter = RecordFilter {
+        since: window.since,
+        until: window.until,
+        model: window.model.clone(),
+        ..Default::default()
+    };
     let mut out: BTreeMap<String, UsageStats> = BTreeMap::new();
     for r in all_records(store, &filter) {
         let s = out.entry(r.model.clone()).or_default();
@@ -251,8 +434,26 @@ fn scan_stats(store: &dyn UsageStore, window: &StatsWindow) -> BTreeMap<String, 
 
 fn assert_stats_close(got: &UsageStats, want: &UsageStats, context: &str) {
     assert_eq!(
-        (got.total, got.with_feedback, got.positive_feedback, got.negative_feedback, got.neutral_feedback, got.n_quality, got.n_latency, got.total_tokens),
-        (want.total, want.with_feedback, want.positive_feedback, want.negative_feedback, want.neutral_feedback, want.n_quality, want.n_latency, want.total_tokens),
+        (
+            got.total,
+            got.with_feedback,
+            got.positive_feedback,
+            got.negative_feedback,
+            got.neutral_feedback,
+            got.n_quality,
+            got.n_latency,
+            got.total_tokens
+        ),
+        (
+            want.total,
+            want.with_feedback,
+            want.positive_feedback,
+            want.negative_feedback,
+            want.neutral_feedback,
+            want.n_quality,
+            want.n_latency,
+            want.total_tokens
+        ),
         "{context}"
     );
     for (g, w) in [
@@ -261,7 +462,10 @@ fn assert_stats_close(got: &UsageStats, want: &UsageStats, context: &str) {
         (got.sum_latency_ms, want.sum_latency_ms),
         (got.sum_latency_ms_sq, want.sum_latency_ms_sq),
     ] {
-        assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{context}: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+            "{context}: {g} vs {w}"
+        );
     }
 }
 
@@ -284,10 +488,22 @@ fn random_history(f: &Fixture, seed: u64) {
     }
     for id in &ids {
         match rng.gen_range(0..6) {
-            0 => f.store.record_feedback(id, FeedbackValue::Positive, None).unwrap(),
-            1 => f.store.record_feedback(id, FeedbackValue::Negative, None).unwrap(),
-            2 => f.store.record_feedback(id, FeedbackValue::Neutral, None).unwrap(),
-            3 => f.store.update_quality(id, rng.gen_range(0.0..=1.0)).unwrap(),
+            0 => f
+                .store
+                .record_feedback(id, FeedbackValue::Positive, None)
+                .unwrap(),
+            1 => f
+                .store
+                .record_feedback(id, FeedbackValue::Negative, None)
+                .unwrap(),
+            2 => f
+                .store
+                .record_feedback(id, FeedbackValue::Neutral, None)
+                .unwrap(),
+            3 => f
+                .store
+                .update_quality(id, rng.gen_range(0.0..=1.0))
+                .unwrap(),
             _ => {}
         }
     }
@@ -305,29 +521,60 @@ fn windowed_statistics_equal_a_scan_of_the_log() {
         let a = start() + Duration::seconds(rng.gen_range(-3600..4 * 86_400));
         let b = a + Duration::seconds(rng.gen_range(1..2 * 86_400));
         let model = rng.gen_bool(0.3).then(|| "m2".to_string());
-        windows.push(StatsWindow { since: rng.gen_bool(0.9).then_some(a), until: rng.gen_bool(0.7).then_some(b), model });
+        windows.push(StatsWindow {
+            since: rng.gen_bool(0.9).then_some(a),
+            until: rng.gen_bool(0.7).then_some(b),
+            model,
+        });
     }
     // Windows on exact hour boundaries and inside one hour.
     let hour = Utc.with_ymd_and_hms(2026, 3, 2, 4, 0, 0).unwrap();
-    windows.push(StatsWindow { since: Some(hour), until: Some(hour + Duration::hours(5)), model: None });
-    windows.push(StatsWindow { since: Some(hour + Duration::minutes(10)), until: Some(hour + Duration::minutes(50)), model: None });
+    windows.push(StatsWindow {
+        since: Some(hour),
+        until: Some(hour + Duration::hours(5)),
+        model: None,
+    });
+    windows.push(StatsWindow {
+        since: Some(hour + Duration::minutes(10)),
+        until: Some(hour + Duration::minutes(50)),
+        model: None,
+    });
     for window in windows {
         let want = scan_stats(store, &window);
         let got = store.stats_by_model(&window).unwrap();
-        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{window:?}");
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{window:?}"
+        );
         for (model, w) in &want {
             assert_stats_close(&got[model], w, &format!("{window:?} {model}"));
         }
         let mut want_total = UsageStats::default();
         want.values().for_each(|s| want_total.add(s));
-        assert_stats_close(&store.stats(&window).unwrap(), &want_total, &format!("{window:?} total"));
+        assert_stats_close(
+            &store.stats(&window).unwrap(),
+            &want_total,
+            &format!("{window:?} total"),
+        );
         let by_hour = store.stats_by_hour(&window).unwrap();
         let mut hour_total = UsageStats::default();
         by_hour.values().for_each(|s| hour_total.add(s));
         assert_stats_close(&hour_total, &want_total, &format!("{window:?} by hour"));
         assert_eq!(
-            store.count_quality_samples(window.since, window.model.as_deref()).unwrap(),
-            scan_stats(store, &StatsWindow { until: None, ..window.clone() }).values().map(|s| s.n_quality).sum::<u64>()
+            store
+                .count_quality_samples(window.since, window.model.as_deref())
+                .unwrap(),
+            scan_stats(
+                store,
+                &StatsWindow {
+                    until: None,
+                    ..window.clone()
+                }
+            )
+            .values()
+            .map(|s| s.n_quality)
+            .sum::<u64>()
         );
     }
     // Rebuilding from the log gives the same figures as incremental maintenance.
@@ -344,11 +591,23 @@ fn stats_by_hour_keys_are_hour_starts() {
     let f = sqlite();
     let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
     for minutes in [5, 50, 65, 190] {
-        f.store.log(NewUsage { timestamp: Some(t0 + Duration::minutes(minutes)), ..record(minutes as usize) }).unwrap();
+        f.store
+            .log(NewUsage {
+                timestamp: Some(t0 + Duration::minutes(minutes)),
+                ..record(minutes as usize)
+            })
+            .unwrap();
     }
     let by_hour = f.store.stats_by_hour(&StatsWindow::default()).unwrap();
     let got: Vec<(DateTime<Utc>, u64)> = by_hour.iter().map(|(k, v)| (*k, v.total)).collect();
-    assert_eq!(got, vec![(t0, 2), (t0 + Duration::hours(1), 1), (t0 + Duration::hours(3), 1)]);
+    assert_eq!(
+        got,
+        vec![
+            (t0, 2),
+            (t0 + Duration::hours(1), 1),
+            (t0 + Duration::hours(3), 1)
+        ]
+    );
 }
 
 #[test]
@@ -357,7 +616,13 @@ fn dedupe_keeps_the_newest_of_each_pair() {
     let mut newest = Vec::new();
     for copy in 0..3 {
         for i in 0..4 {
-            let id = f.store.log(NewUsage { timestamp: Some(start() + Duration::minutes(copy * 10 + i as i64)), ..record(i) }).unwrap();
+            let id = f
+                .store
+                .log(NewUsage {
+                    timestamp: Some(start() + Duration::minutes(copy * 10 + i as i64)),
+                    ..record(i)
+                })
+                .unwrap();
             if copy == 2 {
                 newest.push(id);
             }
@@ -365,11 +630,24 @@ fn dedupe_keeps_the_newest_of_each_pair() {
     }
     let unique = f.store.log(record(99)).unwrap();
     let dry = f.store.dedupe(true).unwrap();
-    assert_eq!((dry.duplicate_groups, dry.removed, dry.dry_run), (4, 8, true));
-    assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().total, 13, "dry run deletes nothing");
+    assert_eq!(
+        (dry.duplicate_groups, dry.removed, dry.dry_run),
+        (4, 8, true)
+    );
+    assert_eq!(
+        f.store.stats(&StatsWindow::default()).unwrap().total,
+        13,
+        "dry run deletes nothing"
+    );
     let real = f.store.dedupe(false).unwrap();
-    assert_eq!((real.duplicate_groups, real.removed, real.dry_run), (4, 8, false));
-    let mut left: Vec<String> = all_records(f.store.as_ref(), &RecordFilter::default()).into_iter().map(|r| r.id).collect();
+    assert_eq!(
+        (real.duplicate_groups, real.removed, real.dry_run),
+        (4, 8, false)
+    );
+    let mut left: Vec<String> = all_records(f.store.as_ref(), &RecordFilter::default())
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     left.sort();
     let mut want = newest;
     want.push(unique);
@@ -383,26 +661,42 @@ fn dedupe_keeps_the_newest_of_each_pair() {
 fn prune_archives_before_deleting() {
     let f = sqlite();
     for i in 0..20 {
-        f.store.log(NewUsage { timestamp: Some(start() - Duration::days(20 - i as i64)), ..record(i) }).unwrap();
+        f.store
+            .log(NewUsage {
+                timestamp: Some(start() - Duration::days(20 - i as i64)),
+                ..record(i)
+            })
+            .unwrap();
     }
     let cutoff = start() - Duration::days(10);
     let archive = f.dir.path().join("old.jsonl");
     let report = f.store.prune(cutoff, Some(&archive)).unwrap();
     assert_eq!((report.removed, report.archived), (10, 10));
     let text = std::fs::read_to_string(&archive).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 10);
     assert_eq!(lines[0]["query"], "query 0");
-    assert!(lines.iter().all(|l| l["timestamp"].as_str().unwrap() < "2026-02-19"));
+    assert!(lines
+        .iter()
+        .all(|l| l["timestamp"].as_str().unwrap() < "2026-02-19"));
     assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().total, 10);
-    assert!(all_records(f.store.as_ref(), &RecordFilter::default()).iter().all(|r| r.timestamp >= cutoff));
+    assert!(all_records(f.store.as_ref(), &RecordFilter::default())
+        .iter()
+        .all(|r| r.timestamp >= cutoff));
 
     // An archive path that already exists is refused and nothing is deleted.
     let err = f.store.prune(start(), Some(&archive)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.to_string().contains("old.jsonl"), "{err}");
     assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().total, 10);
-    assert_eq!(std::fs::read_to_string(&archive).unwrap(), text, "existing file untouched");
+    assert_eq!(
+        std::fs::read_to_string(&archive).unwrap(),
+        text,
+        "existing file untouched"
+    );
 
     let report = f.store.prune(start(), None).unwrap();
     assert_eq!((report.removed, report.archived), (10, 0));
@@ -412,15 +706,27 @@ fn prune_archives_before_deleting() {
 fn forget_unit_removes_only_that_unit() {
     let f = sqlite();
     for i in 0..30 {
-        f.store.log(NewUsage { unit_id: Some(format!("user-{}", i % 3)), quality_score: Some(0.5), ..record(i) }).unwrap();
+        f.store
+            .log(NewUsage {
+                unit_id: Some(format!("user-{}", i % 3)),
+                quality_score: Some(0.5),
+                ..record(i)
+            })
+            .unwrap();
     }
     assert_eq!(f.store.forget_unit("user-1").unwrap(), 10);
     assert_eq!(f.store.forget_unit("user-1").unwrap(), 0);
     let left = all_records(f.store.as_ref(), &RecordFilter::default());
     assert_eq!(left.len(), 20);
     assert!(left.iter().all(|r| r.unit_id.as_deref() != Some("user-1")));
-    assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().n_quality, 20);
-    assert_eq!(f.store.forget_unit("").unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        f.store.stats(&StatsWindow::default()).unwrap().n_quality,
+        20
+    );
+    assert_eq!(
+        f.store.forget_unit("").unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
 }
 
 #[test]
@@ -434,7 +740,12 @@ fn many_threads_logging_lose_nothing() {
                     (0..250)
                         .map(|i| {
                             if i % 50 == 0 {
-                                store.log_batch((0..10).map(|j| record(t * 10_000 + i * 100 + j)).collect()).unwrap().remove(0)
+                                store
+                                    .log_batch(
+                                        (0..10).map(|j| record(t * 10_000 + i * 100 + j)).collect(),
+                                    )
+                                    .unwrap()
+                                    .remove(0)
                             } else {
                                 store.log(record(t * 10_000 + i)).unwrap()
                             }
@@ -449,7 +760,10 @@ fn many_threads_logging_lose_nothing() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 8 * 250);
-    assert_eq!(store.stats(&StatsWindow::default()).unwrap().total, 8 * (245 + 5 * 10));
+    assert_eq!(
+        store.stats(&StatsWindow::default()).unwrap().total,
+        8 * (245 + 5 * 10)
+    );
     for id in all.iter().step_by(97) {
         store.get(id).unwrap();
     }

@@ -38,7 +38,10 @@ CREATE INDEX IF NOT EXISTS idx_dedupe ON usage(dedupe_hash);
 
 /// `datetime.now().isoformat()`: local time, microseconds, no offset.
 fn python_isoformat(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local).naive_local().format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+    t.with_timezone(&Local)
+        .naive_local()
+        .format("%Y-%m-%dT%H:%M:%S%.6f")
+        .to_string()
 }
 
 struct SeedRow {
@@ -90,7 +93,12 @@ fn write_seed_db(path: &std::path::Path, n: usize) -> Vec<SeedRow> {
             ],
         )
         .unwrap();
-        rows.push(SeedRow { id, at, quality, feedback });
+        rows.push(SeedRow {
+            id,
+            at,
+            quality,
+            feedback,
+        });
     }
     rows
 }
@@ -111,14 +119,24 @@ fn a_python_module_database_migrates_in_place_with_every_row_kept() {
         .unwrap();
     }
 
-    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ));
     let store = SqliteStore::open(SqliteConfig::new(&path), clock.clone()).unwrap();
-    let all: Vec<_> = store.query(&RecordFilter::default()).unwrap().map(Result::unwrap).collect();
+    let all: Vec<_> = store
+        .query(&RecordFilter::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(all.len(), 201);
     for row in &seed {
         let got = store.get(&row.id).unwrap();
         assert_eq!(got.id.len(), 12);
-        assert_eq!(got.timestamp, row.at, "local-time timestamp of {} read back as UTC", row.id);
+        assert_eq!(
+            got.timestamp, row.at,
+            "local-time timestamp of {} read back as UTC",
+            row.id
+        );
         assert_eq!(got.quality_score, row.quality);
         assert_eq!(got.feedback.map(FeedbackValue::as_i64), row.feedback);
         assert_eq!(got.context_hash.as_deref(), Some("ctx"));
@@ -138,19 +156,38 @@ fn a_python_module_database_migrates_in_place_with_every_row_kept() {
 
     let stats = store.stats(&StatsWindow::default()).unwrap();
     assert_eq!(stats.total, 201);
-    assert_eq!(stats.positive_feedback, seed.iter().filter(|r| r.feedback == Some(1)).count() as u64);
-    assert_eq!(stats.n_quality, seed.iter().filter(|r| r.quality.is_some()).count() as u64);
+    assert_eq!(
+        stats.positive_feedback,
+        seed.iter().filter(|r| r.feedback == Some(1)).count() as u64
+    );
+    assert_eq!(
+        stats.n_quality,
+        seed.iter().filter(|r| r.quality.is_some()).count() as u64
+    );
     let per_model = store.stats_by_model(&StatsWindow::default()).unwrap();
     assert_eq!(per_model["nayru-v1"].total, 100);
     assert_eq!(per_model["nayru-v2"].total, 101);
 
     // Windows work on the migrated times.
     let since = seed[100].at;
-    assert_eq!(store.stats(&StatsWindow { since: Some(since), ..Default::default() }).unwrap().total, 100);
+    assert_eq!(
+        store
+            .stats(&StatsWindow {
+                since: Some(since),
+                ..Default::default()
+            })
+            .unwrap()
+            .total,
+        100
+    );
 
     // Old and new rows live together; feedback on an old id works; dedupe spans both.
-    store.record_feedback(&seed[5].id, FeedbackValue::Positive, Some("late")).unwrap();
-    store.log(NewUsage::new("new query", "new response", "nayru-v3")).unwrap();
+    store
+        .record_feedback(&seed[5].id, FeedbackValue::Positive, Some("late"))
+        .unwrap();
+    store
+        .log(NewUsage::new("new query", "new response", "nayru-v3"))
+        .unwrap();
     let report = store.dedupe(false).unwrap();
     assert_eq!(report.removed, 1);
     drop(store);
@@ -178,8 +215,15 @@ fn seed_migration_under_a_non_utc_time_zone() {
             .env("TZ", "Asia/Kolkata")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{test} failed under TZ=Asia/Kolkata:\n{}", String::from_utf8_lossy(&out.stdout));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{test} did not run");
+        assert!(
+            out.status.success(),
+            "{test} failed under TZ=Asia/Kolkata:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{test} did not run"
+        );
     }
 }
 
@@ -199,7 +243,11 @@ fn rows_inserted_by_the_python_module_after_migration_are_dated_and_counted() {
         )
         .unwrap();
     let got = store.get("abcdef123456").unwrap();
-    assert!((got.timestamp - at).num_milliseconds().abs() <= 1, "{} vs {at}", got.timestamp);
+    assert!(
+        (got.timestamp - at).num_milliseconds().abs() <= 1,
+        "{} vs {at}",
+        got.timestamp
+    );
     let stats = store.stats_by_model(&StatsWindow::default()).unwrap();
     assert_eq!(stats["py-model"].n_quality, 1);
 }
@@ -208,7 +256,10 @@ fn rows_inserted_by_the_python_module_after_migration_are_dated_and_counted() {
 fn a_database_from_a_newer_afs_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("future.db");
-    Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
     let err = SqliteStore::open(SqliteConfig::new(&path), Arc::new(SystemClock)).unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
@@ -216,8 +267,13 @@ fn a_database_from_a_newer_afs_is_refused() {
 #[test]
 fn naive_timestamps_are_local_time() {
     // The parse used for seed rows agrees with chrono's own local-time conversion.
-    let naive = NaiveDateTime::parse_from_str("2025-03-04T05:06:07.891011", "%Y-%m-%dT%H:%M:%S%.f").unwrap();
-    let want = Local.from_local_datetime(&naive).earliest().unwrap().with_timezone(&Utc);
+    let naive = NaiveDateTime::parse_from_str("2025-03-04T05:06:07.891011", "%Y-%m-%dT%H:%M:%S%.f")
+        .unwrap();
+    let want = Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .unwrap()
+        .with_timezone(&Utc);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.db");
     let conn = Connection::open(&path).unwrap();
@@ -238,11 +294,17 @@ const PER_CHILD: usize = 400;
 /// Runs only inside a child process started by `several_processes_logging_lose_nothing`.
 #[test]
 fn child_logger() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let tag = std::env::var("AFS_STORE_TEST_CHILD_TAG").unwrap();
     let store = SqliteStore::open(SqliteConfig::new(path), Arc::new(SystemClock)).unwrap();
     for i in 0..PER_CHILD {
-        let mut new = NewUsage::new(format!("{tag} query {i}"), "response", format!("model-{tag}"));
+        let mut new = NewUsage::new(
+            format!("{tag} query {i}"),
+            "response",
+            format!("model-{tag}"),
+        );
         new.quality_score = Some(0.5);
         if i % 40 == 0 {
             store.log_batch(vec![new.clone(), new]).unwrap();

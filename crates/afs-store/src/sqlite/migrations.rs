@@ -14,7 +14,7 @@ use crate::error::{Result, StoreError};
 use crate::record::dedupe_hash;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -48,7 +48,10 @@ const ROLLUP_COLUMNS: &[(&str, &str)] = &[
     ("n_neutral", "({r}user_feedback IS 0)"),
     ("n_quality", "({r}quality_score IS NOT NULL)"),
     ("sum_q", "COALESCE({r}quality_score, 0.0)"),
-    ("sum_q2", "COALESCE({r}quality_score * {r}quality_score, 0.0)"),
+    (
+        "sum_q2",
+        "COALESCE({r}quality_score * {r}quality_score, 0.0)",
+    ),
     ("n_latency", "({r}latency_ms IS NOT NULL)"),
     ("sum_lat", "COALESCE({r}latency_ms, 0.0)"),
     ("sum_lat2", "COALESCE({r}latency_ms * {r}latency_ms, 0.0)"),
@@ -67,14 +70,22 @@ pub(crate) fn aggregate_select_list() -> String {
 
 /// Column names of the rollup aggregates, comma separated.
 pub(crate) fn rollup_column_list() -> String {
-    ROLLUP_COLUMNS.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+    ROLLUP_COLUMNS
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn v2_schema() -> String {
     let cols_decl = ROLLUP_COLUMNS
         .iter()
         .map(|(c, _)| {
-            let ty = if c.starts_with("sum_q") || c.starts_with("sum_lat") { "REAL" } else { "INTEGER" };
+            let ty = if c.starts_with("sum_q") || c.starts_with("sum_lat") {
+                "REAL"
+            } else {
+                "INTEGER"
+            };
             format!("    {c} {ty} NOT NULL DEFAULT 0")
         })
         .collect::<Vec<_>>()
@@ -152,16 +163,32 @@ struct Migration {
 /// Every migration, in order. A new step appends an entry (its SQL may live in the module
 /// that owns the tables) and raises [`SCHEMA_VERSION`]; a released step is never edited.
 const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, apply: migrate_v1_seed_usage },
-    Migration { version: 2, apply: migrate_v2_afs_usage },
+    Migration {
+        version: 1,
+        apply: migrate_v1_seed_usage,
+    },
+    Migration {
+        version: 2,
+        apply: migrate_v2_afs_usage,
+    },
+    Migration {
+        version: 3,
+        apply: super::experiments::migrate_v3,
+    },
+    Migration {
+        version: 4,
+        apply: super::runs::migrate_v4,
+    },
 ];
 
 fn migrate_v1_seed_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-    tx.execute_batch(V1_SEED_USAGE).map_err(|e| StoreError::db("migration 1", e))
+    tx.execute_batch(V1_SEED_USAGE)
+        .map_err(|e| StoreError::db("migration 1", e))
 }
 
 fn migrate_v2_afs_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-    tx.execute_batch(&v2_schema()).map_err(|e| StoreError::db("migration 2", e))?;
+    tx.execute_batch(&v2_schema())
+        .map_err(|e| StoreError::db("migration 2", e))?;
     backfill_seed_rows(tx)?;
     tx.execute_batch(&rebuild_rollups_sql())
         .map_err(|e| StoreError::db("migration 2: build rollups", e))
@@ -190,9 +217,14 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     if version < SCHEMA_VERSION {
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(|e| StoreError::db("write schema version", e))?;
-        tracing::info!(from = version, to = SCHEMA_VERSION, "migrated database schema");
+        tracing::info!(
+            from = version,
+            to = SCHEMA_VERSION,
+            "migrated database schema"
+        );
     }
-    tx.commit().map_err(|e| StoreError::db("commit migration", e))
+    tx.commit()
+        .map_err(|e| StoreError::db("commit migration", e))
 }
 
 /// SQL that recomputes every rollup bucket from the log.
@@ -211,20 +243,37 @@ pub(crate) fn rebuild_rollups_sql() -> String {
 /// rows. The seed's `timestamp` text itself is kept as written.
 fn backfill_seed_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     let mut select = tx
-        .prepare("SELECT rowid, timestamp, created_at, query, response FROM usage WHERE ts_us IS NULL")
+        .prepare(
+            "SELECT rowid, timestamp, created_at, query, response FROM usage WHERE ts_us IS NULL",
+        )
         .map_err(|e| StoreError::db("migration 2: read seed rows", e))?;
     let mut update = tx
         .prepare("UPDATE usage SET ts_us = ?1, dedupe_hash = ?2 WHERE rowid = ?3")
         .map_err(|e| StoreError::db("migration 2: prepare backfill", e))?;
-    let mut rows = select.query([]).map_err(|e| StoreError::db("migration 2: read seed rows", e))?;
+    let mut rows = select
+        .query([])
+        .map_err(|e| StoreError::db("migration 2: read seed rows", e))?;
     let mut n_rows = 0u64;
     let mut n_unparsed = 0u64;
-    while let Some(row) = rows.next().map_err(|e| StoreError::db("migration 2: read seed rows", e))? {
-        let rowid: i64 = row.get(0).map_err(|e| StoreError::db("migration 2: read rowid", e))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| StoreError::db("migration 2: read seed rows", e))?
+    {
+        let rowid: i64 = row
+            .get(0)
+            .map_err(|e| StoreError::db("migration 2: read rowid", e))?;
         let timestamp: Option<String> = row.get(1).ok();
         let created_at: Option<String> = row.get(2).ok();
-        let query: String = row.get::<_, Option<String>>(3).ok().flatten().unwrap_or_default();
-        let response: String = row.get::<_, Option<String>>(4).ok().flatten().unwrap_or_default();
+        let query: String = row
+            .get::<_, Option<String>>(3)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let response: String = row
+            .get::<_, Option<String>>(4)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let when = timestamp
             .as_deref()
             .and_then(parse_legacy_time)
@@ -245,7 +294,10 @@ fn backfill_seed_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         tracing::info!(n_rows, "back-filled rows written by the Python module");
     }
     if n_unparsed > 0 {
-        tracing::warn!(n_unparsed, "seed rows with an unreadable timestamp were dated 1970-01-01");
+        tracing::warn!(
+            n_unparsed,
+            "seed rows with an unreadable timestamp were dated 1970-01-01"
+        );
     }
     Ok(())
 }
@@ -258,9 +310,17 @@ pub(crate) fn parse_legacy_time(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            return Local.from_local_datetime(&naive).earliest().map(|t| t.with_timezone(&Utc));
+            return Local
+                .from_local_datetime(&naive)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc));
         }
     }
     None

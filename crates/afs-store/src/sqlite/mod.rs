@@ -1,8 +1,10 @@
 //! The SQLite implementation of [`UsageStore`]: one file, WAL mode, a connection pool for
 //! reads and short writes, and one writer thread that commits concurrent `log` calls in groups.
 
+mod experiments;
 mod migrations;
 mod rows;
+mod runs;
 mod stream;
 mod time;
 mod window;
@@ -85,7 +87,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.config.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +144,12 @@ impl SqliteStore {
             .connection_timeout(config.busy_timeout)
             .build(manager)
             .map_err(|e| StoreError::db("create connection pool", e))?;
-        Ok(SqliteStore { config, clock, pool, writer: Mutex::new(None) })
+        Ok(SqliteStore {
+            config,
+            clock,
+            pool,
+            writer: Mutex::new(None),
+        })
     }
 
     /// The file this store lives in.
@@ -154,7 +163,9 @@ impl SqliteStore {
     }
 
     pub(crate) fn conn(&self) -> Result<PooledConnection<SqliteConnectionManager>> {
-        self.pool.get().map_err(|e| StoreError::db("get a connection from the pool", e))
+        self.pool
+            .get()
+            .map_err(|e| StoreError::db("get a connection from the pool", e))
     }
 
     fn writer(&self) -> Result<writer::Handle> {
@@ -162,16 +173,27 @@ impl SqliteStore {
         if guard.is_none() {
             *guard = Some(Writer::start(self.config.clone())?);
         }
-        Ok(guard.as_ref().map(Writer::handle).expect("writer was just started"))
+        Ok(guard
+            .as_ref()
+            .map(Writer::handle)
+            .expect("writer was just started"))
     }
 
     fn prepare(&self, record: NewUsage) -> InsertRow {
         InsertRow::new(record, self.clock.now())
     }
 
-    fn update_one(&self, context: &str, sql: &str, id: &str, params: &[&dyn rusqlite::ToSql]) -> Result<()> {
+    fn update_one(
+        &self,
+        context: &str,
+        sql: &str,
+        id: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<()> {
         let conn = self.conn()?;
-        let changed = conn.execute(sql, params).map_err(|e| StoreError::db(context, e))?;
+        let changed = conn
+            .execute(sql, params)
+            .map_err(|e| StoreError::db(context, e))?;
         if changed == 0 {
             return Err(StoreError::NotFound { id: id.to_string() });
         }
@@ -181,7 +203,12 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        if let Some(writer) = self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(writer) = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             writer.shutdown();
         }
     }
@@ -200,9 +227,12 @@ impl UsageStore for SqliteStore {
 
     fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>> {
         for (index, record) in records.iter().enumerate() {
-            record
-                .validate(self.config.max_field_bytes)
-                .map_err(|e| StoreError::InvalidBatchRecord { index, source: Box::new(e) })?;
+            record.validate(self.config.max_field_bytes).map_err(|e| {
+                StoreError::InvalidBatchRecord {
+                    index,
+                    source: Box::new(e),
+                }
+            })?;
         }
         if records.is_empty() {
             return Ok(Vec::new());
@@ -235,7 +265,9 @@ impl UsageStore for SqliteStore {
     fn get(&self, id: &str) -> Result<UsageRecord> {
         let conn = self.conn()?;
         let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE id = ?1");
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| StoreError::db("get record", e))?;
+        let mut stmt = conn
+            .prepare_cached(&sql)
+            .map_err(|e| StoreError::db("get record", e))?;
         stmt.query_row([id], rows::record_from_row)
             .optional()
             .map_err(|e| StoreError::db("get record", e))?
@@ -245,7 +277,10 @@ impl UsageStore for SqliteStore {
     fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>> {
         if let Some(q) = filter.min_quality {
             if !q.is_finite() {
-                return Err(StoreError::invalid("min_quality", format!("{q} is not a finite number")));
+                return Err(StoreError::invalid(
+                    "min_quality",
+                    format!("{q} is not a finite number"),
+                ));
             }
         }
         Ok(Box::new(stream::RecordPages::new(self, filter.clone())))
@@ -263,19 +298,33 @@ impl UsageStore for SqliteStore {
     fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>> {
         let conn = self.conn()?;
         window::stats_grouped(&conn, window, window::Grouping::Model).map(|groups| {
-            groups.into_iter().map(|(key, stats)| (key.model, stats)).collect()
+            groups
+                .into_iter()
+                .map(|(key, stats)| (key.model, stats))
+                .collect()
         })
     }
 
     fn stats_by_hour(&self, window: &StatsWindow) -> Result<BTreeMap<DateTime<Utc>, UsageStats>> {
         let conn = self.conn()?;
         window::stats_grouped(&conn, window, window::Grouping::Hour).map(|groups| {
-            groups.into_iter().map(|(key, stats)| (key.hour_start(), stats)).collect()
+            groups
+                .into_iter()
+                .map(|(key, stats)| (key.hour_start(), stats))
+                .collect()
         })
     }
 
-    fn count_quality_samples(&self, since: Option<DateTime<Utc>>, model: Option<&str>) -> Result<u64> {
-        let window = StatsWindow { since, until: None, model: model.map(str::to_string) };
+    fn count_quality_samples(
+        &self,
+        since: Option<DateTime<Utc>>,
+        model: Option<&str>,
+    ) -> Result<u64> {
+        let window = StatsWindow {
+            since,
+            until: None,
+            model: model.map(str::to_string),
+        };
         Ok(self.stats(&window)?.n_quality)
     }
 
@@ -306,12 +355,21 @@ impl UsageStore for SqliteStore {
             )
             .map_err(|e| StoreError::db("count duplicates", e))?;
         if !dry_run {
-            tx.execute("DELETE FROM usage WHERE rowid IN (SELECT rid FROM dedupe_victims)", [])
-                .map_err(|e| StoreError::db("delete duplicates", e))?;
+            tx.execute(
+                "DELETE FROM usage WHERE rowid IN (SELECT rid FROM dedupe_victims)",
+                [],
+            )
+            .map_err(|e| StoreError::db("delete duplicates", e))?;
         }
-        tx.execute("DELETE FROM dedupe_victims", []).map_err(|e| StoreError::db("dedupe cleanup", e))?;
-        tx.commit().map_err(|e| StoreError::db("commit dedupe", e))?;
-        Ok(DedupeReport { duplicate_groups: duplicate_groups as u64, removed: removed as u64, dry_run })
+        tx.execute("DELETE FROM dedupe_victims", [])
+            .map_err(|e| StoreError::db("dedupe cleanup", e))?;
+        tx.commit()
+            .map_err(|e| StoreError::db("commit dedupe", e))?;
+        Ok(DedupeReport {
+            duplicate_groups: duplicate_groups as u64,
+            removed: removed as u64,
+            dry_run,
+        })
     }
 
     fn prune(&self, cutoff: DateTime<Utc>, archive: Option<&Path>) -> Result<PruneReport> {
@@ -349,23 +407,40 @@ impl UsageStore for SqliteStore {
             .map_err(|e| StoreError::db("begin rollup rebuild", e))?;
         tx.execute_batch(&migrations::rebuild_rollups_sql())
             .map_err(|e| StoreError::db("rebuild rollups", e))?;
-        tx.commit().map_err(|e| StoreError::db("commit rollup rebuild", e))
+        tx.commit()
+            .map_err(|e| StoreError::db("commit rollup rebuild", e))
     }
 }
 
 /// Writes every record older than `cutoff_us` to a new file at `path` as JSON lines and syncs
 /// it. On any failure the partial file is removed, so an archive either is whole or absent.
 fn write_archive(tx: &rusqlite::Transaction<'_>, cutoff_us: i64, path: &Path) -> Result<u64> {
-    let io_err = |e: std::io::Error| StoreError::Io { context: format!("write archive {}", path.display()), source: e };
-    let file = OpenOptions::new().write(true).create_new(true).open(path).map_err(io_err)?;
+    let io_err = |e: std::io::Error| StoreError::Io {
+        context: format!("write archive {}", path.display()),
+        source: e,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err)?;
     let result = (|| {
         let mut out = BufWriter::new(file);
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE ts_us < ?1 ORDER BY ts_us, rowid");
-        let mut stmt = tx.prepare(&sql).map_err(|e| StoreError::db("read records to archive", e))?;
-        let mut rows = stmt.query(params![cutoff_us]).map_err(|e| StoreError::db("read records to archive", e))?;
+        let sql =
+            format!("SELECT {RECORD_COLUMNS} FROM usage WHERE ts_us < ?1 ORDER BY ts_us, rowid");
+        let mut stmt = tx
+            .prepare(&sql)
+            .map_err(|e| StoreError::db("read records to archive", e))?;
+        let mut rows = stmt
+            .query(params![cutoff_us])
+            .map_err(|e| StoreError::db("read records to archive", e))?;
         let mut n = 0u64;
-        while let Some(row) = rows.next().map_err(|e| StoreError::db("read records to archive", e))? {
-            let record = rows::record_from_row(row).map_err(|e| StoreError::db("read records to archive", e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| StoreError::db("read records to archive", e))?
+        {
+            let record = rows::record_from_row(row)
+                .map_err(|e| StoreError::db("read records to archive", e))?;
             serde_json::to_writer(&mut out, &rows::ArchiveLine::from(&record))
                 .map_err(|e| io_err(std::io::Error::other(e)))?;
             out.write_all(b"\n").map_err(io_err)?;

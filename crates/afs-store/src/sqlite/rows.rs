@@ -30,7 +30,10 @@ pub(crate) struct InsertRow {
 impl InsertRow {
     pub(crate) fn new(record: NewUsage, now: DateTime<Utc>) -> Self {
         let when = record.timestamp.unwrap_or(now);
-        let feedback_at = record.feedback.as_ref().map(|f| rfc3339(f.at.unwrap_or(now)));
+        let feedback_at = record
+            .feedback
+            .as_ref()
+            .map(|f| rfc3339(f.at.unwrap_or(now)));
         InsertRow {
             id: new_id(now),
             ts_us: micros_of(when),

@@ -93,16 +93,27 @@ impl<'a> RecordPages<'a> {
             Some(left) => left.min(self.page_size),
             None => self.page_size,
         };
-        let where_sql = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        let where_sql = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
         let sql = format!(
             "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} \
              ORDER BY ts_us {dir}, rowid {dir} LIMIT {page}"
         );
         let conn = self.store.conn()?;
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| StoreError::db("query records", e))?;
-        let mut rows = stmt.query(params_from_iter(args)).map_err(|e| StoreError::db("query records", e))?;
+        let mut stmt = conn
+            .prepare_cached(&sql)
+            .map_err(|e| StoreError::db("query records", e))?;
+        let mut rows = stmt
+            .query(params_from_iter(args))
+            .map_err(|e| StoreError::db("query records", e))?;
         let mut n = 0u64;
-        while let Some(row) = rows.next().map_err(|e| StoreError::db("query records", e))? {
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| StoreError::db("query records", e))?
+        {
             let record = record_from_row(row).map_err(|e| StoreError::db("read record", e))?;
             let rowid: i64 = row.get(16).map_err(|e| StoreError::db("read record", e))?;
             let ts: Option<i64> = row.get(17).map_err(|e| StoreError::db("read record", e))?;

@@ -46,7 +46,10 @@ fn split(since: Option<i64>, until: Option<i64>) -> Parts {
     if let (Some(f), Some(l)) = (first, last) {
         if f >= l {
             // The window lies within (at most) two partial hours: scan it whole.
-            return Parts { whole_hours: None, edges: vec![(since, until)] };
+            return Parts {
+                whole_hours: None,
+                edges: vec![(since, until)],
+            };
         }
     }
     let mut edges = Vec::new();
@@ -60,11 +63,16 @@ fn split(since: Option<i64>, until: Option<i64>) -> Parts {
             edges.push((Some(l * HOUR_US), Some(u)));
         }
     }
-    Parts { whole_hours: Some((first, last)), edges }
+    Parts {
+        whole_hours: Some((first, last)),
+        edges,
+    }
 }
 
 fn stats_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<UsageStats> {
-    let count = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, f64>(offset + i)?.max(0.0).round() as u64) };
+    let count = |i: usize| -> rusqlite::Result<u64> {
+        Ok(row.get::<_, f64>(offset + i)?.max(0.0).round() as u64)
+    };
     Ok(UsageStats {
         total: count(0)?,
         with_feedback: count(1)?,
@@ -160,12 +168,23 @@ fn accumulate(
     args: Vec<rusqlite::types::Value>,
     out: &mut BTreeMap<GroupKey, UsageStats>,
 ) -> Result<()> {
-    let mut stmt = conn.prepare_cached(sql).map_err(|e| StoreError::db("read statistics", e))?;
-    let mut rows = stmt.query(params_from_iter(args)).map_err(|e| StoreError::db("read statistics", e))?;
-    while let Some(row) = rows.next().map_err(|e| StoreError::db("read statistics", e))? {
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(|e| StoreError::db("read statistics", e))?;
+    let mut rows = stmt
+        .query(params_from_iter(args))
+        .map_err(|e| StoreError::db("read statistics", e))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| StoreError::db("read statistics", e))?
+    {
         let key = GroupKey {
-            model: row.get(0).map_err(|e| StoreError::db("read statistics", e))?,
-            hour: row.get(1).map_err(|e| StoreError::db("read statistics", e))?,
+            model: row
+                .get(0)
+                .map_err(|e| StoreError::db("read statistics", e))?,
+            hour: row
+                .get(1)
+                .map_err(|e| StoreError::db("read statistics", e))?,
         };
         let stats = stats_from_row(row, 2).map_err(|e| StoreError::db("read statistics", e))?;
         out.entry(key).or_default().add(&stats);
@@ -177,8 +196,19 @@ fn accumulate(
 mod tests {
     use super::*;
 
-    fn check(since: Option<i64>, until: Option<i64>, whole: Option<(Option<i64>, Option<i64>)>, edges: &[(Option<i64>, Option<i64>)]) {
-        assert_eq!(split(since, until), Parts { whole_hours: whole, edges: edges.to_vec() });
+    fn check(
+        since: Option<i64>,
+        until: Option<i64>,
+        whole: Option<(Option<i64>, Option<i64>)>,
+        edges: &[(Option<i64>, Option<i64>)],
+    ) {
+        assert_eq!(
+            split(since, until),
+            Parts {
+                whole_hours: whole,
+                edges: edges.to_vec()
+            }
+        );
     }
 
     #[test]
@@ -186,12 +216,42 @@ mod tests {
         let h = HOUR_US;
         check(None, None, Some((None, None)), &[]);
         check(Some(2 * h), None, Some((Some(2), None)), &[]);
-        check(Some(2 * h + 5), None, Some((Some(3), None)), &[(Some(2 * h + 5), Some(3 * h))]);
+        check(
+            Some(2 * h + 5),
+            None,
+            Some((Some(3), None)),
+            &[(Some(2 * h + 5), Some(3 * h))],
+        );
         check(None, Some(5 * h), Some((None, Some(5))), &[]);
-        check(None, Some(5 * h + 1), Some((None, Some(5))), &[(Some(5 * h), Some(5 * h + 1))]);
-        check(Some(h + 1), Some(3 * h + 1), Some((Some(2), Some(3))), &[(Some(h + 1), Some(2 * h)), (Some(3 * h), Some(3 * h + 1))]);
-        check(Some(h + 1), Some(h + 7), None, &[(Some(h + 1), Some(h + 7))]);
-        check(Some(h + 1), Some(2 * h + 7), None, &[(Some(h + 1), Some(2 * h + 7))]);
-        check(Some(-h - 1), Some(0), Some((Some(-1), Some(0))), &[(Some(-h - 1), Some(-h))]);
+        check(
+            None,
+            Some(5 * h + 1),
+            Some((None, Some(5))),
+            &[(Some(5 * h), Some(5 * h + 1))],
+        );
+        check(
+            Some(h + 1),
+            Some(3 * h + 1),
+            Some((Some(2), Some(3))),
+            &[(Some(h + 1), Some(2 * h)), (Some(3 * h), Some(3 * h + 1))],
+        );
+        check(
+            Some(h + 1),
+            Some(h + 7),
+            None,
+            &[(Some(h + 1), Some(h + 7))],
+        );
+        check(
+            Some(h + 1),
+            Some(2 * h + 7),
+            None,
+            &[(Some(h + 1), Some(2 * h + 7))],
+        );
+        check(
+            Some(-h - 1),
+            Some(0),
+            Some((Some(-1), Some(0))),
+            &[(Some(-h - 1), Some(-h))],
+        );
     }
 }

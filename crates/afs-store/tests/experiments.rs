@@ -1,0 +1,636 @@
+//! The `ExperimentStore` contract, checked against the SQLite store in a temp dir: model
+//! version history, experiment transitions, periods, sequential state and the event log.
+
+use std::sync::Arc;
+
+use afs_store::{
+    Decision, ErrorKind, EventFilter, EventKind, EventNote, ExperimentStatus, ExperimentStore,
+    ManualClock, NewModelVersion, SequentialState, SqliteConfig, SqliteStore, StoreError,
+    VersionStatus, WeightSource,
+};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+struct Fixture {
+    store: SqliteStore,
+    clock: Arc<ManualClock>,
+    dir: tempfile::TempDir,
+}
+
+fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(start()));
+    let store =
+        SqliteStore::open(SqliteConfig::new(dir.path().join("afs.db")), clock.clone()).unwrap();
+    Fixture { store, clock, dir }
+}
+
+fn note(reason: &str) -> EventNote {
+    EventNote::reason(reason)
+}
+
+fn state(metric: &str, p: f64) -> SequentialState {
+    SequentialState {
+        metric: metric.into(),
+        n_looks: 3,
+        baseline: 0.7,
+        tau: 0.035,
+        theta0: 0.0,
+        p_better: p,
+        p_worse: 1.0,
+        cs_lower: -0.01,
+        cs_upper: 0.05,
+        started_at: start(),
+        updated_at: start() + Duration::hours(3),
+    }
+}
+
+/// A store with champion `v1` and challenger `v2` at 10%.
+fn running() -> (Fixture, i64) {
+    let f = fixture();
+    f.store
+        .set_champion(
+            &NewModelVersion::new("v1", "/models/v1"),
+            &note("first model"),
+        )
+        .unwrap();
+    f.clock.advance(Duration::hours(1));
+    let version = NewModelVersion {
+        dataset: Some("datasets/2026-04-01.jsonl".into()),
+        run_id: Some("run-7".into()),
+        ..NewModelVersion::new("v2", "/models/v2")
+    };
+    let experiment = f
+        .store
+        .deploy_challenger(&version, 0.1, 42, &note("retrained"))
+        .unwrap();
+    (f, experiment.id)
+}
+
+fn kind_of(err: StoreError) -> ErrorKind {
+    err.kind()
+}
+
+fn field_of(err: StoreError) -> &'static str {
+    match err {
+        StoreError::InvalidInput { field, .. } => field,
+        other => panic!("expected invalid input, got {other}"),
+    }
+}
+
+fn event_kinds(store: &SqliteStore) -> Vec<(EventKind, Option<Decision>)> {
+    store
+        .events(&EventFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.decision))
+        .collect()
+}
+
+#[test]
+fn deploy_starts_an_experiment_with_one_open_period() {
+    let (f, id) = running();
+    let experiment = f.store.running_experiment().unwrap().expect("running");
+    assert_eq!(experiment.id, id);
+    assert_eq!(
+        (experiment.champion.as_str(), experiment.challenger.as_str()),
+        ("v1", "v2")
+    );
+    assert_eq!(experiment.status, ExperimentStatus::Running);
+    assert_eq!(experiment.seed, 42);
+    assert_eq!(experiment.challenger_weight, 0.1);
+    assert_eq!(experiment.started_at, start() + Duration::hours(1));
+    assert_eq!(experiment.periods.len(), 1);
+    let period = &experiment.periods[0];
+    assert_eq!(
+        (period.index, period.challenger_weight, period.source),
+        (0, 0.1, WeightSource::Initial)
+    );
+    assert_eq!(period.ended_at, None);
+
+    let v2 = f.store.model_version("v2").unwrap();
+    assert_eq!(v2.status, VersionStatus::Challenger);
+    assert_eq!(v2.traffic_weight, 0.1);
+    assert_eq!(v2.dataset.as_deref(), Some("datasets/2026-04-01.jsonl"));
+    assert_eq!(v2.run_id.as_deref(), Some("run-7"));
+    let v1 = f.store.champion().unwrap().expect("champion");
+    assert_eq!(v1.name, "v1");
+    assert!((v1.traffic_weight - 0.9).abs() < 1e-12);
+    assert_eq!(v1.promoted_at, Some(start()));
+
+    let events = f.store.events(&EventFilter::default()).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kind, EventKind::SetChampion);
+    assert_eq!(events[0].experiment_id, None);
+    assert_eq!(events[1].kind, EventKind::Deploy);
+    assert_eq!(events[1].experiment_id, Some(id));
+    assert_eq!(events[1].model.as_deref(), Some("v2"));
+    assert_eq!(events[1].weight, Some(0.1));
+    assert_eq!(events[1].reason, "retrained");
+    assert_eq!(events[1].at, start() + Duration::hours(1));
+}
+
+#[test]
+fn state_changes_that_do_not_fit_are_conflicts_and_write_nothing() {
+    let f = fixture();
+    let deploy = |name: &str| {
+        f.store
+            .deploy_challenger(&NewModelVersion::new(name, "/m"), 0.1, 1, &note(""))
+    };
+    assert_eq!(
+        kind_of(deploy("v2").unwrap_err()),
+        ErrorKind::Conflict,
+        "no champion yet"
+    );
+    f.store
+        .set_champion(&NewModelVersion::new("v1", "/m1"), &note(""))
+        .unwrap();
+    assert_eq!(
+        kind_of(deploy("v1").unwrap_err()),
+        ErrorKind::Conflict,
+        "name in use"
+    );
+    let experiment = deploy("v2").unwrap();
+    assert_eq!(
+        kind_of(deploy("v3").unwrap_err()),
+        ErrorKind::Conflict,
+        "already running"
+    );
+    let err = f
+        .store
+        .set_champion(&NewModelVersion::new("v9", "/m9"), &note(""))
+        .unwrap_err();
+    assert_eq!(
+        kind_of(err),
+        ErrorKind::Conflict,
+        "set champion while running"
+    );
+
+    f.store.rollback(experiment.id, &note("bad")).unwrap();
+    for err in [
+        f.store.promote(experiment.id, &note("")).unwrap_err(),
+        f.store.rollback(experiment.id, &note("")).unwrap_err(),
+        f.store
+            .set_challenger_weight(experiment.id, 0.5, WeightSource::Manual, &note(""))
+            .unwrap_err(),
+        f.store
+            .record_decision(experiment.id, Decision::KeepTesting, &[], &note(""), false)
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    }
+    // A retired name stays taken.
+    assert_eq!(kind_of(deploy("v2").unwrap_err()), ErrorKind::Conflict);
+    assert_eq!(
+        f.store.model_version("nope").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        f.store.experiment(999).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        f.store.promote(999, &note("")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let kinds: Vec<EventKind> = event_kinds(&f.store).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::SetChampion,
+            EventKind::Deploy,
+            EventKind::Rollback
+        ]
+    );
+}
+
+#[test]
+fn bad_input_names_the_field() {
+    let (f, id) = running();
+    let check = |result: afs_store::Result<()>, field: &str| {
+        assert_eq!(field_of(result.unwrap_err()), field)
+    };
+    check(
+        f.store
+            .set_challenger_weight(id, 1.5, WeightSource::Manual, &note(""))
+            .map(drop),
+        "weight",
+    );
+    check(
+        f.store
+            .set_challenger_weight(id, f64::NAN, WeightSource::Manual, &note(""))
+            .map(drop),
+        "weight",
+    );
+    check(
+        f.store
+            .set_challenger_weight(id, -0.1, WeightSource::Manual, &note(""))
+            .map(drop),
+        "weight",
+    );
+    f.store.rollback(id, &note("")).unwrap();
+    check(
+        f.store
+            .deploy_challenger(&NewModelVersion::new(" ", "/m"), 0.1, 1, &note(""))
+            .map(drop),
+        "name",
+    );
+    check(
+        f.store
+            .deploy_challenger(&NewModelVersion::new("v3", ""), 0.1, 1, &note(""))
+            .map(drop),
+        "model_path",
+    );
+    check(
+        f.store
+            .set_champion(&NewModelVersion::new("", "/m"), &note(""))
+            .map(drop),
+        "name",
+    );
+    let mut bad = state("quality", 0.5);
+    bad.p_better = f64::NAN;
+    let (f, id) = running();
+    check(
+        f.store
+            .record_decision(id, Decision::KeepTesting, &[bad], &note(""), false)
+            .map(drop),
+        "p_better",
+    );
+    let mut bad = state("quality", 0.5);
+    bad.cs_upper = f64::INFINITY;
+    check(
+        f.store
+            .record_decision(id, Decision::KeepTesting, &[bad], &note(""), false)
+            .map(drop),
+        "cs_upper",
+    );
+    check(
+        f.store
+            .record_decision(
+                id,
+                Decision::KeepTesting,
+                &[state(" ", 0.5)],
+                &note(""),
+                false,
+            )
+            .map(drop),
+        "metric",
+    );
+    assert!(f.store.sequential_states(id).unwrap().is_empty());
+    assert_eq!(
+        event_kinds(&f.store).len(),
+        2,
+        "nothing written by refused calls"
+    );
+}
+
+#[test]
+fn weight_changes_open_contiguous_periods_and_keep_the_seed() {
+    let (f, id) = running();
+    f.clock.advance(Duration::hours(5));
+    f.store
+        .set_challenger_weight(id, 0.5, WeightSource::Manual, &note("ramp up"))
+        .unwrap();
+    f.clock.advance(Duration::hours(2));
+    let experiment = f
+        .store
+        .set_challenger_weight(id, 0.3, WeightSource::Bandit, &note("thompson"))
+        .unwrap();
+    assert_eq!(experiment.seed, 42);
+    assert_eq!(experiment.challenger_weight, 0.3);
+    assert_eq!(experiment.weight_updated_at(), start() + Duration::hours(8));
+    let periods = &experiment.periods;
+    assert_eq!(periods.len(), 3);
+    for pair in periods.windows(2) {
+        assert_eq!(pair[0].ended_at, Some(pair[1].started_at));
+    }
+    assert_eq!(periods[2].ended_at, None);
+    let weights: Vec<(f64, WeightSource)> = periods
+        .iter()
+        .map(|p| (p.challenger_weight, p.source))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            (0.1, WeightSource::Initial),
+            (0.5, WeightSource::Manual),
+            (0.3, WeightSource::Bandit)
+        ]
+    );
+    assert!((f.store.champion().unwrap().unwrap().traffic_weight - 0.7).abs() < 1e-12);
+    assert_eq!(f.store.model_version("v2").unwrap().traffic_weight, 0.3);
+    let set_weight = f
+        .store
+        .events(&EventFilter {
+            kinds: vec![EventKind::SetWeight],
+            ..EventFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        set_weight
+            .iter()
+            .map(|e| e.weight.unwrap())
+            .collect::<Vec<_>>(),
+        [0.5, 0.3]
+    );
+    assert_eq!(set_weight[1].reason, "thompson");
+}
+
+#[test]
+fn promote_swaps_roles_atomically_and_keeps_history() {
+    let (f, id) = running();
+    f.clock.advance(Duration::hours(50));
+    let experiment = f.store.promote(id, &note("operator")).unwrap();
+    let at = start() + Duration::hours(51);
+    assert_eq!(experiment.status, ExperimentStatus::Promoted);
+    assert_eq!(experiment.ended_at, Some(at));
+    assert_eq!(experiment.periods.last().unwrap().ended_at, Some(at));
+    assert!(f.store.running_experiment().unwrap().is_none());
+    let champion = f.store.champion().unwrap().unwrap();
+    assert_eq!(
+        (
+            champion.name.as_str(),
+            champion.traffic_weight,
+            champion.promoted_at
+        ),
+        ("v2", 1.0, Some(at))
+    );
+    let v1 = f.store.model_version("v1").unwrap();
+    assert_eq!(
+        (v1.status, v1.traffic_weight, v1.retired_at),
+        (VersionStatus::Retired, 0.0, Some(at))
+    );
+    let versions = f.store.model_versions().unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["v1", "v2"]
+    );
+    let last = f
+        .store
+        .events(&EventFilter {
+            newest_first: true,
+            limit: Some(1),
+            ..EventFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            last[0].kind,
+            last[0].model.as_deref(),
+            last[0].reason.as_str()
+        ),
+        (EventKind::Promote, Some("v2"), "operator")
+    );
+
+    // The next experiment runs against the new champion.
+    let next = f
+        .store
+        .deploy_challenger(&NewModelVersion::new("v3", "/m3"), 0.2, u64::MAX, &note(""))
+        .unwrap();
+    assert_eq!(next.champion, "v2");
+    assert_eq!(next.seed, u64::MAX, "the whole u64 range round-trips");
+    assert_eq!(f.store.experiments().unwrap().len(), 2);
+}
+
+#[test]
+fn rollback_retires_the_challenger_and_restores_full_traffic() {
+    let (f, id) = running();
+    f.clock.advance(Duration::hours(3));
+    let experiment = f.store.rollback(id, &note("latency guardrail")).unwrap();
+    assert_eq!(experiment.status, ExperimentStatus::RolledBack);
+    let champion = f.store.champion().unwrap().unwrap();
+    assert_eq!(
+        (
+            champion.name.as_str(),
+            champion.traffic_weight,
+            champion.promoted_at
+        ),
+        ("v1", 1.0, Some(start()))
+    );
+    let v2 = f.store.model_version("v2").unwrap();
+    assert_eq!(
+        (v2.status, v2.traffic_weight),
+        (VersionStatus::Retired, 0.0)
+    );
+    assert_eq!(v2.retired_at, Some(start() + Duration::hours(4)));
+}
+
+#[test]
+fn decisions_store_state_and_can_apply_their_transition_in_one_transaction() {
+    let (f, id) = running();
+    f.clock.advance(Duration::hours(1));
+    let statistics = Some(r#"{"p":0.5}"#.to_string());
+    let looked = EventNote {
+        reason: "waiting for samples".into(),
+        statistics: statistics.clone(),
+    };
+    let event = f
+        .store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            &[state("quality", 0.5), state("latency", 0.9)],
+            &looked,
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        (event.kind, event.decision),
+        (EventKind::Decision, Some(Decision::KeepTesting))
+    );
+    assert_eq!(event.statistics, statistics);
+    assert!(
+        f.store.running_experiment().unwrap().is_some(),
+        "keep testing applies nothing"
+    );
+
+    // A later look replaces the states it names and keeps the others.
+    f.store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            &[state("quality", 0.2)],
+            &note("look 2"),
+            false,
+        )
+        .unwrap();
+    let states = f.store.sequential_states(id).unwrap();
+    assert_eq!(
+        states
+            .iter()
+            .map(|s| (s.metric.as_str(), s.p_better))
+            .collect::<Vec<_>>(),
+        [("latency", 0.9), ("quality", 0.2)]
+    );
+    assert_eq!(states[1], state("quality", 0.2));
+
+    // Promote without applying: recorded, nothing changes.
+    f.store
+        .record_decision(
+            id,
+            Decision::Promote,
+            &[],
+            &note("auto promotion disabled"),
+            false,
+        )
+        .unwrap();
+    assert!(f.store.running_experiment().unwrap().is_some());
+    // Applied: the decision row and the promotion row are written together.
+    f.store
+        .record_decision(
+            id,
+            Decision::Promote,
+            &[state("quality", 0.01)],
+            &note("quality +4%"),
+            true,
+        )
+        .unwrap();
+    assert_eq!(f.store.champion().unwrap().unwrap().name, "v2");
+    assert_eq!(
+        event_kinds(&f.store)[2..],
+        [
+            (EventKind::Decision, Some(Decision::KeepTesting)),
+            (EventKind::Decision, Some(Decision::KeepTesting)),
+            (EventKind::Decision, Some(Decision::Promote)),
+            (EventKind::Decision, Some(Decision::Promote)),
+            (EventKind::Promote, Some(Decision::Promote)),
+        ]
+    );
+    // Ended experiments keep their state for history.
+    assert_eq!(f.store.sequential_states(id).unwrap()[1].p_better, 0.01);
+    let by_experiment = f
+        .store
+        .events(&EventFilter {
+            experiment_id: Some(id),
+            ..EventFilter::default()
+        })
+        .unwrap();
+    assert_eq!(by_experiment.len(), 6, "deploy + 4 decisions + promote");
+}
+
+#[test]
+fn an_applied_rollback_decision_rolls_back() {
+    let (f, id) = running();
+    f.store
+        .record_decision(id, Decision::Rollback, &[], &note("quality -10%"), true)
+        .unwrap();
+    assert_eq!(
+        f.store.experiment(id).unwrap().status,
+        ExperimentStatus::RolledBack
+    );
+    let last = f
+        .store
+        .events(&EventFilter {
+            newest_first: true,
+            limit: Some(1),
+            ..EventFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (last[0].kind, last[0].decision, last[0].reason.as_str()),
+        (
+            EventKind::Rollback,
+            Some(Decision::Rollback),
+            "quality -10%"
+        )
+    );
+}
+
+#[test]
+fn state_survives_reopening_the_file() {
+    let (f, id) = running();
+    f.store
+        .set_challenger_weight(id, 0.25, WeightSource::Manual, &note(""))
+        .unwrap();
+    f.store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            &[state("quality", 0.3)],
+            &note(""),
+            false,
+        )
+        .unwrap();
+    let before = (
+        f.store.running_experiment().unwrap(),
+        f.store.model_versions().unwrap(),
+        f.store.events(&EventFilter::default()).unwrap(),
+    );
+    let path = f.dir.path().join("afs.db");
+    drop(f.store);
+    let reopened = SqliteStore::open(SqliteConfig::new(&path), f.clock.clone()).unwrap();
+    let after = (
+        reopened.running_experiment().unwrap(),
+        reopened.model_versions().unwrap(),
+        reopened.events(&EventFilter::default()).unwrap(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        reopened.sequential_states(id).unwrap(),
+        [state("quality", 0.3)]
+    );
+}
+
+#[test]
+fn racing_promote_and_rollback_exactly_one_wins() {
+    for round in 0..10 {
+        let (f, id) = running();
+        let store = &f.store;
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| store.promote(id, &note("a")));
+            let b = s.spawn(|| store.rollback(id, &note("b")));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "round {round}: exactly one must win"
+        );
+        let loser = a.err().or(b.err()).unwrap();
+        assert_eq!(loser.kind(), ErrorKind::Conflict);
+        let ends = f
+            .store
+            .events(&EventFilter {
+                kinds: vec![EventKind::Promote, EventKind::Rollback],
+                ..EventFilter::default()
+            })
+            .unwrap();
+        assert_eq!(ends.len(), 1);
+        let champions = f
+            .store
+            .model_versions()
+            .unwrap()
+            .iter()
+            .filter(|v| v.status == VersionStatus::Champion)
+            .count();
+        assert_eq!(champions, 1);
+    }
+}
+
+#[test]
+fn set_champion_retires_the_previous_one() {
+    let f = fixture();
+    f.store
+        .set_champion(&NewModelVersion::new("v1", "/m1"), &note(""))
+        .unwrap();
+    f.clock.advance(Duration::days(1));
+    let v2 = f
+        .store
+        .set_champion(
+            &NewModelVersion::new("v2", "/m2"),
+            &note("manual replacement"),
+        )
+        .unwrap();
+    assert_eq!(
+        (v2.status, v2.traffic_weight),
+        (VersionStatus::Champion, 1.0)
+    );
+    let v1 = f.store.model_version("v1").unwrap();
+    assert_eq!(
+        (v1.status, v1.retired_at),
+        (VersionStatus::Retired, Some(start() + Duration::days(1)))
+    );
+    assert_eq!(f.store.champion().unwrap().unwrap().name, "v2");
+}
