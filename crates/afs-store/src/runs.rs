@@ -48,6 +48,9 @@ impl RunStatus {
 /// A run to start.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewRun {
+    /// The run's id; `None` lets the store make one (a ULID). A caller that needs the id
+    /// before the run starts (to name its directory) makes it with [`crate::new_id`].
+    pub id: Option<String>,
     /// The trigger type that caused the run (`sample_count`, `manual`, ...).
     pub trigger_type: String,
     /// The trigger's reason and metrics, as JSON text.

@@ -144,7 +144,7 @@ impl RunStore for SqliteStore {
             });
         }
         let now = self.clock().now();
-        let id = new_id(now);
+        let id = run.id.clone().unwrap_or_else(|| new_id(now));
         let pid = std::process::id();
         tx.execute(
             "INSERT INTO retrain_runs (id, started_at, status, trigger_type, trigger, run_dir, owner_pid, owner_start)

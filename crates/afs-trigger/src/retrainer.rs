@@ -1,0 +1,272 @@
+//! `AutoRetrainer`: check → generate data into a run directory → train → record the run.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use afs_datagen::{generate, GenerationResult, GeneratorConfig, HeuristicScorer, QualityScorer};
+use afs_store::{ErrorKind, NewRun, RetrainRun, RunOutcome, RunStatus};
+
+use crate::checker::{
+    record_retrain_started, record_retrain_succeeded, RetrainTrigger, TriggerStore,
+};
+use crate::config::RetrainerConfig;
+use crate::error::TriggerError;
+use crate::policy::{TriggerResult, TriggerType};
+use crate::trainer::{TrainError, TrainJob, TrainOutput, Trainer};
+
+/// What one call of [`AutoRetrainer::check_and_retrain`] did.
+#[derive(Debug)]
+pub enum RetrainOutcome {
+    /// No trigger fired; nothing ran.
+    NotTriggered(TriggerResult),
+    /// A trigger fired but another retrain is running (in this or another process).
+    AlreadyRunning {
+        /// The trigger that fired.
+        trigger: TriggerResult,
+        /// What is running.
+        reason: String,
+    },
+    /// The run was recorded as failed because the dataset had too few samples.
+    Refused {
+        /// The run (status `failed`).
+        run: RetrainRun,
+        /// The trigger that fired.
+        trigger: TriggerResult,
+        /// The dataset generation's result.
+        dataset: Box<GenerationResult>,
+    },
+    /// The trainer succeeded.
+    Completed {
+        /// The run (status `completed`).
+        run: RetrainRun,
+        /// The trigger that fired.
+        trigger: TriggerResult,
+        /// The dataset generation's result.
+        dataset: Box<GenerationResult>,
+        /// What the trainer reported.
+        output: TrainOutput,
+    },
+    /// Generation or training failed, or timed out; the run records why.
+    Failed {
+        /// The run (status `failed` or `timed_out`).
+        run: RetrainRun,
+        /// The trigger that fired.
+        trigger: TriggerResult,
+    },
+}
+
+impl RetrainOutcome {
+    /// The run this outcome recorded, if one started.
+    pub fn run(&self) -> Option<&RetrainRun> {
+        match self {
+            RetrainOutcome::Refused { run, .. }
+            | RetrainOutcome::Completed { run, .. }
+            | RetrainOutcome::Failed { run, .. } => Some(run),
+            RetrainOutcome::NotTriggered(_) | RetrainOutcome::AlreadyRunning { .. } => None,
+        }
+    }
+}
+
+/// Runs one retrain when the triggers say so (the seed's `AutoRetrainer`).
+pub struct AutoRetrainer {
+    trigger: RetrainTrigger,
+    generator: GeneratorConfig,
+    config: RetrainerConfig,
+    scorer: Box<dyn QualityScorer>,
+}
+
+impl std::fmt::Debug for AutoRetrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoRetrainer")
+            .field("trigger", &self.trigger)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AutoRetrainer {
+    /// A retrainer with the heuristic quality scorer.
+    pub fn new(
+        trigger: RetrainTrigger,
+        generator: GeneratorConfig,
+        config: RetrainerConfig,
+    ) -> Self {
+        AutoRetrainer {
+            trigger,
+            generator,
+            config,
+            scorer: Box::new(HeuristicScorer),
+        }
+    }
+
+    /// Uses `scorer` for records without a quality score.
+    pub fn with_scorer(mut self, scorer: Box<dyn QualityScorer>) -> Self {
+        self.scorer = scorer;
+        self
+    }
+
+    /// The trigger in use.
+    pub fn trigger(&self) -> &RetrainTrigger {
+        &self.trigger
+    }
+
+    /// Checks the triggers (all of them, or none with `force`) and, when one fires, runs a
+    /// retrain: the run is a row in the store from start to end, its dataset and trainer
+    /// logs are in `<output_dir>/runs/<run id>/`, and only one runs at a time per database.
+    ///
+    /// Errors are returned only when the store itself fails; a failing generator or trainer
+    /// is a recorded `Failed` outcome.
+    pub fn check_and_retrain<S: TriggerStore + ?Sized>(
+        &self,
+        store: &S,
+        trainer: &dyn Trainer,
+        force: bool,
+    ) -> Result<RetrainOutcome, TriggerError> {
+        store.recover_stale_runs()?;
+        let trigger = self.trigger.check(store, force)?;
+        if !trigger.triggered {
+            return Ok(RetrainOutcome::NotTriggered(trigger));
+        }
+        let run_id = afs_store::new_id(store.clock().now());
+        let run_dir = self.config.output_dir.join("runs").join(&run_id);
+        let trigger_json =
+            serde_json::to_string(&trigger).map_err(|e| TriggerError::State(e.to_string()))?;
+        let new_run = NewRun {
+            id: Some(run_id.clone()),
+            trigger_type: trigger
+                .trigger_type
+                .unwrap_or(TriggerType::Manual)
+                .as_str()
+                .to_string(),
+            trigger: trigger_json,
+            run_dir: run_dir.to_string_lossy().into_owned(),
+        };
+        let run = match store.begin_run(new_run) {
+            Ok(run) => run,
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                return Ok(RetrainOutcome::AlreadyRunning {
+                    trigger,
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        record_retrain_started(store)?;
+        tracing::info!(run = %run.id, trigger = ?trigger.trigger_type, "retrain started");
+
+        let fail = |status: RunStatus, error: String| -> Result<RetrainRun, TriggerError> {
+            tracing::warn!(run = %run.id, %error, "retrain failed");
+            Ok(store.finish_run(
+                &run.id,
+                RunOutcome {
+                    status,
+                    model_path: None,
+                    metrics: None,
+                    error: Some(error),
+                },
+            )?)
+        };
+
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            let run = fail(
+                RunStatus::Failed,
+                format!("create run directory {}: {e}", run_dir.display()),
+            )?;
+            return Ok(RetrainOutcome::Failed { run, trigger });
+        }
+        let dataset_path = run_dir.join(&self.config.dataset_name);
+        let dataset = match generate(
+            store.as_usage(),
+            &self.generator,
+            &dataset_path,
+            self.scorer.as_ref(),
+            None,
+        ) {
+            Ok(result) => result,
+            Err(e) => {
+                let run = fail(RunStatus::Failed, format!("generate training data: {e}"))?;
+                return Ok(RetrainOutcome::Failed { run, trigger });
+            }
+        };
+        let manifest =
+            std::fs::read_to_string(&dataset.manifest_path).unwrap_or_else(|_| "{}".into());
+        store.set_run_dataset(
+            &run.id,
+            &dataset_path.to_string_lossy(),
+            &manifest,
+            dataset.final_count,
+        )?;
+
+        if dataset.final_count < self.config.min_samples_for_retrain {
+            let run = fail(
+                RunStatus::Failed,
+                format!(
+                    "refused: the dataset has {} samples, fewer than min_samples_for_retrain ({})",
+                    dataset.final_count, self.config.min_samples_for_retrain
+                ),
+            )?;
+            return Ok(RetrainOutcome::Refused {
+                run,
+                trigger,
+                dataset: Box::new(dataset),
+            });
+        }
+
+        let output_dir = run_dir.join("model");
+        if let Err(e) = std::fs::create_dir_all(&output_dir) {
+            let run = fail(
+                RunStatus::Failed,
+                format!("create model directory {}: {e}", output_dir.display()),
+            )?;
+            return Ok(RetrainOutcome::Failed { run, trigger });
+        }
+        let job = TrainJob {
+            run_id: run.id.clone(),
+            dataset_path,
+            output_dir,
+            run_dir,
+            n_samples: dataset.final_count,
+        };
+        let trained =
+            catch_unwind(AssertUnwindSafe(|| trainer.train(&job))).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(TrainError::Failed(format!(
+                    "the trainer panicked: {message}"
+                )))
+            });
+        match trained {
+            Ok(output) => {
+                let metrics = serde_json::to_string(&output.metrics).ok();
+                let run = store.finish_run(
+                    &run.id,
+                    RunOutcome {
+                        status: RunStatus::Completed,
+                        model_path: Some(output.model_path.clone()),
+                        metrics,
+                        error: None,
+                    },
+                )?;
+                record_retrain_succeeded(store, run.started_at)?;
+                tracing::info!(run = %run.id, model = %output.model_path, "retrain completed");
+                Ok(RetrainOutcome::Completed {
+                    run,
+                    trigger,
+                    dataset: Box::new(dataset),
+                    output,
+                })
+            }
+            Err(e) => {
+                let status = if matches!(e, TrainError::TimedOut(_)) {
+                    RunStatus::TimedOut
+                } else {
+                    RunStatus::Failed
+                };
+                let run = fail(status, e.to_string())?;
+                Ok(RetrainOutcome::Failed { run, trigger })
+            }
+        }
+    }
+}
