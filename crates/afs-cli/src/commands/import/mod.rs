@@ -1,0 +1,349 @@
+//! `afs import`: import records from a JSON Lines file or stdin, streamed, in batches.
+//!
+//! Every line is parsed and validated on its own, so a bad line is reported and skipped
+//! while the good lines around it are written; each batch is one transaction.
+
+mod line;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read};
+use std::path::Path;
+
+use afs_store::{NewUsage, StoreError, UsageStore};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, ImportArgs};
+use crate::exit::InvalidInput;
+use crate::output::{count, print_json, print_line};
+use crate::store_open::{config, open, Create};
+
+use self::line::{describe_store_error, parse_line};
+
+/// At most this many line errors are listed in the report; the count is always exact.
+const MAX_LISTED_ERRORS: usize = 1000;
+
+/// A rejected line.
+#[derive(Debug, Serialize)]
+struct LineError {
+    /// 1-based line number.
+    line: u64,
+    /// What is wrong with it.
+    error: String,
+}
+
+/// The final report, printed on stdout.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    imported: u64,
+    rejected: u64,
+    errors: Vec<LineError>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    errors_truncated: bool,
+}
+
+impl Report {
+    fn reject(&mut self, line: u64, error: String) {
+        tracing::debug!(line, %error, "line rejected");
+        self.rejected += 1;
+        if self.errors.len() < MAX_LISTED_ERRORS {
+            self.errors.push(LineError { line, error });
+        } else {
+            self.errors_truncated = true;
+        }
+    }
+}
+
+/// Imports the file named by `args` and prints the report; exits with code 3 (through an
+/// [`InvalidInput`] error) when any line was rejected.
+pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> {
+    let (mut reader, input_len) = open_input(&args.file)?;
+    let config = config(&global.db);
+    let max_field_bytes = config.max_field_bytes;
+    let store = open(config, Create::IfMissing)?;
+    // A line holds several text fields, each up to the limit, plus JSON escapes; anything
+    // far beyond that is refused without being held in memory whole.
+    let max_line_bytes = max_field_bytes.saturating_mul(16).max(64 * 1024);
+    let progress = progress_bar(input_len);
+
+    let mut batch = Batch {
+        store: &store,
+        records: Vec::with_capacity(args.batch_size as usize),
+        line_numbers: Vec::with_capacity(args.batch_size as usize),
+        report: Report::default(),
+    };
+    let mut buf = Vec::with_capacity(4096);
+    let mut line_number = 0u64;
+    let mut bytes_read = 0u64;
+    loop {
+        buf.clear();
+        let (read, n_bytes) =
+            read_line(&mut reader, &mut buf, max_line_bytes).with_context(|| {
+                format!(
+                    "cannot read {} at line {}",
+                    args.file.display(),
+                    line_number + 1
+                )
+            })?;
+        if read == LineRead::Eof {
+            break;
+        }
+        line_number += 1;
+        bytes_read += n_bytes;
+        if line_number % 256 == 0 {
+            progress.set_position(bytes_read);
+        }
+        if read == LineRead::TooLong {
+            batch.report.reject(
+                line_number,
+                format!("line is longer than {max_line_bytes} bytes"),
+            );
+            continue;
+        }
+        let text = trim_line_end(&buf, line_number == 1);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_line(text).and_then(|record| {
+            record
+                .validate(max_field_bytes)
+                .map_err(describe_store_error)?;
+            Ok(record)
+        }) {
+            Ok(record) => {
+                batch.records.push(record);
+                batch.line_numbers.push(line_number);
+                if batch.records.len() >= args.batch_size as usize {
+                    batch.flush()?;
+                    progress.set_position(bytes_read);
+                    progress.set_message(progress_message(&batch.report));
+                }
+            }
+            Err(error) => batch.report.reject(line_number, error),
+        }
+    }
+    batch.flush()?;
+    progress.finish_and_clear();
+
+    let report = batch.report;
+    tracing::info!(
+        imported = report.imported,
+        rejected = report.rejected,
+        "import done"
+    );
+    print_report(&report, global.json)?;
+    if report.rejected > 0 {
+        return Err(InvalidInput(format!(
+            "{} of {} lines rejected (the other lines were imported)",
+            report.rejected,
+            report.rejected + report.imported
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Records waiting to be written, with their line numbers, and the report so far.
+struct Batch<'a> {
+    store: &'a dyn UsageStore,
+    records: Vec<NewUsage>,
+    line_numbers: Vec<u64>,
+    report: Report,
+}
+
+impl Batch<'_> {
+    /// Writes the waiting records in one transaction.
+    ///
+    /// Records were validated one by one already; should the store refuse one anyway, that
+    /// line is reported and the rest of the batch is written without it.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        while !self.records.is_empty() {
+            match self.store.log_batch(self.records.clone()) {
+                Ok(ids) => {
+                    tracing::debug!(n_records = ids.len(), "batch committed");
+                    self.report.imported += ids.len() as u64;
+                    self.records.clear();
+                    self.line_numbers.clear();
+                }
+                Err(StoreError::InvalidBatchRecord { index, source })
+                    if index < self.records.len() =>
+                {
+                    self.records.remove(index);
+                    let line = self.line_numbers.remove(index);
+                    self.report.reject(line, describe_store_error(*source));
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!(
+                            "import stopped at line {}; {} records from earlier lines were imported",
+                            self.line_numbers[0], self.report.imported
+                        )
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of reading one line.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// A line (possibly the last one, without a newline) is in the buffer.
+    Line,
+    /// The line was longer than the limit; it was skipped and the buffer holds its start.
+    TooLong,
+    /// End of input.
+    Eof,
+}
+
+/// Reads one line into `buf`, holding at most `max_bytes` (+1) of it in memory; returns
+/// what was read and how many bytes of input were consumed.
+fn read_line(
+    reader: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    max_bytes: usize,
+) -> io::Result<(LineRead, u64)> {
+    let n = Read::take(&mut *reader, max_bytes as u64 + 1).read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok((LineRead::Eof, 0));
+    }
+    if n <= max_bytes || buf.last() == Some(&b'\n') {
+        return Ok((LineRead::Line, n as u64));
+    }
+    let skipped = skip_line(reader)?;
+    Ok((LineRead::TooLong, (n + skipped) as u64))
+}
+
+/// Consumes input up to and including the next newline; returns the bytes consumed.
+fn skip_line(reader: &mut dyn BufRead) -> io::Result<usize> {
+    let mut n_skipped = 0;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if available.is_empty() {
+            return Ok(n_skipped);
+        }
+        let (used, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        reader.consume(used);
+        n_skipped += used;
+        if done {
+            return Ok(n_skipped);
+        }
+    }
+}
+
+/// The line without its line ending (and, on the first line, without a UTF-8 BOM).
+fn trim_line_end(buf: &[u8], first_line: bool) -> &[u8] {
+    let mut text = buf;
+    if first_line {
+        text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+    }
+    text = text.strip_suffix(b"\n").unwrap_or(text);
+    text.strip_suffix(b"\r").unwrap_or(text)
+}
+
+/// Opens the input: a file, or stdin for `-`. Also returns the file's length, if known.
+fn open_input(path: &Path) -> anyhow::Result<(Box<dyn BufRead>, Option<u64>)> {
+    if path.as_os_str() == "-" {
+        let stdin = io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("reading JSON lines from the terminal; end with Ctrl-D");
+        }
+        return Ok((Box::new(stdin.lock()), None));
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    Ok((Box::new(BufReader::with_capacity(1 << 20, file)), len))
+}
+
+/// A progress bar on stderr when stderr is a terminal; hidden otherwise.
+fn progress_bar(input_len: Option<u64>) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match input_len {
+        Some(len) => (
+            ProgressBar::new(len),
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} [{elapsed_precise}] {bytes} read {msg}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar
+}
+
+fn progress_message(report: &Report) -> String {
+    format!("{} imported, {} rejected", report.imported, report.rejected)
+}
+
+fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(report);
+    }
+    let mut text = format!(
+        "imported {}; rejected {}",
+        count(report.imported, "record"),
+        count(report.rejected, "line")
+    );
+    for error in &report.errors {
+        text.push_str(&format!("\n  line {}: {}", error.line, error.error));
+    }
+    if report.errors_truncated {
+        let n_unlisted = report.rejected - report.errors.len() as u64;
+        text.push_str(&format!(
+            "\n  ... and {} not listed",
+            count(n_unlisted, "more rejected line")
+        ));
+    }
+    print_line(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_skipped_whole() {
+        let input = b"short\nthis line is too long\nnext\nlast-no-newline";
+        let mut reader: &[u8] = input;
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        loop {
+            buf.clear();
+            let (read, n) = read_line(&mut reader, &mut buf, 10).unwrap();
+            if read == LineRead::Eof {
+                break;
+            }
+            seen.push((
+                read,
+                n,
+                String::from_utf8_lossy(trim_line_end(&buf, false)).to_string(),
+            ));
+        }
+        assert_eq!(seen[0], (LineRead::Line, 6, "short".to_string()));
+        assert_eq!(seen[1].0, LineRead::TooLong);
+        assert_eq!(seen[1].1, 22);
+        assert_eq!(seen[2], (LineRead::Line, 5, "next".to_string()));
+        assert_eq!(seen[3].0, LineRead::TooLong);
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen.iter().map(|s| s.1).sum::<u64>(), input.len() as u64);
+    }
+}

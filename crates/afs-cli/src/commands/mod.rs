@@ -1,0 +1,25 @@
+//! The commands of `afs`, one module each, and the dispatch from parsed arguments.
+
+mod feedback;
+mod import;
+mod log;
+mod maintenance;
+mod records;
+mod stats;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the command named on the command line.
+pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Log(args) => log::run(global, args),
+        Command::Import(args) => import::run(global, args),
+        Command::Feedback(args) => feedback::run(global, args),
+        Command::Records(args) => records::run(global, args),
+        Command::Stats(args) => stats::run(global, args),
+        Command::Dedupe(args) => maintenance::dedupe(global, args),
+        Command::Prune(args) => maintenance::prune(global, args),
+        Command::Forget(args) => maintenance::forget(global, args),
+    }
+}

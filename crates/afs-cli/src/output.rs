@@ -1,0 +1,182 @@
+//! What `afs` prints on stdout: the JSON shapes of records and statistics, and writers that
+//! treat a closed stdout as a normal end.
+
+use std::io::{self, Write};
+
+use afs_store::{UsageRecord, UsageStats};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::exit::StdoutClosed;
+
+/// Formats a time as RFC 3339 in UTC with a `Z` suffix and only the fraction digits needed.
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// `n` and a noun, plural unless `n` is 1: "1 record", "3 records".
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Converts a write error on stdout: a broken pipe becomes [`StdoutClosed`].
+pub(crate) fn stdout_error(err: io::Error) -> anyhow::Error {
+    if err.kind() == io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(err).context("cannot write to stdout")
+    }
+}
+
+/// Prints `text` and a newline on stdout.
+pub(crate) fn print_line(text: &str) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_error)
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string(value)?;
+    print_line(&text)
+}
+
+/// A record as printed by `afs records`: every field, times in RFC 3339.
+#[derive(Debug, Serialize)]
+pub(crate) struct RecordJson<'a> {
+    id: &'a str,
+    timestamp: String,
+    query: &'a str,
+    response: &'a str,
+    model: &'a str,
+    expert: Option<&'a str>,
+    latency_ms: Option<f64>,
+    token_count: Option<i64>,
+    quality_score: Option<f64>,
+    user_feedback: Option<i64>,
+    feedback_text: Option<&'a str>,
+    feedback_at: Option<String>,
+    unit: Option<&'a str>,
+    context_hash: Option<&'a str>,
+    dedupe_hash: Option<&'a str>,
+    created_at: Option<String>,
+}
+
+impl<'a> From<&'a UsageRecord> for RecordJson<'a> {
+    fn from(record: &'a UsageRecord) -> Self {
+        RecordJson {
+            id: &record.id,
+            timestamp: rfc3339(record.timestamp),
+            query: &record.query,
+            response: &record.response,
+            model: &record.model,
+            expert: record.expert.as_deref(),
+            latency_ms: record.latency_ms,
+            token_count: record.token_count,
+            quality_score: record.quality_score,
+            user_feedback: record.feedback.map(|f| f.as_i64()),
+            feedback_text: record.feedback_text.as_deref(),
+            feedback_at: record.feedback_at.map(rfc3339),
+            unit: record.unit_id.as_deref(),
+            context_hash: record.context_hash.as_deref(),
+            dedupe_hash: record.dedupe_hash.as_deref(),
+            created_at: record.created_at.map(rfc3339),
+        }
+    }
+}
+
+/// Statistics as printed by `afs stats`: the seed's field names first, then the extras.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatsJson {
+    total: u64,
+    with_feedback: u64,
+    positive_feedback: u64,
+    negative_feedback: u64,
+    avg_quality_score: Option<f64>,
+    avg_latency_ms: Option<f64>,
+    total_tokens: i64,
+    feedback_rate: f64,
+    neutral_feedback: u64,
+    quality_samples: u64,
+    quality_stddev: Option<f64>,
+    positive_rate: Option<f64>,
+    negative_rate: Option<f64>,
+}
+
+impl From<&UsageStats> for StatsJson {
+    fn from(stats: &UsageStats) -> Self {
+        StatsJson {
+            total: stats.total,
+            with_feedback: stats.with_feedback,
+            positive_feedback: stats.positive_feedback,
+            negative_feedback: stats.negative_feedback,
+            avg_quality_score: stats.avg_quality_score(),
+            avg_latency_ms: stats.avg_latency_ms(),
+            total_tokens: stats.total_tokens,
+            feedback_rate: stats.feedback_rate(),
+            neutral_feedback: stats.neutral_feedback,
+            quality_samples: stats.n_quality,
+            quality_stddev: stats.quality_variance().map(f64::sqrt),
+            positive_rate: stats.positive_rate(),
+            negative_rate: stats.negative_rate(),
+        }
+    }
+}
+
+/// Lays out rows of cells as an aligned text table: the first column left-aligned, the
+/// others right-aligned, two spaces between columns, no trailing spaces.
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n_columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c == 0 {
+                line.push_str(&format!("{cell:<width$}", width = widths[0]));
+            } else {
+                line.push_str(&format!("  {cell:>width$}", width = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["model".to_string(), "total".to_string()],
+            vec!["a-long-name".to_string(), "7".to_string()],
+            vec!["b".to_string(), "1234".to_string()],
+        ];
+        assert_eq!(
+            table(&rows),
+            "model        total\na-long-name      7\nb             1234\n"
+        );
+    }
+
+    #[test]
+    fn times_are_utc_with_z() {
+        let at = DateTime::parse_from_rfc3339("2025-01-02T05:04:05.120+02:00").unwrap();
+        assert_eq!(rfc3339(at.with_timezone(&Utc)), "2025-01-02T03:04:05.120Z");
+    }
+}
