@@ -1,0 +1,57 @@
+//! Building a usage log of a given size with `log_batch`, the way an import or backfill would.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use afs_store::{SqliteConfig, SqliteStore, SystemClock, UsageStore};
+use anyhow::{Context, Result};
+use chrono::{DateTime, Duration, Utc};
+
+use crate::workload::Workload;
+
+/// Records per `log_batch` call.
+pub(crate) const BATCH: usize = 5000;
+
+/// A freshly built log, still open.
+pub(crate) struct Built {
+    /// The open store.
+    pub(crate) store: SqliteStore,
+    /// Timestamp of the newest record: "now" for the windows measured on this log.
+    pub(crate) end: DateTime<Utc>,
+    /// Seconds spent inside `log_batch` (generation excluded).
+    pub(crate) secs: f64,
+    /// Bytes of query and response text written.
+    pub(crate) text_bytes: u64,
+}
+
+/// Writes `n` records of the workload seeded with `seed` to a new database at `path`.
+pub(crate) fn build(path: &Path, n: u64, seed: u64, mean_gap: Duration) -> Result<Built> {
+    let store = SqliteStore::open(SqliteConfig::new(path), Arc::new(SystemClock))
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut workload = Workload::new(seed, mean_gap);
+    let mut secs = 0.0;
+    let mut written = 0u64;
+    let mut next_report = 0u64;
+    while written < n {
+        let size = BATCH.min((n - written) as usize);
+        let records = workload.batch(size);
+        let start = Instant::now();
+        store.log_batch(records).context("log_batch failed")?;
+        secs += start.elapsed().as_secs_f64();
+        written += size as u64;
+        if written >= next_report {
+            eprintln!(
+                "  {written:>9} / {n} records ({:.0} rec/s in log_batch)",
+                written as f64 / secs.max(1e-9)
+            );
+            next_report += (n / 10).max(BATCH as u64);
+        }
+    }
+    Ok(Built {
+        store,
+        end: workload.last_timestamp(),
+        secs,
+        text_bytes: workload.text_bytes(),
+    })
+}

@@ -1,0 +1,361 @@
+//! `afs-bench`: measures the usage store against the targets of its issue and prints each
+//! figure with its target, PASS/MISS and the Python seed's figure; writes bench-out/store.json.
+//!
+//! Run it through `cargo xtask bench [--quick] [--only GROUP,...]`, which builds the release
+//! `afs` binary first (the import figure runs it as a child process).
+
+mod import;
+mod logging;
+mod logs;
+mod query;
+mod report;
+mod size;
+mod stats;
+mod timing;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use chrono::{Duration, SecondsFormat, Utc};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Seed of the workload of the usage logs.
+const SEED_LOG: u64 = 42;
+/// Seed of the import file: the same records as the logs, so the two write paths compare.
+const SEED_IMPORT: u64 = SEED_LOG;
+/// The big log's timestamps span this many days, and the small log has the same rate, so it
+/// spans a tenth of that. At 75 days the small log covers a little more than the 7-day
+/// statistics window, so on both logs the window is full of records and both of its partial
+/// edge hours hold records: the two timings then differ only in the size of the log.
+const SPAN_DAYS: i64 = 75;
+
+/// Benchmark harness of the afs usage store.
+#[derive(Debug, Parser)]
+#[command(name = "afs-bench")]
+struct Args {
+    /// Ten times smaller sizes (10k and 100k logs) for a fast smoke run
+    #[arg(long)]
+    quick: bool,
+
+    /// Measure only these groups of figures (repeat the flag or separate with commas)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "GROUP")]
+    only: Vec<Group>,
+
+    /// Directory for store.json and the temporary databases [default: <workspace>/bench-out]
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+
+    /// Keep the temporary databases and files instead of deleting them
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The groups of figures, in the issue's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Group {
+    /// 1: logging one record per call
+    Log,
+    /// 2: `afs import`
+    Import,
+    /// 3: windowed statistics and trigger checks
+    Stats,
+    /// 4: filtered query streaming
+    Query,
+    /// 5: bytes per record on disk
+    Size,
+}
+
+/// How much work each figure does.
+#[derive(Debug, Clone, Serialize)]
+struct Sizes {
+    /// Records in the small log (statistics, size).
+    small: u64,
+    /// Records in the big log (statistics, query).
+    big: u64,
+    /// Records logged one call at a time, after the warm-up.
+    log_calls: u64,
+    /// Records logged before timing starts.
+    log_warmup: u64,
+    /// Records in the import file.
+    import: u64,
+    /// Timed repetitions of each statistics call.
+    stats_reps: usize,
+    /// Timed repetitions of the first-row measurement.
+    first_row_reps: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        let scale = if quick { 10 } else { 1 };
+        Sizes {
+            small: 100_000 / scale,
+            big: 1_000_000 / scale,
+            log_calls: 20_000 / scale,
+            log_warmup: 1_000 / scale,
+            import: 100_000 / scale,
+            stats_reps: 50,
+            first_row_reps: 20,
+        }
+    }
+
+    /// Average time between records: the big log spans [`SPAN_DAYS`] days.
+    fn mean_gap(&self) -> Duration {
+        Duration::microseconds(SPAN_DAYS * 86_400 * 1_000_000 / self.big as i64)
+    }
+}
+
+/// Outcome of the import figure: the child's failure is a result to report, not an error.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ImportResult {
+    Ok(import::Outcome),
+    Error(String),
+}
+
+/// What was measured on one usage log.
+#[derive(Debug, Serialize)]
+struct LogResults {
+    n_records: u64,
+    /// Seconds spent in `log_batch` building it.
+    build_secs: f64,
+    /// Bytes of query and response text in it.
+    text_bytes: u64,
+    stats: Option<stats::StatsTimes>,
+    stream: Option<query::StreamTimes>,
+    /// Database plus WAL after a checkpoint.
+    disk: Option<size::DiskUse>,
+}
+
+/// Everything measured in one run; also the raw part of store.json.
+#[derive(Debug, Serialize)]
+struct Results {
+    mode: &'static str,
+    /// `/proc/loadavg` before and after the run: other work on the machine skews timings.
+    load_before: Option<String>,
+    load_after: Option<String>,
+    sizes: Sizes,
+    logging: Option<logging::Rates>,
+    import: Option<ImportResult>,
+    small: Option<LogResults>,
+    big: Option<LogResults>,
+}
+
+/// A directory deleted (with every database in it) when the run ends, even on error.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept temporary files in {}", self.path.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+        if let Some(parent) = self.path.parent() {
+            // Only succeeds when no other run is using it.
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`usage.db` → `usage.db-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Set by `--keep`: leave the databases and files a run writes for inspection.
+static KEEP_FILES: AtomicBool = AtomicBool::new(false);
+
+/// Deletes a file the run wrote once it is no longer needed, unless `--keep` was given.
+fn remove_file(path: &Path) {
+    if !KEEP_FILES.load(Ordering::Relaxed) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Deletes a database and its WAL and shared-memory files, unless `--keep` was given.
+fn remove_db(path: &Path) {
+    for file in [
+        path.to_path_buf(),
+        sibling(path, "-wal"),
+        sibling(path, "-shm"),
+    ] {
+        remove_file(&file);
+    }
+}
+
+/// Builds a log of `n_records` under `dir`, measures the wanted figures on it, deletes it.
+fn measure_log(dir: &Path, n_records: u64, sizes: &Sizes, wanted: &[Group]) -> Result<LogResults> {
+    let name = report::short_count(n_records);
+    let path = dir.join(format!("usage-{name}.db"));
+    eprintln!("[build] {name} log with log_batch at {}", path.display());
+    let built = logs::build(&path, n_records, SEED_LOG, sizes.mean_gap())?;
+    let result = (|| {
+        let stats = if wanted.contains(&Group::Stats) {
+            eprintln!("[stats] {name} log");
+            Some(stats::measure(&built.store, built.end, sizes.stats_reps)?)
+        } else {
+            None
+        };
+        let stream = if wanted.contains(&Group::Query) {
+            eprintln!("[query] {name} log");
+            Some(query::measure(&built.store, sizes.first_row_reps)?)
+        } else {
+            None
+        };
+        Ok::<_, anyhow::Error>((stats, stream))
+    })();
+    let logs::Built {
+        store,
+        secs,
+        text_bytes,
+        ..
+    } = built;
+    // Closing the store checkpoints the WAL; the size is measured on the closed file.
+    drop(store);
+    let measured = result.and_then(|(stats, stream)| {
+        let disk = size::measure(&path)?;
+        eprintln!(
+            "[size] {name} log: {} bytes, {:.0} B/record",
+            disk.bytes,
+            disk.bytes as f64 / n_records as f64
+        );
+        Ok(LogResults {
+            n_records,
+            build_secs: secs,
+            text_bytes,
+            stats,
+            stream,
+            disk: Some(disk),
+        })
+    });
+    remove_db(&path);
+    measured
+}
+
+/// The 1, 5 and 15-minute load averages, where the system tells them.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn run(args: Args) -> Result<()> {
+    let sizes = Sizes::new(args.quick);
+    let wanted: Vec<Group> = if args.only.is_empty() {
+        Group::value_variants().to_vec()
+    } else {
+        args.only.clone()
+    };
+    let out_dir = args.out_dir.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("bench-out")
+    });
+    KEEP_FILES.store(args.keep, Ordering::Relaxed);
+    let tmp = TempDir {
+        path: out_dir
+            .join("tmp")
+            .join(format!("run-{}", std::process::id())),
+        keep: args.keep,
+    };
+    std::fs::create_dir_all(&tmp.path)
+        .with_context(|| format!("cannot create {}", tmp.path.display()))?;
+    eprintln!(
+        "afs-bench ({} mode): logs of {} and {} records, temporary files in {}",
+        if args.quick { "quick" } else { "full" },
+        sizes.small,
+        sizes.big,
+        tmp.path.display()
+    );
+
+    let mut results = Results {
+        mode: if args.quick { "quick" } else { "full" },
+        load_before: load_average(),
+        load_after: None,
+        sizes: sizes.clone(),
+        logging: None,
+        import: None,
+        small: None,
+        big: None,
+    };
+    if wanted.contains(&Group::Log) {
+        results.logging = Some(logging::measure(
+            &tmp.path,
+            sizes.log_calls,
+            sizes.log_warmup,
+        )?);
+    }
+    if wanted.contains(&Group::Import) {
+        results.import = Some(
+            match import::measure(&tmp.path, sizes.import, sizes.mean_gap()) {
+                Ok(outcome) => ImportResult::Ok(outcome),
+                Err(err) => {
+                    eprintln!("  import failed: {err:#}");
+                    ImportResult::Error(format!("{err:#}"))
+                }
+            },
+        );
+    }
+    if [Group::Stats, Group::Query, Group::Size]
+        .iter()
+        .any(|g| wanted.contains(g))
+    {
+        results.small = Some(measure_log(&tmp.path, sizes.small, &sizes, &wanted)?);
+    }
+    if [Group::Stats, Group::Query]
+        .iter()
+        .any(|g| wanted.contains(g))
+    {
+        results.big = Some(measure_log(&tmp.path, sizes.big, &sizes, &wanted)?);
+    }
+    drop(tmp);
+    results.load_after = load_average();
+
+    let figures = report::figures(&results);
+    println!();
+    print!("{}", report::table(&figures));
+    println!(
+        "load average before {}, after {} ({} CPUs)",
+        results.load_before.as_deref().unwrap_or("?"),
+        results.load_after.as_deref().unwrap_or("?"),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let summary = serde_json::json!({
+        "bench": "store",
+        "generated_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        "afs_bin": import::afs_bin().ok().map(|p| p.display().to_string()),
+        "figures": figures,
+        "raw": results,
+    });
+    let json_path = out_dir.join("store.json");
+    let text = serde_json::to_string_pretty(&summary)?;
+    std::fs::write(&json_path, text + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    println!("summary written to {}", json_path.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("afs-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
