@@ -16,6 +16,7 @@ fn open(path: &std::path::Path) -> SqliteStore {
 
 fn new_run(trigger: &str) -> NewRun {
     NewRun {
+        id: None,
         trigger_type: trigger.into(),
         trigger: "{\"reason\":\"test\"}".into(),
         run_dir: "/tmp/run".into(),

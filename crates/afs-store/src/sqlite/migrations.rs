@@ -68,6 +68,34 @@ pub(crate) fn aggregate_select_list() -> String {
         .join(", ")
 }
 
+/// Whether rollup column `index` holds a float sum (the others are integer counts).
+pub(crate) fn rollup_column_is_real(index: usize) -> bool {
+    let name = ROLLUP_COLUMNS[index].0;
+    name.starts_with("sum_q") || name.starts_with("sum_lat")
+}
+
+/// Number of rollup aggregate columns.
+pub(crate) const N_ROLLUP_COLUMNS: usize = 12;
+
+/// `INSERT ... ON CONFLICT DO UPDATE` adding one delta (model, hour, then every aggregate
+/// column in order) to a rollup bucket.
+pub(crate) fn rollup_upsert_sql() -> String {
+    let placeholders = (3..3 + ROLLUP_COLUMNS.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let upsert_set = ROLLUP_COLUMNS
+        .iter()
+        .map(|(c, _)| format!("{c} = {c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO usage_rollup (model, hour, {}) VALUES (?1, ?2, {placeholders}) \
+         ON CONFLICT (model, hour) DO UPDATE SET {upsert_set}",
+        rollup_column_list()
+    )
+}
+
 /// Column names of the rollup aggregates, comma separated.
 pub(crate) fn rollup_column_list() -> String {
     ROLLUP_COLUMNS
@@ -124,19 +152,16 @@ ALTER TABLE usage ADD COLUMN ts_us INTEGER;
 ALTER TABLE usage ADD COLUMN feedback_at TEXT;
 ALTER TABLE usage ADD COLUMN unit_id TEXT;
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts_us);
-CREATE INDEX IF NOT EXISTS usage_model_ts ON usage (model, ts_us);
-CREATE INDEX IF NOT EXISTS usage_unit ON usage (unit_id) WHERE unit_id IS NOT NULL;
 CREATE TABLE usage_rollup (
     model TEXT NOT NULL,
     hour INTEGER NOT NULL,
 {cols_decl},
     PRIMARY KEY (model, hour)
 ) WITHOUT ROWID;
-CREATE TRIGGER usage_rollup_insert AFTER INSERT ON usage WHEN NEW.ts_us IS NOT NULL BEGIN
-    {add_new}
-END;
--- Rows inserted by the Python module (which knows nothing of ts_us) get it derived from
--- their local-time timestamp; the UPDATE then fires the rollup update trigger.
+-- afs adds each insert's contribution to the rollups itself, once per model and hour of a
+-- transaction (see sqlite/writer.rs): cheaper than a trigger per row. Rows inserted by the
+-- Python module (which knows nothing of ts_us) get ts_us derived from their local-time
+-- timestamp here; that UPDATE fires the update trigger, which adds them to the rollups.
 CREATE TRIGGER usage_seed_insert AFTER INSERT ON usage WHEN NEW.ts_us IS NULL BEGIN
     UPDATE usage SET ts_us = COALESCE(
         CAST(ROUND((julianday(NEW.timestamp, 'utc') - 2440587.5) * 86400000000.0) AS INTEGER), 0)
@@ -329,6 +354,11 @@ pub(crate) fn parse_legacy_time(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollup_column_count_matches() {
+        assert_eq!(N_ROLLUP_COLUMNS, ROLLUP_COLUMNS.len());
+    }
 
     #[test]
     fn schema_version_is_the_last_migration_and_steps_are_consecutive() {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -82,7 +82,7 @@ pub struct SqliteStore {
     config: SqliteConfig,
     clock: Arc<dyn Clock>,
     pool: Pool<SqliteConnectionManager>,
-    writer: Mutex<Option<Writer>>,
+    writer: OnceLock<Writer>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -124,6 +124,15 @@ impl SqliteStore {
             })?;
         }
         let mut conn = open_connection(&config)?;
+        // A new file gets 8 KiB pages: with ~1.5 KB rows, 4 KiB pages leave a quarter of each
+        // page empty. The page size can only be chosen before the first table exists.
+        let n_pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .map_err(|e| StoreError::db("read page count", e))?;
+        if n_pages == 0 {
+            conn.execute_batch("PRAGMA page_size = 8192")
+                .map_err(|e| StoreError::db("set page size", e))?;
+        }
         // WAL lets readers run while one writer commits; switching needs a brief exclusive
         // lock, which the busy timeout waits for when other processes hold the file.
         let mode: String = conn
@@ -148,7 +157,7 @@ impl SqliteStore {
             config,
             clock,
             pool,
-            writer: Mutex::new(None),
+            writer: OnceLock::new(),
         })
     }
 
@@ -168,15 +177,14 @@ impl SqliteStore {
             .map_err(|e| StoreError::db("get a connection from the pool", e))
     }
 
-    fn writer(&self) -> Result<writer::Handle> {
-        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(Writer::start(self.config.clone())?);
+    fn writer(&self) -> Result<&Writer> {
+        if let Some(w) = self.writer.get() {
+            return Ok(w);
         }
-        Ok(guard
-            .as_ref()
-            .map(Writer::handle)
-            .expect("writer was just started"))
+        let started = Writer::start(&self.config)?;
+        // Another thread may have won the race; its writer is used and ours is dropped.
+        let _ = self.writer.set(started);
+        Ok(self.writer.get().expect("writer was just set"))
     }
 
     fn prepare(&self, record: NewUsage) -> InsertRow {
@@ -203,12 +211,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        if let Some(writer) = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(writer) = self.writer.take() {
             writer.shutdown();
         }
     }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
-use super::migrations::parse_legacy_time;
+use super::migrations::{parse_legacy_time, HOUR_US, N_ROLLUP_COLUMNS};
 use super::time::{micros_of, rfc3339, time_of_micros};
 use crate::id::new_id;
 use crate::record::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
@@ -43,6 +43,34 @@ impl InsertRow {
             feedback_at,
             record,
         }
+    }
+
+    /// The rollup bucket this row falls in: its model and hour index.
+    pub(crate) fn bucket(&self) -> (&str, i64) {
+        (&self.record.model, self.ts_us / HOUR_US)
+    }
+
+    /// This row's contribution to its rollup bucket, in rollup column order.
+    pub(crate) fn rollup_delta(&self) -> [f64; N_ROLLUP_COLUMNS] {
+        let r = &self.record;
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let feedback = r.feedback.as_ref().map(|f| f.value);
+        let q = r.quality_score.unwrap_or(0.0);
+        let lat = r.latency_ms.unwrap_or(0.0);
+        [
+            1.0,
+            flag(feedback.is_some()),
+            flag(feedback == Some(FeedbackValue::Positive)),
+            flag(feedback == Some(FeedbackValue::Negative)),
+            flag(feedback == Some(FeedbackValue::Neutral)),
+            flag(r.quality_score.is_some()),
+            q,
+            q * q,
+            flag(r.latency_ms.is_some()),
+            lat,
+            lat * lat,
+            r.token_count.unwrap_or(0) as f64,
+        ]
     }
 
     pub(crate) fn insert(&self, conn: &Connection) -> rusqlite::Result<()> {

@@ -1,140 +1,214 @@
-//! Group commit: one thread owns a write connection; concurrent `log` calls queue their
-//! rows and are committed together in one transaction, each caller answered only after the
-//! commit that holds its row.
+//! Group commit without a writer thread: a caller queues its row, then takes the write
+//! connection; whoever holds it commits every row queued so far in one transaction. A
+//! caller whose row was committed by another while it waited for the connection returns at
+//! once. Nobody is answered before the transaction holding its row has committed.
+//!
+//! Each transaction also adds its rows to the hourly rollups, one upsert per model and hour.
+//! WAL checkpoints are taken off the commit path by a background thread.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::migrations::{rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS};
 use super::rows::InsertRow;
 use super::{open_connection, SqliteConfig};
 use crate::error::{Result, StoreError};
 
 /// Most rows one group transaction takes; bounds the latency of the first caller in a group.
-const MAX_GROUP: usize = 1024;
+const MAX_GROUP: usize = 4096;
 
-enum Job {
-    One(Box<InsertRow>, Sender<Result<String>>),
-    Batch(Vec<InsertRow>, Sender<Result<Vec<String>>>),
+/// Where a queued row's outcome is left for its caller.
+type Slot = Arc<Mutex<Option<Result<String>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) struct Writer {
-    jobs: Sender<Job>,
-    thread: JoinHandle<()>,
-}
-
-/// A cheap handle for submitting rows to the writer.
-pub(crate) struct Handle {
-    jobs: Sender<Job>,
-}
-
-fn writer_gone() -> StoreError {
-    StoreError::db(
-        "log record",
-        std::io::Error::other("the writer thread stopped"),
-    )
-}
-
-impl Handle {
-    pub(crate) fn log(&self, row: InsertRow) -> Result<String> {
-        let (reply, answer) = mpsc::channel();
-        self.jobs
-            .send(Job::One(Box::new(row), reply))
-            .map_err(|_| writer_gone())?;
-        answer.recv().map_err(|_| writer_gone())?
-    }
-
-    pub(crate) fn log_batch(&self, rows: Vec<InsertRow>) -> Result<Vec<String>> {
-        let (reply, answer) = mpsc::channel();
-        self.jobs
-            .send(Job::Batch(rows, reply))
-            .map_err(|_| writer_gone())?;
-        answer.recv().map_err(|_| writer_gone())?
-    }
+    conn: Mutex<Connection>,
+    queue: Mutex<Vec<(InsertRow, Slot)>>,
+    checkpointer: Checkpointer,
 }
 
 impl Writer {
-    pub(crate) fn start(config: SqliteConfig) -> Result<Writer> {
-        let conn = open_connection(&config)?;
-        let (jobs, queue) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("afs-store-writer".into())
-            .spawn(move || run(conn, queue))
-            .map_err(|e| StoreError::Io {
-                context: "start the writer thread".into(),
-                source: e,
-            })?;
-        Ok(Writer { jobs, thread })
+    pub(crate) fn start(config: &SqliteConfig) -> Result<Writer> {
+        let conn = open_connection(config)?;
+        // Checkpoints run on the background thread instead of inside this connection's commits.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(|e| StoreError::db("configure the write connection", e))?;
+        Ok(Writer {
+            conn: Mutex::new(conn),
+            queue: Mutex::new(Vec::new()),
+            checkpointer: Checkpointer::start(config)?,
+        })
     }
 
-    pub(crate) fn handle(&self) -> Handle {
-        Handle {
-            jobs: self.jobs.clone(),
-        }
-    }
-
-    /// Stops accepting jobs and waits for the thread to finish the ones queued.
-    pub(crate) fn shutdown(self) {
-        drop(self.jobs);
-        let _ = self.thread.join();
-    }
-}
-
-fn run(mut conn: Connection, queue: Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut singles = Vec::new();
-        let mut batches = Vec::new();
-        let mut next = Some(first);
-        while let Some(job) = next {
-            match job {
-                Job::One(row, reply) => singles.push((*row, reply)),
-                Job::Batch(rows, reply) => batches.push((rows, reply)),
+    /// Logs one row; returns once a transaction holding it committed.
+    pub(crate) fn log(&self, row: InsertRow) -> Result<String> {
+        let slot: Slot = Arc::new(Mutex::new(None));
+        lock(&self.queue).push((row, slot.clone()));
+        let mut conn = lock(&self.conn);
+        loop {
+            if let Some(result) = lock(&slot).take() {
+                return result;
             }
-            next = if singles.len() < MAX_GROUP {
-                queue.try_recv().ok()
-            } else {
-                None
+            let group: Vec<(InsertRow, Slot)> = {
+                let mut queue = lock(&self.queue);
+                let n = queue.len().min(MAX_GROUP);
+                queue.drain(..n).collect()
             };
+            self.commit_group(&mut conn, group);
         }
-        if !singles.is_empty() {
-            commit_group(&mut conn, singles);
+    }
+
+    /// Logs rows in one transaction of their own; all or nothing.
+    pub(crate) fn log_batch(&self, rows: Vec<InsertRow>) -> Result<Vec<String>> {
+        let mut conn = lock(&self.conn);
+        insert_all(&mut conn, rows.iter())?;
+        self.checkpointer.wrote(rows.len());
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    fn commit_group(&self, conn: &mut Connection, group: Vec<(InsertRow, Slot)>) {
+        if group.is_empty() {
+            return;
         }
-        for (rows, reply) in batches {
-            let result = insert_all(&mut conn, rows.iter())
-                .map(|()| rows.into_iter().map(|r| r.id).collect());
-            let _ = reply.send(result);
+        let all = insert_all(conn, group.iter().map(|(row, _)| row));
+        if all.is_ok() || group.len() == 1 {
+            let n = group.len();
+            let failure = all.err().map(|e| e.to_string());
+            for (row, slot) in group {
+                *lock(&slot) = Some(match &failure {
+                    None => Ok(row.id),
+                    Some(message) => Err(StoreError::db(
+                        "log record",
+                        std::io::Error::other(message.clone()),
+                    )),
+                });
+            }
+            if failure.is_none() {
+                self.checkpointer.wrote(n);
+            }
+            return;
         }
+        // One row spoiled the group: commit each on its own so only that caller sees an error.
+        for (row, slot) in group {
+            let result = insert_all(conn, std::iter::once(&row)).map(|()| row.id);
+            if result.is_ok() {
+                self.checkpointer.wrote(1);
+            }
+            *lock(&slot) = Some(result);
+        }
+    }
+
+    /// Stops the checkpointer thread.
+    pub(crate) fn shutdown(self) {
+        self.checkpointer.stop();
     }
 }
 
+/// Inserts rows and their rollup contributions in one immediate transaction.
 fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRow>) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::db("begin write", e))?;
+    let mut buckets: BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]> = BTreeMap::new();
     for row in rows {
         row.insert(&tx)
             .map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
+        let (model, hour) = row.bucket();
+        let delta = row.rollup_delta();
+        let sums = buckets
+            .entry((model.to_string(), hour))
+            .or_insert([0.0; N_ROLLUP_COLUMNS]);
+        for (sum, d) in sums.iter_mut().zip(delta) {
+            *sum += d;
+        }
+    }
+    {
+        let mut upsert = tx
+            .prepare_cached(&rollup_upsert_sql())
+            .map_err(|e| StoreError::db("update rollups", e))?;
+        for ((model, hour), sums) in &buckets {
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![model.clone().into(), (*hour).into()];
+            for (i, v) in sums.iter().enumerate() {
+                values.push(if rollup_column_is_real(i) {
+                    (*v).into()
+                } else {
+                    (v.round() as i64).into()
+                });
+            }
+            upsert
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(|e| StoreError::db("update rollups", e))?;
+        }
     }
     tx.commit().map_err(|e| StoreError::db("commit", e))
 }
 
-fn commit_group(conn: &mut Connection, group: Vec<(InsertRow, Sender<Result<String>>)>) {
-    if group.len() > 1 && insert_all(conn, group.iter().map(|(row, _)| row)).is_err() {
-        // One row spoiled the group: commit each on its own so only that caller sees an error.
-        for (row, reply) in group {
-            let result = insert_all(conn, std::iter::once(&row)).map(|()| row.id);
-            let _ = reply.send(result);
+/// Runs passive WAL checkpoints on its own thread and connection once enough rows were
+/// written, so commits never wait for a checkpoint.
+struct Checkpointer {
+    pending: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Rows written between checkpoints (~4-8 MB of WAL for typical records).
+const CHECKPOINT_EVERY_ROWS: u64 = 4000;
+
+impl Checkpointer {
+    fn start(config: &SqliteConfig) -> Result<Checkpointer> {
+        let conn = open_connection(config)?;
+        let pending = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (pending.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("afs-store-checkpoint".into())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(500));
+                    if p.load(Ordering::Acquire) > 0 {
+                        p.store(0, Ordering::Release);
+                        if let Err(e) =
+                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        {
+                            tracing::debug!(error = %e, "passive checkpoint failed; will retry");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io {
+                context: "start the checkpoint thread".into(),
+                source: e,
+            })?;
+        Ok(Checkpointer {
+            pending,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn wrote(&self, rows: usize) {
+        let before = self.pending.fetch_add(rows as u64, Ordering::AcqRel);
+        if before + rows as u64 >= CHECKPOINT_EVERY_ROWS {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
         }
-        return;
     }
-    if group.len() == 1 {
-        let (row, reply) = group.into_iter().next().expect("group of one");
-        let result = insert_all(conn, std::iter::once(&row)).map(|()| row.id);
-        let _ = reply.send(result);
-        return;
-    }
-    for (row, reply) in group {
-        let _ = reply.send(Ok(row.id));
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }

@@ -1,0 +1,45 @@
+//! Quick probe of single-record logging speed (`cargo run --release -p afs-store --example log_rate`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use afs_store::{NewUsage, SqliteConfig, SqliteStore, SystemClock, UsageStore};
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        SqliteConfig::new(dir.path().join("p.db")),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let text = "lorem ipsum dolor sit amet ".repeat(48);
+    let n = 20_000;
+    let started = Instant::now();
+    for i in 0..n {
+        let mut r = NewUsage::new(format!("{i} {}", &text[..300]), format!("{i} {text}"), "m1");
+        r.quality_score = Some(0.5);
+        r.unit_id = Some(format!("u{}", i % 1000));
+        r.latency_ms = Some(12.0);
+        store.log(r).unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("log: {:.0} rec/s", n as f64 / secs);
+    let started = Instant::now();
+    let batch: Vec<NewUsage> = (0..n)
+        .map(|i| NewUsage {
+            quality_score: Some(0.5),
+            ..NewUsage::new(
+                format!("b{i} {}", &text[..300]),
+                format!("{i} {text}"),
+                "m1",
+            )
+        })
+        .collect();
+    for chunk in batch.chunks(5000) {
+        store.log_batch(chunk.to_vec()).unwrap();
+    }
+    println!(
+        "batch: {:.0} rec/s",
+        n as f64 / started.elapsed().as_secs_f64()
+    );
+}
