@@ -1,14 +1,14 @@
-//! Group commit without a writer thread: a caller queues its row, then takes the write
-//! connection; whoever holds it commits every row queued so far in one transaction. A
-//! caller whose row was committed by another while it waited for the connection returns at
-//! once. Nobody is answered before the transaction holding its row has committed.
+//! Group commit without a writer thread: a caller queues its row; if nobody is committing
+//! it becomes the leader and commits every row queued so far in one transaction, then wakes
+//! the callers whose rows that transaction held. Nobody is answered before the transaction
+//! holding its row has committed.
 //!
 //! Each transaction also adds its rows to the hourly rollups, one upsert per model and hour.
 //! WAL checkpoints are taken off the commit path by a background thread.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,8 +31,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) struct Writer {
     conn: Mutex<Connection>,
-    queue: Mutex<Vec<(InsertRow, Slot)>>,
+    shared: Mutex<Shared>,
+    committed: Condvar,
     checkpointer: Checkpointer,
+}
+
+/// Rows waiting for a commit, and whether a caller is committing (the leader).
+struct Shared {
+    queue: Vec<(InsertRow, Slot)>,
+    leader: bool,
 }
 
 impl Writer {
@@ -43,26 +50,51 @@ impl Writer {
             .map_err(|e| StoreError::db("configure the write connection", e))?;
         Ok(Writer {
             conn: Mutex::new(conn),
-            queue: Mutex::new(Vec::new()),
+            shared: Mutex::new(Shared {
+                queue: Vec::new(),
+                leader: false,
+            }),
+            committed: Condvar::new(),
             checkpointer: Checkpointer::start(config)?,
         })
     }
 
     /// Logs one row; returns once a transaction holding it committed.
+    ///
+    /// The caller queues its row. If another caller is committing, it waits to be woken
+    /// after that commit; otherwise it becomes the leader, commits everything queued so
+    /// far (its own row included) in one transaction, wakes the others and steps down.
     pub(crate) fn log(&self, row: InsertRow) -> Result<String> {
         let slot: Slot = Arc::new(Mutex::new(None));
-        lock(&self.queue).push((row, slot.clone()));
-        let mut conn = lock(&self.conn);
+        lock(&self.shared).queue.push((row, slot.clone()));
+        self.wait_or_lead(slot)
+    }
+
+    /// Waits for (or leads) the commit of a row already queued under `slot`.
+    fn wait_or_lead(&self, slot: Slot) -> Result<String> {
+        let mut shared = lock(&self.shared);
         loop {
             if let Some(result) = lock(&slot).take() {
                 return result;
             }
-            let group: Vec<(InsertRow, Slot)> = {
-                let mut queue = lock(&self.queue);
-                let n = queue.len().min(MAX_GROUP);
-                queue.drain(..n).collect()
-            };
-            self.commit_group(&mut conn, group);
+            if !shared.leader {
+                shared.leader = true;
+                let n = shared.queue.len().min(MAX_GROUP);
+                let group: Vec<(InsertRow, Slot)> = shared.queue.drain(..n).collect();
+                drop(shared);
+                {
+                    let mut conn = lock(&self.conn);
+                    self.commit_group(&mut conn, group);
+                }
+                shared = lock(&self.shared);
+                shared.leader = false;
+                self.committed.notify_all();
+                continue;
+            }
+            shared = self
+                .committed
+                .wait(shared)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
