@@ -2,22 +2,28 @@
 
 use std::path::PathBuf;
 
+use afs_datagen::Format;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
 use crate::time_arg::{parse_days, parse_time_arg, TimeArg};
 
 const ROOT_AFTER_HELP: &str = "\
 Exit codes:
-  0  success
-  1  failure (database or file error)
-  2  usage error (unknown flag, missing argument, malformed flag value)
-  3  invalid input (a field the store refuses; any rejected line of `afs import`)
-  4  not found (unknown record id)
+  0   success (also: no retrain was triggered)
+  1   failure (database or file error; a retrain run that failed, timed out or was refused)
+  2   usage error (unknown flag, missing argument, malformed flag value)
+  3   invalid input (a field the store refuses; any rejected line of `afs import`; an
+      invalid config file or option value)
+  4   not found (unknown record id)
+  5   busy (another retrain is running on this database)
+  10  not triggered (`afs trigger check --exit-code` only)
 
 Environment:
-  AFS_DB    database file, same as --db
-  AFS_NOW   pin the clock to an RFC 3339 time (a testing aid)
-  RUST_LOG  log filter for stderr, e.g. `debug` or `afs_store=trace` (overrides -v)
+  AFS_DB      database file, same as --db
+  AFS_CONFIG  config file, same as --config
+  AFS_NOW     pin the clock to an RFC 3339 time (a testing aid)
+  RUST_LOG    log filter for stderr, e.g. `debug` or `afs_store=trace` (overrides -v)
 
 Results go to stdout, logs and errors to stderr. See docs/CLI.md for the full reference.";
 
@@ -26,10 +32,14 @@ Results go to stdout, logs and errors to stderr. See docs/CLI.md for the full re
 #[command(
     name = "afs",
     version,
-    about = "Log ML model usage with quality scores and feedback; query and maintain the usage log",
+    about = "Log ML model usage with quality scores and feedback; turn it into training data and \
+             retrain",
     long_about = "Log ML model usage with quality scores and feedback; query and maintain the \
-                  usage log.\n\nEvery command works on one SQLite file (--db, default ./afs.db). \
-                  With --json, results are printed on stdout as JSON.",
+                  usage log; turn it into training data, decide when to retrain, and run the \
+                  retrain.\n\nEvery command works on one SQLite file (--db, default ./afs.db). \
+                  `generate`, `trigger check` and `retrain` also read the config file \
+                  (--config, default ./afs.toml when present). With --json, results are \
+                  printed on stdout as JSON.",
     after_help = ROOT_AFTER_HELP,
     propagate_version = true
 )]
@@ -55,6 +65,16 @@ pub(crate) struct GlobalArgs {
         value_name = "PATH"
     )]
     pub(crate) db: PathBuf,
+
+    /// Config file (TOML); default ./afs.toml when it exists. Read by generate, trigger, retrain
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "AFS_CONFIG",
+        value_name = "FILE"
+    )]
+    pub(crate) config: Option<PathBuf>,
 
     /// Print machine-readable JSON on stdout (and JSON errors on stderr)
     #[arg(long, global = true, help_heading = "Global options")]
@@ -175,6 +195,104 @@ pub(crate) enum Command {
         after_help = "Examples:\n  afs forget --unit user-42"
     )]
     Forget(ForgetArgs),
+
+    /// Generate a training file from the usage log
+    #[command(
+        long_about = "Generate a training file from the usage log.\n\nRecords are streamed \
+                      oldest first through the feedback filter, quality scoring of unscored \
+                      records (a heuristic; the scores are written back to the log unless \
+                      --no-write-back), the quality filter, exact and (optionally) \
+                      near-duplicate removal, redaction of personal data and secrets, the merge \
+                      with an --existing training file (duplicates of it dropped, a --rehearsal \
+                      share of it mixed in) and the --max-samples cap, then written to --out \
+                      (one JSON object per line) with a manifest next to it \
+                      (FILE.manifest.json). The file is written under a temporary name and \
+                      renamed at the end: a failed run leaves no half-written file.\n\nSettings \
+                      come from the [generator] section of the config file; flags override it. \
+                      Each --no-X flag has a --X counterpart (--dedupe, --near-dedupe, \
+                      --redact, --write-back) that turns the stage back on when the config file \
+                      turned it off.\n\nThe result (counts per stage, redactions per kind, \
+                      quality, malformed lines of the existing file) is printed on stdout; a \
+                      progress bar is drawn on stderr when it is a terminal. Malformed lines of \
+                      the existing file are reported (and warned about on stderr) but do not \
+                      fail the run; a missing existing file does (exit code 1).",
+        after_help = "Formats:\n  \
+                      chatml      {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]}\n  \
+                      alpaca      {\"instruction\", \"input\", \"output\"}\n  \
+                      completion  {\"prompt\", \"completion\"}\n  \
+                      text        {\"text\"}\n  \
+                      sharegpt    {\"conversations\": [{\"from\": \"human\", ...}, {\"from\": \"gpt\", ...}]}\n  \
+                      dpo         {\"prompt\", \"chosen\", \"rejected\"}: a thumbs-up and a thumbs-down response to one query\n  \
+                      kto         {\"prompt\", \"completion\", \"label\"}: label = the feedback (up or down)\n\n\
+                      Examples:\n  \
+                      afs generate --out train.jsonl\n  \
+                      afs generate --out train.jsonl --format alpaca --min-quality 0.8 --since 7d --near-dedupe\n  \
+                      afs generate --out prefs.jsonl --format dpo --model nayru-v1\n  \
+                      afs generate --out v2.jsonl --existing v1.jsonl --rehearsal 0.2 --seed 7 --json"
+    )]
+    Generate(GenerateArgs),
+
+    /// Check whether a retrain is due (trigger policies from the [trigger] config section)
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        after_help = "Examples:\n  \
+                      afs trigger check\n  \
+                      afs trigger check --json --config afs.toml"
+    )]
+    Trigger(TriggerArgs),
+
+    /// Retrain when a trigger fires: generate a dataset and run the trainer command
+    #[command(
+        long_about = "Retrain when a trigger fires: check the triggers, generate a dataset into \
+                      a new run directory, and run the trainer command on it.\n\nThe triggers \
+                      are those of the [trigger] config section (see `afs trigger check`); \
+                      --force skips them. The dataset is generated with the [generator] \
+                      section into OUTPUT_DIR/runs/RUN_ID/train.jsonl; with fewer than \
+                      --min-samples samples the run is refused. The trainer command runs with \
+                      `sh -c` in the current directory; its stdout and stderr are saved as \
+                      trainer.stdout.log and trainer.stderr.log in the run directory. Only one \
+                      retrain runs at a time per database, across processes; every run is \
+                      recorded (see `afs runs`).\n\nPlaceholders in the command are replaced \
+                      by shell-quoted values:\n  {data}        the dataset (JSON lines)\n  \
+                      {output_dir}  an empty directory for the model (RUN_DIR/model)\n  \
+                      {run_id}      the run id\n  {run_dir}     the run directory\n  \
+                      {result}      where the trainer may write its result \
+                      (RUN_DIR/trainer.result.json)\n\nThe same values are in the \
+                      environment: AFS_DATA_PATH, AFS_OUTPUT_DIR, AFS_RUN_ID, AFS_RUN_DIR, \
+                      AFS_RESULT_PATH, and AFS_N_SAMPLES (samples in the dataset).\n\nThe \
+                      trainer reports success by exiting with status 0 and giving a JSON \
+                      object with a string `model_path` (other keys, or an object under \
+                      `metrics`, are recorded as metrics), written to the {result} file or \
+                      printed as the last non-empty line of stdout. A non-zero exit, a missing \
+                      or unusable result, or running past --timeout (the trainer's whole \
+                      process group is killed) fails the run.\n\nExit codes: 0 when the run \
+                      completed or nothing triggered; 1 when the run failed, timed out or was \
+                      refused (the outcome is still printed); 5 when another retrain is \
+                      running.",
+        after_help = "Examples:\n  \
+                      afs retrain --train-cmd 'python train.py --data {data} --out {output_dir}'\n  \
+                      afs retrain --force --timeout 7200 --train-cmd './train.sh \"$AFS_DATA_PATH\"'\n  \
+                      afs retrain --json   # train_cmd from [retrain] in ./afs.toml\n\n\
+                      A trainer that reports on stdout:\n  \
+                      echo '{\"model_path\": \"/models/v2\", \"eval_loss\": 0.41}'"
+    )]
+    Retrain(RetrainArgs),
+
+    /// List retrain runs, newest first
+    #[command(
+        long_about = "List retrain runs, newest first: id, status, trigger, start, duration, \
+                      dataset samples, model path or error.\n\nA run left `running` by a \
+                      process that no longer exists is marked failed first. Without --json, an \
+                      aligned table; with --json, one JSON object per run (JSON lines) with \
+                      the fields id, status, trigger_type, trigger_reason, started_at, \
+                      finished_at, duration_secs, n_samples, dataset_path, model_path, \
+                      metrics, error, run_dir.",
+        after_help = "Examples:\n  \
+                      afs runs\n  \
+                      afs runs --status failed --limit 5 --json"
+    )]
+    Runs(RunsArgs),
 }
 
 /// Arguments of `afs log`.
@@ -349,6 +467,185 @@ pub(crate) struct ForgetArgs {
     /// The unit (user or session id) whose records are deleted
     #[arg(long, value_name = "ID")]
     pub(crate) unit: String,
+}
+
+/// Parses `--format`: one of the format names, any case.
+fn format_parser() -> impl TypedValueParser<Value = Format> {
+    PossibleValuesParser::new(Format::ALL.map(Format::as_str)).try_map(|name| name.parse::<Format>())
+}
+
+/// Arguments of `afs generate`.
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// Training file to write (JSON lines); FILE.manifest.json is written next to it
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+
+    /// Output format [config: format; default chatml]
+    #[arg(long, value_name = "FORMAT", ignore_case = true, value_parser = format_parser())]
+    pub(crate) format: Option<Format>,
+
+    /// Leave out records with a quality score below this, in [0, 1] [config: min_quality_score; default 0.7]
+    #[arg(long, value_name = "SCORE", allow_negative_numbers = true)]
+    pub(crate) min_quality: Option<f64>,
+
+    /// Keep only records with feedback >= N (-1, 0 or 1) [config: min_user_feedback; default 1]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, conflicts_with = "any_feedback")]
+    pub(crate) min_feedback: Option<i64>,
+
+    /// No feedback condition: records without feedback are kept too
+    #[arg(long)]
+    pub(crate) any_feedback: bool,
+
+    /// Keep exact duplicates [config: deduplicate = false]
+    #[arg(long, overrides_with = "dedupe")]
+    pub(crate) no_dedupe: bool,
+
+    /// Remove exact duplicates (the default)
+    #[arg(long, hide = true, overrides_with = "no_dedupe")]
+    pub(crate) dedupe: bool,
+
+    /// Also remove near-duplicates (MinHash) [config: near_dedupe]
+    #[arg(long, overrides_with = "no_near_dedupe")]
+    pub(crate) near_dedupe: bool,
+
+    /// Do not remove near-duplicates
+    #[arg(long, hide = true, overrides_with = "near_dedupe")]
+    pub(crate) no_near_dedupe: bool,
+
+    /// Jaccard similarity in (0, 1] at which records are near-duplicates; implies --near-dedupe [config: near_dedupe_threshold; default 0.8]
+    #[arg(long, value_name = "J", allow_negative_numbers = true, conflicts_with = "no_near_dedupe")]
+    pub(crate) threshold: Option<f64>,
+
+    /// An existing training file: drop new duplicates of it, and draw --rehearsal samples from it [config: existing]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) existing: Option<PathBuf>,
+
+    /// Share of the output drawn from the existing file, in [0, 1) [config: rehearsal_ratio; default 0]
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    pub(crate) rehearsal: Option<f64>,
+
+    /// At most N samples, keeping the highest quality [config: max_samples]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_samples: Option<u64>,
+
+    /// Only records at or after this time (RFC 3339, or an age like 30m, 24h, 7d)
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+    pub(crate) since: Option<TimeArg>,
+
+    /// Only records before this time (RFC 3339, or an age like 30m, 24h, 7d)
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+    pub(crate) until: Option<TimeArg>,
+
+    /// Only records of this model [config: model]
+    #[arg(long, value_name = "NAME")]
+    pub(crate) model: Option<String>,
+
+    /// System prompt added to every sample [config: system_prompt]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) system_prompt: Option<String>,
+
+    /// Do not redact e-mails, phone numbers, card numbers, IP addresses and secrets [config: redact = false]
+    #[arg(long, overrides_with = "redact")]
+    pub(crate) no_redact: bool,
+
+    /// Redact personal data and secrets (the default)
+    #[arg(long, hide = true, overrides_with = "no_redact")]
+    pub(crate) redact: bool,
+
+    /// Seed of the rehearsal choice [config: seed; default 0]
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
+
+    /// Do not write the scores given to unscored records back to the log [config: write_back_scores = false]
+    #[arg(long, overrides_with = "write_back")]
+    pub(crate) no_write_back: bool,
+
+    /// Write scores back (the default)
+    #[arg(long, hide = true, overrides_with = "no_write_back")]
+    pub(crate) write_back: bool,
+}
+
+/// Arguments of `afs trigger`.
+#[derive(Debug, Args)]
+pub(crate) struct TriggerArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: TriggerCommand,
+}
+
+/// The subcommands of `afs trigger`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TriggerCommand {
+    /// Run the trigger checks now and print whether a retrain is due
+    #[command(
+        long_about = "Run the trigger checks now and print whether a retrain is due.\n\nThe \
+                      policies and thresholds are those of the [trigger] section of the config \
+                      file (sample count, schedule, quality drop, Page-Hinkley, error rate, \
+                      cooldown). The checks read the store's aggregates, never the whole log. \
+                      A check updates the persisted trigger state (the first-check time, the \
+                      quality baseline, the change detector), as the retrain loop's checks do; \
+                      it never starts a retrain.\n\nOutput: `triggered (TYPE): REASON` or \
+                      `not triggered: REASON`, then the metrics behind the decision; with \
+                      --json, {\"triggered\", \"trigger_type\", \"reason\", \"metrics\"} \
+                      (trigger_type is null when nothing fired). The exit code is 0 whether or \
+                      not a retrain is due, unless --exit-code is given.",
+        after_help = "Examples:\n  \
+                      afs trigger check\n  \
+                      afs trigger check --json | jq .triggered\n  \
+                      afs trigger check --exit-code && afs retrain"
+    )]
+    Check(TriggerCheckArgs),
+}
+
+/// Arguments of `afs trigger check`.
+#[derive(Debug, Args)]
+pub(crate) struct TriggerCheckArgs {
+    /// Report a forced (manual) trigger whatever the policies say
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Exit with code 10 when no retrain is due (0 when one is)
+    #[arg(long)]
+    pub(crate) exit_code: bool,
+}
+
+/// Arguments of `afs retrain`.
+#[derive(Debug, Args)]
+pub(crate) struct RetrainArgs {
+    /// Retrain now whatever the triggers say (also during the cooldown)
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Trainer command, run with `sh -c` (placeholders below) [config: train_cmd]
+    #[arg(long, value_name = "CMD")]
+    pub(crate) train_cmd: Option<String>,
+
+    /// Stop the trainer after this many seconds [config: timeout_secs; default 86400]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) timeout: Option<u64>,
+
+    /// Directory for run directories (DIR/runs/RUN_ID) [config: output_dir; default continuous_output]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output_dir: Option<PathBuf>,
+
+    /// Refuse to train on fewer samples [config: min_samples_for_retrain; default 100]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) min_samples: Option<u64>,
+}
+
+/// Arguments of `afs runs`.
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    /// At most N runs
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) limit: u64,
+
+    /// Only runs with this status
+    #[arg(long, value_name = "STATUS",
+          value_parser = ["running", "completed", "failed", "timed_out", "interrupted"])]
+    pub(crate) status: Option<String>,
 }
 
 #[cfg(test)]

@@ -2,17 +2,26 @@
 
 use std::fmt;
 
+use afs_datagen::DatagenError;
 use afs_store::{ErrorKind, StoreError};
+use afs_trigger::TriggerError;
 
 /// Success.
 pub(crate) const SUCCESS: u8 = 0;
-/// Any failure that is not the caller's input: database, file or terminal I/O.
+/// Any failure that is not the caller's input: database, file or terminal I/O, a failed
+/// retrain run.
 pub(crate) const FAILURE: u8 = 1;
-/// Invalid input: a value the store refuses, a rejected import line.
+/// Usage error. Mostly reported by clap itself before any command runs; [`Usage`] is the
+/// same for a required value that may come from the flag or the config file.
+pub(crate) const USAGE: u8 = 2;
+/// Invalid input: a value the store refuses, a rejected import line, an invalid config file.
 pub(crate) const INVALID_INPUT: u8 = 3;
 /// An id named by the caller does not exist.
 pub(crate) const NOT_FOUND: u8 = 4;
-// Usage errors (exit code 2) are reported by clap itself before any command runs.
+/// Another retrain is running on the same database.
+pub(crate) const BUSY: u8 = 5;
+/// `afs trigger check --exit-code`: no trigger fired.
+pub(crate) const NOT_TRIGGERED: u8 = 10;
 
 /// Invalid input detected by the CLI itself rather than by the store (exit code 3).
 #[derive(Debug)]
@@ -25,6 +34,57 @@ impl fmt::Display for InvalidInput {
 }
 
 impl std::error::Error for InvalidInput {}
+
+/// A usage error found after parsing, e.g. a value required from a flag or the config file
+/// and given by neither (exit code 2).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Another retrain is already running on the database (exit code 5).
+#[derive(Debug)]
+pub(crate) struct Busy(pub(crate) String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// A retrain run ran and was recorded as failed, timed out or refused (exit code 1); its
+/// outcome has already been printed on stdout.
+#[derive(Debug)]
+pub(crate) struct RunFailed(pub(crate) String);
+
+impl fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunFailed {}
+
+/// Ends the process with this exit code and no error message: the command's output already
+/// says everything (e.g. `afs trigger check --exit-code` when nothing triggered).
+#[derive(Debug)]
+pub(crate) struct Silent(pub(crate) u8);
+
+impl fmt::Display for Silent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Silent {}
 
 /// Stdout was closed by the reader (e.g. `afs records | head`); not a failure.
 #[derive(Debug)]
@@ -42,22 +102,66 @@ impl std::error::Error for StdoutClosed {}
 pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
     for cause in err.chain() {
         if let Some(store_err) = cause.downcast_ref::<StoreError>() {
-            return match store_err.kind() {
-                ErrorKind::InvalidInput => (INVALID_INPUT, "invalid_input"),
-                ErrorKind::NotFound => (NOT_FOUND, "not_found"),
-                ErrorKind::Database => (FAILURE, "database"),
-                ErrorKind::Io => (FAILURE, "io"),
-                ErrorKind::Conflict => (FAILURE, "conflict"),
+            return classify_store(store_err);
+        }
+        // The libraries' errors are matched by variant: `TriggerError::Store` is
+        // transparent, so the store error inside is not in the chain of sources.
+        if let Some(trigger_err) = cause.downcast_ref::<TriggerError>() {
+            return match trigger_err {
+                TriggerError::Config { .. } => (INVALID_INPUT, "invalid_input"),
+                TriggerError::Store(e) => classify_store(e),
+                TriggerError::Datagen(e) => classify_datagen(e),
+                TriggerError::Io { .. } => (FAILURE, "io"),
+                _ => (FAILURE, "error"),
             };
+        }
+        if let Some(datagen_err) = cause.downcast_ref::<DatagenError>() {
+            return classify_datagen(datagen_err);
+        }
+        if let Some(Silent(code)) = cause.downcast_ref::<Silent>() {
+            return (*code, "silent");
         }
         if cause.is::<InvalidInput>() {
             return (INVALID_INPUT, "invalid_input");
+        }
+        if cause.is::<Usage>() {
+            return (USAGE, "usage");
+        }
+        if cause.is::<Busy>() {
+            return (BUSY, "busy");
+        }
+        if cause.is::<RunFailed>() {
+            return (FAILURE, "run_failed");
         }
         if cause.is::<std::io::Error>() {
             return (FAILURE, "io");
         }
     }
     (FAILURE, "error")
+}
+
+fn classify_store(err: &StoreError) -> (u8, &'static str) {
+    match err.kind() {
+        ErrorKind::InvalidInput => (INVALID_INPUT, "invalid_input"),
+        ErrorKind::NotFound => (NOT_FOUND, "not_found"),
+        ErrorKind::Database => (FAILURE, "database"),
+        ErrorKind::Io => (FAILURE, "io"),
+        ErrorKind::Conflict => (FAILURE, "conflict"),
+    }
+}
+
+fn classify_datagen(err: &DatagenError) -> (u8, &'static str) {
+    match err {
+        DatagenError::InvalidConfig { .. } => (INVALID_INPUT, "invalid_input"),
+        DatagenError::Store(e) => classify_store(e),
+        DatagenError::Io { .. } => (FAILURE, "io"),
+        _ => (FAILURE, "error"),
+    }
+}
+
+/// True when the error is [`Silent`]: exit with its code and print nothing.
+pub(crate) fn is_silent(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<Silent>())
 }
 
 /// True when the error only means that stdout's reader went away.

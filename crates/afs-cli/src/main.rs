@@ -1,10 +1,12 @@
 //! `afs`: the command-line tool for operators of the afs usage log.
 //!
-//! This is the only crate that parses arguments, reads the environment, prints and sets
-//! exit codes; the work itself is done by `afs-store`.
+//! This is the only crate that parses arguments, reads the environment and the config file,
+//! prints and sets exit codes; the work itself is done by `afs-store`, `afs-datagen` and
+//! `afs-trigger`.
 
 mod cli;
 mod commands;
+mod config;
 mod exit;
 mod output;
 mod store_open;
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     match commands::run(&cli) {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(err) if exit::is_stdout_closed(&err) => ExitCode::from(exit::SUCCESS),
+        Err(err) if exit::is_silent(&err) => ExitCode::from(exit::classify(&err).0),
         Err(err) => ExitCode::from(report_error(&err, cli.global.json)),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use afs_store::{UsageRecord, UsageStats};
+use afs_store::{RetrainRun, UsageRecord, UsageStats};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -128,6 +128,71 @@ impl From<&UsageStats> for StatsJson {
     }
 }
 
+/// A retrain run as printed by `afs runs` and `afs retrain`: times in RFC 3339, the trigger's
+/// reason and the trainer's metrics parsed from the JSON the store keeps.
+#[derive(Debug, Serialize)]
+pub(crate) struct RunJson<'a> {
+    id: &'a str,
+    status: &'static str,
+    trigger_type: &'a str,
+    trigger_reason: Option<String>,
+    started_at: String,
+    finished_at: Option<String>,
+    /// Seconds from start to finish; null while running.
+    duration_secs: Option<f64>,
+    n_samples: Option<u64>,
+    dataset_path: Option<&'a str>,
+    model_path: Option<&'a str>,
+    metrics: Option<serde_json::Value>,
+    error: Option<&'a str>,
+    run_dir: &'a str,
+}
+
+impl<'a> From<&'a RetrainRun> for RunJson<'a> {
+    fn from(run: &'a RetrainRun) -> Self {
+        let trigger_reason = serde_json::from_str::<serde_json::Value>(&run.trigger)
+            .ok()
+            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string));
+        RunJson {
+            id: &run.id,
+            status: run.status.as_str(),
+            trigger_type: &run.trigger_type,
+            trigger_reason,
+            started_at: rfc3339(run.started_at),
+            finished_at: run.finished_at.map(rfc3339),
+            duration_secs: run
+                .finished_at
+                .map(|end| (end - run.started_at).num_milliseconds() as f64 / 1000.0),
+            n_samples: run.n_samples,
+            dataset_path: run.dataset_path.as_deref(),
+            model_path: run.model_path.as_deref(),
+            // Metrics are stored as JSON text; shown as JSON, or as a string if unreadable.
+            metrics: run.metrics.as_deref().map(|text| {
+                serde_json::from_str(text)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+            }),
+            error: run.error.as_deref(),
+            run_dir: &run.run_dir,
+        }
+    }
+}
+
+/// A duration in seconds, short: `0.4s`, `42s`, `3m05s`, `2h01m`.
+pub(crate) fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".to_string();
+    }
+    if secs < 10.0 {
+        return format!("{secs:.1}s");
+    }
+    let whole = secs.round() as u64;
+    match whole {
+        0..=59 => format!("{whole}s"),
+        60..=3599 => format!("{}m{:02}s", whole / 60, whole % 60),
+        _ => format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60),
+    }
+}
+
 /// Lays out rows of cells as an aligned text table: the first column left-aligned, the
 /// others right-aligned, two spaces between columns, no trailing spaces.
 pub(crate) fn table(rows: &[Vec<String>]) -> String {
@@ -172,6 +237,15 @@ mod tests {
             table(&rows),
             "model        total\na-long-name      7\nb             1234\n"
         );
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(duration(0.42), "0.4s");
+        assert_eq!(duration(42.0), "42s");
+        assert_eq!(duration(185.0), "3m05s");
+        assert_eq!(duration(7260.0), "2h01m");
+        assert_eq!(duration(-1.0), "-");
     }
 
     #[test]

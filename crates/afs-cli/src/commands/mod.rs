@@ -1,11 +1,14 @@
 //! The commands of `afs`, one module each, and the dispatch from parsed arguments.
 
 mod feedback;
+mod generate;
 mod import;
 mod log;
 mod maintenance;
 mod records;
+mod retrain;
 mod stats;
+mod trigger;
 
 use crate::cli::{Cli, Command};
 
@@ -21,5 +24,9 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Dedupe(args) => maintenance::dedupe(global, args),
         Command::Prune(args) => maintenance::prune(global, args),
         Command::Forget(args) => maintenance::forget(global, args),
+        Command::Generate(args) => generate::run(global, args),
+        Command::Trigger(args) => trigger::run(global, args),
+        Command::Retrain(args) => retrain::run(global, args),
+        Command::Runs(args) => retrain::runs(global, args),
     }
 }
