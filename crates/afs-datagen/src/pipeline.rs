@@ -1,0 +1,1235 @@
+//! The generation pipeline: stream candidates from the store through the filters, dedupe,
+//! redaction, merge and cap stages, write the output atomically, and record a manifest.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use afs_store::{
+    FeedbackFilter, FeedbackValue, RecordFilter, StatsWindow, UsageRecord, UsageStats, UsageStore,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::config::{Format, GeneratorConfig, NearDedupeConfig};
+use crate::error::DatagenError;
+use crate::existing::{self, ExistingIndex};
+use crate::format::{formatter, render_text, Body, Example, Formatter, Metadata};
+use crate::key::{Key, KeyBuilder, KeyHasherBuilder, KeySet};
+use crate::minhash::{lsh_params, NearDeduper};
+use crate::output::{SpoolReader, TempFile};
+use crate::redact::{RedactionCounts, Redactor};
+use crate::result::{GenerationResult, Progress, QualityStats, RecordSpan, Stage};
+use crate::rng::SplitMix64;
+use crate::scorer::QualityScorer;
+
+/// Progress events are sent every this many items.
+const PROGRESS_EVERY: u64 = 8192;
+
+/// The manifest path of an output file: `<output>.manifest.json`.
+pub fn manifest_path(output: &Path) -> PathBuf {
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".manifest.json");
+    output.with_file_name(name)
+}
+
+/// Turns the usage log into a training file at `output`, with a manifest next to it.
+///
+/// Stages, in order, each counted in the result:
+/// 1. **Candidates**: records streamed from `store` oldest first, narrowed by
+///    `since`/`until`/`model`.
+/// 2. **Feedback filter** ([`GeneratorConfig::min_user_feedback`]); for `dpo`/`kto`,
+///    records with feedback -1 or 1 pass.
+/// 3. **Scoring**: a record without a quality score is scored by `scorer`, and the score
+///    written back to the store when `write_back_scores` is set.
+/// 4. **Quality filter** (`min_quality_score`; in `dpo`/`kto`, thumbs-down records skip it).
+/// 5. **Exact dedupe**: BLAKE3 of the normalised query and response; the first wins.
+/// 6. **Near-dedupe** (optional, not for `dpo`): see [`NearDedupeConfig`].
+/// 7. **Redaction** (on by default): see [`Redactor`]. A record whose redacted text
+///    duplicates an earlier one is an exact duplicate too. The store is not modified.
+/// 8. **Merge**: records duplicating a sample of the existing file are dropped; for
+///    `dpo`, records are then paired per normalised query (before redaction): the oldest
+///    waiting thumbs-up response with the oldest waiting thumbs-down one, each response
+///    used once; the prompt written is the thumbs-up record's (redacted) query.
+/// 9. **Cap** (`max_samples`): the new samples of highest quality are kept (ties: the
+///    earlier record), leaving room for the rehearsal share, and written in log order.
+/// 10. **Rehearsal**: existing samples are chosen with the seeded generator and spread
+///     evenly among the new ones (see [`GeneratorConfig::rehearsal_ratio`]).
+///
+/// The store applies the feedback condition itself, and the quality condition too when
+/// every record of the window has a score, so records that cannot pass are never read;
+/// how many it skipped comes from its rollups, so the counts are the same either way.
+///
+/// Memory: the exact-dedupe key set (32 bytes per distinct sample), the near-dedupe
+/// tables when on, the kept samples when `max_samples` is set, and for `dpo` the set of
+/// queries with both thumbs-up and thumbs-down records (found by a first pass) plus the
+/// records of those queries still waiting for a partner; nothing else grows with the log. The output and manifest
+/// are written under temporary names and renamed at the end: on error neither exists at
+/// its path (or the previous files are untouched). The same log, config and scores give
+/// a byte-identical output and manifest.
+pub fn generate(
+    store: &dyn UsageStore,
+    config: &GeneratorConfig,
+    output: &Path,
+    scorer: &dyn QualityScorer,
+    progress: Option<&dyn Fn(Progress)>,
+) -> Result<GenerationResult, DatagenError> {
+    config.validate()?;
+    let report = |stage: Stage, done: u64, total: Option<u64>| {
+        if let Some(p) = progress {
+            p(Progress { stage, done, total });
+        }
+    };
+
+    let existing = match &config.existing {
+        Some(path) => Some(existing::index(
+            path,
+            config.format,
+            config.deduplicate,
+            |n| report(Stage::ReadExisting, n, None),
+        )?),
+        None => None,
+    };
+    let eligible = existing.as_ref().map_or(0, |e| e.report.eligible);
+    let rehearsal = config.rehearsal_ratio > 0.0 && eligible > 0;
+    let new_budget = config.max_samples.map(|cap| {
+        let reserve = if rehearsal {
+            eligible.min((cap as f64 * config.rehearsal_ratio).round() as u64)
+        } else {
+            0
+        };
+        cap - reserve.min(cap - 1)
+    });
+
+    let mut sink = TempFile::create(output, "create temporary output file")?;
+    let mut run = Run::new(config, existing.as_ref(), new_budget);
+    if config.format == Format::Dpo {
+        run.pairable = pairable_queries(store, config, &report)?;
+    }
+    let window = StatsWindow {
+        since: config.since,
+        until: config.until,
+        model: config.model.clone(),
+    };
+    let plan = pushdown(config, &store.stats(&window)?);
+    // Records the store leaves out for their feedback are candidates the feedback filter
+    // dropped; the rollups count them exactly without reading them.
+    run.counts.total_candidates = plan.skipped_for_feedback;
+    run.counts.filtered_by_feedback = plan.skipped_for_feedback;
+    let filter = RecordFilter {
+        since: config.since,
+        until: config.until,
+        model: config.model.clone(),
+        feedback: plan.feedback,
+        min_quality: plan.min_quality,
+        ..RecordFilter::default()
+    };
+    // With the quality condition in the store, how many records it skips is only known at
+    // the end, so the scan has no total until then.
+    let scan_total = plan.min_quality.is_none().then_some(plan.passing_feedback);
+    let mut streamed = 0u64;
+    for_each_record(store, &filter, |record| {
+        run.process(store, scorer, record, &mut sink)?;
+        streamed += 1;
+        if streamed % PROGRESS_EVERY == 0 {
+            report(Stage::Scan, streamed, scan_total);
+        }
+        Ok(())
+    })?;
+    if plan.min_quality.is_some() {
+        let skipped = plan.passing_feedback.saturating_sub(streamed);
+        run.counts.total_candidates += skipped;
+        run.counts.filtered_by_quality += skipped;
+    }
+    report(Stage::Scan, streamed, Some(streamed));
+    run.finish_stream(&mut sink, &report)?;
+
+    let new_samples = run.emitter.new_samples;
+    let rehearsal_samples = if rehearsal {
+        let wanted = (new_samples as f64 * config.rehearsal_ratio / (1.0 - config.rehearsal_ratio))
+            .round() as u64;
+        let room = config
+            .max_samples
+            .map_or(u64::MAX, |cap| cap.saturating_sub(new_samples));
+        eligible.min(wanted).min(room)
+    } else {
+        0
+    };
+    if rehearsal_samples > 0 {
+        let path = config
+            .existing
+            .as_deref()
+            .expect("rehearsal needs an existing file");
+        let spool = std::mem::replace(
+            &mut sink,
+            TempFile::create(output, "create temporary output file")?,
+        );
+        let rehearsal_plan = Rehearsal {
+            path,
+            eligible,
+            take: rehearsal_samples,
+        };
+        merge(
+            &mut run,
+            spool.into_lines()?,
+            &mut sink,
+            output,
+            &rehearsal_plan,
+            &report,
+        )?;
+    }
+    let (output_blake3, output_bytes) = sink.finish()?;
+
+    let emitter = &run.emitter;
+    let result = GenerationResult {
+        format: config.format,
+        total_candidates: run.counts.total_candidates,
+        filtered_by_feedback: run.counts.filtered_by_feedback,
+        scored_records: run.counts.scored_records,
+        filtered_by_quality: run.counts.filtered_by_quality,
+        duplicates_removed: run.counts.duplicates_removed,
+        near_duplicates_removed: run.counts.near_duplicates_removed,
+        existing_duplicates_removed: run.counts.existing_duplicates_removed,
+        unpaired: run.counts.unpaired,
+        capped: run.counts.capped,
+        new_samples,
+        rehearsal_samples,
+        final_count: sink.lines(),
+        redactions: emitter.redactions,
+        quality_stats: emitter.quality.stats(),
+        records: emitter.span.to_span(),
+        existing: existing.map(|e| e.report),
+        output_path: output.to_path_buf(),
+        manifest_path: manifest_path(output),
+        output_blake3,
+        output_bytes,
+    };
+    let mut manifest = TempFile::create(&result.manifest_path, "create temporary manifest file")?;
+    manifest.write_line(&manifest_bytes(config, &result))?;
+    manifest.finish()?;
+    sink.commit()?;
+    manifest.commit()?;
+    tracing::info!(
+        output = %output.display(),
+        candidates = result.total_candidates,
+        written = result.final_count,
+        "training data generated"
+    );
+    Ok(result)
+}
+
+/// The conditions the store applies itself, so records that cannot pass are never read,
+/// with the counts (from the store's rollups) that keep the stage counts exact.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pushdown {
+    /// `dpo`/`kto` need feedback present (the -1/0/1 split is still checked per record);
+    /// the other formats `>= min_user_feedback`.
+    feedback: FeedbackFilter,
+    /// Records of the window the feedback condition excludes.
+    skipped_for_feedback: u64,
+    /// Records of the window that pass the feedback condition.
+    passing_feedback: u64,
+    /// The quality condition, pushed down only when no record of the window lacks a score
+    /// (unscored records must be read to be scored) and the format has no thumbs-down
+    /// exemption; the records it skips are those passing feedback but not streamed.
+    min_quality: Option<f64>,
+}
+
+fn pushdown(config: &GeneratorConfig, stats: &UsageStats) -> Pushdown {
+    let preference = config.format.is_preference();
+    let (feedback, passing) = if preference {
+        (FeedbackFilter::Present, stats.with_feedback)
+    } else {
+        match config.min_user_feedback {
+            None => (FeedbackFilter::Any, stats.total),
+            Some(n) => {
+                let passing = match n {
+                    1 => stats.positive_feedback,
+                    0 => stats.positive_feedback + stats.neutral_feedback,
+                    _ => stats.with_feedback,
+                };
+                (FeedbackFilter::AtLeast(n), passing)
+            }
+        }
+    };
+    let passing = passing.min(stats.total);
+    let all_scored = stats.n_quality >= stats.total;
+    let min_quality = (!preference && all_scored && config.min_quality_score > 0.0)
+        .then_some(config.min_quality_score);
+    Pushdown {
+        feedback,
+        skipped_for_feedback: stats.total - passing,
+        passing_feedback: passing,
+        min_quality,
+    }
+}
+
+/// `dpo` first pass: the normalised queries that have records with feedback 1 and with
+/// feedback -1. Only records of these queries can pair, so only they are kept waiting
+/// for a partner in the second pass; memory is about 40 bytes per distinct query.
+fn pairable_queries(
+    store: &dyn UsageStore,
+    config: &GeneratorConfig,
+    report: &dyn Fn(Stage, u64, Option<u64>),
+) -> Result<KeySet, DatagenError> {
+    const POSITIVE: u8 = 1;
+    const NEGATIVE: u8 = 2;
+    let filter = RecordFilter {
+        since: config.since,
+        until: config.until,
+        model: config.model.clone(),
+        feedback: FeedbackFilter::Present,
+        ..RecordFilter::default()
+    };
+    let mut keys = KeyBuilder::default();
+    let mut polarity: HashMap<Key, u8, KeyHasherBuilder> = HashMap::default();
+    let mut read = 0u64;
+    for_each_record(store, &filter, |record| {
+        let bit = match record.feedback {
+            Some(FeedbackValue::Positive) => POSITIVE,
+            Some(FeedbackValue::Negative) => NEGATIVE,
+            _ => 0,
+        };
+        if bit != 0 {
+            *polarity.entry(keys.query(&record.query)).or_default() |= bit;
+        }
+        read += 1;
+        if read % PROGRESS_EVERY == 0 {
+            report(Stage::GroupQueries, read, None);
+        }
+        Ok(())
+    })?;
+    report(Stage::GroupQueries, read, Some(read));
+    Ok(polarity
+        .into_iter()
+        .filter(|&(_, bits)| bits == POSITIVE | NEGATIVE)
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// Records streamed in batches from a reader thread, so reading the store and processing
+/// records overlap; the bounded channel keeps at most a few batches in memory, and
+/// dropping the receiver (on error) stops the reader.
+fn for_each_record(
+    store: &dyn UsageStore,
+    filter: &RecordFilter,
+    mut f: impl FnMut(UsageRecord) -> Result<(), DatagenError>,
+) -> Result<(), DatagenError> {
+    const BATCH: usize = 256;
+    let stream = store.query(filter)?;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Vec<afs_store::Result<UsageRecord>>>(4);
+        scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            for item in stream {
+                let failed = item.is_err();
+                batch.push(item);
+                if batch.len() == BATCH || failed {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if tx.send(full).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+        });
+        for batch in rx {
+            for item in batch {
+                f(item?)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Counts of the streaming stages.
+#[derive(Debug, Default)]
+struct Counts {
+    total_candidates: u64,
+    filtered_by_feedback: u64,
+    scored_records: u64,
+    filtered_by_quality: u64,
+    duplicates_removed: u64,
+    near_duplicates_removed: u64,
+    existing_duplicates_removed: u64,
+    unpaired: u64,
+    capped: u64,
+}
+
+/// One record that survived the filters, owned (kept for the cap or waiting for a pair).
+#[derive(Debug)]
+struct Side {
+    quality: f64,
+    id: String,
+    model: String,
+    timestamp: DateTime<Utc>,
+    feedback: Option<FeedbackValue>,
+    query: String,
+    response: String,
+    query_redactions: RedactionCounts,
+    response_redactions: RedactionCounts,
+}
+
+/// A record that survived the filters, borrowed.
+#[derive(Debug, Clone, Copy)]
+struct SideRef<'a> {
+    quality: f64,
+    id: &'a str,
+    model: &'a str,
+    timestamp: DateTime<Utc>,
+    feedback: Option<FeedbackValue>,
+    query: &'a str,
+    response: &'a str,
+    query_redactions: RedactionCounts,
+    response_redactions: RedactionCounts,
+}
+
+impl Side {
+    fn borrow(&self) -> SideRef<'_> {
+        SideRef {
+            quality: self.quality,
+            id: &self.id,
+            model: &self.model,
+            timestamp: self.timestamp,
+            feedback: self.feedback,
+            query: &self.query,
+            response: &self.response,
+            query_redactions: self.query_redactions,
+            response_redactions: self.response_redactions,
+        }
+    }
+}
+
+impl SideRef<'_> {
+    fn to_side(self) -> Side {
+        Side {
+            quality: self.quality,
+            id: self.id.to_string(),
+            model: self.model.to_string(),
+            timestamp: self.timestamp,
+            feedback: self.feedback,
+            query: self.query.to_string(),
+            response: self.response.to_string(),
+            query_redactions: self.query_redactions,
+            response_redactions: self.response_redactions,
+        }
+    }
+}
+
+/// One output sample before formatting.
+#[derive(Debug, Clone, Copy)]
+enum Unit<'a> {
+    One(SideRef<'a>),
+    Pair {
+        chosen: SideRef<'a>,
+        rejected: SideRef<'a>,
+    },
+}
+
+/// An owned [`Unit`] waiting in the cap's heap, ordered so the heap's top is the one to
+/// drop first: lowest quality, then the latest record.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    quality: f64,
+    one: Side,
+    rejected: Option<Side>,
+}
+
+impl Pending {
+    fn unit(&self) -> Unit<'_> {
+        match &self.rejected {
+            None => Unit::One(self.one.borrow()),
+            Some(rejected) => Unit::Pair {
+                chosen: self.one.borrow(),
+                rejected: rejected.borrow(),
+            },
+        }
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Pending {}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Greater = worse: lower quality, then later in the log.
+        other
+            .quality
+            .total_cmp(&self.quality)
+            .then(self.seq.cmp(&other.seq))
+    }
+}
+
+/// Running quality statistics.
+#[derive(Debug, Default)]
+struct QualityAcc {
+    n: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl QualityAcc {
+    fn add(&mut self, q: f64) {
+        if self.n == 0 {
+            self.min = q;
+            self.max = q;
+        } else {
+            self.min = self.min.min(q);
+            self.max = self.max.max(q);
+        }
+        self.n += 1;
+        self.sum += q;
+    }
+
+    fn stats(&self) -> Option<QualityStats> {
+        (self.n > 0).then(|| QualityStats {
+            mean: self.sum / self.n as f64,
+            min: self.min,
+            max: self.max,
+        })
+    }
+}
+
+/// Running id and time range, kept in reusable buffers.
+#[derive(Debug, Default)]
+struct SpanAcc {
+    any: bool,
+    first_id: String,
+    last_id: String,
+    first_ts: Option<DateTime<Utc>>,
+    last_ts: Option<DateTime<Utc>>,
+}
+
+impl SpanAcc {
+    fn add(&mut self, id: &str, ts: DateTime<Utc>) {
+        if !self.any || id < self.first_id.as_str() {
+            self.first_id.clear();
+            self.first_id.push_str(id);
+        }
+        if !self.any || id > self.last_id.as_str() {
+            self.last_id.clear();
+            self.last_id.push_str(id);
+        }
+        self.first_ts = Some(self.first_ts.map_or(ts, |t| t.min(ts)));
+        self.last_ts = Some(self.last_ts.map_or(ts, |t| t.max(ts)));
+        self.any = true;
+    }
+
+    fn to_span(&self) -> Option<RecordSpan> {
+        let (first, last) = (self.first_ts?, self.last_ts?);
+        Some(RecordSpan {
+            first_id: self.first_id.clone(),
+            last_id: self.last_id.clone(),
+            first_timestamp: first.to_rfc3339_opts(SecondsFormat::Micros, true),
+            last_timestamp: last.to_rfc3339_opts(SecondsFormat::Micros, true),
+        })
+    }
+}
+
+/// Formats units and writes them, keeping the statistics of what was written.
+struct Emitter<'c> {
+    formatter: &'static dyn Formatter,
+    format: Format,
+    system: Option<&'c str>,
+    line: Vec<u8>,
+    new_samples: u64,
+    redactions: RedactionCounts,
+    quality: QualityAcc,
+    span: SpanAcc,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, unit: Unit<'_>, sink: &mut TempFile) -> Result<(), DatagenError> {
+        let example = match unit {
+            Unit::One(side) => Example {
+                system: self.system,
+                prompt: side.query,
+                body: if self.format == Format::Kto {
+                    Body::Labeled {
+                        completion: side.response,
+                        label: side.feedback == Some(FeedbackValue::Positive),
+                    }
+                } else {
+                    Body::Response(side.response)
+                },
+                metadata: metadata_of(&side),
+            },
+            Unit::Pair { chosen, rejected } => Example {
+                system: self.system,
+                prompt: chosen.query,
+                body: Body::Preference {
+                    chosen: chosen.response,
+                    rejected: rejected.response,
+                },
+                metadata: metadata_of(&chosen),
+            },
+        };
+        self.line.clear();
+        self.formatter.write_line(&example, &mut self.line)?;
+        sink.write_line(&self.line)?;
+        self.new_samples += 1;
+        match unit {
+            Unit::One(side) => {
+                self.quality.add(side.quality);
+                self.span.add(side.id, side.timestamp);
+                self.redactions.add(&side.query_redactions);
+                self.redactions.add(&side.response_redactions);
+            }
+            Unit::Pair { chosen, rejected } => {
+                self.quality.add(chosen.quality);
+                self.span.add(chosen.id, chosen.timestamp);
+                self.span.add(rejected.id, rejected.timestamp);
+                self.redactions.add(&chosen.query_redactions);
+                self.redactions.add(&chosen.response_redactions);
+                self.redactions.add(&rejected.response_redactions);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn metadata_of<'a>(side: &SideRef<'a>) -> Metadata<'a> {
+    Metadata {
+        id: Some(side.id),
+        model: Some(side.model),
+        timestamp: Some(side.timestamp),
+        quality_score: Some(side.quality),
+        user_feedback: side.feedback.map(FeedbackValue::as_i64),
+        existing_line: None,
+    }
+}
+
+/// `dpo` records waiting for a partner of the opposite feedback, per normalised query.
+#[derive(Debug, Default)]
+struct Waiting {
+    positive: bool,
+    sides: VecDeque<Side>,
+}
+
+/// The state of one run's streaming stages.
+struct Run<'c> {
+    config: &'c GeneratorConfig,
+    existing: Option<&'c ExistingIndex>,
+    counts: Counts,
+    keys: KeyBuilder,
+    seen: KeySet,
+    near: Option<NearDeduper>,
+    redactor: Option<Redactor>,
+    budget: Option<u64>,
+    heap: BinaryHeap<Pending>,
+    waiting: HashMap<Key, Waiting, KeyHasherBuilder>,
+    /// `dpo`: the normalised queries that have both thumbs-up and thumbs-down records.
+    pairable: KeySet,
+    emitter: Emitter<'c>,
+}
+
+impl<'c> Run<'c> {
+    fn new(
+        config: &'c GeneratorConfig,
+        existing: Option<&'c ExistingIndex>,
+        budget: Option<u64>,
+    ) -> Self {
+        let near = match (&config.near_dedupe, config.format) {
+            (Some(near), format) if format != Format::Dpo => {
+                let (bands, rows) = lsh_params(near.threshold, near.num_permutations);
+                tracing::debug!(
+                    bands,
+                    rows,
+                    threshold = near.threshold,
+                    "near-dedupe banding"
+                );
+                Some(NearDeduper::new(near))
+            }
+            _ => None,
+        };
+        Run {
+            config,
+            existing,
+            counts: Counts::default(),
+            keys: KeyBuilder::default(),
+            seen: KeySet::default(),
+            near,
+            redactor: config.redact.then(Redactor::new),
+            budget,
+            heap: BinaryHeap::new(),
+            waiting: HashMap::default(),
+            pairable: KeySet::default(),
+            emitter: Emitter {
+                formatter: formatter(config.format),
+                format: config.format,
+                system: config.system_prompt.as_deref(),
+                line: Vec::with_capacity(4096),
+                new_samples: 0,
+                redactions: RedactionCounts::default(),
+                quality: QualityAcc::default(),
+                span: SpanAcc::default(),
+            },
+        }
+    }
+
+    fn process(
+        &mut self,
+        store: &dyn UsageStore,
+        scorer: &dyn QualityScorer,
+        record: UsageRecord,
+        sink: &mut TempFile,
+    ) -> Result<(), DatagenError> {
+        let config = self.config;
+        let seq = self.counts.total_candidates;
+        self.counts.total_candidates += 1;
+
+        let preference = config.format.is_preference();
+        let passes_feedback = if preference {
+            matches!(
+                record.feedback,
+                Some(FeedbackValue::Positive | FeedbackValue::Negative)
+            )
+        } else {
+            match config.min_user_feedback {
+                None => true,
+                Some(n) => record.feedback.is_some_and(|f| f.as_i64() >= n),
+            }
+        };
+        if !passes_feedback {
+            self.counts.filtered_by_feedback += 1;
+            return Ok(());
+        }
+
+        let quality = match record.quality_score {
+            Some(q) => q,
+            None => {
+                let q = scorer
+                    .score(&record.query, &record.response)
+                    .map_err(|source| DatagenError::Scorer {
+                        id: record.id.clone(),
+                        source,
+                    })?;
+                if !q.is_finite() || !(0.0..=1.0).contains(&q) {
+                    return Err(DatagenError::InvalidScore {
+                        id: record.id.clone(),
+                        value: q,
+                    });
+                }
+                self.counts.scored_records += 1;
+                if config.write_back_scores {
+                    store.update_quality(&record.id, q)?;
+                }
+                q
+            }
+        };
+        let negative = record.feedback == Some(FeedbackValue::Negative);
+        if !(preference && negative) && quality < config.min_quality_score {
+            self.counts.filtered_by_quality += 1;
+            return Ok(());
+        }
+
+        let raw_key = if config.deduplicate {
+            let key = self.keys.pair(&record.query, &record.response);
+            if !self.seen.insert(key) {
+                self.counts.duplicates_removed += 1;
+                return Ok(());
+            }
+            Some(key)
+        } else {
+            None
+        };
+
+        if let Some(near) = &mut self.near {
+            if near.check_and_insert(&record.query, &record.response) {
+                self.counts.near_duplicates_removed += 1;
+                return Ok(());
+            }
+        }
+
+        let mut query_redactions = RedactionCounts::default();
+        let mut response_redactions = RedactionCounts::default();
+        let (query, response) = match &self.redactor {
+            Some(r) => (
+                r.redact(&record.query, &mut query_redactions),
+                r.redact(&record.response, &mut response_redactions),
+            ),
+            None => (
+                Cow::Borrowed(record.query.as_str()),
+                Cow::Borrowed(record.response.as_str()),
+            ),
+        };
+        let changed = matches!(query, Cow::Owned(_)) || matches!(response, Cow::Owned(_));
+        let key = match raw_key {
+            Some(raw) if changed => {
+                let key = self.keys.pair(&query, &response);
+                if key != raw && !self.seen.insert(key) {
+                    self.counts.duplicates_removed += 1;
+                    return Ok(());
+                }
+                Some(key)
+            }
+            other => other,
+        };
+
+        if let (Some(existing), Some(key)) = (self.existing, key) {
+            let in_text = existing.has_text
+                && existing.keys.contains(&self.keys.text(&render_text(
+                    config.system_prompt.as_deref(),
+                    &query,
+                    &response,
+                )));
+            if in_text || existing.keys.contains(&key) {
+                self.counts.existing_duplicates_removed += 1;
+                return Ok(());
+            }
+        }
+
+        let side = SideRef {
+            quality,
+            id: &record.id,
+            model: &record.model,
+            timestamp: record.timestamp,
+            feedback: record.feedback,
+            query: &query,
+            response: &response,
+            query_redactions,
+            response_redactions,
+        };
+        if config.format == Format::Dpo {
+            let query_key = self.keys.query(&record.query);
+            return self.pair_up(seq, query_key, side, sink);
+        }
+        self.accept(seq, Unit::One(side), sink)
+    }
+
+    /// `dpo`: pairs the record with the oldest waiting record of opposite feedback for the
+    /// same normalised query, or makes it wait; a record whose query never got the
+    /// opposite feedback (per the first pass) is unpaired at once and not kept.
+    fn pair_up(
+        &mut self,
+        seq: u64,
+        query_key: Key,
+        side: SideRef<'_>,
+        sink: &mut TempFile,
+    ) -> Result<(), DatagenError> {
+        if !self.pairable.contains(&query_key) {
+            self.counts.unpaired += 1;
+            return Ok(());
+        }
+        let positive = side.feedback == Some(FeedbackValue::Positive);
+        let waiting = self.waiting.entry(query_key).or_default();
+        if waiting.sides.is_empty() || waiting.positive == positive {
+            waiting.positive = positive;
+            waiting.sides.push_back(side.to_side());
+            return Ok(());
+        }
+        let partner = waiting.sides.pop_front().expect("checked non-empty");
+        if waiting.sides.is_empty() {
+            self.waiting.remove(&query_key);
+        }
+        let unit = if positive {
+            Unit::Pair {
+                chosen: side,
+                rejected: partner.borrow(),
+            }
+        } else {
+            Unit::Pair {
+                chosen: partner.borrow(),
+                rejected: side,
+            }
+        };
+        self.accept(seq, unit, sink)
+    }
+
+    /// Writes the unit now, or keeps it in the cap's heap.
+    fn accept(
+        &mut self,
+        seq: u64,
+        unit: Unit<'_>,
+        sink: &mut TempFile,
+    ) -> Result<(), DatagenError> {
+        let Some(budget) = self.budget else {
+            return self.emitter.emit(unit, sink);
+        };
+        let (quality, one, rejected) = match unit {
+            Unit::One(side) => (side.quality, side.to_side(), None),
+            Unit::Pair { chosen, rejected } => {
+                (chosen.quality, chosen.to_side(), Some(rejected.to_side()))
+            }
+        };
+        let pending = Pending {
+            seq,
+            quality,
+            one,
+            rejected,
+        };
+        if (self.heap.len() as u64) < budget {
+            self.heap.push(pending);
+        } else if self.heap.peek().is_some_and(|worst| pending < *worst) {
+            self.heap.pop();
+            self.heap.push(pending);
+            self.counts.capped += 1;
+        } else {
+            self.counts.capped += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: counts unpaired records and writes the cap's survivors in log order.
+    fn finish_stream(
+        &mut self,
+        sink: &mut TempFile,
+        report: &dyn Fn(Stage, u64, Option<u64>),
+    ) -> Result<(), DatagenError> {
+        self.counts.unpaired += self
+            .waiting
+            .values()
+            .map(|w| w.sides.len() as u64)
+            .sum::<u64>();
+        self.waiting.clear();
+        if self.heap.is_empty() {
+            return Ok(());
+        }
+        let mut kept = std::mem::take(&mut self.heap).into_vec();
+        kept.sort_unstable_by_key(|p| p.seq);
+        let total = kept.len() as u64;
+        for (i, pending) in kept.iter().enumerate() {
+            self.emitter.emit(pending.unit(), sink)?;
+            if (i as u64 + 1) % PROGRESS_EVERY == 0 {
+                report(Stage::Write, i as u64 + 1, Some(total));
+            }
+        }
+        report(Stage::Write, total, Some(total));
+        Ok(())
+    }
+}
+
+/// Which existing samples to mix in: `take` of the `eligible` lines of the file at `path`.
+struct Rehearsal<'a> {
+    path: &'a Path,
+    eligible: u64,
+    take: u64,
+}
+
+/// Writes the spooled new samples with `take` chosen existing samples spread evenly among
+/// them: the `j`-th existing sample (from 0) follows the first `⌊(j+1)·n/(take+1)⌋` new ones.
+fn merge(
+    run: &mut Run<'_>,
+    mut spool: SpoolReader,
+    out: &mut TempFile,
+    output: &Path,
+    plan: &Rehearsal<'_>,
+    report: &dyn Fn(Stage, u64, Option<u64>),
+) -> Result<(), DatagenError> {
+    let take = plan.take;
+    let n = run.emitter.new_samples;
+    let total = n + take;
+    let mut rng = SplitMix64::new(run.config.seed);
+    let mut copied = 0u64;
+    let mut chosen = 0u64;
+    let mut line = Vec::with_capacity(4096);
+    let formatter = run.emitter.formatter;
+    let redactor = run.redactor.as_ref();
+    let mut redactions = RedactionCounts::default();
+    let mut copy_until =
+        |target: u64, out: &mut TempFile, copied: &mut u64| -> Result<(), DatagenError> {
+            while *copied < target {
+                let Some(bytes) = spool.next_line()? else {
+                    break;
+                };
+                out.write_line(bytes)?;
+                *copied += 1;
+                if out.lines() % PROGRESS_EVERY == 0 {
+                    report(Stage::Write, out.lines(), Some(total));
+                }
+            }
+            Ok(())
+        };
+    existing::choose(
+        plan.path,
+        run.config.format,
+        plan.eligible,
+        take,
+        &mut rng,
+        |number, mut sample| {
+            let target = ((chosen + 1) as u128 * n as u128 / (take + 1) as u128) as u64;
+            copy_until(target, out, &mut copied)?;
+            if let Some(r) = redactor {
+                sample.map_texts(|text| {
+                    if let Cow::Owned(clean) = r.redact(text, &mut redactions) {
+                        *text = clean;
+                    }
+                });
+            }
+            line.clear();
+            formatter.write_line(&sample.example(number), &mut line)?;
+            out.write_line(&line)?;
+            chosen += 1;
+            Ok(())
+        },
+    )?;
+    copy_until(u64::MAX, out, &mut copied)?;
+    if copied != n {
+        return Err(DatagenError::Io {
+            context: "read back spooled samples",
+            path: output.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{copied} of {n} lines"),
+            ),
+        });
+    }
+    run.emitter.redactions.add(&redactions);
+    report(Stage::Write, out.lines(), Some(total));
+    Ok(())
+}
+
+/// The manifest: the config used, the result, the output's hash and the afs version.
+/// Nothing in it depends on the wall clock or on where the file was written, so the same
+/// log and config give the same bytes.
+fn manifest_bytes(config: &GeneratorConfig, result: &GenerationResult) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct NearConfig {
+        threshold: f64,
+        num_permutations: usize,
+        word_shingle: usize,
+        char_shingle: usize,
+        min_words: usize,
+        bands: usize,
+        rows: usize,
+    }
+    #[derive(Serialize)]
+    struct ConfigOut<'a> {
+        format: Format,
+        min_quality_score: f64,
+        min_user_feedback: Option<i64>,
+        deduplicate: bool,
+        near_dedupe: Option<NearConfig>,
+        max_samples: Option<u64>,
+        redact: bool,
+        existing: Option<String>,
+        rehearsal_ratio: f64,
+        seed: u64,
+        since: Option<String>,
+        until: Option<String>,
+        model: Option<&'a str>,
+        system_prompt: Option<&'a str>,
+        write_back_scores: bool,
+    }
+    #[derive(Serialize)]
+    struct Manifest<'a> {
+        afs_version: &'static str,
+        output: &'a str,
+        blake3: &'a str,
+        bytes: u64,
+        lines: u64,
+        config: ConfigOut<'a>,
+        result: &'a GenerationResult,
+    }
+    let near = |n: &NearDedupeConfig| {
+        let (bands, rows) = lsh_params(n.threshold, n.num_permutations);
+        NearConfig {
+            threshold: n.threshold,
+            num_permutations: n.num_permutations,
+            word_shingle: n.word_shingle,
+            char_shingle: n.char_shingle,
+            min_words: n.min_words,
+            bands,
+            rows,
+        }
+    };
+    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true));
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    // Paths differ between machines and runs; the manifest names files by their names.
+    let mut portable = result.clone();
+    portable.output_path = PathBuf::from(file_name(&result.output_path));
+    portable.manifest_path = PathBuf::from(file_name(&result.manifest_path));
+    let output_name = file_name(&result.output_path);
+    let manifest = Manifest {
+        afs_version: env!("CARGO_PKG_VERSION"),
+        output: &output_name,
+        blake3: &result.output_blake3,
+        bytes: result.output_bytes,
+        lines: result.final_count,
+        config: ConfigOut {
+            format: config.format,
+            min_quality_score: config.min_quality_score,
+            min_user_feedback: config.min_user_feedback,
+            deduplicate: config.deduplicate,
+            near_dedupe: config.near_dedupe.as_ref().map(near),
+            max_samples: config.max_samples,
+            redact: config.redact,
+            existing: config
+                .existing
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            rehearsal_ratio: config.rehearsal_ratio,
+            seed: config.seed,
+            since: time(config.since),
+            until: time(config.until),
+            model: config.model.as_deref(),
+            system_prompt: config.system_prompt.as_deref(),
+            write_back_scores: config.write_back_scores,
+        },
+        result: &portable,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushdown_follows_the_config_and_the_rollups() {
+        let stats = UsageStats {
+            total: 100,
+            with_feedback: 60,
+            positive_feedback: 40,
+            negative_feedback: 15,
+            neutral_feedback: 5,
+            n_quality: 100,
+            ..UsageStats::default()
+        };
+        let check = |config: GeneratorConfig,
+                     stats: &UsageStats,
+                     expected: (FeedbackFilter, u64, u64, Option<f64>)| {
+            let p = pushdown(&config, stats);
+            assert_eq!(
+                (
+                    p.feedback,
+                    p.skipped_for_feedback,
+                    p.passing_feedback,
+                    p.min_quality
+                ),
+                expected
+            );
+        };
+        let d = GeneratorConfig::default();
+        check(
+            d.clone(),
+            &stats,
+            (FeedbackFilter::AtLeast(1), 60, 40, Some(0.7)),
+        );
+        let with = |n| GeneratorConfig {
+            min_user_feedback: n,
+            ..d.clone()
+        };
+        check(
+            with(Some(0)),
+            &stats,
+            (FeedbackFilter::AtLeast(0), 55, 45, Some(0.7)),
+        );
+        check(
+            with(Some(-1)),
+            &stats,
+            (FeedbackFilter::AtLeast(-1), 40, 60, Some(0.7)),
+        );
+        check(with(None), &stats, (FeedbackFilter::Any, 0, 100, Some(0.7)));
+        let kto = GeneratorConfig {
+            format: Format::Kto,
+            ..d.clone()
+        };
+        check(kto, &stats, (FeedbackFilter::Present, 40, 60, None));
+        let unscored = UsageStats {
+            n_quality: 99,
+            ..stats
+        };
+        check(
+            d.clone(),
+            &unscored,
+            (FeedbackFilter::AtLeast(1), 60, 40, None),
+        );
+        check(
+            GeneratorConfig {
+                min_quality_score: 0.0,
+                ..d
+            },
+            &stats,
+            (FeedbackFilter::AtLeast(1), 60, 40, None),
+        );
+    }
+
+    #[test]
+    fn manifest_sits_next_to_the_output() {
+        assert_eq!(
+            manifest_path(Path::new("out/train.jsonl")),
+            Path::new("out/train.jsonl.manifest.json")
+        );
+        assert_eq!(
+            manifest_path(Path::new("train")),
+            Path::new("train.manifest.json")
+        );
+    }
+
+    fn pending(seq: u64, quality: f64) -> Pending {
+        let side = Side {
+            quality,
+            id: seq.to_string(),
+            model: String::new(),
+            timestamp: DateTime::UNIX_EPOCH,
+            feedback: None,
+            query: String::new(),
+            response: String::new(),
+            query_redactions: RedactionCounts::default(),
+            response_redactions: RedactionCounts::default(),
+        };
+        Pending {
+            seq,
+            quality,
+            one: side,
+            rejected: None,
+        }
+    }
+
+    #[test]
+    fn heap_top_is_the_one_to_drop() {
+        let mut heap = BinaryHeap::new();
+        for (seq, q) in [(0, 0.9), (1, 0.5), (2, 0.5), (3, 0.95)] {
+            heap.push(pending(seq, q));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|p| p.seq)).collect();
+        assert_eq!(order, [2, 1, 0, 3]);
+    }
+
+    #[test]
+    fn span_and_quality_accumulate() {
+        let mut span = SpanAcc::default();
+        assert_eq!(span.to_span(), None);
+        let t = |s| DateTime::from_timestamp(s, 0).unwrap();
+        span.add("B", t(20));
+        span.add("A", t(30));
+        span.add("C", t(10));
+        let s = span.to_span().unwrap();
+        assert_eq!((s.first_id.as_str(), s.last_id.as_str()), ("A", "C"));
+        assert_eq!(s.first_timestamp, "1970-01-01T00:00:10.000000Z");
+        let mut q = QualityAcc::default();
+        assert_eq!(q.stats(), None);
+        for v in [0.8, 1.0, 0.9] {
+            q.add(v);
+        }
+        let stats = q.stats().unwrap();
+        assert!((stats.mean - 0.9).abs() < 1e-12 && stats.min == 0.8 && stats.max == 1.0);
+    }
+}
