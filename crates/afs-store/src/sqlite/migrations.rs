@@ -152,6 +152,9 @@ ALTER TABLE usage ADD COLUMN ts_us INTEGER;
 ALTER TABLE usage ADD COLUMN feedback_at TEXT;
 ALTER TABLE usage ADD COLUMN unit_id TEXT;
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts_us);
+-- Records with feedback, in time order: what training data and feedback queries read.
+-- Partial, so logging a record without feedback does not touch it.
+CREATE INDEX IF NOT EXISTS usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
 CREATE TABLE usage_rollup (
     model TEXT NOT NULL,
     hour INTEGER NOT NULL,
