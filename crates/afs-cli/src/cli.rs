@@ -255,7 +255,7 @@ pub(crate) enum Command {
                       retrain runs at a time per database, across processes; every run is \
                       recorded (see `afs runs`).\n\nPlaceholders in the command are replaced \
                       by shell-quoted values:\n  {data}        the dataset (JSON lines)\n  \
-                      {output_dir}  an empty directory for the model (RUN_DIR/model)\n  \
+                      {output_dir}  an empty directory for the model, RUN_DIR/model (not --output-dir)\n  \
                       {run_id}      the run id\n  {run_dir}     the run directory\n  \
                       {result}      where the trainer may write its result \
                       (RUN_DIR/trainer.result.json)\n\nThe same values are in the \
@@ -471,7 +471,8 @@ pub(crate) struct ForgetArgs {
 
 /// Parses `--format`: one of the format names, any case.
 fn format_parser() -> impl TypedValueParser<Value = Format> {
-    PossibleValuesParser::new(Format::ALL.map(Format::as_str)).try_map(|name| name.parse::<Format>())
+    PossibleValuesParser::new(Format::ALL.map(Format::as_str))
+        .try_map(|name| name.parse::<Format>())
 }
 
 /// Arguments of `afs generate`.
@@ -490,7 +491,12 @@ pub(crate) struct GenerateArgs {
     pub(crate) min_quality: Option<f64>,
 
     /// Keep only records with feedback >= N (-1, 0 or 1) [config: min_user_feedback; default 1]
-    #[arg(long, value_name = "N", allow_negative_numbers = true, conflicts_with = "any_feedback")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        conflicts_with = "any_feedback"
+    )]
     pub(crate) min_feedback: Option<i64>,
 
     /// No feedback condition: records without feedback are kept too
@@ -514,7 +520,12 @@ pub(crate) struct GenerateArgs {
     pub(crate) no_near_dedupe: bool,
 
     /// Jaccard similarity in (0, 1] at which records are near-duplicates; implies --near-dedupe [config: near_dedupe_threshold; default 0.8]
-    #[arg(long, value_name = "J", allow_negative_numbers = true, conflicts_with = "no_near_dedupe")]
+    #[arg(
+        long,
+        value_name = "J",
+        allow_negative_numbers = true,
+        conflicts_with = "no_near_dedupe"
+    )]
     pub(crate) threshold: Option<f64>,
 
     /// An existing training file: drop new duplicates of it, and draw --rehearsal samples from it [config: existing]
@@ -585,9 +596,8 @@ pub(crate) enum TriggerCommand {
                       cooldown). The checks read the store's aggregates, never the whole log. \
                       A check updates the persisted trigger state (the first-check time, the \
                       quality baseline, the change detector), as the retrain loop's checks do; \
-                      it never starts a retrain.\n\nOutput: `triggered (TYPE): REASON` or \
-                      `not triggered: REASON`, then the metrics behind the decision; with \
-                      --json, {\"triggered\", \"trigger_type\", \"reason\", \"metrics\"} \
+                      it never starts a retrain.\n\nOutput: `triggered (TYPE)` or `not \
+                      triggered`, the reason, and the metrics behind the decision; with --json, {\"triggered\", \"trigger_type\", \"reason\", \"metrics\"} \
                       (trigger_type is null when nothing fired). The exit code is 0 whether or \
                       not a retrain is due, unless --exit-code is given.",
         after_help = "Examples:\n  \
@@ -617,7 +627,7 @@ pub(crate) struct RetrainArgs {
     #[arg(long)]
     pub(crate) force: bool,
 
-    /// Trainer command, run with `sh -c` (placeholders below) [config: train_cmd]
+    /// Trainer command, run with `sh -c`; placeholders {data} {output_dir} {run_id} {run_dir} {result} [config: train_cmd]
     #[arg(long, value_name = "CMD")]
     pub(crate) train_cmd: Option<String>,
 

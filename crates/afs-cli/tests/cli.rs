@@ -56,6 +56,7 @@ impl Env {
     fn command_at(&self, now: &str, args: &[&str]) -> Command {
         let mut cmd = Command::cargo_bin("afs").unwrap();
         cmd.env_remove("AFS_DB")
+            .env_remove("AFS_CONFIG")
             .env_remove("RUST_LOG")
             .env("AFS_NOW", now);
         cmd.arg("--db").arg(&self.db).args(args);

@@ -7,8 +7,10 @@ fn help(args: &[&str]) -> String {
     let output = Command::cargo_bin("afs")
         .unwrap()
         .args(args)
-        // The help shows the value of AFS_DB when it is set, and wraps to the terminal.
+        // The help shows the values of AFS_DB and AFS_CONFIG when they are set, and wraps to
+        // the terminal.
         .env_remove("AFS_DB")
+        .env_remove("AFS_CONFIG")
         .env("COLUMNS", "100")
         .env("LINES", "50")
         .output()
@@ -28,14 +30,60 @@ fn root_help() {
 #[test]
 fn command_help() {
     for command in [
-        "log", "import", "feedback", "records", "stats", "dedupe", "prune", "forget",
+        "log",
+        "import",
+        "feedback",
+        "records",
+        "stats",
+        "dedupe",
+        "prune",
+        "forget",
+        "generate",
+        "trigger",
+        "trigger check",
+        "retrain",
+        "runs",
     ] {
-        let text = help(&[command, "--help"]);
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--help");
+        let text = help(&args);
         assert!(
             text.contains("Examples:"),
             "afs {command} --help has no examples:\n{text}"
         );
-        insta::assert_snapshot!(format!("afs-{command}"), text);
+        insta::assert_snapshot!(format!("afs-{}", command.replace(' ', "-")), text);
+    }
+}
+
+#[test]
+fn retrain_help_documents_the_placeholders_and_environment() {
+    let text = help(&["retrain", "--help"]);
+    for needle in [
+        "{data}",
+        "{output_dir}",
+        "{run_id}",
+        "{run_dir}",
+        "{result}",
+        "AFS_DATA_PATH",
+        "AFS_OUTPUT_DIR",
+        "AFS_RUN_ID",
+        "AFS_RUN_DIR",
+        "AFS_RESULT_PATH",
+        "AFS_N_SAMPLES",
+        "model_path",
+        "--train-cmd 'python train.py --data {data} --out {output_dir}'",
+    ] {
+        assert!(
+            text.contains(needle),
+            "afs retrain --help lacks {needle:?}:\n{text}"
+        );
+    }
+    let root = help(&["--help"]);
+    for needle in ["5   busy", "AFS_CONFIG", "--config <FILE>"] {
+        assert!(
+            root.contains(needle),
+            "afs --help lacks {needle:?}:\n{root}"
+        );
     }
 }
 

@@ -1,0 +1,309 @@
+//! `afs retrain`: check the triggers and, when one fires, generate a dataset and run the
+//! trainer command; and `afs runs`: the history of those runs.
+
+use std::io::{self, BufWriter, Write};
+use std::time::Duration;
+
+use afs_datagen::{DatagenError, GenerationResult};
+use afs_store::{RetrainRun, RunStatus, RunStore};
+use afs_trigger::{AutoRetrainer, CommandTrainer, RetrainOutcome, RetrainTrigger, TriggerResult};
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, RetrainArgs, RunsArgs};
+use crate::commands::trigger::describe;
+use crate::config::{self, generator_key};
+use crate::exit::{Busy, InvalidInput, RunFailed, Usage};
+use crate::output::{count, duration, print_json, print_line, rfc3339, stdout_error, RunJson};
+use crate::store_open::{self, open, Create};
+
+/// The JSON output of `afs retrain`.
+#[derive(Debug, Serialize)]
+struct RetrainJson<'a> {
+    /// `completed`, `not_triggered`, `already_running`, `refused` or `failed`.
+    outcome: &'static str,
+    /// The trigger check's result.
+    trigger: &'a TriggerResult,
+    /// The run, when one was started.
+    run: Option<RunJson<'a>>,
+    /// The dataset generation's result, when the dataset was generated.
+    dataset: Option<&'a GenerationResult>,
+    /// Why nothing started (`already_running`).
+    reason: Option<&'a str>,
+}
+
+/// Runs one retrain check, and the retrain when it is due.
+pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()> {
+    let config = config::load(global.config.as_deref())?;
+    let train_cmd = match (&args.train_cmd, &config.retrain.train_cmd) {
+        (Some(cmd), _) if cmd.trim().is_empty() => {
+            return Err(InvalidInput("invalid --train-cmd: must not be empty".into()).into())
+        }
+        (Some(cmd), _) | (None, Some(cmd)) => cmd.clone(),
+        (None, None) => {
+            return Err(Usage(
+                "no trainer command: pass --train-cmd CMD or set train_cmd in the [retrain] \
+                 section of the config file"
+                    .into(),
+            )
+            .into())
+        }
+    };
+    let timeout = args
+        .timeout
+        .map_or(config.retrain.timeout, Duration::from_secs);
+    let mut retrainer = config.retrain.retrainer.clone();
+    if let Some(dir) = &args.output_dir {
+        retrainer.output_dir = dir.clone();
+    }
+    if let Some(n) = args.min_samples {
+        retrainer.min_samples_for_retrain = n;
+    }
+    // The file's generator settings were checked when it was read, except that a rehearsal
+    // share needs an existing file; refuse that here rather than record a failed run.
+    if let Err(DatagenError::InvalidConfig { field, reason }) = config.generator.validate() {
+        return Err(InvalidInput(format!(
+            "invalid {}: {reason}",
+            config.key_name(&generator_key(field))
+        ))
+        .into());
+    }
+
+    let trigger = RetrainTrigger::new(config.trigger.clone())?;
+    let store = open(store_open::config(&global.db), Create::Never)?;
+    let retrainer = AutoRetrainer::new(trigger, config.generator.clone(), retrainer);
+    let trainer = CommandTrainer::shell(train_cmd, timeout);
+    tracing::debug!(?retrainer, ?timeout, "checking and retraining");
+    let outcome = retrainer.check_and_retrain(&store, &trainer, args.force)?;
+
+    if global.json {
+        print_json(&outcome_json(&outcome))?;
+    } else {
+        print_line(describe_outcome(&outcome).trim_end())?;
+    }
+    match &outcome {
+        RetrainOutcome::NotTriggered(_) | RetrainOutcome::Completed { .. } => Ok(()),
+        RetrainOutcome::AlreadyRunning { reason, .. } => {
+            Err(Busy(format!("another retrain is running: {reason}")).into())
+        }
+        RetrainOutcome::Refused { run, .. } | RetrainOutcome::Failed { run, .. } => {
+            Err(RunFailed(format!(
+                "retrain run {} {}: {}",
+                run.id,
+                run.status.as_str(),
+                run.error.as_deref().unwrap_or("no error recorded")
+            ))
+            .into())
+        }
+    }
+}
+
+fn outcome_json(outcome: &RetrainOutcome) -> RetrainJson<'_> {
+    let (name, trigger, dataset, reason) = match outcome {
+        RetrainOutcome::NotTriggered(trigger) => ("not_triggered", trigger, None, None),
+        RetrainOutcome::AlreadyRunning { trigger, reason } => {
+            ("already_running", trigger, None, Some(reason.as_str()))
+        }
+        RetrainOutcome::Refused {
+            trigger, dataset, ..
+        } => ("refused", trigger, Some(dataset.as_ref()), None),
+        RetrainOutcome::Completed {
+            trigger, dataset, ..
+        } => ("completed", trigger, Some(dataset.as_ref()), None),
+        RetrainOutcome::Failed { trigger, .. } => ("failed", trigger, None, None),
+    };
+    RetrainJson {
+        outcome: name,
+        trigger,
+        run: outcome.run().map(RunJson::from),
+        dataset,
+        reason,
+    }
+}
+
+/// The readable outcome.
+fn describe_outcome(outcome: &RetrainOutcome) -> String {
+    match outcome {
+        RetrainOutcome::NotTriggered(trigger) => format!("no retrain: {}", describe(trigger)),
+        RetrainOutcome::AlreadyRunning { trigger, reason } => format!(
+            "not started: another retrain is running ({reason})\n  trigger: {}\n",
+            trigger_line(trigger)
+        ),
+        RetrainOutcome::Refused { run, trigger, .. } => {
+            format!(
+                "retrain refused: run {}\n{}",
+                run.id,
+                run_lines(run, trigger)
+            )
+        }
+        RetrainOutcome::Completed { run, trigger, .. } => {
+            format!(
+                "retrain completed: run {}\n{}",
+                run.id,
+                run_lines(run, trigger)
+            )
+        }
+        RetrainOutcome::Failed { run, trigger } => format!(
+            "retrain {}: run {}\n{}",
+            run.status.as_str(),
+            run.id,
+            run_lines(run, trigger)
+        ),
+    }
+}
+
+fn trigger_line(trigger: &TriggerResult) -> String {
+    match trigger.trigger_type {
+        Some(t) => format!("{} ({})", t.as_str(), trigger.reason),
+        None => trigger.reason.clone(),
+    }
+}
+
+/// The details of a run that started, one `  name: value` per line.
+fn run_lines(run: &RetrainRun, trigger: &TriggerResult) -> String {
+    let mut text = format!("  trigger: {}\n", trigger_line(trigger));
+    if let Some(path) = &run.dataset_path {
+        let samples = run
+            .n_samples
+            .map_or(String::new(), |n| format!(" ({})", count(n, "sample")));
+        text.push_str(&format!("  dataset: {path}{samples}\n"));
+    }
+    if let Some(model) = &run.model_path {
+        text.push_str(&format!("  model: {model}\n"));
+    }
+    if let Some(metrics) = &run.metrics {
+        text.push_str(&format!("  metrics: {metrics}\n"));
+    }
+    if let Some(error) = &run.error {
+        text.push_str(&format!("  error: {error}\n"));
+    }
+    if let Some(end) = run.finished_at {
+        let secs = (end - run.started_at).num_milliseconds() as f64 / 1000.0;
+        text.push_str(&format!("  duration: {}\n", duration(secs)));
+    }
+    text.push_str(&format!("  run dir: {}\n", run.run_dir));
+    text
+}
+
+/// Lists retrain runs, newest first, after marking runs of dead processes as failed.
+pub(crate) fn runs(global: &GlobalArgs, args: &RunsArgs) -> anyhow::Result<()> {
+    let store = open(store_open::config(&global.db), Create::Never)?;
+    let recovered = store.recover_stale_runs()?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            ?recovered,
+            "runs left running by dead processes marked failed"
+        );
+    }
+    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let runs: Vec<RetrainRun> = match &args.status {
+        // Run history is small (one row per retrain), so filtering here is cheap.
+        Some(status) => {
+            let status = RunStatus::parse(status);
+            store
+                .runs(usize::MAX)?
+                .into_iter()
+                .filter(|run| Some(run.status) == status)
+                .take(limit)
+                .collect()
+        }
+        None => store.runs(limit)?,
+    };
+    if global.json {
+        let mut out = BufWriter::new(io::stdout().lock());
+        for run in &runs {
+            let line = serde_json::to_string(&RunJson::from(run))?;
+            writeln!(out, "{line}").map_err(stdout_error)?;
+        }
+        return out.flush().map_err(stdout_error);
+    }
+    if runs.is_empty() {
+        return print_line("no retrain runs");
+    }
+    let mut text = String::new();
+    let header = [
+        "id",
+        "status",
+        "trigger",
+        "started_at",
+        "duration",
+        "samples",
+        "model / error",
+    ];
+    let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    for run in &runs {
+        let outcome = match (&run.model_path, &run.error) {
+            (Some(model), _) => model.clone(),
+            (None, Some(error)) => format!("error: {}", one_line(error, 100)),
+            (None, None) => "-".to_string(),
+        };
+        rows.push(vec![
+            run.id.clone(),
+            run.status.as_str().to_string(),
+            run.trigger_type.clone(),
+            rfc3339(run.started_at),
+            run.finished_at.map_or("-".to_string(), |end| {
+                duration((end - run.started_at).num_milliseconds() as f64 / 1000.0)
+            }),
+            run.n_samples.map_or("-".to_string(), |n| n.to_string()),
+            outcome,
+        ]);
+    }
+    text.push_str(&left_table(&rows));
+    print_line(text.trim_end())
+}
+
+/// `text` on one line, cut to at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max.saturating_sub(3)).collect();
+        format!("{cut}...")
+    }
+}
+
+/// An aligned table with every column left-aligned (the last one not padded).
+fn left_table(rows: &[Vec<String>]) -> String {
+    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n_columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_to_one_line() {
+        assert_eq!(one_line("a\n  b", 10), "a b");
+        assert_eq!(one_line("abcdefghijkl", 8), "abcde...");
+    }
+
+    #[test]
+    fn left_table_aligns_every_column_left() {
+        let rows = vec![
+            vec!["id".to_string(), "status".to_string(), "x".to_string()],
+            vec!["1".to_string(), "ok".to_string(), "long text".to_string()],
+        ];
+        assert_eq!(left_table(&rows), "id  status  x\n1   ok      long text\n");
+    }
+}
