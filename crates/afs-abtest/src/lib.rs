@@ -25,13 +25,18 @@
 //! would need per-unit sums the rollups do not keep).
 //!
 //! **Always-valid tests.** Each metric gets a mixture sequential probability ratio test
-//! (mSPRT) with a normal mixture N(θ₀, τ²) over the difference d (challenger − champion,
-//! sign-flipped for lower-is-better metrics so that positive is always good), with variance
-//! V = s²_A/n_A + s²_B/n_B: `Λ = sqrt(V/(V+τ²)) · exp(τ²(d−θ₀)²/(2V(V+τ²)))`. The p-value
-//! `min(1, 1/Λ)` is kept as a running minimum per direction and the confidence sequence
-//! `d ± sqrt(V(V+τ²)/τ² · (2 ln(1/α) + ln((V+τ²)/V)))` as a running intersection, both
-//! stored in the experiment's [`afs_store::SequentialState`], so the false-positive rate
-//! stays below α however often the experiment is checked.
+//! (mSPRT) over the difference d (challenger − champion, sign-flipped for lower-is-better
+//! metrics so that positive is always good), with variance V = s²_A/n_A + s²_B/n_B. The
+//! primary metric uses the normal mixture N(0, τ²):
+//! `Λ = sqrt(V/(V+τ²)) · exp(τ²d²/(2V(V+τ²)))`, its p-value `min(1, 1/Λ)` credited to the
+//! side the estimate is on. Guardrails ask one-sided questions about their margin M
+//! (no worse than M? worse than M?), so each direction gets a half-normal mixture on its
+//! side of θ₀ = −M: `Λ⁺ = 2Λ·Φ((d−θ₀)τ/sqrt(V(V+τ²)))`. The p-values are kept as running
+//! minima and the confidence sequence `d ± sqrt(V(V+τ²)/τ² · (2 ln(1/α) + ln((V+τ²)/V)))`
+//! as a running intersection, stored in the experiment's [`afs_store::SequentialState`],
+//! so the error rates stay below α however often the experiment is checked. With several
+//! periods (weight changes) d is the average of per-period differences weighted by their
+//! effective sample sizes `n_A·n_B/(n_A+n_B)`.
 //!
 //! **Choice of τ.** The mixture is most powerful for effects near τ, so τ is set near the
 //! smallest effect worth acting on: for the primary metric `τ = expected_effect × baseline`
@@ -63,7 +68,9 @@ mod metric;
 mod router;
 pub mod sim;
 
-pub use comparison::{Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck};
+pub use comparison::{
+    Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck,
+};
 pub use config::{AbTestConfig, BanditConfig, Guardrail, PrimaryMetric};
 pub use error::{AbTestError, Result};
 pub use judge::{Judge, JudgeInput, PeriodStats, SequentialJudge};
