@@ -67,66 +67,115 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
     let max_line_bytes = max_field_bytes.saturating_mul(16).max(64 * 1024);
     let progress = progress_bar(input_len);
 
-    let mut batch = Batch {
-        store: &store,
-        records: Vec::with_capacity(args.batch_size as usize),
-        line_numbers: Vec::with_capacity(args.batch_size as usize),
-        report: Report::default(),
-    };
-    let mut buf = Vec::with_capacity(4096);
-    let mut line_number = 0u64;
-    let mut bytes_read = 0u64;
-    loop {
-        buf.clear();
-        let (read, n_bytes) =
-            read_line(&mut reader, &mut buf, max_line_bytes).with_context(|| {
-                format!(
-                    "cannot read {} at line {}",
-                    args.file.display(),
-                    line_number + 1
-                )
-            })?;
-        if read == LineRead::Eof {
-            break;
-        }
-        line_number += 1;
-        bytes_read += n_bytes;
-        if line_number % 256 == 0 {
-            progress.set_position(bytes_read);
-        }
-        if read == LineRead::TooLong {
-            batch.report.reject(
-                line_number,
-                format!("line is longer than {max_line_bytes} bytes"),
-            );
-            continue;
-        }
-        let text = trim_line_end(&buf, line_number == 1);
-        if text.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_line(text).and_then(|record| {
-            record
-                .validate(max_field_bytes)
-                .map_err(describe_store_error)?;
-            Ok(record)
-        }) {
-            Ok(record) => {
-                batch.records.push(record);
-                batch.line_numbers.push(line_number);
-                if batch.records.len() >= args.batch_size as usize {
-                    batch.flush()?;
+    // Parsing and writing overlap: this thread parses the next batch while a writer thread
+    // commits the previous one (a channel of one batch keeps memory bounded).
+    let batch_size = args.batch_size as usize;
+    let store_ref: &dyn UsageStore = &store;
+    let mut parse_report = Report::default();
+    let written: anyhow::Result<Report> = std::thread::scope(|scope| {
+        let (to_writer, batches) = std::sync::mpsc::sync_channel::<(Vec<NewUsage>, Vec<u64>)>(1);
+        let writer = scope.spawn(move || -> anyhow::Result<Report> {
+            let mut batch = Batch {
+                store: store_ref,
+                records: Vec::new(),
+                line_numbers: Vec::new(),
+                report: Report::default(),
+            };
+            for (records, line_numbers) in batches {
+                batch.records = records;
+                batch.line_numbers = line_numbers;
+                batch.flush()?;
+            }
+            Ok(batch.report)
+        });
+        let mut records = Vec::with_capacity(batch_size);
+        let mut line_numbers = Vec::with_capacity(batch_size);
+        let mut buf = Vec::with_capacity(4096);
+        let mut line_number = 0u64;
+        let mut bytes_read = 0u64;
+        let parsed: anyhow::Result<()> = (|| {
+            loop {
+                buf.clear();
+                let (read, n_bytes) = read_line(&mut reader, &mut buf, max_line_bytes)
+                    .with_context(|| {
+                        format!(
+                            "cannot read {} at line {}",
+                            args.file.display(),
+                            line_number + 1
+                        )
+                    })?;
+                if read == LineRead::Eof {
+                    break;
+                }
+                line_number += 1;
+                bytes_read += n_bytes;
+                if line_number % 256 == 0 {
                     progress.set_position(bytes_read);
-                    progress.set_message(progress_message(&batch.report));
+                }
+                if read == LineRead::TooLong {
+                    parse_report.reject(
+                        line_number,
+                        format!("line is longer than {max_line_bytes} bytes"),
+                    );
+                    continue;
+                }
+                let text = trim_line_end(&buf, line_number == 1);
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match parse_line(text).and_then(|record| {
+                    record
+                        .validate(max_field_bytes)
+                        .map_err(describe_store_error)?;
+                    Ok(record)
+                }) {
+                    Ok(record) => {
+                        records.push(record);
+                        line_numbers.push(line_number);
+                        if records.len() >= batch_size {
+                            let full = (
+                                std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
+                                std::mem::replace(
+                                    &mut line_numbers,
+                                    Vec::with_capacity(batch_size),
+                                ),
+                            );
+                            if to_writer.send(full).is_err() {
+                                // The writer stopped on an error; it reports it below.
+                                return Ok(());
+                            }
+                            progress.set_position(bytes_read);
+                            progress.set_message(progress_message(&parse_report));
+                        }
+                    }
+                    Err(error) => parse_report.reject(line_number, error),
                 }
             }
-            Err(error) => batch.report.reject(line_number, error),
-        }
-    }
-    batch.flush()?;
+            if !records.is_empty() {
+                let _ = to_writer.send((records, line_numbers));
+            }
+            Ok(())
+        })();
+        drop(to_writer);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the import writer thread panicked"))?;
+        parsed?;
+        written
+    });
     progress.finish_and_clear();
+    let written = written?;
 
-    let report = batch.report;
+    // One report: parse rejects and store rejects, in line order.
+    let mut report = parse_report;
+    report.imported = written.imported;
+    let unlisted = written.rejected - written.errors.len() as u64;
+    for error in written.errors {
+        report.reject(error.line, error.error);
+    }
+    report.rejected += unlisted;
+    report.errors_truncated |= written.errors_truncated;
+    report.errors.sort_by_key(|e| e.line);
     tracing::info!(
         imported = report.imported,
         rejected = report.rejected,
