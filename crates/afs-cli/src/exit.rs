@@ -176,11 +176,18 @@ mod tests {
 
     #[test]
     fn store_error_kinds_map_to_exit_codes() {
-        let not_found: anyhow::Error = StoreError::NotFound { id: "x".into() }.into();
+        let not_found: anyhow::Error = StoreError::NotFound {
+            what: "usage record",
+            id: "x".into(),
+        }
+        .into();
         assert_eq!(classify(&not_found).0, NOT_FOUND);
-        let wrapped = Err::<(), _>(StoreError::NotFound { id: "x".into() })
-            .context("recording feedback")
-            .unwrap_err();
+        let wrapped = Err::<(), _>(StoreError::NotFound {
+            what: "usage record",
+            id: "x".into(),
+        })
+        .context("recording feedback")
+        .unwrap_err();
         assert_eq!(classify(&wrapped), (NOT_FOUND, "not_found"));
         let invalid: anyhow::Error = InvalidInput("bad".into()).into();
         assert_eq!(classify(&invalid).0, INVALID_INPUT);

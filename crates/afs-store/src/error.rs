@@ -38,9 +38,11 @@ pub enum StoreError {
         #[source]
         source: Box<StoreError>,
     },
-    /// No record has this id.
-    #[error("no usage record with id {id:?}")]
+    /// Nothing of this kind has this id.
+    #[error("no {what} with id {id:?}")]
     NotFound {
+        /// What was looked up: `usage record`, `retrain run`, `experiment`, `model version`.
+        what: &'static str,
         /// The id that was looked up.
         id: String,
     },

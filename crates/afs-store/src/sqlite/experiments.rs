@@ -364,7 +364,8 @@ impl SqliteStore {
             .optional()
             .map_err(|e| StoreError::db("read experiment", e))?;
         let mut experiment = found.ok_or_else(|| StoreError::NotFound {
-            id: format!("experiment {id}"),
+            what: "experiment",
+            id: id.to_string(),
         })?;
         experiment.periods = Self::read_periods(conn, id)?;
         Ok(experiment)
@@ -407,7 +408,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::db("read experiment", e))?;
         match row {
             None => Err(StoreError::NotFound {
-                id: format!("experiment {id}"),
+                what: "experiment",
+                id: id.to_string(),
             }),
             Some((status, champion, challenger))
                 if status == ExperimentStatus::Running.as_str() =>
@@ -544,6 +546,7 @@ impl ExperimentStore for SqliteStore {
         .optional()
         .map_err(|e| StoreError::db("read model version", e))?
         .ok_or_else(|| StoreError::NotFound {
+            what: "model version",
             id: name.to_string(),
         })
     }

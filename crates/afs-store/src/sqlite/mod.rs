@@ -203,7 +203,10 @@ impl SqliteStore {
             .execute(sql, params)
             .map_err(|e| StoreError::db(context, e))?;
         if changed == 0 {
-            return Err(StoreError::NotFound { id: id.to_string() });
+            return Err(StoreError::NotFound {
+                what: "usage record",
+                id: id.to_string(),
+            });
         }
         Ok(())
     }
@@ -274,7 +277,10 @@ impl UsageStore for SqliteStore {
         stmt.query_row([id], rows::record_from_row)
             .optional()
             .map_err(|e| StoreError::db("get record", e))?
-            .ok_or_else(|| StoreError::NotFound { id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "usage record",
+                id: id.to_string(),
+            })
     }
 
     fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>> {

@@ -225,7 +225,10 @@ impl RunStore for SqliteStore {
         )
         .optional()
         .map_err(|e| StoreError::db("read run", e))?
-        .ok_or_else(|| StoreError::NotFound { id: id.to_string() })
+        .ok_or_else(|| StoreError::NotFound {
+            what: "retrain run",
+            id: id.to_string(),
+        })
     }
 
     fn runs(&self, limit: usize) -> Result<Vec<RetrainRun>> {
