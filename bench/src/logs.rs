@@ -4,10 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_store::{SqliteConfig, SqliteStore, SystemClock, UsageStore};
+use afs_store::{SqliteConfig, SqliteStore, UsageStore};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
 
+use crate::clock::BenchClock;
 use crate::workload::Workload;
 
 /// Records per `log_batch` call.
@@ -27,8 +28,7 @@ pub(crate) struct Built {
 
 /// Writes `n` records of the workload seeded with `seed` to a new database at `path`.
 pub(crate) fn build(path: &Path, n: u64, seed: u64, mean_gap: Duration) -> Result<Built> {
-    let store = SqliteStore::open(SqliteConfig::new(path), Arc::new(SystemClock))
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let (store, _clock) = open(path)?;
     let mut workload = Workload::new(seed, mean_gap);
     let mut secs = 0.0;
     let mut written = 0u64;
@@ -54,4 +54,12 @@ pub(crate) fn build(path: &Path, n: u64, seed: u64, mean_gap: Duration) -> Resul
         secs,
         text_bytes: workload.text_bytes(),
     })
+}
+
+/// Opens the database at `path` with a [`BenchClock`] (the wall clock until pinned).
+pub(crate) fn open(path: &Path) -> Result<(SqliteStore, Arc<BenchClock>)> {
+    let clock = Arc::new(BenchClock::default());
+    let store = SqliteStore::open(SqliteConfig::new(path), clock.clone())
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((store, clock))
 }

@@ -1,9 +1,15 @@
-//! `afs-bench`: measures the usage store against the targets of its issue and prints each
-//! figure with its target, PASS/MISS and the Python seed's figure; writes bench-out/store.json.
+//! `afs-bench`: measures afs against the targets of its issues (the usage store, training
+//! data generation, retraining triggers, champion/challenger experiments) and prints each
+//! figure with its target, PASS/MISS and the Python seed's figure; writes
+//! bench-out/bench.json (every figure) and bench-out/store.json (the usage store's figures,
+//! as before).
 //!
 //! Run it through `cargo xtask bench [--quick] [--only GROUP,...]`, which builds the release
 //! `afs` binary first (the import figure runs it as a child process).
 
+mod abtest;
+mod clock;
+mod datagen;
 mod import;
 mod logging;
 mod logs;
@@ -12,6 +18,7 @@ mod report;
 mod size;
 mod stats;
 mod timing;
+mod trigger;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -20,13 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use chrono::{Duration, SecondsFormat, Utc};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 /// Seed of the workload of the usage logs.
 const SEED_LOG: u64 = 42;
 /// Seed of the import file: the same records as the logs, so the two write paths compare.
 const SEED_IMPORT: u64 = SEED_LOG;
+/// First seed of the simulated experiments (run `i` uses `SEED_AB + i`).
+const SEED_AB: u64 = SEED_LOG;
 /// The big log's timestamps span this many days, and the small log has the same rate, so it
 /// spans a tenth of that. At 75 days the small log covers a little more than the 7-day
 /// statistics window, so on both logs the window is full of records and both of its partial
@@ -52,10 +61,32 @@ struct Args {
     /// Keep the temporary databases and files instead of deleting them
     #[arg(long)]
     keep: bool,
+
+    #[command(subcommand)]
+    child: Option<Child>,
 }
 
-/// The groups of figures, in the issue's numbering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Work the bench runs in a child process of its own, to measure it alone.
+#[derive(Debug, Subcommand)]
+enum Child {
+    /// One `generate` run on an existing log; prints its time and peak RSS as JSON
+    #[command(hide = true)]
+    DatagenChild {
+        /// The usage database
+        #[arg(long)]
+        db: PathBuf,
+        /// The training file to write (deleted afterwards)
+        #[arg(long)]
+        out: PathBuf,
+        /// The generation settings
+        #[arg(long, value_enum, default_value = "seed")]
+        variant: datagen::Variant,
+    },
+}
+
+/// The groups of figures: the usage store's in its issue's numbering, then one per issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 enum Group {
     /// 1: logging one record per call
     Log,
@@ -67,6 +98,12 @@ enum Group {
     Query,
     /// 5: bytes per record on disk
     Size,
+    /// Issue 3: training-data generation, time and peak memory
+    Datagen,
+    /// Issue 4: one retraining-trigger check with every policy
+    Trigger,
+    /// Issue 5: simulated experiments (false promotions, power, harm) and sticky routing
+    Abtest,
 }
 
 /// How much work each figure does.
@@ -86,6 +123,12 @@ struct Sizes {
     stats_reps: usize,
     /// Timed repetitions of the first-row measurement.
     first_row_reps: usize,
+    /// Timed in-process generation runs on logs of at most 100k records.
+    datagen_reps: usize,
+    /// Timed trigger checks.
+    trigger_reps: usize,
+    /// Simulated experiments.
+    ab: abtest::AbSizes,
 }
 
 impl Sizes {
@@ -99,6 +142,23 @@ impl Sizes {
             import: 100_000 / scale,
             stats_reps: 50,
             first_row_reps: 20,
+            datagen_reps: 3,
+            trigger_reps: 50,
+            ab: if quick {
+                abtest::AbSizes {
+                    runs: 200,
+                    secondary_runs: 60,
+                    routing_units: 1_000_000,
+                    sqlite_runs: 1,
+                }
+            } else {
+                abtest::AbSizes {
+                    runs: 1000,
+                    secondary_runs: 1000,
+                    routing_units: 1_000_000,
+                    sqlite_runs: 4,
+                }
+            },
         }
     }
 
@@ -116,6 +176,27 @@ enum ImportResult {
     Error(String),
 }
 
+/// A measurement, or why it could not be made: a failing crate is a result to report, and
+/// the other groups still run.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Measured<T> {
+    Ok(T),
+    Error(String),
+}
+
+impl<T> Measured<T> {
+    fn of(result: Result<T>, what: &str) -> Self {
+        match result {
+            Ok(value) => Measured::Ok(value),
+            Err(err) => {
+                eprintln!("  {what} failed: {err:#}");
+                Measured::Error(format!("{err:#}"))
+            }
+        }
+    }
+}
+
 /// What was measured on one usage log.
 #[derive(Debug, Serialize)]
 struct LogResults {
@@ -128,6 +209,8 @@ struct LogResults {
     stream: Option<query::StreamTimes>,
     /// Database plus WAL after a checkpoint.
     disk: Option<size::DiskUse>,
+    datagen: Option<Measured<datagen::DatagenTimes>>,
+    trigger: Option<Measured<trigger::TriggerTimes>>,
 }
 
 /// Everything measured in one run; also the raw part of store.json.
@@ -142,6 +225,7 @@ struct Results {
     import: Option<ImportResult>,
     small: Option<LogResults>,
     big: Option<LogResults>,
+    abtest: Option<Measured<abtest::AbResults>>,
 }
 
 /// A directory deleted (with every database in it) when the run ends, even on error.
@@ -215,26 +299,71 @@ fn measure_log(dir: &Path, n_records: u64, sizes: &Sizes, wanted: &[Group]) -> R
     })();
     let logs::Built {
         store,
+        end,
         secs,
         text_bytes,
         ..
     } = built;
     // Closing the store checkpoints the WAL; the size is measured on the closed file.
     drop(store);
+    let store_groups = [Group::Stats, Group::Query, Group::Size]
+        .iter()
+        .any(|g| wanted.contains(g));
     let measured = result.and_then(|(stats, stream)| {
-        let disk = size::measure(&path)?;
-        eprintln!(
-            "[size] {name} log: {} bytes, {:.0} B/record",
-            disk.bytes,
-            disk.bytes as f64 / n_records as f64
-        );
+        let disk = if store_groups {
+            let disk = size::measure(&path)?;
+            eprintln!(
+                "[size] {name} log: {} bytes, {:.0} B/record",
+                disk.bytes,
+                disk.bytes as f64 / n_records as f64
+            );
+            Some(disk)
+        } else {
+            None
+        };
+        // Generation and trigger checks run on the log reopened after its size was measured
+        // (the trigger saves its state in the store).
+        let (mut datagen, mut trigger) = (None, None);
+        if wanted.contains(&Group::Datagen) || wanted.contains(&Group::Trigger) {
+            let (store, clock) = logs::open(&path)?;
+            if wanted.contains(&Group::Datagen) {
+                let reps = if n_records <= 100_000 {
+                    sizes.datagen_reps
+                } else {
+                    0
+                };
+                let children: &[datagen::Variant] = if n_records == sizes.big {
+                    &[
+                        datagen::Variant::Seed,
+                        datagen::Variant::Dpo,
+                        datagen::Variant::NearDedupe,
+                    ]
+                } else {
+                    &[]
+                };
+                eprintln!("[datagen] {name} log");
+                datagen = Some(Measured::of(
+                    datagen::measure(&store, &path, dir, reps, children),
+                    "generation",
+                ));
+            }
+            if wanted.contains(&Group::Trigger) {
+                eprintln!("[trigger] {name} log");
+                trigger = Some(Measured::of(
+                    trigger::measure(&store, &clock, end, sizes.trigger_reps),
+                    "trigger check",
+                ));
+            }
+        }
         Ok(LogResults {
             n_records,
             build_secs: secs,
             text_bytes,
             stats,
             stream,
-            disk: Some(disk),
+            disk,
+            datagen,
+            trigger,
         })
     });
     remove_db(&path);
@@ -253,6 +382,10 @@ fn load_average() -> Option<String> {
 }
 
 fn run(args: Args) -> Result<()> {
+    KEEP_FILES.store(args.keep, Ordering::Relaxed);
+    if let Some(Child::DatagenChild { db, out, variant }) = &args.child {
+        return datagen::child_main(db, out, *variant);
+    }
     let sizes = Sizes::new(args.quick);
     let wanted: Vec<Group> = if args.only.is_empty() {
         Group::value_variants().to_vec()
@@ -265,7 +398,6 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or(Path::new("."))
             .join("bench-out")
     });
-    KEEP_FILES.store(args.keep, Ordering::Relaxed);
     let tmp = TempDir {
         path: out_dir
             .join("tmp")
@@ -291,6 +423,7 @@ fn run(args: Args) -> Result<()> {
         import: None,
         small: None,
         big: None,
+        abtest: None,
     };
     if wanted.contains(&Group::Log) {
         results.logging = Some(logging::measure(
@@ -310,13 +443,28 @@ fn run(args: Args) -> Result<()> {
             },
         );
     }
-    if [Group::Stats, Group::Query, Group::Size]
-        .iter()
-        .any(|g| wanted.contains(g))
+    // The simulations first: they need no log, and the logs' page cache is then not evicted
+    // between building a log and measuring on it.
+    if wanted.contains(&Group::Abtest) {
+        eprintln!("[abtest] simulated experiments");
+        results.abtest = Some(Measured::of(
+            abtest::measure(sizes.ab, SEED_AB, &tmp.path),
+            "simulation",
+        ));
+    }
+    if [
+        Group::Stats,
+        Group::Query,
+        Group::Size,
+        Group::Datagen,
+        Group::Trigger,
+    ]
+    .iter()
+    .any(|g| wanted.contains(g))
     {
         results.small = Some(measure_log(&tmp.path, sizes.small, &sizes, &wanted)?);
     }
-    if [Group::Stats, Group::Query]
+    if [Group::Stats, Group::Query, Group::Datagen, Group::Trigger]
         .iter()
         .any(|g| wanted.contains(g))
     {
@@ -335,18 +483,38 @@ fn run(args: Args) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    let generated_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+    let afs_bin = import::afs_bin().ok().map(|p| p.display().to_string());
     let summary = serde_json::json!({
-        "bench": "store",
-        "generated_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
-        "afs_bin": import::afs_bin().ok().map(|p| p.display().to_string()),
+        "bench": "afs",
+        "generated_at": generated_at,
+        "afs_bin": afs_bin,
+        "groups": wanted,
         "figures": figures,
         "raw": results,
     });
-    let json_path = out_dir.join("store.json");
-    let text = serde_json::to_string_pretty(&summary)?;
-    std::fs::write(&json_path, text + "\n")
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-    println!("summary written to {}", json_path.display());
+    write_json(&out_dir.join("bench.json"), &summary)?;
+    // store.json keeps its former content (the usage store's figures) for whoever reads it;
+    // it is only rewritten by a run that measured some of them.
+    let store_figures: Vec<&report::Figure> = figures.iter().filter(|f| f.is_store()).collect();
+    if store_figures.iter().any(|f| !f.is_background()) {
+        let store_summary = serde_json::json!({
+            "bench": "store",
+            "generated_at": generated_at,
+            "afs_bin": afs_bin,
+            "figures": store_figures,
+            "raw": results,
+        });
+        write_json(&out_dir.join("store.json"), &store_summary)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("summary written to {}", path.display());
     Ok(())
 }
 

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::{ImportResult, LogResults, Results};
+use crate::abtest::{AbResults, ScenarioSummary};
+use crate::datagen::{ChildOutcome, ChildReport, DatagenTimes, Variant};
+use crate::trigger::TriggerTimes;
+use crate::{ImportResult, LogResults, Measured, Results};
 
 /// The seed's figures, measured on this machine on a 100k-record workload.
 mod seed {
@@ -14,6 +17,11 @@ mod seed {
     pub(super) const TRIGGER: &str = "325 ms (all checks @100k), linear";
     pub(super) const QUERY: &str = "748 ms (whole query @100k)";
     pub(super) const SIZE: &str = "1,824 B/rec";
+    /// Issue 3: the seed's generator on the 100k-record log.
+    pub(super) const DATAGEN_SECS: f64 = 1.19;
+    pub(super) const DATAGEN: &str = "1.19 s @100k";
+    /// Issue 5: the seed's A/B rule fixed by the obvious patch, checked hourly for 14 days.
+    pub(super) const AB_FIXED_RULE: &str = "35.9% (fixed rule, simulated)";
 }
 
 /// Targets of the issue "Workspace, CI and the usage store".
@@ -25,6 +33,32 @@ mod target {
     pub(super) const STATS_GROWTH: f64 = 1.5;
     pub(super) const FIRST_ROW_MS: f64 = 10.0;
     pub(super) const BYTES_PER_RECORD: f64 = 1824.0;
+    /// Issue 3: at least this many times faster than the seed on its 100k-record log.
+    pub(super) const DATAGEN_SPEEDUP: f64 = 20.0;
+    /// Issue 3: 1M records through the full pipeline with exact dedupe, seconds.
+    pub(super) const DATAGEN_1M_SECS: f64 = 10.0;
+    /// Issue 3: 1M candidate records in well under this much RSS, MB.
+    pub(super) const DATAGEN_RSS_MB: f64 = 200.0;
+    /// Issue 4: one check on a 1M-record log.
+    pub(super) const TRIGGER_MS: f64 = 5.0;
+    /// Issue 5: false promotions of an identical model, percent (stretch: 2.5).
+    pub(super) const FALSE_PROMOTIONS_PCT: f64 = 5.0;
+    pub(super) const FALSE_PROMOTIONS_STRETCH_PCT: f64 = 2.5;
+    /// Issue 5: better challengers promoted within 14 days, percent.
+    pub(super) const POWER_PCT: f64 = 80.0;
+    /// Issue 5: worse challengers rolled back within 48 hours, percent.
+    pub(super) const HARM_ROLLBACK_PCT: f64 = 90.0;
+    /// Issue 5: the challenger's share of 1M unit ids within this relative distance of its
+    /// weight.
+    pub(super) const SPLIT_RELATIVE: f64 = 0.01;
+}
+
+/// Issue numbers of the groups.
+mod issue {
+    pub(super) const STORE: u8 = 2;
+    pub(super) const DATAGEN: u8 = 3;
+    pub(super) const TRIGGER: u8 = 4;
+    pub(super) const ABTEST: u8 = 5;
 }
 
 /// Whether a figure met its target.
@@ -65,6 +99,9 @@ impl Status {
 pub(crate) struct Figure {
     /// Stable identifier for scripts, e.g. `stats.window.1m`.
     id: String,
+    /// The issue whose target the figure measures: 2 the usage store, 3 training-data
+    /// generation, 4 retraining triggers, 5 champion/challenger experiments.
+    issue: u8,
     /// Which figure of the issue this belongs to (1 to 5); 0 for background information.
     group: u8,
     /// What was measured.
@@ -92,6 +129,7 @@ impl Figure {
     ) -> Self {
         Figure {
             id: id.into(),
+            issue: issue::STORE,
             group,
             label: label.into(),
             value: Some(value),
@@ -130,6 +168,28 @@ impl Figure {
         self.target = text.into();
         self.status = Status::of(pass);
         self
+    }
+
+    /// Moves the figure to another issue than the usage store's.
+    fn issue(mut self, issue: u8) -> Self {
+        self.issue = issue;
+        self
+    }
+
+    /// Whether the figure belongs to the usage store's issue (the content of store.json).
+    pub(crate) fn is_store(&self) -> bool {
+        self.issue == issue::STORE
+    }
+
+    fn label_suffix(mut self, text: &str) -> Self {
+        self.label.push_str(text);
+        self
+    }
+
+    /// Whether the figure is background information without a figure number of its issue
+    /// (the time to build a log).
+    pub(crate) fn is_background(&self) -> bool {
+        self.group == 0
     }
 
     fn seed(mut self, text: &str) -> Self {
@@ -189,6 +249,10 @@ fn format_value(value: f64, unit: &str) -> String {
     match unit {
         "ms" => format!("{} ms", format_ms(value)),
         "x" => format!("{value:.2}x"),
+        "s" if value < 1.0 => format!("{value:.3} s"),
+        "s" => format!("{value:.2} s"),
+        "MB" => format!("{value:.1} MB"),
+        "%" => format!("{value:.1}%"),
         "" => String::new(),
         unit => format!("{} {unit}", thousands(value.round().max(0.0) as u64)),
     }
@@ -416,6 +480,12 @@ pub(crate) fn figures(results: &Results) -> Vec<Figure> {
         rows.push(row);
     }
 
+    datagen_figures(&logs, &mut rows);
+    trigger_figures(&logs, &mut rows);
+    if let Some(ab) = &results.abtest {
+        abtest_figures(ab, &mut rows);
+    }
+
     for (log, name) in &logs {
         rows.push(
             Figure::new(
@@ -445,7 +515,7 @@ pub(crate) fn table(rows: &[Figure]) -> String {
                 if f.group == 0 {
                     "-".into()
                 } else {
-                    f.group.to_string()
+                    format!("{}.{}", f.issue, f.group)
                 },
                 f.label.clone(),
                 f.measured.clone(),
@@ -497,4 +567,548 @@ pub(crate) fn table(rows: &[Figure]) -> String {
         count(Status::Error)
     );
     out
+}
+
+/// `n / secs` as text: `2.2M rec/s`, `950k rec/s`.
+fn rate(n: u64, secs: f64) -> String {
+    let r = n as f64 / secs.max(1e-12);
+    if r >= 1e6 {
+        format!("{:.2}M rec/s", r / 1e6)
+    } else {
+        format!("{:.0}k rec/s", r / 1e3)
+    }
+}
+
+/// Issue 3: generation time on each log, and the child processes' time and peak memory.
+fn datagen_figures(logs: &[(&LogResults, String)], rows: &mut Vec<Figure>) {
+    for (log, name) in logs {
+        let id = name.to_lowercase();
+        let times = match &log.datagen {
+            None => continue,
+            Some(Measured::Error(reason)) => {
+                rows.push(
+                    Figure::error(
+                        1,
+                        &format!("datagen.{id}"),
+                        format!("generate, {name} log"),
+                        reason.clone(),
+                    )
+                    .issue(issue::DATAGEN),
+                );
+                continue;
+            }
+            Some(Measured::Ok(times)) => times,
+        };
+        in_process_figure(log, name, times, rows);
+        for (variant, outcome) in &times.children {
+            child_figures(log, name, *variant, outcome, rows);
+        }
+    }
+}
+
+/// The in-process runs with the seed's settings: the "same work" as the seed's 1.19 s.
+fn in_process_figure(log: &LogResults, name: &str, times: &DatagenTimes, rows: &mut Vec<Figure>) {
+    let (Some(median), Some(run)) = (times.median_secs, times.median_run()) else {
+        return;
+    };
+    let id = name.to_lowercase();
+    let ms = median * 1000.0;
+    let speedup = seed::DATAGEN_SECS / median;
+    let mut row = Figure::new(
+        1,
+        format!("datagen.seed.{id}"),
+        format!(
+            "generate, seed settings, {name} log (median of {}, in process)",
+            times.runs.len()
+        ),
+        ms,
+        "ms",
+    )
+    .issue(issue::DATAGEN)
+    .measured(format!(
+        "{} ms ({}; {speedup:.1}x seed; {} samples)",
+        format_ms(ms),
+        rate(log.n_records, median),
+        thousands(run.final_count)
+    ))
+    .seed(seed::DATAGEN)
+    .note(format!(
+        "datagen {name}: {} candidates, {} dropped by the feedback filter, {} scored by the \
+         heuristic scorer (not written back), {} dropped by the quality filter, {} exact \
+         duplicates, {} samples written ({:.1} MB, {} redactions); runs {}; without \
+         redaction: median {}",
+        thousands(run.total_candidates),
+        thousands(run.filtered_by_feedback),
+        thousands(run.scored_records),
+        thousands(run.filtered_by_quality),
+        thousands(run.duplicates_removed),
+        thousands(run.final_count),
+        run.output_bytes as f64 / 1e6,
+        thousands(run.redactions),
+        times
+            .runs
+            .iter()
+            .map(|r| format!("{:.3} s", r.secs))
+            .collect::<Vec<_>>()
+            .join(", "),
+        times
+            .no_redact_median_secs
+            .map_or("-".to_string(), |s| format!("{s:.3} s"))
+    ));
+    if log.n_records == 100_000 {
+        let limit = seed::DATAGEN_SECS * 1000.0 / target::DATAGEN_SPEEDUP;
+        row = row.target(
+            format!(
+                "<= {} ms ({:.0}x faster)",
+                format_ms(limit),
+                target::DATAGEN_SPEEDUP
+            ),
+            ms <= limit,
+        );
+    }
+    rows.push(row);
+}
+
+/// One child-process run: time (with the 1M target for the seed's settings) and peak RSS.
+fn child_figures(
+    log: &LogResults,
+    name: &str,
+    variant: Variant,
+    outcome: &ChildOutcome,
+    rows: &mut Vec<Figure>,
+) {
+    let id = format!("datagen.child.{}.{}", variant.name(), name.to_lowercase());
+    let what = match variant {
+        Variant::Seed => "seed settings".to_string(),
+        Variant::Dpo => "format=dpo".to_string(),
+        Variant::NearDedupe => "seed settings + near-dedupe 0.8".to_string(),
+        Variant::NoRedact => "seed settings, no redaction".to_string(),
+    };
+    let label = format!("generate, {what}, {name} log (1 run, child process)");
+    let report: &ChildReport = match outcome {
+        ChildOutcome::Ok(report) => report,
+        ChildOutcome::Error(reason) => {
+            rows.push(Figure::error(1, &id, label, reason.clone()).issue(issue::DATAGEN));
+            return;
+        }
+    };
+    let run = &report.run;
+    let peak_mb = report.peak_rss_kb as f64 / 1024.0;
+    let is_1m = log.n_records == 1_000_000;
+    match variant {
+        Variant::Seed => {
+            let mut time = Figure::new(1, id.clone(), label, run.secs, "s")
+                .issue(issue::DATAGEN)
+                .measured(format!(
+                    "{} ({}; {} samples)",
+                    format_value(run.secs, "s"),
+                    rate(log.n_records, run.secs),
+                    thousands(run.final_count)
+                ))
+                .seed("n/a (not measured at 1M)");
+            if is_1m {
+                time = time.at_most(target::DATAGEN_1M_SECS);
+            }
+            rows.push(time);
+            let mut memory = Figure::new(
+                2,
+                format!("datagen.peak_rss.{}", name.to_lowercase()),
+                format!("  same, peak RSS of the child (VmHWM), {name} candidates"),
+                peak_mb,
+                "MB",
+            )
+            .issue(issue::DATAGEN)
+            .measured(format!(
+                "{peak_mb:.1} MB ({:.1} MB after opening the store)",
+                report.rss_before_kb as f64 / 1024.0
+            ));
+            if is_1m {
+                memory = memory.target(
+                    format!("<= {:.0} MB (well under)", target::DATAGEN_RSS_MB),
+                    peak_mb <= target::DATAGEN_RSS_MB,
+                );
+            }
+            rows.push(memory);
+        }
+        Variant::Dpo | Variant::NearDedupe | Variant::NoRedact => {
+            let extra = match variant {
+                Variant::Dpo => format!(
+                    "{} pairs, {} unpaired",
+                    thousands(run.final_count),
+                    thousands(run.unpaired)
+                ),
+                Variant::NearDedupe => format!(
+                    "{} samples, {} near-dups removed",
+                    thousands(run.final_count),
+                    thousands(run.near_duplicates_removed)
+                ),
+                _ => format!("{} samples", thousands(run.final_count)),
+            };
+            let mut row = Figure::new(1, id, label, run.secs, "s")
+                .issue(issue::DATAGEN)
+                .measured(format!(
+                    "{}, peak RSS {peak_mb:.1} MB; {extra}",
+                    format_value(run.secs, "s")
+                ))
+                .seed("n/a (seed has no dpo / near-dedupe)");
+            if variant == Variant::Dpo && run.final_count == 0 {
+                row = row.note(format!(
+                    "dpo {name}: pairs need a thumbs-up and a thumbs-down response to the same \
+                     query; every query of the synthetic workload is distinct, so no pair \
+                     forms (the time is the full pass over the {} records with feedback)",
+                    thousands(run.total_candidates - run.filtered_by_feedback)
+                ));
+            }
+            rows.push(row);
+        }
+    }
+}
+
+/// Issue 4: one trigger check with every policy, per log.
+fn trigger_figures(logs: &[(&LogResults, String)], rows: &mut Vec<Figure>) {
+    let mut measured: Vec<(&TriggerTimes, &str)> = Vec::new();
+    for (log, name) in logs {
+        let id = format!("trigger.check.{}", name.to_lowercase());
+        match &log.trigger {
+            None => {}
+            Some(Measured::Error(reason)) => rows.push(
+                Figure::error(1, &id, format!("trigger check, {name} log"), reason.clone())
+                    .issue(issue::TRIGGER),
+            ),
+            Some(Measured::Ok(t)) => {
+                rows.push(
+                    Figure::new(
+                        1,
+                        id,
+                        format!(
+                            "trigger check, all {} policies + state save, {name} log",
+                            t.policies
+                        ),
+                        t.check.median_ms,
+                        "ms",
+                    )
+                    .issue(issue::TRIGGER)
+                    .at_most(target::TRIGGER_MS)
+                    .measured(ms_with_p95(t.check.median_ms, t.check.p95_ms))
+                    .seed(seed::TRIGGER)
+                    .note(format!(
+                        "trigger {name}: the store calls of a check on their own (median): \
+                         stats of the 24 h window {} ms (made twice), stats_by_hour of the last \
+                         hour {} ms, count_quality_samples since the start of the log {} ms \
+                         (since 7 days: {} ms), trigger state load + save {} ms; the first \
+                         check (no saved state, 7 days fed to Page-Hinkley) {} ms",
+                        format_ms(t.parts.window_24h.median_ms),
+                        format_ms(t.parts.last_hour.median_ms),
+                        format_ms(t.parts.samples_all_time.median_ms),
+                        format_ms(t.parts.samples_7d.median_ms),
+                        format_ms(t.parts.state.median_ms),
+                        format_ms(t.first_ms),
+                    )),
+                );
+                rows.push(
+                    Figure::new(
+                        1,
+                        format!("trigger.check_after_retrain.{}", name.to_lowercase()),
+                        format!("  same, after a retrain 7 days earlier, {name} log"),
+                        t.after_retrain.median_ms,
+                        "ms",
+                    )
+                    .issue(issue::TRIGGER)
+                    .at_most(target::TRIGGER_MS)
+                    .measured(ms_with_p95(
+                        t.after_retrain.median_ms,
+                        t.after_retrain.p95_ms,
+                    )),
+                );
+                measured.push((t, name));
+            }
+        }
+    }
+    if let [(small, small_name), (big, big_name)] = measured[..] {
+        rows.push(
+            Figure::new(
+                1,
+                "trigger.check.growth",
+                format!("  same, {big_name} / {small_name} log"),
+                big.check.median_ms / small.check.median_ms,
+                "x",
+            )
+            .issue(issue::TRIGGER)
+            .seed("10x (linear)"),
+        );
+    }
+    if let Some((last, _)) = measured.last() {
+        rows.last_mut().expect("a trigger row").note = Some(format!(
+            "trigger: RetrainTrigger::check with every policy enabled, store clock pinned; {} \
+             checks (after 1 + 4 untimed) one simulated hour apart, the last at the newest \
+             record, no retrain ever recorded (the sample count covers the whole log); each \
+             check feeds one new hour to Page-Hinkley and saves the state in the store. \
+             'After a retrain': {} checks on the hours before, with a successful retrain \
+             recorded 7 days before them. Last check: triggered={}, {}",
+            last.check.n, last.after_retrain.n, last.triggered, last.reason
+        ));
+    }
+}
+
+fn pct(count: usize, runs: usize) -> f64 {
+    100.0 * count as f64 / runs.max(1) as f64
+}
+
+fn count_of(count: usize, runs: usize) -> String {
+    format!("{:.1}% ({count}/{runs})", pct(count, runs))
+}
+
+/// Issue 5: simulated experiments and the routing check.
+fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
+    let ab = match ab {
+        Measured::Ok(ab) => ab,
+        Measured::Error(reason) => {
+            rows.push(
+                Figure::error(1, "abtest", "simulated experiments", reason.clone())
+                    .issue(issue::ABTEST),
+            );
+            return;
+        }
+    };
+    let missing = |name: &str| {
+        Figure::error(
+            1,
+            &format!("abtest.{name}"),
+            format!("scenario {name}"),
+            "not simulated",
+        )
+        .issue(issue::ABTEST)
+    };
+
+    let secs: f64 = ab.scenarios.iter().map(|s| s.secs).sum();
+    let note = format!(
+        "abtest: afs_abtest::sim in-memory backend (the real router, judge and bandit; the \
+         SQLite backend makes the same decisions, as checked on the first seeds), seeds \
+         {}.., {} threads, {secs:.0} s for {} scenarios; 500 requests/h at 90/10 for 14 \
+         days, one look per simulated hour; A/A runs continue to the horizon with the \
+         decision recorded but not applied, so the fixed rule is followed on the same traffic",
+        ab.base_seed,
+        ab.threads,
+        ab.scenarios.len()
+    );
+    // A/A: false promotions, with the seed's fixed rule on the same runs.
+    let aa_variants = [
+        ("aa", "A/A false promotions"),
+        (
+            "aa_statistics_only",
+            "  A/A, min lift 0 (sequential test alone)",
+        ),
+        (
+            "aa_positive_rate",
+            "  A/A, thumbs-up rate as primary metric",
+        ),
+        ("aa_bandit", "  A/A, Thompson-sampling weights"),
+    ];
+    for (name, label) in aa_variants {
+        let Some(s) = ab.scenario(name) else {
+            rows.push(missing(name));
+            continue;
+        };
+        let p = s.promotion_rate() * 100.0;
+        let mut row = Figure::new(
+            1,
+            format!("abtest.{name}.false_promotions"),
+            format!("{label}, {} runs", thousands(s.runs as u64)),
+            p,
+            "%",
+        )
+        .issue(issue::ABTEST)
+        .measured(count_of(s.promoted, s.runs))
+        .target(
+            format!(
+                "<= {:.0}% (stretch {:.1}%)",
+                target::FALSE_PROMOTIONS_PCT,
+                target::FALSE_PROMOTIONS_STRETCH_PCT
+            ),
+            p <= target::FALSE_PROMOTIONS_PCT,
+        );
+        if name == "aa" {
+            row = row
+                .seed(seed::AB_FIXED_RULE)
+                .note(note.clone())
+                .label_suffix(", 500 req/h, 90/10, 14 d hourly");
+            if p <= target::FALSE_PROMOTIONS_STRETCH_PCT {
+                row.measured.push_str(", stretch met");
+            }
+        }
+        rows.push(row);
+        if name == "aa" {
+            rows.push(
+                Figure::new(
+                    1,
+                    "abtest.aa.fixed_rule",
+                    "  same runs, seed's fixed rule (>= 5% better or p < 0.05)",
+                    s.fixed_rule_promotion_rate() * 100.0,
+                    "%",
+                )
+                .issue(issue::ABTEST)
+                .measured(count_of(s.fixed_rule_promoted, s.runs))
+                .seed(seed::AB_FIXED_RULE),
+            );
+            rows.push(
+                Figure::new(
+                    1,
+                    "abtest.aa.false_rollbacks",
+                    "  same runs, false rollbacks",
+                    s.rollback_rate() * 100.0,
+                    "%",
+                )
+                .issue(issue::ABTEST)
+                .measured(count_of(s.rolled_back, s.runs)),
+            );
+        }
+    }
+
+    if let Some(check) = &ab.sqlite {
+        rows.push(
+            Figure::new(
+                1,
+                "abtest.sqlite_agrees",
+                format!(
+                    "  A/A through the real SQLite store, first {} seed(s): same outcome as in memory",
+                    check.runs
+                ),
+                check.identical as f64,
+                "runs",
+            )
+            .issue(issue::ABTEST)
+            .measured(format!(
+                "{}/{} identical ({:.1} s per run)",
+                check.identical,
+                check.runs,
+                check.secs / check.runs.max(1) as f64
+            ))
+            .target("all identical", check.identical == check.runs),
+        );
+    }
+    // Power.
+    let power = [
+        (
+            "power_positive_rate",
+            "Power: +5% thumbs-up (0.70 vs 0.735) promoted in 14 d",
+        ),
+        (
+            "power_quality",
+            "Power: +0.03 quality (0.70 vs 0.73) promoted in 14 d",
+        ),
+        (
+            "power_positive_rate_bandit",
+            "  +5% thumbs-up, Thompson-sampling weights",
+        ),
+    ];
+    for (name, label) in power {
+        let Some(s) = ab.scenario(name) else {
+            rows.push(missing(name));
+            continue;
+        };
+        let p = s.promotion_rate() * 100.0;
+        rows.push(
+            Figure::new(
+                2,
+                format!("abtest.{name}.promoted"),
+                format!("{label}, {} runs", thousands(s.runs as u64)),
+                p,
+                "%",
+            )
+            .issue(issue::ABTEST)
+            .measured(format!(
+                "{}, median {} h",
+                count_of(s.promoted, s.runs),
+                s.median_hours_to_decision
+                    .map_or("-".to_string(), |h| format!("{h:.0}"))
+            ))
+            .at_least(target::POWER_PCT),
+        );
+    }
+
+    // Harm.
+    for (name, label) in [
+        ("harm", "Harm: challenger 10% worse"),
+        ("harm_bandit", "  10% worse, Thompson-sampling weights"),
+    ] {
+        let Some(s) = ab.scenario(name) else {
+            rows.push(missing(name));
+            continue;
+        };
+        rows.push(harm_row(name, label, s));
+        rows.push(
+            Figure::new(
+                3,
+                format!("abtest.{name}.promoted"),
+                "  same runs, promoted",
+                s.promoted as f64,
+                "runs",
+            )
+            .issue(issue::ABTEST)
+            .measured(count_of(s.promoted, s.runs))
+            .target("0 (never)", s.promoted == 0),
+        );
+    }
+
+    // Sticky routing.
+    let r = &ab.routing;
+    let off = |share: f64, weight: f64| (share / weight - 1.0).abs();
+    let worst = off(r.share_at_10, 0.1).max(off(r.share_at_50, 0.5));
+    rows.push(
+        Figure::new(
+            4,
+            "abtest.routing.split",
+            format!(
+                "Sticky routing: challenger share, {} ids, at 10% / 50%",
+                thousands(r.units)
+            ),
+            worst * 100.0,
+            "%",
+        )
+        .issue(issue::ABTEST)
+        .measured(format!(
+            "{:.3}% / {:.3}% (off by {:.2}% rel.)",
+            r.share_at_10 * 100.0,
+            r.share_at_50 * 100.0,
+            worst * 100.0
+        ))
+        .target(
+            format!("within {:.0}% of target", target::SPLIT_RELATIVE * 100.0),
+            worst <= target::SPLIT_RELATIVE,
+        ),
+    );
+    rows.push(
+        Figure::new(
+            4,
+            "abtest.routing.sticky",
+            "  same ids: arm changed on a 2nd routing / moved back 10%->50%",
+            (r.unstable + r.moved_back) as f64,
+            "ids",
+        )
+        .issue(issue::ABTEST)
+        .measured(format!("{} / {}", r.unstable, r.moved_back))
+        .target("0 / 0", r.unstable == 0 && r.moved_back == 0),
+    );
+}
+
+fn harm_row(name: &str, label: &str, s: &ScenarioSummary) -> Figure {
+    let p = s.rollback_within_48h_rate() * 100.0;
+    Figure::new(
+        3,
+        format!("abtest.{name}.rolled_back_48h"),
+        format!(
+            "{label}: rolled back within 48 h, {} runs",
+            thousands(s.runs as u64)
+        ),
+        p,
+        "%",
+    )
+    .issue(issue::ABTEST)
+    .measured(format!(
+        "{}, median {} h",
+        count_of(s.rolled_back_within_48h, s.runs),
+        s.median_hours_to_decision
+            .map_or("-".to_string(), |h| format!("{h:.0}"))
+    ))
+    .at_least(target::HARM_ROLLBACK_PCT)
 }

@@ -1,0 +1,292 @@
+//! Issue 3: training-data generation (`afs_datagen::generate`) on the usage logs: wall time
+//! in process, and wall time plus peak memory in a child process (`afs-bench datagen-child`)
+//! whose only work is one generation run.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use afs_datagen::{
+    generate, Format, GenerationResult, GeneratorConfig, HeuristicScorer, NearDedupeConfig,
+};
+use afs_store::SqliteStore;
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::{logs, remove_file, KEEP_FILES};
+
+/// The generation settings measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Variant {
+    /// The seed's defaults: quality >= 0.7, thumbs-up required, exact dedupe, chatml,
+    /// redaction on.
+    Seed,
+    /// The same with `format = dpo` (pairs of thumbs-up and thumbs-down responses).
+    Dpo,
+    /// The seed's defaults plus near-duplicate removal (MinHash, Jaccard 0.8).
+    NearDedupe,
+    /// The seed's defaults without redaction: shows what redaction costs.
+    NoRedact,
+}
+
+impl Variant {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Variant::Seed => "seed",
+            Variant::Dpo => "dpo",
+            Variant::NearDedupe => "near-dedupe",
+            Variant::NoRedact => "no-redact",
+        }
+    }
+
+    /// The config of this variant. Scores are not written back, so every run sees the same
+    /// log.
+    fn config(self) -> GeneratorConfig {
+        let seed = GeneratorConfig {
+            write_back_scores: false,
+            ..GeneratorConfig::default()
+        };
+        match self {
+            Variant::Seed => seed,
+            Variant::Dpo => GeneratorConfig {
+                format: Format::Dpo,
+                ..seed
+            },
+            Variant::NearDedupe => GeneratorConfig {
+                near_dedupe: Some(NearDedupeConfig::default()),
+                ..seed
+            },
+            Variant::NoRedact => GeneratorConfig {
+                redact: false,
+                ..seed
+            },
+        }
+    }
+}
+
+/// One generation run: its wall time and counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Run {
+    /// Wall time of `generate`, seconds.
+    pub(crate) secs: f64,
+    pub(crate) total_candidates: u64,
+    pub(crate) filtered_by_feedback: u64,
+    pub(crate) scored_records: u64,
+    pub(crate) filtered_by_quality: u64,
+    pub(crate) duplicates_removed: u64,
+    pub(crate) near_duplicates_removed: u64,
+    pub(crate) unpaired: u64,
+    pub(crate) final_count: u64,
+    pub(crate) redactions: u64,
+    pub(crate) output_bytes: u64,
+}
+
+impl Run {
+    fn new(secs: f64, r: &GenerationResult) -> Self {
+        Run {
+            secs,
+            total_candidates: r.total_candidates,
+            filtered_by_feedback: r.filtered_by_feedback,
+            scored_records: r.scored_records,
+            filtered_by_quality: r.filtered_by_quality,
+            duplicates_removed: r.duplicates_removed,
+            near_duplicates_removed: r.near_duplicates_removed,
+            unpaired: r.unpaired,
+            final_count: r.final_count,
+            redactions: r.redactions.total(),
+            output_bytes: r.output_bytes,
+        }
+    }
+}
+
+/// What a child process reports on its last stdout line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChildReport {
+    pub(crate) variant: Variant,
+    pub(crate) run: Run,
+    /// Seconds to open the store (before `generate`).
+    pub(crate) open_secs: f64,
+    /// Resident memory after opening the store, before `generate`, kB.
+    pub(crate) rss_before_kb: u64,
+    /// Peak resident memory of the whole process (`VmHWM`), kB.
+    pub(crate) peak_rss_kb: u64,
+}
+
+/// A child run, or why it failed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChildOutcome {
+    Ok(ChildReport),
+    Error(String),
+}
+
+/// Everything measured on one log.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DatagenTimes {
+    /// In-process runs with the seed's settings (empty when none were made).
+    pub(crate) runs: Vec<Run>,
+    /// Median wall time of `runs`, seconds.
+    pub(crate) median_secs: Option<f64>,
+    /// Median wall time of as many in-process runs without redaction, seconds.
+    pub(crate) no_redact_median_secs: Option<f64>,
+    /// Child-process runs, one per variant.
+    pub(crate) children: Vec<(Variant, ChildOutcome)>,
+}
+
+impl DatagenTimes {
+    /// The median run (by wall time) of the in-process runs.
+    pub(crate) fn median_run(&self) -> Option<&Run> {
+        let mut runs: Vec<&Run> = self.runs.iter().collect();
+        runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        runs.get(runs.len().saturating_sub(1) / 2).copied()
+    }
+}
+
+/// Runs `generate` with `variant`'s settings from `store` into `out`, then deletes the output
+/// and its manifest.
+fn run_once(store: &SqliteStore, variant: Variant, out: &Path) -> Result<Run> {
+    let config = variant.config();
+    let start = Instant::now();
+    let result = generate(store, &config, out, &HeuristicScorer, None)
+        .with_context(|| format!("generate ({}) failed", variant.name()))?;
+    let secs = start.elapsed().as_secs_f64();
+    remove_file(out);
+    remove_file(&afs_datagen::manifest_path(out));
+    Ok(Run::new(secs, &result))
+}
+
+/// `in_process` timed runs of the seed's settings on the open `store`, then one child
+/// process per entry of `children` on the database at `db`.
+pub(crate) fn measure(
+    store: &SqliteStore,
+    db: &Path,
+    dir: &Path,
+    in_process: usize,
+    children: &[Variant],
+) -> Result<DatagenTimes> {
+    let out = dir.join("train.jsonl");
+    let mut runs = Vec::with_capacity(in_process);
+    for i in 0..in_process {
+        let run = run_once(store, Variant::Seed, &out)?;
+        eprintln!(
+            "  generate (seed settings) run {}/{in_process}: {:.3} s, {} samples of {} candidates",
+            i + 1,
+            run.secs,
+            run.final_count,
+            run.total_candidates
+        );
+        runs.push(run);
+    }
+    let mut no_redact = Vec::with_capacity(in_process);
+    for _ in 0..in_process {
+        no_redact.push(run_once(store, Variant::NoRedact, &out)?.secs);
+    }
+    let median_secs = median(runs.iter().map(|r| r.secs).collect());
+    let no_redact_median_secs = median(no_redact);
+    if let Some(secs) = no_redact_median_secs {
+        eprintln!("  generate without redaction: median {secs:.3} s");
+    }
+
+    let mut child_runs = Vec::with_capacity(children.len());
+    for &variant in children {
+        let outcome = match run_child(
+            db,
+            &dir.join(format!("train-{}.jsonl", variant.name())),
+            variant,
+        ) {
+            Ok(report) => {
+                eprintln!(
+                    "  generate ({}) in a child process: {:.3} s, peak RSS {:.1} MB, {} samples",
+                    variant.name(),
+                    report.run.secs,
+                    report.peak_rss_kb as f64 / 1024.0,
+                    report.run.final_count
+                );
+                ChildOutcome::Ok(report)
+            }
+            Err(err) => {
+                eprintln!(
+                    "  generate ({}) in a child process failed: {err:#}",
+                    variant.name()
+                );
+                ChildOutcome::Error(format!("{err:#}"))
+            }
+        };
+        child_runs.push((variant, outcome));
+    }
+    Ok(DatagenTimes {
+        runs,
+        median_secs,
+        no_redact_median_secs,
+        children: child_runs,
+    })
+}
+
+/// The median of `values` (the lower middle one for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied()
+}
+
+/// Runs `afs-bench datagen-child` on `db` and reads its report.
+fn run_child(db: &Path, out: &Path, variant: Variant) -> Result<ChildReport> {
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let mut command = Command::new(&exe);
+    if KEEP_FILES.load(Ordering::Relaxed) {
+        command.arg("--keep");
+    }
+    let output = command
+        .arg("datagen-child")
+        .arg("--db")
+        .arg(db)
+        .arg("--out")
+        .arg(out)
+        .arg("--variant")
+        .arg(variant.name())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !output.status.success() {
+        bail!("the child process failed: {}", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("the child process printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("cannot parse the child's report {line:?}"))
+}
+
+/// A field of `/proc/self/status` in kB (`VmHWM`, `VmRSS`), where the system has one.
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// The child process: one generation run on `db`, then its report as one JSON line on stdout.
+pub(crate) fn child_main(db: &Path, out: &Path, variant: Variant) -> Result<()> {
+    let start = Instant::now();
+    let (store, _clock) = logs::open(db)?;
+    let open_secs = start.elapsed().as_secs_f64();
+    let rss_before_kb = proc_status_kb("VmRSS").unwrap_or(0);
+    let run = run_once(&store, variant, out)?;
+    drop(store);
+    let peak_rss_kb = proc_status_kb("VmHWM").context("no VmHWM in /proc/self/status")?;
+    let report = ChildReport {
+        variant,
+        run,
+        open_secs,
+        rss_before_kb,
+        peak_rss_kb,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
