@@ -38,6 +38,31 @@ CREATE TABLE IF NOT EXISTS usage (
 /// One rollup bucket is one hour, in microseconds.
 pub(crate) const HOUR_US: i64 = 3_600_000_000;
 
+/// One day (UTC), in microseconds.
+pub(crate) const DAY_US: i64 = 24 * HOUR_US;
+
+/// A rollup table: its name, its bucket column and the bucket width in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RollupTable {
+    pub(crate) name: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) width_us: i64,
+}
+
+/// Hourly buckets (windows, hourly series) and daily buckets (long windows read ~24x fewer
+/// rows). Both are kept by the same writes.
+pub(crate) const HOURLY: RollupTable = RollupTable {
+    name: "usage_rollup",
+    key: "hour",
+    width_us: HOUR_US,
+};
+pub(crate) const DAILY: RollupTable = RollupTable {
+    name: "usage_rollup_day",
+    key: "day",
+    width_us: DAY_US,
+};
+pub(crate) const ROLLUP_TABLES: [RollupTable; 2] = [HOURLY, DAILY];
+
 /// The aggregate columns of `usage_rollup`, in order, and the expression over a `usage` row
 /// (with `{r}` standing for `NEW`, `OLD` or nothing) that each bucket sums.
 const ROLLUP_COLUMNS: &[(&str, &str)] = &[
@@ -79,7 +104,7 @@ pub(crate) const N_ROLLUP_COLUMNS: usize = 12;
 
 /// `INSERT ... ON CONFLICT DO UPDATE` adding one delta (model, hour, then every aggregate
 /// column in order) to a rollup bucket.
-pub(crate) fn rollup_upsert_sql() -> String {
+pub(crate) fn rollup_upsert_sql(table: RollupTable) -> String {
     let placeholders = (3..3 + ROLLUP_COLUMNS.len())
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
@@ -90,9 +115,11 @@ pub(crate) fn rollup_upsert_sql() -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "INSERT INTO usage_rollup (model, hour, {}) VALUES (?1, ?2, {placeholders}) \
-         ON CONFLICT (model, hour) DO UPDATE SET {upsert_set}",
-        rollup_column_list()
+        "INSERT INTO {name} (model, {key}, {}) VALUES (?1, ?2, {placeholders}) \
+         ON CONFLICT (model, {key}) DO UPDATE SET {upsert_set}",
+        rollup_column_list(),
+        name = table.name,
+        key = table.key,
     )
 }
 
@@ -136,16 +163,25 @@ fn v2_schema() -> String {
         .map(|(c, e)| format!("{c} = {c} - {}", e.replace("{r}", "OLD.")))
         .collect::<Vec<_>>()
         .join(", ");
-    let add_new = format!(
-        "INSERT INTO usage_rollup (model, hour, {names}) \
-         VALUES (NEW.model, NEW.ts_us / {HOUR_US}, {}) \
-         ON CONFLICT (model, hour) DO UPDATE SET {upsert_set};",
-        add("NEW.")
-    );
-    let remove_old = format!(
-        "UPDATE usage_rollup SET {subtract_set} WHERE model = OLD.model AND hour = OLD.ts_us / {HOUR_US}; \
-         DELETE FROM usage_rollup WHERE model = OLD.model AND hour = OLD.ts_us / {HOUR_US} AND n <= 0;"
-    );
+    let mut add_new = String::new();
+    let mut remove_old = String::new();
+    let mut tables = String::new();
+    for t in ROLLUP_TABLES {
+        let (name, key, width) = (t.name, t.key, t.width_us);
+        add_new.push_str(&format!(
+            "INSERT INTO {name} (model, {key}, {names}) \
+             VALUES (NEW.model, NEW.ts_us / {width}, {}) \
+             ON CONFLICT (model, {key}) DO UPDATE SET {upsert_set};\n    ",
+            add("NEW.")
+        ));
+        remove_old.push_str(&format!(
+            "UPDATE {name} SET {subtract_set} WHERE model = OLD.model AND {key} = OLD.ts_us / {width}; \
+             DELETE FROM {name} WHERE model = OLD.model AND {key} = OLD.ts_us / {width} AND n <= 0;\n    "
+        ));
+        tables.push_str(&format!(
+            "CREATE TABLE {name} (\n    model TEXT NOT NULL,\n    {key} INTEGER NOT NULL,\n{cols_decl},\n    PRIMARY KEY (model, {key})\n) WITHOUT ROWID;\n"
+        ));
+    }
     format!(
         "
 ALTER TABLE usage ADD COLUMN ts_us INTEGER;
@@ -155,13 +191,7 @@ CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts_us);
 -- Records with feedback, in time order: what training data and feedback queries read.
 -- Partial, so logging a record without feedback does not touch it.
 CREATE INDEX IF NOT EXISTS usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
-CREATE TABLE usage_rollup (
-    model TEXT NOT NULL,
-    hour INTEGER NOT NULL,
-{cols_decl},
-    PRIMARY KEY (model, hour)
-) WITHOUT ROWID;
--- afs adds each insert's contribution to the rollups itself, once per model and hour of a
+{tables}-- afs adds each insert's contribution to the rollups itself, once per model and hour of a
 -- transaction (see sqlite/writer.rs): cheaper than a trigger per row. Rows inserted by the
 -- Python module (which knows nothing of ts_us) get ts_us derived from their local-time
 -- timestamp here; that UPDATE fires the update trigger, which adds them to the rollups.
@@ -257,13 +287,21 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
 
 /// SQL that recomputes every rollup bucket from the log.
 pub(crate) fn rebuild_rollups_sql() -> String {
-    format!(
-        "DELETE FROM usage_rollup;
-         INSERT INTO usage_rollup (model, hour, {})
-         SELECT model, ts_us / {HOUR_US}, {} FROM usage GROUP BY model, ts_us / {HOUR_US};",
-        rollup_column_list(),
-        aggregate_select_list()
-    )
+    ROLLUP_TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "DELETE FROM {name};
+                 INSERT INTO {name} (model, {key}, {})
+                 SELECT model, ts_us / {width}, {} FROM usage GROUP BY model, ts_us / {width};\n",
+                rollup_column_list(),
+                aggregate_select_list(),
+                name = t.name,
+                key = t.key,
+                width = t.width_us,
+            )
+        })
+        .collect()
 }
 
 /// Fills `ts_us` of rows written by the Python module from their local-time ISO timestamp,

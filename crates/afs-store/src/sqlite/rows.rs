@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
-use super::migrations::{parse_legacy_time, HOUR_US, N_ROLLUP_COLUMNS};
+use super::migrations::{parse_legacy_time, N_ROLLUP_COLUMNS};
 use super::time::{micros_of, rfc3339, time_of_micros};
 use crate::id::new_id;
 use crate::record::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
@@ -45,9 +45,9 @@ impl InsertRow {
         }
     }
 
-    /// The rollup bucket this row falls in: its model and hour index.
+    /// The model and time (microseconds) that place this row in its rollup buckets.
     pub(crate) fn bucket(&self) -> (&str, i64) {
-        (&self.record.model, self.ts_us / HOUR_US)
+        (&self.record.model, self.ts_us)
     }
 
     /// This row's contribution to its rollup bucket, in rollup column order.

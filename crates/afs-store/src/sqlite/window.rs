@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{params_from_iter, Connection, Row};
 
-use super::migrations::{aggregate_select_list, rollup_column_list, HOUR_US};
+use super::migrations::{
+    aggregate_select_list, rollup_column_list, RollupTable, DAILY, DAY_US, HOURLY, HOUR_US,
+};
 use super::time::{micros_of, time_of_micros};
 use crate::error::{Result, StoreError};
 use crate::query::StatsWindow;
@@ -90,64 +92,110 @@ fn stats_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<UsageStats> 
 }
 
 /// Statistics of `window`, grouped by model or by hour.
+/// A piece of a window: whole buckets `[first, last)` of a rollup table, or a range
+/// `[from, to)` of microseconds scanned from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Buckets(RollupTable, Option<i64>, Option<i64>),
+    Scan(Option<i64>, Option<i64>),
+}
+
+/// Hourly plan: whole hours from the hourly rollups, partial hours scanned.
+fn hourly_plan(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
+    let parts = split(since, until);
+    let mut plan: Vec<Part> = parts
+        .whole_hours
+        .map(|(first, last)| Part::Buckets(HOURLY, first, last))
+        .into_iter()
+        .collect();
+    plan.extend(
+        parts
+            .edges
+            .into_iter()
+            .map(|(from, to)| Part::Scan(from, to)),
+    );
+    plan
+}
+
+/// Plan for totals: whole days from the daily rollups, then the hourly plan for what is
+/// left at either end, so a long window reads a few hundred rows at most.
+fn daily_plan(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
+    let first = since.map(|s| s.div_euclid(DAY_US) + i64::from(s.rem_euclid(DAY_US) != 0));
+    let last = until.map(|u| u.div_euclid(DAY_US));
+    if let (Some(f), Some(l)) = (first, last) {
+        if f >= l {
+            return hourly_plan(since, until);
+        }
+    }
+    let mut plan = vec![Part::Buckets(DAILY, first, last)];
+    if let (Some(s), Some(f)) = (since, first) {
+        if s < f * DAY_US {
+            plan.extend(hourly_plan(Some(s), Some(f * DAY_US)));
+        }
+    }
+    if let (Some(u), Some(l)) = (until, last) {
+        if l * DAY_US < u {
+            plan.extend(hourly_plan(Some(l * DAY_US), Some(u)));
+        }
+    }
+    plan
+}
+
+/// Statistics of `window`, grouped by model or by hour.
 pub(crate) fn stats_grouped(
     conn: &Connection,
     window: &StatsWindow,
     grouping: Grouping,
 ) -> Result<BTreeMap<GroupKey, UsageStats>> {
-    let parts = split(window.since.map(micros_of), window.until.map(micros_of));
+    let (since, until) = (window.since.map(micros_of), window.until.map(micros_of));
+    let plan = match grouping {
+        Grouping::Model => daily_plan(since, until),
+        Grouping::Hour => hourly_plan(since, until),
+    };
     let mut out: BTreeMap<GroupKey, UsageStats> = BTreeMap::new();
     let group_expr = |hour_expr: &str| match grouping {
         Grouping::Model => "model, 0".to_string(),
         Grouping::Hour => format!("'', {hour_expr}"),
     };
-
-    if let Some((first, last)) = parts.whole_hours {
-        let sums = rollup_column_list()
-            .split(", ")
-            .map(|c| format!("TOTAL({c})"))
-            .collect::<Vec<_>>()
-            .join(", ");
+    let sums = rollup_column_list()
+        .split(", ")
+        .map(|c| format!("TOTAL({c})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for part in plan {
         let (mut conds, mut args) = (Vec::new(), Vec::<rusqlite::types::Value>::new());
-        if let Some(f) = first {
-            conds.push("hour >= ?");
-            args.push(f.into());
-        }
-        if let Some(l) = last {
-            conds.push("hour < ?");
-            args.push(l.into());
-        }
-        if let Some(m) = &window.model {
-            conds.push("model = ?");
-            args.push(m.clone().into());
-        }
-        let group = group_expr("hour");
-        let sql = format!(
-            "SELECT {group}, {sums} FROM usage_rollup {} GROUP BY 1, 2",
-            where_clause(&conds)
-        );
-        accumulate(conn, &sql, args, &mut out)?;
-    }
-    for (from, to) in parts.edges {
-        let (mut conds, mut args) = (Vec::new(), Vec::<rusqlite::types::Value>::new());
+        let (column, from, to) = match part {
+            Part::Buckets(table, first, last) => (table.key, first, last),
+            Part::Scan(from, to) => ("ts_us", from, to),
+        };
+        let lower = format!("{column} >= ?");
+        let upper = format!("{column} < ?");
         if let Some(f) = from {
-            conds.push("ts_us >= ?");
+            conds.push(lower.as_str());
             args.push(f.into());
         }
         if let Some(t) = to {
-            conds.push("ts_us < ?");
+            conds.push(upper.as_str());
             args.push(t.into());
         }
         if let Some(m) = &window.model {
             conds.push("model = ?");
             args.push(m.clone().into());
         }
-        let group = group_expr(&format!("ts_us / {HOUR_US}"));
-        let sql = format!(
-            "SELECT {group}, {} FROM usage {} GROUP BY 1, 2",
-            aggregate_select_list(),
-            where_clause(&conds)
-        );
+        let sql = match part {
+            Part::Buckets(table, ..) => format!(
+                "SELECT {}, {sums} FROM {} {} GROUP BY 1, 2",
+                group_expr(table.key),
+                table.name,
+                where_clause(&conds)
+            ),
+            Part::Scan(..) => format!(
+                "SELECT {}, {} FROM usage {} GROUP BY 1, 2",
+                group_expr(&format!("ts_us / {HOUR_US}")),
+                aggregate_select_list(),
+                where_clause(&conds)
+            ),
+        };
         accumulate(conn, &sql, args, &mut out)?;
     }
     out.retain(|_, stats| stats.total > 0);
@@ -208,6 +256,29 @@ mod tests {
                 whole_hours: whole,
                 edges: edges.to_vec()
             }
+        );
+    }
+
+    #[test]
+    fn long_windows_read_whole_days_then_hours_then_edges() {
+        let (d, h) = (DAY_US, HOUR_US);
+        assert_eq!(
+            daily_plan(None, None),
+            vec![Part::Buckets(DAILY, None, None)]
+        );
+        assert_eq!(
+            daily_plan(Some(d + 2 * h + 5), Some(5 * d + 3 * h)),
+            vec![
+                Part::Buckets(DAILY, Some(2), Some(5)),
+                Part::Buckets(HOURLY, Some(27), Some(48)),
+                Part::Scan(Some(d + 2 * h + 5), Some(d + 3 * h)),
+                Part::Buckets(HOURLY, Some(120), Some(123)),
+            ]
+        );
+        // Within one day: the hourly plan alone.
+        assert_eq!(
+            daily_plan(Some(d + h), Some(d + 5 * h)),
+            hourly_plan(Some(d + h), Some(d + 5 * h))
         );
     }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::migrations::{rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS};
+use super::migrations::{
+    rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS, ROLLUP_TABLES,
+};
 use super::rows::InsertRow;
 use super::{open_connection, SqliteConfig};
 use crate::error::{Result, StoreError};
@@ -149,26 +151,30 @@ fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRo
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::db("begin write", e))?;
-    let mut buckets: BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]> = BTreeMap::new();
+    // Per rollup table: (model, bucket) → summed contribution of this transaction's rows.
+    let mut buckets: Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>> =
+        vec![BTreeMap::new(); ROLLUP_TABLES.len()];
     for row in rows {
         row.insert(&tx)
             .map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
-        let (model, hour) = row.bucket();
+        let (model, ts_us) = row.bucket();
         let delta = row.rollup_delta();
-        let sums = buckets
-            .entry((model.to_string(), hour))
-            .or_insert([0.0; N_ROLLUP_COLUMNS]);
-        for (sum, d) in sums.iter_mut().zip(delta) {
-            *sum += d;
+        for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(buckets.iter_mut()) {
+            let sums = sums_by_bucket
+                .entry((model.to_string(), ts_us / table.width_us))
+                .or_insert([0.0; N_ROLLUP_COLUMNS]);
+            for (sum, d) in sums.iter_mut().zip(delta) {
+                *sum += d;
+            }
         }
     }
-    {
+    for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(&buckets) {
         let mut upsert = tx
-            .prepare_cached(&rollup_upsert_sql())
+            .prepare_cached(&rollup_upsert_sql(*table))
             .map_err(|e| StoreError::db("update rollups", e))?;
-        for ((model, hour), sums) in &buckets {
+        for ((model, bucket), sums) in sums_by_bucket {
             let mut values: Vec<rusqlite::types::Value> =
-                vec![model.clone().into(), (*hour).into()];
+                vec![model.clone().into(), (*bucket).into()];
             for (i, v) in sums.iter().enumerate() {
                 values.push(if rollup_column_is_real(i) {
                     (*v).into()
