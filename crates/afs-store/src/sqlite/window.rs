@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params_from_iter, Connection, Row};
 
 use super::migrations::{
-    aggregate_select_list, rollup_column_list, RollupTable, DAILY, DAY_US, HOURLY, HOUR_US,
+    aggregate_select_list, rollup_column_list, RollupTable, DAILY, HOURLY, HOUR_US, MINUTELY,
 };
 use super::time::{micros_of, time_of_micros};
 use crate::error::{Result, StoreError};
@@ -34,43 +34,6 @@ impl GroupKey {
     }
 }
 
-/// The parts of a window: whole hours `[first, last)` read from the rollup table, and
-/// partial ranges `[from, to)` in microseconds scanned from the log.
-#[derive(Debug, PartialEq, Eq)]
-struct Parts {
-    whole_hours: Option<(Option<i64>, Option<i64>)>,
-    edges: Vec<(Option<i64>, Option<i64>)>,
-}
-
-fn split(since: Option<i64>, until: Option<i64>) -> Parts {
-    let first = since.map(|s| s.div_euclid(HOUR_US) + i64::from(s.rem_euclid(HOUR_US) != 0));
-    let last = until.map(|u| u.div_euclid(HOUR_US));
-    if let (Some(f), Some(l)) = (first, last) {
-        if f >= l {
-            // The window lies within (at most) two partial hours: scan it whole.
-            return Parts {
-                whole_hours: None,
-                edges: vec![(since, until)],
-            };
-        }
-    }
-    let mut edges = Vec::new();
-    if let (Some(s), Some(f)) = (since, first) {
-        if s < f * HOUR_US {
-            edges.push((Some(s), Some(f * HOUR_US)));
-        }
-    }
-    if let (Some(u), Some(l)) = (until, last) {
-        if l * HOUR_US < u {
-            edges.push((Some(l * HOUR_US), Some(u)));
-        }
-    }
-    Parts {
-        whole_hours: Some((first, last)),
-        edges,
-    }
-}
-
 fn stats_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<UsageStats> {
     let count = |i: usize| -> rusqlite::Result<u64> {
         Ok(row.get::<_, f64>(offset + i)?.max(0.0).round() as u64)
@@ -91,7 +54,6 @@ fn stats_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<UsageStats> 
     })
 }
 
-/// Statistics of `window`, grouped by model or by hour.
 /// A piece of a window: whole buckets `[first, last)` of a rollup table, or a range
 /// `[from, to)` of microseconds scanned from the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,45 +62,33 @@ enum Part {
     Scan(Option<i64>, Option<i64>),
 }
 
-/// Hourly plan: whole hours from the hourly rollups, partial hours scanned.
-fn hourly_plan(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
-    let parts = split(since, until);
-    let mut plan: Vec<Part> = parts
-        .whole_hours
-        .map(|(first, last)| Part::Buckets(HOURLY, first, last))
-        .into_iter()
-        .collect();
-    plan.extend(
-        parts
-            .edges
-            .into_iter()
-            .map(|(from, to)| Part::Scan(from, to)),
-    );
-    plan
-}
-
-/// Plan for totals: whole days from the daily rollups, then the hourly plan for what is
-/// left at either end, so a long window reads a few hundred rows at most.
-fn daily_plan(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
-    let first = since.map(|s| s.div_euclid(DAY_US) + i64::from(s.rem_euclid(DAY_US) != 0));
-    let last = until.map(|u| u.div_euclid(DAY_US));
+/// Splits `[since, until)` over rollup levels, coarse to fine: whole buckets of the first
+/// level, then the rest at either end with the finer levels, and what no level covers
+/// whole is scanned from the log.
+fn plan(levels: &[RollupTable], since: Option<i64>, until: Option<i64>) -> Vec<Part> {
+    let Some((table, finer)) = levels.split_first() else {
+        return vec![Part::Scan(since, until)];
+    };
+    let w = table.width_us;
+    let first = since.map(|s| s.div_euclid(w) + i64::from(s.rem_euclid(w) != 0));
+    let last = until.map(|u| u.div_euclid(w));
     if let (Some(f), Some(l)) = (first, last) {
         if f >= l {
-            return hourly_plan(since, until);
+            return plan(finer, since, until);
         }
     }
-    let mut plan = vec![Part::Buckets(DAILY, first, last)];
+    let mut out = vec![Part::Buckets(*table, first, last)];
     if let (Some(s), Some(f)) = (since, first) {
-        if s < f * DAY_US {
-            plan.extend(hourly_plan(Some(s), Some(f * DAY_US)));
+        if s < f * w {
+            out.extend(plan(finer, Some(s), Some(f * w)));
         }
     }
     if let (Some(u), Some(l)) = (until, last) {
-        if l * DAY_US < u {
-            plan.extend(hourly_plan(Some(l * DAY_US), Some(u)));
+        if l * w < u {
+            out.extend(plan(finer, Some(l * w), Some(u)));
         }
     }
-    plan
+    out
 }
 
 /// Statistics of `window`, grouped by model or by hour.
@@ -149,8 +99,8 @@ pub(crate) fn stats_grouped(
 ) -> Result<BTreeMap<GroupKey, UsageStats>> {
     let (since, until) = (window.since.map(micros_of), window.until.map(micros_of));
     let plan = match grouping {
-        Grouping::Model => daily_plan(since, until),
-        Grouping::Hour => hourly_plan(since, until),
+        Grouping::Model => plan(&[DAILY, HOURLY, MINUTELY], since, until),
+        Grouping::Hour => plan(&[HOURLY, MINUTELY], since, until),
     };
     let mut out: BTreeMap<GroupKey, UsageStats> = BTreeMap::new();
     let group_expr = |hour_expr: &str| match grouping {
@@ -185,7 +135,11 @@ pub(crate) fn stats_grouped(
         let sql = match part {
             Part::Buckets(table, ..) => format!(
                 "SELECT {}, {sums} FROM {} {} GROUP BY 1, 2",
-                group_expr(table.key),
+                group_expr(&format!(
+                    "{} / {}",
+                    table.key,
+                    HOUR_US / table.width_us.min(HOUR_US)
+                )),
                 table.name,
                 where_clause(&conds)
             ),
@@ -243,86 +197,77 @@ fn accumulate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::migrations::DAY_US;
 
-    fn check(
-        since: Option<i64>,
-        until: Option<i64>,
-        whole: Option<(Option<i64>, Option<i64>)>,
-        edges: &[(Option<i64>, Option<i64>)],
-    ) {
-        assert_eq!(
-            split(since, until),
-            Parts {
-                whole_hours: whole,
-                edges: edges.to_vec()
-            }
-        );
-    }
-
-    #[test]
-    fn long_windows_read_whole_days_then_hours_then_edges() {
-        let (d, h) = (DAY_US, HOUR_US);
-        assert_eq!(
-            daily_plan(None, None),
-            vec![Part::Buckets(DAILY, None, None)]
-        );
-        assert_eq!(
-            daily_plan(Some(d + 2 * h + 5), Some(5 * d + 3 * h)),
-            vec![
-                Part::Buckets(DAILY, Some(2), Some(5)),
-                Part::Buckets(HOURLY, Some(27), Some(48)),
-                Part::Scan(Some(d + 2 * h + 5), Some(d + 3 * h)),
-                Part::Buckets(HOURLY, Some(120), Some(123)),
-            ]
-        );
-        // Within one day: the hourly plan alone.
-        assert_eq!(
-            daily_plan(Some(d + h), Some(d + 5 * h)),
-            hourly_plan(Some(d + h), Some(d + 5 * h))
-        );
+    fn hourly(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
+        plan(&[HOURLY], since, until)
     }
 
     #[test]
     fn windows_split_into_whole_hours_and_edges() {
         let h = HOUR_US;
-        check(None, None, Some((None, None)), &[]);
-        check(Some(2 * h), None, Some((Some(2), None)), &[]);
-        check(
-            Some(2 * h + 5),
-            None,
-            Some((Some(3), None)),
-            &[(Some(2 * h + 5), Some(3 * h))],
+        let hours = |f, l| Part::Buckets(HOURLY, f, l);
+        let scan = |f, t| Part::Scan(f, t);
+        assert_eq!(hourly(None, None), vec![hours(None, None)]);
+        assert_eq!(hourly(Some(2 * h), None), vec![hours(Some(2), None)]);
+        assert_eq!(
+            hourly(Some(2 * h + 5), None),
+            vec![hours(Some(3), None), scan(Some(2 * h + 5), Some(3 * h))]
         );
-        check(None, Some(5 * h), Some((None, Some(5))), &[]);
-        check(
-            None,
-            Some(5 * h + 1),
-            Some((None, Some(5))),
-            &[(Some(5 * h), Some(5 * h + 1))],
+        assert_eq!(hourly(None, Some(5 * h)), vec![hours(None, Some(5))]);
+        assert_eq!(
+            hourly(None, Some(5 * h + 1)),
+            vec![hours(None, Some(5)), scan(Some(5 * h), Some(5 * h + 1))]
         );
-        check(
-            Some(h + 1),
-            Some(3 * h + 1),
-            Some((Some(2), Some(3))),
-            &[(Some(h + 1), Some(2 * h)), (Some(3 * h), Some(3 * h + 1))],
+        assert_eq!(
+            hourly(Some(h + 1), Some(3 * h + 1)),
+            vec![
+                hours(Some(2), Some(3)),
+                scan(Some(h + 1), Some(2 * h)),
+                scan(Some(3 * h), Some(3 * h + 1))
+            ]
         );
-        check(
-            Some(h + 1),
-            Some(h + 7),
-            None,
-            &[(Some(h + 1), Some(h + 7))],
+        assert_eq!(
+            hourly(Some(h + 1), Some(h + 7)),
+            vec![scan(Some(h + 1), Some(h + 7))]
         );
-        check(
-            Some(h + 1),
-            Some(2 * h + 7),
-            None,
-            &[(Some(h + 1), Some(2 * h + 7))],
+        assert_eq!(
+            hourly(Some(h + 1), Some(2 * h + 7)),
+            vec![scan(Some(h + 1), Some(2 * h + 7))]
         );
-        check(
-            Some(-h - 1),
-            Some(0),
-            Some((Some(-1), Some(0))),
-            &[(Some(-h - 1), Some(-h))],
+        assert_eq!(
+            hourly(Some(-h - 1), Some(0)),
+            vec![hours(Some(-1), Some(0)), scan(Some(-h - 1), Some(-h))]
+        );
+    }
+
+    #[test]
+    fn long_windows_read_days_then_hours_then_minutes_then_the_log() {
+        let (d, h, m) = (DAY_US, HOUR_US, MINUTELY.width_us);
+        let levels = [DAILY, HOURLY, MINUTELY];
+        assert_eq!(
+            plan(&levels, None, None),
+            vec![Part::Buckets(DAILY, None, None)]
+        );
+        assert_eq!(
+            plan(
+                &levels,
+                Some(d + 2 * h + 3 * m + 5),
+                Some(5 * d + 3 * h + 7 * m)
+            ),
+            vec![
+                Part::Buckets(DAILY, Some(2), Some(5)),
+                Part::Buckets(HOURLY, Some(27), Some(48)),
+                Part::Buckets(MINUTELY, Some(26 * 60 + 4), Some(27 * 60)),
+                Part::Scan(Some(d + 2 * h + 3 * m + 5), Some(d + 2 * h + 4 * m)),
+                Part::Buckets(HOURLY, Some(120), Some(123)),
+                Part::Buckets(MINUTELY, Some(123 * 60), Some(123 * 60 + 7)),
+            ]
+        );
+        // Within one minute: a scan alone.
+        assert_eq!(
+            plan(&levels, Some(d + 5), Some(d + 9)),
+            vec![Part::Scan(Some(d + 5), Some(d + 9))]
         );
     }
 }
