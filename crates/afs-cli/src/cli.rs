@@ -15,8 +15,10 @@ Exit codes:
   2   usage error (unknown flag, missing argument, malformed flag value)
   3   invalid input (a field the store refuses; any rejected line of `afs import`; an
       invalid config file or option value)
-  4   not found (unknown record id)
-  5   busy (another retrain is running on this database)
+  4   not found (unknown record id or experiment id)
+  5   busy or conflict (another retrain is running on this database; an `afs ab` command
+      the current state refuses: no champion, no experiment running, one already running,
+      a model name already used)
   10  not triggered (`afs trigger check --exit-code` only)
 
 Environment:
@@ -27,17 +29,19 @@ Environment:
 
 Results go to stdout, logs and errors to stderr. See docs/CLI.md for the full reference.";
 
-/// `afs`: log model usage with quality scores and feedback, and query or maintain the log.
+/// `afs`: log model usage with quality scores and feedback, query or maintain the log, retrain,
+/// and run champion/challenger experiments.
 #[derive(Debug, Parser)]
 #[command(
     name = "afs",
     version,
-    about = "Log ML model usage with quality scores and feedback; turn it into training data and \
-             retrain",
+    about = "Log ML model usage with quality scores and feedback; turn it into training data, \
+             retrain, and judge the new model against the old",
     long_about = "Log ML model usage with quality scores and feedback; query and maintain the \
                   usage log; turn it into training data, decide when to retrain, and run the \
-                  retrain.\n\nEvery command works on one SQLite file (--db, default ./afs.db). \
-                  `generate`, `trigger check` and `retrain` also read the config file \
+                  retrain; deploy the new model next to the serving one and promote or roll it \
+                  back on evidence.\n\nEvery command works on one SQLite file (--db, default ./afs.db). \
+                  `generate`, `trigger check`, `retrain` and `ab` also read the config file \
                   (--config, default ./afs.toml when present). With --json, results are \
                   printed on stdout as JSON.",
     after_help = ROOT_AFTER_HELP,
@@ -66,7 +70,7 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) db: PathBuf,
 
-    /// Config file (TOML); default ./afs.toml when it exists. Read by generate, trigger, retrain
+    /// Config file (TOML; default ./afs.toml if present). Read by generate, trigger, retrain, ab
     #[arg(
         long,
         global = true,
@@ -293,6 +297,29 @@ pub(crate) enum Command {
                       afs runs --status failed --limit 5 --json"
     )]
     Runs(RunsArgs),
+
+    /// Champion/challenger experiments: deploy, route, compare, promote, roll back
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        long_about = "Champion/challenger experiments: register the serving model (champion), \
+                      deploy a new one next to it (challenger) with a share of traffic, route \
+                      requests, compare the two on the logged quality, feedback and latency, \
+                      and promote or roll back the challenger.\n\nThe versions, the running \
+                      experiment, every decision and its statistics live in the database. The \
+                      decisions use always-valid sequential tests, guardrails, minimum samples \
+                      and duration and a sample-ratio check (see docs/STATISTICS.md); their \
+                      settings come from the [abtest] section of the config file. A challenger \
+                      is judged on the records logged with its name as `model`.",
+        after_help = "Examples:\n  \
+                      afs ab set-champion nayru-v1 --path /models/nayru-v1\n  \
+                      afs ab deploy nayru-v2 --path /models/nayru-v2 --weight 0.1\n  \
+                      afs ab route --unit user-42\n  \
+                      afs ab compare\n  \
+                      afs ab check --json   # hourly, from cron\n  \
+                      afs ab history --limit 10"
+    )]
+    Ab(AbArgs),
 }
 
 /// Arguments of `afs log`.
@@ -642,6 +669,258 @@ pub(crate) struct RetrainArgs {
     /// Refuse to train on fewer samples [config: min_samples_for_retrain; default 100]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) min_samples: Option<u64>,
+}
+
+/// Arguments of `afs ab`.
+#[derive(Debug, Args)]
+pub(crate) struct AbArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: AbCommand,
+}
+
+/// The subcommands of `afs ab`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AbCommand {
+    /// Show the champion, the challenger, its weight and the running experiment
+    #[command(
+        long_about = "Show the champion, the challenger and its share of traffic, and the \
+                      running experiment: when it started, its routing seed and its periods (a \
+                      period is a stretch with one weight). Without a running experiment, the \
+                      last one and how it ended.\n\nWith --json: {\"champion\", \
+                      \"challenger\", \"experiment\", \"last_experiment\"}, each null when \
+                      absent.",
+        after_help = "Examples:\n  afs ab status\n  afs ab status --json | jq .experiment.challenger_weight"
+    )]
+    Status,
+
+    /// Deploy a new model as challenger and start an experiment against the champion
+    #[command(
+        long_about = "Deploy a new model as challenger and start an experiment against the \
+                      champion.\n\nNAME is the `model` its service logs with every call; \
+                      names are never reused. The challenger gets --weight of the traffic \
+                      (default initial_challenger_traffic of the [abtest] section, 0.1), on \
+                      the units that hash below the weight with the experiment's routing seed \
+                      (random unless --seed is given). Needs a champion; refused (exit 5) \
+                      while another experiment runs.",
+        after_help = "Examples:\n  \
+                      afs ab deploy nayru-v2 --path /models/nayru-v2\n  \
+                      afs ab deploy nayru-v2 --path /models/nayru-v2 --weight 0.2 --reason 'weekly retrain'"
+    )]
+    Deploy(AbDeployArgs),
+
+    /// Register a model as champion outside an experiment (the first model, or a replacement)
+    #[command(
+        name = "set-champion",
+        long_about = "Register a model as champion outside any experiment: the first model, \
+                      or a manual replacement (the previous champion is retired). Refused \
+                      (exit 5) while an experiment runs: promote or roll back first. Creates \
+                      the database when it does not exist.",
+        after_help = "Examples:\n  \
+                      afs ab set-champion nayru-v1 --path /models/nayru-v1\n  \
+                      afs ab set-champion nayru-v1 --path /models/nayru-v1 --dataset train-2025-05.jsonl"
+    )]
+    SetChampion(AbSetChampionArgs),
+
+    /// Print the model (and arm) that serves a request
+    #[command(
+        long_about = "Print the model (and arm) that serves a request.\n\nWith --unit (a \
+                      user or session id) the answer is sticky: BLAKE3(seed, unit) maps the \
+                      unit to [0, 1) and the challenger owns [0, weight), so a unit always \
+                      gets the same arm, and raising the weight only moves champion units to \
+                      the challenger. Without --unit, a weighted random draw. Without an \
+                      experiment, always the champion.\n\nWith --json: {\"model\", \"arm\", \
+                      \"version\", \"model_path\", \"unit\", \"experiment_id\", \
+                      \"challenger_weight\"}.",
+        after_help = "Examples:\n  afs ab route --unit user-42\n  afs ab route --json"
+    )]
+    Route(AbRouteArgs),
+
+    /// Compare the champion and the challenger now (the judge's full report)
+    #[command(
+        long_about = "Compare the champion and the challenger now: the judge's full report, \
+                      without recording or applying anything.\n\nPer metric (the primary \
+                      metric, then each guardrail): both arms' values and counts, the \
+                      difference (challenger - champion) and relative lift, the always-valid \
+                      confidence interval, the sequential p-values and the verdict. Then the \
+                      decision (promote, keep_testing, rollback or hold) and its reason, the \
+                      sample-ratio check, and the seed's weighted-improvement score and fixed \
+                      rule for contrast. With --json, the report as one JSON object. Exit 5 \
+                      when no experiment runs.",
+        after_help = "Examples:\n  afs ab compare\n  afs ab compare --json | jq '.decision, .reason'"
+    )]
+    Compare,
+
+    /// Judge the running experiment once now, record the decision and apply it
+    #[command(
+        long_about = "Judge the running experiment once now, as the loop does every hour: \
+                      the decision and its statistics are recorded in the history, and a \
+                      promote or rollback decision is applied when the [abtest] section allows \
+                      it (enable_auto_promotion, enable_auto_rollback). The sequential tests \
+                      stay valid however often this runs. Prints the report of `afs ab \
+                      compare` and what was done; with --json, {\"experiment_id\", \
+                      \"decision\", \"reason\", \"applied\", \"new_weight\", \
+                      \"comparison\"}. Without a running experiment it says so and exits 0 \
+                      (suitable for cron).",
+        after_help = "Examples:\n  afs ab check\n  afs ab check --json >> ab-checks.jsonl   # hourly, from cron"
+    )]
+    Check,
+
+    /// Change the challenger's share of traffic (same experiment, same routing seed)
+    #[command(
+        name = "set-weight",
+        long_about = "Change the challenger's share of traffic to W, strictly between 0 and 1. \
+                      Same experiment, same routing seed: raising the weight only moves \
+                      champion units to the challenger, and a unit on the challenger stays \
+                      there. A new period starts, so the comparison is computed per period. To \
+                      give the challenger all traffic, promote it; to give it none, roll it \
+                      back.",
+        after_help = "Examples:\n  afs ab set-weight 0.5\n  afs ab set-weight 0.25 --reason 'ramp up after a clean day'"
+    )]
+    SetWeight(AbSetWeightArgs),
+
+    /// Promote the challenger to champion now, whatever the judge says
+    #[command(
+        long_about = "Promote the challenger to champion now, whatever the judge says; the \
+                      old champion is retired and the experiment ends. The history records the \
+                      reason and the judge's view at that moment. Exit 5 when no experiment \
+                      runs.",
+        after_help = "Examples:\n  afs ab promote\n  afs ab promote --reason 'approved by the eval team'"
+    )]
+    Promote(AbPromoteArgs),
+
+    /// Roll the challenger back now: retire it and give the champion all traffic
+    #[command(
+        long_about = "Roll the challenger back now: retire it, give the champion all traffic \
+                      and end the experiment. The history records the reason and the judge's \
+                      view at that moment. Exit 5 when no experiment runs.",
+        after_help = "Examples:\n  afs ab rollback\n  afs ab rollback --reason 'users report truncated answers'"
+    )]
+    Rollback(AbRollbackArgs),
+
+    /// List the history of versions, experiments and decisions, newest first
+    #[command(
+        long_about = "List the history, newest first: champions set, challengers deployed, \
+                      weight changes, promotions, rollbacks and the judge's decisions, each \
+                      with its reason. With --json, one object per event (JSON lines): id, at, \
+                      experiment_id, kind, model, decision, weight, reason, statistics (the \
+                      judge's report at that moment, or null).",
+        after_help = "Examples:\n  \
+                      afs ab history\n  \
+                      afs ab history --kind promote --kind rollback\n  \
+                      afs ab history --experiment 3 --json | jq -r .reason"
+    )]
+    History(AbHistoryArgs),
+}
+
+/// Arguments of `afs ab deploy`.
+#[derive(Debug, Args)]
+pub(crate) struct AbDeployArgs {
+    /// The model's name: the `model` its service logs
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+
+    /// Where the model lives (a path or URI)
+    #[arg(long, value_name = "P")]
+    pub(crate) path: String,
+
+    /// Share of traffic, strictly between 0 and 1 [config: initial_challenger_traffic; default 0.1]
+    #[arg(long, value_name = "W", allow_negative_numbers = true)]
+    pub(crate) weight: Option<f64>,
+
+    /// Routing seed of the experiment (default: random)
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
+
+    /// The dataset the model was trained on (free-form)
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) dataset: Option<String>,
+
+    /// The retrain run that produced the model (free-form)
+    #[arg(long, value_name = "ID")]
+    pub(crate) run_id: Option<String>,
+
+    /// Why, for the history [default: manual deploy by operator]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Arguments of `afs ab set-champion`.
+#[derive(Debug, Args)]
+pub(crate) struct AbSetChampionArgs {
+    /// The model's name: the `model` its service logs
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+
+    /// Where the model lives (a path or URI)
+    #[arg(long, value_name = "P")]
+    pub(crate) path: String,
+
+    /// The dataset the model was trained on (free-form)
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) dataset: Option<String>,
+
+    /// The retrain run that produced the model (free-form)
+    #[arg(long, value_name = "ID")]
+    pub(crate) run_id: Option<String>,
+
+    /// Why, for the history [default: manual set-champion by operator]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Arguments of `afs ab route`.
+#[derive(Debug, Args)]
+pub(crate) struct AbRouteArgs {
+    /// Unit of assignment: a user or session id (sticky); without it, a random draw
+    #[arg(long, value_name = "U")]
+    pub(crate) unit: Option<String>,
+}
+
+/// Arguments of `afs ab set-weight`.
+#[derive(Debug, Args)]
+pub(crate) struct AbSetWeightArgs {
+    /// The challenger's new share of traffic, strictly between 0 and 1
+    #[arg(value_name = "W", allow_negative_numbers = true)]
+    pub(crate) weight: f64,
+
+    /// Why, for the history [default: manual weight change by operator]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Arguments of `afs ab promote`.
+#[derive(Debug, Args)]
+pub(crate) struct AbPromoteArgs {
+    /// Why, for the history [default: manual promote by operator]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Arguments of `afs ab rollback`.
+#[derive(Debug, Args)]
+pub(crate) struct AbRollbackArgs {
+    /// Why, for the history [default: manual rollback by operator]
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// Arguments of `afs ab history`.
+#[derive(Debug, Args)]
+pub(crate) struct AbHistoryArgs {
+    /// At most N events
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) limit: u64,
+
+    /// Only the events of this experiment
+    #[arg(long, value_name = "ID")]
+    pub(crate) experiment: Option<i64>,
+
+    /// Only events of this kind (repeatable)
+    #[arg(long, value_name = "KIND",
+          value_parser = ["set_champion", "deploy", "set_weight", "promote", "rollback", "decision"])]
+    pub(crate) kind: Vec<String>,
 }
 
 /// Arguments of `afs runs`.

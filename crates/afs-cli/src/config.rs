@@ -1,10 +1,12 @@
 //! The config file (`--config FILE`, `AFS_CONFIG`, or `./afs.toml` when present): its TOML
 //! sections and their mapping onto the libraries' configs.
 //!
-//! The file has three sections, every key optional (an absent key keeps the library's
+//! The file has four sections, every key optional (an absent key keeps the library's
 //! default): `[trigger]` maps onto [`TriggerConfig`] (with `[trigger.page_hinkley]` onto its
-//! [`PageHinkleyConfig`]), `[generator]` onto [`GeneratorConfig`], and `[retrain]` onto
-//! [`RetrainerConfig`] plus the trainer command and its timeout. Unknown keys and values of
+//! [`PageHinkleyConfig`]), `[generator]` onto [`GeneratorConfig`], `[retrain]` onto
+//! [`RetrainerConfig`] plus the trainer command and its timeout, and `[abtest]` onto
+//! [`AbTestConfig`] (with `[abtest.guardrails]` for its guardrails and `[abtest.bandit]` for
+//! its [`BanditConfig`]). Unknown keys and values of
 //! the wrong type are refused with the key path and line; values out of range are refused by
 //! the libraries' own `validate`, with the key named. `docs/CONFIGURATION.md` documents every
 //! key and `afs.example.toml` at the repository root shows them with their defaults.
@@ -12,11 +14,14 @@
 //! This module is self-contained on purpose: the commands only see [`Config`], so the file
 //! format can move to a layered config (file plus environment overrides) without touching
 //! them.
+//!
+//! [`PageHinkleyConfig`]: afs_trigger::PageHinkleyConfig
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use afs_abtest::{AbTestConfig, AbTestError, BanditConfig, Guardrail, Metric, PrimaryMetric};
 use afs_datagen::{DatagenError, Format, GeneratorConfig, NearDedupeConfig};
 use afs_trigger::{RetrainerConfig, TriggerConfig, TriggerError};
 use anyhow::Context;
@@ -46,6 +51,8 @@ pub(crate) struct Config {
     pub(crate) near_dedupe: NearDedupeConfig,
     /// `[retrain]`: the trainer and the retrainer.
     pub(crate) retrain: RetrainSettings,
+    /// `[abtest]`: champion/challenger experiments (`afs ab`).
+    pub(crate) abtest: AbTestConfig,
 }
 
 /// The `[retrain]` section.
@@ -71,6 +78,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
                 retrainer: RetrainerConfig::default(),
             },
+            abtest: AbTestConfig::default(),
         }
     }
 }
@@ -148,6 +156,8 @@ struct FileConfig {
     generator: GeneratorSection,
     #[serde(default)]
     retrain: RetrainSection,
+    #[serde(default)]
+    abtest: AbTestSection,
 }
 
 /// `[trigger]`: the fields of [`TriggerConfig`] by their names.
@@ -212,6 +222,105 @@ struct RetrainSection {
     min_samples_for_retrain: Option<u64>,
     output_dir: Option<PathBuf>,
     dataset_name: Option<String>,
+}
+
+/// `[abtest]`: the fields of [`AbTestConfig`] by their names, with the bandit switched on by
+/// `enable_bandit` (as `trigger.enable_page_hinkley` switches its detector).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbTestSection {
+    initial_challenger_traffic: Option<f64>,
+    min_samples_per_version: Option<u64>,
+    min_improvement_threshold: Option<f64>,
+    enable_auto_promotion: Option<bool>,
+    promotion_threshold: Option<f64>,
+    min_duration_hours: Option<f64>,
+    primary_metric: Option<PrimaryMetricSetting>,
+    alpha: Option<f64>,
+    min_lift: Option<f64>,
+    expected_effect: Option<f64>,
+    min_feedback_per_version: Option<u64>,
+    enable_auto_rollback: Option<bool>,
+    srm_p_threshold: Option<f64>,
+    srm_min_deviation: Option<f64>,
+    check_interval_hours: Option<f64>,
+    enable_bandit: Option<bool>,
+    guardrails: Option<GuardrailsSection>,
+    bandit: Option<BanditSection>,
+}
+
+/// `abtest.primary_metric`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PrimaryMetricSetting {
+    Quality,
+    PositiveRate,
+}
+
+/// `[abtest.guardrails]`: one key per metric (by its report key), each a margin or `false`.
+/// A metric left out keeps its default (latency and negative-feedback rate at 10%, the
+/// others off).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardrailsSection {
+    latency_ms: Option<GuardrailSetting>,
+    negative_rate: Option<GuardrailSetting>,
+    positive_rate: Option<GuardrailSetting>,
+    quality: Option<GuardrailSetting>,
+}
+
+/// A guardrail's setting: the tolerated relative harm (`0.1` = 10% worse), or `false` for
+/// no guardrail on that metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GuardrailSetting {
+    Margin(f64),
+    Off,
+}
+
+impl<'de> Deserialize<'de> for GuardrailSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GuardrailVisitor;
+
+        impl Visitor<'_> for GuardrailVisitor {
+            type Value = GuardrailSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a margin > 0 (0.1 = 10% worse) or false")
+            }
+
+            // The range is checked after parsing, with the key named.
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(GuardrailSetting::Margin(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(GuardrailSetting::Margin(v as f64))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(GuardrailSetting::Margin(v as f64))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                if v {
+                    Err(E::invalid_value(Unexpected::Bool(v), &self))
+                } else {
+                    Ok(GuardrailSetting::Off)
+                }
+            }
+        }
+
+        deserializer.deserialize_any(GuardrailVisitor)
+    }
+}
+
+/// `[abtest.bandit]`: the fields of [`BanditConfig`], used when `abtest.enable_bandit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanditSection {
+    arm_floor: Option<f64>,
+    champion_floor: Option<f64>,
+    draws: Option<u32>,
 }
 
 /// `generator.min_user_feedback`: an integer (-1, 0 or 1: the minimum feedback a record
@@ -376,8 +485,96 @@ impl FileConfig {
                 .map_err(|reason| KeyError::new("retrain.dataset_name", reason))?;
             retrain.retrainer.dataset_name = name;
         }
+
+        config.abtest = self.abtest.into_config()?;
         Ok(config)
     }
+}
+
+impl AbTestSection {
+    /// The experiment settings of `[abtest]`, validated.
+    fn into_config(self) -> Result<AbTestConfig, KeyError> {
+        let mut abtest = AbTestConfig::default();
+        set_present!(self => abtest;
+            initial_challenger_traffic, min_samples_per_version, min_improvement_threshold,
+            enable_auto_promotion, promotion_threshold, min_duration_hours, alpha, min_lift,
+            expected_effect, min_feedback_per_version, enable_auto_rollback, srm_p_threshold,
+            srm_min_deviation, check_interval_hours,
+        );
+        if let Some(primary) = self.primary_metric {
+            abtest.primary_metric = match primary {
+                PrimaryMetricSetting::Quality => PrimaryMetric::Quality,
+                PrimaryMetricSetting::PositiveRate => PrimaryMetric::PositiveRate,
+            };
+        }
+        if let Some(g) = self.guardrails {
+            abtest.guardrails = guardrails(&g, abtest.primary_metric.metric())?;
+        }
+        let mut bandit = BanditConfig::default();
+        if let Some(b) = self.bandit {
+            set_present!(b => bandit; arm_floor, champion_floor, draws);
+        }
+        // Validate with the bandit on, so that a bad [abtest.bandit] is reported even while
+        // the bandit is off, then switch it as configured.
+        let probe = AbTestConfig {
+            bandit: Some(bandit),
+            ..abtest.clone()
+        };
+        probe.validate().map_err(|err| match err {
+            AbTestError::InvalidConfig { field, reason } => {
+                KeyError::new(format!("abtest.{field}"), reason)
+            }
+            other => KeyError::new("abtest", other.to_string()),
+        })?;
+        abtest.bandit = self.enable_bandit.unwrap_or(false).then_some(bandit);
+        Ok(abtest)
+    }
+}
+
+/// The guardrails of `[abtest.guardrails]`: each metric's setting, or its default when left
+/// out, in a fixed order (latency, negative rate, positive rate, quality).
+fn guardrails(section: &GuardrailsSection, primary: Metric) -> Result<Vec<Guardrail>, KeyError> {
+    let default_margin = |metric: Metric| {
+        AbTestConfig::default()
+            .guardrails
+            .iter()
+            .find(|g| g.metric == metric)
+            .map(|g| g.margin)
+    };
+    let settings = [
+        (Metric::Latency, section.latency_ms),
+        (Metric::NegativeRate, section.negative_rate),
+        (Metric::PositiveRate, section.positive_rate),
+        (Metric::Quality, section.quality),
+    ];
+    let mut out = Vec::new();
+    for (metric, setting) in settings {
+        let key = format!("abtest.guardrails.{}", metric.key());
+        let margin = match setting {
+            None => default_margin(metric),
+            Some(GuardrailSetting::Off) => None,
+            Some(GuardrailSetting::Margin(m)) if m.is_finite() && m > 0.0 => Some(m),
+            Some(GuardrailSetting::Margin(m)) => {
+                return Err(KeyError::new(
+                    key,
+                    format!("{m} is not a margin > 0 (write false for no guardrail)"),
+                ))
+            }
+        };
+        let Some(margin) = margin else { continue };
+        if metric == primary {
+            return Err(KeyError::new(
+                key,
+                format!(
+                    "{} is the primary metric (abtest.primary_metric) and cannot also be a \
+                     guardrail",
+                    metric.key()
+                ),
+            ));
+        }
+        out.push(Guardrail { metric, margin });
+    }
+    Ok(out)
 }
 
 /// The key of `[generator]` that a [`GeneratorConfig`] field is set by.
@@ -478,6 +675,8 @@ mod tests {
         assert_eq!(config.retrain.timeout, defaults.retrain.timeout);
         assert_eq!(config.retrain.retrainer, defaults.retrain.retrainer);
         assert_eq!(config.retrain.train_cmd, None);
+        assert_eq!(config.abtest, defaults.abtest);
+        assert_eq!(config.abtest, AbTestConfig::default());
     }
 
     #[test]
@@ -618,6 +817,166 @@ dataset_name = "data.jsonl"
         assert_eq!(r.retrainer.min_samples_for_retrain, 3);
         assert_eq!(r.retrainer.output_dir, PathBuf::from("out"));
         assert_eq!(r.retrainer.dataset_name, "data.jsonl");
+    }
+
+    #[test]
+    fn every_abtest_key_maps_onto_its_field() {
+        let config = parse_text(
+            r#"
+[abtest]
+initial_challenger_traffic = 0.2
+min_samples_per_version = 500
+min_improvement_threshold = 0.1
+enable_auto_promotion = false
+promotion_threshold = 0.01
+min_duration_hours = 72
+primary_metric = "positive_rate"
+alpha = 0.01
+min_lift = 0.02
+expected_effect = 0.1
+min_feedback_per_version = 50
+enable_auto_rollback = false
+srm_p_threshold = 0.0001
+srm_min_deviation = 0.005
+check_interval_hours = 2
+enable_bandit = true
+
+[abtest.guardrails]
+latency_ms = 0.2
+negative_rate = false
+quality = 0.05
+
+[abtest.bandit]
+arm_floor = 0.05
+champion_floor = 0.3
+draws = 200
+"#,
+        )
+        .unwrap();
+        let expected = AbTestConfig {
+            initial_challenger_traffic: 0.2,
+            min_samples_per_version: 500,
+            min_improvement_threshold: 0.1,
+            enable_auto_promotion: false,
+            promotion_threshold: 0.01,
+            min_duration_hours: 72.0,
+            primary_metric: PrimaryMetric::PositiveRate,
+            alpha: 0.01,
+            min_lift: 0.02,
+            expected_effect: 0.1,
+            min_feedback_per_version: 50,
+            guardrails: vec![
+                Guardrail {
+                    metric: Metric::Latency,
+                    margin: 0.2,
+                },
+                Guardrail {
+                    metric: Metric::Quality,
+                    margin: 0.05,
+                },
+            ],
+            enable_auto_rollback: false,
+            srm_p_threshold: 0.0001,
+            srm_min_deviation: 0.005,
+            check_interval_hours: 2.0,
+            bandit: Some(BanditConfig {
+                arm_floor: 0.05,
+                champion_floor: 0.3,
+                draws: 200,
+            }),
+        };
+        assert_eq!(config.abtest, expected);
+    }
+
+    #[test]
+    fn abtest_guardrails_and_bandit_defaults() {
+        let abtest = |text: &str| parse_text(text).unwrap().abtest;
+        // A guardrail left out keeps its default; `false` removes one.
+        let only_latency = abtest("[abtest.guardrails]\nnegative_rate = false\n");
+        assert_eq!(
+            only_latency.guardrails,
+            vec![Guardrail {
+                metric: Metric::Latency,
+                margin: 0.1
+            }]
+        );
+        let none = abtest("[abtest.guardrails]\nlatency_ms = false\nnegative_rate = false\n");
+        assert!(none.guardrails.is_empty());
+        let integer_margin = abtest("[abtest.guardrails]\nlatency_ms = 1\n");
+        assert_eq!(integer_margin.guardrails[0].margin, 1.0);
+        // The bandit's table alone does not switch it on.
+        assert_eq!(abtest("[abtest.bandit]\ndraws = 10\n").bandit, None);
+        assert_eq!(
+            abtest("[abtest]\nenable_bandit = true\n").bandit,
+            Some(BanditConfig::default())
+        );
+    }
+
+    #[test]
+    fn abtest_errors_name_the_key() {
+        let check = |text: &str, key: &str| check_err(text, &["config file afs.toml: ", key]);
+        check(
+            "[abtest]\ninitial_challenger_traffic = 1.5",
+            "abtest.initial_challenger_traffic: 1.5",
+        );
+        check("[abtest]\nalpha = 0", "abtest.alpha");
+        check(
+            "[abtest]\nmin_duration_hours = -1",
+            "abtest.min_duration_hours",
+        );
+        check("[abtest]\nexpected_effect = 0", "abtest.expected_effect");
+        check(
+            "[abtest]\ncheck_interval_hours = 0",
+            "abtest.check_interval_hours",
+        );
+        check("[abtest]\nsrm_p_threshold = 1", "abtest.srm_p_threshold");
+        check(
+            "[abtest.guardrails]\nlatency_ms = 0",
+            "abtest.guardrails.latency_ms: 0 is not a margin > 0",
+        );
+        check(
+            "[abtest.guardrails]\nquality = 0.1",
+            "abtest.guardrails.quality: quality is the primary metric",
+        );
+        check(
+            "[abtest]\nprimary_metric = \"positive_rate\"\n[abtest.guardrails]\npositive_rate = 0.1",
+            "abtest.guardrails.positive_rate",
+        );
+        // A bad bandit setting is refused even while the bandit is off.
+        check(
+            "[abtest.bandit]\narm_floor = 0.6",
+            "abtest.bandit.arm_floor",
+        );
+        check(
+            "[abtest.bandit]\nchampion_floor = 1",
+            "abtest.bandit.champion_floor",
+        );
+        check("[abtest.bandit]\ndraws = 0", "abtest.bandit.draws");
+        check_err(
+            "[abtest]\nprimary_metric = \"latency\"\n",
+            &[
+                "line 2",
+                "abtest.primary_metric",
+                "quality",
+                "positive_rate",
+            ],
+        );
+        check_err(
+            "[abtest]\nmin_sample_per_version = 5\n",
+            &["line 2", "unknown key abtest.min_sample_per_version"],
+        );
+        check_err(
+            "[abtest.guardrails]\nlatency = 0.1\n",
+            &["unknown key abtest.guardrails.latency", "latency_ms"],
+        );
+        check_err(
+            "[abtest.guardrails]\nlatency_ms = true\n",
+            &["line 2", "abtest.guardrails.latency_ms", "or false"],
+        );
+        check_err(
+            "[abtest.bandit]\ndraws = -1\n",
+            &["line 2", "abtest.bandit.draws"],
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use afs_abtest::AbTestError;
 use afs_datagen::DatagenError;
 use afs_store::{ErrorKind, StoreError};
 use afs_trigger::TriggerError;
@@ -18,7 +19,10 @@ pub(crate) const USAGE: u8 = 2;
 pub(crate) const INVALID_INPUT: u8 = 3;
 /// An id named by the caller does not exist.
 pub(crate) const NOT_FOUND: u8 = 4;
-/// Another retrain is running on the same database.
+/// The current state refuses the operation: another retrain is running on the same database,
+/// or an `afs ab` command does not fit the experiment state (no champion, no running
+/// experiment, one already running, a model name already used). Every store error of kind
+/// [`ErrorKind::Conflict`] maps here, so "try again later / fix the state first" has one code.
 pub(crate) const BUSY: u8 = 5;
 /// `afs trigger check --exit-code`: no trigger fired.
 pub(crate) const NOT_TRIGGERED: u8 = 10;
@@ -118,6 +122,12 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
         if let Some(datagen_err) = cause.downcast_ref::<DatagenError>() {
             return classify_datagen(datagen_err);
         }
+        if let Some(ab_err) = cause.downcast_ref::<AbTestError>() {
+            return match ab_err {
+                AbTestError::Store(e) => classify_store(e),
+                other => classify_kind(other.kind()),
+            };
+        }
         if let Some(Silent(code)) = cause.downcast_ref::<Silent>() {
             return (*code, "silent");
         }
@@ -141,12 +151,16 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
 }
 
 fn classify_store(err: &StoreError) -> (u8, &'static str) {
-    match err.kind() {
+    classify_kind(err.kind())
+}
+
+fn classify_kind(kind: ErrorKind) -> (u8, &'static str) {
+    match kind {
         ErrorKind::InvalidInput => (INVALID_INPUT, "invalid_input"),
         ErrorKind::NotFound => (NOT_FOUND, "not_found"),
         ErrorKind::Database => (FAILURE, "database"),
         ErrorKind::Io => (FAILURE, "io"),
-        ErrorKind::Conflict => (FAILURE, "conflict"),
+        ErrorKind::Conflict => (BUSY, "conflict"),
     }
 }
 
@@ -192,5 +206,28 @@ mod tests {
         let invalid: anyhow::Error = InvalidInput("bad".into()).into();
         assert_eq!(classify(&invalid).0, INVALID_INPUT);
         assert_eq!(classify(&anyhow::anyhow!("other")).0, FAILURE);
+    }
+
+    #[test]
+    fn ab_errors_map_by_kind() {
+        let no_experiment: anyhow::Error = AbTestError::NoRunningExperiment.into();
+        assert_eq!(classify(&no_experiment), (BUSY, "conflict"));
+        let conflict: anyhow::Error = AbTestError::Store(StoreError::Conflict {
+            reason: "an experiment is already running".into(),
+        })
+        .into();
+        assert_eq!(classify(&conflict), (BUSY, "conflict"));
+        let bad_weight: anyhow::Error = AbTestError::InvalidInput {
+            field: "weight",
+            reason: "2 is not within [0, 1]".into(),
+        }
+        .into();
+        assert_eq!(classify(&bad_weight), (INVALID_INPUT, "invalid_input"));
+        let unknown: anyhow::Error = AbTestError::Store(StoreError::NotFound {
+            what: "experiment",
+            id: "9".into(),
+        })
+        .into();
+        assert_eq!(classify(&unknown), (NOT_FOUND, "not_found"));
     }
 }

@@ -1,8 +1,8 @@
-//! `afs`: the command-line tool for operators of the afs usage log.
+//! `afs`: the command-line tool for operators of the afs usage log and its experiments.
 //!
 //! This is the only crate that parses arguments, reads the environment and the config file,
-//! prints and sets exit codes; the work itself is done by `afs-store`, `afs-datagen` and
-//! `afs-trigger`.
+//! prints and sets exit codes; the work itself is done by `afs-store`, `afs-datagen`,
+//! `afs-trigger` and `afs-abtest`.
 
 mod cli;
 mod commands;

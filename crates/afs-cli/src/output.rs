@@ -222,6 +222,31 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// An aligned table with every column left-aligned (the last one not padded).
+pub(crate) fn left_table(rows: &[Vec<String>]) -> String {
+    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n_columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +277,14 @@ mod tests {
     fn times_are_utc_with_z() {
         let at = DateTime::parse_from_rfc3339("2025-01-02T05:04:05.120+02:00").unwrap();
         assert_eq!(rfc3339(at.with_timezone(&Utc)), "2025-01-02T03:04:05.120Z");
+    }
+
+    #[test]
+    fn left_table_aligns_every_column_left() {
+        let rows = vec![
+            vec!["id".to_string(), "status".to_string(), "x".to_string()],
+            vec!["1".to_string(), "ok".to_string(), "long text".to_string()],
+        ];
+        assert_eq!(left_table(&rows), "id  status  x\n1   ok      long text\n");
     }
 }

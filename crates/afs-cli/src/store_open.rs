@@ -15,7 +15,8 @@ const NOW_VAR: &str = "AFS_NOW";
 /// Whether a command may create the database file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Create {
-    /// Commands that add records (`log`, `import`) create a missing database.
+    /// Commands that add records (`log`, `import`) or the first model (`ab set-champion`)
+    /// create a missing database.
     IfMissing,
     /// Every other command refuses a missing file instead of creating an empty one.
     Never,
@@ -32,8 +33,8 @@ pub(crate) fn open(config: SqliteConfig, create: Create) -> anyhow::Result<Sqlit
     let path = config.path.clone();
     if create == Create::Never && !path.exists() {
         bail!(
-            "database {} does not exist (pass --db PATH or set AFS_DB; `afs log` and \
-             `afs import` create it)",
+            "database {} does not exist (pass --db PATH or set AFS_DB; `afs log`, \
+             `afs import` and `afs ab set-champion` create it)",
             path.display()
         );
     }

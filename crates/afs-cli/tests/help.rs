@@ -43,6 +43,17 @@ fn command_help() {
         "trigger check",
         "retrain",
         "runs",
+        "ab",
+        "ab status",
+        "ab deploy",
+        "ab set-champion",
+        "ab route",
+        "ab compare",
+        "ab check",
+        "ab set-weight",
+        "ab promote",
+        "ab rollback",
+        "ab history",
     ] {
         let mut args: Vec<&str> = command.split(' ').collect();
         args.push("--help");
@@ -83,6 +94,33 @@ fn retrain_help_documents_the_placeholders_and_environment() {
         assert!(
             root.contains(needle),
             "afs --help lacks {needle:?}:\n{root}"
+        );
+    }
+}
+
+#[test]
+fn ab_help_documents_exit_codes_and_defaults() {
+    let root = help(&["--help"]);
+    for needle in [
+        "5   busy or conflict",
+        "no experiment running",
+        "a model name already used",
+    ] {
+        assert!(
+            root.contains(needle),
+            "afs --help lacks {needle:?}:\n{root}"
+        );
+    }
+    for (command, needle) in [
+        ("promote", "[default: manual promote by operator]"),
+        ("rollback", "[default: manual rollback by operator]"),
+        ("set-weight", "strictly between 0 and 1"),
+        ("deploy", "[config: initial_challenger_traffic"),
+    ] {
+        let text = help(&["ab", command, "--help"]);
+        assert!(
+            text.contains(needle),
+            "afs ab {command} --help lacks {needle:?}:\n{text}"
         );
     }
 }

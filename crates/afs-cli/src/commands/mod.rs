@@ -1,5 +1,6 @@
 //! The commands of `afs`, one module each, and the dispatch from parsed arguments.
 
+mod ab;
 mod feedback;
 mod generate;
 mod import;
@@ -28,5 +29,6 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Trigger(args) => trigger::run(global, args),
         Command::Retrain(args) => retrain::run(global, args),
         Command::Runs(args) => retrain::runs(global, args),
+        Command::Ab(args) => ab::run(global, args),
     }
 }

@@ -13,7 +13,9 @@ use crate::cli::{GlobalArgs, RetrainArgs, RunsArgs};
 use crate::commands::trigger::describe;
 use crate::config::{self, generator_key};
 use crate::exit::{Busy, InvalidInput, RunFailed, Usage};
-use crate::output::{count, duration, print_json, print_line, rfc3339, stdout_error, RunJson};
+use crate::output::{
+    count, duration, left_table, print_json, print_line, rfc3339, stdout_error, RunJson,
+};
 use crate::store_open::{self, open, Create};
 
 /// The JSON output of `afs retrain`.
@@ -263,31 +265,6 @@ fn one_line(text: &str, max: usize) -> String {
     }
 }
 
-/// An aligned table with every column left-aligned (the last one not padded).
-fn left_table(rows: &[Vec<String>]) -> String {
-    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n_columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,14 +273,5 @@ mod tests {
     fn long_errors_are_cut_to_one_line() {
         assert_eq!(one_line("a\n  b", 10), "a b");
         assert_eq!(one_line("abcdefghijkl", 8), "abcde...");
-    }
-
-    #[test]
-    fn left_table_aligns_every_column_left() {
-        let rows = vec![
-            vec!["id".to_string(), "status".to_string(), "x".to_string()],
-            vec!["1".to_string(), "ok".to_string(), "long text".to_string()],
-        ];
-        assert_eq!(left_table(&rows), "id  status  x\n1   ok      long text\n");
     }
 }

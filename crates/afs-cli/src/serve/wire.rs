@@ -1,0 +1,611 @@
+//! The API's request formats: usage records (one or a batch), feedback, and query
+//! parameters, parsed into the store's types with errors that name the field at fault.
+//!
+//! A record has the keys of an `afs import` line: `query`, `response`, `model` (required),
+//! `expert`, `latency_ms`, `quality_score`, `feedback` (-1, 0, 1), `feedback_text`, `unit`,
+//! `timestamp`, `token_count`, `context_hash`. Bodies are parsed straight into typed structs
+//! (the fast path); only a body that fails is parsed again as a generic JSON value to find
+//! and name the key at fault.
+
+use afs_store::{Feedback, FeedbackValue, NewUsage};
+use axum::extract::Query;
+use axum::http::Uri;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{api_field, ApiError};
+use crate::time_arg::{parse_time_arg, parse_timestamp};
+
+/// Every key a record may have.
+const RECORD_KEYS: [&str; 12] = [
+    "query",
+    "response",
+    "model",
+    "expert",
+    "latency_ms",
+    "quality_score",
+    "feedback",
+    "feedback_text",
+    "unit",
+    "timestamp",
+    "token_count",
+    "context_hash",
+];
+
+/// One record as sent by a client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordIn {
+    query: String,
+    response: String,
+    model: String,
+    expert: Option<String>,
+    latency_ms: Option<f64>,
+    quality_score: Option<f64>,
+    feedback: Option<i64>,
+    feedback_text: Option<String>,
+    unit: Option<String>,
+    timestamp: Option<String>,
+    token_count: Option<i64>,
+    context_hash: Option<String>,
+}
+
+/// A batch sent as `{"records": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchIn {
+    records: Vec<RecordIn>,
+}
+
+/// What a `POST /v1/usage` body holds.
+#[derive(Debug)]
+pub(super) enum UsageBody {
+    /// One record (a JSON object): answered with `{"id": ...}`.
+    One(NewUsage),
+    /// A batch (a JSON array, or `{"records": [...]}`): answered with `{"ids": [...]}`.
+    Batch(Vec<NewUsage>),
+}
+
+/// Parses and validates a `POST /v1/usage` body. A batch is refused whole when any record
+/// is bad, naming it as `records[i].field`; above `max_batch` records it is refused too.
+pub(super) fn parse_usage(
+    body: &[u8],
+    max_field_bytes: usize,
+    max_batch: usize,
+) -> Result<UsageBody, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let batch: Result<Vec<RecordIn>, ApiError> = if first == Some(b'[') {
+        serde_json::from_slice::<Vec<RecordIn>>(body).map_err(|e| diagnose_batch(body, &e))
+    } else {
+        match serde_json::from_slice::<RecordIn>(body) {
+            Ok(record) => return convert(record, "", max_field_bytes).map(UsageBody::One),
+            Err(single_err) => match serde_json::from_slice::<BatchIn>(body) {
+                Ok(batch) => Ok(batch.records),
+                Err(_) => Err(diagnose_object(body, &single_err)),
+            },
+        }
+    };
+    let records = batch?;
+    if records.len() > max_batch {
+        return Err(ApiError::invalid(
+            "records",
+            format!(
+                "{} records exceed the limit of {max_batch} per batch",
+                records.len()
+            ),
+        ));
+    }
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| convert(r, &format!("records[{i}]."), max_field_bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map(UsageBody::Batch)
+}
+
+/// A parsed record checked by the store's rules, errors named with `prefix`.
+fn convert(record: RecordIn, prefix: &str, max_field_bytes: usize) -> Result<NewUsage, ApiError> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let timestamp = match record.timestamp.as_deref() {
+        Some(text) => Some(parse_timestamp(text).map_err(|r| ApiError::invalid(field("timestamp"), r))?),
+        None => None,
+    };
+    let feedback = match record.feedback {
+        Some(v) => Some(Feedback {
+            value: feedback_value(v).map_err(|r| ApiError::invalid(field("feedback"), r))?,
+            text: record.feedback_text,
+            at: None,
+        }),
+        None if record.feedback_text.is_some() => {
+            return Err(ApiError::invalid(
+                field("feedback_text"),
+                "given without feedback",
+            ))
+        }
+        None => None,
+    };
+    let usage = NewUsage {
+        query: record.query,
+        response: record.response,
+        model: record.model,
+        expert: record.expert,
+        latency_ms: record.latency_ms,
+        token_count: record.token_count,
+        quality_score: record.quality_score,
+        unit_id: record.unit,
+        context_hash: record.context_hash,
+        timestamp,
+        feedback,
+    };
+    if let Err(afs_store::StoreError::InvalidInput { field: name, reason }) =
+        usage.validate(max_field_bytes)
+    {
+        return Err(ApiError::invalid(field(api_field(name)), reason));
+    }
+    Ok(usage)
+}
+
+fn feedback_value(value: i64) -> Result<FeedbackValue, String> {
+    FeedbackValue::from_i64(value).map_err(|_| format!("{value} is not one of -1, 0, 1"))
+}
+
+/// Explains why a batch array did not parse, naming `records[i].key`.
+fn diagnose_batch(body: &[u8], err: &serde_json::Error) -> ApiError {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(syntax) => return malformed(&syntax),
+    };
+    match value {
+        Value::Array(items) => diagnose_records(&items, err),
+        other => ApiError::malformed(format!(
+            "expected a record, an array of records or {{\"records\": [...]}}, got {}",
+            type_name(&other)
+        )),
+    }
+}
+
+/// Explains why an object body did not parse, as one record or as `{"records": [...]}`.
+fn diagnose_object(body: &[u8], err: &serde_json::Error) -> ApiError {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(syntax) => return malformed(&syntax),
+    };
+    let Value::Object(map) = &value else {
+        return ApiError::malformed(format!(
+            "expected a record, an array of records or {{\"records\": [...]}}, got {}",
+            type_name(&value)
+        ));
+    };
+    if let Some(records) = map.get("records") {
+        if let Some(key) = map.keys().find(|k| k.as_str() != "records") {
+            return ApiError::invalid(
+                key.clone(),
+                "unknown key beside \"records\" (a batch is {\"records\": [...]})",
+            );
+        }
+        return match records {
+            Value::Array(items) => diagnose_records(items, err),
+            other => ApiError::invalid(
+                "records",
+                format!("expected an array of records, got {}", describe_value(other)),
+            ),
+        };
+    }
+    diagnose_record(&value, "").unwrap_or_else(|| ApiError::malformed(bare_message(err)))
+}
+
+fn diagnose_records(items: &[Value], err: &serde_json::Error) -> ApiError {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| diagnose_record(item, &format!("records[{i}]")))
+        .unwrap_or_else(|| ApiError::malformed(bare_message(err)))
+}
+
+/// The first problem of one record given as a JSON value, named `prefix.key` (or `key`).
+fn diagnose_record(value: &Value, prefix: &str) -> Option<ApiError> {
+    let name = |key: &str| {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    let Value::Object(map) = value else {
+        let what = if prefix.is_empty() { "record" } else { prefix };
+        return Some(if prefix.is_empty() {
+            ApiError::malformed(format!("expected a JSON object, got {}", type_name(value)))
+        } else {
+            ApiError::invalid(
+                what,
+                format!("expected a JSON object, got {}", type_name(value)),
+            )
+        });
+    };
+    if let Some(key) = map.keys().find(|k| !RECORD_KEYS.contains(&k.as_str())) {
+        return Some(ApiError::invalid(
+            name(key),
+            format!("unknown key (known keys: {})", RECORD_KEYS.join(", ")),
+        ));
+    }
+    if let Some(key) = ["query", "response", "model"]
+        .into_iter()
+        .find(|k| !map.contains_key(*k))
+    {
+        return Some(ApiError::invalid(name(key), "missing required key"));
+    }
+    for (key, value) in map {
+        let (expected, ok) = match key.as_str() {
+            "query" | "response" | "model" => ("a string", value.is_string()),
+            "latency_ms" | "quality_score" => ("a number", value.is_number() || value.is_null()),
+            "feedback" => ("one of -1, 0, 1", value.is_i64() || value.is_null()),
+            "token_count" => ("an integer", value.is_i64() || value.is_null()),
+            _ => ("a string", value.is_string() || value.is_null()),
+        };
+        if !ok {
+            return Some(ApiError::invalid(
+                name(key),
+                format!("expected {expected}, got {}", describe_value(value)),
+            ));
+        }
+    }
+    None
+}
+
+/// The body of `POST /v1/feedback`.
+#[derive(Debug)]
+pub(super) struct FeedbackIn {
+    /// The record's id.
+    pub(super) id: String,
+    /// The feedback.
+    pub(super) value: FeedbackValue,
+    /// An optional comment.
+    pub(super) text: Option<String>,
+}
+
+/// Parses `{"id": "...", "value": -1|0|1, "text": "..."}`; `value` may also be `true` (1) or
+/// `false` (-1), as the seed's `is_positive`.
+pub(super) fn parse_feedback(body: &[u8], max_field_bytes: usize) -> Result<FeedbackIn, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::malformed(format!(
+            "expected a JSON object {{\"id\", \"value\", \"text\"}}, got {}",
+            type_name(&value)
+        )));
+    };
+    if let Some(key) = map
+        .keys()
+        .find(|k| !["id", "value", "text"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            key.clone(),
+            "unknown key (known keys: id, value, text)",
+        ));
+    }
+    let id = match map.get("id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+        Some(Value::String(_)) => return Err(ApiError::invalid("id", "must not be empty")),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "id",
+                format!("expected a string, got {}", describe_value(other)),
+            ))
+        }
+        None => return Err(ApiError::invalid("id", "missing required key")),
+    };
+    let value = match map.get("value") {
+        Some(Value::Bool(true)) => FeedbackValue::Positive,
+        Some(Value::Bool(false)) => FeedbackValue::Negative,
+        Some(v) if v.is_i64() => {
+            feedback_value(v.as_i64().unwrap_or(i64::MAX)).map_err(|r| ApiError::invalid("value", r))?
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "value",
+                format!("expected one of -1, 0, 1, got {}", describe_value(other)),
+            ))
+        }
+        None => return Err(ApiError::invalid("value", "missing required key")),
+    };
+    let text = match map.get("text") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) if text.len() > max_field_bytes => {
+            return Err(ApiError::invalid(
+                "text",
+                format!(
+                    "{} bytes exceeds the limit of {max_field_bytes} bytes",
+                    text.len()
+                ),
+            ))
+        }
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "text",
+                format!("expected a string, got {}", describe_value(other)),
+            ))
+        }
+    };
+    Ok(FeedbackIn { id, value, text })
+}
+
+/// Query parameters, checked against the names an endpoint knows.
+#[derive(Debug, Default)]
+pub(super) struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The parameters of `uri`'s query (percent-decoded); an unknown or repeated name is an
+    /// error.
+    pub(super) fn parse(uri: &Uri, known: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = match uri.query() {
+            Some(_) => Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .map_err(|e| ApiError::malformed(format!("malformed query string: {}", e.body_text())))?
+                .0,
+            None => Vec::new(),
+        };
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !known.contains(&name.as_str()) {
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                return Err(ApiError::invalid(
+                    name.clone(),
+                    format!("unknown query parameter (known: {known})"),
+                ));
+            }
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(ApiError::invalid(name.clone(), "given more than once"));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    /// The value of `name`, if given.
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A non-empty string parameter.
+    pub(super) fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            Some(v) if v.is_empty() => Err(ApiError::invalid(name, "must not be empty")),
+            other => Ok(other.map(str::to_string)),
+        }
+    }
+
+    /// A boolean: `true`/`false`/`1`/`0`; absent is `false`.
+    pub(super) fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some("true" | "1" | "") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("{other:?} is not true or false"),
+            )),
+        }
+    }
+
+    /// An integer in `min..=max`, or `default` when absent.
+    pub(super) fn int(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::invalid(
+                    name,
+                    format!("{text:?} is not an integer from {min} to {max}"),
+                )),
+            },
+        }
+    }
+
+    /// A time: RFC 3339, or an age such as `24h` or `7d` (before `now`), as the CLI's
+    /// `--since`/`--until`.
+    pub(super) fn time(&self, name: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.get(name)
+            .map(|text| {
+                parse_time_arg(text)
+                    .map(|t| t.resolve(now))
+                    .map_err(|r| ApiError::invalid(name, r))
+            })
+            .transpose()
+    }
+}
+
+fn malformed(err: &serde_json::Error) -> ApiError {
+    if err.is_eof() && err.line() == 1 && err.column() == 0 {
+        return ApiError::malformed("malformed JSON: the body is empty");
+    }
+    ApiError::malformed(format!("malformed JSON: {err}"))
+}
+
+/// serde's message without its position (for shape errors the position says little).
+fn bare_message(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    message
+        .strip_suffix(&suffix)
+        .map_or(message.clone(), str::to_string)
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe_value(value: &Value) -> String {
+    match value {
+        Value::Number(_) | Value::Bool(_) => format!("{} ({value})", type_name(value)),
+        Value::String(s) if s.len() <= 40 => format!("a string ({value})"),
+        _ => type_name(value).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `body` and checks the outcome: `Ok(n)` records, or an error naming `field`
+    /// (or, for `Err("")`, an error without a field) whose message contains `fragment`.
+    fn check(body: &str, expected: Result<usize, (&str, &str)>) {
+        let got = parse_usage(body.as_bytes(), 64, 3);
+        match (got, expected) {
+            (Ok(UsageBody::One(_)), Ok(1)) => {}
+            (Ok(UsageBody::Batch(records)), Ok(n)) if records.len() == n => {}
+            (Err(err), Err((field, fragment))) => {
+                let text = format!("{err:?}");
+                assert_eq!(err.status_code(), 400, "{body}");
+                if field.is_empty() {
+                    assert!(text.contains("field: None"), "{body}: {text}");
+                } else {
+                    assert!(
+                        text.contains(&format!("field: Some({field:?})")),
+                        "{body}: {text} does not name {field}"
+                    );
+                }
+                assert!(text.contains(fragment), "{body}: {text} lacks {fragment:?}");
+            }
+            (got, expected) => panic!("{body}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_bodies() {
+        let ok = r#"{"query":"q","response":"r","model":"m"}"#;
+        check(ok, Ok(1));
+        check(&format!("[{ok},{ok}]"), Ok(2));
+        check(&format!("{{\"records\":[{ok},{ok},{ok}]}}"), Ok(3));
+        check("[]", Ok(0));
+        check(
+            r#"{"query":"q","response":"r","model":"m","expert":"e","latency_ms":12,"quality_score":0.5,"feedback":1,"feedback_text":"t","unit":"u","timestamp":"2025-01-02T03:04:05Z","token_count":3,"context_hash":"c"}"#,
+            Ok(1),
+        );
+        check("", Err(("", "the body is empty")));
+        check("{\"query\":", Err(("", "malformed JSON")));
+        check("42", Err(("", "got a number")));
+        check(
+            r#"{"query":"q","response":"r"}"#,
+            Err(("model", "missing required key")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","qualty":1}"#,
+            Err(("qualty", "unknown key")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","quality_score":"high"}"#,
+            Err(("quality_score", "expected a number")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","quality_score":1.5}"#,
+            Err(("quality_score", "outside [0, 1]")),
+        );
+        check(
+            r#"{"query":"","response":"r","model":"m"}"#,
+            Err(("query", "must not be empty")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","feedback":2}"#,
+            Err(("feedback", "not one of -1, 0, 1")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","feedback_text":"x"}"#,
+            Err(("feedback_text", "without feedback")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","timestamp":"yesterday"}"#,
+            Err(("timestamp", "not an RFC 3339 time")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","unit":""}"#,
+            Err(("unit", "must not be empty")),
+        );
+        check(
+            &format!("{{\"query\":\"{}\",\"response\":\"r\",\"model\":\"m\"}}", "x".repeat(65)),
+            Err(("query", "exceeds the limit")),
+        );
+        check(
+            &format!("[{ok},{{\"query\":\"q\",\"response\":\"r\",\"model\":\"m\",\"latency_ms\":-1}}]"),
+            Err(("records[1].latency_ms", "finite number >= 0")),
+        );
+        check(
+            &format!("[{ok},{{\"query\":\"q\",\"response\":\"r\",\"model\":7}}]"),
+            Err(("records[1].model", "expected a string")),
+        );
+        check(
+            &format!("{{\"records\":[{ok},{ok},{{\"query\":\"q\"}}]}}"),
+            Err(("records[2].response", "missing required key")),
+        );
+        check(
+            &format!("{{\"records\":[{ok}],\"extra\":1}}"),
+            Err(("extra", "unknown key")),
+        );
+        check("{\"records\":5}", Err(("records", "expected an array")));
+        check("[1]", Err(("records[0]", "expected a JSON object")));
+        check(
+            &format!("[{ok},{ok},{ok},{ok}]"),
+            Err(("records", "exceed the limit of 3")),
+        );
+    }
+
+    #[test]
+    fn feedback_bodies() {
+        let check = |body: &str, expected: Result<i64, &str>| {
+            match (parse_feedback(body.as_bytes(), 8), expected) {
+                (Ok(f), Ok(v)) => assert_eq!(f.value.as_i64(), v, "{body}"),
+                (Err(e), Err(field)) => {
+                    let text = format!("{e:?}");
+                    assert!(text.contains(&format!("Some({field:?})")), "{body}: {text}")
+                }
+                (got, expected) => panic!("{body}: got {got:?}, expected {expected:?}"),
+            }
+        };
+        check(r#"{"id":"a","value":1}"#, Ok(1));
+        check(r#"{"id":"a","value":-1,"text":"bad"}"#, Ok(-1));
+        check(r#"{"id":"a","value":true}"#, Ok(1));
+        check(r#"{"id":"a","value":false,"text":null}"#, Ok(-1));
+        check(r#"{"id":"a","value":0}"#, Ok(0));
+        check(r#"{"value":1}"#, Err("id"));
+        check(r#"{"id":"","value":1}"#, Err("id"));
+        check(r#"{"id":3,"value":1}"#, Err("id"));
+        check(r#"{"id":"a"}"#, Err("value"));
+        check(r#"{"id":"a","value":2}"#, Err("value"));
+        check(r#"{"id":"a","value":"up"}"#, Err("value"));
+        check(r#"{"id":"a","value":1,"text":7}"#, Err("text"));
+        check(r#"{"id":"a","value":1,"text":"far too long"}"#, Err("text"));
+        check(r#"{"id":"a","value":1,"note":"x"}"#, Err("note"));
+    }
+
+    #[test]
+    fn query_parameters() {
+        let uri = |q: &str| format!("/v1/stats?{q}").parse::<Uri>().unwrap();
+        let params = Params::parse(
+            &uri("model=m%201&by_model=true&limit=5"),
+            &["model", "by_model", "limit"],
+        )
+        .unwrap();
+        assert_eq!(params.text("model").unwrap().as_deref(), Some("m 1"));
+        assert!(params.flag("by_model").unwrap());
+        assert_eq!(params.int("limit", 20, 1, 10).unwrap(), 5);
+        assert!(params.int("absent", 20, 1, 10).is_ok());
+        let err = Params::parse(&uri("modle=x"), &["model"]).unwrap_err();
+        assert!(format!("{err:?}").contains("Some(\"modle\")"));
+        let err = Params::parse(&uri("model=a&model=b"), &["model"]).unwrap_err();
+        assert!(format!("{err:?}").contains("more than once"));
+        let params = Params::parse(&uri("limit=0&since=soon"), &["limit", "since"]).unwrap();
+        assert!(params.int("limit", 20, 1, 10).is_err());
+        assert!(params.time("since", Utc::now()).is_err());
+    }
+}
