@@ -122,7 +122,7 @@ pub(crate) fn rollup_upsert_sql(table: RollupTable) -> String {
         .join(", ");
     format!(
         "INSERT INTO {name} (model, {key}, {}) VALUES (?1, ?2, {placeholders}) \
-         ON CONFLICT (model, {key}) DO UPDATE SET {upsert_set}",
+         ON CONFLICT ({key}, model) DO UPDATE SET {upsert_set}",
         rollup_column_list(),
         name = table.name,
         key = table.key,
@@ -177,7 +177,7 @@ fn v2_schema() -> String {
         add_new.push_str(&format!(
             "INSERT INTO {name} (model, {key}, {names}) \
              VALUES (NEW.model, NEW.ts_us / {width}, {}) \
-             ON CONFLICT (model, {key}) DO UPDATE SET {upsert_set};\n    ",
+             ON CONFLICT ({key}, model) DO UPDATE SET {upsert_set};\n    ",
             add("NEW.")
         ));
         remove_old.push_str(&format!(
@@ -185,7 +185,7 @@ fn v2_schema() -> String {
              DELETE FROM {name} WHERE model = OLD.model AND {key} = OLD.ts_us / {width} AND n <= 0;\n    "
         ));
         tables.push_str(&format!(
-            "CREATE TABLE {name} (\n    model TEXT NOT NULL,\n    {key} INTEGER NOT NULL,\n{cols_decl},\n    PRIMARY KEY (model, {key})\n) WITHOUT ROWID;\n"
+            "CREATE TABLE {name} (\n    model TEXT NOT NULL,\n    {key} INTEGER NOT NULL,\n{cols_decl},\n    PRIMARY KEY ({key}, model)\n) WITHOUT ROWID;\n"
         ));
     }
     format!(

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -168,9 +168,16 @@ fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRo
             }
         }
     }
-    for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(&buckets) {
+    static UPSERT_SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let upsert_sql = UPSERT_SQL.get_or_init(|| {
+        ROLLUP_TABLES
+            .iter()
+            .map(|t| rollup_upsert_sql(*t))
+            .collect()
+    });
+    for (sql, sums_by_bucket) in upsert_sql.iter().zip(&buckets) {
         let mut upsert = tx
-            .prepare_cached(&rollup_upsert_sql(*table))
+            .prepare_cached(sql)
             .map_err(|e| StoreError::db("update rollups", e))?;
         for ((model, bucket), sums) in sums_by_bucket {
             let mut values: Vec<rusqlite::types::Value> =
