@@ -6,25 +6,31 @@ use afs_datagen::Format;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
-use crate::time_arg::{parse_days, parse_time_arg, TimeArg};
+use crate::config::{parse_override, Override};
+use crate::time_arg::{parse_days, parse_duration, parse_time_arg, TimeArg};
 
 const ROOT_AFTER_HELP: &str = "\
 Exit codes:
   0   success (also: no retrain was triggered)
-  1   failure (database or file error; a retrain run that failed, timed out or was refused)
+  1   failure (database or file error; a retrain run that failed, timed out or was refused;
+      an `afs loop once` iteration that recorded a problem)
   2   usage error (unknown flag, missing argument, malformed flag value)
   3   invalid input (a field the store refuses; any rejected line of `afs import`; an
-      invalid config file or option value)
+      invalid config file, AFS_<SECTION>__<KEY> variable, --set or option value)
   4   not found (unknown record id or experiment id)
   5   busy or conflict (another retrain is running on this database; an `afs ab` command
       the current state refuses: no champion, no experiment running, one already running,
-      a model name already used)
+      a model name already used; `afs demo` on a database that holds data)
   10  not triggered (`afs trigger check --exit-code` only)
 
 Environment:
   AFS_DB      database file, same as --db
   AFS_CONFIG  config file, same as --config
-  AFS_NOW     pin the clock to an RFC 3339 time (a testing aid)
+  AFS_<SECTION>__<KEY>
+              one key of the config file, e.g. AFS_TRIGGER__MIN_NEW_SAMPLES=500 or
+              AFS_LOOP__CHECK_INTERVAL=30m (overrides the file; --set overrides it)
+  AFS_NOW     pin the clock to an RFC 3339 time (a testing aid; `afs loop run` starts there
+              and lets it run)
   RUST_LOG    log filter for stderr, e.g. `debug` or `afs_store=trace` (overrides -v)
 
 Results go to stdout, logs and errors to stderr. See docs/CLI.md for the full reference.";
@@ -40,10 +46,13 @@ Results go to stdout, logs and errors to stderr. See docs/CLI.md for the full re
     long_about = "Log ML model usage with quality scores and feedback; query and maintain the \
                   usage log; turn it into training data, decide when to retrain, and run the \
                   retrain; deploy the new model next to the serving one and promote or roll it \
-                  back on evidence.\n\nEvery command works on one SQLite file (--db, default ./afs.db). \
-                  `generate`, `trigger check`, `retrain` and `ab` also read the config file \
-                  (--config, default ./afs.toml when present). With --json, results are \
-                  printed on stdout as JSON.",
+                  back on evidence; run all of it as a continuous loop.\n\nEvery command \
+                  works on one SQLite file (--db, default ./afs.db) and reads the \
+                  configuration: the config file (--config, default ./afs.toml when \
+                  present), then AFS_<SECTION>__<KEY> environment variables, then --set \
+                  flags (`afs demo` alone needs no setup and reads none of them). With \
+                  --json, results are printed on stdout as JSON.\n\nNew here? Run `afs \
+                  demo`: weeks of simulated traffic, retrains and experiments in seconds.",
     after_help = ROOT_AFTER_HELP,
     propagate_version = true
 )]
@@ -70,7 +79,7 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) db: PathBuf,
 
-    /// Config file (TOML; default ./afs.toml if present). Read by generate, trigger, retrain, ab
+    /// Config file (TOML; default ./afs.toml if present); see `afs config show`
     #[arg(
         long,
         global = true,
@@ -87,6 +96,16 @@ pub(crate) struct GlobalArgs {
     /// Log more on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
     #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Global options")]
     pub(crate) verbose: u8,
+
+    /// Set one config key, over the file and the environment (repeatable), e.g. --set trigger.min_new_samples=500
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "KEY=VALUE",
+        value_parser = parse_override
+    )]
+    pub(crate) set: Vec<Override>,
 }
 
 /// The commands of `afs`.
@@ -277,7 +296,7 @@ pub(crate) enum Command {
         after_help = "Examples:\n  \
                       afs retrain --train-cmd 'python train.py --data {data} --out {output_dir}'\n  \
                       afs retrain --force --timeout 7200 --train-cmd './train.sh \"$AFS_DATA_PATH\"'\n  \
-                      afs retrain --json   # train_cmd from [retrain] in ./afs.toml\n\n\
+                      afs retrain --json   # train_cmd from [trainer] in ./afs.toml\n\n\
                       A trainer that reports on stdout:\n  \
                       echo '{\"model_path\": \"/models/v2\", \"eval_loss\": 0.41}'"
     )]
@@ -320,6 +339,103 @@ pub(crate) enum Command {
                       afs ab history --limit 10"
     )]
     Ab(AbArgs),
+
+    /// The continuous loop: check, retrain, deploy, promote or roll back, again and again
+    #[command(
+        name = "loop",
+        subcommand_required = true,
+        arg_required_else_help = true,
+        long_about = "The continuous loop: each iteration judges the running experiment (and \
+                      promotes or rolls back the challenger on evidence), or, when none runs, \
+                      checks the triggers and, when one fires, generates a dataset, runs the \
+                      trainer, runs the evaluation gate (loop.eval_cmd) on the new model and \
+                      deploys it as challenger next to the champion.\n\nSettings come from \
+                      the configuration: [loop] (check_interval, enable_ab_testing, \
+                      enable_auto_promotion, eval_cmd, champion, ...), [trigger], [generator], \
+                      [abtest] and [trainer]; see `afs config show`. The loop's status \
+                      (iterations, last check, errors) is kept in the database and shown by \
+                      `afs status`.",
+        after_help = "Examples:\n  \
+                      afs loop once --train-cmd './train.sh {data} {output_dir}'\n  \
+                      afs loop run --interval 30m --train-cmd 'python train.py --data {data} --out {output_dir}'\n  \
+                      afs loop run --max-iterations 1 --force-first --json"
+    )]
+    Loop(LoopArgs),
+
+    /// Show the loop's status: last check, retrains, champion, challenger, traffic, errors
+    #[command(
+        long_about = "Show the loop's status, read from the database (no loop needs to be \
+                      running): iterations and the last check, the iteration in progress, \
+                      retrains (total, completed, failed, the last one), the champion, the \
+                      challenger and the traffic split, usage overall and per model, and the \
+                      last errors.\n\nWith --json, one object with the seed's keys under \
+                      `status` (total_retrains, champion_model, challenger_model, last_check, \
+                      last_retrain, errors) and the details beside it.",
+        after_help = "Examples:\n  afs status\n  afs status --json | jq .status.champion_model"
+    )]
+    Status,
+
+    /// Simulate weeks of production traffic through the whole loop, in seconds
+    #[command(
+        long_about = "Simulate weeks of production traffic through the real loop, store, \
+                      triggers, trainer call and experiments, with a simulated clock, in \
+                      seconds of real time. No setup: the database goes to a new temporary \
+                      directory unless --db is given on the command line (AFS_DB and the \
+                      configuration are not read).\n\nSimulated users send queries to the \
+                      model the router picks; responses get quality scores and feedback drawn \
+                      from each model's hidden true quality. Triggers fire; a built-in demo \
+                      trainer makes each new model better or worse than the champion (at \
+                      random, and the timeline says which); challengers are deployed, tested, \
+                      and promoted or rolled back by the real judge, which never sees the \
+                      hidden truth.\n\nPrints the timeline as it happens (one line per \
+                      event), then a table of champions and models with their true quality. \
+                      The database it leaves is a normal afs database: every other command \
+                      can inspect it. The same --seed gives the same timeline. With --json, \
+                      one JSON object per event, then the summary.",
+        after_help = "Examples:\n  \
+                      afs demo\n  \
+                      afs demo --seed 7 --weeks 1\n  \
+                      afs demo --db demo.db && afs --db demo.db ab history"
+    )]
+    Demo(DemoArgs),
+
+    /// Show or check the effective configuration (file, environment, --set)
+    #[command(
+        subcommand_required = true,
+        arg_required_else_help = true,
+        long_about = "Show or check the effective configuration: the defaults, overridden by \
+                      the config file (--config, AFS_CONFIG, or ./afs.toml when present), \
+                      overridden by AFS_<SECTION>__<KEY> environment variables, overridden by \
+                      --set SECTION.KEY=VALUE flags. An unknown key, a value of the wrong type \
+                      or out of range is an error (exit 3) naming the key and where it came \
+                      from. See docs/CONFIGURATION.md for every key.",
+        after_help = "Examples:\n  \
+                      afs config show\n  \
+                      AFS_TRIGGER__MIN_NEW_SAMPLES=500 afs config show --json | jq .trigger\n  \
+                      afs --config /etc/afs/afs.toml config check"
+    )]
+    Config(ConfigArgs),
+
+    /// Serve the HTTP API, Prometheus metrics and the live dashboard (optionally with the loop)
+    #[command(
+        long_about = "Serve the HTTP API, Prometheus metrics and the live dashboard over the \
+                      database, optionally running the continuous learning loop in the same \
+                      process.\n\nJSON API under /v1 (POST /v1/usage, POST /v1/feedback, GET \
+                      /v1/route, /v1/stats, /v1/series, /v1/status, /v1/experiment, \
+                      /v1/history, /v1/runs), GET /metrics (Prometheus), GET /healthz, and the \
+                      dashboard at GET /. Listens on 127.0.0.1:8080 unless --addr says \
+                      otherwise and prints `listening on http://HOST:PORT` once bound. With \
+                      tokens (--token or AFS_TOKENS), writes need `Authorization: Bearer \
+                      TOKEN` and the dashboard needs the token once as /?token=TOKEN. SIGTERM or \
+                      SIGINT drains in-flight requests and stops the loop. See docs/SERVICE.md \
+                      and docs/openapi.yaml.",
+        after_help = "Examples:\n  \
+                      afs serve\n  \
+                      AFS_TOKENS=s3cret afs serve --addr 0.0.0.0:8080\n  \
+                      afs serve --with-loop --train-cmd 'python train.py --data {data} --out {output_dir}'\n  \
+                      curl -s localhost:8080/v1/route?unit=user-42"
+    )]
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Arguments of `afs log`.
@@ -935,6 +1051,158 @@ pub(crate) struct RunsArgs {
     #[arg(long, value_name = "STATUS",
           value_parser = ["running", "completed", "failed", "timed_out", "interrupted"])]
     pub(crate) status: Option<String>,
+}
+
+/// Arguments of `afs loop`.
+#[derive(Debug, Args)]
+pub(crate) struct LoopArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: LoopCommand,
+}
+
+/// The subcommands of `afs loop`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LoopCommand {
+    /// Run the loop: an iteration now, then one every check interval, until stopped
+    #[command(
+        long_about = "Run the loop: an iteration now, then one every check interval \
+                      (loop.check_interval, default 1h, measured from the start of one \
+                      iteration to the start of the next) until --max-iterations ran or the \
+                      process gets SIGINT (Ctrl-C) or SIGTERM.\n\nOn a signal the loop stops \
+                      cleanly: a nap ends at once, an iteration in progress (a training run) \
+                      finishes first, then a summary is printed and the exit code is 0. A \
+                      second signal exits at once (code 130); the next start records the \
+                      unfinished iteration as interrupted and marks its run failed.\n\nOne \
+                      line per iteration on stdout (with --json, its report as one JSON \
+                      object), then the summary. An iteration whose work fails (a trainer \
+                      error, a rejected model) is recorded and the loop goes on.",
+        after_help = "Examples:\n  \
+                      afs loop run --train-cmd 'python train.py --data {data} --out {output_dir}'\n  \
+                      afs loop run --interval 30m --eval-cmd './eval.sh {model_path}'\n  \
+                      AFS_LOOP__CHECK_INTERVAL=6h afs loop run --json >> loop.jsonl"
+    )]
+    Run(LoopRunArgs),
+
+    /// Run one iteration now and print what it did
+    #[command(
+        long_about = "Run one iteration now and print what it did: the experiment's check \
+                      (promotion, rollback or keep testing), the trigger check, the retrain \
+                      run, the evaluation gate and the deployment, each in words (with --json, \
+                      the iteration's report as one JSON object).\n\nThe exit code is 0 when \
+                      the iteration did its work, also when nothing was due; 1 when it \
+                      recorded a problem (a failed or refused retrain, a model the gate \
+                      rejected or the store refused). Suitable for cron instead of `afs loop \
+                      run`.",
+        after_help = "Examples:\n  \
+                      afs loop once --train-cmd './train.sh {data} {output_dir}'\n  \
+                      afs loop once --force --json | jq .summary"
+    )]
+    Once(LoopOnceArgs),
+}
+
+/// The options `afs loop run` and `afs loop once` share.
+#[derive(Debug, Args)]
+pub(crate) struct LoopOptions {
+    /// Trainer command, run with `sh -c`; placeholders as for `afs retrain` [config: trainer.train_cmd]
+    #[arg(long, value_name = "CMD")]
+    pub(crate) train_cmd: Option<String>,
+
+    /// Evaluation gate: a command that must exit 0 on each new model before it is deployed; placeholders {model_path} {run_id} {run_dir} {data} [config: loop.eval_cmd]
+    #[arg(long, value_name = "CMD")]
+    pub(crate) eval_cmd: Option<String>,
+}
+
+/// Arguments of `afs loop run`.
+#[derive(Debug, Args)]
+pub(crate) struct LoopRunArgs {
+    /// Time between iterations: seconds, or e.g. 90s, 30m, 1h, 1d [config: loop.check_interval; default 1h]
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub(crate) interval: Option<std::time::Duration>,
+
+    /// Stop after N iterations (default: run until stopped)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_iterations: Option<u64>,
+
+    /// Retrain in the first iteration whatever the triggers say
+    #[arg(long)]
+    pub(crate) force_first: bool,
+
+    /// Trainer and evaluation commands.
+    #[command(flatten)]
+    pub(crate) options: LoopOptions,
+}
+
+/// Arguments of `afs loop once`.
+#[derive(Debug, Args)]
+pub(crate) struct LoopOnceArgs {
+    /// Retrain whatever the triggers and the cooldown say (not while an experiment runs)
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Trainer and evaluation commands.
+    #[command(flatten)]
+    pub(crate) options: LoopOptions,
+}
+
+/// Arguments of `afs demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Seed of everything random: the same seed gives the same timeline
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    pub(crate) seed: u64,
+
+    /// Simulated weeks
+    #[arg(long, value_name = "W", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=52))]
+    pub(crate) weeks: u32,
+
+    /// Simulated days instead of weeks
+    #[arg(long, value_name = "D", conflicts_with = "weeks",
+          value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub(crate) days: Option<u32>,
+
+    /// Mean requests per simulated hour (traffic follows a daily cycle around it)
+    #[arg(long, value_name = "R", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) requests_per_hour: u32,
+}
+
+/// Arguments of `afs config`.
+#[derive(Debug, Args)]
+pub(crate) struct ConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: ConfigCommand,
+}
+
+/// The subcommands of `afs config`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the effective configuration as TOML (with --json, as JSON)
+    #[command(
+        long_about = "Print the effective configuration: every key of every section with the \
+                      value the commands use, after the config file, the environment and --set. \
+                      The TOML output starts with a comment naming those layers and is itself \
+                      a valid config file; keys that have no default and are not set are left \
+                      out. With --json, the same sections as one JSON object.",
+        after_help = "Examples:\n  \
+                      afs config show > afs.toml   # a full file to start from\n  \
+                      afs --set loop.check_interval=30m config show --json | jq .loop"
+    )]
+    Show,
+
+    /// Check the configuration: print `ok`, or name the bad key and exit 3
+    #[command(
+        long_about = "Check the configuration as the loop would use it: the config file, the \
+                      AFS_<SECTION>__<KEY> environment variables and the --set flags, each \
+                      key's type and range, and the combinations the loop needs (e.g. \
+                      generator.rehearsal_ratio needs generator.existing). Prints `ok` and \
+                      exits 0, or prints the first problem, naming the key and where its value \
+                      came from (the file and line, the variable or the flag), and exits 3.",
+        after_help = "Examples:\n  afs config check\n  afs --config /etc/afs/afs.toml config check --json"
+    )]
+    Check,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::fmt;
 
 use afs_abtest::AbTestError;
 use afs_datagen::DatagenError;
+use afs_loop::LoopError;
 use afs_store::{ErrorKind, StoreError};
 use afs_trigger::TriggerError;
 
@@ -105,6 +106,11 @@ impl std::error::Error for StdoutClosed {}
 /// The exit code and a short machine-readable kind for an error.
 pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
     for cause in err.chain() {
+        // The loop's errors wrap the others transparently, so they are matched first, by
+        // their class.
+        if let Some(loop_err) = cause.downcast_ref::<LoopError>() {
+            return classify_loop(loop_err);
+        }
         if let Some(store_err) = cause.downcast_ref::<StoreError>() {
             return classify_store(store_err);
         }
@@ -148,6 +154,14 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
         }
     }
     (FAILURE, "error")
+}
+
+/// The exit code and kind of an error of the loop (a caught panic is a failure).
+pub(crate) fn classify_loop(err: &LoopError) -> (u8, &'static str) {
+    match err.kind() {
+        Some(kind) => classify_kind(kind),
+        None => (FAILURE, "panic"),
+    }
 }
 
 fn classify_store(err: &StoreError) -> (u8, &'static str) {
@@ -206,6 +220,25 @@ mod tests {
         let invalid: anyhow::Error = InvalidInput("bad".into()).into();
         assert_eq!(classify(&invalid).0, INVALID_INPUT);
         assert_eq!(classify(&anyhow::anyhow!("other")).0, FAILURE);
+    }
+
+    #[test]
+    fn loop_errors_map_by_kind() {
+        let conflict: anyhow::Error =
+            LoopError::Conflict("the demo needs a new database".into()).into();
+        assert_eq!(classify(&conflict), (BUSY, "conflict"));
+        let store: anyhow::Error = LoopError::Store(StoreError::NotFound {
+            what: "record",
+            id: "x".into(),
+        })
+        .into();
+        assert_eq!(classify(&store), (NOT_FOUND, "not_found"));
+        let panicked: anyhow::Error = LoopError::Panicked {
+            iteration: 3,
+            message: "boom".into(),
+        }
+        .into();
+        assert_eq!(classify(&panicked), (FAILURE, "panic"));
     }
 
     #[test]

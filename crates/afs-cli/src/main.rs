@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod exit;
 mod output;
+mod serve;
 mod store_open;
 mod time_arg;
 
@@ -20,7 +21,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing(cli.global.verbose);
+    // The demo's timeline already tells of every failure it simulates; its warnings would
+    // only interleave with it.
+    let quiet = matches!(cli.command, cli::Command::Demo(_));
+    init_tracing(cli.global.verbose, quiet);
     match commands::run(&cli) {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(err) if exit::is_stdout_closed(&err) => ExitCode::from(exit::SUCCESS),
@@ -29,9 +33,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr: RUST_LOG when set, otherwise a level chosen by the `-v` count.
-fn init_tracing(verbose: u8) {
+/// Logs go to stderr: RUST_LOG when set, otherwise a level chosen by the `-v` count (errors
+/// only without `-v` when `quiet`).
+fn init_tracing(verbose: u8, quiet: bool) {
     let default_level = match verbose {
+        0 if quiet => "error",
         0 => "warn",
         1 => "info",
         2 => "debug",

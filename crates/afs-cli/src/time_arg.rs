@@ -111,6 +111,48 @@ fn parse_age(text: &str) -> Option<Result<Duration, String>> {
     })
 }
 
+/// Parses a duration setting: a number of seconds (`3600`, `0.5`) or a number with a unit
+/// (`90s`, `30m`, `1h`, `1.5h`, `7d`, `2w`). Must be > 0 and at most 100 years.
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let invalid = || format!("{text:?} is not a duration (seconds, or e.g. 90s, 30m, 1h, 7d)");
+    let secs = match text.parse::<f64>() {
+        Ok(secs) => secs,
+        Err(_) => match parse_age(text) {
+            Some(Ok(age)) => age.num_milliseconds() as f64 / 1000.0,
+            Some(Err(_)) | None => return Err(invalid()),
+        },
+    };
+    duration_from_secs(secs).map_err(|reason| format!("{text:?} {reason}"))
+}
+
+/// A duration of `secs` seconds, refused unless > 0, finite and at most 100 years.
+pub(crate) fn duration_from_secs(secs: f64) -> Result<std::time::Duration, String> {
+    const MAX_SECS: f64 = 100.0 * 365.0 * 86_400.0;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err("is not a duration > 0".into());
+    }
+    if secs > MAX_SECS {
+        return Err("is longer than 100 years".into());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Writes a duration the way [`parse_duration`] reads it, in the largest whole unit:
+/// `1h`, `30m`, `90s`, `7d`; fractions of a second as seconds (`0.5s`).
+pub(crate) fn format_duration(duration: std::time::Duration) -> String {
+    if duration.subsec_nanos() != 0 {
+        return format!("{}s", duration.as_secs_f64());
+    }
+    let secs = duration.as_secs();
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs >= size && secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +208,34 @@ mod tests {
         assert!(parse_days("inf").is_err());
         assert!(parse_days("ten").is_err());
         assert_eq!(days_to_duration(0.5), Duration::hours(12));
+    }
+
+    #[test]
+    fn durations_read_and_write() {
+        let check = |text: &str, secs: f64, shown: &str| {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(d.as_secs_f64(), secs, "{text}");
+            assert_eq!(format_duration(d), shown, "{text}");
+            assert_eq!(parse_duration(shown), Ok(d), "{shown}");
+        };
+        check("3600", 3600.0, "1h");
+        check("30m", 1800.0, "30m");
+        check("1.5h", 5400.0, "90m");
+        check("90s", 90.0, "90s");
+        check("7d", 604_800.0, "1w");
+        check("0.5", 0.5, "0.5s");
+        for bad in [
+            "0",
+            "0s",
+            "-5",
+            "soon",
+            "",
+            "1y",
+            "2025-01-01T00:00:00Z",
+            "inf",
+            "NaN",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -173,7 +173,11 @@ fn a_bad_file_names_the_key_and_exits_3() {
         "[retrain]\ntimeout_secs = 1.5\n",
         &["retrain.timeout_secs", "invalid type"],
     );
-    check("[trainer]\ntrain_cmd = \"x\"\n", &["unknown key trainer"]);
+    check("[trainr]\ntrain_cmd = \"x\"\n", &["unknown key trainr"]);
+    check(
+        "[retrain]\ntrain_cmd = \"a\"\n[trainer]\ntrain_cmd = \"b\"\n",
+        &["retrain.train_cmd and trainer.train_cmd are both set"],
+    );
     check("[trigger\n", &["afs.toml, line 1"]);
 
     // With --json the error is JSON too.
@@ -186,8 +190,10 @@ fn a_bad_file_names_the_key_and_exits_3() {
         "{error}"
     );
 
-    // Commands that do not use the config file do not read it.
-    env.check(&["stats"], 0);
+    // Every command reads the configuration (its [store] section applies to all), so an
+    // invalid file stops every command; only `afs demo` reads none.
+    env.check_err(&["stats"], 3, &["trigger.bogus"]);
+    env.check_err(&["config", "check"], 3, &["trigger.bogus"]);
 }
 
 #[test]
@@ -205,4 +211,174 @@ fn the_example_file_is_valid_and_holds_the_defaults() {
         run.json()["metrics"]["sample_count.min_new_samples"],
         1000.0
     );
+}
+
+/// `afs ARGS` in `env` with the environment variables `vars` set.
+fn run_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> common::Run {
+    let mut cmd = env.command_at(common::NOW, args);
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    Env::run_command(cmd)
+}
+
+#[test]
+fn config_show_reflects_the_file_the_environment_and_the_flags() {
+    let env = Env::new();
+    env.write(
+        "afs.toml",
+        "[trigger]\nmin_new_samples = 10\ncooldown_hours = 2\n\n[retrain]\ntrain_cmd = \"./train.sh {data}\"\n",
+    );
+    let vars = [
+        ("AFS_TRIGGER__COOLDOWN_HOURS", "5"),
+        ("AFS_LOOP__CHECK_INTERVAL", "2h"),
+        // Not config keys: never mistaken for one.
+        ("AFS_TOKENS", "secret"),
+        ("AFS_SLOW_TESTS", "1"),
+    ];
+    let args = [
+        "--set",
+        "loop.check_interval=30m",
+        "--set",
+        "store.synchronous=full",
+        "config",
+        "show",
+    ];
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let run = run_with(&env, &vars, &json_args);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let shown = run.json();
+    assert_eq!(shown["trigger"]["min_new_samples"], 10, "from the file");
+    assert_eq!(shown["trigger"]["cooldown_hours"], 5.0, "the variable wins");
+    assert_eq!(shown["loop"]["check_interval"], "30m", "the flag wins");
+    assert_eq!(shown["store"]["synchronous"], "full");
+    assert_eq!(
+        shown["trainer"]["train_cmd"], "./train.sh {data}",
+        "[retrain] is read"
+    );
+    assert_eq!(shown["abtest"]["guardrails"]["positive_rate"], false);
+    assert_eq!(shown["generator"]["format"], "chatml", "a default");
+
+    // The TOML output names its layers and is itself a valid config file.
+    let run = run_with(&env, &vars, &args);
+    assert_eq!(run.code, 0, "{run:#?}");
+    for needle in [
+        "#   file afs.toml\n",
+        "#   environment AFS_LOOP__CHECK_INTERVAL\n",
+        "#   environment AFS_TRIGGER__COOLDOWN_HOURS\n",
+        "#   --set loop.check_interval\n",
+        "[trainer]\ntrain_cmd = \"./train.sh {data}\"\n",
+        "cooldown_hours = 5.0\n",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "lacks {needle:?}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains("tokens"), "{}", run.stdout);
+    env.write("shown.toml", &run.stdout);
+    let again = env.check(&["--config", "shown.toml", "config", "show", "--json"], 0);
+    assert_eq!(again.json(), shown);
+}
+
+#[test]
+fn config_check_says_ok_or_names_the_key_and_exits_3() {
+    let env = Env::new();
+    let run = env.check(&["config", "check"], 0);
+    assert!(run.stdout.starts_with("ok"), "{run:#?}");
+    env.write("afs.toml", "[loop]\ncheck_interval = \"15m\"\n");
+    let run = env.check(&["config", "check"], 0);
+    assert_eq!(run.stdout.trim(), "ok (file afs.toml)");
+    assert_eq!(
+        env.check(&["config", "check", "--json"], 0).json()["ok"],
+        true
+    );
+
+    // In the file: unknown key, wrong type, out of range, a combination the loop refuses.
+    let file = |text: &str, expected: &[&str]| {
+        env.write("afs.toml", text);
+        env.check_err(&["config", "check"], 3, expected);
+    };
+    file(
+        "[loop]\ncheck_intervall = \"1h\"\n",
+        &[
+            "afs.toml, line 2",
+            "unknown key loop.check_intervall",
+            "check_interval",
+        ],
+    );
+    file(
+        "[store]\npool_size = \"many\"\n",
+        &["afs.toml, line 2", "store.pool_size", "invalid type"],
+    );
+    file(
+        "[abtest]\nalpha = 1.5\n",
+        &["config file afs.toml: abtest.alpha"],
+    );
+    file(
+        "[generator]\nrehearsal_ratio = 0.2\n",
+        &["config file afs.toml: generator.", "existing"],
+    );
+    std::fs::remove_file(env.path("afs.toml")).unwrap();
+
+    // In the environment: the variable is named.
+    let var = |name: &str, value: &str, expected: &[&str]| {
+        let run = run_with(&env, &[(name, value)], &["config", "check"]);
+        assert_eq!(run.code, 3, "{name}={value}: {run:#?}");
+        for part in expected {
+            assert!(
+                run.stderr.contains(part),
+                "{name}: lacks {part:?}: {run:#?}"
+            );
+        }
+    };
+    var(
+        "AFS_TRIGGER__MIN_NEW_SAMPELS",
+        "5",
+        &[
+            "environment variable AFS_TRIGGER__MIN_NEW_SAMPELS",
+            "unknown key trigger.min_new_sampels",
+        ],
+    );
+    var(
+        "AFS_LOOP__ENABLE_AB_TESTING",
+        "sometimes",
+        &[
+            "environment variable AFS_LOOP__ENABLE_AB_TESTING",
+            "loop.enable_ab_testing",
+            "invalid type",
+        ],
+    );
+    var(
+        "AFS_TRIGGER__QUALITY_DROP_THRESHOLD",
+        "1.5",
+        &["environment variable AFS_TRIGGER__QUALITY_DROP_THRESHOLD: trigger.quality_drop_threshold: 1.5"],
+    );
+    var(
+        "AFS_LOOP__CHECK_INTERVAL",
+        "0s",
+        &["AFS_LOOP__CHECK_INTERVAL", "loop.check_interval"],
+    );
+    // Every command reads the environment, not only `afs config`.
+    let run = run_with(&env, &[("AFS_STORE__POOL_SIZE", "0")], &["stats"]);
+    assert_eq!(run.code, 3, "{run:#?}");
+    assert!(
+        run.stderr.contains("AFS_STORE__POOL_SIZE: store.pool_size"),
+        "{run:#?}"
+    );
+
+    // And --set: the flag is named; a malformed flag is a usage error.
+    env.check_err(
+        &["--set", "abtest.bogus=1", "config", "check"],
+        3,
+        &["--set abtest.bogus", "unknown key abtest.bogus"],
+    );
+    env.check_err(
+        &["--set", "trigger.cooldown_hours=-1", "config", "check"],
+        3,
+        &["--set trigger.cooldown_hours"],
+    );
+    env.check_err(&["--set", "nonsense", "config", "check"], 2, &["KEY=VALUE"]);
 }

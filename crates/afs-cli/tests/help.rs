@@ -54,6 +54,14 @@ fn command_help() {
         "ab promote",
         "ab rollback",
         "ab history",
+        "loop",
+        "loop run",
+        "loop once",
+        "status",
+        "demo",
+        "config",
+        "config show",
+        "config check",
     ] {
         let mut args: Vec<&str> = command.split(' ').collect();
         args.push("--help");
@@ -122,6 +130,42 @@ fn ab_help_documents_exit_codes_and_defaults() {
             text.contains(needle),
             "afs ab {command} --help lacks {needle:?}:\n{text}"
         );
+    }
+}
+
+#[test]
+fn loop_and_config_help_document_signals_and_layers() {
+    for (args, needles) in [
+        (
+            &["loop", "run", "--help"][..],
+            &[
+                "SIGTERM",
+                "iteration in progress",
+                "--max-iterations",
+                "[config: loop.check_interval",
+            ][..],
+        ),
+        (
+            &["loop", "once", "--help"],
+            &["--force", "trainer.train_cmd]"],
+        ),
+        (
+            &["demo", "--help"],
+            &["--seed", "--weeks", "temporary directory"],
+        ),
+        (&["config", "check", "--help"], &["exits 3"]),
+        (
+            &["--help"],
+            &["AFS_<SECTION>__<KEY>", "--set <KEY=VALUE>", "afs demo"],
+        ),
+    ] {
+        let text = help(args);
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "afs {args:?} lacks {needle:?}:\n{text}"
+            );
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::cli::{
 use crate::config;
 use crate::exit::InvalidInput;
 use crate::output::{left_table, print_json, print_line, rfc3339};
-use crate::store_open::{self, open, Create};
+use crate::store_open::{open, Create};
 
 /// Runs the `afs ab` subcommand named by `args`.
 pub(crate) fn run(global: &GlobalArgs, args: &AbArgs) -> anyhow::Result<()> {
@@ -43,7 +43,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &AbArgs) -> anyhow::Result<()> {
 /// file (read first, so that a bad file is reported before anything is opened).
 fn open_ab(global: &GlobalArgs, create: Create) -> anyhow::Result<AbTest<SqliteStore>> {
     let config = config::load(global.config.as_deref())?;
-    let store = open(store_open::config(&global.db), create)?;
+    let store = open(config.sqlite_config(&global.db), create)?;
     Ok(AbTest::new(Arc::new(store), config.abtest)?)
 }
 

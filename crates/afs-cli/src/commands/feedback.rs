@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::cli::{FeedbackArgs, GlobalArgs};
 use crate::output::{print_json, print_line};
-use crate::store_open::{config, open, Create};
+use crate::store_open::{configured, open, Create};
 
 /// The JSON output of `afs feedback`.
 #[derive(Debug, Serialize)]
@@ -23,7 +23,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &FeedbackArgs) -> anyhow::Result<()
         (None, true, _) => FeedbackValue::Positive,
         _ => FeedbackValue::Negative,
     };
-    let store = open(config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     store.record_feedback(&args.id, value, args.text.as_deref())?;
     tracing::info!(id = %args.id, value = value.as_i64(), "feedback recorded");
     if global.json {

@@ -14,13 +14,13 @@ use crate::cli::{GenerateArgs, GlobalArgs};
 use crate::config::{self, generator_key, Config};
 use crate::exit::InvalidInput;
 use crate::output::{count, print_json, print_line, table};
-use crate::store_open::{self, open, Create};
+use crate::store_open::{open, Create};
 
 /// Generates the training file described by the config file and `args`, and prints the
 /// result.
 pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()> {
     let config = config::load(global.config.as_deref())?;
-    let store = open(store_open::config(&global.db), Create::Never)?;
+    let store = open(config.sqlite_config(&global.db), Create::Never)?;
     let now = store.clock().now();
     let generator = generator_config(&config, args, now)?;
     tracing::debug!(?generator, out = %args.out.display(), "generating");

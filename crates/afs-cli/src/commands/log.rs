@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::cli::{GlobalArgs, LogArgs};
 use crate::output::{print_json, print_line};
-use crate::store_open::{config, open, Create};
+use crate::store_open::{configured, open, Create};
 
 /// Logs the call described by `args` and prints its id.
 pub(crate) fn run(global: &GlobalArgs, args: &LogArgs) -> anyhow::Result<()> {
@@ -18,7 +18,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &LogArgs) -> anyhow::Result<()> {
         context_hash: args.context_hash.clone(),
         ..NewUsage::new(&args.query, &args.response, &args.model)
     };
-    let config = config(&global.db);
+    let config = configured(global)?;
     // Validate before opening so that bad input does not even create the database file;
     // the store validates again.
     record.validate(config.max_field_bytes)?;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::cli::{DedupeArgs, ForgetArgs, GlobalArgs, PruneArgs};
 use crate::exit::InvalidInput;
 use crate::output::{count, print_json, print_line, rfc3339};
-use crate::store_open::{config, open, Create};
+use crate::store_open::{configured, open, Create};
 use crate::time_arg::days_to_duration;
 
 /// The JSON report of `afs dedupe`.
@@ -36,7 +36,7 @@ struct ForgetJson<'a> {
 
 /// Finds (and unless `--dry-run`, removes) duplicate records.
 pub(crate) fn dedupe(global: &GlobalArgs, args: &DedupeArgs) -> anyhow::Result<()> {
-    let store = open(config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     let report = store.dedupe(args.dry_run)?;
     tracing::info!(?report, "dedupe done");
     if global.json {
@@ -67,7 +67,7 @@ pub(crate) fn prune(global: &GlobalArgs, args: &PruneArgs) -> anyhow::Result<()>
             .into());
         }
     }
-    let store = open(config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     let cutoff = store
         .clock()
         .now()
@@ -103,7 +103,7 @@ pub(crate) fn forget(global: &GlobalArgs, args: &ForgetArgs) -> anyhow::Result<(
     if args.unit.is_empty() {
         return Err(InvalidInput("invalid unit: must not be empty".to_string()).into());
     }
-    let store = open(config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     let removed = store.forget_unit(&args.unit)?;
     tracing::info!(unit = %args.unit, removed, "unit forgotten");
     if global.json {

@@ -1,14 +1,18 @@
 //! The commands of `afs`, one module each, and the dispatch from parsed arguments.
 
 mod ab;
+mod configuration;
+mod demo;
 mod feedback;
 mod generate;
 mod import;
 mod log;
+mod looping;
 mod maintenance;
 mod records;
 mod retrain;
 mod stats;
+mod status;
 mod trigger;
 
 use crate::cli::{Cli, Command};
@@ -16,6 +20,7 @@ use crate::cli::{Cli, Command};
 /// Runs the command named on the command line.
 pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
     let global = &cli.global;
+    crate::config::set_cli_overrides(&global.set);
     match &cli.command {
         Command::Log(args) => log::run(global, args),
         Command::Import(args) => import::run(global, args),
@@ -30,5 +35,10 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Retrain(args) => retrain::run(global, args),
         Command::Runs(args) => retrain::runs(global, args),
         Command::Ab(args) => ab::run(global, args),
+        Command::Loop(args) => looping::run(global, args),
+        Command::Status => status::run(global),
+        Command::Demo(args) => demo::run(global, args),
+        Command::Config(args) => configuration::run(global, args),
+        Command::Serve(args) => crate::serve::run(global, args),
     }
 }

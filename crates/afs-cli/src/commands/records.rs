@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::cli::{GlobalArgs, RecordsArgs};
 use crate::exit::InvalidInput;
 use crate::output::{stdout_error, RecordJson};
-use crate::store_open::{config, open, Create};
+use crate::store_open::{configured, open, Create};
 
 /// Writes every record matching `args` to stdout, one JSON object per line, as it is read.
 pub(crate) fn run(global: &GlobalArgs, args: &RecordsArgs) -> anyhow::Result<()> {
@@ -26,7 +26,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RecordsArgs) -> anyhow::Result<()>
         (None, false, true) => FeedbackFilter::Absent,
         (None, false, false) => FeedbackFilter::Any,
     };
-    let store = open(config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     let now = store.clock().now();
     let filter = RecordFilter {
         since: args.since.map(|t| t.resolve(now)),

@@ -16,7 +16,7 @@ use crate::exit::{Busy, InvalidInput, RunFailed, Usage};
 use crate::output::{
     count, duration, left_table, print_json, print_line, rfc3339, stdout_error, RunJson,
 };
-use crate::store_open::{self, open, Create};
+use crate::store_open::{configured, open, Create};
 
 /// The JSON output of `afs retrain`.
 #[derive(Debug, Serialize)]
@@ -43,8 +43,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
         (Some(cmd), _) | (None, Some(cmd)) => cmd.clone(),
         (None, None) => {
             return Err(Usage(
-                "no trainer command: pass --train-cmd CMD or set train_cmd in the [retrain] \
-                 section of the config file"
+                "no trainer command: pass --train-cmd CMD, or set train_cmd in the [trainer] \
+                 section of the config file (or AFS_TRAINER__TRAIN_CMD)"
                     .into(),
             )
             .into())
@@ -71,7 +71,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
     }
 
     let trigger = RetrainTrigger::new(config.trigger.clone())?;
-    let store = open(store_open::config(&global.db), Create::Never)?;
+    let store = open(config.sqlite_config(&global.db), Create::Never)?;
     let retrainer = AutoRetrainer::new(trigger, config.generator.clone(), retrainer);
     let trainer = CommandTrainer::shell(train_cmd, timeout);
     tracing::debug!(?retrainer, ?timeout, "checking and retraining");
@@ -188,7 +188,7 @@ fn run_lines(run: &RetrainRun, trigger: &TriggerResult) -> String {
 
 /// Lists retrain runs, newest first, after marking runs of dead processes as failed.
 pub(crate) fn runs(global: &GlobalArgs, args: &RunsArgs) -> anyhow::Result<()> {
-    let store = open(store_open::config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     let recovered = store.recover_stale_runs()?;
     if !recovered.is_empty() {
         tracing::warn!(

@@ -6,11 +6,11 @@ use afs_store::{StatsWindow, UsageStats, UsageStore};
 
 use crate::cli::{GlobalArgs, StatsArgs};
 use crate::output::{print_json, print_line, table, StatsJson};
-use crate::store_open::{config, open, Create};
+use crate::store_open::{configured, open, Create};
 
 /// Prints the statistics asked for by `args`.
 pub(crate) fn run(global: &GlobalArgs, args: &StatsArgs) -> anyhow::Result<()> {
-    let store = open(config(&global.db), Create::Never)?;
+    let store = open(configured(global)?, Create::Never)?;
     let now = store.clock().now();
     let window = StatsWindow {
         since: args.since.map(|t| t.resolve(now)),

@@ -6,7 +6,7 @@ use crate::cli::{GlobalArgs, TriggerArgs, TriggerCheckArgs, TriggerCommand};
 use crate::config;
 use crate::exit::{Silent, NOT_TRIGGERED};
 use crate::output::{print_json, print_line, table};
-use crate::store_open::{self, open, Create};
+use crate::store_open::{open, Create};
 
 /// Runs the `afs trigger` subcommand named by `args`.
 pub(crate) fn run(global: &GlobalArgs, args: &TriggerArgs) -> anyhow::Result<()> {
@@ -18,8 +18,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &TriggerArgs) -> anyhow::Result<()>
 /// Checks the triggers of the `[trigger]` config section against the store.
 fn check(global: &GlobalArgs, args: &TriggerCheckArgs) -> anyhow::Result<()> {
     let config = config::load(global.config.as_deref())?;
+    let store = open(config.sqlite_config(&global.db), Create::Never)?;
     let trigger = RetrainTrigger::new(config.trigger)?;
-    let store = open(store_open::config(&global.db), Create::Never)?;
     let result = trigger.check(&store, args.force)?;
     tracing::info!(triggered = result.triggered, trigger_type = ?result.trigger_type, "trigger checked");
     if global.json {

@@ -1,144 +1,30 @@
-//! The config file (`--config FILE`, `AFS_CONFIG`, or `./afs.toml` when present): its TOML
-//! sections and their mapping onto the libraries' configs.
-//!
-//! The file has four sections, every key optional (an absent key keeps the library's
-//! default): `[trigger]` maps onto [`TriggerConfig`] (with `[trigger.page_hinkley]` onto its
-//! [`PageHinkleyConfig`]), `[generator]` onto [`GeneratorConfig`], `[retrain]` onto
-//! [`RetrainerConfig`] plus the trainer command and its timeout, and `[abtest]` onto
-//! [`AbTestConfig`] (with `[abtest.guardrails]` for its guardrails and `[abtest.bandit]` for
-//! its [`BanditConfig`]). Unknown keys and values of
-//! the wrong type are refused with the key path and line; values out of range are refused by
-//! the libraries' own `validate`, with the key named. `docs/CONFIGURATION.md` documents every
-//! key and `afs.example.toml` at the repository root shows them with their defaults.
-//!
-//! This module is self-contained on purpose: the commands only see [`Config`], so the file
-//! format can move to a layered config (file plus environment overrides) without touching
-//! them.
-//!
-//! [`PageHinkleyConfig`]: afs_trigger::PageHinkleyConfig
+//! The config file's schema, section by section (the serde structs every layer is read
+//! into), and its mapping onto the libraries' configs with range checks naming the key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use afs_abtest::{AbTestConfig, AbTestError, BanditConfig, Guardrail, Metric, PrimaryMetric};
-use afs_datagen::{DatagenError, Format, GeneratorConfig, NearDedupeConfig};
-use afs_trigger::{RetrainerConfig, TriggerConfig, TriggerError};
-use anyhow::Context;
+use afs_datagen::{DatagenError, Format, GeneratorConfig};
+use afs_store::{Synchronous, DEFAULT_MAX_FIELD_BYTES};
+use afs_trigger::TriggerError;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
-use crate::exit::InvalidInput;
+use super::{Config, LoopSettings, Sources, StoreSettings};
+use crate::time_arg::{duration_from_secs, parse_duration};
 
-/// The file read when neither `--config` nor `AFS_CONFIG` names one, if it exists.
-pub(crate) const DEFAULT_PATH: &str = "afs.toml";
-
-/// Default timeout of the trainer command: a day, long enough for a typical fine-tune,
-/// while a hung trainer holds the one-retrain-at-a-time lock no longer than that.
-pub(crate) const DEFAULT_TIMEOUT_SECS: u64 = 86_400;
-
-/// Every setting the commands read from the config file, defaults filled in and validated.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    /// The file the settings were read from; `None` when no file was read.
-    pub(crate) path: Option<PathBuf>,
-    /// `[trigger]`: when to retrain.
-    pub(crate) trigger: TriggerConfig,
-    /// `[generator]`: how training data is generated (`afs generate`, `afs retrain`).
-    pub(crate) generator: GeneratorConfig,
-    /// The near-duplicate settings used when near-dedupe is on, also when a flag turns it
-    /// on while the file leaves it off (`generator.near_dedupe_threshold`).
-    pub(crate) near_dedupe: NearDedupeConfig,
-    /// `[retrain]`: the trainer and the retrainer.
-    pub(crate) retrain: RetrainSettings,
-    /// `[abtest]`: champion/challenger experiments (`afs ab`).
-    pub(crate) abtest: AbTestConfig,
-}
-
-/// The `[retrain]` section.
-#[derive(Debug, Clone)]
-pub(crate) struct RetrainSettings {
-    /// The trainer command (`train_cmd`); `afs retrain` needs it here or as `--train-cmd`.
-    pub(crate) train_cmd: Option<String>,
-    /// How long the trainer may run (`timeout_secs`).
-    pub(crate) timeout: Duration,
-    /// `min_samples_for_retrain`, `output_dir`, `dataset_name`.
-    pub(crate) retrainer: RetrainerConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            path: None,
-            trigger: TriggerConfig::default(),
-            generator: GeneratorConfig::default(),
-            near_dedupe: NearDedupeConfig::default(),
-            retrain: RetrainSettings {
-                train_cmd: None,
-                timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
-                retrainer: RetrainerConfig::default(),
-            },
-            abtest: AbTestConfig::default(),
-        }
-    }
-}
-
-impl Config {
-    /// How a key of the file is named in messages: `generator.min_quality_score in afs.toml`.
-    pub(crate) fn key_name(&self, key: &str) -> String {
-        match &self.path {
-            Some(path) => format!("{key} in {}", path.display()),
-            None => format!("{key} (default)"),
-        }
-    }
-}
-
-/// Reads the config file: `explicit` (from `--config` or `AFS_CONFIG`), which must exist,
-/// or else `./afs.toml` when it exists, or else nothing (every default).
-///
-/// A file that cannot be read is an I/O error (exit code 1); a file that is not valid is
-/// [`InvalidInput`] (exit code 3) naming the file, the key and, when known, the line.
-pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
-    let path = match explicit {
-        Some(path) => path.to_path_buf(),
-        None => {
-            let path = PathBuf::from(DEFAULT_PATH);
-            if !path.is_file() {
-                tracing::debug!("no {DEFAULT_PATH} here; using the default settings");
-                return Ok(Config::default());
-            }
-            path
-        }
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    tracing::debug!(config = %path.display(), "reading config file");
-    Ok(parse(&text, &path)?)
-}
-
-/// Parses and validates the text of the config file at `path` (used in messages and as the
-/// base of relative paths).
-pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, InvalidInput> {
-    let invalid = |detail: String| InvalidInput(format!("config file {}{detail}", path.display()));
-    let file: FileConfig =
-        toml::from_str(text).map_err(|err| invalid(describe_toml_error(text, &err)))?;
-    let base = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty() && *dir != Path::new("."));
-    file.into_config(path, base)
-        .map_err(|KeyError { key, reason }| invalid(format!(": {key}: {reason}")))
-}
-
-/// A key of the file with a value out of range.
-struct KeyError {
+/// A key with a value out of range.
+pub(super) struct KeyError {
     /// Dotted key path, e.g. `trigger.page_hinkley.alpha`.
-    key: String,
+    pub(super) key: String,
     /// Why it is refused.
-    reason: String,
+    pub(super) reason: String,
 }
 
 impl KeyError {
-    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(super) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
         KeyError {
             key: key.into(),
             reason: reason.into(),
@@ -146,21 +32,50 @@ impl KeyError {
     }
 }
 
-/// The whole file.
+/// The whole file, and what each environment variable and `--set` flag is read into. Every
+/// key is optional: an absent key keeps the default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub(super) struct FileConfig {
+    #[serde(default)]
+    store: StoreSection,
     #[serde(default)]
     trigger: TriggerSection,
     #[serde(default)]
     generator: GeneratorSection,
     #[serde(default)]
-    retrain: RetrainSection,
-    #[serde(default)]
     abtest: AbTestSection,
+    #[serde(default, rename = "loop")]
+    looping: LoopSection,
+    #[serde(default)]
+    trainer: TrainerSection,
+    /// The old name of `[trainer]`. It is folded into `trainer` before the layers are
+    /// merged (see `super::fold_legacy`), so after that it is always empty.
+    #[serde(default)]
+    retrain: TrainerSection,
+}
+
+/// `[store]`: the settings of [`afs_store::SqliteConfig`] (the file itself is `--db`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    busy_timeout_ms: Option<u64>,
+    max_field_bytes: Option<u64>,
+    synchronous: Option<SynchronousSetting>,
+    pool_size: Option<u32>,
+}
+
+/// `store.synchronous`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SynchronousSetting {
+    Normal,
+    Full,
 }
 
 /// `[trigger]`: the fields of [`TriggerConfig`] by their names.
+///
+/// [`TriggerConfig`]: afs_trigger::TriggerConfig
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TriggerSection {
@@ -183,6 +98,8 @@ struct TriggerSection {
 }
 
 /// `[trigger.page_hinkley]`: the fields of [`PageHinkleyConfig`].
+///
+/// [`PageHinkleyConfig`]: afs_trigger::PageHinkleyConfig
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PageHinkleySection {
@@ -213,15 +130,48 @@ struct GeneratorSection {
     write_back_scores: Option<bool>,
 }
 
-/// `[retrain]`: the trainer command and [`RetrainerConfig`].
+/// `[trainer]` (and its old name `[retrain]`): the trainer command and [`RetrainerConfig`].
+///
+/// [`RetrainerConfig`]: afs_trigger::RetrainerConfig
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetrainSection {
+struct TrainerSection {
     train_cmd: Option<String>,
     timeout_secs: Option<u64>,
     min_samples_for_retrain: Option<u64>,
     output_dir: Option<PathBuf>,
     dataset_name: Option<String>,
+}
+
+impl TrainerSection {
+    /// Each key of `self`, or else of `other`.
+    fn or(self, other: TrainerSection) -> TrainerSection {
+        TrainerSection {
+            train_cmd: self.train_cmd.or(other.train_cmd),
+            timeout_secs: self.timeout_secs.or(other.timeout_secs),
+            min_samples_for_retrain: self
+                .min_samples_for_retrain
+                .or(other.min_samples_for_retrain),
+            output_dir: self.output_dir.or(other.output_dir),
+            dataset_name: self.dataset_name.or(other.dataset_name),
+        }
+    }
+}
+
+/// `[loop]`: the continuous loop's own settings (the seed's `LoopConfig` names where they
+/// exist; `check_interval` is the seed's `check_interval_seconds`, also written `30m`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoopSection {
+    check_interval: Option<DurationSetting>,
+    enable_ab_testing: Option<bool>,
+    enable_auto_promotion: Option<bool>,
+    eval_cmd: Option<String>,
+    eval_timeout_secs: Option<u64>,
+    champion: Option<String>,
+    champion_path: Option<String>,
+    model_stem: Option<String>,
+    training_window: Option<DurationSetting>,
 }
 
 /// `[abtest]`: the fields of [`AbTestConfig`] by their names, with the bandit switched on by
@@ -308,6 +258,17 @@ impl<'de> Deserialize<'de> for GuardrailSetting {
                     Ok(GuardrailSetting::Off)
                 }
             }
+
+            // Environment variables and `--set` give text.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v.trim() {
+                    "false" => Ok(GuardrailSetting::Off),
+                    text => text
+                        .parse::<f64>()
+                        .map(GuardrailSetting::Margin)
+                        .map_err(|_| E::invalid_value(Unexpected::Str(v), &self)),
+                }
+            }
         }
 
         deserializer.deserialize_any(GuardrailVisitor)
@@ -353,16 +314,71 @@ impl<'de> Deserialize<'de> for FeedbackSetting {
                     .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
             }
 
+            // "none" in a file; an environment variable or `--set` also gives "-1" as text.
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 if v == "none" {
-                    Ok(FeedbackSetting::NoCondition)
-                } else {
-                    Err(E::invalid_value(Unexpected::Str(v), &self))
+                    return Ok(FeedbackSetting::NoCondition);
                 }
+                v.trim()
+                    .parse::<i64>()
+                    .map(FeedbackSetting::AtLeast)
+                    .map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
             }
         }
 
         deserializer.deserialize_any(FeedbackVisitor)
+    }
+}
+
+/// A duration: a number of seconds, or text such as `"30m"`, `"1h"`, `"7d"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DurationSetting(Duration);
+
+impl<'de> Deserialize<'de> for DurationSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl DurationVisitor {
+            fn secs<E: de::Error>(
+                self,
+                secs: f64,
+                given: Unexpected<'_>,
+            ) -> Result<DurationSetting, E> {
+                duration_from_secs(secs)
+                    .map(DurationSetting)
+                    .map_err(|_| E::invalid_value(given, &self))
+            }
+        }
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a duration > 0: seconds, or text such as \"90s\", \"30m\", \"1h\", \"7d\"",
+                )
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                self.secs(v, Unexpected::Float(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                self.secs(v as f64, Unexpected::Signed(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.secs(v as f64, Unexpected::Unsigned(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_duration(v)
+                    .map(DurationSetting)
+                    .map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
+            }
+        }
+
+        deserializer.deserialize_any(DurationVisitor)
     }
 }
 
@@ -373,18 +389,28 @@ macro_rules! set_present {
     };
 }
 
+/// Largest `store.max_field_bytes`: SQLite's own limit on a text value.
+const MAX_FIELD_BYTES_LIMIT: u64 = 1_000_000_000;
+
 impl FileConfig {
-    /// The settings of this file, read from `path`; relative paths in it are relative to
-    /// `base`, the directory of the file (`None`: the current directory).
-    fn into_config(self, path: &Path, base: Option<&Path>) -> Result<Config, KeyError> {
-        let resolve = |p: PathBuf| match base {
-            Some(base) if p.is_relative() => base.join(p),
+    /// The settings of these merged layers; `sources` says where each key came from (a
+    /// relative path from the file is relative to the file's directory).
+    pub(super) fn into_config(self, sources: &Sources) -> Result<Config, KeyError> {
+        let base = sources
+            .file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|dir| !dir.as_os_str().is_empty() && *dir != Path::new("."));
+        let resolve = |key: &str, p: PathBuf| match base {
+            Some(base) if p.is_relative() && sources.set_by_file(key) => base.join(p),
             _ => p,
         };
         let mut config = Config {
-            path: Some(path.to_path_buf()),
+            sources: sources.clone(),
             ..Config::default()
         };
+
+        config.store = self.store.into_settings()?;
 
         let t = self.trigger;
         set_present!(t => config.trigger;
@@ -421,7 +447,10 @@ impl FileConfig {
                 .map_err(|err| KeyError::new("generator.format", err.to_string()))?;
         }
         generator.max_samples = g.max_samples.or(generator.max_samples);
-        generator.existing = g.existing.map(resolve).or(generator.existing.take());
+        generator.existing = g
+            .existing
+            .map(|p| resolve("generator.existing", p))
+            .or(generator.existing.take());
         generator.model = g.model.or(generator.model.take());
         generator.system_prompt = g.system_prompt.or(generator.system_prompt.take());
         if let Some(threshold) = g.near_dedupe_threshold {
@@ -449,24 +478,24 @@ impl FileConfig {
             other => KeyError::new("generator", other.to_string()),
         })?;
 
-        let r = self.retrain;
+        let r = self.trainer.or(self.retrain);
         let retrain = &mut config.retrain;
         if let Some(cmd) = r.train_cmd {
             if cmd.trim().is_empty() {
-                return Err(KeyError::new("retrain.train_cmd", "must not be empty"));
+                return Err(KeyError::new("trainer.train_cmd", "must not be empty"));
             }
             retrain.train_cmd = Some(cmd);
         }
         if let Some(secs) = r.timeout_secs {
             if secs == 0 {
-                return Err(KeyError::new("retrain.timeout_secs", "must be at least 1"));
+                return Err(KeyError::new("trainer.timeout_secs", "must be at least 1"));
             }
             retrain.timeout = Duration::from_secs(secs);
         }
         if let Some(n) = r.min_samples_for_retrain {
             if n == 0 {
                 return Err(KeyError::new(
-                    "retrain.min_samples_for_retrain",
+                    "trainer.min_samples_for_retrain",
                     "must be at least 1",
                 ));
             }
@@ -474,20 +503,120 @@ impl FileConfig {
         }
         if let Some(dir) = r.output_dir {
             if dir.as_os_str().is_empty() {
-                return Err(KeyError::new("retrain.output_dir", "must not be empty"));
+                return Err(KeyError::new("trainer.output_dir", "must not be empty"));
             }
-            retrain.retrainer.output_dir = resolve(dir);
+            retrain.retrainer.output_dir = resolve("trainer.output_dir", dir);
         } else if let Some(base) = base {
             retrain.retrainer.output_dir = base.join(&retrain.retrainer.output_dir);
         }
         if let Some(name) = r.dataset_name {
             check_file_name(&name)
-                .map_err(|reason| KeyError::new("retrain.dataset_name", reason))?;
+                .map_err(|reason| KeyError::new("trainer.dataset_name", reason))?;
             retrain.retrainer.dataset_name = name;
         }
 
         config.abtest = self.abtest.into_config()?;
+        config.loop_settings = self.looping.into_settings()?;
         Ok(config)
+    }
+}
+
+impl StoreSection {
+    /// The store settings of `[store]`, validated.
+    fn into_settings(self) -> Result<StoreSettings, KeyError> {
+        let mut store = StoreSettings::default();
+        if let Some(ms) = self.busy_timeout_ms {
+            if ms > 3_600_000 {
+                return Err(KeyError::new(
+                    "store.busy_timeout_ms",
+                    format!("{ms} is more than an hour (3600000)"),
+                ));
+            }
+            store.busy_timeout = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = self.max_field_bytes {
+            if !(1024..=MAX_FIELD_BYTES_LIMIT).contains(&bytes) {
+                return Err(KeyError::new(
+                    "store.max_field_bytes",
+                    format!("{bytes} is not within 1024..={MAX_FIELD_BYTES_LIMIT}"),
+                ));
+            }
+            store.max_field_bytes = usize::try_from(bytes).unwrap_or(DEFAULT_MAX_FIELD_BYTES);
+        }
+        if let Some(sync) = self.synchronous {
+            store.synchronous = match sync {
+                SynchronousSetting::Normal => Synchronous::Normal,
+                SynchronousSetting::Full => Synchronous::Full,
+            };
+        }
+        if let Some(n) = self.pool_size {
+            if !(1..=64).contains(&n) {
+                return Err(KeyError::new(
+                    "store.pool_size",
+                    format!("{n} is not within 1..=64"),
+                ));
+            }
+            store.pool_size = n;
+        }
+        Ok(store)
+    }
+}
+
+impl LoopSection {
+    /// The loop settings of `[loop]`, validated.
+    fn into_settings(self) -> Result<LoopSettings, KeyError> {
+        let mut settings = LoopSettings::default();
+        if let Some(DurationSetting(interval)) = self.check_interval {
+            settings.check_interval = interval;
+        }
+        set_present!(self => settings; enable_ab_testing, enable_auto_promotion);
+        if let Some(cmd) = self.eval_cmd {
+            if cmd.trim().is_empty() {
+                return Err(KeyError::new("loop.eval_cmd", "must not be empty"));
+            }
+            settings.eval_cmd = Some(cmd);
+        }
+        if let Some(secs) = self.eval_timeout_secs {
+            if secs == 0 {
+                return Err(KeyError::new(
+                    "loop.eval_timeout_secs",
+                    "must be at least 1",
+                ));
+            }
+            settings.eval_timeout = Duration::from_secs(secs);
+        }
+        let not_blank = |key: &str, value: Option<String>| match value {
+            Some(v) if v.trim().is_empty() => Err(KeyError::new(key, "must not be empty")),
+            other => Ok(other),
+        };
+        settings.champion = not_blank("loop.champion", self.champion)?;
+        settings.champion_path = not_blank("loop.champion_path", self.champion_path)?;
+        match (&settings.champion, &settings.champion_path) {
+            (Some(_), None) => {
+                return Err(KeyError::new(
+                    "loop.champion",
+                    "needs loop.champion_path (where the model lives)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(KeyError::new(
+                    "loop.champion_path",
+                    "needs loop.champion (the model's name)",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(stem) = self.model_stem {
+            if stem.trim().is_empty() || stem.chars().any(char::is_whitespace) {
+                return Err(KeyError::new(
+                    "loop.model_stem",
+                    format!("{stem:?} must be non-empty and without whitespace"),
+                ));
+            }
+            settings.model_stem = Some(stem);
+        }
+        settings.training_window = self.training_window.map(|DurationSetting(d)| d);
+        Ok(settings)
     }
 }
 
@@ -596,7 +725,7 @@ pub(crate) fn check_file_name(name: &str) -> Result<(), String> {
 }
 
 /// One line describing a TOML error: where (line), which key, and what is wrong.
-fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+pub(super) fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
     let line = err.span().map(|span| {
         let end = span.start.min(text.len());
         1 + text.as_bytes()[..end]
@@ -643,497 +772,4 @@ fn key_path(text: &str) -> Option<String> {
         .strip_prefix("in `")?
         .strip_suffix('`')?;
     (!path.is_empty()).then(|| path.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use afs_trigger::PageHinkleyConfig;
-
-    /// The example file at the repository root.
-    const EXAMPLE: &str = include_str!("../../../afs.example.toml");
-
-    fn parse_text(text: &str) -> Result<Config, String> {
-        parse(text, Path::new("afs.toml")).map_err(|e| e.0)
-    }
-
-    /// Checks that `text` is refused with a message containing every one of `expected`.
-    fn check_err(text: &str, expected: &[&str]) {
-        let err = parse_text(text).expect_err(text);
-        for part in expected {
-            assert!(err.contains(part), "{text:?}: {err:?} lacks {part:?}");
-        }
-    }
-
-    #[test]
-    fn the_example_file_parses_to_the_defaults() {
-        let config = parse_text(EXAMPLE).unwrap();
-        let defaults = Config::default();
-        assert_eq!(config.trigger, defaults.trigger);
-        assert_eq!(config.generator, defaults.generator);
-        assert_eq!(config.near_dedupe, defaults.near_dedupe);
-        assert_eq!(config.retrain.timeout, defaults.retrain.timeout);
-        assert_eq!(config.retrain.retrainer, defaults.retrain.retrainer);
-        assert_eq!(config.retrain.train_cmd, None);
-        assert_eq!(config.abtest, defaults.abtest);
-        assert_eq!(config.abtest, AbTestConfig::default());
-    }
-
-    #[test]
-    fn the_commented_out_keys_of_the_example_are_valid_too() {
-        // Uncomment `# key = value` lines (not prose comments) and parse again.
-        let uncommented: String = EXAMPLE
-            .lines()
-            .map(|line| match line.strip_prefix("# ") {
-                Some(rest)
-                    if rest.split_once(" = ").is_some_and(|(k, _)| {
-                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    }) =>
-                {
-                    format!("{rest}\n")
-                }
-                _ => format!("{line}\n"),
-            })
-            .collect();
-        assert_ne!(uncommented, EXAMPLE, "the example has no optional keys");
-        let config = parse_text(&uncommented).unwrap();
-        assert!(config.retrain.train_cmd.is_some());
-        assert!(config.generator.max_samples.is_some());
-        assert!(config.generator.system_prompt.is_some());
-    }
-
-    #[test]
-    fn the_toml_examples_of_the_docs_are_valid() {
-        let docs = [
-            include_str!("../../../docs/CONFIGURATION.md"),
-            include_str!("../../../docs/CLI.md"),
-        ];
-        let mut n_blocks = 0;
-        for doc in docs {
-            for block in doc.split("```toml\n").skip(1) {
-                let text = block.split("```").next().unwrap();
-                if let Err(err) = parse_text(text) {
-                    panic!("{err}\n{text}");
-                }
-                n_blocks += 1;
-            }
-        }
-        assert!(n_blocks >= 2, "only {n_blocks} TOML examples found");
-    }
-
-    #[test]
-    fn every_key_maps_onto_its_field() {
-        let config = parse_text(
-            r#"
-[trigger]
-enable_sample_count = false
-min_new_samples = 5
-enable_scheduled = false
-schedule_interval_hours = 2.5
-schedule_on_first_run = true
-enable_quality_drop = false
-quality_drop_threshold = 0.25
-quality_window_hours = 6
-min_quality_samples = 7
-enable_page_hinkley = true
-enable_error_rate = true
-error_rate_threshold = 0.5
-error_rate_window_hours = 12
-min_feedback_events = 3
-cooldown_hours = 0
-
-[trigger.page_hinkley]
-min_instances = 11
-delta = 0.02
-threshold = 4
-alpha = 0.99
-
-[generator]
-min_quality_score = 0.5
-min_user_feedback = "none"
-deduplicate = false
-near_dedupe = true
-near_dedupe_threshold = 0.9
-format = "alpaca"
-max_samples = 100
-redact = false
-existing = "old.jsonl"
-rehearsal_ratio = 0.25
-seed = 42
-model = "m1"
-system_prompt = "Be brief."
-write_back_scores = false
-
-[retrain]
-train_cmd = "true"
-timeout_secs = 60
-min_samples_for_retrain = 3
-output_dir = "out"
-dataset_name = "data.jsonl"
-"#,
-        )
-        .unwrap();
-        let expected_trigger = TriggerConfig {
-            enable_sample_count: false,
-            min_new_samples: 5,
-            enable_scheduled: false,
-            schedule_interval_hours: 2.5,
-            schedule_on_first_run: true,
-            enable_quality_drop: false,
-            quality_drop_threshold: 0.25,
-            quality_window_hours: 6.0,
-            min_quality_samples: 7,
-            enable_page_hinkley: true,
-            page_hinkley: PageHinkleyConfig {
-                min_instances: 11,
-                delta: 0.02,
-                threshold: 4.0,
-                alpha: 0.99,
-            },
-            enable_error_rate: true,
-            error_rate_threshold: 0.5,
-            error_rate_window_hours: 12.0,
-            min_feedback_events: 3,
-            cooldown_hours: 0.0,
-        };
-        assert_eq!(config.trigger, expected_trigger);
-        let g = &config.generator;
-        assert_eq!(g.min_quality_score, 0.5);
-        assert_eq!(g.min_user_feedback, None);
-        assert!(!g.deduplicate);
-        assert_eq!(g.near_dedupe.as_ref().map(|n| n.threshold), Some(0.9));
-        assert_eq!(g.format, Format::Alpaca);
-        assert_eq!(g.max_samples, Some(100));
-        assert!(!g.redact);
-        assert_eq!(g.existing.as_deref(), Some(Path::new("old.jsonl")));
-        assert_eq!(g.rehearsal_ratio, 0.25);
-        assert_eq!(g.seed, 42);
-        assert_eq!(g.model.as_deref(), Some("m1"));
-        assert_eq!(g.system_prompt.as_deref(), Some("Be brief."));
-        assert!(!g.write_back_scores);
-        let r = &config.retrain;
-        assert_eq!(r.train_cmd.as_deref(), Some("true"));
-        assert_eq!(r.timeout, Duration::from_secs(60));
-        assert_eq!(r.retrainer.min_samples_for_retrain, 3);
-        assert_eq!(r.retrainer.output_dir, PathBuf::from("out"));
-        assert_eq!(r.retrainer.dataset_name, "data.jsonl");
-    }
-
-    #[test]
-    fn every_abtest_key_maps_onto_its_field() {
-        let config = parse_text(
-            r#"
-[abtest]
-initial_challenger_traffic = 0.2
-min_samples_per_version = 500
-min_improvement_threshold = 0.1
-enable_auto_promotion = false
-promotion_threshold = 0.01
-min_duration_hours = 72
-primary_metric = "positive_rate"
-alpha = 0.01
-min_lift = 0.02
-expected_effect = 0.1
-min_feedback_per_version = 50
-enable_auto_rollback = false
-srm_p_threshold = 0.0001
-srm_min_deviation = 0.005
-check_interval_hours = 2
-enable_bandit = true
-
-[abtest.guardrails]
-latency_ms = 0.2
-negative_rate = false
-quality = 0.05
-
-[abtest.bandit]
-arm_floor = 0.05
-champion_floor = 0.3
-draws = 200
-"#,
-        )
-        .unwrap();
-        let expected = AbTestConfig {
-            initial_challenger_traffic: 0.2,
-            min_samples_per_version: 500,
-            min_improvement_threshold: 0.1,
-            enable_auto_promotion: false,
-            promotion_threshold: 0.01,
-            min_duration_hours: 72.0,
-            primary_metric: PrimaryMetric::PositiveRate,
-            alpha: 0.01,
-            min_lift: 0.02,
-            expected_effect: 0.1,
-            min_feedback_per_version: 50,
-            guardrails: vec![
-                Guardrail {
-                    metric: Metric::Latency,
-                    margin: 0.2,
-                },
-                Guardrail {
-                    metric: Metric::Quality,
-                    margin: 0.05,
-                },
-            ],
-            enable_auto_rollback: false,
-            srm_p_threshold: 0.0001,
-            srm_min_deviation: 0.005,
-            check_interval_hours: 2.0,
-            bandit: Some(BanditConfig {
-                arm_floor: 0.05,
-                champion_floor: 0.3,
-                draws: 200,
-            }),
-        };
-        assert_eq!(config.abtest, expected);
-    }
-
-    #[test]
-    fn abtest_guardrails_and_bandit_defaults() {
-        let abtest = |text: &str| parse_text(text).unwrap().abtest;
-        // A guardrail left out keeps its default; `false` removes one.
-        let only_latency = abtest("[abtest.guardrails]\nnegative_rate = false\n");
-        assert_eq!(
-            only_latency.guardrails,
-            vec![Guardrail {
-                metric: Metric::Latency,
-                margin: 0.1
-            }]
-        );
-        let none = abtest("[abtest.guardrails]\nlatency_ms = false\nnegative_rate = false\n");
-        assert!(none.guardrails.is_empty());
-        let integer_margin = abtest("[abtest.guardrails]\nlatency_ms = 1\n");
-        assert_eq!(integer_margin.guardrails[0].margin, 1.0);
-        // The bandit's table alone does not switch it on.
-        assert_eq!(abtest("[abtest.bandit]\ndraws = 10\n").bandit, None);
-        assert_eq!(
-            abtest("[abtest]\nenable_bandit = true\n").bandit,
-            Some(BanditConfig::default())
-        );
-    }
-
-    #[test]
-    fn abtest_errors_name_the_key() {
-        let check = |text: &str, key: &str| check_err(text, &["config file afs.toml: ", key]);
-        check(
-            "[abtest]\ninitial_challenger_traffic = 1.5",
-            "abtest.initial_challenger_traffic: 1.5",
-        );
-        check("[abtest]\nalpha = 0", "abtest.alpha");
-        check(
-            "[abtest]\nmin_duration_hours = -1",
-            "abtest.min_duration_hours",
-        );
-        check("[abtest]\nexpected_effect = 0", "abtest.expected_effect");
-        check(
-            "[abtest]\ncheck_interval_hours = 0",
-            "abtest.check_interval_hours",
-        );
-        check("[abtest]\nsrm_p_threshold = 1", "abtest.srm_p_threshold");
-        check(
-            "[abtest.guardrails]\nlatency_ms = 0",
-            "abtest.guardrails.latency_ms: 0 is not a margin > 0",
-        );
-        check(
-            "[abtest.guardrails]\nquality = 0.1",
-            "abtest.guardrails.quality: quality is the primary metric",
-        );
-        check(
-            "[abtest]\nprimary_metric = \"positive_rate\"\n[abtest.guardrails]\npositive_rate = 0.1",
-            "abtest.guardrails.positive_rate",
-        );
-        // A bad bandit setting is refused even while the bandit is off.
-        check(
-            "[abtest.bandit]\narm_floor = 0.6",
-            "abtest.bandit.arm_floor",
-        );
-        check(
-            "[abtest.bandit]\nchampion_floor = 1",
-            "abtest.bandit.champion_floor",
-        );
-        check("[abtest.bandit]\ndraws = 0", "abtest.bandit.draws");
-        check_err(
-            "[abtest]\nprimary_metric = \"latency\"\n",
-            &[
-                "line 2",
-                "abtest.primary_metric",
-                "quality",
-                "positive_rate",
-            ],
-        );
-        check_err(
-            "[abtest]\nmin_sample_per_version = 5\n",
-            &["line 2", "unknown key abtest.min_sample_per_version"],
-        );
-        check_err(
-            "[abtest.guardrails]\nlatency = 0.1\n",
-            &["unknown key abtest.guardrails.latency", "latency_ms"],
-        );
-        check_err(
-            "[abtest.guardrails]\nlatency_ms = true\n",
-            &["line 2", "abtest.guardrails.latency_ms", "or false"],
-        );
-        check_err(
-            "[abtest.bandit]\ndraws = -1\n",
-            &["line 2", "abtest.bandit.draws"],
-        );
-    }
-
-    #[test]
-    fn feedback_takes_an_integer_or_none() {
-        let feedback = |text: &str| parse_text(text).map(|c| c.generator.min_user_feedback);
-        assert_eq!(
-            feedback("[generator]\nmin_user_feedback = -1"),
-            Ok(Some(-1))
-        );
-        assert_eq!(feedback("[generator]\nmin_user_feedback = 0"), Ok(Some(0)));
-        assert_eq!(
-            feedback("[generator]\nmin_user_feedback = \"none\""),
-            Ok(None)
-        );
-        assert_eq!(feedback(""), Ok(Some(1)));
-        check_err(
-            "[generator]\nmin_user_feedback = 2",
-            &["generator.min_user_feedback", "2 is not one of -1, 0, 1"],
-        );
-        check_err(
-            "[generator]\nmin_user_feedback = \"all\"",
-            &[
-                "line 2",
-                "generator.min_user_feedback",
-                "\"all\"",
-                "\"none\"",
-            ],
-        );
-    }
-
-    #[test]
-    fn errors_name_the_file_the_key_and_the_line() {
-        check_err(
-            "[trigger]\nbogus = 1\n",
-            &[
-                "config file afs.toml, line 2",
-                "unknown key trigger.bogus",
-                "min_new_samples",
-            ],
-        );
-        check_err(
-            "[trigger]\nmin_new_samples = \"many\"\n",
-            &[
-                "line 2",
-                "trigger.min_new_samples",
-                "invalid type: string \"many\", expected u64",
-            ],
-        );
-        check_err(
-            "[trigger]\nmin_new_samples = -5\n",
-            &["trigger.min_new_samples", "-5"],
-        );
-        check_err(
-            "\n[trigger.page_hinkley]\ndelta = true\n",
-            &["line 3", "trigger.page_hinkley.delta"],
-        );
-        check_err(
-            "[trigger.page_hinkley]\nfoo = 1\n",
-            &["unknown key trigger.page_hinkley.foo"],
-        );
-        check_err(
-            "[trainer]\ntrain_cmd = \"x\"\n",
-            &["line 1", "unknown key trainer"],
-        );
-        check_err("[trigger\n", &["config file afs.toml, line 1"]);
-        check_err(
-            "trigger = 3\n",
-            &["trigger", "expected struct TriggerSection"],
-        );
-    }
-
-    #[test]
-    fn out_of_range_values_name_the_key() {
-        let check = |text: &str, key: &str| check_err(text, &["config file afs.toml: ", key]);
-        check(
-            "[trigger]\nquality_drop_threshold = 1.5",
-            "trigger.quality_drop_threshold: 1.5",
-        );
-        check("[trigger]\ncooldown_hours = -1", "trigger.cooldown_hours");
-        check(
-            "[trigger]\nschedule_interval_hours = 0",
-            "trigger.schedule_interval_hours",
-        );
-        check(
-            "[trigger.page_hinkley]\nalpha = 0",
-            "trigger.page_hinkley.alpha",
-        );
-        check(
-            "[generator]\nmin_quality_score = 2",
-            "generator.min_quality_score",
-        );
-        check("[generator]\nmax_samples = 0", "generator.max_samples");
-        check(
-            "[generator]\nrehearsal_ratio = 1",
-            "generator.rehearsal_ratio",
-        );
-        check(
-            "[generator]\nnear_dedupe_threshold = 0",
-            "generator.near_dedupe_threshold",
-        );
-        check(
-            "[generator]\nformat = \"jsonl\"",
-            "generator.format: unknown format \"jsonl\"",
-        );
-        check("[generator]\nmodel = \"\"", "generator.model");
-        check("[retrain]\ntrain_cmd = \" \"", "retrain.train_cmd");
-        check("[retrain]\ntimeout_secs = 0", "retrain.timeout_secs");
-        check(
-            "[retrain]\nmin_samples_for_retrain = 0",
-            "retrain.min_samples_for_retrain",
-        );
-        check(
-            "[retrain]\ndataset_name = \"a/b.jsonl\"",
-            "retrain.dataset_name",
-        );
-        check("[retrain]\noutput_dir = \"\"", "retrain.output_dir");
-    }
-
-    #[test]
-    fn relative_paths_are_relative_to_the_file() {
-        let text = "[generator]\nexisting = \"old.jsonl\"\n[retrain]\noutput_dir = \"out\"\n";
-        let config = parse(text, Path::new("/etc/afs/afs.toml")).unwrap();
-        assert_eq!(
-            config.generator.existing.as_deref(),
-            Some(Path::new("/etc/afs/old.jsonl"))
-        );
-        assert_eq!(
-            config.retrain.retrainer.output_dir,
-            Path::new("/etc/afs/out")
-        );
-        let config = parse("", Path::new("/etc/afs/afs.toml")).unwrap();
-        assert_eq!(
-            config.retrain.retrainer.output_dir,
-            Path::new("/etc/afs/continuous_output")
-        );
-        let text = "[retrain]\noutput_dir = \"/var/afs\"\n";
-        let config = parse(text, Path::new("conf/afs.toml")).unwrap();
-        assert_eq!(config.retrain.retrainer.output_dir, Path::new("/var/afs"));
-        let config = parse("", Path::new("afs.toml")).unwrap();
-        assert_eq!(
-            config.retrain.retrainer.output_dir,
-            Path::new("continuous_output")
-        );
-    }
-
-    #[test]
-    fn rehearsal_without_an_existing_file_is_left_to_the_command() {
-        let config = parse_text("[generator]\nrehearsal_ratio = 0.2").unwrap();
-        assert_eq!(config.generator.rehearsal_ratio, 0.2);
-        assert_eq!(config.generator.existing, None);
-    }
-
-    #[test]
-    fn file_names() {
-        assert!(check_file_name("train.jsonl").is_ok());
-        for bad in ["", " ", "a/b", "/x", ".", ".."] {
-            assert!(check_file_name(bad).is_err(), "{bad:?}");
-        }
-    }
 }

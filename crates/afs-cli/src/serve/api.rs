@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use afs_store::{
-    EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStore, ModelVersion,
-    RetrainRun, RunStatus, RunStore, StatsWindow, UsageStore,
+    EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStore, ModelVersion, RetrainRun,
+    RunStatus, RunStore, StatsWindow, UsageStore,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -154,7 +154,8 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn not_found(uri: Uri) -> ApiError {
+async fn not_found(State(state): State<Arc<AppState>>, uri: Uri) -> ApiError {
+    state.metrics.unmatched();
     ApiError::status(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -162,7 +163,12 @@ async fn not_found(uri: Uri) -> ApiError {
     )
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+async fn method_not_allowed(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+) -> ApiError {
+    state.metrics.unmatched();
     ApiError::status(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -184,7 +190,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<Value> {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let text = blocking(&state, metrics::render).await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response())
@@ -208,7 +217,7 @@ async fn post_usage(
     let answer = blocking(&state, move |s| {
         match wire::parse_usage(&body, s.max_field_bytes, s.max_batch)? {
             UsageBody::One(record) => {
-                let id = s.store.log(record)?;
+                let id = s.store.log(*record)?;
                 s.metrics.logged(1, false);
                 Ok(json!({ "id": id }))
             }
@@ -315,6 +324,7 @@ async fn get_series(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json
                         "with_feedback": stats.with_feedback,
                         "positive_feedback": stats.positive_feedback,
                         "negative_feedback": stats.negative_feedback,
+                        "quality_samples": stats.n_quality,
                         "avg_quality_score": stats.avg_quality_score(),
                         "feedback_rate": stats.feedback_rate(),
                         "positive_rate": stats.positive_rate(),
@@ -334,7 +344,6 @@ async fn get_series(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json
     .await?;
     Ok(Json(answer))
 }
-
 
 /// `GET /v1/status`: what `afs status --json` shows (the loop, retrains, serving models,
 /// traffic split, usage), plus this server's own state under `server`.
@@ -446,7 +455,10 @@ fn event_json(event: &ExperimentEvent, with_statistics: bool) -> Value {
 
 /// `GET /v1/history?limit=&experiment_id=&kinds=&statistics=`: the experiment event log
 /// (deployments, weight changes, decisions, promotions, rollbacks), newest first.
-async fn get_history(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json<Value>, ApiError> {
+async fn get_history(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(&uri, &["limit", "experiment_id", "kinds", "statistics"])?;
     let limit = params.int("limit", 50, 1, 10_000)?;
     let experiment_id = params
@@ -563,11 +575,19 @@ mod tests {
                 continue;
             }
             if let Some(p) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
-                path = Some(p.trim_end().trim_end_matches(':').trim_matches('"').to_string());
+                path = Some(
+                    p.trim_end()
+                        .trim_end_matches(':')
+                        .trim_matches('"')
+                        .to_string(),
+                );
             } else if let Some(m) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
                 let m = m.trim_end().trim_end_matches(':');
                 if ["get", "post", "put", "delete", "patch"].contains(&m) {
-                    out.push((m.to_uppercase(), path.clone().expect("a method outside a path")));
+                    out.push((
+                        m.to_uppercase(),
+                        path.clone().expect("a method outside a path"),
+                    ));
                 }
             }
         }
@@ -577,7 +597,10 @@ mod tests {
     #[test]
     fn the_openapi_file_describes_exactly_the_routes() {
         let operations = spec_operations(OPENAPI);
-        assert!(operations.len() >= 10, "too few operations read: {operations:?}");
+        assert!(
+            operations.len() >= 10,
+            "too few operations read: {operations:?}"
+        );
         for spec in ROUTES {
             assert!(
                 operations

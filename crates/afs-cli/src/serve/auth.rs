@@ -11,7 +11,7 @@
 //! * `/healthz` and the dashboard's script and style sheet are always open.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use std::sync::Arc;
@@ -102,7 +102,8 @@ impl Auth {
 
     /// Checks a request with the header (and, when `cookie_ok`, the cookie).
     fn check(&self, headers: &HeaderMap, cookie_ok: bool) -> Result<(), ApiError> {
-        let given = Self::bearer(headers).or_else(|| cookie_ok.then(|| Self::cookie(headers)).flatten());
+        let given =
+            Self::bearer(headers).or_else(|| cookie_ok.then(|| Self::cookie(headers)).flatten());
         match given {
             Some(token) if self.accepts(token) => Ok(()),
             Some(_) => Err(ApiError::unauthorized("the token is not valid")),
@@ -160,7 +161,10 @@ fn token_param(query: Option<&str>) -> Option<String> {
     let uri: axum::http::Uri = format!("/?{}", query?).parse().ok()?;
     let axum::extract::Query(pairs) =
         axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).ok()?;
-    pairs.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
+    pairs
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
 }
 
 /// `GET /?token=T`: a valid token sets the cookie and redirects to the page without it.
@@ -193,7 +197,8 @@ fn dashboard_refusal() -> Response {
 
 /// Whether a method writes (for the route table's sanity test).
 #[cfg(test)]
-pub(super) fn writes(method: &Method) -> bool {
+pub(super) fn writes(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
     method == Method::POST || method == Method::PUT || method == Method::DELETE
 }
 
@@ -214,7 +219,10 @@ mod tests {
         let auth = Auth::new(&["s3cret".into(), "other-token".into()], false).unwrap();
         let ok = |h: &HeaderMap, cookie: bool| auth.check(h, cookie).is_ok();
         assert!(ok(&headers(&[("authorization", "Bearer s3cret")]), false));
-        assert!(ok(&headers(&[("authorization", "bearer other-token")]), false));
+        assert!(ok(
+            &headers(&[("authorization", "bearer other-token")]),
+            false
+        ));
         assert!(!ok(&headers(&[("authorization", "Bearer s3cre")]), false));
         assert!(!ok(&headers(&[("authorization", "Bearer s3cret2")]), false));
         assert!(!ok(&headers(&[("authorization", "Basic s3cret")]), false));

@@ -55,7 +55,10 @@ mod tests {
                     .lines()
                     .filter(|line| line.contains(needle) && !line.contains("www.w3.org/2000/svg"))
                     .collect();
-                assert!(hits.is_empty(), "dashboard.{name} refers to {needle}: {hits:?}");
+                assert!(
+                    hits.is_empty(),
+                    "dashboard.{name} refers to {needle}: {hits:?}"
+                );
             }
         }
         assert!(PAGE.contains("/assets/dashboard.js") && PAGE.contains("/assets/dashboard.css"));

@@ -60,7 +60,11 @@ impl ApiError {
     }
 
     /// Any status, e.g. 413 or 404 for an unknown path.
-    pub(super) fn status(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn status(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -90,6 +94,7 @@ impl ApiError {
     }
 
     /// The HTTP status.
+    #[cfg(test)]
     pub(super) fn status_code(&self) -> StatusCode {
         self.status
     }
@@ -108,12 +113,16 @@ pub(super) fn api_field(store_field: &str) -> &str {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::InvalidInput { field, reason } => ApiError::invalid(api_field(field), reason),
+            StoreError::InvalidInput { field, reason } => {
+                ApiError::invalid(api_field(field), reason)
+            }
             StoreError::InvalidBatchRecord { index, source } => match *source {
                 StoreError::InvalidInput { field, reason } => {
                     ApiError::invalid(format!("records[{index}].{}", api_field(field)), reason)
                 }
-                other => ApiError::of_kind(other.kind(), format!("records[{index}]: {other}"), None),
+                other => {
+                    ApiError::of_kind(other.kind(), format!("records[{index}]: {other}"), None)
+                }
             },
             other => ApiError::of_kind(other.kind(), other.to_string(), None),
         }

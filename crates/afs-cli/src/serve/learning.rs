@@ -1,30 +1,28 @@
 //! `afs serve --with-loop`: the continuous loop built from the config file and the flags,
 //! run on a thread of its own and stopped cleanly at shutdown.
 //!
-//! [`trainer`] is the one place that turns `--train-cmd`/`--train-timeout` and the
-//! `[retrain]` section into a [`CommandTrainer`], and [`loop_config`] the one place that
-//! turns the config file into a [`LoopConfig`]; `afs retrain` and the coming loop commands
-//! can share them.
+//! [`trainer`] turns `--train-cmd`/`--train-timeout` and the `[trainer]` section into a
+//! [`CommandTrainer`]; `afs retrain` and the loop commands can share it. The loop's
+//! settings come from [`Config::loop_config`], with the flags on top.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use afs_loop::{ContinuousLearningLoop, LoopConfig, LoopError, LoopRunSummary};
+use afs_loop::{ContinuousLearningLoop, LoopRunSummary};
 use afs_store::{ErrorKind, NewModelVersion, SqliteStore};
 use afs_trigger::CommandTrainer;
 
 use super::ServeArgs;
 use crate::config::Config;
 use crate::exit::{InvalidInput, Usage};
-use crate::time_arg::{parse_time_arg, TimeArg};
 
 /// The loop of this process.
 pub(super) struct Learning {
     inner: Arc<ContinuousLearningLoop<SqliteStore>>,
 }
 
-/// The trainer command: `flag` (`--train-cmd`) or else `train_cmd` of `[retrain]`, with
+/// The trainer command: `flag` (`--train-cmd`) or else `train_cmd` of `[trainer]`, with
 /// `timeout_flag` (seconds) or else the section's `timeout_secs`.
 pub(super) fn trainer(
     flag: Option<&str>,
@@ -39,7 +37,7 @@ pub(super) fn trainer(
         (None, Some(cmd)) => cmd.clone(),
         (None, None) => {
             return Err(Usage(
-                "no trainer command: pass --train-cmd CMD or set train_cmd in the [retrain] \
+                "no trainer command: pass --train-cmd CMD or set train_cmd in the [trainer] \
                  section of the config file"
                     .into(),
             )
@@ -53,25 +51,6 @@ pub(super) fn trainer(
     Ok(CommandTrainer::shell(command, timeout))
 }
 
-/// The loop's settings: the config file's `[trigger]`, `[generator]`, `[abtest]` and
-/// `[retrain]` sections, the check interval (default 1 h) and the initial champion.
-pub(super) fn loop_config(
-    config: &Config,
-    check_interval: Option<Duration>,
-    initial_champion: Option<NewModelVersion>,
-) -> LoopConfig {
-    let defaults = LoopConfig::default();
-    LoopConfig {
-        check_interval: check_interval.unwrap_or(defaults.check_interval),
-        trigger: config.trigger.clone(),
-        generator: config.generator.clone(),
-        abtest: config.abtest.clone(),
-        retrainer: config.retrain.retrainer.clone(),
-        initial_champion,
-        ..defaults
-    }
-}
-
 /// Builds the loop for `args` over `store` (which registers `--champion` when the store
 /// has none, and recovers what a dead process left behind).
 pub(super) fn build(
@@ -80,16 +59,20 @@ pub(super) fn build(
     args: &ServeArgs,
 ) -> anyhow::Result<Learning> {
     let trainer = trainer(args.train_cmd.as_deref(), args.train_timeout, config)?;
-    let champion = match (&args.champion, &args.champion_path) {
-        (Some(name), Some(path)) => Some(NewModelVersion::new(name, path)),
-        _ => None,
-    };
-    let loop_config = loop_config(config, args.check_interval, champion);
-    let inner = ContinuousLearningLoop::new(store, loop_config, Box::new(trainer))
-        .map_err(|e| match (&e, e.kind()) {
-            (LoopError::InvalidConfig { .. }, _) | (_, Some(ErrorKind::InvalidInput)) => {
-                anyhow::Error::new(InvalidInput(e.to_string()))
-            }
+    // The config file's `[loop]` and the layers' sections, with the flags on top.
+    let mut loop_config = config.loop_config();
+    if let Some(interval) = args.check_interval {
+        loop_config.check_interval = interval;
+    }
+    if let (Some(name), Some(path)) = (&args.champion, &args.champion_path) {
+        loop_config.initial_champion = Some(NewModelVersion::new(name, path));
+    }
+    config.check_loop(&loop_config)?;
+    let inner =
+        ContinuousLearningLoop::new(store, loop_config, Box::new(trainer)).map_err(|e| match e
+            .kind()
+        {
+            Some(ErrorKind::InvalidInput) => anyhow::Error::new(InvalidInput(e.to_string())),
             _ => anyhow::Error::new(e).context("cannot start the continuous loop"),
         })?;
     Ok(Learning {
@@ -139,43 +122,9 @@ pub(super) async fn join(thread: JoinHandle<LoopRunSummary>, timeout: Duration) 
     }
 }
 
-/// Parses `--check-interval`: a number of seconds, or an age such as `90s`, `30m`, `1h`,
-/// `1d`; must be > 0.
-pub(super) fn parse_interval(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let duration = match text.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => match parse_time_arg(text) {
-            Ok(TimeArg::Ago(age)) => age
-                .to_std()
-                .map_err(|_| format!("{text:?} is not a positive duration"))?,
-            _ => {
-                return Err(format!(
-                    "{text:?} is not a duration (seconds, or e.g. 30m, 1h, 1d)"
-                ))
-            }
-        },
-    };
-    if duration.is_zero() {
-        return Err("must be > 0".into());
-    }
-    Ok(duration)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn intervals() {
-        assert_eq!(parse_interval("3600"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_interval("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_interval("1.5h"), Ok(Duration::from_secs(5400)));
-        assert!(parse_interval("0").is_err());
-        assert!(parse_interval("0s").is_err());
-        assert!(parse_interval("soon").is_err());
-        assert!(parse_interval("2025-01-01T00:00:00Z").is_err());
-    }
 
     #[test]
     fn the_trainer_comes_from_the_flag_or_the_file() {

@@ -43,7 +43,8 @@ struct RouteMetrics {
 /// The process's counters.
 pub(super) struct Metrics {
     routes: Vec<RouteMetrics>,
-    /// Requests that matched no route (answered 404 or 405).
+    /// Requests that matched no route or method (answered 404 or 405); the route layers
+    /// never see them, so the fallbacks count them.
     unmatched: AtomicU64,
     in_flight: AtomicU64,
     records_logged: AtomicU64,
@@ -55,7 +56,7 @@ pub(super) struct Metrics {
 
 impl Metrics {
     /// Counters for the routes of `routes`, all at zero.
-    pub(super) fn new(routes: &[RouteSpec]) -> Self {
+    pub(super) fn new(routes: &'static [RouteSpec]) -> Self {
         Metrics {
             routes: routes
                 .iter()
@@ -86,6 +87,11 @@ impl Metrics {
         }
     }
 
+    /// Counts a request that matched no route or no method of its route.
+    pub(super) fn unmatched(&self) {
+        self.unmatched.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one feedback recorded.
     pub(super) fn feedback(&self, value: FeedbackValue) {
         let slot = (value.as_i64() + 1) as usize;
@@ -107,16 +113,21 @@ impl Metrics {
             .position(|upper| secs <= *upper)
             .unwrap_or(BUCKETS.len());
         route.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        route
-            .sum_nanos
-            .fetch_add(elapsed.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        route.sum_nanos.fetch_add(
+            elapsed.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         route.classes[class].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Middleware: times every request and counts it under its route and status class.
-pub(super) async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(super) async fn track(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.extensions().get::<MatchedPath>().cloned();
@@ -164,6 +175,30 @@ fn num(value: f64) -> String {
     }
 }
 
+/// Writes one metric family: its `# HELP` and `# TYPE` lines, then one sample per
+/// `(labels, value)`, where `labels` is the text between the braces (empty for none).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, f64)>,
+) {
+    header(out, name, kind, help);
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {}", num(value));
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", num(value));
+        }
+    }
+}
+
+/// A sample without labels.
+fn plain(value: f64) -> [(String, f64); 1] {
+    [(String::new(), value)]
+}
+
 /// Renders every metric. Reads the store: call it on the blocking pool.
 pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     let store = &*state.store;
@@ -175,152 +210,272 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     })?;
     let runs = store.runs(usize::MAX)?;
     let count_events = |kind: EventKind| -> Result<usize, ApiError> {
-        Ok(store
-            .events(&EventFilter {
-                kinds: vec![kind],
-                ..EventFilter::default()
-            })?
-            .len())
+        let filter = EventFilter {
+            kinds: vec![kind],
+            ..EventFilter::default()
+        };
+        Ok(store.events(&filter)?.len())
     };
     let promotions = count_events(EventKind::Promote)?;
     let rollbacks = count_events(EventKind::Rollback)?;
     let status = state.ab.status()?;
     let loop_state = afs_loop::LoopState::load(store)?;
+    let m = &state.metrics;
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
 
     let mut out = String::with_capacity(8192);
-    let m = &state.metrics;
-
-    header(&mut out, "afs_build_info", "gauge", "Version of the afs binary serving (always 1).");
-    let _ = writeln!(
-        out,
-        "afs_build_info{{version=\"{}\",with_loop=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        state.with_loop
+    family(
+        &mut out,
+        "afs_build_info",
+        "gauge",
+        "Version of the afs binary serving (always 1).",
+        [(
+            format!(
+                "version=\"{}\",with_loop=\"{}\"",
+                env!("CARGO_PKG_VERSION"),
+                state.with_loop
+            ),
+            1.0,
+        )],
     );
-    header(&mut out, "afs_process_start_time_seconds", "gauge", "When this server started, in Unix seconds.");
-    let _ = writeln!(out, "afs_process_start_time_seconds {}", num(m.started_unix));
+    family(
+        &mut out,
+        "afs_process_start_time_seconds",
+        "gauge",
+        "When this server started, in Unix seconds.",
+        plain(m.started_unix),
+    );
 
     // What this process wrote.
-    header(&mut out, "afs_usage_records_logged_total", "counter", "Usage records logged through this server since it started.");
-    let _ = writeln!(out, "afs_usage_records_logged_total {}", m.records_logged.load(Ordering::Relaxed));
-    header(&mut out, "afs_usage_batches_logged_total", "counter", "Batches logged through this server since it started.");
-    let _ = writeln!(out, "afs_usage_batches_logged_total {}", m.batches_logged.load(Ordering::Relaxed));
-    header(&mut out, "afs_feedback_recorded_total", "counter", "Feedback recorded through this server since it started, by value.");
-    for (i, value) in ["negative", "neutral", "positive"].iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "afs_feedback_recorded_total{{value=\"{value}\"}} {}",
-            m.feedback[i].load(Ordering::Relaxed)
-        );
-    }
+    family(
+        &mut out,
+        "afs_usage_records_logged_total",
+        "counter",
+        "Usage records logged through this server since it started.",
+        plain(load(&m.records_logged)),
+    );
+    family(
+        &mut out,
+        "afs_usage_batches_logged_total",
+        "counter",
+        "Batches logged through this server since it started.",
+        plain(load(&m.batches_logged)),
+    );
+    family(
+        &mut out,
+        "afs_feedback_recorded_total",
+        "counter",
+        "Feedback recorded through this server since it started, by value.",
+        ["negative", "neutral", "positive"]
+            .iter()
+            .zip(&m.feedback)
+            .map(|(value, n)| (format!("value=\"{value}\""), load(n))),
+    );
 
     // What the store holds, per model.
-    let per_model = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&UsageStats) -> Option<f64>, stats: &BTreeMap<String, UsageStats>| {
-        header(out, name, kind, help);
-        for (model, s) in stats {
-            if let Some(v) = f(s) {
-                let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), num(v));
-            }
-        }
+    let model = |name: &str| format!("model=\"{}\"", label(name));
+    family(
+        &mut out,
+        "afs_records",
+        "gauge",
+        "Usage records in the store, per model.",
+        all.iter().map(|(name, s)| (model(name), s.total as f64)),
+    );
+    family(
+        &mut out,
+        "afs_records_with_feedback",
+        "gauge",
+        "Records with feedback in the store, per model.",
+        all.iter()
+            .map(|(name, s)| (model(name), s.with_feedback as f64)),
+    );
+    family(
+        &mut out,
+        "afs_feedback",
+        "gauge",
+        "Records in the store by feedback value, per model.",
+        all.iter().flat_map(|(name, s)| {
+            [
+                ("negative", s.negative_feedback),
+                ("neutral", s.neutral_feedback),
+                ("positive", s.positive_feedback),
+            ]
+            .map(|(value, n)| (format!("{},value=\"{value}\"", model(name)), n as f64))
+        }),
+    );
+    let windows: [(&str, &BTreeMap<String, UsageStats>); 2] = [("all", &all), ("24h", &day)];
+    let windowed = |f: fn(&UsageStats) -> Option<f64>| {
+        windows.iter().flat_map(move |(window, stats)| {
+            stats.iter().filter_map(move |(name, s)| {
+                f(s).map(|v| (format!("{},window=\"{window}\"", model(name)), v))
+            })
+        })
     };
-    per_model(&mut out, "afs_records", "gauge", "Usage records in the store, per model.", &|s| Some(s.total as f64), &all);
-    per_model(&mut out, "afs_records_with_feedback", "gauge", "Records with feedback in the store, per model.", &|s| Some(s.with_feedback as f64), &all);
-    header(&mut out, "afs_feedback", "gauge", "Records in the store by feedback value, per model.");
-    for (model, s) in &all {
-        for (value, n) in [
-            ("negative", s.negative_feedback),
-            ("neutral", s.neutral_feedback),
-            ("positive", s.positive_feedback),
-        ] {
-            let _ = writeln!(out, "afs_feedback{{model=\"{}\",value=\"{value}\"}} {n}", label(model));
-        }
-    }
-    let windowed = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&UsageStats) -> Option<f64>| {
-        header(out, name, "gauge", help);
-        for (window, stats) in [("all", &all), ("24h", &day)] {
-            for (model, s) in stats {
-                if let Some(v) = f(s) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{model=\"{}\",window=\"{window}\"}} {}",
-                        label(model),
-                        num(v)
-                    );
-                }
-            }
-        }
-    };
-    windowed(&mut out, "afs_model_quality", "Mean quality score per model, over the whole log (window=\"all\") and the last 24 hours.", &UsageStats::avg_quality_score);
-    windowed(&mut out, "afs_model_feedback_rate", "Share of records with feedback per model.", &|s| Some(s.feedback_rate()));
-    windowed(&mut out, "afs_model_positive_rate", "Share of positive feedback among records with feedback, per model.", &UsageStats::positive_rate);
-    windowed(&mut out, "afs_model_latency_ms", "Mean latency in milliseconds per model.", &UsageStats::avg_latency_ms);
+    family(
+        &mut out,
+        "afs_model_quality",
+        "gauge",
+        "Mean quality score per model, over the whole log (window=\"all\") and the last 24 hours.",
+        windowed(UsageStats::avg_quality_score),
+    );
+    family(
+        &mut out,
+        "afs_model_feedback_rate",
+        "gauge",
+        "Share of records with feedback, per model.",
+        windowed(|s| Some(s.feedback_rate())),
+    );
+    family(
+        &mut out,
+        "afs_model_positive_rate",
+        "gauge",
+        "Share of positive feedback among records with feedback, per model.",
+        windowed(UsageStats::positive_rate),
+    );
+    family(
+        &mut out,
+        "afs_model_latency_ms",
+        "gauge",
+        "Mean latency in milliseconds, per model.",
+        windowed(UsageStats::avg_latency_ms),
+    );
 
-    // Serving state and experiments.
-    header(&mut out, "afs_traffic_share", "gauge", "Share of traffic routed to each serving model.");
-    if let Some(champion) = &status.champion {
-        let weight = status.experiment.as_ref().map_or(0.0, |e| e.challenger_weight);
-        let _ = writeln!(out, "afs_traffic_share{{model=\"{}\",arm=\"champion\"}} {}", label(&champion.name), num(1.0 - weight));
-        if let Some(e) = &status.experiment {
-            let _ = writeln!(out, "afs_traffic_share{{model=\"{}\",arm=\"challenger\"}} {}", label(&e.challenger), num(weight));
-        }
-    }
-    header(&mut out, "afs_experiment_running", "gauge", "1 while a champion/challenger experiment runs.");
-    let _ = writeln!(out, "afs_experiment_running {}", u8::from(status.experiment.is_some()));
-    header(&mut out, "afs_promotions_total", "counter", "Challengers promoted to champion (from the store's event log).");
-    let _ = writeln!(out, "afs_promotions_total {promotions}");
-    header(&mut out, "afs_rollbacks_total", "counter", "Challengers rolled back (from the store's event log).");
-    let _ = writeln!(out, "afs_rollbacks_total {rollbacks}");
-
-    header(&mut out, "afs_retrains", "gauge", "Retrain runs in the store, by status.");
-    for run_status in [
-        RunStatus::Running,
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::TimedOut,
-        RunStatus::Interrupted,
-    ] {
-        let n = runs.iter().filter(|r| r.status == run_status).count();
-        let _ = writeln!(out, "afs_retrains{{status=\"{}\"}} {n}", run_status.as_str());
-    }
-    header(&mut out, "afs_loop_iterations_total", "counter", "Iterations of the continuous loop on this database (any process), by outcome.");
-    let _ = writeln!(out, "afs_loop_iterations_total{{outcome=\"all\"}} {}", loop_state.iterations);
-    let _ = writeln!(out, "afs_loop_iterations_total{{outcome=\"failed\"}} {}", loop_state.failed_iterations);
-    let _ = writeln!(out, "afs_loop_iterations_total{{outcome=\"interrupted\"}} {}", loop_state.interrupted_iterations);
+    // Serving state, experiments, retrains and the loop.
+    let challenger_weight = status
+        .experiment
+        .as_ref()
+        .map_or(0.0, |e| e.challenger_weight);
+    let shares = status
+        .champion
+        .iter()
+        .map(|c| (&c.name, "champion", 1.0 - challenger_weight))
+        .chain(
+            status
+                .experiment
+                .iter()
+                .map(|e| (&e.challenger, "challenger", challenger_weight)),
+        );
+    family(
+        &mut out,
+        "afs_traffic_share",
+        "gauge",
+        "Share of traffic routed to each serving model.",
+        shares.map(|(name, arm, share)| (format!("{},arm=\"{arm}\"", model(name)), share)),
+    );
+    family(
+        &mut out,
+        "afs_experiment_running",
+        "gauge",
+        "1 while a champion/challenger experiment runs.",
+        plain(f64::from(u8::from(status.experiment.is_some()))),
+    );
+    family(
+        &mut out,
+        "afs_promotions_total",
+        "counter",
+        "Challengers promoted to champion (from the store's event log).",
+        plain(promotions as f64),
+    );
+    family(
+        &mut out,
+        "afs_rollbacks_total",
+        "counter",
+        "Challengers rolled back (from the store's event log).",
+        plain(rollbacks as f64),
+    );
+    family(
+        &mut out,
+        "afs_retrains",
+        "gauge",
+        "Retrain runs in the store, by status.",
+        [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::TimedOut,
+            RunStatus::Interrupted,
+        ]
+        .map(|run_status| {
+            let n = runs.iter().filter(|r| r.status == run_status).count();
+            (format!("status=\"{}\"", run_status.as_str()), n as f64)
+        }),
+    );
+    family(
+        &mut out,
+        "afs_loop_iterations_total",
+        "counter",
+        "Iterations of the continuous loop on this database (any process), by outcome.",
+        [
+            ("all", loop_state.iterations),
+            ("failed", loop_state.failed_iterations),
+            ("interrupted", loop_state.interrupted_iterations),
+        ]
+        .map(|(outcome, n)| (format!("outcome=\"{outcome}\""), n as f64)),
+    );
 
     // Requests served by this process.
-    header(&mut out, "afs_http_requests_in_flight", "gauge", "Requests being served now.");
-    let _ = writeln!(out, "afs_http_requests_in_flight {}", m.in_flight.load(Ordering::Relaxed));
-    header(&mut out, "afs_http_requests_total", "counter", "Requests served, by route and status class.");
-    for route in &m.routes {
-        for (i, class) in CLASSES.iter().enumerate() {
-            let n = route.classes[i].load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "afs_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{class}\"}} {n}",
+    family(
+        &mut out,
+        "afs_http_requests_in_flight",
+        "gauge",
+        "Requests being served now.",
+        plain(load(&m.in_flight)),
+    );
+    let by_class = m.routes.iter().flat_map(|route| {
+        CLASSES
+            .iter()
+            .zip(&route.classes)
+            .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+            .map(|(class, n)| {
+                let labels = format!(
+                    "method=\"{}\",route=\"{}\",status=\"{class}\"",
                     route.method, route.path
                 );
-            }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "afs_http_requests_total{{method=\"\",route=\"unmatched\",status=\"4xx\"}} {}",
-        m.unmatched.load(Ordering::Relaxed)
+                (labels, load(n))
+            })
+    });
+    let unmatched = (
+        "method=\"any\",route=\"unmatched\",status=\"4xx\"".to_string(),
+        load(&m.unmatched),
     );
-    header(&mut out, "afs_http_request_duration_seconds", "histogram", "Time from receiving a request to its response, by route.");
+    family(
+        &mut out,
+        "afs_http_requests_total",
+        "counter",
+        "Requests served, by route and status class.",
+        by_class.chain([unmatched]),
+    );
+    header(
+        &mut out,
+        "afs_http_request_duration_seconds",
+        "histogram",
+        "Time from receiving a request to its response, by route.",
+    );
     for route in &m.routes {
         let labels = format!("method=\"{}\",route=\"{}\"", route.method, route.path);
         let mut cumulative = 0u64;
-        for (i, upper) in BUCKETS.iter().enumerate() {
-            cumulative += route.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "afs_http_request_duration_seconds_bucket{{{labels},le=\"{upper}\"}} {cumulative}");
+        for (upper, n) in BUCKETS.iter().zip(&route.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "afs_http_request_duration_seconds_bucket{{{labels},le=\"{upper}\"}} {cumulative}"
+            );
         }
         cumulative += route.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "afs_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "afs_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+        );
         let sum = route.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "afs_http_request_duration_seconds_sum{{{labels}}} {}", num(sum));
-        let _ = writeln!(out, "afs_http_request_duration_seconds_count{{{labels}}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "afs_http_request_duration_seconds_sum{{{labels}}} {}",
+            num(sum)
+        );
+        let _ = writeln!(
+            out,
+            "afs_http_request_duration_seconds_count{{{labels}}} {cumulative}"
+        );
     }
     Ok(out)
 }
@@ -340,12 +495,30 @@ mod tests {
         let specs = super::super::api::ROUTES;
         let metrics = Metrics::new(specs);
         let first = &specs[0];
-        metrics.observe(first.method.as_str(), Some(first.path), 200, Duration::from_micros(300));
-        metrics.observe(first.method.as_str(), Some(first.path), 500, Duration::from_secs(60));
+        metrics.observe(
+            first.method.as_str(),
+            Some(first.path),
+            200,
+            Duration::from_micros(300),
+        );
+        metrics.observe(
+            first.method.as_str(),
+            Some(first.path),
+            500,
+            Duration::from_secs(60),
+        );
         metrics.observe("GET", Some("/nowhere"), 404, Duration::from_micros(1));
         let route = &metrics.routes[0];
-        assert_eq!(route.buckets[1].load(Ordering::Relaxed), 1, "0.3 ms is in the 0.5 ms bucket");
-        assert_eq!(route.buckets[BUCKETS.len()].load(Ordering::Relaxed), 1, "60 s is in +Inf");
+        assert_eq!(
+            route.buckets[1].load(Ordering::Relaxed),
+            1,
+            "0.3 ms is in the 0.5 ms bucket"
+        );
+        assert_eq!(
+            route.buckets[BUCKETS.len()].load(Ordering::Relaxed),
+            1,
+            "60 s is in +Inf"
+        );
         assert_eq!(route.classes[1].load(Ordering::Relaxed), 1);
         assert_eq!(route.classes[4].load(Ordering::Relaxed), 1);
         assert_eq!(metrics.unmatched.load(Ordering::Relaxed), 1);

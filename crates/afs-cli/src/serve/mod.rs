@@ -85,19 +85,19 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     with_loop: bool,
 
-    /// Trainer command for --with-loop, as for `afs retrain` (default: train_cmd in [retrain])
+    /// Trainer command for --with-loop, as for `afs retrain` (default: train_cmd in [trainer])
     #[arg(long, value_name = "CMD", requires = "with_loop")]
     train_cmd: Option<String>,
 
-    /// Trainer timeout in seconds (default: timeout_secs in [retrain], else a day)
+    /// Trainer timeout in seconds (default: timeout_secs in [trainer], else a day)
     #[arg(long, value_name = "SECS", requires = "with_loop")]
     train_timeout: Option<u64>,
 
-    /// How often the loop runs an iteration: seconds, or an age such as 30m, 1h, 1d [default: 1h]
-    #[arg(long, value_name = "DURATION", requires = "with_loop", value_parser = learning::parse_interval)]
+    /// Time between loop iterations: seconds, or 30m, 1h, 1d (default: check_interval in [loop], else 1h)
+    #[arg(long, value_name = "DURATION", requires = "with_loop", value_parser = crate::time_arg::parse_duration)]
     check_interval: Option<Duration>,
 
-    /// With --with-loop: the champion to register when the database has none yet
+    /// With --with-loop: the champion to register when the database has none (default: champion in [loop])
     #[arg(long, value_name = "NAME", requires_all = ["with_loop", "champion_path"])]
     champion: Option<String>,
 
@@ -151,7 +151,7 @@ pub(super) struct AppState {
 /// Runs `afs serve` (or its load generator) until SIGTERM or SIGINT.
 pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(ServeTool::Load(load_args)) = &args.tool {
-        return load::run(load_args, global.json);
+        return load::run(load_args);
     }
     let auth = auth::Auth::new(&args.tokens, args.protect_reads)?;
     if args.max_body_bytes == 0 {
@@ -161,15 +161,16 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         return Err(InvalidInput("invalid --max-batch: must be > 0".into()).into());
     }
     let config = config::load(global.config.as_deref())?;
-    let store_config = store_open::config(&global.db);
+    let store_config = config.sqlite_config(&global.db);
     let max_field_bytes = store_config.max_field_bytes;
     let store = Arc::new(store_open::open(store_config, Create::IfMissing)?);
-    let learning = match args.with_loop {
-        true => Some(Arc::new(learning::build(store.clone(), &config, args)?)),
-        false => None,
+    let learning = if args.with_loop {
+        Some(learning::build(store.clone(), &config, args)?)
+    } else {
+        None
     };
-    let ab = AbTest::new(store.clone(), config.abtest.clone())
-        .context("invalid [abtest] settings")?;
+    let ab =
+        AbTest::new(store.clone(), config.abtest.clone()).context("invalid [abtest] settings")?;
     let state = Arc::new(AppState {
         store,
         ab,
@@ -203,7 +204,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
 async fn serve(
     state: Arc<AppState>,
     args: &ServeArgs,
-    learning: Option<Arc<learning::Learning>>,
+    learning: Option<learning::Learning>,
     json: bool,
 ) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM that arrives right after the address is printed must

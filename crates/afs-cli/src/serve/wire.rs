@@ -62,7 +62,7 @@ struct BatchIn {
 #[derive(Debug)]
 pub(super) enum UsageBody {
     /// One record (a JSON object): answered with `{"id": ...}`.
-    One(NewUsage),
+    One(Box<NewUsage>),
     /// A batch (a JSON array, or `{"records": [...]}`): answered with `{"ids": [...]}`.
     Batch(Vec<NewUsage>),
 }
@@ -79,7 +79,9 @@ pub(super) fn parse_usage(
         serde_json::from_slice::<Vec<RecordIn>>(body).map_err(|e| diagnose_batch(body, &e))
     } else {
         match serde_json::from_slice::<RecordIn>(body) {
-            Ok(record) => return convert(record, "", max_field_bytes).map(UsageBody::One),
+            Ok(record) => {
+                return convert(record, "", max_field_bytes).map(|r| UsageBody::One(Box::new(r)))
+            }
             Err(single_err) => match serde_json::from_slice::<BatchIn>(body) {
                 Ok(batch) => Ok(batch.records),
                 Err(_) => Err(diagnose_object(body, &single_err)),
@@ -108,7 +110,9 @@ pub(super) fn parse_usage(
 fn convert(record: RecordIn, prefix: &str, max_field_bytes: usize) -> Result<NewUsage, ApiError> {
     let field = |name: &str| format!("{prefix}{name}");
     let timestamp = match record.timestamp.as_deref() {
-        Some(text) => Some(parse_timestamp(text).map_err(|r| ApiError::invalid(field("timestamp"), r))?),
+        Some(text) => {
+            Some(parse_timestamp(text).map_err(|r| ApiError::invalid(field("timestamp"), r))?)
+        }
         None => None,
     };
     let feedback = match record.feedback {
@@ -138,8 +142,10 @@ fn convert(record: RecordIn, prefix: &str, max_field_bytes: usize) -> Result<New
         timestamp,
         feedback,
     };
-    if let Err(afs_store::StoreError::InvalidInput { field: name, reason }) =
-        usage.validate(max_field_bytes)
+    if let Err(afs_store::StoreError::InvalidInput {
+        field: name,
+        reason,
+    }) = usage.validate(max_field_bytes)
     {
         return Err(ApiError::invalid(field(api_field(name)), reason));
     }
@@ -188,7 +194,10 @@ fn diagnose_object(body: &[u8], err: &serde_json::Error) -> ApiError {
             Value::Array(items) => diagnose_records(items, err),
             other => ApiError::invalid(
                 "records",
-                format!("expected an array of records, got {}", describe_value(other)),
+                format!(
+                    "expected an array of records, got {}",
+                    describe_value(other)
+                ),
             ),
         };
     }
@@ -297,9 +306,8 @@ pub(super) fn parse_feedback(body: &[u8], max_field_bytes: usize) -> Result<Feed
     let value = match map.get("value") {
         Some(Value::Bool(true)) => FeedbackValue::Positive,
         Some(Value::Bool(false)) => FeedbackValue::Negative,
-        Some(v) if v.is_i64() => {
-            feedback_value(v.as_i64().unwrap_or(i64::MAX)).map_err(|r| ApiError::invalid("value", r))?
-        }
+        Some(v) if v.is_i64() => feedback_value(v.as_i64().unwrap_or(i64::MAX))
+            .map_err(|r| ApiError::invalid("value", r))?,
         Some(other) => {
             return Err(ApiError::invalid(
                 "value",
@@ -339,9 +347,13 @@ impl Params {
     /// error.
     pub(super) fn parse(uri: &Uri, known: &[&str]) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = match uri.query() {
-            Some(_) => Query::<Vec<(String, String)>>::try_from_uri(uri)
-                .map_err(|e| ApiError::malformed(format!("malformed query string: {}", e.body_text())))?
-                .0,
+            Some(_) => {
+                Query::<Vec<(String, String)>>::try_from_uri(uri)
+                    .map_err(|e| {
+                        ApiError::malformed(format!("malformed query string: {}", e.body_text()))
+                    })?
+                    .0
+            }
             None => Vec::new(),
         };
         for (i, (name, _)) in pairs.iter().enumerate() {
@@ -374,7 +386,7 @@ impl Params {
     /// A non-empty string parameter.
     pub(super) fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.get(name) {
-            Some(v) if v.is_empty() => Err(ApiError::invalid(name, "must not be empty")),
+            Some("") => Err(ApiError::invalid(name, "must not be empty")),
             other => Ok(other.map(str::to_string)),
         }
     }
@@ -393,7 +405,13 @@ impl Params {
     }
 
     /// An integer in `min..=max`, or `default` when absent.
-    pub(super) fn int(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+    pub(super) fn int(
+        &self,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ApiError> {
         match self.get(name) {
             None => Ok(default),
             Some(text) => match text.parse::<u64>() {
@@ -408,7 +426,11 @@ impl Params {
 
     /// A time: RFC 3339, or an age such as `24h` or `7d` (before `now`), as the CLI's
     /// `--since`/`--until`.
-    pub(super) fn time(&self, name: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    pub(super) fn time(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, ApiError> {
         self.get(name)
             .map(|text| {
                 parse_time_arg(text)
@@ -533,11 +555,16 @@ mod tests {
             Err(("unit", "must not be empty")),
         );
         check(
-            &format!("{{\"query\":\"{}\",\"response\":\"r\",\"model\":\"m\"}}", "x".repeat(65)),
+            &format!(
+                "{{\"query\":\"{}\",\"response\":\"r\",\"model\":\"m\"}}",
+                "x".repeat(65)
+            ),
             Err(("query", "exceeds the limit")),
         );
         check(
-            &format!("[{ok},{{\"query\":\"q\",\"response\":\"r\",\"model\":\"m\",\"latency_ms\":-1}}]"),
+            &format!(
+                "[{ok},{{\"query\":\"q\",\"response\":\"r\",\"model\":\"m\",\"latency_ms\":-1}}]"
+            ),
             Err(("records[1].latency_ms", "finite number >= 0")),
         );
         check(
@@ -562,15 +589,16 @@ mod tests {
 
     #[test]
     fn feedback_bodies() {
-        let check = |body: &str, expected: Result<i64, &str>| {
-            match (parse_feedback(body.as_bytes(), 8), expected) {
-                (Ok(f), Ok(v)) => assert_eq!(f.value.as_i64(), v, "{body}"),
-                (Err(e), Err(field)) => {
-                    let text = format!("{e:?}");
-                    assert!(text.contains(&format!("Some({field:?})")), "{body}: {text}")
-                }
-                (got, expected) => panic!("{body}: got {got:?}, expected {expected:?}"),
+        let check = |body: &str, expected: Result<i64, &str>| match (
+            parse_feedback(body.as_bytes(), 8),
+            expected,
+        ) {
+            (Ok(f), Ok(v)) => assert_eq!(f.value.as_i64(), v, "{body}"),
+            (Err(e), Err(field)) => {
+                let text = format!("{e:?}");
+                assert!(text.contains(&format!("Some({field:?})")), "{body}: {text}")
             }
+            (got, expected) => panic!("{body}: got {got:?}, expected {expected:?}"),
         };
         check(r#"{"id":"a","value":1}"#, Ok(1));
         check(r#"{"id":"a","value":-1,"text":"bad"}"#, Ok(-1));

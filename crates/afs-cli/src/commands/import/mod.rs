@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, ImportArgs};
 use crate::exit::InvalidInput;
 use crate::output::{count, print_json, print_line};
-use crate::store_open::{config, open, Create};
+use crate::store_open::{configured, open, Create};
 
 use self::line::{describe_store_error, parse_line};
 
@@ -59,7 +59,7 @@ impl Report {
 /// [`InvalidInput`] error) when any line was rejected.
 pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> {
     let (mut reader, input_len) = open_input(&args.file)?;
-    let config = config(&global.db);
+    let config = configured(global)?;
     let max_field_bytes = config.max_field_bytes;
     let store = open(config, Create::IfMissing)?;
     // A line holds several text fields, each up to the limit, plus JSON escapes; anything

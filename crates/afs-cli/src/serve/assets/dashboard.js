@@ -64,6 +64,15 @@
     return withDate === false ? time : d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " + time;
   }
 
+  // "06-01 12:00": month, day and time, for narrow table columns.
+  function shortUtc(iso) {
+    if (!iso) {
+      return "–";
+    }
+    const d = new Date(iso);
+    return pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " + pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes());
+  }
+
   function fixed(x, digits) {
     return x === null || x === undefined || !isFinite(x) ? "–" : Number(x).toFixed(digits);
   }
@@ -121,7 +130,7 @@
   function lineChart(container, series, pick, since, now) {
     const width = Math.max(container.clientWidth || 560, 280);
     const height = 210;
-    const m = { top: 10, right: 12, bottom: 24, left: 36 };
+    const m = { top: 10, right: 22, bottom: 24, left: 36 };
     const plotW = width - m.left - m.right;
     const plotH = height - m.top - m.bottom;
     const x0 = since.getTime();
@@ -230,6 +239,23 @@
     document.getElementById("traffic-observed-caption").textContent = "Requests logged in the last " + series.hours + " h";
     bar(document.getElementById("traffic-observed"), observed, "no requests in this window");
     status.dataset.trafficModels = String(weights.length);
+
+    const weightOf = new Map((summary.traffic_split || []).map(function (t) { return [t.model, t.share]; }));
+    const rows = (series.models || []).map(function (line) {
+      const sum = function (f) { return line.points.reduce(function (acc, p) { return acc + f(p); }, 0); };
+      const samples = sum(function (p) { return p.quality_samples; });
+      const quality = samples > 0 ? sum(function (p) { return (p.avg_quality_score || 0) * p.quality_samples; }) / samples : null;
+      const withFeedback = sum(function (p) { return p.with_feedback; });
+      const up = withFeedback > 0 ? sum(function (p) { return p.positive_feedback; }) / withFeedback : null;
+      const name = el("span");
+      const swatch = el("i", { class: "swatch" });
+      swatch.style.background = colorOf(line.model);
+      name.appendChild(swatch);
+      name.appendChild(document.createTextNode(line.model));
+      return [name, weightOf.has(line.model) ? pct(weightOf.get(line.model)) : "–", count(sum(function (p) { return p.total; })),
+        fixed(quality, 3), count(withFeedback), pct(up)];
+    });
+    fillTable("models", rows, 6, "no records in this window");
   }
 
   // ---- experiment ----------------------------------------------------------------------
@@ -239,52 +265,65 @@
   }
 
   // One row per metric: its always-valid interval for challenger − champion, the point
-  // estimate, zero, and (for guardrails) the margin the test is centred on.
+  // estimate, zero, and (for guardrails) the margin the test is centred on. Metrics have
+  // different units (a rate, milliseconds), so every value is drawn relative to the
+  // champion's value, on one percent scale.
   function intervalPlot(metrics) {
-    const rows = metrics.length;
-    const width = 560;
+    const width = 620;
     const rowH = 30;
-    const m = { top: 8, right: 110, bottom: 20, left: 120 };
-    const height = m.top + m.bottom + rows * rowH;
-    let lo = 0;
-    let hi = 0;
+    const m = { top: 8, right: 215, bottom: 22, left: 150 };
+    const height = m.top + m.bottom + metrics.length * rowH;
+    const rel = function (r, v) {
+      const base = r.champion.value;
+      return v === null || v === undefined || !isFinite(v) || !base ? null : v / Math.abs(base);
+    };
+    let lo = -0.05;
+    let hi = 0.05;
     for (const r of metrics) {
       for (const v of [r.difference, r.null_difference].concat(r.interval || [])) {
-        if (v !== null && v !== undefined && isFinite(v)) {
-          lo = Math.min(lo, v);
-          hi = Math.max(hi, v);
+        const x = rel(r, v);
+        if (x !== null) {
+          lo = Math.min(lo, x);
+          hi = Math.max(hi, x);
         }
       }
     }
-    const spread = Math.max(hi - lo, 1e-6);
-    lo -= spread * 0.1;
-    hi += spread * 0.1;
-    const x = function (v) { return m.left + ((v - lo) / (hi - lo)) * (width - m.left - m.right); };
+    lo = Math.max(lo * 1.1, -1);
+    hi = Math.min(hi * 1.1, 1);
+    const x = function (v) { return m.left + ((Math.min(hi, Math.max(lo, v)) - lo) / (hi - lo)) * (width - m.left - m.right); };
     const root = svg("svg", { viewBox: "0 0 " + width + " " + height, height: height, role: "img" });
     root.appendChild(svg("line", { x1: x(0), x2: x(0), y1: m.top - 4, y2: height - m.bottom, stroke: "#6a7383", "stroke-dasharray": "2 2" }));
-    root.appendChild(svg("text", { x: x(0), y: height - 6, "text-anchor": "middle" }, "0 (challenger − champion)"));
+    root.appendChild(svg("text", { x: x(lo), y: height - 6, "text-anchor": "start" }, (100 * lo).toFixed(0) + "%"));
+    root.appendChild(svg("text", { x: x(0), y: height - 6, "text-anchor": "middle" }, "0"));
+    root.appendChild(svg("text", { x: x(hi), y: height - 6, "text-anchor": "end" }, "+" + (100 * hi).toFixed(0) + "%"));
     let intervals = 0;
     metrics.forEach(function (r, i) {
       const cy = m.top + i * rowH + rowH / 2;
-      const name = r.metric + (r.role === "guardrail" ? " (guardrail)" : " (primary)");
+      const name = r.metric.replace(/_/g, " ") + (r.role === "guardrail" ? " (guardrail)" : " (primary)");
       root.appendChild(svg("text", { x: m.left - 8, y: cy + 3, "text-anchor": "end" }, name));
-      if (r.null_difference !== null && r.null_difference !== undefined && r.null_difference !== 0) {
-        root.appendChild(svg("line", { x1: x(r.null_difference), x2: x(r.null_difference), y1: cy - 10, y2: cy + 10, stroke: "#b7791f", "stroke-width": 1.5 }));
+      const margin = rel(r, r.null_difference);
+      if (margin !== null && margin !== 0) {
+        root.appendChild(svg("line", { x1: x(margin), x2: x(margin), y1: cy - 10, y2: cy + 10, stroke: "#b7791f", "stroke-width": 1.5 }));
       }
       const color = r.verdict === "better" || r.verdict === "within_margin" ? "#1f8a4c"
         : r.verdict === "worse" || r.verdict === "violated" ? "#c23b3b" : "#2f6fdf";
-      if (r.interval && r.interval[0] !== null && r.interval[1] !== null) {
-        root.appendChild(svg("line", { x1: x(r.interval[0]), x2: x(r.interval[1]), y1: cy, y2: cy, stroke: color, "stroke-width": 4, "stroke-linecap": "round", opacity: 0.55 }));
+      const lower = r.interval ? rel(r, r.interval[0]) : null;
+      const upper = r.interval ? rel(r, r.interval[1]) : null;
+      if (lower !== null && upper !== null) {
+        root.appendChild(svg("line", { x1: x(lower), x2: x(upper), y1: cy, y2: cy, stroke: color, "stroke-width": 5, "stroke-linecap": "round", opacity: 0.45 }));
         intervals += 1;
       }
-      if (r.difference !== null && r.difference !== undefined) {
-        const dot = svg("circle", { cx: x(r.difference), cy: cy, r: 4, fill: color });
-        dot.appendChild(svg("title", {}, r.metric + ": difference " + fixed(r.difference, 4) + ", interval " +
-          (r.interval ? "[" + fixed(r.interval[0], 4) + ", " + fixed(r.interval[1], 4) + "]" : "not started") +
-          ", champion " + fixed(r.champion.value, 4) + " (n=" + r.champion.n + "), challenger " + fixed(r.challenger.value, 4) + " (n=" + r.challenger.n + ")"));
+      const point = rel(r, r.difference);
+      if (point !== null) {
+        const dot = svg("circle", { cx: x(point), cy: cy, r: 4, fill: color });
+        dot.appendChild(svg("title", {}, r.metric + ": challenger − champion = " + fixed(r.difference, 4) +
+          (r.interval ? ", interval [" + fixed(r.interval[0], 4) + ", " + fixed(r.interval[1], 4) + "]" : ", interval not started") +
+          "; champion " + fixed(r.champion.value, 4) + " (n=" + r.champion.n + "), challenger " + fixed(r.challenger.value, 4) + " (n=" + r.challenger.n + ")"));
         root.appendChild(dot);
       }
-      root.appendChild(svg("text", { x: width - m.right + 8, y: cy + 3 }, r.verdict.replace(/_/g, " ")));
+      const signed = function (v) { return v === null ? "–" : (v >= 0 ? "+" : "") + (100 * v).toFixed(1) + "%"; };
+      const text = lower !== null ? signed(point) + " [" + signed(lower) + ", " + signed(upper) + "]" : signed(point);
+      root.appendChild(svg("text", { x: width - m.right + 10, y: cy + 3 }, text + "  " + r.verdict.replace(/_/g, " ")));
     });
     return { node: root, intervals: intervals };
   }
@@ -367,7 +406,7 @@
 
   function renderRuns(data) {
     const rows = (data.runs || []).map(function (r) {
-      return [r.id.slice(-8), badge(r.status), r.trigger_type, utc(r.started_at), duration(r.duration_secs),
+      return [r.id.slice(-6), badge(r.status), r.trigger_type, shortUtc(r.started_at), duration(r.duration_secs),
         r.n_samples === null ? "–" : count(r.n_samples), r.model_path || r.error || "–"];
     });
     fillTable("runs", rows, 7, "no retrain runs yet");
@@ -376,7 +415,7 @@
 
   function renderHistory(data) {
     const rows = (data.events || []).map(function (e) {
-      return [utc(e.at), e.kind.replace(/_/g, " "), e.model || "–", e.decision ? badge(e.decision) : "–", e.reason || "–"];
+      return [shortUtc(e.at), e.kind.replace(/_/g, " "), e.model || "–", e.decision ? badge(e.decision) : "–", e.reason || "–"];
     });
     fillTable("history", rows, 5, "no experiment events yet");
     status.dataset.events = String(rows.length);

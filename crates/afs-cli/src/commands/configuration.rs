@@ -1,0 +1,35 @@
+//! `afs config show` and `afs config check`: the effective configuration, and its check.
+
+use serde_json::json;
+
+use crate::cli::{ConfigArgs, ConfigCommand, GlobalArgs};
+use crate::config;
+use crate::output::{print_json, print_line};
+
+/// Runs `afs config show` or `afs config check`.
+pub(crate) fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<()> {
+    // An invalid layer fails here, with exit code 3 and the key named.
+    let config = config::load(global.config.as_deref())?;
+    match args.command {
+        ConfigCommand::Show => {
+            if global.json {
+                print_json(&config::to_json(&config))
+            } else {
+                print_line(config::to_toml(&config)?.trim_end())
+            }
+        }
+        ConfigCommand::Check => {
+            // What the loop checks on top of each key: combinations of keys.
+            config.check_loop(&config.loop_config())?;
+            let layers = config.sources.describe();
+            if global.json {
+                return print_json(&json!({ "ok": true, "layers": layers }));
+            }
+            if layers.is_empty() {
+                print_line("ok (no config file, environment variable or --set flag: all defaults)")
+            } else {
+                print_line(&format!("ok ({})", layers.join(", ")))
+            }
+        }
+    }
+}

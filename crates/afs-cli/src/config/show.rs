@@ -1,0 +1,308 @@
+//! The effective configuration written out (`afs config show`): every key of every section
+//! with its value, in the file's own format, so the output is itself a valid config file.
+
+use afs_abtest::{Metric, PrimaryMetric};
+use afs_store::Synchronous;
+use serde::{Serialize, Serializer};
+
+use super::Config;
+use crate::time_arg::format_duration;
+
+#[derive(Serialize)]
+struct Shown {
+    store: ShownStore,
+    trigger: ShownTrigger,
+    generator: ShownGenerator,
+    abtest: ShownAbTest,
+    #[serde(rename = "loop")]
+    looping: ShownLoop,
+    trainer: ShownTrainer,
+}
+
+#[derive(Serialize)]
+struct ShownStore {
+    busy_timeout_ms: u64,
+    max_field_bytes: usize,
+    synchronous: &'static str,
+    pool_size: u32,
+}
+
+#[derive(Serialize)]
+struct ShownTrigger {
+    enable_sample_count: bool,
+    min_new_samples: u64,
+    enable_scheduled: bool,
+    schedule_interval_hours: f64,
+    schedule_on_first_run: bool,
+    enable_quality_drop: bool,
+    quality_drop_threshold: f64,
+    quality_window_hours: f64,
+    min_quality_samples: u64,
+    enable_page_hinkley: bool,
+    enable_error_rate: bool,
+    error_rate_threshold: f64,
+    error_rate_window_hours: f64,
+    min_feedback_events: u64,
+    cooldown_hours: f64,
+    page_hinkley: ShownPageHinkley,
+}
+
+#[derive(Serialize)]
+struct ShownPageHinkley {
+    min_instances: u64,
+    delta: f64,
+    threshold: f64,
+    alpha: f64,
+}
+
+#[derive(Serialize)]
+struct ShownGenerator {
+    min_quality_score: f64,
+    min_user_feedback: Feedback,
+    deduplicate: bool,
+    near_dedupe: bool,
+    near_dedupe_threshold: f64,
+    format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_samples: Option<u64>,
+    redact: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    existing: Option<String>,
+    rehearsal_ratio: f64,
+    seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_prompt: Option<String>,
+    write_back_scores: bool,
+}
+
+/// `min_user_feedback`: an integer, or `"none"`.
+struct Feedback(Option<i64>);
+
+impl Serialize for Feedback {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(n) => serializer.serialize_i64(n),
+            None => serializer.serialize_str("none"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ShownAbTest {
+    initial_challenger_traffic: f64,
+    min_samples_per_version: u64,
+    min_improvement_threshold: f64,
+    enable_auto_promotion: bool,
+    promotion_threshold: f64,
+    min_duration_hours: f64,
+    primary_metric: &'static str,
+    alpha: f64,
+    min_lift: f64,
+    expected_effect: f64,
+    min_feedback_per_version: u64,
+    enable_auto_rollback: bool,
+    srm_p_threshold: f64,
+    srm_min_deviation: f64,
+    check_interval_hours: f64,
+    enable_bandit: bool,
+    guardrails: ShownGuardrails,
+    bandit: ShownBandit,
+}
+
+#[derive(Serialize)]
+struct ShownGuardrails {
+    latency_ms: Margin,
+    negative_rate: Margin,
+    positive_rate: Margin,
+    quality: Margin,
+}
+
+/// A guardrail: its margin, or `false`.
+struct Margin(Option<f64>);
+
+impl Serialize for Margin {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(margin) => serializer.serialize_f64(margin),
+            None => serializer.serialize_bool(false),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ShownBandit {
+    arm_floor: f64,
+    champion_floor: f64,
+    draws: u32,
+}
+
+#[derive(Serialize)]
+struct ShownLoop {
+    check_interval: String,
+    enable_ab_testing: bool,
+    enable_auto_promotion: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_cmd: Option<String>,
+    eval_timeout_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    champion: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    champion_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_stem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    training_window: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ShownTrainer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_cmd: Option<String>,
+    timeout_secs: u64,
+    min_samples_for_retrain: u64,
+    output_dir: String,
+    dataset_name: String,
+}
+
+fn shown(config: &Config) -> Shown {
+    let t = &config.trigger;
+    let g = &config.generator;
+    let a = &config.abtest;
+    let l = &config.loop_settings;
+    let r = &config.retrain;
+    let margin = |metric: Metric| {
+        Margin(
+            a.guardrails
+                .iter()
+                .find(|guardrail| guardrail.metric == metric)
+                .map(|guardrail| guardrail.margin),
+        )
+    };
+    let bandit = a.bandit.unwrap_or_default();
+    Shown {
+        store: ShownStore {
+            busy_timeout_ms: u64::try_from(config.store.busy_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            max_field_bytes: config.store.max_field_bytes,
+            synchronous: match config.store.synchronous {
+                Synchronous::Normal => "normal",
+                Synchronous::Full => "full",
+            },
+            pool_size: config.store.pool_size,
+        },
+        trigger: ShownTrigger {
+            enable_sample_count: t.enable_sample_count,
+            min_new_samples: t.min_new_samples,
+            enable_scheduled: t.enable_scheduled,
+            schedule_interval_hours: t.schedule_interval_hours,
+            schedule_on_first_run: t.schedule_on_first_run,
+            enable_quality_drop: t.enable_quality_drop,
+            quality_drop_threshold: t.quality_drop_threshold,
+            quality_window_hours: t.quality_window_hours,
+            min_quality_samples: t.min_quality_samples,
+            enable_page_hinkley: t.enable_page_hinkley,
+            enable_error_rate: t.enable_error_rate,
+            error_rate_threshold: t.error_rate_threshold,
+            error_rate_window_hours: t.error_rate_window_hours,
+            min_feedback_events: t.min_feedback_events,
+            cooldown_hours: t.cooldown_hours,
+            page_hinkley: ShownPageHinkley {
+                min_instances: t.page_hinkley.min_instances,
+                delta: t.page_hinkley.delta,
+                threshold: t.page_hinkley.threshold,
+                alpha: t.page_hinkley.alpha,
+            },
+        },
+        generator: ShownGenerator {
+            min_quality_score: g.min_quality_score,
+            min_user_feedback: Feedback(g.min_user_feedback),
+            deduplicate: g.deduplicate,
+            near_dedupe: g.near_dedupe.is_some(),
+            near_dedupe_threshold: config.near_dedupe.threshold,
+            format: g.format.as_str(),
+            max_samples: g.max_samples,
+            redact: g.redact,
+            existing: g.existing.as_ref().map(|p| p.display().to_string()),
+            rehearsal_ratio: g.rehearsal_ratio,
+            seed: g.seed,
+            model: g.model.clone(),
+            system_prompt: g.system_prompt.clone(),
+            write_back_scores: g.write_back_scores,
+        },
+        abtest: ShownAbTest {
+            initial_challenger_traffic: a.initial_challenger_traffic,
+            min_samples_per_version: a.min_samples_per_version,
+            min_improvement_threshold: a.min_improvement_threshold,
+            enable_auto_promotion: a.enable_auto_promotion,
+            promotion_threshold: a.promotion_threshold,
+            min_duration_hours: a.min_duration_hours,
+            primary_metric: match a.primary_metric {
+                PrimaryMetric::Quality => "quality",
+                PrimaryMetric::PositiveRate => "positive_rate",
+            },
+            alpha: a.alpha,
+            min_lift: a.min_lift,
+            expected_effect: a.expected_effect,
+            min_feedback_per_version: a.min_feedback_per_version,
+            enable_auto_rollback: a.enable_auto_rollback,
+            srm_p_threshold: a.srm_p_threshold,
+            srm_min_deviation: a.srm_min_deviation,
+            check_interval_hours: a.check_interval_hours,
+            enable_bandit: a.bandit.is_some(),
+            guardrails: ShownGuardrails {
+                latency_ms: margin(Metric::Latency),
+                negative_rate: margin(Metric::NegativeRate),
+                positive_rate: margin(Metric::PositiveRate),
+                quality: margin(Metric::Quality),
+            },
+            bandit: ShownBandit {
+                arm_floor: bandit.arm_floor,
+                champion_floor: bandit.champion_floor,
+                draws: bandit.draws,
+            },
+        },
+        looping: ShownLoop {
+            check_interval: format_duration(l.check_interval),
+            enable_ab_testing: l.enable_ab_testing,
+            enable_auto_promotion: l.enable_auto_promotion,
+            eval_cmd: l.eval_cmd.clone(),
+            eval_timeout_secs: l.eval_timeout.as_secs(),
+            champion: l.champion.clone(),
+            champion_path: l.champion_path.clone(),
+            model_stem: l.model_stem.clone(),
+            training_window: l.training_window.map(format_duration),
+        },
+        trainer: ShownTrainer {
+            train_cmd: r.train_cmd.clone(),
+            timeout_secs: r.timeout.as_secs(),
+            min_samples_for_retrain: r.retrainer.min_samples_for_retrain,
+            output_dir: r.retrainer.output_dir.display().to_string(),
+            dataset_name: r.retrainer.dataset_name.clone(),
+        },
+    }
+}
+
+/// The effective configuration as a config file: a comment naming the layers it was built
+/// from, then every section. Keys without a value (no default, not set) are left out.
+pub(crate) fn to_toml(config: &Config) -> anyhow::Result<String> {
+    let mut text = String::from(
+        "# The effective afs configuration: defaults, then the layers below (a later one wins).\n",
+    );
+    let layers = config.sources.describe();
+    if layers.is_empty() {
+        text.push_str("# No config file, environment variable or --set flag: all defaults.\n");
+    }
+    for layer in layers {
+        text.push_str(&format!("#   {layer}\n"));
+    }
+    text.push('\n');
+    text.push_str(&toml::to_string(&shown(config))?);
+    Ok(text)
+}
+
+/// The effective configuration as JSON: the same sections and keys as [`to_toml`].
+pub(crate) fn to_json(config: &Config) -> serde_json::Value {
+    serde_json::to_value(shown(config)).unwrap_or(serde_json::Value::Null)
+}
