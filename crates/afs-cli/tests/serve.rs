@@ -795,6 +795,30 @@ fn the_load_generator_reports_throughput_and_latency() {
             );
         }
     }
+    // On a fixed schedule: 200 requests/s for 0.5 s is about 100 requests.
+    let paced: Value = serde_json::from_str(&env.afs(
+        None,
+        &[
+            "serve",
+            "load",
+            "--url",
+            &url,
+            "--scenario",
+            "route",
+            "--connections",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--rate",
+            "200",
+        ],
+    ))
+    .unwrap();
+    let n = paced["ok"].as_u64().unwrap();
+    assert!((80..=110).contains(&n), "{paced}");
+    assert_eq!(paced["rate"], 200.0);
     assert!(total(&server) > 0);
     let output = env
         .command(

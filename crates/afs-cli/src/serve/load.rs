@@ -77,6 +77,12 @@ pub(super) struct LoadArgs {
     /// Threads of the generator (default 1, leaving the other cores to the server)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
+
+    /// Send at this many requests per second in all, on a fixed schedule, instead of as fast
+    /// as the server answers; latency then counts from each request's scheduled time, so a
+    /// slow answer that delays the next request is not hidden
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
 }
 
 /// What one connection saw.
@@ -104,10 +110,14 @@ struct Plan {
     batch_size: usize,
     token: Option<String>,
     model: String,
+    started: Instant,
     measure_from: Instant,
     deadline: Instant,
     max_requests: u64,
     issued: AtomicU64,
+    /// With `--rate`: the time between two requests of one connection.
+    interval: Option<Duration>,
+    connections: u16,
 }
 
 /// Runs the generator and prints its report as one JSON line.
@@ -118,6 +128,12 @@ pub(super) fn run(args: &LoadArgs) -> anyhow::Result<()> {
             args.duration
         ))
         .into());
+    }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0 && rate <= 1e6))
+    {
+        return Err(InvalidInput("invalid --rate: must be within (0, 1000000]".into()).into());
     }
     if !(0.0..=60.0).contains(&args.warmup) {
         return Err(InvalidInput("invalid --warmup: must be within [0, 60]".into()).into());
@@ -140,10 +156,15 @@ pub(super) fn run(args: &LoadArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         token: args.token.clone(),
         model: args.model.clone(),
+        started,
         measure_from,
         deadline: measure_from + Duration::from_secs_f64(args.duration),
         max_requests: args.max_requests,
         issued: AtomicU64::new(0),
+        interval: args
+            .rate
+            .map(|rate| Duration::from_secs_f64(f64::from(args.connections) / rate)),
+        connections: args.connections,
     });
     let reports = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.connections)
@@ -243,6 +264,7 @@ fn request(plan: &Plan, conn: usize, i: u64) -> (Vec<u8>, u64) {
 
 /// Sends requests on one keep-alive connection until the plan's deadline or count.
 async fn connection(plan: Arc<Plan>, conn: usize) -> ConnectionReport {
+    let started_at = plan.started;
     let mut report = ConnectionReport::default();
     let mut stream: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -255,7 +277,20 @@ async fn connection(plan: Arc<Plan>, conn: usize) -> ConnectionReport {
         }
         let (bytes, records) = request(&plan, conn, i);
         i += 1;
-        let started = Instant::now();
+        let started = match plan.interval {
+            // Connection `conn` sends at offsets conn/connections of the interval, so the
+            // requests of all connections are spread evenly over time.
+            Some(interval) => {
+                let due = started_at
+                    + interval.mul_f64(i as f64 - 1.0 + conn as f64 / f64::from(plan.connections));
+                if due >= plan.deadline {
+                    return report;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
         let measured = started >= plan.measure_from;
         if stream.is_none() {
             match TcpStream::connect(plan.addr).await {
@@ -396,6 +431,7 @@ fn print_report(
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "url": args.url,
         "connections": args.connections,
+        "rate": args.rate,
         "batch_size": (args.scenario == Scenario::Batch).then_some(args.batch_size),
         "requests": ok + errors,
         "ok": ok,
