@@ -62,6 +62,7 @@ fn command_help() {
         "config",
         "config show",
         "config check",
+        "serve",
     ] {
         let mut args: Vec<&str> = command.split(' ').collect();
         args.push("--help");
