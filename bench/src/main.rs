@@ -1,11 +1,12 @@
 //! `afs-bench`: measures afs against the targets of its issues (the usage store, training
-//! data generation, retraining triggers, champion/challenger experiments) and prints each
+//! data generation, retraining triggers, champion/challenger experiments, the HTTP service)
+//! and prints each
 //! figure with its target, PASS/MISS and the Python seed's figure; writes
 //! bench-out/bench.json (every figure) and bench-out/store.json (the usage store's figures,
 //! as before).
 //!
 //! Run it through `cargo xtask bench [--quick] [--only GROUP,...]`, which builds the release
-//! `afs` binary first (the import figure runs it as a child process).
+//! `afs` binary first (the import and serve figures run it as child processes).
 
 mod abtest;
 mod clock;
@@ -15,6 +16,7 @@ mod logging;
 mod logs;
 mod query;
 mod report;
+mod serve;
 mod size;
 mod stats;
 mod timing;
@@ -46,7 +48,7 @@ const SPAN_DAYS: i64 = 75;
 #[derive(Debug, Parser)]
 #[command(name = "afs-bench")]
 struct Args {
-    /// Ten times smaller sizes (10k and 100k logs) for a fast smoke run
+    /// Ten times smaller sizes (10k and 100k logs) and 3-second load runs for a fast smoke run
     #[arg(long)]
     quick: bool,
 
@@ -104,6 +106,8 @@ enum Group {
     Trigger,
     /// Issue 5: simulated experiments (false promotions, power, harm) and sticky routing
     Abtest,
+    /// Issue 7: `afs serve` under load from `afs serve load` in a second process
+    Serve,
 }
 
 /// How much work each figure does.
@@ -129,6 +133,10 @@ struct Sizes {
     trigger_reps: usize,
     /// Simulated experiments.
     ab: abtest::AbSizes,
+    /// Measured seconds of each `afs serve load` run.
+    serve_secs: f64,
+    /// Warm-up seconds before each of them, not counted.
+    serve_warmup_secs: f64,
 }
 
 impl Sizes {
@@ -159,6 +167,8 @@ impl Sizes {
                     sqlite_runs: 4,
                 }
             },
+            serve_secs: if quick { 3.0 } else { 10.0 },
+            serve_warmup_secs: 1.0,
         }
     }
 
@@ -226,6 +236,7 @@ struct Results {
     small: Option<LogResults>,
     big: Option<LogResults>,
     abtest: Option<Measured<abtest::AbResults>>,
+    serve: Option<Measured<serve::ServeResults>>,
 }
 
 /// A directory deleted (with every database in it) when the run ends, even on error.
@@ -424,6 +435,7 @@ fn run(args: Args) -> Result<()> {
         small: None,
         big: None,
         abtest: None,
+        serve: None,
     };
     if wanted.contains(&Group::Log) {
         results.logging = Some(logging::measure(
@@ -442,6 +454,13 @@ fn run(args: Args) -> Result<()> {
                 }
             },
         );
+    }
+    // The service before the CPU-heavy simulations and the logs, with the machine quiet.
+    if wanted.contains(&Group::Serve) {
+        results.serve = Some(Measured::of(
+            serve::measure(&tmp.path, sizes.serve_secs, sizes.serve_warmup_secs),
+            "serve",
+        ));
     }
     // The simulations first: they need no log, and the logs' page cache is then not evicted
     // between building a log and measuring on it.

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::abtest::{AbResults, ScenarioSummary};
 use crate::datagen::{ChildOutcome, ChildReport, DatagenTimes, Variant};
+use crate::serve::{ScenarioRun, ServeResults};
 use crate::trigger::TriggerTimes;
 use crate::{ImportResult, LogResults, Measured, Results};
 
@@ -51,6 +52,14 @@ mod target {
     /// Issue 5: the challenger's share of 1M unit ids within this relative distance of its
     /// weight.
     pub(super) const SPLIT_RELATIVE: f64 = 0.01;
+    /// Issue 7: single-record `POST /v1/usage`, 64 connections, requests per second.
+    pub(super) const SERVE_USAGE_RPS: f64 = 5_000.0;
+    /// Issue 7: the same requests' 99th-percentile latency, ms.
+    pub(super) const SERVE_USAGE_P99_MS: f64 = 20.0;
+    /// Issue 7: records per second through the batch endpoint.
+    pub(super) const SERVE_BATCH_RECORDS: f64 = 40_000.0;
+    /// Issue 7: `GET /v1/route`, requests per second.
+    pub(super) const SERVE_ROUTE_RPS: f64 = 20_000.0;
 }
 
 /// Issue numbers of the groups.
@@ -59,6 +68,7 @@ mod issue {
     pub(super) const DATAGEN: u8 = 3;
     pub(super) const TRIGGER: u8 = 4;
     pub(super) const ABTEST: u8 = 5;
+    pub(super) const SERVE: u8 = 7;
 }
 
 /// Whether a figure met its target.
@@ -100,7 +110,8 @@ pub(crate) struct Figure {
     /// Stable identifier for scripts, e.g. `stats.window.1m`.
     id: String,
     /// The issue whose target the figure measures: 2 the usage store, 3 training-data
-    /// generation, 4 retraining triggers, 5 champion/challenger experiments.
+    /// generation, 4 retraining triggers, 5 champion/challenger experiments, 7 the HTTP
+    /// service.
     issue: u8,
     /// Which figure of the issue this belongs to (1 to 5); 0 for background information.
     group: u8,
@@ -484,6 +495,9 @@ pub(crate) fn figures(results: &Results) -> Vec<Figure> {
     trigger_figures(&logs, &mut rows);
     if let Some(ab) = &results.abtest {
         abtest_figures(ab, &mut rows);
+    }
+    if let Some(serve) = &results.serve {
+        serve_figures(serve, &mut rows);
     }
 
     for (log, name) in &logs {
@@ -1111,4 +1125,203 @@ fn harm_row(name: &str, label: &str, s: &ScenarioSummary) -> Figure {
             .map_or("-".to_string(), |h| format!("{h:.0}"))
     ))
     .at_least(target::HARM_ROLLBACK_PCT)
+}
+
+/// Issue 7: `afs serve` under load from a second process.
+fn serve_figures(serve: &Measured<ServeResults>, rows: &mut Vec<Figure>) {
+    let serve = match serve {
+        Measured::Ok(serve) => serve,
+        Measured::Error(reason) => {
+            rows.push(
+                Figure::error(1, "serve", "afs serve under load", reason.clone())
+                    .issue(issue::SERVE),
+            );
+            return;
+        }
+    };
+    let secs = serve.secs;
+    let first = rows.len();
+
+    let label = format!("POST /v1/usage, 1 record/request, 64 connections, {secs:.0} s");
+    match serve_run(serve, "usage") {
+        Err(reason) => {
+            rows.push(Figure::error(1, "serve.usage", label, reason).issue(issue::SERVE))
+        }
+        Ok(run) => {
+            let r = &run.report;
+            rows.push(
+                Figure::new(1, "serve.usage.rps", label, r.requests_per_sec, "req/s")
+                    .issue(issue::SERVE)
+                    .measured(format!(
+                        "{} ({}; {})",
+                        format_value(r.requests_per_sec, "req/s"),
+                        error_count(r.errors),
+                        load_1m(run)
+                    ))
+                    .target(
+                        format!(
+                            ">= {}, 0 errors",
+                            format_value(target::SERVE_USAGE_RPS, "req/s")
+                        ),
+                        r.requests_per_sec >= target::SERVE_USAGE_RPS && r.errors == 0,
+                    ),
+            );
+            let l = &r.latency_ms;
+            rows.push(
+                Figure::new(1, "serve.usage.p99", "  same, p99 latency", l.p99, "ms")
+                    .issue(issue::SERVE)
+                    .measured(format!(
+                        "{} ms (p50 {}, p90 {}, p99.9 {}, max {})",
+                        format_ms(l.p99),
+                        format_ms(l.p50),
+                        format_ms(l.p90),
+                        format_ms(l.p999),
+                        format_ms(l.max)
+                    ))
+                    .at_most(target::SERVE_USAGE_P99_MS),
+            );
+        }
+    }
+
+    let batch = serve
+        .scenario("batch")
+        .and_then(|s| s.scenario.batch_size)
+        .unwrap_or(0);
+    let label = format!(
+        "POST /v1/usage, {} records/request, 4 connections, {secs:.0} s",
+        thousands(batch as u64)
+    );
+    match serve_run(serve, "batch") {
+        Err(reason) => {
+            rows.push(Figure::error(2, "serve.batch", label, reason).issue(issue::SERVE))
+        }
+        Ok(run) => {
+            let r = &run.report;
+            rows.push(
+                Figure::new(2, "serve.batch.records", label, r.records_per_sec, "rec/s")
+                    .issue(issue::SERVE)
+                    .measured(format!(
+                        "{} ({:.0} req/s, p99 {} ms; {}; {})",
+                        format_value(r.records_per_sec, "rec/s"),
+                        r.requests_per_sec,
+                        format_ms(r.latency_ms.p99),
+                        error_count(r.errors),
+                        load_1m(run)
+                    ))
+                    .target(
+                        format!(
+                            ">= {}, 0 errors",
+                            format_value(target::SERVE_BATCH_RECORDS, "rec/s")
+                        ),
+                        r.records_per_sec >= target::SERVE_BATCH_RECORDS && r.errors == 0,
+                    ),
+            );
+        }
+    }
+
+    let label = format!("GET /v1/route, new unit per request, 64 connections, {secs:.0} s");
+    match serve_run(serve, "route") {
+        Err(reason) => {
+            rows.push(Figure::error(3, "serve.route", label, reason).issue(issue::SERVE))
+        }
+        Ok(run) => {
+            let r = &run.report;
+            rows.push(
+                Figure::new(3, "serve.route.rps", label, r.requests_per_sec, "req/s")
+                    .issue(issue::SERVE)
+                    .measured(format!(
+                        "{} (p99 {} ms; {}; {})",
+                        format_value(r.requests_per_sec, "req/s"),
+                        format_ms(r.latency_ms.p99),
+                        error_count(r.errors),
+                        load_1m(run)
+                    ))
+                    .target(
+                        format!(
+                            ">= {}, 0 errors",
+                            format_value(target::SERVE_ROUTE_RPS, "req/s")
+                        ),
+                        r.requests_per_sec >= target::SERVE_ROUTE_RPS && r.errors == 0,
+                    ),
+            );
+        }
+    }
+
+    // One note for the group: how it was measured, the load average, and anything amiss.
+    let mut loads = Vec::new();
+    let mut problems = Vec::new();
+    for outcome in &serve.scenarios {
+        let name = outcome.scenario.name;
+        let Measured::Ok(run) = &outcome.result else {
+            continue;
+        };
+        loads.push(format!(
+            "{name} {} -> {}",
+            run.load_before.as_deref().unwrap_or("?"),
+            run.load_after.as_deref().unwrap_or("?")
+        ));
+        if run.report.errors > 0 {
+            problems.push(format!(
+                "{name}: {} of {} requests failed, first: {}",
+                run.report.errors,
+                run.report.requests,
+                run.report.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if run.server_exit != "exit status: 0" {
+            problems.push(format!(
+                "{name}: the server ended with {} after SIGTERM",
+                run.server_exit
+            ));
+        }
+    }
+    let mut note = format!(
+        "serve: each scenario on a fresh database (champion m1 registered with `afs ab \
+         set-champion`, so /v1/route has a model) served by a fresh `afs serve --addr \
+         127.0.0.1:0` (default workers: one per CPU, {} CPUs here), stopped with SIGTERM \
+         after its run; load from a second process, `afs serve load` (1 generator thread, \
+         closed loop: one request in flight per connection), {:.0} s of warm-up not counted, \
+         then {secs:.0} s. Load average (1/5/15 min) just before -> just after each run: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        serve.warmup_secs,
+        loads.join("; ")
+    );
+    if !problems.is_empty() {
+        let _ = write!(note, ". PROBLEMS: {}", problems.join("; "));
+    }
+    // On the first measured row: an error row's note is its reason.
+    if let Some(row) = rows[first..].iter_mut().find(|f| f.note.is_none()) {
+        row.note = Some(note);
+    }
+}
+
+/// The run of one serve scenario, or why there is none.
+fn serve_run<'a>(serve: &'a ServeResults, name: &str) -> Result<&'a ScenarioRun, String> {
+    match serve.scenario(name).map(|s| &s.result) {
+        None => Err("not measured".into()),
+        Some(Measured::Error(reason)) => Err(reason.clone()),
+        Some(Measured::Ok(run)) => Ok(run),
+    }
+}
+
+fn error_count(n: u64) -> String {
+    match n {
+        1 => "1 error".into(),
+        n => format!("{} errors", thousands(n)),
+    }
+}
+
+/// The 1-minute load average just before and just after a run.
+fn load_1m(run: &ScenarioRun) -> String {
+    let first = |load: &Option<String>| {
+        load.as_deref()
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "load {} -> {}",
+        first(&run.load_before),
+        first(&run.load_after)
+    )
 }
