@@ -24,6 +24,10 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("log: {:.0} rec/s", n as f64 / secs);
+    let wal = std::fs::metadata(dir.path().join("p.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!("wal after single logs: {} KB", wal / 1024);
     let started = Instant::now();
     let batch: Vec<NewUsage> = (0..n)
         .map(|i| NewUsage {

@@ -47,8 +47,13 @@ struct Shared {
 impl Writer {
     pub(crate) fn start(config: &SqliteConfig) -> Result<Writer> {
         let conn = open_connection(config)?;
-        // Checkpoints run on the background thread instead of inside this connection's commits.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+        // The background thread copies WAL frames into the database as they come, off the
+        // commit path. It can never finish while commits keep arriving, and the WAL is only
+        // rewound from its start once a checkpoint finished; so this connection still
+        // checkpoints itself when the WAL reaches ~32 MB (8 KiB pages): by then nearly every
+        // frame is copied already, the checkpoint completes quickly, and the next commit
+        // starts the WAL over instead of growing it without bound.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 4000")
             .map_err(|e| StoreError::db("configure the write connection", e))?;
         Ok(Writer {
             conn: Mutex::new(conn),
