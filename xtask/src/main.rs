@@ -1,8 +1,9 @@
 //! `cargo xtask`: the afs repository's automation (CI checks, layering, benchmarks).
 
 use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -175,9 +176,66 @@ fn test() -> Result<()> {
     let mut command = cargo();
     // Slow suites only run when this is set; CI always runs them.
     command
-        .args(["test", "--workspace"])
-        .env("AFS_SLOW_TESTS", "1");
-    run(command)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("AFS_SLOW_TESTS", "1")
+        .stdout(Stdio::piped());
+    let shown = describe(&command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    // Pass the output through while adding up the per-binary "test result:" lines, so the
+    // run ends with one total (the last per-binary line is often an empty doc-test run).
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("cannot read the test output")?;
+            totals.add_line(&line);
+            println!("{line}");
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("cannot wait for `{shown}`"))?;
+    println!(
+        "\ntests: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    if totals.passed == 0 {
+        bail!("`{shown}` ran no test");
+    }
+    Ok(())
+}
+
+/// Sums of cargo test's "test result: ok. N passed; M failed; ..." lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            // "ok. 12 passed" / "FAILED. 1 passed" / "3 failed"
+            if let [.., count, what] = words.as_slice() {
+                let Ok(n) = count.parse::<u64>() else {
+                    continue;
+                };
+                match *what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 fn layering() -> Result<()> {
@@ -219,4 +277,29 @@ fn format_duration(elapsed: Duration) -> String {
     }
     let whole = elapsed.as_secs();
     format!("{}m {:02}s", whole / 60, whole % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn test_result_lines_are_added_up() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.1s",
+            "running 3 tests",
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 0 passed; 0 failed; 0 ignored",
+        ] {
+            totals.add_line(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 13,
+                failed: 2
+            }
+        );
+    }
 }
