@@ -50,10 +50,10 @@ impl Writer {
         // The background thread copies WAL frames into the database as they come, off the
         // commit path. It can never finish while commits keep arriving, and the WAL is only
         // rewound from its start once a checkpoint finished; so this connection still
-        // checkpoints itself when the WAL reaches ~32 MB (8 KiB pages): by then nearly every
+        // checkpoints itself when the WAL reaches ~64 MB (8 KiB pages): by then nearly every
         // frame is copied already, the checkpoint completes quickly, and the next commit
         // starts the WAL over instead of growing it without bound.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 4000")
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 8000")
             .map_err(|e| StoreError::db("configure the write connection", e))?;
         Ok(Writer {
             conn: Mutex::new(conn),
