@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{api_field, ApiError};
+use crate::output::{describe_json_value as describe_value, json_type_name as type_name};
 use crate::time_arg::{parse_time_arg, parse_timestamp};
 
 /// Every key a record may have.
@@ -455,25 +456,6 @@ fn bare_message(err: &serde_json::Error) -> String {
     message
         .strip_suffix(&suffix)
         .map_or(message.clone(), str::to_string)
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn describe_value(value: &Value) -> String {
-    match value {
-        Value::Number(_) | Value::Bool(_) => format!("{} ({value})", type_name(value)),
-        Value::String(s) if s.len() <= 40 => format!("a string ({value})"),
-        _ => type_name(value).to_string(),
-    }
 }
 
 #[cfg(test)]

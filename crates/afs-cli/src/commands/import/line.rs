@@ -1,6 +1,7 @@
 //! One line of an import file: its keys, parsing into a record, and error messages that
 //! name the key at fault.
 
+use crate::output::{describe_json_value as describe_value, json_type_name as type_name};
 use afs_store::{Feedback, FeedbackValue, NewUsage, StoreError};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -167,26 +168,6 @@ fn without_position(err: &serde_json::Error, keep_column: bool) -> String {
         }
         Some(bare) => bare.to_string(),
         None => message,
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The value's type, and the value itself when it is short.
-fn describe_value(value: &Value) -> String {
-    match value {
-        Value::Number(_) | Value::Bool(_) => format!("{} ({value})", type_name(value)),
-        Value::String(s) if s.len() <= 40 => format!("a string ({value})"),
-        _ => type_name(value).to_string(),
     }
 }
 
