@@ -423,9 +423,10 @@ pub(crate) enum Command {
                       process.\n\nJSON API under /v1 (POST /v1/usage, POST /v1/feedback, GET \
                       /v1/route, /v1/stats, /v1/series, /v1/status, /v1/experiment, \
                       /v1/history, /v1/runs), GET /metrics (Prometheus), GET /healthz, and the \
-                      dashboard at GET /. Listens on 127.0.0.1:8080 unless --addr says \
-                      otherwise and prints `listening on http://HOST:PORT` once bound. With \
-                      tokens (--token or AFS_TOKENS), writes need `Authorization: Bearer \
+                      dashboard at GET /. Listens on 127.0.0.1:8080 unless --addr (or addr in \
+                      [serve]) says otherwise and prints `listening on http://HOST:PORT` once \
+                      bound. With tokens (--token, AFS_TOKENS, or tokens and token_file in the \
+                      config file's [serve] section), writes need `Authorization: Bearer \
                       TOKEN` and the dashboard needs the token once as /?token=TOKEN. SIGTERM or \
                       SIGINT drains in-flight requests and stops the loop. See docs/SERVICE.md \
                       and docs/openapi.yaml.",

@@ -247,6 +247,30 @@ pub(crate) fn left_table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The JSON type of `value`, with an article ("a number", "an object", "null"), for error
+/// messages about input (import lines, HTTP bodies).
+pub(crate) fn json_type_name(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The value's JSON type, and the value itself when it is short.
+pub(crate) fn describe_json_value(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Number(_) | Value::Bool(_) => format!("{} ({value})", json_type_name(value)),
+        Value::String(s) if s.len() <= 40 => format!("a string ({value})"),
+        _ => json_type_name(value).to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,29 +310,5 @@ mod tests {
             vec!["1".to_string(), "ok".to_string(), "long text".to_string()],
         ];
         assert_eq!(left_table(&rows), "id  status  x\n1   ok      long text\n");
-    }
-}
-
-/// The JSON type of `value`, with an article ("a number", "an object", "null"), for error
-/// messages about input (import lines, HTTP bodies).
-pub(crate) fn json_type_name(value: &serde_json::Value) -> &'static str {
-    use serde_json::Value;
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The value's JSON type, and the value itself when it is short.
-pub(crate) fn describe_json_value(value: &serde_json::Value) -> String {
-    use serde_json::Value;
-    match value {
-        Value::Number(_) | Value::Bool(_) => format!("{} ({value})", json_type_name(value)),
-        Value::String(s) if s.len() <= 40 => format!("a string ({value})"),
-        _ => json_type_name(value).to_string(),
     }
 }

@@ -591,6 +591,84 @@ fn tokens_protect_writes_and_the_dashboard() {
 }
 
 #[test]
+fn tokens_and_limits_come_from_the_config_file() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("afs.toml"),
+        "[serve]\ntokens = [\"file-token\"]\nmax_batch = 2\n",
+    )
+    .unwrap();
+    let server = env.serve(&[]);
+    let body = record("q", "m", "");
+    let denied = server.post("/v1/usage", &body);
+    assert_eq!(denied.status, 401, "{denied:?}");
+    let bearer = [("Authorization", "Bearer file-token")];
+    let allowed = server.post_with("/v1/usage", &bearer, &body);
+    assert_eq!(allowed.status, 201, "{allowed:?}");
+    let batch = format!("[{body},{body},{body}]");
+    assert_eq!(
+        server.post_with("/v1/usage", &bearer, &batch).status,
+        400,
+        "serve.max_batch applies"
+    );
+    drop(server);
+
+    // A token file next to the config file, and the flag over both.
+    std::fs::write(env.path("tokens.txt"), "# servers\nfrom-file\n").unwrap();
+    std::fs::write(
+        env.path("afs.toml"),
+        "[serve]\ntoken_file = \"tokens.txt\"\n",
+    )
+    .unwrap();
+    let server = env.serve(&[]);
+    assert_eq!(server.post("/v1/usage", &body).status, 401);
+    assert_eq!(
+        server
+            .post_with("/v1/usage", &[("Authorization", "Bearer from-file")], &body)
+            .status,
+        201
+    );
+    drop(server);
+    let server = env.serve(&["--token", "from-flag"]);
+    assert_eq!(
+        server
+            .post_with("/v1/usage", &[("Authorization", "Bearer from-file")], &body)
+            .status,
+        401,
+        "--token replaces the configured tokens"
+    );
+    assert_eq!(
+        server
+            .post_with("/v1/usage", &[("Authorization", "Bearer from-flag")], &body)
+            .status,
+        201
+    );
+    drop(server);
+
+    // An empty token is refused at start, naming the key.
+    std::fs::write(env.path("afs.toml"), "[serve]\ntokens = [\"\"]\n").unwrap();
+    let output = env
+        .command(None, &["serve", "--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("serve.tokens"), "{stderr}");
+
+    // The loop's flags need the loop, from the flag or the file.
+    std::fs::remove_file(env.path("afs.toml")).unwrap();
+    let output = env
+        .command(
+            None,
+            &["serve", "--addr", "127.0.0.1:0", "--train-cmd", "true"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--with-loop"));
+}
+
+#[test]
 fn concurrent_single_record_posts_are_all_committed_with_unique_ids() {
     const THREADS: usize = 64;
     const PER_THREAD: usize = 50;

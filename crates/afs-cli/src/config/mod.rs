@@ -8,7 +8,8 @@
 //! [`TriggerConfig`], `[generator]` onto [`GeneratorConfig`], `[abtest]` (with
 //! `[abtest.guardrails]` and `[abtest.bandit]`) onto [`AbTestConfig`], `[loop]` onto the
 //! loop's own fields of [`LoopConfig`], and `[trainer]` onto the trainer command, its timeout
-//! and [`RetrainerConfig`]. `[retrain]` is the old name of `[trainer]` and is still read.
+//! and [`RetrainerConfig`], and `[serve]` onto the settings of `afs serve` (under its flags).
+//! `[retrain]` is the old name of `[trainer]` and is still read.
 //!
 //! Every layer is checked on its own before the merge, so an error names where the bad
 //! value came from: the file (with the line), the environment variable, or the flag.
@@ -22,6 +23,7 @@ mod sections;
 mod show;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -77,6 +79,8 @@ pub(crate) struct Config {
     pub(crate) abtest: AbTestConfig,
     /// `[loop]`: the continuous loop (`afs loop`).
     pub(crate) loop_settings: LoopSettings,
+    /// `[serve]`: the HTTP service (`afs serve`).
+    pub(crate) serve: ServeSettings,
     /// Where each key that is not a default came from.
     pub(crate) sources: Sources,
 }
@@ -158,6 +162,59 @@ impl Default for LoopSettings {
     }
 }
 
+/// Default address of `afs serve`: loopback only.
+pub(crate) const DEFAULT_SERVE_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+
+/// Default limit on a request body of `afs serve`: 16 MiB, room for a batch of several
+/// thousand records.
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default limit on the records of one batch of `afs serve`. A batch is one transaction
+/// that holds the store's writer, so an unbounded batch would stall every single-record
+/// request behind it.
+pub(crate) const DEFAULT_MAX_BATCH: usize = 10_000;
+
+/// Default time `afs serve` waits at shutdown for in-flight requests and the loop.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+
+/// The `[serve]` section: the settings of `afs serve` under its flags.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ServeSettings {
+    /// `addr`: where to listen.
+    pub(crate) addr: SocketAddr,
+    /// `tokens`: bearer tokens given inline.
+    pub(crate) tokens: Vec<String>,
+    /// `token_file`: a file of bearer tokens, one a line (resolved against the config
+    /// file's directory; read by `afs serve`, see [`Config::serve_tokens`]).
+    pub(crate) token_file: Option<PathBuf>,
+    /// `protect_reads`: with tokens, reads need one too.
+    pub(crate) protect_reads: bool,
+    /// `max_body_bytes`: the largest request body.
+    pub(crate) max_body_bytes: usize,
+    /// `max_batch`: the most records in one batch.
+    pub(crate) max_batch: usize,
+    /// `shutdown_timeout_secs`: how long shutdown waits.
+    pub(crate) shutdown_timeout: Duration,
+    /// `with_loop`: run the continuous loop in the service's process.
+    pub(crate) with_loop: bool,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings {
+            addr: DEFAULT_SERVE_ADDR,
+            tokens: Vec::new(),
+            token_file: None,
+            protect_reads: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+            shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            with_loop: false,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -173,6 +230,7 @@ impl Default for Config {
             },
             abtest: AbTestConfig::default(),
             loop_settings: LoopSettings::default(),
+            serve: ServeSettings::default(),
             sources: Sources::default(),
         }
     }
@@ -591,6 +649,33 @@ impl Config {
         config.synchronous = self.store.synchronous;
         config.pool_size = self.store.pool_size;
         config
+    }
+
+    /// The bearer tokens of `[serve]`: `tokens`, then the lines of `token_file` (blank
+    /// lines and lines starting with `#` skipped). An unreadable file is an I/O error, an
+    /// empty one an invalid input; both name the key and where it came from.
+    pub(crate) fn serve_tokens(&self) -> anyhow::Result<Vec<String>> {
+        let mut tokens = self.serve.tokens.clone();
+        if let Some(path) = &self.serve.token_file {
+            let key = self.key_name("serve.token_file");
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+            let before = tokens.len();
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                    .map(str::to_string),
+            );
+            if tokens.len() == before {
+                return Err(InvalidInput(format!(
+                    "{key}: {} holds no token (one a line)",
+                    path.display()
+                ))
+                .into());
+            }
+        }
+        Ok(tokens)
     }
 
     /// The loop's settings: `[loop]`, `[trigger]`, `[generator]`, `[abtest]`, `[trainer]`.

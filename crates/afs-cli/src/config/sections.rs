@@ -12,7 +12,7 @@ use afs_trigger::TriggerError;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::{Config, LoopSettings, Sources, StoreSettings};
+use super::{Config, LoopSettings, ServeSettings, Sources, StoreSettings};
 use crate::time_arg::{duration_from_secs, parse_duration};
 
 /// A key with a value out of range.
@@ -53,6 +53,60 @@ pub(super) struct FileConfig {
     /// merged (see `super::fold_legacy`), so after that it is always empty.
     #[serde(default)]
     retrain: TrainerSection,
+    #[serde(default)]
+    serve: ServeSection,
+}
+
+/// `[serve]`: the settings of `afs serve` (its flags, `AFS_ADDR` and `AFS_TOKENS` override
+/// these).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeSection {
+    addr: Option<String>,
+    tokens: Option<TokensSetting>,
+    token_file: Option<PathBuf>,
+    protect_reads: Option<bool>,
+    max_body_bytes: Option<u64>,
+    max_batch: Option<u64>,
+    shutdown_timeout_secs: Option<u64>,
+    with_loop: Option<bool>,
+}
+
+/// `serve.tokens`: an array of strings in a file, or a comma-separated list in an
+/// environment variable or `--set` (as `AFS_TOKENS`).
+#[derive(Debug, Clone, PartialEq)]
+struct TokensSetting(Vec<String>);
+
+impl<'de> Deserialize<'de> for TokensSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TokensVisitor;
+
+        impl<'de> Visitor<'de> for TokensVisitor {
+            type Value = TokensSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings (or, as text, a comma-separated list)")
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut tokens = Vec::new();
+                while let Some(token) = seq.next_element::<String>()? {
+                    tokens.push(token);
+                }
+                Ok(TokensSetting(tokens))
+            }
+
+            // Environment variables and `--set` give text. Empty parts are kept, so that
+            // they are refused with the key named.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TokensSetting(
+                    v.split(',').map(|t| t.trim().to_string()).collect(),
+                ))
+            }
+        }
+
+        deserializer.deserialize_any(TokensVisitor)
+    }
 }
 
 /// `[store]`: the settings of [`afs_store::SqliteConfig`] (the file itself is `--db`).
@@ -517,6 +571,13 @@ impl FileConfig {
 
         config.abtest = self.abtest.into_config()?;
         config.loop_settings = self.looping.into_settings()?;
+
+        config.serve = self.serve.into_settings()?;
+        config.serve.token_file = config
+            .serve
+            .token_file
+            .take()
+            .map(|p| resolve("serve.token_file", p));
         Ok(config)
     }
 }
@@ -559,6 +620,54 @@ impl StoreSection {
             store.pool_size = n;
         }
         Ok(store)
+    }
+}
+
+impl ServeSection {
+    /// The service settings of `[serve]`, validated (`token_file` as written; the caller
+    /// resolves it against the file's directory, and `afs serve` reads it).
+    fn into_settings(self) -> Result<ServeSettings, KeyError> {
+        let mut serve = ServeSettings::default();
+        if let Some(addr) = self.addr {
+            serve.addr = addr.trim().parse().map_err(|_| {
+                KeyError::new(
+                    "serve.addr",
+                    format!("{addr:?} is not HOST:PORT with an IP address (e.g. 127.0.0.1:8080)"),
+                )
+            })?;
+        }
+        if let Some(TokensSetting(tokens)) = self.tokens {
+            if let Some(i) = tokens.iter().position(|t| t.trim().is_empty()) {
+                return Err(KeyError::new(
+                    "serve.tokens",
+                    format!("token {} of {} is empty", i + 1, tokens.len()),
+                ));
+            }
+            serve.tokens = tokens;
+        }
+        if let Some(path) = self.token_file {
+            if path.as_os_str().is_empty() {
+                return Err(KeyError::new("serve.token_file", "must not be empty"));
+            }
+            serve.token_file = Some(path);
+        }
+        set_present!(self => serve; protect_reads, with_loop);
+        if let Some(bytes) = self.max_body_bytes {
+            if bytes == 0 {
+                return Err(KeyError::new("serve.max_body_bytes", "must be at least 1"));
+            }
+            serve.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.max_batch {
+            if n == 0 {
+                return Err(KeyError::new("serve.max_batch", "must be at least 1"));
+            }
+            serve.max_batch = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(secs) = self.shutdown_timeout_secs {
+            serve.shutdown_timeout = Duration::from_secs(secs);
+        }
+        Ok(serve)
     }
 }
 

@@ -17,6 +17,21 @@ struct Shown {
     #[serde(rename = "loop")]
     looping: ShownLoop,
     trainer: ShownTrainer,
+    serve: ShownServe,
+}
+
+/// `[serve]`. The tokens themselves are secrets and never shown: `to_toml` says in a
+/// comment how many are set.
+#[derive(Serialize)]
+struct ShownServe {
+    addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<String>,
+    protect_reads: bool,
+    max_body_bytes: usize,
+    max_batch: usize,
+    shutdown_timeout_secs: u64,
+    with_loop: bool,
 }
 
 #[derive(Serialize)]
@@ -281,6 +296,19 @@ fn shown(config: &Config) -> Shown {
             output_dir: r.retrainer.output_dir.display().to_string(),
             dataset_name: r.retrainer.dataset_name.clone(),
         },
+        serve: ShownServe {
+            addr: config.serve.addr.to_string(),
+            token_file: config
+                .serve
+                .token_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            protect_reads: config.serve.protect_reads,
+            max_body_bytes: config.serve.max_body_bytes,
+            max_batch: config.serve.max_batch,
+            shutdown_timeout_secs: config.serve.shutdown_timeout.as_secs(),
+            with_loop: config.serve.with_loop,
+        },
     }
 }
 
@@ -296,6 +324,12 @@ pub(crate) fn to_toml(config: &Config) -> anyhow::Result<String> {
     }
     for layer in layers {
         text.push_str(&format!("#   {layer}\n"));
+    }
+    let n_tokens = config.serve.tokens.len();
+    if n_tokens > 0 {
+        text.push_str(&format!(
+            "# serve.tokens: {n_tokens} token(s) set, not shown (they are secrets).\n"
+        ));
     }
     text.push('\n');
     text.push_str(&toml::to_string(&shown(config))?);

@@ -864,6 +864,11 @@ fn the_shown_configuration_reads_back_to_itself() {
         assert_eq!(again.retrain.train_cmd, config.retrain.train_cmd, "{text}");
         assert_eq!(again.retrain.timeout, config.retrain.timeout, "{text}");
         assert_eq!(again.retrain.retrainer, config.retrain.retrainer, "{text}");
+        let serve = crate::config::ServeSettings {
+            tokens: Vec::new(),
+            ..config.serve.clone()
+        };
+        assert_eq!(again.serve, serve, "{text}");
         let json = to_json(config);
         assert_eq!(
             json["trigger"]["min_new_samples"],
@@ -894,7 +899,8 @@ fn the_configuration_reference_names_every_key_and_its_variable() {
     let mut config = layered(
         "[generator]\nmax_samples = 1\nexisting = \"x\"\nmodel = \"m\"\nsystem_prompt = \"s\"\n\
          [trainer]\ntrain_cmd = \"t\"\n[loop]\neval_cmd = \"e\"\nchampion = \"c\"\n\
-         champion_path = \"/c\"\nmodel_stem = \"c\"\ntraining_window = 60\n",
+         champion_path = \"/c\"\nmodel_stem = \"c\"\ntraining_window = 60\n\
+         [serve]\ntoken_file = \"t\"\n",
         &[],
         &[],
     )
@@ -932,4 +938,138 @@ fn the_configuration_reference_names_every_key_and_its_variable() {
         assert!(is_config_var(&var));
         assert_eq!(env_key(&var), key);
     }
+}
+
+#[test]
+fn the_serve_section_is_layered_and_checked() {
+    let defaults = Config::default().serve;
+    assert_eq!(defaults.addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(parse_text(EXAMPLE).unwrap().serve, defaults);
+
+    let text = "[serve]\naddr = \"0.0.0.0:9000\"\ntokens = [\"alpha\", \"beta\"]\n\
+                token_file = \"secrets/tokens\"\nprotect_reads = true\nmax_body_bytes = 4096\n\
+                max_batch = 7\nshutdown_timeout_secs = 5\nwith_loop = true\n";
+    let in_dir = |text: &str| {
+        parse(text, Path::new("/etc/afs/afs.toml"))
+            .map_err(|e| e.0)
+            .unwrap()
+    };
+    let config = in_dir(text);
+    let s = &config.serve;
+    assert_eq!(s.addr.to_string(), "0.0.0.0:9000");
+    assert_eq!(s.tokens, ["alpha", "beta"]);
+    assert_eq!(
+        s.token_file.as_deref(),
+        Some(Path::new("/etc/afs/secrets/tokens")),
+        "relative to the file's directory"
+    );
+    assert!(s.protect_reads && s.with_loop);
+    assert_eq!((s.max_body_bytes, s.max_batch), (4096, 7));
+    assert_eq!(s.shutdown_timeout, Duration::from_secs(5));
+
+    // The environment over the file, --set over both; a list is comma-separated as text.
+    let config = layered(
+        text,
+        &[
+            ("AFS_SERVE__TOKENS", "gamma,delta"),
+            ("AFS_SERVE__MAX_BATCH", "8"),
+            ("AFS_SERVE__WITH_LOOP", "false"),
+        ],
+        &["serve.max_batch=9", "serve.addr=127.0.0.1:0"],
+    )
+    .unwrap();
+    assert_eq!(config.serve.tokens, ["gamma", "delta"]);
+    assert_eq!(config.serve.max_batch, 9);
+    assert!(!config.serve.with_loop);
+    assert_eq!(config.serve.addr.to_string(), "127.0.0.1:0");
+    assert_eq!(
+        config.key_name("serve.tokens"),
+        "serve.tokens (from AFS_SERVE__TOKENS)"
+    );
+
+    // Empty tokens and bad values name the key and where it came from.
+    check_err(
+        "[serve]\ntokens = [\"ok\", \"\"]",
+        &[
+            "config file afs.toml: serve.tokens",
+            "token 2 of 2 is empty",
+        ],
+    );
+    check_err("[serve]\ntokens = [1]", &["serve.tokens"]);
+    check_layered_err(
+        "",
+        &[("AFS_SERVE__TOKENS", "a,,b")],
+        &[],
+        &[
+            "environment variable AFS_SERVE__TOKENS: serve.tokens",
+            "empty",
+        ],
+    );
+    check_layered_err(
+        "",
+        &[],
+        &["serve.tokens="],
+        &["--set serve.tokens", "empty"],
+    );
+    check_err("[serve]\ntoken_file = \"\"", &["serve.token_file", "empty"]);
+    check_err(
+        "[serve]\naddr = \"localhost\"",
+        &["serve.addr", "HOST:PORT"],
+    );
+    check_err("[serve]\nmax_batch = 0", &["serve.max_batch", "at least 1"]);
+    check_err(
+        "[serve]\nmax_body_bytes = 0",
+        &["serve.max_body_bytes", "at least 1"],
+    );
+    check_err(
+        "[serve]\nprotect_reads = \"yes please\"",
+        &["line 2", "serve.protect_reads"],
+    );
+    check_err(
+        "[serve]\ntoken = \"x\"",
+        &["line 2", "unknown key serve.token"],
+    );
+}
+
+#[test]
+fn serve_tokens_come_from_the_key_and_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokens"),
+        "# the servers\nfile-one\n\n  file-two  \n",
+    )
+    .unwrap();
+    let config_path = dir.path().join("afs.toml");
+    let config = parse(
+        "[serve]\ntokens = [\"inline\"]\ntoken_file = \"tokens\"\n",
+        &config_path,
+    )
+    .unwrap();
+    assert_eq!(
+        config.serve_tokens().unwrap(),
+        ["inline", "file-one", "file-two"]
+    );
+    std::fs::write(dir.path().join("empty"), "# nothing\n\n").unwrap();
+    let config = parse("[serve]\ntoken_file = \"empty\"\n", &config_path).unwrap();
+    let err = config.serve_tokens().unwrap_err().to_string();
+    assert!(
+        err.contains("serve.token_file in") && err.contains("no token"),
+        "{err}"
+    );
+    let config = parse("[serve]\ntoken_file = \"missing\"\n", &config_path).unwrap();
+    let err = format!("{:#}", config.serve_tokens().unwrap_err());
+    assert!(
+        err.contains("serve.token_file in") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    // `afs config show` never prints the tokens.
+    let config = parse("[serve]\ntokens = [\"s3cret\"]\n", &config_path).unwrap();
+    let text = to_toml(&config).unwrap();
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("1 token(s) set, not shown"), "{text}");
+    assert!(
+        text.contains("[serve]\naddr = \"127.0.0.1:8080\""),
+        "{text}"
+    );
 }

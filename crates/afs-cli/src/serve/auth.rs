@@ -32,26 +32,31 @@ pub(super) struct Auth {
 
 impl Auth {
     /// Checks the tokens: each must be non-empty printable ASCII without spaces, quotes,
-    /// commas, semicolons or backslashes (it travels in a header and a cookie).
-    pub(super) fn new(tokens: &[String], protect_reads: bool) -> anyhow::Result<Self> {
+    /// commas, semicolons or backslashes (it travels in a header and a cookie). `tokens_from`
+    /// and `protect_from` name where the tokens and `protect_reads` came from, for messages.
+    pub(super) fn new(
+        tokens: &[String],
+        protect_reads: bool,
+        tokens_from: &str,
+        protect_from: &str,
+    ) -> anyhow::Result<Self> {
         for token in tokens {
             let bad = token
                 .bytes()
                 .find(|b| !(0x21..=0x7e).contains(b) || b"\",;\\".contains(b));
             if token.is_empty() || bad.is_some() {
-                return Err(InvalidInput(
-                    "invalid --token (or AFS_TOKENS): a token must be non-empty printable ASCII \
-                     without spaces, quotes, commas, semicolons or backslashes"
-                        .into(),
-                )
+                return Err(InvalidInput(format!(
+                    "invalid {tokens_from}: a token must be non-empty printable ASCII without \
+                     spaces, quotes, commas, semicolons or backslashes"
+                ))
                 .into());
             }
         }
         if protect_reads && tokens.is_empty() {
-            return Err(InvalidInput(
-                "invalid --protect-reads: no token is configured (pass --token or set AFS_TOKENS)"
-                    .into(),
-            )
+            return Err(InvalidInput(format!(
+                "invalid {protect_from}: no token is configured (pass --token, set AFS_TOKENS, \
+                 or set serve.tokens or serve.token_file in the config file)"
+            ))
             .into());
         }
         Ok(Auth {
@@ -216,7 +221,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked() {
-        let auth = Auth::new(&["s3cret".into(), "other-token".into()], false).unwrap();
+        let auth = Auth::new(&["s3cret".into(), "other-token".into()], false, "t", "p").unwrap();
         let ok = |h: &HeaderMap, cookie: bool| auth.check(h, cookie).is_ok();
         assert!(ok(&headers(&[("authorization", "Bearer s3cret")]), false));
         assert!(ok(
@@ -236,10 +241,13 @@ mod tests {
     #[test]
     fn bad_tokens_are_refused() {
         for bad in ["", "has space", "semi;colon", "quo\"te", "com,ma", "tab\t"] {
-            assert!(Auth::new(&[bad.to_string()], false).is_err(), "{bad:?}");
+            assert!(
+                Auth::new(&[bad.to_string()], false, "t", "p").is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(Auth::new(&[], true).is_err());
-        assert!(!Auth::new(&[], false).unwrap().enabled());
+        assert!(Auth::new(&[], true, "t", "p").is_err());
+        assert!(!Auth::new(&[], false, "t", "p").unwrap().enabled());
     }
 
     #[test]

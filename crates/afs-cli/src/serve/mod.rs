@@ -35,31 +35,21 @@ use clap::{Args, Subcommand};
 
 use crate::cli::GlobalArgs;
 use crate::config;
-use crate::exit::InvalidInput;
+use crate::exit::{InvalidInput, Usage};
 use crate::store_open::{self, Create};
-
-/// Default limit on a request body: 16 MiB, room for a batch of several thousand records.
-const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
-/// Default limit on the records of one batch. A batch is one transaction that holds the
-/// store's writer, so an unbounded batch would stall every single-record request behind it.
-const DEFAULT_MAX_BATCH: usize = 10_000;
 
 /// Arguments of `afs serve`.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed)
-    #[arg(
-        long,
-        env = "AFS_ADDR",
-        default_value = "127.0.0.1:8080",
-        value_name = "HOST:PORT"
-    )]
-    addr: SocketAddr,
+    /// [default: addr in [serve], else 127.0.0.1:8080]
+    #[arg(long, env = "AFS_ADDR", value_name = "HOST:PORT")]
+    addr: Option<SocketAddr>,
 
     /// Bearer token that writes and the dashboard require (repeat the flag for several;
-    /// AFS_TOKENS takes a comma-separated list). Without any, nothing asks for a token
+    /// AFS_TOKENS takes a comma-separated list), instead of tokens and token_file in
+    /// [serve]. Without any, nothing asks for a token
     #[arg(
         long = "token",
         env = "AFS_TOKENS",
@@ -70,35 +60,39 @@ pub(crate) struct ServeArgs {
     tokens: Vec<String>,
 
     /// With tokens: require one on the read endpoints (GET /v1/...) and /metrics too
+    /// (also protect_reads in [serve])
     #[arg(long)]
     protect_reads: bool,
 
-    /// Largest request body accepted, in bytes; a larger one gets 413
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
-    max_body_bytes: usize,
+    /// Largest request body accepted, in bytes; a larger one gets 413 [default:
+    /// max_body_bytes in [serve], else 16777216]
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
 
-    /// Most records accepted in one batch; a larger batch gets 400
-    #[arg(long, default_value_t = DEFAULT_MAX_BATCH, value_name = "N")]
-    max_batch: usize,
+    /// Most records accepted in one batch; a larger batch gets 400 [default: max_batch in
+    /// [serve], else 10000]
+    #[arg(long, value_name = "N")]
+    max_batch: Option<usize>,
 
     /// Run the continuous learning loop (triggers, retrain, experiments) in this process
+    /// (also with_loop in [serve])
     #[arg(long)]
     with_loop: bool,
 
     /// Trainer command for --with-loop, as for `afs retrain` (default: train_cmd in [trainer])
-    #[arg(long, value_name = "CMD", requires = "with_loop")]
+    #[arg(long, value_name = "CMD")]
     train_cmd: Option<String>,
 
     /// Trainer timeout in seconds (default: timeout_secs in [trainer], else a day)
-    #[arg(long, value_name = "SECS", requires = "with_loop")]
+    #[arg(long, value_name = "SECS")]
     train_timeout: Option<u64>,
 
     /// Time between loop iterations: seconds, or 30m, 1h, 1d (default: check_interval in [loop], else 1h)
-    #[arg(long, value_name = "DURATION", requires = "with_loop", value_parser = crate::time_arg::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::time_arg::parse_duration)]
     check_interval: Option<Duration>,
 
     /// With --with-loop: the champion to register when the database has none (default: champion in [loop])
-    #[arg(long, value_name = "NAME", requires_all = ["with_loop", "champion_path"])]
+    #[arg(long, value_name = "NAME", requires = "champion_path")]
     champion: Option<String>,
 
     /// Where the --champion model lives (a path or URI)
@@ -106,8 +100,9 @@ pub(crate) struct ServeArgs {
     champion_path: Option<String>,
 
     /// Seconds to wait at shutdown for in-flight requests and the loop's current iteration
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    shutdown_timeout: u64,
+    /// [default: shutdown_timeout_secs in [serve], else 30]
+    #[arg(long, value_name = "SECS")]
+    shutdown_timeout: Option<u64>,
 
     /// Threads serving requests [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -124,6 +119,26 @@ enum ServeTool {
     /// Generate load against a running `afs serve` and print throughput and latency as JSON
     #[command(hide = true)]
     Load(load::LoadArgs),
+}
+
+/// The settings of this server: the flags (and `AFS_ADDR`, `AFS_TOKENS`) over `[serve]`.
+struct Settings {
+    addr: SocketAddr,
+    max_body_bytes: usize,
+    shutdown_timeout: Duration,
+}
+
+/// The flags that only mean something with the loop, by name, when given.
+fn loop_flags(args: &ServeArgs) -> Vec<&'static str> {
+    [
+        ("--train-cmd", args.train_cmd.is_some()),
+        ("--train-timeout", args.train_timeout.is_some()),
+        ("--check-interval", args.check_interval.is_some()),
+        ("--champion", args.champion.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect()
 }
 
 /// What every handler shares.
@@ -153,18 +168,57 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(ServeTool::Load(load_args)) = &args.tool {
         return load::run(load_args);
     }
-    let auth = auth::Auth::new(&args.tokens, args.protect_reads)?;
-    if args.max_body_bytes == 0 {
+    if args.max_body_bytes == Some(0) {
         return Err(InvalidInput("invalid --max-body-bytes: must be > 0".into()).into());
     }
-    if args.max_batch == 0 {
+    if args.max_batch == Some(0) {
         return Err(InvalidInput("invalid --max-batch: must be > 0".into()).into());
     }
     let config = config::load(global.config.as_deref())?;
+    let s = &config.serve;
+    let with_loop = args.with_loop || s.with_loop;
+    let loop_only = loop_flags(args);
+    if !with_loop && !loop_only.is_empty() {
+        return Err(Usage(format!(
+            "{} only apply with --with-loop (or with_loop = true in [serve])",
+            loop_only.join(", ")
+        ))
+        .into());
+    }
+    // Tokens from the flags (or AFS_TOKENS) replace those of the configuration.
+    let (tokens, tokens_from) = if args.tokens.is_empty() {
+        let key = if s.tokens.is_empty() && s.token_file.is_some() {
+            "serve.token_file"
+        } else {
+            "serve.tokens"
+        };
+        (config.serve_tokens()?, config.key_name(key))
+    } else {
+        (args.tokens.clone(), "--token (or AFS_TOKENS)".to_string())
+    };
+    let protect_from = if args.protect_reads {
+        "--protect-reads".to_string()
+    } else {
+        config.key_name("serve.protect_reads")
+    };
+    let auth = auth::Auth::new(
+        &tokens,
+        args.protect_reads || s.protect_reads,
+        &tokens_from,
+        &protect_from,
+    )?;
+    let settings = Settings {
+        addr: args.addr.unwrap_or(s.addr),
+        max_body_bytes: args.max_body_bytes.unwrap_or(s.max_body_bytes),
+        shutdown_timeout: args
+            .shutdown_timeout
+            .map_or(s.shutdown_timeout, Duration::from_secs),
+    };
+    let max_batch = args.max_batch.unwrap_or(s.max_batch);
     let store_config = config.sqlite_config(&global.db);
     let max_field_bytes = store_config.max_field_bytes;
     let store = Arc::new(store_open::open(store_config, Create::IfMissing)?);
-    let learning = if args.with_loop {
+    let learning = if with_loop {
         Some(learning::build(store.clone(), &config, args)?)
     } else {
         None
@@ -178,7 +232,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         metrics: metrics::Metrics::new(api::ROUTES),
         auth,
         max_field_bytes,
-        max_batch: args.max_batch,
+        max_batch,
         with_loop: learning.is_some(),
         started: Instant::now(),
     });
@@ -192,8 +246,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
-    let result = runtime.block_on(serve(state, args, learning, global.json));
+    let shutdown_timeout = settings.shutdown_timeout;
+    let result = runtime.block_on(serve(state, &settings, learning, global.json));
     // Every handler's blocking work has finished once the server drained; this only bounds
     // the wait for a routing refresh or a metrics scrape cut off by the timeout.
     runtime.shutdown_timeout(shutdown_timeout);
@@ -203,7 +257,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
 /// Binds, prints the address, serves until a signal, drains, and stops the loop.
 async fn serve(
     state: Arc<AppState>,
-    args: &ServeArgs,
+    settings: &Settings,
     learning: Option<learning::Learning>,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -214,13 +268,13 @@ async fn serve(
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot install the SIGINT handler")?;
 
-    let listener = tokio::net::TcpListener::bind(args.addr)
+    let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    let app = api::router(state.clone(), args.max_body_bytes);
+    let app = api::router(state.clone(), settings.max_body_bytes);
 
     let loop_thread = learning.as_ref().map(|l| l.start()).transpose()?;
     announce(addr, json, &state)?;
@@ -241,7 +295,7 @@ async fn serve(
     };
     eprintln!("afs serve: {signal} received: draining in-flight requests");
     tracing::info!(signal, "shutting down");
-    let deadline = Instant::now() + Duration::from_secs(args.shutdown_timeout);
+    let deadline = Instant::now() + settings.shutdown_timeout;
     // The loop starts no new iteration from now on; one in progress finishes below.
     if let Some(learning) = &learning {
         learning.request_stop();
@@ -255,7 +309,7 @@ async fn serve(
         Ok(Err(e)) => return Err(anyhow::anyhow!("the server task failed: {e}")),
         Err(_) => eprintln!(
             "afs serve: requests still in flight after {}s; stopping anyway",
-            args.shutdown_timeout
+            settings.shutdown_timeout.as_secs()
         ),
     }
     if let Some(thread) = loop_thread {
