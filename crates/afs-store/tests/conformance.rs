@@ -776,3 +776,89 @@ fn clock_is_the_one_given() {
     f.clock.advance(Duration::days(1));
     assert_eq!(f.store.clock().now(), start() + Duration::days(1));
 }
+
+#[test]
+fn batches_spanning_days_and_late_records_keep_daily_totals_exact() {
+    let f = sqlite();
+    let day = Duration::days(1);
+    let at = |d: i64, h: i64| start() + day * d as i32 + Duration::hours(h);
+    // Day 0, then a batch spanning days 0-4, then late records for days 1 and 3, then day 6.
+    f.store
+        .log(NewUsage {
+            timestamp: Some(at(0, 1)),
+            quality_score: Some(0.5),
+            ..record(0)
+        })
+        .unwrap();
+    let batch: Vec<NewUsage> = (0..40)
+        .map(|i| NewUsage {
+            timestamp: Some(at(i / 8, i % 8)),
+            quality_score: Some(0.25),
+            ..record(100 + i as usize)
+        })
+        .collect();
+    let ids = f.store.log_batch(batch).unwrap();
+    f.store
+        .log(NewUsage {
+            timestamp: Some(at(1, 3)),
+            latency_ms: Some(10.0),
+            ..record(200)
+        })
+        .unwrap();
+    f.store
+        .log(NewUsage {
+            timestamp: Some(at(3, 2)),
+            token_count: Some(7),
+            ..record(201)
+        })
+        .unwrap();
+    f.store
+        .log(NewUsage {
+            timestamp: Some(at(6, 0)),
+            ..record(202)
+        })
+        .unwrap();
+    // Updates and deletes of old and recent rows.
+    f.store
+        .record_feedback(&ids[3], FeedbackValue::Positive, None)
+        .unwrap();
+    f.store.update_quality(&ids[30], 0.9).unwrap();
+    f.store.prune(at(1, 0), None).unwrap();
+    let store = f.store.as_ref();
+    for window in [
+        StatsWindow::default(),
+        StatsWindow {
+            since: Some(at(1, 2)),
+            until: Some(at(5, 1)),
+            model: None,
+        },
+        StatsWindow {
+            since: Some(at(2, 0)),
+            until: None,
+            model: Some("m1".into()),
+        },
+        StatsWindow {
+            since: None,
+            until: Some(at(4, 0)),
+            model: None,
+        },
+    ] {
+        let want = scan_stats(store, &window);
+        let got = store.stats_by_model(&window).unwrap();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{window:?}"
+        );
+        for (model, w) in &want {
+            assert_stats_close(&got[model], w, &format!("{window:?}"));
+        }
+    }
+    let before = store.stats(&StatsWindow::default()).unwrap();
+    store.rebuild_rollups().unwrap();
+    assert_stats_close(
+        &store.stats(&StatsWindow::default()).unwrap(),
+        &before,
+        "after rebuild",
+    );
+}
