@@ -1,5 +1,9 @@
 //! End-to-end tests of the `afs` binary: real process, real SQLite file in a temp dir.
 
+mod common;
+
+use common::redact_ids;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -1072,28 +1076,6 @@ fn import_round_trips_through_a_file_written_by_hand() {
     assert_eq!(stats["neutral_feedback"], 411);
     assert_eq!(env.records(&["--limit", "5"]).len(), 5);
     assert!(Path::new(&env.db).exists());
-}
-
-/// Replaces record ids (ULIDs) with a placeholder so snapshots are stable.
-fn redact_ids(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let chars: Vec<char> = text.chars().collect();
-    let is_ulid_char =
-        |c: char| c.is_ascii_digit() || (c.is_ascii_uppercase() && !"ILOU".contains(c));
-    let mut i = 0;
-    while i < chars.len() {
-        let run = chars[i..].iter().take_while(|c| is_ulid_char(**c)).count();
-        let bounded = i == 0 || !chars[i - 1].is_ascii_alphanumeric();
-        if run == 26 && bounded && chars[i..i + 26].iter().any(|c| c.is_ascii_uppercase()) {
-            out.push_str("[id]");
-            i += 26;
-        } else {
-            let n = run.max(1);
-            out.extend(&chars[i..i + n]);
-            i += n;
-        }
-    }
-    out
 }
 
 #[test]
