@@ -1,7 +1,7 @@
 //! Usage records: what a caller logs (`NewUsage`), what the store returns (`UsageRecord`),
 //! feedback values and input validation.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 
 use crate::error::{Result, StoreError};
 
@@ -234,6 +234,12 @@ impl NewUsage {
                 return Err(StoreError::invalid(
                     "timestamp",
                     format!("{t} is before 1970"),
+                ));
+            }
+            if t.year() >= 2200 {
+                return Err(StoreError::invalid(
+                    "timestamp",
+                    format!("{t} is after 2199"),
                 ));
             }
         }

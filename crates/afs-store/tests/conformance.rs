@@ -137,6 +137,20 @@ fn bad_input_is_refused_with_the_field_named() {
             NewUsage::new("x".repeat(1024 * 1024 + 1), "r", "m"),
             "query",
         ),
+        (
+            NewUsage {
+                timestamp: Some(Utc.with_ymd_and_hms(1969, 12, 31, 23, 0, 0).unwrap()),
+                ..record(0)
+            },
+            "timestamp",
+        ),
+        (
+            NewUsage {
+                timestamp: Some(Utc.with_ymd_and_hms(2200, 1, 1, 0, 0, 0).unwrap()),
+                ..record(0)
+            },
+            "timestamp",
+        ),
     ];
     for (bad, field) in cases {
         let err = f.store.log(bad).unwrap_err();
@@ -510,35 +524,8 @@ fn random_history(f: &Fixture, seed: u64) {
     f.store.forget_unit("u3").unwrap();
 }
 
-#[test]
-fn windowed_statistics_equal_a_scan_of_the_log() {
-    let f = sqlite();
-    random_history(&f, 7);
-    let store = f.store.as_ref();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    let mut windows = vec![StatsWindow::default()];
-    for _ in 0..40 {
-        let a = start() + Duration::seconds(rng.gen_range(-3600..4 * 86_400));
-        let b = a + Duration::seconds(rng.gen_range(1..2 * 86_400));
-        let model = rng.gen_bool(0.3).then(|| "m2".to_string());
-        windows.push(StatsWindow {
-            since: rng.gen_bool(0.9).then_some(a),
-            until: rng.gen_bool(0.7).then_some(b),
-            model,
-        });
-    }
-    // Windows on exact hour boundaries and inside one hour.
-    let hour = Utc.with_ymd_and_hms(2026, 3, 2, 4, 0, 0).unwrap();
-    windows.push(StatsWindow {
-        since: Some(hour),
-        until: Some(hour + Duration::hours(5)),
-        model: None,
-    });
-    windows.push(StatsWindow {
-        since: Some(hour + Duration::minutes(10)),
-        until: Some(hour + Duration::minutes(50)),
-        model: None,
-    });
+/// Every statistics call on each window equals a scan of the log.
+fn assert_windows_match_scans(store: &dyn UsageStore, windows: &[StatsWindow]) {
     for window in windows {
         let want = scan_stats(store, &window);
         let got = store.stats_by_model(&window).unwrap();
@@ -577,6 +564,72 @@ fn windowed_statistics_equal_a_scan_of_the_log() {
             .sum::<u64>()
         );
     }
+}
+
+#[test]
+fn windowed_statistics_equal_a_scan_of_the_log() {
+    let f = sqlite();
+    random_history(&f, 7);
+    let store = f.store.as_ref();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut windows = vec![StatsWindow::default()];
+    for _ in 0..40 {
+        let a = start() + Duration::seconds(rng.gen_range(-3600..4 * 86_400));
+        let b = a + Duration::seconds(rng.gen_range(1..2 * 86_400));
+        let model = rng.gen_bool(0.3).then(|| "m2".to_string());
+        windows.push(StatsWindow {
+            since: rng.gen_bool(0.9).then_some(a),
+            until: rng.gen_bool(0.7).then_some(b),
+            model,
+        });
+    }
+    // Windows on exact hour boundaries and inside one hour.
+    let hour = Utc.with_ymd_and_hms(2026, 3, 2, 4, 0, 0).unwrap();
+    windows.push(StatsWindow {
+        since: Some(hour),
+        until: Some(hour + Duration::hours(5)),
+        model: None,
+    });
+    windows.push(StatsWindow {
+        since: Some(hour + Duration::minutes(10)),
+        until: Some(hour + Duration::minutes(50)),
+        model: None,
+    });
+    assert_windows_match_scans(store, &windows);
+    // More changes with no bulk operation after them: records logged within one minute
+    // (the SQLite store keeps their rollup contributions pending until the minute turns)
+    // and feedback on old records. Statistics must include them at once.
+    f.clock
+        .set(start() + Duration::days(2) + Duration::seconds(17));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for i in 0..40 {
+        let id = f
+            .store
+            .log(NewUsage {
+                model: ["m1", "m2", "m4"][i % 3].into(),
+                quality_score: Some(rng.gen_range(0.0..=1.0)),
+                latency_ms: Some(10.0),
+                ..record(1000 + i)
+            })
+            .unwrap();
+        if i % 4 == 0 {
+            f.store
+                .record_feedback(&id, FeedbackValue::Positive, None)
+                .unwrap();
+        }
+    }
+    let old: Vec<UsageRecord> = all_records(store, &RecordFilter::default());
+    for r in old.iter().step_by(7) {
+        f.store
+            .record_feedback(&r.id, FeedbackValue::Negative, Some("late"))
+            .unwrap();
+    }
+    windows.push(StatsWindow {
+        since: Some(start() + Duration::days(2)),
+        until: Some(start() + Duration::days(2) + Duration::minutes(1)),
+        model: None,
+    });
+    assert_windows_match_scans(store, &windows);
     // Rebuilding from the log gives the same figures as incremental maintenance.
     let before = store.stats_by_model(&StatsWindow::default()).unwrap();
     store.rebuild_rollups().unwrap();
@@ -767,6 +820,39 @@ fn many_threads_logging_lose_nothing() {
     for id in all.iter().step_by(97) {
         store.get(id).unwrap();
     }
+}
+
+#[test]
+fn many_records_at_one_instant_are_all_kept_in_order() {
+    // A frozen clock: 1,500 records carry the same timestamp, logged singly and in a batch.
+    let f = sqlite();
+    for i in 0..700 {
+        f.store.log(record(i)).unwrap();
+    }
+    f.store
+        .log_batch((700..1500).map(record).collect())
+        .unwrap();
+    let all = all_records(f.store.as_ref(), &RecordFilter::default());
+    assert_eq!(all.len(), 1500);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.query, record(i).query, "record {i} out of order");
+        assert!((r.timestamp - start()).num_milliseconds().abs() <= 1);
+    }
+    let newest = all_records(
+        f.store.as_ref(),
+        &RecordFilter {
+            order: Order::NewestFirst,
+            limit: Some(3),
+            ..Default::default()
+        },
+    );
+    assert_eq!(newest[0].query, record(1499).query);
+    let window = StatsWindow {
+        since: Some(start() - Duration::seconds(1)),
+        until: Some(start() + Duration::seconds(1)),
+        model: None,
+    };
+    assert_eq!(f.store.stats(&window).unwrap().total, 1500);
 }
 
 #[test]

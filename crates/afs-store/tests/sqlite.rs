@@ -103,6 +103,19 @@ fn write_seed_db(path: &std::path::Path, n: usize) -> Vec<SeedRow> {
     rows
 }
 
+/// Rows whose rowid does not follow their time (the store keeps `rowid >> 10 == ts_us`, so
+/// that a time range is a rowid range).
+fn rows_out_of_time_order(path: &std::path::Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM usage WHERE ts_us IS NULL OR (rowid >> 10) <> ts_us",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 #[test]
 fn a_python_module_database_migrates_in_place_with_every_row_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +166,16 @@ fn a_python_module_database_migrates_in_place_with_every_row_kept() {
         .unwrap();
     assert_eq!(raw, python_isoformat(seed[0].at));
     assert_eq!(version, SCHEMA_VERSION);
+    // Rows were renumbered in time order; the Python module's own indexes are still there.
+    assert_eq!(rows_out_of_time_order(&path), 0);
+    let seed_indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seed_indexes, 5);
 
     let stats = store.stats(&StatsWindow::default()).unwrap();
     assert_eq!(stats.total, 201);
@@ -250,6 +273,99 @@ fn rows_inserted_by_the_python_module_after_migration_are_dated_and_counted() {
     );
     let stats = store.stats_by_model(&StatsWindow::default()).unwrap();
     assert_eq!(stats["py-model"].n_quality, 1);
+    // The trigger moved the row to a rowid of its time, so time ranges find it.
+    assert_eq!(rows_out_of_time_order(&path), 0);
+    let around = store
+        .query(&RecordFilter {
+            since: Some(at - Duration::seconds(1)),
+            until: Some(at + Duration::seconds(1)),
+            ..Default::default()
+        })
+        .unwrap()
+        .map(|r| r.unwrap().id)
+        .collect::<Vec<_>>();
+    assert_eq!(around, vec!["abcdef123456".to_string()]);
+}
+
+#[test]
+fn seed_rows_crowding_one_microsecond_all_migrate_in_order() {
+    // 1,100 rows the Python module wrote with a timestamp nobody can read: they all date
+    // to the epoch, more than one microsecond of rowids holds.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    write_seed_db(&path, 5);
+    {
+        let conn = Connection::open(&path).unwrap();
+        for i in 0..1100 {
+            conn.execute(
+                "INSERT INTO usage (id, timestamp, query, response, model) \
+                 VALUES (?1, 'garbled', ?2, 'r', 'old')",
+                params![format!("{i:012}"), format!("q{i}")],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path), Arc::new(SystemClock)).unwrap();
+    assert_eq!(rows_out_of_time_order(&path), 0);
+    let old: Vec<_> = store
+        .query(&RecordFilter {
+            model: Some("old".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(old.len(), 1100);
+    // The order they were written in is kept; the last 76 moved one microsecond on.
+    assert!(old
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.query == format!("q{i}")));
+    assert_eq!(old[1023].timestamp.timestamp_micros(), 0);
+    assert_eq!(old[1024].timestamp.timestamp_micros(), 1);
+    let stats = store.stats_by_model(&StatsWindow::default()).unwrap();
+    assert_eq!(stats["old"].total, 1100);
+    assert_eq!(stats.values().map(|s| s.total).sum::<u64>(), 1105);
+}
+
+#[test]
+fn pending_rollup_deltas_stay_few_and_prune_empties_the_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let start = Utc.with_ymd_and_hms(2026, 2, 1, 9, 0, 0).unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let store = SqliteStore::open(SqliteConfig::new(&path), clock.clone()).unwrap();
+    for i in 0..300 {
+        clock.set(start + Duration::seconds(7 * i));
+        let model = ["a", "b"][i as usize % 2];
+        store
+            .log(NewUsage::new(format!("q{i}"), "r", model))
+            .unwrap();
+    }
+    let conn = Connection::open(&path).unwrap();
+    let count = |table: &str| -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    // 35 minutes of logging: only the current minute, hour and day of each model pending.
+    assert!(
+        count("usage_rollup_recent") <= 6,
+        "{}",
+        count("usage_rollup_recent")
+    );
+    assert!(count("usage_rollup_minute") >= 30);
+    assert_eq!(store.stats(&StatsWindow::default()).unwrap().total, 300);
+    let report = store.prune(start + Duration::days(1), None).unwrap();
+    assert_eq!(report.removed, 300);
+    for table in [
+        "usage_rollup_recent",
+        "usage_rollup_minute",
+        "usage_rollup",
+        "usage_rollup_day",
+    ] {
+        assert_eq!(count(table), 0, "{table} after pruning everything");
+    }
+    assert_eq!(store.stats(&StatsWindow::default()).unwrap().total, 0);
 }
 
 #[test]

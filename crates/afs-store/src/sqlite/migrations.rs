@@ -4,17 +4,20 @@
 //! written by the seed opens as a version-0 database whose table already exists. Version 2
 //! adds afs's columns, indexes, the per-model hourly rollup table and the triggers that keep
 //! it consistent, and back-fills the new columns of rows written by the Python module.
-//! Migrations never rename or drop a seed column.
+//! Versions 3 and 4 add the experiment and retrain-run tables (in their own modules);
+//! version 5 adds the table of pending rollup deltas ([`RECENT`]), points the update and
+//! delete triggers at it, and rebuilds `usage` with rowids in time order (see
+//! [`ROWID_SLOTS`]), which replaces its time index. Migrations never rename or drop a seed column.
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::time::micros_of;
+use super::time::{first_rowid_at, micros_of, micros_of_rowid, ROWID_SLOTS};
 use crate::error::{Result, StoreError};
 use crate::record::dedupe_hash;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -68,6 +71,23 @@ pub(crate) const MINUTELY: RollupTable = RollupTable {
     width_us: 60_000_000,
 };
 pub(crate) const ROLLUP_TABLES: [RollupTable; 3] = [HOURLY, DAILY, MINUTELY];
+
+impl RollupTable {
+    /// The level of this table's rows in [`RECENT`]: its bucket width in minutes.
+    pub(crate) fn level(self) -> i64 {
+        self.width_us / MINUTELY.width_us
+    }
+}
+
+/// The table of pending rollup deltas (schema version 5): `(level, bucket, model)` and the
+/// aggregate columns, where `level` is [`RollupTable::level`].
+///
+/// A single-record commit adds its contribution here instead of to the three rollup tables,
+/// so it dirties one small page instead of three; so do the update and delete triggers. The
+/// writer folds the rows of closed buckets into the rollup tables about once a minute, and
+/// bulk deletes fold everything they left here. A rollup bucket's true value is its row in
+/// its table plus its row here: readers sum both.
+pub(crate) const RECENT: &str = "usage_rollup_recent";
 
 /// The aggregate columns of `usage_rollup`, in order, and the expression over a `usage` row
 /// (with `{r}` standing for `NEW`, `OLD` or nothing) that each bucket sums.
@@ -136,6 +156,255 @@ pub(crate) fn rollup_column_list() -> String {
         .map(|(c, _)| *c)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `INSERT ... ON CONFLICT DO UPDATE` adding one delta (level, bucket, model, then every
+/// aggregate column in order) to a row of [`RECENT`].
+pub(crate) fn recent_upsert_sql() -> String {
+    let placeholders = (4..4 + ROLLUP_COLUMNS.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {RECENT} (level, bucket, model, {}) VALUES (?1, ?2, ?3, {placeholders}) \
+         ON CONFLICT (level, bucket, model) DO UPDATE SET {}",
+        rollup_column_list(),
+        add_excluded_set(),
+    )
+}
+
+/// `c = c + excluded.c` for every aggregate column.
+fn add_excluded_set() -> String {
+    ROLLUP_COLUMNS
+        .iter()
+        .map(|(c, _)| format!("{c} = {c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Statements that move the rows of `table`'s level in [`RECENT`] whose bucket is not `?1`
+/// into `table`, drop buckets left empty, and delete the moved rows, in that order. `?1` is
+/// the bucket still being written (`NULL` folds every row of the level).
+pub(crate) fn fold_sql(table: RollupTable) -> [String; 3] {
+    let (name, key, level) = (table.name, table.key, table.level());
+    let pending = format!("FROM {RECENT} WHERE level = {level} AND bucket IS NOT ?1");
+    let cols = rollup_column_list();
+    [
+        format!(
+            "INSERT INTO {name} (model, {key}, {cols}) SELECT model, bucket, {cols} {pending} \
+             ON CONFLICT ({key}, model) DO UPDATE SET {}",
+            add_excluded_set()
+        ),
+        format!("DELETE FROM {name} WHERE n <= 0 AND ({key}, model) IN (SELECT bucket, model {pending})"),
+        format!("DELETE {pending}"),
+    ]
+}
+
+/// Folds every row of [`RECENT`] into the rollup tables (after bulk deletes).
+pub(crate) fn fold_all(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    for table in ROLLUP_TABLES {
+        for sql in fold_sql(table) {
+            tx.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute([rusqlite::types::Null]))
+                .map_err(|e| StoreError::db("fold rollup deltas", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Upserts into [`RECENT`], one per level, adding (sign `""`) or removing (sign `"-"`) the
+/// contribution of trigger row `r` (`"NEW."` or `"OLD."`).
+fn recent_delta_sql(r: &str, sign: &str) -> String {
+    let values = ROLLUP_COLUMNS
+        .iter()
+        .map(|(_, e)| format!("{sign}({})", e.replace("{r}", r)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ROLLUP_TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "INSERT INTO {RECENT} (level, bucket, model, {cols}) \
+                 SELECT {level}, {r}ts_us / {width}, {r}model, {values} WHERE {r}ts_us IS NOT NULL \
+                 ON CONFLICT (level, bucket, model) DO UPDATE SET {set};\n    ",
+                cols = rollup_column_list(),
+                level = t.level(),
+                width = t.width_us,
+                set = add_excluded_set(),
+            )
+        })
+        .collect()
+}
+
+/// Version 5, first part: the [`RECENT`] table.
+fn v5_recent_table() -> String {
+    let cols_decl = ROLLUP_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| {
+            let ty = if rollup_column_is_real(i) {
+                "REAL"
+            } else {
+                "INTEGER"
+            };
+            format!("    {c} {ty} NOT NULL DEFAULT 0")
+        })
+        .collect::<Vec<_>>()
+        .join(",\n");
+    format!(
+        "CREATE TABLE {RECENT} (
+    level INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    model TEXT NOT NULL,
+{cols_decl},
+    PRIMARY KEY (level, bucket, model)
+) WITHOUT ROWID;"
+    )
+}
+
+fn migrate_v5(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(&v5_recent_table())
+        .map_err(|e| StoreError::db("migration 5", e))?;
+    order_rows_by_time(tx)
+}
+
+/// Copies `usage` into a table of the same schema whose rowids follow time
+/// ([`ROWID_SLOTS`] per microsecond), then puts its indexes and triggers back, without the
+/// time index the ordering replaces. A row whose microsecond is full moves to the next one
+/// (its `ts_us` with it); if any did, the rollups are rebuilt.
+fn order_rows_by_time(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let err = |e: rusqlite::Error| StoreError::db("migration 5: order records by time", e);
+    let table_sql: String = tx
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'usage'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(err)?;
+    let body = table_sql
+        .find('(')
+        .map(|at| &table_sql[at..])
+        .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
+    let columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('usage') ORDER BY cid")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(err)?;
+    let quoted = |c: &String| format!("\"{}\"", c.replace('"', "\"\""));
+    let list = columns.iter().map(quoted).collect::<Vec<_>>().join(", ");
+    let select = columns
+        .iter()
+        .map(|c| {
+            if c == "ts_us" {
+                "?2".to_string()
+            } else {
+                quoted(c)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Indexes and triggers on `usage` that are not afs's (the Python module's indexes, say)
+    // are put back as they were.
+    let foreign: Vec<String> = tx
+        .prepare(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'usage' AND type IN ('index', 'trigger') \
+             AND sql IS NOT NULL AND name NOT IN ('usage_ts', 'usage_feedback_ts', \
+             'usage_seed_insert', 'usage_rollup_delete', 'usage_rollup_update')",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(err)?;
+    tx.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS usage_seed_insert;
+         DROP TRIGGER IF EXISTS usage_rollup_delete;
+         DROP TRIGGER IF EXISTS usage_rollup_update;
+         CREATE TABLE usage_by_time {body};"
+    ))
+    .map_err(err)?;
+    let mut copy = tx
+        .prepare(&format!(
+            "INSERT INTO usage_by_time (rowid, {list}) SELECT ?1, {select} FROM usage WHERE rowid = ?3"
+        ))
+        .map_err(err)?;
+    let mut rows = tx
+        .prepare("SELECT rowid, COALESCE(ts_us, 0) FROM usage ORDER BY 2, 1")
+        .map_err(err)?;
+    let mut rows = rows.query([]).map_err(err)?;
+    let (mut previous, mut n_rows, mut n_moved) = (i64::MIN, 0u64, 0u64);
+    while let Some(row) = rows.next().map_err(err)? {
+        let (old_rowid, ts_us): (i64, i64) = (row.get(0).map_err(err)?, row.get(1).map_err(err)?);
+        let rowid = first_rowid_at(ts_us).max(previous.saturating_add(1));
+        let moved_to = micros_of_rowid(rowid);
+        n_moved += u64::from(moved_to != ts_us);
+        copy.execute(params![rowid, moved_to, old_rowid])
+            .map_err(err)?;
+        previous = rowid;
+        n_rows += 1;
+    }
+    drop(rows);
+    drop(copy);
+    tx.execute_batch(&format!(
+        "DROP TABLE usage;
+         ALTER TABLE usage_by_time RENAME TO usage;
+         {}",
+        usage_indexes_and_triggers_v5()
+    ))
+    .map_err(err)?;
+    for sql in foreign {
+        tx.execute_batch(&sql).map_err(err)?;
+    }
+    if n_moved > 0 {
+        tracing::warn!(
+            n_moved,
+            "records sharing a microsecond with over 1,024 others were moved to the next microsecond"
+        );
+        tx.execute_batch(&rebuild_rollups_sql()).map_err(err)?;
+    }
+    if n_rows > 0 {
+        tracing::info!(n_rows, "records reordered by time");
+    }
+    Ok(())
+}
+
+/// The indexes and triggers of `usage` from schema version 5 on.
+fn usage_indexes_and_triggers_v5() -> String {
+    format!(
+        "
+-- Records with feedback, in time order: what training data and feedback queries read.
+-- Partial, so logging a record without feedback does not touch it.
+CREATE INDEX usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
+-- A row inserted by the Python module (which knows nothing of ts_us or of time-ordered rowids)
+-- gets ts_us from its local-time timestamp and moves to a rowid of that microsecond (the
+-- next free one; if the microsecond is full, ts_us follows the row to the next one). The
+-- UPDATE fires the update trigger, which adds the row to the rollups.
+CREATE TRIGGER usage_seed_insert AFTER INSERT ON usage WHEN NEW.ts_us IS NULL BEGIN
+    UPDATE usage SET rowid = (
+        SELECT COALESCE(MAX(u.rowid) + 1, t.ts * {slots})
+        FROM (SELECT COALESCE(CAST(ROUND((julianday(NEW.timestamp, 'utc') - 2440587.5)
+                  * 86400000000.0) AS INTEGER), 0) AS ts) AS t
+        LEFT JOIN usage AS u
+          ON u.rowid >= t.ts * {slots} AND u.rowid < (t.ts + 1) * {slots} AND u.rowid <> NEW.rowid)
+    WHERE rowid = NEW.rowid;
+    UPDATE usage SET ts_us = (rowid >> {bits}) WHERE id IS NEW.id AND ts_us IS NULL;
+END;
+CREATE TRIGGER usage_rollup_delete AFTER DELETE ON usage BEGIN
+    {remove_old}
+END;
+CREATE TRIGGER usage_rollup_update
+AFTER UPDATE OF model, ts_us, user_feedback, quality_score, latency_ms, token_count ON usage BEGIN
+    {remove_old}
+    {add_new}
+END;
+",
+        slots = ROWID_SLOTS,
+        bits = ROWID_SLOTS.trailing_zeros(),
+        remove_old = recent_delta_sql("OLD.", "-"),
+        add_new = recent_delta_sql("NEW.", ""),
+    )
 }
 
 fn v2_schema() -> String {
@@ -243,6 +512,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         apply: super::runs::migrate_v4,
     },
+    Migration {
+        version: 5,
+        apply: migrate_v5,
+    },
 ];
 
 fn migrate_v1_seed_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
@@ -254,7 +527,7 @@ fn migrate_v2_afs_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(&v2_schema())
         .map_err(|e| StoreError::db("migration 2", e))?;
     backfill_seed_rows(tx)?;
-    tx.execute_batch(&rebuild_rollups_sql())
+    tx.execute_batch(&rebuild_rollup_tables_sql())
         .map_err(|e| StoreError::db("migration 2: build rollups", e))
 }
 
@@ -291,8 +564,15 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         .map_err(|e| StoreError::db("commit migration", e))
 }
 
-/// SQL that recomputes every rollup bucket from the log.
+/// SQL that recomputes every rollup bucket from the log. Only for a database at the current
+/// version (it empties [`RECENT`]); migration 2 builds its tables with
+/// [`rebuild_rollup_tables_sql`].
 pub(crate) fn rebuild_rollups_sql() -> String {
+    format!("DELETE FROM {RECENT};\n{}", rebuild_rollup_tables_sql())
+}
+
+/// SQL that recomputes the three rollup tables from the log.
+fn rebuild_rollup_tables_sql() -> String {
     ROLLUP_TABLES
         .iter()
         .map(|t| {

@@ -369,6 +369,7 @@ impl UsageStore for SqliteStore {
                 [],
             )
             .map_err(|e| StoreError::db("delete duplicates", e))?;
+            migrations::fold_all(&tx)?;
         }
         tx.execute("DELETE FROM dedupe_victims", [])
             .map_err(|e| StoreError::db("dedupe cleanup", e))?;
@@ -392,8 +393,14 @@ impl UsageStore for SqliteStore {
             archived = write_archive(&tx, cutoff_us, path)?;
         }
         let removed = tx
-            .execute("DELETE FROM usage WHERE ts_us < ?1", [cutoff_us])
+            .execute(
+                "DELETE FROM usage WHERE rowid < ?1",
+                [time::first_rowid_at(cutoff_us)],
+            )
             .map_err(|e| StoreError::db("delete old records", e))? as u64;
+        // The delete trigger left one pending delta per emptied bucket: fold them now, so
+        // the emptied buckets leave the rollup tables.
+        migrations::fold_all(&tx)?;
         tx.commit().map_err(|e| StoreError::db("commit prune", e))?;
         Ok(PruneReport { removed, archived })
     }
@@ -402,10 +409,16 @@ impl UsageStore for SqliteStore {
         if unit_id.is_empty() {
             return Err(StoreError::invalid("unit_id", "must not be empty"));
         }
-        let conn = self.conn()?;
-        let removed = conn
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db("begin forget", e))?;
+        let removed = tx
             .execute("DELETE FROM usage WHERE unit_id = ?1", [unit_id])
             .map_err(|e| StoreError::db("forget unit", e))?;
+        migrations::fold_all(&tx)?;
+        tx.commit()
+            .map_err(|e| StoreError::db("commit forget", e))?;
         Ok(removed as u64)
     }
 
@@ -435,13 +448,12 @@ fn write_archive(tx: &rusqlite::Transaction<'_>, cutoff_us: i64, path: &Path) ->
         .map_err(io_err)?;
     let result = (|| {
         let mut out = BufWriter::new(file);
-        let sql =
-            format!("SELECT {RECORD_COLUMNS} FROM usage WHERE ts_us < ?1 ORDER BY ts_us, rowid");
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE rowid < ?1 ORDER BY rowid");
         let mut stmt = tx
             .prepare(&sql)
             .map_err(|e| StoreError::db("read records to archive", e))?;
         let mut rows = stmt
-            .query(params![cutoff_us])
+            .query(params![time::first_rowid_at(cutoff_us)])
             .map_err(|e| StoreError::db("read records to archive", e))?;
         let mut n = 0u64;
         while let Some(row) = rows

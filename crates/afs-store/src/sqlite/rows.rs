@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 use super::migrations::{parse_legacy_time, N_ROLLUP_COLUMNS};
-use super::time::{micros_of, rfc3339, time_of_micros};
+use super::time::{first_rowid_at, micros_of, rfc3339, time_of_micros, ROWID_SLOTS};
 use crate::id::new_id;
 use crate::record::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
 
@@ -45,9 +45,10 @@ impl InsertRow {
         }
     }
 
-    /// The model and time (microseconds) that place this row in its rollup buckets.
-    pub(crate) fn bucket(&self) -> (&str, i64) {
-        (&self.record.model, self.ts_us)
+    /// The model, which with the time [`InsertRow::insert`] returns places this row in its
+    /// rollup buckets.
+    pub(crate) fn model(&self) -> &str {
+        &self.record.model
     }
 
     /// This row's contribution to its rollup bucket, in rollup column order.
@@ -73,17 +74,40 @@ impl InsertRow {
         ]
     }
 
-    pub(crate) fn insert(&self, conn: &Connection) -> rusqlite::Result<()> {
+    /// Inserts the row at the first free rowid of its microsecond (see [`ROWID_SLOTS`]) and
+    /// returns its time in microseconds: its own, or the next microsecond with room if its
+    /// own holds [`ROWID_SLOTS`] records already.
+    pub(crate) fn insert(&self, conn: &Connection) -> rusqlite::Result<i64> {
+        let mut last_in_slot =
+            conn.prepare_cached("SELECT MAX(rowid) FROM usage WHERE rowid >= ?1 AND rowid < ?2")?;
+        let mut ts_us = self.ts_us;
+        let rowid = loop {
+            let first = first_rowid_at(ts_us);
+            let last: Option<i64> =
+                last_in_slot.query_row([first, first + ROWID_SLOTS], |row| row.get(0))?;
+            match last {
+                None => break first,
+                Some(last) if last + 1 < first + ROWID_SLOTS => break last + 1,
+                Some(_) => ts_us += 1,
+            }
+        };
+        let moved_timestamp;
+        let timestamp = if ts_us == self.ts_us {
+            &self.timestamp
+        } else {
+            moved_timestamp = rfc3339(time_of_micros(ts_us));
+            &moved_timestamp
+        };
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO usage (id, timestamp, query, response, model, expert, latency_ms, \
+            "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, latency_ms, \
              token_count, quality_score, user_feedback, feedback_text, context_hash, dedupe_hash, \
              created_at, ts_us, feedback_at, unit_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             VALUES (?18, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         let r = &self.record;
         stmt.execute(params![
             self.id,
-            self.timestamp,
+            timestamp,
             r.query,
             r.response,
             r.model,
@@ -96,11 +120,12 @@ impl InsertRow {
             r.context_hash,
             self.dedupe_hash,
             self.created_at,
-            self.ts_us,
+            ts_us,
             self.feedback_at,
             r.unit_id,
+            rowid,
         ])?;
-        Ok(())
+        Ok(ts_us)
     }
 }
 

@@ -7,7 +7,7 @@ use rusqlite::params_from_iter;
 use rusqlite::types::Value;
 
 use super::rows::{record_from_row, RECORD_COLUMNS};
-use super::time::micros_of;
+use super::time::{first_rowid_at, micros_of};
 use super::SqliteStore;
 use crate::error::{Result, StoreError};
 use crate::query::{FeedbackFilter, Order, RecordFilter};
@@ -20,7 +20,8 @@ const MAX_PAGE: u64 = 2048;
 pub(crate) struct RecordPages<'a> {
     store: &'a SqliteStore,
     filter: RecordFilter,
-    /// `(ts_us, rowid)` of the last record returned; the next page starts after it.
+    /// `(ts_us, rowid)` of the last record returned; the next page starts after it (rows are
+    /// in the same order by either, see `ROWID_SLOTS`).
     after: Option<(i64, i64)>,
     buffer: VecDeque<UsageRecord>,
     page_size: u64,
@@ -46,13 +47,32 @@ impl<'a> RecordPages<'a> {
         let f = &self.filter;
         let mut conds: Vec<&str> = Vec::new();
         let mut args: Vec<Value> = Vec::new();
+        // Records with feedback are read through their partial index on `ts_us`; any other
+        // filter walks the table itself, whose rowids are in time order.
+        let by_feedback_index = matches!(
+            f.feedback,
+            FeedbackFilter::Present | FeedbackFilter::AtLeast(_)
+        );
+        let time_bound = |t| -> Value {
+            let us = micros_of(t);
+            if by_feedback_index {
+                us.into()
+            } else {
+                first_rowid_at(us).into()
+            }
+        };
+        let (lower, upper) = if by_feedback_index {
+            ("ts_us >= ?", "ts_us < ?")
+        } else {
+            ("rowid >= ?", "rowid < ?")
+        };
         if let Some(since) = f.since {
-            conds.push("ts_us >= ?");
-            args.push(micros_of(since).into());
+            conds.push(lower);
+            args.push(time_bound(since));
         }
         if let Some(until) = f.until {
-            conds.push("ts_us < ?");
-            args.push(micros_of(until).into());
+            conds.push(upper);
+            args.push(time_bound(until));
         }
         if let Some(model) = &f.model {
             conds.push("model = ?");
@@ -83,10 +103,19 @@ impl<'a> RecordPages<'a> {
             Order::OldestFirst => (">", "ASC"),
             Order::NewestFirst => ("<", "DESC"),
         };
-        let keyset = format!("(ts_us, rowid) {cmp} (?, ?)");
+        let (keyset, order) = if by_feedback_index {
+            (
+                format!("(ts_us, rowid) {cmp} (?, ?)"),
+                format!("ts_us {dir}, rowid {dir}"),
+            )
+        } else {
+            (format!("rowid {cmp} ?"), format!("rowid {dir}"))
+        };
         if let Some((ts, rowid)) = self.after {
             conds.push(&keyset);
-            args.push(ts.into());
+            if by_feedback_index {
+                args.push(ts.into());
+            }
             args.push(rowid.into());
         }
         let page = match self.remaining {
@@ -99,8 +128,7 @@ impl<'a> RecordPages<'a> {
             format!("WHERE {}", conds.join(" AND "))
         };
         let sql = format!(
-            "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} \
-             ORDER BY ts_us {dir}, rowid {dir} LIMIT {page}"
+            "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} ORDER BY {order} LIMIT {page}"
         );
         let conn = self.store.conn()?;
         let mut stmt = conn

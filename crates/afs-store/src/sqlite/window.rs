@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params_from_iter, Connection, Row};
+use rusqlite::{params_from_iter, Connection};
 
 use super::migrations::{
     aggregate_select_list, rollup_column_list, RollupTable, DAILY, HOURLY, HOUR_US, MINUTELY,
+    N_ROLLUP_COLUMNS, RECENT,
 };
-use super::time::{micros_of, time_of_micros};
+use super::time::{first_rowid_at, micros_of, time_of_micros};
 use crate::error::{Result, StoreError};
 use crate::query::StatsWindow;
 use crate::stats::UsageStats;
@@ -34,24 +35,26 @@ impl GroupKey {
     }
 }
 
-fn stats_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<UsageStats> {
-    let count = |i: usize| -> rusqlite::Result<u64> {
-        Ok(row.get::<_, f64>(offset + i)?.max(0.0).round() as u64)
-    };
-    Ok(UsageStats {
-        total: count(0)?,
-        with_feedback: count(1)?,
-        positive_feedback: count(2)?,
-        negative_feedback: count(3)?,
-        neutral_feedback: count(4)?,
-        n_quality: count(5)?,
-        sum_quality: row.get(offset + 6)?,
-        sum_quality_sq: row.get(offset + 7)?,
-        n_latency: count(8)?,
-        sum_latency_ms: row.get(offset + 9)?,
-        sum_latency_ms_sq: row.get(offset + 10)?,
-        total_tokens: row.get::<_, f64>(offset + 11)?.round() as i64,
-    })
+/// Sums of the rollup columns, in order. Pending deltas may be negative (a removal whose
+/// addition was folded already), so parts are added as floats and turned into counts last.
+type Sums = [f64; N_ROLLUP_COLUMNS];
+
+fn stats_from_sums(sums: &Sums) -> UsageStats {
+    let count = |i: usize| sums[i].max(0.0).round() as u64;
+    UsageStats {
+        total: count(0),
+        with_feedback: count(1),
+        positive_feedback: count(2),
+        negative_feedback: count(3),
+        neutral_feedback: count(4),
+        n_quality: count(5),
+        sum_quality: sums[6],
+        sum_quality_sq: sums[7],
+        n_latency: count(8),
+        sum_latency_ms: sums[9],
+        sum_latency_ms_sq: sums[10],
+        total_tokens: sums[11].round() as i64,
+    }
 }
 
 /// A piece of a window: whole buckets `[first, last)` of a rollup table, or a range
@@ -102,7 +105,7 @@ pub(crate) fn stats_grouped(
         Grouping::Model => plan(&[DAILY, HOURLY, MINUTELY], since, until),
         Grouping::Hour => plan(&[HOURLY, MINUTELY], since, until),
     };
-    let mut out: BTreeMap<GroupKey, UsageStats> = BTreeMap::new();
+    let mut out: BTreeMap<GroupKey, Sums> = BTreeMap::new();
     let group_expr = |hour_expr: &str| match grouping {
         Grouping::Model => "model, 0".to_string(),
         Grouping::Hour => format!("'', {hour_expr}"),
@@ -114,9 +117,10 @@ pub(crate) fn stats_grouped(
         .join(", ");
     for part in plan {
         let (mut conds, mut args) = (Vec::new(), Vec::<rusqlite::types::Value>::new());
+        // A scan reads a range of the log by rowid, which follows time (see `ROWID_SLOTS`).
         let (column, from, to) = match part {
             Part::Buckets(table, first, last) => (table.key, first, last),
-            Part::Scan(from, to) => ("ts_us", from, to),
+            Part::Scan(from, to) => ("rowid", from.map(first_rowid_at), to.map(first_rowid_at)),
         };
         let lower = format!("{column} >= ?");
         let upper = format!("{column} < ?");
@@ -133,16 +137,28 @@ pub(crate) fn stats_grouped(
             args.push(m.clone().into());
         }
         let sql = match part {
-            Part::Buckets(table, ..) => format!(
-                "SELECT {}, {sums} FROM {} {} GROUP BY 1, 2",
-                group_expr(&format!(
-                    "{} / {}",
-                    table.key,
-                    HOUR_US / table.width_us.min(HOUR_US)
-                )),
-                table.name,
-                where_clause(&conds)
-            ),
+            Part::Buckets(table, ..) => {
+                // A bucket is its row in its table plus its pending delta in RECENT.
+                let hour_expr =
+                    |key: &str| format!("{key} / {}", HOUR_US / table.width_us.min(HOUR_US));
+                let pending_conds = conds
+                    .iter()
+                    .map(|c| c.replacen(table.key, "bucket", 1))
+                    .chain([format!("level = {}", table.level())])
+                    .collect::<Vec<_>>();
+                let pending = format!(
+                    "SELECT {}, {sums} FROM {RECENT} {} GROUP BY 1, 2",
+                    group_expr(&hour_expr("bucket")),
+                    where_clause(&pending_conds)
+                );
+                accumulate(conn, &pending, args.clone(), &mut out)?;
+                format!(
+                    "SELECT {}, {sums} FROM {} {} GROUP BY 1, 2",
+                    group_expr(&hour_expr(table.key)),
+                    table.name,
+                    where_clause(&conds)
+                )
+            }
             Part::Scan(..) => format!(
                 "SELECT {}, {} FROM usage {} GROUP BY 1, 2",
                 group_expr(&format!("ts_us / {HOUR_US}")),
@@ -152,14 +168,18 @@ pub(crate) fn stats_grouped(
         };
         accumulate(conn, &sql, args, &mut out)?;
     }
-    out.retain(|_, stats| stats.total > 0);
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|(key, sums)| (key, stats_from_sums(&sums)))
+        .filter(|(_, stats)| stats.total > 0)
+        .collect())
 }
 
-fn where_clause(conds: &[&str]) -> String {
+fn where_clause(conds: &[impl AsRef<str>]) -> String {
     if conds.is_empty() {
         String::new()
     } else {
+        let conds: Vec<&str> = conds.iter().map(AsRef::as_ref).collect();
         format!("WHERE {}", conds.join(" AND "))
     }
 }
@@ -168,7 +188,7 @@ fn accumulate(
     conn: &Connection,
     sql: &str,
     args: Vec<rusqlite::types::Value>,
-    out: &mut BTreeMap<GroupKey, UsageStats>,
+    out: &mut BTreeMap<GroupKey, Sums>,
 ) -> Result<()> {
     let mut stmt = conn
         .prepare_cached(sql)
@@ -188,8 +208,12 @@ fn accumulate(
                 .get(1)
                 .map_err(|e| StoreError::db("read statistics", e))?,
         };
-        let stats = stats_from_row(row, 2).map_err(|e| StoreError::db("read statistics", e))?;
-        out.entry(key).or_default().add(&stats);
+        let sums = out.entry(key).or_insert([0.0; N_ROLLUP_COLUMNS]);
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum += row
+                .get::<_, f64>(2 + i)
+                .map_err(|e| StoreError::db("read statistics", e))?;
+        }
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! the callers whose rows that transaction held. Nobody is answered before the transaction
 //! holding its row has committed.
 //!
-//! Each transaction also adds its rows to the hourly rollups, one upsert per model and hour.
-//! WAL checkpoints are taken off the commit path by a background thread.
+//! Each transaction also adds its rows to the rollups, one upsert per model and bucket: a
+//! group commit into the small table of pending deltas (one page), folded into the rollup
+//! tables once a minute; a batch straight into the rollup tables. WAL checkpoints are taken
+//! off the commit path by a background thread.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +17,8 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::migrations::{
-    rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS, ROLLUP_TABLES,
+    fold_sql, recent_upsert_sql, rollup_column_is_real, rollup_upsert_sql, MINUTELY,
+    N_ROLLUP_COLUMNS, ROLLUP_TABLES,
 };
 use super::rows::InsertRow;
 use super::{open_connection, SqliteConfig};
@@ -32,10 +35,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub(crate) struct Writer {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<WriteConn>>,
     shared: Mutex<Shared>,
     committed: Condvar,
     checkpointer: Checkpointer,
+}
+
+/// The write connection, and the minute of the last fold of pending rollup deltas.
+struct WriteConn {
+    conn: Connection,
+    folded_minute: Option<i64>,
+}
+
+/// Where a transaction adds its rows' rollup contributions.
+enum Rollups<'a> {
+    /// Straight into the rollup tables: batches, whose rows may span many buckets.
+    Tables,
+    /// Into the pending deltas, folding the closed buckets into the rollup tables when the
+    /// newest row's minute differs from the last fold's (updated after a commit).
+    Recent(&'a mut Option<i64>),
 }
 
 /// Rows waiting for a commit, and whether a caller is committing (the leader).
@@ -47,22 +65,23 @@ struct Shared {
 impl Writer {
     pub(crate) fn start(config: &SqliteConfig) -> Result<Writer> {
         let conn = open_connection(config)?;
-        // The background thread copies WAL frames into the database as they come, off the
-        // commit path. It can never finish while commits keep arriving, and the WAL is only
-        // rewound from its start once a checkpoint finished; so this connection still
-        // checkpoints itself when the WAL reaches ~64 MB (8 KiB pages): by then nearly every
-        // frame is copied already, the checkpoint completes quickly, and the next commit
-        // starts the WAL over instead of growing it without bound.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 8000")
+        // Checkpoints run on a background thread (see `Checkpointer`). This connection only
+        // checkpoints itself if the WAL ever reaches ~128 MB (8 KiB pages), i.e. if that
+        // thread cannot keep up.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 16000")
             .map_err(|e| StoreError::db("configure the write connection", e))?;
+        let conn = Arc::new(Mutex::new(WriteConn {
+            conn,
+            folded_minute: None,
+        }));
         Ok(Writer {
-            conn: Mutex::new(conn),
+            checkpointer: Checkpointer::start(config, conn.clone())?,
+            conn,
             shared: Mutex::new(Shared {
                 queue: Vec::new(),
                 leader: false,
             }),
             committed: Condvar::new(),
-            checkpointer: Checkpointer::start(config)?,
         })
     }
 
@@ -90,8 +109,8 @@ impl Writer {
                 let group: Vec<(InsertRow, Slot)> = shared.queue.drain(..n).collect();
                 drop(shared);
                 {
-                    let mut conn = lock(&self.conn);
-                    self.commit_group(&mut conn, group);
+                    let mut write = lock(&self.conn);
+                    self.commit_group(&mut write, group);
                 }
                 shared = lock(&self.shared);
                 shared.leader = false;
@@ -107,17 +126,25 @@ impl Writer {
 
     /// Logs rows in one transaction of their own; all or nothing.
     pub(crate) fn log_batch(&self, rows: Vec<InsertRow>) -> Result<Vec<String>> {
-        let mut conn = lock(&self.conn);
-        insert_all(&mut conn, rows.iter())?;
+        let mut write = lock(&self.conn);
+        insert_all(&mut write.conn, rows.iter(), Rollups::Tables)?;
         self.checkpointer.wrote(rows.len());
         Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
-    fn commit_group(&self, conn: &mut Connection, group: Vec<(InsertRow, Slot)>) {
+    fn commit_group(&self, write: &mut WriteConn, group: Vec<(InsertRow, Slot)>) {
         if group.is_empty() {
             return;
         }
-        let all = insert_all(conn, group.iter().map(|(row, _)| row));
+        let WriteConn {
+            conn,
+            folded_minute,
+        } = write;
+        let all = insert_all(
+            conn,
+            group.iter().map(|(row, _)| row),
+            Rollups::Recent(folded_minute),
+        );
         if all.is_ok() || group.len() == 1 {
             let n = group.len();
             let failure = all.err().map(|e| e.to_string());
@@ -137,7 +164,12 @@ impl Writer {
         }
         // One row spoiled the group: commit each on its own so only that caller sees an error.
         for (row, slot) in group {
-            let result = insert_all(conn, std::iter::once(&row)).map(|()| row.id);
+            let result = insert_all(
+                conn,
+                std::iter::once(&row),
+                Rollups::Recent(&mut *folded_minute),
+            )
+            .map(|()| row.id);
             if result.is_ok() {
                 self.checkpointer.wrote(1);
             }
@@ -152,17 +184,24 @@ impl Writer {
 }
 
 /// Inserts rows and their rollup contributions in one immediate transaction.
-fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRow>) -> Result<()> {
+fn insert_all<'r>(
+    conn: &mut Connection,
+    rows: impl Iterator<Item = &'r InsertRow>,
+    rollups: Rollups<'_>,
+) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::db("begin write", e))?;
     // Per rollup table: (model, bucket) → summed contribution of this transaction's rows.
     let mut buckets: Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>> =
         vec![BTreeMap::new(); ROLLUP_TABLES.len()];
+    let mut newest_us: Option<i64> = None;
     for row in rows {
-        row.insert(&tx)
+        let ts_us = row
+            .insert(&tx)
             .map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
-        let (model, ts_us) = row.bucket();
+        let model = row.model();
+        newest_us = newest_us.max(Some(ts_us));
         let delta = row.rollup_delta();
         for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(buckets.iter_mut()) {
             let sums = sums_by_bucket
@@ -173,20 +212,28 @@ fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRo
             }
         }
     }
-    static UPSERT_SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let upsert_sql = UPSERT_SQL.get_or_init(|| {
-        ROLLUP_TABLES
-            .iter()
-            .map(|t| rollup_upsert_sql(*t))
-            .collect()
+    static UPSERT_SQL: OnceLock<(Vec<String>, String)> = OnceLock::new();
+    let (table_upserts, recent_upsert) = UPSERT_SQL.get_or_init(|| {
+        (
+            ROLLUP_TABLES
+                .iter()
+                .map(|t| rollup_upsert_sql(*t))
+                .collect(),
+            recent_upsert_sql(),
+        )
     });
-    for (sql, sums_by_bucket) in upsert_sql.iter().zip(&buckets) {
+    for ((table, sql), sums_by_bucket) in ROLLUP_TABLES.iter().zip(table_upserts).zip(&buckets) {
+        let recent = matches!(rollups, Rollups::Recent(_));
         let mut upsert = tx
-            .prepare_cached(sql)
+            .prepare_cached(if recent { recent_upsert } else { sql })
             .map_err(|e| StoreError::db("update rollups", e))?;
         for ((model, bucket), sums) in sums_by_bucket {
-            let mut values: Vec<rusqlite::types::Value> =
-                vec![model.clone().into(), (*bucket).into()];
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(N_ROLLUP_COLUMNS + 3);
+            if recent {
+                values.extend([table.level().into(), (*bucket).into(), model.clone().into()]);
+            } else {
+                values.extend([model.clone().into(), (*bucket).into()]);
+            }
             for (i, v) in sums.iter().enumerate() {
                 values.push(if rollup_column_is_real(i) {
                     (*v).into()
@@ -199,22 +246,53 @@ fn insert_all<'r>(conn: &mut Connection, rows: impl Iterator<Item = &'r InsertRo
                 .map_err(|e| StoreError::db("update rollups", e))?;
         }
     }
-    tx.commit().map_err(|e| StoreError::db("commit", e))
+    let mut fold_minute = None;
+    if let (Rollups::Recent(folded), Some(newest)) = (&rollups, newest_us) {
+        let minute = newest / MINUTELY.width_us;
+        if **folded != Some(minute) {
+            static FOLD_SQL: OnceLock<Vec<[String; 3]>> = OnceLock::new();
+            let folds =
+                FOLD_SQL.get_or_init(|| ROLLUP_TABLES.iter().map(|t| fold_sql(*t)).collect());
+            for (table, statements) in ROLLUP_TABLES.iter().zip(folds) {
+                let current = newest / table.width_us;
+                for sql in statements {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut stmt| stmt.execute([current]))
+                        .map_err(|e| StoreError::db("fold rollup deltas", e))?;
+                }
+            }
+            fold_minute = Some(minute);
+        }
+    }
+    tx.commit().map_err(|e| StoreError::db("commit", e))?;
+    if let (Rollups::Recent(folded), Some(minute)) = (rollups, fold_minute) {
+        *folded = Some(minute);
+    }
+    Ok(())
 }
 
-/// Runs passive WAL checkpoints on its own thread and connection once enough rows were
-/// written, so commits never wait for a checkpoint.
+/// Runs WAL checkpoints on its own thread and connection, so the commit path neither copies
+/// frames into the database nor syncs files.
+///
+/// A passive checkpoint copies the frames committed so far while commits go on. It can never
+/// catch up with a busy writer, and the WAL is only rewound to its start when a checkpoint
+/// copied every frame; so once the WAL holds [`REWIND_FRAMES`] frames, the thread holds this
+/// process's write connection for a second pass over the few frames that arrived during the
+/// first. The next commit then starts the WAL over: it stays a few tens of MB.
 struct Checkpointer {
     pending: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Rows written between checkpoints (~4-8 MB of WAL for typical records).
-const CHECKPOINT_EVERY_ROWS: u64 = 4000;
+/// Rows written before the checkpoint thread is woken early (it also wakes every 100 ms).
+const CHECKPOINT_EVERY_ROWS: u64 = 500;
+
+/// WAL size, in frames, from which a checkpoint finishes with commits held (32 MB at 8 KiB).
+const REWIND_FRAMES: i64 = 4096;
 
 impl Checkpointer {
-    fn start(config: &SqliteConfig) -> Result<Checkpointer> {
+    fn start(config: &SqliteConfig, writer: Arc<Mutex<WriteConn>>) -> Result<Checkpointer> {
         let conn = open_connection(config)?;
         let pending = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -222,14 +300,24 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("afs-store-checkpoint".into())
             .spawn(move || {
+                let passive = |conn: &Connection| -> rusqlite::Result<i64> {
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+                };
                 while !s.load(Ordering::Acquire) {
-                    std::thread::park_timeout(Duration::from_millis(500));
-                    if p.load(Ordering::Acquire) > 0 {
-                        p.store(0, Ordering::Release);
-                        if let Err(e) =
-                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                        {
-                            tracing::debug!(error = %e, "passive checkpoint failed; will retry");
+                    std::thread::park_timeout(Duration::from_millis(100));
+                    if p.swap(0, Ordering::AcqRel) == 0 {
+                        continue;
+                    }
+                    match passive(&conn) {
+                        Ok(frames) if frames >= REWIND_FRAMES => {
+                            let _held = lock(&writer);
+                            if let Err(e) = passive(&conn) {
+                                tracing::debug!(error = %e, "checkpoint failed; will retry");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "passive checkpoint failed; will retry")
                         }
                     }
                 }
@@ -247,7 +335,7 @@ impl Checkpointer {
 
     fn wrote(&self, rows: usize) {
         let before = self.pending.fetch_add(rows as u64, Ordering::AcqRel);
-        if before + rows as u64 >= CHECKPOINT_EVERY_ROWS {
+        if before < CHECKPOINT_EVERY_ROWS && before + rows as u64 >= CHECKPOINT_EVERY_ROWS {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
