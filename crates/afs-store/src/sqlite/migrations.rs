@@ -268,104 +268,84 @@ fn migrate_v5(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     order_rows_by_time(tx)
 }
 
-/// Copies `usage` into a table of the same schema whose rowids follow time
-/// ([`ROWID_SLOTS`] per microsecond), then puts its indexes and triggers back, without the
-/// time index the ordering replaces. A row whose microsecond is full moves to the next one
-/// (its `ts_us` with it); if any did, the rollups are rebuilt.
+/// Renumbers the rows of `usage` in place so that rowids follow time ([`ROWID_SLOTS`] per
+/// microsecond), drops the time index that ordering replaces, and installs the version-5
+/// triggers. A row whose microsecond is full moves to the next one, its `ts_us` with it (the
+/// update trigger moves its rollup contribution). Other indexes, the Python module's
+/// included, are left as they are.
 fn order_rows_by_time(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     let err = |e: rusqlite::Error| StoreError::db("migration 5: order records by time", e);
-    let table_sql: String = tx
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'usage'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(err)?;
-    let body = table_sql
-        .find('(')
-        .map(|at| &table_sql[at..])
-        .ok_or_else(|| err(rusqlite::Error::InvalidQuery))?;
-    let columns: Vec<String> = tx
-        .prepare("SELECT name FROM pragma_table_info('usage') ORDER BY cid")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| row.get(0))?
-                .collect::<rusqlite::Result<_>>()
-        })
-        .map_err(err)?;
-    let quoted = |c: &String| format!("\"{}\"", c.replace('"', "\"\""));
-    let list = columns.iter().map(quoted).collect::<Vec<_>>().join(", ");
-    let select = columns
-        .iter()
-        .map(|c| {
-            if c == "ts_us" {
-                "?2".to_string()
-            } else {
-                quoted(c)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    // Indexes and triggers on `usage` that are not afs's (the Python module's indexes, say)
-    // are put back as they were.
-    let foreign: Vec<String> = tx
-        .prepare(
-            "SELECT sql FROM sqlite_master WHERE tbl_name = 'usage' AND type IN ('index', 'trigger') \
-             AND sql IS NOT NULL AND name NOT IN ('usage_ts', 'usage_feedback_ts', \
-             'usage_seed_insert', 'usage_rollup_delete', 'usage_rollup_update')",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_map([], |row| row.get(0))?
-                .collect::<rusqlite::Result<_>>()
-        })
-        .map_err(err)?;
     tx.execute_batch(&format!(
-        "DROP TRIGGER IF EXISTS usage_seed_insert;
+        "DROP INDEX IF EXISTS usage_ts;
+         DROP TRIGGER IF EXISTS usage_seed_insert;
          DROP TRIGGER IF EXISTS usage_rollup_delete;
          DROP TRIGGER IF EXISTS usage_rollup_update;
-         CREATE TABLE usage_by_time {body};"
-    ))
-    .map_err(err)?;
-    let mut copy = tx
-        .prepare(&format!(
-            "INSERT INTO usage_by_time (rowid, {list}) SELECT ?1, {select} FROM usage WHERE rowid = ?3"
-        ))
-        .map_err(err)?;
-    let mut rows = tx
-        .prepare("SELECT rowid, COALESCE(ts_us, 0) FROM usage ORDER BY 2, 1")
-        .map_err(err)?;
-    let mut rows = rows.query([]).map_err(err)?;
-    let (mut previous, mut n_rows, mut n_moved) = (i64::MIN, 0u64, 0u64);
-    while let Some(row) = rows.next().map_err(err)? {
-        let (old_rowid, ts_us): (i64, i64) = (row.get(0).map_err(err)?, row.get(1).map_err(err)?);
-        let rowid = first_rowid_at(ts_us).max(previous.saturating_add(1));
-        let moved_to = micros_of_rowid(rowid);
-        n_moved += u64::from(moved_to != ts_us);
-        copy.execute(params![rowid, moved_to, old_rowid])
-            .map_err(err)?;
-        previous = rowid;
-        n_rows += 1;
-    }
-    drop(rows);
-    drop(copy);
-    tx.execute_batch(&format!(
-        "DROP TABLE usage;
-         ALTER TABLE usage_by_time RENAME TO usage;
          {}",
         usage_indexes_and_triggers_v5()
     ))
     .map_err(err)?;
-    for sql in foreign {
-        tx.execute_batch(&sql).map_err(err)?;
+    let rows: Vec<(i64, i64)> = tx
+        .prepare("SELECT rowid, COALESCE(ts_us, 0) FROM usage ORDER BY 2, 1")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(err)?;
+    let mut occupied = tx
+        .prepare("SELECT EXISTS (SELECT 1 FROM usage WHERE rowid = ?1)")
+        .map_err(err)?;
+    let mut renumber = tx
+        .prepare("UPDATE usage SET rowid = ?1 WHERE rowid = ?2")
+        .map_err(err)?;
+    let mut renumber_and_move = tx
+        .prepare("UPDATE usage SET rowid = ?1, ts_us = ?3 WHERE rowid = ?2")
+        .map_err(err)?;
+    // Rows not renumbered yet that were pushed aside, by their first rowid: where they are.
+    let mut pushed_aside: std::collections::HashMap<i64, i64> = Default::default();
+    let mut next_aside = -1i64;
+    let (mut previous, mut n_moved) = (i64::MIN, 0u64);
+    for (old_rowid, ts_us) in rows.iter().copied() {
+        let current = pushed_aside.remove(&old_rowid).unwrap_or(old_rowid);
+        let rowid = first_rowid_at(ts_us).max(previous.saturating_add(1));
+        previous = rowid;
+        if rowid == current {
+            continue;
+        }
+        // Rows already renumbered sit below `rowid`, so whoever holds it is a row still to
+        // come (one with a small original rowid, as only rows dated near 1970 reach there).
+        if occupied
+            .query_row([rowid], |r| r.get::<_, bool>(0))
+            .map_err(err)?
+        {
+            while occupied
+                .query_row([next_aside], |r| r.get::<_, bool>(0))
+                .map_err(err)?
+            {
+                next_aside -= 1;
+            }
+            renumber.execute([next_aside, rowid]).map_err(err)?;
+            pushed_aside.insert(rowid, next_aside);
+            next_aside -= 1;
+        }
+        let moved_to = micros_of_rowid(rowid);
+        if moved_to == ts_us {
+            renumber.execute([rowid, current]).map_err(err)?;
+        } else {
+            renumber_and_move
+                .execute([rowid, current, moved_to])
+                .map_err(err)?;
+            n_moved += 1;
+        }
     }
+    fold_all(tx)?;
     if n_moved > 0 {
         tracing::warn!(
             n_moved,
             "records sharing a microsecond with over 1,024 others were moved to the next microsecond"
         );
-        tx.execute_batch(&rebuild_rollups_sql()).map_err(err)?;
     }
-    if n_rows > 0 {
-        tracing::info!(n_rows, "records reordered by time");
+    if !rows.is_empty() {
+        tracing::info!(n_rows = rows.len(), "records renumbered in time order");
     }
     Ok(())
 }
@@ -376,7 +356,7 @@ fn usage_indexes_and_triggers_v5() -> String {
         "
 -- Records with feedback, in time order: what training data and feedback queries read.
 -- Partial, so logging a record without feedback does not touch it.
-CREATE INDEX usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
+CREATE INDEX IF NOT EXISTS usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
 -- A row inserted by the Python module (which knows nothing of ts_us or of time-ordered rowids)
 -- gets ts_us from its local-time timestamp and moves to a rowid of that microsecond (the
 -- next free one; if the microsecond is full, ts_us follows the row to the next one). The
