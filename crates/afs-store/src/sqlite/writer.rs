@@ -278,18 +278,19 @@ fn insert_all<'r>(
 /// catch up with a busy writer, and the WAL is only rewound to its start when a checkpoint
 /// copied every frame; so once the WAL holds [`REWIND_FRAMES`] frames, the thread holds this
 /// process's write connection for a second pass over the few frames that arrived during the
-/// first. The next commit then starts the WAL over: it stays a few tens of MB.
+/// first. The next commit then starts the WAL over: it stays under ~100 MB.
 struct Checkpointer {
     pending: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Rows written before the checkpoint thread is woken early (it also wakes every 100 ms).
-const CHECKPOINT_EVERY_ROWS: u64 = 500;
+/// WAL frames (8 KiB pages, estimated by [`Checkpointer::wrote`]) written before the
+/// checkpoint thread is woken (it also wakes every 500 ms): about 16 MB of WAL.
+const CHECKPOINT_EVERY_FRAMES: u64 = 2048;
 
-/// WAL size, in frames, from which a checkpoint finishes with commits held (32 MB at 8 KiB).
-const REWIND_FRAMES: i64 = 4096;
+/// WAL size, in frames, from which a checkpoint finishes with commits held (64 MB at 8 KiB).
+const REWIND_FRAMES: i64 = 8192;
 
 impl Checkpointer {
     fn start(config: &SqliteConfig, writer: Arc<Mutex<WriteConn>>) -> Result<Checkpointer> {
@@ -304,7 +305,7 @@ impl Checkpointer {
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
                 };
                 while !s.load(Ordering::Acquire) {
-                    std::thread::park_timeout(Duration::from_millis(100));
+                    std::thread::park_timeout(Duration::from_millis(500));
                     if p.swap(0, Ordering::AcqRel) == 0 {
                         continue;
                     }
@@ -333,9 +334,12 @@ impl Checkpointer {
         })
     }
 
+    /// Counts a committed transaction of `rows` records: about three pages besides the rows'
+    /// own (the id index, rollups, a leaf split now and then), and four ~1.5 KB rows a page.
     fn wrote(&self, rows: usize) {
-        let before = self.pending.fetch_add(rows as u64, Ordering::AcqRel);
-        if before < CHECKPOINT_EVERY_ROWS && before + rows as u64 >= CHECKPOINT_EVERY_ROWS {
+        let frames = 3 + rows as u64 / 4;
+        let before = self.pending.fetch_add(frames, Ordering::AcqRel);
+        if before < CHECKPOINT_EVERY_FRAMES && before + frames >= CHECKPOINT_EVERY_FRAMES {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
