@@ -1,10 +1,8 @@
 //! Output formats: the [`Formatter`] trait, one implementation per [`Format`], and the
 //! JSON-line writer they share.
 
-use std::io;
-
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::config::Format;
@@ -78,8 +76,8 @@ pub struct Metadata<'a> {
 ///
 /// # Contract
 /// [`write_line`](Self::write_line) appends exactly one JSON object followed by `\n` to
-/// `out`, and nothing else. Strings are escaped by `serde_json`, with U+2028, U+2029 and
-/// U+0085 additionally escaped as `\uXXXX` because some line readers (Python's
+/// `out`, and nothing else. Strings are escaped as `serde_json` escapes them, with U+2028,
+/// U+2029 and U+0085 additionally escaped as `\uXXXX` because some line readers (Python's
 /// `str.splitlines`, JavaScript before ES2019) treat them as line breaks. The same example
 /// always gives the same bytes. A formatter given a body it cannot hold (a supervised
 /// format given a preference pair, `dpo` given a single response, ...) appends nothing and
@@ -113,75 +111,114 @@ fn unsupported(format: Format, example: &Example<'_>) -> DatagenError {
     }
 }
 
-/// Serialises `value` as one line with the escaping policy of [`Formatter`].
-fn write_json<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
-    let mut ser = serde_json::Serializer::with_formatter(&mut *out, LineSafeFormatter);
-    // Writing to a Vec cannot fail, and every value here serialises (strings, numbers,
-    // booleans, maps with string keys), so an error would be a bug in this module.
-    value
-        .serialize(&mut ser)
-        .expect("serialising a training line to memory cannot fail");
-    out.push(b'\n');
+/// Appends `text` as a JSON string: the escapes `serde_json` writes (`\"`, `\\`, `\b`,
+/// `\f`, `\n`, `\r`, `\t`, other control characters as `\u00xx`), plus `\u2028`, `\u2029`
+/// and `\u0085` (see [`Formatter`]). Most texts need no escape at all, so it looks at 32
+/// bytes at a time and copies clean runs whole.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    const CHUNK: usize = 32;
+    // Bytes that start an escape: controls, quote, backslash, and the lead bytes of U+0085
+    // (C2 85) and U+2028/U+2029 (E2 80 A8/A9). In UTF-8 these two values only ever lead.
+    // Non-short-circuit `|` keeps the chunk test free of branches, so it compiles to SIMD.
+    fn special(b: u8) -> bool {
+        (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0xC2) | (b == 0xE2)
+    }
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut clean_from = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let end = match bytes.get(i..i + CHUNK) {
+            Some(chunk) => {
+                let chunk: &[u8; CHUNK] = chunk.try_into().expect("a chunk of CHUNK bytes");
+                if !chunk.iter().fold(false, |any, &b| any | special(b)) {
+                    i += CHUNK;
+                    continue;
+                }
+                i + CHUNK
+            }
+            None => bytes.len(),
+        };
+        // This chunk (or the tail) has something to escape: go byte by byte.
+        while i < end {
+            let b = bytes[i];
+            if !special(b) {
+                i += 1;
+                continue;
+            }
+            let (escape, len): (&[u8], usize) = match b {
+                b'"' => (b"\\\"", 1),
+                b'\\' => (b"\\\\", 1),
+                0x08 => (b"\\b", 1),
+                0x09 => (b"\\t", 1),
+                0x0A => (b"\\n", 1),
+                0x0C => (b"\\f", 1),
+                0x0D => (b"\\r", 1),
+                0x00..=0x1F => (b"", 1),
+                0xC2 if bytes.get(i + 1) == Some(&0x85) => (b"\\u0085", 2),
+                0xE2 if bytes.get(i + 1..i + 3) == Some(&[0x80, 0xA8]) => (b"\\u2028", 3),
+                0xE2 if bytes.get(i + 1..i + 3) == Some(&[0x80, 0xA9]) => (b"\\u2029", 3),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            out.extend_from_slice(&bytes[clean_from..i]);
+            if escape.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xF)]);
+            } else {
+                out.extend_from_slice(escape);
+            }
+            i += len;
+            clean_from = i;
+        }
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+    out.push(b'"');
 }
 
-/// `serde_json`'s compact formatter, plus `\u` escapes for the characters that some line
-/// readers split on.
-struct LineSafeFormatter;
+/// Appends a number as `serde_json` writes it (`null` for NaN and infinities).
+fn push_json_number<T: Serialize>(out: &mut Vec<u8>, value: T) {
+    // Writing to a Vec cannot fail, and numbers always serialise.
+    serde_json::to_writer(&mut *out, &value).expect("a number serialises to memory");
+}
 
-impl serde_json::ser::Formatter for LineSafeFormatter {
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
-        let bytes = fragment.as_bytes();
-        // U+2028 and U+2029 are E2 80 A8/A9 in UTF-8, U+0085 is C2 85.
-        if !bytes.iter().any(|&b| b == 0xE2 || b == 0xC2) {
-            return writer.write_all(bytes);
+/// Appends a list of role/content messages: the optional system message, then `rest`.
+fn push_messages(out: &mut Vec<u8>, system: Option<&str>, rest: &[(&str, &str)]) {
+    out.push(b'[');
+    let system = system.map(|s| ("system", s));
+    for (i, (role, content)) in system.iter().chain(rest).enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            let escape: &[u8] = match c {
-                '\u{2028}' => b"\\u2028",
-                '\u{2029}' => b"\\u2029",
-                '\u{85}' => b"\\u0085",
-                _ => continue,
-            };
-            writer.write_all(&bytes[start..i])?;
-            writer.write_all(escape)?;
-            start = i + c.len_utf8();
-        }
-        writer.write_all(&bytes[start..])
+        out.extend_from_slice(b"{\"role\":");
+        push_json_str(out, role);
+        out.extend_from_slice(b",\"content\":");
+        push_json_str(out, content);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// A TRL prompt: a plain string, or (with a system prompt) TRL's conversational form, a
+/// list of system and user messages.
+fn push_prompt(out: &mut Vec<u8>, system: Option<&str>, user: &str) {
+    match system {
+        None => push_json_str(out, user),
+        Some(_) => push_messages(out, system, &[("user", user)]),
     }
 }
 
-/// A role/content message.
-#[derive(Serialize)]
-struct Message<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
-/// Serialises a list of messages: the optional system message, then the others.
-struct Messages<'a> {
-    system: Option<&'a str>,
-    rest: &'a [Message<'a>],
-}
-
-impl Serialize for Messages<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq =
-            serializer.serialize_seq(Some(self.rest.len() + usize::from(self.system.is_some())))?;
-        if let Some(system) = self.system {
-            seq.serialize_element(&Message {
-                role: "system",
-                content: system,
-            })?;
-        }
-        for m in self.rest {
-            seq.serialize_element(m)?;
-        }
-        seq.end()
+/// A TRL completion: a string, or a one-message assistant list in conversational form.
+fn push_reply(out: &mut Vec<u8>, conversational: bool, content: &str) {
+    if conversational {
+        push_messages(out, None, &[("assistant", content)]);
+    } else {
+        push_json_str(out, content);
     }
 }
 
@@ -203,6 +240,80 @@ impl std::fmt::Display for Rfc3339 {
             t.timestamp_subsec_micros().min(999_999)
         )
     }
+}
+
+/// Appends the digits of `value`, left-padded with zeros to `width`.
+fn push_digits(out: &mut Vec<u8>, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        out.push(b'0' + (value / 10u32.pow(place) % 10) as u8);
+    }
+}
+
+/// Appends `t` as a JSON string in the form of [`Rfc3339`].
+fn push_json_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    let Ok(year @ 0..=9999) = u32::try_from(t.year()) else {
+        // Years outside 0..=9999 (never seen in a log) take the general path.
+        push_json_str(out, &Rfc3339(t).to_string());
+        return;
+    };
+    out.push(b'"');
+    push_digits(out, year, 4);
+    out.push(b'-');
+    push_digits(out, t.month(), 2);
+    out.push(b'-');
+    push_digits(out, t.day(), 2);
+    out.push(b'T');
+    push_digits(out, t.hour(), 2);
+    out.push(b':');
+    push_digits(out, t.minute(), 2);
+    out.push(b':');
+    push_digits(out, t.second(), 2);
+    out.push(b'.');
+    push_digits(out, t.timestamp_subsec_micros().min(999_999), 6);
+    out.extend_from_slice(b"Z\"");
+}
+
+/// Appends `metadata` as a JSON object (the fields that are set, in declaration order,
+/// after `source` and `line` for a rehearsal sample).
+fn push_metadata(out: &mut Vec<u8>, metadata: &Metadata<'_>) {
+    let mut sep = b'{';
+    let mut key = |out: &mut Vec<u8>, name: &[u8]| {
+        out.push(sep);
+        sep = b',';
+        out.push(b'"');
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"\":");
+    };
+    if let Some(line) = metadata.existing_line {
+        key(out, b"source");
+        push_json_str(out, "existing");
+        key(out, b"line");
+        push_json_number(out, line);
+    }
+    if let Some(id) = metadata.id {
+        key(out, b"id");
+        push_json_str(out, id);
+    }
+    if let Some(model) = metadata.model {
+        key(out, b"model");
+        push_json_str(out, model);
+    }
+    if let Some(t) = metadata.timestamp {
+        key(out, b"timestamp");
+        push_json_time(out, t);
+    }
+    if let Some(q) = metadata.quality_score {
+        key(out, b"quality_score");
+        push_json_number(out, q);
+    }
+    if let Some(f) = metadata.user_feedback {
+        key(out, b"user_feedback");
+        push_json_number(out, f);
+    }
+    if sep == b'{' {
+        out.push(b'{');
+    }
+    out.push(b'}');
 }
 
 impl Serialize for Metadata<'_> {
@@ -266,31 +377,15 @@ impl Formatter for ChatMl {
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
-        #[derive(Serialize)]
-        struct Line<'a> {
-            messages: Messages<'a>,
-            metadata: &'a Metadata<'a>,
-        }
-        let rest = [
-            Message {
-                role: "user",
-                content: example.prompt,
-            },
-            Message {
-                role: "assistant",
-                content: response,
-            },
-        ];
-        write_json(
-            &Line {
-                messages: Messages {
-                    system: example.system,
-                    rest: &rest,
-                },
-                metadata: &example.metadata,
-            },
+        out.extend_from_slice(b"{\"messages\":");
+        push_messages(
             out,
+            example.system,
+            &[("user", example.prompt), ("assistant", response)],
         );
+        out.extend_from_slice(b",\"metadata\":");
+        push_metadata(out, &example.metadata);
+        out.extend_from_slice(b"}\n");
         Ok(())
     }
 }
@@ -306,70 +401,16 @@ impl Formatter for Alpaca {
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let output = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
-        #[derive(Serialize)]
-        struct Line<'a> {
-            instruction: &'a str,
-            input: &'a str,
-            output: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            system: Option<&'a str>,
+        out.extend_from_slice(b"{\"instruction\":");
+        push_json_str(out, example.prompt);
+        out.extend_from_slice(b",\"input\":\"\",\"output\":");
+        push_json_str(out, output);
+        if let Some(system) = example.system {
+            out.extend_from_slice(b",\"system\":");
+            push_json_str(out, system);
         }
-        write_json(
-            &Line {
-                instruction: example.prompt,
-                input: "",
-                output,
-                system: example.system,
-            },
-            out,
-        );
+        out.extend_from_slice(b"}\n");
         Ok(())
-    }
-}
-
-/// A TRL prompt: a plain string, or (with a system prompt) TRL's conversational form, a
-/// list of system and user messages.
-struct Prompt<'a> {
-    system: Option<&'a str>,
-    user: &'a str,
-}
-
-impl Serialize for Prompt<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.system {
-            None => serializer.serialize_str(self.user),
-            Some(_) => Messages {
-                system: self.system,
-                rest: &[Message {
-                    role: "user",
-                    content: self.user,
-                }],
-            }
-            .serialize(serializer),
-        }
-    }
-}
-
-/// A TRL completion: a string, or a one-message assistant list in conversational form.
-struct Reply<'a> {
-    conversational: bool,
-    content: &'a str,
-}
-
-impl Serialize for Reply<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.conversational {
-            Messages {
-                system: None,
-                rest: &[Message {
-                    role: "assistant",
-                    content: self.content,
-                }],
-            }
-            .serialize(serializer)
-        } else {
-            serializer.serialize_str(self.content)
-        }
     }
 }
 
@@ -384,25 +425,11 @@ impl Formatter for Completion {
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
-        #[derive(Serialize)]
-        struct Line<'a> {
-            prompt: Prompt<'a>,
-            completion: Reply<'a>,
-        }
-        let conversational = example.system.is_some();
-        write_json(
-            &Line {
-                prompt: Prompt {
-                    system: example.system,
-                    user: example.prompt,
-                },
-                completion: Reply {
-                    conversational,
-                    content: response,
-                },
-            },
-            out,
-        );
+        out.extend_from_slice(b"{\"prompt\":");
+        push_prompt(out, example.system, example.prompt);
+        out.extend_from_slice(b",\"completion\":");
+        push_reply(out, example.system.is_some(), response);
+        out.extend_from_slice(b"}\n");
         Ok(())
     }
 }
@@ -434,26 +461,14 @@ impl Formatter for Text {
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
-        #[derive(Serialize)]
-        struct Line<'a> {
-            text: &'a str,
-        }
+        out.extend_from_slice(b"{\"text\":");
         // A rehearsal `text` line arrives whole, as a prompt with an empty response.
         if response.is_empty() && example.system.is_none() {
-            write_json(
-                &Line {
-                    text: example.prompt,
-                },
-                out,
-            );
+            push_json_str(out, example.prompt);
         } else {
-            write_json(
-                &Line {
-                    text: &render_text(example.system, example.prompt, response),
-                },
-                out,
-            );
+            push_json_str(out, &render_text(example.system, example.prompt, response));
         }
+        out.extend_from_slice(b"}\n");
         Ok(())
     }
 }
@@ -469,33 +484,16 @@ impl Formatter for ShareGpt {
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
-        #[derive(Serialize)]
-        struct Turn<'a> {
-            from: &'a str,
-            value: &'a str,
+        out.extend_from_slice(b"{\"conversations\":[{\"from\":\"human\",\"value\":");
+        push_json_str(out, example.prompt);
+        out.extend_from_slice(b"},{\"from\":\"gpt\",\"value\":");
+        push_json_str(out, response);
+        out.extend_from_slice(b"}]");
+        if let Some(system) = example.system {
+            out.extend_from_slice(b",\"system\":");
+            push_json_str(out, system);
         }
-        #[derive(Serialize)]
-        struct Line<'a> {
-            conversations: [Turn<'a>; 2],
-            #[serde(skip_serializing_if = "Option::is_none")]
-            system: Option<&'a str>,
-        }
-        write_json(
-            &Line {
-                conversations: [
-                    Turn {
-                        from: "human",
-                        value: example.prompt,
-                    },
-                    Turn {
-                        from: "gpt",
-                        value: response,
-                    },
-                ],
-                system: example.system,
-            },
-            out,
-        );
+        out.extend_from_slice(b"}\n");
         Ok(())
     }
 }
@@ -513,30 +511,14 @@ impl Formatter for Dpo {
         let Body::Preference { chosen, rejected } = example.body else {
             return Err(unsupported(self.format(), example));
         };
-        #[derive(Serialize)]
-        struct Line<'a> {
-            prompt: Prompt<'a>,
-            chosen: Reply<'a>,
-            rejected: Reply<'a>,
-        }
         let conversational = example.system.is_some();
-        write_json(
-            &Line {
-                prompt: Prompt {
-                    system: example.system,
-                    user: example.prompt,
-                },
-                chosen: Reply {
-                    conversational,
-                    content: chosen,
-                },
-                rejected: Reply {
-                    conversational,
-                    content: rejected,
-                },
-            },
-            out,
-        );
+        out.extend_from_slice(b"{\"prompt\":");
+        push_prompt(out, example.system, example.prompt);
+        out.extend_from_slice(b",\"chosen\":");
+        push_reply(out, conversational, chosen);
+        out.extend_from_slice(b",\"rejected\":");
+        push_reply(out, conversational, rejected);
+        out.extend_from_slice(b"}\n");
         Ok(())
     }
 }
@@ -554,27 +536,15 @@ impl Formatter for Kto {
         let Body::Labeled { completion, label } = example.body else {
             return Err(unsupported(self.format(), example));
         };
-        #[derive(Serialize)]
-        struct Line<'a> {
-            prompt: Prompt<'a>,
-            completion: Reply<'a>,
-            label: bool,
-        }
-        let conversational = example.system.is_some();
-        write_json(
-            &Line {
-                prompt: Prompt {
-                    system: example.system,
-                    user: example.prompt,
-                },
-                completion: Reply {
-                    conversational,
-                    content: completion,
-                },
-                label,
-            },
-            out,
-        );
+        out.extend_from_slice(b"{\"prompt\":");
+        push_prompt(out, example.system, example.prompt);
+        out.extend_from_slice(b",\"completion\":");
+        push_reply(out, example.system.is_some(), completion);
+        out.extend_from_slice(if label {
+            b",\"label\":true}\n"
+        } else {
+            b",\"label\":false}\n"
+        });
         Ok(())
     }
 }
@@ -746,6 +716,121 @@ mod tests {
                 }
             };
             assert_eq!(prompt, nasty, "{format}");
+        }
+    }
+
+    /// The escaping the writer must reproduce: `serde_json`'s, plus `\u` escapes for the
+    /// characters some line readers split on.
+    struct LineSafeReference;
+
+    impl serde_json::ser::Formatter for LineSafeReference {
+        fn write_string_fragment<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            fragment: &str,
+        ) -> std::io::Result<()> {
+            let mut start = 0;
+            for (i, c) in fragment.char_indices() {
+                let escape: &[u8] = match c {
+                    '\u{2028}' => b"\\u2028",
+                    '\u{2029}' => b"\\u2029",
+                    '\u{85}' => b"\\u0085",
+                    _ => continue,
+                };
+                writer.write_all(&fragment.as_bytes()[start..i])?;
+                writer.write_all(escape)?;
+                start = i + c.len_utf8();
+            }
+            writer.write_all(&fragment.as_bytes()[start..])
+        }
+    }
+
+    fn reference<T: Serialize>(value: &T) -> String {
+        let mut out = Vec::new();
+        value
+            .serialize(&mut serde_json::Serializer::with_formatter(
+                &mut out,
+                LineSafeReference,
+            ))
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json() {
+        let check = |text: &str| {
+            let mut out = Vec::new();
+            push_json_str(&mut out, text);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                reference(&text),
+                "{text:?}"
+            );
+        };
+        // Every character up to U+3000 alone, between text, and at a 32-byte chunk's edges.
+        for c in (0..0x3000).filter_map(char::from_u32) {
+            for pad in [0, 1, 30, 31, 32, 33, 63] {
+                let text = format!("{}{c}{}", "a".repeat(pad), "b".repeat(pad % 7));
+                check(&text);
+            }
+        }
+        check("");
+        check(&"plain words only ".repeat(40));
+        check(&"\u{2028}\u{2029}\u{85}\"\\\n\u{0}\u{1f}\u{7f}é😀".repeat(9));
+        // A deterministic mix of hard characters at every position.
+        let alphabet: Vec<char> = "ab \"\\\n\t\u{1}\u{85}\u{2028}\u{2029}\u{a0}é€😀\u{e2}\u{c2}"
+            .chars()
+            .collect();
+        let mut state = 7u64;
+        for len in 0..200 {
+            let text: String = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    alphabet[(state >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            check(&text);
+        }
+    }
+
+    #[test]
+    fn metadata_is_written_like_serde_json() {
+        let t = |micros| DateTime::from_timestamp_micros(micros).unwrap();
+        let full = Metadata {
+            id: Some("01J\"x"),
+            model: Some("m\u{2028}"),
+            timestamp: Some(t(1_767_225_600_123_456)),
+            quality_score: Some(0.1 + 0.2),
+            user_feedback: Some(-1),
+            existing_line: Some(12),
+        };
+        let cases = [
+            Metadata::default(),
+            full,
+            Metadata {
+                existing_line: None,
+                ..full
+            },
+            Metadata {
+                timestamp: Some(t(0)),
+                quality_score: Some(1.0),
+                ..Metadata::default()
+            },
+            Metadata {
+                timestamp: Some(t(-62_000_000_000_000_000)),
+                quality_score: Some(f64::NAN),
+                ..Metadata::default()
+            },
+            Metadata {
+                timestamp: Some(t(253_402_300_800_000_000)),
+                quality_score: Some(1e-7),
+                ..Metadata::default()
+            },
+        ];
+        for metadata in cases {
+            let mut out = Vec::new();
+            push_metadata(&mut out, &metadata);
+            assert_eq!(String::from_utf8(out).unwrap(), reference(&metadata));
         }
     }
 
