@@ -2,6 +2,8 @@
 //! trait and a deterministic heuristic default, [`HeuristicScorer`].
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
 
 use crate::error::BoxError;
 
@@ -63,40 +65,175 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 impl HeuristicScorer {
     /// The score of `response` to `query` (the formula in the type's docs).
     pub fn score_texts(query: &str, response: &str) -> f64 {
-        let response_words: Vec<String> = words(response).collect();
-        let n = response_words.len();
-        if n == 0 {
-            return 0.0;
+        if query.is_ascii() && response.is_ascii() {
+            score_ascii(query.as_bytes(), response.as_bytes())
+        } else {
+            score_unicode(query, response)
         }
-        let length = if n >= 2000 {
-            0.8
-        } else {
-            (n as f64 / 20.0).min(1.0)
+    }
+}
+
+/// The parts of the score that depend on the words, combined and rounded.
+fn combine(n: usize, distinct: usize, query_words: usize, shared: usize, refusal: bool) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let length = if n >= 2000 {
+        0.8
+    } else {
+        (n as f64 / 20.0).min(1.0)
+    };
+    let diversity = if n >= 10 {
+        let ratio = distinct as f64 / n as f64;
+        ((ratio - 0.2) / 0.3).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    let jaccard = if query_words == 0 {
+        0.0
+    } else {
+        shared as f64 / (query_words + distinct - shared) as f64
+    };
+    let echo = 1.0 - ((jaccard - 0.7) / 0.3).clamp(0.0, 1.0);
+    let mut score = 0.5 * length + 0.25 * diversity + 0.25 * echo;
+    if refusal {
+        score *= 0.5;
+    }
+    (score * 10_000.0).round() / 10_000.0
+}
+
+/// The general path, for texts with non-ASCII characters: Unicode words and lowercasing.
+fn score_unicode(query: &str, response: &str) -> f64 {
+    let response_words: Vec<String> = words(response).collect();
+    let distinct: HashSet<&str> = response_words.iter().map(String::as_str).collect();
+    let query_words: HashSet<String> = words(query).collect();
+    let shared = distinct
+        .iter()
+        .filter(|w| query_words.contains(**w))
+        .count();
+    let lower = response.to_lowercase().replace('\u{2019}', "'");
+    let refusal = REFUSALS.iter().any(|p| lower.contains(p));
+    combine(
+        response_words.len(),
+        distinct.len(),
+        query_words.len(),
+        shared,
+        refusal,
+    )
+}
+
+/// The same score for ASCII texts, where a word is a run of ASCII letters and digits and
+/// lowercasing is byte by byte: the words are slices of one lowercased copy, kept in sets
+/// with a cheap hash, and refusals are found with prebuilt substring finders.
+fn score_ascii(query: &[u8], response: &[u8]) -> f64 {
+    let response_lower = response.to_ascii_lowercase();
+    let (n, distinct) = WordSet::of(&response_lower);
+    if n == 0 {
+        return 0.0;
+    }
+    let query_lower = query.to_ascii_lowercase();
+    let (_, query_words) = WordSet::of(&query_lower);
+    let shared = distinct.shared(&query_words);
+    let refusal = refusal_finders()
+        .iter()
+        .any(|f| f.find(&response_lower).is_some());
+    combine(n, distinct.len(), query_words.len(), shared, refusal)
+}
+
+/// Substring finders for [`REFUSALS`], built once.
+fn refusal_finders() -> &'static [memchr::memmem::Finder<'static>] {
+    static FINDERS: OnceLock<Vec<memchr::memmem::Finder<'static>>> = OnceLock::new();
+    FINDERS.get_or_init(|| {
+        REFUSALS
+            .iter()
+            .map(|p| memchr::memmem::Finder::new(p.as_bytes()))
+            .collect()
+    })
+}
+
+/// The distinct words of a lowercased ASCII text. Words of up to 16 bytes (nearly all)
+/// are packed into a `u128`, zero-padded: words have no zero bytes, so the packing is
+/// exact, and comparing two is one integer comparison.
+#[derive(Debug)]
+struct WordSet<'a> {
+    short: HashSet<u128, BuildHasherDefault<WordHasher>>,
+    long: HashSet<&'a [u8], BuildHasherDefault<WordHasher>>,
+}
+
+impl<'a> WordSet<'a> {
+    /// The number of words in `lower` (a run of ASCII letters and digits) and their set.
+    fn of(lower: &'a [u8]) -> (usize, Self) {
+        let mut set = WordSet {
+            short: HashSet::with_capacity_and_hasher(lower.len() / 6, Default::default()),
+            long: HashSet::default(),
         };
-        let distinct: HashSet<&str> = response_words.iter().map(String::as_str).collect();
-        let diversity = if n >= 10 {
-            let ratio = distinct.len() as f64 / n as f64;
-            ((ratio - 0.2) / 0.3).clamp(0.0, 1.0)
-        } else {
-            1.0
-        };
-        let query_words: HashSet<String> = words(query).collect();
-        let jaccard = if query_words.is_empty() {
-            0.0
-        } else {
-            let shared = distinct
-                .iter()
-                .filter(|w| query_words.contains(**w))
-                .count();
-            shared as f64 / (query_words.len() + distinct.len() - shared) as f64
-        };
-        let echo = 1.0 - ((jaccard - 0.7) / 0.3).clamp(0.0, 1.0);
-        let mut score = 0.5 * length + 0.25 * diversity + 0.25 * echo;
-        let lower = response.to_lowercase().replace('\u{2019}', "'");
-        if REFUSALS.iter().any(|p| lower.contains(p)) {
-            score *= 0.5;
+        let mut n = 0;
+        for word in lower
+            .split(|b| !b.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            n += 1;
+            if word.len() <= 16 {
+                let mut packed = [0u8; 16];
+                packed[..word.len()].copy_from_slice(word);
+                set.short.insert(u128::from_le_bytes(packed));
+            } else {
+                set.long.insert(word);
+            }
         }
-        (score * 10_000.0).round() / 10_000.0
+        (n, set)
+    }
+
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    /// How many words are in both sets.
+    fn shared(&self, other: &WordSet<'_>) -> usize {
+        fn count<T: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+            a: &HashSet<T, S>,
+            b: &HashSet<T, S>,
+        ) -> usize {
+            let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+            small.iter().filter(|w| large.contains(*w)).count()
+        }
+        count(&self.short, &other.short) + count(&self.long, &other.long)
+    }
+}
+
+/// A multiply-rotate hash: words are short and not adversarial (a collision only costs
+/// time), so SipHash's strength would be wasted here.
+#[derive(Debug, Default)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.mix(n as u64);
+        self.mix((n >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The multiplication mixes upwards; fold the well-mixed high half into the low bits
+        // the table indexes with.
+        self.0 ^ (self.0 >> 32)
     }
 }
 
@@ -144,6 +281,77 @@ mod tests {
         );
         // A loop: 30 words, 1 distinct → diversity 0.
         check("q", &"the ".repeat(30), 0.75);
+    }
+
+    #[test]
+    fn ascii_path_agrees_with_the_general_one() {
+        let vocabulary = [
+            "the",
+            "The",
+            "THE",
+            "cache",
+            "Cache",
+            "x",
+            "65816",
+            "a1",
+            "i",
+            "I'm",
+            "sorry,",
+            "but",
+            "can't",
+            "help",
+            "with",
+            "as",
+            "an",
+            "AI",
+            "language",
+            "model",
+            "unable",
+            "to",
+            "--",
+            "...",
+            "\n",
+            "\t",
+            "",
+            "  ",
+            "i'm not able to",
+            "won't",
+            "be",
+            "able",
+        ];
+        let mut state = 3u64;
+        let mut next = |n: usize| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as usize % n
+        };
+        for _ in 0..3000 {
+            let mut text = |max: usize| {
+                let words = next(max);
+                (0..words)
+                    .map(|_| vocabulary[next(vocabulary.len())])
+                    .collect::<Vec<_>>()
+                    .join(if next(4) == 0 { "" } else { " " })
+            };
+            let query = text(12);
+            let response = text(60);
+            assert_eq!(
+                score_ascii(query.as_bytes(), response.as_bytes()).to_bits(),
+                score_unicode(&query, &response).to_bits(),
+                "{query:?} / {response:?}"
+            );
+        }
+        let long = "word ".repeat(2500);
+        for (q, r) in [
+            ("", ""),
+            ("q", ANSWER),
+            (ANSWER, ANSWER),
+            ("q", long.as_str()),
+        ] {
+            assert_eq!(
+                score_ascii(q.as_bytes(), r.as_bytes()).to_bits(),
+                score_unicode(q, r).to_bits()
+            );
+        }
     }
 
     #[test]
