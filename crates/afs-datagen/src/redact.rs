@@ -35,6 +35,7 @@
 use std::borrow::Cow;
 use std::net::Ipv6Addr;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use regex::{Captures, Regex, Replacer};
 use serde::Serialize;
@@ -136,47 +137,61 @@ const RULES: [(Rule, &str); 9] = [
 ];
 
 /// Replaces personal data and secrets with typed placeholders (see the module docs for the
-/// exact rules). Building one compiles the expressions; reuse it across texts.
-#[derive(Debug, Clone)]
+/// exact rules). The expressions are compiled once per process, the first time a text
+/// needs them, and shared by every `Redactor`; building one costs nothing.
+#[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    /// All rules as one alternation: most texts contain nothing to redact, and one pass of
-    /// one automaton over them is the cheapest way to find that out.
+    _private: (),
+}
+
+/// The compiled expressions.
+#[derive(Debug)]
+struct Compiled {
+    /// All rules as one alternation: one pass of one automaton tells whether any applies.
     any: Regex,
     rules: Vec<(Rule, Regex)>,
 }
 
-impl Default for Redactor {
-    fn default() -> Self {
-        Redactor::new()
+impl Compiled {
+    /// The process's expressions, compiled on first use (a few milliseconds).
+    fn get() -> &'static Compiled {
+        static COMPILED: OnceLock<Compiled> = OnceLock::new();
+        COMPILED.get_or_init(|| {
+            // The patterns are constants covered by the tests below; failing to compile one
+            // is a bug in this file, not a runtime condition.
+            let alternation = RULES
+                .iter()
+                .map(|(_, p)| format!("(?:{p})"))
+                .collect::<Vec<_>>()
+                .join("|");
+            let any = Regex::new(&alternation).expect("redaction patterns compile");
+            let rules = RULES
+                .iter()
+                .map(|(rule, p)| (*rule, Regex::new(p).expect("redaction pattern compiles")))
+                .collect();
+            Compiled { any, rules }
+        })
     }
 }
 
 impl Redactor {
-    /// Compiles the rules.
+    /// A redactor (see the type's docs: the expressions are shared and compiled lazily).
     pub fn new() -> Self {
-        // The patterns are constants covered by the tests below; failing to compile one is
-        // a bug in this file, not a runtime condition.
-        let alternation = RULES
-            .iter()
-            .map(|(_, p)| format!("(?:{p})"))
-            .collect::<Vec<_>>()
-            .join("|");
-        let any = Regex::new(&alternation).expect("redaction patterns compile");
-        let rules = RULES
-            .iter()
-            .map(|(rule, p)| (*rule, Regex::new(p).expect("redaction pattern compiles")))
-            .collect();
-        Redactor { any, rules }
+        Redactor { _private: () }
     }
 
     /// `text` with every match replaced, adding what was replaced to `counts`. Borrows the
     /// input when nothing needs replacing.
     pub fn redact<'t>(&self, text: &'t str, counts: &mut RedactionCounts) -> Cow<'t, str> {
-        if !self.any.is_match(text) {
+        if !may_match(text) {
+            return Cow::Borrowed(text);
+        }
+        let compiled = Compiled::get();
+        if !compiled.any.is_match(text) {
             return Cow::Borrowed(text);
         }
         let mut current = Cow::Borrowed(text);
-        for (rule, regex) in &self.rules {
+        for (rule, regex) in &compiled.rules {
             let haystack: &str = &current;
             let replaced = regex.replace_all(
                 haystack,
@@ -192,6 +207,49 @@ impl Redactor {
         }
         current
     }
+}
+
+/// False only when no rule can match `text`: a cheap first look, about ten times faster
+/// than running the combined expression over prose.
+///
+/// Every match of a rule contains a character or pair this looks for: a digit (IPv4, card,
+/// phone), `@` (e-mail), `:` (IPv6 and the `key: value` separator), `=` (the other
+/// separator), `-` (PEM blocks, `sk-`, `xox?-`), `_` (`sk_live_`, `gh?_`, `github_pat_`),
+/// `AK`/`AS`/`AI` (`AKIA`, `ASIA`, `AIza`) or `ea` in any case (`bearer`). Non-ASCII
+/// text needs no special care: the only non-ASCII letters that case-fold to ASCII ones are
+/// the Kelvin sign (`k`) and the long s (`s`), and every rule written case-insensitively
+/// needs `ea` or a separator besides.
+fn may_match(text: &str) -> bool {
+    // Non-short-circuit `|` keeps these free of branches, so the chunk test compiles to SIMD.
+    fn lone(b: u8) -> bool {
+        (b.wrapping_sub(b'0') < 10)
+            | (b == b'@')
+            | (b == b':')
+            | (b == b'=')
+            | (b == b'-')
+            | (b == b'_')
+    }
+    fn pair(a: u8, b: u8) -> bool {
+        ((a == b'A') & ((b == b'K') | (b == b'S') | (b == b'I')))
+            | ((a | 0x20 == b'e') & (b | 0x20 == b'a'))
+    }
+    const CHUNK: usize = 32;
+    let bytes = text.as_bytes();
+    // Each step looks at the bytes `i..i + CHUNK` and the pairs they start.
+    let mut i = 0;
+    while let Some(window) = bytes.get(i..i + CHUNK + 1) {
+        let window: &[u8; CHUNK + 1] = window.try_into().expect("a window of CHUNK + 1 bytes");
+        let hit = window[..CHUNK]
+            .iter()
+            .zip(&window[1..])
+            .fold(false, |hit, (&a, &b)| hit | lone(a) | pair(a, b));
+        if hit {
+            return true;
+        }
+        i += CHUNK;
+    }
+    let tail = &bytes[i..];
+    tail.iter().any(|&b| lone(b)) || tail.windows(2).any(|w| pair(w[0], w[1]))
 }
 
 struct Apply<'h, 'c> {
@@ -420,6 +478,66 @@ mod tests {
             }
         );
         assert_eq!(a.total(), 9);
+    }
+
+    #[test]
+    fn first_look_never_misses_a_match() {
+        let any = &Compiled::get().any;
+        let examples = [
+            "-----BEGIN PRIVATE KEY-----",
+            "Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
+            "BEARER abcdefghijklmnopqrstuvwxyz",
+            "password=hunter2",
+            "sk-abcdefghijklmnopqrstuvwxyz",
+            "AKIAABCDEFGHIJKLMNOP",
+            "ASIAABCDEFGHIJKLMNOP",
+            "AIzaabcdefghijklmnopqrstuvwxyzabcdefghi",
+            "ghp_abcdefghijklmnopqrstuvwxyzabcdef",
+            "a@b.co",
+            "fe80::1",
+            "1.2.3.4",
+            "4111111111111111",
+            "+44 20 7946 0958",
+            "x7",
+            "7",
+        ];
+        for text in examples {
+            assert!(may_match(text), "{text}");
+        }
+        // Random strings over an alphabet rich in near-misses: whenever an expression
+        // matches, the first look must say so.
+        let alphabet: Vec<char> = "abekrsABEKIRSZz .,\n\t\u{212a}\u{17f}é日9@:=-_+()"
+            .chars()
+            .collect();
+        let mut state = 1u64;
+        let mut matched = 0;
+        for i in 0..20_000 {
+            let len = 1 + i % 40;
+            let text: String = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    alphabet[(state >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            if any.is_match(&text) {
+                matched += 1;
+                assert!(may_match(&text), "{text:?}");
+            }
+        }
+        assert!(matched > 200, "only {matched} random texts matched");
+        for text in [
+            "",
+            "plain prose, with commas. And a question?",
+            "bird",
+            "Ab",
+        ] {
+            assert!(!may_match(text), "{text}");
+        }
+        assert!(may_match(&format!("{}ea", "x".repeat(63))));
+        assert!(may_match(
+            &format!("{}e", "x".repeat(63)).replace("xe", "Ea")
+        ));
+        assert!(may_match(&format!("{}9", "x".repeat(200))));
     }
 
     #[test]
