@@ -32,6 +32,7 @@ mod pipeline;
 mod redact;
 mod result;
 mod rng;
+mod scan;
 mod scorer;
 
 pub use config::{Format, GeneratorConfig, NearDedupeConfig, ParseFormatError};

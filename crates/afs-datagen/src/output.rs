@@ -5,10 +5,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use crate::error::DatagenError;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A file being written is synced in the background every this many bytes, so the disk
+/// writes overlap the rest of the run and the final sync has little left to do.
+const SYNC_EVERY: u64 = 4 << 20;
 
 /// The directory a file at `target` lives in (`.` for a bare file name).
 pub(crate) fn dir_of(target: &Path) -> &Path {
@@ -27,6 +33,65 @@ pub(crate) struct TempFile {
     writer: Option<BufWriter<HashingFile>>,
     bytes: u64,
     lines: u64,
+    /// Syncs on a helper thread (started once the file is big enough, or by `finish`).
+    syncer: Option<Syncer>,
+    /// `bytes` at which to start the next background sync.
+    next_sync: u64,
+}
+
+/// What the sync thread is asked to do.
+#[derive(Debug, Clone, Copy)]
+enum SyncRequest {
+    /// `fdatasync`: the data written so far.
+    Data,
+    /// `fsync`: everything, metadata included (the last request).
+    All,
+}
+
+/// A helper thread syncing one file (through its own handle on it) when asked.
+#[derive(Debug)]
+struct Syncer {
+    requests: mpsc::Sender<SyncRequest>,
+    thread: JoinHandle<io::Result<()>>,
+}
+
+impl Syncer {
+    fn start(file: &File) -> io::Result<Self> {
+        let file = file.try_clone()?;
+        let (requests, rx) = mpsc::channel::<SyncRequest>();
+        let thread = std::thread::Builder::new()
+            .name("afs-datagen-sync".into())
+            .spawn(move || {
+                // The first error is kept: the kernel reports a failed write-back to one
+                // sync only, so a later sync may succeed although data was lost.
+                let mut result = Ok(());
+                while let Ok(mut request) = rx.recv() {
+                    // Requests that queued up meanwhile are served by one sync.
+                    while let Ok(next) = rx.try_recv() {
+                        if matches!(next, SyncRequest::All) {
+                            request = SyncRequest::All;
+                        }
+                    }
+                    let synced = match request {
+                        SyncRequest::Data => file.sync_data(),
+                        SyncRequest::All => file.sync_all(),
+                    };
+                    if result.is_ok() {
+                        result = synced;
+                    }
+                }
+                result
+            })?;
+        Ok(Syncer { requests, thread })
+    }
+
+    /// Waits for the requested syncs; the first error, if any.
+    fn wait(self) -> io::Result<()> {
+        drop(self.requests);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the sync thread panicked")))
+    }
 }
 
 /// A file that hashes what is written to it. It sits under the `BufWriter`, so BLAKE3
@@ -80,6 +145,8 @@ impl TempFile {
                         )),
                         bytes: 0,
                         lines: 0,
+                        syncer: None,
+                        next_sync: SYNC_EVERY,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -97,10 +164,34 @@ impl TempFile {
     pub(crate) fn write_line(&mut self, line: &[u8]) -> Result<(), DatagenError> {
         self.bytes += line.len() as u64;
         self.lines += 1;
-        let path = self.path.clone();
-        self.writer()
-            .write_all(line)
-            .map_err(|e| DatagenError::io("write", path, e))
+        if let Err(e) = self.writer().write_all(line) {
+            return Err(DatagenError::io("write", &self.path, e));
+        }
+        if self.bytes >= self.next_sync {
+            self.next_sync = self.bytes + SYNC_EVERY;
+            self.request_sync(SyncRequest::Data)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the sync thread (started on first use) for a sync.
+    fn request_sync(&mut self, request: SyncRequest) -> Result<(), DatagenError> {
+        if self.syncer.is_none() {
+            let file = &self
+                .writer
+                .as_ref()
+                .expect("temporary file is open")
+                .get_ref()
+                .file;
+            let syncer =
+                Syncer::start(file).map_err(|e| DatagenError::io("sync", &self.path, e))?;
+            self.syncer = Some(syncer);
+        }
+        let syncer = self.syncer.as_ref().expect("started above");
+        // The thread only stops once `requests` is dropped, so sending cannot fail while
+        // it runs; if it died, `wait` reports that.
+        let _ = syncer.requests.send(request);
+        Ok(())
     }
 
     /// Lines written so far.
@@ -108,37 +199,69 @@ impl TempFile {
         self.lines
     }
 
-    /// Flushes and syncs; returns the BLAKE3 hex digest and size of what was written.
+    /// Flushes and starts the final sync in the background (see [`commit`](Self::commit));
+    /// returns the BLAKE3 hex digest and size of what was written.
     pub(crate) fn finish(&mut self) -> Result<(String, u64), DatagenError> {
-        let path = self.path.clone();
-        let writer = self.writer();
-        writer
-            .flush()
-            .map_err(|e| DatagenError::io("write", &path, e))?;
-        let inner = writer.get_ref();
-        inner
-            .file
-            .sync_all()
-            .map_err(|e| DatagenError::io("sync", &path, e))?;
-        Ok((inner.hasher.finalize().to_hex().to_string(), self.bytes))
+        if let Err(e) = self.writer().flush() {
+            return Err(DatagenError::io("write", &self.path, e));
+        }
+        self.request_sync(SyncRequest::All)?;
+        let hash = self
+            .writer()
+            .get_ref()
+            .hasher
+            .finalize()
+            .to_hex()
+            .to_string();
+        Ok((hash, self.bytes))
+    }
+
+    /// Waits for the (finished) file's syncs, then renames it to its target.
+    fn rename_into_place(&mut self) -> Result<(), DatagenError> {
+        drop(self.writer.take());
+        if let Some(syncer) = self.syncer.take() {
+            syncer
+                .wait()
+                .map_err(|e| DatagenError::io("sync", &self.path, e))?;
+        }
+        fs::rename(&self.path, &self.target)
+            .map_err(|e| DatagenError::io("rename into place", &self.target, e))?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+
+    /// Renames the finished `files` to their targets, in order, once each is synced, then
+    /// makes the renames durable with one sync per directory, where the platform allows.
+    pub(crate) fn commit_all(files: Vec<TempFile>) -> Result<(), DatagenError> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for mut file in files {
+            file.rename_into_place()?;
+            let dir = dir_of(&file.target).to_path_buf();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            if let Ok(dir) = File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(())
     }
 
     /// Renames the (finished) file to its target.
-    pub(crate) fn commit(mut self) -> Result<(), DatagenError> {
-        drop(self.writer.take());
-        fs::rename(&self.path, &self.target)
-            .map_err(|e| DatagenError::io("rename into place", &self.target, e))?;
-        // The file is in place; make the rename itself durable where the platform allows.
-        if let Ok(dir) = File::open(dir_of(&self.target)) {
-            let _ = dir.sync_all();
-        }
-        self.path = PathBuf::new();
-        Ok(())
+    #[cfg(test)]
+    pub(crate) fn commit(self) -> Result<(), DatagenError> {
+        TempFile::commit_all(vec![self])
     }
 
     /// Reads the lines back (for a spool), consuming the file; it is removed when the
     /// returned reader is dropped.
     pub(crate) fn into_lines(mut self) -> Result<SpoolReader, DatagenError> {
+        // A spool is read back, never kept: background syncs were wasted, not needed.
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.wait();
+        }
         let path = std::mem::take(&mut self.path);
         let mut file = self
             .writer
@@ -160,6 +283,9 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         drop(self.writer.take());
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.wait();
+        }
         if !self.path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.path);
         }
@@ -220,6 +346,29 @@ mod tests {
         assert_eq!(bytes, content.len() as u64);
         assert_eq!(hash, blake3::hash(&content).to_hex().to_string());
         assert_eq!(fs::read_dir(target.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn big_files_are_synced_while_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("big.jsonl");
+        let line = format!("{}\n", "x".repeat(999));
+        let mut f = TempFile::create(&target, "create").unwrap();
+        let mut spool = TempFile::create(&dir.path().join("spool"), "create").unwrap();
+        for _ in 0..(3 * SYNC_EVERY / 1000) {
+            f.write_line(line.as_bytes()).unwrap();
+            spool.write_line(line.as_bytes()).unwrap();
+        }
+        assert!(f.syncer.is_some() && spool.syncer.is_some());
+        let (hash, bytes) = f.finish().unwrap();
+        TempFile::commit_all(vec![f]).unwrap();
+        let content = fs::read(&target).unwrap();
+        assert_eq!(bytes, content.len() as u64);
+        assert_eq!(hash, blake3::hash(&content).to_hex().to_string());
+        let mut r = spool.into_lines().unwrap();
+        assert_eq!(r.next_line().unwrap(), Some(line.as_bytes()));
+        drop(r);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

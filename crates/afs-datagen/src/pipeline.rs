@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use afs_store::{
     FeedbackFilter, FeedbackValue, RecordFilter, StatsWindow, UsageRecord, UsageStats, UsageStore,
@@ -23,6 +22,7 @@ use crate::output::{SpoolReader, TempFile};
 use crate::redact::{RedactionCounts, Redactor};
 use crate::result::{GenerationResult, Progress, QualityStats, RecordSpan, Stage};
 use crate::rng::SplitMix64;
+use crate::scan::{self, Bytes};
 use crate::scorer::QualityScorer;
 
 /// Progress events are sent every this many items.
@@ -65,10 +65,17 @@ pub fn manifest_path(output: &Path) -> PathBuf {
 /// every record of the window has a score, so records that cannot pass are never read;
 /// how many it skipped comes from its rollups, so the counts are the same either way.
 ///
+/// Threads: the window is read in time slices by one worker thread per core (at most
+/// four), which also do each record's own work (the filters on stored values, dedupe
+/// keys, redaction, formatting); the calling thread takes the records in log order and
+/// does the rest (scoring, the dedupe and pairing decisions, the cap, writing), so the
+/// result is the same as one thread's.
+///
 /// Memory: the exact-dedupe key set (32 bytes per distinct sample), the near-dedupe
-/// tables when on, the kept samples when `max_samples` is set, and for `dpo` the set of
-/// queries with both thumbs-up and thumbs-down records (found by a first pass) plus the
-/// records of those queries still waiting for a partner; nothing else grows with the log. The output and manifest
+/// tables when on, the kept samples when `max_samples` is set, up to about a slice (~800
+/// records) read ahead per worker, and for `dpo` the set of queries with both thumbs-up
+/// and thumbs-down records (found by a first pass) plus the records of those queries
+/// still waiting for a partner; nothing else grows with the log. The output and manifest
 /// are written under temporary names and renamed at the end: on error neither exists at
 /// its path (or the previous files are untouched). The same log, config and scores give
 /// a byte-identical output and manifest.
@@ -108,8 +115,9 @@ pub fn generate(
 
     let mut sink = TempFile::create(output, "create temporary output file")?;
     let mut run = Run::new(config, existing.as_ref(), new_budget);
+    let workers = scan::workers();
     if config.format == Format::Dpo {
-        run.pairable = pairable_queries(store, config, &report)?;
+        run.pairable = pairable_queries(store, config, workers, &report)?;
     }
     let window = StatsWindow {
         since: config.since,
@@ -132,15 +140,30 @@ pub fn generate(
     // With the quality condition in the store, how many records it skips is only known at
     // the end, so the scan has no total until then.
     let scan_total = plan.min_quality.is_none().then_some(plan.passing_feedback);
+    let slices = scan::slices(store, &filter, plan.passing_feedback, workers)?;
+    let preparer = Preparer {
+        config,
+        // Lines are written as the records stream only without a cap and outside `dpo`;
+        // otherwise they are formatted when kept or paired.
+        preformat: new_budget.is_none() && config.format != Format::Dpo,
+        formatter: formatter(config.format),
+    };
     let mut streamed = 0u64;
-    for_each_record(store, &filter, |record| {
-        run.process(store, scorer, record, &mut sink)?;
-        streamed += 1;
-        if streamed % PROGRESS_EVERY == 0 {
-            report(Stage::Scan, streamed, scan_total);
-        }
-        Ok(())
-    })?;
+    scan::scan(
+        store,
+        &slices,
+        workers,
+        &|| (KeyBuilder::default(), config.redact.then(Redactor::new)),
+        &|(keys, redactor), record, bytes| preparer.prepare(keys, redactor.as_ref(), record, bytes),
+        |prepared, bytes| {
+            run.process(store, scorer, prepared, bytes, &mut sink)?;
+            streamed += 1;
+            if streamed % PROGRESS_EVERY == 0 {
+                report(Stage::Scan, streamed, scan_total);
+            }
+            Ok(())
+        },
+    )?;
     if plan.min_quality.is_some() {
         let skipped = plan.passing_feedback.saturating_sub(streamed);
         run.counts.total_candidates += skipped;
@@ -212,8 +235,7 @@ pub fn generate(
     let mut manifest = TempFile::create(&result.manifest_path, "create temporary manifest file")?;
     manifest.write_line(&manifest_bytes(config, &result))?;
     manifest.finish()?;
-    sink.commit()?;
-    manifest.commit()?;
+    TempFile::commit_all(vec![sink, manifest])?;
     tracing::info!(
         output = %output.display(),
         candidates = result.total_candidates,
@@ -275,6 +297,7 @@ fn pushdown(config: &GeneratorConfig, stats: &UsageStats) -> Pushdown {
 fn pairable_queries(
     store: &dyn UsageStore,
     config: &GeneratorConfig,
+    workers: usize,
     report: &dyn Fn(Stage, u64, Option<u64>),
 ) -> Result<KeySet, DatagenError> {
     const POSITIVE: u8 = 1;
@@ -286,24 +309,39 @@ fn pairable_queries(
         feedback: FeedbackFilter::Present,
         ..RecordFilter::default()
     };
-    let mut keys = KeyBuilder::default();
+    let window = StatsWindow {
+        since: config.since,
+        until: config.until,
+        model: config.model.clone(),
+    };
+    let expected = store.stats(&window)?.with_feedback;
+    let slices = scan::slices(store, &filter, expected, workers)?;
     let mut polarity: HashMap<Key, u8, KeyHasherBuilder> = HashMap::default();
     let mut read = 0u64;
-    for_each_record(store, &filter, |record| {
-        let bit = match record.feedback {
-            Some(FeedbackValue::Positive) => POSITIVE,
-            Some(FeedbackValue::Negative) => NEGATIVE,
-            _ => 0,
-        };
-        if bit != 0 {
-            *polarity.entry(keys.query(&record.query)).or_default() |= bit;
-        }
-        read += 1;
-        if read % PROGRESS_EVERY == 0 {
-            report(Stage::GroupQueries, read, None);
-        }
-        Ok(())
-    })?;
+    scan::scan(
+        store,
+        &slices,
+        workers,
+        &KeyBuilder::default,
+        &|keys, record, _| {
+            let bit = match record.feedback {
+                Some(FeedbackValue::Positive) => POSITIVE,
+                Some(FeedbackValue::Negative) => NEGATIVE,
+                _ => 0,
+            };
+            (bit != 0).then(|| (keys.query(&record.query), bit))
+        },
+        |entry, _| {
+            if let Some((key, bit)) = *entry {
+                *polarity.entry(key).or_default() |= bit;
+            }
+            read += 1;
+            if read % PROGRESS_EVERY == 0 {
+                report(Stage::GroupQueries, read, None);
+            }
+            Ok(())
+        },
+    )?;
     report(Stage::GroupQueries, read, Some(read));
     Ok(polarity
         .into_iter()
@@ -312,41 +350,142 @@ fn pairable_queries(
         .collect())
 }
 
-/// Records streamed in batches from a reader thread, so reading the store and processing
-/// records overlap; the bounded channel keeps at most a few batches in memory, and
-/// dropping the receiver (on error) stops the reader.
-fn for_each_record(
-    store: &dyn UsageStore,
-    filter: &RecordFilter,
-    mut f: impl FnMut(UsageRecord) -> Result<(), DatagenError>,
-) -> Result<(), DatagenError> {
-    const BATCH: usize = 256;
-    let stream = store.query(filter)?;
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<Vec<afs_store::Result<UsageRecord>>>(4);
-        scope.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            for item in stream {
-                let failed = item.is_err();
-                batch.push(item);
-                if batch.len() == BATCH || failed {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if tx.send(full).is_err() || failed {
-                        return;
-                    }
-                }
+/// A streamed record after the work that depends on it alone, done on a scan worker.
+enum Prepared {
+    /// Dropped by the feedback filter.
+    FilteredByFeedback,
+    /// Dropped by the quality filter (it had a score).
+    FilteredByQuality,
+    /// Passed the filters it could be checked against.
+    Candidate(Box<Candidate>),
+}
+
+/// A record that may become a sample, with everything computed ahead that the stages in
+/// log order may need. The order-dependent decisions (duplicates, pairing, the cap) and
+/// scoring are left to the consuming thread.
+struct Candidate {
+    record: UsageRecord,
+    /// Exact-dedupe key of the raw texts (when deduplicating).
+    raw_key: Option<Key>,
+    /// The texts after redaction, where it changed them.
+    redacted_query: Option<String>,
+    redacted_response: Option<String>,
+    query_redactions: RedactionCounts,
+    response_redactions: RedactionCounts,
+    /// Exact-dedupe key of the redacted texts, when redaction changed them.
+    redacted_key: Option<Key>,
+    /// `dpo`: key of the normalised raw query.
+    query_key: Option<Key>,
+    /// The output line, when it could be formatted ahead (see [`Preparer::preformat`]).
+    line: Option<Bytes>,
+}
+
+/// The per-record work of the streaming stages that needs no state shared between
+/// records: the filters on stored values, dedupe keys, redaction and formatting.
+struct Preparer<'c> {
+    config: &'c GeneratorConfig,
+    /// Format the line ahead when the record's score is known: it is written as soon as
+    /// the record passes dedupe.
+    preformat: bool,
+    formatter: &'static dyn Formatter,
+}
+
+impl Preparer<'_> {
+    fn prepare(
+        &self,
+        keys: &mut KeyBuilder,
+        redactor: Option<&Redactor>,
+        record: UsageRecord,
+        bytes: &mut Vec<u8>,
+    ) -> Prepared {
+        let config = self.config;
+        let preference = config.format.is_preference();
+        let passes_feedback = if preference {
+            matches!(
+                record.feedback,
+                Some(FeedbackValue::Positive | FeedbackValue::Negative)
+            )
+        } else {
+            match config.min_user_feedback {
+                None => true,
+                Some(n) => record.feedback.is_some_and(|f| f.as_i64() >= n),
             }
-            if !batch.is_empty() {
-                let _ = tx.send(batch);
-            }
-        });
-        for batch in rx {
-            for item in batch {
-                f(item?)?;
+        };
+        if !passes_feedback {
+            return Prepared::FilteredByFeedback;
+        }
+        let negative = record.feedback == Some(FeedbackValue::Negative);
+        if let Some(q) = record.quality_score {
+            if !(preference && negative) && q < config.min_quality_score {
+                return Prepared::FilteredByQuality;
             }
         }
-        Ok(())
-    })
+
+        let raw_key = config
+            .deduplicate
+            .then(|| keys.pair(&record.query, &record.response));
+        let mut query_redactions = RedactionCounts::default();
+        let mut response_redactions = RedactionCounts::default();
+        let (redacted_query, redacted_response) = match redactor {
+            Some(r) => (
+                owned(r.redact(&record.query, &mut query_redactions)),
+                owned(r.redact(&record.response, &mut response_redactions)),
+            ),
+            None => (None, None),
+        };
+        let query = redacted_query.as_deref().unwrap_or(&record.query);
+        let response = redacted_response.as_deref().unwrap_or(&record.response);
+        let changed = redacted_query.is_some() || redacted_response.is_some();
+        let redacted_key = (raw_key.is_some() && changed).then(|| keys.pair(query, response));
+        let query_key = (config.format == Format::Dpo).then(|| keys.query(&record.query));
+        let line = match record.quality_score {
+            Some(quality) if self.preformat => {
+                let side = SideRef {
+                    quality,
+                    id: &record.id,
+                    model: &record.model,
+                    timestamp: record.timestamp,
+                    feedback: record.feedback,
+                    query,
+                    response,
+                    query_redactions,
+                    response_redactions,
+                };
+                let start = bytes.len();
+                let example = example_of(
+                    Unit::One(side),
+                    config.format,
+                    config.system_prompt.as_deref(),
+                );
+                // A formatter that refuses the example appends nothing; the consumer then
+                // formats it again and reports the error in order.
+                self.formatter
+                    .write_line(&example, bytes)
+                    .is_ok()
+                    .then_some(start..bytes.len())
+            }
+            _ => None,
+        };
+        Prepared::Candidate(Box::new(Candidate {
+            record,
+            raw_key,
+            redacted_query,
+            redacted_response,
+            query_redactions,
+            response_redactions,
+            redacted_key,
+            query_key,
+            line,
+        }))
+    }
+}
+
+/// The new text of a redaction, if it changed anything.
+fn owned(text: Cow<'_, str>) -> Option<String> {
+    match text {
+        Cow::Owned(s) => Some(s),
+        Cow::Borrowed(_) => None,
+    }
 }
 
 /// Counts of the streaming stages.
@@ -560,33 +699,27 @@ struct Emitter<'c> {
 
 impl Emitter<'_> {
     fn emit(&mut self, unit: Unit<'_>, sink: &mut TempFile) -> Result<(), DatagenError> {
-        let example = match unit {
-            Unit::One(side) => Example {
-                system: self.system,
-                prompt: side.query,
-                body: if self.format == Format::Kto {
-                    Body::Labeled {
-                        completion: side.response,
-                        label: side.feedback == Some(FeedbackValue::Positive),
-                    }
-                } else {
-                    Body::Response(side.response)
-                },
-                metadata: metadata_of(&side),
-            },
-            Unit::Pair { chosen, rejected } => Example {
-                system: self.system,
-                prompt: chosen.query,
-                body: Body::Preference {
-                    chosen: chosen.response,
-                    rejected: rejected.response,
-                },
-                metadata: metadata_of(&chosen),
-            },
-        };
+        let example = example_of(unit, self.format, self.system);
         self.line.clear();
         self.formatter.write_line(&example, &mut self.line)?;
         sink.write_line(&self.line)?;
+        self.count(unit);
+        Ok(())
+    }
+
+    /// Writes `line`, formatted ahead from `unit` by [`Preparer`].
+    fn emit_line(
+        &mut self,
+        unit: Unit<'_>,
+        line: &[u8],
+        sink: &mut TempFile,
+    ) -> Result<(), DatagenError> {
+        sink.write_line(line)?;
+        self.count(unit);
+        Ok(())
+    }
+
+    fn count(&mut self, unit: Unit<'_>) {
         self.new_samples += 1;
         match unit {
             Unit::One(side) => {
@@ -604,7 +737,34 @@ impl Emitter<'_> {
                 self.redactions.add(&rejected.response_redactions);
             }
         }
-        Ok(())
+    }
+}
+
+/// The example a unit becomes in `format`.
+fn example_of<'a>(unit: Unit<'a>, format: Format, system: Option<&'a str>) -> Example<'a> {
+    match unit {
+        Unit::One(side) => Example {
+            system,
+            prompt: side.query,
+            body: if format == Format::Kto {
+                Body::Labeled {
+                    completion: side.response,
+                    label: side.feedback == Some(FeedbackValue::Positive),
+                }
+            } else {
+                Body::Response(side.response)
+            },
+            metadata: metadata_of(&side),
+        },
+        Unit::Pair { chosen, rejected } => Example {
+            system,
+            prompt: chosen.query,
+            body: Body::Preference {
+                chosen: chosen.response,
+                rejected: rejected.response,
+            },
+            metadata: metadata_of(&chosen),
+        },
     }
 }
 
@@ -687,34 +847,31 @@ impl<'c> Run<'c> {
         }
     }
 
+    /// The stages in log order for one prepared record: scoring, the quality filter for
+    /// records scored here, dedupe, near-dedupe, the merge check, then pairing or the cap.
     fn process(
         &mut self,
         store: &dyn UsageStore,
         scorer: &dyn QualityScorer,
-        record: UsageRecord,
+        prepared: &Prepared,
+        bytes: &[u8],
         sink: &mut TempFile,
     ) -> Result<(), DatagenError> {
         let config = self.config;
         let seq = self.counts.total_candidates;
         self.counts.total_candidates += 1;
-
-        let preference = config.format.is_preference();
-        let passes_feedback = if preference {
-            matches!(
-                record.feedback,
-                Some(FeedbackValue::Positive | FeedbackValue::Negative)
-            )
-        } else {
-            match config.min_user_feedback {
-                None => true,
-                Some(n) => record.feedback.is_some_and(|f| f.as_i64() >= n),
+        let candidate = match prepared {
+            Prepared::FilteredByFeedback => {
+                self.counts.filtered_by_feedback += 1;
+                return Ok(());
             }
+            Prepared::FilteredByQuality => {
+                self.counts.filtered_by_quality += 1;
+                return Ok(());
+            }
+            Prepared::Candidate(candidate) => candidate,
         };
-        if !passes_feedback {
-            self.counts.filtered_by_feedback += 1;
-            return Ok(());
-        }
-
+        let record = &candidate.record;
         let quality = match record.quality_score {
             Some(q) => q,
             None => {
@@ -734,25 +891,21 @@ impl<'c> Run<'c> {
                 if config.write_back_scores {
                     store.update_quality(&record.id, q)?;
                 }
+                let negative = record.feedback == Some(FeedbackValue::Negative);
+                if !(config.format.is_preference() && negative) && q < config.min_quality_score {
+                    self.counts.filtered_by_quality += 1;
+                    return Ok(());
+                }
                 q
             }
         };
-        let negative = record.feedback == Some(FeedbackValue::Negative);
-        if !(preference && negative) && quality < config.min_quality_score {
-            self.counts.filtered_by_quality += 1;
-            return Ok(());
-        }
 
-        let raw_key = if config.deduplicate {
-            let key = self.keys.pair(&record.query, &record.response);
-            if !self.seen.insert(key) {
+        if let Some(raw) = candidate.raw_key {
+            if !self.seen.insert(raw) {
                 self.counts.duplicates_removed += 1;
                 return Ok(());
             }
-            Some(key)
-        } else {
-            None
-        };
+        }
 
         if let Some(near) = &mut self.near {
             if near.check_and_insert(&record.query, &record.response) {
@@ -761,37 +914,28 @@ impl<'c> Run<'c> {
             }
         }
 
-        let mut query_redactions = RedactionCounts::default();
-        let mut response_redactions = RedactionCounts::default();
-        let (query, response) = match &self.redactor {
-            Some(r) => (
-                r.redact(&record.query, &mut query_redactions),
-                r.redact(&record.response, &mut response_redactions),
-            ),
-            None => (
-                Cow::Borrowed(record.query.as_str()),
-                Cow::Borrowed(record.response.as_str()),
-            ),
-        };
-        let changed = matches!(query, Cow::Owned(_)) || matches!(response, Cow::Owned(_));
-        let key = match raw_key {
-            Some(raw) if changed => {
-                let key = self.keys.pair(&query, &response);
+        let query = candidate.redacted_query.as_deref().unwrap_or(&record.query);
+        let response = candidate
+            .redacted_response
+            .as_deref()
+            .unwrap_or(&record.response);
+        let key = match (candidate.raw_key, candidate.redacted_key) {
+            (Some(raw), Some(key)) => {
                 if key != raw && !self.seen.insert(key) {
                     self.counts.duplicates_removed += 1;
                     return Ok(());
                 }
                 Some(key)
             }
-            other => other,
+            (raw, _) => raw,
         };
 
         if let (Some(existing), Some(key)) = (self.existing, key) {
             let in_text = existing.has_text
                 && existing.keys.contains(&self.keys.text(&render_text(
                     config.system_prompt.as_deref(),
-                    &query,
-                    &response,
+                    query,
+                    response,
                 )));
             if in_text || existing.keys.contains(&key) {
                 self.counts.existing_duplicates_removed += 1;
@@ -805,16 +949,19 @@ impl<'c> Run<'c> {
             model: &record.model,
             timestamp: record.timestamp,
             feedback: record.feedback,
-            query: &query,
-            response: &response,
-            query_redactions,
-            response_redactions,
+            query,
+            response,
+            query_redactions: candidate.query_redactions,
+            response_redactions: candidate.response_redactions,
         };
         if config.format == Format::Dpo {
-            let query_key = self.keys.query(&record.query);
+            let query_key = candidate
+                .query_key
+                .unwrap_or_else(|| self.keys.query(&record.query));
             return self.pair_up(seq, query_key, side, sink);
         }
-        self.accept(seq, Unit::One(side), sink)
+        let line = candidate.line.clone().map(|range| &bytes[range]);
+        self.accept(seq, Unit::One(side), line, sink)
     }
 
     /// `dpo`: pairs the record with the oldest waiting record of opposite feedback for the
@@ -853,18 +1000,23 @@ impl<'c> Run<'c> {
                 rejected: side,
             }
         };
-        self.accept(seq, unit, sink)
+        self.accept(seq, unit, None, sink)
     }
 
-    /// Writes the unit now, or keeps it in the cap's heap.
+    /// Writes the unit now (as `line` when it was formatted ahead), or keeps it in the
+    /// cap's heap.
     fn accept(
         &mut self,
         seq: u64,
         unit: Unit<'_>,
+        line: Option<&[u8]>,
         sink: &mut TempFile,
     ) -> Result<(), DatagenError> {
         let Some(budget) = self.budget else {
-            return self.emitter.emit(unit, sink);
+            return match line {
+                Some(line) => self.emitter.emit_line(unit, line, sink),
+                None => self.emitter.emit(unit, sink),
+            };
         };
         let (quality, one, rejected) = match unit {
             Unit::One(side) => (side.quality, side.to_side(), None),

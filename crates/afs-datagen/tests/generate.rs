@@ -1114,3 +1114,191 @@ fn empty_log_gives_an_empty_file() {
     assert!(lines.is_empty() && r.quality_stats.is_none() && r.records.is_none());
     assert_eq!(r.output_blake3, blake3::hash(b"").to_hex().to_string());
 }
+
+/// A log big enough to be read in many slices on several threads: queries and responses
+/// repeat (exactly, and up to case and spacing), some differ only by an e-mail address,
+/// some records have no score, and feedback is mixed.
+fn big_log(n: usize) -> Vec<Rec> {
+    let mut state = 11u64;
+    let mut next = |m: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % m
+    };
+    (0..n)
+        .map(|_| {
+            let q = next(60);
+            let mut query = format!("How does part {q} of the engine work?");
+            if next(4) == 0 {
+                query = query.to_uppercase().replace(' ', "  ");
+            }
+            let mut response = format!("{GOOD} Part {}.", next(20));
+            if next(8) == 0 {
+                response.push_str(&format!(" Mail ops{}@example.com.", next(3)));
+            }
+            let quality = match next(10) {
+                0 => None,
+                k => Some(0.5 + k as f64 / 20.0),
+            };
+            let feedback = match next(10) {
+                0..=4 => Some(FeedbackValue::Positive),
+                5 | 6 => Some(FeedbackValue::Negative),
+                7 => Some(FeedbackValue::Neutral),
+                _ => None,
+            };
+            rec(&query, &response, quality, feedback)
+        })
+        .collect()
+}
+
+/// The normalised form the exact-dedupe keys are built from (for ASCII text).
+fn normalised(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// What the pipeline does to one record before pairing or writing, computed the simple
+/// way: `None` when a filter or exact dedupe drops it, else its redacted texts.
+fn simple_stages(
+    r: &Rec,
+    preference: bool,
+    seen: &mut std::collections::HashSet<(String, String)>,
+    counts: &mut RedactionCounts,
+) -> Option<(String, String)> {
+    let redactor = afs_datagen::Redactor::new();
+    let passes_feedback = if preference {
+        matches!(
+            r.feedback,
+            Some(FeedbackValue::Positive | FeedbackValue::Negative)
+        )
+    } else {
+        r.feedback == Some(FeedbackValue::Positive)
+    };
+    if !passes_feedback {
+        return None;
+    }
+    let quality = r
+        .quality
+        .unwrap_or_else(|| HeuristicScorer::score_texts(&r.query, &r.response));
+    let exempt = preference && r.feedback == Some(FeedbackValue::Negative);
+    if !exempt && quality < 0.7 {
+        return None;
+    }
+    let raw = (normalised(&r.query), normalised(&r.response));
+    if !seen.insert(raw.clone()) {
+        return None;
+    }
+    let mut mine = RedactionCounts::default();
+    let query = redactor.redact(&r.query, &mut mine).into_owned();
+    let response = redactor.redact(&r.response, &mut mine).into_owned();
+    let redacted = (normalised(&query), normalised(&response));
+    if redacted != raw && !seen.insert(redacted) {
+        return None;
+    }
+    counts.add(&mine);
+    Some((query, response))
+}
+
+#[test]
+fn big_logs_give_what_record_by_record_processing_gives() {
+    let env = env();
+    let records = big_log(6000);
+    let ids = env.log(&records);
+
+    let mut seen = Default::default();
+    let mut counts = RedactionCounts::default();
+    let expected: Vec<(&str, String, String)> = records
+        .iter()
+        .zip(&ids)
+        .filter_map(|(r, id)| {
+            let (q, resp) = simple_stages(r, false, &mut seen, &mut counts)?;
+            Some((id.as_str(), q, resp))
+        })
+        .collect();
+    assert!(expected.len() > 300, "{}", expected.len());
+    let (r, lines) = env.run(&GeneratorConfig::default(), "big.jsonl");
+    assert_partition(&r);
+    assert!(
+        r.duplicates_removed > 100 && r.scored_records > 100,
+        "{r:#?}"
+    );
+    assert_eq!(r.redactions, counts);
+    let got: Vec<(&str, String, String)> = lines
+        .iter()
+        .map(|line| {
+            let messages = line["messages"].as_array().unwrap();
+            (
+                line["metadata"]["id"].as_str().unwrap(),
+                messages[0]["content"].as_str().unwrap().to_string(),
+                messages[1]["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn big_logs_pair_like_record_by_record_processing() {
+    let env = env();
+    let records = big_log(6000);
+    env.log(&records);
+
+    // First pass: the queries that have both a thumbs-up and a thumbs-down.
+    let polarity = |want| -> BTreeSet<String> {
+        records
+            .iter()
+            .filter(|r| r.feedback == Some(want))
+            .map(|r| normalised(&r.query))
+            .collect()
+    };
+    let pairable: BTreeSet<String> = polarity(FeedbackValue::Positive)
+        .intersection(&polarity(FeedbackValue::Negative))
+        .cloned()
+        .collect();
+    // Second pass: the oldest waiting record of the other polarity is the partner.
+    let mut seen = Default::default();
+    let mut counts = RedactionCounts::default();
+    let mut waiting: std::collections::HashMap<String, (bool, Vec<(String, String)>)> =
+        Default::default();
+    let mut expected = Vec::new();
+    for r in &records {
+        let Some((query, response)) = simple_stages(r, true, &mut seen, &mut counts) else {
+            continue;
+        };
+        let key = normalised(&r.query);
+        if !pairable.contains(&key) {
+            continue;
+        }
+        let positive = r.feedback == Some(FeedbackValue::Positive);
+        let (side, queue) = waiting.entry(key).or_default();
+        if queue.is_empty() || *side == positive {
+            *side = positive;
+            queue.push((query, response));
+            continue;
+        }
+        let (partner_query, partner_response) = queue.remove(0);
+        expected.push(if positive {
+            (query, response, partner_response)
+        } else {
+            (partner_query, partner_response, response)
+        });
+    }
+    assert!(expected.len() > 100, "{}", expected.len());
+    let config = GeneratorConfig {
+        format: Format::Dpo,
+        ..GeneratorConfig::default()
+    };
+    let (r, lines) = env.run(&config, "big-dpo.jsonl");
+    assert_partition(&r);
+    let got: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|line| {
+            let text = |k: &str| line[k].as_str().unwrap().to_string();
+            (text("prompt"), text("chosen"), text("rejected"))
+        })
+        .collect();
+    assert_eq!(got, expected);
+}
