@@ -22,6 +22,8 @@ Exit codes:
       the current state refuses: no champion, no experiment running, one already running,
       a model name already used; `afs demo` on a database that holds data)
   10  not triggered (`afs trigger check --exit-code` only)
+  130 interrupted by SIGINT or SIGTERM (`afs retrain` stopped its trainer; or a repeated
+      signal ended `afs retrain` or `afs loop` at once)
 
 Environment:
   AFS_DB      database file, same as --db
@@ -289,10 +291,12 @@ pub(crate) enum Command {
                       `metrics`, are recorded as metrics), written to the {result} file or \
                       printed as the last non-empty line of stdout. A non-zero exit, a missing \
                       or unusable result, or running past --timeout (the trainer's whole \
-                      process group is killed) fails the run.\n\nExit codes: 0 when the run \
+                      process group is killed) fails the run. SIGINT (Ctrl-C) or SIGTERM \
+                      stops the trainer the same way and records the run as interrupted; a \
+                      second signal exits at once.\n\nExit codes: 0 when the run \
                       completed or nothing triggered; 1 when the run failed, timed out or was \
                       refused (the outcome is still printed); 5 when another retrain is \
-                      running.",
+                      running; 130 when it was interrupted.",
         after_help = "Examples:\n  \
                       afs retrain --train-cmd 'python train.py --data {data} --out {output_dir}'\n  \
                       afs retrain --force --timeout 7200 --train-cmd './train.sh \"$AFS_DATA_PATH\"'\n  \
@@ -1073,8 +1077,11 @@ pub(crate) enum LoopCommand {
                       process gets SIGINT (Ctrl-C) or SIGTERM.\n\nOn a signal the loop stops \
                       cleanly: a nap ends at once, an iteration in progress (a training run) \
                       finishes first, then a summary is printed and the exit code is 0. A \
-                      second signal exits at once (code 130); the next start records the \
-                      unfinished iteration as interrupted and marks its run failed.\n\nOne \
+                      second signal stops a running trainer (its process group is killed and \
+                      the run recorded as interrupted), so the loop stops after that \
+                      iteration. A third signal exits at once (code 130); the next start \
+                      records the unfinished iteration as interrupted and marks its run \
+                      failed.\n\nOne \
                       line per iteration on stdout (with --json, its report as one JSON \
                       object), then the summary. An iteration whose work fails (a trainer \
                       error, a rejected model) is recorded and the loop goes on.",

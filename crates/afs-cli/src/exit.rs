@@ -27,6 +27,20 @@ pub(crate) const NOT_FOUND: u8 = 4;
 pub(crate) const BUSY: u8 = 5;
 /// `afs trigger check --exit-code`: no trigger fired.
 pub(crate) const NOT_TRIGGERED: u8 = 10;
+/// Stopped by SIGINT or SIGTERM before the work was done (128 + SIGINT, as shells report).
+pub(crate) const INTERRUPTED: u8 = 130;
+
+/// The command was stopped by a signal; what was interrupted is recorded (exit code 130).
+#[derive(Debug)]
+pub(crate) struct Interrupted(pub(crate) String);
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// Invalid input detected by the CLI itself rather than by the store (exit code 3).
 #[derive(Debug)]
@@ -148,6 +162,9 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
         }
         if cause.is::<RunFailed>() {
             return (FAILURE, "run_failed");
+        }
+        if cause.is::<Interrupted>() {
+            return (INTERRUPTED, "interrupted");
         }
         if cause.is::<std::io::Error>() {
             return (FAILURE, "io");

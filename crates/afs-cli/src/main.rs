@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+mod interrupt;
 mod output;
 mod serve;
 mod store_open;

@@ -351,19 +351,14 @@ fn sigterm_lets_the_iteration_in_progress_finish_and_stops_cleanly() {
     assert_eq!(lines.last().unwrap()["stop_reason"], "stopped", "{run:#?}");
 }
 
-#[test]
-fn a_second_signal_stops_at_once_and_the_next_start_records_the_interruption() {
-    let env = fixture();
-    let mut cmd = env.std_command_at(
-        NOW,
-        &[
-            "loop",
-            "run",
-            "--train-cmd",
-            "sh train.sh {data} {output_dir} 1",
-        ],
-    );
-    let child = cmd
+/// Starts `afs loop run` with a trainer that sleeps `secs` and returns it with the run
+/// directory of its first retrain, once the trainer has started.
+/// The caller waits for the child.
+#[allow(clippy::zombie_processes)]
+fn loop_with_a_running_trainer(env: &Env, secs: u32) -> (Child, std::path::PathBuf) {
+    let train_cmd = format!("sh train.sh {{data}} {{output_dir}} {secs}");
+    let mut cmd = env.std_command_at(NOW, &["loop", "run", "--train-cmd", &train_cmd]);
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -378,22 +373,54 @@ fn a_second_signal_stops_at_once_and_the_next_start_records_the_interruption() {
             })
     };
     let started = Instant::now();
-    let run_dir = loop {
+    loop {
         if let Some(dir) = run_dir() {
-            break dir;
+            return (child, dir);
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the trainer never started"
-        );
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the trainer never started");
+        }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+#[test]
+fn a_second_signal_stops_the_running_trainer_and_records_the_run_as_interrupted() {
+    let env = fixture();
+    // A trainer that would take a minute; it is in its own process group, so only afs can
+    // stop it.
+    let (child, run_dir) = loop_with_a_running_trainer(&env, 60);
     signal(&child, Signal::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
     signal(&child, Signal::SIGTERM);
-    let run = finish(child, Duration::from_secs(10));
-    assert_eq!(run.code, 130, "{run:#?}");
-    assert!(run.stderr.contains("stopping at once"), "{run:#?}");
+    let run = finish(child, Duration::from_secs(30));
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(run.stderr.contains("stopping the trainer"), "{run:#?}");
+    assert!(
+        run.stdout.contains("stop requested"),
+        "the loop stopped after the iteration: {run:#?}"
+    );
+    // The trainer was stopped, not left to finish: no model, the run says interrupted.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!run_dir.join("model").join("model.bin").exists());
+    let status = status_of(&env);
+    assert_eq!(status["status"]["in_progress"], Value::Null, "{status}");
+    assert_eq!(status["retrains"]["running"], Value::Null, "{status}");
+    assert_eq!(
+        status["retrains"]["last"]["status"], "interrupted",
+        "{status}"
+    );
+}
+
+#[test]
+fn a_loop_killed_mid_iteration_is_recorded_as_interrupted_at_the_next_start() {
+    let env = fixture();
+    let (mut child, run_dir) = loop_with_a_running_trainer(&env, 1);
+    // SIGKILL: afs gets no chance to stop anything (a third signal, or `kill -9`).
+    child.kill().unwrap();
+    child.wait().unwrap();
 
     // The iteration was left unfinished; the trainer (in its own process group) finishes.
     let status = status_of(&env);

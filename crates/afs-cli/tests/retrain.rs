@@ -400,3 +400,54 @@ fn one_retrain_at_a_time_and_a_dead_run_shows_as_failed() {
     assert_eq!(runs[0]["status"], "failed", "{:?}", runs[0]);
     assert!(runs[0]["error"].is_string(), "{:?}", runs[0]);
 }
+
+#[test]
+fn ctrl_c_stops_the_trainer_and_its_children_and_records_the_run_as_interrupted() {
+    let env = Env::new();
+    env.import(&good_records(3, "stop"));
+    let marker = env.path("grandchild-survived");
+    // The trainer starts a grandchild that would leave a mark 3 s later, then waits long.
+    let long = script(
+        &env,
+        "long.sh",
+        &format!("(sleep 3 && touch {}) &\nsleep 120", marker.display()),
+    );
+    let out_dir = env.path("out");
+    let child = env
+        .std_command_at(
+            NOW,
+            &[
+                "retrain",
+                "--json",
+                "--force",
+                "--min-samples",
+                "1",
+                "--output-dir",
+                out_dir.to_str().unwrap(),
+                "--train-cmd",
+                &long,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = wait_for_running(&env);
+    // What a terminal's Ctrl-C does to afs (the trainer is in its own process group).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stopping the trainer"), "{stderr}");
+    let outcome: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(outcome["outcome"], "failed");
+    let runs = env.check(&["runs", "--json"], 0).json_lines();
+    assert_eq!(runs[0]["id"], running["id"]);
+    assert_eq!(runs[0]["status"], "interrupted", "{:?}", runs[0]);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(!marker.exists(), "the trainer's child outlived afs");
+}

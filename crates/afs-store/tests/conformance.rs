@@ -527,8 +527,8 @@ fn random_history(f: &Fixture, seed: u64) {
 /// Every statistics call on each window equals a scan of the log.
 fn assert_windows_match_scans(store: &dyn UsageStore, windows: &[StatsWindow]) {
     for window in windows {
-        let want = scan_stats(store, &window);
-        let got = store.stats_by_model(&window).unwrap();
+        let want = scan_stats(store, window);
+        let got = store.stats_by_model(window).unwrap();
         assert_eq!(
             got.keys().collect::<Vec<_>>(),
             want.keys().collect::<Vec<_>>(),
@@ -540,11 +540,11 @@ fn assert_windows_match_scans(store: &dyn UsageStore, windows: &[StatsWindow]) {
         let mut want_total = UsageStats::default();
         want.values().for_each(|s| want_total.add(s));
         assert_stats_close(
-            &store.stats(&window).unwrap(),
+            &store.stats(window).unwrap(),
             &want_total,
             &format!("{window:?} total"),
         );
-        let by_hour = store.stats_by_hour(&window).unwrap();
+        let by_hour = store.stats_by_hour(window).unwrap();
         let mut hour_total = UsageStats::default();
         by_hour.values().for_each(|s| hour_total.add(s));
         assert_stats_close(&hour_total, &want_total, &format!("{window:?} by hour"));

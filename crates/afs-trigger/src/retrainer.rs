@@ -259,10 +259,10 @@ impl AutoRetrainer {
                 })
             }
             Err(e) => {
-                let status = if matches!(e, TrainError::TimedOut(_)) {
-                    RunStatus::TimedOut
-                } else {
-                    RunStatus::Failed
+                let status = match e {
+                    TrainError::TimedOut(_) => RunStatus::TimedOut,
+                    TrainError::Interrupted => RunStatus::Interrupted,
+                    _ => RunStatus::Failed,
                 };
                 let run = fail(status, e.to_string())?;
                 Ok(RetrainOutcome::Failed { run, trigger })

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -42,6 +44,10 @@ pub enum TrainError {
     /// The trainer ran past its timeout and was killed.
     #[error("trainer timed out after {}s and was stopped", .0.as_secs_f64())]
     TimedOut(Duration),
+    /// The trainer was stopped because the process running it was asked to stop (SIGINT or
+    /// SIGTERM), through the flag given to [`CommandTrainer::interrupt_on`].
+    #[error("trainer interrupted and stopped")]
+    Interrupted,
     /// The trainer exited successfully but its result is unusable.
     #[error("trainer output unusable: {0}")]
     BadOutput(String),
@@ -89,12 +95,14 @@ where
 /// result as a JSON object with a string `model_path` (and any metrics, either under
 /// `metrics` or as the other keys) written to the result file, or else printed as the last
 /// non-empty line of stdout. A non-zero exit, a timeout (the whole process group is killed)
-/// or a missing/garbled result is a failure.
+/// or a missing/garbled result is a failure. With [`CommandTrainer::interrupt_on`], setting
+/// the flag stops the command the same way within ~20 ms ([`TrainError::Interrupted`]).
 #[derive(Debug, Clone)]
 pub struct CommandTrainer {
     command: String,
     timeout: Duration,
     working_dir: Option<PathBuf>,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl CommandTrainer {
@@ -104,7 +112,22 @@ impl CommandTrainer {
             command: command.into(),
             timeout,
             working_dir: None,
+            interrupt: None,
         }
+    }
+
+    /// Stops the command (its whole process group) when `flag` becomes true, e.g. from a
+    /// SIGINT handler, so the trainer does not outlive the process that started it. A
+    /// command not started yet when the flag is set is not started.
+    pub fn interrupt_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
     /// Runs the command in `dir` instead of the current directory.
@@ -168,17 +191,25 @@ impl Trainer for CommandTrainer {
         if let Some(dir) = &self.working_dir {
             command.current_dir(dir);
         }
+        if self.interrupted() {
+            return Err(TrainError::Interrupted);
+        }
         let mut child = command.spawn().map_err(io("start the trainer command"))?;
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().map_err(io("wait for the trainer"))? {
                 break status;
             }
-            if started.elapsed() >= self.timeout {
+            let timed_out = started.elapsed() >= self.timeout;
+            if timed_out || self.interrupted() {
                 kill_group(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(TrainError::TimedOut(self.timeout));
+                return Err(if timed_out {
+                    TrainError::TimedOut(self.timeout)
+                } else {
+                    TrainError::Interrupted
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         };

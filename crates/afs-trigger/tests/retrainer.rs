@@ -1,6 +1,7 @@
 //! The retrainer end to end on a real store: real datasets, real trainer processes.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,6 +222,64 @@ fn a_trainer_that_hangs_is_stopped_at_its_timeout() {
         .is_none());
     std::thread::sleep(Duration::from_millis(3500));
     assert!(!marker.exists(), "the trainer's child outlived the timeout");
+}
+
+#[test]
+fn an_interrupted_trainer_is_stopped_with_its_children_and_recorded_as_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_traffic(dir.path(), 20);
+    let marker = dir.path().join("child-survived");
+    let started = dir.path().join("started");
+    let cmd = script(
+        dir.path(),
+        "long.sh",
+        &format!(
+            "touch {}\n(sleep 3 && touch {}) &\nsleep 60",
+            started.display(),
+            marker.display()
+        ),
+    );
+    let flag = Arc::new(AtomicBool::new(false));
+    let trainer = shell(cmd, 120_000).interrupt_on(flag.clone());
+    let raiser = {
+        let started = started.clone();
+        std::thread::spawn(move || {
+            while !started.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            flag.store(true, Ordering::SeqCst);
+        })
+    };
+    let run = failed_run(
+        retrainer(dir.path(), 5)
+            .check_and_retrain(&store, &trainer, true)
+            .unwrap(),
+    );
+    raiser.join().unwrap();
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert!(run.error.unwrap().contains("interrupted"));
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        !marker.exists(),
+        "the trainer's child outlived the interrupt"
+    );
+    // A flag already set: the command is not started at all.
+    let flagged = shell(
+        script(
+            dir.path(),
+            "never.sh",
+            &format!("touch {}", marker.display()),
+        ),
+        120_000,
+    )
+    .interrupt_on(Arc::new(AtomicBool::new(true)));
+    let run = failed_run(
+        retrainer(dir.path(), 5)
+            .check_and_retrain(&store, &flagged, true)
+            .unwrap(),
+    );
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert!(!marker.exists());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `afs loop run` and `afs loop once`: the continuous loop built from the configuration and
 //! the flags, run until stopped (SIGINT or SIGTERM stop it cleanly) or once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::cli::{GlobalArgs, LoopArgs, LoopCommand, LoopOnceArgs, LoopOptions, LoopRunArgs};
 use crate::config::{self, Config};
 use crate::exit::{InvalidInput, RunFailed, Usage};
+use crate::interrupt::{self, Step};
 use crate::output::{count, print_json, print_line};
 use crate::store_open::{open_with, Create, Pinned};
 use crate::time_arg::format_duration;
@@ -56,6 +57,7 @@ fn build(
     options: &LoopOptions,
     interval: Option<Duration>,
     pinned: Pinned,
+    stop_trainer: Arc<AtomicBool>,
 ) -> anyhow::Result<ContinuousLearningLoop<SqliteStore>> {
     let mut config = config::load(global.config.as_deref())?;
     if let Some(interval) = interval {
@@ -69,7 +71,7 @@ fn build(
     }
     let loop_config = config.loop_config();
     config.check_loop(&loop_config)?;
-    let trainer = trainer(options.train_cmd.as_deref(), &config)?;
+    let trainer = trainer(options.train_cmd.as_deref(), &config)?.interrupt_on(stop_trainer);
     let store = open_with(config.sqlite_config(&global.db), Create::Never, pinned)?;
     tracing::debug!(?loop_config, "starting the continuous loop");
     ContinuousLearningLoop::new(Arc::new(store), loop_config, Box::new(trainer))
@@ -78,7 +80,20 @@ fn build(
 
 /// `afs loop once`: one iteration, and what it did.
 fn once(global: &GlobalArgs, args: &LoopOnceArgs) -> anyhow::Result<()> {
-    let learning = build(global, &args.options, None, Pinned::Stopped)?;
+    let stop_trainer = Arc::new(AtomicBool::new(false));
+    let learning = build(
+        global,
+        &args.options,
+        None,
+        Pinned::Stopped,
+        stop_trainer.clone(),
+    )?;
+    interrupt::install(
+        stop_trainer,
+        vec![Step::StopTrainer(
+            "afs loop: stopping the trainer (send the signal again to exit at once)",
+        )],
+    )?;
     let report = learning.run_iteration_with(IterationOptions {
         force_retrain: args.force,
     })?;
@@ -119,9 +134,27 @@ fn describe(report: &IterationReport) -> String {
 
 /// `afs loop run`: iterations every check interval until stopped.
 fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
-    let learning = build(global, &args.options, args.interval, Pinned::Running)?;
+    let stop_trainer = Arc::new(AtomicBool::new(false));
+    let learning = build(
+        global,
+        &args.options,
+        args.interval,
+        Pinned::Running,
+        stop_trainer.clone(),
+    )?;
     let stop = learning.stop_signal();
-    handle_signals(stop.clone())?;
+    let stopper = stop.clone();
+    interrupt::install(
+        stop_trainer,
+        vec![
+            Step::Call(
+                Box::new(move || stopper.request_stop()),
+                "afs loop: stopping after the current iteration (send the signal again to stop \
+                 a running trainer, a third time to exit at once)",
+            ),
+            Step::StopTrainer("afs loop: stopping the trainer; the run is recorded as interrupted"),
+        ],
+    )?;
     let interval = learning.config().check_interval;
     eprintln!(
         "afs loop: running on {} every {}{}; SIGINT (Ctrl-C) or SIGTERM stops it after the \
@@ -239,26 +272,4 @@ fn nap_until_next(
             _ => return stop.is_stop_requested(),
         }
     }
-}
-
-/// Turns the first SIGINT or SIGTERM into a stop request (the iteration in progress
-/// finishes); a second one ends the process at once with code 130.
-fn handle_signals(stop: StopSignal) -> anyhow::Result<()> {
-    let received = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if received.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!(
-                "afs loop: stopping after the current iteration (send the signal again to \
-                 stop at once)"
-            );
-            stop.request_stop();
-        } else {
-            eprintln!(
-                "afs loop: stopping at once; the next start records the unfinished \
-                 iteration as interrupted"
-            );
-            std::process::exit(130);
-        }
-    })
-    .context("cannot install the SIGINT/SIGTERM handler")
 }

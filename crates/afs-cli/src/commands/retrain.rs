@@ -2,6 +2,8 @@
 //! trainer command; and `afs runs`: the history of those runs.
 
 use std::io::{self, BufWriter, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use afs_datagen::{DatagenError, GenerationResult};
@@ -12,7 +14,8 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, RetrainArgs, RunsArgs};
 use crate::commands::trigger::describe;
 use crate::config::{self, generator_key};
-use crate::exit::{Busy, InvalidInput, RunFailed, Usage};
+use crate::exit::{Busy, Interrupted, InvalidInput, RunFailed, Usage};
+use crate::interrupt;
 use crate::output::{
     count, duration, left_table, print_json, print_line, rfc3339, stdout_error, RunJson,
 };
@@ -73,7 +76,14 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
     let trigger = RetrainTrigger::new(config.trigger.clone())?;
     let store = open(config.sqlite_config(&global.db), Create::Never)?;
     let retrainer = AutoRetrainer::new(trigger, config.generator.clone(), retrainer);
-    let trainer = CommandTrainer::shell(train_cmd, timeout);
+    let stop_trainer = Arc::new(AtomicBool::new(false));
+    interrupt::install(
+        stop_trainer.clone(),
+        vec![interrupt::Step::StopTrainer(
+            "afs retrain: stopping the trainer (send the signal again to exit at once)",
+        )],
+    )?;
+    let trainer = CommandTrainer::shell(train_cmd, timeout).interrupt_on(stop_trainer);
     tracing::debug!(?retrainer, ?timeout, "checking and retraining");
     let outcome = retrainer.check_and_retrain(&store, &trainer, args.force)?;
 
@@ -86,6 +96,9 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
         RetrainOutcome::NotTriggered(_) | RetrainOutcome::Completed { .. } => Ok(()),
         RetrainOutcome::AlreadyRunning { reason, .. } => {
             Err(Busy(format!("another retrain is running: {reason}")).into())
+        }
+        RetrainOutcome::Failed { run, .. } if run.status == RunStatus::Interrupted => {
+            Err(Interrupted(format!("retrain run {} interrupted", run.id)).into())
         }
         RetrainOutcome::Refused { run, .. } | RetrainOutcome::Failed { run, .. } => {
             Err(RunFailed(format!(

@@ -5,6 +5,7 @@
 //! [`CommandTrainer`]; `afs retrain` and the loop commands can share it. The loop's
 //! settings come from [`Config::loop_config`], with the flags on top.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use crate::exit::{InvalidInput, Usage};
 /// The loop of this process.
 pub(super) struct Learning {
     inner: Arc<ContinuousLearningLoop<SqliteStore>>,
+    /// Set to stop a running trainer (its process group) when shutdown cannot wait for it.
+    stop_trainer: Arc<AtomicBool>,
 }
 
 /// The trainer command: `flag` (`--train-cmd`) or else `train_cmd` of `[trainer]`, with
@@ -58,7 +61,9 @@ pub(super) fn build(
     config: &Config,
     args: &ServeArgs,
 ) -> anyhow::Result<Learning> {
-    let trainer = trainer(args.train_cmd.as_deref(), args.train_timeout, config)?;
+    let stop_trainer = Arc::new(AtomicBool::new(false));
+    let trainer = trainer(args.train_cmd.as_deref(), args.train_timeout, config)?
+        .interrupt_on(stop_trainer.clone());
     // The config file's `[loop]` and the layers' sections, with the flags on top.
     let mut loop_config = config.loop_config();
     if let Some(interval) = args.check_interval {
@@ -77,6 +82,7 @@ pub(super) fn build(
         })?;
     Ok(Learning {
         inner: Arc::new(inner),
+        stop_trainer,
     })
 }
 
@@ -102,10 +108,28 @@ impl Learning {
     }
 }
 
-/// Waits up to `timeout` for the loop's thread to return.
-pub(super) async fn join(thread: JoinHandle<LoopRunSummary>, timeout: Duration) {
-    let waited = tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || thread.join()));
-    match waited.await {
+/// Waits up to `timeout` for the loop's thread to return; if an iteration is still running
+/// then (a long retrain), stops its trainer and waits a few seconds more for the iteration
+/// to record the run as interrupted.
+pub(super) async fn join(
+    learning: &Learning,
+    thread: JoinHandle<LoopRunSummary>,
+    timeout: Duration,
+) {
+    let joined = tokio::task::spawn_blocking(move || thread.join());
+    tokio::pin!(joined);
+    let waited = match tokio::time::timeout(timeout, &mut joined).await {
+        Ok(result) => Ok(result),
+        Err(_) => {
+            eprintln!(
+                "afs serve: the loop's current iteration did not finish within the shutdown \
+                 timeout; stopping its trainer"
+            );
+            learning.stop_trainer.store(true, Ordering::SeqCst);
+            tokio::time::timeout(TRAINER_STOP_GRACE, &mut joined).await
+        }
+    };
+    match waited {
         Ok(Ok(Ok(summary))) => {
             tracing::info!(iterations = summary.iterations, "continuous loop stopped");
             eprintln!(
@@ -115,12 +139,14 @@ pub(super) async fn join(thread: JoinHandle<LoopRunSummary>, timeout: Duration) 
         }
         Ok(_) => eprintln!("afs serve: the loop thread panicked"),
         Err(_) => eprintln!(
-            "afs serve: the loop's current iteration (a retrain?) did not finish within the \
-             shutdown timeout; exiting anyway. A run left `running` is marked failed at the \
-             next start"
+            "afs serve: the loop's iteration did not end after its trainer was stopped; \
+             exiting anyway. A run left `running` is marked failed at the next start"
         ),
     }
 }
+
+/// How long shutdown waits for an iteration to record its stopped trainer.
+const TRAINER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

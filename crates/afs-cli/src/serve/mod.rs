@@ -312,9 +312,9 @@ async fn serve(
             settings.shutdown_timeout.as_secs()
         ),
     }
-    if let Some(thread) = loop_thread {
+    if let (Some(thread), Some(learning)) = (loop_thread, &learning) {
         let left = deadline.saturating_duration_since(Instant::now());
-        learning::join(thread, left).await;
+        learning::join(learning, thread, left).await;
     }
     eprintln!("afs serve: stopped");
     Ok(())
