@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 
 /// A 32-byte BLAKE3 digest identifying a normalised text or query/response pair.
 pub(crate) type Key = [u8; 32];
@@ -28,7 +29,7 @@ pub(crate) fn normalise_into(text: &str, out: &mut Vec<u8>) {
             || buf.last() == Some(&b' ')
             || memchr::memchr3(b'\n', b'\t', b'\r', buf).is_some()
             || memchr::memchr2(0x0B, 0x0C, buf).is_some()
-            || memchr::memmem::find(buf, b"  ").is_some();
+            || double_space().find(buf).is_some();
         if !irregular {
             return;
         }
@@ -65,6 +66,13 @@ pub(crate) fn normalise_into(text: &str, out: &mut Vec<u8>) {
             out.extend_from_slice(lower.encode_utf8(&mut utf8).as_bytes());
         }
     }
+}
+
+/// A finder for two spaces in a row, built once (building one per text would cost more
+/// than the search).
+fn double_space() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"  "))
 }
 
 /// Builds keys with one reusable buffer, so computing a key allocates nothing once warm.

@@ -123,8 +123,9 @@ fn score_unicode(query: &str, response: &str) -> f64 {
 }
 
 /// The same score for ASCII texts, where a word is a run of ASCII letters and digits and
-/// lowercasing is byte by byte: the words are slices of one lowercased copy, kept in sets
-/// with a cheap hash, and refusals are found with prebuilt substring finders.
+/// lowercasing is byte by byte: the words are slices of one lowercased copy, found 64
+/// bytes at a time from a bit mask and kept in sets with a cheap hash, and refusals are
+/// found in one pass.
 fn score_ascii(query: &[u8], response: &[u8]) -> f64 {
     let response_lower = response.to_ascii_lowercase();
     let (n, distinct) = WordSet::of(&response_lower);
@@ -134,26 +135,27 @@ fn score_ascii(query: &[u8], response: &[u8]) -> f64 {
     let query_lower = query.to_ascii_lowercase();
     let (_, query_words) = WordSet::of(&query_lower);
     let shared = distinct.shared(&query_words);
-    let refusal = refusal_finders()
-        .iter()
-        .any(|f| f.find(&response_lower).is_some());
+    let refusal = refusals().is_match(&response_lower);
     combine(n, distinct.len(), query_words.len(), shared, refusal)
 }
 
-/// Substring finders for [`REFUSALS`], built once.
-fn refusal_finders() -> &'static [memchr::memmem::Finder<'static>] {
-    static FINDERS: OnceLock<Vec<memchr::memmem::Finder<'static>>> = OnceLock::new();
-    FINDERS.get_or_init(|| {
-        REFUSALS
+/// [`REFUSALS`] as one expression: a literal alternation, searched in one pass.
+fn refusals() -> &'static regex::bytes::Regex {
+    static REFUSALS_RE: OnceLock<regex::bytes::Regex> = OnceLock::new();
+    REFUSALS_RE.get_or_init(|| {
+        let alternation = REFUSALS
             .iter()
-            .map(|p| memchr::memmem::Finder::new(p.as_bytes()))
-            .collect()
+            .map(|p| regex::escape(p))
+            .collect::<Vec<_>>()
+            .join("|");
+        // A constant alternation of escaped literals always compiles.
+        regex::bytes::Regex::new(&alternation).expect("refusal phrases compile")
     })
 }
 
 /// The distinct words of a lowercased ASCII text. Words of up to 16 bytes (nearly all)
 /// are packed into a `u128`, zero-padded: words have no zero bytes, so the packing is
-/// exact, and comparing two is one integer comparison.
+/// exact and comparing two is one integer comparison.
 #[derive(Debug)]
 struct WordSet<'a> {
     short: HashSet<u128, BuildHasherDefault<WordHasher>>,
@@ -161,24 +163,20 @@ struct WordSet<'a> {
 }
 
 impl<'a> WordSet<'a> {
-    /// The number of words in `lower` (a run of ASCII letters and digits) and their set.
+    /// The number of words in `lower` (runs of ASCII letters and digits) and their set.
     fn of(lower: &'a [u8]) -> (usize, Self) {
         let mut set = WordSet {
             short: HashSet::with_capacity_and_hasher(lower.len() / 6, Default::default()),
             long: HashSet::default(),
         };
         let mut n = 0;
-        for word in lower
-            .split(|b| !b.is_ascii_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
+        for (start, end) in words_at(lower) {
             n += 1;
-            if word.len() <= 16 {
-                let mut packed = [0u8; 16];
-                packed[..word.len()].copy_from_slice(word);
-                set.short.insert(u128::from_le_bytes(packed));
+            let len = end - start;
+            if len <= 16 {
+                set.short.insert(pack(lower, start, len));
             } else {
-                set.long.insert(word);
+                set.long.insert(&lower[start..end]);
             }
         }
         (n, set)
@@ -198,6 +196,87 @@ impl<'a> WordSet<'a> {
             small.iter().filter(|w| large.contains(*w)).count()
         }
         count(&self.short, &other.short) + count(&self.long, &other.long)
+    }
+}
+
+/// The `(start, end)` of every run of ASCII letters and digits in ASCII `text`. Each block
+/// of 64 bytes becomes a bit mask, eight bytes at a time (see [`alphanumeric_bits`]), whose
+/// edges are where words start and end: no branch per byte.
+fn words_at(text: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    // The current block's base, the start and end bits not yet visited, where the next
+    // block begins, and the start of a word whose end is still to come.
+    let (mut base, mut starts, mut ends, mut next) = (0, 0u64, 0u64, 0);
+    let mut open: Option<usize> = None;
+    std::iter::from_fn(move || loop {
+        if open.is_none() && starts != 0 {
+            open = Some(base + starts.trailing_zeros() as usize);
+            starts &= starts - 1;
+        }
+        // Within a block, starts and ends alternate; a word open from an earlier block
+        // ends at the block's first end.
+        if open.is_some() && ends != 0 {
+            let end = base + ends.trailing_zeros() as usize + 1;
+            ends &= ends - 1;
+            return open.take().map(|start| (start, end));
+        }
+        // Nothing left in this block (or the open word runs on): the next block.
+        if next >= text.len() {
+            // Unreachable: the last byte of a word at the end of the text is an end.
+            return open.take().map(|start| (start, text.len()));
+        }
+        base = next;
+        next = (base + 64).min(text.len());
+        (starts, ends) = edges(text, base, next);
+    })
+}
+
+/// The bits of the bytes `start..end` (at most 64) of ASCII `text` where words start and
+/// end.
+fn edges(text: &[u8], start: usize, end: usize) -> (u64, u64) {
+    let mut mask = 0u64;
+    for (i, chunk) in text[start..end].chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        // Bytes past the chunk are 0, not alphanumeric, and so add no bit.
+        mask |= alphanumeric_bits(u64::from_le_bytes(word)) << (8 * i);
+    }
+    let before = start > 0 && text[start - 1].is_ascii_alphanumeric();
+    let after = text.get(end).is_some_and(u8::is_ascii_alphanumeric);
+    let starts = mask & !((mask << 1) | u64::from(before));
+    let ends = mask & !((mask >> 1) | (u64::from(after) << (end - start - 1)));
+    (starts, ends)
+}
+
+/// One bit per byte of `word` (eight ASCII bytes, little-endian): set when the byte is an
+/// ASCII letter or digit. Eight bytes are tested at once: adding `0x80 - lo` to a byte
+/// below 0x80 sets its high bit exactly when it is `>= lo`, and no byte carries into the
+/// next.
+fn alphanumeric_bits(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let at_least = |lo: u8| word.wrapping_add(ONES * u64::from(0x80 - lo));
+    let in_range = |lo: u8, hi: u8| at_least(lo) & !at_least(hi + 1);
+    let high = (in_range(b'0', b'9') | in_range(b'a', b'z') | in_range(b'A', b'Z')) & HIGH;
+    // Gather the eight high bits into the low byte.
+    (high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// The `len` (at most 16) bytes at `start` of `text` packed little-endian into a `u128`.
+fn pack(text: &[u8], start: usize, len: usize) -> u128 {
+    match text.get(start..start + 16) {
+        // One unaligned load, then the bytes past the word masked off.
+        Some(window) => {
+            let all = u128::from_le_bytes(window.try_into().expect("16 bytes"));
+            if len == 16 {
+                all
+            } else {
+                all & ((1u128 << (8 * len)) - 1)
+            }
+        }
+        None => text[start..start + len]
+            .iter()
+            .rev()
+            .fold(0u128, |acc, &b| (acc << 8) | u128::from(b)),
     }
 }
 
@@ -351,6 +430,69 @@ mod tests {
                 score_ascii(q.as_bytes(), r.as_bytes()).to_bits(),
                 score_unicode(q, r).to_bits()
             );
+        }
+    }
+
+    #[test]
+    fn alphanumeric_bits_match_bytes() {
+        let mut state = 5u64;
+        for _ in 0..20_000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            // Every byte below 0x80, the ASCII path's domain.
+            let word = state & 0x7f7f_7f7f_7f7f_7f7f;
+            let expected = word
+                .to_le_bytes()
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, b)| {
+                    m | u64::from(b.is_ascii_alphanumeric()) << i
+                });
+            assert_eq!(alphanumeric_bits(word), expected, "{word:#x}");
+        }
+        for b in 0..0x80u8 {
+            let expected = u64::from(b.is_ascii_alphanumeric()) * 0xff;
+            assert_eq!(
+                alphanumeric_bits(u64::from(b) * 0x0101_0101_0101_0101),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn words_are_found_across_blocks() {
+        let check = |text: &str| {
+            let expected: Vec<(usize, usize)> = text
+                .char_indices()
+                .filter(|&(i, c)| {
+                    c.is_ascii_alphanumeric()
+                        && (i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric())
+                })
+                .map(|(i, _)| {
+                    let len = text[i..]
+                        .bytes()
+                        .take_while(u8::is_ascii_alphanumeric)
+                        .count();
+                    (i, i + len)
+                })
+                .collect();
+            assert_eq!(
+                words_at(text.as_bytes()).collect::<Vec<_>>(),
+                expected,
+                "{text:?}"
+            );
+        };
+        check("");
+        check(" ");
+        check("a");
+        check("ab cd");
+        check(" ab, cd ");
+        for len in [62, 63, 64, 65, 127, 128, 129, 200] {
+            check(&"x".repeat(len));
+            check(&format!(" {}", "x".repeat(len)));
+            check(&format!("{} y", "x".repeat(len)));
+            check(&"a ".repeat(len));
+            check(&"ab ".repeat(len));
+            check(&" a".repeat(len));
         }
     }
 
