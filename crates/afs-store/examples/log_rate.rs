@@ -14,16 +14,41 @@ fn main() {
     .unwrap();
     let text = "lorem ipsum dolor sit amet ".repeat(48);
     let n = 20_000;
+    // Threads logging at once: the first argument, default 1.
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
+    let records: Vec<Vec<NewUsage>> = (0..threads)
+        .map(|t| {
+            (0..n / threads)
+                .map(|i| {
+                    let mut r = NewUsage::new(
+                        format!("{t} {i} {}", &text[..300]),
+                        format!("{i} {text}"),
+                        "m1",
+                    );
+                    r.quality_score = Some(0.5);
+                    r.unit_id = Some(format!("u{}", i % 1000));
+                    r.latency_ms = Some(12.0);
+                    r
+                })
+                .collect()
+        })
+        .collect();
     let started = Instant::now();
-    for i in 0..n {
-        let mut r = NewUsage::new(format!("{i} {}", &text[..300]), format!("{i} {text}"), "m1");
-        r.quality_score = Some(0.5);
-        r.unit_id = Some(format!("u{}", i % 1000));
-        r.latency_ms = Some(12.0);
-        store.log(r).unwrap();
-    }
+    std::thread::scope(|scope| {
+        for share in records {
+            let store = &store;
+            scope.spawn(move || {
+                for r in share {
+                    store.log(r).unwrap();
+                }
+            });
+        }
+    });
     let secs = started.elapsed().as_secs_f64();
-    println!("log: {:.0} rec/s", n as f64 / secs);
+    println!("log ({threads} threads): {:.0} rec/s", n as f64 / secs);
     let wal = std::fs::metadata(dir.path().join("p.db-wal"))
         .map(|m| m.len())
         .unwrap_or(0);

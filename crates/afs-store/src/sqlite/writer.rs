@@ -9,7 +9,7 @@
 //! off the commit path by a background thread.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,7 +39,12 @@ pub(crate) struct Writer {
     shared: Mutex<Shared>,
     committed: Condvar,
     checkpointer: Checkpointer,
+    /// Callers inside [`Writer::log`]: queuing, waiting, leading or returning.
+    inside: AtomicUsize,
 }
+
+/// Times a new leader yields its CPU to callers not queued yet.
+const YIELDS: usize = 3;
 
 /// The write connection, and the minute of the last fold of pending rollup deltas.
 struct WriteConn {
@@ -82,6 +87,7 @@ impl Writer {
                 leader: false,
             }),
             committed: Condvar::new(),
+            inside: AtomicUsize::new(0),
         })
     }
 
@@ -92,8 +98,11 @@ impl Writer {
     /// far (its own row included) in one transaction, wakes the others and steps down.
     pub(crate) fn log(&self, row: InsertRow) -> Result<String> {
         let slot: Slot = Arc::new(Mutex::new(None));
+        self.inside.fetch_add(1, Ordering::AcqRel);
         lock(&self.shared).queue.push((row, slot.clone()));
-        self.wait_or_lead(slot)
+        let result = self.wait_or_lead(slot);
+        self.inside.fetch_sub(1, Ordering::AcqRel);
+        result
     }
 
     /// Waits for (or leads) the commit of a row already queued under `slot`.
@@ -105,6 +114,17 @@ impl Writer {
             }
             if !shared.leader {
                 shared.leader = true;
+                // Other callers are on their way in (queuing a row): let them, so one commit
+                // carries several rows. On a busy machine the leader would otherwise commit
+                // its own row alone before they get a CPU, again and again.
+                for _ in 0..YIELDS {
+                    if shared.queue.len() >= self.inside.load(Ordering::Acquire) {
+                        break;
+                    }
+                    drop(shared);
+                    std::thread::yield_now();
+                    shared = lock(&self.shared);
+                }
                 let n = shared.queue.len().min(MAX_GROUP);
                 let group: Vec<(InsertRow, Slot)> = shared.queue.drain(..n).collect();
                 drop(shared);
