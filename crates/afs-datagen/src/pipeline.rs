@@ -135,6 +135,7 @@ pub fn generate(
         model: config.model.clone(),
         feedback: plan.feedback,
         min_quality: plan.min_quality,
+        keep_unscored: true,
         ..RecordFilter::default()
     };
     // With the quality condition in the store, how many records it skips is only known at
@@ -256,9 +257,10 @@ struct Pushdown {
     skipped_for_feedback: u64,
     /// Records of the window that pass the feedback condition.
     passing_feedback: u64,
-    /// The quality condition, pushed down only when no record of the window lacks a score
-    /// (unscored records must be read to be scored) and the format has no thumbs-down
-    /// exemption; the records it skips are those passing feedback but not streamed.
+    /// The quality condition, pushed down unless the format has a thumbs-down exemption:
+    /// the store skips records whose stored score is below it and still returns unscored
+    /// ones (they are scored here); the records it skips are those passing feedback but not
+    /// streamed.
     min_quality: Option<f64>,
 }
 
@@ -280,9 +282,8 @@ fn pushdown(config: &GeneratorConfig, stats: &UsageStats) -> Pushdown {
         }
     };
     let passing = passing.min(stats.total);
-    let all_scored = stats.n_quality >= stats.total;
-    let min_quality = (!preference && all_scored && config.min_quality_score > 0.0)
-        .then_some(config.min_quality_score);
+    let min_quality =
+        (!preference && config.min_quality_score > 0.0).then_some(config.min_quality_score);
     Pushdown {
         feedback,
         skipped_for_feedback: stats.total - passing,
@@ -1308,10 +1309,11 @@ mod tests {
             n_quality: 99,
             ..stats
         };
+        // Unscored records no longer stop the pushdown: the store returns them to be scored.
         check(
             d.clone(),
             &unscored,
-            (FeedbackFilter::AtLeast(1), 60, 40, None),
+            (FeedbackFilter::AtLeast(1), 60, 40, Some(0.7)),
         );
         check(
             GeneratorConfig {

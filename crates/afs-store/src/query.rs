@@ -16,8 +16,12 @@ pub struct RecordFilter {
     pub expert: Option<String>,
     /// Only this unit (user or session).
     pub unit_id: Option<String>,
-    /// Only records with a quality score >= this value (records without a score are excluded).
+    /// Only records with a quality score >= this value (records without a score are excluded,
+    /// unless `keep_unscored`).
     pub min_quality: Option<f64>,
+    /// With `min_quality`: also keep the records that have no quality score, for a caller
+    /// that scores those itself. Without `min_quality` it changes nothing.
+    pub keep_unscored: bool,
     /// Which feedback a record must have.
     pub feedback: FeedbackFilter,
     /// At most this many records.

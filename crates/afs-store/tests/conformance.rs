@@ -341,6 +341,30 @@ fn query_filters_order_and_limit() {
         },
         &|r| r.quality_score.is_some_and(|q| q >= 0.7),
     );
+    // Records without a score pass a quality condition only when asked to (a caller that
+    // scores them itself); with feedback required, through the feedback index.
+    check(
+        RecordFilter {
+            min_quality: Some(0.7),
+            keep_unscored: true,
+            ..Default::default()
+        },
+        &|r| r.quality_score.is_none_or(|q| q >= 0.7),
+    );
+    check(
+        RecordFilter {
+            min_quality: Some(0.7),
+            keep_unscored: true,
+            feedback: FeedbackFilter::Present,
+            since: Some(start() + Duration::minutes(10)),
+            ..Default::default()
+        },
+        &|r| {
+            r.quality_score.is_none_or(|q| q >= 0.7)
+                && r.feedback.is_some()
+                && r.timestamp >= start() + Duration::minutes(10)
+        },
+    );
     check(
         RecordFilter {
             feedback: FeedbackFilter::Present,

@@ -35,6 +35,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RecordsArgs) -> anyhow::Result<()>
         expert: args.expert.clone(),
         unit_id: args.unit.clone(),
         min_quality: args.min_quality,
+        keep_unscored: false,
         feedback,
         limit: args.limit,
         order: if args.newest_first {

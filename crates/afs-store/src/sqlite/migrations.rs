@@ -355,8 +355,11 @@ fn usage_indexes_and_triggers_v5() -> String {
     format!(
         "
 -- Records with feedback, in time order: what training data and feedback queries read.
--- Partial, so logging a record without feedback does not touch it.
-CREATE INDEX IF NOT EXISTS usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
+-- Partial, so logging a record without feedback does not touch it. Feedback and quality are
+-- in the entries, so conditions on them skip rows without reading them.
+DROP INDEX IF EXISTS usage_feedback_ts;
+CREATE INDEX usage_feedback_ts ON usage (ts_us, user_feedback, quality_score)
+    WHERE user_feedback IS NOT NULL;
 -- A row inserted by the Python module (which knows nothing of ts_us or of time-ordered rowids)
 -- gets ts_us from its local-time timestamp and moves to a rowid of that microsecond (the
 -- next free one; if the microsecond is full, ts_us follows the row to the next one). The

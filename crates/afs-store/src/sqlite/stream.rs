@@ -87,7 +87,11 @@ impl<'a> RecordPages<'a> {
             args.push(unit.clone().into());
         }
         if let Some(q) = f.min_quality {
-            conds.push("quality_score >= ?");
+            conds.push(if f.keep_unscored {
+                "(quality_score >= ? OR quality_score IS NULL)"
+            } else {
+                "quality_score >= ?"
+            });
             args.push(q.into());
         }
         match f.feedback {
