@@ -77,20 +77,31 @@ impl InsertRow {
     /// Inserts the row at the first free rowid of its microsecond (see [`ROWID_SLOTS`]) and
     /// returns its time in microseconds: its own, or the next microsecond with room if its
     /// own holds [`ROWID_SLOTS`] records already.
-    pub(crate) fn insert(&self, conn: &Connection) -> rusqlite::Result<i64> {
-        let mut last_in_slot =
-            conn.prepare_cached("SELECT MAX(rowid) FROM usage WHERE rowid >= ?1 AND rowid < ?2")?;
+    ///
+    /// `top` is the highest rowid of the table (see [`top_rowid`]), kept up to date by
+    /// every insert of the transaction: a row at or after the newest one (live logging, a
+    /// chronological import) is placed without a lookup.
+    pub(crate) fn insert(&self, conn: &Connection, top: &mut Option<i64>) -> rusqlite::Result<i64> {
         let mut ts_us = self.ts_us;
         let rowid = loop {
             let first = first_rowid_at(ts_us);
-            let last: Option<i64> =
-                last_in_slot.query_row([first, first + ROWID_SLOTS], |row| row.get(0))?;
+            let last: Option<i64> = match *top {
+                None => None,
+                Some(top) if top < first => None,
+                Some(top) if top < first + ROWID_SLOTS => Some(top),
+                Some(_) => conn
+                    .prepare_cached(
+                        "SELECT MAX(rowid) FROM usage WHERE rowid >= ?1 AND rowid < ?2",
+                    )?
+                    .query_row([first, first + ROWID_SLOTS], |row| row.get(0))?,
+            };
             match last {
                 None => break first,
                 Some(last) if last + 1 < first + ROWID_SLOTS => break last + 1,
                 Some(_) => ts_us += 1,
             }
         };
+        *top = (*top).max(Some(rowid));
         let moved_timestamp;
         let timestamp = if ts_us == self.ts_us {
             &self.timestamp
@@ -127,6 +138,12 @@ impl InsertRow {
         ])?;
         Ok(ts_us)
     }
+}
+
+/// The highest rowid of `usage` (`None` when it is empty), for [`InsertRow::insert`].
+pub(crate) fn top_rowid(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT MAX(rowid) FROM usage")?
+        .query_row([], |row| row.get(0))
 }
 
 fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {

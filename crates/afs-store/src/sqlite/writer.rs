@@ -20,7 +20,7 @@ use super::migrations::{
     fold_sql, recent_upsert_sql, rollup_column_is_real, rollup_upsert_sql, MINUTELY,
     N_ROLLUP_COLUMNS, ROLLUP_TABLES,
 };
-use super::rows::InsertRow;
+use super::rows::{top_rowid, InsertRow};
 use super::{open_connection, SqliteConfig};
 use crate::error::{Result, StoreError};
 
@@ -216,9 +216,10 @@ fn insert_all<'r>(
     let mut buckets: Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>> =
         vec![BTreeMap::new(); ROLLUP_TABLES.len()];
     let mut newest_us: Option<i64> = None;
+    let mut top = top_rowid(&tx).map_err(|e| StoreError::db("read the newest record", e))?;
     for row in rows {
         let ts_us = row
-            .insert(&tx)
+            .insert(&tx, &mut top)
             .map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
         let model = row.model();
         newest_us = newest_us.max(Some(ts_us));
