@@ -22,8 +22,8 @@ Exit codes:
       the current state refuses: no champion, no experiment running, one already running,
       a model name already used; `afs demo` on a database that holds data)
   10  not triggered (`afs trigger check --exit-code` only)
-  130 interrupted by SIGINT or SIGTERM (`afs retrain` stopped its trainer; or a repeated
-      signal ended `afs retrain` or `afs loop` at once)
+  130 interrupted by SIGINT or SIGTERM (`afs retrain` or `afs loop once` stopped its
+      trainer; or a repeated signal ended `afs retrain` or `afs loop` at once)
 
 Environment:
   AFS_DB      database file, same as --db
@@ -1100,8 +1100,9 @@ pub(crate) enum LoopCommand {
                       the iteration's report as one JSON object).\n\nThe exit code is 0 when \
                       the iteration did its work, also when nothing was due; 1 when it \
                       recorded a problem (a failed or refused retrain, a model the gate \
-                      rejected or the store refused). Suitable for cron instead of `afs loop \
-                      run`.",
+                      rejected or the store refused); 130 when SIGINT or SIGTERM stopped its \
+                      trainer (the run is recorded as interrupted). Suitable for cron instead \
+                      of `afs loop run`.",
         after_help = "Examples:\n  \
                       afs loop once --train-cmd './train.sh {data} {output_dir}'\n  \
                       afs loop once --force --json | jq .summary"

@@ -447,3 +447,49 @@ fn a_loop_killed_mid_iteration_is_recorded_as_interrupted_at_the_next_start() {
     let errors = status["status"]["errors"].to_string();
     assert!(errors.contains("interrupted"), "{errors}");
 }
+
+#[test]
+fn loop_once_stops_its_trainer_on_sigint_and_exits_130() {
+    let env = fixture();
+    let mut cmd = env.std_command_at(
+        NOW,
+        &[
+            "loop",
+            "once",
+            "--json",
+            "--train-cmd",
+            "sh train.sh {data} {output_dir} 60",
+        ],
+    );
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let trainer_started = || {
+        std::fs::read_dir(env.path("continuous_output/runs"))
+            .map(|dirs| dirs.flatten().any(|d| d.path().join("started").exists()))
+            .unwrap_or(false)
+    };
+    while !trainer_started() {
+        if started.elapsed() > Duration::from_secs(30) {
+            signal(&child, Signal::SIGKILL);
+            panic!(
+                "the trainer never started: {:#?}",
+                finish(child, Duration::from_secs(5))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, Signal::SIGINT);
+    let run = finish(child, Duration::from_secs(30));
+    assert_eq!(run.code, 130, "{run:#?}");
+    assert!(run.stderr.contains("stopping the trainer"), "{run:#?}");
+    assert_eq!(run.json()["retrain"]["run_status"], "interrupted", "{run:#?}");
+    let status = status_of(&env);
+    assert_eq!(
+        status["retrains"]["last"]["status"], "interrupted",
+        "{status}"
+    );
+}

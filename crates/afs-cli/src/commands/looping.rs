@@ -1,7 +1,7 @@
 //! `afs loop run` and `afs loop once`: the continuous loop built from the configuration and
 //! the flags, run until stopped (SIGINT or SIGTERM stop it cleanly) or once.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::cli::{GlobalArgs, LoopArgs, LoopCommand, LoopOnceArgs, LoopOptions, LoopRunArgs};
 use crate::config::{self, Config};
-use crate::exit::{InvalidInput, RunFailed, Usage};
+use crate::exit::{Interrupted, InvalidInput, RunFailed, Usage};
 use crate::interrupt::{self, Step};
 use crate::output::{count, print_json, print_line};
 use crate::store_open::{open_with, Create, Pinned};
@@ -89,7 +89,7 @@ fn once(global: &GlobalArgs, args: &LoopOnceArgs) -> anyhow::Result<()> {
         stop_trainer.clone(),
     )?;
     interrupt::install(
-        stop_trainer,
+        stop_trainer.clone(),
         vec![Step::StopTrainer(
             "afs loop: stopping the trainer (send the signal again to exit at once)",
         )],
@@ -101,6 +101,9 @@ fn once(global: &GlobalArgs, args: &LoopOnceArgs) -> anyhow::Result<()> {
         print_json(&report.to_json())?;
     } else {
         print_line(&describe(&report))?;
+    }
+    if stop_trainer.load(Ordering::SeqCst) {
+        return Err(Interrupted(format!("iteration {} interrupted", report.number)).into());
     }
     if report.errors.is_empty() {
         return Ok(());
