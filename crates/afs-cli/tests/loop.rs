@@ -486,7 +486,11 @@ fn loop_once_stops_its_trainer_on_sigint_and_exits_130() {
     let run = finish(child, Duration::from_secs(30));
     assert_eq!(run.code, 130, "{run:#?}");
     assert!(run.stderr.contains("stopping the trainer"), "{run:#?}");
-    assert_eq!(run.json()["retrain"]["run_status"], "interrupted", "{run:#?}");
+    assert_eq!(
+        run.json()["retrain"]["run_status"],
+        "interrupted",
+        "{run:#?}"
+    );
     let status = status_of(&env);
     assert_eq!(
         status["retrains"]["last"]["status"], "interrupted",
