@@ -271,8 +271,8 @@ fn signal(child: &Child, signal: Signal) {
 fn sigterm_lets_the_iteration_in_progress_finish_and_stops_cleanly() {
     let env = fixture();
     // The trainer sleeps 2 s; SIGTERM arrives while it runs.
-    let mut cmd = env.std_command_at(
-        NOW,
+    let (child, _) = start_until_the_trainer_runs(
+        &env,
         &[
             "loop",
             "run",
@@ -282,24 +282,6 @@ fn sigterm_lets_the_iteration_in_progress_finish_and_stops_cleanly() {
             "sh train.sh {data} {output_dir} 2",
         ],
     );
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let marker_appeared = || {
-        std::fs::read_dir(env.path("continuous_output/runs"))
-            .map(|dirs| dirs.flatten().any(|d| d.path().join("started").exists()))
-            .unwrap_or(false)
-    };
-    while !marker_appeared() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the trainer never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     signal(&child, Signal::SIGTERM);
     let run = finish(child, Duration::from_secs(60));
     assert_eq!(run.code, 0, "{run:#?}");
@@ -351,14 +333,13 @@ fn sigterm_lets_the_iteration_in_progress_finish_and_stops_cleanly() {
     assert_eq!(lines.last().unwrap()["stop_reason"], "stopped", "{run:#?}");
 }
 
-/// Starts `afs loop run` with a trainer that sleeps `secs` and returns it with the run
-/// directory of its first retrain, once the trainer has started.
+/// Starts `afs` with `args` (a loop command whose trainer is `train.sh`) and returns it with
+/// the run directory of its first retrain, once the trainer has started.
 /// The caller waits for the child.
 #[allow(clippy::zombie_processes)]
-fn loop_with_a_running_trainer(env: &Env, secs: u32) -> (Child, std::path::PathBuf) {
-    let train_cmd = format!("sh train.sh {{data}} {{output_dir}} {secs}");
-    let mut cmd = env.std_command_at(NOW, &["loop", "run", "--train-cmd", &train_cmd]);
-    let mut child = cmd
+fn start_until_the_trainer_runs(env: &Env, args: &[&str]) -> (Child, std::path::PathBuf) {
+    let mut child = env
+        .std_command_at(NOW, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -384,6 +365,12 @@ fn loop_with_a_running_trainer(env: &Env, secs: u32) -> (Child, std::path::PathB
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `afs loop run` with a trainer that sleeps `secs`, once the trainer has started.
+fn loop_with_a_running_trainer(env: &Env, secs: u32) -> (Child, std::path::PathBuf) {
+    let train_cmd = format!("sh train.sh {{data}} {{output_dir}} {secs}");
+    start_until_the_trainer_runs(env, &["loop", "run", "--train-cmd", &train_cmd])
 }
 
 #[test]
@@ -451,8 +438,8 @@ fn a_loop_killed_mid_iteration_is_recorded_as_interrupted_at_the_next_start() {
 #[test]
 fn loop_once_stops_its_trainer_on_sigint_and_exits_130() {
     let env = fixture();
-    let mut cmd = env.std_command_at(
-        NOW,
+    let (child, _) = start_until_the_trainer_runs(
+        &env,
         &[
             "loop",
             "once",
@@ -461,27 +448,6 @@ fn loop_once_stops_its_trainer_on_sigint_and_exits_130() {
             "sh train.sh {data} {output_dir} 60",
         ],
     );
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let trainer_started = || {
-        std::fs::read_dir(env.path("continuous_output/runs"))
-            .map(|dirs| dirs.flatten().any(|d| d.path().join("started").exists()))
-            .unwrap_or(false)
-    };
-    while !trainer_started() {
-        if started.elapsed() > Duration::from_secs(30) {
-            signal(&child, Signal::SIGKILL);
-            panic!(
-                "the trainer never started: {:#?}",
-                finish(child, Duration::from_secs(5))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     signal(&child, Signal::SIGINT);
     let run = finish(child, Duration::from_secs(30));
     assert_eq!(run.code, 130, "{run:#?}");

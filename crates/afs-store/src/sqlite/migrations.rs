@@ -135,11 +135,7 @@ pub(crate) fn rollup_upsert_sql(table: RollupTable) -> String {
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let upsert_set = ROLLUP_COLUMNS
-        .iter()
-        .map(|(c, _)| format!("{c} = {c} + excluded.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let upsert_set = add_excluded_set();
     format!(
         "INSERT INTO {name} (model, {key}, {}) VALUES (?1, ?2, {placeholders}) \
          ON CONFLICT ({key}, model) DO UPDATE SET {upsert_set}",
@@ -147,6 +143,24 @@ pub(crate) fn rollup_upsert_sql(table: RollupTable) -> String {
         name = table.name,
         key = table.key,
     )
+}
+
+/// The declarations of the rollup aggregate columns (counts INTEGER, sums REAL, all
+/// `NOT NULL DEFAULT 0`), one per line, for a `CREATE TABLE`.
+fn rollup_columns_decl() -> String {
+    ROLLUP_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| {
+            let ty = if rollup_column_is_real(i) {
+                "REAL"
+            } else {
+                "INTEGER"
+            };
+            format!("    {c} {ty} NOT NULL DEFAULT 0")
+        })
+        .collect::<Vec<_>>()
+        .join(",\n")
 }
 
 /// Column names of the rollup aggregates, comma separated.
@@ -238,19 +252,7 @@ fn recent_delta_sql(r: &str, sign: &str) -> String {
 
 /// Version 5, first part: the [`RECENT`] table.
 fn v5_recent_table() -> String {
-    let cols_decl = ROLLUP_COLUMNS
-        .iter()
-        .enumerate()
-        .map(|(i, (c, _))| {
-            let ty = if rollup_column_is_real(i) {
-                "REAL"
-            } else {
-                "INTEGER"
-            };
-            format!("    {c} {ty} NOT NULL DEFAULT 0")
-        })
-        .collect::<Vec<_>>()
-        .join(",\n");
+    let cols_decl = rollup_columns_decl();
     format!(
         "CREATE TABLE {RECENT} (
     level INTEGER NOT NULL,
@@ -391,18 +393,7 @@ END;
 }
 
 fn v2_schema() -> String {
-    let cols_decl = ROLLUP_COLUMNS
-        .iter()
-        .map(|(c, _)| {
-            let ty = if c.starts_with("sum_q") || c.starts_with("sum_lat") {
-                "REAL"
-            } else {
-                "INTEGER"
-            };
-            format!("    {c} {ty} NOT NULL DEFAULT 0")
-        })
-        .collect::<Vec<_>>()
-        .join(",\n");
+    let cols_decl = rollup_columns_decl();
     let names = rollup_column_list();
     let add = |r: &str| {
         ROLLUP_COLUMNS
@@ -411,11 +402,7 @@ fn v2_schema() -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let upsert_set = ROLLUP_COLUMNS
-        .iter()
-        .map(|(c, _)| format!("{c} = {c} + excluded.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let upsert_set = add_excluded_set();
     let subtract_set = ROLLUP_COLUMNS
         .iter()
         .map(|(c, e)| format!("{c} = {c} - {}", e.replace("{r}", "OLD.")))

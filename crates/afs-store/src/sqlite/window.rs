@@ -116,36 +116,39 @@ pub(crate) fn stats_grouped(
         .collect::<Vec<_>>()
         .join(", ");
     for part in plan {
-        let (mut conds, mut args) = (Vec::new(), Vec::<rusqlite::types::Value>::new());
         // A scan reads a range of the log by rowid, which follows time (see `ROWID_SLOTS`).
         let (column, from, to) = match part {
             Part::Buckets(table, first, last) => (table.key, first, last),
             Part::Scan(from, to) => ("rowid", from.map(first_rowid_at), to.map(first_rowid_at)),
         };
-        let lower = format!("{column} >= ?");
-        let upper = format!("{column} < ?");
-        if let Some(f) = from {
-            conds.push(lower.as_str());
-            args.push(f.into());
-        }
-        if let Some(t) = to {
-            conds.push(upper.as_str());
-            args.push(t.into());
-        }
-        if let Some(m) = &window.model {
-            conds.push("model = ?");
-            args.push(m.clone().into());
-        }
+        // The conditions on `column` (the bucket or rowid), and their arguments in order.
+        let conditions = |column: &str| {
+            let mut conds = Vec::new();
+            if from.is_some() {
+                conds.push(format!("{column} >= ?"));
+            }
+            if to.is_some() {
+                conds.push(format!("{column} < ?"));
+            }
+            if window.model.is_some() {
+                conds.push("model = ?".to_string());
+            }
+            conds
+        };
+        let args: Vec<rusqlite::types::Value> = [from, to]
+            .into_iter()
+            .flatten()
+            .map(Into::into)
+            .chain(window.model.clone().map(Into::into))
+            .collect();
+        let conds = conditions(column);
         let sql = match part {
             Part::Buckets(table, ..) => {
                 // A bucket is its row in its table plus its pending delta in RECENT.
                 let hour_expr =
                     |key: &str| format!("{key} / {}", HOUR_US / table.width_us.min(HOUR_US));
-                let pending_conds = conds
-                    .iter()
-                    .map(|c| c.replacen(table.key, "bucket", 1))
-                    .chain([format!("level = {}", table.level())])
-                    .collect::<Vec<_>>();
+                let mut pending_conds = conditions("bucket");
+                pending_conds.push(format!("level = {}", table.level()));
                 let pending = format!(
                     "SELECT {}, {sums} FROM {RECENT} {} GROUP BY 1, 2",
                     group_expr(&hour_expr("bucket")),
