@@ -20,8 +20,8 @@ const MAX_PAGE: u64 = 2048;
 pub(crate) struct RecordPages<'a> {
     store: &'a SqliteStore,
     filter: RecordFilter,
-    /// `(ts_us, rowid)` of the last record returned; the next page starts after it (rows are
-    /// in the same order by either, see `ROWID_SLOTS`).
+    /// `(ts_us, rowid)` of the last record returned; the next page starts after its time
+    /// (through the feedback index) or after its rowid (through the table).
     after: Option<(i64, i64)>,
     buffer: VecDeque<UsageRecord>,
     page_size: u64,
@@ -107,21 +107,20 @@ impl<'a> RecordPages<'a> {
             Order::OldestFirst => (">", "ASC"),
             Order::NewestFirst => ("<", "DESC"),
         };
+        // Through the feedback index the order is the index's, by `ts_us` (rows of one
+        // microsecond in the index's order): ordering by anything more would sort every page
+        // in a temporary b-tree. A page therefore ends only where the time changes, and the
+        // next one starts after that time. Through the table the order is the rowid's.
         let (keyset, order) = if by_feedback_index {
-            (
-                format!("(ts_us, rowid) {cmp} (?, ?)"),
-                format!("ts_us {dir}, rowid {dir}"),
-            )
+            (format!("ts_us {cmp} ?"), format!("ts_us {dir}"))
         } else {
             (format!("rowid {cmp} ?"), format!("rowid {dir}"))
         };
         if let Some((ts, rowid)) = self.after {
             conds.push(&keyset);
-            if by_feedback_index {
-                args.push(ts.into());
-            }
-            args.push(rowid.into());
+            args.push(if by_feedback_index { ts } else { rowid }.into());
         }
+        let last_page = self.remaining.is_some_and(|left| left <= self.page_size);
         let page = match self.remaining {
             Some(left) => left.min(self.page_size),
             None => self.page_size,
@@ -131,8 +130,15 @@ impl<'a> RecordPages<'a> {
         } else {
             format!("WHERE {}", conds.join(" AND "))
         };
+        // The index path reads on past `page` rows to the end of the last microsecond, so it
+        // has no LIMIT unless this page is the last one wanted.
+        let limit = if by_feedback_index && !last_page {
+            String::new()
+        } else {
+            format!(" LIMIT {page}")
+        };
         let sql = format!(
-            "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} ORDER BY {order} LIMIT {page}"
+            "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} ORDER BY {order}{limit}"
         );
         let conn = self.store.conn()?;
         let mut stmt = conn
@@ -142,18 +148,27 @@ impl<'a> RecordPages<'a> {
             .query(params_from_iter(args))
             .map_err(|e| StoreError::db("query records", e))?;
         let mut n = 0u64;
+        let mut full = false;
         while let Some(row) = rows
             .next()
             .map_err(|e| StoreError::db("query records", e))?
         {
+            let ts: Option<i64> = row.get(17).map_err(|e| StoreError::db("read record", e))?;
+            let ts = ts.unwrap_or(0);
+            if n >= page && (last_page || !by_feedback_index || self.after.map(|a| a.0) != Some(ts))
+            {
+                full = true;
+                break;
+            }
             let record = record_from_row(row).map_err(|e| StoreError::db("read record", e))?;
             let rowid: i64 = row.get(16).map_err(|e| StoreError::db("read record", e))?;
-            let ts: Option<i64> = row.get(17).map_err(|e| StoreError::db("read record", e))?;
-            self.after = Some((ts.unwrap_or(0), rowid));
+            self.after = Some((ts, rowid));
             self.buffer.push_back(record);
             n += 1;
         }
-        if n < page {
+        // The table path's LIMIT ends a page; only a short one is the last.
+        let short = if by_feedback_index { !full } else { n < page };
+        if short || last_page {
             self.exhausted = true;
         }
         self.page_size = (self.page_size * 4).min(MAX_PAGE);
