@@ -3,77 +3,16 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::OnceLock;
+
+use afs_store::key::{key_into, PAIR_TAG};
 
 /// A 32-byte BLAKE3 digest identifying a normalised text or query/response pair.
-pub(crate) type Key = [u8; 32];
+pub(crate) type Key = afs_store::key::TextKey;
 
-/// Domain tags, so a pair key, a text key and a query key never collide by construction.
-const TAG_PAIR: u8 = b'P';
+/// Domain tags, so a pair key (the store's), a text key and a query key never collide by
+/// construction.
 const TAG_TEXT: u8 = b'T';
 const TAG_QUERY: u8 = b'Q';
-
-/// Appends `text` to `out` normalised: lowercase, every run of whitespace replaced by one
-/// space, leading and trailing whitespace removed. The result is UTF-8.
-pub(crate) fn normalise_into(text: &str, out: &mut Vec<u8>) {
-    let start = out.len();
-    let mut pending_space = false;
-    if text.is_ascii() {
-        // Fast path: copy, lowercase in place (both vectorised), and collapse whitespace
-        // only when the text has some other than single inner spaces. `char::is_whitespace`
-        // on ASCII is space, \t, \n, vertical tab, form feed and \r, as below.
-        out.extend_from_slice(text.as_bytes());
-        let buf = &mut out[start..];
-        buf.make_ascii_lowercase();
-        let irregular = buf.first() == Some(&b' ')
-            || buf.last() == Some(&b' ')
-            || memchr::memchr3(b'\n', b'\t', b'\r', buf).is_some()
-            || memchr::memchr2(0x0B, 0x0C, buf).is_some()
-            || double_space().find(buf).is_some();
-        if !irregular {
-            return;
-        }
-        let is_space = |b: u8| b == b' ' || (0x09..=0x0D).contains(&b);
-        let mut write = start;
-        for read in start..out.len() {
-            let b = out[read];
-            if is_space(b) {
-                pending_space = true;
-                continue;
-            }
-            if pending_space && write > start {
-                out[write] = b' ';
-                write += 1;
-            }
-            pending_space = false;
-            out[write] = b;
-            write += 1;
-        }
-        out.truncate(write);
-        return;
-    }
-    let mut utf8 = [0u8; 4];
-    for c in text.chars() {
-        if c.is_whitespace() {
-            pending_space = true;
-            continue;
-        }
-        if pending_space && out.len() > start {
-            out.push(b' ');
-        }
-        pending_space = false;
-        for lower in c.to_lowercase() {
-            out.extend_from_slice(lower.encode_utf8(&mut utf8).as_bytes());
-        }
-    }
-}
-
-/// A finder for two spaces in a row, built once (building one per text would cost more
-/// than the search).
-fn double_space() -> &'static memchr::memmem::Finder<'static> {
-    static FINDER: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
-    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"  "))
-}
 
 /// Builds keys with one reusable buffer, so computing a key allocates nothing once warm.
 #[derive(Debug, Default)]
@@ -83,21 +22,13 @@ pub(crate) struct KeyBuilder {
 
 impl KeyBuilder {
     fn digest(&mut self, tag: u8, parts: &[&str]) -> Key {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&[tag]);
-        for part in parts {
-            self.buf.clear();
-            normalise_into(part, &mut self.buf);
-            // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-            hasher.update(&(self.buf.len() as u64).to_le_bytes());
-            hasher.update(&self.buf);
-        }
-        *hasher.finalize().as_bytes()
+        key_into(&mut self.buf, tag, parts)
     }
 
-    /// The key of a query/response pair.
+    /// The key of a query/response pair: the one the store keeps with each record it logs
+    /// ([`afs_store::key::pair_key`]).
     pub(crate) fn pair(&mut self, query: &str, response: &str) -> Key {
-        self.digest(TAG_PAIR, &[query, response])
+        self.digest(PAIR_TAG, &[query, response])
     }
 
     /// The key of a whole text (a `text`-format line).
@@ -164,36 +95,6 @@ pub(crate) type KeySet = HashSet<Key, KeyHasherBuilder>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn check(input: &str, expected: &str) {
-        let mut out = Vec::new();
-        normalise_into(input, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            expected,
-            "normalising {input:?}"
-        );
-    }
-
-    #[test]
-    fn normalisation() {
-        check("", "");
-        check("   ", "");
-        check("Hello", "hello");
-        check("Hello World", "hello world");
-        check("a  b", "a b");
-        check(" a", "a");
-        check("a ", "a");
-        check("a\nb", "a b");
-        check("  Hello \t\n World  ", "hello world");
-        check("A\u{a0}B", "a b");
-        check("ÉCOLE  Straße", "école straße");
-        check("İ", "i\u{307}");
-        check("日本語\u{3000}テキスト", "日本語 テキスト");
-        // The ASCII fast path and the Unicode path agree on every ASCII space.
-        check("a\u{b}b\u{c}c\rd", "a b c d");
-        check("é\u{b}b\u{c}c\rd", "é b c d");
-    }
 
     #[test]
     fn keys_ignore_case_and_spacing_but_not_content() {

@@ -7,7 +7,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use afs_store::{
-    FeedbackFilter, FeedbackValue, RecordFilter, StatsWindow, UsageRecord, UsageStats, UsageStore,
+    FeedbackFilter, FeedbackValue, RecordFields, RecordFilter, StatsWindow, UsageRecord,
+    UsageStats, UsageStore,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -136,6 +137,7 @@ pub fn generate(
         feedback: plan.feedback,
         min_quality: plan.min_quality,
         keep_unscored: true,
+        fields: RecordFields::Training,
         ..RecordFilter::default()
     };
     // With the quality condition in the store, how many records it skips is only known at
@@ -422,9 +424,13 @@ impl Preparer<'_> {
             }
         }
 
-        let raw_key = config
-            .deduplicate
-            .then(|| keys.pair(&record.query, &record.response));
+        // The store keeps the pair's key with every record it logged; rows written before
+        // it did (or by the Python module) are hashed here, with the same function.
+        let raw_key = config.deduplicate.then(|| {
+            record
+                .pair_key
+                .unwrap_or_else(|| keys.pair(&record.query, &record.response))
+        });
         let mut query_redactions = RedactionCounts::default();
         let mut response_redactions = RedactionCounts::default();
         let (redacted_query, redacted_response) = match redactor {

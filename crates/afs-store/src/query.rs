@@ -28,6 +28,20 @@ pub struct RecordFilter {
     pub limit: Option<u64>,
     /// Oldest or newest first.
     pub order: Order,
+    /// Which fields of each record to read.
+    pub fields: RecordFields,
+}
+
+/// Which fields of a record a query reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecordFields {
+    /// Every field.
+    #[default]
+    All,
+    /// What training data is made from: `id`, `timestamp`, `query`, `response`, `model`,
+    /// `quality_score`, `feedback` and `pair_key`. The other fields are `None`, and reading a
+    /// record costs less.
+    Training,
 }
 
 /// A condition on a record's feedback.

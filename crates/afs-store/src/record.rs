@@ -4,6 +4,7 @@
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::error::{Result, StoreError};
+use crate::key::TextKey;
 
 /// Default limit on the size of any one text field, in bytes (1 MiB).
 pub const DEFAULT_MAX_FIELD_BYTES: usize = 1024 * 1024;
@@ -117,6 +118,10 @@ pub struct UsageRecord {
     pub dedupe_hash: Option<String>,
     /// When the row was written, if known.
     pub created_at: Option<DateTime<Utc>>,
+    /// The exact-duplicate key of the query/response pair ([`pair_key`](crate::key::pair_key):
+    /// BLAKE3 of the normalised texts), written with the record since schema version 6.
+    /// `None` for rows written before that or by the Python module.
+    pub pair_key: Option<TextKey>,
 }
 
 /// The exact-duplicate key of a query/response pair: BLAKE3 over both texts, each prefixed

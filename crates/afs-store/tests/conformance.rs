@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use afs_store::{
-    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, Order, RecordFilter,
-    SqliteConfig, SqliteStore, StatsWindow, StoreError, UsageRecord, UsageStats, UsageStore,
+    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, Order, RecordFields,
+    RecordFilter, SqliteConfig, SqliteStore, StatsWindow, StoreError, UsageRecord, UsageStats,
+    UsageStore,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
@@ -90,6 +91,10 @@ fn log_and_get_round_trip_every_field() {
     assert_eq!(
         got.dedupe_hash,
         Some(afs_store::dedupe_hash(&new.query, &new.response))
+    );
+    assert_eq!(
+        got.pair_key,
+        Some(afs_store::key::pair_key(&new.query, &new.response))
     );
 
     // Without a timestamp the clock stamps the record.
@@ -1059,4 +1064,66 @@ fn feedback_queries_page_through_crowded_instants_exactly_once() {
         sorted(present),
         sorted((0..i).map(|k| record(k).query).collect())
     );
+}
+
+#[test]
+fn training_fields_read_only_what_training_needs() {
+    let f = sqlite();
+    let new = NewUsage {
+        expert: Some("asm".into()),
+        latency_ms: Some(12.5),
+        token_count: Some(42),
+        quality_score: Some(0.85),
+        unit_id: Some("user-7".into()),
+        context_hash: Some("ctx".into()),
+        feedback: Some(Feedback {
+            value: FeedbackValue::Positive,
+            text: Some("great".into()),
+            at: None,
+        }),
+        ..record(1)
+    };
+    f.store.log(new.clone()).unwrap();
+    let filter = |fields| RecordFilter {
+        fields,
+        ..Default::default()
+    };
+    let all = all_records(f.store.as_ref(), &filter(RecordFields::All));
+    let lean = all_records(f.store.as_ref(), &filter(RecordFields::Training));
+    assert_eq!(all.len(), 1);
+    assert_eq!(lean.len(), 1);
+    let (all, lean) = (&all[0], &lean[0]);
+    assert_eq!(
+        *lean,
+        UsageRecord {
+            id: all.id.clone(),
+            timestamp: all.timestamp,
+            query: new.query.clone(),
+            response: new.response.clone(),
+            model: new.model.clone(),
+            quality_score: Some(0.85),
+            feedback: Some(FeedbackValue::Positive),
+            pair_key: Some(afs_store::key::pair_key(&new.query, &new.response)),
+            expert: None,
+            latency_ms: None,
+            token_count: None,
+            feedback_text: None,
+            feedback_at: None,
+            unit_id: None,
+            context_hash: None,
+            dedupe_hash: None,
+            created_at: None,
+        }
+    );
+    assert_eq!(all.expert.as_deref(), Some("asm"));
+    assert_eq!(all.pair_key, lean.pair_key);
+    // Through the feedback index too.
+    let lean_fb = all_records(
+        f.store.as_ref(),
+        &RecordFilter {
+            feedback: FeedbackFilter::AtLeast(1),
+            ..filter(RecordFields::Training)
+        },
+    );
+    assert_eq!(lean_fb, vec![lean.clone()]);
 }

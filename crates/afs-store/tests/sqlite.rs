@@ -154,6 +154,8 @@ fn a_python_module_database_migrates_in_place_with_every_row_kept() {
         assert_eq!(got.feedback.map(FeedbackValue::as_i64), row.feedback);
         assert_eq!(got.context_hash.as_deref(), Some("ctx"));
         assert_eq!(got.created_at, Some(row.at));
+        // The Python module wrote no pair key; readers compute it for such rows.
+        assert_eq!(got.pair_key, None);
     }
     // The seed's own columns keep their text: the timestamp is still the Python's string.
     let conn = Connection::open(&path).unwrap();
@@ -208,9 +210,13 @@ fn a_python_module_database_migrates_in_place_with_every_row_kept() {
     store
         .record_feedback(&seed[5].id, FeedbackValue::Positive, Some("late"))
         .unwrap();
-    store
+    let new_id = store
         .log(NewUsage::new("new query", "new response", "nayru-v3"))
         .unwrap();
+    assert_eq!(
+        store.get(&new_id).unwrap().pair_key,
+        Some(afs_store::key::pair_key("new query", "new response"))
+    );
     let report = store.dedupe(false).unwrap();
     assert_eq!(report.removed, 1);
     drop(store);

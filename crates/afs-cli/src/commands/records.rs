@@ -2,7 +2,9 @@
 
 use std::io::{self, BufWriter, Write};
 
-use afs_store::{validate_quality, FeedbackFilter, FeedbackValue, Order, RecordFilter, UsageStore};
+use afs_store::{
+    validate_quality, FeedbackFilter, FeedbackValue, Order, RecordFields, RecordFilter, UsageStore,
+};
 use anyhow::Context;
 
 use crate::cli::{GlobalArgs, RecordsArgs};
@@ -43,6 +45,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RecordsArgs) -> anyhow::Result<()>
         } else {
             Order::OldestFirst
         },
+        fields: RecordFields::All,
     };
     tracing::debug!(?filter, "querying records");
 

@@ -17,7 +17,7 @@ use crate::error::{Result, StoreError};
 use crate::record::dedupe_hash;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -486,7 +486,18 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         apply: migrate_v5,
     },
+    Migration {
+        version: 6,
+        apply: migrate_v6,
+    },
 ];
+
+/// Version 6: the exact-duplicate key of each pair, written by afs with every new record
+/// (see [`crate::key::pair_key`]). Older rows keep none; readers compute it for them.
+fn migrate_v6(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch("ALTER TABLE usage ADD COLUMN pair_key BLOB")
+        .map_err(|e| StoreError::db("migration 6", e))
+}
 
 fn migrate_v1_seed_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(V1_SEED_USAGE)

@@ -1,18 +1,33 @@
 //! Mapping between record types and `usage` rows.
 
 use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 
 use super::migrations::{parse_legacy_time, N_ROLLUP_COLUMNS};
 use super::time::{first_rowid_at, micros_of, rfc3339, time_of_micros, ROWID_SLOTS};
 use crate::id::new_id;
+use crate::key::{pair_key, TextKey};
 use crate::record::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
 
-/// The columns [`record_from_row`] reads, in order. `rowid` comes last for keyset paging.
+/// The columns [`record_from_row`] reads, in order; `rowid` (for keyset paging) is
+/// [`ROWID_COLUMN`].
 pub(crate) const RECORD_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
     token_count, quality_score, user_feedback, feedback_text, feedback_at, unit_id, context_hash, \
-    dedupe_hash, created_at, rowid";
+    dedupe_hash, created_at, rowid, pair_key";
+
+/// [`RECORD_COLUMNS`] with `NULL` in place of the fields [`RecordFields::Training`] leaves
+/// out, so [`record_from_row`] reads either.
+///
+/// [`RecordFields::Training`]: crate::RecordFields::Training
+pub(crate) const TRAINING_COLUMNS: &str = "id, ts_us, query, response, model, NULL, NULL, NULL, \
+    quality_score, user_feedback, NULL, NULL, NULL, NULL, NULL, NULL, rowid, pair_key";
+
+/// The position of `ts_us` in [`RECORD_COLUMNS`].
+pub(crate) const TS_COLUMN: usize = 1;
+/// The position of `rowid` in [`RECORD_COLUMNS`].
+pub(crate) const ROWID_COLUMN: usize = 16;
 
 /// A record ready to insert: id, times and hash computed in the caller's thread, so the
 /// writer thread only runs SQL.
@@ -24,6 +39,7 @@ pub(crate) struct InsertRow {
     timestamp: String,
     created_at: String,
     dedupe_hash: String,
+    pair_key: TextKey,
     feedback_at: Option<String>,
 }
 
@@ -40,6 +56,7 @@ impl InsertRow {
             timestamp: rfc3339(when),
             created_at: rfc3339(now),
             dedupe_hash: dedupe_hash(&record.query, &record.response),
+            pair_key: pair_key(&record.query, &record.response),
             feedback_at,
             record,
         }
@@ -112,8 +129,9 @@ impl InsertRow {
         let mut stmt = conn.prepare_cached(
             "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, latency_ms, \
              token_count, quality_score, user_feedback, feedback_text, context_hash, dedupe_hash, \
-             created_at, ts_us, feedback_at, unit_id) \
-             VALUES (?18, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             created_at, ts_us, feedback_at, unit_id, pair_key) \
+             VALUES (?18, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+             ?19)",
         )?;
         let r = &self.record;
         stmt.execute(params![
@@ -135,6 +153,7 @@ impl InsertRow {
             self.feedback_at,
             r.unit_id,
             rowid,
+            &self.pair_key[..],
         ])?;
         Ok(ts_us)
     }
@@ -150,7 +169,7 @@ fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
     text.as_deref().and_then(parse_legacy_time)
 }
 
-/// Reads a record from a row selected with [`RECORD_COLUMNS`].
+/// Reads a record from a row selected with [`RECORD_COLUMNS`] or [`TRAINING_COLUMNS`].
 pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let feedback: Option<i64> = row.get(9)?;
     Ok(UsageRecord {
@@ -172,6 +191,12 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         context_hash: row.get(13)?,
         dedupe_hash: row.get(14)?,
         created_at: parse_time(row.get(15)?),
+        // Read in place; anything but a 32-byte blob can only come from a foreign writer and
+        // reads as no key (which readers then compute).
+        pair_key: match row.get_ref(17)? {
+            ValueRef::Blob(key) => key.try_into().ok(),
+            _ => None,
+        },
     })
 }
 
@@ -224,6 +249,36 @@ impl<'a> From<&'a UsageRecord> for ArchiveLine<'a> {
             unit: r.unit_id.as_deref(),
             context_hash: r.context_hash.as_deref(),
             created_at: r.created_at.map(rfc3339),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_columns_are_record_columns_with_some_left_out() {
+        let all: Vec<&str> = RECORD_COLUMNS.split(',').map(str::trim).collect();
+        let training: Vec<&str> = TRAINING_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(all.len(), training.len());
+        for (a, t) in all.iter().zip(&training) {
+            assert!(*t == "NULL" || t == a, "{t} in the place of {a}");
+        }
+        assert_eq!(all[TS_COLUMN], "ts_us");
+        assert_eq!(training[TS_COLUMN], "ts_us");
+        assert_eq!(all[ROWID_COLUMN], "rowid");
+        assert_eq!(training[ROWID_COLUMN], "rowid");
+        for kept in [
+            "id",
+            "query",
+            "response",
+            "model",
+            "quality_score",
+            "user_feedback",
+            "pair_key",
+        ] {
+            assert!(training.contains(&kept), "{kept}");
         }
     }
 }

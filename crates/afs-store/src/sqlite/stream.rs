@@ -3,19 +3,27 @@
 
 use std::collections::VecDeque;
 
-use rusqlite::params_from_iter;
 use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection};
 
-use super::rows::{record_from_row, RECORD_COLUMNS};
+use super::rows::{record_from_row, RECORD_COLUMNS, ROWID_COLUMN, TRAINING_COLUMNS, TS_COLUMN};
 use super::time::{first_rowid_at, micros_of};
 use super::SqliteStore;
 use crate::error::{Result, StoreError};
-use crate::query::{FeedbackFilter, Order, RecordFilter};
+use crate::query::{FeedbackFilter, Order, RecordFields, RecordFilter};
 use crate::record::UsageRecord;
 
 /// The first page is small so the first record arrives quickly; later pages grow.
 const FIRST_PAGE: u64 = 64;
 const MAX_PAGE: u64 = 2048;
+
+/// Pages of at least this many rows are read through a memory map of the database file
+/// instead of copying each 8 KiB page from the kernel. The map is dropped when the page has
+/// been read, so the file's pages never accumulate in the process's resident memory.
+const MAPPED_PAGE: u64 = 256;
+/// How much of the file a mapped page may map; SQLite caps it at its own limit (2 GB).
+const MAP_LIMIT: &str = "PRAGMA mmap_size = 2147418112";
+const UNMAP: &str = "PRAGMA mmap_size = 0";
 
 pub(crate) struct RecordPages<'a> {
     store: &'a SqliteStore,
@@ -137,12 +145,35 @@ impl<'a> RecordPages<'a> {
         } else {
             format!(" LIMIT {page}")
         };
-        let sql = format!(
-            "SELECT {RECORD_COLUMNS}, ts_us FROM usage {where_sql} ORDER BY {order}{limit}"
-        );
+        let columns = match f.fields {
+            RecordFields::All => RECORD_COLUMNS,
+            RecordFields::Training => TRAINING_COLUMNS,
+        };
+        let sql = format!("SELECT {columns} FROM usage {where_sql} ORDER BY {order}{limit}");
         let conn = self.store.conn()?;
+        let mapped = page >= MAPPED_PAGE;
+        if mapped {
+            set_map(&conn, MAP_LIMIT)?;
+        }
+        let read = self.read_page(&conn, &sql, args, page, last_page, by_feedback_index);
+        if mapped {
+            set_map(&conn, UNMAP)?;
+        }
+        read
+    }
+
+    /// Runs one page's query and keeps its records; see `fetch_page`.
+    fn read_page(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        args: Vec<Value>,
+        page: u64,
+        last_page: bool,
+        by_feedback_index: bool,
+    ) -> Result<()> {
         let mut stmt = conn
-            .prepare_cached(&sql)
+            .prepare_cached(sql)
             .map_err(|e| StoreError::db("query records", e))?;
         let mut rows = stmt
             .query(params_from_iter(args))
@@ -153,7 +184,9 @@ impl<'a> RecordPages<'a> {
             .next()
             .map_err(|e| StoreError::db("query records", e))?
         {
-            let ts: Option<i64> = row.get(17).map_err(|e| StoreError::db("read record", e))?;
+            let ts: Option<i64> = row
+                .get(TS_COLUMN)
+                .map_err(|e| StoreError::db("read record", e))?;
             let ts = ts.unwrap_or(0);
             if n >= page && (last_page || !by_feedback_index || self.after.map(|a| a.0) != Some(ts))
             {
@@ -161,7 +194,9 @@ impl<'a> RecordPages<'a> {
                 break;
             }
             let record = record_from_row(row).map_err(|e| StoreError::db("read record", e))?;
-            let rowid: i64 = row.get(16).map_err(|e| StoreError::db("read record", e))?;
+            let rowid: i64 = row
+                .get(ROWID_COLUMN)
+                .map_err(|e| StoreError::db("read record", e))?;
             self.after = Some((ts, rowid));
             self.buffer.push_back(record);
             n += 1;
@@ -174,6 +209,18 @@ impl<'a> RecordPages<'a> {
         self.page_size = (self.page_size * 4).min(MAX_PAGE);
         Ok(())
     }
+}
+
+/// Sets the connection's memory-map limit (`MAP_LIMIT` or `UNMAP`).
+fn set_map(conn: &Connection, pragma: &str) -> Result<()> {
+    let set = || -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(pragma)?;
+        let mut rows = stmt.query([])?;
+        // The pragma takes effect when stepped; it answers with the limit now in force.
+        while rows.next()?.is_some() {}
+        Ok(())
+    };
+    set().map_err(|e| StoreError::db("set the memory-map limit", e))
 }
 
 impl Iterator for RecordPages<'_> {
