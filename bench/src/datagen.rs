@@ -167,6 +167,12 @@ pub(crate) fn measure(
     in_process: usize,
     children: &[Variant],
 ) -> Result<DatagenTimes> {
+    // The log was just written and checkpointed: wait until the kernel has written it to
+    // disk, or the runs would time that write-back (each run's own sync of its output
+    // queues behind it). A log that training data is made from was written long before.
+    std::fs::File::open(db)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", db.display()))?;
     let out = dir.join("train.jsonl");
     let mut runs = Vec::with_capacity(in_process);
     for i in 0..in_process {

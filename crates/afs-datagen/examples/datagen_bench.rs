@@ -186,6 +186,7 @@ fn run(db: &Path, out: &Path, flags: &[String]) -> Result<(), Box<dyn std::error
         times.push(t0.elapsed().as_secs_f64());
     }
     let result = result.expect("at least one run");
+    let in_order = times.clone();
     times.sort_by(f64::total_cmp);
     // The median run when repeated (the lower middle one for an even count).
     let seconds = times[(times.len() - 1) / 2];
@@ -195,6 +196,7 @@ fn run(db: &Path, out: &Path, flags: &[String]) -> Result<(), Box<dyn std::error
             "records": records,
             "seconds": seconds,
             "runs": times.len(),
+            "each_seconds": in_order,
             "records_per_second": records as f64 / seconds,
             "final_count": result.final_count,
             "duplicates_removed": result.duplicates_removed,
