@@ -13,6 +13,7 @@ mod output;
 mod serve;
 mod store_open;
 mod time_arg;
+mod trainer;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -10,13 +10,12 @@ use afs_loop::{
     StopReason, StopSignal,
 };
 use afs_store::{SqliteStore, UsageStore};
-use afs_trigger::CommandTrainer;
 use anyhow::Context;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, LoopArgs, LoopCommand, LoopOnceArgs, LoopOptions, LoopRunArgs};
-use crate::config::{self, Config};
-use crate::exit::{Interrupted, InvalidInput, RunFailed, Usage};
+use crate::config;
+use crate::exit::{Interrupted, InvalidInput, RunFailed};
 use crate::interrupt::{self, Step};
 use crate::output::{count, print_json, print_line};
 use crate::store_open::{open_with, Create, Pinned};
@@ -28,26 +27,6 @@ pub(crate) fn run(global: &GlobalArgs, args: &LoopArgs) -> anyhow::Result<()> {
         LoopCommand::Run(args) => run_loop(global, args),
         LoopCommand::Once(args) => once(global, args),
     }
-}
-
-/// The trainer command: `--train-cmd`, or else `train_cmd` of `[trainer]`.
-fn trainer(flag: Option<&str>, config: &Config) -> anyhow::Result<CommandTrainer> {
-    let command = match (flag, &config.retrain.train_cmd) {
-        (Some(cmd), _) if cmd.trim().is_empty() => {
-            return Err(InvalidInput("invalid --train-cmd: must not be empty".into()).into())
-        }
-        (Some(cmd), _) => cmd.to_string(),
-        (None, Some(cmd)) => cmd.clone(),
-        (None, None) => {
-            return Err(Usage(
-                "no trainer command: pass --train-cmd CMD, or set train_cmd in the [trainer] \
-                 section of the config file (or AFS_TRAINER__TRAIN_CMD)"
-                    .into(),
-            )
-            .into())
-        }
-    };
-    Ok(CommandTrainer::shell(command, config.retrain.timeout))
 }
 
 /// Builds the loop from the configuration, changed by the flags; `pinned` says how the
@@ -71,7 +50,8 @@ fn build(
     }
     let loop_config = config.loop_config();
     config.check_loop(&loop_config)?;
-    let trainer = trainer(options.train_cmd.as_deref(), &config)?.interrupt_on(stop_trainer);
+    let trainer = crate::trainer::from_flags(options.train_cmd.as_deref(), None, "", &config)?
+        .interrupt_on(stop_trainer);
     let store = open_with(config.sqlite_config(&global.db), Create::Never, pinned)?;
     tracing::debug!(?loop_config, "starting the continuous loop");
     ContinuousLearningLoop::new(Arc::new(store), loop_config, Box::new(trainer))

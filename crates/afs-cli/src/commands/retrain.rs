@@ -4,17 +4,16 @@
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use afs_datagen::{DatagenError, GenerationResult};
 use afs_store::{RetrainRun, RunStatus, RunStore};
-use afs_trigger::{AutoRetrainer, CommandTrainer, RetrainOutcome, RetrainTrigger, TriggerResult};
+use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TriggerResult};
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, RetrainArgs, RunsArgs};
 use crate::commands::trigger::describe;
 use crate::config::{self, generator_key};
-use crate::exit::{Busy, Interrupted, InvalidInput, RunFailed, Usage};
+use crate::exit::{Busy, Interrupted, InvalidInput, RunFailed};
 use crate::interrupt;
 use crate::output::{
     count, duration, left_table, print_json, print_line, rfc3339, stdout_error, RunJson,
@@ -39,23 +38,12 @@ struct RetrainJson<'a> {
 /// Runs one retrain check, and the retrain when it is due.
 pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()> {
     let config = config::load(global.config.as_deref())?;
-    let train_cmd = match (&args.train_cmd, &config.retrain.train_cmd) {
-        (Some(cmd), _) if cmd.trim().is_empty() => {
-            return Err(InvalidInput("invalid --train-cmd: must not be empty".into()).into())
-        }
-        (Some(cmd), _) | (None, Some(cmd)) => cmd.clone(),
-        (None, None) => {
-            return Err(Usage(
-                "no trainer command: pass --train-cmd CMD, or set train_cmd in the [trainer] \
-                 section of the config file (or AFS_TRAINER__TRAIN_CMD)"
-                    .into(),
-            )
-            .into())
-        }
-    };
-    let timeout = args
-        .timeout
-        .map_or(config.retrain.timeout, Duration::from_secs);
+    let trainer = crate::trainer::from_flags(
+        args.train_cmd.as_deref(),
+        args.timeout,
+        "--timeout",
+        &config,
+    )?;
     let mut retrainer = config.retrain.retrainer.clone();
     if let Some(dir) = &args.output_dir {
         retrainer.output_dir = dir.clone();
@@ -83,8 +71,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
             "afs retrain: stopping the trainer (send the signal again to exit at once)",
         )],
     )?;
-    let trainer = CommandTrainer::shell(train_cmd, timeout).interrupt_on(stop_trainer);
-    tracing::debug!(?retrainer, ?timeout, "checking and retraining");
+    let trainer = trainer.interrupt_on(stop_trainer);
+    tracing::debug!(?retrainer, ?trainer, "checking and retraining");
     let outcome = retrainer.check_and_retrain(&store, &trainer, args.force)?;
 
     if global.json {

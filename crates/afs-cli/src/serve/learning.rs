@@ -1,9 +1,9 @@
 //! `afs serve --with-loop`: the continuous loop built from the config file and the flags,
 //! run on a thread of its own and stopped cleanly at shutdown.
 //!
-//! [`trainer`] turns `--train-cmd`/`--train-timeout` and the `[trainer]` section into a
-//! [`CommandTrainer`]; `afs retrain` and the loop commands can share it. The loop's
-//! settings come from [`Config::loop_config`], with the flags on top.
+//! The trainer comes from `--train-cmd`/`--train-timeout` and the `[trainer]` section
+//! (see [`crate::trainer`]); the loop's settings from [`Config::loop_config`], with the
+//! flags on top.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,46 +12,16 @@ use std::time::Duration;
 
 use afs_loop::{ContinuousLearningLoop, LoopRunSummary};
 use afs_store::{ErrorKind, NewModelVersion, SqliteStore};
-use afs_trigger::CommandTrainer;
 
 use super::ServeArgs;
 use crate::config::Config;
-use crate::exit::{InvalidInput, Usage};
+use crate::exit::InvalidInput;
 
 /// The loop of this process.
 pub(super) struct Learning {
     inner: Arc<ContinuousLearningLoop<SqliteStore>>,
     /// Set to stop a running trainer (its process group) when shutdown cannot wait for it.
     stop_trainer: Arc<AtomicBool>,
-}
-
-/// The trainer command: `flag` (`--train-cmd`) or else `train_cmd` of `[trainer]`, with
-/// `timeout_flag` (seconds) or else the section's `timeout_secs`.
-pub(super) fn trainer(
-    flag: Option<&str>,
-    timeout_flag: Option<u64>,
-    config: &Config,
-) -> anyhow::Result<CommandTrainer> {
-    let command = match (flag, &config.retrain.train_cmd) {
-        (Some(cmd), _) if cmd.trim().is_empty() => {
-            return Err(InvalidInput("invalid --train-cmd: must not be empty".into()).into())
-        }
-        (Some(cmd), _) => cmd.to_string(),
-        (None, Some(cmd)) => cmd.clone(),
-        (None, None) => {
-            return Err(Usage(
-                "no trainer command: pass --train-cmd CMD or set train_cmd in the [trainer] \
-                 section of the config file"
-                    .into(),
-            )
-            .into())
-        }
-    };
-    if timeout_flag == Some(0) {
-        return Err(InvalidInput("invalid --train-timeout: must be > 0".into()).into());
-    }
-    let timeout = timeout_flag.map_or(config.retrain.timeout, Duration::from_secs);
-    Ok(CommandTrainer::shell(command, timeout))
 }
 
 /// Builds the loop for `args` over `store` (which registers `--champion` when the store
@@ -62,8 +32,13 @@ pub(super) fn build(
     args: &ServeArgs,
 ) -> anyhow::Result<Learning> {
     let stop_trainer = Arc::new(AtomicBool::new(false));
-    let trainer = trainer(args.train_cmd.as_deref(), args.train_timeout, config)?
-        .interrupt_on(stop_trainer.clone());
+    let trainer = crate::trainer::from_flags(
+        args.train_cmd.as_deref(),
+        args.train_timeout,
+        "--train-timeout",
+        config,
+    )?
+    .interrupt_on(stop_trainer.clone());
     // The config file's `[loop]` and the layers' sections, with the flags on top.
     let mut loop_config = config.loop_config();
     if let Some(interval) = args.check_interval {
@@ -147,19 +122,3 @@ pub(super) async fn join(
 
 /// How long shutdown waits for an iteration to record its stopped trainer.
 const TRAINER_STOP_GRACE: Duration = Duration::from_secs(5);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_trainer_comes_from_the_flag_or_the_file() {
-        let mut config = Config::default();
-        assert!(trainer(None, None, &config).is_err(), "no command anywhere");
-        assert!(trainer(Some("  "), None, &config).is_err());
-        assert!(trainer(Some("true"), Some(0), &config).is_err());
-        assert!(trainer(Some("true"), None, &config).is_ok());
-        config.retrain.train_cmd = Some("python train.py {data}".into());
-        assert!(trainer(None, Some(60), &config).is_ok());
-    }
-}
