@@ -447,17 +447,12 @@ impl Preparer<'_> {
         let query_key = (config.format == Format::Dpo).then(|| keys.query(&record.query));
         let line = match record.quality_score {
             Some(quality) if self.preformat => {
-                let side = SideRef {
+                let side = SideRef::of(
+                    &record,
                     quality,
-                    id: &record.id,
-                    model: &record.model,
-                    timestamp: record.timestamp,
-                    feedback: record.feedback,
-                    query,
-                    response,
-                    query_redactions,
-                    response_redactions,
-                };
+                    (query, response),
+                    (query_redactions, response_redactions),
+                );
                 let start = bytes.len();
                 let example = example_of(
                     Unit::One(side),
@@ -535,6 +530,29 @@ struct SideRef<'a> {
     response: &'a str,
     query_redactions: RedactionCounts,
     response_redactions: RedactionCounts,
+}
+
+impl<'a> SideRef<'a> {
+    /// `record` with its `quality`, the texts to write (redacted or not) and what redaction
+    /// replaced in each.
+    fn of(
+        record: &'a UsageRecord,
+        quality: f64,
+        (query, response): (&'a str, &'a str),
+        (query_redactions, response_redactions): (RedactionCounts, RedactionCounts),
+    ) -> Self {
+        SideRef {
+            quality,
+            id: &record.id,
+            model: &record.model,
+            timestamp: record.timestamp,
+            feedback: record.feedback,
+            query,
+            response,
+            query_redactions,
+            response_redactions,
+        }
+    }
 }
 
 impl Side {
@@ -950,17 +968,12 @@ impl<'c> Run<'c> {
             }
         }
 
-        let side = SideRef {
+        let side = SideRef::of(
+            record,
             quality,
-            id: &record.id,
-            model: &record.model,
-            timestamp: record.timestamp,
-            feedback: record.feedback,
-            query,
-            response,
-            query_redactions: candidate.query_redactions,
-            response_redactions: candidate.response_redactions,
-        };
+            (query, response),
+            (candidate.query_redactions, candidate.response_redactions),
+        );
         if config.format == Format::Dpo {
             let query_key = candidate
                 .query_key

@@ -192,8 +192,9 @@ impl<'a> RecordPages<'a> {
                 .get(TS_COLUMN)
                 .map_err(|e| StoreError::db("read record", e))?;
             let ts = ts.unwrap_or(0);
-            if n >= page && (last_page || !by_feedback_index || self.after.map(|a| a.0) != Some(ts))
-            {
+            // Only a query without LIMIT (the index path, not on its last page) gets here past
+            // `page` rows: it stops at the first row of a later microsecond.
+            if n >= page && self.after.map(|a| a.0) != Some(ts) {
                 full = true;
                 break;
             }
