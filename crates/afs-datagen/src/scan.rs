@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
-use afs_store::{Order, RecordFilter, UsageRecord, UsageStore};
+use afs_store::{Order, Paging, RecordFilter, UsageRecord, UsageStore};
 use chrono::{DateTime, Utc};
 
 use crate::error::DatagenError;
@@ -62,6 +62,11 @@ pub(crate) fn slices(
     expected: u64,
     workers: usize,
 ) -> Result<Vec<RecordFilter>, DatagenError> {
+    // Workers read every record of their slices: in large pages from the start.
+    let filter = &RecordFilter {
+        paging: Paging::Bulk,
+        ..filter.clone()
+    };
     let n = expected.div_ceil(SLICE_RECORDS);
     if workers < 2 || n < 2 {
         return Ok(vec![filter.clone()]);

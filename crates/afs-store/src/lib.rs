@@ -36,7 +36,7 @@ pub use experiment::{
     VersionStatus, WeightSource,
 };
 pub use id::new_id;
-pub use query::{FeedbackFilter, Order, RecordFields, RecordFilter, StatsWindow};
+pub use query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, StatsWindow};
 pub use record::{
     dedupe_hash, validate_quality, Feedback, FeedbackValue, NewUsage, UsageRecord,
     DEFAULT_MAX_FIELD_BYTES,

@@ -30,6 +30,20 @@ pub struct RecordFilter {
     pub order: Order,
     /// Which fields of each record to read.
     pub fields: RecordFields,
+    /// How many records the store reads at a time.
+    pub paging: Paging,
+}
+
+/// How many records a stream reads from the store at a time (the records and their order
+/// are the same either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Paging {
+    /// A small first read, so the first record arrives quickly, and larger ones after.
+    #[default]
+    Growing,
+    /// Large reads from the start, for a caller that reads every record anyway: fewer
+    /// queries, and (in SQLite) fewer times the database file is mapped into memory.
+    Bulk,
 }
 
 /// Which fields of a record a query reads.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use afs_store::{
-    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, Order, RecordFields,
-    RecordFilter, SqliteConfig, SqliteStore, StatsWindow, StoreError, UsageRecord, UsageStats,
-    UsageStore,
+    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, Order, Paging,
+    RecordFields, RecordFilter, SqliteConfig, SqliteStore, StatsWindow, StoreError, UsageRecord,
+    UsageStats, UsageStore,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
@@ -1061,9 +1061,54 @@ fn feedback_queries_page_through_crowded_instants_exactly_once() {
     });
     assert_eq!(present.len(), i);
     assert_eq!(
-        sorted(present),
+        sorted(present.clone()),
         sorted((0..i).map(|k| record(k).query).collect())
     );
+    // Bulk paging (pages of the largest size from the start, here ending inside the crowd
+    // of 2,500) returns the same records in the same order, through the index or the table.
+    let through_table = RecordFilter::default();
+    for (name, filter, growing) in [
+        ("up", up.clone(), oldest.clone()),
+        (
+            "present",
+            RecordFilter {
+                feedback: FeedbackFilter::Present,
+                ..Default::default()
+            },
+            present.clone(),
+        ),
+        (
+            "table",
+            through_table.clone(),
+            queries(through_table.clone()),
+        ),
+        (
+            "table newest",
+            RecordFilter {
+                order: Order::NewestFirst,
+                ..through_table
+            },
+            queries(RecordFilter {
+                order: Order::NewestFirst,
+                ..RecordFilter::default()
+            }),
+        ),
+        (
+            "present limit 2100",
+            RecordFilter {
+                limit: Some(2100),
+                feedback: FeedbackFilter::Present,
+                ..Default::default()
+            },
+            present[..2100].to_vec(),
+        ),
+    ] {
+        let bulk = queries(RecordFilter {
+            paging: Paging::Bulk,
+            ..filter
+        });
+        assert_eq!(bulk, growing, "{name}");
+    }
 }
 
 #[test]

@@ -10,10 +10,11 @@ use super::rows::{record_from_row, RECORD_COLUMNS, ROWID_COLUMN, TRAINING_COLUMN
 use super::time::{first_rowid_at, micros_of};
 use super::SqliteStore;
 use crate::error::{Result, StoreError};
-use crate::query::{FeedbackFilter, Order, RecordFields, RecordFilter};
+use crate::query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter};
 use crate::record::UsageRecord;
 
-/// The first page is small so the first record arrives quickly; later pages grow.
+/// The first page is small so the first record arrives quickly; later pages grow
+/// ([`Paging::Growing`]). [`Paging::Bulk`] starts at the largest.
 const FIRST_PAGE: u64 = 64;
 const MAX_PAGE: u64 = 2048;
 
@@ -44,12 +45,16 @@ pub(crate) struct RecordPages<'a> {
 impl<'a> RecordPages<'a> {
     pub(crate) fn new(store: &'a SqliteStore, filter: RecordFilter) -> Self {
         let remaining = filter.limit;
+        let page_size = match filter.paging {
+            Paging::Growing => FIRST_PAGE,
+            Paging::Bulk => MAX_PAGE,
+        };
         RecordPages {
             store,
             filter,
             after: None,
             buffer: VecDeque::new(),
-            page_size: FIRST_PAGE,
+            page_size,
             remaining,
             exhausted: false,
         }
