@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use afs_store::key::{key_into, PAIR_TAG};
 
-/// A 128-bit BLAKE3 digest identifying a normalised text or query/response pair.
+/// A BLAKE3 digest (32 bytes) identifying a normalised text or query/response pair.
 pub(crate) type Key = afs_store::key::TextKey;
 
 /// Domain tags, so a pair key (the store's), a text key and a query key never collide by
@@ -59,7 +59,7 @@ impl Hasher for KeyHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 16]` hashes as its bytes (after no length prefix); fold whatever arrives so
+        // `[u8; 32]` hashes as its bytes (after no length prefix); fold whatever arrives so
         // other key types still hash correctly, if slowly.
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];

@@ -72,7 +72,7 @@ pub fn manifest_path(output: &Path) -> PathBuf {
 /// does the rest (scoring, the dedupe and pairing decisions, the cap, writing), so the
 /// result is the same as one thread's.
 ///
-/// Memory: the exact-dedupe key set (16 bytes per distinct sample), the near-dedupe
+/// Memory: the exact-dedupe key set (32 bytes per distinct sample), the near-dedupe
 /// tables when on, the kept samples when `max_samples` is set, up to about a slice (~800
 /// records) read ahead per worker, and for `dpo` the set of queries with both thumbs-up
 /// and thumbs-down records (found by a first pass) plus the records of those queries
@@ -296,7 +296,8 @@ fn pushdown(config: &GeneratorConfig, stats: &UsageStats) -> Pushdown {
 
 /// `dpo` first pass: the normalised queries that have records with feedback 1 and with
 /// feedback -1. Only records of these queries can pair, so only they are kept waiting
-/// for a partner in the second pass; memory is about 40 bytes per distinct query.
+/// for a partner in the second pass; memory is about 40 bytes per distinct query with
+/// feedback (its 32-byte key and which feedback it has).
 fn pairable_queries(
     store: &dyn UsageStore,
     config: &GeneratorConfig,

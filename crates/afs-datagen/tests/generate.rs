@@ -1243,7 +1243,8 @@ fn big_logs_give_what_record_by_record_processing_gives() {
 #[test]
 fn rows_without_a_stored_pair_key_dedupe_the_same() {
     // The store writes each record's pair key; rows written before it did (or by the Python
-    // module) have none and are hashed during generation. Mixed, the output must not change.
+    // module) have none, and keys of the wrong length count as none: such rows are hashed
+    // during generation. Mixed, the output must not change.
     let env = env();
     let records = big_log(3000);
     env.log(&records);
@@ -1251,9 +1252,11 @@ fn rows_without_a_stored_pair_key_dedupe_the_same() {
     assert!(all_keyed.duplicates_removed > 50, "{all_keyed:#?}");
     let conn = rusqlite::Connection::open(env.path("usage.db")).unwrap();
     let cleared = conn
-        // Records are a minute apart: clear two minutes in three.
+        // Records are a minute apart: clear the key of one minute in three, and cut it to
+        // 16 bytes (as an early build wrote them, which read as no key) in another.
         .execute(
-            "UPDATE usage SET pair_key = NULL WHERE (ts_us / 60000000) % 3 <> 0",
+            "UPDATE usage SET pair_key = CASE WHEN (ts_us / 60000000) % 3 = 1 THEN NULL \
+             ELSE substr(pair_key, 1, 16) END WHERE (ts_us / 60000000) % 3 <> 0",
             [],
         )
         .unwrap();

@@ -8,10 +8,9 @@
 
 use std::sync::OnceLock;
 
-/// A 128-bit BLAKE3 digest (the first 16 bytes of its output) identifying a normalised text,
-/// or a group of them. Two distinct texts share one with a probability of about 2^-128;
-/// a log would need around 2^64 records for a collision to become likely.
-pub type TextKey = [u8; 16];
+/// The BLAKE3 digest (32 bytes, as the design fixes for exact-dedupe keys) identifying a
+/// normalised text, or a group of them.
+pub type TextKey = [u8; 32];
 
 /// The domain tag of a query/response pair's key ([`pair_key`]). Other users of
 /// [`key_into`] pick other tags, so keys of different kinds never collide by construction.
@@ -91,9 +90,7 @@ pub fn key_into(buf: &mut Vec<u8>, tag: u8, parts: &[&str]) -> TextKey {
         hasher.update(&(buf.len() as u64).to_le_bytes());
         hasher.update(buf);
     }
-    let mut key = TextKey::default();
-    hasher.finalize_xof().fill(&mut key);
-    key
+    *hasher.finalize().as_bytes()
 }
 
 /// The exact-duplicate key of a query/response pair: equal for pairs that differ only in

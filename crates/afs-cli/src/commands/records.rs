@@ -3,7 +3,8 @@
 use std::io::{self, BufWriter, Write};
 
 use afs_store::{
-    validate_quality, FeedbackFilter, FeedbackValue, Order, RecordFields, RecordFilter, UsageStore,
+    validate_quality, FeedbackFilter, FeedbackValue, Order, Paging, RecordFields, RecordFilter,
+    UsageStore,
 };
 use anyhow::Context;
 
@@ -46,6 +47,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &RecordsArgs) -> anyhow::Result<()>
             Order::OldestFirst
         },
         fields: RecordFields::All,
+        // Small first pages: the first lines appear at once, and `| head` stops early.
+        paging: Paging::Growing,
     };
     tracing::debug!(?filter, "querying records");
 

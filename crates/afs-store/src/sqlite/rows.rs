@@ -191,8 +191,8 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         context_hash: row.get(13)?,
         dedupe_hash: row.get(14)?,
         created_at: parse_time(row.get(15)?),
-        // Read in place; anything but a 16-byte blob can only come from a foreign writer and
-        // reads as no key (which readers then compute).
+        // Read in place; anything but a 32-byte blob comes from a foreign writer (or from a
+        // development build that wrote 16-byte keys) and reads as no key, which readers compute.
         pair_key: match row.get_ref(17)? {
             ValueRef::Blob(key) => key.try_into().ok(),
             _ => None,
