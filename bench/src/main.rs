@@ -150,7 +150,7 @@ impl Sizes {
             import: 100_000 / scale,
             stats_reps: 50,
             first_row_reps: 20,
-            datagen_reps: 3,
+            datagen_reps: 7,
             trigger_reps: 50,
             ab: if quick {
                 abtest::AbSizes {
