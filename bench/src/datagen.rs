@@ -1,6 +1,7 @@
 //! Issue 3: training-data generation (`afs_datagen::generate`) on the usage logs: wall time
-//! in process, and wall time plus peak memory in a child process (`afs-bench datagen-child`)
-//! whose only work is one generation run.
+//! in process, wall time plus peak memory in a child process (`afs-bench datagen-child`)
+//! whose only work is one generation run, and the wall time of a whole `afs generate`
+//! command.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -134,6 +135,9 @@ pub(crate) struct DatagenTimes {
     pub(crate) no_redact_median_secs: Option<f64>,
     /// Child-process runs, one per variant.
     pub(crate) children: Vec<(Variant, ChildOutcome)>,
+    /// Wall times of whole `afs generate` processes with the seed's settings, seconds
+    /// (empty when not measured), or why they could not be measured.
+    pub(crate) cli: Result<Vec<f64>, String>,
 }
 
 impl DatagenTimes {
@@ -223,12 +227,75 @@ pub(crate) fn measure(
         };
         child_runs.push((variant, outcome));
     }
+    let cli = if in_process > 0 {
+        let expected = runs.first().map(|r| r.final_count);
+        cli_runs(db, dir, in_process, expected).map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(Vec::new())
+    };
     Ok(DatagenTimes {
         runs,
         median_secs,
         no_redact_median_secs,
         children: child_runs,
+        cli,
     })
+}
+
+/// Times `n` runs of the `afs generate` command with the seed's settings (its defaults,
+/// scores not written back) on `db`: process start, opening the store, generation and
+/// exit, as a user running it sees. Each run must write `expected` samples.
+fn cli_runs(db: &Path, dir: &Path, n: usize, expected: Option<u64>) -> Result<Vec<f64>> {
+    let bin = crate::import::afs_bin()?;
+    let out = dir.join("train-cli.jsonl");
+    let mut secs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut command = Command::new(&bin);
+        // No config file or AFS_* variable may change the settings: run where no afs.toml
+        // is, with none of them set.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AFS_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .current_dir(dir)
+            .arg("--db")
+            .arg(db)
+            .arg("--json")
+            .args(["generate", "--no-write-back", "--out"])
+            .arg(&out)
+            // Captured, so no progress bar is drawn even when the bench runs on a terminal.
+            .stdin(Stdio::null());
+        let start = Instant::now();
+        let output = command
+            .output()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        secs.push(start.elapsed().as_secs_f64());
+        remove_file(&out);
+        remove_file(&afs_datagen::manifest_path(&out));
+        if !output.status.success() {
+            bail!(
+                "afs generate failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("afs generate printed no JSON result")?;
+        let written = result["final_count"].as_u64();
+        if written != expected {
+            bail!("afs generate wrote {written:?} samples, the in-process runs {expected:?}");
+        }
+    }
+    eprintln!(
+        "  afs generate (whole command): {}",
+        secs.iter()
+            .map(|s| format!("{s:.3} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(secs)
 }
 
 /// The median of `values` (the lower middle one for an even count).

@@ -706,6 +706,31 @@ fn in_process_figure(log: &LogResults, name: &str, times: &DatagenTimes, rows: &
             )),
         );
     }
+    let label = "  same, whole `afs generate` command (process start to exit)".to_string();
+    match &times.cli {
+        Ok(secs) if secs.is_empty() => {}
+        Ok(secs) => {
+            let mut sorted = secs.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median_ms = sorted[(sorted.len() - 1) / 2] * 1000.0;
+            rows.push(
+                Figure::new(1, format!("datagen.cli.{id}"), label, median_ms, "ms")
+                    .issue(issue::DATAGEN)
+                    .measured(format!(
+                        "{} ms, median of {} ({:.1}x seed; runs {}-{} ms)",
+                        format_ms(median_ms),
+                        sorted.len(),
+                        seed::DATAGEN_SECS * 1000.0 / median_ms,
+                        format_ms(sorted[0] * 1000.0),
+                        format_ms(sorted[sorted.len() - 1] * 1000.0),
+                    )),
+            );
+        }
+        Err(reason) => rows.push(
+            Figure::error(1, &format!("datagen.cli.{id}"), label, reason.clone())
+                .issue(issue::DATAGEN),
+        ),
+    }
 }
 
 /// One child-process run: time (with the 1M target for the seed's settings) and peak RSS.
