@@ -73,10 +73,11 @@ pub fn manifest_path(output: &Path) -> PathBuf {
 /// result is the same as one thread's.
 ///
 /// Memory: the exact-dedupe key set (32 bytes per distinct sample), the near-dedupe
-/// tables when on, the kept samples when `max_samples` is set, up to about a slice (~800
-/// records) read ahead per worker, and for `dpo` the set of queries with both thumbs-up
-/// and thumbs-down records (found by a first pass) plus the records of those queries
-/// still waiting for a partner; nothing else grows with the log. The output and manifest
+/// tables when on, the kept samples when `max_samples` is set, per worker the page of a
+/// slice being read (a slice of ~512 records in one read, at most 2,048 plus the records
+/// of its last microsecond) and up to ~800 prepared records waiting, and for `dpo` the set
+/// of queries with both thumbs-up and thumbs-down records (found by a first pass) plus the
+/// records of those queries still waiting for a partner; nothing else grows with the log. The output and manifest
 /// are written under temporary names and renamed at the end: on error neither exists at
 /// its path (or the previous files are untouched). The same log, config and scores give
 /// a byte-identical output and manifest.
