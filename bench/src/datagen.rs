@@ -138,6 +138,10 @@ pub(crate) struct DatagenTimes {
     /// Wall times of whole `afs generate` processes with the seed's settings, seconds
     /// (empty when not measured), or why they could not be measured.
     pub(crate) cli: Result<Vec<f64>, String>,
+    /// One whole `afs generate` with its defaults, which write back the scores it gives, on
+    /// a copy of the log: (seconds, scores written back), `None` when not measured, or why
+    /// it could not be.
+    pub(crate) write_back: Result<Option<(f64, u64)>, String>,
 }
 
 impl DatagenTimes {
@@ -227,11 +231,16 @@ pub(crate) fn measure(
         };
         child_runs.push((variant, outcome));
     }
-    let cli = if in_process > 0 {
+    let (cli, write_back) = if in_process > 0 {
         let expected = runs.first().map(|r| r.final_count);
-        cli_runs(db, dir, in_process, expected).map_err(|e| format!("{e:#}"))
+        (
+            cli_runs(db, dir, in_process, expected).map_err(|e| format!("{e:#}")),
+            write_back_run(db, dir, expected)
+                .map(Some)
+                .map_err(|e| format!("{e:#}")),
+        )
     } else {
-        Ok(Vec::new())
+        (Ok(Vec::new()), Ok(None))
     };
     Ok(DatagenTimes {
         runs,
@@ -239,6 +248,7 @@ pub(crate) fn measure(
         no_redact_median_secs,
         children: child_runs,
         cli,
+        write_back,
     })
 }
 
@@ -246,47 +256,10 @@ pub(crate) fn measure(
 /// scores not written back) on `db`: process start, opening the store, generation and
 /// exit, as a user running it sees. Each run must write `expected` samples.
 fn cli_runs(db: &Path, dir: &Path, n: usize, expected: Option<u64>) -> Result<Vec<f64>> {
-    let bin = crate::import::afs_bin()?;
-    let out = dir.join("train-cli.jsonl");
     let mut secs = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut command = Command::new(&bin);
-        // No config file or AFS_* variable may change the settings: run where no afs.toml
-        // is, with none of them set.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AFS_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .current_dir(dir)
-            .arg("--db")
-            .arg(db)
-            .arg("--json")
-            .args(["generate", "--no-write-back", "--out"])
-            .arg(&out)
-            // Captured, so no progress bar is drawn even when the bench runs on a terminal.
-            .stdin(Stdio::null());
-        let start = Instant::now();
-        let output = command
-            .output()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        secs.push(start.elapsed().as_secs_f64());
-        remove_file(&out);
-        remove_file(&afs_datagen::manifest_path(&out));
-        if !output.status.success() {
-            bail!(
-                "afs generate failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        let result: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .context("afs generate printed no JSON result")?;
-        let written = result["final_count"].as_u64();
-        if written != expected {
-            bail!("afs generate wrote {written:?} samples, the in-process runs {expected:?}");
-        }
+        let (elapsed, _) = afs_generate(db, dir, &["--no-write-back"], expected)?;
+        secs.push(elapsed);
     }
     eprintln!(
         "  afs generate (whole command): {}",
@@ -298,7 +271,80 @@ fn cli_runs(db: &Path, dir: &Path, n: usize, expected: Option<u64>) -> Result<Ve
     Ok(secs)
 }
 
-/// The median of `values` (the lower middle one for an even count).
+/// Times one `afs generate` with its defaults, so the scores it gives the log's unscored
+/// records are written back, on a copy of `db` (the other figures need the log as it is):
+/// seconds, and how many scores it wrote back.
+fn write_back_run(db: &Path, dir: &Path, expected: Option<u64>) -> Result<(f64, u64)> {
+    let copy = dir.join("usage-write-back.db");
+    // The log was checkpointed when built: its file holds every record.
+    std::fs::copy(db, &copy)
+        .with_context(|| format!("cannot copy {} to {}", db.display(), copy.display()))?;
+    std::fs::File::open(&copy)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", copy.display()))?;
+    let outcome = afs_generate(&copy, dir, &[], expected);
+    crate::remove_db(&copy);
+    let (secs, result) = outcome?;
+    let scored = result["scored_records"]
+        .as_u64()
+        .context("afs generate printed no scored_records")?;
+    eprintln!("  afs generate writing back {scored} scores: {secs:.3} s");
+    Ok((secs, scored))
+}
+
+/// Runs `afs generate` with the seed's settings (its defaults) plus `args` on `db`, timed
+/// from process start to exit, as a user running it sees; checks that it wrote `expected`
+/// samples and returns its JSON result.
+fn afs_generate(
+    db: &Path,
+    dir: &Path,
+    args: &[&str],
+    expected: Option<u64>,
+) -> Result<(f64, serde_json::Value)> {
+    let bin = crate::import::afs_bin()?;
+    let out = dir.join("train-cli.jsonl");
+    let mut command = Command::new(&bin);
+    // No config file or AFS_* variable may change the settings: run where no afs.toml
+    // is, with none of them set.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AFS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .current_dir(dir)
+        .arg("--db")
+        .arg(db)
+        .arg("--json")
+        .arg("generate")
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        // Captured, so no progress bar is drawn even when the bench runs on a terminal.
+        .stdin(Stdio::null());
+    let start = Instant::now();
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    remove_file(&out);
+    remove_file(&afs_datagen::manifest_path(&out));
+    if !output.status.success() {
+        bail!(
+            "afs generate failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let result: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("afs generate printed no JSON result")?;
+    let written = result["final_count"].as_u64();
+    if written != expected {
+        bail!("afs generate wrote {written:?} samples, the in-process runs {expected:?}");
+    }
+    Ok((secs, result))
+}
+
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len().saturating_sub(1) / 2).copied()

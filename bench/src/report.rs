@@ -731,6 +731,34 @@ fn in_process_figure(log: &LogResults, name: &str, times: &DatagenTimes, rows: &
                 .issue(issue::DATAGEN),
         ),
     }
+    let label = "  same, whole command writing back the scores it gives (on a copy)".to_string();
+    match &times.write_back {
+        Ok(None) => {}
+        Ok(Some((secs, scored))) => rows.push(
+            Figure::new(
+                1,
+                format!("datagen.cli.{id}.write_back"),
+                label,
+                secs * 1000.0,
+                "ms",
+            )
+            .issue(issue::DATAGEN)
+            .measured(format!(
+                "{} ms, 1 run ({} scores written back)",
+                format_ms(secs * 1000.0),
+                thousands(*scored)
+            )),
+        ),
+        Err(reason) => rows.push(
+            Figure::error(
+                1,
+                &format!("datagen.cli.{id}.write_back"),
+                label,
+                reason.clone(),
+            )
+            .issue(issue::DATAGEN),
+        ),
+    }
 }
 
 /// One child-process run: time (with the 1M target for the seed's settings) and peak RSS.

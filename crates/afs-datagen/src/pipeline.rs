@@ -28,6 +28,10 @@ use crate::scorer::QualityScorer;
 
 /// Progress events are sent every this many items.
 const PROGRESS_EVERY: u64 = 8192;
+/// Scores given here are written back to the store this many at a time, in one
+/// transaction each: one transaction per record cost ~0.4 ms each (2,000 scores added
+/// 0.75 s to a 100k-record run that otherwise took 0.08 s).
+const SCORE_BATCH: usize = 1024;
 
 /// The manifest path of an output file: `<output>.manifest.json`.
 pub fn manifest_path(output: &Path) -> PathBuf {
@@ -47,7 +51,9 @@ pub fn manifest_path(output: &Path) -> PathBuf {
 /// 2. **Feedback filter** ([`GeneratorConfig::min_user_feedback`]); for `dpo`/`kto`,
 ///    records with feedback -1 or 1 pass.
 /// 3. **Scoring**: a record without a quality score is scored by `scorer`, and the score
-///    written back to the store when `write_back_scores` is set.
+///    written back to the store when `write_back_scores` is set (in batches of 1,024, one
+///    transaction each, the last when the log has been read: a run that fails may have
+///    written back some scores; the others are given again by the next run).
 /// 4. **Quality filter** (`min_quality_score`; in `dpo`/`kto`, thumbs-down records skip it).
 /// 5. **Exact dedupe**: BLAKE3 of the normalised query and response; the first wins.
 /// 6. **Near-dedupe** (optional, not for `dpo`): see [`NearDedupeConfig`].
@@ -174,6 +180,7 @@ pub fn generate(
         run.counts.filtered_by_quality += skipped;
     }
     report(Stage::Scan, streamed, Some(streamed));
+    run.write_back(store)?;
     run.finish_stream(&mut sink, &report)?;
 
     let new_samples = run.emitter.new_samples;
@@ -827,6 +834,8 @@ struct Run<'c> {
     waiting: HashMap<Key, Waiting, KeyHasherBuilder>,
     /// `dpo`: the normalised queries that have both thumbs-up and thumbs-down records.
     pairable: KeySet,
+    /// Scores given by the scorer, not yet written back to the store.
+    scores: Vec<(String, f64)>,
     emitter: Emitter<'c>,
 }
 
@@ -861,6 +870,7 @@ impl<'c> Run<'c> {
             heap: BinaryHeap::new(),
             waiting: HashMap::default(),
             pairable: KeySet::default(),
+            scores: Vec::new(),
             emitter: Emitter {
                 formatter: formatter(config.format),
                 format: config.format,
@@ -916,7 +926,10 @@ impl<'c> Run<'c> {
                 }
                 self.counts.scored_records += 1;
                 if config.write_back_scores {
-                    store.update_quality(&record.id, q)?;
+                    self.scores.push((record.id.clone(), q));
+                    if self.scores.len() >= SCORE_BATCH {
+                        self.write_back(store)?;
+                    }
                 }
                 let negative = record.feedback == Some(FeedbackValue::Negative);
                 if !(config.format.is_preference() && negative) && q < config.min_quality_score {
@@ -1061,6 +1074,13 @@ impl<'c> Run<'c> {
         } else {
             self.counts.capped += 1;
         }
+        Ok(())
+    }
+
+    /// Writes the scores given since the last call back to the store.
+    fn write_back(&mut self, store: &dyn UsageStore) -> Result<(), DatagenError> {
+        store.update_qualities(&self.scores)?;
+        self.scores.clear();
         Ok(())
     }
 

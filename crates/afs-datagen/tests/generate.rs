@@ -858,6 +858,44 @@ fn scores_are_written_back_when_asked() {
     assert_eq!(r.scored_records, 0);
 }
 
+#[test]
+fn scores_of_a_large_log_are_all_written_back() {
+    // More unscored records than one write-back batch holds, with scored and unscored
+    // records and ones the feedback filter drops interleaved.
+    let env = env();
+    let records: Vec<Rec> = (0..2_600)
+        .map(|i| {
+            let query = format!("question {i} about caching");
+            let response = format!("{GOOD} Answer number {i}, with {} details.", i % 17);
+            match i % 4 {
+                0 => rec(&query, &response, Some(0.9), Some(FeedbackValue::Positive)),
+                1 => rec(&query, &response, None, None),
+                _ => rec(&query, &response, None, Some(FeedbackValue::Positive)),
+            }
+        })
+        .collect();
+    let ids = env.log(&records);
+    let (first, lines) = env.run(&GeneratorConfig::default(), "a.jsonl");
+    assert_eq!(first.scored_records, 1_300);
+    for (id, r) in ids.iter().zip(&records) {
+        let stored = env.store.get(id).unwrap().quality_score;
+        match (r.quality, r.feedback) {
+            (Some(q), _) => assert_eq!(stored, Some(q)),
+            (None, None) => assert_eq!(stored, None, "{id} did not pass the feedback filter"),
+            (None, Some(_)) => assert_eq!(
+                stored,
+                Some(HeuristicScorer::score_texts(&r.query, &r.response)),
+                "{id}"
+            ),
+        }
+    }
+    // The next run reads the scores written back: nothing to score, the same file.
+    let (second, again) = env.run(&GeneratorConfig::default(), "b.jsonl");
+    assert_eq!(second.scored_records, 0);
+    assert_eq!(second.output_blake3, first.output_blake3);
+    assert_eq!(again, lines);
+}
+
 struct FailingScorer;
 
 impl QualityScorer for FailingScorer {

@@ -78,6 +78,13 @@ pub trait UsageStore: Send + Sync {
     /// Sets (or replaces) the quality score of record `id`; must be finite and within [0, 1].
     fn update_quality(&self, id: &str, quality: f64) -> Result<()>;
 
+    /// Sets the quality scores of many records in one transaction: all or nothing. Fails,
+    /// writing none, if a score is not finite or outside [0, 1]
+    /// ([`crate::StoreError::InvalidBatchRecord`] with its position) or an id matches no
+    /// record ([`crate::ErrorKind::NotFound`]). Much cheaper per record than
+    /// [`update_quality`](Self::update_quality) for more than a few.
+    fn update_qualities(&self, scores: &[(String, f64)]) -> Result<()>;
+
     /// One record by id.
     fn get(&self, id: &str) -> Result<UsageRecord>;
 

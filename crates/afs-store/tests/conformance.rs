@@ -207,6 +207,52 @@ fn a_batch_with_one_bad_record_writes_nothing() {
 }
 
 #[test]
+fn quality_scores_set_in_a_batch_are_all_or_nothing() {
+    let f = sqlite();
+    let ids = f.store.log_batch((0..5).map(record).collect()).unwrap();
+    let quality = |store: &dyn UsageStore| -> Vec<Option<f64>> {
+        ids.iter()
+            .map(|id| store.get(id).unwrap().quality_score)
+            .collect()
+    };
+    let scores = |values: &[f64]| -> Vec<(String, f64)> {
+        ids.iter().cloned().zip(values.iter().copied()).collect()
+    };
+
+    // A bad score anywhere: nothing written, its position named.
+    let err = f
+        .store
+        .update_qualities(&scores(&[0.1, 0.2, f64::NAN, 0.4]))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidBatchRecord { index: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("quality_score"), "{err}");
+    assert_eq!(quality(f.store.as_ref()), vec![None; 5]);
+
+    // An unknown id after valid ones: the earlier updates are rolled back.
+    let mut batch = scores(&[0.1, 0.2]);
+    batch.push(("nope".into(), 0.3));
+    let err = f.store.update_qualities(&batch).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert_eq!(quality(f.store.as_ref()), vec![None; 5]);
+    assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().n_quality, 0);
+
+    // A good batch: every score set, the aggregates follow; an empty batch changes nothing.
+    f.store.update_qualities(&scores(&[0.5, 1.0, 0.0])).unwrap();
+    f.store.update_qualities(&[]).unwrap();
+    assert_eq!(
+        quality(f.store.as_ref()),
+        vec![Some(0.5), Some(1.0), Some(0.0), None, None]
+    );
+    let s = f.store.stats(&StatsWindow::default()).unwrap();
+    assert_eq!(s.n_quality, 3);
+    assert!((s.sum_quality - 1.5).abs() < 1e-12);
+}
+
+#[test]
 fn feedback_replaces_and_aggregates_follow() {
     let f = sqlite();
     let id = f

@@ -268,6 +268,43 @@ impl UsageStore for SqliteStore {
         )
     }
 
+    fn update_qualities(&self, scores: &[(String, f64)]) -> Result<()> {
+        const CONTEXT: &str = "update quality scores";
+        for (index, &(_, quality)) in scores.iter().enumerate() {
+            validate_quality(quality).map_err(|e| StoreError::InvalidBatchRecord {
+                index,
+                source: Box::new(e),
+            })?;
+        }
+        if scores.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so the
+        // transaction never has to upgrade a read lock, which SQLite cannot wait for.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("UPDATE usage SET quality_score = ?1 WHERE id = ?2")
+                .map_err(|e| StoreError::db(CONTEXT, e))?;
+            for (id, quality) in scores {
+                let changed = stmt
+                    .execute(rusqlite::params![quality, id])
+                    .map_err(|e| StoreError::db(CONTEXT, e))?;
+                if changed == 0 {
+                    // Dropping the transaction rolls back what this batch changed so far.
+                    return Err(StoreError::NotFound {
+                        what: "usage record",
+                        id: id.clone(),
+                    });
+                }
+            }
+        }
+        tx.commit().map_err(|e| StoreError::db(CONTEXT, e))
+    }
+
     fn get(&self, id: &str) -> Result<UsageRecord> {
         let conn = self.conn()?;
         let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE id = ?1");
