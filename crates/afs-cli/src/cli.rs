@@ -232,7 +232,9 @@ pub(crate) enum Command {
                       share of it mixed in) and the --max-samples cap, then written to --out \
                       (one JSON object per line) with a manifest next to it \
                       (FILE.manifest.json). The file is written under a temporary name and \
-                      renamed at the end: a failed run leaves no half-written file.\n\nSettings \
+                      renamed at the end: a failed run leaves no half-written file, and Ctrl-C \
+                      stops the run, removes its temporary files and exits with code \
+                      130.\n\nSettings \
                       come from the [generator] section of the config file; flags override it. \
                       Each --no-X flag has a --X counterpart (--dedupe, --near-dedupe, \
                       --redact, --write-back) that turns the stage back on when the config file \

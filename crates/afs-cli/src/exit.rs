@@ -200,6 +200,7 @@ fn classify_datagen(err: &DatagenError) -> (u8, &'static str) {
         DatagenError::InvalidConfig { .. } => (INVALID_INPUT, "invalid_input"),
         DatagenError::Store(e) => classify_store(e),
         DatagenError::Io { .. } => (FAILURE, "io"),
+        DatagenError::Interrupted => (INTERRUPTED, "interrupted"),
         _ => (FAILURE, "error"),
     }
 }

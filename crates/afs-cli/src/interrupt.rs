@@ -1,8 +1,9 @@
-//! SIGINT/SIGTERM for the commands that run a trainer (`afs retrain`, `afs loop`): the
-//! trainer runs in its own process group, so a terminal's Ctrl-C does not reach it, and it
-//! must not outlive `afs`. A signal sets the flag the trainer watches
+//! SIGINT/SIGTERM for the commands that must stop cleanly. `afs retrain` and `afs loop` run
+//! a trainer in its own process group, so a terminal's Ctrl-C does not reach it, and it
+//! must not outlive `afs`: a signal sets the flag the trainer watches
 //! ([`afs_trigger::CommandTrainer::interrupt_on`]), which stops its whole process group and
-//! records the run as `interrupted`.
+//! records the run as `interrupted`. `afs generate` sets its run's stop flag
+//! ([`afs_datagen::Hooks::stop`]), so the run removes its unfinished files.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,14 +15,22 @@ use anyhow::Context;
 pub(crate) enum Step {
     /// Run this (e.g. ask a loop to stop after its iteration) and print the message.
     Call(Box<dyn Fn() + Send>, &'static str),
-    /// Stop the running trainer (set the flag) and print the message.
-    StopTrainer(&'static str),
+    /// Set the flag given to [`install`] (a trainer's or a run's) and print the message.
+    SetFlag(&'static str),
 }
 
+/// What `afs retrain` and `afs loop` say when a signal makes them exit at once.
+pub(crate) const RUN_LEFT_UNFINISHED: &str =
+    "afs: stopping at once; the next start records the unfinished run as failed";
+
 /// Installs the handler for SIGINT and SIGTERM: the n-th signal takes the n-th step of
-/// `steps`; one more ends the process with code 130. `trainer` is the flag the trainer was
-/// built with.
-pub(crate) fn install(trainer: Arc<AtomicBool>, steps: Vec<Step>) -> anyhow::Result<()> {
+/// `steps`; one more prints `at_once` and ends the process with code 130. `flag` is the
+/// flag a trainer was built with or a run watches.
+pub(crate) fn install(
+    flag: Arc<AtomicBool>,
+    steps: Vec<Step>,
+    at_once: &'static str,
+) -> anyhow::Result<()> {
     let received = AtomicUsize::new(0);
     ctrlc::set_handler(
         move || match steps.get(received.fetch_add(1, Ordering::SeqCst)) {
@@ -29,14 +38,13 @@ pub(crate) fn install(trainer: Arc<AtomicBool>, steps: Vec<Step>) -> anyhow::Res
                 eprintln!("{message}");
                 action();
             }
-            Some(Step::StopTrainer(message)) => {
+            Some(Step::SetFlag(message)) => {
+                // Set before saying so: whoever reads the message can count on the flag.
+                flag.store(true, Ordering::SeqCst);
                 eprintln!("{message}");
-                trainer.store(true, Ordering::SeqCst);
             }
             None => {
-                eprintln!(
-                    "afs: stopping at once; the next start records the unfinished run as failed"
-                );
+                eprintln!("{at_once}");
                 std::process::exit(i32::from(crate::exit::INTERRUPTED));
             }
         },

@@ -404,3 +404,94 @@ fn readable_summary() {
         insta::assert_snapshot!("generate-summary", text);
     });
 }
+
+#[test]
+fn an_interrupted_run_removes_its_files_and_leaves_the_old_output() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let env = fixture();
+    let out = env.write("out.jsonl", "{\"text\":\"the previous output\"}\n");
+    // The existing file is a FIFO: the run blocks reading it until the test closes it, so
+    // the signal arrives while the run is under way, whatever the machine's speed.
+    let fifo = env.path("existing.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = env
+        .std_command_at(
+            common::NOW,
+            &[
+                "generate",
+                "--existing",
+                fifo.to_str().unwrap(),
+                "--rehearsal",
+                "0.5",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let within = Duration::from_secs(60);
+    // Opening the FIFO for writing waits for afs to open it for reading.
+    let (tx, rx) = mpsc::channel();
+    let writer_path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(writer_path));
+    });
+    let Ok(writer) = rx.recv_timeout(within) else {
+        let _ = child.kill();
+        panic!(
+            "afs never opened the existing file: {:?}",
+            child.wait_with_output()
+        );
+    };
+    let mut writer = writer.unwrap();
+    writeln!(writer, "{{\"text\":\"an existing sample\"}}").unwrap();
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    // The handler sets the run's stop flag before it says so.
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let _ = tx.send(Some(Ok(rest.join("\n"))));
+    });
+    let said = rx.recv_timeout(within).unwrap().unwrap().unwrap();
+    assert!(said.contains("stopping and removing"), "{said}");
+    drop(writer);
+
+    let status = child.wait().unwrap();
+    let rest = rx.recv_timeout(within).unwrap().unwrap().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "{\"text\":\"the previous output\"}\n"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("afs.db") && name != "fixture.jsonl")
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["existing.fifo", "out.jsonl"],
+        "temporary files were left"
+    );
+}

@@ -56,6 +56,10 @@ pub enum DatagenError {
         /// What differed.
         reason: String,
     },
+    /// The caller's stop flag ([`crate::Hooks::stop`]) was set: the run stopped at its next
+    /// progress point and removed its unfinished files.
+    #[error("interrupted before the output was complete; nothing was written at the output path")]
+    Interrupted,
     /// A formatter was given an example of a kind its format cannot hold.
     #[error("format {format} cannot hold a {kind} example")]
     UnsupportedExample {

@@ -411,12 +411,13 @@ pub(crate) struct ExistingIndex {
 }
 
 /// First pass over the existing file: counts, malformed lines, and (with `collect_keys`)
-/// the key set. `progress` is called with the number of lines read so far.
+/// the key set. `progress` is called with the number of lines read so far; an error from
+/// it ends the pass.
 pub(crate) fn index(
     path: &Path,
     format: Format,
     collect_keys: bool,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64) -> Result<(), DatagenError>,
 ) -> Result<ExistingIndex, DatagenError> {
     let mut index = ExistingIndex::default();
     let mut kb = KeyBuilder::default();
@@ -424,7 +425,7 @@ pub(crate) fn index(
         let report = &mut index.report;
         report.lines = number;
         if number % 8192 == 0 {
-            progress(number);
+            progress(number)?;
         }
         let parsed = match raw {
             RawLine::Blank => {
@@ -462,7 +463,7 @@ pub(crate) fn index(
         }
         Ok(())
     })?;
-    progress(index.report.lines);
+    progress(index.report.lines)?;
     Ok(index)
 }
 
@@ -694,7 +695,11 @@ mod tests {
         bytes.extend_from_slice(b"\n{bad\n\xff\xfe\n");
         std::fs::write(file.path(), bytes).unwrap();
         let mut seen = Vec::new();
-        let index = index(file.path(), Format::Text, true, |n| seen.push(n)).unwrap();
+        let index = index(file.path(), Format::Text, true, |n| {
+            seen.push(n);
+            Ok(())
+        })
+        .unwrap();
         let r = &index.report;
         assert_eq!(
             (

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use afs_datagen::{
-    generate, BoxError, DatagenError, Format, GenerationResult, GeneratorConfig, HeuristicScorer,
-    NearDedupeConfig, Progress, QualityScorer, RedactionCounts, Stage,
+    generate, generate_with, BoxError, DatagenError, Format, GenerationResult, GeneratorConfig,
+    HeuristicScorer, Hooks, NearDedupeConfig, Progress, QualityScorer, RedactionCounts, Stage,
 };
 use afs_store::{
     Feedback, FeedbackValue, ManualClock, NewUsage, SqliteConfig, SqliteStore, UsageStore,
@@ -1370,4 +1370,85 @@ fn big_logs_pair_like_record_by_record_processing() {
         })
         .collect();
     assert_eq!(got, expected);
+}
+
+#[test]
+fn a_stopped_run_removes_its_files_and_leaves_the_old_output() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let env = env();
+    env.log(
+        &(0..50)
+            .map(|i| good(&format!("q{i}"), 0.9))
+            .collect::<Vec<_>>(),
+    );
+    let existing = env.path("existing.jsonl");
+    write_existing(&existing, 20);
+    let output = env.path("train.jsonl");
+    fs::write(&output, "the previous output\n").unwrap();
+    let before = files_in(env.dir.path());
+    // A run that reads an existing file, scans, spools its new samples and writes them
+    // again with the rehearsal samples: the stop comes in each stage in turn; then with
+    // `dpo`, in its first pass.
+    let rehearsal = GeneratorConfig {
+        existing: Some(existing),
+        rehearsal_ratio: 0.3,
+        ..GeneratorConfig::default()
+    };
+    let dpo = GeneratorConfig {
+        format: Format::Dpo,
+        ..GeneratorConfig::default()
+    };
+    for (config, stage) in [
+        (&rehearsal, Stage::ReadExisting),
+        (&rehearsal, Stage::Scan),
+        (&rehearsal, Stage::Write),
+        (&dpo, Stage::GroupQueries),
+    ] {
+        let stop = AtomicBool::new(false);
+        let seen = Mutex::new(Vec::new());
+        let progress = |p: Progress| {
+            seen.lock().unwrap().push(p.stage);
+            if p.stage == stage {
+                stop.store(true, Ordering::Relaxed);
+            }
+        };
+        let hooks = Hooks {
+            progress: Some(&progress),
+            stop: Some(&stop),
+        };
+        let err = generate_with(&env.store, config, &output, &HeuristicScorer, hooks).unwrap_err();
+        assert!(matches!(err, DatagenError::Interrupted), "{stage:?}: {err}");
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(
+            seen.last(),
+            Some(&stage),
+            "it stopped at the first report of {stage:?}"
+        );
+        assert_eq!(files_in(env.dir.path()), before, "{stage:?}");
+        assert_eq!(
+            fs::read_to_string(&output).unwrap(),
+            "the previous output\n"
+        );
+    }
+
+    // A flag set before the start stops the run before it reads anything.
+    let stop = AtomicBool::new(true);
+    let hooks = Hooks {
+        progress: None,
+        stop: Some(&stop),
+    };
+    let err = generate_with(&env.store, &rehearsal, &output, &HeuristicScorer, hooks).unwrap_err();
+    assert!(matches!(err, DatagenError::Interrupted), "{err}");
+    assert_eq!(files_in(env.dir.path()), before);
+
+    // Unset, the same run completes.
+    let stop = AtomicBool::new(false);
+    let hooks = Hooks {
+        progress: None,
+        stop: Some(&stop),
+    };
+    let result = generate_with(&env.store, &rehearsal, &output, &HeuristicScorer, hooks).unwrap();
+    assert!(result.rehearsal_samples > 0, "{result:?}");
+    assert_eq!(read_lines(&output).len() as u64, result.final_count);
 }

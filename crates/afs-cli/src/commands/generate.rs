@@ -2,10 +2,12 @@
 
 use std::cell::Cell;
 use std::io::{self, IsTerminal};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use afs_datagen::{
-    generate, DatagenError, ExistingReport, GenerationResult, GeneratorConfig, HeuristicScorer,
-    Progress, Stage,
+    generate_with, DatagenError, ExistingReport, GenerationResult, GeneratorConfig,
+    HeuristicScorer, Hooks, Progress, Stage,
 };
 use afs_store::UsageStore;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,6 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::{GenerateArgs, GlobalArgs};
 use crate::config::{self, generator_key, Config};
 use crate::exit::InvalidInput;
+use crate::interrupt;
 use crate::output::{count, print_json, print_line, table};
 use crate::store_open::{open, Create};
 
@@ -25,16 +28,25 @@ pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()
     let generator = generator_config(&config, args, now)?;
     tracing::debug!(?generator, out = %args.out.display(), "generating");
 
+    // Ctrl-C stops the run at its next progress point (a few milliseconds), which removes
+    // its temporary files; a second one exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    interrupt::install(
+        stop.clone(),
+        vec![interrupt::Step::SetFlag(
+            "afs generate: stopping and removing the unfinished output (send the signal again \
+             to exit at once)",
+        )],
+        "afs generate: exiting at once; a hidden temporary file may be left next to the output",
+    )?;
     let bar = progress_bar();
     let stage = Cell::new(None);
     let on_progress = |p: Progress| show_progress(&bar, &stage, p);
-    let result = generate(
-        &store,
-        &generator,
-        &args.out,
-        &HeuristicScorer,
-        Some(&on_progress),
-    );
+    let hooks = Hooks {
+        progress: Some(&on_progress),
+        stop: Some(&stop),
+    };
+    let result = generate_with(&store, &generator, &args.out, &HeuristicScorer, hooks);
     bar.finish_and_clear();
     let result = result?;
     tracing::info!(final_count = result.final_count, out = %result.output_path.display(), "generated");

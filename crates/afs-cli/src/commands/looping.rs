@@ -70,9 +70,10 @@ fn once(global: &GlobalArgs, args: &LoopOnceArgs) -> anyhow::Result<()> {
     )?;
     interrupt::install(
         stop_trainer.clone(),
-        vec![Step::StopTrainer(
+        vec![Step::SetFlag(
             "afs loop: stopping the trainer (send the signal again to exit at once)",
         )],
+        interrupt::RUN_LEFT_UNFINISHED,
     )?;
     let report = learning.run_iteration_with(IterationOptions {
         force_retrain: args.force,
@@ -135,8 +136,9 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
                 "afs loop: stopping after the current iteration (send the signal again to stop \
                  a running trainer, a third time to exit at once)",
             ),
-            Step::StopTrainer("afs loop: stopping the trainer; the run is recorded as interrupted"),
+            Step::SetFlag("afs loop: stopping the trainer; the run is recorded as interrupted"),
         ],
+        interrupt::RUN_LEFT_UNFINISHED,
     )?;
     let interval = learning.config().check_interval;
     eprintln!(

@@ -67,9 +67,10 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
     let stop_trainer = Arc::new(AtomicBool::new(false));
     interrupt::install(
         stop_trainer.clone(),
-        vec![interrupt::Step::StopTrainer(
+        vec![interrupt::Step::SetFlag(
             "afs retrain: stopping the trainer (send the signal again to exit at once)",
         )],
+        interrupt::RUN_LEFT_UNFINISHED,
     )?;
     let trainer = trainer.interrupt_on(stop_trainer);
     tracing::debug!(?retrainer, ?trainer, "checking and retraining");
