@@ -495,3 +495,35 @@ fn an_interrupted_run_removes_its_files_and_leaves_the_old_output() {
         "temporary files were left"
     );
 }
+
+#[test]
+fn a_run_that_finds_no_records_says_why() {
+    let env = fixture();
+    let out = env.path("out.jsonl");
+    let out = out.to_str().unwrap();
+    // A misspelt model: the warning names the models the log has; the run still succeeds
+    // with an empty file, as a scheduled job expects.
+    let run = env.check_err(
+        &["generate", "--model", "m3", "--out", out],
+        0,
+        &[r#"warning: no records of model "m3" (models in the log: m1, m2)"#],
+    );
+    assert!(run.stdout.contains("wrote 0 samples"), "{run:#?}");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "");
+    env.check_err(
+        &["generate", "--since", "2030-01-01T00:00:00Z", "--out", out],
+        0,
+        &["warning: no records at or after 2030-01-01T00:00:00Z; the output is empty"],
+    );
+    // Records found but all filtered out: no warning (the counts say where they went).
+    let run = env.check(&["generate", "--min-quality", "1", "--out", out], 0);
+    assert!(!run.stderr.contains("warning"), "{run:#?}");
+    // An empty log.
+    let empty = Env::new();
+    empty.import(&[]);
+    empty.check_err(
+        &["generate", "--out", "out.jsonl"],
+        0,
+        &["warning: the log has no records; the output is empty"],
+    );
+}

@@ -9,14 +9,14 @@ use afs_datagen::{
     generate_with, DatagenError, ExistingReport, GenerationResult, GeneratorConfig,
     HeuristicScorer, Hooks, Progress, Stage,
 };
-use afs_store::UsageStore;
+use afs_store::{StatsWindow, UsageStore};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{GenerateArgs, GlobalArgs};
 use crate::config::{self, generator_key, Config};
 use crate::exit::InvalidInput;
 use crate::interrupt;
-use crate::output::{count, print_json, print_line, table};
+use crate::output::{count, print_json, print_line, rfc3339, table};
 use crate::store_open::{open, Create};
 
 /// Generates the training file described by the config file and `args`, and prints the
@@ -51,6 +51,9 @@ pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()
     let result = result?;
     tracing::info!(final_count = result.final_count, out = %result.output_path.display(), "generated");
 
+    if result.total_candidates == 0 {
+        eprintln!("warning: {}", no_candidates(&store, &generator)?);
+    }
     if let Some(existing) = &result.existing {
         if existing.malformed > 0 {
             eprintln!(
@@ -74,6 +77,33 @@ pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()
     } else {
         print_line(summary(&result).trim_end())
     }
+}
+
+/// Why a run found no records at all: the window or the model it was narrowed to (naming
+/// the models the log has, as a misspelt `--model` is the usual cause), or an empty log.
+fn no_candidates(store: &dyn UsageStore, g: &GeneratorConfig) -> anyhow::Result<String> {
+    let mut narrowed = Vec::new();
+    if let Some(model) = &g.model {
+        let models = store.stats_by_model(&StatsWindow::default())?;
+        let known: Vec<&str> = models.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
+        narrowed.push(format!("of model {model:?} (models in the log: {known})"));
+    }
+    if let Some(since) = g.since {
+        narrowed.push(format!("at or after {}", rfc3339(since)));
+    }
+    if let Some(until) = g.until {
+        narrowed.push(format!("before {}", rfc3339(until)));
+    }
+    Ok(if narrowed.is_empty() {
+        "the log has no records; the output is empty".to_string()
+    } else {
+        format!("no records {}; the output is empty", narrowed.join(" and "))
+    })
 }
 
 /// The generator settings: the config file's `[generator]`, overridden by the flags, and
