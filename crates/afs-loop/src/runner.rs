@@ -3,6 +3,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,8 @@ pub struct ContinuousLearningLoop<S: LoopStore = SqliteStore> {
     router: Box<dyn Router>,
     scorer: Option<Arc<dyn QualityScorer>>,
     routing_seed: Option<u64>,
+    /// Stops a dataset generation under way (see [`Self::with_generation_stop`]).
+    generation_stop: Option<Arc<AtomicBool>>,
     stop: StopSignal,
     iteration_lock: Mutex<()>,
     routing: Mutex<Option<(RoutingTable, Instant)>>,
@@ -137,6 +140,7 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             router: Box::new(afs_abtest::HashRouter::new()),
             scorer: None,
             routing_seed: None,
+            generation_stop: None,
             stop: StopSignal::new(),
             iteration_lock: Mutex::new(()),
             routing: Mutex::new(None),
@@ -176,6 +180,14 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     /// way (simulations, reproducible tests).
     pub fn with_routing_seed(mut self, seed: u64) -> Self {
         self.routing_seed = Some(seed);
+        self
+    }
+
+    /// Stops a retrain's dataset generation as soon as `flag` is set; the run is then
+    /// recorded as `interrupted` (see [`AutoRetrainer::stop_generation_on`]). Give it the
+    /// flag the trainer is interrupted with, so one signal stops whichever is running.
+    pub fn with_generation_stop(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.generation_stop = Some(flag);
         self
     }
 
@@ -671,7 +683,10 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
                 generator.since = Some(generator.since.map_or(since, |s| s.max(since)));
             }
         }
-        let retrainer = AutoRetrainer::new(trigger, generator, self.config.retrainer.clone());
+        let mut retrainer = AutoRetrainer::new(trigger, generator, self.config.retrainer.clone());
+        if let Some(flag) = &self.generation_stop {
+            retrainer = retrainer.stop_generation_on(flag.clone());
+        }
         Ok(match &self.scorer {
             Some(scorer) => retrainer.with_scorer(Box::new(SharedScorer(scorer.clone()))),
             None => retrainer,

@@ -312,6 +312,34 @@ fn a_failing_trainer_is_recorded_and_the_loop_goes_on() {
     assert_eq!(report.deployed_challenger(), Some("m-v2"), "{report:?}");
 }
 
+#[test]
+fn a_stop_during_generation_records_an_interrupted_retrain_and_trains_nothing() {
+    let f = fixture();
+    let (trainer, calls) = counting_trainer();
+    let stop = Arc::new(AtomicBool::new(true));
+    let learning = f
+        .new_loop(f.config(), trainer)
+        .with_generation_stop(stop.clone());
+    f.advance_hours(1);
+    traffic(&learning, &f.clock, 60, &flat(0.8));
+    let report = learning.run_iteration().unwrap();
+    let RetrainStep::Failed { status, error, .. } = &report.retrain else {
+        panic!("{report:?}")
+    };
+    assert_eq!(*status, RunStatus::Interrupted);
+    assert!(error.contains("interrupted while generating"), "{error}");
+    assert!(report.deploy.is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // Cleared, the next retrain (after the cooldown) trains and deploys.
+    stop.store(false, Ordering::SeqCst);
+    f.advance_hours(2);
+    traffic(&learning, &f.clock, 10, &flat(0.8));
+    let report = learning.run_iteration().unwrap();
+    assert_eq!(report.deployed_challenger(), Some("m-v2"), "{report:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 /// A judge that panics at its first look and then defers to the sequential judge.
 struct PanicOnce {
     panicked: AtomicBool,

@@ -1,8 +1,13 @@
 //! `AutoRetrainer`: check → generate data into a run directory → train → record the run.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use afs_datagen::{generate, GenerationResult, GeneratorConfig, HeuristicScorer, QualityScorer};
+use afs_datagen::{
+    generate_with, DatagenError, GenerationResult, GeneratorConfig, HeuristicScorer, Hooks,
+    QualityScorer,
+};
 use afs_store::{ErrorKind, NewRun, RetrainRun, RunOutcome, RunStatus};
 
 use crate::checker::{
@@ -72,6 +77,8 @@ pub struct AutoRetrainer {
     generator: GeneratorConfig,
     config: RetrainerConfig,
     scorer: Box<dyn QualityScorer>,
+    /// Set (by a signal handler) to stop the dataset generation under way.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for AutoRetrainer {
@@ -95,7 +102,17 @@ impl AutoRetrainer {
             generator,
             config,
             scorer: Box::new(HeuristicScorer),
+            stop: None,
         }
+    }
+
+    /// Stops the dataset generation of a run as soon as `flag` is set (within a few
+    /// thousand records): the run is then recorded as `interrupted` and no trainer starts.
+    /// Give it the flag the trainer is interrupted with
+    /// ([`crate::CommandTrainer::interrupt_on`]), so one signal stops whichever is running.
+    pub fn stop_generation_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
     }
 
     /// Uses `scorer` for records without a quality score.
@@ -174,14 +191,25 @@ impl AutoRetrainer {
             return Ok(RetrainOutcome::Failed { run, trigger });
         }
         let dataset_path = run_dir.join(&self.config.dataset_name);
-        let dataset = match generate(
+        let hooks = Hooks {
+            progress: None,
+            stop: self.stop.as_deref(),
+        };
+        let dataset = match generate_with(
             store.as_usage(),
             &self.generator,
             &dataset_path,
             self.scorer.as_ref(),
-            None,
+            hooks,
         ) {
             Ok(result) => result,
+            Err(DatagenError::Interrupted) => {
+                let run = fail(
+                    RunStatus::Interrupted,
+                    "interrupted while generating the training data".into(),
+                )?;
+                return Ok(RetrainOutcome::Failed { run, trigger });
+            }
             Err(e) => {
                 let run = fail(RunStatus::Failed, format!("generate training data: {e}"))?;
                 return Ok(RetrainOutcome::Failed { run, trigger });

@@ -318,6 +318,48 @@ fn closures_train_and_panics_are_recorded_as_failures() {
 }
 
 #[test]
+fn a_stop_during_generation_records_the_run_as_interrupted_and_trains_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_traffic(dir.path(), 20);
+    let never =
+        FnTrainer(|_: &TrainJob| -> Result<TrainOutput, String> { panic!("must not be called") });
+    let stop = Arc::new(AtomicBool::new(false));
+    let retrainer = retrainer(dir.path(), 5).stop_generation_on(stop.clone());
+    stop.store(true, Ordering::SeqCst);
+    let run = failed_run(retrainer.check_and_retrain(&store, &never, true).unwrap());
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("interrupted while generating the training data"),
+        "{run:?}"
+    );
+    assert_eq!(run.dataset_path, None);
+    // The run's directory (made before generation starts) holds no dataset, finished or
+    // not.
+    let left: Vec<_> = std::fs::read_dir(&run.run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Cleared, the next run generates and trains.
+    stop.store(false, Ordering::SeqCst);
+    let ok = FnTrainer(|job: &TrainJob| {
+        Ok(TrainOutput {
+            model_path: job.output_dir.join("m").to_string_lossy().into_owned(),
+            metrics: serde_json::Map::new(),
+        })
+    });
+    let outcome = retrainer.check_and_retrain(&store, &ok, true).unwrap();
+    assert!(
+        matches!(outcome, RetrainOutcome::Completed { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[test]
 fn too_few_samples_are_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_traffic(dir.path(), 20);

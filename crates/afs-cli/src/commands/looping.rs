@@ -51,11 +51,15 @@ fn build(
     let loop_config = config.loop_config();
     config.check_loop(&loop_config)?;
     let trainer = crate::trainer::from_flags(options.train_cmd.as_deref(), None, "", &config)?
-        .interrupt_on(stop_trainer);
+        .interrupt_on(stop_trainer.clone());
     let store = open_with(config.sqlite_config(&global.db), Create::Never, pinned)?;
     tracing::debug!(?loop_config, "starting the continuous loop");
-    ContinuousLearningLoop::new(Arc::new(store), loop_config, Box::new(trainer))
-        .context("cannot start the continuous loop")
+    // The flag that stops the trainer also stops a dataset generation under way.
+    Ok(
+        ContinuousLearningLoop::new(Arc::new(store), loop_config, Box::new(trainer))
+            .context("cannot start the continuous loop")?
+            .with_generation_stop(stop_trainer),
+    )
 }
 
 /// `afs loop once`: one iteration, and what it did.
@@ -71,7 +75,8 @@ fn once(global: &GlobalArgs, args: &LoopOnceArgs) -> anyhow::Result<()> {
     interrupt::install(
         stop_trainer.clone(),
         vec![Step::SetFlag(
-            "afs loop: stopping the trainer (send the signal again to exit at once)",
+            "afs loop: stopping the trainer or the dataset generation (send the signal again \
+             to exit at once)",
         )],
         interrupt::RUN_LEFT_UNFINISHED,
     )?;
@@ -136,7 +141,10 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
                 "afs loop: stopping after the current iteration (send the signal again to stop \
                  a running trainer, a third time to exit at once)",
             ),
-            Step::SetFlag("afs loop: stopping the trainer; the run is recorded as interrupted"),
+            Step::SetFlag(
+                "afs loop: stopping the trainer or the dataset generation; the run is recorded as \
+                 interrupted",
+            ),
         ],
         interrupt::RUN_LEFT_UNFINISHED,
     )?;

@@ -63,12 +63,15 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
 
     let trigger = RetrainTrigger::new(config.trigger.clone())?;
     let store = open(config.sqlite_config(&global.db), Create::Never)?;
-    let retrainer = AutoRetrainer::new(trigger, config.generator.clone(), retrainer);
     let stop_trainer = Arc::new(AtomicBool::new(false));
+    // One flag stops whichever is running: the dataset generation or the trainer.
+    let retrainer = AutoRetrainer::new(trigger, config.generator.clone(), retrainer)
+        .stop_generation_on(stop_trainer.clone());
     interrupt::install(
         stop_trainer.clone(),
         vec![interrupt::Step::SetFlag(
-            "afs retrain: stopping the trainer (send the signal again to exit at once)",
+            "afs retrain: stopping the trainer or the dataset generation (send the signal again to \
+             exit at once)",
         )],
         interrupt::RUN_LEFT_UNFINISHED,
     )?;
