@@ -48,13 +48,13 @@ pub(super) fn build(
         loop_config.initial_champion = Some(NewModelVersion::new(name, path));
     }
     config.check_loop(&loop_config)?;
-    let inner =
-        ContinuousLearningLoop::new(store, loop_config, Box::new(trainer)).map_err(|e| match e
-            .kind()
-        {
+    let inner = ContinuousLearningLoop::new(store, loop_config, Box::new(trainer))
+        .map_err(|e| match e.kind() {
             Some(ErrorKind::InvalidInput) => anyhow::Error::new(InvalidInput(e.to_string())),
             _ => anyhow::Error::new(e).context("cannot start the continuous loop"),
-        })?;
+        })?
+        // The flag that stops the trainer also stops a dataset generation under way.
+        .with_generation_stop(stop_trainer.clone());
     Ok(Learning {
         inner: Arc::new(inner),
         stop_trainer,
