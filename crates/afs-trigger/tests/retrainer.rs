@@ -148,6 +148,11 @@ fn a_result_file_is_preferred_to_stdout() {
     assert_eq!(output.model_path, "from-file");
 }
 
+/// A trainer for runs that must end before training: it panics if called.
+fn never_called() -> impl Trainer {
+    FnTrainer(|_: &TrainJob| -> Result<TrainOutput, String> { panic!("must not be called") })
+}
+
 fn failed_run(outcome: RetrainOutcome) -> afs_store::RetrainRun {
     match outcome {
         RetrainOutcome::Failed { run, .. } => run,
@@ -321,8 +326,7 @@ fn closures_train_and_panics_are_recorded_as_failures() {
 fn a_stop_during_generation_records_the_run_as_interrupted_and_trains_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_traffic(dir.path(), 20);
-    let never =
-        FnTrainer(|_: &TrainJob| -> Result<TrainOutput, String> { panic!("must not be called") });
+    let never = never_called();
     let stop = Arc::new(AtomicBool::new(false));
     let retrainer = retrainer(dir.path(), 5).stop_generation_on(stop.clone());
     stop.store(true, Ordering::SeqCst);
@@ -363,8 +367,7 @@ fn a_stop_during_generation_records_the_run_as_interrupted_and_trains_nothing() 
 fn too_few_samples_are_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_traffic(dir.path(), 20);
-    let never =
-        FnTrainer(|_: &TrainJob| -> Result<TrainOutput, String> { panic!("must not be called") });
+    let never = never_called();
     let outcome = retrainer(dir.path(), 100)
         .check_and_retrain(&store, &never, true)
         .unwrap();
@@ -392,8 +395,7 @@ fn only_one_retrain_runs_at_a_time() {
             run_dir: "x".into(),
         })
         .unwrap();
-    let never =
-        FnTrainer(|_: &TrainJob| -> Result<TrainOutput, String> { panic!("must not be called") });
+    let never = never_called();
     let outcome = retrainer(dir.path(), 5)
         .check_and_retrain(&store, &never, true)
         .unwrap();
