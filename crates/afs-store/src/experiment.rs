@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
+use crate::units::UnitCohort;
 
 /// The role of a model version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -484,4 +485,26 @@ pub trait ExperimentStore: Send + Sync {
 
     /// Event-log rows matching `filter`.
     fn events(&self, filter: &EventFilter) -> Result<Vec<ExperimentEvent>>;
+
+    /// The per-unit statistics of experiment `experiment_id`, one [`UnitCohort`] per period
+    /// and arm that has units, ordered by period, champion first (definitions in
+    /// [`crate::units`]). With `feedback_before`, feedback counts only on records logged
+    /// before that time (the maturity cut). Kept current by every write to the log (log,
+    /// feedback, quality updates, deletions) while the experiment runs; for an ended
+    /// experiment, as they stood when it ended. Must equal
+    /// [`unit_cohorts_from_records`](crate::unit_cohorts_from_records) over the log, and must
+    /// not scan the log: its cost grows with the number of units in the experiment (plus the
+    /// records with feedback after the maturity cut), not with the number of records.
+    /// `NotFound` for an unknown experiment.
+    fn unit_stats(
+        &self,
+        experiment_id: i64,
+        feedback_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<UnitCohort>>;
+
+    /// Records, for experiment `experiment_id`, each unit's sums over its records logged in
+    /// `[since, experiment start)` (any model) as its covariate for variance reduction
+    /// (CUPED), replacing any recorded before; returns how many units have such history.
+    /// Reads the log of that window once. `NotFound` for an unknown experiment.
+    fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64>;
 }

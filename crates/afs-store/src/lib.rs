@@ -27,6 +27,7 @@ mod runs;
 mod sqlite;
 mod stats;
 mod store;
+pub mod units;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, Result, StoreError};
@@ -45,3 +46,6 @@ pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, SCHEMA_VERSION};
 pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};
+pub use units::{
+    unit_cohorts_from_records, CohortBuilder, UnitCohort, UnitMetric, UnitMoments, UnitTally,
+};

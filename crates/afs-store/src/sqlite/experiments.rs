@@ -873,4 +873,34 @@ impl ExperimentStore for SqliteStore {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| StoreError::db("read events", e))
     }
+
+    fn unit_stats(
+        &self,
+        experiment_id: i64,
+        feedback_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<crate::units::UnitCohort>> {
+        // PLACEHOLDER (being replaced by the schema-7 implementation): scans the log.
+        let experiment = self.experiment(experiment_id)?;
+        let records: Vec<_> = self
+            .query(&crate::RecordFilter::default())?
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::units::unit_cohorts_from_records(
+            &experiment,
+            &records,
+            feedback_before,
+            self.covariate_since
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&experiment_id).copied()),
+        ))
+    }
+
+    fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64> {
+        // PLACEHOLDER (being replaced by the schema-7 implementation).
+        self.experiment(experiment_id)?;
+        if let Ok(mut m) = self.covariate_since.lock() {
+            m.insert(experiment_id, since);
+        }
+        Ok(0)
+    }
 }

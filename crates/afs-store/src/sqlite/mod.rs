@@ -83,6 +83,9 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     pool: Pool<SqliteConnectionManager>,
     writer: OnceLock<Writer>,
+    /// PLACEHOLDER until schema 7 stores covariates.
+    pub(crate) covariate_since:
+        std::sync::Mutex<std::collections::HashMap<i64, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -158,6 +161,7 @@ impl SqliteStore {
             clock,
             pool,
             writer: OnceLock::new(),
+            covariate_since: Default::default(),
         })
     }
 
