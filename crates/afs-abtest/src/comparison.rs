@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::metric::Metric;
 use crate::router::Arm;
+use crate::units::Aggregation;
 
 /// The part a metric plays in the decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,11 +73,20 @@ pub struct MetricResult {
     pub champion_n: u64,
     /// Challenger observations.
     pub challenger_n: u64,
-    /// Champion's value over the experiment.
+    /// Champion units with an observation (equal to `champion_n` when requests are the
+    /// units).
+    pub champion_units: u64,
+    /// Challenger units with an observation.
+    pub challenger_units: u64,
+    /// How per-unit values were combined; `None` when requests were analysed directly.
+    pub aggregation: Option<Aggregation>,
+    /// The share of the per-unit variance that CUPED removed, when it was applied.
+    pub cuped_reduction: Option<f64>,
+    /// Champion's value over the experiment (per-unit mean or ratio, not CUPED-adjusted).
     pub champion_value: Option<f64>,
     /// Challenger's value over the experiment.
     pub challenger_value: Option<f64>,
-    /// Challenger − champion.
+    /// Challenger − champion, combined over cohorts (CUPED-adjusted when applied).
     pub difference: Option<f64>,
     /// Difference relative to the champion's value.
     pub relative_lift: Option<f64>,
@@ -95,20 +105,28 @@ pub struct MetricResult {
 }
 
 /// The sample-ratio-mismatch check: did the arms get the traffic their weights promise?
+///
+/// With unit statistics it counts the units first assigned to each arm (a unit is routed
+/// once, so requests are not independent draws) and tests them sequentially (always-valid
+/// p-value, safe under hourly looks); without, it counts requests with a chi-square test.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SrmCheck {
     /// Champion requests over the experiment.
     pub champion_requests: u64,
     /// Challenger requests over the experiment.
     pub challenger_requests: u64,
-    /// Expected challenger share: Σ period requests × period weight / all requests.
+    /// Units first assigned to the champion (`None` without unit statistics).
+    pub champion_units: Option<u64>,
+    /// Units first assigned to the challenger.
+    pub challenger_units: Option<u64>,
+    /// Expected challenger share: Σ per period (units or requests) × period weight / all.
     pub expected_challenger_share: Option<f64>,
     /// Observed challenger share.
     pub observed_challenger_share: Option<f64>,
-    /// Pearson's chi-square statistic (1 degree of freedom); `None` when an arm expects
-    /// fewer than 8 requests.
+    /// Pearson's chi-square statistic (1 degree of freedom) of the request-level test;
+    /// `None` for the unit test or when an arm expects fewer than 8 requests.
     pub chi_square: Option<f64>,
-    /// Its p-value.
+    /// Its p-value (always-valid for the unit test).
     pub p_value: Option<f64>,
     /// True when p < the alarm level *and* the share deviates by more than the minimum.
     pub mismatch: bool,
@@ -133,6 +151,30 @@ pub struct SeedComparison {
     pub fixed_rule_promotes: bool,
 }
 
+/// What a look analysed as its units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Analysis {
+    /// Units (user or session ids) from the store's per-unit statistics; records without a
+    /// unit id count as units of their own.
+    Units,
+    /// No record carries a unit id: every request is a unit of its own, so the analysis is
+    /// per request (valid when routing is per request, as it is without unit ids).
+    NoUnitIds,
+    /// The store gave no unit statistics: requests from the rollups.
+    Requests,
+}
+
+impl Analysis {
+    /// `units`, `no_unit_ids` or `requests`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Analysis::Units => "units",
+            Analysis::NoUnitIds => "no_unit_ids",
+            Analysis::Requests => "requests",
+        }
+    }
+}
+
 /// A judge's report at one look.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
@@ -146,7 +188,7 @@ pub struct Comparison {
     pub evaluated_at: DateTime<Utc>,
     /// Hours since the challenger was deployed.
     pub elapsed_hours: f64,
-    /// Champion requests (the units of the minimum-sample rule).
+    /// Champion requests.
     pub champion_requests: u64,
     /// Challenger requests.
     pub challenger_requests: u64,
@@ -154,6 +196,12 @@ pub struct Comparison {
     pub champion_feedback: u64,
     /// Challenger feedback events.
     pub challenger_feedback: u64,
+    /// Champion units (equal to its requests when requests are the units).
+    pub champion_units: u64,
+    /// Challenger units.
+    pub challenger_units: u64,
+    /// What was analysed as units.
+    pub analysis: Analysis,
     /// The primary metric first, then each guardrail.
     pub metrics: Vec<MetricResult>,
     /// The sample-ratio check.
@@ -189,9 +237,11 @@ impl MetricResult {
         json!({
             "metric": self.metric.key(),
             "role": role,
+            "aggregation": self.aggregation.map(Aggregation::as_str),
+            "cuped_variance_reduction": opt(self.cuped_reduction),
             "margin": opt(margin),
-            "champion": { "n": self.champion_n, "value": opt(self.champion_value) },
-            "challenger": { "n": self.challenger_n, "value": opt(self.challenger_value) },
+            "champion": { "n": self.champion_n, "units": self.champion_units, "value": opt(self.champion_value) },
+            "challenger": { "n": self.challenger_n, "units": self.challenger_units, "value": opt(self.challenger_value) },
             "difference": opt(self.difference),
             "relative_lift": opt(self.relative_lift),
             "interval": self.interval.map_or(Value::Null, |(lo, hi)| json!([opt(Some(lo)), opt(Some(hi))])),
@@ -212,10 +262,14 @@ impl Comparison {
             "challenger": self.challenger,
             "evaluated_at": time(self.evaluated_at),
             "elapsed_hours": self.elapsed_hours,
+            "analysis": self.analysis.as_str(),
             "requests": { "champion": self.champion_requests, "challenger": self.challenger_requests },
+            "units": { "champion": self.champion_units, "challenger": self.challenger_units },
             "feedback": { "champion": self.champion_feedback, "challenger": self.challenger_feedback },
             "metrics": self.metrics.iter().map(MetricResult::to_json).collect::<Vec<_>>(),
             "srm": {
+                "champion_units": self.srm.champion_units,
+                "challenger_units": self.srm.challenger_units,
                 "expected_challenger_share": opt(self.srm.expected_challenger_share),
                 "observed_challenger_share": opt(self.srm.observed_challenger_share),
                 "chi_square": opt(self.srm.chi_square),
@@ -231,6 +285,29 @@ impl Comparison {
             "decision": self.decision.as_str(),
             "reason": self.reason,
         })
+    }
+
+    /// How many units and requests each arm had, for the end of every decision message.
+    pub fn sample_sizes(&self) -> String {
+        match self.analysis {
+            Analysis::Units => format!(
+                "champion {} units ({} requests), challenger {} units ({} requests)",
+                self.champion_units,
+                self.champion_requests,
+                self.challenger_units,
+                self.challenger_requests
+            ),
+            Analysis::NoUnitIds | Analysis::Requests => format!(
+                "analysed per request ({}): champion {} requests, challenger {}",
+                if self.analysis == Analysis::NoUnitIds {
+                    "no record carries a unit id"
+                } else {
+                    "no unit statistics"
+                },
+                self.champion_requests,
+                self.challenger_requests
+            ),
+        }
     }
 
     /// The result of `metric`, if it was judged.

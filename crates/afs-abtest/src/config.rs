@@ -3,6 +3,7 @@
 
 use crate::error::AbTestError;
 use crate::metric::Metric;
+use crate::units::Aggregation;
 
 /// The metric a challenger must improve to be promoted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,8 +67,7 @@ impl Default for BanditConfig {
 pub struct AbTestConfig {
     /// Share of traffic a new challenger gets (seed default 0.1).
     pub initial_challenger_traffic: f64,
-    /// Requests each arm needs before any promotion or rollback (seed default 100). The
-    /// store's aggregates count requests, not distinct users, so requests are the units.
+    /// Requests each arm needs before any promotion or rollback (seed default 100).
     pub min_samples_per_version: u64,
     /// The seed's threshold on its weighted-improvement score and the "5% better" half of
     /// its fixed rule (default 0.05). Reported for comparison only.
@@ -108,6 +108,25 @@ pub struct AbTestConfig {
     pub check_interval_hours: f64,
     /// Thompson-sampling weights; `None` (default) keeps weights where operators set them.
     pub bandit: Option<BanditConfig>,
+    /// Units (user or session ids) each arm needs before any promotion or rollback, and
+    /// before a metric's test starts (default 50): a few heavy users can send 100 requests
+    /// in an hour. Records without a unit id count as units of their own.
+    pub min_units_per_arm: u64,
+    /// Metrics analysed as a request-weighted ratio (Σ metric / Σ observations over units,
+    /// delta-method variance over units) instead of the default mean of per-unit means.
+    /// Empty by default.
+    pub ratio_metrics: Vec<Metric>,
+    /// Variance reduction with each unit's pre-experiment value of the metric as covariate
+    /// (CUPED; per-unit means only; units without history are not adjusted). Default true.
+    pub cuped: bool,
+    /// Days of history before an experiment starts that give the CUPED covariates (default
+    /// 14; 0 records none).
+    pub cuped_lookback_days: f64,
+    /// Hours after a record is logged before its feedback counts in feedback metrics
+    /// (default 0: feedback counts as it arrives). A missing thumb never counts as a
+    /// negative either way; a window makes every look compare records that have all had
+    /// the same time to collect feedback.
+    pub feedback_maturity_hours: f64,
 }
 
 impl Default for AbTestConfig {
@@ -139,6 +158,11 @@ impl Default for AbTestConfig {
             srm_min_deviation: 0.001,
             check_interval_hours: 1.0,
             bandit: None,
+            min_units_per_arm: 50,
+            ratio_metrics: Vec::new(),
+            cuped: true,
+            cuped_lookback_days: 14.0,
+            feedback_maturity_hours: 0.0,
         }
     }
 }
@@ -236,6 +260,16 @@ impl AbTestConfig {
                 format!("{} is not a finite number > 0", self.check_interval_hours),
             ));
         }
+        check_non_negative("cuped_lookback_days", self.cuped_lookback_days)?;
+        check_non_negative("feedback_maturity_hours", self.feedback_maturity_hours)?;
+        for (i, metric) in self.ratio_metrics.iter().enumerate() {
+            if self.ratio_metrics[..i].contains(metric) {
+                return Err(AbTestError::invalid_config(
+                    "ratio_metrics",
+                    format!("{} is listed twice", metric.key()),
+                ));
+            }
+        }
         if let Some(bandit) = &self.bandit {
             check_unit("bandit.arm_floor", bandit.arm_floor, false, false)?;
             if bandit.arm_floor > 0.5 {
@@ -253,6 +287,15 @@ impl AbTestConfig {
             }
         }
         Ok(())
+    }
+
+    /// How `metric`'s per-unit values are combined.
+    pub fn aggregation_of(&self, metric: Metric) -> Aggregation {
+        if self.ratio_metrics.contains(&metric) {
+            Aggregation::Ratio
+        } else {
+            Aggregation::UnitMean
+        }
     }
 
     /// Whether promotions need feedback events (a feedback metric is primary or guarded).

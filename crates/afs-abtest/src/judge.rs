@@ -1,17 +1,18 @@
 //! The `Judge` trait and the default [`SequentialJudge`]: always-valid mSPRT tests on the
 //! primary metric and the guardrails, minimum samples and duration, and a sample-ratio check.
 
-use afs_store::{Decision, Experiment, SequentialState, UsageStats};
+use afs_store::{Decision, Experiment, SequentialState, UnitCohort, UsageStats};
 use chrono::{DateTime, Utc};
 
 use crate::comparison::{
-    Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck,
+    Analysis, Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck,
 };
 use crate::config::AbTestConfig;
 use crate::error::Result;
 use crate::maths::{chi_square_1_sf, cs_half_width, holm, msprt_p, msprt_p_greater, normal_sf};
 use crate::metric::{Metric, Summary};
 use crate::router::Arm;
+use crate::units;
 
 /// Both arms' statistics over one period of an experiment (one challenger weight).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -29,8 +30,12 @@ pub struct PeriodStats {
 pub struct JudgeInput<'a> {
     /// The running experiment.
     pub experiment: &'a Experiment,
-    /// Its periods' statistics, in the order of `experiment.periods`.
+    /// Its periods' statistics, in the order of `experiment.periods` (request level: the
+    /// store's per-model rollups).
     pub periods: &'a [PeriodStats],
+    /// Its per-unit statistics by cohort and arm ([`afs_store::ExperimentStore::unit_stats`]).
+    /// Empty when the store has none, in which case the judge analyses requests.
+    pub units: &'a [UnitCohort],
     /// The sequential state stored after the previous look (empty at the first).
     pub previous: &'a [SequentialState],
     /// The time of this look.
@@ -139,8 +144,15 @@ fn pooled(periods: &[PeriodStats]) -> (UsageStats, UsageStats) {
     (a, b)
 }
 
-/// The sample-ratio check over `periods`.
-pub(crate) fn srm_check(periods: &[PeriodStats], config: &AbTestConfig) -> SrmCheck {
+/// The sample-ratio check: on units when the store counts them (a sequential test of the
+/// units first assigned to each arm, valid under hourly looks), else on requests
+/// (chi-square against the periods' expected counts).
+pub(crate) fn srm_check(
+    experiment: &Experiment,
+    periods: &[PeriodStats],
+    cohorts: &[UnitCohort],
+    config: &AbTestConfig,
+) -> SrmCheck {
     let (mut observed_a, mut observed_b, mut expected_b, mut total) = (0u64, 0u64, 0.0, 0u64);
     for p in periods {
         let n = p.champion.total + p.challenger.total;
@@ -152,12 +164,32 @@ pub(crate) fn srm_check(periods: &[PeriodStats], config: &AbTestConfig) -> SrmCh
     let mut check = SrmCheck {
         champion_requests: observed_a,
         challenger_requests: observed_b,
+        champion_units: None,
+        challenger_units: None,
         expected_challenger_share: None,
         observed_challenger_share: None,
         chi_square: None,
         p_value: None,
         mismatch: false,
     };
+    if !cohorts.is_empty() {
+        let (log_bf, units_a, units_b, expected_units_b) =
+            units::srm_log_bayes_factor(experiment, cohorts);
+        check.champion_units = Some(units_a);
+        check.challenger_units = Some(units_b);
+        let n = units_a + units_b;
+        if n == 0 {
+            return check;
+        }
+        let n_f = n as f64;
+        check.expected_challenger_share = Some(expected_units_b / n_f);
+        check.observed_challenger_share = Some(units_b as f64 / n_f);
+        let p = (-log_bf).exp().min(1.0);
+        let deviation = (units_b as f64 - expected_units_b).abs() / n_f;
+        check.p_value = Some(p);
+        check.mismatch = p < config.srm_p_threshold && deviation > config.srm_min_deviation;
+        return check;
+    }
     if total == 0 {
         return check;
     }
@@ -283,16 +315,36 @@ impl SequentialJudge {
         input: &JudgeInput<'_>,
         pooled_a: &UsageStats,
         pooled_b: &UsageStats,
-        trusted: bool,
     ) -> (MetricResult, Option<SequentialState>) {
         let config = &self.config;
-        let (sa, sb) = (metric.summarize(pooled_a), metric.summarize(pooled_b));
-        let (na, nb) = (metric.count(pooled_a), metric.count(pooled_b));
-        let estimate = match (&sa, &sb) {
-            (Some(a), Some(b)) => stratified_difference(metric, input.periods, a, b),
-            _ => None,
+        let aggregation = config.aggregation_of(metric);
+        let seen = if input.units.is_empty() {
+            // No unit statistics: every request is a unit of its own.
+            let (sa, sb) = (metric.summarize(pooled_a), metric.summarize(pooled_b));
+            let (na, nb) = (metric.count(pooled_a), metric.count(pooled_b));
+            units::UnitEstimate {
+                units: (na, nb),
+                observations: (na, nb),
+                values: (sa.map(|s| s.mean), sb.map(|s| s.mean)),
+                difference: match (&sa, &sb) {
+                    (Some(a), Some(b)) => stratified_difference(metric, input.periods, a, b),
+                    _ => None,
+                },
+                cuped_reduction: None,
+            }
+        } else {
+            units::estimate(
+                metric,
+                input.units,
+                input.experiment.periods.len(),
+                aggregation,
+                config.cuped,
+            )
         };
-        let champion_value = sa.map(|s| s.mean);
+        let (na, nb) = seen.observations;
+        let (ka, kb) = seen.units;
+        let estimate = seen.difference;
+        let champion_value = seen.values.0;
         let relative_lift = match (estimate, champion_value) {
             (Some((d, _)), Some(a)) if a != 0.0 => Some(d / a),
             _ => None,
@@ -302,9 +354,18 @@ impl SequentialJudge {
         } else {
             config.min_samples_per_version
         };
+        // The unit minimum applies to units with ids; without any, requests are the units
+        // and the observation minimum is the gate.
+        let has_unit_ids = input.units.iter().any(|c| c.units > c.loose_records);
+        let min_units = if has_unit_ids {
+            config.min_units_per_arm
+        } else {
+            0
+        };
         let previous = input.previous.iter().find(|s| s.metric == metric.key());
-        // A look at data that fails the sample-ratio check does not feed the tests.
-        let ready = trusted && na >= min_n && nb >= min_n;
+        // The tests are fed even while the sample-ratio check alarms: a hold blocks promotion,
+        // never the rollback of a challenger shown to be worse.
+        let ready = na >= min_n && nb >= min_n && ka >= min_units && kb >= min_units;
         let updated = match (estimate, champion_value) {
             (Some((d, v)), Some(baseline)) if ready => {
                 let seen = Observation {
@@ -318,7 +379,7 @@ impl SequentialJudge {
         };
         let state = updated.as_ref().or(previous);
         let orientation = metric.orientation();
-        let verdict = match (&sa, &sb, state) {
+        let verdict = match (seen.values.0, seen.values.1, state) {
             (None, _, _) | (_, None, _) => MetricVerdict::NoData,
             (_, _, None) => MetricVerdict::WaitingForSamples,
             (_, _, Some(s)) if s.p_better < config.alpha => match role {
@@ -332,8 +393,16 @@ impl SequentialJudge {
             role,
             champion_n: na,
             challenger_n: nb,
+            champion_units: ka,
+            challenger_units: kb,
+            aggregation: if input.units.is_empty() {
+                None
+            } else {
+                Some(aggregation)
+            },
+            cuped_reduction: seen.cuped_reduction,
             champion_value,
-            challenger_value: sb.map(|s| s.mean),
+            challenger_value: seen.values.1,
             difference: estimate.map(|(d, _)| d),
             relative_lift,
             interval: state.map(|s| {
@@ -471,8 +540,13 @@ impl SequentialJudge {
                     ))
                 }
                 (_, MetricVerdict::WaitingForSamples) => Some(format!(
-                    "waiting for {min_n} {key} observations per arm (champion {}, challenger {})",
-                    m.champion_n, m.challenger_n
+                    "waiting for {min_n} {key} observations from {} units per arm (champion {} \
+                     from {} units, challenger {} from {} units)",
+                    config.min_units_per_arm,
+                    m.champion_n,
+                    m.champion_units,
+                    m.challenger_n,
+                    m.challenger_units
                 )),
                 (MetricRole::Primary, MetricVerdict::Inconclusive) => Some(format!(
                     "{} not significantly better yet (always-valid p = {})",
@@ -516,12 +590,11 @@ impl Judge for SequentialJudge {
                 .iter()
                 .map(|g| (g.metric, MetricRole::Guardrail { margin: g.margin })),
         );
-        let srm = srm_check(input.periods, config);
+        let srm = srm_check(experiment, input.periods, input.units, config);
         let mut metrics = Vec::new();
         let mut states = Vec::new();
         for (metric, role) in roles {
-            let (result, state) =
-                self.evaluate(metric, role, input, &pooled_a, &pooled_b, !srm.mismatch);
+            let (result, state) = self.evaluate(metric, role, input, &pooled_a, &pooled_b);
             metrics.push(result);
             states.extend(state);
         }
@@ -544,6 +617,21 @@ impl Judge for SequentialJudge {
         }
 
         let seed = self.seed_comparison(&pooled_a, &pooled_b, elapsed_hours);
+        let arm_units = |challenger: bool| -> (u64, u64) {
+            input
+                .units
+                .iter()
+                .filter(|c| c.challenger == challenger)
+                .fold((0, 0), |(u, l), c| (u + c.units, l + c.loose_records))
+        };
+        let ((units_a, loose_a), (units_b, loose_b)) = (arm_units(false), arm_units(true));
+        let analysis = if input.units.is_empty() {
+            Analysis::Requests
+        } else if units_a + units_b > loose_a + loose_b {
+            Analysis::Units
+        } else {
+            Analysis::NoUnitIds
+        };
         let mut comparison = Comparison {
             experiment_id: experiment.id,
             champion: experiment.champion.clone(),
@@ -554,6 +642,9 @@ impl Judge for SequentialJudge {
             challenger_requests: pooled_b.total,
             champion_feedback: pooled_a.with_feedback,
             challenger_feedback: pooled_b.with_feedback,
+            champion_units: units_a,
+            challenger_units: units_b,
+            analysis,
             metrics,
             srm,
             seed,
@@ -563,38 +654,39 @@ impl Judge for SequentialJudge {
         };
         let (decision, reason) = self.decide(&comparison);
         comparison.decision = decision;
-        comparison.reason = reason;
+        comparison.reason = format!("{reason}; {}", comparison.sample_sizes());
         comparison
     }
 }
 
 impl SequentialJudge {
+    fn srm_text(c: &Comparison) -> String {
+        let what = if c.srm.champion_units.is_some() {
+            "of newly assigned units"
+        } else {
+            "of requests"
+        };
+        let test = match c.srm.chi_square {
+            Some(chi2) => format!(
+                "chi-square {chi2:.1}, p = {}",
+                p_text(c.srm.p_value.unwrap_or(1.0))
+            ),
+            None => format!("always-valid p = {}", p_text(c.srm.p_value.unwrap_or(1.0))),
+        };
+        format!(
+            "sample ratio mismatch: challenger got {:.2}% {what}, expected {:.2}% ({test})",
+            c.srm.observed_challenger_share.unwrap_or(0.0) * 100.0,
+            c.srm.expected_challenger_share.unwrap_or(0.0) * 100.0,
+        )
+    }
+
     fn decide(&self, c: &Comparison) -> (Decision, String) {
         let config = &self.config;
-        if c.srm.mismatch {
-            return (
-                Decision::Hold,
-                format!(
-                    "sample ratio mismatch: challenger got {:.2}% of requests, expected {:.2}% \
-                     (chi-square {:.1}, p = {}); routing or logging is broken, so no decision is \
-                     taken until it is fixed",
-                    c.srm.observed_challenger_share.unwrap_or(0.0) * 100.0,
-                    c.srm.expected_challenger_share.unwrap_or(0.0) * 100.0,
-                    c.srm.chi_square.unwrap_or(0.0),
-                    p_text(c.srm.p_value.unwrap_or(1.0)),
-                ),
-            );
-        }
         let min = config.min_samples_per_version;
-        if c.champion_requests < min || c.challenger_requests < min {
-            return (
-                Decision::KeepTesting,
-                format!(
-                    "waiting for samples: champion has {} and challenger {} of the {min} requests each arm needs",
-                    c.champion_requests, c.challenger_requests
-                ),
-            );
-        }
+        let min_units = config.min_units_per_arm;
+        let requests_ok = c.champion_requests >= min && c.challenger_requests >= min;
+        let units_ok = c.analysis != Analysis::Units
+            || (c.champion_units >= min_units && c.challenger_units >= min_units);
         let harmed: Vec<String> = c
             .metrics
             .iter()
@@ -613,14 +705,48 @@ impl SequentialJudge {
                 )
             })
             .collect();
-        if !harmed.is_empty() {
+        // Harm is acted on even when the split looks wrong: rolling back is the safe side.
+        if requests_ok && units_ok && !harmed.is_empty() {
+            let srm = if c.srm.mismatch {
+                format!(" (also {})", Self::srm_text(c))
+            } else {
+                String::new()
+            };
             return (
                 Decision::Rollback,
                 format!(
-                    "challenger {} is significantly worse: {} (Holm-corrected at alpha {})",
+                    "challenger {} is significantly worse: {} (Holm-corrected at alpha {}){srm}",
                     c.challenger,
                     harmed.join("; "),
                     config.alpha
+                ),
+            );
+        }
+        if c.srm.mismatch {
+            return (
+                Decision::Hold,
+                format!(
+                    "{}; routing or logging is broken, so nothing is promoted until it is fixed \
+                     (a significantly worse challenger is still rolled back)",
+                    Self::srm_text(c)
+                ),
+            );
+        }
+        if !requests_ok {
+            return (
+                Decision::KeepTesting,
+                format!(
+                    "waiting for samples: champion has {} and challenger {} of the {min} requests each arm needs",
+                    c.champion_requests, c.challenger_requests
+                ),
+            );
+        }
+        if !units_ok {
+            return (
+                Decision::KeepTesting,
+                format!(
+                    "waiting for units: champion has {} and challenger {} of the {min_units} units each arm needs",
+                    c.champion_units, c.challenger_units
                 ),
             );
         }
@@ -650,13 +776,11 @@ impl SequentialJudge {
             Decision::Promote,
             format!(
                 "challenger {} is better: {} (always-valid p = {} < {}){interval}; {guardrails}; \
-                 {} vs {} requests over {:.1} h",
+                 after {:.1} h",
                 c.challenger,
                 self.describe(primary),
                 p_text(primary.p_better.unwrap_or(1.0)),
                 config.alpha,
-                c.champion_requests,
-                c.challenger_requests,
                 c.elapsed_hours
             ),
         )
@@ -734,6 +858,7 @@ mod tests {
         judge.judge(&JudgeInput {
             experiment: &experiment,
             periods: &periods,
+            units: &[],
             previous: &[],
             now: start() + Duration::hours(hours),
         })
@@ -890,6 +1015,7 @@ mod tests {
         let c = judge.judge(&JudgeInput {
             experiment: &experiment,
             periods: &periods,
+            units: &[],
             previous: &[],
             now: start() + Duration::hours(100),
         });
@@ -902,8 +1028,129 @@ mod tests {
         );
         assert!(c.srm.mismatch && c.srm.p_value.unwrap() < 1e-10);
         assert!(
-            c.states.is_empty(),
-            "suspect data does not feed the sequential tests"
+            !c.states.is_empty(),
+            "the tests are fed during a hold, so harm can still be acted on"
+        );
+    }
+
+    /// Cohorts of `units` champion and challenger units (or loose records), each with
+    /// `per_unit` requests of quality `q` ± 0.1 and one thumb up out of two feedbacks.
+    fn cohorts(units: (u64, u64), per_unit: u64, q: (f64, f64), loose: bool) -> Vec<UnitCohort> {
+        let mut b = afs_store::CohortBuilder::new();
+        for (challenger, n, q) in [(false, units.0, q.0), (true, units.1, q.1)] {
+            for i in 0..n {
+                let wobble = if i % 2 == 0 { 0.1 } else { -0.1 };
+                let tally = afs_store::UnitTally {
+                    n: per_unit,
+                    n_quality: per_unit,
+                    sum_quality: (q + wobble) * per_unit as f64,
+                    n_latency: per_unit,
+                    sum_latency_ms: 800.0 * per_unit as f64 + if i % 2 == 0 { 50.0 } else { -50.0 },
+                    n_feedback: 2,
+                    n_positive: 1,
+                    n_negative: 1,
+                };
+                b.add_unit(0, challenger, &tally, true, loose, None);
+            }
+        }
+        b.finish()
+    }
+
+    fn judge_units(units: &[UnitCohort], requests: (u64, u64), hours: i64) -> Comparison {
+        let experiment = experiment(&[0.1]);
+        let periods = [PeriodStats {
+            challenger_weight: 0.1,
+            champion: arm(requests.0, 0.7, 0.5, 800.0),
+            challenger: arm(requests.1, 0.7, 0.5, 800.0),
+        }];
+        SequentialJudge::new(AbTestConfig::default())
+            .unwrap()
+            .judge(&JudgeInput {
+                experiment: &experiment,
+                periods: &periods,
+                units,
+                previous: &[],
+                now: start() + Duration::hours(hours),
+            })
+    }
+
+    #[test]
+    fn units_are_the_sample_and_every_reason_counts_them() {
+        // 1,800 vs 200 users of 10 requests each: the challenger's users score 0.05 lower.
+        let units = cohorts((1800, 200), 10, (0.70, 0.60), false);
+        let c = judge_units(&units, (18_000, 2_000), 5);
+        assert_eq!(c.analysis, Analysis::Units);
+        assert_eq!((c.champion_units, c.challenger_units), (1800, 200));
+        assert_eq!(c.decision, Decision::Rollback, "{}", c.reason);
+        assert!(
+            c.reason.ends_with(
+                "champion 1800 units (18000 requests), challenger 200 units (2000 requests)"
+            ),
+            "{}",
+            c.reason
+        );
+        let q = c.metric(Metric::Quality).unwrap();
+        assert_eq!((q.champion_units, q.challenger_units), (1800, 200));
+        assert_eq!((q.champion_n, q.challenger_n), (18_000, 2_000));
+        // The per-unit sd is 0.1 over 200 units, not 0.1/sqrt(10) over 2,000 requests: the
+        // variance is that of units, so the interval is about as wide as 200 draws allow.
+        let (lo, hi) = q.interval.unwrap();
+        assert!(
+            hi - lo > 0.02,
+            "interval [{lo}, {hi}] too narrow for 200 units"
+        );
+    }
+
+    #[test]
+    fn too_few_units_wait_however_many_requests_they_send() {
+        // 30 heavy users on the challenger send 3,000 requests: below 50 units, no decision.
+        let units = cohorts((270, 30), 100, (0.70, 0.50), false);
+        let c = judge_units(&units, (27_000, 3_000), 5);
+        assert_eq!(c.decision, Decision::KeepTesting, "{}", c.reason);
+        assert!(
+            c.reason
+                .contains("waiting for units: champion has 270 and challenger 30 of the 50"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn without_unit_ids_the_judge_decides_per_request_and_says_so() {
+        let units = cohorts((1800, 200), 1, (0.70, 0.60), true);
+        let c = judge_units(&units, (1_800, 200), 5);
+        assert_eq!(c.analysis, Analysis::NoUnitIds);
+        assert_eq!(c.decision, Decision::Rollback, "{}", c.reason);
+        assert!(
+            c.reason
+                .contains("analysed per request (no record carries a unit id)"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn a_hold_never_blocks_rolling_back_a_worse_challenger() {
+        let experiment = experiment(&[0.1]);
+        // The split is off (8% for 10%) and the challenger is much worse.
+        let periods = [PeriodStats {
+            challenger_weight: 0.1,
+            champion: arm(18_400, 0.7, 0.7, 800.0),
+            challenger: arm(1_600, 0.5, 0.7, 800.0),
+        }];
+        let judge = SequentialJudge::new(AbTestConfig::default()).unwrap();
+        let c = judge.judge(&JudgeInput {
+            experiment: &experiment,
+            periods: &periods,
+            units: &[],
+            previous: &[],
+            now: start() + Duration::hours(10),
+        });
+        assert_eq!(c.decision, Decision::Rollback, "{}", c.reason);
+        assert!(
+            c.reason.contains("also sample ratio mismatch"),
+            "{}",
+            c.reason
         );
     }
 
@@ -923,7 +1170,7 @@ mod tests {
                 challenger: arm(5_000, 0.7, 0.7, 1.0),
             },
         ];
-        let srm = srm_check(&periods, &config);
+        let srm = srm_check(&experiment(&[0.1, 0.5]), &periods, &[], &config);
         assert_eq!(srm.expected_challenger_share, Some(0.3));
         assert!(!srm.mismatch && srm.chi_square.unwrap() < 1e-9);
         // A deviation that is significant at huge n but below 0.1 pp is not material.
@@ -932,7 +1179,7 @@ mod tests {
             champion: arm(89_950_000, 0.7, 0.7, 1.0),
             challenger: arm(10_050_000, 0.7, 0.7, 1.0),
         }];
-        let srm = srm_check(&big, &config);
+        let srm = srm_check(&experiment(&[0.1]), &big, &[], &config);
         assert!(srm.p_value.unwrap() < 0.001);
         assert!(!srm.mismatch, "0.05 pp deviation is not material");
     }
@@ -977,6 +1224,7 @@ mod tests {
         let first = judge.judge(&JudgeInput {
             experiment: &experiment,
             periods: &periods,
+            units: &[],
             previous: &[],
             now: start() + Duration::hours(10),
         });
@@ -994,6 +1242,7 @@ mod tests {
         let second = judge.judge(&JudgeInput {
             experiment: &experiment,
             periods: &flat,
+            units: &[],
             previous: &first.states,
             now: start() + Duration::hours(11),
         });

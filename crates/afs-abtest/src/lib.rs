@@ -67,9 +67,10 @@ mod maths;
 mod metric;
 mod router;
 pub mod sim;
+mod units;
 
 pub use comparison::{
-    Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck,
+    Analysis, Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck,
 };
 pub use config::{AbTestConfig, BanditConfig, Guardrail, PrimaryMetric};
 pub use error::{AbTestError, Result};
@@ -77,3 +78,4 @@ pub use judge::{Judge, JudgeInput, PeriodStats, SequentialJudge};
 pub use manager::{AbStatus, AbTest, CheckOutcome, Route};
 pub use metric::Metric;
 pub use router::{unit_position, Arm, HashRouter, Router, RoutingTable};
+pub use units::Aggregation;

@@ -137,9 +137,30 @@ impl<S: UsageStore + ExperimentStore + ?Sized> AbTest<S> {
     ) -> Result<Experiment> {
         let weight = weight.unwrap_or(self.config.initial_challenger_traffic);
         check_weight(weight)?;
-        Ok(self
+        let experiment =
+            self.store
+                .deploy_challenger(version, weight, seed, &EventNote::reason(reason))?;
+        self.record_covariates(&experiment)?;
+        Ok(experiment)
+    }
+
+    /// Records the units' pre-experiment history as CUPED covariates (when `cuped` is on
+    /// and the look-back is positive).
+    fn record_covariates(&self, experiment: &Experiment) -> Result<()> {
+        let days = self.config.cuped_lookback_days;
+        if !self.config.cuped || days <= 0.0 {
+            return Ok(());
+        }
+        let lookback = chrono::Duration::milliseconds((days * 86_400_000.0) as i64);
+        let units = self
             .store
-            .deploy_challenger(version, weight, seed, &EventNote::reason(reason))?)
+            .record_unit_covariates(experiment.id, experiment.started_at - lookback)?;
+        tracing::info!(
+            experiment = experiment.id,
+            units,
+            "recorded pre-experiment covariates"
+        );
+        Ok(())
     }
 
     /// Sets the challenger's weight in the running experiment. Same experiment, same seed:
@@ -305,12 +326,26 @@ impl<S: UsageStore + ExperimentStore + ?Sized> AbTest<S> {
     fn judge_now(&self, experiment: &Experiment, periods: &[PeriodStats]) -> Result<Comparison> {
         let previous = self.store.sequential_states(experiment.id)?;
         let now = self.store.clock().now();
+        let units = self.unit_stats(experiment, now)?;
         Ok(self.judge.judge(&JudgeInput {
             experiment,
             periods,
+            units: &units,
             previous: &previous,
             now,
         }))
+    }
+
+    /// The experiment's per-unit statistics, with the feedback maturity cut at `now`.
+    pub fn unit_stats(
+        &self,
+        experiment: &Experiment,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<afs_store::UnitCohort>> {
+        let hours = self.config.feedback_maturity_hours;
+        let cut = (hours > 0.0)
+            .then(|| now - chrono::Duration::milliseconds((hours * 3_600_000.0) as i64));
+        Ok(self.store.unit_stats(experiment.id, cut)?)
     }
 
     fn manual_note(&self, experiment: &Experiment, reason: &str) -> Result<EventNote> {

@@ -1,33 +1,43 @@
-//! Simulated experiments: synthetic traffic through the real router, store and judge with a
-//! manual clock, to measure false-promotion rate, power and harm detection.
+//! Simulated experiments under production-like traffic: synthetic users through the real
+//! router, judge and bandit (and, with [`Backend::Sqlite`], the real store and
+//! [`AbTest::check`]), with a manual clock, to measure false promotions, false rollbacks,
+//! power and harm detection.
 //!
-//! Each run deploys a challenger, then for every simulated hour routes
-//! `requests_per_hour` requests with [`HashRouter`], draws each request's quality, feedback
-//! and latency from its arm's [`ArmModel`], logs the hour, moves the clock and checks the
-//! experiment once, as the continuous loop does.
+//! # Traffic, as production makes it
 //!
-//! Two backends run the same runs:
-//! * [`Backend::Sqlite`]: the real [`SqliteStore`] in a file, logging each hour with
-//!   `log_batch` and checking with [`AbTest::check`], which reads the rollups, records every
-//!   decision and applies promotions and rollbacks in the store.
-//! * [`Backend::Memory`]: the same router, judge and bandit, with the per-period sums kept in
-//!   memory instead of SQLite, so that thousands of runs take seconds. Given a seed it makes
-//!   the same decisions as the SQLite backend (a test checks this), so its rates are the
-//!   store's rates.
+//! A [`Population`] of users (2,000 by default) sends about `requests_per_hour` requests an
+//! hour (a Poisson count around a daily cycle of ±50%). Who sends a request is drawn by each
+//! user's activity, which is heavy-tailed (log-normal, σ = 1.8: a few users send most
+//! requests). Each user differs persistently from the others: a quality offset, a
+//! propensity to give feedback and a propensity to give thumbs up (log-odds offsets). A
+//! request is routed **by its user id** with [`HashRouter`], as `afs serve` routes it, so
+//! each arm is a fixed group of users; [`Routing::PerRequest`] routes each request at
+//! random and logs no unit id (the contrast: what a request-level analysis assumes).
+//! Feedback arrives late (exponential delay, 3 h mean) and is recorded when it arrives.
+//! Before the challenger is deployed, a week of champion traffic gives each user a history
+//! (the CUPED covariate).
 //!
-//! Traffic model: quality is uniform on `quality_mean ± quality_spread`; a request gets
-//! feedback with probability `feedback_rate`, thumbs up with probability `positive_rate`
-//! (thumbs down otherwise); latency is uniform on `latency_ms × [0.5, 1.5)`. Requests carry
-//! no unit id, so routing is the router's weighted random draw.
+//! Each simulated hour: generate the hour's requests, log them, record the feedback that
+//! arrived, move the clock, check the experiment once, as the continuous loop does.
+//!
+//! # Backends
+//!
+//! * [`Backend::Sqlite`]: a real [`SqliteStore`] in a file: `log_batch` with unit ids,
+//!   `record_feedback` when each thumb arrives, [`AbTest::check`] reading the store's
+//!   rollups and per-unit statistics, recording every decision and applying it.
+//! * [`Backend::Memory`]: the same traffic, router, judge and bandit, with the per-unit sums
+//!   kept in memory ([`CohortBuilder`], the store's reference definition), so that
+//!   thousands of runs take seconds. A test checks that both make the same decisions.
 
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use afs_store::{
-    Decision, Experiment, ExperimentPeriod, ExperimentStatus, Feedback, FeedbackValue, ManualClock,
-    NewModelVersion, NewUsage, SequentialState, SqliteConfig, SqliteStore, UsageStats, UsageStore,
-    WeightSource,
+    CohortBuilder, Decision, Experiment, ExperimentPeriod, ExperimentStatus, Feedback,
+    FeedbackValue, ManualClock, NewModelVersion, NewUsage, SequentialState, SqliteConfig,
+    SqliteStore, UnitCohort, UnitTally, UsageStats, UsageStore, WeightSource,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -40,24 +50,24 @@ use crate::judge::{Judge, JudgeInput, PeriodStats, SequentialJudge};
 use crate::manager::AbTest;
 use crate::router::{Arm, HashRouter, Router, RoutingTable};
 
-/// How one arm's requests behave.
+/// How one arm's requests behave, on average over users.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ArmModel {
-    /// Mean quality score.
+    /// Mean quality score (before the user's offset).
     pub quality_mean: f64,
-    /// Half-width of the uniform quality distribution around the mean.
+    /// Half-width of the uniform per-request quality noise.
     pub quality_spread: f64,
-    /// Share of requests that get feedback.
+    /// Share of requests that get feedback (for a user with no offset).
     pub feedback_rate: f64,
-    /// Share of feedback that is a thumbs up (the rest are thumbs down).
+    /// Share of feedback that is a thumbs up (for a user with no offset).
     pub positive_rate: f64,
     /// Mean latency, ms.
     pub latency_ms: f64,
 }
 
 impl ArmModel {
-    /// The reference model: quality 0.70 ± 0.25 (sd 0.144), 20% of requests rated, 70%
-    /// thumbs up, 800 ms mean latency.
+    /// The reference model: quality 0.70 ± 0.25, 20% of requests rated, 70% thumbs up,
+    /// 800 ms mean latency.
     pub fn baseline() -> Self {
         ArmModel {
             quality_mean: 0.70,
@@ -69,17 +79,82 @@ impl ArmModel {
     }
 }
 
+/// The simulated users.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Population {
+    /// Number of users.
+    pub users: u32,
+    /// σ of the log-normal activity weights (0 = every user equally active).
+    pub activity_sigma: f64,
+    /// Standard deviation of each user's persistent quality offset.
+    pub quality_sd: f64,
+    /// Standard deviation of each user's log-odds offset of giving feedback.
+    pub feedback_sd: f64,
+    /// Standard deviation of each user's log-odds offset of a thumbs up.
+    pub positive_sd: f64,
+    /// Relative amplitude of the daily load cycle (0.5: ±50%).
+    pub diurnal_amplitude: f64,
+    /// Mean delay of feedback after its response, hours (exponential; 0 = immediate).
+    pub feedback_delay_hours: f64,
+    /// Hours of champion-only traffic before the experiment (the users' history).
+    pub history_hours: u32,
+}
+
+impl Default for Population {
+    fn default() -> Self {
+        Population {
+            users: 2000,
+            activity_sigma: 1.8,
+            quality_sd: 0.08,
+            feedback_sd: 0.8,
+            positive_sd: 0.8,
+            diurnal_amplitude: 0.5,
+            feedback_delay_hours: 3.0,
+            history_hours: 7 * 24,
+        }
+    }
+}
+
+impl Population {
+    /// Independent, identical users sending requests at a constant rate with immediate
+    /// feedback: the world a request-level analysis assumes.
+    pub fn homogeneous() -> Self {
+        Population {
+            activity_sigma: 0.0,
+            quality_sd: 0.0,
+            feedback_sd: 0.0,
+            positive_sd: 0.0,
+            diurnal_amplitude: 0.0,
+            feedback_delay_hours: 0.0,
+            ..Population::default()
+        }
+    }
+}
+
+/// How requests are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// By user id, sticky (what `afs serve` does): records carry the user as unit id.
+    ByUnit,
+    /// Each request at random by weight, logged without a unit id.
+    PerRequest,
+}
+
 /// One kind of simulated experiment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     /// Short name for reports.
     pub name: String,
-    /// Requests per simulated hour (both arms together).
+    /// Mean requests per simulated hour (both arms together).
     pub requests_per_hour: u32,
     /// The challenger's initial weight.
     pub challenger_weight: f64,
-    /// Hours simulated (the horizon).
+    /// Hours simulated after the deployment (the horizon).
     pub hours: u32,
+    /// The users.
+    pub population: Population,
+    /// How requests are routed.
+    pub routing: Routing,
     /// The champion's behaviour.
     pub champion: ArmModel,
     /// The challenger's behaviour.
@@ -90,6 +165,9 @@ pub struct Scenario {
     /// is then recorded but not applied), so the seed's fixed rule can be followed on the
     /// same traffic. When false the decision is applied and the run ends.
     pub run_to_horizon: bool,
+    /// Give the judge the per-unit statistics (true); false shows it only the per-request
+    /// rollups, as afs judged before it analysed units (memory backend only).
+    pub unit_analysis: bool,
 }
 
 impl Scenario {
@@ -99,15 +177,19 @@ impl Scenario {
             requests_per_hour: 500,
             challenger_weight: 0.1,
             hours: 14 * 24,
+            population: Population::default(),
+            routing: Routing::ByUnit,
             champion: ArmModel::baseline(),
             challenger,
             config: AbTestConfig::default(),
             run_to_horizon: false,
+            unit_analysis: true,
         }
     }
 
-    /// Identical arms, 500 requests/h at 90/10, 14 days, default settings (quality primary).
-    /// Every promotion is a false promotion.
+    /// Identical arms, ~500 requests/h from 2,000 heterogeneous users routed by user at
+    /// 90/10, 14 days, default settings (quality primary). Every promotion and every
+    /// rollback is wrong.
     pub fn aa() -> Self {
         Scenario {
             run_to_horizon: true,
@@ -131,6 +213,19 @@ impl Scenario {
         s
     }
 
+    /// The better challenger of the requirements: +0.03 quality (0.73 vs 0.70) and a 5%
+    /// higher thumbs-up rate (0.735 vs 0.70); quality is primary.
+    pub fn power_quality() -> Self {
+        Self::base(
+            "power_quality",
+            ArmModel {
+                quality_mean: 0.73,
+                positive_rate: 0.735,
+                ..ArmModel::baseline()
+            },
+        )
+    }
+
     /// The challenger's thumbs-up rate is 5% higher (0.735 vs 0.70), quality unchanged;
     /// positive-feedback rate is the primary metric.
     pub fn power_positive_rate() -> Self {
@@ -145,17 +240,6 @@ impl Scenario {
         s
     }
 
-    /// The challenger's mean quality is 0.03 higher (0.73 vs 0.70); quality is primary.
-    pub fn power_quality() -> Self {
-        Self::base(
-            "power_quality",
-            ArmModel {
-                quality_mean: 0.73,
-                ..ArmModel::baseline()
-            },
-        )
-    }
-
     /// The challenger is 10% worse: quality 0.63 and thumbs-up rate 0.63.
     pub fn harm() -> Self {
         Self::base(
@@ -168,6 +252,14 @@ impl Scenario {
         )
     }
 
+    /// This scenario with the challenger at `weight` (name suffixed `_w20` for 0.2).
+    pub fn at_weight(mut self, weight: f64) -> Self {
+        self.name
+            .push_str(&format!("_w{:.0}", (weight * 100.0).round()));
+        self.challenger_weight = weight;
+        self
+    }
+
     /// This scenario with Thompson-sampling weights (default bandit settings), its name
     /// suffixed with `_bandit`.
     pub fn with_bandit(mut self) -> Self {
@@ -176,26 +268,78 @@ impl Scenario {
         self
     }
 
-    /// The scenarios the bench reports, in order.
+    /// This scenario without CUPED, its name suffixed with `_no_cuped`.
+    pub fn without_cuped(mut self) -> Self {
+        self.name.push_str("_no_cuped");
+        self.config.cuped = false;
+        self
+    }
+
+    /// This scenario with every request routed at random and logged without a unit id,
+    /// its name suffixed with `_per_request`.
+    pub fn per_request(mut self) -> Self {
+        self.name.push_str("_per_request");
+        self.routing = Routing::PerRequest;
+        self
+    }
+
+    /// This scenario with `aggregation` for the primary metric (the ratio form), its name
+    /// suffixed with `_ratio`.
+    pub fn with_ratio_primary(mut self) -> Self {
+        self.name.push_str("_ratio");
+        let primary = self.config.primary_metric.metric();
+        self.config.ratio_metrics.push(primary);
+        self
+    }
+
+    /// This scenario judged per request from the rollups (the judge before unit analysis),
+    /// its name suffixed with `_request_level`; with `srm` false the sample-ratio alarm is
+    /// off too (suffix `_no_srm`). Memory backend only.
+    pub fn request_level(mut self, srm: bool) -> Self {
+        self.name.push_str("_request_level");
+        self.unit_analysis = false;
+        if !srm {
+            self.name.push_str("_no_srm");
+            self.config.srm_min_deviation = 0.999;
+        }
+        self
+    }
+
+    /// The scenarios the bench reports, in order: the requirements' four at 10% and at
+    /// 20%, then the variants.
     pub fn standard() -> Vec<Scenario> {
-        vec![
-            Self::aa(),
+        let mut out = Vec::new();
+        for weight in [0.1, 0.2] {
+            for s in [Self::aa(), Self::power_quality(), Self::harm()] {
+                out.push(if weight == 0.1 {
+                    s
+                } else {
+                    s.at_weight(weight)
+                });
+            }
+        }
+        out.extend([
             Self::aa_statistics_only(),
             Self::aa_positive_rate(),
             Self::power_positive_rate(),
-            Self::power_quality(),
-            Self::harm(),
+            Self::power_quality().without_cuped(),
+            Self::power_quality().with_ratio_primary(),
+            Self::aa().per_request(),
+            Self::aa().request_level(true),
+            Self::aa().request_level(false),
+            Self::power_quality().request_level(true),
             Self::aa().with_bandit(),
             Self::power_positive_rate().with_bandit(),
             Self::harm().with_bandit(),
-        ]
+        ]);
+        out
     }
 }
 
 /// Where a simulation keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// Per-period sums in memory; same router, judge and bandit.
+    /// Per-unit and per-period sums in memory; same router, judge and bandit.
     Memory,
     /// A real SQLite store per run, in a new file under `dir` (deleted after the run).
     Sqlite {
@@ -262,59 +406,115 @@ impl TrafficRng {
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// Standard normal (Box-Muller, one of the pair).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Exponential with mean `mean` (0 gives 0).
+    fn exponential(&mut self, mean: f64) -> f64 {
+        if mean <= 0.0 {
+            0.0
+        } else {
+            -mean * (1.0 - self.next_f64()).ln()
+        }
+    }
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// One simulated user's persistent traits.
+struct User {
+    id: String,
+    quality_offset: f64,
+    feedback_offset: f64,
+    positive_offset: f64,
+}
+
+/// The users of one run and how to draw who sends the next request.
+struct Users {
+    users: Vec<User>,
+    /// Cumulative activity weights, normalised to end at 1.
+    cumulative: Vec<f64>,
+}
+
+impl Users {
+    fn new(population: &Population, rng: &mut TrafficRng) -> Self {
+        let n = population.users.max(1) as usize;
+        let mut users = Vec::with_capacity(n);
+        let mut cumulative = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for i in 0..n {
+            total += (population.activity_sigma * rng.normal()).exp();
+            cumulative.push(total);
+            users.push(User {
+                id: format!("user-{i}"),
+                quality_offset: population.quality_sd * rng.normal(),
+                feedback_offset: population.feedback_sd * rng.normal(),
+                positive_offset: population.positive_sd * rng.normal(),
+            });
+        }
+        for c in &mut cumulative {
+            *c /= total;
+        }
+        Users { users, cumulative }
+    }
+
+    fn pick(&self, rng: &mut TrafficRng) -> usize {
+        let u = rng.next_f64();
+        self.cumulative
+            .partition_point(|&c| c <= u)
+            .min(self.users.len() - 1)
+    }
 }
 
 /// One synthetic request.
 struct Request {
+    user: usize,
     arm: Arm,
+    at: DateTime<Utc>,
     quality: f64,
-    feedback: Option<FeedbackValue>,
     latency_ms: f64,
+    /// The thumb its user will give, and when it arrives.
+    feedback: Option<(FeedbackValue, DateTime<Utc>)>,
 }
 
-fn draw(model: &ArmModel, arm: Arm, rng: &mut TrafficRng) -> Request {
-    let quality =
-        (model.quality_mean + model.quality_spread * (2.0 * rng.next_f64() - 1.0)).clamp(0.0, 1.0);
-    let u = rng.next_f64();
-    let feedback = if u < model.feedback_rate * model.positive_rate {
-        Some(FeedbackValue::Positive)
-    } else if u < model.feedback_rate {
-        Some(FeedbackValue::Negative)
-    } else {
-        None
-    };
+fn draw(
+    model: &ArmModel,
+    user: &User,
+    population: &Population,
+    at: DateTime<Utc>,
+    rng: &mut TrafficRng,
+) -> (f64, f64, Option<(FeedbackValue, DateTime<Utc>)>) {
+    let quality = (model.quality_mean
+        + user.quality_offset
+        + model.quality_spread * (2.0 * rng.next_f64() - 1.0))
+        .clamp(0.0, 1.0);
     let latency_ms = model.latency_ms * (0.5 + rng.next_f64());
-    Request {
-        arm,
-        quality,
-        feedback,
-        latency_ms,
-    }
-}
-
-fn add(stats: &mut UsageStats, r: &Request) {
-    stats.total += 1;
-    stats.n_quality += 1;
-    stats.sum_quality += r.quality;
-    stats.sum_quality_sq += r.quality * r.quality;
-    stats.n_latency += 1;
-    stats.sum_latency_ms += r.latency_ms;
-    stats.sum_latency_ms_sq += r.latency_ms * r.latency_ms;
-    match r.feedback {
-        Some(FeedbackValue::Positive) => {
-            stats.with_feedback += 1;
-            stats.positive_feedback += 1;
-        }
-        Some(FeedbackValue::Negative) => {
-            stats.with_feedback += 1;
-            stats.negative_feedback += 1;
-        }
-        Some(FeedbackValue::Neutral) => {
-            stats.with_feedback += 1;
-            stats.neutral_feedback += 1;
-        }
-        None => {}
-    }
+    let gives = rng.next_f64() < sigmoid(logit(model.feedback_rate) + user.feedback_offset);
+    let positive = rng.next_f64() < sigmoid(logit(model.positive_rate) + user.positive_offset);
+    let feedback = gives.then(|| {
+        let value = if positive {
+            FeedbackValue::Positive
+        } else {
+            FeedbackValue::Negative
+        };
+        let delay = rng.exponential(population.feedback_delay_hours);
+        (
+            value,
+            at + Duration::milliseconds((delay * 3_600_000.0) as i64),
+        )
+    });
+    (quality, latency_ms, feedback)
 }
 
 fn sim_start() -> DateTime<Utc> {
@@ -323,23 +523,69 @@ fn sim_start() -> DateTime<Utc> {
         .expect("valid date")
 }
 
-/// Generates one hour of traffic.
+/// Generates the requests of the hour starting at `hour_start`, `hour_of_day` giving the
+/// daily cycle; `table` routes (champion only before the experiment).
+#[allow(clippy::too_many_arguments)]
 fn hour_of_traffic(
     scenario: &Scenario,
+    users: &Users,
     table: &RoutingTable,
     router: &HashRouter,
+    hour_start: DateTime<Utc>,
+    hour_of_day: u32,
     rng: &mut TrafficRng,
 ) -> Vec<Request> {
-    (0..scenario.requests_per_hour)
-        .map(|_| {
-            let arm = router.route(table, None);
-            let model = match arm {
-                Arm::Champion => &scenario.champion,
-                Arm::Challenger => &scenario.challenger,
-            };
-            draw(model, arm, rng)
-        })
-        .collect()
+    let p = &scenario.population;
+    let phase = 2.0 * std::f64::consts::PI * f64::from(hour_of_day) / 24.0;
+    let rate = f64::from(scenario.requests_per_hour) * (1.0 + p.diurnal_amplitude * phase.sin());
+    // Poisson count, normal approximation (rates of hundreds).
+    let n = (rate + rate.sqrt() * rng.normal()).round().max(0.0) as usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let user = users.pick(rng);
+        let arm = match scenario.routing {
+            Routing::ByUnit => router.route(table, Some(&users.users[user].id)),
+            Routing::PerRequest => router.route(table, None),
+        };
+        let model = match arm {
+            Arm::Champion => &scenario.champion,
+            Arm::Challenger => &scenario.challenger,
+        };
+        let at = hour_start + Duration::microseconds((rng.next_f64() * 3.6e9) as i64);
+        let (quality, latency_ms, feedback) = draw(model, &users.users[user], p, at, rng);
+        out.push(Request {
+            user,
+            arm,
+            at,
+            quality,
+            latency_ms,
+            feedback,
+        });
+    }
+    out
+}
+
+/// A thumb on its way: ordered by arrival (earliest first in the heap).
+#[derive(PartialEq, Eq)]
+struct Pending {
+    arrives: DateTime<Utc>,
+    request: usize,
+    value: FeedbackValue,
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .arrives
+            .cmp(&self.arrives)
+            .then(other.request.cmp(&self.request))
+    }
+}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Follows one run's looks: the first terminal decision and the fixed rule's first promotion.
@@ -394,24 +640,194 @@ fn run_config(scenario: &Scenario) -> AbTestConfig {
     config
 }
 
-fn seeds_of(seed: u64) -> (u64, u64, u64) {
+/// The generators of one run: users, traffic, router seed, experiment seed.
+struct RunSeeds {
+    users: u64,
+    traffic: u64,
+    router: u64,
+    experiment: u64,
+}
+
+fn seeds_of(seed: u64) -> RunSeeds {
     let mut s = seed;
-    (splitmix(&mut s), splitmix(&mut s), splitmix(&mut s))
+    RunSeeds {
+        users: splitmix(&mut s),
+        traffic: splitmix(&mut s),
+        router: splitmix(&mut s),
+        experiment: splitmix(&mut s),
+    }
+}
+
+/// One user's records in one arm, in memory.
+#[derive(Clone, Copy)]
+struct UnitRow {
+    first: DateTime<Utc>,
+    tally: UnitTally,
+}
+
+/// The in-memory state of one run: what the store would hold.
+struct MemoryState {
+    /// Per user: `[champion, challenger]` rows.
+    units: Vec<[Option<UnitRow>; 2]>,
+    /// Records without a unit id (per-request routing), each a unit of its own, summed per
+    /// (period, arm) as they arrive; their feedback is added once it counts.
+    loose: std::collections::BTreeMap<(u32, bool), UnitCohort>,
+    /// Per user: the history before the experiment (covariate).
+    history: Vec<UnitTally>,
+    /// Feedback given on records that may still be younger than the maturity cut: (record
+    /// time, whose row, value).
+    immature: Vec<(DateTime<Utc>, Who, FeedbackValue)>,
+}
+
+/// Whose sums a record adds to: a user's row in an arm, or (without a unit id) the sums of
+/// its period and arm.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Unit { user: usize, arm: usize },
+    Loose { period: u32, challenger: bool },
+}
+
+/// Counts one thumb on a loose record (a unit of one record: its share is 0 or 1).
+fn loose_feedback(state: &mut MemoryState, who: Who, value: FeedbackValue) {
+    if let Who::Loose { period, challenger } = who {
+        if let Some(c) = state.loose.get_mut(&(period, challenger)) {
+            let up = f64::from(u8::from(value == FeedbackValue::Positive));
+            let down = f64::from(u8::from(value == FeedbackValue::Negative));
+            c.positive.add_unit(up, 1, None);
+            c.negative.add_unit(down, 1, None);
+        }
+    }
+}
+
+fn memory_cohorts(
+    state: &MemoryState,
+    experiment: &Experiment,
+    cuped: bool,
+    cut: Option<DateTime<Utc>>,
+) -> Vec<UnitCohort> {
+    // Feedback of immature records is removed from a copy of the affected rows.
+    let mut builder = CohortBuilder::new();
+    let mut young: std::collections::HashMap<Who, UnitTally> = Default::default();
+    for (at, who, value) in &state.immature {
+        if cut.is_some_and(|c| *at >= c) {
+            young
+                .entry(*who)
+                .or_default()
+                .add(None, None, Some(*value), true);
+        }
+    }
+    for (user, rows) in state.units.iter().enumerate() {
+        for (arm, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            let mut tally = row.tally;
+            if let Some(young) = young.get(&Who::Unit { user, arm }) {
+                subtract_feedback(&mut tally, young);
+            }
+            let moved = rows[1 - arm].is_some_and(|other| other.first < row.first);
+            let covariate = (cuped && state.history[user].n > 0).then_some(&state.history[user]);
+            builder.add_unit(
+                afs_store::units::period_at(experiment, row.first),
+                arm == 1,
+                &tally,
+                !moved,
+                false,
+                covariate,
+            );
+        }
+    }
+    for cohort in state.loose.values() {
+        builder.add_cohort(cohort);
+    }
+    builder.finish()
+}
+
+fn add_tally(into: &mut UnitTally, t: &UnitTally) {
+    into.n_feedback += t.n_feedback;
+    into.n_positive += t.n_positive;
+    into.n_negative += t.n_negative;
+}
+
+fn subtract_feedback(into: &mut UnitTally, t: &UnitTally) {
+    into.n_feedback -= t.n_feedback;
+    into.n_positive -= t.n_positive;
+    into.n_negative -= t.n_negative;
+}
+
+fn add_request(stats: &mut UsageStats, r: &Request) {
+    stats.total += 1;
+    stats.n_quality += 1;
+    stats.sum_quality += r.quality;
+    stats.sum_quality_sq += r.quality * r.quality;
+    stats.n_latency += 1;
+    stats.sum_latency_ms += r.latency_ms;
+    stats.sum_latency_ms_sq += r.latency_ms * r.latency_ms;
+}
+
+fn add_feedback(stats: &mut UsageStats, value: FeedbackValue) {
+    stats.with_feedback += 1;
+    match value {
+        FeedbackValue::Positive => stats.positive_feedback += 1,
+        FeedbackValue::Negative => stats.negative_feedback += 1,
+        FeedbackValue::Neutral => stats.neutral_feedback += 1,
+    }
+}
+
+fn maturity_cut(config: &AbTestConfig, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let hours = config.feedback_maturity_hours;
+    (hours > 0.0).then(|| now - Duration::milliseconds((hours * 3_600_000.0) as i64))
 }
 
 fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
     let config = run_config(scenario);
     let judge = SequentialJudge::new(config.clone())?;
-    let (traffic_seed, router_seed, experiment_seed) = seeds_of(seed);
-    let mut rng = TrafficRng::new(traffic_seed);
-    let router = HashRouter::seeded(router_seed);
+    let seeds = seeds_of(seed);
+    let mut user_rng = TrafficRng::new(seeds.users);
+    let users = Users::new(&scenario.population, &mut user_rng);
+    let mut rng = TrafficRng::new(seeds.traffic);
+    let router = HashRouter::seeded(seeds.router);
     let t0 = sim_start();
+    let n_users = users.users.len();
+    let mut state = MemoryState {
+        units: vec![[None, None]; n_users],
+        loose: Default::default(),
+        history: vec![UnitTally::default(); n_users],
+        immature: Vec::new(),
+    };
+
+    // A week of champion traffic: the users' history.
+    let champion_only = RoutingTable::champion_only("champion");
+    let history = scenario.population.history_hours;
+    let mut pending: BinaryHeap<Pending> = BinaryHeap::new();
+    for h in 0..history {
+        let start = t0 - Duration::hours(i64::from(history - h));
+        let hour_of_day = h % 24;
+        for r in hour_of_traffic(
+            scenario,
+            &users,
+            &champion_only,
+            &router,
+            start,
+            hour_of_day,
+            &mut rng,
+        ) {
+            if scenario.routing == Routing::ByUnit {
+                state.history[r.user].add(
+                    Some(r.quality),
+                    Some(r.latency_ms),
+                    r.feedback.map(|f| f.0),
+                    true,
+                );
+            }
+        }
+    }
+    let covariates = config.cuped && config.cuped_lookback_days > 0.0;
+
     let mut experiment = Experiment {
         id: 1,
         champion: "champion".into(),
         challenger: "challenger".into(),
         status: ExperimentStatus::Running,
-        seed: experiment_seed,
+        seed: seeds.experiment,
         challenger_weight: scenario.challenger_weight,
         started_at: t0,
         ended_at: None,
@@ -427,21 +843,130 @@ fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
         challenger_weight: scenario.challenger_weight,
         ..PeriodStats::default()
     }];
+    // Per request of the experiment: whose row it adds to, its arm, period and time.
+    let mut requests: Vec<(Who, usize, usize, DateTime<Utc>)> = Vec::new();
     let mut states: Vec<SequentialState> = Vec::new();
     let mut tracker = Tracker::new(seed);
     for hour in 0..scenario.hours {
         let table = RoutingTable::from_experiment(&experiment);
-        let current = periods.last_mut().expect("at least one period");
-        for request in hour_of_traffic(scenario, &table, &router, &mut rng) {
-            match request.arm {
-                Arm::Champion => add(&mut current.champion, &request),
-                Arm::Challenger => add(&mut current.challenger, &request),
+        let hour_start = t0 + Duration::hours(i64::from(hour));
+        let period = periods.len() - 1;
+        for r in hour_of_traffic(
+            scenario,
+            &users,
+            &table,
+            &router,
+            hour_start,
+            (history + hour) % 24,
+            &mut rng,
+        ) {
+            let arm = usize::from(r.arm == Arm::Challenger);
+            {
+                let current = &mut periods[period];
+                add_request(
+                    match r.arm {
+                        Arm::Champion => &mut current.champion,
+                        Arm::Challenger => &mut current.challenger,
+                    },
+                    &r,
+                );
+            }
+            let index = requests.len();
+            let mut tally = UnitTally::default();
+            tally.add(Some(r.quality), Some(r.latency_ms), None, true);
+            let who = match scenario.routing {
+                Routing::ByUnit => {
+                    let slot = &mut state.units[r.user][arm];
+                    match slot {
+                        Some(row) => {
+                            row.first = row.first.min(r.at);
+                            row.tally
+                                .add(Some(r.quality), Some(r.latency_ms), None, true);
+                        }
+                        None => {
+                            *slot = Some(UnitRow { first: r.at, tally });
+                        }
+                    }
+                    Who::Unit { user: r.user, arm }
+                }
+                Routing::PerRequest => {
+                    let key = (period as u32, arm == 1);
+                    state
+                        .loose
+                        .entry(key)
+                        .or_insert_with(|| UnitCohort {
+                            period: key.0,
+                            challenger: key.1,
+                            ..UnitCohort::default()
+                        })
+                        .add_unit(&tally, true, true, None);
+                    Who::Loose {
+                        period: key.0,
+                        challenger: key.1,
+                    }
+                }
+            };
+            requests.push((who, arm, period, r.at));
+            if let Some((value, arrives)) = r.feedback {
+                pending.push(Pending {
+                    arrives,
+                    request: index,
+                    value,
+                });
             }
         }
-        let now = t0 + Duration::hours(i64::from(hour) + 1);
+        let now = hour_start + Duration::hours(1);
+        // Feedback that arrived by the end of the hour.
+        while pending.peek().is_some_and(|p| p.arrives < now) {
+            let Some(p) = pending.pop() else { break };
+            let (who, arm, period, at) = requests[p.request];
+            let stats = &mut periods[period];
+            add_feedback(
+                if arm == 1 {
+                    &mut stats.challenger
+                } else {
+                    &mut stats.champion
+                },
+                p.value,
+            );
+            let mut t = UnitTally::default();
+            t.add(None, None, Some(p.value), true);
+            match who {
+                Who::Unit { user, arm } => {
+                    if let Some(row) = &mut state.units[user][arm] {
+                        add_tally(&mut row.tally, &t);
+                    }
+                }
+                Who::Loose { .. } => {}
+            }
+            match who {
+                Who::Loose { .. } if config.feedback_maturity_hours <= 0.0 => {
+                    loose_feedback(&mut state, who, p.value);
+                }
+                _ if config.feedback_maturity_hours > 0.0 => {
+                    state.immature.push((at, who, p.value));
+                }
+                _ => {}
+            }
+        }
+        let cut = maturity_cut(&config, now);
+        if let Some(cut) = cut {
+            let (mature, young): (Vec<_>, Vec<_>) =
+                state.immature.drain(..).partition(|(at, ..)| *at < cut);
+            state.immature = young;
+            for (_, who, value) in mature {
+                loose_feedback(&mut state, who, value);
+            }
+        }
+        let units = if scenario.unit_analysis {
+            memory_cohorts(&state, &experiment, covariates, cut)
+        } else {
+            Vec::new()
+        };
         let comparison = judge.judge(&JudgeInput {
             experiment: &experiment,
             periods: &periods,
+            units: &units,
             previous: &states,
             now,
         });
@@ -484,52 +1009,99 @@ fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
     Ok(tracker.outcome)
 }
 
+fn record_of(scenario: &Scenario, users: &Users, r: &Request, model: &str) -> NewUsage {
+    NewUsage {
+        latency_ms: Some(r.latency_ms),
+        quality_score: Some(r.quality),
+        timestamp: Some(r.at),
+        unit_id: match scenario.routing {
+            Routing::ByUnit => Some(users.users[r.user].id.clone()),
+            Routing::PerRequest => None,
+        },
+        ..NewUsage::new("simulated query", "simulated response", model)
+    }
+}
+
 fn run_sqlite(scenario: &Scenario, seed: u64, dir: &std::path::Path) -> Result<RunOutcome> {
     let config = run_config(scenario);
-    let (traffic_seed, router_seed, experiment_seed) = seeds_of(seed);
-    let mut rng = TrafficRng::new(traffic_seed);
-    let router = HashRouter::seeded(router_seed);
+    let seeds = seeds_of(seed);
+    let mut user_rng = TrafficRng::new(seeds.users);
+    let users = Users::new(&scenario.population, &mut user_rng);
+    let mut rng = TrafficRng::new(seeds.traffic);
+    let router = HashRouter::seeded(seeds.router);
     let t0 = sim_start();
     let path = dir.join(format!("sim-{}-{seed:016x}.db", scenario.name));
     remove_database(&path);
-    let clock = Arc::new(ManualClock::new(t0));
+    let history = scenario.population.history_hours;
+    let clock = Arc::new(ManualClock::new(t0 - Duration::hours(i64::from(history))));
     let store = Arc::new(SqliteStore::open(SqliteConfig::new(&path), clock.clone())?);
     let ab = AbTest::new(store.clone(), config)?;
     ab.set_champion(
         &NewModelVersion::new("champion", "sim://champion"),
         "simulation",
     )?;
+    // The users' history: champion traffic with its feedback, before the experiment.
+    let table = ab.routing_table()?;
+    for h in 0..history {
+        let start = t0 - Duration::hours(i64::from(history - h));
+        let records: Vec<NewUsage> =
+            hour_of_traffic(scenario, &users, &table, &router, start, h % 24, &mut rng)
+                .iter()
+                .map(|r| NewUsage {
+                    feedback: r.feedback.map(|(value, _)| Feedback {
+                        value,
+                        text: None,
+                        at: Some(r.at),
+                    }),
+                    ..record_of(scenario, &users, r, "champion")
+                })
+                .collect();
+        store.log_batch(records)?;
+    }
+    clock.set(t0);
     ab.deploy_challenger_with_seed(
         &NewModelVersion::new("challenger", "sim://challenger"),
         Some(scenario.challenger_weight),
-        experiment_seed,
+        seeds.experiment,
         "simulation",
     )?;
+    let mut pending: BinaryHeap<Pending> = BinaryHeap::new();
+    let mut ids: Vec<String> = Vec::new();
     let mut tracker = Tracker::new(seed);
-    let spacing_us = 3_600_000_000 / i64::from(scenario.requests_per_hour.max(1));
     for hour in 0..scenario.hours {
         let table = ab.routing_table()?;
         let hour_start = t0 + Duration::hours(i64::from(hour));
-        let records: Vec<NewUsage> = hour_of_traffic(scenario, &table, &router, &mut rng)
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let at = hour_start + Duration::microseconds(i as i64 * spacing_us);
-                NewUsage {
-                    latency_ms: Some(r.latency_ms),
-                    quality_score: Some(r.quality),
-                    timestamp: Some(at),
-                    feedback: r.feedback.map(|value| Feedback {
-                        value,
-                        text: None,
-                        at: Some(at),
-                    }),
-                    ..NewUsage::new("simulated query", "simulated response", table.model(r.arm))
-                }
-            })
+        let requests = hour_of_traffic(
+            scenario,
+            &users,
+            &table,
+            &router,
+            hour_start,
+            (history + hour) % 24,
+            &mut rng,
+        );
+        let records: Vec<NewUsage> = requests
+            .iter()
+            .map(|r| record_of(scenario, &users, r, table.model(r.arm)))
             .collect();
-        store.log_batch(records)?;
-        clock.set(t0 + Duration::hours(i64::from(hour) + 1));
+        let first = ids.len();
+        ids.extend(store.log_batch(records)?);
+        for (i, r) in requests.iter().enumerate() {
+            if let Some((value, arrives)) = r.feedback {
+                pending.push(Pending {
+                    arrives,
+                    request: first + i,
+                    value,
+                });
+            }
+        }
+        let now = hour_start + Duration::hours(1);
+        while pending.peek().is_some_and(|p| p.arrives < now) {
+            let Some(p) = pending.pop() else { break };
+            clock.set(p.arrives.max(hour_start));
+            store.record_feedback(&ids[p.request], p.value, None)?;
+        }
+        clock.set(now);
         let outcome = ab.check()?;
         let Some(comparison) = outcome.comparison else {
             break;
@@ -615,6 +1187,11 @@ impl ScenarioRates {
         self.rate(self.fixed_rule_promoted)
     }
 
+    /// The 95% Wilson interval of a share `count / runs`.
+    pub fn interval(&self, count: usize) -> (f64, f64) {
+        wilson(count, self.runs)
+    }
+
     /// The rates as JSON (without the per-run outcomes).
     pub fn to_json(&self) -> Value {
         json!({
@@ -623,10 +1200,13 @@ impl ScenarioRates {
             "base_seed": self.base_seed,
             "promoted": self.promoted,
             "promotion_rate": self.promotion_rate(),
+            "promotion_rate_95": self.interval(self.promoted),
             "rolled_back": self.rolled_back,
             "rollback_rate": self.rollback_rate(),
+            "rollback_rate_95": self.interval(self.rolled_back),
             "rolled_back_within_48h": self.rolled_back_within_48h,
             "rollback_within_48h_rate": self.rollback_within_48h_rate(),
+            "rollback_within_48h_rate_95": self.interval(self.rolled_back_within_48h),
             "fixed_rule_promoted": self.fixed_rule_promoted,
             "fixed_rule_promotion_rate": self.fixed_rule_promotion_rate(),
             "held": self.held,
@@ -637,21 +1217,41 @@ impl ScenarioRates {
 
 impl fmt::Display for ScenarioRates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |count: usize| {
+            let (lo, hi) = self.interval(count);
+            format!(
+                "{:>5.1}% [{:.1}, {:.1}]",
+                self.rate(count) * 100.0,
+                lo * 100.0,
+                hi * 100.0
+            )
+        };
         write!(
             f,
-            "{:<22} runs {:>5}  promoted {:>6.2}%  rolled back {:>6.2}% (within 48 h {:>6.2}%)  \
-             seed fixed rule promoted {:>6.2}%  held {:>4}  median h to decision {}",
+            "{:<28} runs {:>5}  promoted {}  rolled back {} (within 48 h {})  \
+             seed rule promoted {:>5.1}%  held {:>4}  median h to decision {}",
             self.scenario,
             self.runs,
-            self.promotion_rate() * 100.0,
-            self.rollback_rate() * 100.0,
-            self.rollback_within_48h_rate() * 100.0,
+            pct(self.promoted),
+            pct(self.rolled_back),
+            pct(self.rolled_back_within_48h),
             self.fixed_rule_promotion_rate() * 100.0,
             self.held,
             self.median_hours_to_decision
                 .map_or("-".to_string(), |h| format!("{h:.0}")),
         )
     }
+}
+
+/// The 95% Wilson score interval of `count` successes in `runs` trials.
+pub fn wilson(count: usize, runs: usize) -> (f64, f64) {
+    if runs == 0 {
+        return (0.0, 1.0);
+    }
+    let (n, p, z) = (runs as f64, count as f64 / runs as f64, 1.959_963_985);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / (1.0 + z * z / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 /// Runs `runs` experiments of `scenario` with seeds `base_seed..base_seed + runs`, spread

@@ -324,6 +324,18 @@ impl CohortBuilder {
             .add_unit(tally, assigned, loose, covariate);
     }
 
+    /// Adds a whole cohort's sums to the cohort of the same period and arm.
+    pub fn add_cohort(&mut self, cohort: &UnitCohort) {
+        self.cohorts
+            .entry((cohort.period, cohort.challenger))
+            .or_insert_with(|| UnitCohort {
+                period: cohort.period,
+                challenger: cohort.challenger,
+                ..UnitCohort::default()
+            })
+            .add(cohort);
+    }
+
     /// The cohorts, by period, champion first.
     pub fn finish(self) -> Vec<UnitCohort> {
         self.cohorts.into_values().collect()
