@@ -58,17 +58,26 @@ pub(crate) fn floored_weight(p_best: f64, bandit: &BanditConfig) -> f64 {
     (f + (1.0 - 2.0 * f) * p_best).min(1.0 - bandit.champion_floor)
 }
 
+/// Units each arm needs before the bandit moves traffic (GrowthBook's rule): reweighting on
+/// a handful of users would starve the arm that looks worse before it is judged.
+pub(crate) const BANDIT_MIN_UNITS: u64 = 100;
+
 /// The reweighting due at `now`, if any: bandits configured, the check interval elapsed
-/// since the last weight change, both arms past the sample minimum on the primary metric,
-/// and a change of at least half a percentage point. Deterministic for a given experiment,
+/// since the last weight change, both arms past the sample minimum on the primary metric
+/// and past [`BANDIT_MIN_UNITS`] units (`units`: champion, challenger), and a change of at
+/// least half a percentage point. Deterministic for a given experiment,
 /// period count and time (the draws are seeded from them).
 pub(crate) fn bandit_update(
     config: &AbTestConfig,
     experiment: &Experiment,
     periods: &[PeriodStats],
+    units: (u64, u64),
     now: DateTime<Utc>,
 ) -> Option<BanditUpdate> {
     let bandit = config.bandit.as_ref()?;
+    if units.0 < BANDIT_MIN_UNITS || units.1 < BANDIT_MIN_UNITS {
+        return None;
+    }
     let since_change =
         (now - experiment.weight_updated_at()).num_milliseconds() as f64 / 3_600_000.0;
     if since_change < config.check_interval_hours {

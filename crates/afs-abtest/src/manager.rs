@@ -291,7 +291,13 @@ impl<S: UsageStore + ExperimentStore + ?Sized> AbTest<S> {
         let mut new_weight = None;
         if decision == Decision::KeepTesting {
             let now = self.store.clock().now();
-            if let Some(update) = bandit_update(&self.config, &experiment, &periods, now) {
+            if let Some(update) = bandit_update(
+                &self.config,
+                &experiment,
+                &periods,
+                (comparison.champion_units, comparison.challenger_units),
+                now,
+            ) {
                 self.store.set_challenger_weight(
                     experiment.id,
                     update.weight,

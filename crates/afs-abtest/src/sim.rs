@@ -987,7 +987,13 @@ fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
             break;
         }
         if comparison.decision == Decision::KeepTesting {
-            if let Some(update) = bandit_update(&config, &experiment, &periods, now) {
+            if let Some(update) = bandit_update(
+                &config,
+                &experiment,
+                &periods,
+                (comparison.champion_units, comparison.challenger_units),
+                now,
+            ) {
                 if let Some(last) = experiment.periods.last_mut() {
                     last.ended_at = Some(now);
                 }
