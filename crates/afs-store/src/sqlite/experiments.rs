@@ -1,17 +1,19 @@
 //! `ExperimentStore` for SQLite: model versions, experiments, their periods, sequential
-//! state and event log (schema version 3).
+//! state and event log (schema version 3), and the per-unit statistics of experiments
+//! (schema version 7, in `sqlite/units.rs`).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::time::rfc3339;
-use super::SqliteStore;
+use super::time::{micros_of, rfc3339};
+use super::{units, SqliteStore};
 use crate::error::{Result, StoreError};
 use crate::experiment::{
     Decision, EventFilter, EventKind, EventNote, Experiment, ExperimentEvent, ExperimentPeriod,
     ExperimentStatus, ExperimentStore, ModelVersion, NewModelVersion, SequentialState,
     VersionStatus, WeightSource,
 };
+use crate::units::UnitCohort;
 use crate::UsageStore;
 
 const V3_EXPERIMENTS: &str = "
@@ -459,6 +461,7 @@ impl SqliteStore {
             params![id, now],
         )
         .map_err(db)?;
+        units::end_experiment(conn, id)?;
         let model: String = conn
             .query_row(
                 "SELECT name FROM model_version WHERE id = ?1",
@@ -638,7 +641,7 @@ impl ExperimentStore for SqliteStore {
                 })
                 .optional()
                 .map_err(|e| StoreError::db("read champion", e))?;
-            let Some((champion_id, _)) = champion else {
+            let Some((champion_id, champion_name)) = champion else {
                 return Err(conflict("no champion is set; set a champion before deploying a challenger"));
             };
             let running: Option<i64> = conn
@@ -654,7 +657,8 @@ impl ExperimentStore for SqliteStore {
             let challenger_id = self.insert_version(conn, version, VersionStatus::Challenger, weight)?;
             conn.execute("UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1", params![champion_id, 1.0 - weight])
                 .map_err(|e| StoreError::db("update champion weight", e))?;
-            let now = self.now_text();
+            let at = self.clock().now();
+            let (now, now_us) = (rfc3339(at), micros_of(at));
             conn.execute(
                 "INSERT INTO experiment (champion_id, challenger_id, status, seed, challenger_weight, started_at) \
                  VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
@@ -663,11 +667,12 @@ impl ExperimentStore for SqliteStore {
             .map_err(|e| StoreError::db("insert experiment", e))?;
             let id = conn.last_insert_rowid();
             conn.execute(
-                "INSERT INTO experiment_period (experiment_id, idx, started_at, challenger_weight, source) \
-                 VALUES (?1, 0, ?2, ?3, 'initial')",
-                params![id, now, weight],
+                "INSERT INTO experiment_period (experiment_id, idx, started_at, started_us, challenger_weight, source) \
+                 VALUES (?1, 0, ?2, ?3, ?4, 'initial')",
+                params![id, now, now_us, weight],
             )
             .map_err(|e| StoreError::db("insert experiment period", e))?;
+            units::start_experiment(conn, id, &champion_name, &version.name, now_us)?;
             self.insert_event(
                 conn,
                 &EventRow {
@@ -694,7 +699,8 @@ impl ExperimentStore for SqliteStore {
         self.check_note(note)?;
         self.write("set weight", |conn| {
             let (champion_id, challenger_id) = Self::running_ids(conn, experiment_id)?;
-            let now = self.now_text();
+            let at = self.clock().now();
+            let (now, now_us) = (rfc3339(at), micros_of(at));
             let db = |e| StoreError::db(format!("set weight of experiment {experiment_id}"), e);
             let last: u32 = conn
                 .query_row(
@@ -709,11 +715,12 @@ impl ExperimentStore for SqliteStore {
             )
             .map_err(db)?;
             conn.execute(
-                "INSERT INTO experiment_period (experiment_id, idx, started_at, challenger_weight, source) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![experiment_id, last + 1, now, weight, source.as_str()],
+                "INSERT INTO experiment_period (experiment_id, idx, started_at, started_us, challenger_weight, source) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![experiment_id, last + 1, now, now_us, weight, source.as_str()],
             )
             .map_err(db)?;
+            units::start_period(conn, experiment_id, last, last + 1, now_us)?;
             conn.execute("UPDATE experiment SET challenger_weight = ?2 WHERE id = ?1", params![experiment_id, weight])
                 .map_err(db)?;
             conn.execute("UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1", params![challenger_id, weight])
@@ -878,29 +885,28 @@ impl ExperimentStore for SqliteStore {
         &self,
         experiment_id: i64,
         feedback_before: Option<DateTime<Utc>>,
-    ) -> Result<Vec<crate::units::UnitCohort>> {
-        // PLACEHOLDER (being replaced by the schema-7 implementation): scans the log.
-        let experiment = self.experiment(experiment_id)?;
-        let records: Vec<_> = self
-            .query(&crate::RecordFilter::default())?
-            .collect::<Result<Vec<_>>>()?;
-        Ok(crate::units::unit_cohorts_from_records(
-            &experiment,
-            &records,
-            feedback_before,
-            self.covariate_since
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&experiment_id).copied()),
-        ))
+    ) -> Result<Vec<UnitCohort>> {
+        let mut conn = self.conn()?;
+        // One read transaction: the cohort, loose and unit rows read are one snapshot.
+        let tx = conn
+            .transaction()
+            .map_err(|e| StoreError::db("begin reading unit statistics", e))?;
+        let experiment = Self::read_experiment(&tx, experiment_id)?;
+        let cohorts = units::unit_stats(&tx, &experiment, feedback_before)?;
+        tx.commit()
+            .map_err(|e| StoreError::db("end reading unit statistics", e))?;
+        Ok(cohorts)
     }
 
     fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64> {
-        // PLACEHOLDER (being replaced by the schema-7 implementation).
-        self.experiment(experiment_id)?;
-        if let Ok(mut m) = self.covariate_since.lock() {
-            m.insert(experiment_id, since);
-        }
-        Ok(0)
+        self.write("record unit covariates", |conn| {
+            let experiment = Self::read_experiment(conn, experiment_id)?;
+            units::record_covariates(
+                conn,
+                experiment_id,
+                micros_of(since),
+                micros_of(experiment.started_at),
+            )
+        })
     }
 }

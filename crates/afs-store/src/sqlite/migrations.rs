@@ -7,7 +7,9 @@
 //! Versions 3 and 4 add the experiment and retrain-run tables (in their own modules);
 //! version 5 adds the table of pending rollup deltas ([`RECENT`]), points the update and
 //! delete triggers at it, and rebuilds `usage` with rowids in time order (see
-//! [`ROWID_SLOTS`]), which replaces its time index. Migrations never rename or drop a seed column.
+//! [`ROWID_SLOTS`]), which replaces its time index; version 6 adds the pair key; version 7
+//! adds the per-unit experiment statistics (see `sqlite/units.rs`). Migrations never rename
+//! or drop a seed column.
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -17,7 +19,7 @@ use crate::error::{Result, StoreError};
 use crate::record::dedupe_hash;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -489,6 +491,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         apply: migrate_v6,
+    },
+    Migration {
+        version: 7,
+        apply: super::units::migrate_v7,
     },
 ];
 

@@ -7,6 +7,7 @@ mod rows;
 mod runs;
 mod stream;
 mod time;
+mod units;
 mod window;
 mod writer;
 
@@ -83,9 +84,6 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     pool: Pool<SqliteConnectionManager>,
     writer: OnceLock<Writer>,
-    /// PLACEHOLDER until schema 7 stores covariates.
-    pub(crate) covariate_since:
-        std::sync::Mutex<std::collections::HashMap<i64, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -161,7 +159,6 @@ impl SqliteStore {
             clock,
             pool,
             writer: OnceLock::new(),
-            covariate_since: Default::default(),
         })
     }
 
@@ -457,6 +454,9 @@ impl UsageStore for SqliteStore {
         let removed = tx
             .execute("DELETE FROM usage WHERE unit_id = ?1", [unit_id])
             .map_err(|e| StoreError::db("forget unit", e))?;
+        // The delete trigger took the unit's records out of the running experiment's unit
+        // statistics; ended experiments and covariates still name it.
+        units::forget_unit(&tx, unit_id)?;
         migrations::fold_all(&tx)?;
         tx.commit()
             .map_err(|e| StoreError::db("commit forget", e))?;

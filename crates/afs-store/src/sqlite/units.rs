@@ -1,0 +1,1124 @@
+//! Per-unit experiment statistics for SQLite (schema version 7): what
+//! [`ExperimentStore::unit_stats`](crate::ExperimentStore::unit_stats) reads and
+//! [`ExperimentStore::record_unit_covariates`](crate::ExperimentStore::record_unit_covariates)
+//! writes. Definitions are in [`crate::units`]; this module keeps them current on every write.
+//!
+//! Tables (all `WITHOUT ROWID`):
+//!
+//! * `experiment_live`: the champion and challenger of the running experiment, by model name
+//!   (arm 0 champion, 1 challenger) with the experiment's start. Written by deploy, emptied by
+//!   promote and rollback in the same transaction; the triggers on `usage` look a record's
+//!   model up here, which is all they cost for models not in an experiment.
+//! * `experiment_unit`: per experiment, unit and arm, the sums of the unit's records
+//!   ([`crate::UnitTally`]), its first record's time `first_us`, its cohort `period`
+//!   (the period containing `first_us`), `moved` (its row in the other arm has an earlier
+//!   `first_us`) and its covariate means `x_*` (copied from `experiment_unit_pre`).
+//! * `experiment_loose`: per experiment, period and arm, the sums (and sums of squares) of
+//!   the records without a unit id, each a unit of its own.
+//! * `experiment_unit_pre`: per experiment and unit, the sums of its records in the
+//!   covariate look-back window (any model).
+//! * `experiment_cohort`: per experiment, period and arm, every sum of a [`UnitCohort`] over
+//!   the unit rows: kept by triggers on `experiment_unit` that subtract a row's old
+//!   contribution and add its new one. Reading the statistics is then a read of a few rows,
+//!   whatever the number of units.
+//!
+//! Triggers on `usage` keep `experiment_unit` and `experiment_loose` exact under inserts
+//! (afs's writer and the Python module's rows, which get their `ts_us` through an update),
+//! feedback and quality updates, and deletes (prune, dedupe, forget). Triggers on
+//! `experiment_unit` keep `period`, `moved` and `experiment_cohort` consistent with the rows.
+//! Every change to `experiment_cohort` is an additive upsert, so the order in which SQLite
+//! runs the triggers of one change does not matter; a cohort row whose units fall to zero is
+//! kept (and skipped when read).
+//!
+//! Removing a unit's earliest record moves its `first_us` to its next record, found by
+//! walking the log forward from the removed record's time (the log is in time order); the
+//! walk stops at that next record.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::time::{first_rowid_at, micros_of, ROWID_SLOTS};
+use crate::error::{Result, StoreError};
+use crate::experiment::Experiment;
+use crate::record::FeedbackValue;
+use crate::units::{period_at, UnitCohort, UnitMoments};
+
+/// The value columns of `experiment_unit` and what one `usage` row (`{r}` stands for `NEW.`,
+/// `OLD.` or a table alias) adds to each. The last flag says whether the column is REAL.
+const UNIT_VALUES: &[(&str, &str, bool)] = &[
+    ("n", "1", false),
+    ("n_q", "({r}quality_score IS NOT NULL)", false),
+    ("sum_q", "COALESCE({r}quality_score, 0.0)", true),
+    ("n_lat", "({r}latency_ms IS NOT NULL)", false),
+    ("sum_lat", "COALESCE({r}latency_ms, 0.0)", true),
+    (
+        "n_fb",
+        "({r}user_feedback IS NOT NULL AND {r}user_feedback IN (-1, 0, 1))",
+        false,
+    ),
+    ("n_pos", "({r}user_feedback IS 1)", false),
+    ("n_neg", "({r}user_feedback IS -1)", false),
+];
+
+/// The value columns of `experiment_loose` (records without a unit id), as [`UNIT_VALUES`].
+const LOOSE_VALUES: &[(&str, &str, bool)] = &[
+    ("n", "1", false),
+    ("n_q", "({r}quality_score IS NOT NULL)", false),
+    ("sum_q", "COALESCE({r}quality_score, 0.0)", true),
+    (
+        "sum_q2",
+        "COALESCE({r}quality_score * {r}quality_score, 0.0)",
+        true,
+    ),
+    ("n_lat", "({r}latency_ms IS NOT NULL)", false),
+    ("sum_lat", "COALESCE({r}latency_ms, 0.0)", true),
+    (
+        "sum_lat2",
+        "COALESCE({r}latency_ms * {r}latency_ms, 0.0)",
+        true,
+    ),
+    ("n_pos", "({r}user_feedback IS 1)", false),
+    ("n_neg", "({r}user_feedback IS -1)", false),
+    (
+        "n_fb",
+        "({r}user_feedback IS NOT NULL AND {r}user_feedback IN (-1, 0, 1))",
+        false,
+    ),
+];
+
+/// One per-unit metric: its column prefix in `experiment_cohort`, the `experiment_unit`
+/// columns holding its sum y and count n, its covariate column, and the covariate's
+/// definition over an `experiment_unit_pre` row (`{p}` its alias).
+struct Metric {
+    prefix: &'static str,
+    y: &'static str,
+    n: &'static str,
+    x: &'static str,
+    x_of_pre: &'static str,
+}
+
+/// The four metrics, in the order of [`crate::UnitMetric::ALL`].
+const METRICS: [Metric; 4] = [
+    Metric {
+        prefix: "q",
+        y: "sum_q",
+        n: "n_q",
+        x: "x_q",
+        x_of_pre: "CASE WHEN {p}n_q > 0 THEN {p}sum_q / {p}n_q END",
+    },
+    Metric {
+        prefix: "lat",
+        y: "sum_lat",
+        n: "n_lat",
+        x: "x_lat",
+        x_of_pre: "CASE WHEN {p}n_lat > 0 THEN {p}sum_lat / {p}n_lat END",
+    },
+    Metric {
+        prefix: "pos",
+        y: "n_pos",
+        n: "n_fb",
+        x: "x_pos",
+        x_of_pre: "CASE WHEN {p}n_fb > 0 THEN CAST({p}n_pos AS REAL) / {p}n_fb END",
+    },
+    Metric {
+        prefix: "neg",
+        y: "n_neg",
+        n: "n_fb",
+        x: "x_neg",
+        x_of_pre: "CASE WHEN {p}n_fb > 0 THEN CAST({p}n_neg AS REAL) / {p}n_fb END",
+    },
+];
+
+/// The sums of [`UnitMoments`], in field order, and one unit's contribution to each: `{y}`,
+/// `{n}` and `{x}` are the unit row's columns, `{m}` its mean. A unit with n = 0 adds nothing.
+const MOMENTS: [(&str, &str); 13] = [
+    ("units", "({n} > 0)"),
+    ("sum_mean", "CASE WHEN {n} > 0 THEN {m} ELSE 0.0 END"),
+    (
+        "sum_mean_sq",
+        "CASE WHEN {n} > 0 THEN {m} * {m} ELSE 0.0 END",
+    ),
+    (
+        "sum_y",
+        "CASE WHEN {n} > 0 THEN CAST({y} AS REAL) ELSE 0.0 END",
+    ),
+    ("sum_n", "CAST({n} AS REAL)"),
+    (
+        "sum_y_sq",
+        "CASE WHEN {n} > 0 THEN CAST({y} AS REAL) * {y} ELSE 0.0 END",
+    ),
+    ("sum_n_sq", "CAST({n} AS REAL) * {n}"),
+    (
+        "sum_yn",
+        "CASE WHEN {n} > 0 THEN CAST({y} AS REAL) * {n} ELSE 0.0 END",
+    ),
+    ("cov_units", "({n} > 0 AND {x} IS NOT NULL)"),
+    (
+        "sum_x",
+        "CASE WHEN {n} > 0 AND {x} IS NOT NULL THEN {x} ELSE 0.0 END",
+    ),
+    (
+        "sum_x_sq",
+        "CASE WHEN {n} > 0 AND {x} IS NOT NULL THEN {x} * {x} ELSE 0.0 END",
+    ),
+    (
+        "sum_x_mean",
+        "CASE WHEN {n} > 0 AND {x} IS NOT NULL THEN {x} * {m} ELSE 0.0 END",
+    ),
+    (
+        "sum_mean_cov",
+        "CASE WHEN {n} > 0 AND {x} IS NOT NULL THEN {m} ELSE 0.0 END",
+    ),
+];
+
+/// Whether moment `i` of [`MOMENTS`] is a count.
+fn moment_is_count(i: usize) -> bool {
+    i == 0 || i == 8
+}
+
+/// The columns of `experiment_cohort` after its key, each with one `experiment_unit` row's
+/// contribution (row prefix `r`: `NEW.` or `OLD.`), and whether the column is a count.
+fn cohort_columns(r: &str) -> Vec<(String, String, bool)> {
+    let mut columns = vec![
+        ("units".to_string(), "1".to_string(), true),
+        ("assigned".to_string(), format!("({r}moved = 0)"), true),
+        ("records".to_string(), format!("{r}n"), true),
+    ];
+    for metric in &METRICS {
+        let y = format!("{r}{}", metric.y);
+        let n = format!("{r}{}", metric.n);
+        let x = format!("{r}{}", metric.x);
+        let m = format!("(CAST({y} AS REAL) / {n})");
+        for (i, (name, expr)) in MOMENTS.iter().enumerate() {
+            columns.push((
+                format!("{}_{name}", metric.prefix),
+                expr.replace("{m}", &m)
+                    .replace("{y}", &y)
+                    .replace("{n}", &n)
+                    .replace("{x}", &x),
+                moment_is_count(i),
+            ));
+        }
+    }
+    columns
+}
+
+fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+fn values_of(columns: &[(&str, &str, bool)], r: &str, sign: &str) -> String {
+    columns
+        .iter()
+        .map(|(_, e, _)| format!("{sign}({})", e.replace("{r}", r)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn add_excluded(names: impl IntoIterator<Item = String>) -> String {
+    names
+        .into_iter()
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The period of experiment `exp` containing time `ts` (SQL expressions).
+fn period_of(exp: &str, ts: &str) -> String {
+    format!(
+        "COALESCE((SELECT p.idx FROM experiment_period p WHERE p.experiment_id = {exp} \
+         AND p.started_us <= {ts} ORDER BY p.idx DESC LIMIT 1), 0)"
+    )
+}
+
+/// `experiment_live` rows `L` that record `r` belongs to.
+fn live(r: &str) -> String {
+    format!("L.model = {r}model AND {r}ts_us >= L.started_us")
+}
+
+fn experiment_of(r: &str) -> String {
+    format!(
+        "(SELECT L.experiment_id FROM experiment_live L WHERE {})",
+        live(r)
+    )
+}
+
+fn arm_of(r: &str) -> String {
+    format!("(SELECT L.arm FROM experiment_live L WHERE {})", live(r))
+}
+
+fn x_of_pre(p: &str) -> String {
+    METRICS
+        .iter()
+        .map(|m| m.x_of_pre.replace("{p}", p))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn x_columns() -> String {
+    list(METRICS.iter().map(|m| m.x))
+}
+
+fn unit_names() -> String {
+    list(UNIT_VALUES.iter().map(|c| c.0))
+}
+
+fn loose_names() -> String {
+    list(LOOSE_VALUES.iter().map(|c| c.0))
+}
+
+/// Adds record `r` to its unit's row (records with a unit id).
+fn add_unit_sql(r: &str) -> String {
+    format!(
+        "INSERT INTO experiment_unit (experiment_id, unit, arm, period, first_us, {names}, {xs})
+    SELECT L.experiment_id, {r}unit_id, L.arm, {period}, {r}ts_us, {values}, {x}
+    FROM experiment_live L
+    LEFT JOIN experiment_unit_pre c ON c.experiment_id = L.experiment_id AND c.unit = {r}unit_id
+    WHERE {live} AND {r}unit_id IS NOT NULL
+    ON CONFLICT (experiment_id, unit, arm) DO UPDATE SET {set}, first_us = MIN(first_us, excluded.first_us);\n    ",
+        names = unit_names(),
+        xs = x_columns(),
+        period = period_of("L.experiment_id", &format!("{r}ts_us")),
+        values = values_of(UNIT_VALUES, r, ""),
+        x = x_of_pre("c."),
+        live = live(r),
+        set = add_excluded(UNIT_VALUES.iter().map(|c| c.0.to_string())),
+    )
+}
+
+/// The key of record `r`'s unit row.
+fn unit_key(r: &str) -> String {
+    format!(
+        "experiment_id = {} AND unit = {r}unit_id AND arm = {}",
+        experiment_of(r),
+        arm_of(r)
+    )
+}
+
+/// Removes record `r` from its unit's row: subtracts it, deletes a row left without
+/// records, and moves `first_us` to the unit's next record when `r` was its first.
+fn remove_unit_sql(r: &str) -> String {
+    let set = UNIT_VALUES
+        .iter()
+        .map(|(c, e, _)| format!("{c} = {c} - ({})", e.replace("{r}", r)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key = unit_key(r);
+    format!(
+        "UPDATE experiment_unit SET {set} WHERE {key};
+    DELETE FROM experiment_unit WHERE {key} AND n <= 0;
+    UPDATE experiment_unit SET first_us = COALESCE((SELECT u.ts_us FROM usage u
+        WHERE u.rowid >= {r}ts_us * {slots} AND u.unit_id = {r}unit_id AND u.model = {r}model
+          AND u.ts_us IS NOT NULL ORDER BY u.rowid LIMIT 1), first_us)
+    WHERE {key} AND first_us = {r}ts_us;\n    ",
+        slots = ROWID_SLOTS,
+    )
+}
+
+/// Adds (`sign` `""`) or removes (`"-"`) record `r` to or from its period's loose row
+/// (records without a unit id).
+fn loose_delta_sql(r: &str, sign: &str) -> String {
+    let mut sql = format!(
+        "INSERT INTO experiment_loose (experiment_id, period, arm, {names})
+    SELECT L.experiment_id, {period}, L.arm, {values}
+    FROM experiment_live L WHERE {live} AND {r}unit_id IS NULL
+    ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set};\n    ",
+        names = loose_names(),
+        period = period_of("L.experiment_id", &format!("{r}ts_us")),
+        values = values_of(LOOSE_VALUES, r, sign),
+        live = live(r),
+        set = add_excluded(LOOSE_VALUES.iter().map(|c| c.0.to_string())),
+    );
+    if sign == "-" {
+        sql.push_str(&format!(
+            "DELETE FROM experiment_loose WHERE {r}unit_id IS NULL AND experiment_id = {} AND n <= 0;\n    ",
+            experiment_of(r)
+        ));
+    }
+    sql
+}
+
+/// Sets `moved` of unit `{r}unit`'s rows in experiment `{r}experiment_id`: a row is moved
+/// when the unit's row in the other arm has an earlier `first_us`.
+fn moved_fix_sql(r: &str) -> String {
+    format!(
+        "UPDATE experiment_unit SET moved = 1 - moved
+    WHERE experiment_id = {r}experiment_id AND unit = {r}unit
+      AND moved IS NOT (first_us > (SELECT MIN(o.first_us) FROM experiment_unit o
+                                    WHERE o.experiment_id = {r}experiment_id AND o.unit = {r}unit));\n    "
+    )
+}
+
+/// Adds a unit row's contribution to its cohort row: `OLD.`'s removed (`old`) and/or
+/// `NEW.`'s added (`new`), keyed by `key` (`NEW.` or `OLD.`).
+fn cohort_upsert_sql(key: &str, new: Option<&str>, old: Option<&str>) -> String {
+    let new_cols = new.map(cohort_columns);
+    let old_cols = old.map(cohort_columns);
+    let base = new_cols
+        .as_ref()
+        .or(old_cols.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let names = list(base.iter().map(|c| c.0.as_str()));
+    let values = (0..base.len())
+        .map(|i| match (&new_cols, &old_cols) {
+            (Some(n), Some(o)) => format!("({}) - ({})", n[i].1, o[i].1),
+            (Some(n), None) => format!("({})", n[i].1),
+            (None, Some(o)) => format!("-({})", o[i].1),
+            (None, None) => "0".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO experiment_cohort (experiment_id, period, arm, {names})
+    VALUES ({key}experiment_id, {key}period, {key}arm, {values})
+    ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set};\n    ",
+        set = add_excluded(base.iter().map(|c| c.0.clone())),
+    )
+}
+
+/// The schema of version 7: tables and triggers.
+fn v7_schema() -> String {
+    let unit_decl = UNIT_VALUES
+        .iter()
+        .map(|(c, _, real)| {
+            format!(
+                "    {c} {} NOT NULL DEFAULT 0,\n",
+                if *real { "REAL" } else { "INTEGER" }
+            )
+        })
+        .collect::<String>();
+    let x_decl = METRICS
+        .iter()
+        .map(|m| format!("    {} REAL,\n", m.x))
+        .collect::<String>();
+    let loose_decl = LOOSE_VALUES
+        .iter()
+        .map(|(c, _, real)| {
+            format!(
+                "    {c} {} NOT NULL DEFAULT 0,\n",
+                if *real { "REAL" } else { "INTEGER" }
+            )
+        })
+        .collect::<String>();
+    let pre_decl = UNIT_VALUES
+        .iter()
+        .skip(1)
+        .map(|(c, _, real)| {
+            format!(
+                "    {c} {} NOT NULL DEFAULT 0,\n",
+                if *real { "REAL" } else { "INTEGER" }
+            )
+        })
+        .collect::<String>();
+    let cohort_decl = cohort_columns("")
+        .iter()
+        .map(|(c, _, count)| {
+            format!(
+                "    {c} {} NOT NULL DEFAULT 0,\n",
+                if *count { "INTEGER" } else { "REAL" }
+            )
+        })
+        .collect::<String>();
+    let live_new = "EXISTS (SELECT 1 FROM experiment_live WHERE model = NEW.model)";
+    let live_old = "EXISTS (SELECT 1 FROM experiment_live WHERE model = OLD.model)";
+    let value_set_unit = UNIT_VALUES
+        .iter()
+        .skip(1)
+        .map(|(c, e, _)| {
+            format!(
+                "{c} = {c} + ({}) - ({})",
+                e.replace("{r}", "NEW."),
+                e.replace("{r}", "OLD.")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let value_set_loose = LOOSE_VALUES
+        .iter()
+        .skip(1)
+        .map(|(c, e, _)| {
+            format!(
+                "{c} = {c} + ({}) - ({})",
+                e.replace("{r}", "NEW."),
+                e.replace("{r}", "OLD.")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "
+ALTER TABLE experiment_period ADD COLUMN started_us INTEGER;
+CREATE TABLE experiment_live (
+    model TEXT PRIMARY KEY,
+    experiment_id INTEGER NOT NULL,
+    arm INTEGER NOT NULL,
+    started_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE experiment_unit (
+    experiment_id INTEGER NOT NULL,
+    unit TEXT NOT NULL,
+    arm INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    first_us INTEGER NOT NULL,
+    moved INTEGER NOT NULL DEFAULT 0,
+{unit_decl}{x_decl}    PRIMARY KEY (experiment_id, unit, arm)
+) WITHOUT ROWID;
+CREATE TABLE experiment_loose (
+    experiment_id INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    arm INTEGER NOT NULL,
+{loose_decl}    PRIMARY KEY (experiment_id, period, arm)
+) WITHOUT ROWID;
+CREATE TABLE experiment_unit_pre (
+    experiment_id INTEGER NOT NULL,
+    unit TEXT NOT NULL,
+{pre_decl}    PRIMARY KEY (experiment_id, unit)
+) WITHOUT ROWID;
+CREATE TABLE experiment_cohort (
+    experiment_id INTEGER NOT NULL,
+    period INTEGER NOT NULL,
+    arm INTEGER NOT NULL,
+{cohort_decl}    PRIMARY KEY (experiment_id, period, arm)
+) WITHOUT ROWID;
+
+-- usage -> experiment_unit, experiment_loose (records of the running experiment's models).
+CREATE TRIGGER experiment_usage_insert AFTER INSERT ON usage
+WHEN NEW.ts_us IS NOT NULL AND {live_new} BEGIN
+    {add_unit_new}{add_loose_new}
+END;
+CREATE TRIGGER experiment_usage_delete AFTER DELETE ON usage
+WHEN OLD.ts_us IS NOT NULL AND {live_old} BEGIN
+    {remove_unit_old}{remove_loose_old}
+END;
+CREATE TRIGGER experiment_usage_values
+AFTER UPDATE OF user_feedback, quality_score, latency_ms ON usage
+WHEN NEW.ts_us IS NOT NULL AND OLD.ts_us IS NEW.ts_us AND OLD.model IS NEW.model
+     AND OLD.unit_id IS NEW.unit_id AND {live_new} BEGIN
+    UPDATE experiment_unit SET {value_set_unit} WHERE {unit_key_new};
+    UPDATE experiment_loose SET {value_set_loose}
+    WHERE NEW.unit_id IS NULL AND experiment_id = {exp_new} AND arm = {arm_new}
+      AND period = {period_new};
+END;
+CREATE TRIGGER experiment_usage_move AFTER UPDATE OF model, ts_us, unit_id ON usage
+WHEN (OLD.model IS NOT NEW.model OR OLD.ts_us IS NOT NEW.ts_us OR OLD.unit_id IS NOT NEW.unit_id)
+     AND ({live_old} OR {live_new}) BEGIN
+    {remove_unit_old}{remove_loose_old}{add_unit_new}{add_loose_new}
+END;
+
+-- experiment_unit -> experiment_cohort, period, moved.
+CREATE TRIGGER experiment_unit_insert AFTER INSERT ON experiment_unit BEGIN
+    {cohort_insert}{moved_new}
+END;
+CREATE TRIGGER experiment_unit_delete AFTER DELETE ON experiment_unit BEGIN
+    {cohort_delete}{moved_old}
+END;
+CREATE TRIGGER experiment_unit_update_same AFTER UPDATE ON experiment_unit
+WHEN OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id BEGIN
+    {cohort_same}
+END;
+CREATE TRIGGER experiment_unit_update_other AFTER UPDATE ON experiment_unit
+WHEN NOT (OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id) BEGIN
+    {cohort_remove_old}{cohort_add_new}
+END;
+CREATE TRIGGER experiment_unit_first AFTER UPDATE OF first_us ON experiment_unit
+WHEN OLD.first_us IS NOT NEW.first_us BEGIN
+    UPDATE experiment_unit SET period = {period_first}
+    WHERE experiment_id = NEW.experiment_id AND unit = NEW.unit AND arm = NEW.arm
+      AND period IS NOT {period_first};
+    {moved_new}
+END;
+",
+        add_unit_new = add_unit_sql("NEW."),
+        add_loose_new = loose_delta_sql("NEW.", ""),
+        remove_unit_old = remove_unit_sql("OLD."),
+        remove_loose_old = loose_delta_sql("OLD.", "-"),
+        unit_key_new = unit_key("NEW."),
+        exp_new = experiment_of("NEW."),
+        arm_new = arm_of("NEW."),
+        period_new = period_of(&experiment_of("NEW."), "NEW.ts_us"),
+        cohort_insert = cohort_upsert_sql("NEW.", Some("NEW."), None),
+        cohort_delete = cohort_upsert_sql("OLD.", None, Some("OLD.")),
+        cohort_same = cohort_upsert_sql("NEW.", Some("NEW."), Some("OLD.")),
+        cohort_remove_old = cohort_upsert_sql("OLD.", None, Some("OLD.")),
+        cohort_add_new = cohort_upsert_sql("NEW.", Some("NEW."), None),
+        moved_new = moved_fix_sql("NEW."),
+        moved_old = moved_fix_sql("OLD."),
+        period_first = period_of("NEW.experiment_id", "NEW.first_us"),
+    )
+}
+
+/// Migration 7: per-unit experiment statistics. Adds `experiment_period.started_us`
+/// (back-filled from `started_at`), the tables and triggers described in the module
+/// documentation, and fills them for an experiment already running.
+pub(crate) fn migrate_v7(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let err = |e: rusqlite::Error| StoreError::db("migration 7", e);
+    tx.execute_batch(&v7_schema()).map_err(err)?;
+    let periods: Vec<(i64, i64, String)> = tx
+        .prepare("SELECT experiment_id, idx, started_at FROM experiment_period")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(err)?;
+    for (experiment_id, idx, started_at) in periods {
+        let started = DateTime::parse_from_rfc3339(&started_at).map_err(|e| {
+            StoreError::db(
+                format!("migration 7: read start of period {idx} of experiment {experiment_id}"),
+                e,
+            )
+        })?;
+        tx.execute(
+            "UPDATE experiment_period SET started_us = ?3 WHERE experiment_id = ?1 AND idx = ?2",
+            params![experiment_id, idx, micros_of(started.with_timezone(&Utc))],
+        )
+        .map_err(err)?;
+    }
+    let running: Option<(i64, String, String, String)> = tx
+        .query_row(
+            "SELECT e.id, c.name, h.name, e.started_at FROM experiment e \
+             JOIN model_version c ON c.id = e.champion_id \
+             JOIN model_version h ON h.id = e.challenger_id WHERE e.status = 'running'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(err)?;
+    if let Some((id, champion, challenger, started_at)) = running {
+        let started = DateTime::parse_from_rfc3339(&started_at).map_err(|e| {
+            StoreError::db(format!("migration 7: read start of experiment {id}"), e)
+        })?;
+        start_experiment(
+            tx,
+            id,
+            &champion,
+            &challenger,
+            micros_of(started.with_timezone(&Utc)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Marks experiment `id` (champion and challenger models, started at `started_us`) as
+/// running for the triggers, and adds the records already in the log at or after its start
+/// (normally none; read as a rowid range). Runs in the caller's transaction.
+pub(crate) fn start_experiment(
+    conn: &Connection,
+    id: i64,
+    champion: &str,
+    challenger: &str,
+    started_us: i64,
+) -> Result<()> {
+    let err =
+        |e: rusqlite::Error| StoreError::db(format!("start unit statistics of experiment {id}"), e);
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO experiment_live (model, experiment_id, arm, started_us) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(err)?;
+    insert
+        .execute(params![champion, id, 0, started_us])
+        .map_err(err)?;
+    insert
+        .execute(params![challenger, id, 1, started_us])
+        .map_err(err)?;
+    let aggregate = |columns: &[(&str, &str, bool)]| {
+        columns
+            .iter()
+            .map(|(c, e, real)| {
+                format!(
+                    "{}({}) AS {c}",
+                    if *real { "TOTAL" } else { "SUM" },
+                    e.replace("{r}", "R.")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let from = "FROM usage R JOIN experiment_live L ON L.model = R.model \
+                WHERE R.rowid >= ?2 AND L.experiment_id = ?1 AND R.ts_us IS NOT NULL \
+                AND R.ts_us >= L.started_us";
+    // Units: their sums, then their cohort and covariates (the triggers on experiment_unit
+    // set `moved` and add them to their cohorts).
+    conn.execute(
+        &format!(
+            "INSERT INTO experiment_unit (experiment_id, unit, arm, period, first_us, {names}, {xs})
+             SELECT g.experiment_id, g.unit, g.arm, {period}, g.first_us, {g_names}, {x}
+             FROM (SELECT L.experiment_id AS experiment_id, R.unit_id AS unit, L.arm AS arm,
+                          MIN(R.ts_us) AS first_us, {sums}
+                   {from} AND R.unit_id IS NOT NULL GROUP BY R.unit_id, L.arm) g
+             LEFT JOIN experiment_unit_pre c ON c.experiment_id = g.experiment_id AND c.unit = g.unit",
+            names = unit_names(),
+            xs = x_columns(),
+            period = period_of("g.experiment_id", "g.first_us"),
+            g_names = UNIT_VALUES
+                .iter()
+                .map(|c| format!("g.{}", c.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            x = x_of_pre("c."),
+            sums = aggregate(UNIT_VALUES),
+        ),
+        params![id, first_rowid_at(started_us)],
+    )
+    .map_err(err)?;
+    conn.execute(
+        &format!(
+            "INSERT INTO experiment_loose (experiment_id, period, arm, {names})
+             SELECT experiment_id, period, arm, {sums}
+             FROM (SELECT L.experiment_id AS experiment_id, {period} AS period, L.arm AS arm,
+                          R.quality_score, R.latency_ms, R.user_feedback
+                   {from} AND R.unit_id IS NULL) R
+             GROUP BY experiment_id, period, arm",
+            names = loose_names(),
+            sums = aggregate(LOOSE_VALUES),
+            period = period_of("L.experiment_id", "R.ts_us"),
+        ),
+        params![id, first_rowid_at(started_us)],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Ends the maintenance of experiment `id`'s statistics (promote, rollback): they stay as
+/// they stand. Runs in the caller's transaction.
+pub(crate) fn end_experiment(conn: &Connection, id: i64) -> Result<()> {
+    conn.execute("DELETE FROM experiment_live WHERE experiment_id = ?1", [id])
+        .map_err(|e| StoreError::db(format!("end unit statistics of experiment {id}"), e))?;
+    Ok(())
+}
+
+/// After period `new` (starting at `started_us`, following period `previous`) was added to
+/// running experiment `id`: units first seen at or after its start, and records without a
+/// unit id logged at or after it, move to it (normally none: records are logged at the
+/// clock's time). Costs one pass over the experiment's unit rows and a rowid range of the
+/// log from the period's start.
+pub(crate) fn start_period(
+    conn: &Connection,
+    id: i64,
+    previous: u32,
+    new: u32,
+    started_us: i64,
+) -> Result<()> {
+    let err =
+        |e: rusqlite::Error| StoreError::db(format!("start period {new} of experiment {id}"), e);
+    conn.execute(
+        "UPDATE experiment_unit SET period = ?2 WHERE experiment_id = ?1 AND first_us >= ?3 AND period <> ?2",
+        params![id, new, started_us],
+    )
+    .map_err(err)?;
+    for (period, sign) in [(previous, "-"), (new, "")] {
+        let sums = LOOSE_VALUES
+            .iter()
+            .map(|(_, e, real)| {
+                format!(
+                    "{sign}{}({})",
+                    if *real { "TOTAL" } else { "SUM" },
+                    e.replace("{r}", "R.")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        conn.execute(
+            &format!(
+                "INSERT INTO experiment_loose (experiment_id, period, arm, {names})
+                 SELECT L.experiment_id, ?2, L.arm, {sums}
+                 FROM usage R JOIN experiment_live L ON L.model = R.model
+                 WHERE R.rowid >= ?3 AND L.experiment_id = ?1 AND R.unit_id IS NULL
+                   AND R.ts_us IS NOT NULL AND R.ts_us >= L.started_us
+                 GROUP BY L.experiment_id, L.arm
+                 ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set}",
+                names = loose_names(),
+                set = add_excluded(LOOSE_VALUES.iter().map(|c| c.0.to_string())),
+            ),
+            params![id, period, first_rowid_at(started_us)],
+        )
+        .map_err(err)?;
+    }
+    conn.execute(
+        "DELETE FROM experiment_loose WHERE experiment_id = ?1 AND n <= 0",
+        [id],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Replaces experiment `id`'s covariates with each unit's sums over the log in
+/// `[since_us, started_us)` (any model) and copies their means into the unit rows; returns
+/// the number of units with such history. Runs in the caller's (write) transaction.
+pub(crate) fn record_covariates(
+    conn: &Connection,
+    id: i64,
+    since_us: i64,
+    started_us: i64,
+) -> Result<u64> {
+    let err =
+        |e: rusqlite::Error| StoreError::db(format!("record covariates of experiment {id}"), e);
+    conn.execute(
+        "DELETE FROM experiment_unit_pre WHERE experiment_id = ?1",
+        [id],
+    )
+    .map_err(err)?;
+    let columns = &UNIT_VALUES[1..];
+    let sums = columns
+        .iter()
+        .map(|(_, e, real)| {
+            format!(
+                "{}({})",
+                if *real { "TOTAL" } else { "SUM" },
+                e.replace("{r}", "")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let units = conn
+        .execute(
+            &format!(
+                "INSERT INTO experiment_unit_pre (experiment_id, unit, {names})
+                 SELECT ?1, unit_id, {sums} FROM usage
+                 WHERE rowid >= ?2 AND rowid < ?3 AND unit_id IS NOT NULL AND ts_us IS NOT NULL
+                 GROUP BY unit_id",
+                names = list(columns.iter().map(|c| c.0)),
+            ),
+            params![id, first_rowid_at(since_us), first_rowid_at(started_us)],
+        )
+        .map_err(err)?;
+    conn.execute(
+        &format!(
+            "UPDATE experiment_unit SET ({xs}) = (SELECT {x} FROM experiment_unit_pre c
+                 WHERE c.experiment_id = experiment_unit.experiment_id AND c.unit = experiment_unit.unit)
+             WHERE experiment_id = ?1",
+            xs = x_columns(),
+            x = x_of_pre("c."),
+        ),
+        [id],
+    )
+    .map_err(err)?;
+    Ok(units as u64)
+}
+
+/// Removes every trace of `unit` from the unit statistics of all experiments (ended ones
+/// included) and from the covariates. Runs in the caller's transaction, after the unit's
+/// records were deleted.
+pub(crate) fn forget_unit(conn: &Connection, unit: &str) -> Result<()> {
+    let err = |e: rusqlite::Error| StoreError::db("forget unit statistics", e);
+    conn.execute("DELETE FROM experiment_unit WHERE unit = ?1", [unit])
+        .map_err(err)?;
+    conn.execute("DELETE FROM experiment_unit_pre WHERE unit = ?1", [unit])
+        .map_err(err)?;
+    Ok(())
+}
+
+/// `a -= b`, field by field.
+fn subtract(a: &mut UnitMoments, b: &UnitMoments) {
+    a.units = a.units.saturating_sub(b.units);
+    a.sum_mean -= b.sum_mean;
+    a.sum_mean_sq -= b.sum_mean_sq;
+    a.sum_y -= b.sum_y;
+    a.sum_n -= b.sum_n;
+    a.sum_y_sq -= b.sum_y_sq;
+    a.sum_n_sq -= b.sum_n_sq;
+    a.sum_yn -= b.sum_yn;
+    a.cov_units = a.cov_units.saturating_sub(b.cov_units);
+    a.sum_x -= b.sum_x;
+    a.sum_x_sq -= b.sum_x_sq;
+    a.sum_x_mean -= b.sum_x_mean;
+    a.sum_mean_cov -= b.sum_mean_cov;
+}
+
+/// The moments of `k` loose records (each a unit with n = 1) whose values sum to `sum` and
+/// whose squares sum to `sum_sq`.
+fn loose_moments(k: u64, sum: f64, sum_sq: f64) -> UnitMoments {
+    UnitMoments {
+        units: k,
+        sum_mean: sum,
+        sum_mean_sq: sum_sq,
+        sum_y: sum,
+        sum_n: k as f64,
+        sum_y_sq: sum_sq,
+        sum_n_sq: k as f64,
+        sum_yn: sum,
+        ..UnitMoments::default()
+    }
+}
+
+/// A row of `experiment_loose`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Loose {
+    n: u64,
+    n_q: u64,
+    sum_q: f64,
+    sum_q2: f64,
+    n_lat: u64,
+    sum_lat: f64,
+    sum_lat2: f64,
+    n_pos: u64,
+    n_neg: u64,
+    n_fb: u64,
+}
+
+impl Loose {
+    fn cohort(&self, period: u32, challenger: bool) -> UnitCohort {
+        UnitCohort {
+            period,
+            challenger,
+            units: self.n,
+            assigned: self.n,
+            records: self.n,
+            loose_records: self.n,
+            quality: loose_moments(self.n_q, self.sum_q, self.sum_q2),
+            latency: loose_moments(self.n_lat, self.sum_lat, self.sum_lat2),
+            positive: loose_moments(self.n_fb, self.n_pos as f64, self.n_pos as f64),
+            negative: loose_moments(self.n_fb, self.n_neg as f64, self.n_neg as f64),
+        }
+    }
+}
+
+/// Feedback counts to take out of a unit or loose row: (with feedback, positive, negative).
+type Immature = (u64, u64, u64);
+
+fn count(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// The unit statistics of `experiment` as stored, with feedback on records logged at or
+/// after `feedback_before` taken out. Reads the experiment's cohort and loose rows (a few
+/// per period), plus, with a maturity cut, the records with feedback after the cut (from
+/// the partial index `usage_feedback_ts`) and the unit row of each unit they belong to.
+pub(crate) fn unit_stats(
+    conn: &Connection,
+    experiment: &Experiment,
+    feedback_before: Option<DateTime<Utc>>,
+) -> Result<Vec<UnitCohort>> {
+    let id = experiment.id;
+    let err =
+        |e: rusqlite::Error| StoreError::db(format!("read unit statistics of experiment {id}"), e);
+    let mut cohorts: BTreeMap<(u32, bool), UnitCohort> = BTreeMap::new();
+    let columns = cohort_columns("");
+    let sql = format!(
+        "SELECT period, arm, {} FROM experiment_cohort WHERE experiment_id = ?1 AND units > 0",
+        list(columns.iter().map(|c| c.0.as_str()))
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+    let mut rows = stmt.query([id]).map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let period: u32 = row.get(0).map_err(err)?;
+        let challenger = row.get::<_, i64>(1).map_err(err)? != 0;
+        let mut cohort = UnitCohort {
+            period,
+            challenger,
+            units: count(row.get(2).map_err(err)?),
+            assigned: count(row.get(3).map_err(err)?),
+            records: count(row.get(4).map_err(err)?),
+            ..UnitCohort::default()
+        };
+        let mut i = 5;
+        for moments in [
+            &mut cohort.quality,
+            &mut cohort.latency,
+            &mut cohort.positive,
+            &mut cohort.negative,
+        ] {
+            let mut f = [0f64; 13];
+            for (j, v) in f.iter_mut().enumerate() {
+                *v = if moment_is_count(j) {
+                    count(row.get(i + j).map_err(err)?) as f64
+                } else {
+                    row.get(i + j).map_err(err)?
+                };
+            }
+            *moments = UnitMoments {
+                units: f[0] as u64,
+                sum_mean: f[1],
+                sum_mean_sq: f[2],
+                sum_y: f[3],
+                sum_n: f[4],
+                sum_y_sq: f[5],
+                sum_n_sq: f[6],
+                sum_yn: f[7],
+                cov_units: f[8] as u64,
+                sum_x: f[9],
+                sum_x_sq: f[10],
+                sum_x_mean: f[11],
+                sum_mean_cov: f[12],
+            };
+            i += MOMENTS.len();
+        }
+        cohorts.insert((period, challenger), cohort);
+    }
+    drop(rows);
+    drop(stmt);
+
+    let mut loose: BTreeMap<(u32, bool), Loose> = BTreeMap::new();
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT period, arm, {} FROM experiment_loose WHERE experiment_id = ?1 AND n > 0",
+            loose_names()
+        ))
+        .map_err(err)?;
+    let mut rows = stmt.query([id]).map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let key: (u32, bool) = (
+            row.get(0).map_err(err)?,
+            row.get::<_, i64>(1).map_err(err)? != 0,
+        );
+        loose.insert(
+            key,
+            Loose {
+                n: count(row.get(2).map_err(err)?),
+                n_q: count(row.get(3).map_err(err)?),
+                sum_q: row.get(4).map_err(err)?,
+                sum_q2: row.get(5).map_err(err)?,
+                n_lat: count(row.get(6).map_err(err)?),
+                sum_lat: row.get(7).map_err(err)?,
+                sum_lat2: row.get(8).map_err(err)?,
+                n_pos: count(row.get(9).map_err(err)?),
+                n_neg: count(row.get(10).map_err(err)?),
+                n_fb: count(row.get(11).map_err(err)?),
+            },
+        );
+    }
+    drop(rows);
+    drop(stmt);
+
+    if let Some(cut) = feedback_before {
+        mature(conn, experiment, cut, &mut cohorts, &mut loose)?;
+    }
+    for ((period, challenger), l) in loose {
+        if l.n == 0 {
+            continue;
+        }
+        cohorts
+            .entry((period, challenger))
+            .or_insert_with(|| UnitCohort {
+                period,
+                challenger,
+                ..UnitCohort::default()
+            })
+            .add(&l.cohort(period, challenger));
+    }
+    Ok(cohorts.into_values().filter(|c| c.units > 0).collect())
+}
+
+/// Takes the feedback on records logged at or after `cut` out of `cohorts` and `loose`.
+fn mature(
+    conn: &Connection,
+    experiment: &Experiment,
+    cut: DateTime<Utc>,
+    cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
+    loose: &mut BTreeMap<(u32, bool), Loose>,
+) -> Result<()> {
+    let id = experiment.id;
+    let err = |e: rusqlite::Error| {
+        StoreError::db(format!("read immature feedback of experiment {id}"), e)
+    };
+    let lo = micros_of(cut).max(micros_of(experiment.started_at));
+    let hi = experiment.ended_at.map_or(i64::MAX, micros_of);
+    if lo >= hi {
+        return Ok(());
+    }
+    let mut units: HashMap<(String, bool), Immature> = HashMap::new();
+    let mut loose_immature: HashMap<(u32, bool), Immature> = HashMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT model, unit_id, user_feedback, ts_us FROM usage INDEXED BY usage_feedback_ts
+                 WHERE user_feedback IS NOT NULL AND ts_us >= ?1 AND ts_us < ?2 AND model IN (?3, ?4)",
+            )
+            .map_err(err)?;
+        let mut rows = stmt
+            .query(params![lo, hi, experiment.champion, experiment.challenger])
+            .map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let model: String = row.get(0).map_err(err)?;
+            let unit: Option<String> = row.get(1).map_err(err)?;
+            let value = row
+                .get::<_, Option<i64>>(2)
+                .ok()
+                .flatten()
+                .and_then(|v| FeedbackValue::from_i64(v).ok());
+            let Some(value) = value else { continue };
+            let ts_us: i64 = row.get(3).map_err(err)?;
+            let challenger = model == experiment.challenger;
+            let slot = match unit {
+                Some(unit) => units.entry((unit, challenger)).or_default(),
+                None => {
+                    let at = super::time::time_of_micros(ts_us);
+                    loose_immature
+                        .entry((period_at(experiment, at), challenger))
+                        .or_default()
+                }
+            };
+            slot.0 += 1;
+            slot.1 += u64::from(value == FeedbackValue::Positive);
+            slot.2 += u64::from(value == FeedbackValue::Negative);
+        }
+    }
+    for (key, (f, p, m)) in loose_immature {
+        if let Some(l) = loose.get_mut(&key) {
+            l.n_fb = l.n_fb.saturating_sub(f);
+            l.n_pos = l.n_pos.saturating_sub(p);
+            l.n_neg = l.n_neg.saturating_sub(m);
+        }
+    }
+    let mut read = conn
+        .prepare_cached(
+            "SELECT period, n_fb, n_pos, n_neg, x_pos, x_neg FROM experiment_unit
+             WHERE experiment_id = ?1 AND unit = ?2 AND arm = ?3",
+        )
+        .map_err(err)?;
+    for ((unit, challenger), (f, p, m)) in units {
+        let row = read
+            .query_row(params![id, unit, i64::from(challenger)], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    count(r.get(1)?),
+                    count(r.get(2)?),
+                    count(r.get(3)?),
+                    r.get::<_, Option<f64>>(4)?,
+                    r.get::<_, Option<f64>>(5)?,
+                ))
+            })
+            .optional()
+            .map_err(err)?;
+        let Some((period, n_fb, n_pos, n_neg, x_pos, x_neg)) = row else {
+            continue;
+        };
+        let Some(cohort) = cohorts.get_mut(&(period, challenger)) else {
+            continue;
+        };
+        let matured_n = n_fb.saturating_sub(f);
+        for (moments, y, y_removed, x) in [
+            (&mut cohort.positive, n_pos, p, x_pos),
+            (&mut cohort.negative, n_neg, m, x_neg),
+        ] {
+            let mut old = UnitMoments::default();
+            old.add_unit(y as f64, n_fb, x);
+            let mut new = UnitMoments::default();
+            new.add_unit(y.saturating_sub(y_removed) as f64, matured_n, x);
+            subtract(moments, &old);
+            moments.add(&new);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_parses() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE usage (id TEXT PRIMARY KEY, model TEXT, ts_us INTEGER, unit_id TEXT,
+             quality_score REAL, latency_ms REAL, user_feedback INTEGER);
+             CREATE TABLE experiment_period (experiment_id INTEGER, idx INTEGER, started_at TEXT,
+             PRIMARY KEY (experiment_id, idx)) WITHOUT ROWID;",
+        )
+        .unwrap();
+        conn.execute_batch(&v7_schema()).unwrap();
+    }
+}
