@@ -162,7 +162,7 @@ impl Sizes {
             } else {
                 abtest::AbSizes {
                     runs: 1000,
-                    secondary_runs: 1000,
+                    secondary_runs: 300,
                     routing_units: 1_000_000,
                     sqlite_runs: 4,
                 }

@@ -11,20 +11,31 @@
 //!   BLAKE3(seed ‖ unit) to [0, 1) and gives the challenger [0, w) — sticky, and monotone
 //!   in w — or draws at random when a request has no unit id.
 //! * A [`Judge`] decides at each look; [`SequentialJudge`] is the default.
-//! * [`sim`] drives the real store and judge with synthetic traffic and a manual clock, and
-//!   measures false-promotion rate, power and harm detection.
+//! * [`sim`] drives the real store and judge with production-like traffic (users routed by
+//!   id, heavy-tailed activity, persistent differences, late feedback) and a manual clock,
+//!   and measures false promotions and rollbacks, power and harm detection.
 //!
 //! # The statistics of the default judge
 //!
-//! Per arm the judge reads the store's per-model sufficient statistics (n, Σx, Σx², feedback
-//! counts) for each period of the experiment (a period is a stretch with one weight).
-//! Metrics: mean quality (with its variance), positive-feedback rate among feedback events,
-//! negative-feedback rate, mean latency. The aggregates count *requests*, not distinct users,
-//! so requests are the units of analysis and of the minimum-sample rule; when one user sends
-//! many correlated requests the variance is understated (the notes' per-unit ratio estimator
-//! would need per-unit sums the rollups do not keep).
+//! **Units of analysis.** Routing is sticky by unit, so each arm is a fixed group of units
+//! and requests are not independent draws. The judge reads the store's per-unit sums
+//! ([`afs_store::ExperimentStore::unit_stats`]: per arm and *cohort*, the period in which a
+//! unit was first seen) and aggregates every metric per unit first. Per metric
+//! ([`AbTestConfig::ratio_metrics`]):
+//! * **per-unit mean** (default): ȳ_u = y_u/n_u, arm value m = Σȳ_u/K, variance of one unit
+//!   s² = (Σȳ_u² − (Σȳ_u)²/K)/(K − 1), so Var(m) = s²/K;
+//! * **ratio**: m = Σy_u/Σn_u with the delta-method variance over units
+//!   Var(m) ≈ (s²_y − 2m·s_yn + m²·s²_n)/(K·n̄²).
 //!
-//! **Always-valid tests.** Each metric gets a mixture sequential probability ratio test
+//! Shares (thumbs up or down among a unit's feedback) floor the per-unit variance at the
+//! binomial p̃(1 − p̃)/n̄. **CUPED**: with covariates x_u (each unit's pre-experiment value),
+//! θ = Σ S_xy / Σ S_xx pooled within arms and cohorts, and each unit's mean is replaced by
+//! ȳ_u − θ(x_u − x̄) (units without history unchanged), all from the sums Σx, Σx², Σxȳ.
+//! Records without a unit id are units of their own; with no unit ids at all the analysis is
+//! per request and says so ([`Analysis::NoUnitIds`]). Without unit statistics (a store that
+//! gives none) the judge falls back to the per-model rollups ([`PeriodStats`]).
+//!
+//! //! **Always-valid tests.** Each metric gets a mixture sequential probability ratio test
 //! (mSPRT) over the difference d (challenger − champion, sign-flipped for lower-is-better
 //! metrics so that positive is always good), with variance V = s²_A/n_A + s²_B/n_B. The
 //! primary metric uses the normal mixture N(0, τ²):
@@ -35,8 +46,8 @@
 //! minima and the confidence sequence `d ± sqrt(V(V+τ²)/τ² · (2 ln(1/α) + ln((V+τ²)/V)))`
 //! as a running intersection, stored in the experiment's [`afs_store::SequentialState`],
 //! so the error rates stay below α however often the experiment is checked. With several
-//! periods (weight changes) d is the average of per-period differences weighted by their
-//! effective sample sizes `n_A·n_B/(n_A+n_B)`.
+//! cohorts (weight changes) d is the average of per-cohort differences weighted by their
+//! effective sizes `K_A·K_B/(K_A+K_B)`, with per-unit variances pooled over each arm.
 //!
 //! **Choice of τ.** The mixture is most powerful for effects near τ, so τ is set near the
 //! smallest effect worth acting on: for the primary metric `τ = expected_effect × baseline`
@@ -45,14 +56,17 @@
 //! at the first look so the test does not drift with the data.
 //!
 //! **Decision.** Promote only when, after `min_duration_hours` (48) with at least
-//! `min_samples_per_version` (100) requests and `min_feedback_per_version` (25) feedback
-//! events per arm: the primary metric is significantly better (always-valid p < α = 0.05)
+//! `min_samples_per_version` (100) requests, `min_units_per_arm` (50) units and
+//! `min_feedback_per_version` (25) feedback events per arm: the primary metric is significantly better (always-valid p < α = 0.05)
 //! with a point-estimate lift of at least `min_lift` (1%), and every guardrail is shown to
 //! be no worse than its margin (default 10% for latency and negative-feedback rate). Roll
 //! back when the primary metric is significantly worse or a guardrail significantly worse
-//! than its margin (Holm-corrected; no minimum duration). Hold when the arms' request counts
-//! do not match the weights (chi-square against per-period expected counts, p < 0.001 and a
-//! deviation above 0.1 pp). Otherwise keep testing. An arm without data never passes.
+//! than its margin (Holm-corrected; no minimum duration), even during a hold. Hold when the
+//! units first assigned to each arm do not match the weights: per period, a Beta(k·w,
+//! k·(1 − w)) mixture (k = 1000) against the weight w gives a Bayes factor; the product over
+//! periods is a martingale under correct routing, so p = 1/BF is always valid (alarm at
+//! p < 0.001 with a deviation above 0.1 pp; requests and chi-square without unit
+//! statistics). Otherwise keep testing. An arm without data never passes.
 //!
 //! The seed's weighted-improvement score and its fixed rule ("≥ 5% better or p < 0.05") are
 //! reported beside each decision ([`SeedComparison`]) to show what the old rule would do.

@@ -108,7 +108,7 @@ fn better_challengers_are_promoted_and_cuped_makes_it_faster() {
     );
     assert_eq!(w20.rolled_back, 0);
     // At 10% the challenger's ~170 users carry too little evidence for 80% within 14 days
-    // on this traffic (docs/EXPERIMENTS.md shows the power curve); this guards the level
+    // on this traffic (docs/STATISTICS.md, "What the simulations show"); this guards the level
     // reached so that it does not slip.
     let w10 = memory(&Scenario::power_quality(), n);
     assert!(w10.promotion_rate() >= 0.55, "{w10}");
