@@ -37,8 +37,8 @@ fn memory(scenario: &Scenario, n: usize) -> ScenarioRates {
 
 #[test]
 fn identical_models_are_rarely_promoted_or_rolled_back_under_sticky_routing() {
-    for scenario in [Scenario::aa(), Scenario::aa().at_weight(0.2)] {
-        let aa = memory(&scenario, runs(150, 1000));
+    for (scenario, slow_runs) in [(Scenario::aa(), 1000), (Scenario::aa().at_weight(0.2), 500)] {
+        let aa = memory(&scenario, runs(150, slow_runs));
         assert!(
             aa.promotion_rate() <= 0.025,
             "{}: false promotions {:.3} > 2.5%",
@@ -98,7 +98,7 @@ fn the_request_level_judge_fails_on_the_same_traffic() {
 
 #[test]
 fn better_challengers_are_promoted_and_cuped_makes_it_faster() {
-    let n = runs(100, 1000);
+    let n = runs(100, 500);
     // At 20% the requirement holds.
     let w20 = memory(&Scenario::power_quality().at_weight(0.2), n);
     assert!(
@@ -137,7 +137,7 @@ fn better_challengers_are_promoted_and_cuped_makes_it_faster() {
 #[test]
 fn harmful_challengers_are_rolled_back_within_48_hours_and_never_promoted() {
     for scenario in [Scenario::harm(), Scenario::harm().at_weight(0.2)] {
-        let harm = memory(&scenario, runs(100, 1000));
+        let harm = memory(&scenario, runs(100, 500));
         assert!(
             harm.rollback_within_48h_rate() >= 0.90,
             "{}",
