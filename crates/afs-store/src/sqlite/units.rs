@@ -269,20 +269,18 @@ fn loose_names() -> String {
     list(LOOSE_VALUES.iter().map(|c| c.0))
 }
 
-/// Adds record `r` to its unit's row (records with a unit id).
+/// Adds record `r` to its unit's row (records with a unit id). A new row gets its covariates
+/// from the insert trigger of `experiment_unit`.
 fn add_unit_sql(r: &str) -> String {
     format!(
-        "INSERT INTO experiment_unit (experiment_id, unit, arm, period, first_us, {names}, {xs})
-    SELECT L.experiment_id, {r}unit_id, L.arm, {period}, {r}ts_us, {values}, {x}
+        "INSERT INTO experiment_unit (experiment_id, unit, arm, period, first_us, {names})
+    SELECT L.experiment_id, {r}unit_id, L.arm, {period}, {r}ts_us, {values}
     FROM experiment_live L
-    LEFT JOIN experiment_unit_pre c ON c.experiment_id = L.experiment_id AND c.unit = {r}unit_id
     WHERE {live} AND {r}unit_id IS NOT NULL
     ON CONFLICT (experiment_id, unit, arm) DO UPDATE SET {set}, first_us = MIN(first_us, excluded.first_us);\n    ",
         names = unit_names(),
-        xs = x_columns(),
         period = period_of("L.experiment_id", &format!("{r}ts_us")),
         values = values_of(UNIT_VALUES, r, ""),
-        x = x_of_pre("c."),
         live = live(r),
         set = add_excluded(UNIT_VALUES.iter().map(|c| c.0.to_string())),
     )
@@ -354,8 +352,19 @@ fn moved_fix_sql(r: &str) -> String {
 /// Adds a unit row's contribution to its cohort row: `OLD.`'s removed (`old`) and/or
 /// `NEW.`'s added (`new`), keyed by `key` (`NEW.` or `OLD.`).
 fn cohort_upsert_sql(key: &str, new: Option<&str>, old: Option<&str>) -> String {
-    let new_cols = new.map(cohort_columns);
-    let old_cols = old.map(cohort_columns);
+    cohort_upsert_range(key, new, old, 0..cohort_columns("").len())
+}
+
+/// [`cohort_upsert_sql`] for the cohort columns in `range` only.
+fn cohort_upsert_range(
+    key: &str,
+    new: Option<&str>,
+    old: Option<&str>,
+    range: std::ops::Range<usize>,
+) -> String {
+    let pick = |r: &str| cohort_columns(r)[range.clone()].to_vec();
+    let new_cols = new.map(pick);
+    let old_cols = old.map(pick);
     let base = new_cols
         .as_ref()
         .or(old_cols.as_ref())
@@ -377,6 +386,37 @@ fn cohort_upsert_sql(key: &str, new: Option<&str>, old: Option<&str>) -> String 
     ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set};\n    ",
         set = add_excluded(base.iter().map(|c| c.0.clone())),
     )
+}
+
+/// One trigger per metric adding the change of a unit row's contribution to that metric when
+/// the row stays in its cohort and the metric's sum, count or covariate changed: a record
+/// usually changes two or three of the four.
+fn same_period_metric_triggers() -> String {
+    METRICS
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let start = 3 + i * MOMENTS.len();
+            format!(
+                "CREATE TRIGGER experiment_unit_update_same_{prefix} AFTER UPDATE ON experiment_unit
+WHEN OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id
+     AND (OLD.{y} IS NOT NEW.{y} OR OLD.{n} IS NOT NEW.{n} OR OLD.{x} IS NOT NEW.{x}) BEGIN
+    {upsert}
+END;
+",
+                prefix = m.prefix,
+                y = m.y,
+                n = m.n,
+                x = m.x,
+                upsert = cohort_upsert_range(
+                    "NEW.",
+                    Some("NEW."),
+                    Some("OLD."),
+                    start..start + MOMENTS.len()
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The schema of version 7: tables and triggers.
@@ -511,14 +551,21 @@ END;
 -- experiment_unit -> experiment_cohort, period, moved.
 CREATE TRIGGER experiment_unit_insert AFTER INSERT ON experiment_unit BEGIN
     {cohort_insert}{moved_new}
+    UPDATE experiment_unit SET ({xs}) = (SELECT {x_pre} FROM experiment_unit_pre c
+        WHERE c.experiment_id = NEW.experiment_id AND c.unit = NEW.unit)
+    WHERE experiment_id = NEW.experiment_id AND unit = NEW.unit AND arm = NEW.arm
+      AND EXISTS (SELECT 1 FROM experiment_unit_pre c
+                  WHERE c.experiment_id = NEW.experiment_id AND c.unit = NEW.unit);
 END;
 CREATE TRIGGER experiment_unit_delete AFTER DELETE ON experiment_unit BEGIN
     {cohort_delete}{moved_old}
 END;
 CREATE TRIGGER experiment_unit_update_same AFTER UPDATE ON experiment_unit
-WHEN OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id BEGIN
+WHEN OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id
+     AND (OLD.moved IS NOT NEW.moved OR OLD.n IS NOT NEW.n) BEGIN
     {cohort_same}
 END;
+{cohort_same_metrics}
 CREATE TRIGGER experiment_unit_update_other AFTER UPDATE ON experiment_unit
 WHEN NOT (OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id) BEGIN
     {cohort_remove_old}{cohort_add_new}
@@ -541,10 +588,13 @@ END;
         period_new = period_of(&experiment_of("NEW."), "NEW.ts_us"),
         cohort_insert = cohort_upsert_sql("NEW.", Some("NEW."), None),
         cohort_delete = cohort_upsert_sql("OLD.", None, Some("OLD.")),
-        cohort_same = cohort_upsert_sql("NEW.", Some("NEW."), Some("OLD.")),
+        cohort_same = cohort_upsert_range("NEW.", Some("NEW."), Some("OLD."), 0..3),
+        cohort_same_metrics = same_period_metric_triggers(),
         cohort_remove_old = cohort_upsert_sql("OLD.", None, Some("OLD.")),
         cohort_add_new = cohort_upsert_sql("NEW.", Some("NEW."), None),
         moved_new = moved_fix_sql("NEW."),
+        xs = x_columns(),
+        x_pre = x_of_pre("c."),
         moved_old = moved_fix_sql("OLD."),
         period_first = period_of("NEW.experiment_id", "NEW.first_us"),
     )
