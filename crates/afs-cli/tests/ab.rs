@@ -17,17 +17,18 @@ const T60H: &str = "2025-06-03T12:00:00Z";
 /// How one arm behaves in [`traffic`].
 struct Arm {
     model: &'static str,
-    /// Quality scores, alternating.
+    /// Quality scores, alternating from user to user.
     quality: [f64; 2],
-    /// Latencies in ms, alternating.
+    /// Latencies in ms, alternating from user to user.
     latency_ms: [f64; 2],
     /// Thumbs down for this many of every 20 requests (the others thumbs up).
     downs_per_20: usize,
 }
 
 /// `n` requests of `arm`, every one scored, timed and with feedback, spread evenly over the
-/// 58 hours from T0 + 1 h: small, but decisive with the default gates (100 requests and 25
-/// feedback events per arm, 48 h).
+/// 58 hours from T0 + 1 h, two from each of `n / 2` users of the arm's own: small, but
+/// decisive with the default gates (100 requests, 50 units and 25 feedback events per arm,
+/// 48 h).
 fn traffic(arm: &Arm, n: usize) -> Vec<Value> {
     let start = chrono::DateTime::parse_from_rfc3339(T0).unwrap();
     (0..n)
@@ -39,10 +40,10 @@ fn traffic(arm: &Arm, n: usize) -> Vec<Value> {
                 "query": format!("question {i} for {}", arm.model),
                 "response": format!("answer {i}"),
                 "model": arm.model,
-                "quality_score": arm.quality[i % 2],
-                "latency_ms": arm.latency_ms[i % 2],
+                "quality_score": arm.quality[(i / 2) % 2],
+                "latency_ms": arm.latency_ms[(i / 2) % 2],
                 "feedback": if i % 20 < arm.downs_per_20 { -1 } else { 1 },
-                "unit": format!("user-{}", i % 37),
+                "unit": format!("{}-user-{}", arm.model, i / 2),
                 "timestamp": at.to_rfc3339(),
             })
         })
@@ -583,4 +584,28 @@ fn human_outputs() {
         text(T60H, &["history"]),
     ];
     insta::assert_snapshot!("outputs", outputs.join("\n"));
+}
+
+#[test]
+fn records_without_unit_ids_are_analysed_per_request() {
+    let env = experiment();
+    let mut lines = traffic(&CHAMPION, 150);
+    lines.extend(traffic(&BETTER, 150));
+    for line in &mut lines {
+        line.as_object_mut().unwrap().remove("unit");
+    }
+    env.import_at(T60H, &lines);
+    let text = env.check_at(T60H, &["ab", "compare"], 0).stdout;
+    for needle in [
+        "traffic: 50% to the challenger; analysed per request: no record carries a unit id\n",
+        "  champion m1: 150 requests, 150 feedback events\n",
+        "  challenger m2: 150 requests, 150 feedback events\n",
+        "  aggregation   per request\n",
+        "sample ratio: requests: expected 50.0% to the challenger, observed 50.0% (150 vs 150; ",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    assert!(!text.contains("  units  "), "{text}");
+    let json = ab_json(&env, T60H, &["compare"]);
+    assert_eq!(json["analysis"], "no_unit_ids", "{json}");
 }

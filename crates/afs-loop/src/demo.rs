@@ -3,8 +3,13 @@
 //!
 //! Simulated users (unit ids) send queries to whichever model the router picks; each
 //! response gets a quality score and, sometimes, a thumbs up or down drawn from the serving
-//! model's *hidden true quality*. Every simulated hour the traffic is logged with one
-//! `log_batch`, the clock moves one hour, and the loop runs one iteration: triggers fire,
+//! model's *hidden true quality*. The users look like production's: their activity is
+//! heavy-tailed (log-normal weights, so a few users send most requests), each has a
+//! persistent offset of the quality they get (some ask harder questions) and of their
+//! propensity to give a thumbs up, and feedback arrives hours after the response (recorded
+//! with `record_feedback` when it arrives, as a real client would). Every simulated hour the
+//! traffic is logged with one `log_batch`, the feedback that arrived is recorded, the clock
+//! moves one hour, and the loop runs one iteration: triggers fire,
 //! datasets are generated, and a built-in demo trainer produces a new model whose hidden true
 //! quality is the champion's plus or minus a random step — some better, some worse, and the
 //! timeline says which. Challengers are deployed, tested, promoted or rolled back by the real
@@ -22,8 +27,8 @@ use std::time::Duration;
 use afs_abtest::AbTestConfig;
 use afs_datagen::GeneratorConfig;
 use afs_store::{
-    Clock, Decision, ExperimentStore, Feedback, FeedbackValue, ManualClock, NewModelVersion,
-    NewUsage, SqliteConfig, SqliteStore, StatsWindow, UsageStore,
+    Clock, Decision, ExperimentStore, FeedbackValue, ManualClock, NewModelVersion, NewUsage,
+    SqliteConfig, SqliteStore, StatsWindow, UsageStore,
 };
 use afs_trigger::{FnTrainer, RetrainerConfig, TrainJob, TrainOutput, TriggerConfig};
 use chrono::{DateTime, TimeZone, Utc};
@@ -39,6 +44,22 @@ use crate::runner::{splitmix, ContinuousLearningLoop};
 const TRAFFIC_STREAM: u64 = 0x0074_7261_6666_6963;
 const TRAINER_STREAM: u64 = 0x0074_7261_696e_6572;
 const ROUTING_STREAM: u64 = 0x0000_726f_7574_6572;
+const USERS_STREAM: u64 = 0x0000_0075_7365_7273;
+
+/// Spread (σ of the log) of the users' activity weights: with σ = 1.5 the most active 10% of
+/// users send about 60% of the requests, and the top 1% about 20%.
+const ACTIVITY_SIGMA: f64 = 1.5;
+/// Standard deviation of a user's persistent offset of the quality they get.
+const USER_QUALITY_SD: f64 = 0.05;
+/// Standard deviation of a user's persistent log-odds offset of giving a thumbs up.
+const USER_THUMBS_SD: f64 = 0.5;
+/// Median delay of feedback after the response, in hours (log-normal, σ of the log 1).
+const FEEDBACK_DELAY_MEDIAN_HOURS: f64 = 2.0;
+const FEEDBACK_DELAY_SIGMA: f64 = 1.0;
+/// Longest feedback delay, in hours: later feedback never comes.
+const FEEDBACK_DELAY_MAX_HOURS: f64 = 72.0;
+/// Most users a demo draws from (each has an activity weight in memory).
+const MAX_USERS: u32 = 10_000_000;
 
 /// The model serving when the demo starts.
 pub const FIRST_MODEL: &str = "nayru-v1";
@@ -57,14 +78,15 @@ pub struct DemoConfig {
     /// Mean requests per simulated hour; traffic follows a daily cycle around it (default 200).
     pub requests_per_hour: u32,
     /// Distinct users (sticky routing units) drawn from (default 100,000; many users keep
-    /// the arms' traffic shares close to their weights).
+    /// the arms' traffic shares close to their weights). Their activity is heavy-tailed, so
+    /// far fewer of them send requests in a given week.
     pub users: u32,
     /// When the simulation starts (default 2026-01-05 00:00 UTC). A caller that wants the
     /// database to look recent to other commands can start it `days` before now.
     pub start: DateTime<Utc>,
     /// Hidden true quality of the first model (default 0.70).
     pub initial_quality: f64,
-    /// Share of requests that get a thumbs up or down (default 0.35).
+    /// Share of requests that get a thumbs up or down, some hours later (default 0.35).
     pub feedback_rate: f64,
     /// Chance that a new model is better than the champion (default 0.5).
     pub better_share: f64,
@@ -113,8 +135,11 @@ impl DemoConfig {
                 format!("{} is not within 1..=100000", self.requests_per_hour),
             );
         }
-        if self.users == 0 {
-            return bad("users", "must be at least 1".into());
+        if self.users == 0 || self.users > MAX_USERS {
+            return bad(
+                "users",
+                format!("{} is not within 1..={MAX_USERS}", self.users),
+            );
         }
         if !(self.initial_quality > 0.0 && self.initial_quality < 1.0) {
             return bad(
@@ -503,6 +528,57 @@ struct World {
     trainer_rng: DemoRng,
 }
 
+/// The simulated users: who sends the next request, and each user's persistent
+/// differences, all drawn from the seed.
+struct Users {
+    /// Running sums of the users' activity weights (log-normal, σ = [`ACTIVITY_SIGMA`]): a
+    /// request comes from user `i` with probability proportional to its weight.
+    cumulative: Vec<f64>,
+    /// Seed of the per-user offsets, which are drawn from the user's number when needed.
+    offsets_seed: u64,
+}
+
+impl Users {
+    fn new(n: u32, seed: u64) -> Self {
+        let mut rng = DemoRng::new(seed);
+        let mut total = 0.0;
+        let cumulative = (0..n)
+            .map(|_| {
+                total += (ACTIVITY_SIGMA * rng.normal()).exp();
+                total
+            })
+            .collect();
+        Users {
+            cumulative,
+            offsets_seed: splitmix(seed ^ USERS_STREAM),
+        }
+    }
+
+    /// A user, drawn in proportion to activity.
+    fn draw(&self, rng: &mut DemoRng) -> u32 {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let x = rng.unit() * total;
+        let i = self.cumulative.partition_point(|&c| c <= x);
+        i.min(self.cumulative.len().saturating_sub(1)) as u32
+    }
+
+    /// User `user`'s persistent offsets: of the quality of the answers they get, and of the
+    /// log-odds of their thumbs up.
+    fn offsets(&self, user: u32) -> (f64, f64) {
+        let mut rng = DemoRng::new(self.offsets_seed ^ splitmix(u64::from(user)));
+        (
+            USER_QUALITY_SD * rng.normal(),
+            USER_THUMBS_SD * rng.normal(),
+        )
+    }
+}
+
+/// Feedback on a logged record that the user has not given yet.
+struct PendingFeedback {
+    id: String,
+    value: FeedbackValue,
+}
+
 const TOPICS: [&str; 8] = [
     "the 65816 addressing modes",
     "SNES DMA transfers",
@@ -568,6 +644,9 @@ pub fn run(config: &DemoConfig, on_event: &mut dyn FnMut(&DemoEvent)) -> Result<
         learning: &learning,
         world: &world,
         rng: DemoRng::new(splitmix(config.seed ^ TRAFFIC_STREAM)),
+        users: Users::new(config.users, splitmix(config.seed ^ USERS_STREAM)),
+        pending: BTreeMap::new(),
+        feedback_drawn: 0,
         truth: BTreeMap::new(),
         parents: BTreeMap::new(),
         outcomes: BTreeMap::from([(FIRST_MODEL.to_string(), "champion".to_string())]),
@@ -606,6 +685,11 @@ struct Simulation<'a> {
     learning: &'a ContinuousLearningLoop<SqliteStore>,
     world: &'a Arc<Mutex<World>>,
     rng: DemoRng,
+    users: Users,
+    /// Feedback not given yet, by when it arrives (and the order it was drawn in).
+    pending: BTreeMap<(DateTime<Utc>, u64), PendingFeedback>,
+    /// Feedback events drawn so far.
+    feedback_drawn: u64,
     /// A copy of the world's hidden truth, refreshed every hour.
     truth: BTreeMap<String, f64>,
     parents: BTreeMap<String, f64>,
@@ -647,8 +731,9 @@ impl Simulation<'_> {
             DemoEventKind::Start,
             format!(
                 "{FIRST_MODEL} serves all traffic (hidden true quality {:.2}); about {} requests an hour \
-                 from {} users; the loop checks every hour, retrains after {} new scored requests \
-                 ({} h cooldown), and tests each new model on {:.0}% of traffic",
+                 from {} users (a few send most of them; feedback comes hours later); the loop \
+                 checks every hour, retrains after {} new scored requests ({} h cooldown), and \
+                 tests each new model on {:.0}% of traffic",
                 c.initial_quality,
                 c.requests_per_hour,
                 c.users,
@@ -660,6 +745,8 @@ impl Simulation<'_> {
         let total_hours = c.days * 24;
         for hour in 1..=total_hours {
             let hour_end = self.start + chrono::Duration::hours(i64::from(hour));
+            // Feedback on earlier hours' records, each recorded when it arrives.
+            self.deliver_feedback(hour_end)?;
             self.clock.set(hour_end);
             self.truth = self
                 .world
@@ -668,6 +755,8 @@ impl Simulation<'_> {
                 .truth
                 .clone();
             self.traffic(hour_end, hour - 1)?;
+            // Feedback that came within the hour on this hour's records.
+            self.deliver_feedback(hour_end)?;
             if hour % 24 == 0 {
                 self.day_summary(hour / 24);
             }
@@ -690,7 +779,8 @@ impl Simulation<'_> {
         self.finish()
     }
 
-    /// Simulates the hour that ends at `hour_end` and logs it in one batch.
+    /// Simulates the hour that ends at `hour_end` and logs it in one batch. The feedback its
+    /// users will give is queued for when it arrives.
     fn traffic(&mut self, hour_end: DateTime<Utc>, hour_index: u32) -> Result<()> {
         let c = self.config;
         // A daily cycle: quiet at 04:00, busiest at 16:00, averaging requests_per_hour.
@@ -701,23 +791,38 @@ impl Simulation<'_> {
             .max(1.0) as u32;
         let hour_start = hour_end - chrono::Duration::hours(1);
         let mut records = Vec::with_capacity(n as usize);
+        let mut feedbacks = Vec::new();
         for i in 0..n {
-            let user = self.rng.below(c.users);
+            let user = self.users.draw(&mut self.rng);
+            let (quality_offset, thumbs_offset) = self.users.offsets(user);
             let unit = format!("user-{user:06}");
             let route = self.learning.route(Some(&unit))?;
-            let true_quality = self.quality_of(&route.model);
+            // What this user gets from this model: some users ask harder questions.
+            let true_quality = (self.quality_of(&route.model) + quality_offset).clamp(0.01, 0.99);
             let quality = self.rng.quality(true_quality);
             let timestamp = hour_start
                 + chrono::Duration::milliseconds(i64::from(i) * 3_600_000 / i64::from(n));
-            let feedback = (self.rng.unit() < c.feedback_rate).then(|| Feedback {
-                value: if self.rng.unit() < true_quality {
+            if self.rng.unit() < c.feedback_rate {
+                // Some users like everything more than others.
+                let logit = (true_quality / (1.0 - true_quality)).ln() + thumbs_offset;
+                let value = if self.rng.unit() < 1.0 / (1.0 + (-logit).exp()) {
                     FeedbackValue::Positive
                 } else {
                     FeedbackValue::Negative
-                },
-                text: None,
-                at: Some(timestamp),
-            });
+                };
+                let delay_hours = (FEEDBACK_DELAY_MEDIAN_HOURS.ln()
+                    + FEEDBACK_DELAY_SIGMA * self.rng.normal())
+                .exp()
+                .min(FEEDBACK_DELAY_MAX_HOURS);
+                let arrives =
+                    timestamp + chrono::Duration::milliseconds((delay_hours * 3.6e6) as i64);
+                feedbacks.push((records.len(), value, arrives));
+                let count = self.day_counts.entry(route.model.clone()).or_default();
+                count.feedback += 1;
+                if value == FeedbackValue::Positive {
+                    count.thumbs_up += 1;
+                }
+            }
             let latency = 600.0 + 400.0 * self.rng.unit();
             let tokens = 50 + i64::from(self.rng.below(350));
             self.request_counter += 1;
@@ -725,12 +830,6 @@ impl Simulation<'_> {
             let count = self.day_counts.entry(route.model.clone()).or_default();
             count.requests += 1;
             count.sum_quality += quality;
-            if let Some(f) = &feedback {
-                count.feedback += 1;
-                if f.value == FeedbackValue::Positive {
-                    count.thumbs_up += 1;
-                }
-            }
             records.push(NewUsage {
                 query: format!("Question {}: how does {topic} work?", self.request_counter),
                 response: format!(
@@ -742,12 +841,41 @@ impl Simulation<'_> {
                 quality_score: Some(quality),
                 unit_id: Some(unit),
                 timestamp: Some(timestamp),
-                feedback,
                 ..NewUsage::new("", "", route.model)
             });
         }
         self.summary_counts.requests += u64::from(n);
-        self.learning.log_batch(records)?;
+        let ids = self.learning.log_batch(records)?;
+        for (index, value, arrives) in feedbacks {
+            if let Some(id) = ids.get(index) {
+                self.feedback_drawn += 1;
+                self.pending.insert(
+                    (arrives, self.feedback_drawn),
+                    PendingFeedback {
+                        id: id.clone(),
+                        value,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the feedback that has arrived by `until`, oldest first, each with the clock at
+    /// its arrival (or at the clock's time, if that is later).
+    fn deliver_feedback(&mut self, until: DateTime<Utc>) -> Result<()> {
+        while let Some(entry) = self.pending.first_entry() {
+            let arrives = entry.key().0;
+            if arrives > until {
+                break;
+            }
+            let feedback = entry.remove();
+            if arrives > self.clock.now() {
+                self.clock.set(arrives);
+            }
+            self.learning
+                .record_feedback(&feedback.id, feedback.value, None)?;
+        }
         Ok(())
     }
 

@@ -107,7 +107,8 @@ fn counting_trainer() -> (Box<dyn Trainer>, Arc<AtomicUsize>) {
     (file_trainer(calls.clone()), calls)
 }
 
-/// Logs `n` requests in the hour before the clock, routed by the loop to units `u0..`:
+/// Logs `n` requests in the hour before the clock, routed by the loop to units `u0-h<hour>..`
+/// (new users every hour, so that an experiment's evidence grows with its units):
 /// quality alternating ±0.1 around the serving model's mean, latency 800 ± 100 ms, every
 /// second request rated (thumbs up for the first `mean × 10` of each ten ratings).
 fn traffic(
@@ -119,7 +120,7 @@ fn traffic(
     let now = clock.now();
     let mut records = Vec::with_capacity(n);
     for i in 0..n {
-        let unit = format!("u{i}");
+        let unit = format!("u{i}-h{}", now.timestamp() / 3600);
         let route = learning.route(Some(&unit)).unwrap();
         let mean = mean_of(&route.model);
         let offset = if i % 2 == 0 { -0.1 } else { 0.1 };

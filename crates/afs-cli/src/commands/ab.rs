@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use afs_abtest::{
-    AbTest, AbTestConfig, AbTestError, Comparison, HashRouter, Metric, MetricResult, MetricRole,
-    Router, RoutingTable,
+    AbTest, AbTestConfig, AbTestError, Aggregation, Analysis, Comparison, HashRouter, Metric,
+    MetricResult, MetricRole, Router, RoutingTable,
 };
 use afs_store::{
     Decision, EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStatus,
@@ -502,8 +502,8 @@ fn event_json(e: &ExperimentEvent) -> Value {
 // ---------------------------------------------------------------------------------------
 // The text report of `afs ab compare` and `afs ab check`.
 
-/// The judge's report for a terminal: a header, a block per metric, the decision and its
-/// reason, the sample-ratio check and the seed's view.
+/// The judge's report for a terminal: a header with each arm's units and requests, a block
+/// per metric, the decision and its reason, the sample-ratio check and the seed's view.
 fn report(c: &Comparison, experiment: &Experiment, config: &AbTestConfig) -> String {
     let mut text = format!(
         "experiment {}: champion {} vs challenger {}, running {} (looked at {})\n",
@@ -513,50 +513,50 @@ fn report(c: &Comparison, experiment: &Experiment, config: &AbTestConfig) -> Str
         hours(c.elapsed_hours),
         rfc3339(c.evaluated_at)
     );
+    let analysed = match c.analysis {
+        Analysis::Units => "analysed by unit (user or session id)",
+        Analysis::NoUnitIds => "analysed per request: no record carries a unit id",
+        Analysis::Requests => "analysed per request: no unit statistics",
+    };
     text.push_str(&format!(
-        "traffic: {} to the challenger; requests: champion {}, challenger {}; feedback events: \
-         champion {}, challenger {}\n",
-        percent(experiment.challenger_weight),
+        "traffic: {} to the challenger; {analysed}\n",
+        percent(experiment.challenger_weight)
+    ));
+    let arm = |role: &str, name: &str, units: u64, requests: u64, feedback: u64| {
+        let units = if c.analysis == Analysis::Units {
+            format!("{}, ", plural(units, "unit"))
+        } else {
+            String::new()
+        };
+        format!(
+            "  {role} {name}: {units}{}, {}\n",
+            plural(requests, "request"),
+            plural(feedback, "feedback event")
+        )
+    };
+    text.push_str(&arm(
+        "champion",
+        &c.champion,
+        c.champion_units,
         c.champion_requests,
-        c.challenger_requests,
         c.champion_feedback,
-        c.challenger_feedback
+    ));
+    text.push_str(&arm(
+        "challenger",
+        &c.challenger,
+        c.challenger_units,
+        c.challenger_requests,
+        c.challenger_feedback,
     ));
     let level = format!("{}%", trim_number((1.0 - config.alpha) * 100.0));
     for m in &c.metrics {
         text.push('\n');
-        text.push_str(&metric_block(m, &level, config.alpha));
+        text.push_str(&metric_block(m, c.analysis, &level, config.alpha));
     }
     text.push('\n');
     text.push_str(&format!("decision: {}\n", c.decision.as_str()));
     text.push_str(&format!("reason:   {}\n", c.reason));
-
-    let srm = &c.srm;
-    let srm_text = match (
-        srm.expected_challenger_share,
-        srm.observed_challenger_share,
-        srm.p_value,
-    ) {
-        (Some(expected), Some(observed), Some(p)) => format!(
-            "expected {} to the challenger, observed {} (chi-square {:.2}, p {}): {}",
-            percent_precise(expected),
-            percent_precise(observed),
-            srm.chi_square.unwrap_or(0.0),
-            p_value(p),
-            if srm.mismatch {
-                "MISMATCH: routing or logging is broken; holding"
-            } else {
-                "ok"
-            }
-        ),
-        (Some(expected), Some(observed), None) => format!(
-            "expected {} to the challenger, observed {} (too few requests to test)",
-            percent_precise(expected),
-            percent_precise(observed)
-        ),
-        _ => "no requests yet".to_string(),
-    };
-    text.push_str(&format!("sample ratio: {srm_text}\n"));
+    text.push_str(&format!("sample ratio: {}\n", srm_text(c)));
 
     let seed = &c.seed;
     let score = seed
@@ -576,9 +576,52 @@ fn report(c: &Comparison, experiment: &Experiment, config: &AbTestConfig) -> Str
     text
 }
 
-/// One metric's block: its role, both arms, the difference, the interval, the p-values and
-/// the verdict.
-fn metric_block(m: &MetricResult, level: &str, alpha: f64) -> String {
+/// The sample-ratio line: what was counted (the units first assigned to each arm, or
+/// requests when requests are the units), which test (the sequential test on assigned units,
+/// or chi-square on request counts), the shares and the verdict.
+fn srm_text(c: &Comparison) -> String {
+    let srm = &c.srm;
+    let counted = if c.analysis == Analysis::Units {
+        "units"
+    } else {
+        "requests"
+    };
+    let (champion, challenger) = srm
+        .champion_units
+        .zip(srm.challenger_units)
+        .unwrap_or((srm.champion_requests, srm.challenger_requests));
+    let (Some(expected), Some(observed)) =
+        (srm.expected_challenger_share, srm.observed_challenger_share)
+    else {
+        return format!("no {counted} yet");
+    };
+    let shares = format!(
+        "{counted}: expected {} to the challenger, observed {}",
+        percent_precise(expected),
+        percent_precise(observed)
+    );
+    let Some(p) = srm.p_value else {
+        return format!("{shares} (too few {counted} to test)");
+    };
+    let test = match srm.chi_square {
+        Some(chi2) => format!("chi-square {chi2:.2}, p {}", p_value(p)),
+        None => format!("sequential test, always-valid p {}", p_value(p)),
+    };
+    let verdict = if srm.mismatch {
+        "MISMATCH: routing or logging is broken; holding"
+    } else {
+        "ok"
+    };
+    format!(
+        "{shares} ({} vs {}; {test}): {verdict}",
+        thousands(champion),
+        thousands(challenger)
+    )
+}
+
+/// One metric's block: its role, both arms (value, units, observations), how the units were
+/// combined, the difference, the interval, the p-values and the verdict.
+fn metric_block(m: &MetricResult, analysis: Analysis, level: &str, alpha: f64) -> String {
     let metric = m.metric;
     let direction = if metric.higher_is_better() {
         "higher is better"
@@ -632,23 +675,44 @@ fn metric_block(m: &MetricResult, level: &str, alpha: f64) -> String {
         ),
         _ => "-".to_string(),
     };
+    let by_unit = analysis == Analysis::Units;
+    let aggregation = match (m.aggregation, by_unit) {
+        (Some(Aggregation::UnitMean), true) => "per-unit mean (every unit weighs the same)",
+        (Some(Aggregation::Ratio), true) => "ratio (every request weighs the same)",
+        _ => "per request",
+    };
+    let aggregation = match m.cuped_reduction {
+        Some(r) => format!(
+            "{aggregation}; CUPED variance reduction {}",
+            percent_precise(r)
+        ),
+        None => aggregation.to_string(),
+    };
     // Labels padded to one width, so that the arms' columns and the details line up.
     let label = |name: &str| format!("  {name:<12}  ");
-    let arms = [
+    let mut arms = vec![
         ("", "champion".to_string(), "challenger".to_string()),
         ("value", value(m.champion_value), value(m.challenger_value)),
-        (
-            "observations",
-            m.champion_n.to_string(),
-            m.challenger_n.to_string(),
-        ),
     ];
+    if by_unit {
+        arms.push((
+            "units",
+            thousands(m.champion_units),
+            thousands(m.challenger_units),
+        ));
+    }
+    arms.push((
+        "observations",
+        thousands(m.champion_n),
+        thousands(m.challenger_n),
+    ));
     let width_a = arms.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
     let width_b = arms.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);
     for (name, a, b) in arms {
         text.push_str(&format!("{}{a:>width_a$}  {b:>width_b$}\n", label(name)));
     }
     for (name, detail) in [
+        ("aggregation", aggregation),
         ("difference", difference),
         ("interval", interval),
         ("p-values", p_values),
@@ -724,6 +788,28 @@ fn trim_number(value: f64) -> String {
     }
 }
 
+/// A count with thousands separators: `1,801`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A count with thousands separators and a noun, plural unless it is 1: `1,801 units`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{} {noun}s", thousands(n))
+    }
+}
+
 /// A p-value: four decimals, scientific below 0.0001, `1` for 1.
 fn p_value(p: f64) -> String {
     if p >= 1.0 {
@@ -783,6 +869,12 @@ mod tests {
         assert_eq!(format_difference(Metric::Latency, -12.0), "-12.0 ms");
         assert_eq!(format_difference(Metric::Quality, 0.0123), "+0.012");
         assert_eq!(format_bound(Metric::Quality, f64::INFINITY), "+inf");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1801), "1,801");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(plural(1, "unit"), "1 unit");
+        assert_eq!(plural(6102, "request"), "6,102 requests");
     }
 
     #[test]

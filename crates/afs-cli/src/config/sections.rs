@@ -249,8 +249,82 @@ struct AbTestSection {
     srm_min_deviation: Option<f64>,
     check_interval_hours: Option<f64>,
     enable_bandit: Option<bool>,
+    min_units_per_arm: Option<u64>,
+    ratio_metrics: Option<MetricsSetting>,
+    cuped: Option<bool>,
+    cuped_lookback_days: Option<f64>,
+    feedback_maturity_hours: Option<f64>,
     guardrails: Option<GuardrailsSection>,
     bandit: Option<BanditSection>,
+}
+
+/// A metric by its report key ([`Metric::key`]), in `abtest.ratio_metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MetricSetting {
+    Quality,
+    PositiveRate,
+    NegativeRate,
+    LatencyMs,
+}
+
+impl MetricSetting {
+    fn metric(self) -> Metric {
+        match self {
+            MetricSetting::Quality => Metric::Quality,
+            MetricSetting::PositiveRate => Metric::PositiveRate,
+            MetricSetting::NegativeRate => Metric::NegativeRate,
+            MetricSetting::LatencyMs => Metric::Latency,
+        }
+    }
+}
+
+/// `abtest.ratio_metrics`: an array of metric keys in a file, or a comma-separated list in
+/// an environment variable or `--set` (empty text for none). An unknown key is refused with
+/// the allowed ones named.
+#[derive(Debug, Clone, PartialEq)]
+struct MetricsSetting(Vec<MetricSetting>);
+
+impl<'de> Deserialize<'de> for MetricsSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MetricsVisitor;
+
+        impl<'de> Visitor<'de> for MetricsVisitor {
+            type Value = MetricsSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an array of metric keys (quality, positive_rate, negative_rate, \
+                     latency_ms; or, as text, a comma-separated list)",
+                )
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut metrics = Vec::new();
+                while let Some(metric) = seq.next_element::<MetricSetting>()? {
+                    metrics.push(metric);
+                }
+                Ok(MetricsSetting(metrics))
+            }
+
+            // Environment variables and `--set` give text.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v.trim().is_empty() {
+                    return Ok(MetricsSetting(Vec::new()));
+                }
+                v.split(',')
+                    .map(|part| {
+                        MetricSetting::deserialize(de::value::StrDeserializer::<E>::new(
+                            part.trim(),
+                        ))
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(MetricsSetting)
+            }
+        }
+
+        deserializer.deserialize_any(MetricsVisitor)
+    }
 }
 
 /// `abtest.primary_metric`.
@@ -737,8 +811,12 @@ impl AbTestSection {
             initial_challenger_traffic, min_samples_per_version, min_improvement_threshold,
             enable_auto_promotion, promotion_threshold, min_duration_hours, alpha, min_lift,
             expected_effect, min_feedback_per_version, enable_auto_rollback, srm_p_threshold,
-            srm_min_deviation, check_interval_hours,
+            srm_min_deviation, check_interval_hours, min_units_per_arm, cuped,
+            cuped_lookback_days, feedback_maturity_hours,
         );
+        if let Some(MetricsSetting(metrics)) = self.ratio_metrics {
+            abtest.ratio_metrics = metrics.into_iter().map(MetricSetting::metric).collect();
+        }
         if let Some(primary) = self.primary_metric {
             abtest.primary_metric = match primary {
                 PrimaryMetricSetting::Quality => PrimaryMetric::Quality,

@@ -122,6 +122,11 @@ struct ShownAbTest {
     srm_min_deviation: f64,
     check_interval_hours: f64,
     enable_bandit: bool,
+    min_units_per_arm: u64,
+    ratio_metrics: Vec<&'static str>,
+    cuped: bool,
+    cuped_lookback_days: f64,
+    feedback_maturity_hours: f64,
     guardrails: ShownGuardrails,
     bandit: ShownBandit,
 }
@@ -266,6 +271,11 @@ fn shown(config: &Config) -> Shown {
             srm_min_deviation: a.srm_min_deviation,
             check_interval_hours: a.check_interval_hours,
             enable_bandit: a.bandit.is_some(),
+            min_units_per_arm: a.min_units_per_arm,
+            ratio_metrics: a.ratio_metrics.iter().map(|m| m.key()).collect(),
+            cuped: a.cuped,
+            cuped_lookback_days: a.cuped_lookback_days,
+            feedback_maturity_hours: a.feedback_maturity_hours,
             guardrails: ShownGuardrails {
                 latency_ms: margin(Metric::Latency),
                 negative_rate: margin(Metric::NegativeRate),

@@ -205,6 +205,11 @@ srm_p_threshold = 0.0001
 srm_min_deviation = 0.005
 check_interval_hours = 2
 enable_bandit = true
+min_units_per_arm = 200
+ratio_metrics = ["latency_ms", "negative_rate"]
+cuped = false
+cuped_lookback_days = 7.5
+feedback_maturity_hours = 24
 
 [abtest.guardrails]
 latency_ms = 0.2
@@ -249,8 +254,171 @@ draws = 200
             champion_floor: 0.3,
             draws: 200,
         }),
+        min_units_per_arm: 200,
+        ratio_metrics: vec![Metric::Latency, Metric::NegativeRate],
+        cuped: false,
+        cuped_lookback_days: 7.5,
+        feedback_maturity_hours: 24.0,
     };
     assert_eq!(config.abtest, expected);
+}
+
+#[test]
+fn abtest_unit_analysis_keys() {
+    let abtest = |text: &str| parse_text(text).unwrap().abtest;
+    let defaults = abtest("");
+    assert_eq!(defaults.min_units_per_arm, 50);
+    assert!(defaults.ratio_metrics.is_empty());
+    assert!(defaults.cuped);
+    assert_eq!(defaults.cuped_lookback_days, 14.0);
+    assert_eq!(defaults.feedback_maturity_hours, 0.0);
+    assert!(abtest("[abtest]\nratio_metrics = []\n")
+        .ratio_metrics
+        .is_empty());
+    let every = abtest(
+        "[abtest]\nratio_metrics = [\"quality\", \"positive_rate\", \"negative_rate\", \
+         \"latency_ms\"]\ncuped_lookback_days = 0\nmin_units_per_arm = 0\n",
+    );
+    assert_eq!(every.ratio_metrics, Metric::ALL);
+    assert_eq!(every.cuped_lookback_days, 0.0);
+    assert_eq!(every.min_units_per_arm, 0);
+    // Text is a comma-separated list, in the file too (as serve.tokens).
+    assert_eq!(
+        abtest("[abtest]\nratio_metrics = \"quality\"\n").ratio_metrics,
+        [Metric::Quality]
+    );
+
+    // Variables and flags give the list as comma-separated text; empty text is none.
+    let config = layered(
+        "[abtest]\nratio_metrics = [\"quality\"]\n",
+        &[
+            ("AFS_ABTEST__RATIO_METRICS", "latency_ms, positive_rate"),
+            ("AFS_ABTEST__CUPED", "false"),
+            ("AFS_ABTEST__MIN_UNITS_PER_ARM", "10"),
+        ],
+        &[
+            "abtest.feedback_maturity_hours=6",
+            "abtest.cuped_lookback_days=3",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        config.abtest.ratio_metrics,
+        [Metric::Latency, Metric::PositiveRate]
+    );
+    assert!(!config.abtest.cuped);
+    assert_eq!(config.abtest.min_units_per_arm, 10);
+    assert_eq!(config.abtest.feedback_maturity_hours, 6.0);
+    assert_eq!(config.abtest.cuped_lookback_days, 3.0);
+    let config = layered(
+        "[abtest]\nratio_metrics = [\"quality\"]\n",
+        &[],
+        &["abtest.ratio_metrics="],
+    )
+    .unwrap();
+    assert!(config.abtest.ratio_metrics.is_empty());
+}
+
+#[test]
+fn abtest_unit_analysis_errors_name_the_key() {
+    // A bad value of each key, in the file.
+    check_err(
+        "[abtest]\nmin_units_per_arm = -1\n",
+        &["line 2", "abtest.min_units_per_arm"],
+    );
+    check_err(
+        "[abtest]\nmin_units_per_arm = 1.5\n",
+        &["line 2", "abtest.min_units_per_arm"],
+    );
+    check_err(
+        "[abtest]\nratio_metrics = [\"quality\", \"latency\"]\n",
+        &[
+            "line 2",
+            "abtest.ratio_metrics",
+            "unknown variant `latency`",
+            "quality",
+            "positive_rate",
+            "negative_rate",
+            "latency_ms",
+        ],
+    );
+    check_err(
+        "[abtest]\nratio_metrics = 1\n",
+        &["line 2", "abtest.ratio_metrics", "array of metric keys"],
+    );
+    check_err(
+        "[abtest]\nratio_metrics = [\"quality\", \"quality\"]\n",
+        &[
+            "config file afs.toml: abtest.ratio_metrics",
+            "quality is listed twice",
+        ],
+    );
+    check_err("[abtest]\ncuped = \"yes\"\n", &["line 2", "abtest.cuped"]);
+    check_err(
+        "[abtest]\ncuped_lookback_days = -1\n",
+        &["config file afs.toml: abtest.cuped_lookback_days: -1"],
+    );
+    check_err(
+        "[abtest]\nfeedback_maturity_hours = -0.5\n",
+        &["config file afs.toml: abtest.feedback_maturity_hours: -0.5"],
+    );
+    check_err(
+        "[abtest]\nfeedback_maturity_hours = nan\n",
+        &["config file afs.toml: abtest.feedback_maturity_hours: NaN"],
+    );
+
+    // And in a variable or a flag.
+    check_layered_err(
+        "",
+        &[("AFS_ABTEST__RATIO_METRICS", "quality,thumbs")],
+        &[],
+        &[
+            "environment variable AFS_ABTEST__RATIO_METRICS",
+            "abtest.ratio_metrics",
+            "unknown variant `thumbs`",
+            "latency_ms",
+        ],
+    );
+    check_layered_err(
+        "",
+        &[],
+        &["abtest.ratio_metrics=quality,,latency_ms"],
+        &["--set abtest.ratio_metrics", "unknown variant ``"],
+    );
+    check_layered_err(
+        "",
+        &[],
+        &["abtest.ratio_metrics=latency_ms,latency_ms"],
+        &["--set abtest.ratio_metrics", "latency_ms is listed twice"],
+    );
+    check_layered_err(
+        "",
+        &[("AFS_ABTEST__MIN_UNITS_PER_ARM", "some")],
+        &[],
+        &[
+            "environment variable AFS_ABTEST__MIN_UNITS_PER_ARM",
+            "abtest.min_units_per_arm",
+            "invalid type",
+        ],
+    );
+    check_layered_err(
+        "",
+        &[("AFS_ABTEST__CUPED", "maybe")],
+        &[],
+        &["AFS_ABTEST__CUPED", "abtest.cuped"],
+    );
+    check_layered_err(
+        "",
+        &[],
+        &["abtest.cuped_lookback_days=-3"],
+        &["--set abtest.cuped_lookback_days", "-3"],
+    );
+    check_layered_err(
+        "",
+        &[],
+        &["abtest.feedback_maturity_hours=-1"],
+        &["--set abtest.feedback_maturity_hours", "-1"],
+    );
 }
 
 #[test]
@@ -880,6 +1048,8 @@ fn the_shown_configuration_reads_back_to_itself() {
     let config = layered(
         "[generator]\nmin_user_feedback = \"none\"\nnear_dedupe = true\nmax_samples = 5\n\
          [abtest]\nenable_bandit = true\nprimary_metric = \"positive_rate\"\n\
+         ratio_metrics = [\"latency_ms\", \"quality\"]\ncuped = false\n\
+         feedback_maturity_hours = 12\n\
          [abtest.guardrails]\nquality = 0.2\n[loop]\ntraining_window = 5400\n\
          champion = \"m\"\nchampion_path = \"/m\"\n[trainer]\ntrain_cmd = \"./train.sh {data}\"\n",
         &[("AFS_STORE__BUSY_TIMEOUT_MS", "250")],
