@@ -24,6 +24,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(v) = env("SIM_POSITIVE_SD") {
             p.positive_sd = v;
         }
+        if std::env::var_os("SIM_LATENCY_GUARDRAIL_ONLY").is_some() {
+            scenario
+                .config
+                .guardrails
+                .retain(|g| g.metric == afs_abtest::Metric::Latency);
+        }
+        if let Some(m) = env("SIM_NEGATIVE_MARGIN") {
+            for g in &mut scenario.config.guardrails {
+                if g.metric == afs_abtest::Metric::NegativeRate {
+                    g.margin = m;
+                }
+            }
+        }
+        if std::env::var_os("SIM_NEGATIVE_RATIO").is_some() {
+            scenario
+                .config
+                .ratio_metrics
+                .push(afs_abtest::Metric::NegativeRate);
+        }
+        let p = &mut scenario.population;
         if let Some(v) = env("SIM_HISTORY_HOURS") {
             p.history_hours = v as u32;
         }
@@ -31,7 +51,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rates = run_scenario(&scenario, &Backend::Memory, runs, 20_260_101)?;
         println!("{rates}  ({:.1} s)", start.elapsed().as_secs_f64());
         if std::env::var_os("SIM_REASONS").is_some() {
-            for o in rates.outcomes.iter().take(8) {
+            for o in rates
+                .outcomes
+                .iter()
+                .filter(|o| {
+                    std::env::var("SIM_REASONS").as_deref() != Ok("undecided")
+                        || o.decision.is_none()
+                })
+                .take(12)
+            {
                 println!(
                     "    seed {} {:?} at {:?}: {}",
                     o.seed, o.decision, o.decided_at_hour, o.last_reason

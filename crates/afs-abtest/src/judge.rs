@@ -661,7 +661,7 @@ impl Judge for SequentialJudge {
 
 impl SequentialJudge {
     fn srm_text(c: &Comparison) -> String {
-        let what = if c.srm.champion_units.is_some() {
+        let what = if c.analysis == Analysis::Units {
             "of newly assigned units"
         } else {
             "of requests"
@@ -929,7 +929,7 @@ mod tests {
             arm(200, 0.70, 0.70, 800.0),
             arm(200, 0.80, 0.70, 800.0),
             Decision::KeepTesting,
-            "negative_rate +0.0 pp (+0.0%, 30.0% -> 30.0%) not yet shown within its 10% margin",
+            "negative_rate +0.0 pp (+0.0%, 30.0% -> 30.0%) not yet shown within its 15% margin",
         );
         // Too few requests.
         check(
