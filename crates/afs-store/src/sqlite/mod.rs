@@ -200,8 +200,12 @@ impl SqliteStore {
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<()> {
         let conn = self.conn()?;
+        // Cached: preparing an UPDATE of `usage` compiles every trigger it fires (the
+        // rollups' and, since schema 7, the per-unit statistics'), which cost more than the
+        // update itself when feedback arrives one call at a time.
         let changed = conn
-            .execute(sql, params)
+            .prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute(params))
             .map_err(|e| StoreError::db(context, e))?;
         if changed == 0 {
             return Err(StoreError::NotFound {
