@@ -6,8 +6,8 @@
 //! same traffic, so these tests can tell a broken analysis from a sound one. The SQLite
 //! store makes the decisions of the in-memory backend.
 //!
-//! The default run is fast; `AFS_SLOW_TESTS=1` (set by CI) runs 1,000 experiments per main
-//! scenario and more runs through the real store.
+//! The default run is fast; `AFS_SLOW_TESTS=1` (set by CI) runs 150 to 600 experiments per
+//! scenario and more runs through the real store; `cargo xtask bench` runs 1,000.
 
 use afs_abtest::sim::{
     routing_check, run_experiment, run_scenario, Backend, Scenario, ScenarioRates,
@@ -37,7 +37,7 @@ fn memory(scenario: &Scenario, n: usize) -> ScenarioRates {
 
 #[test]
 fn identical_models_are_rarely_promoted_or_rolled_back_under_sticky_routing() {
-    for (scenario, slow_runs) in [(Scenario::aa(), 1000), (Scenario::aa().at_weight(0.2), 500)] {
+    for (scenario, slow_runs) in [(Scenario::aa(), 600), (Scenario::aa().at_weight(0.2), 300)] {
         let aa = memory(&scenario, runs(150, slow_runs));
         assert!(
             aa.promotion_rate() <= 0.025,
@@ -59,14 +59,14 @@ fn identical_models_are_rarely_promoted_or_rolled_back_under_sticky_routing() {
         );
     }
     // Without the minimum lift the sequential test alone still stays within the target.
-    let statistics_only = memory(&Scenario::aa_statistics_only(), runs(60, 300));
+    let statistics_only = memory(&Scenario::aa_statistics_only(), runs(60, 200));
     assert!(
         statistics_only.promotion_rate() <= 0.025,
         "{}",
         statistics_only.promotion_rate()
     );
     // Sparse feedback as the primary metric.
-    let positive = memory(&Scenario::aa_positive_rate(), runs(60, 300));
+    let positive = memory(&Scenario::aa_positive_rate(), runs(60, 200));
     assert!(
         positive.promotion_rate() <= 0.025 && positive.rollback_rate() <= 0.05,
         "{positive}"
@@ -79,7 +79,7 @@ fn the_request_level_judge_fails_on_the_same_traffic() {
     // requests. On sticky traffic it rolls back identical models far too often, and with
     // its sample-ratio alarm off it promotes them too. If these stop failing, the
     // simulated traffic has lost what makes production hard.
-    let n = runs(60, 300);
+    let n = runs(60, 150);
     let held = memory(&Scenario::aa().request_level(true), n);
     assert!(held.rollback_rate() >= 0.15, "{held}");
     assert!(
@@ -98,7 +98,7 @@ fn the_request_level_judge_fails_on_the_same_traffic() {
 
 #[test]
 fn better_challengers_are_promoted_and_cuped_makes_it_faster() {
-    let n = runs(100, 500);
+    let n = runs(100, 400);
     let w10 = memory(&Scenario::power_quality(), n);
     let w20 = memory(&Scenario::power_quality().at_weight(0.2), n);
     for rates in [&w10, &w20] {
@@ -127,14 +127,14 @@ fn better_challengers_are_promoted_and_cuped_makes_it_faster() {
         plain.promoted
     );
     // A thumbs-up rate 5% higher as the primary metric.
-    let feedback = memory(&Scenario::power_positive_rate(), runs(60, 300));
+    let feedback = memory(&Scenario::power_positive_rate(), runs(60, 150));
     assert_eq!(feedback.rolled_back, 0, "{feedback}");
 }
 
 #[test]
 fn harmful_challengers_are_rolled_back_within_48_hours_and_never_promoted() {
     for scenario in [Scenario::harm(), Scenario::harm().at_weight(0.2)] {
-        let harm = memory(&scenario, runs(100, 500));
+        let harm = memory(&scenario, runs(100, 300));
         assert!(
             harm.rollback_within_48h_rate() >= 0.90,
             "{}",
@@ -146,7 +146,7 @@ fn harmful_challengers_are_rolled_back_within_48_hours_and_never_promoted() {
 
 #[test]
 fn bandit_weights_keep_the_guarantees() {
-    let n = runs(40, 200);
+    let n = runs(40, 150);
     let aa = memory(&Scenario::aa().with_bandit(), n);
     assert!(aa.promotion_rate() <= 0.025, "{aa}");
     assert!(aa.rollback_rate() <= 0.05, "{aa}");
