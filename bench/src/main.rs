@@ -158,6 +158,8 @@ impl Sizes {
                     secondary_runs: 60,
                     routing_units: 1_000_000,
                     sqlite_runs: 1,
+                    cost_records: 100_000,
+                    cost_units: 10_000,
                 }
             } else {
                 abtest::AbSizes {
@@ -165,6 +167,8 @@ impl Sizes {
                     secondary_runs: 300,
                     routing_units: 1_000_000,
                     sqlite_runs: 4,
+                    cost_records: 1_000_000,
+                    cost_units: 100_000,
                 }
             },
             serve_secs: if quick { 3.0 } else { 10.0 },

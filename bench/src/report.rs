@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::abtest::{AbResults, ScenarioSummary};
+use crate::abtest::{AbResults, CheckCost, ScenarioSummary};
 use crate::datagen::{ChildOutcome, ChildReport, DatagenTimes, Variant};
 use crate::serve::{ScenarioRun, ServeResults};
 use crate::trigger::TriggerTimes;
@@ -44,6 +44,8 @@ mod target {
     pub(super) const TRIGGER_MS: f64 = 5.0;
     /// Issues 5 and 13: false promotions of an identical model under sticky routing, percent.
     pub(super) const FALSE_PROMOTIONS_PCT: f64 = 2.5;
+    /// Issue 13: one whole experiment check at 1M records and 100k units, ms.
+    pub(super) const CHECK_MS: f64 = 50.0;
     /// Issue 13: false rollbacks of an identical model under sticky routing, percent.
     pub(super) const FALSE_ROLLBACKS_PCT: f64 = 5.0;
     /// Issue 5: better challengers promoted within 14 days, percent.
@@ -70,6 +72,7 @@ mod issue {
     pub(super) const TRIGGER: u8 = 4;
     pub(super) const ABTEST: u8 = 5;
     pub(super) const SERVE: u8 = 7;
+    pub(super) const UNITS: u8 = 13;
 }
 
 /// Whether a figure met its target.
@@ -1218,6 +1221,59 @@ fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
         .measured(format!("{} / {}", r.unstable, r.moved_back))
         .target("0 / 0", r.unstable == 0 && r.moved_back == 0),
     );
+    if let Some(cost) = &ab.cost {
+        check_cost_figures(cost, rows);
+    }
+}
+
+fn check_cost_figures(cost: &CheckCost, rows: &mut Vec<Figure>) {
+    let size = format!(
+        "{} records / {} units",
+        thousands(cost.records),
+        thousands(cost.units)
+    );
+    rows.push(
+        Figure::new(
+            5,
+            "abtest.check",
+            format!(
+                "Experiment check, {size} (AbTest::check, median of {})",
+                cost.reps
+            ),
+            cost.check_ms,
+            "ms",
+        )
+        .issue(issue::UNITS)
+        .measured(format!(
+            "{:.2} ms (unit statistics alone {:.3} ms)",
+            cost.check_ms, cost.unit_stats_ms
+        ))
+        .note(format!(
+            "abtest.check: a 90/10 experiment of {size} (one in twenty records without a unit \
+             id, three in ten with feedback) after a week of history, built with log_batch in \
+             {:.0} s; the whole look reads the rollups and the per-unit cohort sums, judges and \
+             writes its decision",
+            cost.build_secs
+        ))
+        .at_most(target::CHECK_MS),
+    );
+    for (name, label, rate) in [
+        ("one", "1 thread", cost.log_one_thread),
+        ("four", "4 threads", cost.log_four_threads),
+    ] {
+        rows.push(
+            Figure::new(
+                5,
+                format!("abtest.log_during_experiment.{name}"),
+                format!("  logging one record per call while it runs, {label}"),
+                rate,
+                "rec/s",
+            )
+            .issue(issue::UNITS)
+            .measured(format_value(rate, "rec/s"))
+            .at_least(target::LOG_RATE),
+        );
+    }
 }
 
 fn harm_row(name: &str, label: &str, s: &ScenarioSummary) -> Figure {
