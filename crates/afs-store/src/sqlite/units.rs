@@ -464,30 +464,23 @@ fn v7_schema() -> String {
         .collect::<String>();
     let live_new = "EXISTS (SELECT 1 FROM experiment_live WHERE model = NEW.model)";
     let live_old = "EXISTS (SELECT 1 FROM experiment_live WHERE model = OLD.model)";
-    let value_set_unit = UNIT_VALUES
-        .iter()
-        .skip(1)
-        .map(|(c, e, _)| {
-            format!(
-                "{c} = {c} + ({}) - ({})",
-                e.replace("{r}", "NEW."),
-                e.replace("{r}", "OLD.")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let value_set_loose = LOOSE_VALUES
-        .iter()
-        .skip(1)
-        .map(|(c, e, _)| {
-            format!(
-                "{c} = {c} + ({}) - ({})",
-                e.replace("{r}", "NEW."),
-                e.replace("{r}", "OLD.")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    // `c = c + NEW's value - OLD's value` for every column but the record count.
+    let value_delta_set = |values: &[(&str, &str, bool)]| {
+        values
+            .iter()
+            .skip(1)
+            .map(|(c, e, _)| {
+                format!(
+                    "{c} = {c} + ({}) - ({})",
+                    e.replace("{r}", "NEW."),
+                    e.replace("{r}", "OLD.")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let value_set_unit = value_delta_set(UNIT_VALUES);
+    let value_set_loose = value_delta_set(LOOSE_VALUES);
     format!(
         "
 ALTER TABLE experiment_period ADD COLUMN started_us INTEGER;
