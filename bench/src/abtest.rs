@@ -335,10 +335,12 @@ pub(crate) fn measure_cost(dir: &Path, records: u64, units: u64, reps: usize) ->
     }
     clock.set(last + Duration::seconds(1));
     let build_secs = started.elapsed().as_secs_f64();
-    let mut config = AbTestConfig::default();
     // Looks only: nothing is applied, so the experiment keeps running between them.
-    config.enable_auto_promotion = false;
-    config.enable_auto_rollback = false;
+    let config = AbTestConfig {
+        enable_auto_promotion: false,
+        enable_auto_rollback: false,
+        ..AbTestConfig::default()
+    };
     let looks = AbTest::new(store.clone(), config)?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
