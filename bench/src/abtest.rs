@@ -253,6 +253,11 @@ pub(crate) struct CheckCost {
     pub(crate) unit_stats_ms: f64,
     /// Checks timed.
     pub(crate) reps: usize,
+    /// One whole check right after the logging runs below (40,000 new records over many
+    /// units): it folds every unit row they changed into the cohort sums, ms.
+    pub(crate) check_after_logging_ms: f64,
+    /// Unit rows that check folded.
+    pub(crate) folded_units: u64,
     /// Single-record logging into the experiment's models, 1 thread, records/s.
     pub(crate) log_one_thread: f64,
     /// The same from 4 threads.
@@ -393,6 +398,18 @@ pub(crate) fn measure_cost(dir: &Path, records: u64, units: u64, reps: usize) ->
     };
     let log_one_thread = log_rate(1, last + Duration::seconds(10))?;
     let log_four_threads = log_rate(4, last + Duration::minutes(10))?;
+    let folded_units = {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.query_row(
+            "SELECT COUNT(*) FROM experiment_unit WHERE experiment_id = ?1 AND dirty = 1",
+            [experiment.id],
+            |r| r.get::<_, i64>(0),
+        )? as u64
+    };
+    clock.set(last + Duration::minutes(30));
+    let t = Instant::now();
+    looks.check()?;
+    let check_after_logging_ms = t.elapsed().as_secs_f64() * 1e3;
     let cost = CheckCost {
         records,
         units,
@@ -400,12 +417,14 @@ pub(crate) fn measure_cost(dir: &Path, records: u64, units: u64, reps: usize) ->
         check_ms: median(check),
         unit_stats_ms: median(unit_stats),
         reps,
+        check_after_logging_ms,
+        folded_units,
         log_one_thread,
         log_four_threads,
     };
     eprintln!(
-        "  experiment of {records} records / {units} units built in {build_secs:.1} s: check {:.2} ms, unit_stats {:.3} ms (medians of {reps}); logging while it runs {:.0} rec/s (1 thread), {:.0} rec/s (4 threads)",
-        cost.check_ms, cost.unit_stats_ms, cost.log_one_thread, cost.log_four_threads
+        "  experiment of {records} records / {units} units built in {build_secs:.1} s: check {:.2} ms, unit_stats {:.3} ms (medians of {reps}); logging while it runs {:.0} rec/s (1 thread), {:.0} rec/s (4 threads); check after it {:.1} ms ({} unit rows folded)",
+        cost.check_ms, cost.unit_stats_ms, cost.log_one_thread, cost.log_four_threads, cost.check_after_logging_ms, cost.folded_units
     );
     drop(looks);
     drop(ab);

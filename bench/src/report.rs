@@ -1257,6 +1257,20 @@ fn check_cost_figures(cost: &CheckCost, rows: &mut Vec<Figure>) {
         ))
         .at_most(target::CHECK_MS),
     );
+    rows.push(
+        Figure::new(
+            5,
+            "abtest.check_after_logging",
+            format!(
+                "  the next check, folding {} unit rows changed by 40,000 new records",
+                thousands(cost.folded_units)
+            ),
+            cost.check_after_logging_ms,
+            "ms",
+        )
+        .issue(issue::UNITS)
+        .at_most(target::CHECK_MS),
+    );
     for (name, label, rate) in [
         ("one", "1 thread", cost.log_one_thread),
         ("four", "4 threads", cost.log_four_threads),

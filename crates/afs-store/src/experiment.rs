@@ -494,8 +494,10 @@ pub trait ExperimentStore: Send + Sync {
     /// experiment, as they stood when it ended. Must equal
     /// [`unit_cohorts_from_records`](crate::unit_cohorts_from_records) over the log, and must
     /// not scan the log: its cost grows with the number of units in the experiment (plus the
-    /// records with feedback after the maturity cut), not with the number of records.
-    /// `NotFound` for an unknown experiment.
+    /// records with feedback after the maturity cut), not with the number of records. A
+    /// backend may bring its sums up to date here (SQLite folds the unit rows changed since
+    /// the previous call, in a short write transaction). `NotFound` for an unknown
+    /// experiment.
     fn unit_stats(
         &self,
         experiment_id: i64,

@@ -119,7 +119,7 @@ pub enum UnitMetric {
 }
 
 impl UnitMetric {
-    /// All four, in the order of [`UnitCohort::metrics`].
+    /// All four, in the order of the fields of [`UnitCohort`].
     pub const ALL: [UnitMetric; 4] = [
         UnitMetric::Quality,
         UnitMetric::Latency,

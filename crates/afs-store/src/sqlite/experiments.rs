@@ -886,12 +886,35 @@ impl ExperimentStore for SqliteStore {
         experiment_id: i64,
         feedback_before: Option<DateTime<Utc>>,
     ) -> Result<Vec<UnitCohort>> {
+        // Unit rows changed since the last look are folded into the cohort sums first, in
+        // the transaction that reads them, so the cohort, loose and unit rows read are one
+        // snapshot; without such rows a read transaction suffices.
+        let dirty = {
+            let conn = self.conn()?;
+            units::needs_fold(&conn, experiment_id)?
+        };
+        if dirty {
+            return self.write("fold and read unit statistics", |conn| {
+                let experiment = Self::read_experiment(conn, experiment_id)?;
+                units::fold(conn, experiment_id)?;
+                units::unit_stats(conn, &experiment, feedback_before)
+            });
+        }
         let mut conn = self.conn()?;
-        // One read transaction: the cohort, loose and unit rows read are one snapshot.
         let tx = conn
             .transaction()
             .map_err(|e| StoreError::db("begin reading unit statistics", e))?;
         let experiment = Self::read_experiment(&tx, experiment_id)?;
+        if units::needs_fold(&tx, experiment_id)? {
+            // Rows changed between the check and this snapshot: fold them, as above.
+            drop(tx);
+            drop(conn);
+            return self.write("fold and read unit statistics", |conn| {
+                let experiment = Self::read_experiment(conn, experiment_id)?;
+                units::fold(conn, experiment_id)?;
+                units::unit_stats(conn, &experiment, feedback_before)
+            });
+        }
         let cohorts = units::unit_stats(&tx, &experiment, feedback_before)?;
         tx.commit()
             .map_err(|e| StoreError::db("end reading unit statistics", e))?;

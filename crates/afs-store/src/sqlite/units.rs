@@ -18,17 +18,21 @@
 //! * `experiment_unit_pre`: per experiment and unit, the sums of its records in the
 //!   covariate look-back window (any model).
 //! * `experiment_cohort`: per experiment, period and arm, every sum of a [`UnitCohort`] over
-//!   the unit rows: kept by triggers on `experiment_unit` that subtract a row's old
-//!   contribution and add its new one. Reading the statistics is then a read of a few rows,
-//!   whatever the number of units.
+//!   the unit rows, as of the last *fold*. Reading the statistics is then a read of a few
+//!   rows, whatever the number of units.
 //!
 //! Triggers on `usage` keep `experiment_unit` and `experiment_loose` exact under inserts
 //! (afs's writer and the Python module's rows, which get their `ts_us` through an update),
 //! feedback and quality updates, and deletes (prune, dedupe, forget). Triggers on
-//! `experiment_unit` keep `period`, `moved` and `experiment_cohort` consistent with the rows.
-//! Every change to `experiment_cohort` is an additive upsert, so the order in which SQLite
-//! runs the triggers of one change does not matter; a cohort row whose units fall to zero is
-//! kept (and skipped when read).
+//! `experiment_unit` keep `period` and `moved` consistent with the rows and mark a changed
+//! row `dirty` (a partial index lists the dirty rows). Cohort sums are not touched on the
+//! logging path: `unit_stats` first *folds* the dirty rows, in its own write transaction, by
+//! subtracting each one's contribution as of its last fold (kept in its `f_*` columns) and
+//! adding its current one. So a logged record writes its usage pages and its unit's row (plus
+//! a partial-index entry the first time the unit changes after a fold), and a look costs one
+//! pass over the units that changed since the previous look. Deleting a unit row removes its
+//! folded contribution at once. Every change to `experiment_cohort` is an additive upsert; a
+//! cohort row whose units fall to zero is kept (and skipped when read).
 //!
 //! Removing a unit's earliest record moves its `first_us` to its next record, found by
 //! walking the log forward from the removed record's time (the log is in time order); the
@@ -349,74 +353,94 @@ fn moved_fix_sql(r: &str) -> String {
     )
 }
 
-/// Adds a unit row's contribution to its cohort row: `OLD.`'s removed (`old`) and/or
-/// `NEW.`'s added (`new`), keyed by `key` (`NEW.` or `OLD.`).
-fn cohort_upsert_sql(key: &str, new: Option<&str>, old: Option<&str>) -> String {
-    cohort_upsert_range(key, new, old, 0..cohort_columns("").len())
-}
+/// The columns of `experiment_unit` a cohort sum depends on: each has a copy `f_{name}`
+/// holding its value when the row was last folded into `experiment_cohort`.
+const FOLDED: [&str; 14] = [
+    "period", "moved", "n", "n_q", "sum_q", "n_lat", "sum_lat", "n_pos", "n_neg", "n_fb", "x_q",
+    "x_lat", "x_pos", "x_neg",
+];
 
-/// [`cohort_upsert_sql`] for the cohort columns in `range` only.
-fn cohort_upsert_range(
-    key: &str,
-    new: Option<&str>,
-    old: Option<&str>,
-    range: std::ops::Range<usize>,
-) -> String {
-    let pick = |r: &str| cohort_columns(r)[range.clone()].to_vec();
-    let new_cols = new.map(pick);
-    let old_cols = old.map(pick);
-    let base = new_cols
-        .as_ref()
-        .or(old_cols.as_ref())
-        .cloned()
-        .unwrap_or_default();
-    let names = list(base.iter().map(|c| c.0.as_str()));
-    let values = (0..base.len())
-        .map(|i| match (&new_cols, &old_cols) {
-            (Some(n), Some(o)) => format!("({}) - ({})", n[i].1, o[i].1),
-            (Some(n), None) => format!("({})", n[i].1),
-            (None, Some(o)) => format!("-({})", o[i].1),
-            (None, None) => "0".to_string(),
+/// `INSERT ... SELECT` of cohort sums from `experiment_unit` rows: with `old`, minus the
+/// folded contributions (`f_` columns) of dirty rows folded before, grouped by their folded
+/// period; else plus the current contributions of dirty rows, grouped by their period. `?1`
+/// is the experiment.
+fn fold_sql(old: bool) -> String {
+    let columns = cohort_columns(if old { "f_" } else { "" });
+    let names = list(columns.iter().map(|c| c.0.as_str()));
+    let sign = if old { "-" } else { "" };
+    let sums = columns
+        .iter()
+        .map(|(_, e, count)| {
+            if *count {
+                format!("{sign}SUM({e})")
+            } else {
+                format!("{sign}TOTAL({e})")
+            }
         })
         .collect::<Vec<_>>()
         .join(", ");
+    let (period, extra) = if old {
+        ("f_period", " AND folded = 1")
+    } else {
+        ("period", "")
+    };
     format!(
         "INSERT INTO experiment_cohort (experiment_id, period, arm, {names})
-    VALUES ({key}experiment_id, {key}period, {key}arm, {values})
-    ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set};\n    ",
-        set = add_excluded(base.iter().map(|c| c.0.clone())),
+    SELECT experiment_id, {period}, arm, {sums} FROM experiment_unit
+    WHERE experiment_id = ?1 AND dirty = 1{extra} GROUP BY {period}, arm
+    ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set}",
+        set = add_excluded(columns.iter().map(|c| c.0.clone())),
     )
 }
 
-/// One trigger per metric adding the change of a unit row's contribution to that metric when
-/// the row stays in its cohort and the metric's sum, count or covariate changed: a record
-/// usually changes two or three of the four.
-fn same_period_metric_triggers() -> String {
-    METRICS
+/// The delete trigger's removal of a folded row's contribution from its cohort.
+fn folded_removal_sql() -> String {
+    let columns = cohort_columns("OLD.f_");
+    format!(
+        "INSERT INTO experiment_cohort (experiment_id, period, arm, {names})
+    SELECT OLD.experiment_id, OLD.f_period, OLD.arm, {values} WHERE OLD.folded = 1
+    ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set};\n    ",
+        names = list(columns.iter().map(|c| c.0.as_str())),
+        values = columns
+            .iter()
+            .map(|(_, e, _)| format!("-({e})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        set = add_excluded(columns.iter().map(|c| c.0.clone())),
+    )
+}
+
+/// Folds the rows of experiment `id` changed since the last fold into `experiment_cohort`:
+/// their old contributions out, their current ones in, then marks them clean. Costs one
+/// pass over the dirty rows (through their partial index). Must run in a write transaction.
+pub(crate) fn fold(conn: &Connection, id: i64) -> Result<()> {
+    let err =
+        |e: rusqlite::Error| StoreError::db(format!("fold unit statistics of experiment {id}"), e);
+    for old in [true, false] {
+        conn.prepare_cached(&fold_sql(old))
+            .and_then(|mut stmt| stmt.execute([id]))
+            .map_err(err)?;
+    }
+    let snapshot = FOLDED
         .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let start = 3 + i * MOMENTS.len();
-            format!(
-                "CREATE TRIGGER experiment_unit_update_same_{prefix} AFTER UPDATE ON experiment_unit
-WHEN OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id
-     AND (OLD.{y} IS NOT NEW.{y} OR OLD.{n} IS NOT NEW.{n} OR OLD.{x} IS NOT NEW.{x}) BEGIN
-    {upsert}
-END;
-",
-                prefix = m.prefix,
-                y = m.y,
-                n = m.n,
-                x = m.x,
-                upsert = cohort_upsert_range(
-                    "NEW.",
-                    Some("NEW."),
-                    Some("OLD."),
-                    start..start + MOMENTS.len()
-                ),
-            )
-        })
-        .collect()
+        .map(|c| format!("f_{c} = {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.prepare_cached(&format!(
+        "UPDATE experiment_unit SET dirty = 0, folded = 1, {snapshot} WHERE experiment_id = ?1 AND dirty = 1"
+    ))
+    .and_then(|mut stmt| stmt.execute([id]))
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Whether experiment `id` has rows to fold.
+pub(crate) fn needs_fold(conn: &Connection, id: i64) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM experiment_unit WHERE experiment_id = ?1 AND dirty = 1)",
+    )
+    .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)))
+    .map_err(|e| StoreError::db(format!("read unit statistics of experiment {id}"), e))
 }
 
 /// The schema of version 7: tables and triggers.
@@ -462,6 +486,10 @@ fn v7_schema() -> String {
             )
         })
         .collect::<String>();
+    let folded_decl = FOLDED
+        .iter()
+        .map(|c| format!("    f_{c},\n"))
+        .collect::<String>();
     let live_new = "EXISTS (SELECT 1 FROM experiment_live WHERE model = NEW.model)";
     let live_old = "EXISTS (SELECT 1 FROM experiment_live WHERE model = OLD.model)";
     // `c = c + NEW's value - OLD's value` for every column but the record count.
@@ -497,8 +525,14 @@ CREATE TABLE experiment_unit (
     period INTEGER NOT NULL,
     first_us INTEGER NOT NULL,
     moved INTEGER NOT NULL DEFAULT 0,
-{unit_decl}{x_decl}    PRIMARY KEY (experiment_id, unit, arm)
+{unit_decl}{x_decl}    dirty INTEGER NOT NULL DEFAULT 1,
+    folded INTEGER NOT NULL DEFAULT 0,
+{folded_decl}    PRIMARY KEY (experiment_id, unit, arm)
 ) WITHOUT ROWID;
+-- Rows changed since their contribution was last folded into experiment_cohort. Partial: a
+-- row enters it once after each fold, so logging into a unit that is already dirty writes
+-- only the unit's own row.
+CREATE INDEX experiment_unit_dirty ON experiment_unit (experiment_id) WHERE dirty = 1;
 CREATE TABLE experiment_loose (
     experiment_id INTEGER NOT NULL,
     period INTEGER NOT NULL,
@@ -541,9 +575,10 @@ WHEN (OLD.model IS NOT NEW.model OR OLD.ts_us IS NOT NEW.ts_us OR OLD.unit_id IS
     {remove_unit_old}{remove_loose_old}{add_unit_new}{add_loose_new}
 END;
 
--- experiment_unit -> experiment_cohort, period, moved.
+-- experiment_unit -> period, moved, covariates; changes mark the row dirty, and
+-- `unit_stats` folds dirty rows into experiment_cohort (see `fold`).
 CREATE TRIGGER experiment_unit_insert AFTER INSERT ON experiment_unit BEGIN
-    {cohort_insert}{moved_new}
+    {moved_new}
     UPDATE experiment_unit SET ({xs}) = (SELECT {x_pre} FROM experiment_unit_pre c
         WHERE c.experiment_id = NEW.experiment_id AND c.unit = NEW.unit)
     WHERE experiment_id = NEW.experiment_id AND unit = NEW.unit AND arm = NEW.arm
@@ -553,15 +588,10 @@ END;
 CREATE TRIGGER experiment_unit_delete AFTER DELETE ON experiment_unit BEGIN
     {cohort_delete}{moved_old}
 END;
-CREATE TRIGGER experiment_unit_update_same AFTER UPDATE ON experiment_unit
-WHEN OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id
-     AND (OLD.moved IS NOT NEW.moved OR OLD.n IS NOT NEW.n) BEGIN
-    {cohort_same}
-END;
-{cohort_same_metrics}
-CREATE TRIGGER experiment_unit_update_other AFTER UPDATE ON experiment_unit
-WHEN NOT (OLD.period IS NEW.period AND OLD.arm IS NEW.arm AND OLD.experiment_id IS NEW.experiment_id) BEGIN
-    {cohort_remove_old}{cohort_add_new}
+CREATE TRIGGER experiment_unit_dirty AFTER UPDATE OF {folded_sources} ON experiment_unit
+WHEN NEW.dirty = 0 BEGIN
+    UPDATE experiment_unit SET dirty = 1
+    WHERE experiment_id = NEW.experiment_id AND unit = NEW.unit AND arm = NEW.arm;
 END;
 CREATE TRIGGER experiment_unit_first AFTER UPDATE OF first_us ON experiment_unit
 WHEN OLD.first_us IS NOT NEW.first_us BEGIN
@@ -579,12 +609,8 @@ END;
         exp_new = experiment_of("NEW."),
         arm_new = arm_of("NEW."),
         period_new = period_of(&experiment_of("NEW."), "NEW.ts_us"),
-        cohort_insert = cohort_upsert_sql("NEW.", Some("NEW."), None),
-        cohort_delete = cohort_upsert_sql("OLD.", None, Some("OLD.")),
-        cohort_same = cohort_upsert_range("NEW.", Some("NEW."), Some("OLD."), 0..3),
-        cohort_same_metrics = same_period_metric_triggers(),
-        cohort_remove_old = cohort_upsert_sql("OLD.", None, Some("OLD.")),
-        cohort_add_new = cohort_upsert_sql("NEW.", Some("NEW."), None),
+        cohort_delete = folded_removal_sql(),
+        folded_sources = list(FOLDED.iter().copied()),
         moved_new = moved_fix_sql("NEW."),
         xs = x_columns(),
         x_pre = x_of_pre("c."),
