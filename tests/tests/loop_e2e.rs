@@ -116,7 +116,8 @@ fn log_initial_usage(learning: &ContinuousLearningLoop, clock: &ManualClock) {
     }
 }
 
-/// One hour of traffic routed by the loop, from 200 sticky users: quality alternating ±0.1
+/// One hour of traffic routed by the loop, from 200 sticky users new each hour (so the
+/// experiment keeps gaining units, as it does in service): quality alternating ±0.1
 /// around the serving model's mean, latency 700 or 900 ms, every second call rated (thumbs
 /// up for the first `mean × 10` of each ten ratings). Logged with one `log_batch`.
 fn hour_of_traffic(
@@ -128,7 +129,7 @@ fn hour_of_traffic(
     let now = clock.now();
     let records = (0..200)
         .map(|i: i64| {
-            let unit = format!("user{i}");
+            let unit = format!("user{hour}-{i}");
             let route = learning.route(Some(&unit)).unwrap();
             let mean = mean_of(&route.model);
             let feedback = (i % 2 == 1).then_some(afs_store::Feedback {

@@ -137,7 +137,7 @@ fn populated(env: &Env) -> Server {
                 let quality = (base + (next() - 0.5) * 0.3).clamp(0.0, 1.0);
                 let feedback = if next() < 0.75 { 1 } else { -1 };
                 let extra = format!(
-                    "\"quality_score\":{quality:.3},\"feedback\":{feedback},\"latency_ms\":{:.1},\"unit\":\"user-{i}\",\"timestamp\":\"{}\"",
+                    "\"quality_score\":{quality:.3},\"feedback\":{feedback},\"latency_ms\":{:.1},\"unit\":\"user-{hours_ago}-{i}\",\"timestamp\":\"{}\"",
                     80.0 + next() * 40.0,
                     at.to_rfc3339()
                 );
