@@ -889,16 +889,19 @@ impl ExperimentStore for SqliteStore {
         // Unit rows changed since the last look are folded into the cohort sums first, in
         // the transaction that reads them, so the cohort, loose and unit rows read are one
         // snapshot; without such rows a read transaction suffices.
+        let fold_and_read = || {
+            self.write("fold and read unit statistics", |conn| {
+                let experiment = Self::read_experiment(conn, experiment_id)?;
+                units::fold(conn, experiment_id)?;
+                units::unit_stats(conn, &experiment, feedback_before)
+            })
+        };
         let dirty = {
             let conn = self.conn()?;
             units::needs_fold(&conn, experiment_id)?
         };
         if dirty {
-            return self.write("fold and read unit statistics", |conn| {
-                let experiment = Self::read_experiment(conn, experiment_id)?;
-                units::fold(conn, experiment_id)?;
-                units::unit_stats(conn, &experiment, feedback_before)
-            });
+            return fold_and_read();
         }
         let mut conn = self.conn()?;
         let tx = conn
@@ -909,11 +912,7 @@ impl ExperimentStore for SqliteStore {
             // Rows changed between the check and this snapshot: fold them, as above.
             drop(tx);
             drop(conn);
-            return self.write("fold and read unit statistics", |conn| {
-                let experiment = Self::read_experiment(conn, experiment_id)?;
-                units::fold(conn, experiment_id)?;
-                units::unit_stats(conn, &experiment, feedback_before)
-            });
+            return fold_and_read();
         }
         let cohorts = units::unit_stats(&tx, &experiment, feedback_before)?;
         tx.commit()

@@ -434,6 +434,19 @@ pub(crate) fn fold(conn: &Connection, id: i64) -> Result<()> {
     Ok(())
 }
 
+/// Folds the dirty unit rows of the running experiment, if any (the writer calls it about
+/// once a minute, so a look rarely has much to fold).
+pub(crate) fn fold_running(conn: &Connection) -> Result<()> {
+    let running: Option<i64> = conn
+        .prepare_cached("SELECT MIN(experiment_id) FROM experiment_live")
+        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+        .map_err(|e| StoreError::db("find the running experiment", e))?;
+    match running {
+        Some(id) if needs_fold(conn, id)? => fold(conn, id),
+        _ => Ok(()),
+    }
+}
+
 /// Whether experiment `id` has rows to fold.
 pub(crate) fn needs_fold(conn: &Connection, id: i64) -> Result<bool> {
     conn.prepare_cached(
@@ -445,38 +458,26 @@ pub(crate) fn needs_fold(conn: &Connection, id: i64) -> Result<bool> {
 
 /// The schema of version 7: tables and triggers.
 fn v7_schema() -> String {
-    let unit_decl = UNIT_VALUES
-        .iter()
-        .map(|(c, _, real)| {
-            format!(
-                "    {c} {} NOT NULL DEFAULT 0,\n",
-                if *real { "REAL" } else { "INTEGER" }
-            )
-        })
-        .collect::<String>();
+    // `name TYPE NOT NULL DEFAULT 0` lines for value columns, skipping the first `skip`.
+    let decl = |values: &[(&str, &str, bool)], skip: usize| {
+        values
+            .iter()
+            .skip(skip)
+            .map(|(c, _, real)| {
+                format!(
+                    "    {c} {} NOT NULL DEFAULT 0,\n",
+                    if *real { "REAL" } else { "INTEGER" }
+                )
+            })
+            .collect::<String>()
+    };
+    let unit_decl = decl(UNIT_VALUES, 0);
     let x_decl = METRICS
         .iter()
         .map(|m| format!("    {} REAL,\n", m.x))
         .collect::<String>();
-    let loose_decl = LOOSE_VALUES
-        .iter()
-        .map(|(c, _, real)| {
-            format!(
-                "    {c} {} NOT NULL DEFAULT 0,\n",
-                if *real { "REAL" } else { "INTEGER" }
-            )
-        })
-        .collect::<String>();
-    let pre_decl = UNIT_VALUES
-        .iter()
-        .skip(1)
-        .map(|(c, _, real)| {
-            format!(
-                "    {c} {} NOT NULL DEFAULT 0,\n",
-                if *real { "REAL" } else { "INTEGER" }
-            )
-        })
-        .collect::<String>();
+    let loose_decl = decl(LOOSE_VALUES, 0);
+    let pre_decl = decl(UNIT_VALUES, 1);
     let cohort_decl = cohort_columns("")
         .iter()
         .map(|(c, _, count)| {

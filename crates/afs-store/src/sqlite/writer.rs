@@ -282,6 +282,9 @@ fn insert_all<'r>(
                         .map_err(|e| StoreError::db("fold rollup deltas", e))?;
                 }
             }
+            // The running experiment's unit rows changed in the last minute, too: a look
+            // then folds at most a minute of single-record logging.
+            super::units::fold_running(&tx)?;
             fold_minute = Some(minute);
         }
     }
