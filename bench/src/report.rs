@@ -1304,8 +1304,10 @@ fn harm_row(name: &str, label: &str, s: &ScenarioSummary) -> Figure {
     )
     .issue(issue::ABTEST)
     .measured(format!(
-        "{}, median {} h",
+        "{}, 95% [{:.1}, {:.1}], median {} h",
         count_of(s.rolled_back_within_48h, s.runs),
+        afs_abtest::sim::wilson(s.rolled_back_within_48h, s.runs).0 * 100.0,
+        afs_abtest::sim::wilson(s.rolled_back_within_48h, s.runs).1 * 100.0,
         s.median_hours_to_decision
             .map_or("-".to_string(), |h| format!("{h:.0}"))
     ))
