@@ -1033,9 +1033,8 @@ fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
                 p <= target::FALSE_PROMOTIONS_PCT,
             );
         }
-        let (lo, hi) = afs_abtest::sim::wilson(s.promoted, s.runs);
         row.measured
-            .push_str(&format!(", 95% [{:.1}, {:.1}]", lo * 100.0, hi * 100.0));
+            .push_str(&format!(", {}", interval_of(s.promoted, s.runs)));
         if name == "aa" {
             row = row
                 .seed(seed::AB_FIXED_RULE)
@@ -1044,7 +1043,6 @@ fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
         }
         rows.push(row);
         let r = s.rollback_rate() * 100.0;
-        let (lo, hi) = afs_abtest::sim::wilson(s.rolled_back, s.runs);
         let mut rollbacks = Figure::new(
             1,
             format!("abtest.{name}.false_rollbacks"),
@@ -1054,10 +1052,9 @@ fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
         )
         .issue(issue::ABTEST)
         .measured(format!(
-            "{}, 95% [{:.1}, {:.1}]",
+            "{}, {}",
             count_of(s.rolled_back, s.runs),
-            lo * 100.0,
-            hi * 100.0
+            interval_of(s.rolled_back, s.runs)
         ));
         if !name.contains("request_level") {
             rollbacks = rollbacks.target(
@@ -1141,10 +1138,9 @@ fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
         )
         .issue(issue::ABTEST)
         .measured(format!(
-            "{}, 95% [{:.1}, {:.1}], median {} h",
+            "{}, {}, median {} h",
             count_of(s.promoted, s.runs),
-            afs_abtest::sim::wilson(s.promoted, s.runs).0 * 100.0,
-            afs_abtest::sim::wilson(s.promoted, s.runs).1 * 100.0,
+            interval_of(s.promoted, s.runs),
             s.median_hours_to_decision
                 .map_or("-".to_string(), |h| format!("{h:.0}"))
         ));
@@ -1290,6 +1286,12 @@ fn check_cost_figures(cost: &CheckCost, rows: &mut Vec<Figure>) {
     }
 }
 
+/// The 95% Wilson interval of `count` in `runs`, in percent: `95% [0.6, 2.0]`.
+fn interval_of(count: usize, runs: usize) -> String {
+    let (lo, hi) = afs_abtest::sim::wilson(count, runs);
+    format!("95% [{:.1}, {:.1}]", lo * 100.0, hi * 100.0)
+}
+
 fn harm_row(name: &str, label: &str, s: &ScenarioSummary) -> Figure {
     let p = s.rollback_within_48h_rate() * 100.0;
     Figure::new(
@@ -1304,10 +1306,9 @@ fn harm_row(name: &str, label: &str, s: &ScenarioSummary) -> Figure {
     )
     .issue(issue::ABTEST)
     .measured(format!(
-        "{}, 95% [{:.1}, {:.1}], median {} h",
+        "{}, {}, median {} h",
         count_of(s.rolled_back_within_48h, s.runs),
-        afs_abtest::sim::wilson(s.rolled_back_within_48h, s.runs).0 * 100.0,
-        afs_abtest::sim::wilson(s.rolled_back_within_48h, s.runs).1 * 100.0,
+        interval_of(s.rolled_back_within_48h, s.runs),
         s.median_hours_to_decision
             .map_or("-".to_string(), |h| format!("{h:.0}"))
     ))
