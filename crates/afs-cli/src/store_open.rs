@@ -72,6 +72,13 @@ fn clock_from_env(pinned: Pinned) -> anyhow::Result<Arc<dyn Clock>> {
         Ok(text) if !text.trim().is_empty() => {
             let now = parse_timestamp(text.trim())
                 .map_err(|reason| InvalidInput(format!("invalid {NOW_VAR}: {reason}")))?;
+            // A clock outside the range records may carry would date every record wrongly.
+            afs_store::validate_time("AFS_NOW", now).map_err(|e| match e {
+                afs_store::StoreError::InvalidInput { reason, .. } => {
+                    InvalidInput(format!("invalid {NOW_VAR}: {reason}"))
+                }
+                other => InvalidInput(format!("invalid {NOW_VAR}: {other}")),
+            })?;
             tracing::debug!(now = %now, ?pinned, "clock set by {NOW_VAR}");
             Ok(match pinned {
                 Pinned::Stopped => Arc::new(ManualClock::new(now)),

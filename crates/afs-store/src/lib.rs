@@ -39,8 +39,9 @@ pub use experiment::{
 pub use id::new_id;
 pub use query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, StatsWindow};
 pub use record::{
-    dedupe_hash, validate_quality, Feedback, FeedbackValue, NewUsage, UsageRecord,
-    DEFAULT_MAX_FIELD_BYTES,
+    dedupe_hash, validate_latency, validate_quality, validate_time, validate_token_count, Feedback,
+    FeedbackValue, NewUsage, UsageRecord, DEFAULT_MAX_FIELD_BYTES, MAX_LATENCY_MS, MAX_NAME_BYTES,
+    MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
 };
 pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, SCHEMA_VERSION};

@@ -9,6 +9,28 @@ use crate::key::TextKey;
 /// Default limit on the size of any one text field, in bytes (1 MiB).
 pub const DEFAULT_MAX_FIELD_BYTES: usize = 1024 * 1024;
 
+/// Largest accepted `latency_ms`: one day. Bounded so that the rollups' sums of squares
+/// stay far from overflow (a day's worth of records at this bound sums to about 1e26).
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
+
+/// Largest accepted `token_count`: one billion. At this bound the rollups' integer token
+/// sums stay exact for over 9 billion records.
+pub const MAX_TOKEN_COUNT: i64 = 1_000_000_000;
+
+/// Largest accepted `model` and `expert` name, in bytes. Names become metric labels and
+/// rollup keys, so they are bounded much tighter than free text.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Largest accepted `unit_id`, in bytes.
+pub const MAX_UNIT_ID_BYTES: usize = 1024;
+
+/// First year a stored time may fall in (times are microseconds since 1970).
+pub(crate) const MIN_YEAR: i32 = 1970;
+
+/// Year from which times are refused (afs stores microseconds since 1970 in 64-bit
+/// integers and record ids carry milliseconds in 48 bits; 2200 leaves room for both).
+pub(crate) const MAX_YEAR_EXCLUSIVE: i32 = 2200;
+
 /// A user's judgement of one response: thumbs down, neutral, thumbs up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FeedbackValue {
@@ -62,13 +84,14 @@ pub struct NewUsage {
     pub query: String,
     /// The model's response (non-empty).
     pub response: String,
-    /// Model identifier, e.g. `nayru-v1` (non-empty).
+    /// Model identifier, e.g. `nayru-v1` (non-empty, at most [`MAX_NAME_BYTES`]).
     pub model: String,
-    /// Expert or agent name, if the service routes among several.
+    /// Expert or agent name, if the service routes among several (at most
+    /// [`MAX_NAME_BYTES`]).
     pub expert: Option<String>,
-    /// Inference latency in milliseconds (finite, >= 0).
+    /// Inference latency in milliseconds (finite, within [0, [`MAX_LATENCY_MS`]]).
     pub latency_ms: Option<f64>,
-    /// Token count of the call (>= 0).
+    /// Token count of the call (within [0, [`MAX_TOKEN_COUNT`]]).
     pub token_count: Option<i64>,
     /// Quality score in [0, 1].
     pub quality_score: Option<f64>,
@@ -175,6 +198,52 @@ fn check_optional_text(field: &'static str, value: Option<&str>, max_bytes: usiz
     }
 }
 
+/// Checks that a time a record carries (`field`) lies in the range the store can keep:
+/// from 1970 up to (not including) 2200.
+pub fn validate_time(field: &'static str, t: DateTime<Utc>) -> Result<()> {
+    if t.timestamp() < 0 || t.year() < MIN_YEAR {
+        return Err(StoreError::invalid(field, format!("{t} is before 1970")));
+    }
+    if t.year() >= MAX_YEAR_EXCLUSIVE {
+        return Err(StoreError::invalid(field, format!("{t} is after 2199")));
+    }
+    Ok(())
+}
+
+/// Checks a latency: finite, within [0, [`MAX_LATENCY_MS`]].
+pub fn validate_latency(latency: f64) -> Result<()> {
+    if !latency.is_finite() || latency < 0.0 {
+        return Err(StoreError::invalid(
+            "latency_ms",
+            format!("{latency} is not a finite number >= 0"),
+        ));
+    }
+    if latency > MAX_LATENCY_MS {
+        return Err(StoreError::invalid(
+            "latency_ms",
+            format!("{latency} is above the limit of 86400000 (one day in milliseconds)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a token count: within [0, [`MAX_TOKEN_COUNT`]].
+pub fn validate_token_count(tokens: i64) -> Result<()> {
+    if tokens < 0 {
+        return Err(StoreError::invalid(
+            "token_count",
+            format!("{tokens} is negative"),
+        ));
+    }
+    if tokens > MAX_TOKEN_COUNT {
+        return Err(StoreError::invalid(
+            "token_count",
+            format!("{tokens} is above the limit of 1000000000"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks feedback text against the field size limit.
 pub(crate) fn validate_feedback_text(text: Option<&str>, max_bytes: usize) -> Result<()> {
     check_optional_text("feedback_text", text, max_bytes)
@@ -199,9 +268,22 @@ impl NewUsage {
     pub fn validate(&self, max_field_bytes: usize) -> Result<()> {
         check_text("query", &self.query, true, max_field_bytes)?;
         check_text("response", &self.response, true, max_field_bytes)?;
-        check_text("model", &self.model, true, max_field_bytes)?;
-        check_optional_text("expert", self.expert.as_deref(), max_field_bytes)?;
-        check_optional_text("unit_id", self.unit_id.as_deref(), max_field_bytes)?;
+        check_text(
+            "model",
+            &self.model,
+            true,
+            max_field_bytes.min(MAX_NAME_BYTES),
+        )?;
+        check_optional_text(
+            "expert",
+            self.expert.as_deref(),
+            max_field_bytes.min(MAX_NAME_BYTES),
+        )?;
+        check_optional_text(
+            "unit_id",
+            self.unit_id.as_deref(),
+            max_field_bytes.min(MAX_UNIT_ID_BYTES),
+        )?;
         check_optional_text(
             "context_hash",
             self.context_hash.as_deref(),
@@ -216,37 +298,19 @@ impl NewUsage {
             }
         }
         if let Some(latency) = self.latency_ms {
-            if !latency.is_finite() || latency < 0.0 {
-                return Err(StoreError::invalid(
-                    "latency_ms",
-                    format!("{latency} is not a finite number >= 0"),
-                ));
-            }
+            validate_latency(latency)?;
         }
         if let Some(tokens) = self.token_count {
-            if tokens < 0 {
-                return Err(StoreError::invalid(
-                    "token_count",
-                    format!("{tokens} is negative"),
-                ));
-            }
+            validate_token_count(tokens)?;
         }
         if let Some(quality) = self.quality_score {
             validate_quality(quality)?;
         }
         if let Some(t) = self.timestamp {
-            if t.timestamp() < 0 {
-                return Err(StoreError::invalid(
-                    "timestamp",
-                    format!("{t} is before 1970"),
-                ));
-            }
-            if t.year() >= 2200 {
-                return Err(StoreError::invalid(
-                    "timestamp",
-                    format!("{t} is after 2199"),
-                ));
-            }
+            validate_time("timestamp", t)?;
+        }
+        if let Some(Feedback { at: Some(at), .. }) = &self.feedback {
+            validate_time("feedback_at", *at)?;
         }
         if let Some(feedback) = &self.feedback {
             validate_feedback_text(feedback.text.as_deref(), max_field_bytes)?;
@@ -259,6 +323,7 @@ impl NewUsage {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use chrono::TimeZone;
 
     fn field_of(err: StoreError) -> &'static str {
         match err {
@@ -381,6 +446,138 @@ mod tests {
             },
             Some("expert"),
         );
+    }
+
+    #[test]
+    fn numbers_names_and_times_are_bounded() {
+        let ok = NewUsage::new("q", "r", "m");
+        let field = |record: NewUsage| record.validate(DEFAULT_MAX_FIELD_BYTES).err().map(field_of);
+        let at = |year: i32| Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
+        let cases: Vec<(NewUsage, Option<&str>)> = vec![
+            (
+                NewUsage {
+                    latency_ms: Some(MAX_LATENCY_MS),
+                    ..ok.clone()
+                },
+                None,
+            ),
+            (
+                NewUsage {
+                    latency_ms: Some(MAX_LATENCY_MS * 1.000001),
+                    ..ok.clone()
+                },
+                Some("latency_ms"),
+            ),
+            (
+                NewUsage {
+                    latency_ms: Some(1e154),
+                    ..ok.clone()
+                },
+                Some("latency_ms"),
+            ),
+            (
+                NewUsage {
+                    latency_ms: Some(f64::MAX),
+                    ..ok.clone()
+                },
+                Some("latency_ms"),
+            ),
+            (
+                NewUsage {
+                    token_count: Some(MAX_TOKEN_COUNT),
+                    ..ok.clone()
+                },
+                None,
+            ),
+            (
+                NewUsage {
+                    token_count: Some(MAX_TOKEN_COUNT + 1),
+                    ..ok.clone()
+                },
+                Some("token_count"),
+            ),
+            (
+                NewUsage {
+                    token_count: Some(i64::MAX),
+                    ..ok.clone()
+                },
+                Some("token_count"),
+            ),
+            (
+                NewUsage {
+                    model: "m".repeat(MAX_NAME_BYTES),
+                    ..ok.clone()
+                },
+                None,
+            ),
+            (
+                NewUsage {
+                    model: "m".repeat(MAX_NAME_BYTES + 1),
+                    ..ok.clone()
+                },
+                Some("model"),
+            ),
+            (
+                NewUsage {
+                    expert: Some("e".repeat(MAX_NAME_BYTES + 1)),
+                    ..ok.clone()
+                },
+                Some("expert"),
+            ),
+            (
+                NewUsage {
+                    unit_id: Some("u".repeat(MAX_UNIT_ID_BYTES + 1)),
+                    ..ok.clone()
+                },
+                Some("unit_id"),
+            ),
+            (
+                NewUsage {
+                    timestamp: Some(at(1969)),
+                    ..ok.clone()
+                },
+                Some("timestamp"),
+            ),
+            (
+                NewUsage {
+                    timestamp: Some(at(2200)),
+                    ..ok.clone()
+                },
+                Some("timestamp"),
+            ),
+            (
+                NewUsage {
+                    timestamp: Some(at(2199)),
+                    ..ok.clone()
+                },
+                None,
+            ),
+            (
+                NewUsage {
+                    feedback: Some(Feedback {
+                        value: FeedbackValue::Positive,
+                        text: None,
+                        at: Some(at(1969)),
+                    }),
+                    ..ok.clone()
+                },
+                Some("feedback_at"),
+            ),
+            (
+                NewUsage {
+                    feedback: Some(Feedback {
+                        value: FeedbackValue::Positive,
+                        text: None,
+                        at: Some(at(2300)),
+                    }),
+                    ..ok.clone()
+                },
+                Some("feedback_at"),
+            ),
+        ];
+        for (record, want) in cases {
+            assert_eq!(field(record.clone()), want, "{record:?}");
+        }
     }
 
     #[test]

@@ -426,7 +426,7 @@ fn migration_from_version_6_builds_the_statistics_of_a_running_experiment() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 7);
+    assert_eq!(SCHEMA_VERSION, 8);
     let migrated = store.unit_stats(id, None).unwrap();
     assert_cohorts_match(&migrated, &before, "after migration, as before");
     check(&store, id, None, None, "after migration");

@@ -8,8 +8,9 @@
 //! version 5 adds the table of pending rollup deltas ([`RECENT`]), points the update and
 //! delete triggers at it, and rebuilds `usage` with rowids in time order (see
 //! [`ROWID_SLOTS`]), which replaces its time index; version 6 adds the pair key; version 7
-//! adds the per-unit experiment statistics (see `sqlite/units.rs`). Migrations never rename
-//! or drop a seed column.
+//! adds the per-unit experiment statistics (see `sqlite/units.rs`); version 8 makes the
+//! delete trigger's pending deltas unable to fail (see [`migrate_v8`]). Migrations never
+//! rename or drop a seed column.
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -19,7 +20,7 @@ use crate::error::{Result, StoreError};
 use crate::record::dedupe_hash;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -228,9 +229,56 @@ pub(crate) fn fold_all(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Recomputes from the log every rollup bucket that has a row in [`RECENT`], at every level,
+/// and empties [`RECENT`]. Bulk deletes (prune, forget, dedupe) run this instead of
+/// [`fold_all`]: the buckets they touched are summed again from the rows that remain, so a
+/// deletion never depends on subtracting from sums (which could leave rounding residue, or
+/// fail on sums a pre-bounds database let overflow), and its result equals a scan of the log.
+/// Each bucket is read as a rowid range, so the cost is the rows of the touched buckets.
+pub(crate) fn refresh_pending(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    // TOTAL, not SUM, for the counts too: SUM fails on integer overflow, which rows written
+    // by other programs (never range-checked) can reach; TOTAL is exact below 2^53.
+    let select = ROLLUP_COLUMNS
+        .iter()
+        .map(|(_, e)| format!("TOTAL({})", e.replace("{r}", "u.")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for table in ROLLUP_TABLES {
+        let (name, key, level) = (table.name, table.key, table.level());
+        let span = table.width_us * ROWID_SLOTS;
+        let statements = [
+            format!(
+                "DELETE FROM {name} WHERE ({key}, model) IN \
+                 (SELECT bucket, model FROM {RECENT} WHERE level = {level})"
+            ),
+            format!(
+                "INSERT INTO {name} (model, {key}, {cols}) \
+                 SELECT r.model, r.bucket, {select} FROM {RECENT} AS r \
+                 JOIN usage AS u ON u.rowid >= r.bucket * {span} AND u.rowid < (r.bucket + 1) * {span} \
+                     AND u.model = r.model \
+                 WHERE r.level = {level} GROUP BY r.model, r.bucket",
+                cols = rollup_column_list(),
+            ),
+        ];
+        for sql in statements {
+            tx.prepare_cached(&sql)
+                .and_then(|mut stmt| stmt.execute([]))
+                .map_err(|e| StoreError::db("recompute rollup buckets", e))?;
+        }
+    }
+    tx.execute(&format!("DELETE FROM {RECENT}"), [])
+        .map_err(|e| StoreError::db("recompute rollup buckets", e))?;
+    Ok(())
+}
+
 /// Upserts into [`RECENT`], one per level, adding (sign `""`) or removing (sign `"-"`) the
 /// contribution of trigger row `r` (`"NEW."` or `"OLD."`).
 fn recent_delta_sql(r: &str, sign: &str) -> String {
+    recent_delta_sql_with(r, sign, &add_excluded_set())
+}
+
+/// [`recent_delta_sql`] with `set` as the conflict's update.
+fn recent_delta_sql_with(r: &str, sign: &str, set: &str) -> String {
     let values = ROLLUP_COLUMNS
         .iter()
         .map(|(_, e)| format!("{sign}({})", e.replace("{r}", r)))
@@ -246,7 +294,6 @@ fn recent_delta_sql(r: &str, sign: &str) -> String {
                 cols = rollup_column_list(),
                 level = t.level(),
                 width = t.width_us,
-                set = add_excluded_set(),
             )
         })
         .collect()
@@ -496,7 +543,38 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         apply: super::units::migrate_v7,
     },
+    Migration {
+        version: 8,
+        apply: migrate_v8,
+    },
 ];
+
+/// Version 8: the delete trigger's pending deltas can no longer fail. Sums that a database
+/// written before the value bounds (or by another program) let reach infinity turned into
+/// NaN when a row was subtracted, which SQLite stores as NULL, so the NOT NULL column made
+/// every later deletion of that record fail. The trigger now stores a NaN delta as 0: bulk
+/// deletes recompute every bucket they touched from the log anyway (see
+/// [`refresh_pending`]), so a deletion never depends on the sums it subtracts from.
+fn migrate_v8(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS usage_rollup_delete;
+         CREATE TRIGGER usage_rollup_delete AFTER DELETE ON usage BEGIN
+             {}
+         END;",
+        recent_delta_sql_with("OLD.", "-", &nan_safe_add_excluded_set())
+    ))
+    .map_err(|e| StoreError::db("migration 8", e))
+}
+
+/// `c = COALESCE(c + excluded.c, 0)` for every aggregate column: an upsert that cannot fail
+/// (an infinite sum minus an infinite delta gives NaN, which SQLite stores as NULL).
+fn nan_safe_add_excluded_set() -> String {
+    ROLLUP_COLUMNS
+        .iter()
+        .map(|(c, _)| format!("{c} = COALESCE({c} + excluded.{c}, 0)"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Version 6: the exact-duplicate key of each pair, written by afs with every new record
 /// (see [`crate::key::pair_key`]). Older rows keep none; readers compute it for them.

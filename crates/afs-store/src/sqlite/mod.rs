@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::error::{Result, StoreError};
 use crate::query::{RecordFilter, StatsWindow};
 use crate::record::{
-    validate_feedback_text, validate_quality, FeedbackValue, NewUsage, UsageRecord,
+    validate_feedback_text, validate_quality, validate_time, FeedbackValue, NewUsage, UsageRecord,
     DEFAULT_MAX_FIELD_BYTES,
 };
 use crate::stats::UsageStats;
@@ -188,6 +188,17 @@ impl SqliteStore {
         Ok(self.writer.get().expect("writer was just set"))
     }
 
+    /// A record without a timestamp (or feedback without a time) takes the clock's time,
+    /// which must then lie in the range a record may carry.
+    fn check_clock(&self, record: &NewUsage) -> Result<()> {
+        let needs_clock =
+            record.timestamp.is_none() || matches!(&record.feedback, Some(f) if f.at.is_none());
+        if needs_clock {
+            validate_time("timestamp", self.clock.now()).map_err(|e| clock_error(&e))?;
+        }
+        Ok(())
+    }
+
     fn prepare(&self, record: NewUsage) -> InsertRow {
         InsertRow::new(record, self.clock.now())
     }
@@ -217,6 +228,19 @@ impl SqliteStore {
     }
 }
 
+/// The error for a clock outside the range a record may carry (e.g. `AFS_NOW` set before
+/// 1970), naming the clock rather than a field the caller did not give.
+fn clock_error(e: &StoreError) -> StoreError {
+    let reason = match e {
+        StoreError::InvalidInput { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    StoreError::invalid(
+        "clock",
+        format!("the store's clock reads a time outside 1970..2199 ({reason}); records cannot be dated by it"),
+    )
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(writer) = self.writer.take() {
@@ -232,18 +256,20 @@ impl UsageStore for SqliteStore {
 
     fn log(&self, record: NewUsage) -> Result<String> {
         record.validate(self.config.max_field_bytes)?;
+        self.check_clock(&record)?;
         let row = self.prepare(record);
         self.writer()?.log(row)
     }
 
     fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>> {
         for (index, record) in records.iter().enumerate() {
-            record.validate(self.config.max_field_bytes).map_err(|e| {
-                StoreError::InvalidBatchRecord {
+            record
+                .validate(self.config.max_field_bytes)
+                .and_then(|()| self.check_clock(record))
+                .map_err(|e| StoreError::InvalidBatchRecord {
                     index,
                     source: Box::new(e),
-                }
-            })?;
+                })?;
         }
         if records.is_empty() {
             return Ok(Vec::new());
@@ -254,7 +280,9 @@ impl UsageStore for SqliteStore {
 
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
         validate_feedback_text(text, self.config.max_field_bytes)?;
-        let at = rfc3339(self.clock.now());
+        let now = self.clock.now();
+        validate_time("feedback_at", now).map_err(|e| clock_error(&e))?;
+        let at = rfc3339(now);
         self.update_one(
             "record feedback",
             "UPDATE usage SET user_feedback = ?1, feedback_text = ?2, feedback_at = ?3 WHERE id = ?4",
@@ -411,7 +439,7 @@ impl UsageStore for SqliteStore {
                 [],
             )
             .map_err(|e| StoreError::db("delete duplicates", e))?;
-            migrations::fold_all(&tx)?;
+            migrations::refresh_pending(&tx)?;
         }
         tx.execute("DELETE FROM dedupe_victims", [])
             .map_err(|e| StoreError::db("dedupe cleanup", e))?;
@@ -440,9 +468,9 @@ impl UsageStore for SqliteStore {
                 [time::first_rowid_at(cutoff_us)],
             )
             .map_err(|e| StoreError::db("delete old records", e))? as u64;
-        // The delete trigger left one pending delta per emptied bucket: fold them now, so
-        // the emptied buckets leave the rollup tables.
-        migrations::fold_all(&tx)?;
+        // The delete trigger left a pending delta in every bucket it touched: those buckets
+        // are summed again from what remains (emptied ones leave the rollup tables).
+        migrations::refresh_pending(&tx)?;
         tx.commit().map_err(|e| StoreError::db("commit prune", e))?;
         Ok(PruneReport { removed, archived })
     }
@@ -461,7 +489,7 @@ impl UsageStore for SqliteStore {
         // The delete trigger took the unit's records out of the running experiment's unit
         // statistics; ended experiments and covariates still name it.
         units::forget_unit(&tx, unit_id)?;
-        migrations::fold_all(&tx)?;
+        migrations::refresh_pending(&tx)?;
         tx.commit()
             .map_err(|e| StoreError::db("commit forget", e))?;
         Ok(removed as u64)
