@@ -61,6 +61,15 @@ pub enum StoreError {
         /// What is in the way, as a lowercase fragment.
         reason: String,
     },
+    /// The file is not a database afs may open (another application's SQLite database, or
+    /// not SQLite at all); it was left as it was found.
+    #[error("{path} is not an afs database: {reason}; afs opens only its own databases and the Python module's usage.db, and left this file unchanged")]
+    NotAfsDatabase {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What it is instead, as a lowercase fragment.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -79,7 +88,7 @@ impl StoreError {
             StoreError::InvalidInput { .. } => ErrorKind::InvalidInput,
             StoreError::InvalidBatchRecord { source, .. } => source.kind(),
             StoreError::NotFound { .. } => ErrorKind::NotFound,
-            StoreError::Database { .. } => ErrorKind::Database,
+            StoreError::Database { .. } | StoreError::NotAfsDatabase { .. } => ErrorKind::Database,
             StoreError::Io { .. } => ErrorKind::Io,
             StoreError::Conflict { .. } => ErrorKind::Conflict,
         }

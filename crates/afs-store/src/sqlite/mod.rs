@@ -113,6 +113,178 @@ pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Checks that the file at `config.path` is an afs database, a Python module `usage.db`, an
+/// empty file or absent, without writing to it; then sets up a new file (page size, WAL)
+/// and migrates it to [`SCHEMA_VERSION`].
+fn prepare_file(config: &SqliteConfig) -> Result<()> {
+    check_header(&config.path)?;
+    let mut conn = open_connection(config)?;
+    identify(&conn, &config.path)?;
+    // A new file gets 8 KiB pages: with ~1.5 KB rows, 4 KiB pages leave a quarter of each
+    // page empty. The page size can only be chosen before the first table exists.
+    let n_pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .map_err(|e| StoreError::db("read page count", e))?;
+    if n_pages == 0 {
+        conn.execute_batch("PRAGMA page_size = 8192")
+            .map_err(|e| StoreError::db("set page size", e))?;
+    }
+    // WAL lets readers run while one writer commits; switching needs a brief exclusive
+    // lock, which the busy timeout waits for when other processes hold the file.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| StoreError::db("enable WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "database is not in WAL mode; concurrent access will be slower");
+    }
+    migrations::migrate(&mut conn)
+}
+
+/// Whether `e` is SQLite reporting a lock held by another connection.
+fn is_busy(e: &StoreError) -> bool {
+    let StoreError::Database { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<rusqlite::Error>(),
+        Some(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// The error for a file afs will not open, which it has left as it found it.
+fn not_afs(path: &Path, why: impl std::fmt::Display) -> StoreError {
+    StoreError::NotAfsDatabase {
+        path: path.to_path_buf(),
+        reason: why.to_string(),
+    }
+}
+
+/// Refuses a non-empty file that is not an SQLite database, reading only its first bytes.
+fn check_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                context: format!("open {}", path.display()),
+                source: e,
+            })
+        }
+    };
+    let metadata = file.metadata().map_err(|e| StoreError::Io {
+        context: format!("read {}", path.display()),
+        source: e,
+    })?;
+    if !metadata.is_file() {
+        return Err(not_afs(path, "it is not a regular file"));
+    }
+    let mut header = [0u8; 16];
+    let mut n = 0;
+    while n < header.len() {
+        match file.read(&mut header[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("read {}", path.display()),
+                    source: e,
+                })
+            }
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    if n < header.len() || header[..] != b"SQLite format 3\0"[..] {
+        return Err(not_afs(path, "it is not an SQLite database"));
+    }
+    Ok(())
+}
+
+/// The columns of the Python module's `usage` table (schema version 1).
+const SEED_COLUMNS: &[&str] = &[
+    "id",
+    "timestamp",
+    "query",
+    "response",
+    "model",
+    "expert",
+    "latency_ms",
+    "token_count",
+    "quality_score",
+    "user_feedback",
+    "feedback_text",
+    "context_hash",
+    "dedupe_hash",
+    "created_at",
+];
+
+/// Refuses, by reading only, an SQLite database that belongs to another application: one
+/// with tables afs did not create, or a `usage` table of another shape. An empty database
+/// is new; one at a schema version of afs is afs's; one at version 0 holding only the
+/// Python module's `usage` table is migrated.
+fn identify(conn: &Connection, path: &Path) -> Result<()> {
+    let read = |e| StoreError::db(format!("read the schema of {}", path.display()), e);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(read)?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(read)?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    if !tables.iter().any(|t| t == "usage") {
+        return Err(not_afs(
+            path,
+            format!("it holds tables of another application ({})", list(&tables)),
+        ));
+    }
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('usage')")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(read)?;
+    let missing: Vec<&str> = SEED_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !columns.iter().any(|have| have == c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(not_afs(
+            path,
+            format!(
+                "its usage table is not afs's (no column {})",
+                missing.join(", ")
+            ),
+        ));
+    }
+    if version == 0 {
+        let others: Vec<String> = tables.into_iter().filter(|t| t != "usage").collect();
+        if !others.is_empty() {
+            return Err(not_afs(
+                path,
+                format!(
+                    "beside a usage table it holds tables afs does not know ({})",
+                    list(&others)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Up to five names, then how many more.
+fn list(names: &[String]) -> String {
+    let mut text = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 5 {
+        text.push_str(&format!(" and {} more", names.len() - 5));
+    }
+    text
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `config.path`.
     ///
@@ -124,26 +296,26 @@ impl SqliteStore {
                 source: e,
             })?;
         }
-        let mut conn = open_connection(&config)?;
-        // A new file gets 8 KiB pages: with ~1.5 KB rows, 4 KiB pages leave a quarter of each
-        // page empty. The page size can only be chosen before the first table exists.
-        let n_pages: i64 = conn
-            .query_row("PRAGMA page_count", [], |row| row.get(0))
-            .map_err(|e| StoreError::db("read page count", e))?;
-        if n_pages == 0 {
-            conn.execute_batch("PRAGMA page_size = 8192")
-                .map_err(|e| StoreError::db("set page size", e))?;
+        // Several processes may open (and create) a new file at once. SQLite does not apply
+        // its busy timeout everywhere a new file can be locked (switching to WAL while
+        // another connection is starting up, for one), so the whole preparation is retried
+        // while it reports a lock, up to the busy timeout.
+        let deadline = std::time::Instant::now() + config.busy_timeout;
+        let mut attempt = 0u32;
+        loop {
+            match prepare_file(&config) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    attempt += 1;
+                    // 2, 4, 8 ... up to 64 ms, shifted by the pid so that processes that
+                    // collided once do not collide again in step.
+                    let base = 1u64 << attempt.min(6);
+                    let jitter = u64::from(std::process::id() % 7);
+                    std::thread::sleep(Duration::from_millis(base + jitter));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        // WAL lets readers run while one writer commits; switching needs a brief exclusive
-        // lock, which the busy timeout waits for when other processes hold the file.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(|e| StoreError::db("enable WAL", e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(%mode, "database is not in WAL mode; concurrent access will be slower");
-        }
-        migrations::migrate(&mut conn)?;
-        drop(conn);
 
         let init_config = config.clone();
         let manager = SqliteConnectionManager::file(&config.path)
