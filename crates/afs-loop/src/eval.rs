@@ -1,10 +1,14 @@
 //! The evaluation gate: a command that must succeed on a new model before it is deployed.
+//!
+//! It runs under the trainer's supervisor ([`afs_trigger::run_supervised`]): the same
+//! placeholder handling (values in environment variables, never in the shell text), the same
+//! process group, watchdog, stop flag and scrubbed environment.
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use afs_trigger::{run_supervised, tail, CommandTemplate, Ended, Placeholder, ShellCommand};
 
 use crate::config::EvalGate;
 use crate::report::GateOutcome;
@@ -15,27 +19,31 @@ pub(crate) struct GateJob<'a> {
     pub(crate) run_id: &'a str,
     pub(crate) run_dir: &'a Path,
     pub(crate) dataset_path: &'a str,
+    /// Stops the command when set (the loop's stop-the-work flag).
+    pub(crate) stop: Option<&'a AtomicBool>,
 }
 
-/// Quotes `text` for `sh`: inside single quotes every character is literal except `'`.
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
-}
-
-fn command_line(gate: &EvalGate, job: &GateJob<'_>) -> String {
-    gate.command
-        .replace("{model_path}", &shell_quote(job.model_path))
-        .replace("{run_id}", &shell_quote(job.run_id))
-        .replace("{run_dir}", &shell_quote(&job.run_dir.to_string_lossy()))
-        .replace("{data}", &shell_quote(job.dataset_path))
+/// The gate's command checked as a template (placeholders where the shell expands them,
+/// and only the evaluation command's).
+pub(crate) fn template(gate: &EvalGate) -> Result<CommandTemplate, afs_trigger::TemplateError> {
+    CommandTemplate::parse(&gate.command, Placeholder::EVAL, "evaluation command")
 }
 
 /// Runs the gate and says whether it passed. Never panics on a misbehaving command: every
-/// failure (start, exit status, timeout) is a rejection with its reason.
+/// failure (start, exit status, timeout, interruption) is a rejection with its reason.
 pub(crate) fn run_gate(gate: &EvalGate, job: &GateJob<'_>) -> GateOutcome {
-    let command = command_line(gate, job);
     let started = Instant::now();
-    let (passed, detail) = match run(gate.timeout, &command, job) {
+    let (command, result) = match template(gate) {
+        Ok(template) => {
+            let result = run(gate, template.script(), job);
+            (template.script().to_string(), result)
+        }
+        Err(e) => (
+            gate.command.clone(),
+            Err(format!("invalid evaluation command: {e}")),
+        ),
+    };
+    let (passed, detail) = match result {
         Ok(detail) => (true, detail),
         Err(detail) => (false, detail),
     };
@@ -47,89 +55,49 @@ pub(crate) fn run_gate(gate: &EvalGate, job: &GateJob<'_>) -> GateOutcome {
     }
 }
 
-fn run(timeout: Duration, command: &str, job: &GateJob<'_>) -> Result<String, String> {
+fn run(gate: &EvalGate, script: &str, job: &GateJob<'_>) -> Result<String, String> {
     // The run directory exists after a completed run; create it anyway so the logs have a
     // home when a trainer reported a model without using it.
     std::fs::create_dir_all(job.run_dir)
         .map_err(|e| format!("create {}: {e}", job.run_dir.display()))?;
     let stdout_path = job.run_dir.join("eval.stdout.log");
     let stderr_path = job.run_dir.join("eval.stderr.log");
-    let stdout = create(&stdout_path)?;
-    let stderr = create(&stderr_path)?;
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env("AFS_MODEL_PATH", job.model_path)
-        .env("AFS_RUN_ID", job.run_id)
-        .env("AFS_RUN_DIR", job.run_dir)
-        .env("AFS_DATA_PATH", job.dataset_path)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        // Its own process group, so a timeout stops the command's children too.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("start the evaluation command: {e}"))?;
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(e) => return Err(format!("wait for the evaluation command: {e}")),
-        }
-        if started.elapsed() >= timeout {
-            kill_group(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "timed out after {}s and was stopped; stderr: {}",
-                timeout.as_secs_f64(),
-                tail(&stderr_path)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if status.success() {
-        Ok("exited with code 0".into())
-    } else {
-        let code = status
-            .code()
-            .map_or("a signal".to_string(), |c| format!("exit code {c}"));
-        Err(format!("ended with {code}; stderr: {}", tail(&stderr_path)))
-    }
-}
-
-fn create(path: &PathBuf) -> Result<File, String> {
-    File::create(path).map_err(|e| format!("create {}: {e}", path.display()))
-}
-
-/// Kills the process group the command leads (its group id is its pid).
-fn kill_group(pid: u32) {
-    let Ok(pgid) = i32::try_from(pid) else { return };
-    if pgid <= 1 {
-        return; // Never signal "every process" or init by accident.
-    }
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// The last few lines of a log, for messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let joined = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if joined.is_empty() {
-        "(empty)".into()
-    } else {
-        joined
+    let ended = run_supervised(&ShellCommand {
+        script,
+        env: vec![
+            ("AFS_MODEL_PATH", job.model_path.into()),
+            ("AFS_RUN_ID", job.run_id.into()),
+            ("AFS_RUN_DIR", job.run_dir.as_os_str().to_owned()),
+            ("AFS_DATA_PATH", job.dataset_path.into()),
+        ],
+        working_dir: None,
+        stdout_log: &stdout_path,
+        stderr_log: &stderr_path,
+        group_file: None,
+        timeout: gate.timeout,
+        stop: job.stop,
+    })
+    .map_err(|e| format!("evaluation command: {e}"))?;
+    match ended {
+        _ if ended.success() => Ok("exited with code 0".into()),
+        Ended::TimedOut => Err(format!(
+            "timed out after {}s and was stopped; stderr: {}",
+            gate.timeout.as_secs_f64(),
+            tail(&stderr_path)
+        )),
+        Ended::Interrupted => Err("interrupted and stopped (afs was asked to stop)".into()),
+        Ended::Exited(_) => Err(format!(
+            "ended with {}; stderr: {}",
+            ended.describe(),
+            tail(&stderr_path)
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn check(command: &str, timeout: Duration, passed: bool, detail_has: &str) {
         let dir = tempfile::tempdir().unwrap();
@@ -142,6 +110,7 @@ mod tests {
             run_id: "R1",
             run_dir: &dir.path().join("run"),
             dataset_path: "/data/train.jsonl",
+            stop: None,
         };
         let outcome = run_gate(&gate, &job);
         assert_eq!(outcome.passed, passed, "{command}: {}", outcome.detail);
@@ -157,7 +126,7 @@ mod tests {
         let second = Duration::from_secs(10);
         check("true", second, true, "code 0");
         check(
-            r#"test {model_path} = "/models/it's here" && test "$AFS_RUN_ID" = R1"#,
+            r#"test {model_path} = "/models/it's here" && test "{model_path}" = "$AFS_MODEL_PATH" && test "$AFS_RUN_ID" = R1"#,
             second,
             true,
             "code 0",
@@ -165,5 +134,97 @@ mod tests {
         check("echo too weak >&2; exit 3", second, false, "exit code 3");
         check("echo too weak >&2; exit 3", second, false, "too weak");
         check("sleep 5", Duration::from_millis(200), false, "timed out");
+    }
+
+    #[test]
+    fn a_model_path_holding_shell_code_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pwned = dir.path().join("pwned");
+        let model_path = format!(
+            "$(touch {p}) `touch {p}` '$(touch {p})' \"$(touch {p})\"",
+            p = pwned.display()
+        );
+        for command in [
+            r#"test -n "{model_path}""#,
+            r#"test -n {model_path}"#,
+            r#"test "$(printf '%s' "{model_path}")" = "$AFS_MODEL_PATH""#,
+        ] {
+            let gate = EvalGate {
+                command: command.into(),
+                timeout: Duration::from_secs(120),
+            };
+            let outcome = run_gate(
+                &gate,
+                &GateJob {
+                    model_path: &model_path,
+                    run_id: "R1",
+                    run_dir: &dir.path().join(format!("run{}", command.len())),
+                    dataset_path: "/data/train.jsonl",
+                    stop: None,
+                },
+            );
+            assert!(outcome.passed, "{command}: {}", outcome.detail);
+            assert!(!pwned.exists(), "{command} ran code from the model path");
+        }
+    }
+
+    #[test]
+    fn a_placeholder_in_single_quotes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = EvalGate {
+            command: "check '{model_path}'".into(),
+            timeout: Duration::from_secs(120),
+        };
+        let job = GateJob {
+            model_path: "m",
+            run_id: "R1",
+            run_dir: dir.path(),
+            dataset_path: "d",
+            stop: None,
+        };
+        let outcome = run_gate(&gate, &job);
+        assert!(!outcome.passed);
+        assert!(
+            outcome.detail.contains("inside single quotes"),
+            "{}",
+            outcome.detail
+        );
+    }
+
+    #[test]
+    fn setting_the_stop_flag_stops_a_running_gate() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let started = dir.path().join("started");
+        let gate = EvalGate {
+            command: format!("touch {}; sleep 600", started.display()),
+            timeout: Duration::from_secs(3600),
+        };
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (done, finished) = std::sync::mpsc::channel();
+        let run_dir = dir.path().join("run");
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let job = GateJob {
+                model_path: "m",
+                run_id: "R1",
+                run_dir: &run_dir,
+                dataset_path: "d",
+                stop: Some(&flag),
+            };
+            let _ = done.send(run_gate(&gate, &job));
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the gate never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        // Generous: the gate's own timeout is an hour.
+        let outcome = finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the gate did not stop when asked");
+        assert!(!outcome.passed);
+        assert!(outcome.detail.contains("interrupted"), "{}", outcome.detail);
     }
 }

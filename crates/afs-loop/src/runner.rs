@@ -129,6 +129,13 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     /// champion yet.
     pub fn new(store: Arc<S>, config: LoopConfig, trainer: Box<dyn Trainer>) -> Result<Self> {
         config.validate()?;
+        if let Some(gate) = &config.eval_gate {
+            // A bad template is refused now, not after the first retrain.
+            crate::eval::template(gate).map_err(|e| LoopError::InvalidConfig {
+                key: "loop.eval_cmd".into(),
+                reason: e.to_string(),
+            })?;
+        }
         let mut ab_config = config.abtest.clone();
         ab_config.enable_auto_promotion = config.auto_promotion();
         let ab = AbTest::new(store.clone(), ab_config)?;
@@ -184,7 +191,8 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     }
 
     /// Stops a retrain's dataset generation as soon as `flag` is set; the run is then
-    /// recorded as `interrupted` (see [`AutoRetrainer::stop_generation_on`]). Give it the
+    /// recorded as `interrupted` (see [`AutoRetrainer::stop_generation_on`]). The same flag
+    /// stops an evaluation gate under way (the model is then not deployed). Give it the
     /// flag the trainer is interrupted with, so one signal stops whichever is running.
     pub fn with_generation_stop(mut self, flag: Arc<AtomicBool>) -> Self {
         self.generation_stop = Some(flag);
@@ -385,7 +393,8 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     /// Marks runs left by dead processes failed and an iteration left unfinished by a dead
     /// process interrupted. Returns the ids of the recovered runs.
     fn recover(&self) -> Result<Vec<String>> {
-        let recovered = self.store.recover_stale_runs()?;
+        // Leftovers of a dead process's trainer are stopped before its run is failed.
+        let recovered = afs_trigger::recover_stale_runs(&*self.store)?;
         let mut state = LoopState::load(&*self.store)?;
         let Some(in_progress) = state.in_progress.clone() else {
             return Ok(recovered);
@@ -717,6 +726,7 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
                     run_id: &run.id,
                     run_dir: Path::new(&run.run_dir),
                     dataset_path: &dataset_path,
+                    stop: self.generation_stop.as_deref(),
                 },
             );
             let passed = outcome.passed;

@@ -14,8 +14,11 @@ mod config;
 mod error;
 mod page_hinkley;
 mod policy;
+mod recovery;
 mod retrainer;
 mod state;
+mod supervise;
+mod template;
 mod trainer;
 
 pub use checker::{
@@ -29,8 +32,15 @@ pub use policy::{
     policies, CheckContext, ErrorRate, QualityChange, QualityDrop, SampleCount, Schedule, Trigger,
     TriggerResult, TriggerType,
 };
+pub use recovery::{recover_stale_runs, stop_orphaned_trainers, TRAINER_GROUP_FILE};
 pub use retrainer::{AutoRetrainer, RetrainOutcome};
 pub use state::{Baseline, TriggerState, STATE_KEY};
+pub use supervise::{
+    create_new, is_secret_env, run_supervised, tail, Ended, ShellCommand, SuperviseError,
+    SECRET_ENV_WORDS, WATCHDOG_GRACE_SECS,
+};
+pub use template::{CommandTemplate, Placeholder, TemplateError};
 pub use trainer::{
     parse_result, CommandTrainer, FnTrainer, TrainError, TrainJob, TrainOutput, Trainer,
+    MAX_METRICS_BYTES, MAX_MODEL_PATH_BYTES, MAX_RESULT_BYTES,
 };

@@ -1,6 +1,7 @@
 //! `AutoRetrainer`: check → generate data into a run directory → train → record the run.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -138,7 +139,7 @@ impl AutoRetrainer {
         trainer: &dyn Trainer,
         force: bool,
     ) -> Result<RetrainOutcome, TriggerError> {
-        store.recover_stale_runs()?;
+        crate::recovery::recover_stale_runs(store)?;
         let trigger = self.trigger.check(store, force)?;
         if !trigger.triggered {
             return Ok(RetrainOutcome::NotTriggered(trigger));
@@ -183,11 +184,8 @@ impl AutoRetrainer {
             )?)
         };
 
-        if let Err(e) = std::fs::create_dir_all(&run_dir) {
-            let run = fail(
-                RunStatus::Failed,
-                format!("create run directory {}: {e}", run_dir.display()),
-            )?;
+        if let Err(error) = create_fresh_dir(&run_dir, "run directory") {
+            let run = fail(RunStatus::Failed, error)?;
             return Ok(RetrainOutcome::Failed { run, trigger });
         }
         let dataset_path = run_dir.join(&self.config.dataset_name);
@@ -240,11 +238,8 @@ impl AutoRetrainer {
         }
 
         let output_dir = run_dir.join("model");
-        if let Err(e) = std::fs::create_dir_all(&output_dir) {
-            let run = fail(
-                RunStatus::Failed,
-                format!("create model directory {}: {e}", output_dir.display()),
-            )?;
+        if let Err(error) = create_fresh_dir(&output_dir, "model directory") {
+            let run = fail(RunStatus::Failed, error)?;
             return Ok(RetrainOutcome::Failed { run, trigger });
         }
         let job = TrainJob {
@@ -296,5 +291,33 @@ impl AutoRetrainer {
                 Ok(RetrainOutcome::Failed { run, trigger })
             }
         }
+    }
+}
+
+/// Creates `dir` (and its parents); an existing directory is accepted only when empty, so
+/// a run never writes over what is already there.
+fn create_fresh_dir(dir: &Path, what: &str) -> Result<(), String> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("create {what} {}: {e}", dir.display()))?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let empty = std::fs::read_dir(dir)
+                .map_err(|e| format!("{what} {} already exists: {e}", dir.display()))?
+                .next()
+                .is_none();
+            if empty && dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} {} already exists and is not an empty directory; afs does not \
+                     write over it",
+                    dir.display()
+                ))
+            }
+        }
+        Err(e) => Err(format!("create {what} {}: {e}", dir.display())),
     }
 }

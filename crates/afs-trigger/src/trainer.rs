@@ -1,15 +1,14 @@
 //! The `Trainer` trait and its two implementations: a Rust closure and an external command.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
+
+use crate::supervise::{read_tail_checked, run_supervised, tail, Ended, ShellCommand};
+use crate::template::{CommandTemplate, Placeholder, TemplateError};
 
 /// What a trainer is asked to do: train on `dataset_path`, write the model under `output_dir`.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,18 +84,39 @@ where
     }
 }
 
+/// The longest `model_path` a trainer may report, in bytes (as `PATH_MAX`).
+pub const MAX_MODEL_PATH_BYTES: usize = 4096;
+
+/// The largest metrics a trainer may report, in bytes of JSON.
+pub const MAX_METRICS_BYTES: usize = 64 * 1024;
+
+/// The largest result a trainer may write (result file, or last line of stdout), in bytes.
+pub const MAX_RESULT_BYTES: u64 = 128 * 1024;
+
+/// The result file's name in the run directory.
+const RESULT_FILE: &str = "trainer.result.json";
+
 /// Runs an external command (any language) through `sh -c`.
 ///
-/// The command gets the job through placeholders, replaced by shell-quoted values —
-/// `{data}` (dataset path), `{output_dir}`, `{run_id}`, `{run_dir}`, `{result}` (result
-/// file path) — and through the environment: `AFS_DATA_PATH`, `AFS_OUTPUT_DIR`,
-/// `AFS_RUN_ID`, `AFS_RUN_DIR`, `AFS_RESULT_PATH`, `AFS_N_SAMPLES`. Its stdout and stderr go
-/// to `trainer.stdout.log` and `trainer.stderr.log` in the run directory. It reports its
-/// result as a JSON object with a string `model_path` (and any metrics, either under
-/// `metrics` or as the other keys) written to the result file, or else printed as the last
-/// non-empty line of stdout. A non-zero exit, a timeout (the whole process group is killed)
-/// or a missing/garbled result is a failure. With [`CommandTrainer::interrupt_on`], setting
-/// the flag stops the command the same way within ~20 ms ([`TrainError::Interrupted`]).
+/// The command gets the job through the environment — `AFS_DATA_PATH` (dataset path),
+/// `AFS_OUTPUT_DIR`, `AFS_RUN_ID`, `AFS_RUN_DIR`, `AFS_RESULT_PATH` (result file path),
+/// `AFS_N_SAMPLES` — and through placeholders `{data}`, `{output_dir}`, `{run_id}`,
+/// `{run_dir}`, `{result}`, which become references to those variables quoted for where
+/// they stand (see [`CommandTemplate`]): a value is never pasted into the shell text.
+/// afs's secrets (`AFS_TOKENS`, ...; see [`crate::is_secret_env`]) are not passed on.
+///
+/// It runs under the supervisor ([`crate::run_supervised`]): in its own process group, which
+/// is stopped when the command times out, when the flag of
+/// [`CommandTrainer::interrupt_on`] is set ([`TrainError::Interrupted`], within ~20 ms), and
+/// when afs ends or dies; the group is recorded in `trainer.pid.json` in the run directory
+/// for [`crate::recover_stale_runs`]. Its stdout and stderr go to `trainer.stdout.log` and
+/// `trainer.stderr.log` there; none of these files may exist before.
+///
+/// It reports its result as a JSON object with a string `model_path` (at most
+/// [`MAX_MODEL_PATH_BYTES`]) and any metrics (at most [`MAX_METRICS_BYTES`] of JSON), either
+/// under `metrics` or as the other keys, written to the result file (which must not exist
+/// before it starts), or else printed as the last non-empty line of stdout. A non-zero exit,
+/// a timeout or a missing, garbled or oversized result is a failure.
 #[derive(Debug, Clone)]
 pub struct CommandTrainer {
     command: String,
@@ -106,7 +126,8 @@ pub struct CommandTrainer {
 }
 
 impl CommandTrainer {
-    /// A trainer running `command` with `sh -c`, stopped after `timeout`.
+    /// A trainer running `command` with `sh -c`, stopped after `timeout`. The command is
+    /// checked when it runs; check it sooner with [`CommandTrainer::validate`].
     pub fn shell(command: impl Into<String>, timeout: Duration) -> Self {
         CommandTrainer {
             command: command.into(),
@@ -136,28 +157,116 @@ impl CommandTrainer {
         self
     }
 
-    /// The command line with placeholders filled in for `job`.
-    pub fn command_line(&self, job: &TrainJob) -> String {
-        let result = result_path(job);
-        self.command
-            .replace("{data}", &shell_quote(&job.dataset_path.to_string_lossy()))
-            .replace(
-                "{output_dir}",
-                &shell_quote(&job.output_dir.to_string_lossy()),
-            )
-            .replace("{run_id}", &shell_quote(&job.run_id))
-            .replace("{run_dir}", &shell_quote(&job.run_dir.to_string_lossy()))
-            .replace("{result}", &shell_quote(&result.to_string_lossy()))
+    /// The command as configured.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// The command checked as a trainer command template (placeholders where the shell
+    /// expands them, and only the trainer's).
+    pub fn template(&self) -> Result<CommandTemplate, TemplateError> {
+        CommandTemplate::parse(&self.command, Placeholder::TRAINER, "trainer command")
+    }
+
+    /// Checks the command now, so that a bad one is refused before any work.
+    pub fn validate(&self) -> Result<(), TemplateError> {
+        self.template().map(|_| ())
     }
 }
 
 fn result_path(job: &TrainJob) -> PathBuf {
-    job.run_dir.join("trainer.result.json")
+    job.run_dir.join(RESULT_FILE)
 }
 
-/// Quotes `text` for `sh`: inside single quotes every character is literal except `'`.
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
+impl Trainer for CommandTrainer {
+    fn train(&self, job: &TrainJob) -> Result<TrainOutput, TrainError> {
+        let template = self
+            .template()
+            .map_err(|e| TrainError::Failed(format!("invalid trainer command: {e}")))?;
+        let stdout_path = job.run_dir.join("trainer.stdout.log");
+        let stderr_path = job.run_dir.join("trainer.stderr.log");
+        let result = result_path(job);
+        if result.symlink_metadata().is_ok() {
+            return Err(TrainError::Failed(format!(
+                "{} exists before the trainer started; afs does not reuse or replace it",
+                result.display()
+            )));
+        }
+        let group_file = job.run_dir.join(crate::recovery::TRAINER_GROUP_FILE);
+        let ended = run_supervised(&ShellCommand {
+            script: template.script(),
+            env: vec![
+                ("AFS_DATA_PATH", job.dataset_path.clone().into_os_string()),
+                ("AFS_OUTPUT_DIR", job.output_dir.clone().into_os_string()),
+                ("AFS_RUN_ID", job.run_id.clone().into()),
+                ("AFS_RUN_DIR", job.run_dir.clone().into_os_string()),
+                ("AFS_RESULT_PATH", result.clone().into_os_string()),
+                ("AFS_N_SAMPLES", job.n_samples.to_string().into()),
+            ],
+            working_dir: self.working_dir.as_deref(),
+            stdout_log: &stdout_path,
+            stderr_log: &stderr_path,
+            group_file: Some(&group_file),
+            timeout: self.timeout,
+            stop: self.interrupt.as_deref(),
+        })
+        .map_err(|e| TrainError::Io {
+            context: format!("trainer: {}", e.context),
+            source: e.source,
+        })?;
+        match ended {
+            Ended::TimedOut => return Err(TrainError::TimedOut(self.timeout)),
+            Ended::Interrupted => return Err(TrainError::Interrupted),
+            Ended::Exited(_) if !ended.success() => {
+                return Err(TrainError::Failed(format!(
+                    "command ended with {}; stderr: {}",
+                    ended.describe(),
+                    tail(&stderr_path)
+                )))
+            }
+            Ended::Exited(_) => {}
+        }
+        if self.interrupted() {
+            return Err(TrainError::Interrupted);
+        }
+        read_result(&result, &stdout_path)
+    }
+}
+
+fn read_result(result_file: &Path, stdout_path: &Path) -> Result<TrainOutput, TrainError> {
+    let limit = MAX_RESULT_BYTES;
+    let (text, source) = if result_file.symlink_metadata().is_ok() {
+        let source = format!("result file {}", result_file.display());
+        let (text, cut) = read_tail_checked(result_file, limit)
+            .map_err(io(format!("read {}", result_file.display())))?;
+        if cut {
+            return Err(TrainError::BadOutput(format!(
+                "{source}: larger than {} KiB, the limit",
+                limit / 1024
+            )));
+        }
+        (text, source)
+    } else {
+        let source = "the last line of stdout".to_string();
+        let (text, cut) = read_tail_checked(stdout_path, limit)
+            .map_err(io(format!("read {}", stdout_path.display())))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let Some(index) = lines.iter().rposition(|l| !l.trim().is_empty()) else {
+            return Err(TrainError::BadOutput(if cut {
+                format!("{source}: no result in its last {} KiB", limit / 1024)
+            } else {
+                "no result file and nothing on stdout".into()
+            }));
+        };
+        if cut && index == 0 {
+            return Err(TrainError::BadOutput(format!(
+                "{source}: longer than {} KiB, the limit",
+                limit / 1024
+            )));
+        }
+        (lines[index].to_string(), source)
+    };
+    parse_result(&text).map_err(|reason| TrainError::BadOutput(format!("{source}: {reason}")))
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrainError {
@@ -165,113 +274,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrainError {
     move |source| TrainError::Io { context, source }
 }
 
-impl Trainer for CommandTrainer {
-    fn train(&self, job: &TrainJob) -> Result<TrainOutput, TrainError> {
-        let stdout_path = job.run_dir.join("trainer.stdout.log");
-        let stderr_path = job.run_dir.join("trainer.stderr.log");
-        let stdout =
-            File::create(&stdout_path).map_err(io(format!("create {}", stdout_path.display())))?;
-        let stderr =
-            File::create(&stderr_path).map_err(io(format!("create {}", stderr_path.display())))?;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(self.command_line(job))
-            .env("AFS_DATA_PATH", &job.dataset_path)
-            .env("AFS_OUTPUT_DIR", &job.output_dir)
-            .env("AFS_RUN_ID", &job.run_id)
-            .env("AFS_RUN_DIR", &job.run_dir)
-            .env("AFS_RESULT_PATH", result_path(job))
-            .env("AFS_N_SAMPLES", job.n_samples.to_string())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group, so a timeout stops the trainer's children too.
-            .process_group(0);
-        if let Some(dir) = &self.working_dir {
-            command.current_dir(dir);
-        }
-        if self.interrupted() {
-            return Err(TrainError::Interrupted);
-        }
-        let mut child = command.spawn().map_err(io("start the trainer command"))?;
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().map_err(io("wait for the trainer"))? {
-                break status;
-            }
-            let timed_out = started.elapsed() >= self.timeout;
-            if timed_out || self.interrupted() {
-                kill_group(child.id());
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(if timed_out {
-                    TrainError::TimedOut(self.timeout)
-                } else {
-                    TrainError::Interrupted
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if !status.success() {
-            let code = status
-                .code()
-                .map_or("a signal".to_string(), |c| format!("exit code {c}"));
-            return Err(TrainError::Failed(format!(
-                "command ended with {code}; stderr: {}",
-                tail(&stderr_path)
-            )));
-        }
-        read_result(&result_path(job), &stdout_path)
-    }
-}
-
-/// Kills the process group the trainer leads (it was started with `process_group(0)`, so
-/// its group id is its pid), taking any children it started with it.
-fn kill_group(pid: u32) {
-    let Ok(pgid) = i32::try_from(pid) else { return };
-    if pgid <= 1 {
-        return; // Never signal "every process" or init by accident.
-    }
-    let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(pgid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
-/// The last few lines of a log, for error messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(5);
-    let joined = lines[start..].join(" | ");
-    if joined.is_empty() {
-        "(empty)".into()
-    } else {
-        joined
-    }
-}
-
-fn read_result(result_file: &Path, stdout_path: &Path) -> Result<TrainOutput, TrainError> {
-    let (text, source) = if result_file.exists() {
-        let text = std::fs::read_to_string(result_file)
-            .map_err(io(format!("read {}", result_file.display())))?;
-        (text, format!("result file {}", result_file.display()))
-    } else {
-        let file =
-            File::open(stdout_path).map_err(io(format!("read {}", stdout_path.display())))?;
-        let last = BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| !l.trim().is_empty())
-            .last()
-            .ok_or_else(|| TrainError::BadOutput("no result file and nothing on stdout".into()))?;
-        (last, "the last line of stdout".to_string())
-    };
-    parse_result(&text).map_err(|reason| TrainError::BadOutput(format!("{source}: {reason}")))
-}
-
-/// Parses a trainer's JSON result.
+/// Parses a trainer's JSON result, within the limits ([`MAX_MODEL_PATH_BYTES`],
+/// [`MAX_METRICS_BYTES`]).
 pub fn parse_result(text: &str) -> Result<TrainOutput, String> {
     let value: Value = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e})"))?;
     let Value::Object(mut object) = value else {
@@ -282,11 +286,27 @@ pub fn parse_result(text: &str) -> Result<TrainOutput, String> {
         Some(_) => return Err("model_path is not a non-empty string".into()),
         None => return Err("model_path is missing".into()),
     };
+    if model_path.len() > MAX_MODEL_PATH_BYTES {
+        return Err(format!(
+            "model_path is {} bytes long, more than the limit of {MAX_MODEL_PATH_BYTES} bytes",
+            model_path.len()
+        ));
+    }
+    if model_path.contains('\0') {
+        return Err("model_path contains a NUL character".into());
+    }
     let metrics = match object.remove("metrics") {
         Some(Value::Object(m)) => m,
         Some(other) => return Err(format!("metrics is not an object: {other}")),
         None => object,
     };
+    let size = serde_json::to_string(&metrics).map_or(usize::MAX, |m| m.len());
+    if size > MAX_METRICS_BYTES {
+        return Err(format!(
+            "the metrics are {size} bytes of JSON, more than the limit of {} KiB",
+            MAX_METRICS_BYTES / 1024
+        ));
+    }
     Ok(TrainOutput {
         model_path,
         metrics,
@@ -318,8 +338,15 @@ mod tests {
     }
 
     #[test]
-    fn shell_quoting_keeps_paths_literal() {
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    fn oversized_results_are_refused_naming_the_limit() {
+        let long = "m".repeat(MAX_MODEL_PATH_BYTES + 1);
+        let err = parse_result(&format!(r#"{{"model_path": "{long}"}}"#)).unwrap_err();
+        assert!(err.contains("limit of 4096 bytes"), "{err}");
+        let ok = "m".repeat(MAX_MODEL_PATH_BYTES);
+        assert!(parse_result(&format!(r#"{{"model_path": "{ok}"}}"#)).is_ok());
+        let big = "x".repeat(MAX_METRICS_BYTES);
+        let err = parse_result(&format!(r#"{{"model_path": "m", "note": "{big}"}}"#)).unwrap_err();
+        assert!(err.contains("limit of 64 KiB"), "{err}");
+        assert!(parse_result(r#"{"model_path": "a\u0000b"}"#).is_err());
     }
 }
