@@ -18,12 +18,12 @@ pub(crate) fn from_flags(
     timeout_flag: &str,
     config: &Config,
 ) -> anyhow::Result<CommandTrainer> {
-    let command = match (cmd, &config.retrain.train_cmd) {
+    let (command, source) = match (cmd, &config.retrain.train_cmd) {
         (Some(cmd), _) if cmd.trim().is_empty() => {
             return Err(InvalidInput("invalid --train-cmd: must not be empty".into()).into())
         }
-        (Some(cmd), _) => cmd.to_string(),
-        (None, Some(cmd)) => cmd.clone(),
+        (Some(cmd), _) => (cmd.to_string(), "--train-cmd".to_string()),
+        (None, Some(cmd)) => (cmd.clone(), config.key_name("trainer.train_cmd")),
         (None, None) => {
             return Err(Usage(
                 "no trainer command: pass --train-cmd CMD, or set train_cmd in the [trainer] \
@@ -37,7 +37,12 @@ pub(crate) fn from_flags(
         return Err(InvalidInput(format!("invalid {timeout_flag}: must be > 0")).into());
     }
     let timeout = timeout_secs.map_or(config.retrain.timeout, Duration::from_secs);
-    Ok(CommandTrainer::shell(command, timeout))
+    let trainer = CommandTrainer::shell(command, timeout);
+    // A template the shell would get wrong is refused before any data is generated.
+    trainer
+        .validate()
+        .map_err(|e| InvalidInput(format!("invalid {source}: {e}")))?;
+    Ok(trainer)
 }
 
 #[cfg(test)]
@@ -61,5 +66,12 @@ mod tests {
         assert!(from_flags(Some("true"), None, flag, &config).is_ok());
         config.retrain.train_cmd = Some("python train.py {data}".into());
         assert!(from_flags(None, Some(60), flag, &config).is_ok());
+        assert_eq!(
+            refusal(from_flags(Some("x '{data}'"), None, flag, &config)),
+            "invalid --train-cmd: placeholder {data} is inside single quotes, where the shell \
+             would not expand it; remove the quotes: afs quotes values itself"
+        );
+        config.retrain.train_cmd = Some("x {model_path}".into());
+        assert!(refusal(from_flags(None, None, flag, &config)).contains("train_cmd"));
     }
 }

@@ -10,6 +10,7 @@ use afs_loop::{
     StopReason, StopSignal,
 };
 use afs_store::{SqliteStore, UsageStore};
+use afs_trigger::{CommandTemplate, Placeholder};
 use anyhow::Context;
 use serde_json::json;
 
@@ -47,6 +48,15 @@ fn build(
             return Err(InvalidInput("invalid --eval-cmd: must not be empty".into()).into());
         }
         config.loop_settings.eval_cmd = Some(cmd.clone());
+    }
+    if let Some(cmd) = &config.loop_settings.eval_cmd {
+        // A template the shell would get wrong is refused now, not after the first retrain.
+        let source = match options.eval_cmd {
+            Some(_) => "--eval-cmd".to_string(),
+            None => config.key_name("loop.eval_cmd"),
+        };
+        CommandTemplate::parse(cmd, Placeholder::EVAL, "evaluation command")
+            .map_err(|e| InvalidInput(format!("invalid {source}: {e}")))?;
     }
     let loop_config = config.loop_config();
     config.check_loop(&loop_config)?;

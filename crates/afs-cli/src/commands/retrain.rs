@@ -194,7 +194,8 @@ fn run_lines(run: &RetrainRun, trigger: &TriggerResult) -> String {
 /// Lists retrain runs, newest first, after marking runs of dead processes as failed.
 pub(crate) fn runs(global: &GlobalArgs, args: &RunsArgs) -> anyhow::Result<()> {
     let store = open(configured(global)?, Create::Never)?;
-    let recovered = store.recover_stale_runs()?;
+    // Leftovers of a dead process's trainer are stopped before its run is marked failed.
+    let recovered = afs_trigger::recover_stale_runs(&store)?;
     if !recovered.is_empty() {
         tracing::warn!(
             ?recovered,
