@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use afs_store::OutputTarget;
+
 use crate::error::DatagenError;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -35,6 +37,9 @@ pub(crate) fn dir_of(target: &Path) -> &Path {
 pub(crate) struct TempFile {
     path: PathBuf,
     target: PathBuf,
+    /// The target is a FIFO or character device: the content is copied into it on commit
+    /// instead of renamed over it (see [`afs_store::resolve_output`]).
+    stream: bool,
     writer: Option<BufWriter<HashingFile>>,
     bytes: u64,
     lines: u64,
@@ -121,8 +126,27 @@ impl Write for HashingFile {
 
 impl TempFile {
     /// Creates the temporary file (and the target's directory when missing).
+    #[cfg(test)]
     pub(crate) fn create(target: &Path, context: &'static str) -> Result<Self, DatagenError> {
-        let dir = dir_of(target);
+        Self::create_for(&OutputTarget::File(target.to_path_buf()), context)
+    }
+
+    /// Creates the temporary file for a checked target: next to a file, or in the system's
+    /// temporary directory for a stream (a device's directory is not writable).
+    pub(crate) fn create_for(
+        target: &OutputTarget,
+        context: &'static str,
+    ) -> Result<Self, DatagenError> {
+        let (target, stream) = match target {
+            OutputTarget::File(p) => (p.as_path(), false),
+            OutputTarget::Stream(p) => (p.as_path(), true),
+        };
+        let temp_dir = std::env::temp_dir();
+        let dir = if stream {
+            temp_dir.as_path()
+        } else {
+            dir_of(target)
+        };
         fs::create_dir_all(dir).map_err(|e| DatagenError::io("create output directory", dir, e))?;
         let name = target
             .file_name()
@@ -141,6 +165,7 @@ impl TempFile {
                     return Ok(TempFile {
                         path,
                         target: target.to_path_buf(),
+                        stream,
                         writer: Some(BufWriter::with_capacity(
                             1 << 20,
                             HashingFile {
@@ -229,8 +254,22 @@ impl TempFile {
                 .wait()
                 .map_err(|e| DatagenError::io("sync", &self.path, e))?;
         }
-        fs::rename(&self.path, &self.target)
-            .map_err(|e| DatagenError::io("rename into place", &self.target, e))?;
+        if self.stream {
+            // Written into, never replaced: a FIFO keeps its reader, a device stays a device.
+            let mut from =
+                File::open(&self.path).map_err(|e| DatagenError::io("read back", &self.path, e))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .open(&self.target)
+                .map_err(|e| DatagenError::io("open", &self.target, e))?;
+            io::copy(&mut from, &mut to)
+                .and_then(|_| to.flush())
+                .map_err(|e| DatagenError::io("write", &self.target, e))?;
+            let _ = fs::remove_file(&self.path);
+        } else {
+            fs::rename(&self.path, &self.target)
+                .map_err(|e| DatagenError::io("rename into place", &self.target, e))?;
+        }
         self.path = PathBuf::new();
         Ok(())
     }
@@ -242,7 +281,7 @@ impl TempFile {
         for mut file in files {
             file.rename_into_place()?;
             let dir = dir_of(&file.target).to_path_buf();
-            if !dirs.contains(&dir) {
+            if !file.stream && !dirs.contains(&dir) {
                 dirs.push(dir);
             }
         }

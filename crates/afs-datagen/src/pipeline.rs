@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{self, AtomicBool};
 
 use afs_store::{
-    FeedbackFilter, FeedbackValue, RecordFields, RecordFilter, StatsWindow, UsageRecord,
-    UsageStats, UsageStore,
+    FeedbackFilter, FeedbackValue, OutputTarget, RecordFields, RecordFilter, StatsWindow,
+    UsageRecord, UsageStats, UsageStore,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -143,6 +143,18 @@ pub fn generate_with(
         return Err(DatagenError::Interrupted);
     }
     config.validate()?;
+    // Checked before anything is read: the path must not be the database, another user's
+    // file, a directory... (see `afs_store::resolve_output`).
+    let target = afs_store::resolve_output(output, "out", &store.files())?;
+    let manifest_target = match &target {
+        OutputTarget::File(path) => Some(afs_store::resolve_output(
+            &manifest_path(path),
+            "out",
+            &store.files(),
+        )?),
+        // A FIFO or device has no directory to put a manifest in.
+        OutputTarget::Stream(_) => None,
+    };
     let report = |stage: Stage, done: u64, total: Option<u64>| {
         if let Some(p) = hooks.progress {
             p(Progress { stage, done, total });
@@ -173,7 +185,7 @@ pub fn generate_with(
         cap - reserve.min(cap - 1)
     });
 
-    let mut sink = TempFile::create(output, "create temporary output file")?;
+    let mut sink = TempFile::create_for(&target, "create temporary output file")?;
     let mut run = Run::new(config, existing.as_ref(), new_budget);
     let workers = scan::workers();
     if config.format == Format::Dpo {
@@ -253,7 +265,7 @@ pub fn generate_with(
             .expect("rehearsal needs an existing file");
         let spool = std::mem::replace(
             &mut sink,
-            TempFile::create(output, "create temporary output file")?,
+            TempFile::create_for(&target, "create temporary output file")?,
         );
         let rehearsal_plan = Rehearsal {
             path,
@@ -291,14 +303,21 @@ pub fn generate_with(
         records: emitter.span.to_span(),
         existing: existing.map(|e| e.report),
         output_path: output.to_path_buf(),
-        manifest_path: manifest_path(output),
+        manifest_path: manifest_target
+            .as_ref()
+            .map(|t| t.path().to_path_buf())
+            .unwrap_or_default(),
         output_blake3,
         output_bytes,
     };
-    let mut manifest = TempFile::create(&result.manifest_path, "create temporary manifest file")?;
-    manifest.write_line(&manifest_bytes(config, &result))?;
-    manifest.finish()?;
-    TempFile::commit_all(vec![sink, manifest])?;
+    let mut files = vec![sink];
+    if let Some(manifest_target) = &manifest_target {
+        let mut manifest = TempFile::create_for(manifest_target, "create temporary manifest file")?;
+        manifest.write_line(&manifest_bytes(config, &result))?;
+        manifest.finish()?;
+        files.push(manifest);
+    }
+    TempFile::commit_all(files)?;
     tracing::info!(
         output = %output.display(),
         candidates = result.total_candidates,

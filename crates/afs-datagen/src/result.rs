@@ -85,7 +85,9 @@ pub struct GenerationResult {
     pub existing: Option<ExistingReport>,
     /// The output file.
     pub output_path: PathBuf,
-    /// The manifest written next to it (`<output>.manifest.json`).
+    /// The manifest written next to it (`<output>.manifest.json`, beside the file a
+    /// symbolic link points to); empty when the output is a FIFO or a character device,
+    /// which get no manifest.
     pub manifest_path: PathBuf,
     /// BLAKE3 of the output file, 64 hex digits.
     pub output_blake3: String,

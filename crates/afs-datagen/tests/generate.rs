@@ -973,7 +973,7 @@ fn failed_runs_leave_no_file_at_the_target() {
     ));
     assert_eq!(files_in(out.parent().unwrap()), before);
 
-    // The target is a directory: everything is written, the final rename fails.
+    // The target is a directory: refused before anything is read or written.
     let dir_target = env.path("out").join("is-a-dir");
     fs::create_dir(&dir_target).unwrap();
     fs::write(dir_target.join("keep"), "x").unwrap();
@@ -988,13 +988,11 @@ fn failed_runs_leave_no_file_at_the_target() {
     assert!(
         matches!(
             err,
-            DatagenError::Io {
-                context: "rename into place",
-                ..
-            }
+            DatagenError::Store(afs_store::StoreError::InvalidInput { field: "out", .. })
         ),
         "{err}"
     );
+    assert!(err.to_string().contains("is a directory"), "{err}");
     assert_eq!(
         files_in(out.parent().unwrap()),
         ["is-a-dir".to_string()].into_iter().collect()

@@ -1142,10 +1142,16 @@ fn write_model_file(path: &Path, true_quality: f64) -> Result<()> {
         })?;
     }
     let text = json!({ "demo_model": true, "hidden_true_quality": true_quality }).to_string();
-    std::fs::write(path, text).map_err(|e| LoopError::Io {
-        context: format!("write {}", path.display()),
-        source: e,
-    })
+    // A new file in the run's output directory: never replaces one already there.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .map_err(|e| LoopError::Io {
+            context: format!("write {}", path.display()),
+            source: e,
+        })
 }
 
 /// The built-in demo trainer: ignores the data's content (it only counts it) and makes a

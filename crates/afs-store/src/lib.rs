@@ -27,6 +27,7 @@ mod runs;
 mod sqlite;
 mod stats;
 mod store;
+mod target;
 pub mod units;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -47,6 +48,7 @@ pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
 pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, SCHEMA_VERSION};
 pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};
+pub use target::{resolve_output, OutputTarget};
 pub use units::{
     unit_cohorts_from_records, CohortBuilder, UnitCohort, UnitMetric, UnitMoments, UnitTally,
 };

@@ -124,4 +124,11 @@ pub trait UsageStore: Send + Sync {
 
     /// Re-derives every rollup from the log (the log is the source of truth).
     fn rebuild_rollups(&self) -> Result<()>;
+
+    /// The files this store keeps its data in (a database and its journals), existing or
+    /// not. Commands that write files never write one of these (see
+    /// [`resolve_output`](crate::resolve_output)). Empty for a store without local files.
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }

@@ -311,11 +311,10 @@ fn summary(result: &GenerationResult) -> String {
     if let Some(existing) = &result.existing {
         text.push_str(&existing_summary(existing));
     }
-    text.push_str(&format!(
-        "  manifest: {}\n  blake3: {}\n",
-        result.manifest_path.display(),
-        result.output_blake3
-    ));
+    if !result.manifest_path.as_os_str().is_empty() {
+        text.push_str(&format!("  manifest: {}\n", result.manifest_path.display()));
+    }
+    text.push_str(&format!("  blake3: {}\n", result.output_blake3));
     text
 }
 

@@ -667,6 +667,17 @@ impl UsageStore for SqliteStore {
         Ok(removed as u64)
     }
 
+    fn files(&self) -> Vec<PathBuf> {
+        let path = &self.config.path;
+        let mut files = vec![path.clone()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = path.as_os_str().to_os_string();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        files
+    }
+
     fn rebuild_rollups(&self) -> Result<()> {
         let mut conn = self.conn()?;
         let tx = conn
