@@ -8,6 +8,7 @@ mod line;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use afs_store::{NewUsage, StoreError, UsageStore};
 use anyhow::Context;
@@ -72,6 +73,17 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
     let batch_size = args.batch_size as usize;
     let store_ref: &dyn UsageStore = &store;
     let mut parse_report = Report::default();
+    // What the writer thread has committed and refused so far, for the progress bar.
+    let committed = AtomicU64::new(0);
+    let store_rejected = AtomicU64::new(0);
+    let (committed_ref, store_rejected_ref) = (&committed, &store_rejected);
+    let message = |parse_report: &Report| {
+        format!(
+            "{} imported, {} rejected",
+            committed.load(Ordering::Relaxed),
+            parse_report.rejected + store_rejected.load(Ordering::Relaxed)
+        )
+    };
     let written: anyhow::Result<Report> = std::thread::scope(|scope| {
         let (to_writer, batches) = std::sync::mpsc::sync_channel::<(Vec<NewUsage>, Vec<u64>)>(1);
         let writer = scope.spawn(move || -> anyhow::Result<Report> {
@@ -85,6 +97,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
                 batch.records = records;
                 batch.line_numbers = line_numbers;
                 batch.flush()?;
+                committed_ref.store(batch.report.imported, Ordering::Relaxed);
+                store_rejected_ref.store(batch.report.rejected, Ordering::Relaxed);
             }
             Ok(batch.report)
         });
@@ -111,6 +125,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
                 bytes_read += n_bytes;
                 if line_number % 256 == 0 {
                     progress.set_position(bytes_read);
+                    progress.set_message(message(&parse_report));
                 }
                 if read == LineRead::TooLong {
                     parse_report.reject(
@@ -145,7 +160,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
                                 return Ok(());
                             }
                             progress.set_position(bytes_read);
-                            progress.set_message(progress_message(&parse_report));
+                            progress.set_message(message(&parse_report));
                         }
                     }
                     Err(error) => parse_report.reject(line_number, error),
@@ -337,10 +352,6 @@ fn progress_bar(input_len: Option<u64>) -> ProgressBar {
     }
     bar.set_draw_target(ProgressDrawTarget::stderr());
     bar
-}
-
-fn progress_message(report: &Report) -> String {
-    format!("{} imported, {} rejected", report.imported, report.rejected)
 }
 
 fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
