@@ -634,3 +634,27 @@ fn set_champion_retires_the_previous_one() {
     );
     assert_eq!(f.store.champion().unwrap().unwrap().name, "v2");
 }
+
+/// A version's name becomes the `model` of its records and a metric label, and its model
+/// path comes from a trainer's output: both are bounded (a 1 MB name grew every scrape).
+#[test]
+fn version_names_and_model_paths_are_bounded() {
+    let f = fixture();
+    let field = |version: NewModelVersion| match f.store.set_champion(&version, &note("x")) {
+        Err(afs_store::StoreError::InvalidInput { field, .. }) => Some(field),
+        Err(other) => panic!("{other}"),
+        Ok(_) => None,
+    };
+    assert_eq!(
+        field(NewModelVersion::new("n".repeat(257), "/models/a")),
+        Some("name")
+    );
+    assert_eq!(
+        field(NewModelVersion::new("a", format!("/{}", "p".repeat(4096)))),
+        Some("model_path")
+    );
+    assert_eq!(
+        field(NewModelVersion::new("n".repeat(256), "/models/b")),
+        None
+    );
+}

@@ -224,12 +224,22 @@ struct EventRow<'a> {
     note: &'a EventNote,
 }
 
+/// Largest accepted model path, in bytes (Linux's `PATH_MAX`).
+const MAX_PATH_BYTES: usize = 4096;
+
 impl SqliteStore {
     fn check_text(&self, field: &'static str, value: &str, required: bool) -> Result<()> {
         if required && value.trim().is_empty() {
             return Err(StoreError::invalid(field, "must not be empty"));
         }
-        let limit = self.config().max_field_bytes;
+        // A version's name is the `model` of its records (a rollup key and a metric label),
+        // and a model path is a path: both are bounded like them.
+        let limit = match field {
+            "name" => crate::MAX_NAME_BYTES,
+            "model_path" => MAX_PATH_BYTES,
+            _ => self.config().max_field_bytes,
+        }
+        .min(self.config().max_field_bytes);
         if value.len() > limit {
             return Err(StoreError::invalid(
                 field,
