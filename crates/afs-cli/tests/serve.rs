@@ -15,6 +15,14 @@ use serde_json::{json, Value};
 use serve_support::{read_response, record, request, Env, Server};
 
 /// Total records in the store, as the API reports it.
+/// A temp dir with an empty database: `afs serve` does not create one.
+fn created() -> Env {
+    let env = Env::new();
+    env.afs(None, &["import", "/dev/null"]);
+    assert!(env.db.exists());
+    env
+}
+
 fn total(server: &Server) -> u64 {
     server.get("/v1/stats").json()["total"].as_u64().unwrap()
 }
@@ -274,7 +282,7 @@ fn every_endpoint_answers() {
 
 #[test]
 fn unknown_paths_and_methods_get_json_errors() {
-    let env = Env::new();
+    let env = created();
     let server = env.serve(&[]);
     let missing = server.get("/v2/usage");
     assert_eq!(missing.status, 404);
@@ -324,7 +332,7 @@ fn check(
 
 #[test]
 fn bad_input_is_400_naming_the_field_and_unknown_ids_are_404() {
-    let env = Env::new();
+    let env = created();
     let server = env.serve(&[]);
     let ok = record("q", "m", "");
     let post = |body: &str, status: u16, field: Option<&str>| {
@@ -423,7 +431,7 @@ fn bad_input_is_400_naming_the_field_and_unknown_ids_are_404() {
 
 #[test]
 fn a_batch_with_one_bad_record_writes_nothing() {
-    let env = Env::new();
+    let env = created();
     let server = env.serve(&["--max-batch", "100"]);
     let good: Vec<String> = (0..50).map(|i| record(&format!("q{i}"), "m", "")).collect();
     let mut bad = good.clone();
@@ -455,7 +463,7 @@ fn a_batch_with_one_bad_record_writes_nothing() {
 
 #[test]
 fn an_oversized_body_is_413_and_the_server_goes_on() {
-    let env = Env::new();
+    let env = created();
     let server = env.serve(&["--max-body-bytes", "65536"]);
     let big = record(&"x".repeat(100_000), "m", "");
     let response = server.post("/v1/usage", &big);
@@ -468,7 +476,7 @@ fn an_oversized_body_is_413_and_the_server_goes_on() {
 
 #[test]
 fn tokens_protect_writes_and_the_dashboard() {
-    let env = Env::new();
+    let env = created();
     let server = env.serve(&["--token", "s3cret-token", "--token", "second-token"]);
     let body = record("q", "m", "");
     let denied = server.post("/v1/usage", &body);
@@ -592,7 +600,7 @@ fn tokens_protect_writes_and_the_dashboard() {
 
 #[test]
 fn tokens_and_limits_come_from_the_config_file() {
-    let env = Env::new();
+    let env = created();
     std::fs::write(
         env.path("afs.toml"),
         "[serve]\ntokens = [\"file-token\"]\nmax_batch = 2\n",
@@ -672,7 +680,7 @@ fn tokens_and_limits_come_from_the_config_file() {
 fn concurrent_single_record_posts_are_all_committed_with_unique_ids() {
     const THREADS: usize = 64;
     const PER_THREAD: usize = 50;
-    let env = Env::new();
+    let env = created();
     let server = env.serve(&[]);
     let addr = server.addr;
     let threads: Vec<_> = (0..THREADS)
@@ -712,7 +720,7 @@ fn concurrent_single_record_posts_are_all_committed_with_unique_ids() {
 
 #[test]
 fn sigterm_drains_a_request_in_flight_and_exits_cleanly() {
-    let env = Env::new();
+    let env = created();
     let mut server = env.serve(&[]);
     assert_eq!(
         server.post("/v1/usage", &record("before", "m", "")).status,
@@ -734,7 +742,9 @@ fn sigterm_drains_a_request_in_flight_and_exits_cleanly() {
         .unwrap();
     write!(
         stream,
-        "POST /v1/usage HTTP/1.1\r\nHost: afs\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/usage HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
         body.len()
     )
     .unwrap();
@@ -771,7 +781,7 @@ fn sigterm_drains_a_request_in_flight_and_exits_cleanly() {
 
 #[test]
 fn the_loop_runs_in_the_same_process_and_stops_on_sigterm() {
-    let env = Env::new();
+    let env = created();
     let train = "printf '{\"model_path\": \"/models/trained\"}\\n'";
     let mut server = env.serve(&[
         "--with-loop",

@@ -178,6 +178,16 @@ pub(crate) const DEFAULT_MAX_BATCH: usize = 10_000;
 /// Default time `afs serve` waits at shutdown for in-flight requests and the loop.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 
+/// Default limit on the connections `afs serve` holds open at once.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default time `afs serve` gives a connection to send a complete request head (from the
+/// moment it waits for one: a new connection, or a kept-alive one after its last answer).
+pub(crate) const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+
+/// Default time `afs serve` gives a request to send its whole body after its head.
+pub(crate) const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+
 /// The `[serve]` section: the settings of `afs serve` under its flags.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ServeSettings {
@@ -198,6 +208,16 @@ pub(crate) struct ServeSettings {
     pub(crate) shutdown_timeout: Duration,
     /// `with_loop`: run the continuous loop in the service's process.
     pub(crate) with_loop: bool,
+    /// `allowed_hosts`: host names served besides the loopback ones.
+    pub(crate) allowed_hosts: Vec<String>,
+    /// `allowed_origins`: origins (`https://host[:port]`) whose pages may write.
+    pub(crate) allowed_origins: Vec<String>,
+    /// `max_connections`: the most connections held open at once.
+    pub(crate) max_connections: usize,
+    /// `header_timeout_secs`: time for a connection to send a complete request head.
+    pub(crate) header_timeout: Duration,
+    /// `body_timeout_secs`: time for a request to send its body.
+    pub(crate) body_timeout: Duration,
 }
 
 impl Default for ServeSettings {
@@ -211,6 +231,11 @@ impl Default for ServeSettings {
             max_batch: DEFAULT_MAX_BATCH,
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
             with_loop: false,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
         }
     }
 }

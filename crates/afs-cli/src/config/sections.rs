@@ -70,10 +70,16 @@ struct ServeSection {
     max_batch: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
     with_loop: Option<bool>,
+    allowed_hosts: Option<TokensSetting>,
+    allowed_origins: Option<TokensSetting>,
+    max_connections: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
 }
 
-/// `serve.tokens`: an array of strings in a file, or a comma-separated list in an
-/// environment variable or `--set` (as `AFS_TOKENS`).
+/// `serve.tokens` (and the other lists of `[serve]`: `allowed_hosts`, `allowed_origins`):
+/// an array of strings in a file, or a comma-separated list in an environment variable or
+/// `--set` (as `AFS_TOKENS`).
 #[derive(Debug, Clone, PartialEq)]
 struct TokensSetting(Vec<String>);
 
@@ -740,6 +746,51 @@ impl ServeSection {
         }
         if let Some(secs) = self.shutdown_timeout_secs {
             serve.shutdown_timeout = Duration::from_secs(secs);
+        }
+        if let Some(TokensSetting(hosts)) = self.allowed_hosts {
+            serve.allowed_hosts = hosts
+                .iter()
+                .map(|h| crate::serve::parse_allowed_host(h))
+                .collect::<Result<_, _>>()
+                .map_err(|reason| KeyError::new("serve.allowed_hosts", reason))?;
+        }
+        if let Some(TokensSetting(origins)) = self.allowed_origins {
+            serve.allowed_origins = origins
+                .iter()
+                .map(|o| crate::serve::parse_allowed_origin(o))
+                .collect::<Result<_, _>>()
+                .map_err(|reason| KeyError::new("serve.allowed_origins", reason))?;
+        }
+        if let Some(n) = self.max_connections {
+            let limit = crate::serve::MAX_CONNECTIONS_LIMIT;
+            serve.max_connections = usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=limit).contains(n))
+                .ok_or_else(|| {
+                    KeyError::new(
+                        "serve.max_connections",
+                        format!("{n} is not within 1..={limit}"),
+                    )
+                })?;
+        }
+        for (key, value, field) in [
+            (
+                "serve.header_timeout_secs",
+                self.header_timeout_secs,
+                &mut serve.header_timeout,
+            ),
+            (
+                "serve.body_timeout_secs",
+                self.body_timeout_secs,
+                &mut serve.body_timeout,
+            ),
+        ] {
+            if let Some(secs) = value {
+                if secs == 0 {
+                    return Err(KeyError::new(key, "must be at least 1"));
+                }
+                *field = Duration::from_secs(secs);
+            }
         }
         Ok(serve)
     }

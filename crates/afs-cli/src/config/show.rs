@@ -32,6 +32,11 @@ struct ShownServe {
     max_batch: usize,
     shutdown_timeout_secs: u64,
     with_loop: bool,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+    max_connections: usize,
+    header_timeout_secs: u64,
+    body_timeout_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -318,6 +323,11 @@ fn shown(config: &Config) -> Shown {
             max_batch: config.serve.max_batch,
             shutdown_timeout_secs: config.serve.shutdown_timeout.as_secs(),
             with_loop: config.serve.with_loop,
+            allowed_hosts: config.serve.allowed_hosts.clone(),
+            allowed_origins: config.serve.allowed_origins.clone(),
+            max_connections: config.serve.max_connections,
+            header_timeout_secs: config.serve.header_timeout.as_secs(),
+            body_timeout_secs: config.serve.body_timeout.as_secs(),
         },
     }
 }

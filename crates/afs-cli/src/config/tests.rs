@@ -1202,6 +1202,59 @@ fn the_serve_section_is_layered_and_checked() {
 }
 
 #[test]
+fn the_serve_guard_and_connection_keys_are_layered_and_checked() {
+    let defaults = Config::default().serve;
+    assert!(defaults.allowed_hosts.is_empty() && defaults.allowed_origins.is_empty());
+    assert_eq!(defaults.max_connections, 1024);
+    assert_eq!(defaults.header_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.body_timeout, Duration::from_secs(30));
+
+    let text = "[serve]\nallowed_hosts = [\"AFS.example.com\", \"::1\"]\n\
+                allowed_origins = [\"https://Dash.example.com:443\"]\nmax_connections = 8\n\
+                header_timeout_secs = 2\nbody_timeout_secs = 3\n";
+    let s = parse_text(text).unwrap().serve;
+    assert_eq!(s.allowed_hosts, ["afs.example.com", "[::1]"], "normalised");
+    assert_eq!(s.allowed_origins, ["https://dash.example.com"]);
+    assert_eq!(s.max_connections, 8);
+    assert_eq!(s.header_timeout, Duration::from_secs(2));
+    assert_eq!(s.body_timeout, Duration::from_secs(3));
+
+    let config = layered(
+        text,
+        &[("AFS_SERVE__ALLOWED_HOSTS", "a.example, b.example")],
+        &[
+            "serve.allowed_origins=http://localhost:3000",
+            "serve.max_connections=9",
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.serve.allowed_hosts, ["a.example", "b.example"]);
+    assert_eq!(config.serve.allowed_origins, ["http://localhost:3000"]);
+    assert_eq!(config.serve.max_connections, 9);
+
+    check_err(
+        "[serve]\nallowed_hosts = [\"afs.example.com:8080\"]",
+        &["serve.allowed_hosts", "no scheme, port or path"],
+    );
+    check_err(
+        "[serve]\nallowed_origins = [\"afs.example.com\"]",
+        &["serve.allowed_origins", "not an origin"],
+    );
+    check_err(
+        "[serve]\nmax_connections = 0",
+        &["serve.max_connections", "1..=1000000"],
+    );
+    check_err(
+        "[serve]\nheader_timeout_secs = 0",
+        &["serve.header_timeout_secs", "at least 1"],
+    );
+    check_err(
+        "[serve]\nbody_timeout_secs = 0",
+        &["serve.body_timeout_secs", "at least 1"],
+    );
+}
+
+#[test]
 fn serve_tokens_come_from_the_key_and_the_token_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -19,9 +19,10 @@ use axum::{Json, Router};
 use chrono::DurationRound as _;
 use serde_json::{json, Value};
 
+use super::connections::BodyTimeout;
 use super::error::ApiError;
 use super::wire::{self, Params, UsageBody};
-use super::{auth, dashboard, metrics, AppState};
+use super::{auth, dashboard, guard, metrics, AppState};
 use crate::output::{rfc3339, RunJson, StatsJson};
 
 /// Who may call a route when tokens are configured (see [`super::auth`]).
@@ -101,7 +102,8 @@ fn handler(spec: &RouteSpec) -> MethodRouter<Arc<AppState>> {
 }
 
 /// The service: every route of [`ROUTES`], the token check, the metrics, the body limit,
-/// and JSON answers for unknown paths and methods.
+/// and JSON answers for unknown paths and methods, all behind the guard (host, origin and
+/// content type checks), which wraps the fallbacks too.
 pub(super) fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let mut router: Router<Arc<AppState>> = Router::new();
     for spec in ROUTES {
@@ -119,6 +121,10 @@ pub(super) fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check,
+        ))
         .with_state(state)
 }
 
@@ -138,11 +144,17 @@ where
         })?
 }
 
-/// The body, or 413 when it is larger than the limit.
+/// The body, or 413 when it is larger than the limit, 408 when it did not arrive in time.
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(timeout) = BodyTimeout::find(&rejection) {
+            ApiError::status(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("{timeout} (--body-timeout)"),
+            )
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::status(
                 status,
                 "payload_too_large",

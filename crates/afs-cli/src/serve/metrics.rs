@@ -18,7 +18,16 @@ use axum::response::Response;
 
 use super::api::RouteSpec;
 use super::error::ApiError;
+use super::guard::Refusal;
 use super::AppState;
+
+/// The most `model` label values a scrape exports: the serving models first, then those
+/// with the most records in the last 24 hours, then over the whole log. Every model name
+/// ever logged would make the scrape (and the series in Prometheus) grow without bound.
+const MAX_MODEL_LABELS: usize = 20;
+
+/// The longest `model` label value, in bytes; a longer name is cut (see [`model_label`]).
+const MAX_LABEL_BYTES: usize = 128;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -51,6 +60,8 @@ pub(super) struct Metrics {
     batches_logged: AtomicU64,
     /// Feedback recorded, by value: negative, neutral, positive.
     feedback: [AtomicU64; 3],
+    /// Requests refused by the guard, by [`Refusal::ALL`].
+    refused: [AtomicU64; Refusal::ALL.len()],
     started_unix: f64,
 }
 
@@ -73,6 +84,7 @@ impl Metrics {
             records_logged: AtomicU64::new(0),
             batches_logged: AtomicU64::new(0),
             feedback: std::array::from_fn(|_| AtomicU64::new(0)),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -90,6 +102,13 @@ impl Metrics {
     /// Counts a request that matched no route or no method of its route.
     pub(super) fn unmatched(&self) {
         self.unmatched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request the guard refused.
+    pub(super) fn refused(&self, why: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == why) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts one feedback recorded.
@@ -158,6 +177,51 @@ fn label(value: &str) -> String {
     out
 }
 
+/// A model name as a label value, escaped: a name longer than [`MAX_LABEL_BYTES`] is cut
+/// on a character boundary and ends with `…` and a hash of the whole name, so that two long
+/// names sharing a prefix stay two series.
+fn model_label(name: &str) -> String {
+    if name.len() <= MAX_LABEL_BYTES {
+        return label(name);
+    }
+    let mut end = MAX_LABEL_BYTES - 28;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    label(&format!("{}…{:016x}", &name[..end], fnv1a(name.as_bytes())))
+}
+
+/// The 64-bit FNV-1a hash of `bytes` (stable across builds, unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The models exported with a `model` label, at most [`MAX_MODEL_LABELS`]: those of
+/// `serving` first, then by records in `day`, then by records in `all`, then by name.
+fn exported_models<'a>(
+    serving: &[&'a str],
+    all: &'a BTreeMap<String, UsageStats>,
+    day: &BTreeMap<String, UsageStats>,
+) -> Vec<&'a str> {
+    let mut chosen: Vec<&'a str> = Vec::new();
+    for name in serving {
+        if !chosen.contains(name) {
+            chosen.push(name);
+        }
+    }
+    let mut rest: Vec<(&'a str, u64, u64)> = all
+        .iter()
+        .filter(|(name, _)| !chosen.contains(&name.as_str()))
+        .map(|(name, s)| (name.as_str(), day.get(name).map_or(0, |d| d.total), s.total))
+        .collect();
+    rest.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+    chosen.extend(rest.into_iter().map(|(name, _, _)| name));
+    chosen.truncate(MAX_MODEL_LABELS);
+    chosen
+}
+
 /// A metric's `# HELP` and `# TYPE` lines.
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -203,8 +267,8 @@ fn plain(value: f64) -> [(String, f64); 1] {
 pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     let store = &*state.store;
     let now = store.clock().now();
-    let all = store.stats_by_model(&StatsWindow::default())?;
-    let day = store.stats_by_model(&StatsWindow {
+    let mut all = store.stats_by_model(&StatsWindow::default())?;
+    let mut day = store.stats_by_model(&StatsWindow {
         since: Some(now - chrono::Duration::hours(24)),
         ..StatsWindow::default()
     })?;
@@ -219,6 +283,20 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     let promotions = count_events(EventKind::Promote)?;
     let rollbacks = count_events(EventKind::Rollback)?;
     let status = state.ab.status()?;
+    // Only a bounded set of models gets series of its own.
+    let serving: Vec<&str> = status
+        .champion
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(status.experiment.iter().map(|e| e.challenger.as_str()))
+        .collect();
+    let exported: Vec<String> = exported_models(&serving, &all, &day)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let omitted = all.keys().filter(|name| !exported.contains(name)).count();
+    all.retain(|name, _| exported.contains(name));
+    day.retain(|name, _| exported.contains(name));
     let loop_state = afs_loop::LoopState::load(store)?;
     let m = &state.metrics;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
@@ -273,7 +351,15 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     );
 
     // What the store holds, per model.
-    let model = |name: &str| format!("model=\"{}\"", label(name));
+    let model = |name: &str| format!("model=\"{}\"", model_label(name));
+    family(
+        &mut out,
+        "afs_model_labels_omitted",
+        "gauge",
+        "Models in the store left out of the per-model metrics (at most 20 are exported: \
+         the serving ones, then the busiest of the last 24 hours).",
+        plain(omitted as f64),
+    );
     family(
         &mut out,
         "afs_records",
@@ -434,6 +520,17 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
                 (labels, load(n))
             })
     });
+    family(
+        &mut out,
+        "afs_http_requests_refused_total",
+        "counter",
+        "Requests refused before routing, by reason: host (421), origin (403), content_type \
+         (415).",
+        Refusal::ALL
+            .iter()
+            .zip(&m.refused)
+            .map(|(why, n)| (format!("reason=\"{}\"", why.as_str()), load(n))),
+    );
     let unmatched = (
         "method=\"any\",route=\"unmatched\",status=\"4xx\"".to_string(),
         load(&m.unmatched),
@@ -488,6 +585,40 @@ mod tests {
     fn labels_are_escaped() {
         assert_eq!(label("plain-v1"), "plain-v1");
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn long_model_names_are_cut_on_a_character_boundary_and_stay_distinct() {
+        assert_eq!(model_label("nayru-v1"), "nayru-v1");
+        let exact = "m".repeat(MAX_LABEL_BYTES);
+        assert_eq!(model_label(&exact), exact);
+        let long_a = format!("{}a", "é".repeat(500_000));
+        let long_b = format!("{}b", "é".repeat(500_000));
+        let (a, b) = (model_label(&long_a), model_label(&long_b));
+        assert!(a.len() <= MAX_LABEL_BYTES, "{}", a.len());
+        assert!(a.starts_with("éé") && a.contains('…'), "{a}");
+        assert_ne!(a, b, "a hash of the whole name keeps them apart");
+        let quoted = format!("\"{}\n", "\\".repeat(200));
+        let escaped = model_label(&quoted);
+        assert!(!escaped.contains('\n'));
+        assert!(escaped.starts_with("\\\"\\\\"), "{escaped}");
+    }
+
+    #[test]
+    fn at_most_twenty_models_are_exported_serving_ones_first() {
+        let stats = |total: u64| UsageStats {
+            total,
+            ..UsageStats::default()
+        };
+        let all: BTreeMap<String, UsageStats> = (0..50)
+            .map(|i| (format!("m{i:02}"), stats(100 + i)))
+            .collect();
+        let day: BTreeMap<String, UsageStats> =
+            [("m03".to_string(), stats(5)), ("m01".to_string(), stats(9))].into();
+        let chosen = exported_models(&["m00", "gone"], &all, &day);
+        assert_eq!(chosen.len(), MAX_MODEL_LABELS);
+        assert_eq!(&chosen[..5], ["m00", "gone", "m01", "m03", "m49"]);
+        assert!(!chosen.contains(&"m02"), "the least used are left out");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Layout: [`api`] holds the handlers and the route table, [`wire`] parses request bodies
 //! and query strings with errors naming the field, [`error`] maps library errors to HTTP
-//! statuses, [`auth`] checks bearer tokens, [`routing`] caches the routing snapshot,
+//! statuses, [`guard`] refuses requests for other hosts, cross-origin writes and bodies that
+//! are not JSON, [`auth`] checks bearer tokens, [`connections`] accepts connections within
+//! a limit and with header and body deadlines, [`routing`] caches the routing snapshot,
 //! [`metrics`] renders Prometheus text, [`dashboard`] serves the embedded page,
 //! [`learning`] builds the loop for `--with-loop`, and [`load`] is the load generator
 //! behind the hidden `afs serve load` (a second process for measuring the service).
@@ -15,13 +17,18 @@
 
 mod api;
 mod auth;
+mod connections;
 mod dashboard;
 mod error;
+mod guard;
 mod learning;
 mod load;
 mod metrics;
 mod routing;
 mod wire;
+
+pub(crate) use connections::MAX_CONNECTIONS_LIMIT;
+pub(crate) use guard::{parse_allowed_host, parse_allowed_origin};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -104,6 +111,33 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECS")]
     shutdown_timeout: Option<u64>,
 
+    /// Host name served besides the loopback ones (repeat the flag for several, or give a
+    /// comma-separated list), instead of allowed_hosts in [serve]. Other hosts get 421
+    /// while the server listens on loopback or any host is listed
+    #[arg(long = "allowed-host", value_delimiter = ',', value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+
+    /// Origin (scheme://host[:port]) whose web pages may write (repeat the flag for several,
+    /// or give a comma-separated list), instead of allowed_origins in [serve]. Other
+    /// cross-origin writes get 403
+    #[arg(long = "allowed-origin", value_delimiter = ',', value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+
+    /// Most connections open at once; more wait to be accepted [default: max_connections in
+    /// [serve], else 1024]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Seconds a connection has to send a complete request head, also the keep-alive idle
+    /// time [default: header_timeout_secs in [serve], else 10]
+    #[arg(long, value_name = "SECS")]
+    header_timeout: Option<u64>,
+
+    /// Seconds a request has to send its body once its head is in; later is 408 [default:
+    /// body_timeout_secs in [serve], else 30]
+    #[arg(long, value_name = "SECS")]
+    body_timeout: Option<u64>,
+
     /// Threads serving requests [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
@@ -126,6 +160,7 @@ struct Settings {
     addr: SocketAddr,
     max_body_bytes: usize,
     shutdown_timeout: Duration,
+    limits: connections::Limits,
 }
 
 /// The flags that only mean something with the loop, by name, when given.
@@ -153,6 +188,8 @@ pub(super) struct AppState {
     metrics: metrics::Metrics,
     /// Token checks.
     auth: auth::Auth,
+    /// Host, origin and content type checks.
+    guard: guard::Guard,
     /// Limit on any one text field, from the store's settings.
     max_field_bytes: usize,
     /// Limit on the records of one batch.
@@ -173,6 +210,23 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     }
     if args.max_batch == Some(0) {
         return Err(InvalidInput("invalid --max-batch: must be > 0".into()).into());
+    }
+    if args
+        .max_connections
+        .is_some_and(|n| !(1..=MAX_CONNECTIONS_LIMIT).contains(&n))
+    {
+        return Err(InvalidInput(format!(
+            "invalid --max-connections: must be within 1..={MAX_CONNECTIONS_LIMIT}"
+        ))
+        .into());
+    }
+    for (flag, value) in [
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+    ] {
+        if value == Some(0) {
+            return Err(InvalidInput(format!("invalid {flag}: must be > 0")).into());
+        }
     }
     let config = config::load(global.config.as_deref())?;
     let s = &config.serve;
@@ -207,17 +261,57 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         &tokens_from,
         &protect_from,
     )?;
+    // Hosts and origins from the flags replace those of the configuration.
+    let allowed_hosts = if args.allowed_hosts.is_empty() {
+        s.allowed_hosts.clone()
+    } else {
+        args.allowed_hosts
+            .iter()
+            .map(|h| parse_allowed_host(h))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| InvalidInput(format!("invalid --allowed-host: {reason}")))?
+    };
+    let allowed_origins = if args.allowed_origins.is_empty() {
+        s.allowed_origins.clone()
+    } else {
+        args.allowed_origins
+            .iter()
+            .map(|o| parse_allowed_origin(o))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| InvalidInput(format!("invalid --allowed-origin: {reason}")))?
+    };
     let settings = Settings {
         addr: args.addr.unwrap_or(s.addr),
         max_body_bytes: args.max_body_bytes.unwrap_or(s.max_body_bytes),
         shutdown_timeout: args
             .shutdown_timeout
             .map_or(s.shutdown_timeout, Duration::from_secs),
+        limits: connections::Limits {
+            max_connections: args.max_connections.unwrap_or(s.max_connections),
+            header_timeout: args
+                .header_timeout
+                .map_or(s.header_timeout, Duration::from_secs),
+            body_timeout: args
+                .body_timeout
+                .map_or(s.body_timeout, Duration::from_secs),
+        },
     };
+    let guard = guard::Guard::new(settings.addr, allowed_hosts, allowed_origins);
     let max_batch = args.max_batch.unwrap_or(s.max_batch);
     let store_config = config.sqlite_config(&global.db);
     let max_field_bytes = store_config.max_field_bytes;
-    let store = Arc::new(store_open::open(store_config, Create::IfMissing)?);
+    // Serving an empty database that a typo in --db created would hide the mistake: like
+    // every command but `log`, `import` and `ab set-champion`, serve needs an existing one.
+    if !store_config.path.exists() {
+        anyhow::bail!(
+            "database {path} does not exist, and afs serve does not create one: create it \
+             first (`afs --db {path} import /dev/null` makes an empty one; `afs log`, \
+             `afs import` and `afs ab set-champion` create it too), or pass --db PATH (or set \
+             AFS_DB) naming an existing database",
+            path = store_config.path.display()
+        );
+    }
+    let store = Arc::new(store_open::open(store_config, Create::Never)?);
     let learning = if with_loop {
         Some(learning::build(store.clone(), &config, args)?)
     } else {
@@ -231,6 +325,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         routing: routing::RoutingCache::new(),
         metrics: metrics::Metrics::new(api::ROUTES),
         auth,
+        guard,
         max_field_bytes,
         max_batch,
         with_loop: learning.is_some(),
@@ -280,14 +375,7 @@ async fn serve(
     announce(addr, json, &state)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        let mut stop_rx = stop_rx;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let server = tokio::spawn(connections::serve(listener, app, settings.limits, stop_rx));
 
     let signal = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
@@ -304,8 +392,7 @@ async fn serve(
 
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(anyhow::Error::new(e).context("the server failed")),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(anyhow::anyhow!("the server task failed: {e}")),
         Err(_) => eprintln!(
             "afs serve: requests still in flight after {}s; stopping anyway",
@@ -336,6 +423,12 @@ fn announce(addr: SocketAddr, json: bool, state: &AppState) -> anyhow::Result<()
         writeln!(stdout, "listening on {url}")?;
     }
     stdout.flush()?;
-    tracing::info!(%addr, with_loop = state.with_loop, auth = state.auth.enabled(), "serving");
+    tracing::info!(
+        %addr,
+        with_loop = state.with_loop,
+        auth = state.auth.enabled(),
+        host_check = state.guard.checks_host(),
+        "serving"
+    );
     Ok(())
 }
