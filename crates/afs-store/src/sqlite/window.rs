@@ -10,7 +10,7 @@ use super::migrations::{
     aggregate_select_list, rollup_column_list, RollupTable, DAILY, HOURLY, HOUR_US, MINUTELY,
     N_ROLLUP_COLUMNS, RECENT,
 };
-use super::time::{first_rowid_at, micros_of, time_of_micros};
+use super::time::{first_rowid_at, micros_of, micros_of_rowid, time_of_micros};
 use crate::error::{Result, StoreError};
 use crate::query::StatsWindow;
 use crate::stats::UsageStats;
@@ -100,7 +100,20 @@ pub(crate) fn stats_grouped(
     window: &StatsWindow,
     grouping: Grouping,
 ) -> Result<BTreeMap<GroupKey, UsageStats>> {
-    let (since, until) = (window.since.map(micros_of), window.until.map(micros_of));
+    let (since, mut until) = (window.since.map(micros_of), window.until.map(micros_of));
+    // A window that ends after the newest record holds every record from its start on: its
+    // end is open, so its last buckets are read whole instead of scanning the records of
+    // the current minute (all of them, after a burst). The newest record is the table's
+    // last rowid, one step down the b-tree.
+    if let Some(u) = until {
+        let newest: Option<i64> = conn
+            .prepare_cached("SELECT MAX(rowid) FROM usage")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(|e| StoreError::db("read statistics", e))?;
+        if newest.is_none_or(|rowid| micros_of_rowid(rowid) < u) {
+            until = None;
+        }
+    }
     let plan = match grouping {
         Grouping::Model => plan(&[DAILY, HOURLY, MINUTELY], since, until),
         Grouping::Hour => plan(&[HOURLY, MINUTELY], since, until),
