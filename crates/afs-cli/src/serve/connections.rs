@@ -138,6 +138,10 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// The request with its body bounded in time: reading it fails with [`BodyTimeout`] once
 /// `timeout` has passed.
 fn with_body_deadline(request: Request, timeout: Duration) -> Request {
+    // Most requests (every GET) have no body: no timer for them.
+    if request.body().is_end_stream() {
+        return request;
+    }
     request.map(|body| {
         Body::new(DeadlineBody {
             inner: body,
