@@ -109,6 +109,40 @@ fn killing_afs_with_sigkill_stops_the_trainer_and_everything_it_started() {
 }
 
 #[test]
+fn killing_afs_loop_with_sigkill_stops_the_trainer_too() {
+    let env = Env::new();
+    env.import(&good_records(3, "loop"));
+    let pid_file = env.path("sleep.pid");
+    let out = env.path("out");
+    let mut afs = env
+        .std_command_at(
+            NOW,
+            &[
+                "--set",
+                &format!("trainer.output_dir={}", out.display()),
+                "--set",
+                "trainer.min_samples_for_retrain=1",
+                "loop",
+                "once",
+                "--force",
+                "--train-cmd",
+                &sleeping_trainer(&pid_file),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeper = pid_in(&pid_file);
+    let (_, pgid) = stat(sleeper).expect("the trainer's child runs");
+    afs.kill().unwrap();
+    afs.wait().unwrap();
+    wait_until("the trainer's process group is empty", || {
+        members(pgid).is_empty()
+    });
+}
+
+#[test]
 fn a_trainer_left_by_a_dead_afs_is_stopped_before_its_run_is_recorded_as_failed() {
     let env = Env::new();
     env.import(&good_records(3, "orphan"));

@@ -321,3 +321,35 @@ fn create_fresh_dir(dir: &Path, what: &str) -> Result<(), String> {
         Err(e) => Err(format!("create {what} {}: {e}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_directory_is_new_or_empty_never_reused() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("runs").join("R1");
+        create_fresh_dir(&fresh, "run directory").unwrap();
+        assert!(fresh.is_dir());
+        // An existing empty directory is fine.
+        create_fresh_dir(&fresh, "run directory").unwrap();
+        // One with something in it is refused, and what is there stays.
+        std::fs::write(fresh.join("train.jsonl"), "old").unwrap();
+        let err = create_fresh_dir(&fresh, "run directory").unwrap_err();
+        assert!(err.contains("not an empty directory"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(fresh.join("train.jsonl")).unwrap(),
+            "old"
+        );
+        // So is a file, or a link to a directory, in its place.
+        let file = root.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(create_fresh_dir(&file, "run directory").is_err());
+        let link = root.path().join("link");
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        std::os::unix::fs::symlink(&empty, &link).unwrap();
+        assert!(create_fresh_dir(&link, "run directory").is_err());
+    }
+}

@@ -162,6 +162,11 @@ pub fn run_supervised(cmd: &ShellCommand<'_>) -> Result<Ended, SuperviseError> {
     }
     let stdout = create_new(cmd.stdout_log)?;
     let stderr = create_new(cmd.stderr_log)?;
+    // Created before the command starts, so that a refusal starts nothing.
+    let group_file = match cmd.group_file {
+        Some(path) => Some((path, create_new(path)?)),
+        None => None,
+    };
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -194,8 +199,8 @@ pub fn run_supervised(cmd: &ShellCommand<'_>) -> Result<Ended, SuperviseError> {
     let mut child = command.spawn().map_err(io("start the command"))?;
     let lifeline = child.stdin.take();
     let pid = child.id();
-    if let Some(path) = cmd.group_file {
-        if let Err(e) = write_group_file(path, pid) {
+    if let Some((path, file)) = group_file {
+        if let Err(e) = write_group_file(path, file, pid) {
             kill_group(pid);
             let _ = child.kill();
             let _ = child.wait();
@@ -258,7 +263,15 @@ pub fn tail(path: &Path) -> String {
 }
 
 /// At most the last `max` bytes of a file, as text (lossy), and whether the file was longer.
+///
+/// Only a regular file is read (not a link, a FIFO or a device a command put in its place).
 pub(crate) fn read_tail_checked(path: &Path, max: u64) -> std::io::Result<(String, bool)> {
+    if !path.symlink_metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     let cut = len > max;
@@ -333,7 +346,7 @@ pub(crate) struct GroupRecord {
     pub(crate) leader_start: u64,
 }
 
-fn write_group_file(path: &Path, pid: u32) -> Result<(), SuperviseError> {
+fn write_group_file(path: &Path, mut file: File, pid: u32) -> Result<(), SuperviseError> {
     let me = std::process::id();
     let pgid = i32::try_from(pid).unwrap_or(0);
     let record = GroupRecord {
@@ -344,7 +357,6 @@ fn write_group_file(path: &Path, pid: u32) -> Result<(), SuperviseError> {
         leader_start: proc_stat(pgid).map_or(0, |s| s.start),
     };
     let text = serde_json::to_string(&record).unwrap_or_default();
-    let mut file = create_new(path)?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io(format!("write {}", path.display())))

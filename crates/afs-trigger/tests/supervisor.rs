@@ -195,3 +195,27 @@ echo '{"model_path": "m"}'"#;
         assert!(ours.iter().any(|o| o == target), "{target} leaked: {fds}");
     }
 }
+
+#[test]
+fn a_result_that_is_not_a_regular_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, command) in [
+        // A FIFO nobody writes: opening it to read would block for ever.
+        "mkfifo {result}",
+        "ln -s /etc/passwd {result}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job = job(dir.path(), &format!("run{i}"));
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(trainer(command).train(&job).map(|o| o.model_path));
+        });
+        let result = finished
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{command}: reading the result blocked"));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{command}: {err}");
+    }
+}
