@@ -63,8 +63,9 @@ pub struct IterationOptions {
 ///
 /// # One iteration
 ///
-/// 1. Runs left `running` by dead processes are marked failed; an iteration left unfinished
-///    by a dead process is recorded as interrupted.
+/// 1. Runs left `running` by dead processes are marked failed, once whatever is left of
+///    their trainer's process group has been stopped ([`afs_trigger::recover_stale_runs`]);
+///    an iteration left unfinished by a dead process is recorded as interrupted.
 /// 2. If an experiment runs, it is judged ([`AbTest::check`]); a promotion or rollback is
 ///    applied when the config allows, and a promotion resets the triggers' quality
 ///    reference ([`afs_trigger::reset_after_promotion`]).

@@ -174,6 +174,20 @@ fn what_the_trainer_leaves_running_is_stopped_when_it_ends() {
 }
 
 #[test]
+fn a_leftover_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), "run");
+    let pid_file: PathBuf = dir.path().join("stubborn.pid");
+    let command = format!(
+        "(trap '' TERM; exec sleep 1000) & echo $! > {}; echo '{{\"model_path\": \"m\"}}'",
+        pid_file.display()
+    );
+    trainer(&command).train(&job).unwrap();
+    let leftover = read_pid(&pid_file);
+    wait_until("the stubborn leftover is killed", || gone(leftover));
+}
+
+#[test]
 fn the_command_gets_no_pipe_and_no_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path(), "run");
