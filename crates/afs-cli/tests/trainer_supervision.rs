@@ -142,12 +142,11 @@ fn killing_afs_loop_with_sigkill_stops_the_trainer_too() {
     });
 }
 
-#[test]
-fn a_trainer_left_by_a_dead_afs_is_stopped_before_its_run_is_recorded_as_failed() {
-    let env = Env::new();
-    env.import(&good_records(3, "orphan"));
+/// Leaves the trainer's child running as an orphan of a dead afs (and of its watchdog);
+/// returns the orphan's pid and process group.
+fn leave_an_orphan(env: &Env) -> (i32, i32) {
     let pid_file = env.path("sleep.pid");
-    let mut afs = spawn_retrain(&env, &sleeping_trainer(&pid_file));
+    let mut afs = spawn_retrain(env, &sleeping_trainer(&pid_file));
     let sleeper = pid_in(&pid_file);
     let (_, pgid) = stat(sleeper).expect("the trainer's child runs");
 
@@ -165,15 +164,48 @@ fn a_trainer_left_by_a_dead_afs_is_stopped_before_its_run_is_recorded_as_failed(
     afs.kill().unwrap();
     afs.wait().unwrap();
     assert!(!gone(sleeper), "the orphan should still run here");
+    (sleeper, pgid)
+}
 
-    // The next afs stops the orphan, then records the run as failed, saying so.
-    let listed = runs(&env);
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["status"], "failed", "{:?}", listed[0]);
-    let error = listed[0]["error"].as_str().unwrap();
+/// The orphan is stopped, and the dead afs's run is recorded as failed, saying so (which
+/// only the recovery that stopped it writes, so the stop came first).
+fn check_orphan_stopped(env: &Env, sleeper: i32, pgid: i32) {
+    wait_until("the orphan is stopped", || gone(sleeper));
+    let listed = runs(env);
+    let run = listed.last().unwrap(); // The oldest: the dead afs's.
+    assert_eq!(run["status"], "failed", "{listed:?}");
+    let error = run["error"].as_str().unwrap();
     assert!(error.contains("leftover trainer process"), "{error}");
     assert!(error.contains(&format!("process group {pgid}")), "{error}");
-    wait_until("the orphan is stopped", || gone(sleeper));
+}
+
+#[test]
+fn a_trainer_left_by_a_dead_afs_is_stopped_before_its_run_is_recorded_as_failed() {
+    let env = Env::new();
+    env.import(&good_records(3, "orphan"));
+    let (sleeper, pgid) = leave_an_orphan(&env);
+    // The next afs (here `afs runs`) stops the orphan, then records the run as failed.
+    check_orphan_stopped(&env, sleeper, pgid);
+}
+
+#[test]
+fn the_next_loop_stops_an_orphaned_trainer_before_failing_its_run() {
+    let env = Env::new();
+    env.import(&good_records(3, "orphan-loop"));
+    let (sleeper, pgid) = leave_an_orphan(&env);
+    // Building the loop recovers what the dead process left; nothing triggers after it.
+    env.check(
+        &[
+            "--set",
+            "trigger.min_new_samples=1000",
+            "loop",
+            "once",
+            "--train-cmd",
+            "true",
+        ],
+        0,
+    );
+    check_orphan_stopped(&env, sleeper, pgid);
 }
 
 #[test]
