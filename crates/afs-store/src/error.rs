@@ -105,9 +105,17 @@ impl StoreError {
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
+        let mut source: Box<dyn std::error::Error + Send + Sync> = Box::new(source);
+        // An error in a statement carries the statement's whole text (kilobytes for a
+        // migration or a trigger); the message is what a user can act on.
+        if let Some(rusqlite::Error::SqlInputError { error, msg, .. }) =
+            source.downcast_ref::<rusqlite::Error>()
+        {
+            source = Box::new(rusqlite::Error::SqliteFailure(*error, Some(msg.clone())));
+        }
         StoreError::Database {
             context: context.into(),
-            source: Box::new(source),
+            source,
         }
     }
 }

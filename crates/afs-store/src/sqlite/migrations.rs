@@ -131,6 +131,11 @@ pub(crate) fn rollup_column_is_real(index: usize) -> bool {
 /// Number of rollup aggregate columns.
 pub(crate) const N_ROLLUP_COLUMNS: usize = 12;
 
+/// Positions of the quality columns in [`ROLLUP_COLUMNS`] (checked by a test).
+pub(crate) const COL_N_QUALITY: usize = 5;
+pub(crate) const COL_SUM_Q: usize = 6;
+pub(crate) const COL_SUM_Q2: usize = 7;
+
 /// `INSERT ... ON CONFLICT DO UPDATE` adding one delta (model, hour, then every aggregate
 /// column in order) to a rollup bucket.
 pub(crate) fn rollup_upsert_sql(table: RollupTable) -> String {
@@ -549,7 +554,8 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Version 8: the delete trigger's pending deltas can no longer fail. Sums that a database
+/// Version 8: the delete trigger's pending deltas can no longer fail, and batches of quality
+/// scores can keep the rollups themselves (see [`BULK_WRITE`]). The delete trigger first: sums that a database
 /// written before the value bounds (or by another program) let reach infinity turned into
 /// NaN when a row was subtracted, which SQLite stores as NULL, so the NOT NULL column made
 /// every later deletion of that record fail. The trigger now stores a NaN delta as 0: bulk
@@ -559,12 +565,28 @@ fn migrate_v8(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(&format!(
         "DROP TRIGGER IF EXISTS usage_rollup_delete;
          CREATE TRIGGER usage_rollup_delete AFTER DELETE ON usage BEGIN
-             {}
+             {delete}
+         END;
+         CREATE TABLE IF NOT EXISTS {BULK_WRITE} (id INTEGER PRIMARY KEY);
+         DROP TRIGGER IF EXISTS usage_rollup_update;
+         CREATE TRIGGER usage_rollup_update
+         AFTER UPDATE OF model, ts_us, user_feedback, quality_score, latency_ms, token_count ON usage
+         WHEN NOT EXISTS (SELECT 1 FROM {BULK_WRITE}) BEGIN
+             {remove_old}
+             {add_new}
          END;",
-        recent_delta_sql_with("OLD.", "-", &nan_safe_add_excluded_set())
+        delete = recent_delta_sql_with("OLD.", "-", &nan_safe_add_excluded_set()),
+        remove_old = recent_delta_sql("OLD.", "-"),
+        add_new = recent_delta_sql("NEW.", ""),
     ))
     .map_err(|e| StoreError::db("migration 8", e))
 }
+
+/// A table that holds a row only inside a transaction that keeps the rollups itself (schema
+/// version 8): while it does, the update trigger of `usage` does nothing. A batch of quality
+/// scores adds one delta per bucket instead of six upserts per record. The row is deleted
+/// before the transaction commits, so no other connection ever sees it.
+pub(crate) const BULK_WRITE: &str = "usage_bulk_write";
 
 /// `c = COALESCE(c + excluded.c, 0)` for every aggregate column: an upsert that cannot fail
 /// (an infinite sum minus an infinite delta gives NaN, which SQLite stores as NULL).
@@ -750,6 +772,9 @@ mod tests {
     #[test]
     fn rollup_column_count_matches() {
         assert_eq!(N_ROLLUP_COLUMNS, ROLLUP_COLUMNS.len());
+        assert_eq!(ROLLUP_COLUMNS[COL_N_QUALITY].0, "n_quality");
+        assert_eq!(ROLLUP_COLUMNS[COL_SUM_Q].0, "sum_q");
+        assert_eq!(ROLLUP_COLUMNS[COL_SUM_Q2].0, "sum_q2");
     }
 
     #[test]

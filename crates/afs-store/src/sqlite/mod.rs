@@ -490,23 +490,75 @@ impl UsageStore for SqliteStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| StoreError::db(CONTEXT, e))?;
+        // The rollups are kept here, not by the update trigger (which would make six upserts
+        // per record): the flag row silences it for this transaction only, and the deltas
+        // are summed per bucket and added once each.
+        let bulk = format!("INSERT INTO {} (id) VALUES (1)", migrations::BULK_WRITE);
+        tx.execute(&bulk, [])
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
+        let mut deltas: BTreeMap<(i64, i64, String), [f64; 3]> = BTreeMap::new();
         {
-            let mut stmt = tx
-                .prepare_cached("UPDATE usage SET quality_score = ?1 WHERE id = ?2")
+            let mut read = tx
+                .prepare_cached(
+                    "SELECT rowid, model, ts_us, quality_score FROM usage WHERE id = ?1",
+                )
+                .map_err(|e| StoreError::db(CONTEXT, e))?;
+            let mut write = tx
+                .prepare_cached("UPDATE usage SET quality_score = ?1 WHERE rowid = ?2")
                 .map_err(|e| StoreError::db(CONTEXT, e))?;
             for (id, quality) in scores {
-                let changed = stmt
-                    .execute(rusqlite::params![quality, id])
+                let row: Option<(i64, String, Option<i64>, Option<f64>)> = read
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()
                     .map_err(|e| StoreError::db(CONTEXT, e))?;
-                if changed == 0 {
+                let Some((rowid, model, ts_us, old)) = row else {
                     // Dropping the transaction rolls back what this batch changed so far.
                     return Err(StoreError::NotFound {
                         what: "usage record",
                         id: id.clone(),
                     });
+                };
+                write
+                    .execute(params![quality, rowid])
+                    .map_err(|e| StoreError::db(CONTEXT, e))?;
+                let Some(ts_us) = ts_us else { continue };
+                let delta = [
+                    1.0 - f64::from(u8::from(old.is_some())),
+                    quality - old.unwrap_or(0.0),
+                    quality * quality - old.map_or(0.0, |q| q * q),
+                ];
+                for table in migrations::ROLLUP_TABLES {
+                    let sums = deltas
+                        .entry((table.level(), ts_us / table.width_us, model.clone()))
+                        .or_insert([0.0; 3]);
+                    for (sum, d) in sums.iter_mut().zip(delta) {
+                        *sum += d;
+                    }
                 }
             }
+            let mut upsert = tx
+                .prepare_cached(&migrations::recent_upsert_sql())
+                .map_err(|e| StoreError::db(CONTEXT, e))?;
+            for ((level, bucket, model), [n, sum, sum_sq]) in deltas {
+                let mut values: Vec<rusqlite::types::Value> =
+                    vec![level.into(), bucket.into(), model.into()];
+                for i in 0..migrations::N_ROLLUP_COLUMNS {
+                    values.push(match i {
+                        migrations::COL_N_QUALITY => (n.round() as i64).into(),
+                        migrations::COL_SUM_Q => sum.into(),
+                        migrations::COL_SUM_Q2 => sum_sq.into(),
+                        i if migrations::rollup_column_is_real(i) => 0.0.into(),
+                        _ => 0i64.into(),
+                    });
+                }
+                upsert
+                    .execute(rusqlite::params_from_iter(values))
+                    .map_err(|e| StoreError::db(CONTEXT, e))?;
+            }
         }
+        let unflag = format!("DELETE FROM {}", migrations::BULK_WRITE);
+        tx.execute(&unflag, [])
+            .map_err(|e| StoreError::db(CONTEXT, e))?;
         tx.commit().map_err(|e| StoreError::db(CONTEXT, e))
     }
 

@@ -149,6 +149,7 @@ impl Writer {
         let mut write = lock(&self.conn);
         insert_all(&mut write.conn, rows.iter(), Rollups::Tables)?;
         self.checkpointer.wrote(rows.len());
+        self.checkpointer.hold_bound(&write.conn);
         Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
@@ -179,6 +180,7 @@ impl Writer {
             }
             if failure.is_none() {
                 self.checkpointer.wrote(n);
+                self.checkpointer.hold_bound(conn);
             }
             return;
         }
@@ -305,6 +307,8 @@ fn insert_all<'r>(
 /// first. The next commit then starts the WAL over: it stays under ~100 MB.
 struct Checkpointer {
     pending: Arc<AtomicU64>,
+    /// Frames written since the WAL was last seen short (estimated like `pending`).
+    unrewound: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -316,12 +320,18 @@ const CHECKPOINT_EVERY_FRAMES: u64 = 2048;
 /// WAL size, in frames, from which a checkpoint finishes with commits held (64 MB at 8 KiB).
 const REWIND_FRAMES: i64 = 8192;
 
+/// Frames written without the WAL being seen short, from which the committing caller itself
+/// runs a checkpoint that rewinds it (80 MB at 8 KiB). The thread normally keeps the WAL far
+/// below; on a machine so busy that the thread gets no CPU for a while, this holds the bound.
+const HARD_CAP_FRAMES: u64 = 10_240;
+
 impl Checkpointer {
     fn start(config: &SqliteConfig, writer: Arc<Mutex<WriteConn>>) -> Result<Checkpointer> {
         let conn = open_connection(config)?;
         let pending = Arc::new(AtomicU64::new(0));
+        let unrewound = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (pending.clone(), stop.clone());
+        let (p, s, u) = (pending.clone(), stop.clone(), unrewound.clone());
         let thread = std::thread::Builder::new()
             .name("afs-store-checkpoint".into())
             .spawn(move || {
@@ -336,11 +346,18 @@ impl Checkpointer {
                     match passive(&conn) {
                         Ok(frames) if frames >= REWIND_FRAMES => {
                             let _held = lock(&writer);
-                            if let Err(e) = passive(&conn) {
-                                tracing::debug!(error = %e, "checkpoint failed; will retry");
+                            match passive(&conn) {
+                                Ok(_) => u.store(0, Ordering::Release),
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "checkpoint failed; will retry")
+                                }
                             }
                         }
-                        Ok(_) => {}
+                        Ok(frames) => {
+                            if frames < REWIND_FRAMES / 2 {
+                                u.store(0, Ordering::Release);
+                            }
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "passive checkpoint failed; will retry")
                         }
@@ -353,6 +370,7 @@ impl Checkpointer {
             })?;
         Ok(Checkpointer {
             pending,
+            unrewound,
             stop,
             thread: Some(thread),
         })
@@ -362,11 +380,28 @@ impl Checkpointer {
     /// own (the id index, rollups, a leaf split now and then), and four ~1.5 KB rows a page.
     fn wrote(&self, rows: usize) {
         let frames = 3 + rows as u64 / 4;
+        self.unrewound.fetch_add(frames, Ordering::AcqRel);
         let before = self.pending.fetch_add(frames, Ordering::AcqRel);
         if before < CHECKPOINT_EVERY_FRAMES && before + frames >= CHECKPOINT_EVERY_FRAMES {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
+        }
+    }
+
+    /// After a commit on `conn` (the write connection, held by the caller): if the thread
+    /// has not kept the WAL short for [`HARD_CAP_FRAMES`], checkpoints here, waiting for a
+    /// checkpoint in progress, so the next commit starts the WAL over.
+    fn hold_bound(&self, conn: &Connection) {
+        if self.unrewound.load(Ordering::Acquire) < HARD_CAP_FRAMES {
+            return;
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(0) => self.unrewound.store(0, Ordering::Release),
+            Ok(_) => tracing::debug!("a reader kept the WAL from being rewound; will retry"),
+            Err(e) => tracing::debug!(error = %e, "checkpoint failed; will retry"),
         }
     }
 
