@@ -280,13 +280,13 @@ pub(crate) enum Command {
                       `sh -c` in the current directory; its stdout and stderr are saved as \
                       trainer.stdout.log and trainer.stderr.log in the run directory. Only one \
                       retrain runs at a time per database, across processes; every run is \
-                      recorded (see `afs runs`).\n\nPlaceholders in the command are replaced \
-                      by shell-quoted values:\n  {data}        the dataset (JSON lines)\n  \
+                      recorded (see `afs runs`).\n\nPlaceholders in the command stand for \
+                      environment variables holding the values (never pasted into the shell \
+                      text; refused inside single quotes):\n  {data}        the dataset (JSON lines)\n  \
                       {output_dir}  an empty directory for the model, RUN_DIR/model (not --output-dir)\n  \
                       {run_id}      the run id\n  {run_dir}     the run directory\n  \
                       {result}      where the trainer may write its result \
-                      (RUN_DIR/trainer.result.json)\n\nThe same values are in the \
-                      environment: AFS_DATA_PATH, AFS_OUTPUT_DIR, AFS_RUN_ID, AFS_RUN_DIR, \
+                      (RUN_DIR/trainer.result.json)\n\nThe variables: AFS_DATA_PATH, AFS_OUTPUT_DIR, AFS_RUN_ID, AFS_RUN_DIR, \
                       AFS_RESULT_PATH, and AFS_N_SAMPLES (samples in the dataset).\n\nThe \
                       trainer reports success by exiting with status 0 and giving a JSON \
                       object with a string `model_path` (other keys, or an object under \
@@ -1119,7 +1119,7 @@ pub(crate) struct LoopOptions {
     #[arg(long, value_name = "CMD")]
     pub(crate) train_cmd: Option<String>,
 
-    /// Evaluation gate: a command that must exit 0 on each new model before it is deployed; placeholders {model_path} {run_id} {run_dir} {data} [config: loop.eval_cmd]
+    /// Evaluation gate: a command that must exit 0 on each new model before it is deployed; placeholders {model_path} {run_id} {run_dir} {data} stand for AFS_MODEL_PATH, AFS_RUN_ID, AFS_RUN_DIR, AFS_DATA_PATH [config: loop.eval_cmd]
     #[arg(long, value_name = "CMD")]
     pub(crate) eval_cmd: Option<String>,
 }

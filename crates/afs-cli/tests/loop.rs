@@ -409,14 +409,11 @@ fn a_loop_killed_mid_iteration_is_recorded_as_interrupted_at_the_next_start() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    // The iteration was left unfinished; the trainer (in its own process group) finishes.
+    // The iteration was left unfinished. The trainer does not outlive afs (its watchdog
+    // stops the group; see tests/trainer_supervision.rs), so it never writes its model.
     let status = status_of(&env);
     assert_eq!(status["status"]["in_progress"]["iteration"], 1, "{status}");
-    let started = Instant::now();
-    while !run_dir.join("model").join("model.bin").exists() {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(run_dir.exists(), "{}", run_dir.display());
 
     // The next start (building the loop) records the interruption and marks the run
     // failed; the iteration goes on.

@@ -111,7 +111,8 @@ impl RetrainStep {
 pub struct GateOutcome {
     /// Whether the model may be deployed.
     pub passed: bool,
-    /// The command line that ran (placeholders filled in).
+    /// The script that ran: the template with each placeholder replaced by a reference to
+    /// its `AFS_*` variable (values are never pasted into it).
     pub command: String,
     /// Why it passed or failed: exit status, timeout, or the start error, with the tail of
     /// its stderr when it failed.
