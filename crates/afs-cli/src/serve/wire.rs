@@ -618,4 +618,129 @@ mod tests {
         assert!(params.int("limit", 20, 1, 10).is_err());
         assert!(params.time("since", Utc::now()).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use afs_store::{MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT};
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        const LIMIT: usize = afs_store::DEFAULT_MAX_FIELD_BYTES;
+
+        fn one(body: &[u8]) -> Result<NewUsage, ApiError> {
+            match parse_usage(body, LIMIT, 1000)? {
+                UsageBody::One(record) => Ok(*record),
+                UsageBody::Batch(records) => panic!("a batch of {}", records.len()),
+            }
+        }
+
+        fn text() -> impl Strategy<Value = String> {
+            proptest::string::string_regex(
+                "[a-z \"\\\\\t\n\u{0}-\u{1f}\u{e9}\u{65e5}\u{1F600}]{1,40}",
+            )
+            .unwrap()
+            .prop_filter("non-blank", |s| !s.trim().is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Every record within the documented ranges survives the trip through a body,
+            /// alone and in a batch of either shape.
+            #[test]
+            fn a_valid_record_round_trips(
+                query in text(),
+                response in text(),
+                model in "[a-zA-Z0-9._-]{1,64}",
+                latency in proptest::option::of(0.0..=MAX_LATENCY_MS),
+                tokens in proptest::option::of(0..=MAX_TOKEN_COUNT),
+                quality in proptest::option::of(0.0..=1.0f64),
+                feedback in proptest::option::of(-1..=1i64),
+                unit in proptest::option::of("[a-z0-9@.-]{1,30}"),
+                copies in 1..4usize,
+            ) {
+                let mut record = json!({"query": query, "response": response, "model": model});
+                let object = record.as_object_mut().unwrap();
+                if let Some(v) = latency { object.insert("latency_ms".into(), json!(v)); }
+                if let Some(v) = tokens { object.insert("token_count".into(), json!(v)); }
+                if let Some(v) = quality { object.insert("quality_score".into(), json!(v)); }
+                if let Some(v) = feedback { object.insert("feedback".into(), json!(v)); }
+                if let Some(v) = &unit { object.insert("unit".into(), json!(v)); }
+                let got = one(record.to_string().as_bytes()).unwrap();
+                prop_assert_eq!(&got.query, &query);
+                prop_assert_eq!(&got.response, &response);
+                prop_assert_eq!(&got.model, &model);
+                prop_assert_eq!(got.latency_ms, latency);
+                prop_assert_eq!(got.token_count, tokens);
+                prop_assert_eq!(got.quality_score, quality);
+                prop_assert_eq!(got.feedback.as_ref().map(|f| f.value.as_i64()), feedback);
+                prop_assert_eq!(&got.unit_id, &unit);
+                let array = json!(vec![record.clone(); copies]).to_string();
+                let wrapped = json!({"records": vec![record; copies]}).to_string();
+                for body in [array, wrapped] {
+                    match parse_usage(body.as_bytes(), LIMIT, 1000).unwrap() {
+                        UsageBody::Batch(records) => {
+                            prop_assert_eq!(records.len(), copies);
+                            prop_assert!(records.iter().all(|r| *r == got));
+                        }
+                        UsageBody::One(_) => prop_assert!(false, "a batch parsed as one"),
+                    }
+                }
+            }
+
+            /// A number outside its documented range is refused with 400, naming its key;
+            /// in a batch, naming the record too.
+            #[test]
+            fn a_number_out_of_range_names_its_key(
+                which in 0..5usize,
+                over in 1.0..1e300f64,
+                at in 0..3usize,
+            ) {
+                let (key, value) = match which {
+                    0 => ("latency_ms", json!(MAX_LATENCY_MS + over)),
+                    1 => ("latency_ms", json!(-over)),
+                    2 => ("token_count", json!(MAX_TOKEN_COUNT.saturating_add(over.min(9e18) as i64))),
+                    3 => ("quality_score", json!(1.0 + over)),
+                    _ => ("model", json!("m".repeat(MAX_NAME_BYTES + 1 + (over as usize % 100)))),
+                };
+                let good = json!({"query": "q", "response": "r", "model": "m"});
+                let mut bad = good.clone();
+                bad.as_object_mut().unwrap().insert(key.into(), value);
+                let err = one(bad.to_string().as_bytes()).unwrap_err();
+                prop_assert_eq!(err.status_code(), 400);
+                prop_assert!(format!("{err:?}").contains(&format!("field: Some({key:?})")), "{:?}", err);
+                let mut batch = vec![good.clone(), good.clone(), good];
+                batch[at] = bad;
+                let err = match parse_usage(json!(batch).to_string().as_bytes(), LIMIT, 1000) {
+                    Err(err) => err,
+                    Ok(_) => return Err(TestCaseError::fail("a bad batch was accepted")),
+                };
+                let want = format!("field: Some(\"records[{at}].{key}\")");
+                prop_assert!(format!("{err:?}").contains(&want), "{:?}", err);
+            }
+
+            /// Any bytes at all: a record, a batch or a 400 with a message; never a panic.
+            #[test]
+            fn any_bytes_get_an_answer(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                if let Err(err) = parse_usage(&bytes, LIMIT, 1000) {
+                    prop_assert_eq!(err.status_code(), 400);
+                }
+                if let Err(err) = parse_feedback(&bytes, LIMIT) {
+                    prop_assert_eq!(err.status_code(), 400);
+                }
+            }
+
+            /// Mutations of a valid body: an answer, never a panic.
+            #[test]
+            fn mutated_bodies_get_an_answer(at in 0..200usize, byte in any::<u8>()) {
+                let body = br#"[{"query":"q","response":"r","model":"m","latency_ms":12.5,"token_count":7,"feedback":1,"unit":"u"},{"query":"q2","response":"r","model":"m"}]"#;
+                let mut bytes = body.to_vec();
+                let at = at % bytes.len();
+                bytes[at] = byte;
+                if let Err(err) = parse_usage(&bytes, LIMIT, 1000) {
+                    prop_assert_eq!(err.status_code(), 400);
+                }
+            }
+        }
+    }
 }
