@@ -9,6 +9,7 @@
 //! `afs` binary first (the import and serve figures run it as child processes).
 
 mod abtest;
+mod burst;
 mod clock;
 mod datagen;
 mod import;
@@ -108,6 +109,8 @@ enum Group {
     Abtest,
     /// Issue 7: `afs serve` under load from `afs serve load` in a second process
     Serve,
+    /// Issue 15: checks after records arrive in bursts, and while logging runs
+    Burst,
 }
 
 /// How much work each figure does.
@@ -137,6 +140,8 @@ struct Sizes {
     serve_secs: f64,
     /// Warm-up seconds before each of them, not counted.
     serve_warmup_secs: f64,
+    /// Records arriving inside the current minute, one log per entry.
+    bursts: Vec<u64>,
 }
 
 impl Sizes {
@@ -173,6 +178,11 @@ impl Sizes {
             },
             serve_secs: if quick { 3.0 } else { 10.0 },
             serve_warmup_secs: 1.0,
+            bursts: if quick {
+                vec![10_000, 100_000]
+            } else {
+                vec![100_000, 1_000_000]
+            },
         }
     }
 
@@ -240,6 +250,7 @@ struct Results {
     small: Option<LogResults>,
     big: Option<LogResults>,
     abtest: Option<Measured<abtest::AbResults>>,
+    burst: Option<Measured<burst::BurstTimes>>,
     serve: Option<Measured<serve::ServeResults>>,
 }
 
@@ -440,6 +451,7 @@ fn run(args: Args) -> Result<()> {
         big: None,
         abtest: None,
         serve: None,
+        burst: None,
     };
     if wanted.contains(&Group::Log) {
         results.logging = Some(logging::measure(
@@ -473,6 +485,13 @@ fn run(args: Args) -> Result<()> {
         results.abtest = Some(Measured::of(
             abtest::measure(sizes.ab, SEED_AB, &tmp.path),
             "simulation",
+        ));
+    }
+    if wanted.contains(&Group::Burst) {
+        eprintln!("[burst] checks after records arrive in bursts");
+        results.burst = Some(Measured::of(
+            burst::measure(&tmp.path, &sizes.bursts),
+            "burst",
         ));
     }
     if [

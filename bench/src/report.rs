@@ -63,6 +63,10 @@ mod target {
     pub(super) const SERVE_BATCH_RECORDS: f64 = 40_000.0;
     /// Issue 7: `GET /v1/route`, requests per second.
     pub(super) const SERVE_ROUTE_RPS: f64 = 20_000.0;
+    /// Issue 15: a check or a 24-hour statistic in-process, whatever arrived, ms.
+    pub(super) const BURST_MS: f64 = 5.0;
+    /// Issue 15: the same as a whole `afs` process, ms.
+    pub(super) const BURST_PROCESS_MS: f64 = 30.0;
 }
 
 /// Issue numbers of the groups.
@@ -73,6 +77,7 @@ mod issue {
     pub(super) const ABTEST: u8 = 5;
     pub(super) const SERVE: u8 = 7;
     pub(super) const UNITS: u8 = 13;
+    pub(super) const BURST: u8 = 15;
 }
 
 /// Whether a figure met its target.
@@ -239,7 +244,7 @@ pub(crate) fn short_count(n: u64) -> String {
     }
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -502,6 +507,9 @@ pub(crate) fn figures(results: &Results) -> Vec<Figure> {
     }
     if let Some(serve) = &results.serve {
         serve_figures(serve, &mut rows);
+    }
+    if let Some(burst) = &results.burst {
+        burst_figures(burst, &mut rows);
     }
 
     for (log, name) in &logs {
@@ -1283,6 +1291,89 @@ fn check_cost_figures(cost: &CheckCost, rows: &mut Vec<Figure>) {
             .measured(format_value(rate, "rec/s"))
             .at_least(target::LOG_RATE),
         );
+    }
+}
+
+/// Issue 15: the checks after records arrived in bursts, and while logging runs.
+fn burst_figures(burst: &Measured<crate::burst::BurstTimes>, rows: &mut Vec<Figure>) {
+    let burst = match burst {
+        Measured::Ok(b) => b,
+        Measured::Error(reason) => {
+            rows.push(
+                Figure::error(1, "burst", "checks after bursts", reason.clone())
+                    .issue(issue::BURST),
+            );
+            return;
+        }
+    };
+    for p in &burst.patterns {
+        let k = &p.key;
+        rows.push(
+            Figure::new(
+                1,
+                format!("burst.{k}"),
+                format!("After {}:", p.name),
+                0.0,
+                "",
+            )
+            .measured(format!("built in {:.0} s", p.build_secs))
+            .issue(issue::BURST),
+        );
+        for (id, label, value, target) in [
+            (
+                "trigger",
+                "  trigger check, 5 policies (in-process, median)",
+                p.trigger_ms,
+                target::BURST_MS,
+            ),
+            (
+                "stats",
+                "  stats of the last 24 h by model (in-process)",
+                p.stats_ms,
+                target::BURST_MS,
+            ),
+            (
+                "experiment",
+                "  experiment check (in-process)",
+                p.experiment_ms,
+                target::BURST_MS,
+            ),
+            (
+                "experiment_first",
+                "  the first experiment check after the records (folds their units)",
+                p.experiment_first_ms,
+                target::BURST_MS,
+            ),
+            (
+                "trigger_process",
+                "  afs trigger check (whole process, median)",
+                p.trigger_process_ms,
+                target::BURST_PROCESS_MS,
+            ),
+            (
+                "stats_process",
+                "  afs stats --since 24h --by-model (whole process)",
+                p.stats_process_ms,
+                target::BURST_PROCESS_MS,
+            ),
+            (
+                "ab_check_process",
+                "  afs ab check (whole process)",
+                p.experiment_process_ms,
+                target::BURST_PROCESS_MS,
+            ),
+        ] {
+            let mut row = Figure::new(1, format!("burst.{k}.{id}"), label, value, "ms")
+                .issue(issue::BURST)
+                .at_most(target);
+            if id == "experiment_first" {
+                row = row.measured(format!(
+                    "{value:.1} ms ({} unit rows folded)",
+                    thousands(p.folded_units)
+                ));
+            }
+            rows.push(row);
+        }
     }
 }
 

@@ -24,6 +24,23 @@ impl TimeArg {
     }
 }
 
+impl TimeArg {
+    /// As [`resolve`](Self::resolve), with an age taken from the start of its minute: what
+    /// the statistics of `afs stats` and `GET /v1/stats` use, so a window given as an age
+    /// starts on a minute boundary, which the store reads from its rollups without scanning
+    /// records. An absolute time is kept to the microsecond.
+    pub(crate) fn resolve_to_minute(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let at = self.resolve(now);
+        match self {
+            TimeArg::At(_) => at,
+            TimeArg::Ago(_) => {
+                use chrono::DurationRound;
+                at.duration_trunc(Duration::minutes(1)).unwrap_or(at)
+            }
+        }
+    }
+}
+
 /// Parses `--since`/`--until`: an absolute time (see [`parse_timestamp`]) or an age such as
 /// `90s`, `30m`, `24h`, `7d`, `2w` (fractions like `1.5h` allowed).
 pub(crate) fn parse_time_arg(text: &str) -> Result<TimeArg, String> {

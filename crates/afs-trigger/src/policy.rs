@@ -99,11 +99,30 @@ pub trait Trigger: Send + Sync {
     fn check(&self, ctx: &mut CheckContext<'_>) -> Result<TriggerResult, TriggerError>;
 }
 
+/// The last `h` hours before `now`, at minute resolution: the window starts at the start of
+/// the minute `h` hours ago. Both ends then cost the store no scan of records, whatever
+/// arrived: a start on a minute boundary reads whole buckets, and an end at or after the
+/// newest record reads its last buckets whole (see `afs_store::UsageStore::stats`).
 fn window(now: DateTime<Utc>, h: f64) -> StatsWindow {
     StatsWindow {
-        since: Some(now - hours(h)),
+        since: Some(floor_minute(now - hours(h))),
         until: Some(now),
         model: None,
+    }
+}
+
+/// `t` rounded down to its minute.
+fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(t)
+}
+
+/// `t` rounded up to a minute boundary.
+fn ceil_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    let floor = floor_minute(t);
+    if floor == t {
+        t
+    } else {
+        floor + chrono::Duration::minutes(1)
     }
 }
 
@@ -120,7 +139,11 @@ impl Trigger for SampleCount {
 
     fn check(&self, ctx: &mut CheckContext<'_>) -> Result<TriggerResult, TriggerError> {
         let since = ctx.state.last_success_at;
-        let n = ctx.store.count_quality_samples(since, None)?;
+        // From the minute after the retrain's: samples of its own minute likely went into
+        // its data, and a minute boundary costs the store no scan of records.
+        let n = ctx
+            .store
+            .count_quality_samples(since.map(ceil_minute), None)?;
         let triggered = n >= self.min_new_samples;
         let since_text = since.map_or("the start of the log".to_string(), |t| {
             format!("the last successful retrain at {t}")
@@ -393,4 +416,27 @@ pub fn policies(config: &TriggerConfig) -> Vec<Box<dyn Trigger>> {
         }));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn windows_start_on_minute_boundaries() {
+        let now = Utc.with_ymd_and_hms(2026, 5, 1, 12, 30, 45).unwrap()
+            + chrono::Duration::milliseconds(250);
+        let w = window(now, 24.0);
+        assert_eq!(
+            w.since,
+            Some(Utc.with_ymd_and_hms(2026, 4, 30, 12, 30, 0).unwrap())
+        );
+        assert_eq!(w.until, Some(now));
+        let on = Utc.with_ymd_and_hms(2026, 5, 1, 12, 30, 0).unwrap();
+        assert_eq!(floor_minute(on), on);
+        assert_eq!(ceil_minute(on), on);
+        assert_eq!(ceil_minute(now), on + chrono::Duration::minutes(1));
+        assert_eq!(floor_minute(now), on);
+    }
 }

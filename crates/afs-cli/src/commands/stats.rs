@@ -13,8 +13,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &StatsArgs) -> anyhow::Result<()> {
     let store = open(configured(global)?, Create::Never)?;
     let now = store.clock().now();
     let window = StatsWindow {
-        since: args.since.map(|t| t.resolve(now)),
-        until: args.until.map(|t| t.resolve(now)),
+        since: args.since.map(|t| t.resolve_to_minute(now)),
+        until: args.until.map(|t| t.resolve_to_minute(now)),
         model: args.model.clone(),
     };
     tracing::debug!(?window, "computing statistics");

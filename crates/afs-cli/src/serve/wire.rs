@@ -425,8 +425,8 @@ impl Params {
         }
     }
 
-    /// A time: RFC 3339, or an age such as `24h` or `7d` (before `now`), as the CLI's
-    /// `--since`/`--until`.
+    /// A time: RFC 3339, or an age such as `24h` or `7d` (before `now`, from the start of its
+    /// minute), as the `--since`/`--until` of `afs stats`.
     pub(super) fn time(
         &self,
         name: &str,
@@ -435,7 +435,7 @@ impl Params {
         self.get(name)
             .map(|text| {
                 parse_time_arg(text)
-                    .map(|t| t.resolve(now))
+                    .map(|t| t.resolve_to_minute(now))
                     .map_err(|r| ApiError::invalid(name, r))
             })
             .transpose()
