@@ -438,6 +438,18 @@ fn database_path_comes_from_afs_db_and_clock_from_afs_now() {
     );
     assert_eq!(run.code, 3, "{run:#?}");
     assert!(run.stderr.contains("AFS_NOW"), "{run:#?}");
+    // A clock before 1970 (or after 2199) would date records the store cannot keep: refused
+    // at startup, and no database is created.
+    for now in ["1969-12-31T23:59:59Z", "2200-01-01T00:00:00Z"] {
+        let fresh = Env::new();
+        let run = fresh.run_at(
+            now,
+            &["log", "--query", "q", "--response", "r", "--model", "m"],
+        );
+        assert_eq!(run.code, 3, "{now}: {run:#?}");
+        assert!(run.stderr.contains("invalid AFS_NOW"), "{now}: {run:#?}");
+        assert!(!fresh.db.exists(), "{now}: the database was created");
+    }
 }
 
 #[test]

@@ -170,8 +170,10 @@ fn leave_an_orphan(env: &Env) -> (i32, i32) {
 /// The orphan is stopped, and the dead afs's run is recorded as failed, saying so (which
 /// only the recovery that stopped it writes, so the stop came first).
 fn check_orphan_stopped(env: &Env, sleeper: i32, pgid: i32) {
-    wait_until("the orphan is stopped", || gone(sleeper));
+    // `afs runs` recovers what a dead process left (if the loop has not already): it stops
+    // the orphan, waiting until it is gone, before it records the run.
     let listed = runs(env);
+    wait_until("the orphan is stopped", || gone(sleeper));
     let run = listed.last().unwrap(); // The oldest: the dead afs's.
     assert_eq!(run["status"], "failed", "{listed:?}");
     let error = run["error"].as_str().unwrap();
