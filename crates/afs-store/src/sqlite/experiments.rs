@@ -3,7 +3,7 @@
 //! (schema version 7, in `sqlite/units.rs`).
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::time::{micros_of, rfc3339};
 use super::{units, SqliteStore};
@@ -275,14 +275,7 @@ impl SqliteStore {
 
     /// Runs `f` in one immediate (write-locking) transaction and commits it.
     fn write<T>(&self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db(format!("begin {what}"), e))?;
-        let value = f(&tx)?;
-        tx.commit()
-            .map_err(|e| StoreError::db(format!("commit {what}"), e))?;
-        Ok(value)
+        self.write_txn(what, |tx| f(tx))
     }
 
     fn insert_event(&self, conn: &Connection, row: &EventRow<'_>) -> Result<ExperimentEvent> {

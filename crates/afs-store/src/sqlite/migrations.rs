@@ -621,6 +621,14 @@ fn migrate_v2_afs_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
 /// Brings the database to [`SCHEMA_VERSION`] in one immediate transaction, so several
 /// processes opening a new file at once migrate it exactly once.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    // A database at the current version (nearly every open) needs no write lock: a process
+    // that only reads must not queue behind a busy writer just to learn that.
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| StoreError::db("read schema version", e))?;
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::db("begin migration", e))?;

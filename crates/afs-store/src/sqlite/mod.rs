@@ -94,8 +94,36 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Longest busy timeout asked of any store in this process, in milliseconds: what
+/// [`busy_wait`] waits for (a busy handler is a plain function, so it cannot carry it).
+static BUSY_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// SQLite's busy handler: called with the number of earlier calls while another connection
+/// holds the lock; sleeping then trying again returns `true`. SQLite's own timeout handler
+/// sleeps 1, 2, 5, 10 ... then 100 ms between tries, so behind a writer that commits every
+/// few milliseconds (a service logging thousands of records a second) a reader that wants to
+/// write misses the short gaps between commits and waits tens or hundreds of milliseconds.
+/// This one tries every 100-400 us for the first ~50 ms, then every 2 ms, up to the timeout.
+fn busy_wait(calls: i32) -> bool {
+    use std::sync::atomic::Ordering;
+    let calls = u64::try_from(calls).unwrap_or(0);
+    let limit = BUSY_TIMEOUT_MS.load(Ordering::Relaxed);
+    let (waited_us, pause_us) = if calls < 200 {
+        (calls * 250, 100 + (calls % 4) * 100)
+    } else {
+        (50_000 + (calls - 200) * 2_000, 2_000)
+    };
+    if waited_us / 1_000 >= limit {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(pause_us));
+    true
+}
+
 pub(crate) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<()> {
-    conn.busy_timeout(config.busy_timeout)?;
+    let ms = u64::try_from(config.busy_timeout.as_millis()).unwrap_or(u64::MAX);
+    BUSY_TIMEOUT_MS.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    conn.busy_handler(Some(busy_wait))?;
     let sync = match config.synchronous {
         Synchronous::Normal => "NORMAL",
         Synchronous::Full => "FULL",
@@ -369,6 +397,29 @@ impl SqliteStore {
             validate_time("timestamp", self.clock.now()).map_err(|e| clock_error(&e))?;
         }
         Ok(())
+    }
+
+    /// Runs `f` in an immediate (write) transaction: on this process's write connection when
+    /// its writer runs (so it queues behind the group commit in progress, see
+    /// [`Writer::with_conn`]), else on a pooled connection.
+    pub(crate) fn write_txn<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let run = |conn: &mut Connection| -> Result<T> {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| StoreError::db(format!("begin {what}"), e))?;
+            let value = f(&tx)?;
+            tx.commit()
+                .map_err(|e| StoreError::db(format!("commit {what}"), e))?;
+            Ok(value)
+        };
+        match self.writer.get() {
+            Some(writer) => writer.with_conn(run),
+            None => run(&mut *self.conn()?),
+        }
     }
 
     fn prepare(&self, record: NewUsage) -> InsertRow {

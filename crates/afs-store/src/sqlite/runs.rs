@@ -279,23 +279,20 @@ impl RunStore for SqliteStore {
     }
 
     fn put_states(&self, entries: &[(&str, &str)]) -> Result<()> {
-        let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin state write", e))?;
         let now = rfc3339(self.clock().now());
-        for (key, value) in entries {
-            if key.is_empty() {
-                return Err(StoreError::invalid("key", "must not be empty"));
+        self.write_txn("state write", |tx| {
+            for (key, value) in entries {
+                if key.is_empty() {
+                    return Err(StoreError::invalid("key", "must not be empty"));
+                }
+                tx.execute(
+                    "INSERT INTO afs_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    params![key, value, now],
+                )
+                .map_err(|e| StoreError::db(format!("write state {key}"), e))?;
             }
-            tx.execute(
-                "INSERT INTO afs_state (key, value, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                params![key, value, now],
-            )
-            .map_err(|e| StoreError::db(format!("write state {key}"), e))?;
-        }
-        tx.commit()
-            .map_err(|e| StoreError::db("commit state write", e))
+            Ok(())
+        })
     }
 }

@@ -144,6 +144,14 @@ impl Writer {
         }
     }
 
+    /// Runs `f` on the write connection, between two group commits. A short write of this
+    /// process (a look folding unit rows, a saved trigger state) then waits for the commit in
+    /// progress on a mutex instead of polling SQLite's lock against this very writer.
+    pub(crate) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let mut write = lock(&self.conn);
+        f(&mut write.conn)
+    }
+
     /// Logs rows in one transaction of their own; all or nothing.
     pub(crate) fn log_batch(&self, rows: Vec<InsertRow>) -> Result<Vec<String>> {
         let mut write = lock(&self.conn);
