@@ -155,6 +155,18 @@ impl Fixture {
             .collect();
         next += 3_000;
         store.log_batch(hour)?;
+        // One look before the burst: the experiment's first look has work of its own (the
+        // units' pre-experiment covariates), which is not what the burst figures measure.
+        clock.set(deployed + Duration::hours(1));
+        AbTest::new(
+            store.clone(),
+            AbTestConfig {
+                enable_auto_promotion: false,
+                enable_auto_rollback: false,
+                ..AbTestConfig::default()
+            },
+        )?
+        .check()?;
         let now = deployed + Duration::hours(1) + Duration::seconds(50);
         clock.set(now);
         Ok(Fixture {

@@ -31,7 +31,8 @@
 //! adding its current one. So a logged record writes its usage pages and its unit's row (plus
 //! a partial-index entry the first time the unit changes after a fold), and a look costs one
 //! pass over the units that changed since the previous fold; the writer also folds about
-//! once a minute (with the pending rollup deltas). Deleting a unit row removes its
+//! once a minute (with the pending rollup deltas), and every batch folds the rows it changed
+//! in its own transaction, so a burst leaves a look nothing to fold. Deleting a unit row removes its
 //! folded contribution at once. Every change to `experiment_cohort` is an additive upsert; a
 //! cohort row whose units fall to zero is kept (and skipped when read).
 //!
