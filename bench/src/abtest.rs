@@ -266,7 +266,12 @@ pub(crate) struct CheckCost {
 
 /// A record of the cost log: unit `i % units` (one in twenty without a unit id), quality,
 /// latency and, for three in ten, feedback.
-fn cost_record(i: u64, units: u64, model: &str, at: chrono::DateTime<chrono::Utc>) -> NewUsage {
+pub(crate) fn cost_record(
+    i: u64,
+    units: u64,
+    model: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> NewUsage {
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
     NewUsage {
         unit_id: (h % 20 != 0).then(|| format!("user-{:06}", h % units)),
@@ -287,7 +292,7 @@ fn cost_record(i: u64, units: u64, model: &str, at: chrono::DateTime<chrono::Utc
 }
 
 /// The arm of record `i`'s unit: sticky at 10% (the router's hash decides, as in service).
-fn cost_model(i: u64, units: u64, router: &HashRouter, table: &RoutingTable) -> String {
+pub(crate) fn cost_model(i: u64, units: u64, router: &HashRouter, table: &RoutingTable) -> String {
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
     let unit = format!("user-{:06}", h % units);
     table.model(router.route(table, Some(&unit))).to_string()

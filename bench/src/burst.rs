@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_abtest::{AbTest, AbTestConfig, HashRouter, Router, RoutingTable};
+use afs_abtest::{AbTest, AbTestConfig, HashRouter, RoutingTable};
 use afs_store::{
-    Clock, Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage, SqliteConfig,
-    SqliteStore, StatsWindow, UsageStore,
+    Clock, ManualClock, NewModelVersion, NewUsage, SqliteConfig, SqliteStore, StatsWindow,
+    UsageStore,
 };
 use afs_trigger::{RetrainTrigger, TriggerConfig, TriggerState};
 use anyhow::{Context, Result};
@@ -63,33 +63,14 @@ pub(crate) struct BurstTimes {
     pub(crate) patterns: Vec<Pattern>,
 }
 
-/// A record of unit `i % UNITS` (one in twenty without a unit id), with quality, latency
-/// and, for three in ten, feedback.
+/// A record of unit `i % UNITS`, as the experiment-cost figures log them.
 fn record(i: u64, model: &str, at: DateTime<Utc>) -> NewUsage {
-    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    NewUsage {
-        unit_id: (h % 20 != 0).then(|| format!("user-{:06}", h % UNITS)),
-        quality_score: Some((h % 1000) as f64 / 1000.0),
-        latency_ms: Some(20.0 + (h % 500) as f64),
-        timestamp: Some(at),
-        feedback: (h % 10 < 3).then_some(Feedback {
-            value: if h % 7 < 5 {
-                FeedbackValue::Positive
-            } else {
-                FeedbackValue::Negative
-            },
-            text: None,
-            at: None,
-        }),
-        ..NewUsage::new(format!("query {i}"), "a response of some length", model)
-    }
+    crate::abtest::cost_record(i, UNITS, model, at)
 }
 
 /// The model that serves record `i`'s unit, as the service routes.
 fn model_of(i: u64, router: &HashRouter, table: &RoutingTable) -> String {
-    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    let unit = format!("user-{:06}", h % UNITS);
-    table.model(router.route(table, Some(&unit))).to_string()
+    crate::abtest::cost_model(i, UNITS, router, table)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -10,6 +10,8 @@ mod config;
 mod exit;
 mod interrupt;
 mod output;
+#[cfg(test)]
+mod record_strategies;
 mod serve;
 mod store_open;
 mod time_arg;

@@ -1,5 +1,7 @@
 //! Usage statistics: the seed's figures plus the sums a statistical comparison needs.
 
+use crate::record::{FeedbackValue, UsageRecord};
+
 /// Sufficient statistics of a set of usage records.
 ///
 /// The counts and sums add up across disjoint sets (hours, models), so the store keeps
@@ -72,6 +74,41 @@ impl UsageStats {
     /// Share of negative feedback among records *with* feedback; `None` without feedback.
     pub fn negative_rate(&self) -> Option<f64> {
         (self.with_feedback > 0).then(|| self.negative_feedback as f64 / self.with_feedback as f64)
+    }
+
+    /// The statistics of `records` by definition: one pass over them. What the store's
+    /// rollups must always equal (its tests compare the two), and a reference for other
+    /// implementations.
+    pub fn of_records<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> UsageStats {
+        let mut s = UsageStats::default();
+        for r in records {
+            s.add_record(r);
+        }
+        s
+    }
+
+    /// Adds one record to these statistics.
+    pub fn add_record(&mut self, r: &UsageRecord) {
+        self.total += 1;
+        if let Some(feedback) = r.feedback {
+            self.with_feedback += 1;
+            match feedback {
+                FeedbackValue::Positive => self.positive_feedback += 1,
+                FeedbackValue::Negative => self.negative_feedback += 1,
+                FeedbackValue::Neutral => self.neutral_feedback += 1,
+            }
+        }
+        if let Some(q) = r.quality_score {
+            self.n_quality += 1;
+            self.sum_quality += q;
+            self.sum_quality_sq += q * q;
+        }
+        if let Some(l) = r.latency_ms {
+            self.n_latency += 1;
+            self.sum_latency_ms += l;
+            self.sum_latency_ms_sq += l * l;
+        }
+        self.total_tokens += r.token_count.unwrap_or(0);
     }
 
     /// Adds another disjoint set's statistics to this one.

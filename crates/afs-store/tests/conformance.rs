@@ -496,27 +496,7 @@ fn scan_stats(store: &dyn UsageStore, window: &StatsWindow) -> BTreeMap<String, 
     };
     let mut out: BTreeMap<String, UsageStats> = BTreeMap::new();
     for r in all_records(store, &filter) {
-        let s = out.entry(r.model.clone()).or_default();
-        s.total += 1;
-        if let Some(fb) = r.feedback {
-            s.with_feedback += 1;
-            match fb {
-                FeedbackValue::Positive => s.positive_feedback += 1,
-                FeedbackValue::Negative => s.negative_feedback += 1,
-                FeedbackValue::Neutral => s.neutral_feedback += 1,
-            }
-        }
-        if let Some(q) = r.quality_score {
-            s.n_quality += 1;
-            s.sum_quality += q;
-            s.sum_quality_sq += q * q;
-        }
-        if let Some(l) = r.latency_ms {
-            s.n_latency += 1;
-            s.sum_latency_ms += l;
-            s.sum_latency_ms_sq += l * l;
-        }
-        s.total_tokens += r.token_count.unwrap_or(0);
+        out.entry(r.model.clone()).or_default().add_record(&r);
     }
     out
 }

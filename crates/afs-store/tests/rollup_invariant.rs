@@ -105,30 +105,7 @@ fn feedback_value(v: i8) -> FeedbackValue {
 
 /// The statistics of `records` by definition: a scan.
 fn scan<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> UsageStats {
-    let mut s = UsageStats::default();
-    for r in records {
-        s.total += 1;
-        if let Some(f) = r.feedback {
-            s.with_feedback += 1;
-            match f {
-                FeedbackValue::Positive => s.positive_feedback += 1,
-                FeedbackValue::Negative => s.negative_feedback += 1,
-                FeedbackValue::Neutral => s.neutral_feedback += 1,
-            }
-        }
-        if let Some(q) = r.quality_score {
-            s.n_quality += 1;
-            s.sum_quality += q;
-            s.sum_quality_sq += q * q;
-        }
-        if let Some(l) = r.latency_ms {
-            s.n_latency += 1;
-            s.sum_latency_ms += l;
-            s.sum_latency_ms_sq += l * l;
-        }
-        s.total_tokens += r.token_count.unwrap_or(0);
-    }
-    s
+    UsageStats::of_records(records)
 }
 
 /// Float sums agree to rounding: relative to the largest magnitude summed (`scale`).

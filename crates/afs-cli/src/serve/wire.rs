@@ -621,7 +621,7 @@ mod tests {
 
     mod properties {
         use super::*;
-        use afs_store::{MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT};
+        use crate::record_strategies::{out_of_range, same, valid_record};
         use proptest::prelude::*;
         use serde_json::json;
 
@@ -634,54 +634,23 @@ mod tests {
             }
         }
 
-        fn text() -> impl Strategy<Value = String> {
-            proptest::string::string_regex(
-                "[a-z \"\\\\\t\n\u{0}-\u{1f}\u{e9}\u{65e5}\u{1F600}]{1,40}",
-            )
-            .unwrap()
-            .prop_filter("non-blank", |s| !s.trim().is_empty())
-        }
-
         proptest! {
             #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
             /// Every record within the documented ranges survives the trip through a body,
             /// alone and in a batch of either shape.
             #[test]
-            fn a_valid_record_round_trips(
-                query in text(),
-                response in text(),
-                model in "[a-zA-Z0-9._-]{1,64}",
-                latency in proptest::option::of(0.0..=MAX_LATENCY_MS),
-                tokens in proptest::option::of(0..=MAX_TOKEN_COUNT),
-                quality in proptest::option::of(0.0..=1.0f64),
-                feedback in proptest::option::of(-1..=1i64),
-                unit in proptest::option::of("[a-z0-9@.-]{1,30}"),
-                copies in 1..4usize,
-            ) {
-                let mut record = json!({"query": query, "response": response, "model": model});
-                let object = record.as_object_mut().unwrap();
-                if let Some(v) = latency { object.insert("latency_ms".into(), json!(v)); }
-                if let Some(v) = tokens { object.insert("token_count".into(), json!(v)); }
-                if let Some(v) = quality { object.insert("quality_score".into(), json!(v)); }
-                if let Some(v) = feedback { object.insert("feedback".into(), json!(v)); }
-                if let Some(v) = &unit { object.insert("unit".into(), json!(v)); }
-                let got = one(record.to_string().as_bytes()).unwrap();
-                prop_assert_eq!(&got.query, &query);
-                prop_assert_eq!(&got.response, &response);
-                prop_assert_eq!(&got.model, &model);
-                prop_assert_eq!(got.latency_ms, latency);
-                prop_assert_eq!(got.token_count, tokens);
-                prop_assert_eq!(got.quality_score, quality);
-                prop_assert_eq!(got.feedback.as_ref().map(|f| f.value.as_i64()), feedback);
-                prop_assert_eq!(&got.unit_id, &unit);
+            fn a_valid_record_round_trips((record, want) in valid_record(), copies in 1..4usize) {
+                same(&one(record.to_string().as_bytes()).unwrap(), &want)?;
                 let array = json!(vec![record.clone(); copies]).to_string();
                 let wrapped = json!({"records": vec![record; copies]}).to_string();
                 for body in [array, wrapped] {
                     match parse_usage(body.as_bytes(), LIMIT, 1000).unwrap() {
                         UsageBody::Batch(records) => {
                             prop_assert_eq!(records.len(), copies);
-                            prop_assert!(records.iter().all(|r| *r == got));
+                            for got in &records {
+                                same(got, &want)?;
+                            }
                         }
                         UsageBody::One(_) => prop_assert!(false, "a batch parsed as one"),
                     }
@@ -691,18 +660,7 @@ mod tests {
             /// A number outside its documented range is refused with 400, naming its key;
             /// in a batch, naming the record too.
             #[test]
-            fn a_number_out_of_range_names_its_key(
-                which in 0..5usize,
-                over in 1.0..1e300f64,
-                at in 0..3usize,
-            ) {
-                let (key, value) = match which {
-                    0 => ("latency_ms", json!(MAX_LATENCY_MS + over)),
-                    1 => ("latency_ms", json!(-over)),
-                    2 => ("token_count", json!(MAX_TOKEN_COUNT.saturating_add(over.min(9e18) as i64))),
-                    3 => ("quality_score", json!(1.0 + over)),
-                    _ => ("model", json!("m".repeat(MAX_NAME_BYTES + 1 + (over as usize % 100)))),
-                };
+            fn a_number_out_of_range_names_its_key((key, value) in out_of_range(), at in 0..3usize) {
                 let good = json!({"query": "q", "response": "r", "model": "m"});
                 let mut bad = good.clone();
                 bad.as_object_mut().unwrap().insert(key.into(), value);

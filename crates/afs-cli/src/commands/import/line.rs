@@ -292,7 +292,7 @@ mod tests {
 
     mod properties {
         use super::*;
-        use afs_store::{MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT};
+        use crate::record_strategies::{out_of_range, same, valid_record};
         use proptest::prelude::*;
         use serde_json::json;
 
@@ -305,67 +305,18 @@ mod tests {
             })
         }
 
-        fn text() -> impl Strategy<Value = String> {
-            // Any Unicode, with quotes, backslashes and control characters likely.
-            proptest::string::string_regex(
-                "[a-z \"\\\\\t\n\u{0}-\u{1f}\u{e9}\u{65e5}\u{1F600}]{1,40}",
-            )
-            .unwrap()
-            .prop_filter("non-blank", |s| !s.trim().is_empty())
-        }
-
         proptest! {
             #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
             /// Every record within the documented ranges survives the trip through a line.
             #[test]
-            fn a_valid_record_round_trips(
-                query in text(),
-                response in text(),
-                model in "[a-zA-Z0-9._-]{1,64}",
-                latency in proptest::option::of(0.0..=MAX_LATENCY_MS),
-                tokens in proptest::option::of(0..=MAX_TOKEN_COUNT),
-                quality in proptest::option::of(0.0..=1.0f64),
-                feedback in proptest::option::of(-1..=1i64),
-                unit in proptest::option::of("[a-z0-9@.-]{1,30}"),
-                seconds in 0i64..7_000_000_000,
-            ) {
-                let at = DateTime::<Utc>::from_timestamp(seconds, 0).unwrap();
-                let mut line = json!({
-                    "query": query, "response": response, "model": model,
-                    "timestamp": at.to_rfc3339(),
-                });
-                let object = line.as_object_mut().unwrap();
-                if let Some(v) = latency { object.insert("latency_ms".into(), json!(v)); }
-                if let Some(v) = tokens { object.insert("token_count".into(), json!(v)); }
-                if let Some(v) = quality { object.insert("quality_score".into(), json!(v)); }
-                if let Some(v) = feedback { object.insert("feedback".into(), json!(v)); }
-                if let Some(v) = &unit { object.insert("unit".into(), json!(v)); }
-                let record = import(line.to_string().as_bytes()).unwrap();
-                prop_assert_eq!(&record.query, &query);
-                prop_assert_eq!(&record.response, &response);
-                prop_assert_eq!(&record.model, &model);
-                prop_assert_eq!(record.latency_ms, latency);
-                prop_assert_eq!(record.token_count, tokens);
-                prop_assert_eq!(record.quality_score, quality);
-                prop_assert_eq!(record.feedback.map(|f| f.value.as_i64()), feedback);
-                prop_assert_eq!(record.unit_id, unit);
-                prop_assert_eq!(record.timestamp, Some(at));
+            fn a_valid_record_round_trips((line, want) in valid_record()) {
+                same(&import(line.to_string().as_bytes()).unwrap(), &want)?;
             }
 
             /// A number outside its documented range is refused, naming its key.
             #[test]
-            fn a_number_out_of_range_names_its_key(
-                which in 0..5usize,
-                over in 1.0..1e300f64,
-            ) {
-                let (key, value) = match which {
-                    0 => ("latency_ms", json!(MAX_LATENCY_MS + over)),
-                    1 => ("latency_ms", json!(-over)),
-                    2 => ("token_count", json!(MAX_TOKEN_COUNT.saturating_add(over.min(9e18) as i64))),
-                    3 => ("quality_score", json!(1.0 + over)),
-                    _ => ("model", json!("m".repeat(MAX_NAME_BYTES + 1 + (over as usize % 100)))),
-                };
+            fn a_number_out_of_range_names_its_key((key, value) in out_of_range()) {
                 let mut line = json!({"query": "q", "response": "r", "model": "m"});
                 line.as_object_mut().unwrap().insert(key.into(), value);
                 let err = import(line.to_string().as_bytes()).unwrap_err();
