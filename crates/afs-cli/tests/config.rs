@@ -382,3 +382,42 @@ fn config_check_says_ok_or_names_the_key_and_exits_3() {
     );
     env.check_err(&["--set", "nonsense", "config", "check"], 2, &["KEY=VALUE"]);
 }
+
+/// `afs config check` checks the trainer and eval command templates as `afs retrain` and
+/// `afs loop` do at startup: a placeholder the shell would not expand is refused, naming
+/// the key.
+#[test]
+fn config_check_refuses_command_templates_the_shell_would_get_wrong() {
+    let env = fixture();
+    env.check_err(
+        &[
+            "--set",
+            "trainer.train_cmd=train '{data}'",
+            "config",
+            "check",
+        ],
+        3,
+        &["trainer.train_cmd", "single quotes"],
+    );
+    env.check_err(
+        &[
+            "--set",
+            "loop.eval_cmd=check '{model_path}'",
+            "config",
+            "check",
+        ],
+        3,
+        &["loop.eval_cmd", "single quotes"],
+    );
+    env.check(
+        &[
+            "--set",
+            "trainer.train_cmd=train \"{data}\" {output_dir}",
+            "--set",
+            "loop.eval_cmd=check {model_path}",
+            "config",
+            "check",
+        ],
+        0,
+    );
+}

@@ -21,6 +21,23 @@ pub(crate) fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<()> 
         ConfigCommand::Check => {
             // What the loop checks on top of each key: combinations of keys.
             config.check_loop(&config.loop_config())?;
+            // The command templates, as `afs retrain` and `afs loop` check them at startup.
+            if config.retrain.train_cmd.is_some() {
+                crate::trainer::from_flags(None, None, "", &config)?;
+            }
+            if let Some(cmd) = &config.loop_settings.eval_cmd {
+                afs_trigger::CommandTemplate::parse(
+                    cmd,
+                    afs_trigger::Placeholder::EVAL,
+                    "evaluation command",
+                )
+                .map_err(|e| {
+                    crate::exit::InvalidInput(format!(
+                        "invalid {}: {e}",
+                        config.key_name("loop.eval_cmd")
+                    ))
+                })?;
+            }
             let layers = config.sources.describe();
             if global.json {
                 return print_json(&json!({ "ok": true, "layers": layers }));
