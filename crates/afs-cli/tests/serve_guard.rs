@@ -529,3 +529,29 @@ fn metrics_export_a_bounded_set_of_bounded_model_labels() {
         "33 models, 20 exported: {text}"
     );
 }
+
+/// A client that asks and never reads the answers: once an answer cannot be written for
+/// `--write-timeout`, its connection is closed and its slot freed. With one slot, a second
+/// client is answered only because of that.
+#[test]
+fn a_client_that_never_reads_its_answers_loses_its_connection() {
+    let env = created();
+    let server = env.serve(&[
+        "--max-connections",
+        "1",
+        "--header-timeout",
+        "60",
+        "--write-timeout",
+        "1",
+    ]);
+    // Pipelined requests for the API description: megabytes of answers, never read.
+    let mut greedy = TcpStream::connect(server.addr).expect("connect");
+    let one = "GET /v1/openapi.yaml HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let requests = one.repeat(2_000);
+    greedy.write_all(requests.as_bytes()).unwrap();
+    // The only slot is the greedy client's until the server gives up writing to it.
+    let health = request(server.addr, "GET", "/healthz", &[], None);
+    assert_eq!(health.status, 200, "{health:?}");
+    drop(greedy);
+    assert_eq!(server.get("/healthz").status, 200);
+}

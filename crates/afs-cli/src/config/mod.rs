@@ -188,6 +188,10 @@ pub(crate) const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 /// Default time `afs serve` gives a request to send its whole body after its head.
 pub(crate) const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 
+/// Default `serve.write_timeout_secs`: an answer whose client reads nothing of it for this
+/// long is dropped with its connection.
+pub(crate) const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+
 /// The `[serve]` section: the settings of `afs serve` under its flags.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ServeSettings {
@@ -218,6 +222,8 @@ pub(crate) struct ServeSettings {
     pub(crate) header_timeout: Duration,
     /// `body_timeout_secs`: time for a request to send its body.
     pub(crate) body_timeout: Duration,
+    /// `write_timeout_secs`: time an answer may wait for its client to read.
+    pub(crate) write_timeout: Duration,
 }
 
 impl Default for ServeSettings {
@@ -236,6 +242,7 @@ impl Default for ServeSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
+            write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
         }
     }
 }

@@ -75,6 +75,7 @@ struct ServeSection {
     max_connections: Option<u64>,
     header_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
 }
 
 /// `serve.tokens` (and the other lists of `[serve]`: `allowed_hosts`, `allowed_origins`):
@@ -783,6 +784,11 @@ impl ServeSection {
                 "serve.body_timeout_secs",
                 self.body_timeout_secs,
                 &mut serve.body_timeout,
+            ),
+            (
+                "serve.write_timeout_secs",
+                self.write_timeout_secs,
+                &mut serve.write_timeout,
             ),
         ] {
             if let Some(secs) = value {

@@ -37,6 +37,7 @@ struct ShownServe {
     max_connections: usize,
     header_timeout_secs: u64,
     body_timeout_secs: u64,
+    write_timeout_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -328,6 +329,7 @@ fn shown(config: &Config) -> Shown {
             max_connections: config.serve.max_connections,
             header_timeout_secs: config.serve.header_timeout.as_secs(),
             body_timeout_secs: config.serve.body_timeout.as_secs(),
+            write_timeout_secs: config.serve.write_timeout.as_secs(),
         },
     }
 }

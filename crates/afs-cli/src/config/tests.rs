@@ -1208,16 +1208,18 @@ fn the_serve_guard_and_connection_keys_are_layered_and_checked() {
     assert_eq!(defaults.max_connections, 1024);
     assert_eq!(defaults.header_timeout, Duration::from_secs(10));
     assert_eq!(defaults.body_timeout, Duration::from_secs(30));
+    assert_eq!(defaults.write_timeout, Duration::from_secs(30));
 
     let text = "[serve]\nallowed_hosts = [\"AFS.example.com\", \"::1\"]\n\
                 allowed_origins = [\"https://Dash.example.com:443\"]\nmax_connections = 8\n\
-                header_timeout_secs = 2\nbody_timeout_secs = 3\n";
+                header_timeout_secs = 2\nbody_timeout_secs = 3\nwrite_timeout_secs = 4\n";
     let s = parse_text(text).unwrap().serve;
     assert_eq!(s.allowed_hosts, ["afs.example.com", "[::1]"], "normalised");
     assert_eq!(s.allowed_origins, ["https://dash.example.com"]);
     assert_eq!(s.max_connections, 8);
     assert_eq!(s.header_timeout, Duration::from_secs(2));
     assert_eq!(s.body_timeout, Duration::from_secs(3));
+    assert_eq!(s.write_timeout, Duration::from_secs(4));
 
     let config = layered(
         text,

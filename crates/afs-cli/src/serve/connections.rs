@@ -13,6 +13,9 @@
 //!   dribbles its headers, is closed; so is a kept-alive connection left idle that long.
 //! * **Body timeout.** Once the head is in, the whole body must arrive within
 //!   `body_timeout`; otherwise the request is answered 408 and the connection closed.
+//! * **Write timeout.** An answer that cannot be written for `write_timeout` (the client
+//!   reads none of it: its buffers and ours are full) closes the connection, so a client
+//!   that asks and never reads cannot hold a connection slot.
 //! * **Drain.** When asked to stop, the loop stops accepting and closes the listener, idle
 //!   connections are closed, and each connection with a request in flight closes once it
 //!   is answered; [`serve`] returns when every connection is closed.
@@ -41,6 +44,8 @@ pub(super) struct Limits {
     pub(super) header_timeout: Duration,
     /// Time to send a request's body once its head is in.
     pub(super) body_timeout: Duration,
+    /// Time a write may wait for the client to read.
+    pub(super) write_timeout: Duration,
 }
 
 /// The most `max_connections` may be (the permits of a semaphore, taken all at once to wait
@@ -100,6 +105,7 @@ pub(super) async fn serve(
         tokio::spawn(async move {
             // Dropped last, once the connection (and its socket) is gone.
             let _permit = permit;
+            let stream = WriteDeadline::new(stream, limits.write_timeout);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
@@ -118,6 +124,102 @@ pub(super) async fn serve(
     // Every connection holds a slot until it is closed: all slots back means all closed.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
+}
+
+/// A stream whose writes fail with `TimedOut` once one has waited `limit` without the
+/// client reading any of it. Each write that makes progress starts the wait over.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write is pending.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            limit,
+            deadline: None,
+        }
+    }
+
+    /// `poll` (a write, flush or shutdown of the inner stream) under the deadline.
+    fn poll_within<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>>
+    where
+        S: Unpin,
+    {
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(result) => {
+                self.deadline = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.deadline = None;
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client read nothing of the answer in time",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut()
+            .poll_within(cx, |inner, cx| inner.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut()
+            .poll_within(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut()
+            .poll_within(cx, |inner, cx| inner.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut()
+            .poll_within(cx, |inner, cx| inner.poll_shutdown(cx))
+    }
 }
 
 /// Returns once `stop` is true (or its sender is gone).
@@ -220,6 +322,35 @@ impl HttpBody for DeadlineBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that reads nothing: the write fails with `TimedOut` once it has waited the
+    /// limit; a client that reads lets the same write through.
+    #[test]
+    fn a_write_the_client_never_reads_times_out() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let answer = vec![b'x'; 1 << 20];
+            let (server, _client) = tokio::io::duplex(4096);
+            let mut server = WriteDeadline::new(server, Duration::from_millis(200));
+            let err = server.write_all(&answer).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+
+            let (server, mut client) = tokio::io::duplex(4096);
+            let mut server = WriteDeadline::new(server, Duration::from_millis(200));
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.map(|_| got.len())
+            });
+            server.write_all(&answer).await.unwrap();
+            server.shutdown().await.unwrap();
+            drop(server);
+            assert_eq!(reader.await.unwrap().unwrap(), answer.len());
+        });
+    }
 
     /// A body that sends one frame and then nothing, ever.
     struct Stalling(bool);

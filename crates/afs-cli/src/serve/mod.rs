@@ -138,6 +138,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECS")]
     body_timeout: Option<u64>,
 
+    /// Seconds an answer may wait for its client to read any of it; then the connection is
+    /// closed [default: write_timeout_secs in [serve], else 30]
+    #[arg(long, value_name = "SECS")]
+    write_timeout: Option<u64>,
+
     /// Threads serving requests [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
@@ -223,6 +228,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     for (flag, value) in [
         ("--header-timeout", args.header_timeout),
         ("--body-timeout", args.body_timeout),
+        ("--write-timeout", args.write_timeout),
     ] {
         if value == Some(0) {
             return Err(InvalidInput(format!("invalid {flag}: must be > 0")).into());
@@ -294,6 +300,9 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
             body_timeout: args
                 .body_timeout
                 .map_or(s.body_timeout, Duration::from_secs),
+            write_timeout: args
+                .write_timeout
+                .map_or(s.write_timeout, Duration::from_secs),
         },
     };
     let guard = guard::Guard::new(settings.addr, allowed_hosts, allowed_origins);
