@@ -15,26 +15,32 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 /// `afs retrain --force` of every record into `out`, with `train_cmd`, as a child process.
+/// `afs retrain --json --force` of any sample count into `out`, with `train_cmd` as the
+/// trainer.
+fn retrain_args(out: &Path, train_cmd: &str) -> Vec<String> {
+    [
+        "retrain",
+        "--json",
+        "--force",
+        "--min-samples",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--train-cmd",
+        train_cmd,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn spawn_retrain(env: &Env, train_cmd: &str) -> Child {
-    let out = env.path("out");
-    env.std_command_at(
-        NOW,
-        &[
-            "retrain",
-            "--json",
-            "--force",
-            "--min-samples",
-            "1",
-            "--output-dir",
-            out.to_str().unwrap(),
-            "--train-cmd",
-            train_cmd,
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap()
+    let args = retrain_args(&env.path("out"), train_cmd);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.std_command_at(NOW, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// `(state, pgid)` of a process from `/proc/PID/stat`, or `None` when it is gone.
@@ -217,24 +223,14 @@ fn the_trainer_does_not_get_the_services_tokens() {
     let dump = env.path("env.txt");
     let out = env.path("out");
     let train_cmd = format!("env > {}; echo '{{\"model_path\": \"m\"}}'", dump.display());
-    env.command_at(
-        NOW,
-        &[
-            "retrain",
-            "--force",
-            "--min-samples",
-            "1",
-            "--output-dir",
-            out.to_str().unwrap(),
-            "--train-cmd",
-            &train_cmd,
-        ],
-    )
-    .env("AFS_TOKENS", "s3cret-service-token")
-    .env("AFS_SERVE__TOKENS", "s3cret-config-token")
-    .env("AFS_SERVE__TOKEN_FILE", "/etc/afs/s3cret-tokens")
-    .assert()
-    .success();
+    let args = retrain_args(&out, &train_cmd);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.command_at(NOW, &args)
+        .env("AFS_TOKENS", "s3cret-service-token")
+        .env("AFS_SERVE__TOKENS", "s3cret-config-token")
+        .env("AFS_SERVE__TOKEN_FILE", "/etc/afs/s3cret-tokens")
+        .assert()
+        .success();
     let seen = std::fs::read_to_string(&dump).unwrap();
     assert!(seen.contains("AFS_RUN_ID="), "{seen}");
     assert!(!seen.contains("AFS_TOKENS"), "{seen}");
@@ -252,20 +248,9 @@ fn a_dataset_path_holding_shell_code_never_runs_even_in_double_quotes() {
     ));
     let train_cmd =
         r#"test -s "{data}" && test "{data}" = "$AFS_DATA_PATH" && echo '{"model_path": "m"}'"#;
-    let run = env.check(
-        &[
-            "retrain",
-            "--json",
-            "--force",
-            "--min-samples",
-            "1",
-            "--output-dir",
-            out.to_str().unwrap(),
-            "--train-cmd",
-            train_cmd,
-        ],
-        0,
-    );
+    let args = retrain_args(&out, train_cmd);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = env.check(&args, 0);
     assert_eq!(run.json()["outcome"], "completed", "{run:#?}");
     assert!(!pwned.exists(), "a value ran as shell code");
 }
