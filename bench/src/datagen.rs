@@ -138,10 +138,29 @@ pub(crate) struct DatagenTimes {
     /// Wall times of whole `afs generate` processes with the seed's settings, seconds
     /// (empty when not measured), or why they could not be measured.
     pub(crate) cli: Result<Vec<f64>, String>,
-    /// One whole `afs generate` with its defaults, which write back the scores it gives, on
-    /// a copy of the log: (seconds, scores written back), `None` when not measured, or why
-    /// it could not be.
-    pub(crate) write_back: Result<Option<(f64, u64)>, String>,
+    /// `generate` with its defaults, which write back the scores it gives, on copies of the
+    /// log, `None` when not measured, or why it could not be.
+    pub(crate) write_back: Result<Option<WriteBack>, String>,
+}
+
+/// Generation writing back the scores it gives (issue 15: a score set from NULL should cost
+/// about what a log costs), each on a fresh copy of the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WriteBack {
+    /// How many scores were written back.
+    pub(crate) scored: u64,
+    /// Wall time of one in-process `generate` with write-back, seconds: on a store opened
+    /// before, as `afs serve` or the loop runs it. Set against the median without
+    /// write-back, it gives the cost per score.
+    pub(crate) in_process_secs: f64,
+    /// Seconds per record of logging as many records on the same store afterwards, one
+    /// `log` call at a time, and in one `log_batch`: what the issue compares a score to.
+    pub(crate) log_call_secs: f64,
+    /// See `log_call_secs`.
+    pub(crate) log_batch_secs: f64,
+    /// Wall time of one whole `afs generate` command, seconds: it also pays the
+    /// checkpoint of the scattered pages the scores changed when it closes the database.
+    pub(crate) whole_secs: f64,
 }
 
 impl DatagenTimes {
@@ -271,10 +290,58 @@ fn cli_runs(db: &Path, dir: &Path, n: usize, expected: Option<u64>) -> Result<Ve
     Ok(secs)
 }
 
-/// Times one `afs generate` with its defaults, so the scores it gives the log's unscored
-/// records are written back, on a copy of `db` (the other figures need the log as it is):
-/// seconds, and how many scores it wrote back.
-fn write_back_run(db: &Path, dir: &Path, expected: Option<u64>) -> Result<(f64, u64)> {
+/// Times `generate` with its defaults, so the scores it gives the log's unscored records are
+/// written back: once in process, once as a whole `afs generate`, each on its own copy of
+/// `db` (the other figures need the log as it is).
+fn write_back_run(db: &Path, dir: &Path, expected: Option<u64>) -> Result<WriteBack> {
+    let (in_process_secs, scored, log_call_secs, log_batch_secs) = {
+        let copy = dir.join("usage-write-back-in-process.db");
+        std::fs::copy(db, &copy)
+            .with_context(|| format!("cannot copy {} to {}", db.display(), copy.display()))?;
+        let outcome = (|| -> Result<(f64, u64, f64, f64)> {
+            // On disk before the timing starts, as the command's copy below.
+            std::fs::File::open(&copy)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", copy.display()))?;
+            let store = SqliteStore::open(
+                afs_store::SqliteConfig::new(&copy),
+                std::sync::Arc::new(afs_store::SystemClock),
+            )?;
+            // A warm-up run without write-back opens the pooled connections, as the
+            // median's runs had.
+            run_once(&store, Variant::Seed, &dir.join("warm.jsonl"))?;
+            let out = dir.join("train-write-back.jsonl");
+            let start = Instant::now();
+            let result =
+                generate(&store, &GeneratorConfig::default(), &out, &HeuristicScorer, None)
+                    .context("generate with write-back failed")?;
+            let secs = start.elapsed().as_secs_f64();
+            remove_file(&out);
+            remove_file(&afs_datagen::manifest_path(&out));
+            let n = result.scored_records.max(1);
+            let record = |i: u64| {
+                afs_store::NewUsage::new(format!("bench query {i}"), "a response", "bench-model")
+            };
+            let start = Instant::now();
+            for i in 0..n {
+                afs_store::UsageStore::log(&store, record(i))?;
+            }
+            let log_call = start.elapsed().as_secs_f64() / n as f64;
+            let batch: Vec<_> = (n..2 * n).map(record).collect();
+            let start = Instant::now();
+            afs_store::UsageStore::log_batch(&store, batch)?;
+            let log_batch = start.elapsed().as_secs_f64() / n as f64;
+            Ok((secs, result.scored_records, log_call, log_batch))
+        })();
+        crate::remove_db(&copy);
+        outcome?
+    };
+    eprintln!(
+        "  generate writing back {scored} scores, in process: {in_process_secs:.3} s; \
+         then logging as many records: {:.1} us per call, {:.1} us each in a batch",
+        log_call_secs * 1e6,
+        log_batch_secs * 1e6
+    );
     let copy = dir.join("usage-write-back.db");
     // The log was checkpointed when built: its file holds every record.
     std::fs::copy(db, &copy)
@@ -285,11 +352,20 @@ fn write_back_run(db: &Path, dir: &Path, expected: Option<u64>) -> Result<(f64, 
     let outcome = afs_generate(&copy, dir, &[], expected);
     crate::remove_db(&copy);
     let (secs, result) = outcome?;
-    let scored = result["scored_records"]
+    let whole_scored = result["scored_records"]
         .as_u64()
         .context("afs generate printed no scored_records")?;
-    eprintln!("  afs generate writing back {scored} scores: {secs:.3} s");
-    Ok((secs, scored))
+    eprintln!("  afs generate writing back {whole_scored} scores: {secs:.3} s");
+    if whole_scored != scored {
+        bail!("generate wrote back {scored} scores in process but {whole_scored} as a command");
+    }
+    Ok(WriteBack {
+        scored,
+        in_process_secs,
+        log_call_secs,
+        log_batch_secs,
+        whole_secs: secs,
+    })
 }
 
 /// Runs `afs generate` with the seed's settings (its defaults) plus `args` on `db`, timed

@@ -4,7 +4,9 @@
 //! Builds a log of `records` (default 100k) records over 75 days without quality scores,
 //! then times `update_qualities` of `scores` (default 1,443) records spread over the log,
 //! set from NULL, then the same records set again; and, for comparison, `log_batch` of as
-//! many new records.
+//! many new records. Then the same three on a store opened afresh and closed after the
+//! write, as one `afs` command does: the close checkpoints the write-ahead log into the
+//! database file, which the in-process figures leave to the background checkpointer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,6 +99,37 @@ fn main() {
             );
         }
     }
+    drop(store);
+    let reopen = || {
+        let clock = Arc::new(ManualClock::new(start + span));
+        SqliteStore::open(SqliteConfig::new(dir.path().join("q.db")), clock).unwrap()
+    };
+    let whole = |f: &dyn Fn(&SqliteStore)| {
+        let store = reopen();
+        let t = Instant::now();
+        f(&store);
+        drop(store);
+        t.elapsed()
+    };
+    let again_null: Vec<(String, f64)> = ids
+        .iter()
+        .skip(every / 2)
+        .step_by(every)
+        .take(scores)
+        .map(|id| (id.clone(), 0.25))
+        .collect();
+    let whole_null = whole(&|s| s.update_qualities(&again_null).unwrap());
+    let whole_replace = whole(&|s| s.update_qualities(&chosen).unwrap());
+    let whole_log = whole(&|s| {
+        let new: Vec<NewUsage> = (0..chosen.len())
+            .map(|i| NewUsage {
+                timestamp: Some(start + span - Duration::milliseconds(i as i64)),
+                quality_score: Some(0.5),
+                ..NewUsage::new(format!("newer {i}"), "a response", "m0")
+            })
+            .collect();
+        s.log_batch(new).unwrap();
+    });
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / chosen.len() as f64;
     println!(
         "{} scores on a {records}-record log: from NULL {:.1} ms ({:.1} us each), replacing {:.1} ms ({:.1} us each); log_batch of as many records {:.1} ms ({:.1} us each)",
@@ -107,5 +140,14 @@ fn main() {
         per(replace),
         logged.as_secs_f64() * 1e3,
         per(logged),
+    );
+    println!(
+        "  opened afresh, write and close: from NULL {:.1} ms ({:.1} us each), replacing {:.1} ms ({:.1} us each); log_batch {:.1} ms ({:.1} us each)",
+        whole_null.as_secs_f64() * 1e3,
+        per(whole_null),
+        whole_replace.as_secs_f64() * 1e3,
+        per(whole_replace),
+        whole_log.as_secs_f64() * 1e3,
+        per(whole_log),
     );
 }

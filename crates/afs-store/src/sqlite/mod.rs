@@ -407,19 +407,23 @@ impl SqliteStore {
         what: &str,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let run = |conn: &mut Connection| -> Result<T> {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| StoreError::db(format!("begin {what}"), e))?;
-            let value = f(&tx)?;
-            tx.commit()
-                .map_err(|e| StoreError::db(format!("commit {what}"), e))?;
-            Ok(value)
-        };
+        let run = |conn: &mut Connection| immediate(conn, what, f);
         match self.writer.get() {
             Some(writer) => writer.with_conn(run),
             None => run(&mut *self.conn()?),
         }
+    }
+
+    /// Runs `f` in an immediate transaction on the write connection, starting the writer if
+    /// this process has none: for a write of many scattered pages, whose commit on a pooled
+    /// connection would also checkpoint the whole write-ahead log in the caller's time
+    /// (SQLite's auto-checkpoint), where the writer's checkpointer does it on its own thread.
+    pub(crate) fn bulk_write_txn<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.writer()?.with_conn(|conn| immediate(conn, what, f))
     }
 
     fn prepare(&self, record: NewUsage) -> InsertRow {
@@ -433,14 +437,20 @@ impl SqliteStore {
         id: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<()> {
-        let conn = self.conn()?;
         // Cached: preparing an UPDATE of `usage` compiles every trigger it fires (the
         // rollups' and, since schema 7, the per-unit statistics'), which cost more than the
         // update itself when feedback arrives one call at a time.
-        let changed = conn
-            .prepare_cached(sql)
-            .and_then(|mut stmt| stmt.execute(params))
-            .map_err(|e| StoreError::db(context, e))?;
+        let run = |conn: &mut Connection| {
+            conn.prepare_cached(sql)
+                .and_then(|mut stmt| stmt.execute(params))
+                .map_err(|e| StoreError::db(context, e))
+        };
+        // On the write connection when this process logs: the update waits for the group
+        // commit in progress on a mutex, and never runs a checkpoint in its own commit.
+        let changed = match self.writer.get() {
+            Some(writer) => writer.with_conn(run)?,
+            None => run(&mut *self.conn()?)?,
+        };
         if changed == 0 {
             return Err(StoreError::NotFound {
                 what: "usage record",
@@ -449,6 +459,22 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// Runs `f` in an immediate (write) transaction on `conn` and commits it; an error rolls it
+/// back.
+fn immediate<T>(
+    conn: &mut Connection,
+    what: &str,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| StoreError::db(format!("begin {what}"), e))?;
+    let value = f(&tx)?;
+    tx.commit()
+        .map_err(|e| StoreError::db(format!("commit {what}"), e))?;
+    Ok(value)
 }
 
 /// The error for a clock outside the range a record may carry (e.g. `AFS_NOW` set before
@@ -535,82 +561,80 @@ impl UsageStore for SqliteStore {
         if scores.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn()?;
-        // IMMEDIATE takes the write lock up front (waiting out the busy timeout), so the
-        // transaction never has to upgrade a read lock, which SQLite cannot wait for.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        // The rollups are kept here, not by the update trigger (which would make six upserts
-        // per record): the flag row silences it for this transaction only, and the deltas
-        // are summed per bucket and added once each.
-        let bulk = format!("INSERT INTO {} (id) VALUES (1)", migrations::BULK_WRITE);
-        tx.execute(&bulk, [])
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        let mut deltas: BTreeMap<(i64, i64, String), [f64; 3]> = BTreeMap::new();
-        {
-            let mut read = tx
-                .prepare_cached(
-                    "SELECT rowid, model, ts_us, quality_score FROM usage WHERE id = ?1",
-                )
+        // On the write connection: the checkpoint of the pages changed runs on the writer's
+        // own thread, not in this commit.
+        self.bulk_write_txn(CONTEXT, |tx| {
+            // The rollups are kept here, not by the update trigger (which would make six upserts
+            // per record): the flag row silences it for this transaction only, and the deltas
+            // are summed per bucket and added once each.
+            let bulk = format!("INSERT INTO {} (id) VALUES (1)", migrations::BULK_WRITE);
+            tx.execute(&bulk, [])
                 .map_err(|e| StoreError::db(CONTEXT, e))?;
-            let mut write = tx
-                .prepare_cached("UPDATE usage SET quality_score = ?1 WHERE rowid = ?2")
-                .map_err(|e| StoreError::db(CONTEXT, e))?;
-            for (id, quality) in scores {
-                let row: Option<(i64, String, Option<i64>, Option<f64>)> = read
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                    .optional()
+            let mut deltas: BTreeMap<(i64, i64, String), [f64; 3]> = BTreeMap::new();
+            {
+                let mut read = tx
+                    .prepare_cached(
+                        "SELECT rowid, model, ts_us, quality_score FROM usage WHERE id = ?1",
+                    )
                     .map_err(|e| StoreError::db(CONTEXT, e))?;
-                let Some((rowid, model, ts_us, old)) = row else {
-                    // Dropping the transaction rolls back what this batch changed so far.
-                    return Err(StoreError::NotFound {
-                        what: "usage record",
-                        id: id.clone(),
-                    });
-                };
-                write
-                    .execute(params![quality, rowid])
+                let mut write = tx
+                    .prepare_cached("UPDATE usage SET quality_score = ?1 WHERE rowid = ?2")
                     .map_err(|e| StoreError::db(CONTEXT, e))?;
-                let Some(ts_us) = ts_us else { continue };
-                let delta = [
-                    1.0 - f64::from(u8::from(old.is_some())),
-                    quality - old.unwrap_or(0.0),
-                    quality * quality - old.map_or(0.0, |q| q * q),
-                ];
-                for table in migrations::ROLLUP_TABLES {
-                    let sums = deltas
-                        .entry((table.level(), ts_us / table.width_us, model.clone()))
-                        .or_insert([0.0; 3]);
-                    for (sum, d) in sums.iter_mut().zip(delta) {
-                        *sum += d;
+                for (id, quality) in scores {
+                    let row: Option<(i64, String, Option<i64>, Option<f64>)> = read
+                        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()
+                        .map_err(|e| StoreError::db(CONTEXT, e))?;
+                    let Some((rowid, model, ts_us, old)) = row else {
+                        // Dropping the transaction rolls back what this batch changed so far.
+                        return Err(StoreError::NotFound {
+                            what: "usage record",
+                            id: id.clone(),
+                        });
+                    };
+                    write
+                        .execute(params![quality, rowid])
+                        .map_err(|e| StoreError::db(CONTEXT, e))?;
+                    let Some(ts_us) = ts_us else { continue };
+                    let delta = [
+                        1.0 - f64::from(u8::from(old.is_some())),
+                        quality - old.unwrap_or(0.0),
+                        quality * quality - old.map_or(0.0, |q| q * q),
+                    ];
+                    for table in migrations::ROLLUP_TABLES {
+                        let sums = deltas
+                            .entry((table.level(), ts_us / table.width_us, model.clone()))
+                            .or_insert([0.0; 3]);
+                        for (sum, d) in sums.iter_mut().zip(delta) {
+                            *sum += d;
+                        }
                     }
                 }
-            }
-            let mut upsert = tx
-                .prepare_cached(&migrations::recent_upsert_sql())
-                .map_err(|e| StoreError::db(CONTEXT, e))?;
-            for ((level, bucket, model), [n, sum, sum_sq]) in deltas {
-                let mut values: Vec<rusqlite::types::Value> =
-                    vec![level.into(), bucket.into(), model.into()];
-                for i in 0..migrations::N_ROLLUP_COLUMNS {
-                    values.push(match i {
-                        migrations::COL_N_QUALITY => (n.round() as i64).into(),
-                        migrations::COL_SUM_Q => sum.into(),
-                        migrations::COL_SUM_Q2 => sum_sq.into(),
-                        i if migrations::rollup_column_is_real(i) => 0.0.into(),
-                        _ => 0i64.into(),
-                    });
-                }
-                upsert
-                    .execute(rusqlite::params_from_iter(values))
+                let mut upsert = tx
+                    .prepare_cached(&migrations::recent_upsert_sql())
                     .map_err(|e| StoreError::db(CONTEXT, e))?;
+                for ((level, bucket, model), [n, sum, sum_sq]) in deltas {
+                    let mut values: Vec<rusqlite::types::Value> =
+                        vec![level.into(), bucket.into(), model.into()];
+                    for i in 0..migrations::N_ROLLUP_COLUMNS {
+                        values.push(match i {
+                            migrations::COL_N_QUALITY => (n.round() as i64).into(),
+                            migrations::COL_SUM_Q => sum.into(),
+                            migrations::COL_SUM_Q2 => sum_sq.into(),
+                            i if migrations::rollup_column_is_real(i) => 0.0.into(),
+                            _ => 0i64.into(),
+                        });
+                    }
+                    upsert
+                        .execute(rusqlite::params_from_iter(values))
+                        .map_err(|e| StoreError::db(CONTEXT, e))?;
+                }
             }
-        }
-        let unflag = format!("DELETE FROM {}", migrations::BULK_WRITE);
-        tx.execute(&unflag, [])
-            .map_err(|e| StoreError::db(CONTEXT, e))?;
-        tx.commit().map_err(|e| StoreError::db(CONTEXT, e))
+            let unflag = format!("DELETE FROM {}", migrations::BULK_WRITE);
+            tx.execute(&unflag, [])
+                .map_err(|e| StoreError::db(CONTEXT, e))?;
+            Ok(())
+        })
     }
 
     fn get(&self, id: &str) -> Result<UsageRecord> {
