@@ -312,9 +312,14 @@ fn write_back_run(db: &Path, dir: &Path, expected: Option<u64>) -> Result<WriteB
             run_once(&store, Variant::Seed, &dir.join("warm.jsonl"))?;
             let out = dir.join("train-write-back.jsonl");
             let start = Instant::now();
-            let result =
-                generate(&store, &GeneratorConfig::default(), &out, &HeuristicScorer, None)
-                    .context("generate with write-back failed")?;
+            let result = generate(
+                &store,
+                &GeneratorConfig::default(),
+                &out,
+                &HeuristicScorer,
+                None,
+            )
+            .context("generate with write-back failed")?;
             let secs = start.elapsed().as_secs_f64();
             remove_file(&out);
             remove_file(&afs_datagen::manifest_path(&out));

@@ -750,9 +750,9 @@ fn in_process_figure(log: &LogResults, name: &str, times: &DatagenTimes, rows: &
         Ok(Some(wb)) => {
             // The cost per score is set against the median without write-back; a single
             // record logged one call at a time (group 1) is what the issue compares it to.
-            let per_score_us = times.median_secs.map(|m| {
-                (wb.in_process_secs - m).max(0.0) * 1e6 / (wb.scored.max(1) as f64)
-            });
+            let per_score_us = times
+                .median_secs
+                .map(|m| (wb.in_process_secs - m).max(0.0) * 1e6 / (wb.scored.max(1) as f64));
             let log_us = Some(wb.log_call_secs * 1e6);
             let mut figure = Figure::new(
                 1,
@@ -768,16 +768,12 @@ fn in_process_figure(log: &LogResults, name: &str, times: &DatagenTimes, rows: &
                 format_ms(wb.in_process_secs * 1000.0),
                 thousands(wb.scored),
                 per_score_us.map_or("n/a".to_string(), |us| format!("{us:.1} us")),
-                log_us.map_or(String::new(), |us| format!(
-                    "; a log call: {us:.1} us"
-                )),
+                log_us.map_or(String::new(), |us| format!("; a log call: {us:.1} us")),
                 wb.log_batch_secs * 1e6,
             ));
             if let (Some(score), Some(log)) = (per_score_us, log_us) {
-                figure = figure.target(
-                    format!("<= {:.1} us/score (a log call)", log),
-                    score <= log,
-                );
+                figure =
+                    figure.target(format!("<= {:.1} us/score (a log call)", log), score <= log);
             }
             rows.push(figure);
             rows.push(
