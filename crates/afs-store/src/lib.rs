@@ -16,6 +16,7 @@
 //! # Ok::<(), afs_store::StoreError>(())
 //! ```
 
+pub mod backend;
 mod clock;
 mod error;
 mod experiment;

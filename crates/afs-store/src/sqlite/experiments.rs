@@ -2,16 +2,20 @@
 //! state and event log (schema version 3), and the per-unit statistics of experiments
 //! (schema version 7, in `sqlite/units.rs`).
 
+//!
+//! The rules (one champion, one running experiment, ...) are not here: they are written once
+//! in [`crate::backend`], over the reads and writes [`SqliteTx`] offers.
+
 use chrono::{DateTime, Utc};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::time::{micros_of, rfc3339};
 use super::{units, SqliteStore};
+use crate::backend::{ExperimentBackend, ExperimentTx, NewEvent, NewExperiment};
 use crate::error::{Result, StoreError};
 use crate::experiment::{
-    Decision, EventFilter, EventKind, EventNote, Experiment, ExperimentEvent, ExperimentPeriod,
-    ExperimentStatus, ExperimentStore, ModelVersion, NewModelVersion, SequentialState,
-    VersionStatus, WeightSource,
+    Decision, EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentPeriod,
+    ExperimentStatus, ModelVersion, NewModelVersion, SequentialState, VersionStatus, WeightSource,
 };
 use crate::units::UnitCohort;
 use crate::UsageStore;
@@ -198,654 +202,165 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<ExperimentEvent> {
     })
 }
 
-fn check_weight(weight: f64) -> Result<()> {
-    if !weight.is_finite() || !(0.0..=1.0).contains(&weight) {
-        return Err(StoreError::invalid(
-            "weight",
-            format!("{weight} is not a number within [0, 1]"),
-        ));
-    }
-    Ok(())
+/// The experiment store's reads and writes on one SQLite connection, inside the transaction
+/// [`ExperimentBackend::read`] or [`ExperimentBackend::write`] opened on it.
+struct SqliteTx<'a> {
+    conn: &'a Connection,
+    store: &'a SqliteStore,
 }
 
-fn conflict(reason: impl Into<String>) -> StoreError {
-    StoreError::Conflict {
-        reason: reason.into(),
-    }
-}
-
-/// One event row to write.
-struct EventRow<'a> {
-    experiment_id: Option<i64>,
-    kind: EventKind,
-    model: Option<&'a str>,
-    decision: Option<Decision>,
-    weight: Option<f64>,
-    note: &'a EventNote,
-}
-
-/// Largest accepted model path, in bytes (Linux's `PATH_MAX`).
-const MAX_PATH_BYTES: usize = 4096;
-
-impl SqliteStore {
-    fn check_text(&self, field: &'static str, value: &str, required: bool) -> Result<()> {
-        if required && value.trim().is_empty() {
-            return Err(StoreError::invalid(field, "must not be empty"));
-        }
-        // A version's name is the `model` of its records (a rollup key and a metric label),
-        // and a model path is a path: both are bounded like them.
-        let limit = match field {
-            "name" => crate::MAX_NAME_BYTES,
-            "model_path" => MAX_PATH_BYTES,
-            _ => self.config().max_field_bytes,
-        }
-        .min(self.config().max_field_bytes);
-        if value.len() > limit {
-            return Err(StoreError::invalid(
-                field,
-                format!("{} bytes exceeds the limit of {limit} bytes", value.len()),
-            ));
-        }
-        Ok(())
-    }
-
-    fn check_version(&self, version: &NewModelVersion) -> Result<()> {
-        self.check_text("name", &version.name, true)?;
-        self.check_text("model_path", &version.model_path, true)?;
-        if let Some(dataset) = &version.dataset {
-            self.check_text("dataset", dataset, false)?;
-        }
-        if let Some(run_id) = &version.run_id {
-            self.check_text("run_id", run_id, false)?;
-        }
-        Ok(())
-    }
-
-    fn check_note(&self, note: &EventNote) -> Result<()> {
-        self.check_text("reason", &note.reason, false)?;
-        if let Some(statistics) = &note.statistics {
-            self.check_text("statistics", statistics, false)?;
-        }
-        Ok(())
-    }
-
-    fn now_text(&self) -> String {
-        rfc3339(self.clock().now())
-    }
-
-    /// Runs `f` in one immediate (write-locking) transaction and commits it.
-    fn write<T>(&self, what: &str, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.write_txn(what, |tx| f(tx))
-    }
-
-    fn insert_event(&self, conn: &Connection, row: &EventRow<'_>) -> Result<ExperimentEvent> {
-        let at = self.now_text();
-        conn.execute(
-            "INSERT INTO experiment_event (at, experiment_id, kind, model, decision, weight, reason, statistics) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                at,
-                row.experiment_id,
-                row.kind.as_str(),
-                row.model,
-                row.decision.map(Decision::as_str),
-                row.weight,
-                row.note.reason,
-                row.note.statistics,
-            ],
-        )
-        .map_err(|e| StoreError::db(format!("write {} event", row.kind.as_str()), e))?;
-        let id = conn.last_insert_rowid();
-        conn.query_row(
-            &format!("SELECT {EVENT_COLUMNS} FROM experiment_event WHERE id = ?1"),
+fn read_experiment(conn: &Connection, id: i64) -> Result<Option<Experiment>> {
+    let found = conn
+        .query_row(
+            &format!("SELECT {EXPERIMENT_COLUMNS} FROM {EXPERIMENT_FROM} WHERE e.id = ?1"),
             [id],
-            event_from_row,
+            experiment_from_row,
         )
-        .map_err(|e| StoreError::db("read event", e))
-    }
+        .optional()
+        .map_err(|e| StoreError::db("read experiment", e))?;
+    let Some(mut experiment) = found else {
+        return Ok(None);
+    };
+    experiment.periods = read_periods(conn, id)?;
+    Ok(Some(experiment))
+}
 
-    /// Fails with `Conflict` when `name` was ever used by a version.
-    fn check_name_unused(&self, conn: &Connection, name: &str) -> Result<()> {
-        let existing: Option<(i64, String)> = conn
-            .query_row(
-                "SELECT id, status FROM model_version WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| StoreError::db("look up model version", e))?;
-        match existing {
-            Some((id, status)) => Err(conflict(format!(
-                "model name {name:?} is already used by version {id} ({status}); names are never \
-                 reused because usage statistics are kept per model name"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn insert_version(
-        &self,
-        conn: &Connection,
-        version: &NewModelVersion,
-        status: VersionStatus,
-        weight: f64,
-    ) -> Result<i64> {
-        let now = self.now_text();
-        let promoted_at = (status == VersionStatus::Champion).then_some(now.as_str());
-        conn.execute(
-            "INSERT INTO model_version (name, model_path, status, traffic_weight, created_at, promoted_at, dataset, run_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                version.name,
-                version.model_path,
-                status.as_str(),
-                weight,
-                now,
-                promoted_at,
-                version.dataset,
-                version.run_id
-            ],
+fn read_periods(conn: &Connection, experiment_id: i64) -> Result<Vec<ExperimentPeriod>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT idx, started_at, ended_at, challenger_weight, source FROM experiment_period \
+             WHERE experiment_id = ?1 ORDER BY idx",
         )
-        .map_err(|e| StoreError::db("insert model version", e))?;
-        Ok(conn.last_insert_rowid())
-    }
-
-    fn read_version(conn: &Connection, id: i64) -> Result<ModelVersion> {
-        conn.query_row(
-            &format!("SELECT {VERSION_COLUMNS} FROM model_version WHERE id = ?1"),
-            [id],
-            version_from_row,
-        )
-        .map_err(|e| StoreError::db("read model version", e))
-    }
-
-    fn read_experiment(conn: &Connection, id: i64) -> Result<Experiment> {
-        let found = conn
-            .query_row(
-                &format!("SELECT {EXPERIMENT_COLUMNS} FROM {EXPERIMENT_FROM} WHERE e.id = ?1"),
-                [id],
-                experiment_from_row,
-            )
-            .optional()
-            .map_err(|e| StoreError::db("read experiment", e))?;
-        let mut experiment = found.ok_or_else(|| StoreError::NotFound {
-            what: "experiment",
-            id: id.to_string(),
-        })?;
-        experiment.periods = Self::read_periods(conn, id)?;
-        Ok(experiment)
-    }
-
-    fn read_periods(conn: &Connection, experiment_id: i64) -> Result<Vec<ExperimentPeriod>> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT idx, started_at, ended_at, challenger_weight, source FROM experiment_period \
-                 WHERE experiment_id = ?1 ORDER BY idx",
-            )
-            .map_err(|e| StoreError::db("read experiment periods", e))?;
-        let rows = stmt
-            .query_map([experiment_id], |row| {
-                let source: String = row.get(4)?;
-                Ok(ExperimentPeriod {
-                    index: row.get(0)?,
-                    started_at: time_at(row, 1, "started_at")?,
-                    ended_at: optional_time_at(row, 2, "ended_at")?,
-                    challenger_weight: row.get(3)?,
-                    source: WeightSource::parse(&source)
-                        .ok_or_else(|| corrupt("source", &source))?,
-                })
+        .map_err(|e| StoreError::db("read experiment periods", e))?;
+    let rows = stmt
+        .query_map([experiment_id], |row| {
+            let source: String = row.get(4)?;
+            Ok(ExperimentPeriod {
+                index: row.get(0)?,
+                started_at: time_at(row, 1, "started_at")?,
+                ended_at: optional_time_at(row, 2, "ended_at")?,
+                challenger_weight: row.get(3)?,
+                source: WeightSource::parse(&source).ok_or_else(|| corrupt("source", &source))?,
             })
-            .map_err(|e| StoreError::db("read experiment periods", e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| StoreError::db("read experiment periods", e))
-    }
-
-    /// The ids of the running experiment `id` and its champion and challenger versions, or
-    /// `Conflict`/`NotFound` when it is not running.
-    fn running_ids(conn: &Connection, id: i64) -> Result<(i64, i64)> {
-        let row: Option<(String, i64, i64)> = conn
-            .query_row(
-                "SELECT status, champion_id, challenger_id FROM experiment WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| StoreError::db("read experiment", e))?;
-        match row {
-            None => Err(StoreError::NotFound {
-                what: "experiment",
-                id: id.to_string(),
-            }),
-            Some((status, champion, challenger))
-                if status == ExperimentStatus::Running.as_str() =>
-            {
-                Ok((champion, challenger))
-            }
-            Some((status, ..)) => Err(conflict(format!(
-                "experiment {id} is not running (it is {status})"
-            ))),
-        }
-    }
-
-    fn end_experiment(
-        &self,
-        conn: &Connection,
-        id: i64,
-        outcome: ExperimentStatus,
-        note: &EventNote,
-        decision: Option<Decision>,
-    ) -> Result<()> {
-        let (champion_id, challenger_id) = Self::running_ids(conn, id)?;
-        let now = self.now_text();
-        let db = |e| StoreError::db(format!("{} experiment {id}", outcome.as_str()), e);
-        let (winner, loser) = match outcome {
-            ExperimentStatus::Promoted => (challenger_id, champion_id),
-            _ => (champion_id, challenger_id),
-        };
-        // Retire first: the unique indexes allow one champion and one challenger at a time.
-        conn.execute(
-            "UPDATE model_version SET status = 'retired', traffic_weight = 0, retired_at = ?2 WHERE id = ?1",
-            params![loser, now],
-        )
-        .map_err(db)?;
-        conn.execute(
-            "UPDATE model_version SET status = 'champion', traffic_weight = 1, \
-             promoted_at = CASE WHEN status = 'champion' THEN promoted_at ELSE ?2 END WHERE id = ?1",
-            params![winner, now],
-        )
-        .map_err(db)?;
-        conn.execute(
-            "UPDATE experiment SET status = ?2, ended_at = ?3 WHERE id = ?1",
-            params![id, outcome.as_str(), now],
-        )
-        .map_err(db)?;
-        conn.execute(
-            "UPDATE experiment_period SET ended_at = ?2 WHERE experiment_id = ?1 AND ended_at IS NULL",
-            params![id, now],
-        )
-        .map_err(db)?;
-        units::end_experiment(conn, id)?;
-        let model: String = conn
-            .query_row(
-                "SELECT name FROM model_version WHERE id = ?1",
-                [challenger_id],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        let kind = if outcome == ExperimentStatus::Promoted {
-            EventKind::Promote
-        } else {
-            EventKind::Rollback
-        };
-        self.insert_event(
-            conn,
-            &EventRow {
-                experiment_id: Some(id),
-                kind,
-                model: Some(&model),
-                decision,
-                weight: None,
-                note,
-            },
-        )?;
-        Ok(())
-    }
-
-    fn check_state(state: &SequentialState) -> Result<()> {
-        if state.metric.trim().is_empty() {
-            return Err(StoreError::invalid("metric", "must not be empty"));
-        }
-        let numbers = [
-            ("baseline", state.baseline),
-            ("tau", state.tau),
-            ("theta0", state.theta0),
-            ("p_better", state.p_better),
-            ("p_worse", state.p_worse),
-            ("cs_lower", state.cs_lower),
-            ("cs_upper", state.cs_upper),
-        ];
-        for (field, value) in numbers {
-            if !value.is_finite() {
-                return Err(StoreError::invalid(
-                    field,
-                    format!("{value} is not finite (metric {})", state.metric),
-                ));
-            }
-        }
-        Ok(())
-    }
+        })
+        .map_err(|e| StoreError::db("read experiment periods", e))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| StoreError::db("read experiment periods", e))
 }
 
-impl ExperimentStore for SqliteStore {
-    fn champion(&self) -> Result<Option<ModelVersion>> {
-        let conn = self.conn()?;
-        conn.query_row(
-            &format!("SELECT {VERSION_COLUMNS} FROM model_version WHERE status = 'champion'"),
+/// The rows of `sql` (which takes `args`), each read by `from_row`.
+fn read_all<T>(
+    conn: &Connection,
+    what: &str,
+    sql: &str,
+    args: impl rusqlite::Params,
+    from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(|e| StoreError::db(what, e))?;
+    let rows = stmt
+        .query_map(args, from_row)
+        .map_err(|e| StoreError::db(what, e))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| StoreError::db(what, e))
+}
+
+impl ExperimentTx for SqliteTx<'_> {
+    fn now(&self) -> DateTime<Utc> {
+        self.store.clock().now()
+    }
+
+    fn champion(&mut self) -> Result<Option<ModelVersion>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM model_version WHERE status = 'champion'"),
+                [],
+                version_from_row,
+            )
+            .optional()
+            .map_err(|e| StoreError::db("read champion", e))
+    }
+
+    fn versions(&mut self) -> Result<Vec<ModelVersion>> {
+        read_all(
+            self.conn,
+            "read model versions",
+            &format!("SELECT {VERSION_COLUMNS} FROM model_version ORDER BY id"),
             [],
             version_from_row,
         )
-        .optional()
-        .map_err(|e| StoreError::db("read champion", e))
     }
 
-    fn model_versions(&self) -> Result<Vec<ModelVersion>> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM model_version ORDER BY id"
-            ))
-            .map_err(|e| StoreError::db("read model versions", e))?;
-        let rows = stmt
-            .query_map([], version_from_row)
-            .map_err(|e| StoreError::db("read model versions", e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| StoreError::db("read model versions", e))
+    fn version(&mut self, id: i64) -> Result<ModelVersion> {
+        self.conn
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM model_version WHERE id = ?1"),
+                [id],
+                version_from_row,
+            )
+            .optional()
+            .map_err(|e| StoreError::db("read model version", e))?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "model version",
+                id: id.to_string(),
+            })
     }
 
-    fn model_version(&self, name: &str) -> Result<ModelVersion> {
-        let conn = self.conn()?;
-        conn.query_row(
-            &format!("SELECT {VERSION_COLUMNS} FROM model_version WHERE name = ?1"),
-            [name],
-            version_from_row,
-        )
-        .optional()
-        .map_err(|e| StoreError::db("read model version", e))?
-        .ok_or_else(|| StoreError::NotFound {
-            what: "model version",
-            id: name.to_string(),
-        })
+    fn version_named(&mut self, name: &str) -> Result<Option<ModelVersion>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM model_version WHERE name = ?1"),
+                [name],
+                version_from_row,
+            )
+            .optional()
+            .map_err(|e| StoreError::db("read model version", e))
     }
 
-    fn running_experiment(&self) -> Result<Option<Experiment>> {
-        let conn = self.conn()?;
-        let id: Option<i64> = conn
+    fn running_experiment_id(&mut self) -> Result<Option<i64>> {
+        self.conn
             .query_row(
                 "SELECT id FROM experiment WHERE status = 'running'",
                 [],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| StoreError::db("read running experiment", e))?;
-        id.map(|id| Self::read_experiment(&conn, id)).transpose()
+            .map_err(|e| StoreError::db("read running experiment", e))
     }
 
-    fn experiment(&self, id: i64) -> Result<Experiment> {
-        Self::read_experiment(&*self.conn()?, id)
+    fn experiment(&mut self, id: i64) -> Result<Option<Experiment>> {
+        read_experiment(self.conn, id)
     }
 
-    fn experiments(&self) -> Result<Vec<Experiment>> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {EXPERIMENT_COLUMNS} FROM {EXPERIMENT_FROM} ORDER BY e.id"
-            ))
-            .map_err(|e| StoreError::db("read experiments", e))?;
-        let mut experiments = stmt
-            .query_map([], experiment_from_row)
-            .map_err(|e| StoreError::db("read experiments", e))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| StoreError::db("read experiments", e))?;
+    fn experiments(&mut self) -> Result<Vec<Experiment>> {
+        let mut experiments = read_all(
+            self.conn,
+            "read experiments",
+            &format!("SELECT {EXPERIMENT_COLUMNS} FROM {EXPERIMENT_FROM} ORDER BY e.id"),
+            [],
+            experiment_from_row,
+        )?;
         for experiment in &mut experiments {
-            experiment.periods = Self::read_periods(&conn, experiment.id)?;
+            experiment.periods = read_periods(self.conn, experiment.id)?;
         }
         Ok(experiments)
     }
 
-    fn set_champion(&self, version: &NewModelVersion, note: &EventNote) -> Result<ModelVersion> {
-        self.check_version(version)?;
-        self.check_note(note)?;
-        self.write("set champion", |conn| {
-            let running: Option<i64> = conn
-                .query_row("SELECT id FROM experiment WHERE status = 'running'", [], |r| r.get(0))
-                .optional()
-                .map_err(|e| StoreError::db("read running experiment", e))?;
-            if let Some(id) = running {
-                return Err(conflict(format!(
-                    "experiment {id} is running; promote or roll back its challenger before setting a champion"
-                )));
-            }
-            self.check_name_unused(conn, &version.name)?;
-            conn.execute(
-                "UPDATE model_version SET status = 'retired', traffic_weight = 0, retired_at = ?1 WHERE status = 'champion'",
-                [self.now_text()],
-            )
-            .map_err(|e| StoreError::db("retire champion", e))?;
-            let id = self.insert_version(conn, version, VersionStatus::Champion, 1.0)?;
-            self.insert_event(
-                conn,
-                &EventRow {
-                    experiment_id: None,
-                    kind: EventKind::SetChampion,
-                    model: Some(&version.name),
-                    decision: None,
-                    weight: Some(1.0),
-                    note,
-                },
-            )?;
-            Self::read_version(conn, id)
-        })
+    fn sequential_states(&mut self, experiment_id: i64) -> Result<Vec<SequentialState>> {
+        read_all(
+            self.conn,
+            "read sequential state",
+            &format!(
+                "SELECT {STATE_COLUMNS} FROM experiment_sequential_state \
+                 WHERE experiment_id = ?1 ORDER BY metric"
+            ),
+            [experiment_id],
+            state_from_row,
+        )
     }
 
-    fn deploy_challenger(
-        &self,
-        version: &NewModelVersion,
-        weight: f64,
-        seed: u64,
-        note: &EventNote,
-    ) -> Result<Experiment> {
-        self.check_version(version)?;
-        self.check_note(note)?;
-        check_weight(weight)?;
-        self.write("deploy challenger", |conn| {
-            let champion: Option<(i64, String)> = conn
-                .query_row("SELECT id, name FROM model_version WHERE status = 'champion'", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-                .map_err(|e| StoreError::db("read champion", e))?;
-            let Some((champion_id, champion_name)) = champion else {
-                return Err(conflict("no champion is set; set a champion before deploying a challenger"));
-            };
-            let running: Option<i64> = conn
-                .query_row("SELECT id FROM experiment WHERE status = 'running'", [], |r| r.get(0))
-                .optional()
-                .map_err(|e| StoreError::db("read running experiment", e))?;
-            if let Some(id) = running {
-                return Err(conflict(format!(
-                    "experiment {id} is already running; promote or roll back its challenger first"
-                )));
-            }
-            self.check_name_unused(conn, &version.name)?;
-            let challenger_id = self.insert_version(conn, version, VersionStatus::Challenger, weight)?;
-            conn.execute("UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1", params![champion_id, 1.0 - weight])
-                .map_err(|e| StoreError::db("update champion weight", e))?;
-            let at = self.clock().now();
-            let (now, now_us) = (rfc3339(at), micros_of(at));
-            conn.execute(
-                "INSERT INTO experiment (champion_id, challenger_id, status, seed, challenger_weight, started_at) \
-                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
-                params![champion_id, challenger_id, seed as i64, weight, now],
-            )
-            .map_err(|e| StoreError::db("insert experiment", e))?;
-            let id = conn.last_insert_rowid();
-            conn.execute(
-                "INSERT INTO experiment_period (experiment_id, idx, started_at, started_us, challenger_weight, source) \
-                 VALUES (?1, 0, ?2, ?3, ?4, 'initial')",
-                params![id, now, now_us, weight],
-            )
-            .map_err(|e| StoreError::db("insert experiment period", e))?;
-            units::start_experiment(conn, id, &champion_name, &version.name, now_us)?;
-            self.insert_event(
-                conn,
-                &EventRow {
-                    experiment_id: Some(id),
-                    kind: EventKind::Deploy,
-                    model: Some(&version.name),
-                    decision: None,
-                    weight: Some(weight),
-                    note,
-                },
-            )?;
-            Self::read_experiment(conn, id)
-        })
-    }
-
-    fn set_challenger_weight(
-        &self,
-        experiment_id: i64,
-        weight: f64,
-        source: WeightSource,
-        note: &EventNote,
-    ) -> Result<Experiment> {
-        check_weight(weight)?;
-        self.check_note(note)?;
-        self.write("set weight", |conn| {
-            let (champion_id, challenger_id) = Self::running_ids(conn, experiment_id)?;
-            let at = self.clock().now();
-            let (now, now_us) = (rfc3339(at), micros_of(at));
-            let db = |e| StoreError::db(format!("set weight of experiment {experiment_id}"), e);
-            let last: u32 = conn
-                .query_row(
-                    "SELECT MAX(idx) FROM experiment_period WHERE experiment_id = ?1",
-                    [experiment_id],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            conn.execute(
-                "UPDATE experiment_period SET ended_at = ?3 WHERE experiment_id = ?1 AND idx = ?2",
-                params![experiment_id, last, now],
-            )
-            .map_err(db)?;
-            conn.execute(
-                "INSERT INTO experiment_period (experiment_id, idx, started_at, started_us, challenger_weight, source) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![experiment_id, last + 1, now, now_us, weight, source.as_str()],
-            )
-            .map_err(db)?;
-            units::start_period(conn, experiment_id, last, last + 1, now_us)?;
-            conn.execute("UPDATE experiment SET challenger_weight = ?2 WHERE id = ?1", params![experiment_id, weight])
-                .map_err(db)?;
-            conn.execute("UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1", params![challenger_id, weight])
-                .map_err(db)?;
-            conn.execute("UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1", params![champion_id, 1.0 - weight])
-                .map_err(db)?;
-            self.insert_event(
-                conn,
-                &EventRow {
-                    experiment_id: Some(experiment_id),
-                    kind: EventKind::SetWeight,
-                    model: None,
-                    decision: None,
-                    weight: Some(weight),
-                    note,
-                },
-            )?;
-            Self::read_experiment(conn, experiment_id)
-        })
-    }
-
-    fn promote(&self, experiment_id: i64, note: &EventNote) -> Result<Experiment> {
-        self.check_note(note)?;
-        self.write("promote", |conn| {
-            self.end_experiment(conn, experiment_id, ExperimentStatus::Promoted, note, None)?;
-            Self::read_experiment(conn, experiment_id)
-        })
-    }
-
-    fn rollback(&self, experiment_id: i64, note: &EventNote) -> Result<Experiment> {
-        self.check_note(note)?;
-        self.write("rollback", |conn| {
-            self.end_experiment(
-                conn,
-                experiment_id,
-                ExperimentStatus::RolledBack,
-                note,
-                None,
-            )?;
-            Self::read_experiment(conn, experiment_id)
-        })
-    }
-
-    fn record_decision(
-        &self,
-        experiment_id: i64,
-        decision: Decision,
-        states: &[SequentialState],
-        note: &EventNote,
-        apply: bool,
-    ) -> Result<ExperimentEvent> {
-        self.check_note(note)?;
-        for state in states {
-            Self::check_state(state)?;
-        }
-        self.write("record decision", |conn| {
-            Self::running_ids(conn, experiment_id)?;
-            let mut upsert = conn
-                .prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-                ))
-                .map_err(|e| StoreError::db("write sequential state", e))?;
-            for s in states {
-                upsert
-                    .execute(params![
-                        experiment_id,
-                        s.metric,
-                        s.n_looks as i64,
-                        s.baseline,
-                        s.tau,
-                        s.theta0,
-                        s.p_better,
-                        s.p_worse,
-                        s.cs_lower,
-                        s.cs_upper,
-                        rfc3339(s.started_at),
-                        rfc3339(s.updated_at),
-                    ])
-                    .map_err(|e| StoreError::db(format!("write sequential state of {}", s.metric), e))?;
-            }
-            let event = self.insert_event(
-                conn,
-                &EventRow {
-                    experiment_id: Some(experiment_id),
-                    kind: EventKind::Decision,
-                    model: None,
-                    decision: Some(decision),
-                    weight: None,
-                    note,
-                },
-            )?;
-            if apply {
-                match decision {
-                    Decision::Promote => {
-                        self.end_experiment(conn, experiment_id, ExperimentStatus::Promoted, note, Some(decision))?
-                    }
-                    Decision::Rollback => {
-                        self.end_experiment(conn, experiment_id, ExperimentStatus::RolledBack, note, Some(decision))?
-                    }
-                    Decision::KeepTesting | Decision::Hold => {}
-                }
-            }
-            Ok(event)
-        })
-    }
-
-    fn sequential_states(&self, experiment_id: i64) -> Result<Vec<SequentialState>> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {STATE_COLUMNS} FROM experiment_sequential_state WHERE experiment_id = ?1 ORDER BY metric"
-            ))
-            .map_err(|e| StoreError::db("read sequential state", e))?;
-        let rows = stmt
-            .query_map([experiment_id], state_from_row)
-            .map_err(|e| StoreError::db("read sequential state", e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| StoreError::db("read sequential state", e))
-    }
-
-    fn events(&self, filter: &EventFilter) -> Result<Vec<ExperimentEvent>> {
+    fn events(&mut self, filter: &EventFilter) -> Result<Vec<ExperimentEvent>> {
         let mut conds = Vec::new();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(id) = filter.experiment_id {
@@ -872,16 +387,278 @@ impl ExperimentStore for SqliteStore {
             Some(n) => format!("LIMIT {}", n.min(i64::MAX as u64)),
             None => String::new(),
         };
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM experiment_event {where_clause} ORDER BY id {order} {limit}");
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare(&sql)
-            .map_err(|e| StoreError::db("read events", e))?;
-        let rows = stmt
-            .query_map(params_from_iter(args), event_from_row)
-            .map_err(|e| StoreError::db("read events", e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| StoreError::db("read events", e))
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM experiment_event {where_clause} ORDER BY id {order} {limit}"
+        );
+        read_all(
+            self.conn,
+            "read events",
+            &sql,
+            params_from_iter(args),
+            event_from_row,
+        )
+    }
+
+    fn insert_version(
+        &mut self,
+        version: &NewModelVersion,
+        status: VersionStatus,
+        weight: f64,
+        at: DateTime<Utc>,
+    ) -> Result<i64> {
+        let now = rfc3339(at);
+        let promoted_at = (status == VersionStatus::Champion).then_some(now.as_str());
+        self.conn
+            .execute(
+                "INSERT INTO model_version (name, model_path, status, traffic_weight, created_at, \
+                 promoted_at, dataset, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    version.name,
+                    version.model_path,
+                    status.as_str(),
+                    weight,
+                    now,
+                    promoted_at,
+                    version.dataset,
+                    version.run_id
+                ],
+            )
+            .map_err(|e| StoreError::db("insert model version", e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn retire_version(&mut self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE model_version SET status = 'retired', traffic_weight = 0, retired_at = ?2 \
+                 WHERE id = ?1",
+                params![id, rfc3339(at)],
+            )
+            .map_err(|e| StoreError::db(format!("retire model version {id}"), e))?;
+        Ok(())
+    }
+
+    fn crown_version(&mut self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE model_version SET status = 'champion', traffic_weight = 1, \
+                 promoted_at = CASE WHEN status = 'champion' THEN promoted_at ELSE ?2 END \
+                 WHERE id = ?1",
+                params![id, rfc3339(at)],
+            )
+            .map_err(|e| StoreError::db(format!("make model version {id} champion"), e))?;
+        Ok(())
+    }
+
+    fn set_version_weight(&mut self, id: i64, weight: f64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1",
+                params![id, weight],
+            )
+            .map_err(|e| StoreError::db(format!("set the weight of model version {id}"), e))?;
+        Ok(())
+    }
+
+    fn insert_experiment(&mut self, new: &NewExperiment<'_>) -> Result<i64> {
+        let (now, now_us) = (rfc3339(new.at), micros_of(new.at));
+        self.conn
+            .execute(
+                "INSERT INTO experiment (champion_id, challenger_id, status, seed, \
+                 challenger_weight, started_at) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                // The seed is a u64 stored in SQLite's signed 64-bit integer, bit for bit.
+                params![
+                    new.champion.id,
+                    new.challenger.id,
+                    new.seed as i64,
+                    new.weight,
+                    now
+                ],
+            )
+            .map_err(|e| StoreError::db("insert experiment", e))?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .execute(
+                "INSERT INTO experiment_period (experiment_id, idx, started_at, started_us, \
+                 challenger_weight, source) VALUES (?1, 0, ?2, ?3, ?4, 'initial')",
+                params![id, now, now_us, new.weight],
+            )
+            .map_err(|e| StoreError::db("insert experiment period", e))?;
+        units::start_experiment(
+            self.conn,
+            id,
+            &new.champion.name,
+            &new.challenger.name,
+            now_us,
+        )?;
+        Ok(id)
+    }
+
+    fn start_period(
+        &mut self,
+        experiment_id: i64,
+        weight: f64,
+        source: WeightSource,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let (now, now_us) = (rfc3339(at), micros_of(at));
+        let db = |e| StoreError::db(format!("set weight of experiment {experiment_id}"), e);
+        let last: u32 = self
+            .conn
+            .query_row(
+                "SELECT MAX(idx) FROM experiment_period WHERE experiment_id = ?1",
+                [experiment_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        self.conn
+            .execute(
+                "UPDATE experiment_period SET ended_at = ?3 WHERE experiment_id = ?1 AND idx = ?2",
+                params![experiment_id, last, now],
+            )
+            .map_err(db)?;
+        self.conn
+            .execute(
+                "INSERT INTO experiment_period (experiment_id, idx, started_at, started_us, \
+                 challenger_weight, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    experiment_id,
+                    last + 1,
+                    now,
+                    now_us,
+                    weight,
+                    source.as_str()
+                ],
+            )
+            .map_err(db)?;
+        units::start_period(self.conn, experiment_id, last, last + 1, now_us)?;
+        self.conn
+            .execute(
+                "UPDATE experiment SET challenger_weight = ?2 WHERE id = ?1",
+                params![experiment_id, weight],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn end_experiment(
+        &mut self,
+        id: i64,
+        status: ExperimentStatus,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let now = rfc3339(at);
+        let db = |e| StoreError::db(format!("{} experiment {id}", status.as_str()), e);
+        self.conn
+            .execute(
+                "UPDATE experiment SET status = ?2, ended_at = ?3 WHERE id = ?1",
+                params![id, status.as_str(), now],
+            )
+            .map_err(db)?;
+        self.conn
+            .execute(
+                "UPDATE experiment_period SET ended_at = ?2 \
+                 WHERE experiment_id = ?1 AND ended_at IS NULL",
+                params![id, now],
+            )
+            .map_err(db)?;
+        units::end_experiment(self.conn, id)
+    }
+
+    fn put_sequential_states(
+        &mut self,
+        experiment_id: i64,
+        states: &[SequentialState],
+    ) -> Result<()> {
+        let mut upsert = self
+            .conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ))
+            .map_err(|e| StoreError::db("write sequential state", e))?;
+        for s in states {
+            upsert
+                .execute(params![
+                    experiment_id,
+                    s.metric,
+                    s.n_looks as i64,
+                    s.baseline,
+                    s.tau,
+                    s.theta0,
+                    s.p_better,
+                    s.p_worse,
+                    s.cs_lower,
+                    s.cs_upper,
+                    rfc3339(s.started_at),
+                    rfc3339(s.updated_at),
+                ])
+                .map_err(|e| {
+                    StoreError::db(format!("write sequential state of {}", s.metric), e)
+                })?;
+        }
+        Ok(())
+    }
+
+    fn insert_event(&mut self, row: &NewEvent<'_>) -> Result<ExperimentEvent> {
+        self.conn
+            .execute(
+                "INSERT INTO experiment_event (at, experiment_id, kind, model, decision, weight, \
+                 reason, statistics) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    rfc3339(row.at),
+                    row.experiment_id,
+                    row.kind.as_str(),
+                    row.model,
+                    row.decision.map(Decision::as_str),
+                    row.weight,
+                    row.note.reason,
+                    row.note.statistics,
+                ],
+            )
+            .map_err(|e| StoreError::db(format!("write {} event", row.kind.as_str()), e))?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .query_row(
+                &format!("SELECT {EVENT_COLUMNS} FROM experiment_event WHERE id = ?1"),
+                [id],
+                event_from_row,
+            )
+            .map_err(|e| StoreError::db("read event", e))
+    }
+}
+
+impl ExperimentBackend for SqliteStore {
+    fn max_field_bytes(&self) -> usize {
+        self.config().max_field_bytes
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&mut dyn ExperimentTx) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn()?;
+        // One snapshot for every read of the call (an experiment and its periods, say).
+        let tx = conn
+            .transaction()
+            .map_err(|e| StoreError::db("begin reading experiments", e))?;
+        let value = f(&mut SqliteTx {
+            conn: &tx,
+            store: self,
+        })?;
+        tx.commit()
+            .map_err(|e| StoreError::db("end reading experiments", e))?;
+        Ok(value)
+    }
+
+    fn write<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut dyn ExperimentTx) -> Result<T>,
+    ) -> Result<T> {
+        self.write_txn(what, |tx| {
+            f(&mut SqliteTx {
+                conn: tx,
+                store: self,
+            })
+        })
     }
 
     fn unit_stats(
@@ -889,12 +666,16 @@ impl ExperimentStore for SqliteStore {
         experiment_id: i64,
         feedback_before: Option<DateTime<Utc>>,
     ) -> Result<Vec<UnitCohort>> {
+        let not_found = || StoreError::NotFound {
+            what: "experiment",
+            id: experiment_id.to_string(),
+        };
         // Unit rows changed since the last look are folded into the cohort sums first, in
         // the transaction that reads them, so the cohort, loose and unit rows read are one
         // snapshot; without such rows a read transaction suffices.
         let fold_and_read = || {
-            self.write("fold and read unit statistics", |conn| {
-                let experiment = Self::read_experiment(conn, experiment_id)?;
+            self.write_txn("fold and read unit statistics", |conn| {
+                let experiment = read_experiment(conn, experiment_id)?.ok_or_else(not_found)?;
                 units::fold(conn, experiment_id)?;
                 units::unit_stats(conn, &experiment, feedback_before)
             })
@@ -910,7 +691,7 @@ impl ExperimentStore for SqliteStore {
         let tx = conn
             .transaction()
             .map_err(|e| StoreError::db("begin reading unit statistics", e))?;
-        let experiment = Self::read_experiment(&tx, experiment_id)?;
+        let experiment = read_experiment(&tx, experiment_id)?.ok_or_else(not_found)?;
         if units::needs_fold(&tx, experiment_id)? {
             // Rows changed between the check and this snapshot: fold them, as above.
             drop(tx);
@@ -924,8 +705,12 @@ impl ExperimentStore for SqliteStore {
     }
 
     fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64> {
-        self.write("record unit covariates", |conn| {
-            let experiment = Self::read_experiment(conn, experiment_id)?;
+        self.write_txn("record unit covariates", |conn| {
+            let experiment =
+                read_experiment(conn, experiment_id)?.ok_or_else(|| StoreError::NotFound {
+                    what: "experiment",
+                    id: experiment_id.to_string(),
+                })?;
             units::record_covariates(
                 conn,
                 experiment_id,
