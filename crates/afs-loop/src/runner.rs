@@ -365,6 +365,7 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             started_at,
             phase: "start".into(),
             pid: std::process::id(),
+            identity: afs_store::process::identity(std::process::id()),
         });
         state.save(&*self.store)?;
 
@@ -400,8 +401,20 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
         let Some(in_progress) = state.in_progress.clone() else {
             return Ok(recovered);
         };
-        if in_progress.pid == std::process::id() || process_alive(in_progress.pid) {
-            // Ours (a loop in this process is at work) or another live process's.
+        let alive = match in_progress.identity.as_str() {
+            // A state written before identities were recorded: the pid's process, if any.
+            "" => i32::try_from(in_progress.pid)
+                .ok()
+                .and_then(afs_store::process::proc_stat)
+                .is_some_and(|s| !s.zombie),
+            identity => {
+                afs_store::process::liveness(in_progress.pid, identity)
+                    != afs_store::process::Liveness::Dead
+            }
+        };
+        if in_progress.pid == std::process::id() || alive {
+            // Ours (a loop in this process is at work), another live process's, or one on
+            // another host that cannot be checked from here.
             return Ok(recovered);
         }
         let now = self.store.clock().now();
@@ -887,20 +900,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Whether process `pid` exists (signal 0 checks without sending anything).
-fn process_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
-        Ok(()) => true,
-        Err(errno) => errno == nix::errno::Errno::EPERM,
-    }
-}
-
 /// SplitMix64: a well-mixed 64-bit value from `x`.
 pub(crate) fn splitmix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -926,12 +925,5 @@ mod tests {
         assert_eq!(split_version("nayru-v12"), ("nayru", Some(12)));
         assert_eq!(split_version("nayru-vx"), ("nayru-vx", None));
         assert_eq!(split_version("-v3"), ("-v3", None));
-    }
-
-    #[test]
-    fn a_dead_pid_is_not_alive() {
-        assert!(process_alive(std::process::id()));
-        assert!(!process_alive(0));
-        assert!(!process_alive(u32::MAX));
     }
 }

@@ -62,6 +62,10 @@ pub struct InProgress {
     pub phase: String,
     /// The process running it.
     pub pid: u32,
+    /// That process's identity (`afs_store::process::identity`), so a reused pid is not
+    /// taken for it; empty in states written before it was recorded.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// One recorded error.

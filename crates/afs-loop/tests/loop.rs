@@ -703,6 +703,7 @@ fn an_iteration_left_by_a_dead_process_is_recorded_as_interrupted() {
     let f = fixture();
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
+    let identity = afs_store::process::identity(dead_pid);
     child.wait().unwrap();
     let state = LoopState {
         iterations: 4,
@@ -711,6 +712,7 @@ fn an_iteration_left_by_a_dead_process_is_recorded_as_interrupted() {
             started_at: start(),
             phase: "retrain".into(),
             pid: dead_pid,
+            identity,
         }),
         ..LoopState::default()
     };
@@ -732,6 +734,70 @@ fn an_iteration_left_by_a_dead_process_is_recorded_as_interrupted() {
     );
     f.advance_hours(1);
     assert_eq!(learning.run_iteration().unwrap().number, 5);
+}
+
+/// A pid reused by another process is not the loop that recorded it: the identity (boot,
+/// start time, host) tells them apart, where `kill(pid, 0)` would say "alive".
+#[test]
+fn an_iteration_whose_pid_was_reused_is_recorded_as_interrupted() {
+    let f = fixture();
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let identity = afs_store::process::identity(other.id());
+    let (process, host) = identity.rsplit_once('@').unwrap();
+    let (boot, ticks) = process.rsplit_once(':').unwrap();
+    let earlier = ticks.parse::<u64>().unwrap().saturating_sub(1);
+    let state = LoopState {
+        iterations: 2,
+        in_progress: Some(InProgress {
+            number: 2,
+            started_at: start(),
+            phase: "deploy".into(),
+            pid: other.id(),
+            identity: format!("{boot}:{earlier}@{host}"),
+        }),
+        ..LoopState::default()
+    };
+    state.save(&*f.store).unwrap();
+    let (trainer, _) = counting_trainer();
+    let _learning = f.new_loop(f.config(), trainer);
+    let state = LoopState::load(&*f.store).unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    assert_eq!(state.in_progress, None);
+    assert_eq!(state.interrupted_iterations, 1);
+}
+
+/// An iteration recorded by a live process is left alone.
+#[test]
+fn an_iteration_of_a_live_process_is_left_in_progress() {
+    let f = fixture();
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let in_progress = InProgress {
+        number: 2,
+        started_at: start(),
+        phase: "retrain".into(),
+        pid: other.id(),
+        identity: afs_store::process::identity(other.id()),
+    };
+    let state = LoopState {
+        iterations: 2,
+        in_progress: Some(in_progress.clone()),
+        ..LoopState::default()
+    };
+    state.save(&*f.store).unwrap();
+    let (trainer, _) = counting_trainer();
+    let _learning = f.new_loop(f.config(), trainer);
+    let state = LoopState::load(&*f.store).unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    assert_eq!(state.in_progress, Some(in_progress));
+    assert_eq!(state.interrupted_iterations, 0);
 }
 
 #[test]

@@ -24,6 +24,7 @@ mod id;
 pub mod key;
 mod query;
 mod record;
+pub mod process;
 mod runs;
 mod sqlite;
 mod stats;

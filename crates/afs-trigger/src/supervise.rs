@@ -27,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use afs_store::process::{boot_id, proc_stat};
 use serde::{Deserialize, Serialize};
 
 use crate::template::Placeholder;
@@ -288,34 +289,6 @@ fn read_tail(path: &Path, max: u64) -> std::io::Result<String> {
 }
 
 // --- Process identities and the group file -------------------------------------------------
-
-/// What `/proc/PID/stat` says about a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcStat {
-    pgrp: i32,
-    /// Start time in clock ticks since boot.
-    start: u64,
-    zombie: bool,
-}
-
-fn proc_stat(pid: i32) -> Option<ProcStat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcStat {
-        zombie: matches!(fields.first(), Some(&"Z") | Some(&"X")),
-        pgrp: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
 
 /// The live (not zombie) processes of group `pgid`, with their start times.
 fn group_members(pgid: i32) -> Vec<(i32, u64)> {

@@ -71,30 +71,6 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RetrainRun> {
     })
 }
 
-/// Identifies a process beyond its pid (pids are reused): its start time in clock ticks
-/// since boot, from `/proc/PID/stat`, plus the boot id. Empty where `/proc` is unavailable.
-fn process_identity(pid: u32) -> String {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return String::new();
-    };
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return String::new();
-    };
-    let start_ticks = rest.split_whitespace().nth(19).unwrap_or("");
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    format!("{}:{start_ticks}", boot.trim())
-}
-
-/// Whether the process that recorded `identity` as `pid` is still running. Without `/proc`
-/// (identity empty) the owner is assumed alive: a stuck lock is safer than two trainers.
-fn owner_alive(pid: u32, identity: &str) -> bool {
-    if identity.is_empty() {
-        return true;
-    }
-    process_identity(pid) == identity
-}
-
 impl SqliteStore {
     fn fail_dead_runs(&self, tx: &rusqlite::Transaction<'_>) -> Result<Vec<String>> {
         let mut stmt = tx
@@ -108,7 +84,8 @@ impl SqliteStore {
         let mut failed = Vec::new();
         for (id, pid, identity) in running {
             let pid = pid.clamp(0, i64::from(u32::MAX)) as u32;
-            if owner_alive(pid, &identity) {
+            // An owner on another host cannot be checked from here: its run stays running.
+            if crate::process::liveness(pid, &identity) != crate::process::Liveness::Dead {
                 continue;
             }
             tx.execute(
@@ -149,7 +126,7 @@ impl RunStore for SqliteStore {
         tx.execute(
             "INSERT INTO retrain_runs (id, started_at, status, trigger_type, trigger, run_dir, owner_pid, owner_start)
              VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
-            params![id, rfc3339(now), run.trigger_type, run.trigger, run.run_dir, pid, process_identity(pid)],
+            params![id, rfc3339(now), run.trigger_type, run.trigger, run.run_dir, pid, crate::process::identity(pid)],
         )
         .map_err(|e| StoreError::db("insert run", e))?;
         tx.commit()
