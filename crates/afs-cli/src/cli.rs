@@ -21,6 +21,8 @@ Exit codes:
   5   busy or conflict (another retrain is running on this database; an `afs ab` command
       the current state refuses: no champion, no experiment running, one already running,
       a model name already used; `afs demo` on a database that holds data)
+  6   database unavailable (a database server could not be reached or did not answer in
+      time; try again when it is back)
   10  not triggered (`afs trigger check --exit-code` only)
   130 interrupted by SIGINT or SIGTERM (`afs retrain` or `afs loop once` stopped its
       trainer; or a repeated signal ended `afs retrain` or `afs loop` at once)

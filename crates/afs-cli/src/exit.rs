@@ -25,6 +25,9 @@ pub(crate) const NOT_FOUND: u8 = 4;
 /// experiment, one already running, a model name already used). Every store error of kind
 /// [`ErrorKind::Conflict`] maps here, so "try again later / fix the state first" has one code.
 pub(crate) const BUSY: u8 = 5;
+/// The database server could not be reached or did not answer in time (kind
+/// [`ErrorKind::Unavailable`]): try again when it is back.
+pub(crate) const UNAVAILABLE: u8 = 6;
 /// `afs trigger check --exit-code`: no trigger fired.
 pub(crate) const NOT_TRIGGERED: u8 = 10;
 /// Stopped by SIGINT or SIGTERM before the work was done (128 + SIGINT, as shells report).
@@ -192,6 +195,9 @@ fn classify_kind(kind: ErrorKind) -> (u8, &'static str) {
         ErrorKind::Database => (FAILURE, "database"),
         ErrorKind::Io => (FAILURE, "io"),
         ErrorKind::Conflict => (BUSY, "conflict"),
+        ErrorKind::Unavailable => (UNAVAILABLE, "unavailable"),
+        // A kind added to the store later: a failure until it is given a code.
+        _ => (FAILURE, "error"),
     }
 }
 
@@ -238,6 +244,16 @@ mod tests {
         let invalid: anyhow::Error = InvalidInput("bad".into()).into();
         assert_eq!(classify(&invalid).0, INVALID_INPUT);
         assert_eq!(classify(&anyhow::anyhow!("other")).0, FAILURE);
+    }
+
+    #[test]
+    fn an_unreachable_database_has_its_own_code() {
+        let down: anyhow::Error = StoreError::Unavailable {
+            context: "connect".into(),
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        }
+        .into();
+        assert_eq!(classify(&down), (UNAVAILABLE, "unavailable"));
     }
 
     #[test]

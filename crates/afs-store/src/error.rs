@@ -4,7 +4,11 @@ use std::fmt;
 
 /// The broad class of a [`StoreError`]; what callers (the CLI's exit codes, the HTTP
 /// service's status codes) match on. Upper layers never see driver errors directly.
+///
+/// New kinds may be added (a new backend may fail in new ways), so a `match` on it needs a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The caller passed a value the store refuses (a field is empty, too large, out of range).
     InvalidInput,
@@ -16,6 +20,10 @@ pub enum ErrorKind {
     Io,
     /// The operation conflicts with the current state (e.g. a retrain is already running).
     Conflict,
+    /// The database server could not be reached, or did not answer in time (connection
+    /// refused or lost, a timeout). A backend retries what is safe to retry before saying
+    /// so; whether a write that failed this way took effect is unknown.
+    Unavailable,
 }
 
 /// An error from the usage store.
@@ -70,6 +78,15 @@ pub enum StoreError {
         /// What it is instead, as a lowercase fragment.
         reason: String,
     },
+    /// The database server could not be reached or did not answer in time.
+    #[error("database unavailable: {context}: {source}")]
+    Unavailable {
+        /// What the store was doing.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -91,6 +108,7 @@ impl StoreError {
             StoreError::Database { .. } | StoreError::NotAfsDatabase { .. } => ErrorKind::Database,
             StoreError::Io { .. } => ErrorKind::Io,
             StoreError::Conflict { .. } => ErrorKind::Conflict,
+            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
         }
     }
 

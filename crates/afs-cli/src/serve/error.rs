@@ -81,6 +81,8 @@ impl ApiError {
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             ErrorKind::Database => (StatusCode::INTERNAL_SERVER_ERROR, "database"),
             ErrorKind::Io => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
             tracing::error!(%message, "request failed");
