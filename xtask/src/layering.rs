@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 /// also depend on `c` directly. A crate added under `crates/` must be added here too.
 pub const LAYERS: &[(&str, &[&str])] = &[
     ("afs-store", &[]),
+    ("afs-store-mem", &["afs-store"]),
     ("afs-datagen", &["afs-store"]),
     ("afs-trigger", &["afs-datagen", "afs-store"]),
     ("afs-abtest", &["afs-store"]),
