@@ -370,23 +370,10 @@ pub struct RunOutcome {
 /// A small, fast generator for the synthetic traffic (xoshiro256++ seeded by SplitMix64).
 struct TrafficRng([u64; 4]);
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl TrafficRng {
     fn new(seed: u64) -> Self {
-        let mut s = seed;
-        TrafficRng([
-            splitmix(&mut s),
-            splitmix(&mut s),
-            splitmix(&mut s),
-            splitmix(&mut s),
-        ])
+        let mut s = afs_store::rng::SplitMix64::new(seed);
+        TrafficRng([s.next_u64(), s.next_u64(), s.next_u64(), s.next_u64()])
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -649,12 +636,12 @@ struct RunSeeds {
 }
 
 fn seeds_of(seed: u64) -> RunSeeds {
-    let mut s = seed;
+    let mut s = afs_store::rng::SplitMix64::new(seed);
     RunSeeds {
-        users: splitmix(&mut s),
-        traffic: splitmix(&mut s),
-        router: splitmix(&mut s),
-        experiment: splitmix(&mut s),
+        users: s.next_u64(),
+        traffic: s.next_u64(),
+        router: s.next_u64(),
+        experiment: s.next_u64(),
     }
 }
 

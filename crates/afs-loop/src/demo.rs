@@ -458,16 +458,15 @@ fn day_hour(start: DateTime<Utc>, at: DateTime<Utc>) -> (u32, u32) {
 
 /// A small deterministic generator (SplitMix64), so a seed gives the same timeline on every
 /// platform and with every version of the `rand` crate.
-struct DemoRng(u64);
+struct DemoRng(afs_store::rng::SplitMix64);
 
 impl DemoRng {
     fn new(seed: u64) -> Self {
-        DemoRng(seed)
+        DemoRng(afs_store::rng::SplitMix64::new(seed))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        splitmix(self.0)
+        self.0.next_u64()
     }
 
     /// Uniform on [0, 1).

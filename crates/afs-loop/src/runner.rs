@@ -14,6 +14,8 @@ use afs_store::{
     RunOutcome, RunStatus, RunStore, SqliteStore, UsageStore,
 };
 use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TrainOutput, Trainer};
+
+pub(crate) use afs_store::rng::splitmix64 as splitmix;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -898,14 +900,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// SplitMix64: a well-mixed 64-bit value from `x`.
-pub(crate) fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@
 
 pub mod backend;
 mod clock;
+/// The backend conformance suite (cargo feature `testing`): every check of the three store
+/// traits, for any backend's tests.
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod error;
 mod experiment;
 mod id;
@@ -25,6 +29,7 @@ pub mod key;
 mod query;
 mod record;
 pub mod process;
+pub mod rng;
 mod runs;
 mod sqlite;
 mod stats;
