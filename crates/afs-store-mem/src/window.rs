@@ -220,6 +220,11 @@ pub(crate) fn stats_grouped(
         }
     }
     for (from, to) in scans {
+        if let (Some(f), Some(t)) = (from, to) {
+            if f >= t {
+                continue;
+            }
+        }
         let lo = from.map_or(std::ops::Bound::Unbounded, |f| {
             std::ops::Bound::Included(first_key_at(f))
         });
