@@ -134,16 +134,10 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, &'static str) {
         // The libraries' errors are matched by variant: `TriggerError::Store` is
         // transparent, so the store error inside is not in the chain of sources.
         if let Some(trigger_err) = cause.downcast_ref::<TriggerError>() {
-            return match trigger_err {
-                TriggerError::Config { .. } => (INVALID_INPUT, "invalid_input"),
-                TriggerError::Store(e) => classify_store(e),
-                TriggerError::Datagen(e) => classify_datagen(e),
-                TriggerError::Io { .. } => (FAILURE, "io"),
-                _ => (FAILURE, "error"),
-            };
+            return classify_kind(trigger_err.kind());
         }
         if let Some(datagen_err) = cause.downcast_ref::<DatagenError>() {
-            return classify_datagen(datagen_err);
+            return classify_kind(datagen_err.kind());
         }
         if let Some(ab_err) = cause.downcast_ref::<AbTestError>() {
             return match ab_err {
@@ -196,17 +190,8 @@ fn classify_kind(kind: ErrorKind) -> (u8, &'static str) {
         ErrorKind::Io => (FAILURE, "io"),
         ErrorKind::Conflict => (BUSY, "conflict"),
         ErrorKind::Unavailable => (UNAVAILABLE, "unavailable"),
-        // A kind added to the store later: a failure until it is given a code.
-        _ => (FAILURE, "error"),
-    }
-}
-
-fn classify_datagen(err: &DatagenError) -> (u8, &'static str) {
-    match err {
-        DatagenError::InvalidConfig { .. } => (INVALID_INPUT, "invalid_input"),
-        DatagenError::Store(e) => classify_store(e),
-        DatagenError::Io { .. } => (FAILURE, "io"),
-        DatagenError::Interrupted => (INTERRUPTED, "interrupted"),
+        ErrorKind::Interrupted => (INTERRUPTED, "interrupted"),
+        // `Other`, and a kind added later: a failure until it is given a code.
         _ => (FAILURE, "error"),
     }
 }
@@ -244,6 +229,26 @@ mod tests {
         let invalid: anyhow::Error = InvalidInput("bad".into()).into();
         assert_eq!(classify(&invalid).0, INVALID_INPUT);
         assert_eq!(classify(&anyhow::anyhow!("other")).0, FAILURE);
+    }
+
+    /// One classification: an interrupted generation is "interrupted" (130) whichever layer
+    /// wraps it (the loop's own mapping once called it a database error).
+    #[test]
+    fn an_interrupted_generation_is_interrupted_through_every_layer() {
+        let direct: anyhow::Error = DatagenError::Interrupted.into();
+        assert_eq!(classify(&direct), (INTERRUPTED, "interrupted"));
+        let in_trigger: anyhow::Error = TriggerError::Datagen(DatagenError::Interrupted).into();
+        assert_eq!(classify(&in_trigger), (INTERRUPTED, "interrupted"));
+        let in_loop: anyhow::Error =
+            LoopError::Trigger(TriggerError::Datagen(DatagenError::Interrupted)).into();
+        assert_eq!(classify(&in_loop), (INTERRUPTED, "interrupted"));
+        let scorer: anyhow::Error =
+            LoopError::Trigger(TriggerError::Datagen(DatagenError::InvalidScore {
+                id: "r".into(),
+                value: 2.0,
+            }))
+            .into();
+        assert_eq!(classify(&scorer), (FAILURE, "error"));
     }
 
     #[test]

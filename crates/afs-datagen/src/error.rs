@@ -71,6 +71,21 @@ pub enum DatagenError {
 }
 
 impl DatagenError {
+    /// The class of this error, in the terms every afs layer uses (exit codes and HTTP
+    /// statuses are chosen by it).
+    pub fn kind(&self) -> afs_store::ErrorKind {
+        use afs_store::ErrorKind;
+        match self {
+            DatagenError::InvalidConfig { .. } => ErrorKind::InvalidInput,
+            DatagenError::Store(e) => e.kind(),
+            DatagenError::Io { .. } | DatagenError::ExistingChanged { .. } => ErrorKind::Io,
+            DatagenError::Interrupted => ErrorKind::Interrupted,
+            DatagenError::Scorer { .. }
+            | DatagenError::InvalidScore { .. }
+            | DatagenError::UnsupportedExample { .. } => ErrorKind::Other,
+        }
+    }
+
     pub(crate) fn io(
         context: &'static str,
         path: impl Into<PathBuf>,

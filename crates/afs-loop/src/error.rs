@@ -1,7 +1,6 @@
 //! Errors of the loop layer, with the class (`kind`) the CLI maps to exit codes.
 
 use afs_abtest::AbTestError;
-use afs_datagen::DatagenError;
 use afs_store::{ErrorKind, StoreError};
 use afs_trigger::TriggerError;
 
@@ -64,13 +63,7 @@ impl LoopError {
         match self {
             LoopError::InvalidConfig { .. } => Some(ErrorKind::InvalidInput),
             LoopError::Store(e) => Some(e.kind()),
-            LoopError::Trigger(e) => Some(match e {
-                TriggerError::Config { .. } => ErrorKind::InvalidInput,
-                TriggerError::Store(e) => e.kind(),
-                TriggerError::Datagen(e) => datagen_kind(e),
-                TriggerError::Io { .. } => ErrorKind::Io,
-                TriggerError::State(_) => ErrorKind::Database,
-            }),
+            LoopError::Trigger(e) => Some(e.kind()),
             LoopError::AbTest(e) => Some(e.kind()),
             LoopError::State(_) => Some(ErrorKind::Database),
             LoopError::Io { .. } => Some(ErrorKind::Io),
@@ -84,15 +77,6 @@ impl LoopError {
             key: key.into(),
             reason: reason.into(),
         }
-    }
-}
-
-fn datagen_kind(e: &DatagenError) -> ErrorKind {
-    match e {
-        DatagenError::InvalidConfig { .. } => ErrorKind::InvalidInput,
-        DatagenError::Store(e) => e.kind(),
-        DatagenError::Io { .. } | DatagenError::ExistingChanged { .. } => ErrorKind::Io,
-        _ => ErrorKind::Database,
     }
 }
 

@@ -24,6 +24,14 @@ pub enum ErrorKind {
     /// refused or lost, a timeout). A backend retries what is safe to retry before saying
     /// so; whether a write that failed this way took effect is unknown.
     Unavailable,
+    /// The caller asked the operation to stop (a stop flag, SIGINT or SIGTERM) before it
+    /// was done; what it had begun was undone or recorded as interrupted. Not given by the
+    /// store itself: upper layers (generation, the loop) classify their errors with this
+    /// enum too.
+    Interrupted,
+    /// A failure outside the other classes, e.g. a component the user plugged in (a quality
+    /// scorer) failed or returned a value out of range.
+    Other,
 }
 
 /// An error from the usage store.

@@ -34,6 +34,19 @@ pub enum TriggerError {
 }
 
 impl TriggerError {
+    /// The class of this error, in the terms every afs layer uses (exit codes and HTTP
+    /// statuses are chosen by it).
+    pub fn kind(&self) -> afs_store::ErrorKind {
+        use afs_store::ErrorKind;
+        match self {
+            TriggerError::Config { .. } => ErrorKind::InvalidInput,
+            TriggerError::Store(e) => e.kind(),
+            TriggerError::Datagen(e) => e.kind(),
+            TriggerError::Io { .. } => ErrorKind::Io,
+            TriggerError::State(_) => ErrorKind::Database,
+        }
+    }
+
     pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
         TriggerError::Config {
             field,
