@@ -88,7 +88,14 @@ impl State {
         record.timestamp = time_of_micros(micros_of_key(key));
         self.by_id.insert(record.id.clone(), key);
         if let Some(unit) = &record.unit_id {
-            self.by_unit.entry(unit.clone()).or_default().insert(key);
+            match self.by_unit.get_mut(unit) {
+                Some(keys) => {
+                    keys.insert(key);
+                }
+                None => {
+                    self.by_unit.insert(unit.clone(), BTreeSet::from([key]));
+                }
+            }
         }
         if record.feedback.is_some() {
             self.with_feedback.insert(key);

@@ -200,8 +200,13 @@ impl ExpUnits {
             return self.add_loose(key, r);
         };
         let us = micros_of_key(key);
-        let row = &mut self.units.entry(unit.clone()).or_default()[usize::from(arm)];
-        let row = row.get_or_insert(UnitRow {
+        if !self.units.contains_key(unit) {
+            self.units.insert(unit.clone(), [None, None]);
+        }
+        let Some(rows) = self.units.get_mut(unit) else {
+            return;
+        };
+        let row = rows[usize::from(arm)].get_or_insert(UnitRow {
             first_us: us,
             tally: UnitTally::default(),
         });

@@ -110,7 +110,12 @@ pub(crate) fn minute_of(r: &UsageRecord) -> i64 {
 impl Minutes {
     /// Adds (`sign` 1) or removes (-1) record `r`; a minute left without records goes.
     pub(crate) fn add(&mut self, r: &UsageRecord, sign: i64) {
-        let minutes = self.by_model.entry(r.model.clone()).or_default();
+        if !self.by_model.contains_key(&r.model) {
+            self.by_model.insert(r.model.clone(), BTreeMap::new());
+        }
+        let Some(minutes) = self.by_model.get_mut(&r.model) else {
+            return;
+        };
         let minute = minute_of(r);
         let sums = minutes.entry(minute).or_default();
         sums.add_record(r, sign);
