@@ -1,31 +1,70 @@
-//! The `ExperimentStore` contract, checked against the SQLite store in a temp dir: model
-//! version history, experiment transitions, periods, sequential state and the event log.
+//! The `ExperimentStore` checks: model version history, experiment transitions and their
+//! conflicts, input checks, periods, sequential state, decisions and the event log.
 
-use std::sync::Arc;
+use chrono::{DateTime, Duration, Utc};
 
-use afs_store::{
-    Decision, ErrorKind, EventFilter, EventKind, EventNote, ExperimentStatus, ExperimentStore,
-    ManualClock, NewModelVersion, SequentialState, SqliteConfig, SqliteStore, StoreError,
-    VersionStatus, WeightSource,
+use super::{fresh, utc, Check, Factory, Fixture, TestStore};
+use crate::{
+    Decision, ErrorKind, EventFilter, EventKind, EventNote, ExperimentStatus, NewModelVersion,
+    SequentialState, StoreError, VersionStatus, WeightSource,
 };
-use chrono::{DateTime, Duration, TimeZone, Utc};
 
-struct Fixture {
-    store: SqliteStore,
-    clock: Arc<ManualClock>,
-    dir: tempfile::TempDir,
+/// The checks of this area.
+pub(super) fn checks() -> Vec<Check> {
+    vec![
+        (
+            "experiments::deploy_starts_an_experiment_with_one_open_period",
+            deploy_starts_an_experiment_with_one_open_period,
+        ),
+        (
+            "experiments::state_changes_that_do_not_fit_are_conflicts_and_write_nothing",
+            state_changes_that_do_not_fit_are_conflicts_and_write_nothing,
+        ),
+        (
+            "experiments::bad_input_names_the_field",
+            bad_input_names_the_field,
+        ),
+        (
+            "experiments::weight_changes_open_contiguous_periods_and_keep_the_seed",
+            weight_changes_open_contiguous_periods_and_keep_the_seed,
+        ),
+        (
+            "experiments::promote_swaps_roles_atomically_and_keeps_history",
+            promote_swaps_roles_atomically_and_keeps_history,
+        ),
+        (
+            "experiments::rollback_retires_the_challenger_and_restores_full_traffic",
+            rollback_retires_the_challenger_and_restores_full_traffic,
+        ),
+        (
+            "experiments::decisions_store_state_and_can_apply_their_transition_in_one_transaction",
+            decisions_store_state_and_can_apply_their_transition_in_one_transaction,
+        ),
+        (
+            "experiments::an_applied_rollback_decision_rolls_back",
+            an_applied_rollback_decision_rolls_back,
+        ),
+        (
+            "experiments::state_survives_reopening",
+            state_survives_reopening,
+        ),
+        (
+            "experiments::racing_promote_and_rollback_exactly_one_wins",
+            racing_promote_and_rollback_exactly_one_wins,
+        ),
+        (
+            "experiments::set_champion_retires_the_previous_one",
+            set_champion_retires_the_previous_one,
+        ),
+        (
+            "experiments::version_names_and_model_paths_are_bounded",
+            version_names_and_model_paths_are_bounded,
+        ),
+    ]
 }
 
 fn start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap()
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(start()));
-    let store =
-        SqliteStore::open(SqliteConfig::new(dir.path().join("afs.db")), clock.clone()).unwrap();
-    Fixture { store, clock, dir }
+    utc(2026, 4, 1, 9, 0, 0)
 }
 
 fn note(reason: &str) -> EventNote {
@@ -49,8 +88,8 @@ fn state(metric: &str, p: f64) -> SequentialState {
 }
 
 /// A store with champion `v1` and challenger `v2` at 10%.
-fn running() -> (Fixture, i64) {
-    let f = fixture();
+fn running(factory: &dyn Factory) -> (Fixture, i64) {
+    let f = fresh(factory, start());
     f.store
         .set_champion(
             &NewModelVersion::new("v1", "/models/v1"),
@@ -81,7 +120,7 @@ fn field_of(err: StoreError) -> &'static str {
     }
 }
 
-fn event_kinds(store: &SqliteStore) -> Vec<(EventKind, Option<Decision>)> {
+fn event_kinds(store: &dyn TestStore) -> Vec<(EventKind, Option<Decision>)> {
     store
         .events(&EventFilter::default())
         .unwrap()
@@ -90,9 +129,8 @@ fn event_kinds(store: &SqliteStore) -> Vec<(EventKind, Option<Decision>)> {
         .collect()
 }
 
-#[test]
-fn deploy_starts_an_experiment_with_one_open_period() {
-    let (f, id) = running();
+fn deploy_starts_an_experiment_with_one_open_period(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     let experiment = f.store.running_experiment().unwrap().expect("running");
     assert_eq!(experiment.id, id);
     assert_eq!(
@@ -133,9 +171,8 @@ fn deploy_starts_an_experiment_with_one_open_period() {
     assert_eq!(events[1].at, start() + Duration::hours(1));
 }
 
-#[test]
-fn state_changes_that_do_not_fit_are_conflicts_and_write_nothing() {
-    let f = fixture();
+fn state_changes_that_do_not_fit_are_conflicts_and_write_nothing(factory: &dyn Factory) {
+    let f = fresh(factory, start());
     let deploy = |name: &str| {
         f.store
             .deploy_challenger(&NewModelVersion::new(name, "/m"), 0.1, 1, &note(""))
@@ -196,7 +233,10 @@ fn state_changes_that_do_not_fit_are_conflicts_and_write_nothing() {
         f.store.promote(999, &note("")).unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    let kinds: Vec<EventKind> = event_kinds(&f.store).into_iter().map(|(k, _)| k).collect();
+    let kinds: Vec<EventKind> = event_kinds(f.store.as_ref())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -207,12 +247,10 @@ fn state_changes_that_do_not_fit_are_conflicts_and_write_nothing() {
     );
 }
 
-#[test]
-fn bad_input_names_the_field() {
-    let (f, id) = running();
-    let check = |result: afs_store::Result<()>, field: &str| {
-        assert_eq!(field_of(result.unwrap_err()), field)
-    };
+fn bad_input_names_the_field(factory: &dyn Factory) {
+    let (f, id) = running(factory);
+    let check =
+        |result: crate::Result<()>, field: &str| assert_eq!(field_of(result.unwrap_err()), field);
     check(
         f.store
             .set_challenger_weight(id, 1.5, WeightSource::Manual, &note(""))
@@ -252,7 +290,7 @@ fn bad_input_names_the_field() {
     );
     let mut bad = state("quality", 0.5);
     bad.p_better = f64::NAN;
-    let (f, id) = running();
+    let (f, id) = running(factory);
     check(
         f.store
             .record_decision(id, Decision::KeepTesting, &[bad], &note(""), false)
@@ -281,15 +319,14 @@ fn bad_input_names_the_field() {
     );
     assert!(f.store.sequential_states(id).unwrap().is_empty());
     assert_eq!(
-        event_kinds(&f.store).len(),
+        event_kinds(f.store.as_ref()).len(),
         2,
         "nothing written by refused calls"
     );
 }
 
-#[test]
-fn weight_changes_open_contiguous_periods_and_keep_the_seed() {
-    let (f, id) = running();
+fn weight_changes_open_contiguous_periods_and_keep_the_seed(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     f.clock.advance(Duration::hours(5));
     f.store
         .set_challenger_weight(id, 0.5, WeightSource::Manual, &note("ramp up"))
@@ -339,9 +376,8 @@ fn weight_changes_open_contiguous_periods_and_keep_the_seed() {
     assert_eq!(set_weight[1].reason, "thompson");
 }
 
-#[test]
-fn promote_swaps_roles_atomically_and_keeps_history() {
-    let (f, id) = running();
+fn promote_swaps_roles_atomically_and_keeps_history(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     f.clock.advance(Duration::hours(50));
     let experiment = f.store.promote(id, &note("operator")).unwrap();
     let at = start() + Duration::hours(51);
@@ -395,9 +431,8 @@ fn promote_swaps_roles_atomically_and_keeps_history() {
     assert_eq!(f.store.experiments().unwrap().len(), 2);
 }
 
-#[test]
-fn rollback_retires_the_challenger_and_restores_full_traffic() {
-    let (f, id) = running();
+fn rollback_retires_the_challenger_and_restores_full_traffic(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     f.clock.advance(Duration::hours(3));
     let experiment = f.store.rollback(id, &note("latency guardrail")).unwrap();
     assert_eq!(experiment.status, ExperimentStatus::RolledBack);
@@ -418,9 +453,8 @@ fn rollback_retires_the_challenger_and_restores_full_traffic() {
     assert_eq!(v2.retired_at, Some(start() + Duration::hours(4)));
 }
 
-#[test]
-fn decisions_store_state_and_can_apply_their_transition_in_one_transaction() {
-    let (f, id) = running();
+fn decisions_store_state_and_can_apply_their_transition_in_one_transaction(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     f.clock.advance(Duration::hours(1));
     let statistics = Some(r#"{"p":0.5}"#.to_string());
     let looked = EventNote {
@@ -490,7 +524,7 @@ fn decisions_store_state_and_can_apply_their_transition_in_one_transaction() {
         .unwrap();
     assert_eq!(f.store.champion().unwrap().unwrap().name, "v2");
     assert_eq!(
-        event_kinds(&f.store)[2..],
+        event_kinds(f.store.as_ref())[2..],
         [
             (EventKind::Decision, Some(Decision::KeepTesting)),
             (EventKind::Decision, Some(Decision::KeepTesting)),
@@ -511,9 +545,8 @@ fn decisions_store_state_and_can_apply_their_transition_in_one_transaction() {
     assert_eq!(by_experiment.len(), 6, "deploy + 4 decisions + promote");
 }
 
-#[test]
-fn an_applied_rollback_decision_rolls_back() {
-    let (f, id) = running();
+fn an_applied_rollback_decision_rolls_back(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     f.store
         .record_decision(id, Decision::Rollback, &[], &note("quality -10%"), true)
         .unwrap();
@@ -539,9 +572,9 @@ fn an_applied_rollback_decision_rolls_back() {
     );
 }
 
-#[test]
-fn state_survives_reopening_the_file() {
-    let (f, id) = running();
+/// A handle opened after the first is dropped reads the same state.
+fn state_survives_reopening(factory: &dyn Factory) {
+    let (f, id) = running(factory);
     f.store
         .set_challenger_weight(id, 0.25, WeightSource::Manual, &note(""))
         .unwrap();
@@ -559,9 +592,12 @@ fn state_survives_reopening_the_file() {
         f.store.model_versions().unwrap(),
         f.store.events(&EventFilter::default()).unwrap(),
     );
-    let path = f.dir.path().join("afs.db");
+    let Some(open) = f.open.as_ref() else {
+        println!("    (the backend opens no other handle: reopening not checked)");
+        return;
+    };
     drop(f.store);
-    let reopened = SqliteStore::open(SqliteConfig::new(&path), f.clock.clone()).unwrap();
+    let reopened = open();
     let after = (
         reopened.running_experiment().unwrap(),
         reopened.model_versions().unwrap(),
@@ -574,10 +610,9 @@ fn state_survives_reopening_the_file() {
     );
 }
 
-#[test]
-fn racing_promote_and_rollback_exactly_one_wins() {
+fn racing_promote_and_rollback_exactly_one_wins(factory: &dyn Factory) {
     for round in 0..10 {
-        let (f, id) = running();
+        let (f, id) = running(factory);
         let store = &f.store;
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| store.promote(id, &note("a")));
@@ -609,9 +644,8 @@ fn racing_promote_and_rollback_exactly_one_wins() {
     }
 }
 
-#[test]
-fn set_champion_retires_the_previous_one() {
-    let f = fixture();
+fn set_champion_retires_the_previous_one(factory: &dyn Factory) {
+    let f = fresh(factory, start());
     f.store
         .set_champion(&NewModelVersion::new("v1", "/m1"), &note(""))
         .unwrap();
@@ -637,11 +671,10 @@ fn set_champion_retires_the_previous_one() {
 
 /// A version's name becomes the `model` of its records and a metric label, and its model
 /// path comes from a trainer's output: both are bounded (a 1 MB name grew every scrape).
-#[test]
-fn version_names_and_model_paths_are_bounded() {
-    let f = fixture();
+fn version_names_and_model_paths_are_bounded(factory: &dyn Factory) {
+    let f = fresh(factory, start());
     let field = |version: NewModelVersion| match f.store.set_champion(&version, &note("x")) {
-        Err(afs_store::StoreError::InvalidInput { field, .. }) => Some(field),
+        Err(crate::StoreError::InvalidInput { field, .. }) => Some(field),
         Err(other) => panic!("{other}"),
         Ok(_) => None,
     };
