@@ -92,6 +92,15 @@ pub trait ExperimentTx {
     fn sequential_states(&mut self, experiment_id: i64) -> Result<Vec<SequentialState>>;
     /// The event rows `filter` selects, by id (descending when `newest_first`).
     fn events(&mut self, filter: &EventFilter) -> Result<Vec<ExperimentEvent>>;
+    /// How many event rows are of `kind`. The default reads them; a backend counts where
+    /// the data is.
+    fn count_events(&mut self, kind: EventKind) -> Result<u64> {
+        let filter = EventFilter {
+            kinds: vec![kind],
+            ..EventFilter::default()
+        };
+        Ok(self.events(&filter)?.len() as u64)
+    }
 
     /// Registers a version with this status and traffic weight, created `at` (and promoted
     /// `at` when it is the champion); returns its id, greater than every id before.
@@ -532,6 +541,10 @@ impl<B: ExperimentBackend> ExperimentStore for B {
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<ExperimentEvent>> {
         self.read(|tx| tx.events(filter))
+    }
+
+    fn count_events(&self, kind: EventKind) -> Result<u64> {
+        self.read(|tx| tx.count_events(kind))
     }
 
     fn unit_stats(

@@ -486,6 +486,9 @@ pub trait ExperimentStore: Send + Sync {
     /// Event-log rows matching `filter`.
     fn events(&self, filter: &EventFilter) -> Result<Vec<ExperimentEvent>>;
 
+    /// How many event rows are of `kind`, without reading them.
+    fn count_events(&self, kind: EventKind) -> Result<u64>;
+
     /// The per-unit statistics of experiment `experiment_id`, one [`UnitCohort`] per period
     /// and arm that has units, ordered by period, champion first (definitions in
     /// [`crate::units`]). With `feedback_before`, feedback counts only on records logged

@@ -143,6 +143,16 @@ pub trait RunStore: Send + Sync {
     /// Runs, newest first, at most `limit`.
     fn runs(&self, limit: usize) -> Result<Vec<RetrainRun>>;
 
+    /// How many runs have `status`. The default reads every run; a backend counts where
+    /// the data is (a `/metrics` scrape asks for it).
+    fn count_runs(&self, status: RunStatus) -> Result<u64> {
+        Ok(self
+            .runs(usize::MAX)?
+            .iter()
+            .filter(|r| r.status == status)
+            .count() as u64)
+    }
+
     /// The newest run with this status, if any.
     fn last_run_with_status(&self, status: RunStatus) -> Result<Option<RetrainRun>>;
 

@@ -399,6 +399,17 @@ impl ExperimentTx for SqliteTx<'_> {
         )
     }
 
+    fn count_events(&mut self, kind: EventKind) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM experiment_event WHERE kind = ?1",
+                [kind.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| StoreError::db("count events", e))
+    }
+
     fn insert_version(
         &mut self,
         version: &NewModelVersion,

@@ -222,6 +222,17 @@ impl RunStore for SqliteStore {
         Ok(rows)
     }
 
+    fn count_runs(&self, status: RunStatus) -> Result<u64> {
+        self.conn()?
+            .query_row(
+                "SELECT COUNT(*) FROM retrain_runs WHERE status = ?1",
+                [status.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| StoreError::db("count runs", e))
+    }
+
     fn last_run_with_status(&self, status: RunStatus) -> Result<Option<RetrainRun>> {
         let conn = self.conn()?;
         conn.query_row(
