@@ -4,36 +4,42 @@
 //! (SQLite here, in-memory and PostgreSQL in their own crates, or one out of tree) runs the
 //! same checks.
 //!
-//! Compiled only with the cargo feature `testing`. A backend implements [`Factory`]: given a
-//! [`ManualClock`], it makes a fresh, empty database and returns an [`Instance`] holding the
-//! store (one object implementing all three traits: [`TestStore`]), optionally a way to open
-//! more handles on the same database (used by the many-handle, reader-during-write and
+//! Compiled only with the cargo feature `testing`. A backend implements [`Factory`]: given
+//! a [`ManualClock`], it makes a fresh, empty database and returns an [`Instance`] holding
+//! the store (one object implementing all three traits: [`TestStore`]), optionally a way to
+//! open more handles on the same database (used by the many-handle, reader-during-write and
 //! reopen checks; without it those checks use the one handle from many threads) and
 //! optionally a locator string another process can open (for [`two_processes`]).
 //!
-//! Each check panics with a message naming what failed; [`run_all`] prints each check's
-//! name before running it, and [`checks`] lists them for a backend that prefers one test per
+//! Each check panics with a message naming what failed; [`run_all`] prints each check's name
+//! before running it, and [`checks`] lists them for a backend that prefers one test per
 //! check.
 //!
-//! A backend crate's `tests/conformance.rs` (with
-//! `afs-store = { ..., features = ["testing"] }` among its dev-dependencies):
+//! A backend crate's `tests/conformance.rs`, with
+//! `afs-store = { workspace = true, features = ["testing"] }` among its dev-dependencies
+//! (here the backend is SQLite with one handle per database; an in-memory store's `create`
+//! is just `Instance::new(Box::new(MemStore::new(clock)))`):
 //!
-//! ```ignore
+//! ```no_run
 //! use std::sync::Arc;
-//! use afs_store::conformance::{self, Factory, Instance, TestStore};
-//! use afs_store::ManualClock;
+//! use afs_store::conformance::{self, Factory, Instance};
+//! use afs_store::{ManualClock, SqliteConfig, SqliteStore};
 //!
-//! struct Mem;
+//! struct Mine;
 //!
-//! impl Factory for Mem {
+//! impl Factory for Mine {
 //!     fn create(&self, clock: Arc<ManualClock>) -> Instance {
-//!         Instance::new(Box::new(my_backend::MemStore::new(clock)))
+//!         let dir = tempfile::tempdir().unwrap();
+//!         let path = dir.path().join("afs.db");
+//!         let store = SqliteStore::open(SqliteConfig::new(path), clock).unwrap();
+//!         // The temp dir lives as long as the database.
+//!         Instance { guard: Box::new(dir), ..Instance::new(Box::new(store)) }
 //!     }
 //! }
 //!
 //! #[test]
 //! fn conformance() {
-//!     conformance::run_all(&Mem);
+//!     conformance::run_all(&Mine);
 //! }
 //! ```
 //!
@@ -41,6 +47,16 @@
 //! [`Instance::open`] and [`Instance::locator`], and runs [`two_processes`] with a `spawn`
 //! that re-runs its own test binary, whose child side calls [`child_main`] (see the SQLite
 //! store's `tests/conformance.rs`).
+//!
+//! [`Factory`]: crate::conformance::Factory
+//! [`Instance`]: crate::conformance::Instance
+//! [`Instance::open`]: crate::conformance::Instance::open
+//! [`Instance::locator`]: crate::conformance::Instance::locator
+//! [`TestStore`]: crate::conformance::TestStore
+//! [`run_all`]: crate::conformance::run_all
+//! [`checks`]: crate::conformance::checks
+//! [`two_processes`]: crate::conformance::two_processes
+//! [`child_main`]: crate::conformance::child_main
 
 use std::any::Any;
 use std::sync::Arc;
