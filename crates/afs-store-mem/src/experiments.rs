@@ -8,8 +8,9 @@
 
 use afs_store::backend::{ExperimentBackend, ExperimentTx, NewEvent, NewExperiment};
 use afs_store::{
-    EventFilter, Experiment, ExperimentEvent, ExperimentPeriod, ExperimentStatus, ModelVersion,
-    NewModelVersion, Result, SequentialState, StoreError, UnitCohort, VersionStatus, WeightSource,
+    EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentPeriod, ExperimentStatus,
+    ModelVersion, NewModelVersion, Result, SequentialState, StoreError, UnitCohort, VersionStatus,
+    WeightSource,
 };
 use chrono::{DateTime, Utc};
 
@@ -145,6 +146,15 @@ impl ExperimentTx for MemTx<'_> {
         } else {
             all.filter(selected).take(limit).cloned().collect()
         })
+    }
+
+    fn count_events(&mut self, kind: EventKind) -> Result<u64> {
+        Ok(self
+            .events
+            .iter()
+            .chain(&self.new_events)
+            .filter(|e| e.kind == kind)
+            .count() as u64)
     }
 
     fn insert_version(

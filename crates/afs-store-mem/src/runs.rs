@@ -124,6 +124,15 @@ impl RunStore for MemStore {
         Ok(runs)
     }
 
+    fn count_runs(&self, status: RunStatus) -> Result<u64> {
+        Ok(self
+            .lock_read()
+            .runs
+            .values()
+            .filter(|r| r.status == status)
+            .count() as u64)
+    }
+
     fn last_run_with_status(&self, status: RunStatus) -> Result<Option<RetrainRun>> {
         let mut runs: Vec<RetrainRun> = self
             .lock_read()

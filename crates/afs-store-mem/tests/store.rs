@@ -238,6 +238,9 @@ fn one_run_at_a_time_and_state() {
             .map(|r| r.id),
         Some(run.id)
     );
+    assert_eq!(s.count_runs(RunStatus::Completed).unwrap(), 1);
+    assert_eq!(s.count_runs(RunStatus::Running).unwrap(), 1);
+    assert_eq!(s.count_runs(RunStatus::Failed).unwrap(), 0);
     assert_eq!(s.state("k").unwrap(), None);
     s.put_states(&[("k", "1"), ("j", "2")]).unwrap();
     assert_eq!(
@@ -295,6 +298,8 @@ fn experiment_rules_come_from_the_store_core() {
     );
     let events = s.events(&Default::default()).unwrap();
     assert_eq!(events.len(), 4);
+    assert_eq!(s.count_events(afs_store::EventKind::Rollback).unwrap(), 1);
+    assert_eq!(s.count_events(afs_store::EventKind::Promote).unwrap(), 0);
     assert_eq!(s.experiment(99).unwrap_err().kind(), ErrorKind::NotFound);
 }
 
