@@ -240,7 +240,8 @@ fn is_internal(package: &str) -> bool {
 
 /// Checks every manifest against [`LAYERS`] and returns the forbidden edges, in order.
 ///
-/// Dependencies on third-party crates are ignored; manifests of [`HARNESSES`] are exempt.
+/// Dependencies on third-party crates are ignored, and so is a crate's dev-dependency on
+/// itself (to enable its own features in its tests); manifests of [`HARNESSES`] are exempt.
 pub fn check(manifests: &[Manifest]) -> Vec<Violation> {
     let mut violations = Vec::new();
     for manifest in manifests {
@@ -251,6 +252,11 @@ pub fn check(manifests: &[Manifest]) -> Vec<Violation> {
         for dep in &manifest.dependencies {
             let target = dep.package.as_str();
             if !is_internal(target) {
+                continue;
+            }
+            // A crate's tests may turn on its own features (afs-store's `testing` suite):
+            // that is no edge between crates.
+            if target == krate && dep.kind == DepKind::Dev {
                 continue;
             }
             let Some(reason) = forbidden_reason(krate, target) else {
@@ -424,6 +430,21 @@ mod tests {
         check_cases(
             &[("afs-abtest", "[dependencies]\nafs-trigger.workspace = true")],
             &["afs-abtest -> afs-trigger [dependencies]"],
+        );
+    }
+
+    #[test]
+    fn a_crate_may_enable_its_own_features_in_its_tests_only() {
+        check_cases(
+            &[(
+                "afs-store",
+                "[dev-dependencies]\nafs-store = { path = \".\", features = [\"testing\"] }",
+            )],
+            &[],
+        );
+        check_cases(
+            &[("afs-store", "[dependencies]\nafs-store.workspace = true")],
+            &["afs-store -> afs-store [dependencies]"],
         );
     }
 
