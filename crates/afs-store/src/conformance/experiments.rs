@@ -13,6 +13,10 @@ use crate::{
 pub(super) fn checks() -> Vec<Check> {
     vec![
         (
+            "experiments::event_counts_equal_the_rows_of_each_kind",
+            event_counts_equal_the_rows_of_each_kind,
+        ),
+        (
             "experiments::deploy_starts_an_experiment_with_one_open_period",
             deploy_starts_an_experiment_with_one_open_period,
         ),
@@ -690,4 +694,56 @@ fn version_names_and_model_paths_are_bounded(factory: &dyn Factory) {
         field(NewModelVersion::new("n".repeat(256), "/models/b")),
         None
     );
+}
+
+fn event_counts_equal_the_rows_of_each_kind(factory: &dyn Factory) {
+    let f = fresh(factory, utc(2026, 4, 1, 9, 0, 0));
+    let store = f.store.as_ref();
+    let note = EventNote::reason("test");
+    let kinds = [
+        EventKind::SetChampion,
+        EventKind::Deploy,
+        EventKind::SetWeight,
+        EventKind::Promote,
+        EventKind::Rollback,
+        EventKind::Decision,
+    ];
+    let assert_counts = |store: &dyn TestStore| {
+        for kind in kinds {
+            let rows = store
+                .events(&EventFilter {
+                    kinds: vec![kind],
+                    ..EventFilter::default()
+                })
+                .unwrap()
+                .len() as u64;
+            assert_eq!(store.count_events(kind).unwrap(), rows, "{}", kind.as_str());
+        }
+    };
+    assert_counts(store);
+    store
+        .set_champion(&NewModelVersion::new("c1", "/m/c1"), &note)
+        .unwrap();
+    for (i, promote) in [(2, true), (3, false), (4, true)] {
+        let e = store
+            .deploy_challenger(&NewModelVersion::new(format!("c{i}"), "/m"), 0.2, 7, &note)
+            .unwrap();
+        f.clock.advance(Duration::minutes(10));
+        store
+            .set_challenger_weight(e.id, 0.4, WeightSource::Manual, &note)
+            .unwrap();
+        let decision = if promote {
+            Decision::Promote
+        } else {
+            Decision::Rollback
+        };
+        store
+            .record_decision(e.id, decision, &[], &note, true)
+            .unwrap();
+        f.clock.advance(Duration::minutes(10));
+    }
+    assert_counts(store);
+    assert_eq!(store.count_events(EventKind::Promote).unwrap(), 2);
+    assert_eq!(store.count_events(EventKind::Rollback).unwrap(), 1);
+    assert_eq!(store.count_events(EventKind::Deploy).unwrap(), 3);
 }

@@ -15,6 +15,10 @@ pub(super) fn checks() -> Vec<Check> {
             a_run_goes_from_running_to_its_final_status_once,
         ),
         ("runs::state_survives_reopening", state_survives_reopening),
+        (
+            "runs::run_counts_equal_the_runs_of_each_status",
+            run_counts_equal_the_runs_of_each_status,
+        ),
     ]
 }
 
@@ -129,4 +133,39 @@ fn state_survives_reopening(factory: &dyn Factory) {
         Some("{\"baseline\":0.7}")
     );
     assert_eq!(store.state("other").unwrap().as_deref(), Some("1"));
+}
+
+fn run_counts_equal_the_runs_of_each_status(factory: &dyn Factory) {
+    let f = fresh(factory, start());
+    let store = f.store.as_ref();
+    let statuses = [
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+        RunStatus::Interrupted,
+    ];
+    let finals = [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Completed,
+        RunStatus::TimedOut,
+        RunStatus::Interrupted,
+        RunStatus::Completed,
+    ];
+    for status in finals {
+        let run = store.begin_run(new_run("manual")).unwrap();
+        f.clock.advance(Duration::minutes(1));
+        store
+            .finish_run(&run.id, RunOutcome { status, ..failed() })
+            .unwrap();
+    }
+    store.begin_run(new_run("manual")).unwrap();
+    let all = store.runs(usize::MAX).unwrap();
+    for status in statuses {
+        let n = all.iter().filter(|r| r.status == status).count() as u64;
+        assert_eq!(store.count_runs(status).unwrap(), n, "{}", status.as_str());
+    }
+    assert_eq!(store.count_runs(RunStatus::Completed).unwrap(), 3);
+    assert_eq!(store.count_runs(RunStatus::Running).unwrap(), 1);
 }
