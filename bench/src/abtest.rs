@@ -12,9 +12,9 @@ use afs_abtest::sim::{
 };
 use afs_abtest::{AbTest, AbTestConfig, HashRouter, Router, RoutingTable};
 use afs_store::{
-    ExperimentStore, Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage, SqliteConfig,
-    SqliteStore, UsageStore,
+    ExperimentStore, Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage, UsageStore,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{Context, Result};
 use chrono::{Duration, TimeZone, Utc};
 use serde::Serialize;

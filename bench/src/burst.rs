@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use afs_abtest::{AbTest, AbTestConfig, HashRouter, RoutingTable};
-use afs_store::{
-    Clock, ManualClock, NewModelVersion, NewUsage, SqliteConfig, SqliteStore, StatsWindow,
-    UsageStore,
-};
+use afs_store::{Clock, ManualClock, NewModelVersion, NewUsage, StatsWindow, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_trigger::{RetrainTrigger, TriggerConfig, TriggerState};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, DurationRound, SecondsFormat, TimeZone, Utc};

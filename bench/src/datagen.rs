@@ -11,7 +11,7 @@ use std::time::Instant;
 use afs_datagen::{
     generate, Format, GenerationResult, GeneratorConfig, HeuristicScorer, NearDedupeConfig,
 };
-use afs_store::SqliteStore;
+use afs_store_sqlite::SqliteStore;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
@@ -304,7 +304,7 @@ fn write_back_run(db: &Path, dir: &Path, expected: Option<u64>) -> Result<WriteB
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("cannot sync {}", copy.display()))?;
             let store = SqliteStore::open(
-                afs_store::SqliteConfig::new(&copy),
+                afs_store_sqlite::SqliteConfig::new(&copy),
                 std::sync::Arc::new(afs_store::SystemClock),
             )?;
             // A warm-up run without write-back opens the pooled connections, as the

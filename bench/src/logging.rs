@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-use afs_store::{NewUsage, SqliteConfig, SqliteStore, StatsWindow, SystemClock, UsageStore};
+use afs_store::{NewUsage, StatsWindow, SystemClock, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{anyhow, Context, Result};
 use chrono::Duration;
 use serde::Serialize;

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_store::{SqliteConfig, SqliteStore, UsageStore};
+use afs_store::UsageStore;
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
 

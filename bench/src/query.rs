@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use afs_store::{FeedbackFilter, RecordFilter, SqliteStore, UsageStore};
+use afs_store::{FeedbackFilter, RecordFilter, UsageStore};
+use afs_store_sqlite::SqliteStore;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 

@@ -1,7 +1,8 @@
 //! Figure 3: windowed per-model statistics, all-time statistics and a trigger check, read
 //! from the rollups.
 
-use afs_store::{SqliteStore, StatsWindow, UsageStore};
+use afs_store::{StatsWindow, UsageStore};
+use afs_store_sqlite::SqliteStore;
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use afs_store::{SqliteStore, StatsWindow, UsageStore};
+use afs_store::{StatsWindow, UsageStore};
+use afs_store_sqlite::SqliteStore;
 use afs_trigger::{RetrainTrigger, TriggerConfig, TriggerResult, TriggerState};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, DurationRound, Utc};

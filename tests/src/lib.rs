@@ -66,11 +66,12 @@ pub fn open_manual_store(
     db: &Path,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (
-    std::sync::Arc<afs_store::SqliteStore>,
+    std::sync::Arc<afs_store_sqlite::SqliteStore>,
     std::sync::Arc<afs_store::ManualClock>,
 ) {
     let clock = std::sync::Arc::new(afs_store::ManualClock::new(now));
-    let store = afs_store::SqliteStore::open(afs_store::SqliteConfig::new(db), clock.clone())
-        .expect("open the test database");
+    let store =
+        afs_store_sqlite::SqliteStore::open(afs_store_sqlite::SqliteConfig::new(db), clock.clone())
+            .expect("open the test database");
     (std::sync::Arc::new(store), clock)
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use afs_loop::demo::{self, DemoConfig, DemoEvent, DemoEventKind, DemoSummary};
 use afs_loop::status_summary;
-use afs_store::{SqliteConfig, SqliteStore, SystemClock};
+use afs_store::SystemClock;
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_tests::slow_tests_enabled;
 
 fn run(

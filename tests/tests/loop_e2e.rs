@@ -14,8 +14,9 @@ use afs_loop::{
 };
 use afs_store::{
     Clock, Decision, EventFilter, EventKind, ExperimentStatus, ExperimentStore, FeedbackValue,
-    ManualClock, NewUsage, RunStatus, RunStore, SqliteStore, VersionStatus,
+    ManualClock, NewUsage, RunStatus, RunStore, VersionStatus,
 };
+use afs_store_sqlite::SqliteStore;
 use afs_tests::{e2e_loop_config, e2e_start, open_manual_store, slow_tests_enabled};
 use afs_trigger::{CommandTrainer, TriggerState};
 

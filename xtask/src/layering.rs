@@ -25,13 +25,22 @@ use anyhow::{bail, Context, Result};
 /// also depend on `c` directly. A crate added under `crates/` must be added here too.
 pub const LAYERS: &[(&str, &[&str])] = &[
     ("afs-store", &[]),
+    ("afs-store-sqlite", &["afs-store"]),
     ("afs-store-mem", &["afs-store"]),
     ("afs-datagen", &["afs-store"]),
     ("afs-trigger", &["afs-datagen", "afs-store"]),
-    ("afs-abtest", &["afs-store"]),
+    // The simulator's SQLite mode runs the real store.
+    ("afs-abtest", &["afs-store", "afs-store-sqlite"]),
+    // The demo and the loop's default store type name SQLite.
     (
         "afs-loop",
-        &["afs-trigger", "afs-abtest", "afs-datagen", "afs-store"],
+        &[
+            "afs-trigger",
+            "afs-abtest",
+            "afs-datagen",
+            "afs-store",
+            "afs-store-sqlite",
+        ],
     ),
     (
         "afs-cli",
@@ -41,9 +50,15 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "afs-abtest",
             "afs-datagen",
             "afs-store",
+            "afs-store-sqlite",
+            "afs-store-mem",
         ],
     ),
 ];
+
+/// The store's backends. Any crate above the core may take them as dev-dependencies (its
+/// tests run on a real backend); as a normal dependency only where [`LAYERS`] allows it.
+pub const BACKENDS: &[&str] = &["afs-store-sqlite", "afs-store-mem"];
 
 /// Crates that sit above every layer (automation, end-to-end tests, benchmarks) and may
 /// depend on any afs crate. No layered crate may depend on them.
@@ -240,8 +255,9 @@ fn is_internal(package: &str) -> bool {
 
 /// Checks every manifest against [`LAYERS`] and returns the forbidden edges, in order.
 ///
-/// Dependencies on third-party crates are ignored, and so is a crate's dev-dependency on
-/// itself (to enable its own features in its tests); manifests of [`HARNESSES`] are exempt.
+/// Dependencies on third-party crates are ignored, and so are a crate's dev-dependency on
+/// itself (to enable its own features in its tests) and dev-dependencies on [`BACKENDS`]
+/// above the core; manifests of [`HARNESSES`] are exempt.
 pub fn check(manifests: &[Manifest]) -> Vec<Violation> {
     let mut violations = Vec::new();
     for manifest in manifests {
@@ -257,6 +273,9 @@ pub fn check(manifests: &[Manifest]) -> Vec<Violation> {
             // A crate's tests may turn on its own features (afs-store's `testing` suite):
             // that is no edge between crates.
             if target == krate && dep.kind == DepKind::Dev {
+                continue;
+            }
+            if dep.kind == DepKind::Dev && BACKENDS.contains(&target) && krate != "afs-store" {
                 continue;
             }
             let Some(reason) = forbidden_reason(krate, target) else {
@@ -434,6 +453,32 @@ mod tests {
     }
 
     #[test]
+    fn backends_are_dev_dependencies_anywhere_above_the_core_only() {
+        check_cases(
+            &[(
+                "afs-trigger",
+                "[dev-dependencies]\nafs-store-sqlite.workspace = true\n\
+                 afs-store-mem.workspace = true",
+            )],
+            &[],
+        );
+        check_cases(
+            &[(
+                "afs-trigger",
+                "[dependencies]\nafs-store-sqlite.workspace = true",
+            )],
+            &["afs-trigger -> afs-store-sqlite [dependencies]"],
+        );
+        check_cases(
+            &[(
+                "afs-store",
+                "[dev-dependencies]\nafs-store-mem.workspace = true",
+            )],
+            &["afs-store -> afs-store-mem [dev-dependencies]"],
+        );
+    }
+
+    #[test]
     fn a_crate_may_enable_its_own_features_in_its_tests_only() {
         check_cases(
             &[(
@@ -545,7 +590,7 @@ mod tests {
             [
                 "crates/afs-abtest/Cargo.toml: afs-abtest must not depend on afs-datagen \
               (in [dev-dependencies]): sideways edge, afs-abtest and afs-datagen are on \
-              separate branches; afs-abtest may depend only on afs-store"
+              separate branches; afs-abtest may depend only on afs-store, afs-store-sqlite"
             ]
         );
 

@@ -36,9 +36,10 @@ use std::sync::Arc;
 
 use afs_store::{
     CohortBuilder, Decision, Experiment, ExperimentPeriod, ExperimentStatus, Feedback,
-    FeedbackValue, ManualClock, NewModelVersion, NewUsage, SequentialState, SqliteConfig,
-    SqliteStore, UnitCohort, UnitTally, UsageStats, UsageStore, WeightSource,
+    FeedbackValue, ManualClock, NewModelVersion, NewUsage, SequentialState, UnitCohort, UnitTally,
+    UsageStats, UsageStore, WeightSource,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 

@@ -8,9 +8,9 @@ use afs_abtest::{
 };
 use afs_store::{
     Clock, Decision, ErrorKind, EventFilter, EventKind, ExperimentStatus, ExperimentStore,
-    Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage, SqliteConfig, SqliteStore,
-    UsageStore, VersionStatus,
+    Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage, UsageStore, VersionStatus,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 struct Fixture {

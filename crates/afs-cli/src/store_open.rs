@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_store::{Clock, ManualClock, SqliteConfig, SqliteStore, SystemClock};
+use afs_store::{Clock, ManualClock, SystemClock};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use afs_datagen::{generate, Format, GeneratorConfig, HeuristicScorer, NearDedupeConfig};
-use afs_store::{
-    Feedback, FeedbackValue, NewUsage, SqliteConfig, SqliteStore, SystemClock, UsageStore,
-};
+use afs_store::{Feedback, FeedbackValue, NewUsage, SystemClock, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{Duration, TimeZone, Utc};
 
 const WORDS: [&str; 48] = [

@@ -13,7 +13,8 @@
 //! use std::path::Path;
 //! use std::sync::Arc;
 //! use afs_datagen::{generate, GeneratorConfig, HeuristicScorer};
-//! use afs_store::{SqliteConfig, SqliteStore, SystemClock};
+//! use afs_store::{SystemClock};
+//! use afs_store_sqlite::{SqliteConfig, SqliteStore};
 //!
 //! let store = SqliteStore::open(SqliteConfig::new("usage.db"), Arc::new(SystemClock))?;
 //! let result = generate(&store, &GeneratorConfig::default(), Path::new("training.jsonl"), &HeuristicScorer, None)?;

@@ -230,9 +230,8 @@ fn work<'a, T, S>(
 mod tests {
     use std::sync::Arc;
 
-    use afs_store::{
-        Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage, SqliteConfig, SqliteStore,
-    };
+    use afs_store::{Feedback, FeedbackFilter, FeedbackValue, ManualClock, NewUsage};
+    use afs_store_sqlite::{SqliteConfig, SqliteStore};
     use chrono::{Duration, TimeZone};
 
     use super::*;

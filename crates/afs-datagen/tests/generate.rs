@@ -9,9 +9,8 @@ use afs_datagen::{
     generate, generate_with, BoxError, DatagenError, Format, GenerationResult, GeneratorConfig,
     HeuristicScorer, Hooks, NearDedupeConfig, Progress, QualityScorer, RedactionCounts, Stage,
 };
-use afs_store::{
-    Feedback, FeedbackValue, ManualClock, NewUsage, SqliteConfig, SqliteStore, UsageStore,
-};
+use afs_store::{Feedback, FeedbackValue, ManualClock, NewUsage, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::Value;
 

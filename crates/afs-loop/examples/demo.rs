@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use afs_loop::demo::{self, DemoConfig};
-use afs_store::{SqliteConfig, SqliteStore, SystemClock};
+use afs_store::SystemClock;
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

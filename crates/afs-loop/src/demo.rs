@@ -28,8 +28,9 @@ use afs_abtest::AbTestConfig;
 use afs_datagen::GeneratorConfig;
 use afs_store::{
     Clock, Decision, ExperimentStore, FeedbackValue, ManualClock, NewModelVersion, NewUsage,
-    SqliteConfig, SqliteStore, StatsWindow, UsageStore,
+    StatsWindow, UsageStore,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_trigger::{FnTrainer, RetrainerConfig, TrainJob, TrainOutput, TriggerConfig};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};

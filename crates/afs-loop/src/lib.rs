@@ -15,7 +15,8 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use afs_loop::{ContinuousLearningLoop, LoopConfig};
-//! use afs_store::{NewModelVersion, NewUsage, SqliteConfig, SqliteStore, SystemClock};
+//! use afs_store::{NewModelVersion, NewUsage, SystemClock};
+//! use afs_store_sqlite::{SqliteConfig, SqliteStore};
 //! use afs_trigger::CommandTrainer;
 //!
 //! let store = Arc::new(SqliteStore::open(SqliteConfig::new("afs.db"), Arc::new(SystemClock))?);

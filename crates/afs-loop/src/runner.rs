@@ -11,8 +11,9 @@ use afs_abtest::{AbTest, Judge, Route, Router, RoutingTable};
 use afs_datagen::{BoxError, QualityScorer};
 use afs_store::{
     Decision, ErrorKind, ExperimentStore, FeedbackValue, NewModelVersion, NewUsage, RetrainRun,
-    RunOutcome, RunStatus, RunStore, SqliteStore, UsageStore,
+    RunOutcome, RunStatus, RunStore, UsageStore,
 };
+use afs_store_sqlite::SqliteStore;
 use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TrainOutput, Trainer};
 
 pub(crate) use afs_store::rng::splitmix64 as splitmix;

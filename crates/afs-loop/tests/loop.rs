@@ -14,8 +14,9 @@ use afs_loop::{
 };
 use afs_store::{
     Clock, Decision, ExperimentStatus, ExperimentStore, Feedback, FeedbackValue, ManualClock,
-    NewModelVersion, NewUsage, RunStatus, RunStore, SqliteConfig, SqliteStore, VersionStatus,
+    NewModelVersion, NewUsage, RunStatus, RunStore, VersionStatus,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_trigger::{
     FnTrainer, RetrainerConfig, TrainJob, TrainOutput, Trainer, TriggerConfig, TriggerState,
 };

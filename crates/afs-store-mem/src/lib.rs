@@ -2,7 +2,7 @@
 //! [`ExperimentStore`](afs_store::ExperimentStore) without a database, for unit tests and
 //! simulations.
 //!
-//! It keeps the contracts of the SQLite store (`afs_store::SqliteStore`) where they mean
+//! It keeps the contracts of the SQLite store (`afs_store_sqlite::SqliteStore`) where they mean
 //! something in memory:
 //!
 //! * **Validation** is afs-store's own ([`NewUsage::validate`], [`validate_quality`], ...),

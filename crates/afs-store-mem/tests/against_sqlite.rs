@@ -8,10 +8,11 @@ use std::sync::Arc;
 use afs_store::{
     unit_cohorts_from_records, Clock, EventNote, ExperimentStore, Feedback, FeedbackFilter,
     FeedbackValue, ManualClock, NewModelVersion, NewUsage, Order, Paging, RecordFields,
-    RecordFilter, SqliteConfig, SqliteStore, StatsWindow, UnitCohort, UnitMoments, UsageRecord,
-    UsageStats, UsageStore, WeightSource,
+    RecordFilter, StatsWindow, UnitCohort, UnitMoments, UsageRecord, UsageStats, UsageStore,
+    WeightSource,
 };
 use afs_store_mem::MemStore;
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 fn start() -> DateTime<Utc> {

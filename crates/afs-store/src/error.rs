@@ -120,28 +120,22 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
+    /// An [`StoreError::InvalidInput`] naming `field`.
+    pub fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
         StoreError::InvalidInput {
             field,
             reason: reason.to_string(),
         }
     }
 
-    pub(crate) fn db(
+    /// A [`StoreError::Database`]: the driver's error `source` while doing `context`.
+    pub fn db(
         context: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        let mut source: Box<dyn std::error::Error + Send + Sync> = Box::new(source);
-        // An error in a statement carries the statement's whole text (kilobytes for a
-        // migration or a trigger); the message is what a user can act on.
-        if let Some(rusqlite::Error::SqlInputError { error, msg, .. }) =
-            source.downcast_ref::<rusqlite::Error>()
-        {
-            source = Box::new(rusqlite::Error::SqliteFailure(*error, Some(msg.clone())));
-        }
         StoreError::Database {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

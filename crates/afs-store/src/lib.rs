@@ -1,19 +1,25 @@
-//! The usage store: the bottom layer of afs, holding the usage log, feedback and the
-//! per-model rollups every upper layer reads.
+//! The usage store's core: the bottom layer of afs. It holds what every backend shares and
+//! no backend: the traits ([`UsageStore`], [`RunStore`], [`ExperimentStore`]), the record,
+//! query, statistics and experiment types, the errors, the input checks, and the domain
+//! rules of experiments written once over [`backend::ExperimentTx`].
 //!
-//! The [`UsageStore`] trait is the seam between afs and its storage; [`SqliteStore`] is the
-//! embedded default (one SQLite file, WAL mode, versioned migrations, a connection pool and
-//! group commit for single-record logging). Everything that writes a timestamp asks a
-//! [`Clock`], so tests move time by hand with a [`ManualClock`].
+//! Backends are crates of their own: `afs-store-sqlite` (one SQLite file, the embedded
+//! default), `afs-store-mem` (in memory, for tests and simulations). Every backend runs the
+//! conformance suite, [`conformance`] with the `testing` feature. Everything that writes a
+//! timestamp asks a [`Clock`], so tests move time by hand with a [`ManualClock`].
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use afs_store::{NewUsage, SqliteConfig, SqliteStore, SystemClock, UsageStore, FeedbackValue};
+//! ```
+//! use afs_store::{FeedbackValue, NewUsage, UsageStore};
 //!
-//! let store = SqliteStore::open(SqliteConfig::new("afs.db"), Arc::new(SystemClock))?;
-//! let id = store.log(NewUsage { quality_score: Some(0.85), ..NewUsage::new("What is 65816?", "CPU for SNES...", "nayru-v1") })?;
-//! store.record_feedback(&id, FeedbackValue::Positive, None)?;
-//! # Ok::<(), afs_store::StoreError>(())
+//! /// Logs one answer and its thumbs-up, whatever the backend.
+//! fn log_liked(store: &dyn UsageStore) -> afs_store::Result<String> {
+//!     let id = store.log(NewUsage {
+//!         quality_score: Some(0.85),
+//!         ..NewUsage::new("What is 65816?", "CPU for SNES...", "nayru-v1")
+//!     })?;
+//!     store.record_feedback(&id, FeedbackValue::Positive, None)?;
+//!     Ok(id)
+//! }
 //! ```
 
 pub mod backend;
@@ -26,12 +32,11 @@ mod error;
 mod experiment;
 mod id;
 pub mod key;
+pub mod process;
 mod query;
 mod record;
-pub mod process;
 pub mod rng;
 mod runs;
-mod sqlite;
 mod stats;
 mod store;
 mod target;
@@ -47,12 +52,11 @@ pub use experiment::{
 pub use id::new_id;
 pub use query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, StatsWindow};
 pub use record::{
-    dedupe_hash, validate_latency, validate_quality, validate_time, validate_token_count, Feedback,
-    FeedbackValue, NewUsage, UsageRecord, DEFAULT_MAX_FIELD_BYTES, MAX_LATENCY_MS, MAX_NAME_BYTES,
-    MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
+    dedupe_hash, validate_feedback_text, validate_latency, validate_quality, validate_time,
+    validate_token_count, Feedback, FeedbackValue, NewUsage, UsageRecord, DEFAULT_MAX_FIELD_BYTES,
+    MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
 };
 pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
-pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, SCHEMA_VERSION};
 pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};
 pub use target::{resolve_output, OutputTarget};

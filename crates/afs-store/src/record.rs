@@ -245,7 +245,7 @@ pub fn validate_token_count(tokens: i64) -> Result<()> {
 }
 
 /// Checks feedback text against the field size limit.
-pub(crate) fn validate_feedback_text(text: Option<&str>, max_bytes: usize) -> Result<()> {
+pub fn validate_feedback_text(text: Option<&str>, max_bytes: usize) -> Result<()> {
     check_optional_text("feedback_text", text, max_bytes)
 }
 

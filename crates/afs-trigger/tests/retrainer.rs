@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use afs_datagen::GeneratorConfig;
-use afs_store::{
-    FeedbackValue, ManualClock, NewRun, NewUsage, RunStatus, RunStore, SqliteConfig, SqliteStore,
-    UsageStore,
-};
+use afs_store::{FeedbackValue, ManualClock, NewRun, NewUsage, RunStatus, RunStore, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_trigger::{
     AutoRetrainer, CommandTrainer, FnTrainer, RetrainOutcome, RetrainTrigger, RetrainerConfig,
     TrainJob, TrainOutput, Trainer, TriggerConfig,

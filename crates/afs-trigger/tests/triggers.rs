@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use afs_store::{
-    Clock, FeedbackValue, ManualClock, NewUsage, SqliteConfig, SqliteStore, UsageStore,
-};
+use afs_store::{Clock, FeedbackValue, ManualClock, NewUsage, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_trigger::{
     record_retrain_started, record_retrain_succeeded, reset_after_promotion, RetrainTrigger,
     TriggerConfig, TriggerType,

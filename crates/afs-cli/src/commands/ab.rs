@@ -9,8 +9,9 @@ use afs_abtest::{
 };
 use afs_store::{
     Decision, EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStatus,
-    ExperimentStore, ModelVersion, NewModelVersion, SqliteStore, UsageStore,
+    ExperimentStore, ModelVersion, NewModelVersion, UsageStore,
 };
+use afs_store_sqlite::SqliteStore;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 

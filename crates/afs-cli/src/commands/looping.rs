@@ -9,7 +9,8 @@ use afs_loop::{
     ContinuousLearningLoop, IterationOptions, IterationReport, LoopError, LoopRunSummary,
     StopReason, StopSignal,
 };
-use afs_store::{SqliteStore, UsageStore};
+use afs_store::UsageStore;
+use afs_store_sqlite::SqliteStore;
 use afs_trigger::{CommandTemplate, Placeholder};
 use anyhow::Context;
 use serde_json::json;

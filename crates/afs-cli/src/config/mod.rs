@@ -4,7 +4,7 @@
 //!
 //! The file is `--config FILE`, `AFS_CONFIG`, or `./afs.toml` when present. Its sections,
 //! every key optional (an absent key keeps the default): `[store]` maps onto
-//! [`afs_store::SqliteConfig`], `[trigger]` (with `[trigger.page_hinkley]`) onto
+//! [`afs_store_sqlite::SqliteConfig`], `[trigger]` (with `[trigger.page_hinkley]`) onto
 //! [`TriggerConfig`], `[generator]` onto [`GeneratorConfig`], `[abtest]` (with
 //! `[abtest.guardrails]` and `[abtest.bandit]`) onto [`AbTestConfig`], `[loop]` onto the
 //! loop's own fields of [`LoopConfig`], and `[trainer]` onto the trainer command, its timeout
@@ -31,7 +31,8 @@ use std::time::Duration;
 use afs_abtest::AbTestConfig;
 use afs_datagen::{GeneratorConfig, NearDedupeConfig};
 use afs_loop::{EvalGate, LoopConfig, LoopError};
-use afs_store::{NewModelVersion, SqliteConfig, Synchronous};
+use afs_store::NewModelVersion;
+use afs_store_sqlite::{SqliteConfig, Synchronous};
 use afs_trigger::{RetrainerConfig, TriggerConfig};
 use anyhow::Context;
 

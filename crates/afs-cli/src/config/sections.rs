@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use afs_abtest::{AbTestConfig, AbTestError, BanditConfig, Guardrail, Metric, PrimaryMetric};
 use afs_datagen::{DatagenError, Format, GeneratorConfig};
-use afs_store::{Synchronous, DEFAULT_MAX_FIELD_BYTES};
+use afs_store::DEFAULT_MAX_FIELD_BYTES;
+use afs_store_sqlite::Synchronous;
 use afs_trigger::TriggerError;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
@@ -116,7 +117,7 @@ impl<'de> Deserialize<'de> for TokensSetting {
     }
 }
 
-/// `[store]`: the settings of [`afs_store::SqliteConfig`] (the file itself is `--db`).
+/// `[store]`: the settings of [`afs_store_sqlite::SqliteConfig`] (the file itself is `--db`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreSection {

@@ -2,7 +2,7 @@
 //! with its value, in the file's own format, so the output is itself a valid config file.
 
 use afs_abtest::{Metric, PrimaryMetric};
-use afs_store::Synchronous;
+use afs_store_sqlite::Synchronous;
 use serde::{Serialize, Serializer};
 
 use super::Config;

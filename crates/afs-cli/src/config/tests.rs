@@ -744,7 +744,10 @@ fn environment_and_flags_override_the_file_in_that_order() {
         config.abtest.guardrails
     );
     assert!(config.abtest.bandit.is_some());
-    assert_eq!(config.store.synchronous, afs_store::Synchronous::Full);
+    assert_eq!(
+        config.store.synchronous,
+        afs_store_sqlite::Synchronous::Full
+    );
     assert_eq!(
         config.key_name("trigger.min_new_samples"),
         "trigger.min_new_samples (from AFS_TRIGGER__MIN_NEW_SAMPLES)"
@@ -953,7 +956,7 @@ training_window = "7d"
     let sqlite = config.sqlite_config(Path::new("x.db"));
     assert_eq!(sqlite.busy_timeout, Duration::from_millis(500));
     assert_eq!(sqlite.max_field_bytes, 2048);
-    assert_eq!(sqlite.synchronous, afs_store::Synchronous::Full);
+    assert_eq!(sqlite.synchronous, afs_store_sqlite::Synchronous::Full);
     assert_eq!(sqlite.pool_size, 2);
     let l = config.loop_config();
     assert_eq!(l.check_interval, Duration::from_secs(1800));

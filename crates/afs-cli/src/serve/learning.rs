@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use afs_loop::{ContinuousLearningLoop, LoopRunSummary};
-use afs_store::{ErrorKind, NewModelVersion, SqliteStore};
+use afs_store::{ErrorKind, NewModelVersion};
+use afs_store_sqlite::SqliteStore;
 
 use super::ServeArgs;
 use crate::config::Config;

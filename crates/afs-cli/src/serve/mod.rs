@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use afs_abtest::AbTest;
-use afs_store::SqliteStore;
+use afs_store_sqlite::SqliteStore;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 

@@ -20,10 +20,13 @@
 //! (here the backend is SQLite with one handle per database; an in-memory store's `create`
 //! is just `Instance::new(Box::new(MemStore::new(clock)))`):
 //!
-//! ```no_run
+//! ```ignore
+//! // In afs-store-sqlite's tests/conformance.rs (compiled there, not here: afs-store cannot
+//! // depend on its backends).
 //! use std::sync::Arc;
 //! use afs_store::conformance::{self, Factory, Instance};
-//! use afs_store::{ManualClock, SqliteConfig, SqliteStore};
+//! use afs_store::ManualClock;
+//! use afs_store_sqlite::{SqliteConfig, SqliteStore};
 //!
 //! struct Mine;
 //!

@@ -4,9 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use afs_store::{
-    ErrorKind, NewUsage, SqliteConfig, SqliteStore, StoreError, SystemClock, UsageStore,
-};
+use afs_store::{ErrorKind, NewUsage, StoreError, SystemClock, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use rusqlite::Connection;
 
 /// Every file in `dir` with its bytes.

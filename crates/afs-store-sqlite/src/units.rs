@@ -1,7 +1,7 @@
 //! Per-unit experiment statistics for SQLite (schema version 7): what
-//! [`ExperimentStore::unit_stats`](crate::ExperimentStore::unit_stats) reads and
-//! [`ExperimentStore::record_unit_covariates`](crate::ExperimentStore::record_unit_covariates)
-//! writes. Definitions are in [`crate::units`]; this module keeps them current on every write.
+//! [`ExperimentStore::unit_stats`](afs_store::ExperimentStore::unit_stats) reads and
+//! [`ExperimentStore::record_unit_covariates`](afs_store::ExperimentStore::record_unit_covariates)
+//! writes. Definitions are in [`afs_store::units`]; this module keeps them current on every write.
 //!
 //! Tables (all `WITHOUT ROWID`):
 //!
@@ -10,7 +10,7 @@
 //!   promote and rollback in the same transaction; the triggers on `usage` look a record's
 //!   model up here, which is all they cost for models not in an experiment.
 //! * `experiment_unit`: per experiment, unit and arm, the sums of the unit's records
-//!   ([`crate::UnitTally`]), its first record's time `first_us`, its cohort `period`
+//!   ([`afs_store::UnitTally`]), its first record's time `first_us`, its cohort `period`
 //!   (the period containing `first_us`), `moved` (its row in the other arm has an earlier
 //!   `first_us`) and its covariate means `x_*` (copied from `experiment_unit_pre`).
 //! * `experiment_loose`: per experiment, period and arm, the sums (and sums of squares) of
@@ -46,10 +46,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::time::{first_rowid_at, micros_of, ROWID_SLOTS};
-use crate::error::{Result, StoreError};
-use crate::experiment::Experiment;
-use crate::record::FeedbackValue;
-use crate::units::{period_at, UnitCohort, UnitMoments};
+use afs_store::units::{period_at, UnitCohort, UnitMoments};
+use afs_store::Experiment;
+use afs_store::FeedbackValue;
+use afs_store::Result;
 
 /// The value columns of `experiment_unit` and what one `usage` row (`{r}` stands for `NEW.`,
 /// `OLD.` or a table alias) adds to each. The last flag says whether the column is REAL.
@@ -105,7 +105,7 @@ struct Metric {
     x_of_pre: &'static str,
 }
 
-/// The four metrics, in the order of [`crate::UnitMetric::ALL`].
+/// The four metrics, in the order of [`afs_store::UnitMetric::ALL`].
 const METRICS: [Metric; 4] = [
     Metric {
         prefix: "q",
@@ -416,8 +416,7 @@ fn folded_removal_sql() -> String {
 /// their old contributions out, their current ones in, then marks them clean. Costs one
 /// pass over the dirty rows (through their partial index). Must run in a write transaction.
 pub(crate) fn fold(conn: &Connection, id: i64) -> Result<()> {
-    let err =
-        |e: rusqlite::Error| StoreError::db(format!("fold unit statistics of experiment {id}"), e);
+    let err = |e: rusqlite::Error| crate::db(format!("fold unit statistics of experiment {id}"), e);
     for old in [true, false] {
         conn.prepare_cached(&fold_sql(old))
             .and_then(|mut stmt| stmt.execute([id]))
@@ -442,7 +441,7 @@ pub(crate) fn fold_running(conn: &Connection) -> Result<()> {
     let running: Option<i64> = conn
         .prepare_cached("SELECT MIN(experiment_id) FROM experiment_live")
         .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
-        .map_err(|e| StoreError::db("find the running experiment", e))?;
+        .map_err(|e| crate::db("find the running experiment", e))?;
     match running {
         Some(id) if needs_fold(conn, id)? => fold(conn, id),
         _ => Ok(()),
@@ -455,7 +454,7 @@ pub(crate) fn needs_fold(conn: &Connection, id: i64) -> Result<bool> {
         "SELECT EXISTS (SELECT 1 FROM experiment_unit WHERE experiment_id = ?1 AND dirty = 1)",
     )
     .and_then(|mut stmt| stmt.query_row([id], |r| r.get(0)))
-    .map_err(|e| StoreError::db(format!("read unit statistics of experiment {id}"), e))
+    .map_err(|e| crate::db(format!("read unit statistics of experiment {id}"), e))
 }
 
 /// The schema of version 7: tables and triggers.
@@ -626,7 +625,7 @@ END;
 /// (back-filled from `started_at`), the tables and triggers described in the module
 /// documentation, and fills them for an experiment already running.
 pub(crate) fn migrate_v7(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-    let err = |e: rusqlite::Error| StoreError::db("migration 7", e);
+    let err = |e: rusqlite::Error| crate::db("migration 7", e);
     tx.execute_batch(&v7_schema()).map_err(err)?;
     let periods: Vec<(i64, i64, String)> = tx
         .prepare("SELECT experiment_id, idx, started_at FROM experiment_period")
@@ -637,7 +636,7 @@ pub(crate) fn migrate_v7(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         .map_err(err)?;
     for (experiment_id, idx, started_at) in periods {
         let started = DateTime::parse_from_rfc3339(&started_at).map_err(|e| {
-            StoreError::db(
+            crate::db(
                 format!("migration 7: read start of period {idx} of experiment {experiment_id}"),
                 e,
             )
@@ -659,9 +658,8 @@ pub(crate) fn migrate_v7(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         .optional()
         .map_err(err)?;
     if let Some((id, champion, challenger, started_at)) = running {
-        let started = DateTime::parse_from_rfc3339(&started_at).map_err(|e| {
-            StoreError::db(format!("migration 7: read start of experiment {id}"), e)
-        })?;
+        let started = DateTime::parse_from_rfc3339(&started_at)
+            .map_err(|e| crate::db(format!("migration 7: read start of experiment {id}"), e))?;
         start_experiment(
             tx,
             id,
@@ -684,7 +682,7 @@ pub(crate) fn start_experiment(
     started_us: i64,
 ) -> Result<()> {
     let err =
-        |e: rusqlite::Error| StoreError::db(format!("start unit statistics of experiment {id}"), e);
+        |e: rusqlite::Error| crate::db(format!("start unit statistics of experiment {id}"), e);
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO experiment_live (model, experiment_id, arm, started_us) VALUES (?1, ?2, ?3, ?4)",
@@ -758,7 +756,7 @@ pub(crate) fn start_experiment(
 /// they stand. Runs in the caller's transaction.
 pub(crate) fn end_experiment(conn: &Connection, id: i64) -> Result<()> {
     conn.execute("DELETE FROM experiment_live WHERE experiment_id = ?1", [id])
-        .map_err(|e| StoreError::db(format!("end unit statistics of experiment {id}"), e))?;
+        .map_err(|e| crate::db(format!("end unit statistics of experiment {id}"), e))?;
     Ok(())
 }
 
@@ -774,8 +772,7 @@ pub(crate) fn start_period(
     new: u32,
     started_us: i64,
 ) -> Result<()> {
-    let err =
-        |e: rusqlite::Error| StoreError::db(format!("start period {new} of experiment {id}"), e);
+    let err = |e: rusqlite::Error| crate::db(format!("start period {new} of experiment {id}"), e);
     conn.execute(
         "UPDATE experiment_unit SET period = ?2 WHERE experiment_id = ?1 AND first_us >= ?3 AND period <> ?2",
         params![id, new, started_us],
@@ -826,8 +823,7 @@ pub(crate) fn record_covariates(
     since_us: i64,
     started_us: i64,
 ) -> Result<u64> {
-    let err =
-        |e: rusqlite::Error| StoreError::db(format!("record covariates of experiment {id}"), e);
+    let err = |e: rusqlite::Error| crate::db(format!("record covariates of experiment {id}"), e);
     conn.execute(
         "DELETE FROM experiment_unit_pre WHERE experiment_id = ?1",
         [id],
@@ -875,7 +871,7 @@ pub(crate) fn record_covariates(
 /// included) and from the covariates. Runs in the caller's transaction, after the unit's
 /// records were deleted.
 pub(crate) fn forget_unit(conn: &Connection, unit: &str) -> Result<()> {
-    let err = |e: rusqlite::Error| StoreError::db("forget unit statistics", e);
+    let err = |e: rusqlite::Error| crate::db("forget unit statistics", e);
     conn.execute("DELETE FROM experiment_unit WHERE unit = ?1", [unit])
         .map_err(err)?;
     conn.execute("DELETE FROM experiment_unit_pre WHERE unit = ?1", [unit])
@@ -965,8 +961,7 @@ pub(crate) fn unit_stats(
     feedback_before: Option<DateTime<Utc>>,
 ) -> Result<Vec<UnitCohort>> {
     let id = experiment.id;
-    let err =
-        |e: rusqlite::Error| StoreError::db(format!("read unit statistics of experiment {id}"), e);
+    let err = |e: rusqlite::Error| crate::db(format!("read unit statistics of experiment {id}"), e);
     let mut cohorts: BTreeMap<(u32, bool), UnitCohort> = BTreeMap::new();
     let columns = cohort_columns("");
     let sql = format!(
@@ -1083,9 +1078,8 @@ fn mature(
     loose: &mut BTreeMap<(u32, bool), Loose>,
 ) -> Result<()> {
     let id = experiment.id;
-    let err = |e: rusqlite::Error| {
-        StoreError::db(format!("read immature feedback of experiment {id}"), e)
-    };
+    let err =
+        |e: rusqlite::Error| crate::db(format!("read immature feedback of experiment {id}"), e);
     let lo = micros_of(cut).max(micros_of(experiment.started_at));
     let hi = experiment.ended_at.map_or(i64::MAX, micros_of);
     if lo >= hi {

@@ -23,15 +23,15 @@ use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::clock::Clock;
-use crate::error::{Result, StoreError};
-use crate::query::{RecordFilter, StatsWindow};
-use crate::record::{
+use afs_store::Clock;
+use afs_store::UsageStats;
+use afs_store::{
     validate_feedback_text, validate_quality, validate_time, FeedbackValue, NewUsage, UsageRecord,
     DEFAULT_MAX_FIELD_BYTES,
 };
-use crate::stats::UsageStats;
-use crate::store::{DedupeReport, PruneReport, RecordStream, UsageStore};
+use afs_store::{DedupeReport, PruneReport, RecordStream, UsageStore};
+use afs_store::{RecordFilter, StatsWindow};
+use afs_store::{Result, StoreError};
 
 pub use migrations::SCHEMA_VERSION;
 use rows::{InsertRow, RECORD_COLUMNS};
@@ -136,8 +136,8 @@ pub(crate) fn configure(conn: &Connection, config: &SqliteConfig) -> rusqlite::R
 
 pub(crate) fn open_connection(config: &SqliteConfig) -> Result<Connection> {
     let conn = Connection::open(&config.path)
-        .map_err(|e| StoreError::db(format!("open {}", config.path.display()), e))?;
-    configure(&conn, config).map_err(|e| StoreError::db("configure connection", e))?;
+        .map_err(|e| crate::db(format!("open {}", config.path.display()), e))?;
+    configure(&conn, config).map_err(|e| crate::db("configure connection", e))?;
     Ok(conn)
 }
 
@@ -152,16 +152,16 @@ fn prepare_file(config: &SqliteConfig) -> Result<()> {
     // page empty. The page size can only be chosen before the first table exists.
     let n_pages: i64 = conn
         .query_row("PRAGMA page_count", [], |row| row.get(0))
-        .map_err(|e| StoreError::db("read page count", e))?;
+        .map_err(|e| crate::db("read page count", e))?;
     if n_pages == 0 {
         conn.execute_batch("PRAGMA page_size = 8192")
-            .map_err(|e| StoreError::db("set page size", e))?;
+            .map_err(|e| crate::db("set page size", e))?;
     }
     // WAL lets readers run while one writer commits; switching needs a brief exclusive
     // lock, which the busy timeout waits for when other processes hold the file.
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(|e| StoreError::db("enable WAL", e))?;
+        .map_err(|e| crate::db("enable WAL", e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(%mode, "database is not in WAL mode; concurrent access will be slower");
     }
@@ -254,7 +254,7 @@ const SEED_COLUMNS: &[&str] = &[
 /// is new; one at a schema version of afs is afs's; one at version 0 holding only the
 /// Python module's `usage` table is migrated.
 fn identify(conn: &Connection, path: &Path) -> Result<()> {
-    let read = |e| StoreError::db(format!("read the schema of {}", path.display()), e);
+    let read = |e| crate::db(format!("read the schema of {}", path.display()), e);
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(read)?;
@@ -353,7 +353,7 @@ impl SqliteStore {
             .min_idle(Some(0))
             .connection_timeout(config.busy_timeout)
             .build(manager)
-            .map_err(|e| StoreError::db("create connection pool", e))?;
+            .map_err(|e| crate::db("create connection pool", e))?;
         Ok(SqliteStore {
             config,
             clock,
@@ -375,7 +375,7 @@ impl SqliteStore {
     pub(crate) fn conn(&self) -> Result<PooledConnection<SqliteConnectionManager>> {
         self.pool
             .get()
-            .map_err(|e| StoreError::db("get a connection from the pool", e))
+            .map_err(|e| crate::db("get a connection from the pool", e))
     }
 
     fn writer(&self) -> Result<&Writer> {
@@ -443,7 +443,7 @@ impl SqliteStore {
         let run = |conn: &mut Connection| {
             conn.prepare_cached(sql)
                 .and_then(|mut stmt| stmt.execute(params))
-                .map_err(|e| StoreError::db(context, e))
+                .map_err(|e| crate::db(context, e))
         };
         // On the write connection when this process logs: the update waits for the group
         // commit in progress on a mutex, and never runs a checkpoint in its own commit.
@@ -470,11 +470,30 @@ fn immediate<T>(
 ) -> Result<T> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| StoreError::db(format!("begin {what}"), e))?;
+        .map_err(|e| crate::db(format!("begin {what}"), e))?;
     let value = f(&tx)?;
     tx.commit()
-        .map_err(|e| StoreError::db(format!("commit {what}"), e))?;
+        .map_err(|e| crate::db(format!("commit {what}"), e))?;
     Ok(value)
+}
+
+/// A [`StoreError::Database`] from a driver error. An error in a statement carries the
+/// statement's whole text (kilobytes for a migration or a trigger); the message is what a
+/// user can act on, so the text is dropped.
+pub(crate) fn db(
+    context: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    let mut source: Box<dyn std::error::Error + Send + Sync> = Box::new(source);
+    if let Some(rusqlite::Error::SqlInputError { error, msg, .. }) =
+        source.downcast_ref::<rusqlite::Error>()
+    {
+        source = Box::new(rusqlite::Error::SqliteFailure(*error, Some(msg.clone())));
+    }
+    StoreError::Database {
+        context: context.into(),
+        source,
+    }
 }
 
 /// The error for a clock outside the range a record may carry (e.g. `AFS_NOW` set before
@@ -568,23 +587,22 @@ impl UsageStore for SqliteStore {
             // per record): the flag row silences it for this transaction only, and the deltas
             // are summed per bucket and added once each.
             let bulk = format!("INSERT INTO {} (id) VALUES (1)", migrations::BULK_WRITE);
-            tx.execute(&bulk, [])
-                .map_err(|e| StoreError::db(CONTEXT, e))?;
+            tx.execute(&bulk, []).map_err(|e| crate::db(CONTEXT, e))?;
             let mut deltas: BTreeMap<(i64, i64, String), [f64; 3]> = BTreeMap::new();
             {
                 let mut read = tx
                     .prepare_cached(
                         "SELECT rowid, model, ts_us, quality_score FROM usage WHERE id = ?1",
                     )
-                    .map_err(|e| StoreError::db(CONTEXT, e))?;
+                    .map_err(|e| crate::db(CONTEXT, e))?;
                 let mut write = tx
                     .prepare_cached("UPDATE usage SET quality_score = ?1 WHERE rowid = ?2")
-                    .map_err(|e| StoreError::db(CONTEXT, e))?;
+                    .map_err(|e| crate::db(CONTEXT, e))?;
                 for (id, quality) in scores {
                     let row: Option<(i64, String, Option<i64>, Option<f64>)> = read
                         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                         .optional()
-                        .map_err(|e| StoreError::db(CONTEXT, e))?;
+                        .map_err(|e| crate::db(CONTEXT, e))?;
                     let Some((rowid, model, ts_us, old)) = row else {
                         // Dropping the transaction rolls back what this batch changed so far.
                         return Err(StoreError::NotFound {
@@ -594,7 +612,7 @@ impl UsageStore for SqliteStore {
                     };
                     write
                         .execute(params![quality, rowid])
-                        .map_err(|e| StoreError::db(CONTEXT, e))?;
+                        .map_err(|e| crate::db(CONTEXT, e))?;
                     let Some(ts_us) = ts_us else { continue };
                     let delta = [
                         1.0 - f64::from(u8::from(old.is_some())),
@@ -612,7 +630,7 @@ impl UsageStore for SqliteStore {
                 }
                 let mut upsert = tx
                     .prepare_cached(&migrations::recent_upsert_sql())
-                    .map_err(|e| StoreError::db(CONTEXT, e))?;
+                    .map_err(|e| crate::db(CONTEXT, e))?;
                 for ((level, bucket, model), [n, sum, sum_sq]) in deltas {
                     let mut values: Vec<rusqlite::types::Value> =
                         vec![level.into(), bucket.into(), model.into()];
@@ -627,12 +645,11 @@ impl UsageStore for SqliteStore {
                     }
                     upsert
                         .execute(rusqlite::params_from_iter(values))
-                        .map_err(|e| StoreError::db(CONTEXT, e))?;
+                        .map_err(|e| crate::db(CONTEXT, e))?;
                 }
             }
             let unflag = format!("DELETE FROM {}", migrations::BULK_WRITE);
-            tx.execute(&unflag, [])
-                .map_err(|e| StoreError::db(CONTEXT, e))?;
+            tx.execute(&unflag, []).map_err(|e| crate::db(CONTEXT, e))?;
             Ok(())
         })
     }
@@ -642,10 +659,10 @@ impl UsageStore for SqliteStore {
         let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE id = ?1");
         let mut stmt = conn
             .prepare_cached(&sql)
-            .map_err(|e| StoreError::db("get record", e))?;
+            .map_err(|e| crate::db("get record", e))?;
         stmt.query_row([id], rows::record_from_row)
             .optional()
-            .map_err(|e| StoreError::db("get record", e))?
+            .map_err(|e| crate::db("get record", e))?
             .ok_or_else(|| StoreError::NotFound {
                 what: "usage record",
                 id: id.to_string(),
@@ -710,7 +727,7 @@ impl UsageStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin dedupe", e))?;
+            .map_err(|e| crate::db("begin dedupe", e))?;
         // Rank each group's rows newest first; every row ranked below 1 is a duplicate.
         tx.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS dedupe_victims (rid INTEGER PRIMARY KEY);
@@ -722,7 +739,7 @@ impl UsageStore for SqliteStore {
                  FROM usage WHERE dedupe_hash IS NOT NULL)
              WHERE rank > 1;",
         )
-        .map_err(|e| StoreError::db("find duplicates", e))?;
+        .map_err(|e| crate::db("find duplicates", e))?;
         let (removed, duplicate_groups): (i64, i64) = tx
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM dedupe_victims),
@@ -731,19 +748,18 @@ impl UsageStore for SqliteStore {
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .map_err(|e| StoreError::db("count duplicates", e))?;
+            .map_err(|e| crate::db("count duplicates", e))?;
         if !dry_run {
             tx.execute(
                 "DELETE FROM usage WHERE rowid IN (SELECT rid FROM dedupe_victims)",
                 [],
             )
-            .map_err(|e| StoreError::db("delete duplicates", e))?;
+            .map_err(|e| crate::db("delete duplicates", e))?;
             migrations::refresh_pending(&tx)?;
         }
         tx.execute("DELETE FROM dedupe_victims", [])
-            .map_err(|e| StoreError::db("dedupe cleanup", e))?;
-        tx.commit()
-            .map_err(|e| StoreError::db("commit dedupe", e))?;
+            .map_err(|e| crate::db("dedupe cleanup", e))?;
+        tx.commit().map_err(|e| crate::db("commit dedupe", e))?;
         Ok(DedupeReport {
             duplicate_groups: duplicate_groups as u64,
             removed: removed as u64,
@@ -756,7 +772,7 @@ impl UsageStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin prune", e))?;
+            .map_err(|e| crate::db("begin prune", e))?;
         let mut archived = 0u64;
         if let Some(path) = archive {
             archived = write_archive(&tx, cutoff_us, path)?;
@@ -766,11 +782,11 @@ impl UsageStore for SqliteStore {
                 "DELETE FROM usage WHERE rowid < ?1",
                 [time::first_rowid_at(cutoff_us)],
             )
-            .map_err(|e| StoreError::db("delete old records", e))? as u64;
+            .map_err(|e| crate::db("delete old records", e))? as u64;
         // The delete trigger left a pending delta in every bucket it touched: those buckets
         // are summed again from what remains (emptied ones leave the rollup tables).
         migrations::refresh_pending(&tx)?;
-        tx.commit().map_err(|e| StoreError::db("commit prune", e))?;
+        tx.commit().map_err(|e| crate::db("commit prune", e))?;
         Ok(PruneReport { removed, archived })
     }
 
@@ -781,16 +797,15 @@ impl UsageStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin forget", e))?;
+            .map_err(|e| crate::db("begin forget", e))?;
         let removed = tx
             .execute("DELETE FROM usage WHERE unit_id = ?1", [unit_id])
-            .map_err(|e| StoreError::db("forget unit", e))?;
+            .map_err(|e| crate::db("forget unit", e))?;
         // The delete trigger took the unit's records out of the running experiment's unit
         // statistics; ended experiments and covariates still name it.
         units::forget_unit(&tx, unit_id)?;
         migrations::refresh_pending(&tx)?;
-        tx.commit()
-            .map_err(|e| StoreError::db("commit forget", e))?;
+        tx.commit().map_err(|e| crate::db("commit forget", e))?;
         Ok(removed as u64)
     }
 
@@ -809,11 +824,11 @@ impl UsageStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin rollup rebuild", e))?;
+            .map_err(|e| crate::db("begin rollup rebuild", e))?;
         tx.execute_batch(&migrations::rebuild_rollups_sql())
-            .map_err(|e| StoreError::db("rebuild rollups", e))?;
+            .map_err(|e| crate::db("rebuild rollups", e))?;
         tx.commit()
-            .map_err(|e| StoreError::db("commit rollup rebuild", e))
+            .map_err(|e| crate::db("commit rollup rebuild", e))
     }
 }
 
@@ -834,17 +849,17 @@ fn write_archive(tx: &rusqlite::Transaction<'_>, cutoff_us: i64, path: &Path) ->
         let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE rowid < ?1 ORDER BY rowid");
         let mut stmt = tx
             .prepare(&sql)
-            .map_err(|e| StoreError::db("read records to archive", e))?;
+            .map_err(|e| crate::db("read records to archive", e))?;
         let mut rows = stmt
             .query(params![time::first_rowid_at(cutoff_us)])
-            .map_err(|e| StoreError::db("read records to archive", e))?;
+            .map_err(|e| crate::db("read records to archive", e))?;
         let mut n = 0u64;
         while let Some(row) = rows
             .next()
-            .map_err(|e| StoreError::db("read records to archive", e))?
+            .map_err(|e| crate::db("read records to archive", e))?
         {
-            let record = rows::record_from_row(row)
-                .map_err(|e| StoreError::db("read records to archive", e))?;
+            let record =
+                rows::record_from_row(row).map_err(|e| crate::db("read records to archive", e))?;
             serde_json::to_writer(&mut out, &rows::ArchiveLine::from(&record))
                 .map_err(|e| io_err(std::io::Error::other(e)))?;
             out.write_all(b"\n").map_err(io_err)?;

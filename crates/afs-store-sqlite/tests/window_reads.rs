@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use afs_store::{ManualClock, NewUsage, SqliteConfig, SqliteStore, StatsWindow, UsageStore};
+use afs_store::{ManualClock, NewUsage, StatsWindow, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 fn micros(t: DateTime<Utc>) -> i64 {

@@ -16,8 +16,8 @@ use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::time::{first_rowid_at, micros_of, micros_of_rowid, ROWID_SLOTS};
-use crate::error::{Result, StoreError};
-use crate::record::dedupe_hash;
+use afs_store::dedupe_hash;
+use afs_store::Result;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
 pub const SCHEMA_VERSION: i64 = 8;
@@ -228,7 +228,7 @@ pub(crate) fn fold_all(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         for sql in fold_sql(table) {
             tx.prepare_cached(&sql)
                 .and_then(|mut stmt| stmt.execute([rusqlite::types::Null]))
-                .map_err(|e| StoreError::db("fold rollup deltas", e))?;
+                .map_err(|e| crate::db("fold rollup deltas", e))?;
         }
     }
     Ok(())
@@ -268,11 +268,11 @@ pub(crate) fn refresh_pending(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         for sql in statements {
             tx.prepare_cached(&sql)
                 .and_then(|mut stmt| stmt.execute([]))
-                .map_err(|e| StoreError::db("recompute rollup buckets", e))?;
+                .map_err(|e| crate::db("recompute rollup buckets", e))?;
         }
     }
     tx.execute(&format!("DELETE FROM {RECENT}"), [])
-        .map_err(|e| StoreError::db("recompute rollup buckets", e))?;
+        .map_err(|e| crate::db("recompute rollup buckets", e))?;
     Ok(())
 }
 
@@ -320,7 +320,7 @@ fn v5_recent_table() -> String {
 
 fn migrate_v5(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(&v5_recent_table())
-        .map_err(|e| StoreError::db("migration 5", e))?;
+        .map_err(|e| crate::db("migration 5", e))?;
     order_rows_by_time(tx)
 }
 
@@ -330,7 +330,7 @@ fn migrate_v5(tx: &rusqlite::Transaction<'_>) -> Result<()> {
 /// update trigger moves its rollup contribution). Other indexes, the Python module's
 /// included, are left as they are.
 fn order_rows_by_time(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-    let err = |e: rusqlite::Error| StoreError::db("migration 5: order records by time", e);
+    let err = |e: rusqlite::Error| crate::db("migration 5: order records by time", e);
     tx.execute_batch(&format!(
         "DROP INDEX IF EXISTS usage_ts;
          DROP TRIGGER IF EXISTS usage_seed_insert;
@@ -579,7 +579,7 @@ fn migrate_v8(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         remove_old = recent_delta_sql("OLD.", "-"),
         add_new = recent_delta_sql("NEW.", ""),
     ))
-    .map_err(|e| StoreError::db("migration 8", e))
+    .map_err(|e| crate::db("migration 8", e))
 }
 
 /// A table that holds a row only inside a transaction that keeps the rollups itself (schema
@@ -599,23 +599,23 @@ fn nan_safe_add_excluded_set() -> String {
 }
 
 /// Version 6: the exact-duplicate key of each pair, written by afs with every new record
-/// (see [`crate::key::pair_key`]). Older rows keep none; readers compute it for them.
+/// (see [`afs_store::key::pair_key`]). Older rows keep none; readers compute it for them.
 fn migrate_v6(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch("ALTER TABLE usage ADD COLUMN pair_key BLOB")
-        .map_err(|e| StoreError::db("migration 6", e))
+        .map_err(|e| crate::db("migration 6", e))
 }
 
 fn migrate_v1_seed_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(V1_SEED_USAGE)
-        .map_err(|e| StoreError::db("migration 1", e))
+        .map_err(|e| crate::db("migration 1", e))
 }
 
 fn migrate_v2_afs_usage(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(&v2_schema())
-        .map_err(|e| StoreError::db("migration 2", e))?;
+        .map_err(|e| crate::db("migration 2", e))?;
     backfill_seed_rows(tx)?;
     tx.execute_batch(&rebuild_rollup_tables_sql())
-        .map_err(|e| StoreError::db("migration 2: build rollups", e))
+        .map_err(|e| crate::db("migration 2: build rollups", e))
 }
 
 /// Brings the database to [`SCHEMA_VERSION`] in one immediate transaction, so several
@@ -625,18 +625,18 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     // that only reads must not queue behind a busy writer just to learn that.
     let current: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| StoreError::db("read schema version", e))?;
+        .map_err(|e| crate::db("read schema version", e))?;
     if current == SCHEMA_VERSION {
         return Ok(());
     }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| StoreError::db("begin migration", e))?;
+        .map_err(|e| crate::db("begin migration", e))?;
     let version: i64 = tx
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| StoreError::db("read schema version", e))?;
+        .map_err(|e| crate::db("read schema version", e))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::db(
+        return Err(crate::db(
             "open database",
             std::io::Error::other(format!(
                 "schema version {version} is newer than this build of afs understands ({SCHEMA_VERSION})"
@@ -648,15 +648,14 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
     }
     if version < SCHEMA_VERSION {
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .map_err(|e| StoreError::db("write schema version", e))?;
+            .map_err(|e| crate::db("write schema version", e))?;
         tracing::info!(
             from = version,
             to = SCHEMA_VERSION,
             "migrated database schema"
         );
     }
-    tx.commit()
-        .map_err(|e| StoreError::db("commit migration", e))
+    tx.commit().map_err(|e| crate::db("commit migration", e))
 }
 
 /// SQL that recomputes every rollup bucket from the log. Only for a database at the current
@@ -693,22 +692,22 @@ fn backfill_seed_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         .prepare(
             "SELECT rowid, timestamp, created_at, query, response FROM usage WHERE ts_us IS NULL",
         )
-        .map_err(|e| StoreError::db("migration 2: read seed rows", e))?;
+        .map_err(|e| crate::db("migration 2: read seed rows", e))?;
     let mut update = tx
         .prepare("UPDATE usage SET ts_us = ?1, dedupe_hash = ?2 WHERE rowid = ?3")
-        .map_err(|e| StoreError::db("migration 2: prepare backfill", e))?;
+        .map_err(|e| crate::db("migration 2: prepare backfill", e))?;
     let mut rows = select
         .query([])
-        .map_err(|e| StoreError::db("migration 2: read seed rows", e))?;
+        .map_err(|e| crate::db("migration 2: read seed rows", e))?;
     let mut n_rows = 0u64;
     let mut n_unparsed = 0u64;
     while let Some(row) = rows
         .next()
-        .map_err(|e| StoreError::db("migration 2: read seed rows", e))?
+        .map_err(|e| crate::db("migration 2: read seed rows", e))?
     {
         let rowid: i64 = row
             .get(0)
-            .map_err(|e| StoreError::db("migration 2: read rowid", e))?;
+            .map_err(|e| crate::db("migration 2: read rowid", e))?;
         let timestamp: Option<String> = row.get(1).ok();
         let created_at: Option<String> = row.get(2).ok();
         let query: String = row
@@ -734,7 +733,7 @@ fn backfill_seed_rows(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         };
         update
             .execute(params![ts_us, dedupe_hash(&query, &response), rowid])
-            .map_err(|e| StoreError::db("migration 2: backfill row", e))?;
+            .map_err(|e| crate::db("migration 2: backfill row", e))?;
         n_rows += 1;
     }
     if n_rows > 0 {

@@ -11,9 +11,9 @@ use super::migrations::{
     N_ROLLUP_COLUMNS, RECENT,
 };
 use super::time::{first_rowid_at, micros_of, micros_of_rowid, time_of_micros};
-use crate::error::{Result, StoreError};
-use crate::query::StatsWindow;
-use crate::stats::UsageStats;
+use afs_store::Result;
+use afs_store::StatsWindow;
+use afs_store::UsageStats;
 
 /// How to group the window's statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,7 @@ pub(crate) fn stats_grouped(
         let newest: Option<i64> = conn
             .prepare_cached("SELECT MAX(rowid) FROM usage")
             .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
-            .map_err(|e| StoreError::db("read statistics", e))?;
+            .map_err(|e| crate::db("read statistics", e))?;
         if newest.is_none_or(|rowid| micros_of_rowid(rowid) < u) {
             until = None;
         }
@@ -208,27 +208,20 @@ fn accumulate(
 ) -> Result<()> {
     let mut stmt = conn
         .prepare_cached(sql)
-        .map_err(|e| StoreError::db("read statistics", e))?;
+        .map_err(|e| crate::db("read statistics", e))?;
     let mut rows = stmt
         .query(params_from_iter(args))
-        .map_err(|e| StoreError::db("read statistics", e))?;
-    while let Some(row) = rows
-        .next()
-        .map_err(|e| StoreError::db("read statistics", e))?
-    {
+        .map_err(|e| crate::db("read statistics", e))?;
+    while let Some(row) = rows.next().map_err(|e| crate::db("read statistics", e))? {
         let key = GroupKey {
-            model: row
-                .get(0)
-                .map_err(|e| StoreError::db("read statistics", e))?,
-            hour: row
-                .get(1)
-                .map_err(|e| StoreError::db("read statistics", e))?,
+            model: row.get(0).map_err(|e| crate::db("read statistics", e))?,
+            hour: row.get(1).map_err(|e| crate::db("read statistics", e))?,
         };
         let sums = out.entry(key).or_insert([0.0; N_ROLLUP_COLUMNS]);
         for (i, sum) in sums.iter_mut().enumerate() {
             *sum += row
                 .get::<_, f64>(2 + i)
-                .map_err(|e| StoreError::db("read statistics", e))?;
+                .map_err(|e| crate::db("read statistics", e))?;
         }
     }
     Ok(())
@@ -237,7 +230,7 @@ fn accumulate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqlite::migrations::DAY_US;
+    use crate::migrations::DAY_US;
 
     fn hourly(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
         plan(&[HOURLY], since, until)

@@ -9,9 +9,9 @@ use rusqlite::{params_from_iter, Connection};
 use super::rows::{record_from_row, RECORD_COLUMNS, ROWID_COLUMN, TRAINING_COLUMNS, TS_COLUMN};
 use super::time::{first_rowid_at, micros_of};
 use super::SqliteStore;
-use crate::error::{Result, StoreError};
-use crate::query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter};
-use crate::record::UsageRecord;
+use afs_store::Result;
+use afs_store::UsageRecord;
+use afs_store::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter};
 
 /// The first page is small so the first record arrives quickly; later pages grow
 /// ([`Paging::Growing`]). [`Paging::Bulk`] starts at the largest.
@@ -184,19 +184,16 @@ impl<'a> RecordPages<'a> {
     ) -> Result<()> {
         let mut stmt = conn
             .prepare_cached(sql)
-            .map_err(|e| StoreError::db("query records", e))?;
+            .map_err(|e| crate::db("query records", e))?;
         let mut rows = stmt
             .query(params_from_iter(args))
-            .map_err(|e| StoreError::db("query records", e))?;
+            .map_err(|e| crate::db("query records", e))?;
         let mut n = 0u64;
         let mut full = false;
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| StoreError::db("query records", e))?
-        {
+        while let Some(row) = rows.next().map_err(|e| crate::db("query records", e))? {
             let ts: Option<i64> = row
                 .get(TS_COLUMN)
-                .map_err(|e| StoreError::db("read record", e))?;
+                .map_err(|e| crate::db("read record", e))?;
             let ts = ts.unwrap_or(0);
             // Only a query without LIMIT (the index path, not on its last page) gets here past
             // `page` rows: it stops at the first row of a later microsecond.
@@ -204,10 +201,10 @@ impl<'a> RecordPages<'a> {
                 full = true;
                 break;
             }
-            let record = record_from_row(row).map_err(|e| StoreError::db("read record", e))?;
+            let record = record_from_row(row).map_err(|e| crate::db("read record", e))?;
             let rowid: i64 = row
                 .get(ROWID_COLUMN)
-                .map_err(|e| StoreError::db("read record", e))?;
+                .map_err(|e| crate::db("read record", e))?;
             self.after = Some((ts, rowid));
             self.buffer.push_back(record);
             n += 1;
@@ -231,7 +228,7 @@ fn set_map(conn: &Connection, pragma: &str) -> Result<()> {
         while rows.next()?.is_some() {}
         Ok(())
     };
-    set().map_err(|e| StoreError::db("set the memory-map limit", e))
+    set().map_err(|e| crate::db("set the memory-map limit", e))
 }
 
 impl Iterator for RecordPages<'_> {

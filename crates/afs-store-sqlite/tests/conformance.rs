@@ -6,7 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use afs_store::conformance::{self, Factory, Instance, TestStore};
-use afs_store::{ManualClock, SqliteConfig, SqliteStore, SystemClock};
+use afs_store::{ManualClock, SystemClock};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 
 /// The SQLite store's factory: `afs.db` in a new temp dir, kept until the instance drops.
 struct Sqlite;

@@ -5,10 +5,10 @@ use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 use super::migrations::parse_legacy_time;
 use super::time::rfc3339;
 use super::SqliteStore;
-use crate::error::{Result, StoreError};
-use crate::id::new_id;
-use crate::runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
-use crate::UsageStore;
+use afs_store::new_id;
+use afs_store::UsageStore;
+use afs_store::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
+use afs_store::{Result, StoreError};
 
 const V4_RUNS: &str = "
 CREATE TABLE retrain_runs (
@@ -39,7 +39,7 @@ CREATE TABLE afs_state (
 /// Migration 4: retrain runs and controller state.
 pub(crate) fn migrate_v4(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(V4_RUNS)
-        .map_err(|e| StoreError::db("migration 4", e))
+        .map_err(|e| crate::db("migration 4", e))
 }
 
 const RUN_COLUMNS: &str = "id, started_at, finished_at, status, trigger_type, trigger, run_dir, \
@@ -75,24 +75,24 @@ impl SqliteStore {
     fn fail_dead_runs(&self, tx: &rusqlite::Transaction<'_>) -> Result<Vec<String>> {
         let mut stmt = tx
             .prepare("SELECT id, owner_pid, owner_start FROM retrain_runs WHERE status = 'running'")
-            .map_err(|e| StoreError::db("read running runs", e))?;
+            .map_err(|e| crate::db("read running runs", e))?;
         let running: Vec<(String, i64, String)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .and_then(|rows| rows.collect())
-            .map_err(|e| StoreError::db("read running runs", e))?;
+            .map_err(|e| crate::db("read running runs", e))?;
         let now = rfc3339(self.clock().now());
         let mut failed = Vec::new();
         for (id, pid, identity) in running {
             let pid = pid.clamp(0, i64::from(u32::MAX)) as u32;
             // An owner on another host cannot be checked from here: its run stays running.
-            if crate::process::liveness(pid, &identity) != crate::process::Liveness::Dead {
+            if afs_store::process::liveness(pid, &identity) != afs_store::process::Liveness::Dead {
                 continue;
             }
             tx.execute(
                 "UPDATE retrain_runs SET status = 'failed', finished_at = ?1, error = ?2 WHERE id = ?3",
                 params![now, format!("the process that ran it (pid {pid}) died before it finished"), id],
             )
-            .map_err(|e| StoreError::db("mark stale run failed", e))?;
+            .map_err(|e| crate::db("mark stale run failed", e))?;
             tracing::warn!(run = %id, pid, "marked a run left running by a dead process as failed");
             failed.push(id);
         }
@@ -105,7 +105,7 @@ impl RunStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin run", e))?;
+            .map_err(|e| crate::db("begin run", e))?;
         self.fail_dead_runs(&tx)?;
         let busy: Option<(String, i64)> = tx
             .query_row(
@@ -114,7 +114,7 @@ impl RunStore for SqliteStore {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
-            .map_err(|e| StoreError::db("check running runs", e))?;
+            .map_err(|e| crate::db("check running runs", e))?;
         if let Some((id, pid)) = busy {
             return Err(StoreError::Conflict {
                 reason: format!("retrain run {id} is already running (pid {pid})"),
@@ -126,11 +126,10 @@ impl RunStore for SqliteStore {
         tx.execute(
             "INSERT INTO retrain_runs (id, started_at, status, trigger_type, trigger, run_dir, owner_pid, owner_start)
              VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
-            params![id, rfc3339(now), run.trigger_type, run.trigger, run.run_dir, pid, crate::process::identity(pid)],
+            params![id, rfc3339(now), run.trigger_type, run.trigger, run.run_dir, pid, afs_store::process::identity(pid)],
         )
-        .map_err(|e| StoreError::db("insert run", e))?;
-        tx.commit()
-            .map_err(|e| StoreError::db("commit run start", e))?;
+        .map_err(|e| crate::db("insert run", e))?;
+        tx.commit().map_err(|e| crate::db("commit run start", e))?;
         self.run(&id)
     }
 
@@ -148,7 +147,7 @@ impl RunStore for SqliteStore {
                  WHERE id = ?4 AND status = 'running'",
                 params![dataset_path, manifest, n_samples as i64, id],
             )
-            .map_err(|e| StoreError::db("record run dataset", e))?;
+            .map_err(|e| crate::db("record run dataset", e))?;
         if changed == 0 {
             self.run(id)?;
             return Err(StoreError::Conflict {
@@ -179,7 +178,7 @@ impl RunStore for SqliteStore {
                     id
                 ],
             )
-            .map_err(|e| StoreError::db("finish run", e))?;
+            .map_err(|e| crate::db("finish run", e))?;
         if changed == 0 {
             let run = self.run(id)?;
             return Err(StoreError::Conflict {
@@ -201,7 +200,7 @@ impl RunStore for SqliteStore {
             run_from_row,
         )
         .optional()
-        .map_err(|e| StoreError::db("read run", e))?
+        .map_err(|e| crate::db("read run", e))?
         .ok_or_else(|| StoreError::NotFound {
             what: "retrain run",
             id: id.to_string(),
@@ -214,11 +213,11 @@ impl RunStore for SqliteStore {
             .prepare(&format!(
                 "SELECT {RUN_COLUMNS} FROM retrain_runs ORDER BY started_at DESC, id DESC LIMIT ?1"
             ))
-            .map_err(|e| StoreError::db("list runs", e))?;
+            .map_err(|e| crate::db("list runs", e))?;
         let rows = stmt
             .query_map([limit.min(i64::MAX as usize) as i64], run_from_row)
             .and_then(|rows| rows.collect())
-            .map_err(|e| StoreError::db("list runs", e))?;
+            .map_err(|e| crate::db("list runs", e))?;
         Ok(rows)
     }
 
@@ -230,7 +229,7 @@ impl RunStore for SqliteStore {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n.max(0) as u64)
-            .map_err(|e| StoreError::db("count runs", e))
+            .map_err(|e| crate::db("count runs", e))
     }
 
     fn last_run_with_status(&self, status: RunStatus) -> Result<Option<RetrainRun>> {
@@ -243,17 +242,17 @@ impl RunStore for SqliteStore {
             run_from_row,
         )
         .optional()
-        .map_err(|e| StoreError::db("read last run", e))
+        .map_err(|e| crate::db("read last run", e))
     }
 
     fn recover_stale_runs(&self) -> Result<Vec<String>> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| StoreError::db("begin run recovery", e))?;
+            .map_err(|e| crate::db("begin run recovery", e))?;
         let failed = self.fail_dead_runs(&tx)?;
         tx.commit()
-            .map_err(|e| StoreError::db("commit run recovery", e))?;
+            .map_err(|e| crate::db("commit run recovery", e))?;
         Ok(failed)
     }
 
@@ -263,7 +262,7 @@ impl RunStore for SqliteStore {
             r.get(0)
         })
         .optional()
-        .map_err(|e| StoreError::db(format!("read state {key}"), e))
+        .map_err(|e| crate::db(format!("read state {key}"), e))
     }
 
     fn put_states(&self, entries: &[(&str, &str)]) -> Result<()> {
@@ -278,7 +277,7 @@ impl RunStore for SqliteStore {
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                     params![key, value, now],
                 )
-                .map_err(|e| StoreError::db(format!("write state {key}"), e))?;
+                .map_err(|e| crate::db(format!("write state {key}"), e))?;
             }
             Ok(())
         })

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_store::{NewUsage, SqliteConfig, SqliteStore, SystemClock, UsageStore};
+use afs_store::{NewUsage, SystemClock, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::migrations::{parse_legacy_time, N_ROLLUP_COLUMNS};
 use super::time::{first_rowid_at, micros_of, rfc3339, time_of_micros, ROWID_SLOTS};
-use crate::id::new_id;
-use crate::key::{pair_key, TextKey};
-use crate::record::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
+use afs_store::key::{pair_key, TextKey};
+use afs_store::new_id;
+use afs_store::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
 
 /// The columns [`record_from_row`] reads, in order; `rowid` (for keyset paging) is
 /// [`ROWID_COLUMN`].
@@ -20,7 +20,7 @@ pub(crate) const RECORD_COLUMNS: &str = "id, ts_us, query, response, model, expe
 /// [`RECORD_COLUMNS`] with `NULL` in place of the fields [`RecordFields::Training`] leaves
 /// out, so [`record_from_row`] reads either.
 ///
-/// [`RecordFields::Training`]: crate::RecordFields::Training
+/// [`RecordFields::Training`]: afs_store::RecordFields::Training
 pub(crate) const TRAINING_COLUMNS: &str = "id, ts_us, query, response, model, NULL, NULL, NULL, \
     quality_score, user_feedback, NULL, NULL, NULL, NULL, NULL, NULL, rowid, pair_key";
 

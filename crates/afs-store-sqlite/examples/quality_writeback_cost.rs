@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_store::{ManualClock, NewUsage, SqliteConfig, SqliteStore, UsageStore};
+use afs_store::{ManualClock, NewUsage, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{Duration, TimeZone, Utc};
 
 fn main() {

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use afs_store::{
     EventNote, ExperimentStore, Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage,
-    SqliteConfig, SqliteStore, UsageStore,
+    UsageStore,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 fn record(i: u64, units: u64, model: &str, at: DateTime<Utc>) -> NewUsage {

@@ -4,21 +4,21 @@
 
 //!
 //! The rules (one champion, one running experiment, ...) are not here: they are written once
-//! in [`crate::backend`], over the reads and writes [`SqliteTx`] offers.
+//! in [`afs_store::backend`], over the reads and writes [`SqliteTx`] offers.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::time::{micros_of, rfc3339};
 use super::{units, SqliteStore};
-use crate::backend::{ExperimentBackend, ExperimentTx, NewEvent, NewExperiment};
-use crate::error::{Result, StoreError};
-use crate::experiment::{
+use afs_store::backend::{ExperimentBackend, ExperimentTx, NewEvent, NewExperiment};
+use afs_store::units::UnitCohort;
+use afs_store::UsageStore;
+use afs_store::{
     Decision, EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentPeriod,
     ExperimentStatus, ModelVersion, NewModelVersion, SequentialState, VersionStatus, WeightSource,
 };
-use crate::units::UnitCohort;
-use crate::UsageStore;
+use afs_store::{Result, StoreError};
 
 const V3_EXPERIMENTS: &str = "
 CREATE TABLE model_version (
@@ -87,7 +87,7 @@ CREATE INDEX experiment_event_by_experiment ON experiment_event (experiment_id, 
 /// Migration 3: model versions, experiments, periods, sequential state and the event log.
 pub(crate) fn migrate_v3(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     tx.execute_batch(V3_EXPERIMENTS)
-        .map_err(|e| StoreError::db("migration 3", e))
+        .map_err(|e| crate::db("migration 3", e))
 }
 
 const VERSION_COLUMNS: &str = "id, name, model_path, status, traffic_weight, created_at, \
@@ -217,7 +217,7 @@ fn read_experiment(conn: &Connection, id: i64) -> Result<Option<Experiment>> {
             experiment_from_row,
         )
         .optional()
-        .map_err(|e| StoreError::db("read experiment", e))?;
+        .map_err(|e| crate::db("read experiment", e))?;
     let Some(mut experiment) = found else {
         return Ok(None);
     };
@@ -231,7 +231,7 @@ fn read_periods(conn: &Connection, experiment_id: i64) -> Result<Vec<ExperimentP
             "SELECT idx, started_at, ended_at, challenger_weight, source FROM experiment_period \
              WHERE experiment_id = ?1 ORDER BY idx",
         )
-        .map_err(|e| StoreError::db("read experiment periods", e))?;
+        .map_err(|e| crate::db("read experiment periods", e))?;
     let rows = stmt
         .query_map([experiment_id], |row| {
             let source: String = row.get(4)?;
@@ -243,9 +243,9 @@ fn read_periods(conn: &Connection, experiment_id: i64) -> Result<Vec<ExperimentP
                 source: WeightSource::parse(&source).ok_or_else(|| corrupt("source", &source))?,
             })
         })
-        .map_err(|e| StoreError::db("read experiment periods", e))?;
+        .map_err(|e| crate::db("read experiment periods", e))?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(|e| StoreError::db("read experiment periods", e))
+        .map_err(|e| crate::db("read experiment periods", e))
 }
 
 /// The rows of `sql` (which takes `args`), each read by `from_row`.
@@ -256,14 +256,12 @@ fn read_all<T>(
     args: impl rusqlite::Params,
     from_row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>> {
-    let mut stmt = conn
-        .prepare_cached(sql)
-        .map_err(|e| StoreError::db(what, e))?;
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| crate::db(what, e))?;
     let rows = stmt
         .query_map(args, from_row)
-        .map_err(|e| StoreError::db(what, e))?;
+        .map_err(|e| crate::db(what, e))?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(|e| StoreError::db(what, e))
+        .map_err(|e| crate::db(what, e))
 }
 
 impl ExperimentTx for SqliteTx<'_> {
@@ -279,7 +277,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 version_from_row,
             )
             .optional()
-            .map_err(|e| StoreError::db("read champion", e))
+            .map_err(|e| crate::db("read champion", e))
     }
 
     fn versions(&mut self) -> Result<Vec<ModelVersion>> {
@@ -300,7 +298,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 version_from_row,
             )
             .optional()
-            .map_err(|e| StoreError::db("read model version", e))?
+            .map_err(|e| crate::db("read model version", e))?
             .ok_or_else(|| StoreError::NotFound {
                 what: "model version",
                 id: id.to_string(),
@@ -315,7 +313,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 version_from_row,
             )
             .optional()
-            .map_err(|e| StoreError::db("read model version", e))
+            .map_err(|e| crate::db("read model version", e))
     }
 
     fn running_experiment_id(&mut self) -> Result<Option<i64>> {
@@ -326,7 +324,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| StoreError::db("read running experiment", e))
+            .map_err(|e| crate::db("read running experiment", e))
     }
 
     fn experiment(&mut self, id: i64) -> Result<Option<Experiment>> {
@@ -407,7 +405,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n.max(0) as u64)
-            .map_err(|e| StoreError::db("count events", e))
+            .map_err(|e| crate::db("count events", e))
     }
 
     fn insert_version(
@@ -434,7 +432,7 @@ impl ExperimentTx for SqliteTx<'_> {
                     version.run_id
                 ],
             )
-            .map_err(|e| StoreError::db("insert model version", e))?;
+            .map_err(|e| crate::db("insert model version", e))?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -445,7 +443,7 @@ impl ExperimentTx for SqliteTx<'_> {
                  WHERE id = ?1",
                 params![id, rfc3339(at)],
             )
-            .map_err(|e| StoreError::db(format!("retire model version {id}"), e))?;
+            .map_err(|e| crate::db(format!("retire model version {id}"), e))?;
         Ok(())
     }
 
@@ -457,7 +455,7 @@ impl ExperimentTx for SqliteTx<'_> {
                  WHERE id = ?1",
                 params![id, rfc3339(at)],
             )
-            .map_err(|e| StoreError::db(format!("make model version {id} champion"), e))?;
+            .map_err(|e| crate::db(format!("make model version {id} champion"), e))?;
         Ok(())
     }
 
@@ -467,7 +465,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 "UPDATE model_version SET traffic_weight = ?2 WHERE id = ?1",
                 params![id, weight],
             )
-            .map_err(|e| StoreError::db(format!("set the weight of model version {id}"), e))?;
+            .map_err(|e| crate::db(format!("set the weight of model version {id}"), e))?;
         Ok(())
     }
 
@@ -486,7 +484,7 @@ impl ExperimentTx for SqliteTx<'_> {
                     now
                 ],
             )
-            .map_err(|e| StoreError::db("insert experiment", e))?;
+            .map_err(|e| crate::db("insert experiment", e))?;
         let id = self.conn.last_insert_rowid();
         self.conn
             .execute(
@@ -494,7 +492,7 @@ impl ExperimentTx for SqliteTx<'_> {
                  challenger_weight, source) VALUES (?1, 0, ?2, ?3, ?4, 'initial')",
                 params![id, now, now_us, new.weight],
             )
-            .map_err(|e| StoreError::db("insert experiment period", e))?;
+            .map_err(|e| crate::db("insert experiment period", e))?;
         units::start_experiment(
             self.conn,
             id,
@@ -513,7 +511,7 @@ impl ExperimentTx for SqliteTx<'_> {
         at: DateTime<Utc>,
     ) -> Result<()> {
         let (now, now_us) = (rfc3339(at), micros_of(at));
-        let db = |e| StoreError::db(format!("set weight of experiment {experiment_id}"), e);
+        let db = |e| crate::db(format!("set weight of experiment {experiment_id}"), e);
         let last: u32 = self
             .conn
             .query_row(
@@ -559,7 +557,7 @@ impl ExperimentTx for SqliteTx<'_> {
         at: DateTime<Utc>,
     ) -> Result<()> {
         let now = rfc3339(at);
-        let db = |e| StoreError::db(format!("{} experiment {id}", status.as_str()), e);
+        let db = |e| crate::db(format!("{} experiment {id}", status.as_str()), e);
         self.conn
             .execute(
                 "UPDATE experiment SET status = ?2, ended_at = ?3 WHERE id = ?1",
@@ -587,7 +585,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 "INSERT OR REPLACE INTO experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ))
-            .map_err(|e| StoreError::db("write sequential state", e))?;
+            .map_err(|e| crate::db("write sequential state", e))?;
         for s in states {
             upsert
                 .execute(params![
@@ -604,9 +602,7 @@ impl ExperimentTx for SqliteTx<'_> {
                     rfc3339(s.started_at),
                     rfc3339(s.updated_at),
                 ])
-                .map_err(|e| {
-                    StoreError::db(format!("write sequential state of {}", s.metric), e)
-                })?;
+                .map_err(|e| crate::db(format!("write sequential state of {}", s.metric), e))?;
         }
         Ok(())
     }
@@ -627,7 +623,7 @@ impl ExperimentTx for SqliteTx<'_> {
                     row.note.statistics,
                 ],
             )
-            .map_err(|e| StoreError::db(format!("write {} event", row.kind.as_str()), e))?;
+            .map_err(|e| crate::db(format!("write {} event", row.kind.as_str()), e))?;
         let id = self.conn.last_insert_rowid();
         self.conn
             .query_row(
@@ -635,7 +631,7 @@ impl ExperimentTx for SqliteTx<'_> {
                 [id],
                 event_from_row,
             )
-            .map_err(|e| StoreError::db("read event", e))
+            .map_err(|e| crate::db("read event", e))
     }
 }
 
@@ -649,13 +645,13 @@ impl ExperimentBackend for SqliteStore {
         // One snapshot for every read of the call (an experiment and its periods, say).
         let tx = conn
             .transaction()
-            .map_err(|e| StoreError::db("begin reading experiments", e))?;
+            .map_err(|e| crate::db("begin reading experiments", e))?;
         let value = f(&mut SqliteTx {
             conn: &tx,
             store: self,
         })?;
         tx.commit()
-            .map_err(|e| StoreError::db("end reading experiments", e))?;
+            .map_err(|e| crate::db("end reading experiments", e))?;
         Ok(value)
     }
 
@@ -701,7 +697,7 @@ impl ExperimentBackend for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction()
-            .map_err(|e| StoreError::db("begin reading unit statistics", e))?;
+            .map_err(|e| crate::db("begin reading unit statistics", e))?;
         let experiment = read_experiment(&tx, experiment_id)?.ok_or_else(not_found)?;
         if units::needs_fold(&tx, experiment_id)? {
             // Rows changed between the check and this snapshot: fold them, as above.
@@ -711,7 +707,7 @@ impl ExperimentBackend for SqliteStore {
         }
         let cohorts = units::unit_stats(&tx, &experiment, feedback_before)?;
         tx.commit()
-            .map_err(|e| StoreError::db("end reading unit statistics", e))?;
+            .map_err(|e| crate::db("end reading unit statistics", e))?;
         Ok(cohorts)
     }
 

@@ -10,10 +10,8 @@ use afs_store::conformance::{
     assert_unit_cohorts_close, assert_unit_stats_match_scan, running_experiment_with_records,
     unit_stats_sequence,
 };
-use afs_store::{
-    Clock, EventNote, ExperimentStore, ManualClock, NewUsage, SqliteConfig, SqliteStore,
-    UsageStore, SCHEMA_VERSION,
-};
+use afs_store::{Clock, EventNote, ExperimentStore, ManualClock, NewUsage, UsageStore};
+use afs_store_sqlite::{SqliteConfig, SqliteStore, SCHEMA_VERSION};
 use chrono::{DateTime, Duration, Local, TimeZone, Utc};
 use rusqlite::{params, Connection};
 

@@ -22,7 +22,7 @@ use super::migrations::{
 };
 use super::rows::{top_rowid, InsertRow};
 use super::{open_connection, SqliteConfig};
-use crate::error::{Result, StoreError};
+use afs_store::{Result, StoreError};
 
 /// Most rows one group transaction takes; bounds the latency of the first caller in a group.
 const MAX_GROUP: usize = 4096;
@@ -74,7 +74,7 @@ impl Writer {
         // checkpoints itself if the WAL ever reaches ~128 MB (8 KiB pages), i.e. if that
         // thread cannot keep up.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 16000")
-            .map_err(|e| StoreError::db("configure the write connection", e))?;
+            .map_err(|e| crate::db("configure the write connection", e))?;
         let conn = Arc::new(Mutex::new(WriteConn {
             conn,
             folded_minute: None,
@@ -180,7 +180,7 @@ impl Writer {
             for (row, slot) in group {
                 *lock(&slot) = Some(match &failure {
                     None => Ok(row.id),
-                    Some(message) => Err(StoreError::db(
+                    Some(message) => Err(crate::db(
                         "log record",
                         std::io::Error::other(message.clone()),
                     )),
@@ -221,16 +221,16 @@ fn insert_all<'r>(
 ) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| StoreError::db("begin write", e))?;
+        .map_err(|e| crate::db("begin write", e))?;
     // Per rollup table: (model, bucket) → summed contribution of this transaction's rows.
     let mut buckets: Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>> =
         vec![BTreeMap::new(); ROLLUP_TABLES.len()];
     let mut newest_us: Option<i64> = None;
-    let mut top = top_rowid(&tx).map_err(|e| StoreError::db("read the newest record", e))?;
+    let mut top = top_rowid(&tx).map_err(|e| crate::db("read the newest record", e))?;
     for row in rows {
         let ts_us = row
             .insert(&tx, &mut top)
-            .map_err(|e| StoreError::db(format!("insert record {}", row.id), e))?;
+            .map_err(|e| crate::db(format!("insert record {}", row.id), e))?;
         let model = row.model();
         newest_us = newest_us.max(Some(ts_us));
         let delta = row.rollup_delta();
@@ -257,7 +257,7 @@ fn insert_all<'r>(
         let recent = matches!(rollups, Rollups::Recent(_));
         let mut upsert = tx
             .prepare_cached(if recent { recent_upsert } else { sql })
-            .map_err(|e| StoreError::db("update rollups", e))?;
+            .map_err(|e| crate::db("update rollups", e))?;
         for ((model, bucket), sums) in sums_by_bucket {
             let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(N_ROLLUP_COLUMNS + 3);
             if recent {
@@ -274,7 +274,7 @@ fn insert_all<'r>(
             }
             upsert
                 .execute(rusqlite::params_from_iter(values))
-                .map_err(|e| StoreError::db("update rollups", e))?;
+                .map_err(|e| crate::db("update rollups", e))?;
         }
     }
     let mut fold_minute = None;
@@ -289,7 +289,7 @@ fn insert_all<'r>(
                 for sql in statements {
                     tx.prepare_cached(sql)
                         .and_then(|mut stmt| stmt.execute([current]))
-                        .map_err(|e| StoreError::db("fold rollup deltas", e))?;
+                        .map_err(|e| crate::db("fold rollup deltas", e))?;
                 }
             }
             // The running experiment's unit rows changed in the last minute, too: a look
@@ -305,7 +305,7 @@ fn insert_all<'r>(
         // without a running experiment).
         super::units::fold_running(&tx)?;
     }
-    tx.commit().map_err(|e| StoreError::db("commit", e))?;
+    tx.commit().map_err(|e| crate::db("commit", e))?;
     if let (Rollups::Recent(folded), Some(minute)) = (rollups, fold_minute) {
         *folded = Some(minute);
     }

@@ -5,9 +5,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use afs_store::{
-    FeedbackValue, ManualClock, NewUsage, RecordFilter, SqliteConfig, SqliteStore, StatsWindow,
-    SystemClock, UsageStore, SCHEMA_VERSION,
+    FeedbackValue, ManualClock, NewUsage, RecordFilter, StatsWindow, SystemClock, UsageStore,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore, SCHEMA_VERSION};
 use chrono::{DateTime, Duration, Local, NaiveDateTime, TimeZone, Utc};
 use rusqlite::{params, Connection};
 

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use afs_store::{
-    Feedback, FeedbackValue, ManualClock, NewUsage, RecordFilter, SqliteConfig, SqliteStore,
-    StatsWindow, UsageRecord, UsageStats, UsageStore, MAX_LATENCY_MS, MAX_TOKEN_COUNT,
+    Feedback, FeedbackValue, ManualClock, NewUsage, RecordFilter, StatsWindow, UsageRecord,
+    UsageStats, UsageStore, MAX_LATENCY_MS, MAX_TOKEN_COUNT,
 };
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 
