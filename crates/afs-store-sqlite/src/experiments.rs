@@ -1,6 +1,6 @@
 //! `ExperimentStore` for SQLite: model versions, experiments, their periods, sequential
 //! state and event log (schema version 3), and the per-unit statistics of experiments
-//! (schema version 7, in `sqlite/units.rs`).
+//! (schema version 7, in `units.rs`).
 
 //!
 //! The rules (one champion, one running experiment, ...) are not here: they are written once

@@ -1,5 +1,121 @@
-//! The SQLite implementation of [`UsageStore`]: one file, WAL mode, a connection pool for
-//! reads and short writes, and one writer thread that commits concurrent `log` calls in groups.
+//! The SQLite backend of the afs store ([`SqliteStore`]): [`UsageStore`], `RunStore` and
+//! `ExperimentStore` (through `afs_store::backend`) on one file, in WAL mode, with a
+//! connection pool for reads and short writes and one writer thread that commits concurrent
+//! `log` calls in groups.
+//!
+//! # How it works
+//!
+//! - **One SQLite file**, WAL mode, an r2d2 connection pool for reads and short writes.
+//! - **Versioned migrations** tracked in `PRAGMA user_version`. Columns are added, never
+//!   renamed or dropped.
+//! - **Seed compatibility:** a `usage.db` written by the Python module migrates in place with
+//!   every row kept. The `usage` table keeps every seed column with its name and meaning; the
+//!   new column `ts_us` (UTC microseconds since the epoch) is derived from the seed's
+//!   local-time ISO timestamps during the migration.
+//! - **Rollups:** three tables hold, per model per day, per hour and per minute, the counts and
+//!   sums a statistic needs (count, Σquality, Σquality², feedback up/down/neutral counts,
+//!   latency sums and squares, token sums), keyed by (bucket, model). A fourth, small table,
+//!   `usage_rollup_recent`, holds pending deltas keyed by (level, bucket, model); a bucket's
+//!   true value is its row in its table plus its pending delta, and readers sum both. A
+//!   single-record commit adds its contribution to the pending deltas (the current minute,
+//!   hour and day of a model share one page), and the writer folds the closed buckets into the
+//!   three tables about once a minute, in the transaction of the first commit of a new minute.
+//!   Batches (`log_batch`, import) add straight to the three tables, once per model and bucket
+//!   of the transaction. SQLite triggers add a delta for every update and delete of `usage`
+//!   (feedback, quality updates, dedupe, prune, forget) and for rows inserted by the Python
+//!   module. Bulk deletes (dedupe, prune, forget) do not trust that arithmetic: they
+//!   recompute every bucket they touched from the records that remain, so a deletion never
+//!   fails on, or leaves residue in, the sums. A batch of quality scores silences the update
+//!   trigger (a flag row inside its own transaction, schema v8) and adds one delta per bucket
+//!   instead of six upserts per record. A window reads whole days, then whole hours and whole
+//!   minutes at its ends, and scans only the partial minutes at its edges; an end after the
+//!   newest record is open (its last buckets are read whole), so only a start or end inside a
+//!   minute that records arrived in costs a scan; what each consumer asks for is tabled in
+//!   docs/ARCHITECTURE.md.
+//!   The log stays the source of truth: `rebuild_rollups` re-derives the tables.
+//! - **Rows in time order, few indexes:** since schema v5 a row's rowid is
+//!   `ts_us × 1024 + n` (up to 1,024 records per microsecond; a record that finds its
+//!   microsecond full moves to the next one, its timestamp with it). The table is its own time
+//!   index: a time range is a rowid range, and a commit of one record writes three pages
+//!   (the row, its `id` key, one page of pending rollup deltas) instead of the six it wrote
+//!   with a separate time index and three rollup tables. The indexes are the primary key on
+//!   `id` and a partial index `usage_feedback_ts` on (time, feedback, quality) of records
+//!   with feedback: what training data reads, in time order, skipping the rows whose feedback
+//!   or stored quality fails the filter without reading them; logging a record without
+//!   feedback does not touch it. Queries by
+//!   model or unit walk the table in time order and filter; `forget --unit` scans the table
+//!   (a rare operation). Migration 5 renumbers older rows in time order and keeps any index
+//!   the Python module created.
+//! - **Page size:** new files use 8 KiB pages; with ~1.5 KB rows, 4 KiB pages leave a quarter
+//!   of each page empty. Files migrated from the Python module keep their page size.
+//! - **Ids are ULIDs** (time-ordered, 48-bit milliseconds + 80 random bits).
+//! - **Time is injected:** every timestamp comes from a `Clock`; tests use `ManualClock`.
+//! - **Group commit:** a `log` call queues its row; if no other caller is committing, it
+//!   becomes the leader and commits every queued row in one transaction, then wakes the
+//!   callers whose rows it held. Each caller returns only once its record is committed. A new
+//!   leader first yields its CPU (up to three times) while callers already inside `log` have
+//!   not queued their rows: on a 2-core machine it would otherwise commit its own row alone,
+//!   again and again, before the others ran. WAL
+//!   checkpoints run on a background thread with its own connection: passive checkpoints copy
+//!   frames while commits go on, and once the WAL holds 64 MB the thread finishes one while
+//!   holding the process's write connection, so the next commit rewinds the WAL. The write
+//!   connection checkpoints itself only if the WAL ever reaches 128 MB.
+//! - **Retrain runs and controller state** (`RunStore`, schema v4): the `retrain_runs` table
+//!   (one row per run, at most one `running`, checked in an immediate transaction; a run
+//!   whose owner process died — pid plus process start time — is marked failed) and the
+//!   `afs_state` key/value table for trigger state.
+//! - **Experiments** (`ExperimentStore`, schema v3): model versions, experiments, periods and
+//!   the decision log of the abtest layer.
+//! - **Per-unit experiment statistics** (schema v7, `src/units.rs`): what
+//!   `ExperimentStore::unit_stats` returns, kept exact on every write while an experiment
+//!   runs. `experiment_live` names the running experiment's two models; triggers on `usage`
+//!   (insert, the Python module's `ts_us` update, feedback and quality updates, deletes) look
+//!   a record's model up there (one lookup for other models) and keep `experiment_unit` (per
+//!   unit and arm: sums, first record time, cohort period, moved flag, covariate means) and
+//!   `experiment_loose` (records without a unit id, per period and arm). A changed unit row is
+//!   marked dirty (partial index); `unit_stats` first folds the dirty rows into
+//!   `experiment_cohort`, every sum of a `UnitCohort` per period and arm, by subtracting each
+//!   row's contribution as of its last fold (its `f_*` columns) and adding its current one, in
+//!   one short write transaction, then reads a few rows whatever the number of units. So
+//!   logging writes the unit's row but no cohort row (the cohort page per commit cost ~35% of
+//!   single-record logging), and a look costs a pass over the units changed since the last
+//!   fold (~9 us per unit). The writer also folds the running experiment's dirty rows once a
+//!   minute, with the pending rollup deltas, so single-record logging leaves a look at most a
+//!   minute of them; a batch (`log_batch`, import, the HTTP batch endpoint) folds the rows it
+//!   changed in its own transaction (a few microseconds per unit it touched, nothing without a
+//!   running experiment), so a burst of any size leaves a look nothing to fold. Looks and other
+//!   short writes of a process that logs run on its write connection between group commits;
+//!   other processes wait for the lock with a busy handler that retries every 100-400 us
+//!   (SQLite's own sleeps grow to 100 ms, which behind a busy writer cost a check tens to
+//!   hundreds of milliseconds). With a maturity cut it also reads the records with feedback after the cut (partial
+//!   index) and their units' rows.
+//!   `record_unit_covariates` stores each unit's look-back sums (`experiment_unit_pre`, one
+//!   grouped read of the window's rowid range). Removing a unit's first record walks the log
+//!   forward to its next one. Promote and rollback delete the live rows: an ended experiment
+//!   keeps its statistics as they stood; `forget --unit` removes the unit's rows everywhere.
+//! - Reads stream in keyset-paginated pages: memory stays bounded whatever the log's size.
+//!   Pages start at 64 rows and grow to 2,048 (`Paging::Growing`, so the first record comes
+//!   quickly); a caller that reads everything, as generation does for its slices, asks for
+//!   2,048-row pages from the start (`Paging::Bulk`: one query, and one mapping of the file,
+//!   per slice). Pages of 64 rows or more are read through a memory map of the file (`PRAGMA
+//!   mmap_size`) that is dropped after the page. Records with feedback lie about one per
+//!   8 KiB page, so a generation run touches about half the file either way; mapping it and
+//!   copying it page by page cost about the same time (measured with bulk pages), and the map
+//!   keeps no copies of the pages in SQLite's cache. The map never outlives a page, so the
+//!   file's pages do not pile up in the process's resident memory. A query can ask for the
+//!   training fields only (`RecordFields::Training`).
+//! - **Pair keys** (schema v6): every record afs writes carries `pair_key`, the BLAKE3 key (32
+//!   bytes, the design's dedupe key) of its query and response after normalisation
+//!   (lowercase, whitespace collapsed; see `afs_store::key`), computed in the logging thread.
+//!   Training-data generation dedupes on it instead of hashing every candidate again; rows
+//!   without one (written before v6 or by the Python module, or with the 16-byte keys of a
+//!   development build of v6) are hashed during generation with the same function. 33 bytes
+//!   per record.
+//! - **SQLite build options:** the bundled SQLite is compiled without
+//!   `SQLITE_ENABLE_MEMORY_MANAGEMENT` and without memory statistics (`LIBSQLITE3_FLAGS` in
+//!   `.cargo/config.toml`). With the option, which rusqlite's bundled build sets, every
+//!   connection of a process shares one page cache behind one mutex, and afs-datagen's reader
+//!   threads queued on it for every page they read.
 
 mod experiments;
 mod migrations;

@@ -8,7 +8,7 @@
 //! version 5 adds the table of pending rollup deltas ([`RECENT`]), points the update and
 //! delete triggers at it, and rebuilds `usage` with rowids in time order (see
 //! [`ROWID_SLOTS`]), which replaces its time index; version 6 adds the pair key; version 7
-//! adds the per-unit experiment statistics (see `sqlite/units.rs`); version 8 makes the
+//! adds the per-unit experiment statistics (see `units.rs`); version 8 makes the
 //! delete trigger's pending deltas unable to fail (see [`migrate_v8`]). Migrations never
 //! rename or drop a seed column.
 
@@ -491,7 +491,7 @@ CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts_us);
 -- Partial, so logging a record without feedback does not touch it.
 CREATE INDEX IF NOT EXISTS usage_feedback_ts ON usage (ts_us) WHERE user_feedback IS NOT NULL;
 {tables}-- afs adds each insert's contribution to the rollups itself, once per model and hour of a
--- transaction (see sqlite/writer.rs): cheaper than a trigger per row. Rows inserted by the
+-- transaction (see writer.rs): cheaper than a trigger per row. Rows inserted by the
 -- Python module (which knows nothing of ts_us) get ts_us derived from their local-time
 -- timestamp here; that UPDATE fires the update trigger, which adds them to the rollups.
 CREATE TRIGGER usage_seed_insert AFTER INSERT ON usage WHEN NEW.ts_us IS NULL BEGIN
