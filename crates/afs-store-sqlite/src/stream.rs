@@ -126,9 +126,11 @@ impl<'a> RecordPages<'a> {
             Order::NewestFirst => ("<", "DESC"),
         };
         // Through the feedback index the order is the index's, by `ts_us` (rows of one
-        // microsecond in the index's order): ordering by anything more would sort every page
-        // in a temporary b-tree. A page therefore ends only where the time changes, and the
-        // next one starts after that time. Through the table the order is the rowid's.
+        // microsecond in the index's order, by feedback and quality): ordering by anything
+        // more would sort every page in a temporary b-tree. A page therefore ends only where
+        // the time changes, the next one starts after that time, and each page is put in
+        // insertion (rowid) order within its microseconds once read. Through the table the
+        // order is the rowid's.
         let (keyset, order) = if by_feedback_index {
             (format!("ts_us {cmp} ?"), format!("ts_us {dir}"))
         } else {
@@ -149,8 +151,9 @@ impl<'a> RecordPages<'a> {
             format!("WHERE {}", conds.join(" AND "))
         };
         // The index path reads on past `page` rows to the end of the last microsecond, so it
-        // has no LIMIT unless this page is the last one wanted.
-        let limit = if by_feedback_index && !last_page {
+        // has no LIMIT, not even on the last page wanted: a LIMIT could cut a microsecond
+        // in index order and keep rows that come after the cut in insertion order.
+        let limit = if by_feedback_index {
             String::new()
         } else {
             format!(" LIMIT {page}")
@@ -190,6 +193,8 @@ impl<'a> RecordPages<'a> {
             .map_err(|e| crate::db("query records", e))?;
         let mut n = 0u64;
         let mut full = false;
+        // The index path's rows, with their keys, until sorted into insertion order.
+        let mut keyed: Vec<(i64, i64, UsageRecord)> = Vec::new();
         while let Some(row) = rows.next().map_err(|e| crate::db("query records", e))? {
             let ts: Option<i64> = row
                 .get(TS_COLUMN)
@@ -206,8 +211,23 @@ impl<'a> RecordPages<'a> {
                 .get(ROWID_COLUMN)
                 .map_err(|e| crate::db("read record", e))?;
             self.after = Some((ts, rowid));
-            self.buffer.push_back(record);
+            if by_feedback_index {
+                keyed.push((ts, rowid, record));
+            } else {
+                self.buffer.push_back(record);
+            }
             n += 1;
+        }
+        if by_feedback_index {
+            // Whole microseconds only, so sorting the page sorts the stream.
+            match self.filter.order {
+                Order::OldestFirst => keyed.sort_unstable_by_key(|&(ts, rowid, _)| (ts, rowid)),
+                Order::NewestFirst => {
+                    keyed.sort_unstable_by_key(|&(ts, rowid, _)| std::cmp::Reverse((ts, rowid)))
+                }
+            }
+            self.buffer
+                .extend(keyed.into_iter().map(|(_, _, record)| record));
         }
         // The table path's LIMIT ends a page; only a short one is the last.
         let short = if by_feedback_index { !full } else { n < page };
