@@ -67,6 +67,16 @@ impl Format {
         }
     }
 
+    /// The kind of example the format holds: `dpo` preference pairs, `kto` labelled
+    /// responses, every other format supervised examples.
+    pub fn example_kind(self) -> crate::ExampleKind {
+        match self {
+            Format::Dpo => crate::ExampleKind::Preference,
+            Format::Kto => crate::ExampleKind::Labeled,
+            _ => crate::ExampleKind::Sft,
+        }
+    }
+
     /// True for `dpo` and `kto`, whose label is the user's feedback.
     pub fn is_preference(self) -> bool {
         matches!(self, Format::Dpo | Format::Kto)

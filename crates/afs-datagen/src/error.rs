@@ -63,8 +63,8 @@ pub enum DatagenError {
     /// A formatter was given an example of a kind its format cannot hold.
     #[error("format {format} cannot hold a {kind} example")]
     UnsupportedExample {
-        /// The output format.
-        format: &'static str,
+        /// The output format (the formatter's name).
+        format: String,
         /// The kind of example (`sft`, `preference`, `labeled`).
         kind: &'static str,
     },

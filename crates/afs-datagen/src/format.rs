@@ -21,6 +21,28 @@ pub struct Example<'a> {
     pub metadata: Metadata<'a>,
 }
 
+/// The kinds of training example: what a format holds and what generation makes for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExampleKind {
+    /// A prompt and a response to imitate (supervised fine-tuning): [`Body::Response`].
+    Sft,
+    /// A prompt with a chosen and a rejected response: [`Body::Preference`].
+    Preference,
+    /// A prompt and one response labelled desirable or not: [`Body::Labeled`].
+    Labeled,
+}
+
+impl ExampleKind {
+    /// `sft`, `preference` or `labeled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExampleKind::Sft => "sft",
+            ExampleKind::Preference => "preference",
+            ExampleKind::Labeled => "labeled",
+        }
+    }
+}
+
 /// The part of an [`Example`] that differs between supervised and preference formats.
 #[derive(Debug, Clone, Copy)]
 pub enum Body<'a> {
@@ -47,10 +69,15 @@ pub enum Body<'a> {
 impl Body<'_> {
     /// `sft`, `preference` or `labeled`.
     pub fn kind(&self) -> &'static str {
+        self.example_kind().as_str()
+    }
+
+    /// The kind of example this body makes.
+    pub fn example_kind(&self) -> ExampleKind {
         match self {
-            Body::Response(_) => "sft",
-            Body::Preference { .. } => "preference",
-            Body::Labeled { .. } => "labeled",
+            Body::Response(_) => ExampleKind::Sft,
+            Body::Preference { .. } => ExampleKind::Preference,
+            Body::Labeled { .. } => ExampleKind::Labeled,
         }
     }
 }
@@ -84,8 +111,14 @@ pub struct Metadata<'a> {
 /// returns [`DatagenError::UnsupportedExample`]; the pipeline only builds examples of the
 /// body kind its format needs.
 pub trait Formatter: Send + Sync {
-    /// The format this formatter writes.
-    fn format(&self) -> Format;
+    /// Its name, as the manifest and the result report it (`chatml`, ..., or a plug-in's
+    /// own name).
+    fn name(&self) -> &str;
+
+    /// The kind of example it writes. Generation makes the examples of the configured
+    /// [`Format`]'s kind ([`Format::example_kind`]); a plug-in formatter passed in
+    /// [`crate::Hooks::formatter`] must write that kind.
+    fn kind(&self) -> ExampleKind;
 
     /// Appends one line for `example` to `out`.
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError>;
@@ -104,9 +137,11 @@ pub fn formatter(format: Format) -> &'static dyn Formatter {
     }
 }
 
-fn unsupported(format: Format, example: &Example<'_>) -> DatagenError {
+/// The error of a formatter given an example of a kind it cannot hold (for plug-in
+/// formatters too).
+pub fn unsupported_example(formatter: &dyn Formatter, example: &Example<'_>) -> DatagenError {
     DatagenError::UnsupportedExample {
-        format: format.as_str(),
+        format: formatter.name().to_string(),
         kind: example.body.kind(),
     }
 }
@@ -371,12 +406,16 @@ fn response_of<'a>(example: &Example<'a>) -> Option<&'a str> {
 struct ChatMl;
 
 impl Formatter for ChatMl {
-    fn format(&self) -> Format {
-        Format::ChatMl
+    fn name(&self) -> &str {
+        Format::ChatMl.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::ChatMl.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
+        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
         out.extend_from_slice(b"{\"messages\":");
         push_messages(
             out,
@@ -395,12 +434,16 @@ impl Formatter for ChatMl {
 struct Alpaca;
 
 impl Formatter for Alpaca {
-    fn format(&self) -> Format {
-        Format::Alpaca
+    fn name(&self) -> &str {
+        Format::Alpaca.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::Alpaca.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let output = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
+        let output = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
         out.extend_from_slice(b"{\"instruction\":");
         push_json_str(out, example.prompt);
         out.extend_from_slice(b",\"input\":\"\",\"output\":");
@@ -419,12 +462,16 @@ impl Formatter for Alpaca {
 struct Completion;
 
 impl Formatter for Completion {
-    fn format(&self) -> Format {
-        Format::Completion
+    fn name(&self) -> &str {
+        Format::Completion.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::Completion.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
+        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
         out.extend_from_slice(b"{\"prompt\":");
         push_prompt(out, example.system, example.prompt);
         out.extend_from_slice(b",\"completion\":");
@@ -455,12 +502,16 @@ pub(crate) fn render_text(system: Option<&str>, prompt: &str, response: &str) ->
 struct Text;
 
 impl Formatter for Text {
-    fn format(&self) -> Format {
-        Format::Text
+    fn name(&self) -> &str {
+        Format::Text.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::Text.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
+        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
         out.extend_from_slice(b"{\"text\":");
         // A rehearsal `text` line arrives whole, as a prompt with an empty response.
         if response.is_empty() && example.system.is_none() {
@@ -478,12 +529,16 @@ impl Formatter for Text {
 struct ShareGpt;
 
 impl Formatter for ShareGpt {
-    fn format(&self) -> Format {
-        Format::ShareGpt
+    fn name(&self) -> &str {
+        Format::ShareGpt.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::ShareGpt.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported(self.format(), example))?;
+        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
         out.extend_from_slice(b"{\"conversations\":[{\"from\":\"human\",\"value\":");
         push_json_str(out, example.prompt);
         out.extend_from_slice(b"},{\"from\":\"gpt\",\"value\":");
@@ -503,13 +558,17 @@ impl Formatter for ShareGpt {
 struct Dpo;
 
 impl Formatter for Dpo {
-    fn format(&self) -> Format {
-        Format::Dpo
+    fn name(&self) -> &str {
+        Format::Dpo.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::Dpo.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let Body::Preference { chosen, rejected } = example.body else {
-            return Err(unsupported(self.format(), example));
+            return Err(unsupported_example(self, example));
         };
         let conversational = example.system.is_some();
         out.extend_from_slice(b"{\"prompt\":");
@@ -528,13 +587,17 @@ impl Formatter for Dpo {
 struct Kto;
 
 impl Formatter for Kto {
-    fn format(&self) -> Format {
-        Format::Kto
+    fn name(&self) -> &str {
+        Format::Kto.as_str()
+    }
+
+    fn kind(&self) -> ExampleKind {
+        Format::Kto.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
         let Body::Labeled { completion, label } = example.body else {
-            return Err(unsupported(self.format(), example));
+            return Err(unsupported_example(self, example));
         };
         out.extend_from_slice(b"{\"prompt\":");
         push_prompt(out, example.system, example.prompt);
@@ -841,9 +904,9 @@ mod tests {
         assert!(matches!(
             formatter(Format::Dpo).write_line(&e, &mut out),
             Err(DatagenError::UnsupportedExample {
-                format: "dpo",
+                format,
                 kind: "sft"
-            })
+            }) if format == "dpo"
         ));
         assert!(formatter(Format::Kto).write_line(&e, &mut out).is_err());
         let negative = Example {
@@ -858,7 +921,8 @@ mod tests {
             .is_err());
         assert!(out.is_empty());
         for f in Format::ALL {
-            assert_eq!(formatter(f).format(), f);
+            assert_eq!(formatter(f).name(), f.as_str());
+            assert_eq!(formatter(f).kind(), f.example_kind());
         }
     }
 }

@@ -39,7 +39,7 @@ mod scorer;
 pub use config::{Format, GeneratorConfig, NearDedupeConfig, ParseFormatError};
 pub use error::{BoxError, DatagenError};
 pub use existing::{ExistingReport, MalformedLine, MAX_REPORTED_MALFORMED};
-pub use format::{formatter, Body, Example, Formatter, Metadata};
+pub use format::{formatter, unsupported_example, Body, Example, ExampleKind, Formatter, Metadata};
 pub use pipeline::{generate, generate_with, manifest_path, Hooks};
 pub use redact::{RedactionCounts, Redactor, CREDIT_CARD, EMAIL, IP_ADDRESS, PHONE, SECRET};
 pub use result::{GenerationResult, Progress, QualityStats, RecordSpan, Stage};

@@ -99,7 +99,7 @@ pub fn generate(
 ) -> Result<GenerationResult, DatagenError> {
     let hooks = Hooks {
         progress,
-        stop: None,
+        ..Hooks::default()
     };
     generate_with(store, config, output, scorer, hooks)
 }
@@ -115,6 +115,13 @@ pub struct Hooks<'a> {
     /// written at the output path. Scores already written back stay (they are what the
     /// next run would give anyway). A signal handler may set it.
     pub stop: Option<&'a AtomicBool>,
+    /// Writes the output lines instead of the configured format's formatter: a format of
+    /// the caller's own. It must write the kind of example the configured format makes
+    /// ([`Format::example_kind`]: e.g. `chatml` for supervised examples, `dpo` for pairs),
+    /// which decides what generation selects; the result reports its name. A run that
+    /// rehearses an existing file cannot use one (the file is read back in a built-in
+    /// format).
+    pub formatter: Option<&'a dyn Formatter>,
 }
 
 impl std::fmt::Debug for Hooks<'_> {
@@ -122,8 +129,39 @@ impl std::fmt::Debug for Hooks<'_> {
         f.debug_struct("Hooks")
             .field("progress", &self.progress.map(|_| "Fn(Progress)"))
             .field("stop", &self.stop)
+            .field("formatter", &self.formatter.map(|f| f.name().to_string()))
             .finish()
     }
+}
+
+/// Refuses a plug-in formatter that does not fit the run: another kind of example than
+/// the configured format makes, or a rehearsal file to read back.
+fn check_plugged(plugged: &dyn Formatter, config: &GeneratorConfig) -> Result<(), DatagenError> {
+    let wanted = config.format.example_kind();
+    if plugged.kind() != wanted {
+        return Err(DatagenError::InvalidConfig {
+            field: "format",
+            reason: format!(
+                "formatter {} writes {} examples, but format {} makes {} examples; set the \
+                 format to one of that kind",
+                plugged.name(),
+                plugged.kind().as_str(),
+                config.format,
+                wanted.as_str()
+            ),
+        });
+    }
+    if config.existing.is_some() {
+        return Err(DatagenError::InvalidConfig {
+            field: "existing",
+            reason: format!(
+                "rehearsal reads the existing file back in a built-in format; formatter {} \
+                 cannot rehearse it",
+                plugged.name()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// [`generate`], with a flag that stops the run (see [`Hooks`]).
@@ -143,6 +181,13 @@ pub fn generate_with(
         return Err(DatagenError::Interrupted);
     }
     config.validate()?;
+    let formatter: &dyn Formatter = match hooks.formatter {
+        Some(plugged) => {
+            check_plugged(plugged, config)?;
+            plugged
+        }
+        None => formatter(config.format),
+    };
     // Checked before anything is read: the path must not be the database, another user's
     // file, a directory... (see `afs_store::resolve_output`).
     let target = afs_store::resolve_output(output, "out", &store.files())?;
@@ -186,7 +231,7 @@ pub fn generate_with(
     });
 
     let mut sink = TempFile::create_for(&target, "create temporary output file")?;
-    let mut run = Run::new(config, existing.as_ref(), new_budget);
+    let mut run = Run::new(config, existing.as_ref(), new_budget, formatter);
     let workers = scan::workers();
     if config.format == Format::Dpo {
         run.pairable = pairable_queries(store, config, workers, &report)?;
@@ -220,7 +265,7 @@ pub fn generate_with(
         // Lines are written as the records stream only without a cap and outside `dpo`;
         // otherwise they are formatted when kept or paired.
         preformat: new_budget.is_none() && config.format != Format::Dpo,
-        formatter: formatter(config.format),
+        formatter,
     };
     let mut streamed = 0u64;
     scan::scan(
@@ -286,6 +331,7 @@ pub fn generate_with(
     let emitter = &run.emitter;
     let result = GenerationResult {
         format: config.format,
+        formatter: hooks.formatter.map(|f| f.name().to_string()),
         total_candidates: run.counts.total_candidates,
         filtered_by_feedback: run.counts.filtered_by_feedback,
         scored_records: run.counts.scored_records,
@@ -470,7 +516,7 @@ struct Preparer<'c> {
     /// Format the line ahead when the record's score is known: it is written as soon as
     /// the record passes dedupe.
     preformat: bool,
-    formatter: &'static dyn Formatter,
+    formatter: &'c dyn Formatter,
 }
 
 impl Preparer<'_> {
@@ -792,7 +838,7 @@ impl SpanAcc {
 
 /// Formats units and writes them, keeping the statistics of what was written.
 struct Emitter<'c> {
-    formatter: &'static dyn Formatter,
+    formatter: &'c dyn Formatter,
     format: Format,
     system: Option<&'c str>,
     line: Vec<u8>,
@@ -915,6 +961,7 @@ impl<'c> Run<'c> {
         config: &'c GeneratorConfig,
         existing: Option<&'c ExistingIndex>,
         budget: Option<u64>,
+        formatter: &'c dyn Formatter,
     ) -> Self {
         let near = match (&config.near_dedupe, config.format) {
             (Some(near), format) if format != Format::Dpo => {
@@ -943,7 +990,7 @@ impl<'c> Run<'c> {
             pairable: KeySet::default(),
             scores: Vec::new(),
             emitter: Emitter {
-                formatter: formatter(config.format),
+                formatter,
                 format: config.format,
                 system: config.system_prompt.as_deref(),
                 line: Vec::with_capacity(4096),

@@ -47,8 +47,13 @@ pub struct RecordSpan {
 /// `final_count = new_samples + rehearsal_samples`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GenerationResult {
-    /// The output format.
+    /// The output format (with a plug-in formatter: the configured format, whose kind of
+    /// example it wrote).
     pub format: Format,
+    /// The plug-in formatter that wrote the lines ([`crate::Hooks::formatter`]), by name;
+    /// `None` (and absent from JSON) with the configured format's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formatter: Option<String>,
     /// Records read from the store (after the since/until/model filters).
     pub total_candidates: u64,
     /// Dropped by the feedback filter (for `dpo`/`kto`: records without feedback -1 or 1).

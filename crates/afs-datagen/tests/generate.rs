@@ -1413,6 +1413,7 @@ fn a_stopped_run_removes_its_files_and_leaves_the_old_output() {
         let hooks = Hooks {
             progress: Some(&progress),
             stop: Some(&stop),
+            ..Hooks::default()
         };
         let err = generate_with(&env.store, config, &output, &HeuristicScorer, hooks).unwrap_err();
         assert!(matches!(err, DatagenError::Interrupted), "{stage:?}: {err}");
@@ -1434,6 +1435,7 @@ fn a_stopped_run_removes_its_files_and_leaves_the_old_output() {
     let hooks = Hooks {
         progress: None,
         stop: Some(&stop),
+        ..Hooks::default()
     };
     let err = generate_with(&env.store, &rehearsal, &output, &HeuristicScorer, hooks).unwrap_err();
     assert!(matches!(err, DatagenError::Interrupted), "{err}");
@@ -1444,6 +1446,7 @@ fn a_stopped_run_removes_its_files_and_leaves_the_old_output() {
     let hooks = Hooks {
         progress: None,
         stop: Some(&stop),
+        ..Hooks::default()
     };
     let result = generate_with(&env.store, &rehearsal, &output, &HeuristicScorer, hooks).unwrap();
     assert!(result.rehearsal_samples > 0, "{result:?}");

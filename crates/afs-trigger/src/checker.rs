@@ -41,6 +41,15 @@ impl RetrainTrigger {
         Ok(RetrainTrigger { config, policies })
     }
 
+    /// Adds a policy of the caller's own, checked after the configured ones, with the same
+    /// rules ([`Trigger`]: called on every check, reads aggregates only; the cooldown
+    /// applies to it; the first policy that fires names the result). Its state, if any,
+    /// lives in [`TriggerState::custom`] under its name.
+    pub fn with_policy(mut self, policy: Box<dyn Trigger>) -> Self {
+        self.policies.push(policy);
+        self
+    }
+
     /// The settings in force.
     pub fn config(&self) -> &TriggerConfig {
         &self.config

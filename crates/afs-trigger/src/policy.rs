@@ -11,8 +11,7 @@ use crate::error::TriggerError;
 use crate::state::{Baseline, TriggerState};
 
 /// Which policy produced a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TriggerType {
     /// Enough new quality samples.
     SampleCount,
@@ -26,6 +25,17 @@ pub enum TriggerType {
     ErrorRate,
     /// Forced by an operator.
     Manual,
+    /// A policy of the caller's own ([`RetrainTrigger::with_policy`]), by its name
+    /// (snake_case, e.g. `"holiday_freeze"`): the name the run history and JSON show.
+    ///
+    /// [`RetrainTrigger::with_policy`]: crate::RetrainTrigger::with_policy
+    Custom(&'static str),
+}
+
+impl Serialize for TriggerType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl TriggerType {
@@ -38,6 +48,7 @@ impl TriggerType {
             TriggerType::QualityChange => "quality_change",
             TriggerType::ErrorRate => "error_rate",
             TriggerType::Manual => "manual",
+            TriggerType::Custom(name) => name,
         }
     }
 }
@@ -56,11 +67,8 @@ pub struct TriggerResult {
 }
 
 impl TriggerResult {
-    pub(crate) fn new(
-        triggered: bool,
-        trigger_type: TriggerType,
-        reason: impl Into<String>,
-    ) -> Self {
+    /// A result of the policy `trigger_type`, without metrics.
+    pub fn new(triggered: bool, trigger_type: TriggerType, reason: impl Into<String>) -> Self {
         TriggerResult {
             triggered,
             trigger_type: Some(trigger_type),
@@ -69,7 +77,8 @@ impl TriggerResult {
         }
     }
 
-    pub(crate) fn metric(mut self, name: &str, value: f64) -> Self {
+    /// The result with one more figure behind it (`name` without the policy's prefix).
+    pub fn metric(mut self, name: &str, value: f64) -> Self {
         self.metrics.insert(name.to_string(), value);
         self
     }

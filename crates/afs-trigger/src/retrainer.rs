@@ -192,6 +192,7 @@ impl AutoRetrainer {
         let hooks = Hooks {
             progress: None,
             stop: self.stop.as_deref(),
+            ..Hooks::default()
         };
         let dataset = match generate_with(
             store.as_usage(),

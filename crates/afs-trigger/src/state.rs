@@ -37,6 +37,10 @@ pub struct TriggerState {
     pub page_hinkley: PageHinkley,
     /// Hours before this instant have been fed to the detector.
     pub detector_fed_until: Option<DateTime<Utc>>,
+    /// The state of the caller's own policies, by policy name: each keeps what it needs
+    /// as JSON, saved with the rest after every check.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl TriggerState {

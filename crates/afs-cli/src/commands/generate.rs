@@ -45,6 +45,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()
     let hooks = Hooks {
         progress: Some(&on_progress),
         stop: Some(&stop),
+        ..Hooks::default()
     };
     let result = generate_with(&store, &generator, &args.out, &HeuristicScorer, hooks);
     bar.finish_and_clear();
