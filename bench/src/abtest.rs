@@ -1,16 +1,17 @@
-//! Issue 5: proof by simulation. Runs the simulator of `afs_abtest::sim` (the real router,
-//! judge and bandit with a manual clock) for the standard scenarios and the sticky-routing
-//! check, and cross-checks a few runs through the real SQLite store.
+//! Issue 5: proof by simulation. Runs the simulator of `afs_sim` (the real router, judge,
+//! bandit and `AbTest` on the in-memory store, with a manual clock) for the standard
+//! scenarios and the sticky-routing check, and cross-checks a few runs through the real
+//! SQLite store.
 
 use std::path::Path;
 use std::time::Instant;
 
 use std::sync::Arc;
 
-use afs_abtest::sim::{
+use afs_abtest::{AbTest, AbTestConfig, HashRouter, Router, RoutingTable};
+use afs_sim::{
     routing_check, run_experiment, run_scenario, Backend, RoutingCheck, Scenario, ScenarioRates,
 };
-use afs_abtest::{AbTest, AbTestConfig, HashRouter, Router, RoutingTable};
 use afs_store::{
     ExperimentStore, Feedback, FeedbackValue, ManualClock, NewModelVersion, NewUsage, UsageStore,
 };
@@ -198,9 +199,8 @@ pub(crate) fn measure(sizes: AbSizes, base_seed: u64, dir: &Path) -> Result<AbRe
                 .with_context(|| format!("SQLite simulation of seed {seed} failed"))?;
             sqlite_secs += t.elapsed().as_secs_f64();
             let memory = run_experiment(&aa, &Backend::Memory, seed)?;
-            let key = |o: &afs_abtest::sim::RunOutcome| {
-                (o.decision, o.decided_at_hour, o.looks, o.held_looks)
-            };
+            let key =
+                |o: &afs_sim::RunOutcome| (o.decision, o.decided_at_hour, o.looks, o.held_looks);
             if key(&real) == key(&memory) {
                 identical += 1;
             } else {

@@ -1016,7 +1016,7 @@ fn abtest_figures(ab: &Measured<AbResults>, rows: &mut Vec<Figure>) {
 
     let secs: f64 = ab.scenarios.iter().map(|s| s.secs).sum();
     let note = format!(
-        "abtest: afs_abtest::sim in-memory backend (the real router, judge and bandit; the \
+        "abtest: afs_sim on the in-memory store (the real router, judge, bandit and AbTest; the \
          SQLite backend makes the same decisions, as checked on the first seeds), seeds \
          {}.., {} threads, {secs:.0} s for {} scenarios; ~500 requests/h (daily cycle) from \
          2,000 users with heavy-tailed activity and persistent differences, routed by user, \
@@ -1409,7 +1409,7 @@ fn burst_figures(burst: &Measured<crate::burst::BurstTimes>, rows: &mut Vec<Figu
 
 /// The 95% Wilson interval of `count` in `runs`, in percent: `95% [0.6, 2.0]`.
 fn interval_of(count: usize, runs: usize) -> String {
-    let (lo, hi) = afs_abtest::sim::wilson(count, runs);
+    let (lo, hi) = afs_sim::wilson(count, runs);
     format!("95% [{:.1}, {:.1}]", lo * 100.0, hi * 100.0)
 }
 

@@ -4,11 +4,20 @@
 
 use std::sync::Arc;
 
-use afs_loop::demo::{self, DemoConfig, DemoEvent, DemoEventKind, DemoSummary};
+use afs_demo::{DemoConfig, DemoEvent, DemoEventKind, DemoSummary};
 use afs_loop::status_summary;
 use afs_store::SystemClock;
 use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_tests::slow_tests_enabled;
+
+/// Runs the demo on the SQLite database at `config.db_path`, as `afs demo` does.
+fn demo_run(
+    config: &DemoConfig,
+    on_event: &mut dyn FnMut(&DemoEvent),
+) -> afs_loop::Result<DemoSummary> {
+    let open = |clock| SqliteStore::open(SqliteConfig::new(&config.db_path), clock);
+    afs_demo::run(config, open, on_event)
+}
 
 fn run(
     seed: u64,
@@ -25,7 +34,7 @@ fn run(
         ..DemoConfig::default()
     };
     let mut events = Vec::new();
-    let summary = demo::run(&config, &mut |event| events.push(event.clone())).unwrap();
+    let summary = demo_run(&config, &mut |event| events.push(event.clone())).unwrap();
     (events, summary, dir)
 }
 
@@ -115,8 +124,8 @@ fn the_demo_refuses_a_database_that_holds_data() {
         requests_per_hour: 10,
         ..DemoConfig::default()
     };
-    demo::run(&config, &mut |_| {}).unwrap();
-    let err = demo::run(&config, &mut |_| {}).unwrap_err();
+    demo_run(&config, &mut |_| {}).unwrap();
+    let err = demo_run(&config, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("already holds data"), "{err}");
 }
 

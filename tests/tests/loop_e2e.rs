@@ -72,7 +72,7 @@ impl Setup {
         open_manual_store(&self.db(), now)
     }
 
-    fn new_loop(&self, store: Arc<SqliteStore>) -> ContinuousLearningLoop {
+    fn new_loop(&self, store: Arc<SqliteStore>) -> ContinuousLearningLoop<SqliteStore> {
         let config = afs_loop::LoopConfig {
             eval_gate: Some(EvalGate::new(
                 "test -s {model_path} && grep -q trained \"$AFS_MODEL_PATH\"",
@@ -89,7 +89,7 @@ impl Setup {
 /// 120 calls to the champion logged one by one with `log_usage`, feedback recorded
 /// afterwards with `record_feedback` (the seed's API): quality alternating 0.65 and 0.85,
 /// every second call rated, three in four ratings thumbs up.
-fn log_initial_usage(learning: &ContinuousLearningLoop, clock: &ManualClock) {
+fn log_initial_usage(learning: &ContinuousLearningLoop<SqliteStore>, clock: &ManualClock) {
     for i in 0..120 {
         let route = learning.route(Some(&format!("user{i}"))).unwrap();
         assert_eq!(route.model, "m-v1");
@@ -122,7 +122,7 @@ fn log_initial_usage(learning: &ContinuousLearningLoop, clock: &ManualClock) {
 /// around the serving model's mean, latency 700 or 900 ms, every second call rated (thumbs
 /// up for the first `mean × 10` of each ten ratings). Logged with one `log_batch`.
 fn hour_of_traffic(
-    learning: &ContinuousLearningLoop,
+    learning: &ContinuousLearningLoop<SqliteStore>,
     clock: &ManualClock,
     hour: i64,
     mean_of: &dyn Fn(&str) -> f64,

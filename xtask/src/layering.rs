@@ -1,9 +1,11 @@
 //! The layering rule: afs crates depend only downward, never upward or sideways.
 //!
 //! ```text
-//! afs-cli  ──►  afs-loop  ──►  afs-trigger ──► afs-datagen ──► afs-store
-//!                   │                                              ▲
-//!                   └────────►  afs-abtest  ───────────────────────┘
+//! afs-cli ──► afs-demo ──► afs-loop ──► afs-trigger ──► afs-datagen ──► afs-store
+//!    │                        │                                            ▲
+//!    │                        └────────► afs-abtest ───────────────────────┤
+//!    └──────► afs-sim ─────────────────► afs-abtest                        │
+//!                └───────► afs-store-mem, afs-store-sqlite (backends) ─────┘
 //! ```
 //!
 //! Every edge between afs crates must appear in [`LAYERS`]. Normal, build and dev
@@ -29,22 +31,37 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("afs-store-mem", &["afs-store"]),
     ("afs-datagen", &["afs-store"]),
     ("afs-trigger", &["afs-datagen", "afs-store"]),
-    // The simulator's SQLite mode runs the real store.
-    ("afs-abtest", &["afs-store", "afs-store-sqlite"]),
-    // The demo and the loop's default store type name SQLite.
+    ("afs-abtest", &["afs-store"]),
     (
         "afs-loop",
+        &["afs-trigger", "afs-abtest", "afs-datagen", "afs-store"],
+    ),
+    // The experiment simulator: it runs AbTest on the in-memory or the SQLite store.
+    (
+        "afs-sim",
         &[
+            "afs-abtest",
+            "afs-store",
+            "afs-store-mem",
+            "afs-store-sqlite",
+        ],
+    ),
+    // The end-to-end demo: it runs the loop on whichever store its caller opens.
+    (
+        "afs-demo",
+        &[
+            "afs-loop",
             "afs-trigger",
             "afs-abtest",
             "afs-datagen",
             "afs-store",
-            "afs-store-sqlite",
         ],
     ),
     (
         "afs-cli",
         &[
+            "afs-demo",
+            "afs-sim",
             "afs-loop",
             "afs-trigger",
             "afs-abtest",
@@ -590,7 +607,7 @@ mod tests {
             [
                 "crates/afs-abtest/Cargo.toml: afs-abtest must not depend on afs-datagen \
               (in [dev-dependencies]): sideways edge, afs-abtest and afs-datagen are on \
-              separate branches; afs-abtest may depend only on afs-store, afs-store-sqlite"
+              separate branches; afs-abtest may depend only on afs-store"
             ]
         );
 

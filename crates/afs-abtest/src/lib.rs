@@ -11,9 +11,9 @@
 //!   BLAKE3(seed ‖ unit) to [0, 1) and gives the challenger [0, w) — sticky, and monotone
 //!   in w — or draws at random when a request has no unit id.
 //! * A [`Judge`] decides at each look; [`SequentialJudge`] is the default.
-//! * [`sim`] drives the real store and judge with production-like traffic (users routed by
-//!   id, heavy-tailed activity, persistent differences, late feedback) and a manual clock,
-//!   and measures false promotions and rollbacks, power and harm detection.
+//!
+//! The simulator that measures false promotions and rollbacks, power and harm detection
+//! under production-like traffic is the crate `afs-sim`.
 //!
 //! # The statistics of the default judge
 //!
@@ -80,7 +80,6 @@ mod manager;
 mod maths;
 mod metric;
 mod router;
-pub mod sim;
 mod units;
 
 pub use comparison::{

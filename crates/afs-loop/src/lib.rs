@@ -1,6 +1,6 @@
 //! The continuous learning loop: wires the usage store, dataset generation, retraining
 //! triggers and champion/challenger experiments into the loop that makes a deployed model
-//! improve from its own production use, plus the end-to-end demo.
+//! improve from its own production use.
 //!
 //! * [`ContinuousLearningLoop`] (the seed's class of that name): `log_usage`,
 //!   `record_feedback` and `route` on the serving path; `run_iteration` (check the experiment
@@ -9,7 +9,9 @@
 //!   [`stop`](ContinuousLearningLoop::stop); `status_summary`.
 //! * [`LoopConfig`] nests the layers' configs; [`LoopConfig::validate`] names the bad key.
 //! * [`status_summary`] reads the status from any process that opens the store.
-//! * [`demo`] simulates weeks of production traffic with a manual clock in seconds.
+//!
+//! The loop is generic over its store ([`LoopStore`]); the binary that runs it picks one. The
+//! end-to-end demo (`afs demo`) is the crate `afs-demo`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -34,7 +36,6 @@
 //! ```
 
 mod config;
-pub mod demo;
 mod error;
 mod eval;
 mod report;

@@ -13,7 +13,6 @@ use afs_store::{
     Decision, ErrorKind, ExperimentStore, FeedbackValue, NewModelVersion, NewUsage, RetrainRun,
     RunOutcome, RunStatus, RunStore, UsageStore,
 };
-use afs_store_sqlite::SqliteStore;
 use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TrainOutput, Trainer};
 
 pub(crate) use afs_store::rng::splitmix64 as splitmix;
@@ -86,7 +85,7 @@ pub struct IterationOptions {
 /// errors. The status ([`LoopState`]) is written at the start of the iteration, at each
 /// phase and at the end, so a process killed mid-iteration leaves a trace the next start
 /// turns into an "interrupted" record.
-pub struct ContinuousLearningLoop<S: LoopStore = SqliteStore> {
+pub struct ContinuousLearningLoop<S: LoopStore> {
     store: Arc<S>,
     config: LoopConfig,
     ab: AbTest<S>,

@@ -75,7 +75,11 @@ impl Fixture {
         }
     }
 
-    fn new_loop(&self, config: LoopConfig, trainer: Box<dyn Trainer>) -> ContinuousLearningLoop {
+    fn new_loop(
+        &self,
+        config: LoopConfig,
+        trainer: Box<dyn Trainer>,
+    ) -> ContinuousLearningLoop<SqliteStore> {
         ContinuousLearningLoop::new(self.store.clone(), config, trainer)
             .unwrap()
             .with_routing_seed(7)
@@ -113,7 +117,7 @@ fn counting_trainer() -> (Box<dyn Trainer>, Arc<AtomicUsize>) {
 /// quality alternating ±0.1 around the serving model's mean, latency 800 ± 100 ms, every
 /// second request rated (thumbs up for the first `mean × 10` of each ten ratings).
 fn traffic(
-    learning: &ContinuousLearningLoop,
+    learning: &ContinuousLearningLoop<SqliteStore>,
     clock: &ManualClock,
     n: usize,
     mean_of: &dyn Fn(&str) -> f64,

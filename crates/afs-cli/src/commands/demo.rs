@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use afs_loop::demo::{self, DemoConfig};
+use afs_demo::DemoConfig;
+use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::CommandFactory;
@@ -36,7 +37,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<()> {
 
     // The demo runs to its end even when stdout is closed; the first write error is kept.
     let mut write_error: Option<anyhow::Error> = None;
-    let summary = demo::run(&config, &mut |event| {
+    let open = |clock| SqliteStore::open(SqliteConfig::new(&config.db_path), clock);
+    let summary = afs_demo::run(&config, open, &mut |event| {
         if write_error.is_some() {
             return;
         }

@@ -16,7 +16,11 @@
 //! judge, which never sees the hidden truth; the timeline compares its decisions with it.
 //!
 //! Everything random comes from `seed`: the same seed and config give the same timeline.
-//! The database and the run directories are left behind for the other `afs` commands.
+//!
+//! The demo runs on the store its caller opens ([`run`] hands it the demo's manual clock):
+//! `afs demo` opens a SQLite database, and the database and the run directories are left
+//! behind for the other `afs` commands. Any [`LoopStore`] will do, for instance the
+//! in-memory store in a test.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,19 +30,17 @@ use std::time::Duration;
 
 use afs_abtest::AbTestConfig;
 use afs_datagen::GeneratorConfig;
-use afs_store::{
-    Clock, Decision, ExperimentStore, FeedbackValue, ManualClock, NewModelVersion, NewUsage,
-    StatsWindow, UsageStore,
+use afs_loop::{
+    ContinuousLearningLoop, DeployStep, IterationReport, LoopConfig, LoopError, LoopStore, Result,
+    RetrainStep,
 };
-use afs_store_sqlite::{SqliteConfig, SqliteStore};
+use afs_store::rng::splitmix64 as splitmix;
+use afs_store::{
+    Clock, Decision, FeedbackValue, ManualClock, NewModelVersion, NewUsage, StatsWindow,
+};
 use afs_trigger::{FnTrainer, RetrainerConfig, TrainJob, TrainOutput, TriggerConfig};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{json, Map, Value};
-
-use crate::config::LoopConfig;
-use crate::error::{LoopError, Result};
-use crate::report::{time, DeployStep, IterationReport, RetrainStep};
-use crate::runner::{splitmix, ContinuousLearningLoop};
 
 /// Constants mixed into the seed so the traffic, the trainer and the routing draw from
 /// independent streams.
@@ -68,7 +70,8 @@ pub const FIRST_MODEL: &str = "nayru-v1";
 /// Settings of a demo run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoConfig {
-    /// The database to create (it must not hold data yet).
+    /// The database the demo's store lives in, named in the summary and in messages (the
+    /// caller opens the store; it must not hold data yet).
     pub db_path: PathBuf,
     /// Where run directories (datasets, manifests, models) go.
     pub output_dir: PathBuf,
@@ -124,8 +127,12 @@ impl Default for DemoConfig {
 impl DemoConfig {
     /// Checks every setting; the first problem names its key as `demo.<field>`.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |field: &str, reason: String| Err(LoopError::config(format!("demo.{field}"), reason));
+        let bad = |field: &str, reason: String| {
+            Err(LoopError::InvalidConfig {
+                key: format!("demo.{field}"),
+                reason,
+            })
+        };
         let unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
         if self.days == 0 || self.days > 3660 {
             return bad("days", format!("{} is not within 1..=3660", self.days));
@@ -446,6 +453,11 @@ impl DemoSummary {
     }
 }
 
+/// A time as RFC 3339 text, to the second (as the loop's reports write times).
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
 /// `day 3 14:00` for a time of the simulation.
 fn stamp(start: DateTime<Utc>, at: DateTime<Utc>) -> String {
     let (day, hour) = day_hour(start, at);
@@ -601,16 +613,38 @@ struct DayCount {
 
 /// Runs the demo, calling `on_event` with each timeline event as it happens.
 ///
-/// Creates the database at `config.db_path` (refused if it already holds records or
-/// models) with a manual clock at `config.start`, and returns the summary for the final
-/// table. Runs in a few seconds in release builds for the default four weeks.
-pub fn run(config: &DemoConfig, on_event: &mut dyn FnMut(&DemoEvent)) -> Result<DemoSummary> {
+/// Checks the settings, then calls `open` with the demo's clock (a manual clock at
+/// `config.start`, moved by the demo) for the store to run on, which must read its time
+/// from that clock and hold no records
+/// or models yet (`afs demo` opens the SQLite database at `config.db_path`). Returns the
+/// summary for the final table. Runs in a few seconds in release builds for the default
+/// four weeks.
+///
+/// ```no_run
+/// use afs_demo::DemoConfig;
+/// use afs_store_sqlite::{SqliteConfig, SqliteStore};
+///
+/// let config = DemoConfig::default();
+/// let summary = afs_demo::run(
+///     &config,
+///     |clock| SqliteStore::open(SqliteConfig::new(&config.db_path), clock),
+///     &mut |event| println!("{event}"),
+/// )?;
+/// println!("{}", summary.lines().join("\n"));
+/// # Ok::<(), afs_loop::LoopError>(())
+/// ```
+pub fn run<S, E>(
+    config: &DemoConfig,
+    open: impl FnOnce(Arc<dyn Clock>) -> std::result::Result<S, E>,
+    on_event: &mut dyn FnMut(&DemoEvent),
+) -> Result<DemoSummary>
+where
+    S: LoopStore + 'static,
+    LoopError: From<E>,
+{
     config.validate()?;
     let clock = Arc::new(ManualClock::new(config.start));
-    let store = Arc::new(SqliteStore::open(
-        SqliteConfig::new(&config.db_path),
-        clock.clone(),
-    )?);
+    let store = Arc::new(open(clock.clone())?);
     if store.stats(&StatsWindow::default())?.total > 0 || !store.model_versions()?.is_empty() {
         return Err(LoopError::Conflict(format!(
             "the demo needs a new database, and {} already holds data",
@@ -678,11 +712,11 @@ struct Counts {
     wrong: u64,
 }
 
-struct Simulation<'a> {
+struct Simulation<'a, S: LoopStore> {
     config: &'a DemoConfig,
     start: DateTime<Utc>,
     clock: &'a Arc<ManualClock>,
-    learning: &'a ContinuousLearningLoop<SqliteStore>,
+    learning: &'a ContinuousLearningLoop<S>,
     world: &'a Arc<Mutex<World>>,
     rng: DemoRng,
     users: Users,
@@ -704,7 +738,7 @@ struct Simulation<'a> {
     on_event: &'a mut dyn FnMut(&DemoEvent),
 }
 
-impl Simulation<'_> {
+impl<S: LoopStore> Simulation<'_, S> {
     fn emit(&mut self, kind: DemoEventKind, message: String) {
         let at = self.clock.now();
         let (day, hour) = day_hour(self.start, at);
@@ -1156,9 +1190,9 @@ fn write_model_file(path: &Path, true_quality: f64) -> Result<()> {
 
 /// The built-in demo trainer: ignores the data's content (it only counts it) and makes a
 /// model whose hidden true quality is the current champion's plus or minus a random step.
-fn demo_trainer(
+fn demo_trainer<S: LoopStore + 'static>(
     world: Arc<Mutex<World>>,
-    store: Arc<SqliteStore>,
+    store: Arc<S>,
     config: DemoConfig,
 ) -> FnTrainer<impl Fn(&TrainJob) -> std::result::Result<TrainOutput, String> + Send + Sync> {
     FnTrainer(move |job: &TrainJob| {

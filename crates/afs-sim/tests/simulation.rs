@@ -9,9 +9,7 @@
 //! The default run is fast; `AFS_SLOW_TESTS=1` (set by CI) runs 150 to 600 experiments per
 //! scenario and more runs through the real store; `cargo xtask bench` runs 1,000.
 
-use afs_abtest::sim::{
-    routing_check, run_experiment, run_scenario, Backend, Scenario, ScenarioRates,
-};
+use afs_sim::{routing_check, run_experiment, run_scenario, Backend, Scenario, ScenarioRates};
 
 const SEED: u64 = 20_260_101;
 

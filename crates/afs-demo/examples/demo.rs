@@ -1,9 +1,10 @@
-//! Runs the demo and prints its timeline: `cargo run --release -p afs-loop --example demo -- [SEED] [DAYS] [REQUESTS_PER_HOUR]`.
+//! Runs the demo on a SQLite database and prints its timeline:
+//! `cargo run --release -p afs-demo --example demo -- [SEED] [DAYS] [REQUESTS_PER_HOUR]`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use afs_loop::demo::{self, DemoConfig};
+use afs_demo::DemoConfig;
 use afs_store::SystemClock;
 use afs_store_sqlite::{SqliteConfig, SqliteStore};
 
@@ -27,7 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..defaults
     };
     let started = Instant::now();
-    let summary = demo::run(&config, &mut |event| println!("{event}"))?;
+    let summary = afs_demo::run(
+        &config,
+        |clock| SqliteStore::open(SqliteConfig::new(&config.db_path), clock),
+        &mut |event| println!("{event}"),
+    )?;
     println!();
     for line in summary.lines() {
         println!("{line}");

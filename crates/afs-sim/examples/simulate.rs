@@ -1,8 +1,8 @@
 //! Runs simulated experiments and prints their rates:
-//! `cargo run --release -p afs-abtest --example simulate -- [RUNS] [SCENARIO...]`
+//! `cargo run --release -p afs-sim --example simulate -- [RUNS] [SCENARIO...]`
 //! (scenario names as in `Scenario::standard()`; all of them by default).
 
-use afs_abtest::sim::{run_scenario, Backend, Scenario};
+use afs_sim::{run_scenario, Backend, Scenario};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
