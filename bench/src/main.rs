@@ -13,6 +13,7 @@ mod burst;
 mod clock;
 mod datagen;
 mod import;
+mod load;
 mod logging;
 mod logs;
 mod query;
@@ -85,6 +86,10 @@ enum Child {
         #[arg(long, value_enum, default_value = "seed")]
         variant: datagen::Variant,
     },
+    /// Generate load against a running `afs serve` and print throughput and latency as JSON
+    /// (the serve group's second process)
+    #[command(hide = true)]
+    ServeLoad(load::LoadArgs),
 }
 
 /// The groups of figures: the usage store's in its issue's numbering, then one per issue.
@@ -107,7 +112,7 @@ enum Group {
     Trigger,
     /// Issue 5: simulated experiments (false promotions, power, harm) and sticky routing
     Abtest,
-    /// Issue 7: `afs serve` under load from `afs serve load` in a second process
+    /// Issue 7: `afs serve` under load from `afs-bench serve-load` in a second process
     Serve,
     /// Issue 15: checks after records arrive in bursts, and while logging runs
     Burst,
@@ -136,7 +141,7 @@ struct Sizes {
     trigger_reps: usize,
     /// Simulated experiments.
     ab: abtest::AbSizes,
-    /// Measured seconds of each `afs serve load` run.
+    /// Measured seconds of each `afs-bench serve-load` run.
     serve_secs: f64,
     /// Warm-up seconds before each of them, not counted.
     serve_warmup_secs: f64,
@@ -411,6 +416,9 @@ fn run(args: Args) -> Result<()> {
     KEEP_FILES.store(args.keep, Ordering::Relaxed);
     if let Some(Child::DatagenChild { db, out, variant }) = &args.child {
         return datagen::child_main(db, out, *variant);
+    }
+    if let Some(Child::ServeLoad(load_args)) = &args.child {
+        return load::run(load_args);
     }
     let sizes = Sizes::new(args.quick);
     let wanted: Vec<Group> = if args.only.is_empty() {

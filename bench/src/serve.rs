@@ -1,9 +1,10 @@
 //! Issue 7: `afs serve` under load generated on loopback from a second process.
 //!
 //! Each scenario gets a fresh database (with a champion registered, so `GET /v1/route` has a
-//! model to answer) and a fresh `afs serve --addr 127.0.0.1:0` child; `afs serve load`, a
-//! second child, sends the requests and prints its throughput and latency as JSON; the
-//! server is then stopped with SIGTERM and the database deleted.
+//! model to answer) and a fresh `afs serve --addr 127.0.0.1:0` child; `afs-bench serve-load`
+//! (this binary's load generator, [`crate::load`]), a second child, sends the requests and
+//! prints its throughput and latency as JSON; the server is then stopped with SIGTERM and the
+//! database deleted.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ const AFS_ENV: &[&str] = &[
     "RUST_LOG",
 ];
 
-/// One load scenario: what `afs serve load` sends.
+/// One load scenario: what `afs-bench serve-load` sends.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct Scenario {
     /// `--scenario`: usage, batch or route.
@@ -77,7 +78,7 @@ pub(crate) struct Latency {
     pub(crate) max: f64,
 }
 
-/// The JSON report of `afs serve load` (the fields the bench uses).
+/// The JSON report of `afs-bench serve-load` (the fields the bench uses).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct LoadReport {
     /// Measured requests (after the warm-up), answered or not.
@@ -175,8 +176,8 @@ pub(crate) fn measure(dir: &Path, secs: f64, warmup_secs: f64) -> Result<ServeRe
     })
 }
 
-/// A command for the `afs` binary that runs in `dir` (so no `./afs.toml` is read) without
-/// the `afs` environment variables.
+/// A command for `bin` (the `afs` binary, or this one for its load generator) that runs in
+/// `dir` (so no `./afs.toml` is read) without the `afs` environment variables.
 fn afs_command(bin: &Path, dir: &Path) -> Command {
     let mut command = Command::new(bin);
     command.current_dir(dir).stdin(Stdio::null());
@@ -206,7 +207,6 @@ fn run_scenario(
         let url = server.wait_ready()?;
         let load_before = crate::load_average();
         let report = run_load(
-            bin,
             dir,
             &url,
             scenario,
@@ -255,11 +255,12 @@ fn run_to_files(
     err: &Path,
     timeout: Duration,
 ) -> Result<ExitStatus> {
+    let program = Path::new(command.get_program()).display().to_string();
     let mut child = command
         .stdout(create(out)?)
         .stderr(create(err)?)
         .spawn()
-        .context("cannot start afs")?;
+        .with_context(|| format!("cannot start {program}"))?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -268,7 +269,7 @@ fn run_to_files(
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("afs did not finish within {} s", timeout.as_secs());
+            bail!("{program} did not finish within {} s", timeout.as_secs());
         }
         std::thread::sleep(POLL);
     }
@@ -398,19 +399,19 @@ impl Drop for Server {
     }
 }
 
-/// Runs `afs serve load` against `url` with its output in `out` and `err`, and parses its
-/// report.
+/// Runs `afs-bench serve-load` (this executable, in a process of its own) against `url` with
+/// its output in `out` and `err`, and parses its report.
 fn run_load(
-    bin: &Path,
     dir: &Path,
     url: &str,
     scenario: Scenario,
     (secs, warmup_secs): (f64, f64),
     [out, err]: [&Path; 2],
 ) -> Result<LoadReport> {
-    let mut command = afs_command(bin, dir);
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let mut command = afs_command(&exe, dir);
     command
-        .args(["serve", "load", "--url", url, "--scenario", scenario.name])
+        .args(["serve-load", "--url", url, "--scenario", scenario.name])
         .arg("--connections")
         .arg(scenario.connections.to_string())
         .arg("--duration")
@@ -424,7 +425,7 @@ fn run_load(
     let status = run_to_files(command, out, err, timeout)?;
     if !status.success() {
         bail!(
-            "afs serve load failed ({status}): {}",
+            "afs-bench serve-load failed ({status}): {}",
             last_line(&[out, err])
         );
     }
@@ -436,10 +437,10 @@ fn run_load(
         .find(|l| l.trim_start().starts_with('{'))
         .with_context(|| {
             format!(
-                "afs serve load printed no JSON report: {:.200}",
+                "afs-bench serve-load printed no JSON report: {:.200}",
                 text.trim()
             )
         })?;
     serde_json::from_str(line)
-        .with_context(|| format!("cannot read the report of afs serve load: {line:.300}"))
+        .with_context(|| format!("cannot read the report of afs-bench serve-load: {line:.300}"))
 }

@@ -1,8 +1,8 @@
 //! `afs serve` end to end: the real binary on an ephemeral port over a temp SQLite file,
 //! driven over HTTP. Every endpoint, auth (401), body limit (413), bad input (400 naming the
 //! field), unknown ids (404), all-or-nothing batches, concurrent single-record posts,
-//! graceful shutdown on SIGTERM with a request in flight, the loop in the same process,
-//! and the load generator.
+//! graceful shutdown on SIGTERM with a request in flight, and the loop in the same process.
+//! (The load generator that measures the service is the bench's `afs-bench serve-load`.)
 
 mod serve_support;
 
@@ -834,103 +834,7 @@ fn the_loop_runs_in_the_same_process_and_stops_on_sigterm() {
 }
 
 #[test]
-fn the_load_generator_reports_throughput_and_latency() {
-    let env = Env::new();
-    env.afs(
-        None,
-        &[
-            "ab",
-            "set-champion",
-            "nayru-v1",
-            "--path",
-            "/models/nayru-v1",
-        ],
-    );
-    let server = env.serve(&["--token", "load-token"]);
-    let url = server.url();
-    for (scenario, extra) in [
-        ("usage", vec![]),
-        ("batch", vec!["--batch-size", "20"]),
-        ("route", vec![]),
-    ] {
-        let mut args = vec![
-            "serve",
-            "load",
-            "--url",
-            &url,
-            "--scenario",
-            scenario,
-            "--connections",
-            "4",
-            "--duration",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--token",
-            "load-token",
-        ];
-        args.extend(extra);
-        let report: Value = serde_json::from_str(&env.afs(None, &args)).unwrap();
-        assert_eq!(report["scenario"], scenario);
-        assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
-        assert_eq!(report["errors"], 0, "{report}");
-        assert!(report["requests_per_sec"].as_f64().unwrap() > 0.0);
-        assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
-        if scenario == "batch" {
-            assert_eq!(
-                report["records"].as_u64().unwrap(),
-                report["ok"].as_u64().unwrap() * 20
-            );
-        }
-    }
-    // On a fixed schedule: 200 requests/s for 0.5 s is about 100 requests.
-    let paced: Value = serde_json::from_str(&env.afs(
-        None,
-        &[
-            "serve",
-            "load",
-            "--url",
-            &url,
-            "--scenario",
-            "route",
-            "--connections",
-            "4",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--rate",
-            "200",
-        ],
-    ))
-    .unwrap();
-    let n = paced["ok"].as_u64().unwrap();
-    assert!((80..=110).contains(&n), "{paced}");
-    assert_eq!(paced["rate"], 200.0);
-    assert!(total(&server) > 0);
-    let output = env
-        .command(
-            None,
-            &[
-                "serve",
-                "load",
-                "--url",
-                "http://192.0.2.1:8080",
-                "--duration",
-                "0.1",
-            ],
-        )
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "only loopback is a target: {output:?}"
-    );
-}
-
-#[test]
-fn the_help_documents_serve_and_hides_the_load_generator() {
+fn the_help_documents_serve_and_has_no_load_generator() {
     let env = Env::new();
     let help = env.afs(None, &["serve", "--help"]);
     for needle in [
@@ -949,9 +853,16 @@ fn the_help_documents_serve_and_hides_the_load_generator() {
     }
     assert!(
         !help.contains("Generate load"),
-        "the load generator is hidden:\n{help}"
+        "no load generator in afs:\n{help}"
     );
-    assert!(env
-        .afs(None, &["serve", "load", "--help"])
-        .contains("--scenario"));
+    // The load generator moved to the bench harness: `afs serve load` is no subcommand.
+    let output = env
+        .command(None, &["serve", "load", "--url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unexpected argument"),
+        "{output:?}"
+    );
 }

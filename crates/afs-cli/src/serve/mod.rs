@@ -8,8 +8,8 @@
 //! are not JSON, [`auth`] checks bearer tokens, [`connections`] accepts connections within
 //! a limit and with header and body deadlines, [`routing`] caches the routing snapshot,
 //! [`metrics`] renders Prometheus text, [`dashboard`] serves the embedded page,
-//! [`learning`] builds the loop for `--with-loop`, and [`load`] is the load generator
-//! behind the hidden `afs serve load` (a second process for measuring the service).
+//! and [`learning`] builds the loop for `--with-loop`. (The load generator that measures the
+//! service lives in the bench harness, `bench/src/load.rs`.)
 //!
 //! Store calls block, so every handler runs them on tokio's blocking pool: concurrent
 //! single-record `POST /v1/usage` requests then reach the store's group commit together and
@@ -22,7 +22,6 @@ mod dashboard;
 mod error;
 mod guard;
 mod learning;
-mod load;
 mod metrics;
 mod routing;
 mod wire;
@@ -38,7 +37,7 @@ use std::time::{Duration, Instant};
 use afs_abtest::AbTest;
 use afs_store_sqlite::SqliteStore;
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use crate::cli::GlobalArgs;
 use crate::config;
@@ -47,7 +46,6 @@ use crate::store_open::{self, Create};
 
 /// Arguments of `afs serve`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed)
     /// [default: addr in [serve], else 127.0.0.1:8080]
@@ -146,18 +144,6 @@ pub(crate) struct ServeArgs {
     /// Threads serving requests [default: one per CPU]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
-
-    /// Tools that come with the service.
-    #[command(subcommand)]
-    tool: Option<ServeTool>,
-}
-
-/// Hidden helpers of `afs serve`.
-#[derive(Debug, Subcommand)]
-enum ServeTool {
-    /// Generate load against a running `afs serve` and print throughput and latency as JSON
-    #[command(hide = true)]
-    Load(load::LoadArgs),
 }
 
 /// The settings of this server: the flags (and `AFS_ADDR`, `AFS_TOKENS`) over `[serve]`.
@@ -205,11 +191,8 @@ pub(super) struct AppState {
     started: Instant,
 }
 
-/// Runs `afs serve` (or its load generator) until SIGTERM or SIGINT.
+/// Runs `afs serve` until SIGTERM or SIGINT.
 pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
-    if let Some(ServeTool::Load(load_args)) = &args.tool {
-        return load::run(load_args);
-    }
     if args.max_body_bytes == Some(0) {
         return Err(InvalidInput("invalid --max-body-bytes: must be > 0".into()).into());
     }

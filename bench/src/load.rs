@@ -1,5 +1,6 @@
-//! `afs serve load` (hidden): a load generator for a running `afs serve`, run as a second
-//! process so that it measures the service the way its clients see it.
+//! `afs-bench serve-load` (hidden): a load generator for a running `afs serve`, run by the
+//! serve group ([`crate::serve`]) as a second process so that it measures the service the
+//! way its clients see it.
 //!
 //! It opens N keep-alive HTTP/1.1 connections on loopback and sends requests back to back
 //! on each (a closed loop: one request in flight per connection) for a bounded time and
@@ -19,14 +20,12 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::exit::InvalidInput;
-
 /// Longest run allowed, so a mistyped duration cannot load the machine for long.
 const MAX_DURATION_SECS: f64 = 600.0;
 
 /// What to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(super) enum Scenario {
+pub(crate) enum Scenario {
     /// `POST /v1/usage` with one record per request.
     Usage,
     /// `POST /v1/usage` with `--batch-size` records per request.
@@ -35,9 +34,9 @@ pub(super) enum Scenario {
     Route,
 }
 
-/// Arguments of `afs serve load`.
+/// Arguments of `afs-bench serve-load`.
 #[derive(Debug, Args)]
-pub(super) struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// Base URL of the server, e.g. http://127.0.0.1:8080 (loopback addresses only)
     #[arg(long, value_name = "URL")]
     url: String,
@@ -121,25 +120,24 @@ struct Plan {
 }
 
 /// Runs the generator and prints its report as one JSON line.
-pub(super) fn run(args: &LoadArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &LoadArgs) -> anyhow::Result<()> {
     if !(args.duration > 0.0 && args.duration <= MAX_DURATION_SECS) {
-        return Err(InvalidInput(format!(
+        bail!(
             "invalid --duration: {} is not within (0, {MAX_DURATION_SECS}]",
             args.duration
-        ))
-        .into());
+        );
     }
     if args
         .rate
         .is_some_and(|rate| !(rate.is_finite() && rate > 0.0 && rate <= 1e6))
     {
-        return Err(InvalidInput("invalid --rate: must be within (0, 1000000]".into()).into());
+        bail!("invalid --rate: must be within (0, 1000000]");
     }
     if !(0.0..=60.0).contains(&args.warmup) {
-        return Err(InvalidInput("invalid --warmup: must be within [0, 60]".into()).into());
+        bail!("invalid --warmup: must be within [0, 60]");
     }
     if args.scenario == Scenario::Batch && !(1..=100_000).contains(&args.batch_size) {
-        return Err(InvalidInput("invalid --batch-size: must be within [1, 100000]".into()).into());
+        bail!("invalid --batch-size: must be within [1, 100000]");
     }
     let (addr, host) = loopback_addr(&args.url)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -183,23 +181,18 @@ pub(super) fn run(args: &LoadArgs) -> anyhow::Result<()> {
 fn loopback_addr(url: &str) -> anyhow::Result<(SocketAddr, String)> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| InvalidInput(format!("invalid --url {url:?}: must start with http://")))?;
+        .with_context(|| format!("invalid --url {url:?}: must start with http://"))?;
     let host = rest.trim_end_matches('/');
     if host.contains('/') {
-        bail!(InvalidInput(format!(
-            "invalid --url {url:?}: give the server's base URL, without a path"
-        )));
+        bail!("invalid --url {url:?}: give the server's base URL, without a path");
     }
     let addrs: Vec<SocketAddr> = host
         .to_socket_addrs()
-        .map_err(|e| InvalidInput(format!("invalid --url {url:?}: {e}")))?
+        .with_context(|| format!("invalid --url {url:?}"))?
         .collect();
     match addrs.into_iter().find(|a| a.ip().is_loopback()) {
         Some(addr) => Ok((addr, host.to_string())),
-        None => Err(InvalidInput(format!(
-            "invalid --url {url:?}: the load generator only targets loopback addresses"
-        ))
-        .into()),
+        None => bail!("invalid --url {url:?}: the load generator only targets loopback addresses"),
     }
 }
 
