@@ -1588,7 +1588,7 @@ fn serve_figures(serve: &Measured<ServeResults>, rows: &mut Vec<Figure>) {
         "serve: each scenario on a fresh database (champion m1 registered with `afs ab \
          set-champion`, so /v1/route has a model) served by a fresh `afs serve --addr \
          127.0.0.1:0` (default workers: one per CPU, {} CPUs here), stopped with SIGTERM \
-         after its run; load from a second process, `afs serve load` (1 generator thread, \
+         after its run; load from a second process, `afs-bench serve-load` (1 generator thread, \
          closed loop: one request in flight per connection), {:.0} s of warm-up not counted, \
          then {secs:.0} s. Load average (1/5/15 min) just before -> just after each run: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
