@@ -40,6 +40,7 @@ mod error;
 mod eval;
 mod report;
 mod runner;
+mod serving;
 mod state;
 mod status;
 mod stop;
@@ -50,7 +51,8 @@ pub use report::{
     DeployStep, ExperimentStep, GateOutcome, IterationReport, LoopRunSummary, RetrainStep,
     StopReason,
 };
-pub use runner::{ContinuousLearningLoop, IterationOptions, LoopStore, ROUTING_REFRESH};
+pub use runner::{ContinuousLearningLoop, IterationOptions, LoopStore};
+pub use serving::{Deployment, Routed, Serving, ROUTING_REFRESH};
 pub use state::{ErrorEntry, InProgress, IterationRecord, LoopState, MAX_ERRORS, STATE_KEY};
 pub use status::{status_summary, StatusSummary};
 pub use stop::StopSignal;

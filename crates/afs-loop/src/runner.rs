@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use afs_abtest::{AbTest, Judge, Route, Router, RoutingTable};
 use afs_datagen::{BoxError, QualityScorer};
@@ -25,6 +25,7 @@ use crate::eval::{run_gate, GateJob};
 use crate::report::{
     DeployStep, ExperimentStep, IterationReport, LoopRunSummary, RetrainStep, StopReason,
 };
+use crate::serving::Serving;
 use crate::state::{InProgress, IterationRecord, LoopState};
 use crate::status::{status_summary, StatusSummary};
 use crate::stop::StopSignal;
@@ -34,11 +35,6 @@ use crate::stop::StopSignal;
 pub trait LoopStore: UsageStore + RunStore + ExperimentStore {}
 
 impl<S: UsageStore + RunStore + ExperimentStore + ?Sized> LoopStore for S {}
-
-/// How long [`ContinuousLearningLoop::route`] reuses a routing snapshot before re-reading
-/// the store, so that changes made by another process (an operator's manual promotion) are
-/// seen within this time while a busy server does not query the store per request.
-pub const ROUTING_REFRESH: Duration = Duration::from_secs(1);
 
 /// The longest the loop naps before re-reading its clock while it waits for the next
 /// iteration. A manual clock moved by another thread is noticed within this time (or at
@@ -90,14 +86,14 @@ pub struct ContinuousLearningLoop<S: LoopStore> {
     config: LoopConfig,
     ab: AbTest<S>,
     trainer: Box<dyn Trainer>,
-    router: Box<dyn Router>,
+    /// Logging, feedback and routing: the serving path `afs serve` uses too.
+    serving: Arc<Serving<S>>,
     scorer: Option<Arc<dyn QualityScorer>>,
     routing_seed: Option<u64>,
     /// Stops a dataset generation under way (see [`Self::with_generation_stop`]).
     generation_stop: Option<Arc<AtomicBool>>,
     stop: StopSignal,
     iteration_lock: Mutex<()>,
-    routing: Mutex<Option<(RoutingTable, Instant)>>,
 }
 
 impl<S: LoopStore> std::fmt::Debug for ContinuousLearningLoop<S> {
@@ -142,18 +138,18 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
         let mut ab_config = config.abtest.clone();
         ab_config.enable_auto_promotion = config.auto_promotion();
         let ab = AbTest::new(store.clone(), ab_config)?;
+        let serving = Arc::new(Serving::new(Arc::clone(&store)));
         let this = ContinuousLearningLoop {
             store,
             config,
             ab,
+            serving,
             trainer,
-            router: Box::new(afs_abtest::HashRouter::new()),
             scorer: None,
             routing_seed: None,
             generation_stop: None,
             stop: StopSignal::new(),
             iteration_lock: Mutex::new(()),
-            routing: Mutex::new(None),
         };
         this.recover()?;
         if let Some(champion) = &this.config.initial_champion {
@@ -166,10 +162,17 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
         Ok(this)
     }
 
-    /// Routes with `router` instead of the default hash router.
+    /// Routes with `router` instead of the default hash router (in [`Self::route`] and in
+    /// everything that serves through [`Self::serving`], `afs serve` included).
     pub fn with_router(mut self, router: Box<dyn Router>) -> Self {
-        self.router = router;
+        self.serving = Arc::new(Serving::with_router(self.store.clone(), router));
         self
+    }
+
+    /// The serving path of this loop: logging, feedback and routing with its router, whose
+    /// routing snapshot the loop refreshes at once when it deploys, promotes or rolls back.
+    pub fn serving(&self) -> Arc<Serving<S>> {
+        self.serving.clone()
     }
 
     /// Judges experiments with `judge` instead of the default sequential judge.
@@ -219,12 +222,12 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
 
     /// Logs one production call; returns its id (the seed's `log_usage`).
     pub fn log_usage(&self, record: NewUsage) -> Result<String> {
-        Ok(self.store.log(record)?)
+        self.serving.log(record)
     }
 
     /// Logs many calls in one transaction; returns their ids in input order.
     pub fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>> {
-        Ok(self.store.log_batch(records)?)
+        self.serving.log_batch(records)
     }
 
     /// Records a user's feedback on record `id`.
@@ -234,37 +237,31 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
         value: FeedbackValue,
         text: Option<&str>,
     ) -> Result<()> {
-        Ok(self.store.record_feedback(id, value, text)?)
+        self.serving.record_feedback(id, value, text)
     }
 
     /// The model that serves a request from `unit` (a user or session id; `None` for a
-    /// weighted random draw). Uses a routing snapshot at most [`ROUTING_REFRESH`] old, and
-    /// one refreshed at once after this loop changes the deployment. Fails with
+    /// weighted random draw). Uses a routing snapshot at most [`crate::ROUTING_REFRESH`] old,
+    /// and one refreshed at once after this loop changes the deployment. Fails with
     /// `AbTestError::NoChampion` before a champion exists.
     pub fn route(&self, unit: Option<&str>) -> Result<Route> {
-        let table = self.routing_table()?;
-        let arm = self.router.route(&table, unit);
+        let routed = self.serving.route(unit)?;
         Ok(Route {
-            arm,
-            model: table.model(arm).to_string(),
+            arm: routed.arm,
+            model: routed.model,
         })
     }
 
     /// The current routing snapshot (cached as described in [`route`](Self::route)).
     pub fn routing_table(&self) -> Result<RoutingTable> {
-        let mut cache = lock(&self.routing);
-        if let Some((table, at)) = cache.as_ref() {
-            if at.elapsed() < ROUTING_REFRESH {
-                return Ok(table.clone());
-            }
+        match self.serving.deployment()? {
+            Some(deployment) => Ok(deployment.table),
+            None => Err(afs_abtest::AbTestError::NoChampion.into()),
         }
-        let table = self.ab.routing_table()?;
-        *cache = Some((table.clone(), Instant::now()));
-        Ok(table)
     }
 
     fn invalidate_routing(&self) {
-        *lock(&self.routing) = None;
+        self.serving.invalidate();
     }
 
     /// A handle on this loop's stop request, for a signal-handling thread or a server.

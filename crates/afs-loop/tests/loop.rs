@@ -875,3 +875,56 @@ fn an_invalid_config_is_refused_naming_the_key() {
     assert!(err.to_string().contains("loop.check_interval"), "{err}");
     assert_eq!(err.kind(), Some(afs_store::ErrorKind::InvalidInput));
 }
+
+/// Sends every request to the challenger while an experiment runs.
+struct AlwaysChallenger;
+
+impl afs_abtest::Router for AlwaysChallenger {
+    fn route(&self, table: &afs_abtest::RoutingTable, _unit: Option<&str>) -> afs_abtest::Arm {
+        if table.challenger_weight() > 0.0 {
+            afs_abtest::Arm::Challenger
+        } else {
+            afs_abtest::Arm::Champion
+        }
+    }
+}
+
+/// One serving path: a router set on the loop is the one its serving path (what `afs serve`
+/// routes with) uses, and a deployment by the loop's experiment manager reaches it.
+#[test]
+fn a_custom_router_is_the_one_the_serving_path_uses() {
+    let f = fixture();
+    let (trainer, _) = counting_trainer();
+    let learning = f
+        .new_loop(f.config(), trainer)
+        .with_router(Box::new(AlwaysChallenger));
+    learning
+        .ab_test()
+        .set_champion(&NewModelVersion::new("champ", "/m/champ"), "test")
+        .unwrap();
+    let serving = learning.serving();
+    assert_eq!(serving.route(Some("u1")).unwrap().model, "champ");
+    learning
+        .ab_test()
+        .deploy_challenger(
+            &NewModelVersion::new("chall", "/m/chall"),
+            Some(0.1),
+            "test",
+        )
+        .unwrap();
+    // Another process's change is seen within ROUTING_REFRESH; this test moves on at once,
+    // so it drops the snapshot as a deployment through the loop itself does.
+    serving.invalidate();
+    for unit in ["u1", "u2", "u3", "u4", "u5"] {
+        let routed = serving.route(Some(unit)).unwrap();
+        assert_eq!(routed.model, "chall", "{unit}");
+        assert_eq!(routed.version.model_path, "/m/chall");
+        assert_eq!(learning.route(Some(unit)).unwrap().model, "chall");
+    }
+    // Logging through the serving path lands in the store.
+    let id = serving.log(NewUsage::new("q", "r", "chall")).unwrap();
+    assert_eq!(
+        afs_store::UsageStore::get(&*f.store, &id).unwrap().model,
+        "chall"
+    );
+}

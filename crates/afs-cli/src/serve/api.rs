@@ -229,13 +229,13 @@ async fn post_usage(
     let answer = blocking(&state, move |s| {
         match wire::parse_usage(&body, s.max_field_bytes, s.max_batch)? {
             UsageBody::One(record) => {
-                let id = s.store.log(*record)?;
+                let id = s.serving.log(*record)?;
                 s.metrics.logged(1, false);
                 Ok(json!({ "id": id }))
             }
             UsageBody::Batch(records) => {
                 let n = records.len();
-                let ids = s.store.log_batch(records)?;
+                let ids = s.serving.log_batch(records)?;
                 s.metrics.logged(n, true);
                 Ok(json!({ "ids": ids }))
             }
@@ -254,7 +254,7 @@ async fn post_feedback(
     let body = body_bytes(body)?;
     let answer = blocking(&state, move |s| {
         let feedback = wire::parse_feedback(&body, s.max_field_bytes)?;
-        s.store
+        s.serving
             .record_feedback(&feedback.id, feedback.value, feedback.text.as_deref())?;
         s.metrics.feedback(feedback.value);
         Ok(json!({
@@ -272,7 +272,7 @@ async fn post_feedback(
 async fn get_route(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     let params = Params::parse(&uri, &["unit"])?;
     let unit = params.text("unit")?;
-    let route = state.routing.route(&state, unit).await?;
+    let route = super::routing::route(&state, unit).await?;
     Ok(Json(route).into_response())
 }
 

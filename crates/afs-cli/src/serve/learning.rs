@@ -63,6 +63,11 @@ pub(super) fn build(
 }
 
 impl Learning {
+    /// The loop's serving path (logging, feedback and routing with its router).
+    pub(super) fn serving(&self) -> Arc<afs_loop::Serving<SqliteStore>> {
+        self.inner.serving()
+    }
+
     /// Starts the loop on its own thread: the first iteration at once, then one every
     /// check interval, until [`request_stop`](Self::request_stop).
     pub(super) fn start(&self) -> anyhow::Result<JoinHandle<LoopRunSummary>> {

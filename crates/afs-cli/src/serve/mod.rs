@@ -173,8 +173,8 @@ pub(super) struct AppState {
     store: Arc<SqliteStore>,
     /// Experiment reads (status, comparison, history) with the config file's judge settings.
     ab: AbTest<SqliteStore>,
-    /// The routing snapshot behind `GET /v1/route`.
-    routing: routing::RoutingCache,
+    /// The serving path (logging, feedback, routing): the loop's when it runs here.
+    serving: Arc<afs_loop::Serving<SqliteStore>>,
     /// Request and write counters.
     metrics: metrics::Metrics,
     /// Token checks.
@@ -311,10 +311,16 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     };
     let ab =
         AbTest::new(store.clone(), config.abtest.clone()).context("invalid [abtest] settings")?;
+    // One serving path: the loop's, with its router, when it runs in this process (its
+    // deployments then reach routing at once); the library's default otherwise.
+    let serving = match &learning {
+        Some(learning) => learning.serving(),
+        None => Arc::new(afs_loop::Serving::new(store.clone())),
+    };
     let state = Arc::new(AppState {
         store,
         ab,
-        routing: routing::RoutingCache::new(),
+        serving,
         metrics: metrics::Metrics::new(api::ROUTES),
         auth,
         guard,
