@@ -13,7 +13,7 @@ use afs_store::{
     Decision, ErrorKind, ExperimentStore, FeedbackValue, NewModelVersion, NewUsage, RetrainRun,
     RunOutcome, RunStatus, RunStore, UsageStore,
 };
-use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TrainOutput, Trainer};
+use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TrainOutput, Trainer, Trigger};
 
 pub(crate) use afs_store::rng::splitmix64 as splitmix;
 use chrono::{DateTime, Utc};
@@ -89,6 +89,8 @@ pub struct ContinuousLearningLoop<S: LoopStore> {
     /// Logging, feedback and routing: the serving path `afs serve` uses too.
     serving: Arc<Serving<S>>,
     scorer: Option<Arc<dyn QualityScorer>>,
+    /// Retraining policies of the caller's own, checked after the configured ones.
+    policies: Vec<Arc<dyn Trigger>>,
     routing_seed: Option<u64>,
     /// Stops a dataset generation under way (see [`Self::with_generation_stop`]).
     generation_stop: Option<Arc<AtomicBool>>,
@@ -108,6 +110,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside an iteration is caught and recorded; the data behind these locks stays
     // valid, so a poisoned lock is used as is.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A policy shared between the triggers the loop builds for each iteration.
+struct SharedPolicy(Arc<dyn Trigger>);
+
+impl Trigger for SharedPolicy {
+    fn trigger_type(&self) -> afs_trigger::TriggerType {
+        self.0.trigger_type()
+    }
+
+    fn check(
+        &self,
+        ctx: &mut afs_trigger::CheckContext<'_>,
+    ) -> std::result::Result<afs_trigger::TriggerResult, afs_trigger::TriggerError> {
+        self.0.check(ctx)
+    }
 }
 
 /// A scorer shared between the retrainers the loop builds for each iteration.
@@ -146,6 +164,7 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             serving,
             trainer,
             scorer: None,
+            policies: Vec::new(),
             routing_seed: None,
             generation_stop: None,
             stop: StopSignal::new(),
@@ -178,6 +197,13 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     /// Judges experiments with `judge` instead of the default sequential judge.
     pub fn with_judge(mut self, judge: Box<dyn Judge>) -> Self {
         self.ab = self.ab.with_judge(judge);
+        self
+    }
+
+    /// Adds a retraining policy of the caller's own, checked after the configured ones in
+    /// every iteration (see `afs_trigger::RetrainTrigger::with_policy`).
+    pub fn with_trigger_policy(mut self, policy: Arc<dyn Trigger>) -> Self {
+        self.policies.push(policy);
         self
     }
 
@@ -695,7 +721,10 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     }
 
     fn retrainer(&self, now: DateTime<Utc>) -> Result<AutoRetrainer> {
-        let trigger = RetrainTrigger::new(self.config.trigger.clone())?;
+        let mut trigger = RetrainTrigger::new(self.config.trigger.clone())?;
+        for policy in &self.policies {
+            trigger = trigger.with_policy(Box::new(SharedPolicy(policy.clone())));
+        }
         let mut generator = self.config.generator.clone();
         if let Some(window) = self.config.training_window {
             let since = chrono::Duration::from_std(window)

@@ -170,3 +170,71 @@ fn the_checker_fires_on_a_policy_of_its_own_and_keeps_its_state() {
         cooling.reason
     );
 }
+
+/// The policy plugged into the continuous loop: an iteration retrains because of it, and the
+/// run history names it.
+#[test]
+fn the_loop_retrains_on_a_policy_of_its_own() {
+    use afs_loop::{ContinuousLearningLoop, LoopConfig, RetrainStep};
+    use afs_store::{NewModelVersion, RunStore};
+    use afs_trigger::{FnTrainer, RetrainerConfig, TrainJob, TrainOutput};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) = store(&dir);
+    let store = Arc::new(store);
+    let config = LoopConfig {
+        trigger: TriggerConfig {
+            enable_sample_count: false,
+            enable_scheduled: false,
+            enable_quality_drop: false,
+            enable_page_hinkley: false,
+            enable_error_rate: false,
+            ..TriggerConfig::default()
+        },
+        retrainer: RetrainerConfig {
+            min_samples_for_retrain: 10,
+            output_dir: dir.path().join("runs"),
+            ..RetrainerConfig::default()
+        },
+        initial_champion: Some(NewModelVersion::new("m1", "/models/m1")),
+        ..LoopConfig::default()
+    };
+    let trainer = FnTrainer(|job: &TrainJob| {
+        let path = job.output_dir.join("model.bin");
+        std::fs::write(&path, b"weights").map_err(|e| e.to_string())?;
+        Ok(TrainOutput {
+            model_path: path.to_string_lossy().into_owned(),
+            metrics: serde_json::Map::new(),
+        })
+    });
+    let learning = ContinuousLearningLoop::new(store.clone(), config, Box::new(trainer))
+        .unwrap()
+        .with_trigger_policy(Arc::new(NegativeBurst { min_negatives: 5 }));
+    store
+        .log_batch((0..30).map(|i| rated(i, FeedbackValue::Positive)).collect())
+        .unwrap();
+    clock.advance(Duration::minutes(1));
+    let quiet = learning.run_iteration().unwrap();
+    assert!(
+        matches!(quiet.retrain, RetrainStep::NotTriggered { .. }),
+        "{:?}",
+        quiet.retrain
+    );
+    store
+        .log_batch(
+            (30..36)
+                .map(|i| rated(i, FeedbackValue::Negative))
+                .collect(),
+        )
+        .unwrap();
+    clock.advance(Duration::minutes(1));
+    let burst = learning.run_iteration().unwrap();
+    assert!(
+        !matches!(burst.retrain, RetrainStep::NotTriggered { .. }),
+        "{:?}",
+        burst.retrain
+    );
+    let runs = store.runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].trigger_type, "negative_burst");
+}
