@@ -13,9 +13,11 @@ use crate::metric::{Metric, Summary};
 
 /// A new challenger weight and why.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct BanditUpdate {
-    pub(crate) weight: f64,
-    pub(crate) reason: String,
+pub struct BanditUpdate {
+    /// The challenger's new share of traffic.
+    pub weight: f64,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// The posterior probability that the challenger is better on `metric`: the share of
@@ -67,7 +69,7 @@ pub(crate) const BANDIT_MIN_UNITS: u64 = 100;
 /// and past [`BANDIT_MIN_UNITS`] units (`units`: champion, challenger), and a change of at
 /// least half a percentage point. Deterministic for a given experiment,
 /// period count and time (the draws are seeded from them).
-pub(crate) fn bandit_update(
+pub fn bandit_update(
     config: &AbTestConfig,
     experiment: &Experiment,
     periods: &[PeriodStats],

@@ -82,6 +82,7 @@ mod metric;
 mod router;
 mod units;
 
+pub use bandit::{bandit_update, BanditUpdate};
 pub use comparison::{
     Analysis, Comparison, MetricResult, MetricRole, MetricVerdict, SeedComparison, SrmCheck,
 };

@@ -4,12 +4,10 @@
 //! ones are found, harmful ones are rolled back within 48 hours and never promoted, at 10%
 //! and at 20% challenger weight. The judge that analysed requests is shown failing on the
 //! same traffic, so these tests can tell a broken analysis from a sound one. The SQLite
-//! store makes the decisions of the in-memory store.
+//! store makes the decisions of the in-memory backend.
 //!
-//! Every simulated record goes through the in-memory store: the default run takes about
-//! ten minutes on two cores; `AFS_SLOW_TESTS=1` (set by CI) runs 150 to 600 experiments per
-//! scenario (several times longer) and more runs through the real store; `cargo xtask
-//! bench` runs 1,000.
+//! The default run is fast; `AFS_SLOW_TESTS=1` (set by CI) runs 150 to 600 experiments per
+//! scenario and more runs through the real store; `cargo xtask bench` runs 1,000.
 
 use afs_sim::{routing_check, run_experiment, run_scenario, Backend, Scenario, ScenarioRates};
 
