@@ -12,8 +12,7 @@ use afs_store::{
     FeedbackValue, NewUsage, Order, PruneReport, RecordFields, RecordFilter, RecordStream, Result,
     StatsWindow, StoreError, UsageRecord, UsageStats, UsageStore, DEFAULT_MAX_FIELD_BYTES,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Utc};
 
 use crate::state::{first_key_at, micros_of, to_micros, State};
 use crate::window::{minute_of, stats_grouped, Group, Grouping, MINUTE_US};
@@ -48,11 +47,6 @@ fn not_found(id: &str) -> StoreError {
         what: "usage record",
         id: id.to_string(),
     }
-}
-
-/// RFC 3339 text, UTC, microsecond precision (the SQLite store's text times).
-pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// The error for a clock outside the range a record may carry, naming the clock.
@@ -337,59 +331,6 @@ impl Iterator for Pages<'_> {
     }
 }
 
-/// One line of a prune archive: the same JSON lines the SQLite store writes (the import
-/// format's field names plus the record's id and bookkeeping times).
-#[derive(Debug, Serialize)]
-struct ArchiveLine<'a> {
-    id: &'a str,
-    timestamp: String,
-    query: &'a str,
-    response: &'a str,
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expert: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token_count: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quality_score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context_hash: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    created_at: Option<String>,
-}
-
-impl<'a> From<&'a UsageRecord> for ArchiveLine<'a> {
-    fn from(r: &'a UsageRecord) -> Self {
-        ArchiveLine {
-            id: &r.id,
-            timestamp: rfc3339(r.timestamp),
-            query: &r.query,
-            response: &r.response,
-            model: &r.model,
-            expert: r.expert.as_deref(),
-            latency_ms: r.latency_ms,
-            token_count: r.token_count,
-            quality_score: r.quality_score,
-            feedback: r.feedback.map(FeedbackValue::as_i64),
-            feedback_text: r.feedback_text.as_deref(),
-            feedback_at: r.feedback_at.map(rfc3339),
-            unit: r.unit_id.as_deref(),
-            context_hash: r.context_hash.as_deref(),
-            created_at: r.created_at.map(rfc3339),
-        }
-    }
-}
-
 /// Writes `records` to a new file at `path` as JSON lines and syncs it; on failure the
 /// partial file is removed.
 fn write_archive<'a>(records: impl Iterator<Item = &'a UsageRecord>, path: &Path) -> Result<u64> {
@@ -406,7 +347,7 @@ fn write_archive<'a>(records: impl Iterator<Item = &'a UsageRecord>, path: &Path
         let mut out = BufWriter::new(file);
         let mut n = 0u64;
         for record in records {
-            serde_json::to_writer(&mut out, &ArchiveLine::from(record))
+            serde_json::to_writer(&mut out, &afs_store::ArchiveLine::from(record))
                 .map_err(|e| io_err(std::io::Error::other(e)))?;
             out.write_all(b"\n").map_err(io_err)?;
             n += 1;

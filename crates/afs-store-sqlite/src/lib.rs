@@ -976,7 +976,7 @@ fn write_archive(tx: &rusqlite::Transaction<'_>, cutoff_us: i64, path: &Path) ->
         {
             let record =
                 rows::record_from_row(row).map_err(|e| crate::db("read records to archive", e))?;
-            serde_json::to_writer(&mut out, &rows::ArchiveLine::from(&record))
+            serde_json::to_writer(&mut out, &afs_store::ArchiveLine::from(&record))
                 .map_err(|e| io_err(std::io::Error::other(e)))?;
             out.write_all(b"\n").map_err(io_err)?;
             n += 1;

@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, Row};
-use serde::Serialize;
 
 use super::migrations::{parse_legacy_time, N_ROLLUP_COLUMNS};
 use super::time::{first_rowid_at, micros_of, rfc3339, time_of_micros, ROWID_SLOTS};
@@ -198,59 +197,6 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
             _ => None,
         },
     })
-}
-
-/// One line of a prune archive: the import format's field names plus the record's id and
-/// bookkeeping times, so an archive can be read back by `afs import`.
-#[derive(Debug, Serialize)]
-pub(crate) struct ArchiveLine<'a> {
-    id: &'a str,
-    timestamp: String,
-    query: &'a str,
-    response: &'a str,
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expert: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token_count: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quality_score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context_hash: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    created_at: Option<String>,
-}
-
-impl<'a> From<&'a UsageRecord> for ArchiveLine<'a> {
-    fn from(r: &'a UsageRecord) -> Self {
-        ArchiveLine {
-            id: &r.id,
-            timestamp: rfc3339(r.timestamp),
-            query: &r.query,
-            response: &r.response,
-            model: &r.model,
-            expert: r.expert.as_deref(),
-            latency_ms: r.latency_ms,
-            token_count: r.token_count,
-            quality_score: r.quality_score,
-            feedback: r.feedback.map(FeedbackValue::as_i64),
-            feedback_text: r.feedback_text.as_deref(),
-            feedback_at: r.feedback_at.map(rfc3339),
-            unit: r.unit_id.as_deref(),
-            context_hash: r.context_hash.as_deref(),
-            created_at: r.created_at.map(rfc3339),
-        }
-    }
 }
 
 #[cfg(test)]

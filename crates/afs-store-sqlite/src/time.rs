@@ -1,6 +1,6 @@
 //! Conversions between `DateTime<Utc>` and the store's integer and text time columns.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros_of(t: DateTime<Utc>) -> i64 {
@@ -13,9 +13,7 @@ pub(crate) fn time_of_micros(us: i64) -> DateTime<Utc> {
 }
 
 /// RFC 3339 text, UTC, microsecond precision: what afs writes to text time columns.
-pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
+pub(crate) use afs_store::rfc3339;
 
 /// `usage` rows are keyed by time (schema version 5): a row's rowid is
 /// `ts_us * ROWID_SLOTS + n` with `0 <= n < ROWID_SLOTS`, so the table itself is in time

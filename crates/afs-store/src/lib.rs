@@ -22,6 +22,7 @@
 //! }
 //! ```
 
+mod archive;
 pub mod backend;
 mod clock;
 /// The backend conformance suite (cargo feature `testing`): every check of the three store
@@ -42,6 +43,7 @@ mod store;
 mod target;
 pub mod units;
 
+pub use archive::{rfc3339, ArchiveLine};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, Result, StoreError};
 pub use experiment::{
