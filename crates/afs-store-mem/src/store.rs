@@ -503,19 +503,6 @@ impl UsageStore for MemStore {
             .collect())
     }
 
-    fn count_quality_samples(
-        &self,
-        since: Option<DateTime<Utc>>,
-        model: Option<&str>,
-    ) -> Result<u64> {
-        let window = StatsWindow {
-            since,
-            until: None,
-            model: model.map(str::to_string),
-        };
-        Ok(self.stats(&window)?.n_quality)
-    }
-
     fn dedupe(&self, dry_run: bool) -> Result<DedupeReport> {
         let mut state = self.lock_write();
         // Per pair, the newest record (highest key: latest time, then latest insertion).

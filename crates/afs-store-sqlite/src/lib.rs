@@ -826,19 +826,6 @@ impl UsageStore for SqliteStore {
         })
     }
 
-    fn count_quality_samples(
-        &self,
-        since: Option<DateTime<Utc>>,
-        model: Option<&str>,
-    ) -> Result<u64> {
-        let window = StatsWindow {
-            since,
-            until: None,
-            model: model.map(str::to_string),
-        };
-        Ok(self.stats(&window)?.n_quality)
-    }
-
     fn dedupe(&self, dry_run: bool) -> Result<DedupeReport> {
         let mut conn = self.conn()?;
         let tx = conn

@@ -104,12 +104,19 @@ pub trait UsageStore: Send + Sync {
     fn stats_by_hour(&self, window: &StatsWindow) -> Result<BTreeMap<DateTime<Utc>, UsageStats>>;
 
     /// Number of records with a quality score at or after `since` (all time when `None`),
-    /// optionally for one model.
+    /// optionally for one model: the `n_quality` of the open window from `since`.
     fn count_quality_samples(
         &self,
         since: Option<DateTime<Utc>>,
         model: Option<&str>,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        let window = StatsWindow {
+            since,
+            until: None,
+            model: model.map(str::to_string),
+        };
+        Ok(self.stats(&window)?.n_quality)
+    }
 
     /// Finds records with the same query and response (BLAKE3 key) and, unless `dry_run`,
     /// deletes all but the newest of each group.
