@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use afs_store::{CohortBuilder, UnitCohort, UnitMoments, UnitTally, UsageRecord};
+use afs_store::{CohortBuilder, UnitCohort, UnitTally, UsageRecord};
 
 use crate::state::{first_key_at, micros_of, micros_of_key};
 
@@ -57,31 +57,15 @@ fn sub_tally(a: &mut UnitTally, b: &UnitTally) {
     a.n_negative = a.n_negative.saturating_sub(b.n_negative);
 }
 
-fn sub_moments(a: &mut UnitMoments, b: &UnitMoments) {
-    a.units = a.units.saturating_sub(b.units);
-    a.sum_mean -= b.sum_mean;
-    a.sum_mean_sq -= b.sum_mean_sq;
-    a.sum_y -= b.sum_y;
-    a.sum_n -= b.sum_n;
-    a.sum_y_sq -= b.sum_y_sq;
-    a.sum_n_sq -= b.sum_n_sq;
-    a.sum_yn -= b.sum_yn;
-    a.cov_units = a.cov_units.saturating_sub(b.cov_units);
-    a.sum_x -= b.sum_x;
-    a.sum_x_sq -= b.sum_x_sq;
-    a.sum_x_mean -= b.sum_x_mean;
-    a.sum_mean_cov -= b.sum_mean_cov;
-}
-
 fn sub_cohort(a: &mut UnitCohort, b: &UnitCohort) {
     a.units = a.units.saturating_sub(b.units);
     a.assigned = a.assigned.saturating_sub(b.assigned);
     a.records = a.records.saturating_sub(b.records);
     a.loose_records = a.loose_records.saturating_sub(b.loose_records);
-    sub_moments(&mut a.quality, &b.quality);
-    sub_moments(&mut a.latency, &b.latency);
-    sub_moments(&mut a.positive, &b.positive);
-    sub_moments(&mut a.negative, &b.negative);
+    a.quality.subtract(&b.quality);
+    a.latency.subtract(&b.latency);
+    a.positive.subtract(&b.positive);
+    a.negative.subtract(&b.negative);
 }
 
 /// One record without a unit id as a cohort of one unit.

@@ -879,23 +879,6 @@ pub(crate) fn forget_unit(conn: &Connection, unit: &str) -> Result<()> {
     Ok(())
 }
 
-/// `a -= b`, field by field.
-fn subtract(a: &mut UnitMoments, b: &UnitMoments) {
-    a.units = a.units.saturating_sub(b.units);
-    a.sum_mean -= b.sum_mean;
-    a.sum_mean_sq -= b.sum_mean_sq;
-    a.sum_y -= b.sum_y;
-    a.sum_n -= b.sum_n;
-    a.sum_y_sq -= b.sum_y_sq;
-    a.sum_n_sq -= b.sum_n_sq;
-    a.sum_yn -= b.sum_yn;
-    a.cov_units = a.cov_units.saturating_sub(b.cov_units);
-    a.sum_x -= b.sum_x;
-    a.sum_x_sq -= b.sum_x_sq;
-    a.sum_x_mean -= b.sum_x_mean;
-    a.sum_mean_cov -= b.sum_mean_cov;
-}
-
 /// The moments of `k` loose records (each a unit with n = 1) whose values sum to `sum` and
 /// whose squares sum to `sum_sq`.
 fn loose_moments(k: u64, sum: f64, sum_sq: f64) -> UnitMoments {
@@ -1164,7 +1147,7 @@ fn mature(
             old.add_unit(y as f64, n_fb, x);
             let mut new = UnitMoments::default();
             new.add_unit(y.saturating_sub(y_removed) as f64, matured_n, x);
-            subtract(moments, &old);
+            moments.subtract(&old);
             moments.add(&new);
         }
     }

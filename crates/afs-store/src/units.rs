@@ -206,6 +206,24 @@ impl UnitMoments {
         self.sum_x_mean += other.sum_x_mean;
         self.sum_mean_cov += other.sum_mean_cov;
     }
+
+    /// Takes away a set of units that [`add`](Self::add) added before (a unit's old
+    /// contribution, when its row changes); counts saturate at 0.
+    pub fn subtract(&mut self, other: &UnitMoments) {
+        self.units = self.units.saturating_sub(other.units);
+        self.sum_mean -= other.sum_mean;
+        self.sum_mean_sq -= other.sum_mean_sq;
+        self.sum_y -= other.sum_y;
+        self.sum_n -= other.sum_n;
+        self.sum_y_sq -= other.sum_y_sq;
+        self.sum_n_sq -= other.sum_n_sq;
+        self.sum_yn -= other.sum_yn;
+        self.cov_units = self.cov_units.saturating_sub(other.cov_units);
+        self.sum_x -= other.sum_x;
+        self.sum_x_sq -= other.sum_x_sq;
+        self.sum_x_mean -= other.sum_x_mean;
+        self.sum_mean_cov -= other.sum_mean_cov;
+    }
 }
 
 /// The units of one arm first seen in one period, and their per-unit sums.
