@@ -1,8 +1,6 @@
 //! [`MemStore`] and its [`UsageStore`] implementation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -334,32 +332,7 @@ impl Iterator for Pages<'_> {
 /// Writes `records` to a new file at `path` as JSON lines and syncs it; on failure the
 /// partial file is removed.
 fn write_archive<'a>(records: impl Iterator<Item = &'a UsageRecord>, path: &Path) -> Result<u64> {
-    let io_err = |e: std::io::Error| StoreError::Io {
-        context: format!("write archive {}", path.display()),
-        source: e,
-    };
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err)?;
-    let result = (|| {
-        let mut out = BufWriter::new(file);
-        let mut n = 0u64;
-        for record in records {
-            serde_json::to_writer(&mut out, &afs_store::ArchiveLine::from(record))
-                .map_err(|e| io_err(std::io::Error::other(e)))?;
-            out.write_all(b"\n").map_err(io_err)?;
-            n += 1;
-        }
-        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.sync_all().map_err(io_err)?;
-        Ok(n)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    result
+    afs_store::write_archive(path, records.map(|r| Ok(r.clone())))
 }
 
 impl UsageStore for MemStore {

@@ -128,8 +128,6 @@ mod window;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -938,42 +936,18 @@ impl UsageStore for SqliteStore {
 /// Writes every record older than `cutoff_us` to a new file at `path` as JSON lines and syncs
 /// it. On any failure the partial file is removed, so an archive either is whole or absent.
 fn write_archive(tx: &rusqlite::Transaction<'_>, cutoff_us: i64, path: &Path) -> Result<u64> {
-    let io_err = |e: std::io::Error| StoreError::Io {
-        context: format!("write archive {}", path.display()),
-        source: e,
-    };
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err)?;
-    let result = (|| {
-        let mut out = BufWriter::new(file);
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE rowid < ?1 ORDER BY rowid");
-        let mut stmt = tx
-            .prepare(&sql)
-            .map_err(|e| crate::db("read records to archive", e))?;
-        let mut rows = stmt
-            .query(params![time::first_rowid_at(cutoff_us)])
-            .map_err(|e| crate::db("read records to archive", e))?;
-        let mut n = 0u64;
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| crate::db("read records to archive", e))?
-        {
-            let record =
-                rows::record_from_row(row).map_err(|e| crate::db("read records to archive", e))?;
-            serde_json::to_writer(&mut out, &afs_store::ArchiveLine::from(&record))
-                .map_err(|e| io_err(std::io::Error::other(e)))?;
-            out.write_all(b"\n").map_err(io_err)?;
-            n += 1;
-        }
-        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.sync_all().map_err(io_err)?;
-        Ok(n)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    result
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM usage WHERE rowid < ?1 ORDER BY rowid");
+    let mut stmt = tx
+        .prepare(&sql)
+        .map_err(|e| crate::db("read records to archive", e))?;
+    let rows = stmt
+        .query_map(
+            params![time::first_rowid_at(cutoff_us)],
+            rows::record_from_row,
+        )
+        .map_err(|e| crate::db("read records to archive", e))?;
+    afs_store::write_archive(
+        path,
+        rows.map(|r| r.map_err(|e| crate::db("read records to archive", e))),
+    )
 }

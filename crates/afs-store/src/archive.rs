@@ -1,8 +1,48 @@
 //! The prune archive's line format, one for every backend.
 
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
 use serde::Serialize;
 
+use crate::error::{Result, StoreError};
 use crate::record::{FeedbackValue, UsageRecord};
+
+/// Writes `records` to a new file at `path`, one [`ArchiveLine`] each, and syncs it; returns
+/// how many. The file must not exist (it is created, never replaced); on any error, a read
+/// error of `records` included, the partial file is removed and nothing is left behind.
+pub fn write_archive(
+    path: &Path,
+    records: impl IntoIterator<Item = Result<UsageRecord>>,
+) -> Result<u64> {
+    let io_err = |e: std::io::Error| StoreError::Io {
+        context: format!("write archive {}", path.display()),
+        source: e,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err)?;
+    let result = (|| {
+        let mut out = BufWriter::new(file);
+        let mut n = 0u64;
+        for record in records {
+            serde_json::to_writer(&mut out, &ArchiveLine::from(&record?))
+                .map_err(|e| io_err(std::io::Error::other(e)))?;
+            out.write_all(b"\n").map_err(io_err)?;
+            n += 1;
+        }
+        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.sync_all().map_err(io_err)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
 
 /// One line of a prune archive: the import format's field names plus the record's id and
 /// bookkeeping times, so an archive can be read back by `afs import`. Every backend's

@@ -43,7 +43,7 @@ mod store;
 mod target;
 pub mod units;
 
-pub use archive::{rfc3339, ArchiveLine};
+pub use archive::{rfc3339, write_archive, ArchiveLine};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, Result, StoreError};
 pub use experiment::{
