@@ -10,6 +10,7 @@ mod config;
 mod exit;
 mod interrupt;
 mod output;
+mod record_json;
 #[cfg(test)]
 mod record_strategies;
 mod serve;

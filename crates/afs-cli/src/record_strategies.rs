@@ -1,5 +1,6 @@
-//! Property-test strategies shared by the two record parsers' tests (`afs import` lines and
-//! HTTP bodies): the same records must read the same way through both.
+//! Property-test strategies for the one record parser (`crate::record_json`), shared by its
+//! own tests (both dialects) and by its callers' (`afs serve`'s HTTP bodies, alone and in
+//! batches): the same records must read the same way everywhere.
 
 use afs_store::{NewUsage, MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT};
 use chrono::{DateTime, Utc};

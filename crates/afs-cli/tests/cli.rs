@@ -530,9 +530,9 @@ fn import_keeps_good_lines_and_reports_bad_ones() {
         .collect();
     let expected: &[(u64, &str)] = &[
         (2, "malformed JSON"),
-        (5, "missing required key \"model\""),
+        (5, "invalid model: missing required key"),
         (6, "invalid query"),
-        (7, "unknown key \"qualty_score\""),
+        (7, "invalid qualty_score: unknown key"),
         (8, "invalid quality_score"),
         (9, "invalid feedback"),
         (10, "invalid quality_score: expected a number"),

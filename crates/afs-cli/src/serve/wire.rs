@@ -1,62 +1,28 @@
 //! The API's request formats: usage records (one or a batch), feedback, and query
 //! parameters, parsed into the store's types with errors that name the field at fault.
 //!
-//! A record has the keys of an `afs import` line: `query`, `response`, `model` (required),
-//! `expert`, `latency_ms`, `quality_score`, `feedback` (-1, 0, 1), `feedback_text`, `unit`,
-//! `timestamp`, `token_count`, `context_hash`. Bodies are parsed straight into typed structs
-//! (the fast path); only a body that fails is parsed again as a generic JSON value to find
-//! and name the key at fault.
+//! A record is parsed by [`crate::record_json`] (the parser of `afs import` lines too) in
+//! its [`API`] dialect: the same keys, fast path and messages; here are only the shapes of
+//! a body (one record, an array, `{"records": [...]}`) and the `records[i].` paths of a
+//! batch.
 
-use afs_store::{Feedback, FeedbackValue, NewUsage};
+use afs_store::{FeedbackValue, NewUsage};
 use axum::extract::Query;
 use axum::http::Uri;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{api_field, ApiError};
+use super::error::ApiError;
 use crate::output::{describe_json_value as describe_value, json_type_name as type_name};
-use crate::time_arg::{parse_time_arg, parse_timestamp};
-
-/// Every key a record may have.
-const RECORD_KEYS: [&str; 12] = [
-    "query",
-    "response",
-    "model",
-    "expert",
-    "latency_ms",
-    "quality_score",
-    "feedback",
-    "feedback_text",
-    "unit",
-    "timestamp",
-    "token_count",
-    "context_hash",
-];
-
-/// One record as sent by a client.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordIn {
-    query: String,
-    response: String,
-    model: String,
-    expert: Option<String>,
-    latency_ms: Option<f64>,
-    quality_score: Option<f64>,
-    feedback: Option<i64>,
-    feedback_text: Option<String>,
-    unit: Option<String>,
-    timestamp: Option<String>,
-    token_count: Option<i64>,
-    context_hash: Option<String>,
-}
+use crate::record_json::{self, RecordError, RecordFields, API};
+use crate::time_arg::parse_time_arg;
 
 /// A batch sent as `{"records": [...]}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchIn {
-    records: Vec<RecordIn>,
+    records: Vec<RecordFields>,
 }
 
 /// What a `POST /v1/usage` body holds.
@@ -76,20 +42,22 @@ pub(super) fn parse_usage(
     max_batch: usize,
 ) -> Result<UsageBody, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let batch: Result<Vec<RecordIn>, ApiError> = if first == Some(b'[') {
-        serde_json::from_slice::<Vec<RecordIn>>(body).map_err(|e| diagnose_batch(body, &e))
+    let records: Vec<RecordFields> = if first == Some(b'[') {
+        serde_json::from_slice(body).map_err(|e| diagnose_batch(body, &e))?
     } else {
-        match serde_json::from_slice::<RecordIn>(body) {
+        match serde_json::from_slice::<RecordFields>(body) {
             Ok(record) => {
-                return convert(record, "", max_field_bytes).map(|r| UsageBody::One(Box::new(r)))
+                return record
+                    .into_usage(API, max_field_bytes)
+                    .map(|r| UsageBody::One(Box::new(r)))
+                    .map_err(|e| api_error(e, None))
             }
             Err(single_err) => match serde_json::from_slice::<BatchIn>(body) {
-                Ok(batch) => Ok(batch.records),
-                Err(_) => Err(diagnose_object(body, &single_err)),
+                Ok(batch) => batch.records,
+                Err(_) => return Err(diagnose_object(body, &single_err)),
             },
         }
     };
-    let records = batch?;
     if records.len() > max_batch {
         return Err(ApiError::invalid(
             "records",
@@ -102,73 +70,40 @@ pub(super) fn parse_usage(
     records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| convert(r, &format!("records[{i}]."), max_field_bytes))
+        .map(|(i, r)| {
+            r.into_usage(API, max_field_bytes)
+                .map_err(|e| api_error(e, Some(i)))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(UsageBody::Batch)
 }
 
-/// A parsed record checked by the store's rules, errors named with `prefix`.
-fn convert(record: RecordIn, prefix: &str, max_field_bytes: usize) -> Result<NewUsage, ApiError> {
-    let field = |name: &str| format!("{prefix}{name}");
-    let timestamp = match record.timestamp.as_deref() {
-        Some(text) => {
-            Some(parse_timestamp(text).map_err(|r| ApiError::invalid(field("timestamp"), r))?)
-        }
-        None => None,
-    };
-    let feedback = match record.feedback {
-        Some(v) => Some(Feedback {
-            value: feedback_value(v).map_err(|r| ApiError::invalid(field("feedback"), r))?,
-            text: record.feedback_text,
-            at: None,
-        }),
-        None if record.feedback_text.is_some() => {
-            return Err(ApiError::invalid(
-                field("feedback_text"),
-                "given without feedback",
-            ))
-        }
-        None => None,
-    };
-    let usage = NewUsage {
-        query: record.query,
-        response: record.response,
-        model: record.model,
-        expert: record.expert,
-        latency_ms: record.latency_ms,
-        token_count: record.token_count,
-        quality_score: record.quality_score,
-        unit_id: record.unit,
-        context_hash: record.context_hash,
-        timestamp,
-        feedback,
-    };
-    if let Err(afs_store::StoreError::InvalidInput {
-        field: name,
-        reason,
-    }) = usage.validate(max_field_bytes)
-    {
-        return Err(ApiError::invalid(field(api_field(name)), reason));
+/// A record's error as an API error: its key is the `field` (`records[i].key` for the
+/// record at `index` of a batch); an error about the whole record names `records[i]` in a
+/// batch, and no field for a single record.
+fn api_error(err: RecordError, index: Option<usize>) -> ApiError {
+    match (index, err.key) {
+        (None, Some(key)) => ApiError::invalid(key, err.reason),
+        (None, None) => ApiError::malformed(err.reason),
+        (Some(i), Some(key)) => ApiError::invalid(format!("records[{i}].{key}"), err.reason),
+        (Some(i), None) => ApiError::invalid(format!("records[{i}]"), err.reason),
     }
-    Ok(usage)
 }
 
-fn feedback_value(value: i64) -> Result<FeedbackValue, String> {
-    FeedbackValue::from_i64(value).map_err(|_| format!("{value} is not one of -1, 0, 1"))
+/// The message for a body that is neither a record nor a batch.
+fn not_a_body(value: &Value) -> ApiError {
+    ApiError::malformed(format!(
+        "expected a record, an array of records or {{\"records\": [...]}}, got {}",
+        type_name(value)
+    ))
 }
 
 /// Explains why a batch array did not parse, naming `records[i].key`.
 fn diagnose_batch(body: &[u8], err: &serde_json::Error) -> ApiError {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(syntax) => return malformed(&syntax),
-    };
-    match value {
-        Value::Array(items) => diagnose_records(&items, err),
-        other => ApiError::malformed(format!(
-            "expected a record, an array of records or {{\"records\": [...]}}, got {}",
-            type_name(&other)
-        )),
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => diagnose_records(&items, err),
+        Ok(other) => not_a_body(&other),
+        Err(syntax) => malformed(&syntax),
     }
 }
 
@@ -179,10 +114,7 @@ fn diagnose_object(body: &[u8], err: &serde_json::Error) -> ApiError {
         Err(syntax) => return malformed(&syntax),
     };
     let Value::Object(map) = &value else {
-        return ApiError::malformed(format!(
-            "expected a record, an array of records or {{\"records\": [...]}}, got {}",
-            type_name(&value)
-        ));
+        return not_a_body(&value);
     };
     if let Some(records) = map.get("records") {
         if let Some(key) = map.keys().find(|k| k.as_str() != "records") {
@@ -202,65 +134,24 @@ fn diagnose_object(body: &[u8], err: &serde_json::Error) -> ApiError {
             ),
         };
     }
-    diagnose_record(&value, "").unwrap_or_else(|| ApiError::malformed(bare_message(err)))
+    record_json::diagnose(&value, API).map_or_else(
+        || ApiError::malformed(record_json::without_position(err)),
+        |e| api_error(e, None),
+    )
 }
 
+/// The first bad record of a batch, named `records[i]`.
 fn diagnose_records(items: &[Value], err: &serde_json::Error) -> ApiError {
     items
         .iter()
         .enumerate()
-        .find_map(|(i, item)| diagnose_record(item, &format!("records[{i}]")))
-        .unwrap_or_else(|| ApiError::malformed(bare_message(err)))
+        .find_map(|(i, item)| record_json::diagnose(item, API).map(|e| api_error(e, Some(i))))
+        .unwrap_or_else(|| ApiError::malformed(record_json::without_position(err)))
 }
 
-/// The first problem of one record given as a JSON value, named `prefix.key` (or `key`).
-fn diagnose_record(value: &Value, prefix: &str) -> Option<ApiError> {
-    let name = |key: &str| {
-        if prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{prefix}.{key}")
-        }
-    };
-    let Value::Object(map) = value else {
-        let what = if prefix.is_empty() { "record" } else { prefix };
-        return Some(if prefix.is_empty() {
-            ApiError::malformed(format!("expected a JSON object, got {}", type_name(value)))
-        } else {
-            ApiError::invalid(
-                what,
-                format!("expected a JSON object, got {}", type_name(value)),
-            )
-        });
-    };
-    if let Some(key) = map.keys().find(|k| !RECORD_KEYS.contains(&k.as_str())) {
-        return Some(ApiError::invalid(
-            name(key),
-            format!("unknown key (known keys: {})", RECORD_KEYS.join(", ")),
-        ));
-    }
-    if let Some(key) = ["query", "response", "model"]
-        .into_iter()
-        .find(|k| !map.contains_key(*k))
-    {
-        return Some(ApiError::invalid(name(key), "missing required key"));
-    }
-    for (key, value) in map {
-        let (expected, ok) = match key.as_str() {
-            "query" | "response" | "model" => ("a string", value.is_string()),
-            "latency_ms" | "quality_score" => ("a number", value.is_number() || value.is_null()),
-            "feedback" => ("one of -1, 0, 1", value.is_i64() || value.is_null()),
-            "token_count" => ("an integer", value.is_i64() || value.is_null()),
-            _ => ("a string", value.is_string() || value.is_null()),
-        };
-        if !ok {
-            return Some(ApiError::invalid(
-                name(key),
-                format!("expected {expected}, got {}", describe_value(value)),
-            ));
-        }
-    }
-    None
+/// A feedback value, or why it is none (`2 is not one of -1, 0, 1`, as for a record).
+fn feedback_value(value: i64) -> Result<FeedbackValue, String> {
+    FeedbackValue::from_i64(value).map_err(|e| RecordError::from(e).reason)
 }
 
 /// The body of `POST /v1/feedback`.
@@ -442,20 +333,9 @@ impl Params {
     }
 }
 
+/// A syntax error in a body, described as for a record.
 fn malformed(err: &serde_json::Error) -> ApiError {
-    if err.is_eof() && err.line() == 1 && err.column() == 0 {
-        return ApiError::malformed("malformed JSON: the body is empty");
-    }
-    ApiError::malformed(format!("malformed JSON: {err}"))
-}
-
-/// serde's message without its position (for shape errors the position says little).
-fn bare_message(err: &serde_json::Error) -> String {
-    let message = err.to_string();
-    let suffix = format!(" at line {} column {}", err.line(), err.column());
-    message
-        .strip_suffix(&suffix)
-        .map_or(message.clone(), str::to_string)
+    ApiError::malformed(record_json::malformed_json(err, API))
 }
 
 #[cfg(test)]
@@ -563,6 +443,19 @@ mod tests {
         );
         check("{\"records\":5}", Err(("records", "expected an array")));
         check("[1]", Err(("records[0]", "expected a JSON object")));
+        check(
+            &format!("[{ok},{{\"query\":\"q\",\"response\":\"r\",\"model\":\"m\",\"id\":\"x\"}}]"),
+            Err(("records[1].id", "unknown key (known keys: query,")),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","user_feedback":1}"#,
+            Err(("user_feedback", "unknown key")),
+        );
+        check(
+            "{\"query\":\"q\",\n\"response\":}",
+            Err(("", "malformed JSON: expected value at line 2 column 12")),
+        );
+        check("{\"query\":", Err(("", "at column 9")));
         check(
             &format!("[{ok},{ok},{ok},{ok}]"),
             Err(("records", "exceed the limit of 3")),

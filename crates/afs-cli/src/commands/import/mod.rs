@@ -1,9 +1,9 @@
 //! `afs import`: import records from a JSON Lines file or stdin, streamed, in batches.
 //!
-//! Every line is parsed and validated on its own, so a bad line is reported and skipped
-//! while the good lines around it are written; each batch is one transaction.
-
-mod line;
+//! Every line is parsed and validated on its own (by [`crate::record_json`], the parser the
+//! HTTP API uses too, with the keys of `afs records` output and `afs prune` archives
+//! accepted), so a bad line is reported with its line number and skipped while the good
+//! lines around it are written; each batch is one transaction.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
@@ -18,9 +18,8 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, ImportArgs};
 use crate::exit::InvalidInput;
 use crate::output::{count, print_json, print_line};
+use crate::record_json::{self, RecordError, IMPORT};
 use crate::store_open::{configured, open, Create};
-
-use self::line::{describe_store_error, parse_line};
 
 /// At most this many line errors are listed in the report; the count is always exact.
 const MAX_LISTED_ERRORS: usize = 1000;
@@ -138,12 +137,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
                 if text.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                match parse_line(text).and_then(|record| {
-                    record
-                        .validate(max_field_bytes)
-                        .map_err(describe_store_error)?;
-                    Ok(record)
-                }) {
+                match record_json::parse(text, IMPORT, max_field_bytes) {
                     Ok(record) => {
                         records.push(record);
                         line_numbers.push(line_number);
@@ -163,7 +157,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
                             progress.set_message(message(&parse_report));
                         }
                     }
-                    Err(error) => parse_report.reject(line_number, error),
+                    Err(error) => parse_report.reject(line_number, error.to_string()),
                 }
             }
             if !records.is_empty() {
@@ -235,7 +229,8 @@ impl Batch<'_> {
                 {
                     self.records.remove(index);
                     let line = self.line_numbers.remove(index);
-                    self.report.reject(line, describe_store_error(*source));
+                    self.report
+                        .reject(line, RecordError::from(*source).to_string());
                 }
                 Err(err) => {
                     return Err(err).with_context(|| {
