@@ -145,8 +145,8 @@ impl From<StoreError> for RecordError {
 }
 
 /// The input's name of a store field: the store says `unit_id` and `user_feedback` where
-/// records say `unit` and `feedback`.
-fn key_of(store_field: &str) -> &str {
+/// records say `unit` and `feedback` (the HTTP API's `field` of a store error too).
+pub(crate) fn key_of(store_field: &str) -> &str {
     match store_field {
         "unit_id" => "unit",
         "user_feedback" => "feedback",

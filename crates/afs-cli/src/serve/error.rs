@@ -102,15 +102,8 @@ impl ApiError {
     }
 }
 
-/// The API's name of a store field: the store says `unit_id` and `user_feedback` where
-/// the API (like `afs import`) says `unit` and `feedback`.
-pub(super) fn api_field(store_field: &str) -> &str {
-    match store_field {
-        "unit_id" => "unit",
-        "user_feedback" => "feedback",
-        other => other,
-    }
-}
+/// The request's name of a store field (`unit`, not `unit_id`): the record parser's.
+pub(super) use crate::record_json::key_of as api_field;
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
