@@ -122,6 +122,20 @@ impl RunStore for SqliteStore {
         }
         let now = self.clock().now();
         let id = run.id.clone().unwrap_or_else(|| new_id(now));
+        let used: bool = tx
+            .query_row(
+                "SELECT 1 FROM retrain_runs WHERE id = ?1",
+                [&id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| crate::db("check run id", e))?
+            .is_some();
+        if used {
+            return Err(StoreError::Conflict {
+                reason: format!("retrain run id {id} is already used"),
+            });
+        }
         let pid = std::process::id();
         tx.execute(
             "INSERT INTO retrain_runs (id, started_at, status, trigger_type, trigger, run_dir, owner_pid, owner_start)

@@ -122,7 +122,8 @@ pub struct RetrainRun {
 ///   in one transaction with [`put_states`](Self::put_states).
 /// * Times come from the store's clock.
 pub trait RunStore: Send + Sync {
-    /// Starts a run, unless one is already running (see the contract).
+    /// Starts a run, unless one is already running (see the contract). A run id given in
+    /// `run.id` that an earlier run has is a `Conflict`.
     fn begin_run(&self, run: NewRun) -> Result<RetrainRun>;
 
     /// Records the dataset generated for a running run.

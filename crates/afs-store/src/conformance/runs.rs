@@ -19,6 +19,7 @@ pub(super) fn checks() -> Vec<Check> {
             "runs::run_counts_equal_the_runs_of_each_status",
             run_counts_equal_the_runs_of_each_status,
         ),
+        ("runs::a_run_id_is_used_once", a_run_id_is_used_once),
     ]
 }
 
@@ -168,4 +169,21 @@ fn run_counts_equal_the_runs_of_each_status(factory: &dyn Factory) {
     }
     assert_eq!(store.count_runs(RunStatus::Completed).unwrap(), 3);
     assert_eq!(store.count_runs(RunStatus::Running).unwrap(), 1);
+}
+
+fn a_run_id_is_used_once(factory: &dyn Factory) {
+    let f = fresh(factory, start());
+    let store = f.store.as_ref();
+    let first = store.begin_run(new_run("manual")).unwrap();
+    store.finish_run(&first.id, failed()).unwrap();
+    let again = NewRun {
+        id: Some(first.id.clone()),
+        ..new_run("manual")
+    };
+    assert_eq!(
+        store.begin_run(again).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    assert_eq!(store.run(&first.id).unwrap().status, RunStatus::Failed);
+    assert_eq!(store.runs(10).unwrap().len(), 1);
 }
