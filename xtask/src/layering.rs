@@ -29,6 +29,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("afs-store", &[]),
     ("afs-store-sqlite", &["afs-store"]),
     ("afs-store-mem", &["afs-store"]),
+    ("afs-store-postgres", &["afs-store"]),
     ("afs-datagen", &["afs-store"]),
     ("afs-trigger", &["afs-datagen", "afs-store"]),
     ("afs-abtest", &["afs-store"]),
@@ -75,7 +76,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
 
 /// The store's backends. Any crate above the core may take them as dev-dependencies (its
 /// tests run on a real backend); as a normal dependency only where [`LAYERS`] allows it.
-pub const BACKENDS: &[&str] = &["afs-store-sqlite", "afs-store-mem"];
+pub const BACKENDS: &[&str] = &["afs-store-sqlite", "afs-store-mem", "afs-store-postgres"];
 
 /// Crates that sit above every layer (automation, end-to-end tests, benchmarks) and may
 /// depend on any afs crate. No layered crate may depend on them.

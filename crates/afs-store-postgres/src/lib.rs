@@ -1,0 +1,45 @@
+//! The PostgreSQL backend of the afs store ([`PgStore`]): [`UsageStore`](afs_store::UsageStore),
+//! [`RunStore`](afs_store::RunStore) and [`ExperimentStore`](afs_store::ExperimentStore)
+//! (through [`afs_store::backend`]) on one PostgreSQL database that several hosts share.
+//!
+//! # How it works
+//!
+//! - **Driver and pool:** the synchronous [`postgres`] driver with an [`r2d2`] pool
+//!   (`r2d2_postgres`), the same pool crate the SQLite backend uses; no async runtime is
+//!   needed below the store traits, which are synchronous.
+//! - **Opening** parses the URL (`postgres://user:password@host:port/database`), connects once
+//!   with a connect timeout, and refuses, changing nothing: a server that cannot be reached
+//!   ([`ErrorKind::Unavailable`](afs_store::ErrorKind::Unavailable)), wrong credentials or a
+//!   missing database ([`ErrorKind::Database`](afs_store::ErrorKind::Database), naming the
+//!   cause), a database that holds another application's tables and no afs schema
+//!   ([`StoreError::NotAfsDatabase`](afs_store::StoreError::NotAfsDatabase)), and a schema
+//!   newer than this build.
+//! - **Versioned migrations** (`src/migrations.rs`) run in one transaction under an advisory
+//!   lock, so several processes opening a new database at once create it once. The version
+//!   lives in the `afs_meta` table, beside `application = afs`.
+//! - **Every table is prefixed `afs_`** and lives in the connection's current schema.
+//! - **Times** are stored as `bigint` microseconds since the epoch (UTC), as SQLite stores
+//!   them, so both backends keep the same precision and order.
+//! - **Errors:** a lost connection, a refused connection or a pool timeout is
+//!   [`ErrorKind::Unavailable`](afs_store::ErrorKind::Unavailable); a serialisation failure
+//!   or a deadlock is retried inside the store (a whole transaction, which committed nothing);
+//!   everything else from the driver is
+//!   [`ErrorKind::Database`](afs_store::ErrorKind::Database).
+//!
+//! The details of the usage log (rollups, group commit, `COPY`, partitions) are in
+//! `src/usage.rs`; of experiments, units and runs in `src/experiments.rs`, `src/units.rs`
+//! and `src/runs.rs`.
+
+mod error;
+mod experiments;
+mod migrations;
+mod runs;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod units;
+mod usage;
+
+pub use error::{is_postgres_url, redact_url};
+pub use migrations::SCHEMA_VERSION;
+pub use store::{PgConfig, PgStore};

@@ -1,0 +1,3 @@
+-- Model versions, experiments, periods, events, sequential states, per-unit experiment
+-- statistics, retrain runs and controller state (afs-store-postgres schema 1). Owned by
+-- src/experiments.rs, src/units.rs and src/runs.rs.

@@ -1,0 +1,172 @@
+//! [`PgStore`]: opening a database, the pool, and transactions with retries.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use afs_store::{Clock, Result, StoreError, DEFAULT_MAX_FIELD_BYTES};
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::error::{db, is_retryable, pool, redact_url};
+
+/// A pooled connection.
+pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// How many times a transaction that failed on a serialisation failure or a deadlock is run
+/// again before the error is returned.
+const RETRIES: u32 = 8;
+
+/// Settings of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgres://user:password@host:port/database` (libpq's URL form; key=value strings
+    /// are accepted too).
+    pub url: String,
+    /// Most connections this handle keeps open at once.
+    pub pool_size: u32,
+    /// How long to wait for the server to accept a connection, and for a free connection of
+    /// the pool, before failing with `Unavailable`. The URL's own `connect_timeout` wins.
+    pub connect_timeout: Duration,
+    /// The most bytes a free-text field may hold (as the SQLite store's setting).
+    pub max_field_bytes: usize,
+}
+
+impl PgConfig {
+    /// Defaults for `url`: 8 connections, 10 s timeouts, the default field limit.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgConfig {
+            url: url.into(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(10),
+            max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+        }
+    }
+}
+
+/// The afs store on a PostgreSQL database. Cheap to share (`Arc` it); every method takes a
+/// pooled connection for the duration of its transaction.
+pub struct PgStore {
+    pub(crate) pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: PgConfig,
+    /// The URL without its password, for messages.
+    pub(crate) shown: String,
+    pub(crate) usage: crate::usage::UsageState,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.shown).finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database of `config.url`, creates or migrates afs's tables, and
+    /// returns the store. Changes nothing when it fails: see the crate docs for what is
+    /// refused.
+    pub fn open(config: PgConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let shown = redact_url(&config.url);
+        let mut pg = postgres::Config::from_str(&config.url).map_err(|e| {
+            StoreError::invalid("db", format!("{shown} is not a valid PostgreSQL URL: {e}"))
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(config.connect_timeout);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("afs");
+        }
+        let mut first = pg.connect(NoTls).map_err(|e| connect_error(&shown, e))?;
+        crate::migrations::migrate(&mut first, &shown)?;
+        drop(first);
+        let manager = PostgresConnectionManager::new(pg, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(config.connect_timeout)
+            .build_unchecked(manager);
+        let usage = crate::usage::UsageState::new();
+        Ok(PgStore {
+            pool,
+            clock,
+            config,
+            shown,
+            usage,
+        })
+    }
+
+    /// The database's URL without its password.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    /// A connection from the pool; `Unavailable` when none comes within the timeout.
+    pub(crate) fn conn(&self) -> Result<Conn> {
+        self.pool
+            .get()
+            .map_err(|e| pool(format!("no connection to {}", self.shown), e))
+    }
+
+    /// Runs `f` in one read-committed transaction and commits it; a serialisation failure
+    /// or a deadlock runs it again (up to a few times), as nothing was committed. `what`
+    /// names the work in errors.
+    pub(crate) fn transaction<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut postgres::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = conn.transaction().map_err(|e| db(what.to_string(), e))?;
+            match f(&mut tx) {
+                Ok(value) => match tx.commit() {
+                    Ok(()) => return Ok(value),
+                    Err(e) if is_retryable(&e) && attempt <= RETRIES => continue,
+                    Err(e) => return Err(db(format!("committing {what}"), e)),
+                },
+                Err(StoreError::Database { context, source }) if attempt <= RETRIES => {
+                    let retry = source
+                        .downcast_ref::<postgres::Error>()
+                        .is_some_and(is_retryable);
+                    if !retry {
+                        return Err(StoreError::Database { context, source });
+                    }
+                    drop(tx);
+                    std::thread::sleep(Duration::from_millis(u64::from(attempt) * 2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The error for a failed first connection: `Unavailable` for a server that is not there,
+/// `Database` naming the cause for one that refused us.
+fn connect_error(shown: &str, err: postgres::Error) -> StoreError {
+    use postgres::error::SqlState;
+    let context = match err.code() {
+        Some(code) if *code == SqlState::INVALID_PASSWORD => {
+            format!("cannot log in to {shown}: wrong password")
+        }
+        Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            format!("cannot log in to {shown}: the server refused this user")
+        }
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => format!(
+            "cannot open {shown}: the database does not exist (create it first, e.g. `createdb`)"
+        ),
+        _ => format!("cannot connect to {shown}"),
+    };
+    if err.code().is_some() && !crate::error::is_unavailable(&err) {
+        StoreError::Database {
+            context,
+            source: Box::new(err),
+        }
+    } else {
+        StoreError::Unavailable {
+            context,
+            source: Box::new(err),
+        }
+    }
+}

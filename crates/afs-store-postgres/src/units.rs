@@ -1,0 +1,1 @@
+//! Per-unit experiment statistics on PostgreSQL (what `ExperimentStore::unit_stats` reads).
