@@ -4,6 +4,17 @@ use afs_store::{NewRun, Result, RetrainRun, RunOutcome, RunStatus, RunStore};
 
 use crate::store::PgStore;
 
+/// The runs this handle owns.
+#[derive(Debug, Default)]
+pub(crate) struct RunState {}
+
+impl RunState {
+    /// No runs yet.
+    pub(crate) fn new() -> Self {
+        RunState {}
+    }
+}
+
 impl RunStore for PgStore {
     fn begin_run(&self, run: NewRun) -> Result<RetrainRun> {
         todo!("{run:?}")

@@ -53,6 +53,8 @@ pub struct PgStore {
     /// The URL without its password, for messages.
     pub(crate) shown: String,
     pub(crate) usage: crate::usage::UsageState,
+    /// Runs this handle owns (src/runs.rs).
+    pub(crate) runs: crate::runs::RunState,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -92,6 +94,7 @@ impl PgStore {
             config,
             shown,
             usage,
+            runs: crate::runs::RunState::new(),
         })
     }
 
