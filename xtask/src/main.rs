@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod pg;
+
 const HELP: &str = "\
 cargo xtask: automation for the afs repository
 
@@ -18,7 +20,12 @@ Commands:
                      1. cargo fmt --all -- --check
                      2. cargo clippy --workspace --all-targets -- -D warnings
                      3. the layering check (see `layering`)
-                     4. cargo test --workspace, with AFS_SLOW_TESTS=1 so slow suites run
+                     4. cargo test --workspace, with AFS_SLOW_TESTS=1 so slow suites run,
+                        and a private throwaway PostgreSQL cluster (initdb in a temp dir,
+                        a free loopback port; as root it runs as the `postgres` user) named
+                        by AFS_TEST_PG_URL, stopped and deleted afterwards. An
+                        AFS_TEST_PG_URL already set is used instead. Under CI (CI set) a
+                        missing PostgreSQL fails the step; elsewhere its tests are skipped.
                    This is what .ci/run runs.
   layering         Check that afs crates depend only downward: every afs-* edge in
                    crates/*/Cargo.toml ([dependencies], [build-dependencies] and
@@ -26,6 +33,10 @@ Commands:
                    xtask/src/layering.rs (see docs/ARCHITECTURE.md).
   bench [ARGS...]  Build afs-cli in release mode, then run the benchmark harness:
                    cargo run --release -p afs-bench -- ARGS...
+  with-postgres COMMAND [ARGS...]
+                   Start a throwaway PostgreSQL cluster (as `ci` does), run COMMAND with
+                   AFS_TEST_PG_URL naming it, then stop and delete the cluster. E.g.
+                   cargo xtask with-postgres cargo test -p afs-store-postgres
   help             Print this help (also -h, --help).
 
 Exit status: 0 when the command succeeded, 1 when a step failed, 2 on a usage error.
@@ -42,6 +53,7 @@ fn main() -> ExitCode {
         Some("ci") if rest.is_empty() => ci(),
         Some("layering") if rest.is_empty() => layering(),
         Some("bench") => bench(&rest),
+        Some("with-postgres") => with_postgres(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{HELP}");
             Ok(())
@@ -153,6 +165,66 @@ fn ci() -> Result<()> {
     Ok(())
 }
 
+/// Starts the throwaway PostgreSQL cluster the tests use and points `command` at it; keeps
+/// an `AFS_TEST_PG_URL` already set. Without PostgreSQL installed, fails under CI (where the
+/// PostgreSQL suite may never be skipped) and warns elsewhere.
+fn postgres_for_tests(command: &mut Command) -> Result<Option<pg::Cluster>> {
+    if std::env::var(pg::URL_ENV).is_ok_and(|url| !url.trim().is_empty()) {
+        eprintln!(
+            "==> PostgreSQL tests use {} from the environment",
+            pg::URL_ENV
+        );
+        return Ok(None);
+    }
+    let Some(bindir) = pg::find_bindir() else {
+        if std::env::var_os("CI").is_some() {
+            bail!(
+                "PostgreSQL is not installed (no initdb on PATH, in {} or under \
+                 /usr/lib/postgresql); .ci/run installs Debian's `postgresql`",
+                pg::BINDIR_ENV
+            );
+        }
+        eprintln!(
+            "==> warning: PostgreSQL is not installed; its tests will be skipped \
+             (install Debian's `postgresql` or set {})",
+            pg::URL_ENV
+        );
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let cluster = pg::Cluster::start(&bindir).with_context(|| {
+        format!(
+            "cannot start a throwaway PostgreSQL from {}",
+            bindir.display()
+        )
+    })?;
+    eprintln!(
+        "==> PostgreSQL tests use a throwaway cluster at {} (started in {})",
+        cluster.url,
+        format_duration(started.elapsed())
+    );
+    command.env(pg::URL_ENV, &cluster.url);
+    Ok(Some(cluster))
+}
+
+/// `cargo xtask with-postgres COMMAND...`: COMMAND run beside a throwaway cluster.
+fn with_postgres(args: &[OsString]) -> Result<()> {
+    let Some((program, rest)) = args.split_first() else {
+        bail!("with-postgres needs a command to run, e.g. `cargo xtask with-postgres cargo test`");
+    };
+    let bindir = pg::find_bindir().with_context(|| {
+        format!(
+            "PostgreSQL is not installed (no initdb on PATH, in {} or under /usr/lib/postgresql)",
+            pg::BINDIR_ENV
+        )
+    })?;
+    let cluster = pg::Cluster::start(&bindir)?;
+    eprintln!("==> {}={}", pg::URL_ENV, cluster.url);
+    let mut command = Command::new(program);
+    command.args(rest).env(pg::URL_ENV, &cluster.url);
+    run(command)
+}
+
 fn fmt_check() -> Result<()> {
     let mut command = cargo();
     command.args(["fmt", "--all", "--", "--check"]);
@@ -179,6 +251,9 @@ fn test() -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("AFS_SLOW_TESTS", "1")
         .stdout(Stdio::piped());
+    // The PostgreSQL tests run on a private throwaway cluster (stopped and deleted when this
+    // function returns), unless AFS_TEST_PG_URL already names a server.
+    let _cluster = postgres_for_tests(&mut command)?;
     let shown = describe(&command);
     let mut child = command
         .spawn()
