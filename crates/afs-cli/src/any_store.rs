@@ -26,6 +26,15 @@ pub(crate) enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// The default settings for `--db` (what `afs demo`, which reads no configuration, uses).
+    pub(crate) fn defaults_for(db: &Path) -> StoreConfig {
+        if is_server(db) {
+            StoreConfig::Postgres(PgConfig::new(db.to_string_lossy()))
+        } else {
+            StoreConfig::Sqlite(SqliteConfig::new(db))
+        }
+    }
+
     /// The database for messages: the file's path, or the URL without its password.
     pub(crate) fn shown(&self) -> String {
         match self {
