@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod any_store;
 mod config;
+mod domain_json;
 mod exit;
 mod interrupt;
 mod output;

@@ -7,8 +7,10 @@
 //! [`SequentialState`] and the JSON text of an event are the judge's business.
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::error::Result;
+use crate::serde_time;
 use crate::units::UnitCohort;
 
 /// The role of a model version.
@@ -69,7 +71,7 @@ impl NewModelVersion {
 }
 
 /// A registered model version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelVersion {
     /// Store-assigned id, increasing with registration order.
     pub id: i64,
@@ -82,10 +84,13 @@ pub struct ModelVersion {
     /// Its current share of traffic in [0, 1] (0 once retired).
     pub traffic_weight: f64,
     /// When it was registered.
+    #[serde(serialize_with = "serde_time::at")]
     pub created_at: DateTime<Utc>,
     /// When it last became champion, if ever.
+    #[serde(serialize_with = "serde_time::at_opt")]
     pub promoted_at: Option<DateTime<Utc>>,
     /// When it was retired, if it was.
+    #[serde(serialize_with = "serde_time::at_opt")]
     pub retired_at: Option<DateTime<Utc>>,
     /// The dataset it was trained on, if recorded.
     pub dataset: Option<String>,
@@ -160,13 +165,15 @@ impl WeightSource {
 /// A stretch of an experiment with one challenger weight. Every weight change ends the
 /// current period and starts the next, so expected arm counts (sample-ratio checks) and
 /// estimates can be computed per period.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExperimentPeriod {
     /// Position within the experiment, from 0.
     pub index: u32,
     /// When the period started.
+    #[serde(serialize_with = "serde_time::at")]
     pub started_at: DateTime<Utc>,
     /// When it ended (the next period's start, or the experiment's end); `None` while current.
+    #[serde(serialize_with = "serde_time::at_opt")]
     pub ended_at: Option<DateTime<Utc>>,
     /// The challenger's share of traffic during the period, in [0, 1].
     pub challenger_weight: f64,
@@ -175,7 +182,7 @@ pub struct ExperimentPeriod {
 }
 
 /// A champion/challenger experiment.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Experiment {
     /// Store-assigned id, increasing.
     pub id: i64,
@@ -191,8 +198,10 @@ pub struct Experiment {
     /// The challenger's current share of traffic (the last period's weight).
     pub challenger_weight: f64,
     /// When the challenger was deployed.
+    #[serde(serialize_with = "serde_time::at")]
     pub started_at: DateTime<Utc>,
     /// When it was promoted or rolled back.
+    #[serde(serialize_with = "serde_time::at_opt")]
     pub ended_at: Option<DateTime<Utc>>,
     /// Its periods, oldest first; never empty.
     pub periods: Vec<ExperimentPeriod>,
@@ -337,11 +346,12 @@ impl EventNote {
 }
 
 /// One row of the event log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExperimentEvent {
     /// Store-assigned id, increasing with time of writing.
     pub id: i64,
     /// When it happened (the store's clock).
+    #[serde(serialize_with = "serde_time::at")]
     pub at: DateTime<Utc>,
     /// The experiment concerned, if any (`set_champion` has none).
     pub experiment_id: Option<i64>,
@@ -358,6 +368,7 @@ pub struct ExperimentEvent {
     /// Why.
     pub reason: String,
     /// The statistics behind it, JSON text, if any.
+    #[serde(serialize_with = "serde_time::json_text")]
     pub statistics: Option<String>,
 }
 
@@ -513,3 +524,23 @@ pub trait ExperimentStore: Send + Sync {
     /// Reads the log of that window once. `NotFound` for an unknown experiment.
     fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64>;
 }
+
+/// The enums serialise as their `as_str` names, the names the database stores: one spelling
+/// everywhere.
+macro_rules! serialize_as_str {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+serialize_as_str!(
+    VersionStatus,
+    ExperimentStatus,
+    WeightSource,
+    Decision,
+    EventKind
+);

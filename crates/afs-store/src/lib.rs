@@ -39,6 +39,7 @@ mod query;
 mod record;
 pub mod rng;
 mod runs;
+mod serde_time;
 mod stats;
 mod store;
 mod target;
@@ -61,6 +62,7 @@ pub use record::{
     MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
 };
 pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
+pub use serde_time::text as time_text;
 pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};
 pub use target::{resolve_output, OutputTarget};

@@ -3,23 +3,24 @@
 
 use std::sync::Arc;
 
+use crate::any_store::AnyStore;
 use afs_abtest::{
     AbTest, AbTestConfig, AbTestError, Aggregation, Analysis, Comparison, HashRouter, Metric,
     MetricResult, MetricRole, Router, RoutingTable,
 };
 use afs_store::{
-    Decision, EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStatus,
-    ExperimentStore, ModelVersion, NewModelVersion, UsageStore,
+    Decision, EventFilter, EventKind, Experiment, ExperimentStatus, ExperimentStore,
+    NewModelVersion, UsageStore,
 };
-use crate::any_store::AnyStore;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cli::{
     AbArgs, AbCommand, AbDeployArgs, AbHistoryArgs, AbPromoteArgs, AbRollbackArgs, AbRouteArgs,
     AbSetChampionArgs, AbSetWeightArgs, GlobalArgs,
 };
 use crate::config;
+use crate::domain_json;
 use crate::exit::InvalidInput;
 use crate::output::{left_table, print_json, print_line, rfc3339};
 use crate::store_open::{open, Create};
@@ -101,10 +102,10 @@ fn status(global: &GlobalArgs) -> anyhow::Result<()> {
     };
     if global.json {
         return print_json(&json!({
-            "champion": status.champion.as_ref().map(version_json),
-            "challenger": status.challenger.as_ref().map(version_json),
-            "experiment": status.experiment.as_ref().map(|e| experiment_json(e, now)),
-            "last_experiment": last.as_ref().map(|e| experiment_json(e, now)),
+            "champion": status.champion.as_ref().map(domain_json::version),
+            "challenger": status.challenger.as_ref().map(domain_json::version),
+            "experiment": status.experiment.as_ref().map(|e| domain_json::experiment(e, now)),
+            "last_experiment": last.as_ref().map(|e| domain_json::experiment(e, now)),
         }));
     }
     let mut text = String::new();
@@ -138,7 +139,7 @@ fn status(global: &GlobalArgs) -> anyhow::Result<()> {
                 "experiment:  {}, running since {} ({}), routing seed {}\n",
                 e.id,
                 rfc3339(e.started_at),
-                hours(elapsed_hours(e.started_at, now)),
+                hours(domain_json::elapsed_hours(e.started_at, now)),
                 e.seed
             ));
             text.push_str("periods:\n");
@@ -185,8 +186,8 @@ fn deploy(global: &GlobalArgs, args: &AbDeployArgs) -> anyhow::Result<()> {
     tracing::info!(experiment = experiment.id, challenger = %challenger.name, "deployed challenger");
     if global.json {
         return print_json(&json!({
-            "experiment": experiment_json(&experiment, now(&ab)),
-            "challenger": version_json(&challenger),
+            "experiment": domain_json::experiment(&experiment, now(&ab)),
+            "challenger": domain_json::version(&challenger),
         }));
     }
     print_line(&format!(
@@ -214,7 +215,7 @@ fn set_champion(global: &GlobalArgs, args: &AbSetChampionArgs) -> anyhow::Result
     tracing::info!(champion = %champion.name, "champion set");
     if global.json {
         return print_json(&json!({
-            "champion": version_json(&champion),
+            "champion": domain_json::version(&champion),
             "retired": previous.as_ref().map(|v| v.name.as_str()),
         }));
     }
@@ -241,7 +242,7 @@ fn route(global: &GlobalArgs, args: &AbRouteArgs) -> anyhow::Result<()> {
         return print_json(&json!({
             "model": model,
             "arm": arm.as_str(),
-            "version": version.id,
+            "version_id": version.id,
             "model_path": version.model_path,
             "unit": args.unit,
             "experiment_id": experiment.as_ref().map(|e| e.id),
@@ -331,7 +332,7 @@ fn set_weight(global: &GlobalArgs, args: &AbSetWeightArgs) -> anyhow::Result<()>
         .map(|p| p.challenger_weight);
     if global.json {
         return print_json(&json!({
-            "experiment": experiment_json(&experiment, now(&ab)),
+            "experiment": domain_json::experiment(&experiment, now(&ab)),
             "previous_weight": previous,
         }));
     }
@@ -353,7 +354,7 @@ fn promote(global: &GlobalArgs, args: &AbPromoteArgs) -> anyhow::Result<()> {
     tracing::info!(experiment = experiment.id, "promoted");
     if global.json {
         return print_json(&json!({
-            "experiment": experiment_json(&experiment, now(&ab)),
+            "experiment": domain_json::experiment(&experiment, now(&ab)),
             "champion": experiment.challenger,
             "retired": experiment.champion,
         }));
@@ -371,7 +372,7 @@ fn rollback(global: &GlobalArgs, args: &AbRollbackArgs) -> anyhow::Result<()> {
     tracing::info!(experiment = experiment.id, "rolled back");
     if global.json {
         return print_json(&json!({
-            "experiment": experiment_json(&experiment, now(&ab)),
+            "experiment": domain_json::experiment(&experiment, now(&ab)),
             "champion": experiment.champion,
             "retired": experiment.challenger,
         }));
@@ -401,7 +402,7 @@ fn history(global: &GlobalArgs, args: &AbHistoryArgs) -> anyhow::Result<()> {
     })?;
     if global.json {
         for event in &events {
-            print_json(&event_json(event))?;
+            print_json(&domain_json::event(event, true))?;
         }
         return Ok(());
     }
@@ -435,70 +436,6 @@ fn history(global: &GlobalArgs, args: &AbHistoryArgs) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // JSON shapes.
-
-/// A model version as printed by `afs ab`.
-fn version_json(v: &ModelVersion) -> Value {
-    json!({
-        "id": v.id,
-        "name": v.name,
-        "model_path": v.model_path,
-        "status": v.status.as_str(),
-        "traffic_weight": v.traffic_weight,
-        "created_at": rfc3339(v.created_at),
-        "promoted_at": v.promoted_at.map(rfc3339),
-        "retired_at": v.retired_at.map(rfc3339),
-        "dataset": v.dataset,
-        "run_id": v.run_id,
-    })
-}
-
-/// An experiment as printed by `afs ab`; `elapsed_hours` runs to its end, or to `now`.
-fn experiment_json(e: &Experiment, now: DateTime<Utc>) -> Value {
-    let periods: Vec<Value> = e
-        .periods
-        .iter()
-        .map(|p| {
-            json!({
-                "index": p.index,
-                "started_at": rfc3339(p.started_at),
-                "ended_at": p.ended_at.map(rfc3339),
-                "challenger_weight": p.challenger_weight,
-                "source": p.source.as_str(),
-            })
-        })
-        .collect();
-    json!({
-        "id": e.id,
-        "champion": e.champion,
-        "challenger": e.challenger,
-        "status": e.status.as_str(),
-        "seed": e.seed,
-        "challenger_weight": e.challenger_weight,
-        "started_at": rfc3339(e.started_at),
-        "ended_at": e.ended_at.map(rfc3339),
-        "elapsed_hours": elapsed_hours(e.started_at, e.ended_at.unwrap_or(now)),
-        "periods": periods,
-    })
-}
-
-/// An event as printed by `afs ab history --json`; its statistics parsed back into JSON.
-fn event_json(e: &ExperimentEvent) -> Value {
-    let statistics = e
-        .statistics
-        .as_deref()
-        .map(|text| serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())));
-    json!({
-        "id": e.id,
-        "at": rfc3339(e.at),
-        "experiment_id": e.experiment_id,
-        "kind": e.kind.as_str(),
-        "model": e.model,
-        "decision": e.decision.map(|d| d.as_str()),
-        "weight": e.weight,
-        "reason": e.reason,
-        "statistics": statistics,
-    })
-}
 
 // ---------------------------------------------------------------------------------------
 // The text report of `afs ab compare` and `afs ab check`.
@@ -752,10 +689,6 @@ fn ended_word(status: ExperimentStatus) -> &'static str {
 /// Each line of `text` prefixed with `prefix`.
 fn indent(text: &str, prefix: &str) -> String {
     text.lines().map(|l| format!("{prefix}{l}\n")).collect()
-}
-
-fn elapsed_hours(since: DateTime<Utc>, until: DateTime<Utc>) -> f64 {
-    (until - since).num_milliseconds() as f64 / 3_600_000.0
 }
 
 /// Hours, short: `0.5 h`, `60.0 h`.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use afs_store::{
-    EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStore, ModelVersion, RetrainRun,
-    RunStatus, RunStore, StatsWindow, UsageStore,
+    EventFilter, EventKind, ExperimentStore, RetrainRun, RunStatus, RunStore, StatsWindow,
+    UsageStore,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -380,40 +380,6 @@ async fn get_status(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json
     Ok(Json(answer))
 }
 
-fn version_json(version: &ModelVersion) -> Value {
-    json!({
-        "id": version.id,
-        "name": version.name,
-        "model_path": version.model_path,
-        "status": version.status.as_str(),
-        "traffic_weight": version.traffic_weight,
-        "created_at": rfc3339(version.created_at),
-        "promoted_at": version.promoted_at.map(rfc3339),
-        "retired_at": version.retired_at.map(rfc3339),
-        "dataset": version.dataset,
-        "run_id": version.run_id,
-    })
-}
-
-fn experiment_json(experiment: &Experiment) -> Value {
-    json!({
-        "id": experiment.id,
-        "champion": experiment.champion,
-        "challenger": experiment.challenger,
-        "status": experiment.status.as_str(),
-        "challenger_weight": experiment.challenger_weight,
-        "started_at": rfc3339(experiment.started_at),
-        "ended_at": experiment.ended_at.map(rfc3339),
-        "periods": experiment.periods.iter().map(|p| json!({
-            "index": p.index,
-            "started_at": rfc3339(p.started_at),
-            "ended_at": p.ended_at.map(rfc3339),
-            "challenger_weight": p.challenger_weight,
-            "source": p.source.as_str(),
-        })).collect::<Vec<_>>(),
-    })
-}
-
 /// `GET /v1/experiment`: the running experiment, the judge's current comparison (metrics
 /// with their always-valid intervals, the sample-ratio check, the decision and its reason;
 /// computed now, nothing recorded), the serving versions, and the last ended experiment.
@@ -424,6 +390,7 @@ async fn get_experiment(
     Params::parse(&uri, &[])?;
     let answer = blocking(&state, |s| {
         let status = s.ab.status()?;
+        let now = s.store.clock().now();
         let comparison = match &status.experiment {
             Some(_) => s.ab.compare()?,
             None => None,
@@ -435,34 +402,15 @@ async fn get_experiment(
             .rev()
             .find(|e| e.ended_at.is_some());
         Ok(json!({
-            "experiment": status.experiment.as_ref().map(experiment_json),
+            "experiment": status.experiment.as_ref().map(|e| crate::domain_json::experiment(e, now)),
             "comparison": comparison.map(|c| c.to_json()),
-            "champion": status.champion.as_ref().map(version_json),
-            "challenger": status.challenger.as_ref().map(version_json),
-            "last_ended": last_ended.as_ref().map(experiment_json),
+            "champion": status.champion.as_ref().map(crate::domain_json::version),
+            "challenger": status.challenger.as_ref().map(crate::domain_json::version),
+            "last_ended": last_ended.as_ref().map(|e| crate::domain_json::experiment(e, now)),
         }))
     })
     .await?;
     Ok(Json(answer))
-}
-
-fn event_json(event: &ExperimentEvent, with_statistics: bool) -> Value {
-    let mut value = json!({
-        "id": event.id,
-        "at": rfc3339(event.at),
-        "experiment_id": event.experiment_id,
-        "kind": event.kind.as_str(),
-        "model": event.model,
-        "decision": event.decision.map(|d| d.as_str()),
-        "weight": event.weight,
-        "reason": event.reason,
-    });
-    if with_statistics {
-        value["statistics"] = event.statistics.as_deref().map_or(Value::Null, |text| {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-        });
-    }
-    value
 }
 
 /// `GET /v1/history?limit=&experiment_id=&kinds=&statistics=`: the experiment event log
@@ -507,7 +455,7 @@ async fn get_history(
             newest_first: true,
         })?;
         Ok(json!({
-            "events": events.iter().map(|e| event_json(e, with_statistics)).collect::<Vec<_>>(),
+            "events": events.iter().map(|e| crate::domain_json::event(e, with_statistics)).collect::<Vec<_>>(),
         }))
     })
     .await?;
