@@ -70,6 +70,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "afs-store",
             "afs-store-sqlite",
             "afs-store-mem",
+            "afs-store-postgres",
         ],
     ),
 ];

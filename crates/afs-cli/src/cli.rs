@@ -51,7 +51,9 @@ Results go to stdout, logs and errors to stderr. See docs/CLI.md for the full re
                   usage log; turn it into training data, decide when to retrain, and run the \
                   retrain; deploy the new model next to the serving one and promote or roll it \
                   back on evidence; run all of it as a continuous loop.\n\nEvery command \
-                  works on one SQLite file (--db, default ./afs.db) and reads the \
+                  works on one database (--db: a SQLite file, default ./afs.db, or a \
+                  PostgreSQL database that several hosts share, \
+                  postgres://user:password@host:port/database) and reads the \
                   configuration: the config file (--config, default ./afs.toml when \
                   present), then AFS_<SECTION>__<KEY> environment variables, then --set \
                   flags (`afs demo` alone needs no setup and reads none of them). With \
@@ -72,14 +74,15 @@ pub(crate) struct Cli {
 /// Options shared by every command.
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
-    /// SQLite database file
+    /// SQLite database file, or a PostgreSQL database as
+    /// postgres://user:password@host:port/database (shared by several hosts)
     #[arg(
         long,
         global = true,
         help_heading = "Global options",
         env = "AFS_DB",
         default_value = "./afs.db",
-        value_name = "PATH"
+        value_name = "PATH|URL"
     )]
     pub(crate) db: PathBuf,
 

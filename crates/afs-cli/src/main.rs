@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod any_store;
 mod config;
 mod exit;
 mod interrupt;

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use afs_store::{Clock, ManualClock, SystemClock};
-use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 
+use crate::any_store::{AnyStore, StoreConfig};
 use crate::cli::GlobalArgs;
 use crate::exit::InvalidInput;
 use crate::time_arg::parse_timestamp;
@@ -15,13 +15,15 @@ use crate::time_arg::parse_timestamp;
 /// Environment variable that pins the clock to a fixed time (a testing aid).
 const NOW_VAR: &str = "AFS_NOW";
 
-/// Whether a command may create the database file.
+/// Whether a command may create the database (a file, or afs's tables in a PostgreSQL
+/// database).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Create {
     /// Commands that add records (`log`, `import`) or the first model (`ab set-champion`)
     /// create a missing database.
     IfMissing,
-    /// Every other command refuses a missing file instead of creating an empty one.
+    /// Every other command refuses a missing file (or a PostgreSQL database without afs's
+    /// tables) instead of creating an empty one.
     Never,
 }
 
@@ -37,34 +39,46 @@ pub(crate) enum Pinned {
 
 /// The store settings for `--db` with the `[store]` section of the configuration applied;
 /// for commands that read no other section. Fails like [`crate::config::load`].
-pub(crate) fn configured(global: &GlobalArgs) -> anyhow::Result<SqliteConfig> {
+pub(crate) fn configured(global: &GlobalArgs) -> anyhow::Result<StoreConfig> {
     let config = crate::config::load(global.config.as_deref())?;
-    Ok(config.sqlite_config(&global.db))
+    Ok(config.store_config(&global.db))
 }
 
 /// Opens the database configured by `config`.
-pub(crate) fn open(config: SqliteConfig, create: Create) -> anyhow::Result<SqliteStore> {
+pub(crate) fn open(config: StoreConfig, create: Create) -> anyhow::Result<AnyStore> {
     open_with(config, create, Pinned::Stopped)
 }
 
 /// Opens the database configured by `config`, with `AFS_NOW` read as `pinned` says.
 pub(crate) fn open_with(
-    config: SqliteConfig,
+    mut config: StoreConfig,
     create: Create,
     pinned: Pinned,
-) -> anyhow::Result<SqliteStore> {
-    let path = config.path.clone();
-    if create == Create::Never && !path.exists() {
-        bail!(
-            "database {} does not exist (pass --db PATH or set AFS_DB; `afs log`, \
-             `afs import` and `afs ab set-champion` create it)",
-            path.display()
-        );
+) -> anyhow::Result<AnyStore> {
+    let shown = config.shown();
+    match &mut config {
+        StoreConfig::Sqlite(sqlite) => {
+            if create == Create::Never && !sqlite.path.exists() {
+                bail!(
+                    "database {shown} does not exist (pass --db PATH or set AFS_DB; `afs log`, \
+                     `afs import` and `afs ab set-champion` create it)"
+                );
+            }
+        }
+        StoreConfig::Postgres(pg) => pg.create_schema = create == Create::IfMissing,
     }
     let clock = clock_from_env(pinned)?;
-    tracing::debug!(db = %path.display(), "opening store");
-    SqliteStore::open(config, clock)
-        .with_context(|| format!("cannot open database {}", path.display()))
+    tracing::debug!(db = %shown, "opening store");
+    match AnyStore::open(config, clock) {
+        Ok(store) => Ok(store),
+        Err(afs_store::StoreError::NotFound {
+            what: "afs schema", ..
+        }) => bail!(
+            "database {shown} holds no afs data yet (`afs log`, `afs import` and \
+             `afs ab set-champion` create afs's tables)"
+        ),
+        Err(err) => Err(err).with_context(|| format!("cannot open database {shown}")),
+    }
 }
 
 /// The system clock, or a clock set to `AFS_NOW` when that is set.

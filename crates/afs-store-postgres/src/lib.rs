@@ -39,6 +39,10 @@ mod store;
 pub mod testing;
 mod units;
 mod usage;
+mod usage_rows;
+mod usage_stream;
+mod usage_window;
+mod usage_writer;
 
 pub use error::{is_postgres_url, redact_url};
 pub use migrations::SCHEMA_VERSION;

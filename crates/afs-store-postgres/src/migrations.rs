@@ -31,8 +31,9 @@ const MIGRATIONS: &[Migration] = &[Migration {
 
 /// Brings the database of `client` to [`SCHEMA_VERSION`], creating afs's tables in an empty
 /// database. Refuses, changing nothing, a database with other tables and no afs schema, and
-/// a schema newer than this build.
-pub(crate) fn migrate(client: &mut postgres::Client, shown: &str) -> Result<()> {
+/// a schema newer than this build; without `create`, refuses a database without afs's
+/// tables (`NotFound`, what = `"afs schema"`).
+pub(crate) fn migrate(client: &mut postgres::Client, shown: &str, create: bool) -> Result<()> {
     let mut tx = client
         .transaction()
         .map_err(dbe("starting the schema check"))?;
@@ -88,6 +89,12 @@ pub(crate) fn migrate(client: &mut postgres::Client, shown: &str) -> Result<()> 
                     tables.join(", ")
                 ),
             ));
+        }
+        if !create {
+            return Err(StoreError::NotFound {
+                what: "afs schema",
+                id: shown.to_string(),
+            });
         }
         0
     };

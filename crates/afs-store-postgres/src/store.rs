@@ -30,6 +30,10 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// The most bytes a free-text field may hold (as the SQLite store's setting).
     pub max_field_bytes: usize,
+    /// Whether opening a database without afs's tables creates them (the default); when
+    /// false, such a database is refused with `NotFound` (`what` = `"afs schema"`) and left
+    /// unchanged.
+    pub create_schema: bool,
 }
 
 impl PgConfig {
@@ -40,6 +44,7 @@ impl PgConfig {
             pool_size: 8,
             connect_timeout: Duration::from_secs(10),
             max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+            create_schema: true,
         }
     }
 }
@@ -79,7 +84,7 @@ impl PgStore {
             pg.application_name("afs");
         }
         let mut first = pg.connect(NoTls).map_err(|e| connect_error(&shown, e))?;
-        crate::migrations::migrate(&mut first, &shown)?;
+        crate::migrations::migrate(&mut first, &shown, config.create_schema)?;
         drop(first);
         let manager = PostgresConnectionManager::new(pg, NoTls);
         let pool = r2d2::Pool::builder()

@@ -1,23 +1,162 @@
 //! [`UsageStore`] on PostgreSQL: the log, its rollups, group commit and `COPY`.
+//!
+//! # Tables (`src/schema/usage.sql`)
+//!
+//! - **`afs_usage`**, the log: one row per record, times as `bigint` microseconds UTC
+//!   (`ts_us`, `feedback_at_us`, `created_at_us`), feedback as -1/0/1, the 32-byte pair key
+//!   (`pair_key`, BLAKE3 of the normalised query and response) and the dedupe hash. `seq`
+//!   (an identity) is the insertion order and breaks ties within a microsecond: the log's
+//!   order is `(ts_us, seq)`, which a unique index holds. Other indexes: the unique `id`, a
+//!   partial index on `(ts_us, seq)` of records with feedback (what training data reads),
+//!   and a partial index on `(unit_id, ts_us, seq)` (queries by unit, `forget --unit`).
+//! - **`afs_usage_minute`** and **`afs_usage_hour`**, the rollups: per (bucket, model) the
+//!   record count, feedback counts (positive, negative, neutral; "with feedback" is their
+//!   sum), quality count, sum and sum of squares, latency count, sum and sum of squares,
+//!   and token sum. `bucket` is minutes (hours) since the epoch.
+//!
+//! # Rollups: statement-level triggers
+//!
+//! Every write of `afs_usage` keeps both rollup tables exact in its own transaction, through
+//! `AFTER ... FOR EACH STATEMENT` triggers with transition tables, so a statement of any
+//! size costs one upsert per touched bucket (not per row):
+//!
+//! - **insert** (`INSERT`, and `COPY`, which fires the same triggers) aggregates the new
+//!   rows per (bucket, model) and upserts each bucket once, in key order, so concurrent
+//!   writers lock bucket rows in the same order (minutes before hours) and cannot deadlock
+//!   on them;
+//! - **update** (feedback, quality scores) adds the new contribution and subtracts the old
+//!   one of the rows whose counted columns changed, in the same way;
+//! - **delete** (dedupe, prune, forget) does not trust subtraction: it locks the touched
+//!   minute rows (in key order), then sums those minutes again from the records that remain,
+//!   with a snapshot taken after the lock (so a concurrent writer of the same bucket is
+//!   either waited for and counted, or adds its delta after us), and the touched hours
+//!   again from their minutes. Emptied buckets are removed; float residue never piles up.
+//!
+//! `rebuild_rollups` locks writers out (`SHARE ROW EXCLUSIVE`) and re-derives the minutes
+//! from the log and the hours from the minutes.
+//!
+//! # Resolution of a window
+//!
+//! `stats`, `stats_by_model`, `stats_by_hour` and `count_quality_samples` (module
+//! `usage_window`) split `[since, until)` into whole hours read from `afs_usage_hour`, whole
+//! minutes at either end from `afs_usage_minute`, and scan the log only for a partial
+//! minute at an edge (an edge inside a minute). A window whose end is after the newest
+//! record is open: its last buckets are read whole, so only a start (or an end before the
+//! newest record) inside a minute costs a scan, of that minute's records. All parts are one
+//! `UNION ALL` statement in one read-only repeatable-read snapshot with the look-up of the
+//! newest record: a reader never sees half of a commit. The cost grows with the hours
+//! (and the edge minutes) of the window, not the records.
+//!
+//! # Writes
+//!
+//! - **Group commit** (module `usage_writer`): `log` checks the record and computes its id,
+//!   times and keys in the caller's thread, then queues it; a caller that finds nobody
+//!   committing becomes the leader, yields a few times to callers already inside `log`,
+//!   and commits every queued row (up to 1,024) in one transaction with one `INSERT ...
+//!   SELECT FROM unnest(column arrays)`, then wakes the callers it held. Each caller returns
+//!   only once its own row committed. A group that fails on anything but a lost server is
+//!   retried row by row, so one caller's failure is not another's.
+//! - **Batches** (`log_batch`): one transaction, one statement: `unnest` below 256 rows,
+//!   binary `COPY ... FROM STDIN` from 256 on. Ids come back in input order; `seq` follows it.
+//! - `update_qualities` is one `UPDATE ... FROM unnest(ids, scores)`: one trigger run for
+//!   the whole batch. An unknown id fails the batch with `NotFound`, writing nothing.
+//! - `prune` deletes with `DELETE ... RETURNING` and streams the deleted rows, in time
+//!   order, into the archive (`afs_store::write_archive`, which syncs it) inside the
+//!   transaction: if the archive cannot be written the transaction rolls back and nothing
+//!   is deleted; the rows archived are exactly the rows deleted.
+//! - Serialisation failures and deadlocks are retried by `PgStore::transaction`; a lost
+//!   connection is `Unavailable` (`crate::error`).
+//!
+//! # Reads
+//!
+//! `query` (module `usage_stream`) streams in keyset pages on `(ts_us, seq)` (64 rows
+//! growing to 2,048, or 2,048 from the start with `Paging::Bulk`), each page a short query
+//! on a pooled connection: memory does not grow with the result and no transaction stays
+//! open between pages.
+//!
+//! # Not done
+//!
+//! - The log is not partitioned by time: `prune` deletes rows (and recomputes the touched
+//!   buckets) instead of dropping monthly partitions.
+//! - `forget_unit` deletes the unit's records only; whatever per-unit statistics keep of
+//!   the unit is for `src/units.rs` (its delete triggers, or a call added here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use afs_store::{
-    Clock, DedupeReport, FeedbackValue, NewUsage, PruneReport, RecordFilter, RecordStream, Result,
-    StatsWindow, UsageRecord, UsageStats, UsageStore,
+    validate_feedback_text, validate_quality, validate_time, Clock, DedupeReport, FeedbackValue,
+    NewUsage, PruneReport, RecordFilter, RecordStream, Result, StatsWindow, StoreError,
+    UsageRecord, UsageStats, UsageStore,
 };
 use chrono::{DateTime, Utc};
+use postgres::types::ToSql;
 
+use crate::error::{db, dbe};
 use crate::store::PgStore;
+use crate::usage_rows as rows;
+use crate::usage_window::{stats_grouped, Grouping, HOUR_US};
 
-/// The usage log's in-process state (the group-commit queue).
+/// The usage log's in-process state: the group-commit queue of `log`.
 #[derive(Debug, Default)]
-pub(crate) struct UsageState {}
+pub(crate) struct UsageState {
+    /// Rows waiting for (or in) a group commit.
+    group: crate::usage_writer::GroupCommit,
+}
 
 impl UsageState {
+    /// An empty queue.
     pub(crate) fn new() -> Self {
-        UsageState {}
+        UsageState::default()
+    }
+}
+
+/// The error for an unknown record id.
+fn not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "usage record",
+        id: id.to_string(),
+    }
+}
+
+/// The error for a clock outside the range a record may carry, naming the clock rather
+/// than a field the caller did not give.
+fn clock_error(e: &StoreError) -> StoreError {
+    let reason = match e {
+        StoreError::InvalidInput { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    StoreError::invalid(
+        "clock",
+        format!("the store's clock reads a time outside 1970..2199 ({reason}); records cannot be dated by it"),
+    )
+}
+
+impl PgStore {
+    /// Checks a record: its fields, and the clock when the clock will date it.
+    fn check_record(&self, record: &NewUsage) -> Result<()> {
+        record.validate(self.config.max_field_bytes)?;
+        let needs_clock =
+            record.timestamp.is_none() || matches!(&record.feedback, Some(f) if f.at.is_none());
+        if needs_clock {
+            validate_time("timestamp", self.clock.now()).map_err(|e| clock_error(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one `UPDATE` of record `id` in a transaction; `NotFound` when it matched none.
+    fn update_one(
+        &self,
+        what: &str,
+        sql: &str,
+        id: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<()> {
+        let changed = self.transaction(what, |tx| tx.execute(sql, params).map_err(dbe(what)))?;
+        if changed == 0 {
+            return Err(not_found(id));
+        }
+        Ok(())
     }
 }
 
@@ -27,58 +166,248 @@ impl UsageStore for PgStore {
     }
 
     fn log(&self, record: NewUsage) -> Result<String> {
-        todo!("{record:?}")
+        self.check_record(&record)?;
+        let row = rows::InsertRow::new(record, self.clock.now());
+        self.usage.group.log(self, row)
     }
 
     fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>> {
-        todo!("{records:?}")
+        for (index, record) in records.iter().enumerate() {
+            self.check_record(record)
+                .map_err(|e| StoreError::InvalidBatchRecord {
+                    index,
+                    source: Box::new(e),
+                })?;
+        }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.clock.now();
+        let rows: Vec<rows::InsertRow> = records
+            .into_iter()
+            .map(|r| rows::InsertRow::new(r, now))
+            .collect();
+        self.transaction("log a batch", |tx| {
+            rows::insert_rows(tx, &rows).map_err(dbe("log a batch"))
+        })?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
-        todo!("{id}{value:?}{text:?}")
+        validate_feedback_text(text, self.config.max_field_bytes)?;
+        let now = self.clock.now();
+        validate_time("feedback_at", now).map_err(|e| clock_error(&e))?;
+        let value = value.as_i64() as i16;
+        let at = rows::micros_of(now);
+        self.update_one(
+            "record feedback",
+            "UPDATE afs_usage SET user_feedback = $1, feedback_text = $2, feedback_at_us = $3 \
+             WHERE id = $4",
+            id,
+            &[&value, &text, &at, &id],
+        )
     }
 
     fn update_quality(&self, id: &str, quality: f64) -> Result<()> {
-        todo!("{id}{quality}")
+        validate_quality(quality)?;
+        self.update_one(
+            "update quality score",
+            "UPDATE afs_usage SET quality_score = $1 WHERE id = $2",
+            id,
+            &[&quality, &id],
+        )
     }
 
     fn update_qualities(&self, scores: &[(String, f64)]) -> Result<()> {
-        todo!("{scores:?}")
+        const WHAT: &str = "update quality scores";
+        for (index, &(_, quality)) in scores.iter().enumerate() {
+            validate_quality(quality).map_err(|e| StoreError::InvalidBatchRecord {
+                index,
+                source: Box::new(e),
+            })?;
+        }
+        if scores.is_empty() {
+            return Ok(());
+        }
+        // An id given twice takes its last score, as one update after another would.
+        let mut last: HashMap<&str, f64> = HashMap::new();
+        for (id, quality) in scores {
+            last.insert(id, *quality);
+        }
+        let mut ids: Vec<&str> = Vec::with_capacity(last.len());
+        let mut values: Vec<f64> = Vec::with_capacity(last.len());
+        for (id, _) in scores {
+            if let Some(q) = last.remove(id.as_str()) {
+                ids.push(id);
+                values.push(q);
+            }
+        }
+        self.transaction(WHAT, |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE afs_usage u SET quality_score = s.q \
+                     FROM unnest($1::text[], $2::float8[]) AS s (id, q) WHERE u.id = s.id",
+                    &[&ids, &values],
+                )
+                .map_err(dbe(WHAT))?;
+            if changed as usize != ids.len() {
+                let missing: Option<String> = tx
+                    .query_opt(
+                        "SELECT s.id FROM unnest($1::text[]) WITH ORDINALITY AS s (id, i) \
+                         WHERE NOT EXISTS (SELECT 1 FROM afs_usage u WHERE u.id = s.id) \
+                         ORDER BY s.i LIMIT 1",
+                        &[&ids],
+                    )
+                    .map_err(dbe(WHAT))?
+                    .map(|row| row.get(0));
+                // Returning the error rolls the transaction back: nothing is written.
+                return Err(not_found(&missing.unwrap_or_default()));
+            }
+            Ok(())
+        })
     }
 
     fn get(&self, id: &str) -> Result<UsageRecord> {
-        todo!("{id}")
+        let sql = format!(
+            "SELECT {} FROM afs_usage WHERE id = $1",
+            rows::RECORD_COLUMNS
+        );
+        let row = self
+            .conn()?
+            .query_opt(&sql, &[&id])
+            .map_err(dbe("get record"))?
+            .ok_or_else(|| not_found(id))?;
+        rows::record_from_row(&row).map_err(dbe("read record"))
     }
 
     fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>> {
-        todo!("{filter:?}")
+        if let Some(q) = filter.min_quality {
+            if !q.is_finite() {
+                return Err(StoreError::invalid(
+                    "min_quality",
+                    format!("{q} is not a finite number"),
+                ));
+            }
+        }
+        Ok(Box::new(crate::usage_stream::RecordPages::new(
+            self,
+            filter.clone(),
+        )))
     }
 
     fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {
-        todo!("{window:?}")
+        let mut total = UsageStats::default();
+        for stats in self.stats_by_model(window)?.values() {
+            total.add(stats);
+        }
+        Ok(total)
     }
 
     fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>> {
-        todo!("{window:?}")
+        Ok(stats_grouped(self, window, Grouping::Model)?
+            .into_iter()
+            .map(|((model, _), stats)| (model, stats))
+            .collect())
     }
 
     fn stats_by_hour(&self, window: &StatsWindow) -> Result<BTreeMap<DateTime<Utc>, UsageStats>> {
-        todo!("{window:?}")
+        Ok(stats_grouped(self, window, Grouping::Hour)?
+            .into_iter()
+            .map(|((_, hour), stats)| (rows::time_of_micros(hour * HOUR_US), stats))
+            .collect())
     }
 
     fn dedupe(&self, dry_run: bool) -> Result<DedupeReport> {
-        todo!("{dry_run}")
+        const WHAT: &str = "dedupe";
+        // Each pair's rows ranked newest first (time, then insertion order); every row
+        // ranked below the first is a duplicate.
+        const RANKED: &str =
+            "SELECT ts_us, seq, dedupe_hash FROM (SELECT ts_us, seq, dedupe_hash, \
+             row_number() OVER (PARTITION BY dedupe_hash ORDER BY ts_us DESC, seq DESC) AS rank \
+             FROM afs_usage WHERE dedupe_hash IS NOT NULL) AS r WHERE rank > 1";
+        let sql = if dry_run {
+            format!("SELECT count(*), count(DISTINCT dedupe_hash) FROM ({RANKED}) AS v")
+        } else {
+            format!(
+                "WITH v AS ({RANKED}), d AS (DELETE FROM afs_usage u USING v \
+                 WHERE u.ts_us = v.ts_us AND u.seq = v.seq RETURNING u.dedupe_hash) \
+                 SELECT count(*), count(DISTINCT dedupe_hash) FROM d"
+            )
+        };
+        let (removed, groups): (i64, i64) = self.transaction(WHAT, |tx| {
+            let row = tx.query_one(&sql, &[]).map_err(dbe(WHAT))?;
+            Ok((row.get(0), row.get(1)))
+        })?;
+        Ok(DedupeReport {
+            duplicate_groups: groups as u64,
+            removed: removed as u64,
+            dry_run,
+        })
     }
 
     fn prune(&self, cutoff: DateTime<Utc>, archive: Option<&Path>) -> Result<PruneReport> {
-        todo!("{cutoff}{archive:?}")
+        const WHAT: &str = "prune old records";
+        let cutoff_us = rows::micros_of(cutoff);
+        self.transaction(WHAT, |tx| match archive {
+            None => {
+                let removed = tx
+                    .execute("DELETE FROM afs_usage WHERE ts_us < $1", &[&cutoff_us])
+                    .map_err(dbe(WHAT))?;
+                Ok(PruneReport {
+                    removed,
+                    archived: 0,
+                })
+            }
+            Some(path) => {
+                // The rows deleted are the rows archived; the archive is written and synced
+                // before the commit, and an error (of the file, or of the delete's triggers,
+                // which run when the last row has been read) rolls the delete back and
+                // removes the partial file.
+                let sql = format!(
+                    "WITH d AS (DELETE FROM afs_usage WHERE ts_us < $1 RETURNING {cols}) \
+                     SELECT {cols} FROM d ORDER BY ts_us, seq",
+                    cols = rows::RECORD_COLUMNS
+                );
+                let params: [&(dyn ToSql + Sync); 1] = [&cutoff_us];
+                let mut iter = tx
+                    .query_raw(&sql, params.iter().copied())
+                    .map_err(dbe(WHAT))?;
+                let records = std::iter::from_fn(|| {
+                    use postgres::fallible_iterator::FallibleIterator;
+                    match iter.next() {
+                        Ok(Some(row)) => {
+                            Some(rows::record_from_row(&row).map_err(|e| db("read record", e)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => Some(Err(db(WHAT, e))),
+                    }
+                });
+                let archived = afs_store::write_archive(path, records)?;
+                Ok(PruneReport {
+                    removed: archived,
+                    archived,
+                })
+            }
+        })
     }
 
     fn forget_unit(&self, unit_id: &str) -> Result<u64> {
-        todo!("{unit_id}")
+        if unit_id.is_empty() {
+            return Err(StoreError::invalid("unit_id", "must not be empty"));
+        }
+        self.transaction("forget unit", |tx| {
+            tx.execute("DELETE FROM afs_usage WHERE unit_id = $1", &[&unit_id])
+                .map_err(dbe("forget unit"))
+        })
     }
 
     fn rebuild_rollups(&self) -> Result<()> {
-        todo!()
+        self.transaction("rebuild rollups", |tx| {
+            tx.batch_execute(
+                "LOCK TABLE afs_usage IN SHARE ROW EXCLUSIVE MODE; \
+                 SELECT afs_usage_rollup_rebuild();",
+            )
+            .map_err(dbe("rebuild rollups"))
+        })
     }
 }

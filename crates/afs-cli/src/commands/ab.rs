@@ -11,7 +11,7 @@ use afs_store::{
     Decision, EventFilter, EventKind, Experiment, ExperimentEvent, ExperimentStatus,
     ExperimentStore, ModelVersion, NewModelVersion, UsageStore,
 };
-use afs_store_sqlite::SqliteStore;
+use crate::any_store::AnyStore;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -42,13 +42,13 @@ pub(crate) fn run(global: &GlobalArgs, args: &AbArgs) -> anyhow::Result<()> {
 
 /// The experiments of the database at `--db`, with the `[abtest]` settings of the config
 /// file (read first, so that a bad file is reported before anything is opened).
-fn open_ab(global: &GlobalArgs, create: Create) -> anyhow::Result<AbTest<SqliteStore>> {
+fn open_ab(global: &GlobalArgs, create: Create) -> anyhow::Result<AbTest<AnyStore>> {
     let config = config::load(global.config.as_deref())?;
-    let store = open(config.sqlite_config(&global.db), create)?;
+    let store = open(config.store_config(&global.db), create)?;
     Ok(AbTest::new(Arc::new(store), config.abtest)?)
 }
 
-fn now(ab: &AbTest<SqliteStore>) -> DateTime<Utc> {
+fn now(ab: &AbTest<AnyStore>) -> DateTime<Utc> {
     ab.store().clock().now()
 }
 

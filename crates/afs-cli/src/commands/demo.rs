@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use afs_demo::DemoConfig;
-use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::CommandFactory;
@@ -14,7 +13,17 @@ use crate::output::{print_json, print_line};
 
 /// Runs the demo and prints its timeline, its table and how to look further.
 pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<()> {
-    let (db_path, output_dir) = if db_given_on_command_line() {
+    let given = db_given_on_command_line();
+    let (db_path, output_dir) = if given && crate::any_store::is_server(&global.db) {
+        // A server database has no directory beside it: the run directories go to a
+        // directory of their own that outlives the process.
+        let dir = tempfile::Builder::new()
+            .prefix("afs-demo-")
+            .tempdir()
+            .context("cannot create a temporary directory for the demo's runs")?
+            .keep();
+        (global.db.clone(), dir.join("runs"))
+    } else if given {
         (global.db.clone(), output_dir_next_to(&global.db))
     } else {
         // A directory of its own that outlives the process: the database is the point.
@@ -25,8 +34,10 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<()> {
             .keep();
         (dir.join("afs-demo.db"), dir.join("runs"))
     };
+    let store_config = crate::config::load(global.config.as_deref())?.store_config(&db_path);
     let config = DemoConfig {
-        db_path,
+        // Shown in the summary: a URL without its password.
+        db_path: crate::any_store::shown_db(&db_path).into(),
         output_dir,
         seed: args.seed,
         days: args.days.unwrap_or(args.weeks * 7),
@@ -37,7 +48,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<()> {
 
     // The demo runs to its end even when stdout is closed; the first write error is kept.
     let mut write_error: Option<anyhow::Error> = None;
-    let open = |clock| SqliteStore::open(SqliteConfig::new(&config.db_path), clock);
+    let open = |clock| crate::any_store::AnyStore::open(store_config, clock);
     let summary = afs_demo::run(&config, open, &mut |event| {
         if write_error.is_some() {
             return;

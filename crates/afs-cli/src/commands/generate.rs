@@ -23,7 +23,7 @@ use crate::store_open::{open, Create};
 /// result.
 pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()> {
     let config = config::load(global.config.as_deref())?;
-    let store = open(config.sqlite_config(&global.db), Create::Never)?;
+    let store = open(config.store_config(&global.db), Create::Never)?;
     let now = store.clock().now();
     let generator = generator_config(&config, args, now)?;
     tracing::debug!(?generator, out = %args.out.display(), "generating");

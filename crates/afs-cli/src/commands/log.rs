@@ -21,7 +21,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &LogArgs) -> anyhow::Result<()> {
     let config = configured(global)?;
     // Validate before opening so that bad input does not even create the database file;
     // the store validates again.
-    record.validate(config.max_field_bytes)?;
+    record.validate(config.max_field_bytes())?;
     let id = open(config, Create::IfMissing)?.log(record)?;
     tracing::info!(%id, "logged");
     if global.json {

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::any_store::AnyStore;
 use afs_loop::{
     ContinuousLearningLoop, IterationOptions, IterationReport, LoopError, LoopRunSummary,
     StopReason, StopSignal,
 };
 use afs_store::UsageStore;
-use afs_store_sqlite::SqliteStore;
 use afs_trigger::{CommandTemplate, Placeholder};
 use anyhow::Context;
 use serde_json::json;
@@ -39,7 +39,7 @@ fn build(
     interval: Option<Duration>,
     pinned: Pinned,
     stop_trainer: Arc<AtomicBool>,
-) -> anyhow::Result<ContinuousLearningLoop<SqliteStore>> {
+) -> anyhow::Result<ContinuousLearningLoop<AnyStore>> {
     let mut config = config::load(global.config.as_deref())?;
     if let Some(interval) = interval {
         config.loop_settings.check_interval = interval;
@@ -63,7 +63,7 @@ fn build(
     config.check_loop(&loop_config)?;
     let trainer = crate::trainer::from_flags(options.train_cmd.as_deref(), None, "", &config)?
         .interrupt_on(stop_trainer.clone());
-    let store = open_with(config.sqlite_config(&global.db), Create::Never, pinned)?;
+    let store = open_with(config.store_config(&global.db), Create::Never, pinned)?;
     tracing::debug!(?loop_config, "starting the continuous loop");
     // The flag that stops the trainer also stops a dataset generation under way.
     Ok(
@@ -163,7 +163,7 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
     eprintln!(
         "afs loop: running on {} every {}{}; SIGINT (Ctrl-C) or SIGTERM stops it after the \
          current iteration",
-        global.db.display(),
+        crate::any_store::shown_db(&global.db),
         format_duration(interval),
         args.max_iterations
             .map_or(String::new(), |n| format!(" for {}", count(n, "iteration"))),
@@ -256,7 +256,7 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
 /// Waits until one check interval after `started` on the store's clock; true when a stop was
 /// requested meanwhile.
 fn nap_until_next(
-    learning: &ContinuousLearningLoop<SqliteStore>,
+    learning: &ContinuousLearningLoop<AnyStore>,
     stop: &StopSignal,
     started: chrono::DateTime<chrono::Utc>,
 ) -> bool {

@@ -62,7 +62,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
     }
 
     let trigger = RetrainTrigger::new(config.trigger.clone())?;
-    let store = open(config.sqlite_config(&global.db), Create::Never)?;
+    let store = open(config.store_config(&global.db), Create::Never)?;
     let stop_trainer = Arc::new(AtomicBool::new(false));
     // One flag stops whichever is running: the dataset generation or the trainer.
     let retrainer = AutoRetrainer::new(trigger, config.generator.clone(), retrainer)

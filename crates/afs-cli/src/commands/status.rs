@@ -9,7 +9,7 @@ use crate::store_open::{open, Create};
 /// Prints the status summary.
 pub(crate) fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let config = config::load(global.config.as_deref())?;
-    let store = open(config.sqlite_config(&global.db), Create::Never)?;
+    let store = open(config.store_config(&global.db), Create::Never)?;
     let summary = afs_loop::status_summary(&store)?;
     if global.json {
         return print_json(&summary.to_json());

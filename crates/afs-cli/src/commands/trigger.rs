@@ -18,7 +18,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &TriggerArgs) -> anyhow::Result<()>
 /// Checks the triggers of the `[trigger]` config section against the store.
 fn check(global: &GlobalArgs, args: &TriggerCheckArgs) -> anyhow::Result<()> {
     let config = config::load(global.config.as_deref())?;
-    let store = open(config.sqlite_config(&global.db), Create::Never)?;
+    let store = open(config.store_config(&global.db), Create::Never)?;
     let trigger = RetrainTrigger::new(config.trigger)?;
     let result = trigger.check(&store, args.force)?;
     tracing::info!(triggered = result.triggered, trigger_type = ?result.trigger_type, "trigger checked");

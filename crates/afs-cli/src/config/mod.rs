@@ -675,13 +675,21 @@ impl Config {
     }
 
     /// The store settings for the database at `db`.
-    pub(crate) fn sqlite_config(&self, db: &Path) -> SqliteConfig {
+    pub(crate) fn store_config(&self, db: &Path) -> crate::any_store::StoreConfig {
+        use crate::any_store::StoreConfig;
+        if crate::any_store::is_server(db) {
+            let mut config = afs_store_postgres::PgConfig::new(db.to_string_lossy());
+            config.max_field_bytes = self.store.max_field_bytes;
+            config.pool_size = self.store.pool_size;
+            config.connect_timeout = self.store.busy_timeout;
+            return StoreConfig::Postgres(config);
+        }
         let mut config = SqliteConfig::new(db);
         config.busy_timeout = self.store.busy_timeout;
         config.max_field_bytes = self.store.max_field_bytes;
         config.synchronous = self.store.synchronous;
         config.pool_size = self.store.pool_size;
-        config
+        StoreConfig::Sqlite(config)
     }
 
     /// The bearer tokens of `[serve]`: `tokens`, then the lines of `token_file` (blank

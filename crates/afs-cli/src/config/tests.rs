@@ -953,11 +953,25 @@ training_window = "7d"
 "#,
     )
     .unwrap();
-    let sqlite = config.sqlite_config(Path::new("x.db"));
+    let crate::any_store::StoreConfig::Sqlite(sqlite) = config.store_config(Path::new("x.db"))
+    else {
+        panic!("a path names a SQLite file");
+    };
     assert_eq!(sqlite.busy_timeout, Duration::from_millis(500));
     assert_eq!(sqlite.max_field_bytes, 2048);
     assert_eq!(sqlite.synchronous, afs_store_sqlite::Synchronous::Full);
     assert_eq!(sqlite.pool_size, 2);
+    // The same settings reach a PostgreSQL store: the pool, the field limit, and the busy
+    // timeout as its connect and pool wait.
+    let crate::any_store::StoreConfig::Postgres(pg) =
+        config.store_config(Path::new("postgres://afs@db.example/afs"))
+    else {
+        panic!("a postgres:// URL names a PostgreSQL database");
+    };
+    assert_eq!(pg.url, "postgres://afs@db.example/afs");
+    assert_eq!(pg.connect_timeout, Duration::from_millis(500));
+    assert_eq!(pg.max_field_bytes, 2048);
+    assert_eq!(pg.pool_size, 2);
     let l = config.loop_config();
     assert_eq!(l.check_interval, Duration::from_secs(1800));
     assert!(!l.enable_ab_testing);

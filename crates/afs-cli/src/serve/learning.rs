@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::any_store::AnyStore;
 use afs_loop::{ContinuousLearningLoop, LoopRunSummary};
 use afs_store::{ErrorKind, NewModelVersion};
-use afs_store_sqlite::SqliteStore;
 
 use super::ServeArgs;
 use crate::config::Config;
@@ -20,7 +20,7 @@ use crate::exit::InvalidInput;
 
 /// The loop of this process.
 pub(super) struct Learning {
-    inner: Arc<ContinuousLearningLoop<SqliteStore>>,
+    inner: Arc<ContinuousLearningLoop<AnyStore>>,
     /// Set to stop a running trainer (its process group) when shutdown cannot wait for it.
     stop_trainer: Arc<AtomicBool>,
 }
@@ -28,7 +28,7 @@ pub(super) struct Learning {
 /// Builds the loop for `args` over `store` (which registers `--champion` when the store
 /// has none, and recovers what a dead process left behind).
 pub(super) fn build(
-    store: Arc<SqliteStore>,
+    store: Arc<AnyStore>,
     config: &Config,
     args: &ServeArgs,
 ) -> anyhow::Result<Learning> {
@@ -64,7 +64,7 @@ pub(super) fn build(
 
 impl Learning {
     /// The loop's serving path (logging, feedback and routing with its router).
-    pub(super) fn serving(&self) -> Arc<afs_loop::Serving<SqliteStore>> {
+    pub(super) fn serving(&self) -> Arc<afs_loop::Serving<AnyStore>> {
         self.inner.serving()
     }
 

@@ -34,8 +34,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::any_store::AnyStore;
 use afs_abtest::AbTest;
-use afs_store_sqlite::SqliteStore;
 use anyhow::Context;
 use clap::Args;
 
@@ -170,11 +170,11 @@ fn loop_flags(args: &ServeArgs) -> Vec<&'static str> {
 /// What every handler shares.
 pub(super) struct AppState {
     /// The store (the usage log, runs, experiments).
-    store: Arc<SqliteStore>,
+    store: Arc<AnyStore>,
     /// Experiment reads (status, comparison, history) with the config file's judge settings.
-    ab: AbTest<SqliteStore>,
+    ab: AbTest<AnyStore>,
     /// The serving path (logging, feedback, routing): the loop's when it runs here.
-    serving: Arc<afs_loop::Serving<SqliteStore>>,
+    serving: Arc<afs_loop::Serving<AnyStore>>,
     /// Request and write counters.
     metrics: metrics::Metrics,
     /// Token checks.
@@ -290,17 +290,18 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     };
     let guard = guard::Guard::new(settings.addr, allowed_hosts, allowed_origins);
     let max_batch = args.max_batch.unwrap_or(s.max_batch);
-    let store_config = config.sqlite_config(&global.db);
-    let max_field_bytes = store_config.max_field_bytes;
+    let store_config = config.store_config(&global.db);
+    let max_field_bytes = store_config.max_field_bytes();
     // Serving an empty database that a typo in --db created would hide the mistake: like
-    // every command but `log`, `import` and `ab set-champion`, serve needs an existing one.
-    if !store_config.path.exists() {
+    // every command but `log`, `import` and `ab set-champion`, serve needs an existing one
+    // (a PostgreSQL database without afs's tables is refused when opened).
+    if let Some(path) = store_config.file().filter(|path| !path.exists()) {
         anyhow::bail!(
             "database {path} does not exist, and afs serve does not create one: create it \
              first (`afs --db {path} import /dev/null` makes an empty one; `afs log`, \
              `afs import` and `afs ab set-champion` create it too), or pass --db PATH (or set \
              AFS_DB) naming an existing database",
-            path = store_config.path.display()
+            path = path.display()
         );
     }
     let store = Arc::new(store_open::open(store_config, Create::Never)?);

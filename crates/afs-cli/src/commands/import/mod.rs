@@ -60,7 +60,7 @@ impl Report {
 pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> {
     let (mut reader, input_len) = open_input(&args.file)?;
     let config = configured(global)?;
-    let max_field_bytes = config.max_field_bytes;
+    let max_field_bytes = config.max_field_bytes();
     let store = open(config, Create::IfMissing)?;
     // A line holds several text fields, each up to the limit, plus JSON escapes; anything
     // far beyond that is refused without being held in memory whole.

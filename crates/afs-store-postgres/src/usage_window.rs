@@ -1,0 +1,223 @@
+//! Statistics over a time window from the rollup tables: whole hours from
+//! `afs_usage_hour`, whole minutes at the edges from `afs_usage_minute`, and only the
+//! records of a partial minute at an edge scanned from the log. One statement, in one
+//! read-only snapshot with the look-up of the newest record.
+
+use std::collections::BTreeMap;
+
+use afs_store::{Result, StatsWindow, UsageStats};
+use postgres::types::ToSql;
+
+use crate::error::dbe;
+use crate::store::PgStore;
+use crate::usage_rows::micros_of;
+
+/// One minute in microseconds.
+pub(crate) const MINUTE_US: i64 = 60_000_000;
+/// One hour in microseconds.
+pub(crate) const HOUR_US: i64 = 3_600_000_000;
+
+/// A rollup table: its name and the width of its buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Level {
+    table: &'static str,
+    width_us: i64,
+}
+
+const HOURLY: Level = Level {
+    table: "afs_usage_hour",
+    width_us: HOUR_US,
+};
+const MINUTELY: Level = Level {
+    table: "afs_usage_minute",
+    width_us: MINUTE_US,
+};
+
+/// A piece of a window: whole buckets `[first, last)` of a rollup table, or a range
+/// `[from, to)` of microseconds scanned from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Buckets(Level, Option<i64>, Option<i64>),
+    Scan(Option<i64>, Option<i64>),
+}
+
+/// Splits `[since, until)` over rollup levels, coarse to fine: whole buckets of the first
+/// level, then the rest at either end with the finer levels; what no level covers whole is
+/// scanned from the log.
+fn plan(levels: &[Level], since: Option<i64>, until: Option<i64>) -> Vec<Part> {
+    let Some((level, finer)) = levels.split_first() else {
+        return vec![Part::Scan(since, until)];
+    };
+    let w = level.width_us;
+    let first = since.map(|s| s.div_euclid(w) + i64::from(s.rem_euclid(w) != 0));
+    let last = until.map(|u| u.div_euclid(w));
+    if let (Some(f), Some(l)) = (first, last) {
+        if f >= l {
+            return plan(finer, since, until);
+        }
+    }
+    let mut out = vec![Part::Buckets(*level, first, last)];
+    if let (Some(s), Some(f)) = (since, first) {
+        if s < f * w {
+            out.extend(plan(finer, Some(s), Some(f * w)));
+        }
+    }
+    if let (Some(u), Some(l)) = (until, last) {
+        if l * w < u {
+            out.extend(plan(finer, Some(l * w), Some(u)));
+        }
+    }
+    out
+}
+
+/// How to group a window's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grouping {
+    /// Per model.
+    Model,
+    /// Per hour (hours since the epoch).
+    Hour,
+}
+
+/// A group: the model (empty when grouped by hour) and the hour (0 when grouped by model).
+pub(crate) type GroupKey = (String, i64);
+
+/// The sums every part of the statement yields, in order.
+const SUMS: &str = "n, fb_pos, fb_neg, fb_neutral, n_quality, sum_q, sum_q2, n_latency, \
+    sum_lat, sum_lat2, tokens";
+
+/// The same sums for one record of the log.
+const RECORD_SUMS: &str = "1::int8, coalesce((user_feedback = 1)::int::int8, 0), \
+    coalesce((user_feedback = -1)::int::int8, 0), coalesce((user_feedback = 0)::int::int8, 0), \
+    (quality_score IS NOT NULL)::int::int8, coalesce(quality_score, 0), \
+    coalesce(quality_score * quality_score, 0), (latency_ms IS NOT NULL)::int::int8, \
+    coalesce(latency_ms, 0), coalesce(latency_ms * latency_ms, 0), coalesce(token_count, 0)";
+
+/// Statistics of `window`, grouped; groups without records are left out.
+pub(crate) fn stats_grouped(
+    store: &PgStore,
+    window: &StatsWindow,
+    grouping: Grouping,
+) -> Result<BTreeMap<GroupKey, UsageStats>> {
+    const WHAT: &str = "read statistics";
+    let mut conn = store.conn()?;
+    let mut tx = conn
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(dbe(WHAT))?;
+    let since = window.since.map(micros_of);
+    let mut until = window.until.map(micros_of);
+    // A window that ends after the newest record holds every record from its start on: its
+    // end is open, so its last buckets are read whole (the newest record is one step down
+    // the time index).
+    if let Some(u) = until {
+        let newest: Option<i64> = tx
+            .query_one("SELECT max(ts_us) FROM afs_usage", &[])
+            .map_err(dbe(WHAT))?
+            .get(0);
+        if newest.is_none_or(|n| n < u) {
+            until = None;
+        }
+    }
+    let model_cond = if window.model.is_some() {
+        " AND model = $1"
+    } else {
+        ""
+    };
+    let mut parts = Vec::new();
+    for part in plan(&[HOURLY, MINUTELY], since, until) {
+        let (column, from, to, per_hour, source, sums) = match part {
+            Part::Buckets(level, first, last) => (
+                "bucket",
+                first,
+                last,
+                HOUR_US / level.width_us,
+                level.table,
+                SUMS,
+            ),
+            Part::Scan(from, to) => ("ts_us", from, to, HOUR_US, "afs_usage", RECORD_SUMS),
+        };
+        let group = match grouping {
+            Grouping::Model => "model, 0::int8".to_string(),
+            Grouping::Hour => format!("''::text, {column} / {per_hour}"),
+        };
+        let mut conds = vec!["true".to_string()];
+        if let Some(from) = from {
+            conds.push(format!("{column} >= {from}"));
+        }
+        if let Some(to) = to {
+            conds.push(format!("{column} < {to}"));
+        }
+        parts.push(format!(
+            "SELECT {group}, {sums} FROM {source} WHERE {}{model_cond}",
+            conds.join(" AND ")
+        ));
+    }
+    let sql = format!(
+        "SELECT g_model, g_hour, sum(n)::int8, sum(fb_pos)::int8, sum(fb_neg)::int8, \
+         sum(fb_neutral)::int8, sum(n_quality)::int8, sum(sum_q)::float8, sum(sum_q2)::float8, \
+         sum(n_latency)::int8, sum(sum_lat)::float8, sum(sum_lat2)::float8, sum(tokens)::int8 \
+         FROM ({}) AS p (g_model, g_hour, {SUMS}) GROUP BY 1, 2",
+        parts.join(" UNION ALL ")
+    );
+    let params: Vec<&(dyn ToSql + Sync)> = match &window.model {
+        Some(model) => vec![model],
+        None => Vec::new(),
+    };
+    let rows = tx.query(&sql, &params).map_err(dbe(WHAT))?;
+    tx.commit().map_err(dbe(WHAT))?;
+    let count = |v: i64| v.max(0) as u64;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let stats = UsageStats {
+            total: count(row.get(2)),
+            with_feedback: count(
+                row.get::<_, i64>(3) + row.get::<_, i64>(4) + row.get::<_, i64>(5),
+            ),
+            positive_feedback: count(row.get(3)),
+            negative_feedback: count(row.get(4)),
+            neutral_feedback: count(row.get(5)),
+            n_quality: count(row.get(6)),
+            sum_quality: row.get(7),
+            sum_quality_sq: row.get(8),
+            n_latency: count(row.get(9)),
+            sum_latency_ms: row.get(10),
+            sum_latency_ms_sq: row.get(11),
+            total_tokens: row.get(12),
+        };
+        if stats.total > 0 {
+            out.insert((row.get::<_, String>(0), row.get::<_, i64>(1)), stats);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_windows_read_hours_then_minutes_then_the_log() {
+        let (h, m) = (HOUR_US, MINUTE_US);
+        let levels = [HOURLY, MINUTELY];
+        assert_eq!(
+            plan(&levels, None, None),
+            vec![Part::Buckets(HOURLY, None, None)]
+        );
+        assert_eq!(
+            plan(&levels, Some(2 * h + 3 * m + 5), Some(5 * h + 7 * m)),
+            vec![
+                Part::Buckets(HOURLY, Some(3), Some(5)),
+                Part::Buckets(MINUTELY, Some(2 * 60 + 4), Some(3 * 60)),
+                Part::Scan(Some(2 * h + 3 * m + 5), Some(2 * h + 4 * m)),
+                Part::Buckets(MINUTELY, Some(5 * 60), Some(5 * 60 + 7)),
+            ]
+        );
+        assert_eq!(
+            plan(&levels, Some(h + 5), Some(h + 9)),
+            vec![Part::Scan(Some(h + 5), Some(h + 9))]
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Opening a PostgreSQL database: what is refused, and that a refusal changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use afs_store::{ErrorKind, StoreError, SystemClock};
+use afs_store_postgres::testing::{cluster_url, with_database, TestDatabase};
+use afs_store_postgres::{PgConfig, PgStore, SCHEMA_VERSION};
+use postgres::NoTls;
+
+fn open(url: &str) -> afs_store::Result<PgStore> {
+    PgStore::open(PgConfig::new(url), Arc::new(SystemClock))
+}
+
+fn tables(url: &str) -> Vec<String> {
+    let mut client = postgres::Client::connect(url, NoTls).unwrap();
+    client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[test]
+fn a_server_that_is_not_there_is_unavailable_and_says_where() {
+    // Port 1 on loopback: nothing listens there.
+    let started = Instant::now();
+    let mut config = PgConfig::new("postgres://afs:s3cret@127.0.0.1:1/afs");
+    config.connect_timeout = Duration::from_secs(3);
+    let err = PgStore::open(config, Arc::new(SystemClock)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("s3cret"), "the password leaked: {text}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_url_that_does_not_parse_is_invalid_input() {
+    let err = open("postgres://afs@127.0.0.1:notaport/afs").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
+
+#[test]
+fn a_missing_database_and_an_unknown_user_are_refused_by_name() {
+    let Some(cluster) = cluster_url() else { return };
+    let err = open(&with_database(&cluster, "afs_no_such_database")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Database, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    let database = TestDatabase::create(&cluster);
+    let stranger = database
+        .url
+        .replacen("postgres://postgres@", "postgres://afs_no_such_role@", 1);
+    assert_ne!(stranger, database.url, "the cluster URL names user postgres");
+    let err = open(&stranger).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Database, "{err}");
+    assert!(err.to_string().contains("cannot log in"), "{err}");
+    assert!(tables(&database.url).is_empty(), "a refused open created tables");
+}
+
+#[test]
+fn another_applications_database_is_refused_and_left_unchanged() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    client
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1);")
+        .unwrap();
+    let err = open(&database.url).unwrap_err();
+    assert!(matches!(err, StoreError::NotAfsDatabase { .. }), "{err}");
+    assert!(err.to_string().contains("orders"), "{err}");
+    assert_eq!(tables(&database.url), vec!["orders".to_string()]);
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_unchanged() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    drop(open(&database.url).unwrap());
+    let before = tables(&database.url);
+    assert!(before.contains(&"afs_usage".to_string()), "{before:?}");
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    let newer = (SCHEMA_VERSION + 1).to_string();
+    client
+        .execute(
+            "UPDATE afs_meta SET value = $1 WHERE key = 'schema_version'",
+            &[&newer],
+        )
+        .unwrap();
+    let err = open(&database.url).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Database, "{err}");
+    assert!(err.to_string().contains("newer"), "{err}");
+    let version: String = client
+        .query_one("SELECT value FROM afs_meta WHERE key = 'schema_version'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, newer);
+    assert_eq!(tables(&database.url), before);
+}
+
+#[test]
+fn without_create_an_empty_database_is_refused_and_left_empty() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let mut config = PgConfig::new(&database.url);
+    config.create_schema = false;
+    let err = PgStore::open(config, Arc::new(SystemClock)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { what: "afs schema", .. }),
+        "{err}"
+    );
+    assert!(tables(&database.url).is_empty());
+}
+
+#[test]
+fn processes_opening_a_new_database_at_once_create_it_once() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let url = database.url.clone();
+            std::thread::spawn(move || open(&url).map(|_| ()))
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap().unwrap();
+    }
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    let version: String = client
+        .query_one("SELECT value FROM afs_meta WHERE key = 'schema_version'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+}
