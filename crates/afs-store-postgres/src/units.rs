@@ -36,7 +36,7 @@
 //!   the new ones in.
 //! * **delete**: a row-level trigger takes the record out; when it was its unit's first
 //!   record in that arm, the unit's `first_us` moves to its next record (an index lookup on
-//!   `afs_usage (unit_id, ts_us)`), and a row left with no records goes. A statement-level
+//!   usage.sql's `afs_usage_unit_ts`), and a row left with no records goes. A statement-level
 //!   trigger then removes every unit that has no record left in the log (it was forgotten)
 //!   from the statistics of every experiment, ended ones included, and from the covariates.
 //!
@@ -55,7 +55,7 @@
 //!
 //! `unit_stats` reads, in one snapshot, the experiment's unit rows (with their covariates),
 //! its loose rows and, with a maturity cut, the records with feedback logged at or after the
-//! cut (a partial index on `afs_usage (ts_us) WHERE user_feedback IS NOT NULL`), and builds
+//! cut (usage.sql's partial index `afs_usage_feedback_ts`), and builds
 //! the cohorts with [`CohortBuilder`]: its cost grows with the experiment's units, not with
 //! the log.
 

@@ -139,11 +139,10 @@ CREATE TABLE afs_experiment_unit_pre (
 );
 CREATE INDEX afs_experiment_unit_pre_by_unit ON afs_experiment_unit_pre (unit_id);
 
--- What the triggers and reads need of the log: a unit's records (its next first record
--- after a delete, whether a unit has any record left), and the records with feedback in a
--- time range (the maturity cut).
-CREATE INDEX afs_usage_units_by_unit ON afs_usage (unit_id, ts_us) WHERE unit_id IS NOT NULL;
-CREATE INDEX afs_usage_units_feedback ON afs_usage (ts_us) WHERE user_feedback IS NOT NULL;
+-- What the triggers and reads need of the log, a unit's records in time order (its next
+-- first record after a delete, whether a unit has any record left) and the records with
+-- feedback in time order (the maturity cut), are usage.sql's indexes afs_usage_unit_ts and
+-- afs_usage_feedback_ts.
 
 -- Adds (sign 1) or takes out (sign -1) one record's values in the running experiment's
 -- statistics; `counted` says whether the record itself comes or goes (false: only its values
