@@ -13,8 +13,9 @@
 //!   lock_key)` of the run, before the transaction inserting the run commits; the
 //!   connection is kept in [`RunState`] (inside the [`PgStore`]) while the run runs. When
 //!   the owning process dies (crash, `kill -9`, a host lost), the server ends its session
-//!   and releases the lock. So a running run whose lock can be taken
-//!   (`pg_try_advisory_xact_lock` from another session succeeds) has lost its owner:
+//!   and releases the lock. So a running run whose lock can be taken from another session
+//!   (waiting at most [`OWNER_GRACE`], as the server frees a dead session's locks a moment
+//!   after the process dies) has lost its owner:
 //!   `begin_run` and `recover_stale_runs` mark it `failed` with an error naming the owner
 //!   (pid and host). `finish_run` closes the dedicated connection, which releases the
 //!   lock. A run whose owner lost its connection to the server while alive is, by the same
@@ -75,6 +76,14 @@ impl RunState {
             .insert(id.to_string(), client);
     }
 
+    /// Whether this handle owns run `id`.
+    fn owns(&self, id: &str) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(id)
+    }
+
     /// Closes the connection holding the lock of run `id`, if this handle owns it.
     fn release(&self, id: &str) {
         let client = self
@@ -122,6 +131,54 @@ fn host_name() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "an unknown host".to_string())
+}
+
+/// How long a check waits for the lock of a run owned elsewhere before taking its owner as
+/// alive. The server releases a dead session's locks a moment after the process dies (when
+/// its backend reads the end of the connection), so a check right after a kill must wait a
+/// little; a live owner costs a conflicting `begin_run` this much.
+const OWNER_GRACE: &str = "500ms";
+
+/// Whether the session-level lock of the run with `key` is free, i.e. its owner's session
+/// ended: taken at transaction level (released at commit), waiting at most [`OWNER_GRACE`],
+/// in a savepoint so that a timeout leaves the transaction usable.
+fn owner_is_gone(tx: &mut Transaction<'_>, key: i32) -> Result<bool> {
+    let err = || dbe("check the owner of a running run");
+    let free: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, $2)",
+            &[&RUN_LOCK_CLASS, &key],
+        )
+        .map_err(err())?
+        .get(0);
+    if free {
+        return Ok(true);
+    }
+    let mut sp = tx.transaction().map_err(err())?;
+    let before: String = sp
+        .query_one(
+            "SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)",
+            &[&OWNER_GRACE],
+        )
+        .map_err(err())?
+        .get(0);
+    match sp.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&RUN_LOCK_CLASS, &key],
+    ) {
+        Ok(_) => {
+            sp.execute("SELECT set_config('lock_timeout', $1, true)", &[&before])
+                .map_err(err())?;
+            sp.commit().map_err(err())?;
+            Ok(true)
+        }
+        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            // Rolling back the savepoint restores lock_timeout too.
+            drop(sp);
+            Ok(false)
+        }
+        Err(e) => Err(db("check the owner of a running run", e)),
+    }
 }
 
 impl PgStore {
@@ -175,21 +232,16 @@ impl PgStore {
         for row in rows {
             let (id, key, pid, host): (String, i32, i64, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
-            // Free only when no session holds it: the owner's session ended. Taken at
-            // transaction level, it is released at commit.
-            let free: bool = tx
-                .query_one(
-                    "SELECT pg_try_advisory_xact_lock($1, $2)",
-                    &[&RUN_LOCK_CLASS, &key],
-                )
-                .map_err(dbe("check the owner of a running run"))?
-                .get(0);
-            if !free {
+            if self.runs.owns(&id) {
+                continue;
+            }
+            if !owner_is_gone(tx, key)? {
                 continue;
             }
             let error = format!(
-                "the process that ran it (pid {pid} on {host}) is gone: its database session \
-                 ended (crash, kill or lost connection) before the run finished"
+                "the process that ran it (pid {pid} on {host}) died before it finished: its \
+                 database session ended (crash, kill, or a lost connection) and released the \
+                 run's lock"
             );
             tx.execute(
                 "UPDATE afs_retrain_run SET status = 'failed', finished_at_us = $2, error = $3 \
