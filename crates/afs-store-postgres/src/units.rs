@@ -31,14 +31,20 @@
 //!   records per unit (or period) and arm and adds them with one upsert per table, in key
 //!   order (so concurrent writers lock rows in the same order); a statement whose records
 //!   are of no running experiment costs one lookup of `afs_experiment_live`.
-//! * **update** of a value the statistics read (feedback, quality, latency; or time, model
-//!   or unit, which move a record): a row-level trigger takes the old values out and puts
-//!   the new ones in.
-//! * **delete**: a row-level trigger takes the record out; when it was its unit's first
-//!   record in that arm, the unit's `first_us` moves to its next record (an index lookup on
-//!   usage.sql's `afs_usage_unit_ts`), and a row left with no records goes. A statement-level
-//!   trigger then removes every unit that has no record left in the log (it was forgotten)
-//!   from the statistics of every experiment, ended ones included, and from the covariates.
+//! * **update** (feedback, quality, a batch of scores): a statement-level trigger pairs the
+//!   old and new rows (by `seq`) and adds, per unit (or period) and arm, the change of the
+//!   values the statistics read, with one update per group. A record whose time, model or
+//!   unit changed (afs never does that) leaves and comes back one by one
+//!   (`afs_units_adjust`).
+//! * **delete** (one record, prune, dedupe, forget): a statement-level trigger takes the
+//!   deleted records out, per unit (or period) and arm; a unit row whose first record went
+//!   starts at its next record in that arm (one lookup in usage.sql's `afs_usage_unit_ts`
+//!   per such unit, not per record), and a row left with no records goes. It then removes
+//!   every unit that has no record left in the log (it was forgotten) from the statistics
+//!   of every experiment, ended ones included, and from the covariates.
+//!
+//! Statement-level triggers with transition tables also work on a partitioned `afs_usage`
+//! (PostgreSQL 13 and later).
 //!
 //! All changes are additive upserts, so concurrent writers never lose one another's sums
 //! (a row lock orders them), and the triggers run in the writer's transaction: a rolled

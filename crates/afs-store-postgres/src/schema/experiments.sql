@@ -271,46 +271,189 @@ CREATE TRIGGER afs_units_insert AFTER INSERT ON afs_usage
     REFERENCING NEW TABLE AS afs_units_new
     FOR EACH STATEMENT EXECUTE FUNCTION afs_units_after_insert();
 
--- An updated record (feedback, quality, anything the statistics read): its old values out,
--- its new ones in; a record that moved (time, model or unit) leaves and comes back.
+-- Updated records (one statement: feedback, quality, a batch of quality scores): per unit
+-- (or period) and arm, one update adds the changes of the values the statistics read. A
+-- record whose time, model or unit changed (afs never does that) leaves and comes back
+-- through afs_units_adjust. Old and new rows are paired by `seq`.
 CREATE FUNCTION afs_units_after_update() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    same boolean := OLD.model IS NOT DISTINCT FROM NEW.model
-        AND OLD.ts_us IS NOT DISTINCT FROM NEW.ts_us
-        AND OLD.unit_id IS NOT DISTINCT FROM NEW.unit_id;
+    m record;
 BEGIN
-    PERFORM afs_units_adjust(OLD.model, OLD.ts_us, OLD.unit_id, OLD.quality_score,
-        OLD.latency_ms, OLD.user_feedback, -1, NOT same);
-    PERFORM afs_units_adjust(NEW.model, NEW.ts_us, NEW.unit_id, NEW.quality_score,
-        NEW.latency_ms, NEW.user_feedback, 1, NOT same);
+    IF NOT EXISTS (SELECT 1 FROM afs_experiment_live) THEN
+        RETURN NULL;
+    END IF;
+    FOR m IN
+        SELECT o.model AS o_model, o.ts_us AS o_ts, o.unit_id AS o_unit,
+            o.quality_score AS o_q, o.latency_ms AS o_lat, o.user_feedback AS o_fb,
+            w.model AS w_model, w.ts_us AS w_ts, w.unit_id AS w_unit,
+            w.quality_score AS w_q, w.latency_ms AS w_lat, w.user_feedback AS w_fb
+        FROM afs_units_uold o JOIN afs_units_unew w ON w.seq = o.seq
+        WHERE (o.model, o.ts_us, o.unit_id) IS DISTINCT FROM (w.model, w.ts_us, w.unit_id)
+    LOOP
+        PERFORM afs_units_adjust(m.o_model, m.o_ts, m.o_unit, m.o_q, m.o_lat, m.o_fb, -1, true);
+        PERFORM afs_units_adjust(m.w_model, m.w_ts, m.w_unit, m.w_q, m.w_lat, m.w_fb, 1, true);
+    END LOOP;
+    WITH d AS (
+        SELECT l.experiment_id, o.unit_id, l.arm,
+            sum((w.quality_score IS NOT NULL)::integer - (o.quality_score IS NOT NULL)::integer)
+                AS n_q,
+            sum(COALESCE(w.quality_score, 0.0) - COALESCE(o.quality_score, 0.0)) AS sum_q,
+            sum((w.latency_ms IS NOT NULL)::integer - (o.latency_ms IS NOT NULL)::integer)
+                AS n_lat,
+            sum(COALESCE(w.latency_ms, 0.0) - COALESCE(o.latency_ms, 0.0)) AS sum_lat,
+            sum(COALESCE(w.user_feedback IN (-1, 0, 1), false)::integer
+                - COALESCE(o.user_feedback IN (-1, 0, 1), false)::integer) AS n_fb,
+            sum((w.user_feedback IS NOT DISTINCT FROM 1)::integer
+                - (o.user_feedback IS NOT DISTINCT FROM 1)::integer) AS n_pos,
+            sum((w.user_feedback IS NOT DISTINCT FROM -1)::integer
+                - (o.user_feedback IS NOT DISTINCT FROM -1)::integer) AS n_neg
+        FROM afs_units_uold o JOIN afs_units_unew w ON w.seq = o.seq
+            JOIN afs_experiment_live l ON l.model = o.model AND o.ts_us >= l.started_us
+        WHERE o.unit_id IS NOT NULL AND w.model = o.model AND w.ts_us = o.ts_us
+            AND w.unit_id = o.unit_id
+            AND (w.quality_score IS DISTINCT FROM o.quality_score
+                OR w.latency_ms IS DISTINCT FROM o.latency_ms
+                OR w.user_feedback IS DISTINCT FROM o.user_feedback)
+        GROUP BY l.experiment_id, o.unit_id, l.arm
+    )
+    UPDATE afs_experiment_unit t SET
+        n_q = t.n_q + d.n_q, sum_q = t.sum_q + d.sum_q, n_lat = t.n_lat + d.n_lat,
+        sum_lat = t.sum_lat + d.sum_lat, n_fb = t.n_fb + d.n_fb, n_pos = t.n_pos + d.n_pos,
+        n_neg = t.n_neg + d.n_neg
+    FROM d
+    WHERE t.experiment_id = d.experiment_id AND t.unit_id = d.unit_id AND t.arm = d.arm;
+    WITH d AS (
+        SELECT x.experiment_id, x.period, x.arm,
+            sum((x.w_q IS NOT NULL)::integer - (x.o_q IS NOT NULL)::integer) AS n_q,
+            sum(COALESCE(x.w_q, 0.0) - COALESCE(x.o_q, 0.0)) AS sum_q,
+            sum(COALESCE(x.w_q * x.w_q, 0.0) - COALESCE(x.o_q * x.o_q, 0.0)) AS sum_q2,
+            sum((x.w_lat IS NOT NULL)::integer - (x.o_lat IS NOT NULL)::integer) AS n_lat,
+            sum(COALESCE(x.w_lat, 0.0) - COALESCE(x.o_lat, 0.0)) AS sum_lat,
+            sum(COALESCE(x.w_lat * x.w_lat, 0.0) - COALESCE(x.o_lat * x.o_lat, 0.0))
+                AS sum_lat2,
+            sum(COALESCE(x.w_fb IN (-1, 0, 1), false)::integer
+                - COALESCE(x.o_fb IN (-1, 0, 1), false)::integer) AS n_fb,
+            sum((x.w_fb IS NOT DISTINCT FROM 1)::integer
+                - (x.o_fb IS NOT DISTINCT FROM 1)::integer) AS n_pos,
+            sum((x.w_fb IS NOT DISTINCT FROM -1)::integer
+                - (x.o_fb IS NOT DISTINCT FROM -1)::integer) AS n_neg
+        FROM (
+            SELECT l.experiment_id, l.arm,
+                o.quality_score AS o_q, w.quality_score AS w_q,
+                o.latency_ms AS o_lat, w.latency_ms AS w_lat,
+                o.user_feedback AS o_fb, w.user_feedback AS w_fb,
+                COALESCE((SELECT max(p.idx) FROM afs_experiment_period p
+                          WHERE p.experiment_id = l.experiment_id
+                              AND p.started_us <= o.ts_us), 0) AS period
+            FROM afs_units_uold o JOIN afs_units_unew w ON w.seq = o.seq
+                JOIN afs_experiment_live l ON l.model = o.model AND o.ts_us >= l.started_us
+            WHERE o.unit_id IS NULL AND w.unit_id IS NULL AND w.model = o.model
+                AND w.ts_us = o.ts_us
+                AND (w.quality_score IS DISTINCT FROM o.quality_score
+                    OR w.latency_ms IS DISTINCT FROM o.latency_ms
+                    OR w.user_feedback IS DISTINCT FROM o.user_feedback)
+        ) x
+        GROUP BY x.experiment_id, x.period, x.arm
+    )
+    UPDATE afs_experiment_loose t SET
+        n_q = t.n_q + d.n_q, sum_q = t.sum_q + d.sum_q, sum_q2 = t.sum_q2 + d.sum_q2,
+        n_lat = t.n_lat + d.n_lat, sum_lat = t.sum_lat + d.sum_lat,
+        sum_lat2 = t.sum_lat2 + d.sum_lat2, n_fb = t.n_fb + d.n_fb,
+        n_pos = t.n_pos + d.n_pos, n_neg = t.n_neg + d.n_neg
+    FROM d
+    WHERE t.experiment_id = d.experiment_id AND t.period = d.period AND t.arm = d.arm;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER afs_units_update AFTER UPDATE ON afs_usage
-    FOR EACH ROW
-    WHEN (OLD.quality_score IS DISTINCT FROM NEW.quality_score
-        OR OLD.user_feedback IS DISTINCT FROM NEW.user_feedback
-        OR OLD.latency_ms IS DISTINCT FROM NEW.latency_ms
-        OR OLD.model IS DISTINCT FROM NEW.model
-        OR OLD.ts_us IS DISTINCT FROM NEW.ts_us
-        OR OLD.unit_id IS DISTINCT FROM NEW.unit_id)
-    EXECUTE FUNCTION afs_units_after_update();
+    REFERENCING OLD TABLE AS afs_units_uold NEW TABLE AS afs_units_unew
+    FOR EACH STATEMENT EXECUTE FUNCTION afs_units_after_update();
 
--- A deleted record leaves the running experiment's statistics.
-CREATE FUNCTION afs_units_after_delete_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM afs_units_adjust(OLD.model, OLD.ts_us, OLD.unit_id, OLD.quality_score,
-        OLD.latency_ms, OLD.user_feedback, -1, true);
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER afs_units_delete_row AFTER DELETE ON afs_usage
-    FOR EACH ROW EXECUTE FUNCTION afs_units_after_delete_row();
-
--- A unit with no record left in the log (forgotten) leaves the statistics of every
--- experiment, ended ones included, and the covariates.
+-- Deleted records (one statement: a single delete, prune, dedupe, forget) leave the running
+-- experiment's statistics, summed per unit (or period) and arm: one update per group, in key
+-- order. A unit row whose first record went starts at its next record in that arm (one
+-- index lookup per such group); a row left with no records goes. Then a unit with no record
+-- left in the log (forgotten) leaves the statistics of every experiment, ended ones
+-- included, and the covariates.
 CREATE FUNCTION afs_units_after_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    grp record;
 BEGIN
+    IF EXISTS (SELECT 1 FROM afs_experiment_live) THEN
+        FOR grp IN
+            WITH d AS (
+                SELECT l.experiment_id, r.unit_id, l.arm, l.model, l.started_us,
+                    min(r.ts_us) AS min_ts, count(*) AS n,
+                    count(r.quality_score) AS n_q, COALESCE(sum(r.quality_score), 0.0) AS sum_q,
+                    count(r.latency_ms) AS n_lat, COALESCE(sum(r.latency_ms), 0.0) AS sum_lat,
+                    count(*) FILTER (WHERE r.user_feedback IN (-1, 0, 1)) AS n_fb,
+                    count(*) FILTER (WHERE r.user_feedback = 1) AS n_pos,
+                    count(*) FILTER (WHERE r.user_feedback = -1) AS n_neg
+                FROM afs_units_old r JOIN afs_experiment_live l
+                    ON l.model = r.model AND r.ts_us >= l.started_us
+                WHERE r.unit_id IS NOT NULL
+                GROUP BY l.experiment_id, r.unit_id, l.arm, l.model, l.started_us
+            )
+            UPDATE afs_experiment_unit t SET
+                n = t.n - d.n, n_q = t.n_q - d.n_q, sum_q = t.sum_q - d.sum_q,
+                n_lat = t.n_lat - d.n_lat, sum_lat = t.sum_lat - d.sum_lat,
+                n_fb = t.n_fb - d.n_fb, n_pos = t.n_pos - d.n_pos, n_neg = t.n_neg - d.n_neg
+            FROM d
+            WHERE t.experiment_id = d.experiment_id AND t.unit_id = d.unit_id
+                AND t.arm = d.arm
+            RETURNING t.experiment_id, t.unit_id, t.arm, t.n, t.first_us, d.min_ts, d.model,
+                d.started_us
+        LOOP
+            IF grp.n <= 0 THEN
+                DELETE FROM afs_experiment_unit
+                    WHERE experiment_id = grp.experiment_id AND unit_id = grp.unit_id
+                        AND arm = grp.arm;
+            ELSIF grp.min_ts <= grp.first_us THEN
+                UPDATE afs_experiment_unit SET first_us = COALESCE((
+                    SELECT min(u.ts_us) FROM afs_usage u
+                    WHERE u.unit_id = grp.unit_id AND u.model = grp.model
+                        AND u.ts_us >= grp.started_us), first_us)
+                WHERE experiment_id = grp.experiment_id AND unit_id = grp.unit_id AND arm = grp.arm;
+            END IF;
+        END LOOP;
+        FOR grp IN
+            WITH d AS (
+                SELECT x.experiment_id, x.period, x.arm, count(*) AS n,
+                    count(x.quality_score) AS n_q, COALESCE(sum(x.quality_score), 0.0) AS sum_q,
+                    COALESCE(sum(x.quality_score * x.quality_score), 0.0) AS sum_q2,
+                    count(x.latency_ms) AS n_lat, COALESCE(sum(x.latency_ms), 0.0) AS sum_lat,
+                    COALESCE(sum(x.latency_ms * x.latency_ms), 0.0) AS sum_lat2,
+                    count(*) FILTER (WHERE x.user_feedback IN (-1, 0, 1)) AS n_fb,
+                    count(*) FILTER (WHERE x.user_feedback = 1) AS n_pos,
+                    count(*) FILTER (WHERE x.user_feedback = -1) AS n_neg
+                FROM (
+                    SELECT l.experiment_id, l.arm, r.quality_score, r.latency_ms,
+                        r.user_feedback,
+                        COALESCE((SELECT max(p.idx) FROM afs_experiment_period p
+                                  WHERE p.experiment_id = l.experiment_id
+                                      AND p.started_us <= r.ts_us), 0) AS period
+                    FROM afs_units_old r JOIN afs_experiment_live l
+                        ON l.model = r.model AND r.ts_us >= l.started_us
+                    WHERE r.unit_id IS NULL
+                ) x
+                GROUP BY x.experiment_id, x.period, x.arm
+            )
+            UPDATE afs_experiment_loose t SET
+                n = t.n - d.n, n_q = t.n_q - d.n_q, sum_q = t.sum_q - d.sum_q,
+                sum_q2 = t.sum_q2 - d.sum_q2, n_lat = t.n_lat - d.n_lat,
+                sum_lat = t.sum_lat - d.sum_lat, sum_lat2 = t.sum_lat2 - d.sum_lat2,
+                n_fb = t.n_fb - d.n_fb, n_pos = t.n_pos - d.n_pos, n_neg = t.n_neg - d.n_neg
+            FROM d
+            WHERE t.experiment_id = d.experiment_id AND t.period = d.period AND t.arm = d.arm
+            RETURNING t.experiment_id, t.period, t.arm, t.n
+        LOOP
+            IF grp.n <= 0 THEN
+                DELETE FROM afs_experiment_loose
+                    WHERE experiment_id = grp.experiment_id AND period = grp.period
+                        AND arm = grp.arm;
+            END IF;
+        END LOOP;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM afs_experiment_unit)
         AND NOT EXISTS (SELECT 1 FROM afs_experiment_unit_pre) THEN
         RETURN NULL;
