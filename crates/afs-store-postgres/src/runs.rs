@@ -84,6 +84,22 @@ impl RunState {
             .contains_key(id)
     }
 
+    /// Closes the connections of the owned runs that are not in `running`.
+    fn release_all_but(&self, running: &[String]) {
+        let finished: Vec<postgres::Client> = {
+            let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+            let gone: Vec<String> = owned
+                .keys()
+                .filter(|id| !running.contains(id))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|id| owned.remove(id)).collect()
+        };
+        for client in finished {
+            let _ = client.close();
+        }
+    }
+
     /// Closes the connection holding the lock of run `id`, if this handle owns it.
     fn release(&self, id: &str) {
         let client = self
@@ -227,6 +243,9 @@ impl PgStore {
                 &[],
             )
             .map_err(dbe("read running runs"))?;
+        // Runs this handle owns that another handle finished: their locks can go.
+        let running: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+        self.runs.release_all_but(&running);
         let now = micros(self.clock.now());
         let mut failed = Vec::new();
         for row in rows {
