@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use afs_store::backend::{ExperimentBackend, ExperimentTx};
 use afs_store::{
-    Clock, DedupeReport, FeedbackValue, NewRun, NewUsage, PruneReport, RecordFilter, RecordStream,
-    Result, RetrainRun, RunOutcome, RunStatus, RunStore, StatsWindow, UnitCohort, UsageRecord,
-    UsageStats, UsageStore,
+    Clock, DedupeReport, FeedbackValue, Lease, LeaseStore, NewRun, NewUsage, PruneReport,
+    RecordFilter, RecordStream, Result, RetrainRun, RunOutcome, RunStatus, RunStore, StatsWindow,
+    UnitCohort, UsageRecord, UsageStats, UsageStore,
 };
 use afs_store_postgres::{PgConfig, PgStore};
 use afs_store_sqlite::{SqliteConfig, SqliteStore};
@@ -26,6 +26,15 @@ pub(crate) enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// The default settings for `--db` (what `afs demo`, which reads no configuration, uses).
+    pub(crate) fn defaults_for(db: &Path) -> StoreConfig {
+        if is_server(db) {
+            StoreConfig::Postgres(PgConfig::new(db.to_string_lossy()))
+        } else {
+            StoreConfig::Sqlite(SqliteConfig::new(db))
+        }
+    }
+
     /// The database for messages: the file's path, or the URL without its password.
     pub(crate) fn shown(&self) -> String {
         match self {
@@ -217,5 +226,11 @@ impl ExperimentBackend for AnyStore {
     }
     fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64> {
         each!(self, s => s.record_unit_covariates(experiment_id, since))
+    }
+}
+
+impl LeaseStore for AnyStore {
+    fn try_lease(&self, name: &str) -> Result<Option<Lease>> {
+        each!(self, s => s.try_lease(name))
     }
 }

@@ -57,10 +57,10 @@ fn every_kind_of_command_works_on_postgres() {
     let mut lines = String::new();
     for i in 0..40 {
         let model = if i % 2 == 0 { "m1" } else { "m2" };
-        let feedback = if i % 4 < 2 { "positive" } else { "negative" };
+        let feedback = if i % 4 < 2 { 1 } else { -1 };
         lines.push_str(&format!(
             "{{\"query\":\"question {i}?\",\"response\":\"answer {i}\",\"model\":\"{model}\",\
-             \"quality_score\":0.{q},\"unit_id\":\"u{u}\",\"feedback\":\"{feedback}\",\
+             \"quality_score\":0.{q},\"unit\":\"u{u}\",\"feedback\":{feedback},\
              \"timestamp\":\"2025-06-01T10:{m:02}:00Z\"}}\n",
             q = 5 + i % 5,
             u = i % 7,

@@ -51,7 +51,7 @@ pub use report::{
     DeployStep, ExperimentStep, GateOutcome, IterationReport, LoopRunSummary, RetrainStep,
     StopReason,
 };
-pub use runner::{ContinuousLearningLoop, IterationOptions, LoopStore};
+pub use runner::{ContinuousLearningLoop, IterationOptions, LoopStore, LOOP_LEASE};
 pub use serving::{Deployment, Routed, Serving, ROUTING_REFRESH};
 pub use state::{ErrorEntry, InProgress, IterationRecord, LoopState, MAX_ERRORS, STATE_KEY};
 pub use status::{status_summary, StatusSummary};

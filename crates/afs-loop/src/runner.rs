@@ -10,8 +10,8 @@ use std::time::Duration;
 use afs_abtest::{AbTest, Judge, Route, Router, RoutingTable};
 use afs_datagen::{BoxError, QualityScorer};
 use afs_store::{
-    Decision, ErrorKind, ExperimentStore, FeedbackValue, NewModelVersion, NewUsage, RetrainRun,
-    RunOutcome, RunStatus, RunStore, UsageStore,
+    Decision, ErrorKind, ExperimentStore, FeedbackValue, Lease, LeaseStore, NewModelVersion,
+    NewUsage, RetrainRun, RunOutcome, RunStatus, RunStore, UsageStore,
 };
 use afs_trigger::{AutoRetrainer, RetrainOutcome, RetrainTrigger, TrainOutput, Trainer, Trigger};
 
@@ -30,11 +30,11 @@ use crate::state::{InProgress, IterationRecord, LoopState};
 use crate::status::{status_summary, StatusSummary};
 use crate::stop::StopSignal;
 
-/// A store the loop can run on: the usage log, retrain runs and state, and experiments. The
-/// SQLite store is all three in one file.
-pub trait LoopStore: UsageStore + RunStore + ExperimentStore {}
+/// A store the loop can run on: the usage log, retrain runs and state, experiments, and
+/// leases (which loop acts). Every backend is all of these in one database.
+pub trait LoopStore: UsageStore + RunStore + ExperimentStore + LeaseStore {}
 
-impl<S: UsageStore + RunStore + ExperimentStore + ?Sized> LoopStore for S {}
+impl<S: UsageStore + RunStore + ExperimentStore + LeaseStore + ?Sized> LoopStore for S {}
 
 /// The longest the loop naps before re-reading its clock while it waits for the next
 /// iteration. A manual clock moved by another thread is noticed within this time (or at
@@ -54,10 +54,14 @@ pub struct IterationOptions {
 /// It is `Send + Sync`: share it in an `Arc` between the threads of a service, which call
 /// [`log_usage`](Self::log_usage), [`record_feedback`](Self::record_feedback) and
 /// [`route`](Self::route) on the serving path, and one background thread running
-/// [`run_loop`](Self::run_loop). Iterations of one loop never overlap (they take a lock);
-/// across processes the store's one-retrain-at-a-time rule and its conflict checks on
-/// experiments keep two loops on one database from doing the same work twice, but one loop
-/// per database is the intended setup.
+/// [`run_loop`](Self::run_loop). Iterations of one loop never overlap (they take a lock).
+/// Across threads, processes and hosts, **one loop acts at a time**: an iteration runs only
+/// while its loop holds the store's lease [`LOOP_LEASE`] ([`LeaseStore`]).
+/// [`run_loop`](Self::run_loop) takes it and keeps it until it returns; a loop that finds it
+/// held stands by, trying again every check interval, so a second `afs serve --loop` on
+/// another host takes over when the first one stops or dies (the backend releases a dead
+/// holder's lease). A single [`run_iteration`](Self::run_iteration) while another loop holds
+/// the lease fails with [`LoopError::Conflict`].
 ///
 /// # One iteration
 ///
@@ -96,7 +100,12 @@ pub struct ContinuousLearningLoop<S: LoopStore> {
     generation_stop: Option<Arc<AtomicBool>>,
     stop: StopSignal,
     iteration_lock: Mutex<()>,
+    /// The lease [`LOOP_LEASE`] while this loop holds it.
+    lease: Mutex<Option<Lease>>,
 }
+
+/// The name of the lease a loop holds while it acts (see [`ContinuousLearningLoop`]).
+pub const LOOP_LEASE: &str = "loop";
 
 impl<S: LoopStore> std::fmt::Debug for ContinuousLearningLoop<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,6 +178,7 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             generation_stop: None,
             stop: StopSignal::new(),
             iteration_lock: Mutex::new(()),
+            lease: Mutex::new(None),
         };
         this.recover()?;
         if let Some(champion) = &this.config.initial_champion {
@@ -336,6 +346,22 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
                 return summary;
             }
             let started = self.store.clock().now();
+            match self.hold_lease() {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        "another loop acts on this database (it holds the `{LOOP_LEASE}` \
+                         lease); standing by"
+                    );
+                    if self.nap_until(started.checked_add_signed(interval)) {
+                        summary.stop_reason = StopReason::Stopped;
+                        *lock(&self.lease) = None;
+                        return summary;
+                    }
+                    continue;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot check the loop lease; trying again"),
+            }
             let result = self.run_iteration();
             summary.iterations += 1;
             match &result {
@@ -348,24 +374,42 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             on_iteration(&result);
             if max_iterations.is_some_and(|max| summary.iterations >= max) {
                 summary.stop_reason = StopReason::MaxIterations;
+                *lock(&self.lease) = None;
                 return summary;
             }
             // An interval beyond the calendar's end means the next iteration never comes.
-            let due = started.checked_add_signed(interval);
-            loop {
-                let left = match due {
-                    Some(due) => match (due - self.store.clock().now()).to_std() {
-                        Ok(left) if !left.is_zero() => left,
-                        _ => break,
-                    },
-                    None => MAX_NAP,
-                };
-                if self.stop.wait(left.min(MAX_NAP)) {
-                    summary.stop_reason = StopReason::Stopped;
-                    return summary;
-                }
+            if self.nap_until(started.checked_add_signed(interval)) {
+                summary.stop_reason = StopReason::Stopped;
+                *lock(&self.lease) = None;
+                return summary;
             }
         }
+    }
+
+    /// Waits until `due` on the store's clock (forever for `None`); true when a stop was
+    /// asked for meanwhile.
+    fn nap_until(&self, due: Option<DateTime<Utc>>) -> bool {
+        loop {
+            let left = match due {
+                Some(due) => match (due - self.store.clock().now()).to_std() {
+                    Ok(left) if !left.is_zero() => left,
+                    _ => return false,
+                },
+                None => MAX_NAP,
+            };
+            if self.stop.wait(left.min(MAX_NAP)) {
+                return true;
+            }
+        }
+    }
+
+    /// Takes the loop lease unless this loop holds it already; false while another holds it.
+    fn hold_lease(&self) -> Result<bool> {
+        let mut lease = lock(&self.lease);
+        if lease.is_none() {
+            *lease = self.store.try_lease(LOOP_LEASE)?;
+        }
+        Ok(lease.is_some())
     }
 
     /// One iteration (the seed's `run_iteration`); see the type's documentation.
@@ -379,6 +423,24 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
     /// the persisted status either way (as far as the store allows).
     pub fn run_iteration_with(&self, options: IterationOptions) -> Result<IterationReport> {
         let _guard = lock(&self.iteration_lock);
+        // One loop acts at a time: this iteration runs under the loop lease, held for it
+        // alone unless run_loop holds it already.
+        let held_before = lock(&self.lease).is_some();
+        if !self.hold_lease()? {
+            return Err(LoopError::Conflict(format!(
+                "another loop acts on this database (it holds the `{LOOP_LEASE}` lease); \
+                 stop it, or let it do the work"
+            )));
+        }
+        let result = self.run_iteration_leased(options);
+        if !held_before {
+            *lock(&self.lease) = None;
+        }
+        result
+    }
+
+    /// [`Self::run_iteration_with`] once the lease is held.
+    fn run_iteration_leased(&self, options: IterationOptions) -> Result<IterationReport> {
         let recovered = self.recover()?;
         let started_at = self.store.clock().now();
         let mut state = LoopState::load(&*self.store)?;

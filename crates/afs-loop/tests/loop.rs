@@ -13,8 +13,8 @@ use afs_loop::{
     LoopConfig, LoopError, LoopState, RetrainStep, StopReason,
 };
 use afs_store::{
-    Clock, Decision, ExperimentStatus, ExperimentStore, Feedback, FeedbackValue, ManualClock,
-    NewModelVersion, NewUsage, RunStatus, RunStore, VersionStatus,
+    Clock, Decision, ErrorKind, ExperimentStatus, ExperimentStore, Feedback, FeedbackValue,
+    ManualClock, NewModelVersion, NewUsage, RunStatus, RunStore, VersionStatus,
 };
 use afs_store_sqlite::{SqliteConfig, SqliteStore};
 use afs_trigger::{
@@ -927,4 +927,58 @@ fn a_custom_router_is_the_one_the_serving_path_uses() {
         afs_store::UsageStore::get(&*f.store, &id).unwrap().model,
         "chall"
     );
+}
+
+#[test]
+fn one_loop_acts_at_a_time_and_a_standby_loop_takes_over_when_it_stops() {
+    let f = fixture();
+    let (trainer, _) = counting_trainer();
+    let first = Arc::new(f.new_loop(f.config(), trainer));
+    // A second loop on the same database through a handle of its own, as a second process
+    // or host would have.
+    let other = Arc::new(
+        SqliteStore::open(
+            SqliteConfig::new(f.dir.path().join("afs.db")),
+            f.clock.clone(),
+        )
+        .unwrap(),
+    );
+    let (trainer, _) = counting_trainer();
+    let second = Arc::new(
+        ContinuousLearningLoop::new(other.clone(), f.config(), trainer)
+            .unwrap()
+            .with_routing_seed(7),
+    );
+
+    let run = |learning: &Arc<ContinuousLearningLoop<SqliteStore>>| {
+        let learning = learning.clone();
+        std::thread::spawn(move || learning.run_loop(None, &mut |_| {}))
+    };
+    let first_runner = run(&first);
+    wait_for(|| LoopState::load(&*f.store).unwrap().iterations == 1);
+
+    // While the first loop holds the lease, a single iteration of the second is refused...
+    let err = second.run_iteration().unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::Conflict), "{err}");
+    assert!(err.to_string().contains("another loop"), "{err}");
+    // ...and its run_loop stands by without iterating, even when its interval passes.
+    let second_runner = run(&second);
+    std::thread::sleep(Duration::from_millis(200));
+    f.advance_hours(1);
+    first.stop_signal().wake();
+    second.stop_signal().wake();
+    wait_for(|| LoopState::load(&*f.store).unwrap().iterations == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(LoopState::load(&*f.store).unwrap().iterations, 2);
+
+    // The first loop stops and gives the lease up; the standby loop acts at its next check.
+    first.stop();
+    let summary = first_runner.join().unwrap();
+    assert_eq!(summary.iterations, 2);
+    f.advance_hours(1);
+    second.stop_signal().wake();
+    wait_for(|| LoopState::load(&*f.store).unwrap().iterations == 3);
+    second.stop();
+    let summary = second_runner.join().unwrap();
+    assert!(summary.iterations >= 1, "{summary:?}");
 }

@@ -34,6 +34,8 @@
 //!   with it: [`RunStore::recover_stale_runs`] finds nothing to recover (see its notes in
 //!   `runs.rs`).
 //! * **Files.** None: [`UsageStore::files`] is empty.
+//! * **Leases** ([`LeaseStore`](afs_store::LeaseStore)) are names in a set shared by the
+//!   store's clones of it; they end with the store, as everything in it does.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -56,6 +58,7 @@
 //! [`RunStore::recover_stale_runs`]: afs_store::RunStore::recover_stale_runs
 
 mod experiments;
+mod lease;
 mod runs;
 mod state;
 mod store;

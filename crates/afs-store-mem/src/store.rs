@@ -22,6 +22,8 @@ pub struct MemStore {
     clock: Arc<dyn Clock>,
     max_field_bytes: usize,
     state: RwLock<State>,
+    /// Names of the leases held (`lease.rs`).
+    pub(crate) leases: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for MemStore {
@@ -72,6 +74,7 @@ impl MemStore {
             clock,
             max_field_bytes,
             state: RwLock::new(State::default()),
+            leases: Arc::default(),
         }
     }
 

@@ -32,6 +32,7 @@
 
 mod error;
 mod experiments;
+mod lease;
 mod migrations;
 mod runs;
 mod store;

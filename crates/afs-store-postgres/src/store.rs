@@ -58,6 +58,8 @@ pub struct PgStore {
     /// The URL without its password, for messages.
     pub(crate) shown: String,
     pub(crate) usage: crate::usage::UsageState,
+    /// The connection settings, for connections of its own outside the pool (leases).
+    pub(crate) pg: postgres::Config,
     /// Runs this handle owns (src/runs.rs).
     pub(crate) runs: crate::runs::RunState,
 }
@@ -86,7 +88,7 @@ impl PgStore {
         let mut first = pg.connect(NoTls).map_err(|e| connect_error(&shown, e))?;
         crate::migrations::migrate(&mut first, &shown, config.create_schema)?;
         drop(first);
-        let manager = PostgresConnectionManager::new(pg, NoTls);
+        let manager = PostgresConnectionManager::new(pg.clone(), NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size.max(1))
             .min_idle(Some(0))
@@ -99,6 +101,7 @@ impl PgStore {
             config,
             shown,
             usage,
+            pg,
             runs: crate::runs::RunState::new(),
         })
     }

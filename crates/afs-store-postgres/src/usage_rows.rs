@@ -67,11 +67,17 @@ pub(crate) fn time_of_micros(us: i64) -> DateTime<Utc> {
 pub(crate) struct InsertRow {
     /// The new record's id.
     pub(crate) id: String,
+    /// The checked record.
     record: NewUsage,
+    /// Its time.
     ts_us: i64,
+    /// When it was logged.
     created_at_us: i64,
+    /// When its feedback (if any) was given.
     feedback_at_us: Option<i64>,
+    /// `afs_store::dedupe_hash` of its query and response.
     dedupe_hash: String,
+    /// The normalised pair key of its query and response.
     pair_key: TextKey,
 }
 
@@ -92,6 +98,7 @@ impl InsertRow {
         }
     }
 
+    /// The feedback value as stored.
     fn feedback(&self) -> Option<i16> {
         self.record
             .feedback
@@ -99,6 +106,7 @@ impl InsertRow {
             .map(|f| f.value.as_i64() as i16)
     }
 
+    /// The feedback text, if any.
     fn feedback_text(&self) -> Option<&str> {
         self.record
             .feedback

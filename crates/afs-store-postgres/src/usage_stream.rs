@@ -24,13 +24,19 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 /// A stream of records read in keyset pages.
 pub(crate) struct RecordPages<'a> {
+    /// Where pages are read from.
     store: &'a PgStore,
+    /// The caller's filter.
     filter: RecordFilter,
     /// `(ts_us, seq)` of the last record returned.
     after: Option<(i64, i64)>,
+    /// Records read and not yet returned.
     buffer: VecDeque<UsageRecord>,
+    /// Rows the next page asks for.
     page_size: u64,
+    /// Records still to return under the filter's limit.
     remaining: Option<u64>,
+    /// Whether the last page has been read.
     exhausted: bool,
 }
 

@@ -20,14 +20,18 @@ pub(crate) const HOUR_US: i64 = 3_600_000_000;
 /// A rollup table: its name and the width of its buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Level {
+    /// The table.
     table: &'static str,
+    /// The width of its buckets, microseconds.
     width_us: i64,
 }
 
+/// The hourly rollups.
 const HOURLY: Level = Level {
     table: "afs_usage_hour",
     width_us: HOUR_US,
 };
+/// The per-minute rollups.
 const MINUTELY: Level = Level {
     table: "afs_usage_minute",
     width_us: MINUTE_US,
@@ -37,7 +41,9 @@ const MINUTELY: Level = Level {
 /// `[from, to)` of microseconds scanned from the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
+    /// Whole buckets of a rollup table.
     Buckets(Level, Option<i64>, Option<i64>),
+    /// Records of the log.
     Scan(Option<i64>, Option<i64>),
 }
 

@@ -21,6 +21,7 @@ const YIELDS: usize = 3;
 /// Where a queued row's outcome is left for its caller.
 type Slot = Arc<Mutex<Option<Result<String>>>>;
 
+/// Locks `m`; a panic elsewhere while it was held left nothing half-done in it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -28,7 +29,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The queue of rows waiting for a commit, shared by the callers of one store handle.
 #[derive(Debug, Default)]
 pub(crate) struct GroupCommit {
+    /// The queue and the leader flag.
     shared: Mutex<Shared>,
+    /// Signalled when a leader steps down (its group committed or failed).
     committed: Condvar,
     /// Callers inside [`GroupCommit::log`]: queuing, waiting, leading or returning.
     inside: AtomicUsize,
@@ -37,7 +40,9 @@ pub(crate) struct GroupCommit {
 /// Rows waiting for a commit, and whether a caller is committing (the leader).
 #[derive(Debug, Default)]
 struct Shared {
+    /// Rows not taken by a leader yet, each with its caller's slot.
     queue: Vec<(InsertRow, Slot)>,
+    /// Whether a caller is committing a group now.
     leader: bool,
 }
 
@@ -149,5 +154,54 @@ fn copy_error(e: &StoreError) -> StoreError {
             context: other.to_string(),
             source,
         },
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::sync::Arc;
+
+    use afs_store::{NewUsage, SystemClock, UsageStore};
+
+    use crate::testing::{cluster_url, TestDatabase};
+    use crate::{PgConfig, PgStore};
+
+    /// Threads logging one record at a time share transactions: the rows carry fewer
+    /// distinct inserting transactions (`xmin`) than there are rows.
+    #[test]
+    fn concurrent_single_logs_are_committed_in_groups() {
+        let Some(cluster) = cluster_url() else { return };
+        let database = TestDatabase::create(&cluster);
+        let store = PgStore::open(PgConfig::new(&database.url), Arc::new(SystemClock)).unwrap();
+        const THREADS: usize = 8;
+        const EACH: usize = 100;
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in 0..EACH {
+                        store
+                            .log(NewUsage::new(format!("q {t} {i}"), "r", "m"))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let row = store
+            .conn()
+            .unwrap()
+            .query_one(
+                "SELECT count(*), count(DISTINCT xmin::text) FROM afs_usage",
+                &[],
+            )
+            .unwrap();
+        let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+        println!("{rows} records in {transactions} transactions");
+        assert_eq!(rows, (THREADS * EACH) as i64);
+        assert!(
+            transactions < rows,
+            "{transactions} transactions for {rows} records"
+        );
+        drop(store);
     }
 }

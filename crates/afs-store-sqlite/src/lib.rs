@@ -118,6 +118,7 @@
 //!   threads queued on it for every page they read.
 
 mod experiments;
+mod lease;
 mod migrations;
 mod rows;
 mod runs;

@@ -1,5 +1,5 @@
 //! The usage store's core: the bottom layer of afs. It holds what every backend shares and
-//! no backend: the traits ([`UsageStore`], [`RunStore`], [`ExperimentStore`]), the record,
+//! no backend: the traits ([`UsageStore`], [`RunStore`], [`ExperimentStore`], [`LeaseStore`]), the record,
 //! query, statistics and experiment types, the errors, the input checks, and the domain
 //! rules of experiments written once over [`backend::ExperimentTx`].
 //!
@@ -33,6 +33,7 @@ mod error;
 mod experiment;
 mod id;
 pub mod key;
+mod lease;
 pub mod process;
 mod query;
 mod record;
@@ -52,6 +53,7 @@ pub use experiment::{
     VersionStatus, WeightSource,
 };
 pub use id::new_id;
+pub use lease::{Lease, LeaseStore};
 pub use query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, StatsWindow};
 pub use record::{
     dedupe_hash, validate_feedback_text, validate_latency, validate_quality, validate_time,

@@ -34,7 +34,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &DemoArgs) -> anyhow::Result<()> {
             .keep();
         (dir.join("afs-demo.db"), dir.join("runs"))
     };
-    let store_config = crate::config::load(global.config.as_deref())?.store_config(&db_path);
+    // The demo reads no configuration: the store's defaults.
+    let store_config = crate::any_store::StoreConfig::defaults_for(&db_path);
     let config = DemoConfig {
         // Shown in the summary: a URL without its password.
         db_path: crate::any_store::shown_db(&db_path).into(),

@@ -698,13 +698,38 @@ pub fn two_processes(factory: &dyn Factory, spawn: &dyn Fn(&str, &str) -> Comman
     let mine = store.begin_run(new_run("manual")).unwrap();
     assert_eq!(store.run(&crashed).unwrap().status, RunStatus::Failed);
     assert_eq!(mine.status, RunStatus::Running);
+
+    // Leases: a child's lease is not given here while it lives; killed with SIGKILL, it
+    // loses the lease without anyone's help.
+    let mut holder = Peer::start(spawn, &locator, "lease-hold");
+    holder.expect("HELD");
+    assert!(
+        store.try_lease("conformance").unwrap().is_none(),
+        "a lease held by another process was given"
+    );
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    // The process is gone; the backend may take a moment to notice (a server ending the
+    // session), never a lease timeout: a generous bound, polled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if store.try_lease("conformance").unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease of a process killed with SIGKILL was still held after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// The child side of [`two_processes`]: opens the database at `locator` with `open` (with
 /// any clock: the system clock is fine) and plays `role`, talking to the parent on stdout
 /// and stdin. Roles: `writer-K` (say `READY`, wait for `GO`, log its records, say
-/// `DONE <n>`), `run-hold` (start a run, say `STARTED <id>`, wait for stdin to close) and
-/// `run-crash` (start a run, say so, exit at once without finishing it). Returns when the
+/// `DONE <n>`), `run-hold` (start a run, say `STARTED <id>`, wait for stdin to close),
+/// `run-crash` (start a run, say so, exit at once without finishing it) and `lease-hold`
+/// (take the lease `conformance`, say `HELD`, hold it until killed or stdin closes). Returns when the
 /// role is played; panics on an unknown role or a failed write.
 pub fn child_main(locator: &str, role: &str, open: &dyn Fn(&str) -> Box<dyn TestStore>) {
     let wait_for_line = || {
@@ -734,6 +759,14 @@ pub fn child_main(locator: &str, role: &str, open: &dyn Fn(&str) -> Box<dyn Test
             let run = store.begin_run(new_run("manual")).unwrap();
             println!("STARTED {}", run.id);
             std::process::exit(0);
+        }
+        "lease-hold" => {
+            let lease = store.try_lease("conformance").unwrap();
+            assert!(lease.is_some(), "the lease was not free");
+            println!("HELD");
+            // Held until the parent kills this process.
+            wait_for_line();
+            drop(lease);
         }
         other => panic!("unknown conformance child role {other:?}"),
     }

@@ -67,11 +67,13 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::{
-    ExperimentStore, ManualClock, NewUsage, RecordFilter, RunStore, UsageRecord, UsageStore,
+    ExperimentStore, LeaseStore, ManualClock, NewUsage, RecordFilter, RunStore, UsageRecord,
+    UsageStore,
 };
 
 mod concurrency;
 mod experiments;
+mod leases;
 mod runs;
 mod units;
 mod usage;
@@ -82,10 +84,10 @@ pub use units::{
     unit_stats_sequence,
 };
 
-/// The store under test: one object implementing all three store traits.
-pub trait TestStore: UsageStore + RunStore + ExperimentStore {}
+/// The store under test: one object implementing every store trait.
+pub trait TestStore: UsageStore + RunStore + ExperimentStore + LeaseStore {}
 
-impl<T: UsageStore + RunStore + ExperimentStore + ?Sized> TestStore for T {}
+impl<T: UsageStore + RunStore + ExperimentStore + LeaseStore + ?Sized> TestStore for T {}
 
 /// Another handle on the same database as an [`Instance`]'s store, driven by the same clock.
 pub type OpenHandle = Box<dyn Fn() -> Box<dyn TestStore> + Send + Sync>;
@@ -141,6 +143,7 @@ pub fn checks() -> Vec<Check> {
     all.extend(experiments::checks());
     all.extend(runs::checks());
     all.extend(units::checks());
+    all.extend(leases::checks());
     all.extend(concurrency::checks());
     all
 }
