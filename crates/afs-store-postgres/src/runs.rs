@@ -20,12 +20,15 @@
 //!   (pid and host). `finish_run` closes the dedicated connection, which releases the
 //!   lock. A run whose owner lost its connection to the server while alive is, by the same
 //!   test, taken as lost: the server cannot tell the two apart.
+//!   A host that vanishes without closing its socket (power loss, a cut network) loses its
+//!   runs when TCP keepalives give up on it (about 25 s; the dedicated connection asks for
+//!   them both ways).
 //! * `owner_pid` is the owning process's pid (on its host, `owner_host`).
 //! * **State:** `put_states` upserts every key in one transaction.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use afs_store::{new_id, NewRun, Result, RetrainRun, RunOutcome, RunStatus, RunStore, StoreError};
 use postgres::{NoTls, Row, Transaction};
@@ -198,22 +201,25 @@ fn owner_is_gone(tx: &mut Transaction<'_>, key: i32) -> Result<bool> {
 }
 
 impl PgStore {
-    /// A new connection of its own (not from the pool), to hold a run's lock.
+    /// A new connection of its own (not from the pool), to hold a run's lock, with TCP
+    /// keepalives both ways (10 s idle, every 5 s, 3 probes), so that the server ends the
+    /// session of a host that vanished without closing its socket within about 25 s.
     fn dedicated_connection(&self) -> Result<postgres::Client> {
-        let mut pg = postgres::Config::from_str(&self.config.url).map_err(|e| {
-            StoreError::invalid(
-                "db",
-                format!("{} is not a valid PostgreSQL URL: {e}", self.shown),
+        let mut pg = self.pg.clone();
+        pg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        let mut client = pg
+            .connect(NoTls)
+            .map_err(|e| db(format!("connect to {} to own a retrain run", self.shown), e))?;
+        client
+            .batch_execute(
+                "SET application_name = 'afs retrain run'; SET tcp_keepalives_idle = 10; \
+                 SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3;",
             )
-        })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(self.config.connect_timeout);
-        }
-        if pg.get_application_name().is_none() {
-            pg.application_name("afs retrain run");
-        }
-        pg.connect(NoTls)
-            .map_err(|e| db(format!("connect to {} to own a retrain run", self.shown), e))
+            .map_err(dbe("set up the connection owning a retrain run"))?;
+        Ok(client)
     }
 
     /// Runs `f` in a transaction holding [`RUNS_LOCK`] and commits it when `f` returns `Ok`.
