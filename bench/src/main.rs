@@ -16,6 +16,8 @@ mod import;
 mod load;
 mod logging;
 mod logs;
+mod postgres;
+mod postgres_server;
 mod query;
 mod report;
 mod serve;
@@ -116,6 +118,9 @@ enum Group {
     Serve,
     /// Issue 15: checks after records arrive in bursts, and while logging runs
     Burst,
+    /// The usage store on PostgreSQL (a private cluster, or AFS_BENCH_PG_URL), with the
+    /// server's CPU
+    Postgres,
 }
 
 /// How much work each figure does.
@@ -257,6 +262,7 @@ struct Results {
     abtest: Option<Measured<abtest::AbResults>>,
     burst: Option<Measured<burst::BurstTimes>>,
     serve: Option<Measured<serve::ServeResults>>,
+    postgres: Option<postgres::PgResults>,
 }
 
 /// A directory deleted (with every database in it) when the run ends, even on error.
@@ -460,6 +466,7 @@ fn run(args: Args) -> Result<()> {
         abtest: None,
         serve: None,
         burst: None,
+        postgres: None,
     };
     if wanted.contains(&Group::Log) {
         results.logging = Some(logging::measure(
@@ -501,6 +508,9 @@ fn run(args: Args) -> Result<()> {
             burst::measure(&tmp.path, &sizes.bursts),
             "burst",
         ));
+    }
+    if wanted.contains(&Group::Postgres) {
+        results.postgres = Some(postgres::measure(&tmp.path, &sizes));
     }
     if [
         Group::Stats,

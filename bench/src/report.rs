@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::abtest::{AbResults, CheckCost, ScenarioSummary};
 use crate::datagen::{ChildOutcome, ChildReport, DatagenTimes, Variant};
+use crate::postgres::PgResults;
 use crate::serve::{ScenarioRun, ServeResults};
 use crate::trigger::TriggerTimes;
 use crate::{ImportResult, LogResults, Measured, Results};
@@ -67,6 +68,11 @@ mod target {
     pub(super) const BURST_MS: f64 = 5.0;
     /// Issue 15: the same as a whole `afs` process, ms.
     pub(super) const BURST_PROCESS_MS: f64 = 30.0;
+    /// PostgreSQL: `afs import`, records per second.
+    pub(super) const PG_IMPORT_RATE: f64 = 50_000.0;
+    /// PostgreSQL: `afs generate` on the 100k log at least this many times faster than the
+    /// seed.
+    pub(super) const PG_DATAGEN_SPEEDUP: f64 = 10.0;
 }
 
 /// Issue numbers of the groups.
@@ -79,6 +85,8 @@ mod issue {
     pub(super) const UNITS: u8 = 13;
     pub(super) const BURST: u8 = 15;
     pub(super) const QUALITY_WRITE_BACK: u8 = 15;
+    /// The usage store on PostgreSQL.
+    pub(super) const POSTGRES: u8 = 18;
 }
 
 /// Whether a figure met its target.
@@ -513,6 +521,9 @@ pub(crate) fn figures(results: &Results) -> Vec<Figure> {
     }
     if let Some(burst) = &results.burst {
         burst_figures(burst, &mut rows);
+    }
+    if let Some(pg) = &results.postgres {
+        postgres_figures(pg, &mut rows);
     }
 
     for (log, name) in &logs {
@@ -1635,4 +1646,312 @@ fn load_1m(run: &ScenarioRun) -> String {
         first(&run.load_before),
         first(&run.load_after)
     )
+}
+
+/// The usage store on PostgreSQL, each figure with the CPU the server spent on it, in the
+/// issue's order; the builds of the logs last.
+fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
+    let pg = match pg {
+        PgResults::Ran(pg) => pg,
+        PgResults::Skipped(reason) => {
+            rows.push(
+                Figure::new(0, "postgres", "PostgreSQL figures", 0.0, "")
+                    .issue(issue::POSTGRES)
+                    .measured(format!("skipped: {reason}")),
+            );
+            return;
+        }
+        PgResults::Error(reason) => {
+            rows.push(
+                Figure::error(1, "postgres", "PostgreSQL figures", reason.clone())
+                    .issue(issue::POSTGRES),
+            );
+            return;
+        }
+    };
+    let first = rows.len();
+    let mut builds = Vec::new();
+    let cpu = |secs: Option<f64>, per: &str| {
+        secs.map_or("server CPU not measured".to_string(), |s| {
+            format!("server CPU {s:.2} s {per}")
+        })
+    };
+    let cpu_call = |c: &Option<crate::postgres::CpuPerCall>| {
+        c.as_ref()
+            .map_or("server CPU not measured".to_string(), |c| {
+                format!("server CPU {}", c.text())
+            })
+    };
+    let error = |group: u8, id: &str, label: String, reason: &str| {
+        Figure::error(group, id, label, reason.to_string()).issue(issue::POSTGRES)
+    };
+
+    // 1: logging one record per call.
+    let label = |threads: usize, n: u64| {
+        format!(
+            "PostgreSQL: log one call at a time, {threads} thread{} ({} calls; {})",
+            if threads == 1 { "" } else { "s" },
+            thousands(n),
+            pg.durability
+        )
+    };
+    match &pg.logging {
+        Measured::Error(reason) => rows.push(error(
+            1,
+            "postgres.log",
+            label(4, pg.sizes.log_four),
+            reason,
+        )),
+        Measured::Ok(rates) => {
+            for (run, id) in [
+                (&rates.four, "postgres.log.threads_4"),
+                (&rates.one, "postgres.log.threads_1"),
+            ] {
+                let mut row = Figure::new(
+                    1,
+                    id,
+                    label(run.threads, run.n_records),
+                    run.rate(),
+                    "rec/s",
+                )
+                .issue(issue::POSTGRES)
+                .measured(format!(
+                    "{} ({})",
+                    format_value(run.rate(), "rec/s"),
+                    cpu(
+                        run.server_cpu_secs,
+                        &format!("for {} records", short_count(run.n_records))
+                    )
+                ));
+                if run.threads == 4 {
+                    row = row.at_least(target::LOG_RATE).note(format!(
+                        "postgres.log: PgStore::log in process, one record per call from {} \
+                         threads (and from 1 for reference), each run in a fresh database \
+                         after {} untimed calls; a call returns once its record committed \
+                         (group commit shares a transaction between callers waiting at once), \
+                         with {}",
+                        run.threads, pg.sizes.log_warmup, pg.durability
+                    ));
+                } else {
+                    row = row.label_suffix(", for reference");
+                }
+                if run.lost > 0 {
+                    row = row.wrong(format!(
+                        "{} logged records are missing from the log",
+                        run.lost
+                    ));
+                }
+                rows.push(row);
+            }
+        }
+    }
+
+    // 2: afs import.
+    let label = format!(
+        "PostgreSQL: afs import of {} JSONL records (whole process)",
+        short_count(pg.sizes.import)
+    );
+    match &pg.import {
+        Measured::Error(reason) => rows.push(error(2, "postgres.import", label, reason)),
+        Measured::Ok(import) => {
+            let rate = import.n_records as f64 / import.secs;
+            rows.push(
+                Figure::new(2, "postgres.import", label, rate, "rec/s")
+                    .issue(issue::POSTGRES)
+                    .measured(format!(
+                        "{} ({:.2} s; {})",
+                        format_value(rate, "rec/s"),
+                        import.secs,
+                        cpu(
+                            import.server_cpu_secs,
+                            &format!("for {} records", short_count(import.n_records))
+                        )
+                    ))
+                    .at_least(target::PG_IMPORT_RATE)
+                    .note(format!(
+                        "postgres.import: `afs --db URL --json import FILE` into a fresh \
+                         database (afs creates its tables), timed from process start to exit; \
+                         the file ({:.0} MB) holds the same records as the SQLite import \
+                         figure's",
+                        import.file_bytes as f64 / 1e6
+                    )),
+            );
+        }
+    }
+
+    // 3 and 5 are measured on the big log, 4 on the small one.
+    let big = short_count(pg.sizes.big);
+    let at_size = pg.sizes.big == 1_000_000;
+    let stats_label = format!(
+        "PostgreSQL: stats_by_model, 24 h window, {big} log (median of {})",
+        pg.sizes.stats_reps
+    );
+    let (stats, query) = match &pg.big {
+        Measured::Error(reason) => (Err(reason.as_str()), Err(reason.as_str())),
+        Measured::Ok(log) => {
+            builds.push(build_row(&log.build, "postgres.build.big"));
+            (measured_ref(&log.stats), measured_ref(&log.query))
+        }
+    };
+    match stats {
+        Err(reason) => rows.push(error(3, "postgres.stats", stats_label, reason)),
+        Ok(stats) => {
+            let mut row = Figure::new(
+                3,
+                "postgres.stats",
+                stats_label,
+                stats.times.median_ms,
+                "ms",
+            )
+            .issue(issue::POSTGRES)
+            .measured(format!(
+                "{}; {}",
+                ms_with_p95(stats.times.median_ms, stats.times.p95_ms),
+                cpu_call(&stats.server_cpu)
+            ))
+            .note(format!(
+                "postgres.stats: PgStore::stats_by_model in process over [now - 24 h + 17 min, \
+                 now - 3 min), both edges inside a minute ({} records of {} models in it), on \
+                 the SQLite big log's records built with log_batch; 5 untimed calls, then the \
+                 timed ones, then more calls for the server CPU alone",
+                thousands(stats.window_total),
+                stats.models
+            ));
+            if at_size {
+                row = row.at_most(target::STATS_MS);
+            }
+            rows.push(row);
+        }
+    }
+
+    // 4: afs generate.
+    let small = short_count(pg.sizes.small);
+    let label = format!(
+        "PostgreSQL: afs generate, {small} bench log (whole process, median of {})",
+        pg.sizes.generate_reps
+    );
+    match &pg.generate {
+        Measured::Error(reason) => rows.push(error(4, "postgres.generate", label, reason)),
+        Measured::Ok(g) => {
+            let ms = g.median_secs * 1000.0;
+            let mut row = Figure::new(4, "postgres.generate", label, ms, "ms")
+                .issue(issue::POSTGRES)
+                .measured(format!(
+                    "{} ms ({:.1}x seed; {} samples; runs {} ms; {})",
+                    format_ms(ms),
+                    seed::DATAGEN_SECS / g.median_secs,
+                    thousands(g.final_count),
+                    g.runs
+                        .iter()
+                        .map(|s| format_ms(s * 1000.0))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    cpu(g.server_cpu_secs, "per run")
+                ))
+                .seed(seed::DATAGEN)
+                .note(
+                    "postgres.generate: `afs --db URL --json generate --no-write-back --out \
+                     FILE` (the seed's settings; scores not written back, so every run reads \
+                     the same log) on the SQLite small log's records, timed from process start \
+                     to exit, after one untimed run",
+                );
+            if pg.sizes.small == 100_000 {
+                let limit = seed::DATAGEN_SECS * 1000.0 / target::PG_DATAGEN_SPEEDUP;
+                row = row.target(
+                    format!(
+                        "<= {} ms ({:.0}x faster)",
+                        format_ms(limit),
+                        target::PG_DATAGEN_SPEEDUP
+                    ),
+                    ms <= limit,
+                );
+            }
+            rows.push(row);
+            builds.push(build_row(&g.build, "postgres.build.small"));
+        }
+    }
+
+    // 5: the first row of a filtered query.
+    let label = format!(
+        "PostgreSQL: query model={} q>={}: first row, {big} log (median of {})",
+        crate::postgres::QUERY_MODEL,
+        crate::postgres::QUERY_MIN_QUALITY,
+        pg.sizes.first_row_reps
+    );
+    match query {
+        Err(reason) => rows.push(error(5, "postgres.query", label, reason)),
+        Ok(query) => {
+            let mut row = Figure::new(5, "postgres.query", label, query.first_row.median_ms, "ms")
+                .issue(issue::POSTGRES)
+                .measured(format!(
+                    "{}; {}",
+                    ms_with_p95(query.first_row.median_ms, query.first_row.p95_ms),
+                    cpu_call(&query.server_cpu)
+                ))
+                .note(
+                    "postgres.query: PgStore::query in process with a RecordFilter of a model and \
+                 a quality floor, timed from the call to holding the first record, a fresh \
+                 stream each time, after 2 untimed calls",
+                );
+            if at_size {
+                row = row.at_most(target::FIRST_ROW_MS);
+            }
+            rows.push(row);
+        }
+    }
+    rows.append(&mut builds);
+
+    // One note for the group, on its first row: the server and how its CPU is measured.
+    if let Some(row) = rows[first..].iter_mut().find(|f| f.status != Status::Error) {
+        let note = format!(
+            "postgres: on {}; the server reports {}. Each figure in a fresh database; a log, \
+             once built, is vacuumed, analysed and checkpointed before it is read. {}",
+            pg.server,
+            pg.settings,
+            if pg.cpu_measured {
+                "Server CPU: user+system time of the postmaster and every process below it, \
+                 plus the backends it reaped, from /proc before and after each measurement"
+            } else {
+                "Server CPU is not measured (a server at a URL)"
+            }
+        );
+        row.note = Some(match row.note.take() {
+            Some(own) => format!("{note}\n  {own}"),
+            None => note,
+        });
+    }
+}
+
+/// The value measured, or why there is none.
+fn measured_ref<T>(measured: &Measured<T>) -> Result<&T, &str> {
+    match measured {
+        Measured::Ok(value) => Ok(value),
+        Measured::Error(reason) => Err(reason),
+    }
+}
+
+/// Background row: a PostgreSQL log built with `log_batch`.
+fn build_row(build: &crate::postgres::Build, id: &str) -> Figure {
+    let rate = build.n_records as f64 / build.secs;
+    let cpu = |secs: Option<f64>| secs.map_or("not measured".to_string(), |s| format!("{s:.1} s"));
+    Figure::new(
+        0,
+        id,
+        format!(
+            "PostgreSQL: build {} log with log_batch of {}",
+            short_count(build.n_records),
+            thousands(crate::postgres::BATCH as u64)
+        ),
+        rate,
+        "rec/s",
+    )
+    .issue(issue::POSTGRES)
+    .measured(format!(
+        "{} ({:.1} s, server CPU {}; then VACUUM+CHECKPOINT {:.1} s, server CPU {})",
+        format_value(rate, "rec/s"),
+        build.secs,
+        cpu(build.server_cpu_secs),
+        build.settle_secs,
+        cpu(build.settle_cpu_secs)
+    ))
 }
