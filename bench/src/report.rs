@@ -86,7 +86,7 @@ mod issue {
     pub(super) const BURST: u8 = 15;
     pub(super) const QUALITY_WRITE_BACK: u8 = 15;
     /// The usage store on PostgreSQL.
-    pub(super) const POSTGRES: u8 = 18;
+    pub(super) const POSTGRES: u8 = 16;
 }
 
 /// Whether a figure met its target.
