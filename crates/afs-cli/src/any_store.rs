@@ -79,8 +79,8 @@ pub(crate) fn is_server(db: &Path) -> bool {
 pub(crate) enum AnyStore {
     /// A SQLite file.
     Sqlite(SqliteStore),
-    /// A PostgreSQL database.
-    Postgres(PgStore),
+    /// A PostgreSQL database (boxed: its handle is much larger than SQLite's).
+    Postgres(Box<PgStore>),
 }
 
 impl AnyStore {
@@ -88,7 +88,9 @@ impl AnyStore {
     pub(crate) fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<AnyStore> {
         Ok(match config {
             StoreConfig::Sqlite(config) => AnyStore::Sqlite(SqliteStore::open(config, clock)?),
-            StoreConfig::Postgres(config) => AnyStore::Postgres(PgStore::open(config, clock)?),
+            StoreConfig::Postgres(config) => {
+                AnyStore::Postgres(Box::new(PgStore::open(config, clock)?))
+            }
         })
     }
 }

@@ -4,9 +4,9 @@
 //! prints and sets exit codes; the work itself is done by `afs-store`, `afs-datagen`,
 //! `afs-trigger` and `afs-abtest`.
 
+mod any_store;
 mod cli;
 mod commands;
-mod any_store;
 mod config;
 mod domain_json;
 mod exit;

@@ -57,11 +57,17 @@ fn a_missing_database_and_an_unknown_user_are_refused_by_name() {
     let stranger = database
         .url
         .replacen("postgres://postgres@", "postgres://afs_no_such_role@", 1);
-    assert_ne!(stranger, database.url, "the cluster URL names user postgres");
+    assert_ne!(
+        stranger, database.url,
+        "the cluster URL names user postgres"
+    );
     let err = open(&stranger).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Database, "{err}");
     assert!(err.to_string().contains("cannot log in"), "{err}");
-    assert!(tables(&database.url).is_empty(), "a refused open created tables");
+    assert!(
+        tables(&database.url).is_empty(),
+        "a refused open created tables"
+    );
 }
 
 #[test]
@@ -97,7 +103,10 @@ fn a_newer_schema_is_refused_and_left_unchanged() {
     assert_eq!(err.kind(), ErrorKind::Database, "{err}");
     assert!(err.to_string().contains("newer"), "{err}");
     let version: String = client
-        .query_one("SELECT value FROM afs_meta WHERE key = 'schema_version'", &[])
+        .query_one(
+            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(version, newer);
@@ -112,7 +121,13 @@ fn without_create_an_empty_database_is_refused_and_left_empty() {
     config.create_schema = false;
     let err = PgStore::open(config, Arc::new(SystemClock)).unwrap_err();
     assert!(
-        matches!(err, StoreError::NotFound { what: "afs schema", .. }),
+        matches!(
+            err,
+            StoreError::NotFound {
+                what: "afs schema",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(tables(&database.url).is_empty());
@@ -133,7 +148,10 @@ fn processes_opening_a_new_database_at_once_create_it_once() {
     }
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
     let version: String = client
-        .query_one("SELECT value FROM afs_meta WHERE key = 'schema_version'", &[])
+        .query_one(
+            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(version, SCHEMA_VERSION.to_string());
