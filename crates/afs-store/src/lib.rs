@@ -1,7 +1,8 @@
 //! The usage store's core: the bottom layer of afs. It holds what every backend shares and
-//! no backend: the traits ([`UsageStore`], [`RunStore`], [`ExperimentStore`], [`LeaseStore`]), the record,
-//! query, statistics and experiment types, the errors, the input checks, and the domain
-//! rules of experiments written once over [`backend::ExperimentTx`].
+//! no backend: the traits ([`UsageStore`], [`RunStore`], [`ExperimentStore`], [`LeaseStore`],
+//! and [`RestoreStore`] for copying a whole store), the record, query, statistics and
+//! experiment types, the errors, the input checks, and the domain rules of experiments
+//! written once over [`backend::ExperimentTx`].
 //!
 //! Backends are crates of their own: `afs-store-sqlite` (one SQLite file, the embedded
 //! default), `afs-store-mem` (in memory, for tests and simulations). Every backend runs the
@@ -37,6 +38,7 @@ mod lease;
 pub mod process;
 mod query;
 mod record;
+mod restore;
 pub mod rng;
 mod runs;
 mod serde_time;
@@ -61,6 +63,7 @@ pub use record::{
     validate_token_count, Feedback, FeedbackValue, NewUsage, UsageRecord, DEFAULT_MAX_FIELD_BYTES,
     MAX_LATENCY_MS, MAX_NAME_BYTES, MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
 };
+pub use restore::{ExperimentDump, RestoreStore};
 pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
 pub use serde_time::text as time_text;
 pub use stats::UsageStats;
