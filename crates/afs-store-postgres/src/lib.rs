@@ -34,6 +34,7 @@ mod error;
 mod experiments;
 mod lease;
 mod migrations;
+mod restore;
 mod runs;
 mod store;
 #[cfg(feature = "testing")]

@@ -120,6 +120,7 @@
 mod experiments;
 mod lease;
 mod migrations;
+mod restore;
 mod rows;
 mod runs;
 mod stream;

@@ -1,0 +1,369 @@
+//! [`RestoreStore`] for PostgreSQL: rows written with the values they are given
+//! (`afs migrate`).
+//!
+//! Records go in with one binary `COPY` per batch, in the order given (so `seq`, which
+//! breaks ties within a microsecond, follows it); `COPY` fires the statement-level insert
+//! triggers, so the rollups and the running experiment's per-unit statistics follow as they
+//! do for `log_batch`. Experiments are written under the experiment lock with their ids, and
+//! the running one is started for the triggers (`units::start_experiment`) before any
+//! record comes. Restored runs are finished, so no process owns them: `owner_host` is
+//! `restored` and `owner_backend_pid` 0.
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::error::SqlState;
+use postgres::types::{ToSql, Type};
+
+use afs_store::units::UnitTally;
+use afs_store::{
+    ExperimentDump, ExperimentStatus, FeedbackValue, RestoreStore, Result, RetrainRun, RunStatus,
+    StoreError, UsageRecord,
+};
+
+use crate::error::{db, dbe};
+use crate::experiments::micros;
+use crate::store::PgStore;
+
+/// The columns a restored record fills, in [`COPY_TYPES`] order (`seq` is generated).
+const COPY_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, token_count, \
+    quality_score, user_feedback, feedback_text, feedback_at_us, unit_id, context_hash, \
+    dedupe_hash, created_at_us, pair_key";
+
+const COPY_TYPES: [Type; 17] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::INT8,
+    Type::FLOAT8,
+    Type::INT2,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::BYTEA,
+];
+
+fn conflict(reason: impl Into<String>) -> StoreError {
+    StoreError::Conflict {
+        reason: reason.into(),
+    }
+}
+
+fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// `Conflict` for a duplicate key (`what` names the rows), else the driver error.
+fn write_error(what: &str, e: postgres::Error) -> StoreError {
+    if is_unique_violation(&e) {
+        let detail = e
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .unwrap_or("a key already exists")
+            .to_string();
+        conflict(format!("{what}: {detail}"))
+    } else {
+        db(format!("restore {what}"), e)
+    }
+}
+
+impl RestoreStore for PgStore {
+    fn is_empty(&self) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let row = conn
+            .query_one(
+                "SELECT NOT (EXISTS (SELECT 1 FROM afs_usage) \
+                 OR EXISTS (SELECT 1 FROM afs_model_version) \
+                 OR EXISTS (SELECT 1 FROM afs_experiment) \
+                 OR EXISTS (SELECT 1 FROM afs_retrain_run) OR EXISTS (SELECT 1 FROM afs_state))",
+                &[],
+            )
+            .map_err(dbe("check whether the database is empty"))?;
+        Ok(row.get(0))
+    }
+
+    fn state_entries(&self) -> Result<Vec<(String, String)>> {
+        let mut conn = self.conn()?;
+        let rows = conn
+            .query("SELECT key, value FROM afs_state ORDER BY key", &[])
+            .map_err(dbe("read state"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn unit_covariates(&self, experiment_id: i64) -> Result<Vec<(String, UnitTally)>> {
+        let mut conn = self.conn()?;
+        let rows = conn
+            .query(
+                "SELECT unit_id, n, n_q, sum_q, n_lat, sum_lat, n_fb, n_pos, n_neg \
+                 FROM afs_experiment_unit_pre WHERE experiment_id = $1 ORDER BY unit_id",
+                &[&experiment_id],
+            )
+            .map_err(|e| db(format!("read covariates of experiment {experiment_id}"), e))?;
+        let count = |row: &postgres::Row, i: usize| row.get::<_, i64>(i).max(0) as u64;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0),
+                    UnitTally {
+                        n: count(row, 1),
+                        n_quality: count(row, 2),
+                        sum_quality: row.get(3),
+                        n_latency: count(row, 4),
+                        sum_latency_ms: row.get(5),
+                        n_feedback: count(row, 6),
+                        n_positive: count(row, 7),
+                        n_negative: count(row, 8),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn restore_experiments(&self, dump: &ExperimentDump) -> Result<()> {
+        self.experiment_write("restore experiments", |tx| {
+            let taken: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM afs_model_version) \
+                     OR EXISTS (SELECT 1 FROM afs_experiment)",
+                    &[],
+                )
+                .map_err(dbe("check experiments"))?
+                .get(0);
+            if taken {
+                return Err(conflict(
+                    "the database already holds model versions or experiments",
+                ));
+            }
+            let id_of = |name: &str| {
+                dump.versions
+                    .iter()
+                    .find(|v| v.name == name)
+                    .map(|v| v.id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "model version",
+                        id: name.to_string(),
+                    })
+            };
+            for v in &dump.versions {
+                tx.execute(
+                    "INSERT INTO afs_model_version (id, name, model_path, status, \
+                     traffic_weight, created_at_us, promoted_at_us, retired_at_us, dataset, \
+                     run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[
+                        &v.id,
+                        &v.name,
+                        &v.model_path,
+                        &v.status.as_str(),
+                        &v.traffic_weight,
+                        &micros(v.created_at),
+                        &v.promoted_at.map(micros),
+                        &v.retired_at.map(micros),
+                        &v.dataset,
+                        &v.run_id,
+                    ],
+                )
+                .map_err(|e| write_error(&format!("model version {}", v.name), e))?;
+            }
+            for e in &dump.experiments {
+                let what = format!("experiment {}", e.id);
+                tx.execute(
+                    "INSERT INTO afs_experiment (id, champion_id, challenger_id, status, seed, \
+                     challenger_weight, started_at_us, ended_at_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &e.id,
+                        &id_of(&e.champion)?,
+                        &id_of(&e.challenger)?,
+                        &e.status.as_str(),
+                        &(e.seed as i64),
+                        &e.challenger_weight,
+                        &micros(e.started_at),
+                        &e.ended_at.map(micros),
+                    ],
+                )
+                .map_err(|err| write_error(&what, err))?;
+                for p in &e.periods {
+                    tx.execute(
+                        "INSERT INTO afs_experiment_period (experiment_id, idx, started_us, \
+                         ended_us, challenger_weight, source) VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &e.id,
+                            &(p.index as i32),
+                            &micros(p.started_at),
+                            &p.ended_at.map(micros),
+                            &p.challenger_weight,
+                            &p.source.as_str(),
+                        ],
+                    )
+                    .map_err(|err| write_error(&what, err))?;
+                }
+            }
+            for (id, states) in &dump.states {
+                for s in states {
+                    tx.execute(
+                        "INSERT INTO afs_experiment_sequential_state (experiment_id, metric, \
+                         n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
+                         started_at_us, updated_at_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                        &[
+                            id,
+                            &s.metric,
+                            &(s.n_looks as i64),
+                            &s.baseline,
+                            &s.tau,
+                            &s.theta0,
+                            &s.p_better,
+                            &s.p_worse,
+                            &s.cs_lower,
+                            &s.cs_upper,
+                            &micros(s.started_at),
+                            &micros(s.updated_at),
+                        ],
+                    )
+                    .map_err(|e| write_error(&format!("sequential state of experiment {id}"), e))?;
+                }
+            }
+            for ev in &dump.events {
+                tx.execute(
+                    "INSERT INTO afs_experiment_event (id, at_us, experiment_id, kind, model, \
+                     decision, weight, reason, statistics) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &ev.id,
+                        &micros(ev.at),
+                        &ev.experiment_id,
+                        &ev.kind.as_str(),
+                        &ev.model,
+                        &ev.decision.map(|d| d.as_str()),
+                        &ev.weight,
+                        &ev.reason,
+                        &ev.statistics,
+                    ],
+                )
+                .map_err(|e| write_error(&format!("event {}", ev.id), e))?;
+            }
+            for (id, units) in &dump.covariates {
+                for (unit, t) in units {
+                    tx.execute(
+                        "INSERT INTO afs_experiment_unit_pre (experiment_id, unit_id, n, n_q, \
+                         sum_q, n_lat, sum_lat, n_fb, n_pos, n_neg) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        &[
+                            id,
+                            unit,
+                            &(t.n as i64),
+                            &(t.n_quality as i64),
+                            &t.sum_quality,
+                            &(t.n_latency as i64),
+                            &t.sum_latency_ms,
+                            &(t.n_feedback as i64),
+                            &(t.n_positive as i64),
+                            &(t.n_negative as i64),
+                        ],
+                    )
+                    .map_err(|e| write_error(&format!("covariates of experiment {id}"), e))?;
+                }
+            }
+            for e in &dump.experiments {
+                if e.status == ExperimentStatus::Running {
+                    crate::units::start_experiment(
+                        tx,
+                        e.id,
+                        &e.champion,
+                        &e.challenger,
+                        micros(e.started_at),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn restore_records(&self, records: &[UsageRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.transaction("restore records", |tx| {
+            let sink = tx
+                .copy_in(&format!(
+                    "COPY afs_usage ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .map_err(dbe("restore records"))?;
+            let mut writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            for r in records {
+                let key: Option<&[u8]> = r.pair_key.as_ref().map(|k| &k[..]);
+                let values: [&(dyn ToSql + Sync); 17] = [
+                    &r.id,
+                    &micros(r.timestamp),
+                    &r.query,
+                    &r.response,
+                    &r.model,
+                    &r.expert,
+                    &r.latency_ms,
+                    &r.token_count,
+                    &r.quality_score,
+                    &r.feedback.map(|f: FeedbackValue| f.as_i64() as i16),
+                    &r.feedback_text,
+                    &r.feedback_at.map(micros),
+                    &r.unit_id,
+                    &r.context_hash,
+                    &r.dedupe_hash,
+                    &r.created_at.map(micros),
+                    &key,
+                ];
+                writer
+                    .write(&values)
+                    .map_err(|e| write_error("records", e))?;
+            }
+            writer.finish().map_err(|e| write_error("records", e))?;
+            Ok(())
+        })
+    }
+
+    fn restore_runs(&self, runs: &[RetrainRun]) -> Result<()> {
+        if let Some(run) = runs.iter().find(|r| r.status == RunStatus::Running) {
+            return Err(StoreError::invalid(
+                "status",
+                format!(
+                    "run {} is still running; only finished runs can be copied",
+                    run.id
+                ),
+            ));
+        }
+        self.transaction("restore runs", |tx| {
+            for r in runs {
+                tx.execute(
+                    "INSERT INTO afs_retrain_run (id, started_at_us, finished_at_us, status, \
+                     trigger_type, trigger, run_dir, dataset_manifest, dataset_path, n_samples, \
+                     model_path, metrics, error, owner_pid, owner_host, owner_backend_pid) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                     'restored', 0)",
+                    &[
+                        &r.id,
+                        &micros(r.started_at),
+                        &r.finished_at.map(micros),
+                        &r.status.as_str(),
+                        &r.trigger_type,
+                        &r.trigger,
+                        &r.run_dir,
+                        &r.dataset_manifest,
+                        &r.dataset_path,
+                        &r.n_samples.map(|n| n as i64),
+                        &r.model_path,
+                        &r.metrics,
+                        &r.error,
+                        &i64::from(r.owner_pid),
+                    ],
+                )
+                .map_err(|e| write_error(&format!("run {}", r.id), e))?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,445 @@
+//! [`RestoreStore`] for SQLite: rows written with the values they are given (`afs migrate`).
+//!
+//! Records get the rowid a live write would give them (`ts_us × 1024 + n`, the first free
+//! slot of their microsecond, see `rows.rs`) and their contribution is added straight to the
+//! three rollup tables, once per model and bucket of the transaction, as a batch does
+//! (`writer.rs`); the triggers on `usage` keep the running experiment's unit rows, which are
+//! folded before the commit as a batch folds them. Experiments are written with their ids
+//! and the running one is marked live (`units::start_experiment`) before any record comes.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::migrations::{
+    rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS, ROLLUP_TABLES,
+};
+use super::rows::top_rowid;
+use super::time::{first_rowid_at, micros_of, rfc3339, ROWID_SLOTS};
+use super::{units, SqliteStore};
+use afs_store::units::UnitTally;
+use afs_store::{
+    ExperimentDump, ExperimentStatus, FeedbackValue, RestoreStore, Result, RetrainRun, RunStatus,
+    StoreError, UsageRecord,
+};
+
+fn conflict(reason: impl Into<String>) -> StoreError {
+    StoreError::Conflict {
+        reason: reason.into(),
+    }
+}
+
+/// Whether `e` is SQLite refusing a duplicate key.
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// A record's contribution to its rollup buckets, in rollup column order.
+fn rollup_delta(r: &UsageRecord) -> [f64; N_ROLLUP_COLUMNS] {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let q = r.quality_score.unwrap_or(0.0);
+    let lat = r.latency_ms.unwrap_or(0.0);
+    [
+        1.0,
+        flag(r.feedback.is_some()),
+        flag(r.feedback == Some(FeedbackValue::Positive)),
+        flag(r.feedback == Some(FeedbackValue::Negative)),
+        flag(r.feedback == Some(FeedbackValue::Neutral)),
+        flag(r.quality_score.is_some()),
+        q,
+        q * q,
+        flag(r.latency_ms.is_some()),
+        lat,
+        lat * lat,
+        r.token_count.unwrap_or(0) as f64,
+    ]
+}
+
+/// The covariate columns of `experiment_unit_pre`, in [`UnitTally`] order (no `n`).
+const PRE_COLUMNS: &str = "n_q, sum_q, n_lat, sum_lat, n_fb, n_pos, n_neg";
+
+impl RestoreStore for SqliteStore {
+    fn is_empty(&self) -> Result<bool> {
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT NOT (EXISTS (SELECT 1 FROM usage) OR EXISTS (SELECT 1 FROM model_version) \
+             OR EXISTS (SELECT 1 FROM experiment) OR EXISTS (SELECT 1 FROM retrain_runs) \
+             OR EXISTS (SELECT 1 FROM afs_state))",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|e| crate::db("check whether the database is empty", e))
+    }
+
+    fn state_entries(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM afs_state ORDER BY key")
+            .map_err(|e| crate::db("read state", e))?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(|e| crate::db("read state", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| crate::db("read state", e))
+    }
+
+    fn unit_covariates(&self, experiment_id: i64) -> Result<Vec<(String, UnitTally)>> {
+        let conn = self.conn()?;
+        let err = |e| crate::db(format!("read covariates of experiment {experiment_id}"), e);
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT unit, {PRE_COLUMNS} FROM experiment_unit_pre WHERE experiment_id = ?1 \
+                 ORDER BY unit"
+            ))
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([experiment_id], |row| {
+                let count =
+                    |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
+                Ok((
+                    row.get(0)?,
+                    UnitTally {
+                        n: 0,
+                        n_quality: count(1)?,
+                        sum_quality: row.get(2)?,
+                        n_latency: count(3)?,
+                        sum_latency_ms: row.get(4)?,
+                        n_feedback: count(5)?,
+                        n_positive: count(6)?,
+                        n_negative: count(7)?,
+                    },
+                ))
+            })
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
+    }
+
+    fn restore_experiments(&self, dump: &ExperimentDump) -> Result<()> {
+        self.write_txn("restore experiments", |tx| {
+            let db = |what: &str| {
+                let what = what.to_string();
+                move |e| crate::db(format!("restore {what}"), e)
+            };
+            let taken: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM model_version) OR EXISTS (SELECT 1 FROM experiment)",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(db("experiments"))?;
+            if taken {
+                return Err(conflict(
+                    "the database already holds model versions or experiments",
+                ));
+            }
+            let mut ids = BTreeMap::new();
+            for v in &dump.versions {
+                tx.execute(
+                    "INSERT INTO model_version (id, name, model_path, status, traffic_weight, \
+                     created_at, promoted_at, retired_at, dataset, run_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        v.id,
+                        v.name,
+                        v.model_path,
+                        v.status.as_str(),
+                        v.traffic_weight,
+                        rfc3339(v.created_at),
+                        v.promoted_at.map(rfc3339),
+                        v.retired_at.map(rfc3339),
+                        v.dataset,
+                        v.run_id
+                    ],
+                )
+                .map_err(db(&format!("model version {}", v.name)))?;
+                ids.insert(v.name.as_str(), v.id);
+            }
+            let version_id = |name: &str| {
+                ids.get(name).copied().ok_or_else(|| StoreError::NotFound {
+                    what: "model version",
+                    id: name.to_string(),
+                })
+            };
+            for e in &dump.experiments {
+                let what = format!("experiment {}", e.id);
+                tx.execute(
+                    "INSERT INTO experiment (id, champion_id, challenger_id, status, seed, \
+                     challenger_weight, started_at, ended_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        e.id,
+                        version_id(&e.champion)?,
+                        version_id(&e.challenger)?,
+                        e.status.as_str(),
+                        e.seed as i64,
+                        e.challenger_weight,
+                        rfc3339(e.started_at),
+                        e.ended_at.map(rfc3339)
+                    ],
+                )
+                .map_err(db(&what))?;
+                for p in &e.periods {
+                    tx.execute(
+                        "INSERT INTO experiment_period (experiment_id, idx, started_at, \
+                         started_us, ended_at, challenger_weight, source) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            e.id,
+                            p.index,
+                            rfc3339(p.started_at),
+                            micros_of(p.started_at),
+                            p.ended_at.map(rfc3339),
+                            p.challenger_weight,
+                            p.source.as_str()
+                        ],
+                    )
+                    .map_err(db(&what))?;
+                }
+            }
+            for (id, states) in &dump.states {
+                for s in states {
+                    tx.execute(
+                        "INSERT INTO experiment_sequential_state (experiment_id, metric, \
+                         n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
+                         started_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        params![
+                            id,
+                            s.metric,
+                            s.n_looks as i64,
+                            s.baseline,
+                            s.tau,
+                            s.theta0,
+                            s.p_better,
+                            s.p_worse,
+                            s.cs_lower,
+                            s.cs_upper,
+                            rfc3339(s.started_at),
+                            rfc3339(s.updated_at)
+                        ],
+                    )
+                    .map_err(db(&format!("sequential state of experiment {id}")))?;
+                }
+            }
+            for ev in &dump.events {
+                tx.execute(
+                    "INSERT INTO experiment_event (id, at, experiment_id, kind, model, decision, \
+                     weight, reason, statistics) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        ev.id,
+                        rfc3339(ev.at),
+                        ev.experiment_id,
+                        ev.kind.as_str(),
+                        ev.model,
+                        ev.decision.map(|d| d.as_str()),
+                        ev.weight,
+                        ev.reason,
+                        ev.statistics
+                    ],
+                )
+                .map_err(db(&format!("event {}", ev.id)))?;
+            }
+            for (id, units) in &dump.covariates {
+                let mut insert = tx
+                    .prepare(&format!(
+                        "INSERT INTO experiment_unit_pre (experiment_id, unit, {PRE_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                    ))
+                    .map_err(db("covariates"))?;
+                for (unit, t) in units {
+                    insert
+                        .execute(params![
+                            id,
+                            unit,
+                            t.n_quality as i64,
+                            t.sum_quality,
+                            t.n_latency as i64,
+                            t.sum_latency_ms,
+                            t.n_feedback as i64,
+                            t.n_positive as i64,
+                            t.n_negative as i64
+                        ])
+                        .map_err(db(&format!("covariates of experiment {id}")))?;
+                }
+            }
+            for e in &dump.experiments {
+                if e.status == ExperimentStatus::Running {
+                    units::start_experiment(
+                        tx,
+                        e.id,
+                        &e.champion,
+                        &e.challenger,
+                        micros_of(e.started_at),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn restore_records(&self, records: &[UsageRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        const CONTEXT: &str = "restore records";
+        self.bulk_write_txn(CONTEXT, |tx| {
+            let mut top = top_rowid(tx).map_err(|e| crate::db(CONTEXT, e))?;
+            let mut buckets: Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>> =
+                vec![BTreeMap::new(); ROLLUP_TABLES.len()];
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, \
+                     latency_ms, token_count, quality_score, user_feedback, feedback_text, \
+                     context_hash, dedupe_hash, created_at, ts_us, feedback_at, unit_id, \
+                     pair_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                     ?14, ?15, ?16, ?17, ?18, ?19)",
+                )
+                .map_err(|e| crate::db(CONTEXT, e))?;
+            let mut slot = tx
+                .prepare_cached("SELECT MAX(rowid) FROM usage WHERE rowid >= ?1 AND rowid < ?2")
+                .map_err(|e| crate::db(CONTEXT, e))?;
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM usage WHERE id = ?1")
+                .map_err(|e| crate::db(CONTEXT, e))?;
+            for r in records {
+                let ts_us = micros_of(r.timestamp);
+                // The first free slot of its microsecond, as `InsertRow::insert` chooses it;
+                // a record never moves: a full microsecond is refused.
+                let first = first_rowid_at(ts_us);
+                let last: Option<i64> = match top {
+                    Some(t) if t >= first => slot
+                        .query_row([first, first + ROWID_SLOTS], |row| row.get(0))
+                        .map_err(|e| crate::db(CONTEXT, e))?,
+                    _ => None,
+                };
+                let rowid = match last {
+                    None => first,
+                    Some(last) if last + 1 < first + ROWID_SLOTS => last + 1,
+                    Some(_) => {
+                        return Err(conflict(format!(
+                            "record {}: its microsecond already holds {ROWID_SLOTS} records",
+                            r.id
+                        )))
+                    }
+                };
+                let inserted = insert.execute(params![
+                    rowid,
+                    r.id,
+                    rfc3339(r.timestamp),
+                    r.query,
+                    r.response,
+                    r.model,
+                    r.expert,
+                    r.latency_ms,
+                    r.token_count,
+                    r.quality_score,
+                    r.feedback.map(FeedbackValue::as_i64),
+                    r.feedback_text,
+                    r.context_hash,
+                    r.dedupe_hash,
+                    r.created_at.map(rfc3339),
+                    ts_us,
+                    r.feedback_at.map(rfc3339),
+                    r.unit_id,
+                    r.pair_key.as_ref().map(|k| &k[..]),
+                ]);
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_constraint(&e) => {
+                        let duplicate = exists
+                            .query_row([&r.id], |_| Ok(()))
+                            .optional()
+                            .map_err(|e| crate::db(CONTEXT, e))?
+                            .is_some();
+                        return Err(if duplicate {
+                            conflict(format!("record {} already exists", r.id))
+                        } else {
+                            crate::db(format!("restore record {}", r.id), e)
+                        });
+                    }
+                    Err(e) => return Err(crate::db(format!("restore record {}", r.id), e)),
+                }
+                top = top.max(Some(rowid));
+                let delta = rollup_delta(r);
+                for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(buckets.iter_mut()) {
+                    let sums = sums_by_bucket
+                        .entry((r.model.clone(), ts_us / table.width_us))
+                        .or_insert([0.0; N_ROLLUP_COLUMNS]);
+                    for (sum, d) in sums.iter_mut().zip(delta) {
+                        *sum += d;
+                    }
+                }
+            }
+            for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(&buckets) {
+                let mut upsert = tx
+                    .prepare_cached(&rollup_upsert_sql(*table))
+                    .map_err(|e| crate::db("update rollups", e))?;
+                for ((model, bucket), sums) in sums_by_bucket {
+                    let mut values: Vec<rusqlite::types::Value> =
+                        vec![model.clone().into(), (*bucket).into()];
+                    for (i, v) in sums.iter().enumerate() {
+                        values.push(if rollup_column_is_real(i) {
+                            (*v).into()
+                        } else {
+                            (v.round() as i64).into()
+                        });
+                    }
+                    upsert
+                        .execute(rusqlite::params_from_iter(values))
+                        .map_err(|e| crate::db("update rollups", e))?;
+                }
+            }
+            // The running experiment's unit rows the triggers changed, folded as a batch
+            // folds them.
+            units::fold_running(tx)
+        })
+    }
+
+    fn restore_runs(&self, runs: &[RetrainRun]) -> Result<()> {
+        if let Some(run) = runs.iter().find(|r| r.status == RunStatus::Running) {
+            return Err(StoreError::invalid(
+                "status",
+                format!(
+                    "run {} is still running; only finished runs can be copied",
+                    run.id
+                ),
+            ));
+        }
+        self.write_txn("restore runs", |tx| {
+            for r in runs {
+                let inserted = tx.execute(
+                    "INSERT INTO retrain_runs (id, started_at, finished_at, status, trigger_type, \
+                     trigger, run_dir, dataset_manifest, dataset_path, n_samples, model_path, \
+                     metrics, error, owner_pid, owner_start) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    params![
+                        r.id,
+                        rfc3339(r.started_at),
+                        r.finished_at.map(rfc3339),
+                        r.status.as_str(),
+                        r.trigger_type,
+                        r.trigger,
+                        r.run_dir,
+                        r.dataset_manifest,
+                        r.dataset_path,
+                        r.n_samples.map(|n| n as i64),
+                        r.model_path,
+                        r.metrics,
+                        r.error,
+                        r.owner_pid,
+                        "restored",
+                    ],
+                );
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_constraint(&e) => {
+                        return Err(conflict(format!("run {} already exists", r.id)))
+                    }
+                    Err(e) => return Err(crate::db(format!("restore run {}", r.id), e)),
+                }
+            }
+            Ok(())
+        })
+    }
+}
