@@ -59,6 +59,7 @@
 
 mod experiments;
 mod lease;
+mod restore;
 mod runs;
 mod state;
 mod store;

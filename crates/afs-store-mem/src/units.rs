@@ -37,7 +37,7 @@ pub(crate) struct ExpUnits {
     /// Records without a unit id, per period and arm.
     loose: BTreeMap<(u32, bool), UnitCohort>,
     /// Covariate sums per unit (look-back window before the start).
-    pre: HashMap<String, UnitTally>,
+    pub(crate) pre: HashMap<String, UnitTally>,
 }
 
 fn tally_of(r: &UsageRecord, count_feedback: bool) -> UnitTally {
