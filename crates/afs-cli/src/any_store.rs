@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use afs_store::backend::{ExperimentBackend, ExperimentTx};
 use afs_store::{
-    Clock, DedupeReport, FeedbackValue, Lease, LeaseStore, NewRun, NewUsage, PruneReport,
-    RecordFilter, RecordStream, Result, RetrainRun, RunOutcome, RunStatus, RunStore, StatsWindow,
-    UnitCohort, UsageRecord, UsageStats, UsageStore,
+    Clock, DedupeReport, ExperimentDump, FeedbackValue, Lease, LeaseStore, NewRun, NewUsage,
+    PruneReport, RecordFilter, RecordStream, RestoreStore, Result, RetrainRun, RunOutcome,
+    RunStatus, RunStore, StatsWindow, UnitCohort, UnitTally, UsageRecord, UsageStats, UsageStore,
 };
 use afs_store_postgres::{PgConfig, PgStore};
 use afs_store_sqlite::{SqliteConfig, SqliteStore};
@@ -228,6 +228,30 @@ impl ExperimentBackend for AnyStore {
     }
     fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64> {
         each!(self, s => s.record_unit_covariates(experiment_id, since))
+    }
+}
+
+impl RestoreStore for AnyStore {
+    fn is_empty(&self) -> Result<bool> {
+        match self {
+            AnyStore::Sqlite(s) => RestoreStore::is_empty(s),
+            AnyStore::Postgres(s) => RestoreStore::is_empty(s.as_ref()),
+        }
+    }
+    fn state_entries(&self) -> Result<Vec<(String, String)>> {
+        each!(self, s => s.state_entries())
+    }
+    fn unit_covariates(&self, experiment_id: i64) -> Result<Vec<(String, UnitTally)>> {
+        each!(self, s => s.unit_covariates(experiment_id))
+    }
+    fn restore_experiments(&self, dump: &ExperimentDump) -> Result<()> {
+        each!(self, s => s.restore_experiments(dump))
+    }
+    fn restore_records(&self, records: &[UsageRecord]) -> Result<()> {
+        each!(self, s => s.restore_records(records))
+    }
+    fn restore_runs(&self, runs: &[RetrainRun]) -> Result<()> {
+        each!(self, s => s.restore_runs(runs))
     }
 }
 

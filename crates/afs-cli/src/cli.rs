@@ -226,6 +226,42 @@ pub(crate) enum Command {
     )]
     Forget(ForgetArgs),
 
+    /// Copy a whole database into a new one (SQLite <-> PostgreSQL) and verify the copy
+    #[command(
+        long_about = "Copy a whole database into a new or empty one, between SQLite files and \
+                      PostgreSQL databases in any direction, then verify the copy.\n\nCopied: \
+                      every record of the log with its id, timestamp, feedback (value, text, \
+                      feedback_at), created_at and dedupe hash kept (a model server can still \
+                      send feedback for an id it got before the move); the model versions, \
+                      experiments with their periods, the event log (deploys, weight changes, \
+                      decisions, promotions) and the sequential states, with their ids; the \
+                      pre-experiment covariates of a running experiment; the retrain runs; \
+                      the controller state (trigger cooldowns, baselines). The rollups and the \
+                      running experiment's per-unit statistics are rebuilt on the destination \
+                      as the records arrive; the per-unit statistics of ended experiments are \
+                      not carried (they are only read while an experiment runs).\n\nThe \
+                      source is only read (--from must exist). The destination (--to) is \
+                      created when missing and must hold nothing: no record, version, \
+                      experiment, run or state; otherwise the command exits with code 5 and \
+                      changes nothing. A source with a retrain run still running is refused \
+                      the same way. The log is streamed in time order and written in \
+                      batches (--batch records per transaction), so memory stays bounded. \
+                      Stop every writer of the source first (afs serve, afs loop): records \
+                      logged during the copy may be missed, and the verification then \
+                      fails.\n\nAt the end the copy is checked against the source: the number \
+                      of records, `afs stats` overall and per model (counts exactly, sums \
+                      within 1e-9 relative), the numbers of versions, experiments, events, \
+                      runs and state keys, and the running experiment's per-unit statistics. \
+                      A summary is printed (with --json, one object). Exit code 0 when \
+                      everything matches; 1 naming what differs. A copy that failed half-way \
+                      leaves a destination that is not empty: remove it (or empty it) and run \
+                      the command again.",
+        after_help = "Examples:\n  \
+                      afs migrate --from afs.db --to postgres://afs:secret@db.internal/afs\n  \
+                      afs migrate --from postgres://afs:secret@db.internal/afs --to backup.db --json"
+    )]
+    Migrate(MigrateArgs),
+
     /// Generate a training file from the usage log
     #[command(
         long_about = "Generate a training file from the usage log.\n\nRecords are streamed \
@@ -622,6 +658,24 @@ pub(crate) struct ForgetArgs {
     /// The unit (user or session id) whose records are deleted
     #[arg(long, value_name = "ID")]
     pub(crate) unit: String,
+}
+
+/// Arguments of `afs migrate`.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The database to copy: a SQLite file or postgres://... (only read)
+    #[arg(long, value_name = "PATH|URL")]
+    pub(crate) from: PathBuf,
+
+    /// The database to copy into: a SQLite file or postgres://... (created when missing;
+    /// must be empty)
+    #[arg(long, value_name = "PATH|URL")]
+    pub(crate) to: PathBuf,
+
+    /// Records written per transaction
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) batch: u32,
 }
 
 /// Parses `--format`: one of the format names, any case.

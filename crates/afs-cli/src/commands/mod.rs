@@ -9,6 +9,7 @@ mod import;
 mod log;
 mod looping;
 mod maintenance;
+mod migrate;
 mod records;
 mod retrain;
 mod stats;
@@ -30,6 +31,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Dedupe(args) => maintenance::dedupe(global, args),
         Command::Prune(args) => maintenance::prune(global, args),
         Command::Forget(args) => maintenance::forget(global, args),
+        Command::Migrate(args) => migrate::run(global, args),
         Command::Generate(args) => generate::run(global, args),
         Command::Trigger(args) => trigger::run(global, args),
         Command::Retrain(args) => retrain::run(global, args),
