@@ -30,6 +30,15 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// The most bytes a free-text field may hold (as the SQLite store's setting).
     pub max_field_bytes: usize,
+    /// Whether single-record logging commits without waiting for the server to flush its
+    /// write-ahead log (`synchronous_commit = off` on the logging connections only): the
+    /// counterpart of SQLite's `synchronous = normal`, the default. A logged call is then
+    /// safe when `afs` crashes, and the database stays consistent whatever crashes, but a
+    /// crash of the server or the machine may lose the last fraction of a second of logged
+    /// calls (three times the server's `wal_writer_delay`, 0.6 s by default). Everything else
+    /// (batches, imports, feedback, experiments, runs) commits durably. False: logging
+    /// commits durably too, as `synchronous = full` does on SQLite.
+    pub fast_log_commits: bool,
     /// Whether opening a database without afs's tables creates them (the default); when
     /// false, such a database is refused with `NotFound` (`what` = `"afs schema"`) and left
     /// unchanged.
@@ -44,6 +53,7 @@ impl PgConfig {
             pool_size: 8,
             connect_timeout: Duration::from_secs(10),
             max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+            fast_log_commits: true,
             create_schema: true,
         }
     }
@@ -53,6 +63,9 @@ impl PgConfig {
 /// pooled connection for the duration of its transaction.
 pub struct PgStore {
     pub(crate) pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    /// The connections single-record logging commits on (group commit has one commit in
+    /// flight per process; two let a new group start while a slow one finishes).
+    pub(crate) log_pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: PgConfig,
     /// The URL without its password, for messages.
@@ -94,9 +107,18 @@ impl PgStore {
             .min_idle(Some(0))
             .connection_timeout(config.connect_timeout)
             .build_unchecked(manager);
+        let log_pool = r2d2::Pool::builder()
+            .max_size(2)
+            .min_idle(Some(0))
+            .connection_timeout(config.connect_timeout)
+            .connection_customizer(Box::new(LogSession {
+                fast: config.fast_log_commits,
+            }))
+            .build_unchecked(PostgresConnectionManager::new(pg.clone(), NoTls));
         let usage = crate::usage::UsageState::new();
         Ok(PgStore {
             pool,
+            log_pool,
             clock,
             config,
             shown,
@@ -114,6 +136,13 @@ impl PgStore {
     /// A connection from the pool; `Unavailable` when none comes within the timeout.
     pub(crate) fn conn(&self) -> Result<Conn> {
         self.pool
+            .get()
+            .map_err(|e| pool(format!("no connection to {}", self.shown), e))
+    }
+
+    /// A connection for single-record logging (see [`PgConfig::fast_log_commits`]).
+    pub(crate) fn log_conn(&self) -> Result<Conn> {
+        self.log_pool
             .get()
             .map_err(|e| pool(format!("no connection to {}", self.shown), e))
     }
@@ -150,6 +179,21 @@ impl PgStore {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Sets up each logging connection when the pool opens it.
+#[derive(Debug)]
+struct LogSession {
+    fast: bool,
+}
+
+impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for LogSession {
+    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
+        if self.fast {
+            conn.batch_execute("SET synchronous_commit = off")?;
+        }
+        Ok(())
     }
 }
 

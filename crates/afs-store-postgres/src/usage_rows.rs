@@ -117,7 +117,7 @@ impl InsertRow {
 
 /// Inserts `rows` in order (their `seq` follows it) in one statement; returns how many.
 pub(crate) fn insert_rows(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &mut impl postgres::GenericClient,
     rows: &[InsertRow],
 ) -> Result<u64, postgres::Error> {
     if rows.len() >= COPY_ROWS {
@@ -128,9 +128,9 @@ pub(crate) fn insert_rows(
 }
 
 /// One `INSERT ... SELECT * FROM unnest(arrays)`: a multi-row insert of any size with 17
-/// parameters.
+/// parameters, sent with their types in one round trip (no prepared statement).
 fn unnest_rows(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &mut impl postgres::GenericClient,
     rows: &[InsertRow],
 ) -> Result<u64, postgres::Error> {
     let texts = |f: &dyn Fn(&InsertRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
@@ -159,26 +159,26 @@ fn unnest_rows(
          $9::float8[], $10::int2[], $11::text[], $12::int8[], $13::text[], $14::text[], \
          $15::text[], $16::int8[], $17::bytea[])"
     );
-    tx.execute(
+    tx.execute_typed(
         &sql,
         &[
-            &id,
-            &ts,
-            &query,
-            &response,
-            &model,
-            &expert,
-            &latency,
-            &tokens,
-            &quality,
-            &feedback,
-            &feedback_text,
-            &feedback_at,
-            &unit,
-            &context,
-            &dedupe,
-            &created,
-            &keys,
+            (&id, Type::TEXT_ARRAY),
+            (&ts, Type::INT8_ARRAY),
+            (&query, Type::TEXT_ARRAY),
+            (&response, Type::TEXT_ARRAY),
+            (&model, Type::TEXT_ARRAY),
+            (&expert, Type::TEXT_ARRAY),
+            (&latency, Type::FLOAT8_ARRAY),
+            (&tokens, Type::INT8_ARRAY),
+            (&quality, Type::FLOAT8_ARRAY),
+            (&feedback, Type::INT2_ARRAY),
+            (&feedback_text, Type::TEXT_ARRAY),
+            (&feedback_at, Type::INT8_ARRAY),
+            (&unit, Type::TEXT_ARRAY),
+            (&context, Type::TEXT_ARRAY),
+            (&dedupe, Type::TEXT_ARRAY),
+            (&created, Type::INT8_ARRAY),
+            (&keys, Type::BYTEA_ARRAY),
         ],
     )
 }
@@ -186,7 +186,7 @@ fn unnest_rows(
 /// Binary `COPY ... FROM STDIN`: the fastest way in for a large batch. `COPY` fires the
 /// insert triggers, so the rollups follow as they do for an `INSERT`.
 fn copy_rows(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &mut impl postgres::GenericClient,
     rows: &[InsertRow],
 ) -> Result<u64, postgres::Error> {
     let sink = tx.copy_in(&format!(

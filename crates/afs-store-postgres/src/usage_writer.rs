@@ -1,7 +1,8 @@
 //! Group commit of single-record `log` calls, without a writer thread: a caller queues its
 //! row; if nobody is committing it becomes the leader and commits every row queued so far
-//! in one transaction (one `INSERT ... unnest`, whose statement trigger updates each rollup
-//! bucket once), then wakes the callers whose rows it held. Nobody is answered before the
+//! in one statement (one `INSERT ... unnest` in autocommit, sent with its types in one round
+//! trip, whose statement trigger updates each rollup bucket once) on a logging connection
+//! (`PgConfig::fast_log_commits`), then wakes the callers whose rows it held. Nobody is answered before the
 //! transaction holding its row has committed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use afs_store::{Result, StoreError};
 
-use crate::error::dbe;
+use crate::error::{db, is_retryable};
 use crate::store::PgStore;
 use crate::usage_rows::{insert_rows, InsertRow};
 
@@ -130,13 +131,22 @@ fn commit_group(store: &PgStore, group: Vec<(InsertRow, Slot)>) {
 
 /// One transaction inserting `rows`.
 fn commit(store: &PgStore, rows: &[InsertRow]) -> Result<()> {
-    store.transaction("log a record", |tx| {
-        insert_rows(tx, rows).map_err(dbe("log a record"))?;
-        Ok(())
-    })
+    // One statement in autocommit: atomic, and one round trip (the insert is sent with its
+    // types, unprepared). A deadlock or serialisation failure committed nothing: again.
+    let mut conn = store.log_conn()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match insert_rows(&mut *conn, rows) {
+            Ok(_) => return Ok(()),
+            Err(e) if is_retryable(&e) && attempt <= 8 => {
+                std::thread::sleep(std::time::Duration::from_millis(attempt * 2));
+            }
+            Err(e) => return Err(db("log a record", e)),
+        }
+    }
 }
 
-/// The same error for another caller of a failed group (store errors are not `Clone`).
 fn copy_error(e: &StoreError) -> StoreError {
     let source = Box::new(std::io::Error::other(
         std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string()),

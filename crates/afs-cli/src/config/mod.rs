@@ -682,6 +682,9 @@ impl Config {
             config.max_field_bytes = self.store.max_field_bytes;
             config.pool_size = self.store.pool_size;
             config.connect_timeout = self.store.busy_timeout;
+            // `normal` logs without waiting for the server's flush, as SQLite's `normal`
+            // logs without an fsync per commit; `full` waits for it.
+            config.fast_log_commits = self.store.synchronous == Synchronous::Normal;
             return StoreConfig::Postgres(config);
         }
         let mut config = SqliteConfig::new(db);

@@ -972,6 +972,8 @@ training_window = "7d"
     assert_eq!(pg.connect_timeout, Duration::from_millis(500));
     assert_eq!(pg.max_field_bytes, 2048);
     assert_eq!(pg.pool_size, 2);
+    // `synchronous = "full"` makes logging commit durably on PostgreSQL too.
+    assert!(!pg.fast_log_commits);
     let l = config.loop_config();
     assert_eq!(l.check_interval, Duration::from_secs(1800));
     assert!(!l.enable_ab_testing);
