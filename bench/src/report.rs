@@ -1689,7 +1689,8 @@ fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
     // 1: logging one record per call.
     let label = |threads: usize, n: u64| {
         format!(
-            "PostgreSQL: log one call at a time, {threads} thread{} ({} calls; {})",
+            "PostgreSQL: log one call at a time, {threads} thread{} ({} calls; server {}; \
+             logging connections synchronous_commit=off, store.synchronous=normal, the default)",
             if threads == 1 { "" } else { "s" },
             thousands(n),
             pg.durability
@@ -1728,8 +1729,9 @@ fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
                         "postgres.log: PgStore::log in process, one record per call from {} \
                          threads (and from 1 for reference), each run in a fresh database \
                          after {} untimed calls; a call returns once its record committed \
-                         (group commit shares a transaction between callers waiting at once), \
-                         with {}",
+                         (group commit shares one INSERT between callers waiting at once), \
+                         with the server's {} and synchronous_commit=off on afs's logging \
+                         connections (PgConfig::fast_log_commits, the default)",
                         run.threads, pg.sizes.log_warmup, pg.durability
                     ));
                 } else {
