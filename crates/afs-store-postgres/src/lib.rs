@@ -21,10 +21,16 @@
 //! - **Times** are stored as `bigint` microseconds since the epoch (UTC), as SQLite stores
 //!   them, so both backends keep the same precision and order.
 //! - **Errors:** a lost connection, a refused connection or a pool timeout is
-//!   [`ErrorKind::Unavailable`](afs_store::ErrorKind::Unavailable); a serialisation failure
-//!   or a deadlock is retried inside the store (a whole transaction, which committed nothing);
-//!   everything else from the driver is
-//!   [`ErrorKind::Database`](afs_store::ErrorKind::Database).
+//!   [`ErrorKind::Unavailable`](afs_store::ErrorKind::Unavailable); everything else from the
+//!   driver is [`ErrorKind::Database`](afs_store::ErrorKind::Database).
+//! - **Retries where safe:** the pool checks a connection before handing it out and replaces
+//!   one the server dropped (a restart, a failover, `pg_terminate_backend`); a transaction
+//!   whose connection is lost before its commit was sent runs again on a new connection
+//!   (twice, after 0.1 s and 0.4 s), and one that hit a serialisation failure or a deadlock
+//!   runs again at once: in both cases nothing was committed. A connection lost during a
+//!   commit, or during a single autocommit statement (logging, feedback), is not retried:
+//!   whether it took effect is unknown, and the caller gets `Unavailable`
+//!   (`tests/connection_loss.rs`).
 //!
 //! The details of the usage log (rollups, group commit, `COPY`, partitions) are in
 //! `src/usage.rs`; of experiments, units and runs in `src/experiments.rs`, `src/units.rs`

@@ -147,40 +147,88 @@ impl PgStore {
             .map_err(|e| pool(format!("no connection to {}", self.shown), e))
     }
 
-    /// Runs `f` in one read-committed transaction and commits it; a serialisation failure
-    /// or a deadlock runs it again (up to a few times), as nothing was committed. `what`
-    /// names the work in errors.
+    /// Runs `f` in one read-committed transaction and commits it; `what` names the work in
+    /// errors. Retried where that is safe, because nothing was committed: a serialisation
+    /// failure or a deadlock (up to a few times), and a connection lost before the commit
+    /// was sent (twice more, on a new connection, after 0.1 s and 0.4 s: a server restart or
+    /// a dropped connection in the pool). A connection lost during the commit itself is not
+    /// retried: whether the commit took effect is unknown, and the error says so
+    /// (`Unavailable`).
     pub(crate) fn transaction<T>(
         &self,
         what: &str,
         mut f: impl FnMut(&mut postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.conn()?;
+        let mut lost = 0u32;
+        loop {
+            match self.transaction_on_one_connection(what, &mut f) {
+                Err(Attempt::Lost(err)) if lost < LOST_RETRIES => {
+                    lost += 1;
+                    tracing::warn!(error = %err, attempt = lost, "connection lost during {what}; trying again");
+                    std::thread::sleep(Duration::from_millis(100 * u64::from(4u32.pow(lost - 1))));
+                }
+                Err(Attempt::Lost(err) | Attempt::Failed(err)) => return Err(err),
+                Ok(value) => return Ok(value),
+            }
+        }
+    }
+
+    /// One connection's try of [`Self::transaction`].
+    fn transaction_on_one_connection<T>(
+        &self,
+        what: &str,
+        f: &mut impl FnMut(&mut postgres::Transaction<'_>) -> Result<T>,
+    ) -> std::result::Result<T, Attempt> {
+        let lost_or_failed = |err: StoreError| match err {
+            StoreError::Unavailable { .. } => Attempt::Lost(err),
+            other => Attempt::Failed(other),
+        };
+        let mut conn = self.conn().map_err(lost_or_failed)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = conn.transaction().map_err(|e| db(what.to_string(), e))?;
+            let mut tx = conn
+                .transaction()
+                .map_err(|e| lost_or_failed(db(what.to_string(), e)))?;
             match f(&mut tx) {
                 Ok(value) => match tx.commit() {
                     Ok(()) => return Ok(value),
                     Err(e) if is_retryable(&e) && attempt <= RETRIES => continue,
-                    Err(e) => return Err(db(format!("committing {what}"), e)),
+                    // Not retried, even when the connection was lost: the commit may have
+                    // taken effect.
+                    Err(e) => {
+                        return Err(Attempt::Failed(db(
+                            format!("committing {what} (whether it took effect is unknown if the connection was lost)"),
+                            e,
+                        )))
+                    }
                 },
                 Err(StoreError::Database { context, source }) if attempt <= RETRIES => {
                     let retry = source
                         .downcast_ref::<postgres::Error>()
                         .is_some_and(is_retryable);
                     if !retry {
-                        return Err(StoreError::Database { context, source });
+                        return Err(Attempt::Failed(StoreError::Database { context, source }));
                     }
                     drop(tx);
                     std::thread::sleep(Duration::from_millis(u64::from(attempt) * 2));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(lost_or_failed(e)),
             }
         }
     }
 }
+
+/// How one connection's try of a transaction failed.
+enum Attempt {
+    /// The connection was lost before anything was committed: safe to try again.
+    Lost(StoreError),
+    /// Anything else.
+    Failed(StoreError),
+}
+
+/// How many times a transaction whose connection was lost before its commit is tried again.
+const LOST_RETRIES: u32 = 2;
 
 /// Sets up each logging connection when the pool opens it.
 #[derive(Debug)]
