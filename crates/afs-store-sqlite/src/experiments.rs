@@ -677,34 +677,13 @@ impl ExperimentBackend for SqliteStore {
             what: "experiment",
             id: experiment_id.to_string(),
         };
-        // Unit rows changed since the last look are folded into the cohort sums first, in
-        // the transaction that reads them, so the cohort, loose and unit rows read are one
-        // snapshot; without such rows a read transaction suffices.
-        let fold_and_read = || {
-            self.write_txn("fold and read unit statistics", |conn| {
-                let experiment = read_experiment(conn, experiment_id)?.ok_or_else(not_found)?;
-                units::fold(conn, experiment_id)?;
-                units::unit_stats(conn, &experiment, feedback_before)
-            })
-        };
-        let dirty = {
-            let conn = self.conn()?;
-            units::needs_fold(&conn, experiment_id)?
-        };
-        if dirty {
-            return fold_and_read();
-        }
+        // One read transaction: the cohort rows, the unit rows changed since the last fold
+        // (added in by the read) and the loose rows are one snapshot. Nothing is written.
         let mut conn = self.conn()?;
         let tx = conn
             .transaction()
             .map_err(|e| crate::db("begin reading unit statistics", e))?;
         let experiment = read_experiment(&tx, experiment_id)?.ok_or_else(not_found)?;
-        if units::needs_fold(&tx, experiment_id)? {
-            // Rows changed between the check and this snapshot: fold them, as above.
-            drop(tx);
-            drop(conn);
-            return fold_and_read();
-        }
         let cohorts = units::unit_stats(&tx, &experiment, feedback_before)?;
         tx.commit()
             .map_err(|e| crate::db("end reading unit statistics", e))?;

@@ -26,13 +26,14 @@
 //! feedback and quality updates, and deletes (prune, dedupe, forget). Triggers on
 //! `experiment_unit` keep `period` and `moved` consistent with the rows and mark a changed
 //! row `dirty` (a partial index lists the dirty rows). Cohort sums are not touched on the
-//! logging path: `unit_stats` first *folds* the dirty rows, in its own write transaction, by
-//! subtracting each one's contribution as of its last fold (kept in its `f_*` columns) and
-//! adding its current one. So a logged record writes its usage pages and its unit's row (plus
-//! a partial-index entry the first time the unit changes after a fold), and a look costs one
-//! pass over the units that changed since the previous fold; the writer also folds about
-//! once a minute (with the pending rollup deltas), and every batch folds the rows it changed
-//! in its own transaction, so a burst leaves a look nothing to fold. Deleting a unit row removes its
+//! logging path: the writer *folds* the dirty rows about once a minute (with the pending
+//! rollup deltas), by subtracting each one's contribution as of its last fold (kept in its
+//! `f_*` columns) and adding its current one, and every batch folds the rows it changed in
+//! its own transaction. `unit_stats` writes nothing: it reads the cohort rows and adds the
+//! same changes of the dirty rows in its read transaction (`dirty_sums_sql`). So a logged
+//! record writes its usage pages and its unit's row (plus a partial-index entry the first
+//! time the unit changes after a fold), and a look costs one pass over at most a minute of
+//! changed units, without the write lock. Deleting a unit row removes its
 //! folded contribution at once. Every change to `experiment_cohort` is an additive upsert; a
 //! cohort row whose units fall to zero is kept (and skipped when read).
 //!
@@ -362,13 +363,13 @@ const FOLDED: [&str; 14] = [
     "x_lat", "x_pos", "x_neg",
 ];
 
-/// `INSERT ... SELECT` of cohort sums from `experiment_unit` rows: with `old`, minus the
-/// folded contributions (`f_` columns) of dirty rows folded before, grouped by their folded
-/// period; else plus the current contributions of dirty rows, grouped by their period. `?1`
-/// is the experiment.
-fn fold_sql(old: bool) -> String {
+/// The cohort sums of the dirty `experiment_unit` rows, grouped by period and arm, in the
+/// column order of `experiment_cohort` after its key: with `old`, minus the folded
+/// contributions (`f_` columns) of dirty rows folded before, grouped by their folded period;
+/// else plus the current contributions of dirty rows, grouped by their period. `?1` is the
+/// experiment. Adding both to the cohort rows gives the cohort sums as of now.
+fn dirty_sums_sql(old: bool) -> String {
     let columns = cohort_columns(if old { "f_" } else { "" });
-    let names = list(columns.iter().map(|c| c.0.as_str()));
     let sign = if old { "-" } else { "" };
     let sums = columns
         .iter()
@@ -387,10 +388,20 @@ fn fold_sql(old: bool) -> String {
         ("period", "")
     };
     format!(
+        "SELECT experiment_id, {period}, arm, {sums} FROM experiment_unit
+    WHERE experiment_id = ?1 AND dirty = 1{extra} GROUP BY {period}, arm"
+    )
+}
+
+/// `INSERT ... SELECT` of [`dirty_sums_sql`] into `experiment_cohort`, adding to its rows.
+fn fold_sql(old: bool) -> String {
+    let columns = cohort_columns("");
+    format!(
         "INSERT INTO experiment_cohort (experiment_id, period, arm, {names})
-    SELECT experiment_id, {period}, arm, {sums} FROM experiment_unit
-    WHERE experiment_id = ?1 AND dirty = 1{extra} GROUP BY {period}, arm
+    {select}
     ON CONFLICT (experiment_id, period, arm) DO UPDATE SET {set}",
+        names = list(columns.iter().map(|c| c.0.as_str())),
+        select = dirty_sums_sql(old),
         set = add_excluded(columns.iter().map(|c| c.0.clone())),
     )
 }
@@ -945,61 +956,77 @@ pub(crate) fn unit_stats(
 ) -> Result<Vec<UnitCohort>> {
     let id = experiment.id;
     let err = |e: rusqlite::Error| crate::db(format!("read unit statistics of experiment {id}"), e);
-    let mut cohorts: BTreeMap<(u32, bool), UnitCohort> = BTreeMap::new();
+    // The cohort rows as of the last fold, plus what the unit rows changed since (the
+    // dirty rows: their folded contributions out, their current ones in), read in this one
+    // snapshot. A look writes nothing: the writer folds about once a minute, so the dirty
+    // rows are at most a minute's worth of changed units, and a look never waits for the
+    // write lock behind a burst of logging.
     let columns = cohort_columns("");
-    let sql = format!(
-        "SELECT period, arm, {} FROM experiment_cohort WHERE experiment_id = ?1 AND units > 0",
+    let width = columns.len();
+    let mut sums: BTreeMap<(u32, bool), Vec<f64>> = BTreeMap::new();
+    let cohort_sql = format!(
+        "SELECT experiment_id, period, arm, {} FROM experiment_cohort WHERE experiment_id = ?1",
         list(columns.iter().map(|c| c.0.as_str()))
     );
-    let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
-    let mut rows = stmt.query([id]).map_err(err)?;
-    while let Some(row) = rows.next().map_err(err)? {
-        let period: u32 = row.get(0).map_err(err)?;
-        let challenger = row.get::<_, i64>(1).map_err(err)? != 0;
+    for sql in [cohort_sql, dirty_sums_sql(true), dirty_sums_sql(false)] {
+        let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+        let mut rows = stmt.query([id]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let period: u32 = row.get(1).map_err(err)?;
+            let challenger = row.get::<_, i64>(2).map_err(err)? != 0;
+            let acc = sums
+                .entry((period, challenger))
+                .or_insert_with(|| vec![0.0; width]);
+            for (k, slot) in acc.iter_mut().enumerate() {
+                *slot += row
+                    .get::<_, Option<f64>>(3 + k)
+                    .map_err(err)?
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    let mut cohorts: BTreeMap<(u32, bool), UnitCohort> = BTreeMap::new();
+    for ((period, challenger), f) in sums {
+        // Counts are sums of integers, exact in an f64 below 2^53.
+        let whole = |v: f64| v.round().max(0.0) as u64;
+        if whole(f[0]) == 0 {
+            continue;
+        }
         let mut cohort = UnitCohort {
             period,
             challenger,
-            units: count(row.get(2).map_err(err)?),
-            assigned: count(row.get(3).map_err(err)?),
-            records: count(row.get(4).map_err(err)?),
+            units: whole(f[0]),
+            assigned: whole(f[1]),
+            records: whole(f[2]),
             ..UnitCohort::default()
         };
-        let mut i = 5;
+        let mut i = 3;
         for moments in [
             &mut cohort.quality,
             &mut cohort.latency,
             &mut cohort.positive,
             &mut cohort.negative,
         ] {
-            let mut f = [0f64; 13];
-            for (j, v) in f.iter_mut().enumerate() {
-                *v = if moment_is_count(j) {
-                    count(row.get(i + j).map_err(err)?) as f64
-                } else {
-                    row.get(i + j).map_err(err)?
-                };
-            }
+            let m = &f[i..i + MOMENTS.len()];
             *moments = UnitMoments {
-                units: f[0] as u64,
-                sum_mean: f[1],
-                sum_mean_sq: f[2],
-                sum_y: f[3],
-                sum_n: f[4],
-                sum_y_sq: f[5],
-                sum_n_sq: f[6],
-                sum_yn: f[7],
-                cov_units: f[8] as u64,
-                sum_x: f[9],
-                sum_x_sq: f[10],
-                sum_x_mean: f[11],
-                sum_mean_cov: f[12],
+                units: whole(m[0]),
+                sum_mean: m[1],
+                sum_mean_sq: m[2],
+                sum_y: m[3],
+                sum_n: m[4],
+                sum_y_sq: m[5],
+                sum_n_sq: m[6],
+                sum_yn: m[7],
+                cov_units: whole(m[8]),
+                sum_x: m[9],
+                sum_x_sq: m[10],
+                sum_x_mean: m[11],
+                sum_mean_cov: m[12],
             };
             i += MOMENTS.len();
         }
         cohorts.insert((period, challenger), cohort);
     }
-    drop(rows);
-    drop(stmt);
 
     let mut loose: BTreeMap<(u32, bool), Loose> = BTreeMap::new();
     let mut stmt = conn

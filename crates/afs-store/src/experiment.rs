@@ -4,7 +4,8 @@
 //! The store keeps the *state* of experiments (which version serves, with which weight, since
 //! when, what the sequential test remembered at its last look) and an append-only log of
 //! every state change and every decision. It does not interpret statistics: the numbers of a
-//! [`SequentialState`] and the JSON text of an event are the judge's business.
+//! [`SequentialState`] (its numbers and its opaque `state`) and the JSON text of an event are
+//! the judge's business.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -216,33 +217,82 @@ impl Experiment {
     }
 }
 
-/// What a sequential test remembers about one metric between looks. The store keeps these
-/// numbers verbatim; their meaning belongs to the judge that writes them (afs-abtest
-/// documents its own). All numbers must be finite.
+/// What a judge remembers about one metric (or any question it tracks) between looks: the
+/// store keeps one per `(experiment, metric)` key, verbatim, and never interprets it.
+///
+/// # Who uses which field
+///
+/// * **Every judge:** `metric` (the key; non-empty, unique per experiment), `n_looks`,
+///   `started_at` and `updated_at` (the caller's times, kept to the microsecond).
+/// * **The default judge** (`afs_abtest::SequentialJudge`, mSPRT) keeps its test in the
+///   numeric fields `baseline`, `tau`, `theta0`, `p_better`, `p_worse`, `cs_lower` and
+///   `cs_upper` (afs-abtest documents their meaning) and leaves `state` at `None`.
+/// * **Any other judge** (Bayesian, fixed-horizon, alpha-spending, ...) keeps what it must
+///   remember in `state`: text of its own, conventionally JSON, at most the store's
+///   `max_field_bytes` (1 MiB by default) — keep it bounded, e.g. no history that grows with
+///   every look. It may leave the numeric fields at their neutral values
+///   ([`SequentialState::custom`]: 0, and 1 for the p-values, meaning "no evidence", so that
+///   a reader expecting mSPRT numbers finds nothing significant), and should give its keys a
+///   prefix of its own (`bayes.positive_rate`) so that no other judge run on the same
+///   experiment mistakes its entries for its own.
+///
+/// Every number must be finite (`InvalidInput` naming the field otherwise): the backends
+/// store them in `NOT NULL` floating-point columns, where a NaN cannot be kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequentialState {
     /// The metric's key, e.g. `quality` (non-empty; unique per experiment).
     pub metric: String,
     /// Looks taken so far.
     pub n_looks: u64,
-    /// The baseline frozen at the first look (e.g. the champion's mean).
+    /// The baseline frozen at the first look (e.g. the champion's mean). Default judge.
     pub baseline: f64,
-    /// The mixture scale of the test.
+    /// The mixture scale of the test. Default judge.
     pub tau: f64,
-    /// The null value of the tested difference.
+    /// The null value of the tested difference. Default judge.
     pub theta0: f64,
-    /// Running minimum p-value for "challenger better than the null".
+    /// Running minimum p-value for "challenger better than the null". Default judge.
     pub p_better: f64,
-    /// Running minimum p-value for "challenger worse than the null".
+    /// Running minimum p-value for "challenger worse than the null". Default judge.
     pub p_worse: f64,
-    /// Running intersection of the confidence sequence: lower end.
+    /// Running intersection of the confidence sequence: lower end. Default judge.
     pub cs_lower: f64,
-    /// Running intersection of the confidence sequence: upper end.
+    /// Running intersection of the confidence sequence: upper end. Default judge.
     pub cs_upper: f64,
     /// When the first look was taken.
     pub started_at: DateTime<Utc>,
     /// When the last look was taken.
     pub updated_at: DateTime<Utc>,
+    /// A judge's own state, opaque to the store (conventionally JSON text): kept and given
+    /// back byte for byte, refused with `InvalidInput` (field `state`) above
+    /// `max_field_bytes`. `None` for the default judge.
+    pub state: Option<String>,
+}
+
+impl SequentialState {
+    /// The state of a judge that keeps everything in [`state`](Self::state): the numeric
+    /// fields at their neutral values (0, and 1 for `p_better` and `p_worse`).
+    pub fn custom(
+        metric: impl Into<String>,
+        n_looks: u64,
+        state: impl Into<String>,
+        started_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    ) -> Self {
+        SequentialState {
+            metric: metric.into(),
+            n_looks,
+            baseline: 0.0,
+            tau: 0.0,
+            theta0: 0.0,
+            p_better: 1.0,
+            p_worse: 1.0,
+            cs_lower: 0.0,
+            cs_upper: 0.0,
+            started_at,
+            updated_at,
+            state: Some(state.into()),
+        }
+    }
 }
 
 /// A judge's verdict at one look.
@@ -509,9 +559,9 @@ pub trait ExperimentStore: Send + Sync {
     /// [`unit_cohorts_from_records`](crate::unit_cohorts_from_records) over the log, and must
     /// not scan the log: its cost grows with the number of units in the experiment (plus the
     /// records with feedback after the maturity cut), not with the number of records. A
-    /// backend may bring its sums up to date here (SQLite folds the unit rows changed since
-    /// the previous call, in a short write transaction). `NotFound` for an unknown
-    /// experiment.
+    /// backend may bring its sums up to date here, or add the changes since its last fold
+    /// as it reads (SQLite does the latter: a look writes nothing). `NotFound` for an
+    /// unknown experiment.
     fn unit_stats(
         &self,
         experiment_id: i64,
