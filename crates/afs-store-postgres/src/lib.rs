@@ -47,6 +47,7 @@ mod store;
 pub mod testing;
 mod units;
 mod usage;
+mod usage_partitions;
 mod usage_rows;
 mod usage_stream;
 mod usage_window;

@@ -73,6 +73,8 @@ pub struct PgStore {
     pub(crate) usage: crate::usage::UsageState,
     /// The connection settings, for connections of its own outside the pool (leases).
     pub(crate) pg: postgres::Config,
+    /// The end of the last monthly partition this handle made sure of (microseconds).
+    pub(crate) partitions_until: std::sync::atomic::AtomicI64,
     /// Runs this handle owns (src/runs.rs).
     pub(crate) runs: crate::runs::RunState,
 }
@@ -100,6 +102,15 @@ impl PgStore {
         }
         let mut first = pg.connect(NoTls).map_err(|e| connect_error(&shown, e))?;
         crate::migrations::migrate(&mut first, &shown, config.create_schema)?;
+        let partitions_until = {
+            let mut tx = first
+                .transaction()
+                .map_err(crate::error::dbe("make the log's partitions"))?;
+            let until = crate::usage_partitions::ensure(&mut tx, clock.now(), -1, 2)?;
+            tx.commit()
+                .map_err(crate::error::dbe("make the log's partitions"))?;
+            until
+        };
         drop(first);
         let manager = PostgresConnectionManager::new(pg.clone(), NoTls);
         let pool = r2d2::Pool::builder()
@@ -124,6 +135,7 @@ impl PgStore {
             shown,
             usage,
             pg,
+            partitions_until: std::sync::atomic::AtomicI64::new(partitions_until),
             runs: crate::runs::RunState::new(),
         })
     }
@@ -138,6 +150,22 @@ impl PgStore {
         self.pool
             .get()
             .map_err(|e| pool(format!("no connection to {}", self.shown), e))
+    }
+
+    /// Makes the next months' partitions when the clock comes within a month of the last
+    /// one made: one comparison per call otherwise.
+    pub(crate) fn maintain_partitions(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let now = self.clock.now();
+        let horizon = crate::usage_rows::micros_of(now) + 31 * 24 * 3_600_000_000;
+        if horizon < self.partitions_until.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let until = self.transaction("make the log's partitions", |tx| {
+            crate::usage_partitions::ensure(tx, now, 0, 2)
+        })?;
+        self.partitions_until.fetch_max(until, Ordering::Relaxed);
+        Ok(())
     }
 
     /// A connection for single-record logging (see [`PgConfig::fast_log_commits`]).

@@ -2,6 +2,10 @@
 //!
 //! # Tables (`src/schema/usage.sql`)
 //!
+//! `afs_usage` is partitioned by calendar month (module `usage_partitions`): `prune` drops
+//! whole months before the cutoff (and before a running experiment's start) and deletes
+//! the rest row by row.
+//!
 //! - **`afs_usage`**, the log: one row per record, times as `bigint` microseconds UTC
 //!   (`ts_us`, `feedback_at_us`, `created_at_us`), feedback as -1/0/1, the 32-byte pair key
 //!   (`pair_key`, BLAKE3 of the normalised query and response) and the dedupe hash. `seq`
@@ -82,12 +86,8 @@
 //! on a pooled connection: memory does not grow with the result and no transaction stays
 //! open between pages.
 //!
-//! # Not done
-//!
-//! - The log is not partitioned by time: `prune` deletes rows (and recomputes the touched
-//!   buckets) instead of dropping monthly partitions.
-//! - `forget_unit` deletes the unit's records only; whatever per-unit statistics keep of
-//!   the unit is for `src/units.rs` (its delete triggers, or a call added here).
+//! `forget_unit` deletes the unit's records; the per-unit statistics follow through the
+//! delete triggers of `src/units.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -188,6 +188,7 @@ impl UsageStore for PgStore {
 
     fn log(&self, record: NewUsage) -> Result<String> {
         self.check_record(&record)?;
+        self.maintain_partitions()?;
         let row = rows::InsertRow::new(record, self.clock.now());
         self.usage.group.log(self, row)
     }
@@ -200,6 +201,7 @@ impl UsageStore for PgStore {
                     source: Box::new(e),
                 })?;
         }
+        self.maintain_partitions()?;
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -374,46 +376,70 @@ impl UsageStore for PgStore {
     fn prune(&self, cutoff: DateTime<Utc>, archive: Option<&Path>) -> Result<PruneReport> {
         const WHAT: &str = "prune old records";
         let cutoff_us = rows::micros_of(cutoff);
-        self.transaction(WHAT, |tx| match archive {
-            None => {
-                let removed = tx
-                    .execute("DELETE FROM afs_usage WHERE ts_us < $1", &[&cutoff_us])
-                    .map_err(dbe(WHAT))?;
-                Ok(PruneReport {
-                    removed,
-                    archived: 0,
-                })
-            }
-            Some(path) => {
-                // The rows deleted are the rows archived; the archive is written and synced
-                // before the commit, and an error (of the file, or of the delete's triggers,
-                // which run when the last row has been read) rolls the delete back and
-                // removes the partial file.
-                let sql = format!(
-                    "WITH d AS (DELETE FROM afs_usage WHERE ts_us < $1 RETURNING {cols}) \
-                     SELECT {cols} FROM d ORDER BY ts_us, seq",
-                    cols = rows::RECORD_COLUMNS
-                );
-                let params: [&(dyn ToSql + Sync); 1] = [&cutoff_us];
-                let mut iter = tx
-                    .query_raw(&sql, params.iter().copied())
-                    .map_err(dbe(WHAT))?;
-                let records = std::iter::from_fn(|| {
-                    use postgres::fallible_iterator::FallibleIterator;
-                    match iter.next() {
-                        Ok(Some(row)) => {
-                            Some(rows::record_from_row(&row).map_err(|e| db("read record", e)))
-                        }
-                        Ok(None) => None,
-                        Err(e) => Some(Err(db(WHAT, e))),
+        self.transaction(WHAT, |tx| {
+            // Whole months are dropped; the rest is deleted row by row (module
+            // `usage_partitions`).
+            let months = crate::usage_partitions::droppable(tx, cutoff_us)?;
+            let oids: Vec<u32> = months.iter().map(|(oid, _)| *oid).collect();
+            let oids: Vec<postgres::types::Oid> = oids;
+            let report = match archive {
+                None => {
+                    let mut removed = tx
+                        .execute(
+                            "DELETE FROM afs_usage WHERE ts_us < $1 AND tableoid <> ALL($2)",
+                            &[&cutoff_us, &oids],
+                        )
+                        .map_err(dbe(WHAT))?;
+                    for (_, m) in &months {
+                        let n: i64 = tx
+                            .query_one(&format!("SELECT count(*) FROM {}", m.name), &[])
+                            .map_err(dbe(WHAT))?
+                            .get(0);
+                        removed += n as u64;
                     }
-                });
-                let archived = afs_store::write_archive(path, records)?;
-                Ok(PruneReport {
-                    removed: archived,
-                    archived,
-                })
+                    PruneReport {
+                        removed,
+                        archived: 0,
+                    }
+                }
+                Some(path) => {
+                    // The rows deleted are the rows archived, in time order: the months to
+                    // drop read whole, the rest deleted and returned, in one statement. The
+                    // archive is written and synced before the commit, and an error (of the
+                    // file, or of the delete's triggers, which run when the last row has
+                    // been read) rolls everything back and removes the partial file.
+                    let sql = format!(
+                        "WITH d AS (DELETE FROM afs_usage WHERE ts_us < $1 AND tableoid <> ALL($2) \
+                         RETURNING {cols}) \
+                         SELECT {cols} FROM (SELECT {cols} FROM afs_usage WHERE tableoid = ANY($2) \
+                         UNION ALL SELECT {cols} FROM d) x ORDER BY ts_us, seq",
+                        cols = rows::RECORD_COLUMNS
+                    );
+                    let params: [&(dyn ToSql + Sync); 2] = [&cutoff_us, &oids];
+                    let mut iter = tx
+                        .query_raw(&sql, params.iter().copied())
+                        .map_err(dbe(WHAT))?;
+                    let records = std::iter::from_fn(|| {
+                        use postgres::fallible_iterator::FallibleIterator;
+                        match iter.next() {
+                            Ok(Some(row)) => {
+                                Some(rows::record_from_row(&row).map_err(|e| db("read record", e)))
+                            }
+                            Ok(None) => None,
+                            Err(e) => Some(Err(db(WHAT, e))),
+                        }
+                    });
+                    let archived = afs_store::write_archive(path, records)?;
+                    PruneReport {
+                        removed: archived,
+                        archived,
+                    }
+                }
+            };
+            for (_, m) in &months {
+                crate::usage_partitions::drop_month(tx, m)?;
             }
+            Ok(report)
         })
     }
 

@@ -22,8 +22,14 @@ CREATE TABLE afs_usage (
     created_at_us bigint,
     -- The 32-byte BLAKE3 key of the normalised query and response (afs_store::key).
     pair_key bytea
-);
-CREATE UNIQUE INDEX afs_usage_id ON afs_usage (id);
+) PARTITION BY RANGE (ts_us);
+-- The log is partitioned by calendar month (UTC) so retention drops whole months
+-- (src/usage_partitions.rs makes `afs_usage_pYYYYMM` around the current month); records of
+-- months without a partition of their own (old imports) live in the default partition.
+CREATE TABLE afs_usage_default PARTITION OF afs_usage DEFAULT;
+-- Ids are ULIDs made by afs (unique by construction); a unique index on a partitioned
+-- table must hold the partition key, so this one is a plain look-up index.
+CREATE INDEX afs_usage_id ON afs_usage (id);
 -- Time order, the keyset of every stream.
 CREATE UNIQUE INDEX afs_usage_ts ON afs_usage (ts_us, seq);
 -- Records with feedback in time order: what training data reads.
