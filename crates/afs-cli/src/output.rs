@@ -14,6 +14,45 @@ pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// Natural order of names: runs of digits compare as numbers, so `v2` comes before `v10`;
+/// the rest compares as text. Names equal by that rule fall back to plain order.
+pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q)) if p.is_ascii_digit() && q.is_ascii_digit() => {
+                let dx = x.iter().take_while(|c| c.is_ascii_digit()).count();
+                let dy = y.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (nx, ny) = (&x[..dx], &y[..dy]);
+                // Compare the numbers without parsing: leading zeros off, then length, then
+                // digits.
+                let strip = |n: &[u8]| {
+                    let zeros = n.iter().take_while(|&&c| c == b'0').count();
+                    n[zeros.min(n.len().saturating_sub(1))..].to_vec()
+                };
+                let (sx, sy) = (strip(nx), strip(ny));
+                let order = sx.len().cmp(&sy.len()).then_with(|| sx.cmp(&sy));
+                if order != Ordering::Equal {
+                    return order;
+                }
+                x = &x[dx..];
+                y = &y[dy..];
+            }
+            (Some(p), Some(q)) => {
+                if p != q {
+                    return p.cmp(q);
+                }
+                x = &x[1..];
+                y = &y[1..];
+            }
+        }
+    }
+}
+
 /// `n` and a noun, plural unless `n` is 1: "1 record", "3 records".
 pub(crate) fn count(n: u64, noun: &str) -> String {
     if n == 1 {
@@ -310,5 +349,20 @@ mod tests {
             vec!["1".to_string(), "ok".to_string(), "long text".to_string()],
         ];
         assert_eq!(left_table(&rows), "id  status  x\n1   ok      long text\n");
+    }
+}
+
+#[cfg(test)]
+mod natural_order_tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn numbers_inside_names_compare_as_numbers() {
+        let mut names = vec!["nayru-v10", "nayru-v2", "nayru-v1", "alpha", "nayru-v02x"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            ["alpha", "nayru-v1", "nayru-v2", "nayru-v02x", "nayru-v10"]
+        );
     }
 }

@@ -87,13 +87,70 @@ impl Dialect {
         }
     }
 
-    /// The error for a key this dialect does not know.
+    /// The error for a key this dialect does not know, suggesting the known key it most
+    /// likely misspells, as the CLI does for flags.
     fn unknown_key(self, key: &str) -> RecordError {
+        let suggestion = match closest_key(key, self.keys()) {
+            Some(known) => format!(", did you mean {known}?"),
+            None => String::new(),
+        };
         RecordError::at(
             key,
-            format!("unknown key (known keys: {})", self.keys().join(", ")),
+            format!(
+                "unknown key{suggestion} (known keys: {})",
+                self.keys().join(", ")
+            ),
         )
     }
+}
+
+/// The known key `key` most likely stands for: a common other name for it (`unit_id`,
+/// `user_id`, `quality`, ...), or the nearest by edit distance when the distance is small
+/// for the key's length (at most 1 for up to 4 characters, 2 up to 8, 3 beyond).
+fn closest_key(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    let alias = match lower.as_str() {
+        "unit_id" | "user_id" | "user" | "session_id" | "session" => Some("unit"),
+        "quality" | "score" => Some("quality_score"),
+        "latency" => Some("latency_ms"),
+        "tokens" => Some("token_count"),
+        "prompt" | "input" | "question" => Some("query"),
+        "completion" | "output" | "answer" => Some("response"),
+        "time" | "ts" | "created" => Some("timestamp"),
+        _ => None,
+    };
+    if let Some(alias) = alias.filter(|a| known.contains(a)) {
+        return Some(alias);
+    }
+    let limit = match lower.chars().count() {
+        0..=4 => 1,
+        5..=8 => 2,
+        _ => 3,
+    };
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, k), *k))
+        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance between two short strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// Why a record was refused.
@@ -436,6 +493,14 @@ mod tests {
         check(
             r#"{"query":"q","response":"r","model":"m","qualty":0.5}"#,
             Err("invalid qualty: unknown key (known keys: query, response, model, expert, latency_ms, quality_score, feedback, feedback_text, unit, timestamp, token_count, context_hash"),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","qualty_score":0.5}"#,
+            Err("invalid qualty_score: unknown key, did you mean quality_score? (known keys: "),
+        );
+        check(
+            r#"{"query":"q","response":"r","model":"m","unit_id":"u1"}"#,
+            Err("invalid unit_id: unknown key, did you mean unit? (known keys: "),
         );
         check(
             r#"{"query":"q","response":"r","model":"m","quality_score":1.5}"#,

@@ -80,7 +80,10 @@ fn model_rows(by_model: &BTreeMap<String, UsageStats>) -> Vec<Vec<String>> {
         "tokens",
     ];
     let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
-    for (model, stats) in by_model {
+    // Model names in natural order: nayru-v2 before nayru-v10.
+    let mut models: Vec<(&String, &UsageStats)> = by_model.iter().collect();
+    models.sort_by(|a, b| crate::output::natural_cmp(a.0, b.0));
+    for (model, stats) in models {
         rows.push(vec![
             model.clone(),
             stats.total.to_string(),

@@ -192,12 +192,23 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
     );
     print_report(&report, global.json)?;
     if report.rejected > 0 {
-        return Err(InvalidInput(format!(
-            "{} of {} lines rejected (the other lines were imported)",
-            report.rejected,
-            report.rejected + report.imported
-        ))
-        .into());
+        let message = if report.imported == 0 {
+            format!(
+                "{} rejected; nothing was imported",
+                if report.rejected == 1 {
+                    "the only line was".to_string()
+                } else {
+                    format!("all {} lines were", report.rejected)
+                }
+            )
+        } else {
+            format!(
+                "{} of {} lines rejected (the other lines were imported)",
+                report.rejected,
+                report.rejected + report.imported
+            )
+        };
+        return Err(InvalidInput(message).into());
     }
     Ok(())
 }
