@@ -259,6 +259,7 @@ fn look(
                 cs_upper: f64::INFINITY,
                 started_at: now,
                 updated_at: now,
+                state: None,
             }
         }
     };

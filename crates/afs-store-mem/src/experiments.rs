@@ -282,6 +282,7 @@ impl ExperimentTx for MemTx<'_> {
         experiment_id: i64,
         states: &[SequentialState],
     ) -> Result<()> {
+        // Kept whole: the numbers and a judge's own `state` text come back as given.
         for s in states {
             self.meta
                 .states

@@ -19,3 +19,14 @@ impl Factory for Mem {
 fn conformance() {
     conformance::run_all(&Mem);
 }
+
+/// `afs migrate`'s copy (memory → memory) keeps a judge's own state.
+#[test]
+fn restore_keeps_a_judges_own_state() {
+    let clock = Arc::new(ManualClock::new(
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 4, 1, 9, 0, 0).unwrap(),
+    ));
+    let source = MemStore::new(clock.clone());
+    let dest = MemStore::new(clock);
+    conformance::restore_keeps_sequential_states(&source, &dest);
+}

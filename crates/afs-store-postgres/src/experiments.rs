@@ -71,7 +71,7 @@ const EXPERIMENT_FROM: &str = "afs_experiment e JOIN afs_model_version c ON c.id
     JOIN afs_model_version h ON h.id = e.challenger_id";
 
 const STATE_COLUMNS: &str = "metric, n_looks, baseline, tau, theta0, p_better, p_worse, \
-    cs_lower, cs_upper, started_at_us, updated_at_us";
+    cs_lower, cs_upper, started_at_us, updated_at_us, state";
 
 const EVENT_COLUMNS: &str =
     "id, at_us, experiment_id, kind, model, decision, weight, reason, statistics";
@@ -124,6 +124,7 @@ fn state_from_row(row: &Row) -> Result<SequentialState> {
         cs_upper: row.get(8),
         started_at: time_of(row.get(9)),
         updated_at: time_of(row.get(10)),
+        state: row.get(11),
     })
 }
 
@@ -529,13 +530,13 @@ impl ExperimentTx for PgTx<'_, '_> {
             .tx
             .prepare(&format!(
                 "INSERT INTO afs_experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (experiment_id, metric) DO UPDATE SET \
                  n_looks = excluded.n_looks, baseline = excluded.baseline, tau = excluded.tau, \
                  theta0 = excluded.theta0, p_better = excluded.p_better, \
                  p_worse = excluded.p_worse, cs_lower = excluded.cs_lower, \
                  cs_upper = excluded.cs_upper, started_at_us = excluded.started_at_us, \
-                 updated_at_us = excluded.updated_at_us"
+                 updated_at_us = excluded.updated_at_us, state = excluded.state"
             ))
             .map_err(dbe("write sequential state"))?;
         for s in states {
@@ -556,6 +557,7 @@ impl ExperimentTx for PgTx<'_, '_> {
                         &s.cs_upper,
                         &micros(s.started_at),
                         &micros(s.updated_at),
+                        &s.state,
                     ],
                 )
                 .map_err(|e| db(format!("write sequential state of {}", s.metric), e))?;

@@ -209,8 +209,8 @@ impl RestoreStore for PgStore {
                     tx.execute(
                         "INSERT INTO afs_experiment_sequential_state (experiment_id, metric, \
                          n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
-                         started_at_us, updated_at_us) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                         started_at_us, updated_at_us, state) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                         &[
                             id,
                             &s.metric,
@@ -224,6 +224,7 @@ impl RestoreStore for PgStore {
                             &s.cs_upper,
                             &micros(s.started_at),
                             &micros(s.updated_at),
+                            &s.state,
                         ],
                     )
                     .map_err(|e| write_error(&format!("sequential state of experiment {id}"), e))?;

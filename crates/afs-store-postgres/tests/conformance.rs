@@ -90,3 +90,19 @@ fn conformance_child() {
         Box::new(PgStore::open(PgConfig::new(url), Arc::new(SystemClock)).unwrap())
     });
 }
+
+/// `afs migrate`'s copy (PostgreSQL → PostgreSQL) keeps a judge's own state.
+#[test]
+fn restore_keeps_a_judges_own_state() {
+    let Some(cluster) = cluster_url() else { return };
+    let clock = Arc::new(ManualClock::new(
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 4, 1, 9, 0, 0).unwrap(),
+    ));
+    let (a, b) = (
+        TestDatabase::create(&cluster),
+        TestDatabase::create(&cluster),
+    );
+    let source = PgStore::open(PgConfig::new(&a.url), clock.clone()).unwrap();
+    let dest = PgStore::open(PgConfig::new(&b.url), clock).unwrap();
+    conformance::restore_keeps_sequential_states(&source, &dest);
+}

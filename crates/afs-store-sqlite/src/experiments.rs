@@ -1,6 +1,7 @@
 //! `ExperimentStore` for SQLite: model versions, experiments, their periods, sequential
-//! state and event log (schema version 3), and the per-unit statistics of experiments
-//! (schema version 7, in `units.rs`).
+//! state and event log (schema version 3), the per-unit statistics of experiments
+//! (schema version 7, in `units.rs`), and a judge's own state beside the sequential state
+//! (schema version 9: the nullable column `experiment_sequential_state.state`).
 
 //!
 //! The rules (one champion, one running experiment, ...) are not here: they are written once
@@ -90,6 +91,13 @@ pub(crate) fn migrate_v3(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         .map_err(|e| crate::db("migration 3", e))
 }
 
+/// Migration 9: a judge's own state ([`SequentialState::state`]), opaque text; `NULL` for
+/// the default judge's states and for every state written before.
+pub(crate) fn migrate_v9(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch("ALTER TABLE experiment_sequential_state ADD COLUMN state TEXT")
+        .map_err(|e| crate::db("migration 9", e))
+}
+
 const VERSION_COLUMNS: &str = "id, name, model_path, status, traffic_weight, created_at, \
     promoted_at, retired_at, dataset, run_id";
 
@@ -100,7 +108,7 @@ const EXPERIMENT_FROM: &str = "experiment e JOIN model_version c ON c.id = e.cha
     JOIN model_version h ON h.id = e.challenger_id";
 
 const STATE_COLUMNS: &str = "metric, n_looks, baseline, tau, theta0, p_better, p_worse, \
-    cs_lower, cs_upper, started_at, updated_at";
+    cs_lower, cs_upper, started_at, updated_at, state";
 
 const EVENT_COLUMNS: &str =
     "id, at, experiment_id, kind, model, decision, weight, reason, statistics";
@@ -181,6 +189,7 @@ fn state_from_row(row: &Row<'_>) -> rusqlite::Result<SequentialState> {
         cs_upper: row.get(8)?,
         started_at: time_at(row, 9, "started_at")?,
         updated_at: time_at(row, 10, "updated_at")?,
+        state: row.get(11)?,
     })
 }
 
@@ -583,7 +592,7 @@ impl ExperimentTx for SqliteTx<'_> {
             .conn
             .prepare_cached(&format!(
                 "INSERT OR REPLACE INTO experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ))
             .map_err(|e| crate::db("write sequential state", e))?;
         for s in states {
@@ -601,6 +610,7 @@ impl ExperimentTx for SqliteTx<'_> {
                     s.cs_upper,
                     rfc3339(s.started_at),
                     rfc3339(s.updated_at),
+                    s.state,
                 ])
                 .map_err(|e| crate::db(format!("write sequential state of {}", s.metric), e))?;
         }

@@ -9,7 +9,8 @@
 //! delete triggers at it, and rebuilds `usage` with rowids in time order (see
 //! [`ROWID_SLOTS`]), which replaces its time index; version 6 adds the pair key; version 7
 //! adds the per-unit experiment statistics (see `units.rs`); version 8 makes the
-//! delete trigger's pending deltas unable to fail (see [`migrate_v8`]). Migrations never
+//! delete trigger's pending deltas unable to fail (see [`migrate_v8`]); version 9 adds a
+//! judge's own state to the sequential state (see `experiments.rs`). Migrations never
 //! rename or drop a seed column.
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
@@ -20,7 +21,7 @@ use afs_store::dedupe_hash;
 use afs_store::Result;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -551,6 +552,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 8,
         apply: migrate_v8,
+    },
+    Migration {
+        version: 9,
+        apply: super::experiments::migrate_v9,
     },
 ];
 

@@ -202,8 +202,8 @@ impl RestoreStore for SqliteStore {
                     tx.execute(
                         "INSERT INTO experiment_sequential_state (experiment_id, metric, \
                          n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
-                         started_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                         started_at, updated_at, state) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                         params![
                             id,
                             s.metric,
@@ -216,7 +216,8 @@ impl RestoreStore for SqliteStore {
                             s.cs_lower,
                             s.cs_upper,
                             rfc3339(s.started_at),
-                            rfc3339(s.updated_at)
+                            rfc3339(s.updated_at),
+                            s.state
                         ],
                     )
                     .map_err(db(&format!("sequential state of experiment {id}")))?;

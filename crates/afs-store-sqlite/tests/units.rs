@@ -108,7 +108,7 @@ fn unit_stats_follow_rows_the_python_module_inserts() {
 }
 
 /// Migration 7 from a version-6 file with an experiment running. The version-6 file is made
-/// by opening a new store (version 7), dropping every table, trigger and column version 7
+/// by opening a new store, dropping every table, trigger and column versions 7 and later
 /// added, and setting `user_version` back to 6: the same schema version 6 wrote, with the
 /// records and the running experiment already in it.
 #[test]
@@ -132,6 +132,7 @@ fn migration_from_version_6_builds_the_statistics_of_a_running_experiment() {
              DROP TABLE experiment_unit_pre;
              DROP TABLE experiment_cohort;
              ALTER TABLE experiment_period DROP COLUMN started_us;
+             ALTER TABLE experiment_sequential_state DROP COLUMN state;
              PRAGMA user_version = 6;",
         )
         .unwrap();
@@ -153,7 +154,7 @@ fn migration_from_version_6_builds_the_statistics_of_a_running_experiment() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 8);
+    assert_eq!(SCHEMA_VERSION, 9);
     let migrated = store.unit_stats(id, None).unwrap();
     assert_unit_cohorts_close(&migrated, &before, "after migration, as before");
     check(&store, id, None, None, "after migration");

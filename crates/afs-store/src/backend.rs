@@ -238,11 +238,11 @@ pub fn check_note(max_field_bytes: usize, note: &EventNote) -> Result<()> {
     Ok(())
 }
 
-/// Checks a sequential state: a metric name and finite numbers.
-pub fn check_state(state: &SequentialState) -> Result<()> {
-    if state.metric.trim().is_empty() {
-        return Err(StoreError::invalid("metric", "must not be empty"));
-    }
+/// Checks a sequential state: a metric name, finite numbers (the backends keep them in
+/// `NOT NULL` floating-point columns), and a judge's own `state` within `max_field_bytes`.
+/// The `state` text is never parsed: its meaning is the judge's.
+pub fn check_state(max_field_bytes: usize, state: &SequentialState) -> Result<()> {
+    check_text(max_field_bytes, "metric", &state.metric, true)?;
     let numbers = [
         ("baseline", state.baseline),
         ("tau", state.tau),
@@ -259,6 +259,9 @@ pub fn check_state(state: &SequentialState) -> Result<()> {
                 format!("{value} is not finite (metric {})", state.metric),
             ));
         }
+    }
+    if let Some(text) = &state.state {
+        check_text(max_field_bytes, "state", text, false)?;
     }
     Ok(())
 }
@@ -507,7 +510,7 @@ impl<B: ExperimentBackend> ExperimentStore for B {
     ) -> Result<ExperimentEvent> {
         check_note(self.max_field_bytes(), note)?;
         for state in states {
-            check_state(state)?;
+            check_state(self.max_field_bytes(), state)?;
         }
         self.write("record decision", |tx| {
             running(tx, experiment_id)?;

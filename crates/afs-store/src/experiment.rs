@@ -3,9 +3,9 @@
 //!
 //! The store keeps the *state* of experiments (which version serves, with which weight, since
 //! when, what the sequential test remembered at its last look) and an append-only log of
-//! every state change and every decision. It does not interpret statistics: the numbers of a
-//! [`SequentialState`] (its numbers and its opaque `state`) and the JSON text of an event are
-//! the judge's business.
+//! every state change and every decision. It does not interpret statistics: the numbers and the
+//! opaque `state` of a [`SequentialState`] and the JSON text of an event are the judge's
+//! business.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -58,6 +58,9 @@ CREATE TABLE afs_experiment_sequential_state (
     cs_upper double precision NOT NULL,
     started_at_us bigint NOT NULL,
     updated_at_us bigint NOT NULL,
+    -- A judge's own state, opaque text given back byte for byte (text, not jsonb, which
+    -- would reorder keys and respell numbers); NULL for the default judge.
+    state text,
     PRIMARY KEY (experiment_id, metric)
 );
 

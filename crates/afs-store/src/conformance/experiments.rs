@@ -45,6 +45,10 @@ pub(super) fn checks() -> Vec<Check> {
             decisions_store_state_and_can_apply_their_transition_in_one_transaction,
         ),
         (
+            "experiments::a_judges_own_state_round_trips_exactly_and_is_bounded",
+            a_judges_own_state_round_trips_exactly_and_is_bounded,
+        ),
+        (
             "experiments::an_applied_rollback_decision_rolls_back",
             an_applied_rollback_decision_rolls_back,
         ),
@@ -88,6 +92,7 @@ fn state(metric: &str, p: f64) -> SequentialState {
         cs_upper: 0.05,
         started_at: start(),
         updated_at: start() + Duration::hours(3),
+        state: None,
     }
 }
 
@@ -549,6 +554,116 @@ fn decisions_store_state_and_can_apply_their_transition_in_one_transaction(facto
     assert_eq!(by_experiment.len(), 6, "deploy + 4 decisions + promote");
 }
 
+/// A judge other than the default keeps its own state as opaque text: given back byte for
+/// byte (key order, number spelling, whitespace and non-ASCII included), replaced by a later
+/// look, cleared by a state without it, and refused above the field limit with nothing
+/// written.
+fn a_judges_own_state_round_trips_exactly_and_is_bounded(factory: &dyn Factory) {
+    let (f, id) = running(factory);
+    let json = r#"{"z": 1, "a": [0.1000000000000000055511151231257827, 1e-300, -0.0],
+ "posterior": {"alpha": 1e308, "beta": 3}, "note": "thumbs \u2191 ↑ \"quoted\"\t"}"#;
+    let mine = SequentialState {
+        state: Some(json.to_string()),
+        ..SequentialState::custom(
+            "bayes.positive_rate",
+            1,
+            "",
+            start(),
+            start() + Duration::minutes(90),
+        )
+    };
+    assert_eq!((mine.p_better, mine.p_worse, mine.tau), (1.0, 1.0, 0.0));
+    f.store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            &[mine.clone(), state("quality", 0.5)],
+            &note("look 1"),
+            false,
+        )
+        .unwrap();
+    let stored = f.store.sequential_states(id).unwrap();
+    assert_eq!(stored, [mine.clone(), state("quality", 0.5)]);
+    assert_eq!(stored[0].state.as_deref(), Some(json), "byte for byte");
+    assert_eq!(stored[1].state, None, "the default judge's state has none");
+
+    // An empty text is kept as empty, not as none; a later look replaces the text.
+    let empty = SequentialState::custom("bayes.empty", 1, "", start(), start());
+    let second = SequentialState {
+        n_looks: 2,
+        state: Some(r#"{"looks":2}"#.into()),
+        ..mine.clone()
+    };
+    f.store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            &[second.clone(), empty.clone()],
+            &note("look 2"),
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        f.store.sequential_states(id).unwrap(),
+        [empty.clone(), second.clone(), state("quality", 0.5)]
+    );
+    // A state that carries none clears it.
+    let cleared = SequentialState {
+        state: None,
+        ..second.clone()
+    };
+    f.store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            std::slice::from_ref(&cleared),
+            &note("look 3"),
+            false,
+        )
+        .unwrap();
+    assert_eq!(f.store.sequential_states(id).unwrap()[1], cleared);
+
+    // Oversize: refused naming the field, and nothing of the call is written.
+    let events = event_kinds(f.store.as_ref()).len();
+    let limit = crate::DEFAULT_MAX_FIELD_BYTES;
+    let big = SequentialState {
+        state: Some(format!("\"{}\"", "x".repeat(limit - 1))),
+        ..second.clone()
+    };
+    let err = f
+        .store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            &[state("quality", 0.1), big],
+            &note("look 4"),
+            false,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(field_of(err), "state");
+    assert_eq!(event_kinds(f.store.as_ref()).len(), events);
+    assert_eq!(
+        f.store.sequential_states(id).unwrap(),
+        [empty, cleared, state("quality", 0.5)]
+    );
+    // At the limit it is kept.
+    let full = SequentialState {
+        state: Some("x".repeat(limit)),
+        ..mine
+    };
+    f.store
+        .record_decision(
+            id,
+            Decision::KeepTesting,
+            std::slice::from_ref(&full),
+            &note("look 5"),
+            false,
+        )
+        .unwrap();
+    assert_eq!(f.store.sequential_states(id).unwrap()[1], full);
+}
+
 fn an_applied_rollback_decision_rolls_back(factory: &dyn Factory) {
     let (f, id) = running(factory);
     f.store
@@ -746,4 +861,45 @@ fn event_counts_equal_the_rows_of_each_kind(factory: &dyn Factory) {
     assert_eq!(store.count_events(EventKind::Promote).unwrap(), 2);
     assert_eq!(store.count_events(EventKind::Rollback).unwrap(), 1);
     assert_eq!(store.count_events(EventKind::Deploy).unwrap(), 3);
+}
+
+/// `afs migrate`'s copy of the experiment store carries every sequential state whole, a
+/// judge's own `state` text included. `source` and `dest` are fresh stores of any backends
+/// (driven by clocks at [`start`] or later); the source gets an experiment with states of
+/// the default judge and of another, the destination is restored from it.
+pub fn restore_keeps_sequential_states<D>(source: &dyn TestStore, dest: &D)
+where
+    D: TestStore + crate::RestoreStore + ?Sized,
+{
+    source
+        .set_champion(&NewModelVersion::new("v1", "/models/v1"), &note("first"))
+        .unwrap();
+    let id = source
+        .deploy_challenger(&NewModelVersion::new("v2", "/models/v2"), 0.5, 9, &note(""))
+        .unwrap()
+        .id;
+    let json = r#"{"alpha":[12, 30.5],"beta":[8,4], "note":"↑ \"x\""}"#;
+    let states = [
+        SequentialState::custom("bayes.positive_rate", 4, json, start(), start()),
+        state("quality", 0.25),
+    ];
+    source
+        .record_decision(id, Decision::KeepTesting, &states, &note("look"), false)
+        .unwrap();
+    let experiments = source.experiments().unwrap();
+    let dump = crate::ExperimentDump {
+        versions: source.model_versions().unwrap(),
+        states: experiments
+            .iter()
+            .map(|e| (e.id, source.sequential_states(e.id).unwrap()))
+            .collect(),
+        experiments,
+        events: source.events(&EventFilter::default()).unwrap(),
+        covariates: Vec::new(),
+    };
+    dest.restore_experiments(&dump).unwrap();
+    let copied = dest.sequential_states(id).unwrap();
+    assert_eq!(copied, source.sequential_states(id).unwrap());
+    assert_eq!(copied[0].state.as_deref(), Some(json));
+    assert_eq!(copied[1].state, None);
 }

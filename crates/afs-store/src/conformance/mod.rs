@@ -79,6 +79,7 @@ mod units;
 mod usage;
 
 pub use concurrency::{child_main, two_processes};
+pub use experiments::restore_keeps_sequential_states;
 pub use units::{
     assert_unit_cohorts_close, assert_unit_stats_match_scan, running_experiment_with_records,
     unit_stats_sequence,
