@@ -36,7 +36,8 @@ pub struct JudgeInput<'a> {
     /// Its per-unit statistics by cohort and arm ([`afs_store::ExperimentStore::unit_stats`]).
     /// Empty when the store has none, in which case the judge analyses requests.
     pub units: &'a [UnitCohort],
-    /// The sequential state stored after the previous look (empty at the first).
+    /// The sequential states stored after the previous look (empty at the first): every
+    /// entry of the experiment, whichever judge wrote it, so a judge looks for its own keys.
     pub previous: &'a [SequentialState],
     /// The time of this look.
     pub now: DateTime<Utc>,
@@ -55,6 +56,17 @@ pub struct JudgeInput<'a> {
 /// * An arm without data for a metric is never evidence of success: it cannot lead to
 ///   [`Decision::Promote`].
 /// * [`Decision::Hold`] means the data itself is suspect; the caller acts on nothing.
+///
+/// # State between looks
+///
+/// What a judge must remember from one look to the next goes in [`Comparison::states`]: one
+/// [`SequentialState`] per key, which the caller stores (replacing the entries of those
+/// keys) and gives back in [`JudgeInput::previous`] at the next look. The default judge
+/// keeps its mSPRT test in the numeric fields; a judge of another kind (Bayesian,
+/// fixed-horizon, alpha-spending, ...) keeps its own state as text, conventionally JSON, in
+/// [`SequentialState::state`] (built with [`SequentialState::custom`]), under keys of its
+/// own (`bayes.positive_rate`), bounded by the store's field limit (1 MiB by default). The
+/// store never reads that text. `examples/plugins` in the repository has such a judge.
 pub trait Judge: Send + Sync {
     /// Judges one look.
     fn judge(&self, input: &JudgeInput<'_>) -> Comparison;

@@ -7,14 +7,23 @@
 //!   least `min_negatives` thumbs-down arrived in the last hour, and more than at the last
 //!   check; it keeps that count in the trigger state under its own name. Added with
 //!   `afs_trigger::RetrainTrigger::with_policy`.
+//! * [`BetaBinomialJudge`]: an experiment judge (an `afs_abtest::Judge`): a Bayesian
+//!   beta-binomial rule on the positive-feedback rate that keeps its posterior, its streaks
+//!   and its look count in the store's opaque judge state
+//!   (`afs_store::SequentialState::state`). Plugged in with `afs_abtest::AbTest::with_judge`.
+//!   It is *not* an always-valid test: its docs say what it does and does not guarantee.
 //!
-//! The tests in `tests/` run both inside afs on a real SQLite store.
+//! The tests in `tests/` run them inside afs on a real SQLite store.
 
 use afs_datagen::{unsupported_example, Body, DatagenError, Example, ExampleKind, Formatter};
 use afs_store::StatsWindow;
 use afs_trigger::{CheckContext, Trigger, TriggerError, TriggerResult, TriggerType};
 use chrono::DurationRound;
 use serde_json::json;
+
+mod judge;
+
+pub use judge::{prob_greater, BetaBinomialJudge, BetaState};
 
 /// OpenAI's chat fine-tuning format: one `{"messages": [...]}` object per line (a system
 /// turn when there is a system prompt, then the user's and the assistant's), no metadata.
