@@ -484,6 +484,45 @@ pub(crate) enum Command {
                       curl -s localhost:8080/v1/route?unit=user-42"
     )]
     Serve(crate::serve::ServeArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish)
+    #[command(
+        long_about = "Print the completion script of a shell on stdout: every command, \
+                      option and fixed value of afs completes with Tab.",
+        after_help = "Examples:\n  \
+                      afs completions bash > ~/.local/share/bash-completion/completions/afs\n  \
+                      afs completions zsh > \"${fpath[1]}/_afs\"\n  \
+                      afs completions fish > ~/.config/fish/completions/afs.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Write man pages: afs(1) and one per command (afs-log(1), afs-ab-deploy(1), ...)
+    #[command(
+        long_about = "Write the man pages of afs, made from the same definitions as --help: \
+                      afs.1 and one page per command and subcommand (afs-log.1, \
+                      afs-ab-deploy.1, ...), into --out (created if missing). Files there \
+                      of the same names are replaced. Without --out, print afs.1 on stdout.",
+        after_help = "Examples:\n  \
+                      afs man --out /usr/local/share/man/man1\n  \
+                      afs man | man -l -"
+    )]
+    Man(ManArgs),
+}
+
+/// Arguments of `afs completions`.
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+/// Arguments of `afs man`.
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// Directory to write the pages into (afs.1, afs-log.1, ...); stdout (afs.1 only) without
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `afs log`.

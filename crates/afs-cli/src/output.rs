@@ -79,6 +79,15 @@ pub(crate) fn print_line(text: &str) -> anyhow::Result<()> {
         .map_err(stdout_error)
 }
 
+/// Writes `bytes` to stdout as they are.
+pub(crate) fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_error)
+}
+
 /// Prints `value` as one line of JSON on stdout.
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string(value)?;

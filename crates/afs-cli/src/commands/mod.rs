@@ -3,6 +3,7 @@
 mod ab;
 mod configuration;
 mod demo;
+mod docs;
 mod feedback;
 mod generate;
 mod import;
@@ -42,5 +43,7 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(global, args),
         Command::Config(args) => configuration::run(global, args),
         Command::Serve(args) => crate::serve::run(global, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     }
 }
