@@ -216,13 +216,16 @@ fn every_endpoint_answers() {
         "afs_usage_batches_logged_total 2",
         "afs_feedback_recorded_total{value=\"positive\"} 1",
         "afs_feedback_recorded_total{value=\"negative\"} 1",
-        "afs_records{model=\"nayru-v1\"} 2",
-        "afs_model_quality{model=\"nayru-v1\",window=\"all\"} 0.85",
-        "afs_model_quality{model=\"nayru-v2\",window=\"24h\"} 0.9",
-        "afs_model_feedback_rate{model=\"nayru-v1\",window=\"all\"} 1",
-        "afs_model_positive_rate{model=\"nayru-v1\",window=\"all\"} 0.5",
+        "afs_model_records_total{model=\"nayru-v1\"} 2",
+        "afs_model_quality_score_sum{model=\"nayru-v1\"} 0.85",
+        "afs_model_quality_score_count{model=\"nayru-v1\"} 1",
+        "afs_model_feedback_total{model=\"nayru-v1\",value=\"positive\"} 1",
+        "afs_model_feedback_total{model=\"nayru-v1\",value=\"negative\"} 1",
+        "# TYPE afs_model_quality_score summary",
+        "# TYPE afs_model_latency_seconds summary",
+        "afs_retrain_running 0",
         "afs_traffic_share{model=\"nayru-v2\",arm=\"challenger\"} 0.5",
-        "afs_retrains{status=\"completed\"} 0",
+        "afs_retrain_runs_total{status=\"completed\"} 0",
         "afs_promotions_total 0",
         "afs_rollbacks_total 0",
         "afs_experiment_running 1",
@@ -813,7 +816,7 @@ fn the_loop_runs_in_the_same_process_and_stops_on_sigterm() {
     assert!(server
         .get("/metrics")
         .body
-        .contains("afs_loop_iterations_total{outcome=\"all\"} 1"));
+        .contains("afs_loop_iterations_total{outcome=\"ok\"} 1"));
 
     server.sigterm();
     let exit = server.wait(Duration::from_secs(30));

@@ -258,6 +258,20 @@ fn family(
     }
 }
 
+/// A summary without quantiles: `NAME_sum` and `NAME_count` per label set.
+fn summary(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, f64, f64)>,
+) {
+    header(out, name, "summary", help);
+    for (labels, sum, count) in samples {
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", num(sum));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", num(count));
+    }
+}
+
 /// A sample without labels.
 fn plain(value: f64) -> [(String, f64); 1] {
     [(String::new(), value)]
@@ -268,7 +282,7 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     let store = &*state.store;
     let now = store.clock().now();
     let mut all = store.stats_by_model(&StatsWindow::default())?;
-    let mut day = store.stats_by_model(&StatsWindow {
+    let day = store.stats_by_model(&StatsWindow {
         since: Some(now - chrono::Duration::hours(24)),
         ..StatsWindow::default()
     })?;
@@ -284,8 +298,22 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         runs.push((status, store.count_runs(status)?));
     }
     let promotions = store.count_events(EventKind::Promote)?;
+    let status_now = state.ab.status()?;
+    let last_decision = match &status_now.experiment {
+        Some(e) => store
+            .events(&afs_store::EventFilter {
+                experiment_id: Some(e.id),
+                kinds: vec![EventKind::Decision],
+                limit: Some(1),
+                newest_first: true,
+            })?
+            .into_iter()
+            .next()
+            .and_then(|event| event.decision),
+        None => None,
+    };
     let rollbacks = store.count_events(EventKind::Rollback)?;
-    let status = state.ab.status()?;
+    let status = status_now;
     // Only a bounded set of models gets series of its own.
     let serving: Vec<&str> = status
         .champion
@@ -299,7 +327,6 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         .collect();
     let omitted = all.keys().filter(|name| !exported.contains(name)).count();
     all.retain(|name, _| exported.contains(name));
-    day.retain(|name, _| exported.contains(name));
     let loop_state = afs_loop::LoopState::load(store)?;
     let m = &state.metrics;
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
@@ -363,26 +390,23 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
          the serving ones, then the busiest of the last 24 hours).",
         plain(omitted as f64),
     );
+    // Per model: counts and sums in base units, so PromQL can take any window
+    // (`rate(afs_model_quality_score_sum[1h]) / rate(afs_model_quality_score_count[1h])`)
+    // and add instances up. They are the store's totals: they fall only when records are
+    // deleted (prune, dedupe, forget), which Prometheus treats as a counter reset.
     family(
         &mut out,
-        "afs_records",
-        "gauge",
+        "afs_model_records_total",
+        "counter",
         "Usage records in the store, per model.",
         all.iter().map(|(name, s)| (model(name), s.total as f64)),
     );
     family(
         &mut out,
-        "afs_records_with_feedback",
-        "gauge",
-        "Records with feedback in the store, per model.",
-        all.iter()
-            .map(|(name, s)| (model(name), s.with_feedback as f64)),
-    );
-    family(
-        &mut out,
-        "afs_feedback",
-        "gauge",
-        "Records in the store by feedback value, per model.",
+        "afs_model_feedback_total",
+        "counter",
+        "Records in the store with feedback, per model and value (the values partition the \
+         records with feedback).",
         all.iter().flat_map(|(name, s)| {
             [
                 ("negative", s.negative_feedback),
@@ -392,41 +416,27 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
             .map(|(value, n)| (format!("{},value=\"{value}\"", model(name)), n as f64))
         }),
     );
-    let windows: [(&str, &BTreeMap<String, UsageStats>); 2] = [("all", &all), ("24h", &day)];
-    let windowed = |f: fn(&UsageStats) -> Option<f64>| {
-        windows.iter().flat_map(move |(window, stats)| {
-            stats.iter().filter_map(move |(name, s)| {
-                f(s).map(|v| (format!("{},window=\"{window}\"", model(name)), v))
-            })
-        })
-    };
-    family(
+    summary(
         &mut out,
-        "afs_model_quality",
-        "gauge",
-        "Mean quality score per model, over the whole log (window=\"all\") and the last 24 hours.",
-        windowed(UsageStats::avg_quality_score),
+        "afs_model_quality_score",
+        "Quality scores (0 to 1) of the records in the store, per model: their sum and count.",
+        all.iter()
+            .map(|(name, s)| (model(name), s.sum_quality, s.n_quality as f64)),
+    );
+    summary(
+        &mut out,
+        "afs_model_latency_seconds",
+        "Model latency of the records in the store, per model, in seconds: sum and count.",
+        all.iter()
+            .map(|(name, s)| (model(name), s.sum_latency_ms / 1000.0, s.n_latency as f64)),
     );
     family(
         &mut out,
-        "afs_model_feedback_rate",
-        "gauge",
-        "Share of records with feedback, per model.",
-        windowed(|s| Some(s.feedback_rate())),
-    );
-    family(
-        &mut out,
-        "afs_model_positive_rate",
-        "gauge",
-        "Share of positive feedback among records with feedback, per model.",
-        windowed(UsageStats::positive_rate),
-    );
-    family(
-        &mut out,
-        "afs_model_latency_ms",
-        "gauge",
-        "Mean latency in milliseconds, per model.",
-        windowed(UsageStats::avg_latency_ms),
+        "afs_model_tokens_total",
+        "counter",
+        "Tokens of the records in the store, per model.",
+        all.iter()
+            .map(|(name, s)| (model(name), s.total_tokens as f64)),
     );
 
     // Serving state, experiments, retrains and the loop.
@@ -474,23 +484,59 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
     );
     family(
         &mut out,
-        "afs_retrains",
-        "gauge",
-        "Retrain runs in the store, by status.",
+        "afs_retrain_runs_total",
+        "counter",
+        "Finished retrain runs in the store, by final status (the statuses partition them).",
         runs.iter()
+            .filter(|(status, _)| *status != RunStatus::Running)
             .map(|(status, n)| (format!("status=\"{}\"", status.as_str()), *n as f64)),
+    );
+    family(
+        &mut out,
+        "afs_retrain_running",
+        "gauge",
+        "1 while a retrain run is running.",
+        plain(
+            runs.iter()
+                .find(|(status, _)| *status == RunStatus::Running)
+                .map_or(0.0, |(_, n)| *n as f64),
+        ),
     );
     family(
         &mut out,
         "afs_loop_iterations_total",
         "counter",
-        "Iterations of the continuous loop on this database (any process), by outcome.",
+        "Iterations of the continuous loop on this database (any process), by outcome (the \
+         outcomes partition them: sum() is every iteration).",
         [
-            ("all", loop_state.iterations),
+            (
+                "ok",
+                loop_state
+                    .iterations
+                    .saturating_sub(loop_state.failed_iterations)
+                    .saturating_sub(loop_state.interrupted_iterations),
+            ),
             ("failed", loop_state.failed_iterations),
             ("interrupted", loop_state.interrupted_iterations),
         ]
         .map(|(outcome, n)| (format!("outcome=\"{outcome}\""), n as f64)),
+    );
+    family(
+        &mut out,
+        "afs_loop_last_check_timestamp_seconds",
+        "gauge",
+        "When the continuous loop last checked (Unix seconds; absent before its first check).",
+        loop_state
+            .last_check_at
+            .map(|at| (String::new(), at.timestamp_millis() as f64 / 1000.0)),
+    );
+    family(
+        &mut out,
+        "afs_experiment_last_decision",
+        "gauge",
+        "The judge's last recorded decision on the running experiment: 1 on that decision's \
+         series (hold means the data is suspect, e.g. a sample-ratio mismatch).",
+        last_decision.map(|d| (format!("decision=\"{}\"", d.as_str()), 1.0)),
     );
 
     // Requests served by this process.
