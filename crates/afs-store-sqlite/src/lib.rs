@@ -371,6 +371,11 @@ const SEED_COLUMNS: &[&str] = &[
 /// Python module's `usage` table is migrated.
 fn identify(conn: &Connection, path: &Path) -> Result<()> {
     let read = |e| crate::db(format!("read the schema of {}", path.display()), e);
+    // One read transaction: the version and the tables from one snapshot. Read apart, a
+    // process could see version 0 and then the tables another process's migration had
+    // just committed, and take a new afs database for another application's.
+    let snapshot = conn.unchecked_transaction().map_err(read)?;
+    let conn: &Connection = &snapshot;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(read)?;
