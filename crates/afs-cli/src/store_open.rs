@@ -40,7 +40,7 @@ pub(crate) enum Pinned {
 /// The store settings for `--db` with the `[store]` section of the configuration applied;
 /// for commands that read no other section. Fails like [`crate::config::load`].
 pub(crate) fn configured(global: &GlobalArgs) -> anyhow::Result<StoreConfig> {
-    let config = crate::config::load(global.config.as_deref())?;
+    let config = crate::config::load(global)?;
     Ok(config.store_config(&global.db))
 }
 

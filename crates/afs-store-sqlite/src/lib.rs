@@ -154,8 +154,9 @@ use rows::{InsertRow, RECORD_COLUMNS};
 use time::{micros_of, rfc3339};
 use writer::Writer;
 
-/// How hard SQLite syncs to disk on commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How hard SQLite syncs to disk on commit (`"normal"` or `"full"` in the config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Synchronous {
     /// `synchronous=NORMAL` in WAL mode: a committed write survives a crash of the process;
     /// the last commits before a power loss or OS crash may be rolled back. Much faster.
@@ -166,18 +167,56 @@ pub enum Synchronous {
 }
 
 /// Settings of a [`SqliteStore`].
-#[derive(Debug, Clone)]
+///
+/// Its settings other than the file are also the `[store]` section of the afs config file:
+/// `busy_timeout_ms` (milliseconds), `max_field_bytes`, `synchronous` and `pool_size`, each
+/// optional (an absent key keeps its default), an unknown key refused.
+/// [`SqliteConfig::validate`] checks the ranges.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SqliteConfig {
-    /// The database file; created (with its directory) when missing.
+    /// The database file; created (with its directory) when missing. Not a config key (it
+    /// is `--db`).
+    #[serde(skip)]
     pub path: PathBuf,
-    /// Limit on any one text field, in bytes.
-    pub max_field_bytes: usize,
-    /// How long to wait for another connection's or process's lock before failing.
+    /// How long to wait for another connection's or process's lock before failing (the key
+    /// `busy_timeout_ms`, at most an hour).
+    #[serde(rename = "busy_timeout_ms", with = "millis")]
     pub busy_timeout: Duration,
-    /// Connections in the pool (readers and short writers).
-    pub pool_size: u32,
+    /// Limit on any one text field, in bytes (1024 up to [`MAX_FIELD_BYTES_LIMIT`]).
+    pub max_field_bytes: usize,
     /// Durability of commits.
     pub synchronous: Synchronous,
+    /// Connections in the pool (readers and short writers), 1 to 64.
+    pub pool_size: u32,
+}
+
+/// Largest [`SqliteConfig::max_field_bytes`]: SQLite's own limit on a text value.
+pub const MAX_FIELD_BYTES_LIMIT: usize = 1_000_000_000;
+
+/// Longest [`SqliteConfig::busy_timeout`]: an hour.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration as whole milliseconds (`busy_timeout_ms`).
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+impl Default for SqliteConfig {
+    /// The defaults of [`SqliteConfig::new`] with no file yet (set `path` before opening).
+    fn default() -> Self {
+        SqliteConfig::new(PathBuf::new())
+    }
 }
 
 impl SqliteConfig {
@@ -191,6 +230,37 @@ impl SqliteConfig {
             pool_size: 8,
             synchronous: Synchronous::Normal,
         }
+    }
+
+    /// Checks the settings' ranges; an error names the config key (`busy_timeout_ms`,
+    /// `max_field_bytes`, `pool_size`).
+    pub fn validate(&self) -> Result<()> {
+        if self.busy_timeout > MAX_BUSY_TIMEOUT {
+            return Err(StoreError::invalid(
+                "busy_timeout_ms",
+                format!(
+                    "{} is more than an hour ({})",
+                    self.busy_timeout.as_millis(),
+                    MAX_BUSY_TIMEOUT.as_millis()
+                ),
+            ));
+        }
+        if !(1024..=MAX_FIELD_BYTES_LIMIT).contains(&self.max_field_bytes) {
+            return Err(StoreError::invalid(
+                "max_field_bytes",
+                format!(
+                    "{} is not within 1024..={MAX_FIELD_BYTES_LIMIT}",
+                    self.max_field_bytes
+                ),
+            ));
+        }
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(StoreError::invalid(
+                "pool_size",
+                format!("{} is not within 1..=64", self.pool_size),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,10 +1,18 @@
 //! Trigger and retrainer settings, with the seed's `TriggerConfig` names and defaults.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::TriggerError;
 
 /// When to retrain. Field names and defaults follow the seed's `TriggerConfig`; the fields
 /// it lacks are marked as afs additions.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// It is also the `[trigger]` section of the afs config file: each field is a key of the
+/// same name (`page_hinkley` is the table `[trigger.page_hinkley]`, last so that it
+/// serialises after the plain keys), an absent key keeps its default, and an unknown key is
+/// refused. [`TriggerConfig::validate`] checks the ranges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TriggerConfig {
     /// Retrain once enough quality-scored samples accumulated since the last successful retrain.
     pub enable_sample_count: bool,
@@ -27,8 +35,6 @@ pub struct TriggerConfig {
     pub min_quality_samples: u64,
     /// afs: also run a Page-Hinkley change detector on the hourly quality stream.
     pub enable_page_hinkley: bool,
-    /// afs: its parameters.
-    pub page_hinkley: PageHinkleyConfig,
     /// Retrain when the share of negative feedback is high.
     pub enable_error_rate: bool,
     /// afs: share of negative feedback among records *with* feedback that triggers (default 0.2).
@@ -39,6 +45,8 @@ pub struct TriggerConfig {
     pub min_feedback_events: u64,
     /// Hours after a retrain during which nothing but a forced retrain triggers (default 24).
     pub cooldown_hours: f64,
+    /// afs: the parameters of the Page-Hinkley detector (`enable_page_hinkley`).
+    pub page_hinkley: PageHinkleyConfig,
 }
 
 impl Default for TriggerConfig {
@@ -54,12 +62,12 @@ impl Default for TriggerConfig {
             quality_window_hours: 24.0,
             min_quality_samples: 50,
             enable_page_hinkley: false,
-            page_hinkley: PageHinkleyConfig::default(),
             enable_error_rate: false,
             error_rate_threshold: 0.2,
             error_rate_window_hours: 24.0,
             min_feedback_events: 20,
             cooldown_hours: 24.0,
+            page_hinkley: PageHinkleyConfig::default(),
         }
     }
 }
@@ -72,7 +80,10 @@ impl Default for TriggerConfig {
 /// large-valued streams; for [0, 1] scores with a spread of about 0.15, delta 0.01 and
 /// threshold 10 keep the chance of a false alarm per excursion near exp(−2·δ·λ/σ²) ≈ 1e−4
 /// while a drop of 0.1 is caught after about 110 records.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The `[trigger.page_hinkley]` table of the afs config file, key by field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PageHinkleyConfig {
     /// Records seen before the detector may alarm (default 30).
     pub min_instances: u64,

@@ -44,7 +44,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &AbArgs) -> anyhow::Result<()> {
 /// The experiments of the database at `--db`, with the `[abtest]` settings of the config
 /// file (read first, so that a bad file is reported before anything is opened).
 fn open_ab(global: &GlobalArgs, create: Create) -> anyhow::Result<AbTest<AnyStore>> {
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     let store = open(config.store_config(&global.db), create)?;
     Ok(AbTest::new(Arc::new(store), config.abtest)?)
 }

@@ -9,7 +9,7 @@ use crate::output::{print_json, print_line};
 /// Runs `afs config show` or `afs config check`.
 pub(crate) fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<()> {
     // An invalid layer fails here, with exit code 3 and the key named.
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     match args.command {
         ConfigCommand::Show => {
             if global.json {

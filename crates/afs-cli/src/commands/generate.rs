@@ -22,7 +22,7 @@ use crate::store_open::{open, Create};
 /// Generates the training file described by the config file and `args`, and prints the
 /// result.
 pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()> {
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     let store = open(config.store_config(&global.db), Create::Never)?;
     let now = store.clock().now();
     let generator = generator_config(&config, args, now)?;

@@ -40,7 +40,7 @@ fn build(
     pinned: Pinned,
     stop_trainer: Arc<AtomicBool>,
 ) -> anyhow::Result<ContinuousLearningLoop<AnyStore>> {
-    let mut config = config::load(global.config.as_deref())?;
+    let mut config = config::load(global)?;
     if let Some(interval) = interval {
         config.loop_settings.check_interval = interval;
     }

@@ -46,7 +46,7 @@ struct Summary {
 
 /// Runs `afs migrate`.
 pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()> {
-    let config = crate::config::load(global.config.as_deref())?;
+    let config = crate::config::load(global)?;
     let (from, to) = (shown_db(&args.from), shown_db(&args.to));
     if args.from == args.to {
         return Err(

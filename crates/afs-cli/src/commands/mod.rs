@@ -22,7 +22,6 @@ use crate::cli::{Cli, Command};
 /// Runs the command named on the command line.
 pub(crate) fn run(cli: &Cli) -> anyhow::Result<()> {
     let global = &cli.global;
-    crate::config::set_cli_overrides(&global.set);
     match &cli.command {
         Command::Log(args) => log::run(global, args),
         Command::Import(args) => import::run(global, args),

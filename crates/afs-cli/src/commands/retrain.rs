@@ -37,7 +37,7 @@ struct RetrainJson<'a> {
 
 /// Runs one retrain check, and the retrain when it is due.
 pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()> {
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     let trainer = crate::trainer::from_flags(
         args.train_cmd.as_deref(),
         args.timeout,

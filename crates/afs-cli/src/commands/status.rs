@@ -8,7 +8,7 @@ use crate::store_open::{open, Create};
 
 /// Prints the status summary.
 pub(crate) fn run(global: &GlobalArgs) -> anyhow::Result<()> {
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     let store = open(config.store_config(&global.db), Create::Never)?;
     let summary = afs_loop::status_summary(&store)?;
     if global.json {

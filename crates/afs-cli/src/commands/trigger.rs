@@ -17,7 +17,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &TriggerArgs) -> anyhow::Result<()>
 
 /// Checks the triggers of the `[trigger]` config section against the store.
 fn check(global: &GlobalArgs, args: &TriggerCheckArgs) -> anyhow::Result<()> {
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     let store = open(config.store_config(&global.db), Create::Never)?;
     let trigger = RetrainTrigger::new(config.trigger)?;
     let result = trigger.check(&store, args.force)?;

@@ -14,10 +14,15 @@
 //! Every layer is checked on its own before the merge, so an error names where the bad
 //! value came from: the file (with the line), the environment variable, or the flag.
 //! Unknown keys and values of the wrong type are refused; values out of range are refused
-//! by the libraries' own `validate`, with the key named. `docs/CONFIGURATION.md` documents
-//! every key, and `afs.example.toml` at the repository root shows them with their defaults.
+//! by the libraries' own `validate`, with the key named. `[store]` and `[trigger]` are the
+//! libraries' configs themselves (serde derives on [`SqliteConfig`] and [`TriggerConfig`]),
+//! read and shown as they are; the other sections are still mirrored in `sections.rs` and
+//! `show.rs`. `docs/CONFIGURATION.md` documents every key, and `afs.example.toml` at the
+//! repository root shows them with their defaults; `schema_docs_tests.rs` checks both
+//! against the schema.
 //!
-//! The commands only see [`Config`], so the layering can change without touching them.
+//! The commands only see [`Config`], so the layering can change without touching them;
+//! [`load`] takes the `--set` flags from the [`GlobalArgs`] it is given.
 
 mod sections;
 mod show;
@@ -25,7 +30,6 @@ mod show;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use afs_abtest::AbTestConfig;
@@ -36,6 +40,7 @@ use afs_store_sqlite::{SqliteConfig, Synchronous};
 use afs_trigger::{RetrainerConfig, TriggerConfig};
 use anyhow::Context;
 
+use crate::cli::GlobalArgs;
 use crate::exit::InvalidInput;
 use sections::{describe_toml_error, FileConfig, KeyError};
 
@@ -65,8 +70,9 @@ const ENV_SEPARATOR: &str = "__";
 pub(crate) struct Config {
     /// The file the settings were read from; `None` when no file was read.
     pub(crate) path: Option<PathBuf>,
-    /// `[store]`: how the database is opened.
-    pub(crate) store: StoreSettings,
+    /// `[store]`: how the database is opened (its `path` unset: that is `--db`, see
+    /// [`Config::store_config`]).
+    pub(crate) store: SqliteConfig,
     /// `[trigger]`: when to retrain.
     pub(crate) trigger: TriggerConfig,
     /// `[generator]`: how training data is generated (`afs generate`, `afs retrain`).
@@ -84,31 +90,6 @@ pub(crate) struct Config {
     pub(crate) serve: ServeSettings,
     /// Where each key that is not a default came from.
     pub(crate) sources: Sources,
-}
-
-/// The `[store]` section: the settings of [`SqliteConfig`] other than the file.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StoreSettings {
-    /// `busy_timeout_ms`: how long to wait for another writer's lock.
-    pub(crate) busy_timeout: Duration,
-    /// `max_field_bytes`: the limit on any one text field.
-    pub(crate) max_field_bytes: usize,
-    /// `synchronous`: `normal` or `full`.
-    pub(crate) synchronous: Synchronous,
-    /// `pool_size`: connections in the pool.
-    pub(crate) pool_size: u32,
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        let defaults = SqliteConfig::new("");
-        StoreSettings {
-            busy_timeout: defaults.busy_timeout,
-            max_field_bytes: defaults.max_field_bytes,
-            synchronous: defaults.synchronous,
-            pool_size: defaults.pool_size,
-        }
-    }
 }
 
 /// The `[trainer]` section (formerly `[retrain]`).
@@ -252,7 +233,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             path: None,
-            store: StoreSettings::default(),
+            store: SqliteConfig::default(),
             trigger: TriggerConfig::default(),
             generator: GeneratorConfig::default(),
             near_dedupe: NearDedupeConfig::default(),
@@ -390,16 +371,6 @@ pub(crate) fn parse_override(text: &str) -> Result<Override, String> {
     })
 }
 
-/// The `--set` flags of this process, recorded once at start by [`set_cli_overrides`] so that
-/// every command's [`load`] applies them, as it applies the environment.
-static CLI_OVERRIDES: OnceLock<Vec<Override>> = OnceLock::new();
-
-/// Records the `--set` flags for [`load`]. Called once, before any command runs.
-pub(crate) fn set_cli_overrides(overrides: &[Override]) {
-    // A second call (none is made) would keep the first flags.
-    let _ = CLI_OVERRIDES.set(overrides.to_vec());
-}
-
 /// One `AFS_<SECTION>__<KEY>` environment variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EnvVar {
@@ -455,14 +426,15 @@ fn canonical_key(key: &str) -> (String, bool) {
     }
 }
 
-/// Reads the configuration: the file `explicit` (from `--config` or `AFS_CONFIG`), which
-/// must exist, or else `./afs.toml` when it exists, or else none; then the `AFS_..__..`
-/// environment variables; then the `--set` flags.
+/// Reads the configuration of the global options `global`: the file `global.config` (from
+/// `--config` or `AFS_CONFIG`), which must exist, or else `./afs.toml` when it exists, or
+/// else none; then the `AFS_..__..` environment variables; then the `--set` flags
+/// (`global.set`).
 ///
 /// A file that cannot be read is an I/O error (exit code 1); an invalid layer is
 /// [`InvalidInput`] (exit code 3) naming the file (and line), variable or flag, and the key.
-pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
-    let path = match explicit {
+pub(crate) fn load(global: &GlobalArgs) -> anyhow::Result<Config> {
+    let path = match global.config.as_deref() {
         Some(path) => Some(path.to_path_buf()),
         None => {
             let path = PathBuf::from(DEFAULT_PATH);
@@ -485,8 +457,7 @@ pub(crate) fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
         None => None,
     };
     let file = path.as_deref().zip(text.as_deref());
-    let flags = CLI_OVERRIDES.get().map_or(&[][..], Vec::as_slice);
-    Ok(build(file, &env_vars()?, flags)?)
+    Ok(build(file, &env_vars()?, &global.set)?)
 }
 
 /// Parses and validates the text of the config file at `path` alone (no environment, no
@@ -687,12 +658,10 @@ impl Config {
             config.fast_log_commits = self.store.synchronous == Synchronous::Normal;
             return StoreConfig::Postgres(config);
         }
-        let mut config = SqliteConfig::new(db);
-        config.busy_timeout = self.store.busy_timeout;
-        config.max_field_bytes = self.store.max_field_bytes;
-        config.synchronous = self.store.synchronous;
-        config.pool_size = self.store.pool_size;
-        StoreConfig::Sqlite(config)
+        StoreConfig::Sqlite(SqliteConfig {
+            path: db.to_path_buf(),
+            ..self.store.clone()
+        })
     }
 
     /// The bearer tokens of `[serve]`: `tokens`, then the lines of `token_file` (blank
@@ -778,5 +747,7 @@ fn loop_key(key: &str) -> String {
     }
 }
 
+#[cfg(test)]
+mod schema_docs_tests;
 #[cfg(test)]
 mod tests;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use afs_abtest::{AbTestConfig, AbTestError, BanditConfig, Guardrail, Metric, PrimaryMetric};
 use afs_datagen::{DatagenError, Format, GeneratorConfig};
-use afs_store::DEFAULT_MAX_FIELD_BYTES;
-use afs_store_sqlite::Synchronous;
-use afs_trigger::TriggerError;
+use afs_store::StoreError;
+use afs_store_sqlite::SqliteConfig;
+use afs_trigger::{TriggerConfig, TriggerError};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::{Config, LoopSettings, ServeSettings, Sources, StoreSettings};
+use super::{Config, LoopSettings, ServeSettings, Sources};
 use crate::time_arg::{duration_from_secs, parse_duration};
 
 /// A key with a value out of range.
@@ -35,13 +35,17 @@ impl KeyError {
 
 /// The whole file, and what each environment variable and `--set` flag is read into. Every
 /// key is optional: an absent key keeps the default.
+///
+/// `[store]` and `[trigger]` are the libraries' own configs ([`SqliteConfig`],
+/// [`TriggerConfig`]), declared once with their serde keys and defaults; the other sections
+/// are still mirrored here and mapped onto the libraries' configs by [`FileConfig::into_config`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     #[serde(default)]
-    store: StoreSection,
+    store: SqliteConfig,
     #[serde(default)]
-    trigger: TriggerSection,
+    trigger: TriggerConfig,
     #[serde(default)]
     generator: GeneratorSection,
     #[serde(default)]
@@ -115,60 +119,6 @@ impl<'de> Deserialize<'de> for TokensSetting {
 
         deserializer.deserialize_any(TokensVisitor)
     }
-}
-
-/// `[store]`: the settings of [`afs_store_sqlite::SqliteConfig`] (the file itself is `--db`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreSection {
-    busy_timeout_ms: Option<u64>,
-    max_field_bytes: Option<u64>,
-    synchronous: Option<SynchronousSetting>,
-    pool_size: Option<u32>,
-}
-
-/// `store.synchronous`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum SynchronousSetting {
-    Normal,
-    Full,
-}
-
-/// `[trigger]`: the fields of [`TriggerConfig`] by their names.
-///
-/// [`TriggerConfig`]: afs_trigger::TriggerConfig
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TriggerSection {
-    enable_sample_count: Option<bool>,
-    min_new_samples: Option<u64>,
-    enable_scheduled: Option<bool>,
-    schedule_interval_hours: Option<f64>,
-    schedule_on_first_run: Option<bool>,
-    enable_quality_drop: Option<bool>,
-    quality_drop_threshold: Option<f64>,
-    quality_window_hours: Option<f64>,
-    min_quality_samples: Option<u64>,
-    enable_page_hinkley: Option<bool>,
-    page_hinkley: Option<PageHinkleySection>,
-    enable_error_rate: Option<bool>,
-    error_rate_threshold: Option<f64>,
-    error_rate_window_hours: Option<f64>,
-    min_feedback_events: Option<u64>,
-    cooldown_hours: Option<f64>,
-}
-
-/// `[trigger.page_hinkley]`: the fields of [`PageHinkleyConfig`].
-///
-/// [`PageHinkleyConfig`]: afs_trigger::PageHinkleyConfig
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PageHinkleySection {
-    min_instances: Option<u64>,
-    delta: Option<f64>,
-    threshold: Option<f64>,
-    alpha: Option<f64>,
 }
 
 /// `[generator]`: the file-level fields of [`GeneratorConfig`]. The per-run filters
@@ -525,9 +475,6 @@ macro_rules! set_present {
     };
 }
 
-/// Largest `store.max_field_bytes`: SQLite's own limit on a text value.
-const MAX_FIELD_BYTES_LIMIT: u64 = 1_000_000_000;
-
 impl FileConfig {
     /// The settings of these merged layers; `sources` says where each key came from (a
     /// relative path from the file is relative to the file's directory).
@@ -546,18 +493,15 @@ impl FileConfig {
             ..Config::default()
         };
 
-        config.store = self.store.into_settings()?;
+        self.store.validate().map_err(|err| match err {
+            StoreError::InvalidInput { field, reason } => {
+                KeyError::new(format!("store.{field}"), reason)
+            }
+            other => KeyError::new("store", other.to_string()),
+        })?;
+        config.store = self.store;
 
-        let t = self.trigger;
-        set_present!(t => config.trigger;
-            enable_sample_count, min_new_samples, enable_scheduled, schedule_interval_hours,
-            schedule_on_first_run, enable_quality_drop, quality_drop_threshold,
-            quality_window_hours, min_quality_samples, enable_page_hinkley, enable_error_rate,
-            error_rate_threshold, error_rate_window_hours, min_feedback_events, cooldown_hours,
-        );
-        if let Some(ph) = t.page_hinkley {
-            set_present!(ph => config.trigger.page_hinkley; min_instances, delta, threshold, alpha);
-        }
+        config.trigger = self.trigger;
         config.trigger.validate().map_err(|err| match err {
             TriggerError::Config { field, reason } => {
                 KeyError::new(format!("trigger.{field}"), reason)
@@ -661,47 +605,6 @@ impl FileConfig {
             .take()
             .map(|p| resolve("serve.token_file", p));
         Ok(config)
-    }
-}
-
-impl StoreSection {
-    /// The store settings of `[store]`, validated.
-    fn into_settings(self) -> Result<StoreSettings, KeyError> {
-        let mut store = StoreSettings::default();
-        if let Some(ms) = self.busy_timeout_ms {
-            if ms > 3_600_000 {
-                return Err(KeyError::new(
-                    "store.busy_timeout_ms",
-                    format!("{ms} is more than an hour (3600000)"),
-                ));
-            }
-            store.busy_timeout = Duration::from_millis(ms);
-        }
-        if let Some(bytes) = self.max_field_bytes {
-            if !(1024..=MAX_FIELD_BYTES_LIMIT).contains(&bytes) {
-                return Err(KeyError::new(
-                    "store.max_field_bytes",
-                    format!("{bytes} is not within 1024..={MAX_FIELD_BYTES_LIMIT}"),
-                ));
-            }
-            store.max_field_bytes = usize::try_from(bytes).unwrap_or(DEFAULT_MAX_FIELD_BYTES);
-        }
-        if let Some(sync) = self.synchronous {
-            store.synchronous = match sync {
-                SynchronousSetting::Normal => Synchronous::Normal,
-                SynchronousSetting::Full => Synchronous::Full,
-            };
-        }
-        if let Some(n) = self.pool_size {
-            if !(1..=64).contains(&n) {
-                return Err(KeyError::new(
-                    "store.pool_size",
-                    format!("{n} is not within 1..=64"),
-                ));
-            }
-            store.pool_size = n;
-        }
-        Ok(store)
     }
 }
 

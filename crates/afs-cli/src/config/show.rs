@@ -1,17 +1,21 @@
 //! The effective configuration written out (`afs config show`): every key of every section
 //! with its value, in the file's own format, so the output is itself a valid config file.
+//!
+//! `[store]` and `[trigger]` are the libraries' configs serialised as they are (their serde
+//! keys are the file's); the other sections are still mirrored here.
 
 use afs_abtest::{Metric, PrimaryMetric};
-use afs_store_sqlite::Synchronous;
+use afs_store_sqlite::SqliteConfig;
+use afs_trigger::TriggerConfig;
 use serde::{Serialize, Serializer};
 
 use super::Config;
 use crate::time_arg::format_duration;
 
 #[derive(Serialize)]
-struct Shown {
-    store: ShownStore,
-    trigger: ShownTrigger,
+struct Shown<'a> {
+    store: &'a SqliteConfig,
+    trigger: &'a TriggerConfig,
     generator: ShownGenerator,
     abtest: ShownAbTest,
     #[serde(rename = "loop")]
@@ -38,42 +42,6 @@ struct ShownServe {
     header_timeout_secs: u64,
     body_timeout_secs: u64,
     write_timeout_secs: u64,
-}
-
-#[derive(Serialize)]
-struct ShownStore {
-    busy_timeout_ms: u64,
-    max_field_bytes: usize,
-    synchronous: &'static str,
-    pool_size: u32,
-}
-
-#[derive(Serialize)]
-struct ShownTrigger {
-    enable_sample_count: bool,
-    min_new_samples: u64,
-    enable_scheduled: bool,
-    schedule_interval_hours: f64,
-    schedule_on_first_run: bool,
-    enable_quality_drop: bool,
-    quality_drop_threshold: f64,
-    quality_window_hours: f64,
-    min_quality_samples: u64,
-    enable_page_hinkley: bool,
-    enable_error_rate: bool,
-    error_rate_threshold: f64,
-    error_rate_window_hours: f64,
-    min_feedback_events: u64,
-    cooldown_hours: f64,
-    page_hinkley: ShownPageHinkley,
-}
-
-#[derive(Serialize)]
-struct ShownPageHinkley {
-    min_instances: u64,
-    delta: f64,
-    threshold: f64,
-    alpha: f64,
 }
 
 #[derive(Serialize)]
@@ -192,8 +160,7 @@ struct ShownTrainer {
     dataset_name: String,
 }
 
-fn shown(config: &Config) -> Shown {
-    let t = &config.trigger;
+fn shown(config: &Config) -> Shown<'_> {
     let g = &config.generator;
     let a = &config.abtest;
     let l = &config.loop_settings;
@@ -208,39 +175,8 @@ fn shown(config: &Config) -> Shown {
     };
     let bandit = a.bandit.unwrap_or_default();
     Shown {
-        store: ShownStore {
-            busy_timeout_ms: u64::try_from(config.store.busy_timeout.as_millis())
-                .unwrap_or(u64::MAX),
-            max_field_bytes: config.store.max_field_bytes,
-            synchronous: match config.store.synchronous {
-                Synchronous::Normal => "normal",
-                Synchronous::Full => "full",
-            },
-            pool_size: config.store.pool_size,
-        },
-        trigger: ShownTrigger {
-            enable_sample_count: t.enable_sample_count,
-            min_new_samples: t.min_new_samples,
-            enable_scheduled: t.enable_scheduled,
-            schedule_interval_hours: t.schedule_interval_hours,
-            schedule_on_first_run: t.schedule_on_first_run,
-            enable_quality_drop: t.enable_quality_drop,
-            quality_drop_threshold: t.quality_drop_threshold,
-            quality_window_hours: t.quality_window_hours,
-            min_quality_samples: t.min_quality_samples,
-            enable_page_hinkley: t.enable_page_hinkley,
-            enable_error_rate: t.enable_error_rate,
-            error_rate_threshold: t.error_rate_threshold,
-            error_rate_window_hours: t.error_rate_window_hours,
-            min_feedback_events: t.min_feedback_events,
-            cooldown_hours: t.cooldown_hours,
-            page_hinkley: ShownPageHinkley {
-                min_instances: t.page_hinkley.min_instances,
-                delta: t.page_hinkley.delta,
-                threshold: t.page_hinkley.threshold,
-                alpha: t.page_hinkley.alpha,
-            },
-        },
+        store: &config.store,
+        trigger: &config.trigger,
         generator: ShownGenerator {
             min_quality_score: g.min_quality_score,
             min_user_feedback: Feedback(g.min_user_feedback),

@@ -217,7 +217,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
             return Err(InvalidInput(format!("invalid {flag}: must be > 0")).into());
         }
     }
-    let config = config::load(global.config.as_deref())?;
+    let config = config::load(global)?;
     let s = &config.serve;
     let with_loop = args.with_loop || s.with_loop;
     let loop_only = loop_flags(args);
