@@ -134,6 +134,29 @@ fn every_kind_of_command_works_on_postgres() {
     );
 
     // Maintenance.
+    // The loop's commands: a status, the runs, and one iteration (its trainer a shell
+    // command that writes a model file).
+    let (code, out, err) = run(&env, Some(NOW), &["--json", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(json(&out).is_object());
+    // `runs --json` is JSON lines, one per run (none yet).
+    let (code, out, err) = run(&env, Some(NOW), &["--json", "runs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().all(|line| json(line).is_object()), "{out}");
+    let (code, out, err) = run(
+        &env,
+        Some(NOW),
+        &[
+            "--set",
+            "trainer.train_cmd=mkdir -p {output_dir} && echo model > {output_dir}/model.bin",
+            "--json",
+            "loop",
+            "once",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(json(&out).is_object(), "{out}");
+
     let (code, _, err) = run(&env, Some(NOW), &["dedupe"]);
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = run(&env, Some(NOW), &["--json", "forget", "--unit", "u3"]);
