@@ -110,7 +110,7 @@ pub(crate) fn measure(dir: &Path, n_records: u64, mean_gap: Duration) -> Result<
     })
 }
 
-fn write_jsonl(path: &Path, n_records: u64, mean_gap: Duration) -> Result<u64> {
+pub(crate) fn write_jsonl(path: &Path, n_records: u64, mean_gap: Duration) -> Result<u64> {
     let io = || format!("cannot write {}", path.display());
     let mut out = BufWriter::new(File::create(path).with_context(io)?);
     let mut workload = Workload::new(crate::SEED_IMPORT, mean_gap);

@@ -12,8 +12,6 @@
 //! analysed and a checkpoint is taken (what autovacuum and the checkpointer do within
 //! minutes of a load), so the reads are not timed against that background work.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,7 +22,7 @@ use afs_store::{NewUsage, RecordFilter, StatsWindow, SystemClock, UsageStore};
 use afs_store_postgres::testing::TestDatabase;
 use afs_store_postgres::{PgConfig, PgStore};
 use anyhow::{anyhow, bail, Context, Result};
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::postgres_server::Server;
@@ -414,65 +412,6 @@ fn log_run(server: &Server, threads: usize, n_records: u64, warmup: u64) -> Resu
     })
 }
 
-/// One line of the import file, as `bench/src/import.rs` writes it for the SQLite figure
-/// (the same file: same records, same keys).
-#[derive(Serialize)]
-struct Line<'a> {
-    query: &'a str,
-    response: &'a str,
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expert: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latency_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quality_score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    feedback: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token_count: Option<i64>,
-}
-
-impl<'a> From<&'a NewUsage> for Line<'a> {
-    fn from(r: &'a NewUsage) -> Self {
-        Line {
-            query: &r.query,
-            response: &r.response,
-            model: &r.model,
-            expert: r.expert.as_deref(),
-            latency_ms: r.latency_ms,
-            quality_score: r.quality_score,
-            feedback: r.feedback.as_ref().map(|f| f.value.as_i64()),
-            unit: r.unit_id.as_deref(),
-            timestamp: r
-                .timestamp
-                .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-            token_count: r.token_count,
-        }
-    }
-}
-
-/// The SQLite import figure's file: `n_records` of the workload seeded with `SEED_IMPORT`.
-fn write_jsonl(path: &Path, n_records: u64, mean_gap: Duration) -> Result<u64> {
-    let io = || format!("cannot write {}", path.display());
-    let mut out = BufWriter::new(File::create(path).with_context(io)?);
-    let mut workload = Workload::new(crate::SEED_IMPORT, mean_gap);
-    for _ in 0..n_records {
-        let record = workload.next_record();
-        serde_json::to_writer(&mut out, &Line::from(&record)).with_context(io)?;
-        out.write_all(b"\n").with_context(io)?;
-    }
-    let file = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(io)?;
-    Ok(file.metadata().with_context(io)?.len())
-}
-
 /// The `afs` binary with `--db url --json`, run in `dir` with no `AFS_*` variable set (no
 /// configuration may change what it does).
 fn afs(dir: &Path, url: &str) -> Result<Command> {
@@ -525,7 +464,7 @@ fn measure_import(server: &Server, dir: &Path, sizes: &PgSizes) -> Result<Import
     let file = dir.join("pg-import.jsonl");
     eprintln!("[postgres] writing {n} records to {}", file.display());
     let mean_gap = Duration::microseconds(sizes.mean_gap_us);
-    let file_bytes = write_jsonl(&file, n, mean_gap)?;
+    let file_bytes = crate::import::write_jsonl(&file, n, mean_gap)?;
     let result = (|| {
         let db = new_database(server)?;
         let mut command = afs(dir, &db.url)?;

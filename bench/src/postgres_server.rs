@@ -1,7 +1,7 @@
 //! The PostgreSQL server of the `postgres` group: a server named by `AFS_BENCH_PG_URL` (or
-//! `AFS_TEST_PG_URL`), or else a private throwaway cluster started the way `cargo xtask`
-//! starts the tests' (xtask/src/pg.rs: `initdb` into a temp dir, run as the `postgres` user
-//! when we are root, a free loopback port, `pg_ctl start`/`stop`), but with durable settings
+//! `AFS_TEST_PG_URL`), or else a private throwaway cluster started by the code that starts
+//! the tests' (`xtask::pg`: `initdb` into a temp dir, run as the `postgres` user when we are
+//! root, a free loopback port, `pg_ctl start`/`stop`), but with durable settings
 //! closer to production: `fsync=on`, `synchronous_commit=on` and `full_page_writes=on` (the
 //! defaults), `shared_buffers=256MB`; every other setting is PostgreSQL's default.
 //!
@@ -13,17 +13,15 @@
 //! or on this machine.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use xtask::pg;
 
 /// The variable naming a server for the bench (it must allow `CREATE DATABASE`).
 pub(crate) const URL_ENV: &str = "AFS_BENCH_PG_URL";
 /// The tests' variable, used when [`URL_ENV`] is not set.
 pub(crate) const TEST_URL_ENV: &str = "AFS_TEST_PG_URL";
-/// Where PostgreSQL's server binaries are, overriding the search (as for xtask).
-const BINDIR_ENV: &str = "AFS_PG_BINDIR";
 
 /// The server settings of the private cluster, beyond the port and socket.
 const SETTINGS: &str = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on \
@@ -51,29 +49,31 @@ pub(crate) fn find() -> Result<std::result::Result<Server, String>> {
             }
         }
     }
-    let bindir =
-        find_bindir().filter(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file());
+    let bindir = pg::find_bindir()
+        .filter(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file());
     let Some(bindir) = bindir else {
         return Ok(Err(format!(
-            "PostgreSQL is not installed (no initdb and pg_ctl on PATH, in {BINDIR_ENV} or \
-             under /usr/lib/postgresql) and neither {URL_ENV} nor {TEST_URL_ENV} names a server"
+            "PostgreSQL is not installed (no initdb and pg_ctl on PATH, in {} or under \
+             /usr/lib/postgresql) and neither {URL_ENV} nor {TEST_URL_ENV} names a server",
+            pg::BINDIR_ENV
         )));
     };
-    if is_root() && user_id("postgres").is_none() {
-        return Ok(Err(
-            "running as root and there is no `postgres` user to run a private cluster as \
-             (set AFS_BENCH_PG_URL to use a running server)"
-                .to_string(),
-        ));
+    eprintln!("[postgres] starting a private cluster ({SETTINGS_SHOWN})");
+    let mut cluster = pg::Cluster::start(&bindir, "bench", SETTINGS)?;
+    if crate::KEEP_FILES.load(std::sync::atomic::Ordering::Relaxed) {
+        cluster.keep_files();
     }
-    Ok(Ok(Server::Private(Cluster::start(&bindir)?)))
+    Ok(Ok(Server::Private(Cluster {
+        cluster,
+        ticks: clock_ticks(),
+    })))
 }
 
 impl Server {
     /// The URL of the server's maintenance database (new databases are made from it).
     pub(crate) fn url(&self) -> &str {
         match self {
-            Server::Private(cluster) => &cluster.url,
+            Server::Private(cluster) => &cluster.cluster.url,
             Server::External { url, .. } => url,
         }
     }
@@ -101,7 +101,7 @@ impl Server {
             Server::Private(cluster) => format!(
                 "a private cluster started for this run (initdb into {}, loopback TCP, \
                  {SETTINGS_SHOWN}, other settings default)",
-                cluster.dir.display()
+                cluster.cluster.dir().display()
             ),
             Server::External { url, from } => format!(
                 "the server {from} names ({}); server CPU is not measured there",
@@ -115,124 +115,16 @@ impl Server {
 const SETTINGS_SHOWN: &str =
     "fsync=on, synchronous_commit=on, full_page_writes=on, shared_buffers=256MB";
 
-/// The directory holding `initdb` and `pg_ctl` (as xtask finds it): `AFS_PG_BINDIR`, else
-/// `PATH`, else the newest `/usr/lib/postgresql/N/bin`.
-fn find_bindir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os(BINDIR_ENV) {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                return Some(dir);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
-/// A running private cluster; stopped (immediately: nothing in it is kept) and deleted on
-/// drop.
+/// A private cluster and the clock ticks per second of `/proc/*/stat` times.
 pub(crate) struct Cluster {
-    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
-    url: String,
-    dir: PathBuf,
-    bindir: PathBuf,
-    run_as: Option<String>,
-    /// Clock ticks per second of `/proc/*/stat` times.
+    cluster: pg::Cluster,
     ticks: f64,
 }
 
 impl Cluster {
-    fn start(bindir: &Path) -> Result<Cluster> {
-        let dir = std::env::temp_dir().join(format!("afs-bench-pg-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove old {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let run_as = if is_root() {
-            let uid = user_id("postgres").context("no `postgres` user")?;
-            std::os::unix::fs::chown(&dir, Some(uid), None)
-                .with_context(|| format!("cannot give {} to postgres", dir.display()))?;
-            Some("postgres".to_string())
-        } else {
-            None
-        };
-        let mut cluster = Cluster {
-            url: String::new(),
-            dir,
-            bindir: bindir.to_path_buf(),
-            run_as,
-            ticks: clock_ticks(),
-        };
-        eprintln!(
-            "[postgres] starting a private cluster in {} ({SETTINGS_SHOWN})",
-            cluster.dir.display()
-        );
-        let data = cluster.dir.join("data");
-        let mut initdb = cluster.command("initdb");
-        // --no-sync only skips initdb's own flush of the template files; the server runs
-        // with fsync on.
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-            .args(["--locale", "C"]);
-        quiet(initdb).context("initdb failed")?;
-        let port = free_port()?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 {SETTINGS}",
-            cluster.dir.display()
-        );
-        let mut start = cluster.command("pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(cluster.dir.join("server.log"))
-            .args(["-w", "-t", "60", "start"]);
-        if let Err(err) = quiet(start) {
-            let log = std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default();
-            bail!("pg_ctl start failed: {err:#}\nserver log:\n{log}");
-        }
-        cluster.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        Ok(cluster)
-    }
-
-    /// `tool` from the bindir, run as the cluster's user.
-    fn command(&self, tool: &str) -> Command {
-        let program = self.bindir.join(tool);
-        match &self.run_as {
-            Some(user) => {
-                let mut command = Command::new("runuser");
-                command.args(["-u", user, "--"]).arg(program);
-                command
-            }
-            None => Command::new(program),
-        }
-    }
-
-    /// The postmaster's pid, from the first line of `postmaster.pid`.
-    fn postmaster(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
-    }
-
     /// CPU seconds of the postmaster, every process below it, and the children it reaped.
     fn cpu_secs(&self) -> Option<f64> {
-        let root = self.postmaster()?;
+        let root = self.cluster.postmaster_pid()?;
         let mut procs: HashMap<u32, ProcStat> = HashMap::new();
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry
@@ -261,19 +153,6 @@ impl Cluster {
             );
         }
         Some(ticks as f64 / self.ticks)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let mut stop = self.command("pg_ctl");
-        stop.arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"]);
-        let _ = quiet(stop);
-        if !crate::KEEP_FILES.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -306,43 +185,4 @@ fn clock_ticks() -> f64 {
         .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
         .filter(|&t: &f64| t > 0.0)
         .unwrap_or(100.0)
-}
-
-/// Runs `command`, its output captured and shown only when it fails.
-fn quiet(mut command: Command) -> Result<()> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} exited with {}:\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .is_some_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
-fn user_id(name: &str) -> Option<u32> {
-    let out = Command::new("id").args(["-u", name]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// A loopback port nobody listens on now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -4,4 +4,5 @@
 //! `cargo test` enforce exactly the same thing.
 
 pub mod layering;
+pub mod pg;
 pub mod tidy;

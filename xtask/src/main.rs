@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-mod pg;
+use xtask::pg;
 
 const HELP: &str = "\
 cargo xtask: automation for the afs repository
@@ -192,7 +192,7 @@ fn postgres_for_tests(command: &mut Command) -> Result<Option<pg::Cluster>> {
         return Ok(None);
     };
     let started = Instant::now();
-    let cluster = pg::Cluster::start(&bindir).with_context(|| {
+    let cluster = pg::Cluster::start(&bindir, "ci", pg::TEST_SETTINGS).with_context(|| {
         format!(
             "cannot start a throwaway PostgreSQL from {}",
             bindir.display()
@@ -218,7 +218,7 @@ fn with_postgres(args: &[OsString]) -> Result<()> {
             pg::BINDIR_ENV
         )
     })?;
-    let cluster = pg::Cluster::start(&bindir)?;
+    let cluster = pg::Cluster::start(&bindir, "ci", pg::TEST_SETTINGS)?;
     eprintln!("==> {}={}", pg::URL_ENV, cluster.url);
     let mut command = Command::new(program);
     command.args(rest).env(pg::URL_ENV, &cluster.url);

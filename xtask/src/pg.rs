@@ -1,9 +1,10 @@
-//! A private, throwaway PostgreSQL cluster for the tests: `cargo xtask ci` starts one, points
-//! `AFS_TEST_PG_URL` at it, and stops and deletes it when the tests end. No running service
-//! is assumed: the cluster lives in a temp directory, listens on a free loopback port and on
-//! a socket in that directory, and trusts local connections (it holds nothing but test data).
-//! Durability settings are off (`fsync`, `synchronous_commit`, `full_page_writes`): a crash
-//! loses a test database, nothing else.
+//! A private, throwaway PostgreSQL cluster: `cargo xtask ci` starts one for the tests (points
+//! `AFS_TEST_PG_URL` at it, stops and deletes it when the tests end), and the benchmark
+//! harness starts one for its PostgreSQL figures. No running service is assumed: the cluster
+//! lives in a temp directory, listens on a free loopback port and on a socket in that
+//! directory, and trusts local connections (it holds nothing but test or bench data). The
+//! caller picks the server settings: the tests turn durability off ([`TEST_SETTINGS`]: a
+//! crash loses a test database, nothing else), the bench keeps it on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,24 +12,30 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 /// The variable the PostgreSQL tests read (afs_store_postgres::testing::URL_ENV).
-pub(crate) const URL_ENV: &str = "AFS_TEST_PG_URL";
+pub const URL_ENV: &str = "AFS_TEST_PG_URL";
 
 /// Where PostgreSQL's server binaries are (`initdb`, `pg_ctl`), overriding the search.
-pub(crate) const BINDIR_ENV: &str = "AFS_PG_BINDIR";
+pub const BINDIR_ENV: &str = "AFS_PG_BINDIR";
 
-/// A running throwaway cluster; stopped and deleted on drop.
+/// The server settings of the tests' cluster: durability off, many connections.
+pub const TEST_SETTINGS: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+     -c max_connections=400 -c shared_buffers=64MB";
+
+/// A running throwaway cluster; stopped (immediately: nothing in it is kept) and, unless
+/// [`Cluster::keep_files`] was called, deleted on drop.
 #[derive(Debug)]
-pub(crate) struct Cluster {
+pub struct Cluster {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
-    pub(crate) url: String,
+    pub url: String,
     dir: PathBuf,
     bindir: PathBuf,
     run_as: Option<String>,
+    keep: bool,
 }
 
 /// The directory holding `initdb` and `pg_ctl`: `AFS_PG_BINDIR`, else `PATH`, else the
 /// newest Debian layout `/usr/lib/postgresql/N/bin`; `None` when PostgreSQL is not installed.
-pub(crate) fn find_bindir() -> Option<PathBuf> {
+pub fn find_bindir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os(BINDIR_ENV) {
         return Some(PathBuf::from(dir));
     }
@@ -53,10 +60,11 @@ pub(crate) fn find_bindir() -> Option<PathBuf> {
 }
 
 impl Cluster {
-    /// Creates and starts a cluster in a new temp directory. As root, the server runs as the
+    /// Creates and starts a cluster in a new temp directory named `afs-{purpose}-pg-PID`,
+    /// with server `settings` (`-c name=value ...`). As root, the server runs as the
     /// `postgres` user (PostgreSQL refuses to run as root), which must exist.
-    pub(crate) fn start(bindir: &Path) -> Result<Cluster> {
-        let dir = std::env::temp_dir().join(format!("afs-ci-pg-{}", std::process::id()));
+    pub fn start(bindir: &Path, purpose: &str, settings: &str) -> Result<Cluster> {
+        let dir = std::env::temp_dir().join(format!("afs-{purpose}-pg-{}", std::process::id()));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove old {}", dir.display()))?;
@@ -79,6 +87,7 @@ impl Cluster {
             dir,
             bindir: bindir.to_path_buf(),
             run_as,
+            keep: false,
         };
         let data = cluster.dir.join("data");
         let mut initdb = cluster.command("initdb");
@@ -90,9 +99,7 @@ impl Cluster {
         quiet(initdb).context("initdb failed")?;
         let port = free_port()?;
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 \
-             -c shared_buffers=64MB",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {settings}",
             cluster.dir.display()
         );
         let mut start = cluster.command("pg_ctl");
@@ -108,6 +115,22 @@ impl Cluster {
         }
         cluster.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         Ok(cluster)
+    }
+
+    /// The directory holding the cluster (its data, socket and server log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Leaves the directory in place when the cluster stops (to read its server log).
+    pub fn keep_files(&mut self) {
+        self.keep = true;
+    }
+
+    /// The postmaster's pid, from the first line of `postmaster.pid`.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// `tool` from the bindir, run as the cluster's user.
@@ -131,7 +154,9 @@ impl Drop for Cluster {
             .arg(self.dir.join("data"))
             .args(["-m", "immediate", "-w", "stop"]);
         let _ = quiet(stop);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
