@@ -11,7 +11,7 @@
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
+use postgres::types::ToSql;
 
 use afs_store::units::UnitTally;
 use afs_store::{
@@ -23,30 +23,9 @@ use crate::error::{db, dbe};
 use crate::experiments::micros;
 use crate::store::PgStore;
 
-/// The columns a restored record fills, in [`COPY_TYPES`] order (`seq` is generated).
-const COPY_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, token_count, \
-    quality_score, user_feedback, feedback_text, feedback_at_us, unit_id, context_hash, \
-    dedupe_hash, created_at_us, pair_key";
-
-const COPY_TYPES: [Type; 17] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::FLOAT8,
-    Type::INT8,
-    Type::FLOAT8,
-    Type::INT2,
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::BYTEA,
-];
+/// The columns a restored record fills and their types: the log's insert columns (`seq` is
+/// generated).
+use crate::usage_rows::{INSERT_COLUMNS as COPY_COLUMNS, INSERT_TYPES as COPY_TYPES};
 
 fn conflict(reason: impl Into<String>) -> StoreError {
     StoreError::Conflict {

@@ -23,12 +23,12 @@ pub(crate) const TS_COLUMN: usize = 1;
 pub(crate) const SEQ_COLUMN: usize = 17;
 
 /// The columns an insert writes, in the order of [`InsertRow::values`].
-const INSERT_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
+pub(crate) const INSERT_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
     token_count, quality_score, user_feedback, feedback_text, feedback_at_us, unit_id, \
     context_hash, dedupe_hash, created_at_us, pair_key";
 
 /// The types of [`INSERT_COLUMNS`], for binary `COPY`.
-const INSERT_TYPES: [Type; 17] = [
+pub(crate) const INSERT_TYPES: [Type; 17] = [
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
