@@ -269,7 +269,20 @@ impl RestoreStore for PgStore {
         if records.is_empty() {
             return Ok(());
         }
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
         self.transaction("restore records", |tx| {
+            // The log is partitioned by month, and a unique index on a partitioned table must
+            // hold the partition key: ids already present are looked for here instead.
+            let taken: Option<String> = tx
+                .query_opt(
+                    "SELECT id FROM afs_usage WHERE id = ANY($1) LIMIT 1",
+                    &[&ids],
+                )
+                .map_err(dbe("restore records"))?
+                .map(|row| row.get(0));
+            if let Some(id) = taken {
+                return Err(conflict(format!("a record with id {id} exists already")));
+            }
             let sink = tx
                 .copy_in(&format!(
                     "COPY afs_usage ({COPY_COLUMNS}) FROM STDIN (FORMAT binary)"

@@ -178,3 +178,19 @@ fn a_month_with_a_running_experiments_records_is_deleted_row_by_row() {
     let (stats, scan) = stats_and_scan(&store);
     assert_eq!((stats.total, scan.total), (4, 4));
 }
+
+#[test]
+fn restoring_a_record_whose_id_exists_is_a_conflict_across_partitions() {
+    use afs_store::{ErrorKind, RestoreStore};
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let clock = Arc::new(ManualClock::new(at(2026, 3, 15)));
+    let store = PgStore::open(PgConfig::new(&database.url), clock).unwrap();
+    let id = store.log(record(1, at(2026, 3, 15))).unwrap();
+    let mut copy = store.get(&id).unwrap();
+    // The same id in another month's partition is still the same record.
+    copy.timestamp = at(2026, 4, 2);
+    let err = store.restore_records(&[copy]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(store.stats(&StatsWindow::default()).unwrap().total, 1);
+}
