@@ -619,15 +619,7 @@ impl PgStore {
         what: &str,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.conn()?;
-        let mut tx = conn
-            .transaction()
-            .map_err(|e| db(format!("begin {what}"), e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EXPERIMENT_LOCK])
-            .map_err(|e| db(format!("{what}: waiting for other experiment writers"), e))?;
-        let value = f(&mut tx)?;
-        tx.commit().map_err(|e| db(format!("commit {what}"), e))?;
-        Ok(value)
+        self.locked_transaction(what, EXPERIMENT_LOCK, f)
     }
 }
 

@@ -168,6 +168,27 @@ impl PgStore {
         Ok(())
     }
 
+    /// Runs `f` in one transaction that first takes the advisory lock `key` (held to the
+    /// end of the transaction: the writers of every process and host that take it are
+    /// serialised), and commits it when `f` returns `Ok`; an error rolls everything back.
+    /// Not retried: `f` runs once.
+    pub(crate) fn locked_transaction<T>(
+        &self,
+        what: &str,
+        key: i64,
+        f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(|e| db(format!("begin {what}"), e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
+            .map_err(|e| db(format!("{what}: waiting for other writers"), e))?;
+        let value = f(&mut tx)?;
+        tx.commit().map_err(|e| db(format!("commit {what}"), e))?;
+        Ok(value)
+    }
+
     /// A connection for single-record logging (see [`PgConfig::fast_log_commits`]).
     pub(crate) fn log_conn(&self) -> Result<Conn> {
         self.log_pool
