@@ -59,7 +59,8 @@
 //!   checkpoints run on a background thread with its own connection: passive checkpoints copy
 //!   frames while commits go on, and once the WAL holds 64 MB the thread finishes one while
 //!   holding the process's write connection, so the next commit rewinds the WAL. The write
-//!   connection checkpoints itself only if the WAL ever reaches 128 MB.
+//!   connection checkpoints itself only if a commit finds the WAL at 80 MB (SQLite's WAL
+//!   hook reports its size after each commit): on a machine too busy to run that thread.
 //! - **Retrain runs and controller state** (`RunStore`, schema v4): the `retrain_runs` table
 //!   (one row per run, at most one `running`, checked in an immediate transaction; a run
 //!   whose owner process died — pid plus process start time — is marked failed) and the

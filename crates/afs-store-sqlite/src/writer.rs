@@ -8,6 +8,7 @@
 //! tables once a minute; a batch straight into the rollup tables. WAL checkpoints are taken
 //! off the commit path by a background thread.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -71,10 +72,9 @@ impl Writer {
     pub(crate) fn start(config: &SqliteConfig) -> Result<Writer> {
         let conn = open_connection(config)?;
         // Checkpoints run on a background thread (see `Checkpointer`). This connection only
-        // checkpoints itself if the WAL ever reaches ~128 MB (8 KiB pages), i.e. if that
-        // thread cannot keep up.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 16000")
-            .map_err(|e| crate::db("configure the write connection", e))?;
+        // checkpoints itself if that thread cannot keep up: the hook (which replaces SQLite's
+        // auto-checkpoint) tells each commit how many frames the WAL holds.
+        conn.wal_hook(Some(note_wal_frames));
         let conn = Arc::new(Mutex::new(WriteConn {
             conn,
             folded_minute: None,
@@ -312,6 +312,18 @@ fn insert_all<'r>(
     Ok(())
 }
 
+thread_local! {
+    /// Frames in the WAL after the last commit this thread made on the write connection,
+    /// as SQLite reports them to [`note_wal_frames`]; other processes' frames included.
+    static WAL_FRAMES: Cell<i64> = const { Cell::new(0) };
+}
+
+/// The write connection's WAL hook: runs on the committing thread after each commit.
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(frames.into()));
+    Ok(())
+}
+
 /// Runs WAL checkpoints on its own thread and connection, so the commit path neither copies
 /// frames into the database nor syncs files.
 ///
@@ -322,8 +334,6 @@ fn insert_all<'r>(
 /// first. The next commit then starts the WAL over: it stays under ~100 MB.
 struct Checkpointer {
     pending: Arc<AtomicU64>,
-    /// Frames written since the WAL was last seen short (estimated like `pending`).
-    unrewound: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -335,18 +345,22 @@ const CHECKPOINT_EVERY_FRAMES: u64 = 2048;
 /// WAL size, in frames, from which a checkpoint finishes with commits held (64 MB at 8 KiB).
 const REWIND_FRAMES: i64 = 8192;
 
-/// Frames written without the WAL being seen short, from which the committing caller itself
-/// runs a checkpoint that rewinds it (80 MB at 8 KiB). The thread normally keeps the WAL far
-/// below; on a machine so busy that the thread gets no CPU for a while, this holds the bound.
-const HARD_CAP_FRAMES: u64 = 10_240;
+/// WAL size, in frames as SQLite counts them after a commit, from which the committing
+/// caller itself runs a checkpoint that rewinds it (80 MB at 8 KiB). The thread normally
+/// keeps the WAL far below; on a machine so busy that the thread gets no CPU for a while,
+/// this holds the bound.
+const HARD_CAP_FRAMES: i64 = 10_240;
+
+/// How long a commit that found the WAL at [`HARD_CAP_FRAMES`] waits for a checkpoint in
+/// progress (or a reader) to let the WAL be rewound, before leaving it to the next commit.
+const HOLD_BOUND_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Checkpointer {
     fn start(config: &SqliteConfig, writer: Arc<Mutex<WriteConn>>) -> Result<Checkpointer> {
         let conn = open_connection(config)?;
         let pending = Arc::new(AtomicU64::new(0));
-        let unrewound = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s, u) = (pending.clone(), stop.clone(), unrewound.clone());
+        let (p, s) = (pending.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("afs-store-checkpoint".into())
             .spawn(move || {
@@ -361,18 +375,11 @@ impl Checkpointer {
                     match passive(&conn) {
                         Ok(frames) if frames >= REWIND_FRAMES => {
                             let _held = lock(&writer);
-                            match passive(&conn) {
-                                Ok(_) => u.store(0, Ordering::Release),
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "checkpoint failed; will retry")
-                                }
+                            if let Err(e) = passive(&conn) {
+                                tracing::debug!(error = %e, "checkpoint failed; will retry")
                             }
                         }
-                        Ok(frames) => {
-                            if frames < REWIND_FRAMES / 2 {
-                                u.store(0, Ordering::Release);
-                            }
-                        }
+                        Ok(_) => {}
                         Err(e) => {
                             tracing::debug!(error = %e, "passive checkpoint failed; will retry")
                         }
@@ -385,7 +392,6 @@ impl Checkpointer {
             })?;
         Ok(Checkpointer {
             pending,
-            unrewound,
             stop,
             thread: Some(thread),
         })
@@ -395,7 +401,6 @@ impl Checkpointer {
     /// own (the id index, rollups, a leaf split now and then), and four ~1.5 KB rows a page.
     fn wrote(&self, rows: usize) {
         let frames = 3 + rows as u64 / 4;
-        self.unrewound.fetch_add(frames, Ordering::AcqRel);
         let before = self.pending.fetch_add(frames, Ordering::AcqRel);
         if before < CHECKPOINT_EVERY_FRAMES && before + frames >= CHECKPOINT_EVERY_FRAMES {
             if let Some(t) = &self.thread {
@@ -404,19 +409,27 @@ impl Checkpointer {
         }
     }
 
-    /// After a commit on `conn` (the write connection, held by the caller): if the thread
-    /// has not kept the WAL short for [`HARD_CAP_FRAMES`], checkpoints here, waiting for a
-    /// checkpoint in progress, so the next commit starts the WAL over.
+    /// After a commit on `conn` (the write connection, held by the caller): if the WAL holds
+    /// [`HARD_CAP_FRAMES`] (the thread has not kept it short), checkpoints here so the next
+    /// commit starts the WAL over; if that cannot finish now, the next commit tries again.
     fn hold_bound(&self, conn: &Connection) {
-        if self.unrewound.load(Ordering::Acquire) < HARD_CAP_FRAMES {
+        if WAL_FRAMES.with(Cell::get) < HARD_CAP_FRAMES {
             return;
         }
-        match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
-            row.get::<_, i64>(0)
-        }) {
-            Ok(0) => self.unrewound.store(0, Ordering::Release),
-            Ok(_) => tracing::debug!("a reader kept the WAL from being rewound; will retry"),
-            Err(e) => tracing::debug!(error = %e, "checkpoint failed; will retry"),
+        // A checkpoint already running (this process's thread, or another process's) makes
+        // this one report "blocked" at once: wait for it, a little at a time.
+        let give_up = std::time::Instant::now() + HOLD_BOUND_PATIENCE;
+        loop {
+            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                row.get::<_, i64>(0)
+            }) {
+                Ok(0) => return WAL_FRAMES.with(|f| f.set(0)),
+                Ok(_) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(_) => return tracing::debug!("the WAL could not be rewound yet; will retry"),
+                Err(e) => return tracing::debug!(error = %e, "checkpoint failed; will retry"),
+            }
         }
     }
 
