@@ -5,8 +5,10 @@ use crate::error::AbTestError;
 use crate::metric::Metric;
 use crate::units::Aggregation;
 
-/// The metric a challenger must improve to be promoted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The metric a challenger must improve to be promoted; written `quality` or
+/// `positive_rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PrimaryMetric {
     /// Mean quality score (every scored request counts).
     Quality,
@@ -33,8 +35,10 @@ pub struct Guardrail {
     pub margin: f64,
 }
 
-/// Thompson-sampling traffic weights (off unless configured).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Thompson-sampling traffic weights (off unless configured). Written as `[abtest.bandit]`
+/// (see [`AbTestSettings`](crate::AbTestSettings)); an absent key keeps its default.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BanditConfig {
     /// Least share of traffic either arm keeps (GrowthBook's default: 1%).
     pub arm_floor: f64,

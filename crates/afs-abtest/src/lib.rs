@@ -80,6 +80,7 @@ mod manager;
 mod maths;
 mod metric;
 mod router;
+mod settings;
 mod units;
 
 pub use bandit::{bandit_update, BanditUpdate};
@@ -92,4 +93,5 @@ pub use judge::{Judge, JudgeInput, PeriodStats, SequentialJudge};
 pub use manager::{AbStatus, AbTest, CheckOutcome, Route};
 pub use metric::Metric;
 pub use router::{unit_position, Arm, HashRouter, Router, RoutingTable};
+pub use settings::{AbTestSettings, GuardrailSettings, Margin, MetricList};
 pub use units::Aggregation;

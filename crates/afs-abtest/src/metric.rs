@@ -3,7 +3,12 @@
 use afs_store::UsageStats;
 
 /// A per-arm metric derived from [`UsageStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Written (serde) by its report key, [`Metric::key`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Mean quality score over scored requests (higher is better).
     Quality,
@@ -13,6 +18,7 @@ pub enum Metric {
     /// Thumbs-down share among requests with feedback (lower is better).
     NegativeRate,
     /// Mean latency in milliseconds over requests with a latency (lower is better).
+    #[serde(rename = "latency_ms")]
     Latency,
 }
 

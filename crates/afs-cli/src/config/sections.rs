@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use afs_abtest::{AbTestConfig, AbTestError, BanditConfig, Guardrail, Metric, PrimaryMetric};
+use afs_abtest::{AbTestError, AbTestSettings};
 use afs_datagen::{DatagenError, Format, GeneratorConfig};
 use afs_store::StoreError;
 use afs_store_sqlite::SqliteConfig;
@@ -36,9 +36,10 @@ impl KeyError {
 /// The whole file, and what each environment variable and `--set` flag is read into. Every
 /// key is optional: an absent key keeps the default.
 ///
-/// `[store]` and `[trigger]` are the libraries' own configs ([`SqliteConfig`],
-/// [`TriggerConfig`]), declared once with their serde keys and defaults; the other sections
-/// are still mirrored here and mapped onto the libraries' configs by [`FileConfig::into_config`].
+/// `[store]`, `[trigger]` and `[abtest]` are the libraries' own written forms
+/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`]), declared once with their serde
+/// keys and defaults; the other sections are still mirrored here and mapped onto the
+/// libraries' configs by [`FileConfig::into_config`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
@@ -49,7 +50,7 @@ pub(super) struct FileConfig {
     #[serde(default)]
     generator: GeneratorSection,
     #[serde(default)]
-    abtest: AbTestSection,
+    abtest: AbTestSettings,
     #[serde(default, rename = "loop")]
     looping: LoopSection,
     #[serde(default)]
@@ -184,190 +185,6 @@ struct LoopSection {
     champion_path: Option<String>,
     model_stem: Option<String>,
     training_window: Option<DurationSetting>,
-}
-
-/// `[abtest]`: the fields of [`AbTestConfig`] by their names, with the bandit switched on by
-/// `enable_bandit` (as `trigger.enable_page_hinkley` switches its detector).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AbTestSection {
-    initial_challenger_traffic: Option<f64>,
-    min_samples_per_version: Option<u64>,
-    min_improvement_threshold: Option<f64>,
-    enable_auto_promotion: Option<bool>,
-    promotion_threshold: Option<f64>,
-    min_duration_hours: Option<f64>,
-    primary_metric: Option<PrimaryMetricSetting>,
-    alpha: Option<f64>,
-    min_lift: Option<f64>,
-    expected_effect: Option<f64>,
-    min_feedback_per_version: Option<u64>,
-    enable_auto_rollback: Option<bool>,
-    srm_p_threshold: Option<f64>,
-    srm_min_deviation: Option<f64>,
-    check_interval_hours: Option<f64>,
-    enable_bandit: Option<bool>,
-    min_units_per_arm: Option<u64>,
-    ratio_metrics: Option<MetricsSetting>,
-    cuped: Option<bool>,
-    cuped_lookback_days: Option<f64>,
-    feedback_maturity_hours: Option<f64>,
-    guardrails: Option<GuardrailsSection>,
-    bandit: Option<BanditSection>,
-}
-
-/// A metric by its report key ([`Metric::key`]), in `abtest.ratio_metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum MetricSetting {
-    Quality,
-    PositiveRate,
-    NegativeRate,
-    LatencyMs,
-}
-
-impl MetricSetting {
-    fn metric(self) -> Metric {
-        match self {
-            MetricSetting::Quality => Metric::Quality,
-            MetricSetting::PositiveRate => Metric::PositiveRate,
-            MetricSetting::NegativeRate => Metric::NegativeRate,
-            MetricSetting::LatencyMs => Metric::Latency,
-        }
-    }
-}
-
-/// `abtest.ratio_metrics`: an array of metric keys in a file, or a comma-separated list in
-/// an environment variable or `--set` (empty text for none). An unknown key is refused with
-/// the allowed ones named.
-#[derive(Debug, Clone, PartialEq)]
-struct MetricsSetting(Vec<MetricSetting>);
-
-impl<'de> Deserialize<'de> for MetricsSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MetricsVisitor;
-
-        impl<'de> Visitor<'de> for MetricsVisitor {
-            type Value = MetricsSetting;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "an array of metric keys (quality, positive_rate, negative_rate, \
-                     latency_ms; or, as text, a comma-separated list)",
-                )
-            }
-
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut metrics = Vec::new();
-                while let Some(metric) = seq.next_element::<MetricSetting>()? {
-                    metrics.push(metric);
-                }
-                Ok(MetricsSetting(metrics))
-            }
-
-            // Environment variables and `--set` give text.
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                if v.trim().is_empty() {
-                    return Ok(MetricsSetting(Vec::new()));
-                }
-                v.split(',')
-                    .map(|part| {
-                        MetricSetting::deserialize(de::value::StrDeserializer::<E>::new(
-                            part.trim(),
-                        ))
-                    })
-                    .collect::<Result<_, _>>()
-                    .map(MetricsSetting)
-            }
-        }
-
-        deserializer.deserialize_any(MetricsVisitor)
-    }
-}
-
-/// `abtest.primary_metric`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum PrimaryMetricSetting {
-    Quality,
-    PositiveRate,
-}
-
-/// `[abtest.guardrails]`: one key per metric (by its report key), each a margin or `false`.
-/// A metric left out keeps its default (latency and negative-feedback rate at 10%, the
-/// others off).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GuardrailsSection {
-    latency_ms: Option<GuardrailSetting>,
-    negative_rate: Option<GuardrailSetting>,
-    positive_rate: Option<GuardrailSetting>,
-    quality: Option<GuardrailSetting>,
-}
-
-/// A guardrail's setting: the tolerated relative harm (`0.1` = 10% worse), or `false` for
-/// no guardrail on that metric.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum GuardrailSetting {
-    Margin(f64),
-    Off,
-}
-
-impl<'de> Deserialize<'de> for GuardrailSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct GuardrailVisitor;
-
-        impl Visitor<'_> for GuardrailVisitor {
-            type Value = GuardrailSetting;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a margin > 0 (0.1 = 10% worse) or false")
-            }
-
-            // The range is checked after parsing, with the key named.
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(GuardrailSetting::Margin(v))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(GuardrailSetting::Margin(v as f64))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(GuardrailSetting::Margin(v as f64))
-            }
-
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                if v {
-                    Err(E::invalid_value(Unexpected::Bool(v), &self))
-                } else {
-                    Ok(GuardrailSetting::Off)
-                }
-            }
-
-            // Environment variables and `--set` give text.
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                match v.trim() {
-                    "false" => Ok(GuardrailSetting::Off),
-                    text => text
-                        .parse::<f64>()
-                        .map(GuardrailSetting::Margin)
-                        .map_err(|_| E::invalid_value(Unexpected::Str(v), &self)),
-                }
-            }
-        }
-
-        deserializer.deserialize_any(GuardrailVisitor)
-    }
-}
-
-/// `[abtest.bandit]`: the fields of [`BanditConfig`], used when `abtest.enable_bandit`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BanditSection {
-    arm_floor: Option<f64>,
-    champion_floor: Option<f64>,
-    draws: Option<u32>,
 }
 
 /// `generator.min_user_feedback`: an integer (-1, 0 or 1: the minimum feedback a record
@@ -595,7 +412,12 @@ impl FileConfig {
             retrain.retrainer.dataset_name = name;
         }
 
-        config.abtest = self.abtest.into_config()?;
+        config.abtest = self.abtest.into_config().map_err(|err| match err {
+            AbTestError::InvalidConfig { field, reason } => {
+                KeyError::new(format!("abtest.{field}"), reason)
+            }
+            other => KeyError::new("abtest", other.to_string()),
+        })?;
         config.loop_settings = self.looping.into_settings()?;
 
         config.serve = self.serve.into_settings()?;
@@ -762,96 +584,6 @@ impl LoopSection {
         settings.training_window = self.training_window.map(|DurationSetting(d)| d);
         Ok(settings)
     }
-}
-
-impl AbTestSection {
-    /// The experiment settings of `[abtest]`, validated.
-    fn into_config(self) -> Result<AbTestConfig, KeyError> {
-        let mut abtest = AbTestConfig::default();
-        set_present!(self => abtest;
-            initial_challenger_traffic, min_samples_per_version, min_improvement_threshold,
-            enable_auto_promotion, promotion_threshold, min_duration_hours, alpha, min_lift,
-            expected_effect, min_feedback_per_version, enable_auto_rollback, srm_p_threshold,
-            srm_min_deviation, check_interval_hours, min_units_per_arm, cuped,
-            cuped_lookback_days, feedback_maturity_hours,
-        );
-        if let Some(MetricsSetting(metrics)) = self.ratio_metrics {
-            abtest.ratio_metrics = metrics.into_iter().map(MetricSetting::metric).collect();
-        }
-        if let Some(primary) = self.primary_metric {
-            abtest.primary_metric = match primary {
-                PrimaryMetricSetting::Quality => PrimaryMetric::Quality,
-                PrimaryMetricSetting::PositiveRate => PrimaryMetric::PositiveRate,
-            };
-        }
-        if let Some(g) = self.guardrails {
-            abtest.guardrails = guardrails(&g, abtest.primary_metric.metric())?;
-        }
-        let mut bandit = BanditConfig::default();
-        if let Some(b) = self.bandit {
-            set_present!(b => bandit; arm_floor, champion_floor, draws);
-        }
-        // Validate with the bandit on, so that a bad [abtest.bandit] is reported even while
-        // the bandit is off, then switch it as configured.
-        let probe = AbTestConfig {
-            bandit: Some(bandit),
-            ..abtest.clone()
-        };
-        probe.validate().map_err(|err| match err {
-            AbTestError::InvalidConfig { field, reason } => {
-                KeyError::new(format!("abtest.{field}"), reason)
-            }
-            other => KeyError::new("abtest", other.to_string()),
-        })?;
-        abtest.bandit = self.enable_bandit.unwrap_or(false).then_some(bandit);
-        Ok(abtest)
-    }
-}
-
-/// The guardrails of `[abtest.guardrails]`: each metric's setting, or its default when left
-/// out, in a fixed order (latency, negative rate, positive rate, quality).
-fn guardrails(section: &GuardrailsSection, primary: Metric) -> Result<Vec<Guardrail>, KeyError> {
-    let default_margin = |metric: Metric| {
-        AbTestConfig::default()
-            .guardrails
-            .iter()
-            .find(|g| g.metric == metric)
-            .map(|g| g.margin)
-    };
-    let settings = [
-        (Metric::Latency, section.latency_ms),
-        (Metric::NegativeRate, section.negative_rate),
-        (Metric::PositiveRate, section.positive_rate),
-        (Metric::Quality, section.quality),
-    ];
-    let mut out = Vec::new();
-    for (metric, setting) in settings {
-        let key = format!("abtest.guardrails.{}", metric.key());
-        let margin = match setting {
-            None => default_margin(metric),
-            Some(GuardrailSetting::Off) => None,
-            Some(GuardrailSetting::Margin(m)) if m.is_finite() && m > 0.0 => Some(m),
-            Some(GuardrailSetting::Margin(m)) => {
-                return Err(KeyError::new(
-                    key,
-                    format!("{m} is not a margin > 0 (write false for no guardrail)"),
-                ))
-            }
-        };
-        let Some(margin) = margin else { continue };
-        if metric == primary {
-            return Err(KeyError::new(
-                key,
-                format!(
-                    "{} is the primary metric (abtest.primary_metric) and cannot also be a \
-                     guardrail",
-                    metric.key()
-                ),
-            ));
-        }
-        out.push(Guardrail { metric, margin });
-    }
-    Ok(out)
 }
 
 /// The key of `[generator]` that a [`GeneratorConfig`] field is set by.

@@ -1,10 +1,10 @@
 //! The effective configuration written out (`afs config show`): every key of every section
 //! with its value, in the file's own format, so the output is itself a valid config file.
 //!
-//! `[store]` and `[trigger]` are the libraries' configs serialised as they are (their serde
-//! keys are the file's); the other sections are still mirrored here.
+//! `[store]`, `[trigger]` and `[abtest]` are the libraries' written forms serialised as they
+//! are (their serde keys are the file's); the other sections are still mirrored here.
 
-use afs_abtest::{Metric, PrimaryMetric};
+use afs_abtest::AbTestSettings;
 use afs_store_sqlite::SqliteConfig;
 use afs_trigger::TriggerConfig;
 use serde::{Serialize, Serializer};
@@ -17,7 +17,7 @@ struct Shown<'a> {
     store: &'a SqliteConfig,
     trigger: &'a TriggerConfig,
     generator: ShownGenerator,
-    abtest: ShownAbTest,
+    abtest: AbTestSettings,
     #[serde(rename = "loop")]
     looping: ShownLoop,
     trainer: ShownTrainer,
@@ -79,60 +79,6 @@ impl Serialize for Feedback {
 }
 
 #[derive(Serialize)]
-struct ShownAbTest {
-    initial_challenger_traffic: f64,
-    min_samples_per_version: u64,
-    min_improvement_threshold: f64,
-    enable_auto_promotion: bool,
-    promotion_threshold: f64,
-    min_duration_hours: f64,
-    primary_metric: &'static str,
-    alpha: f64,
-    min_lift: f64,
-    expected_effect: f64,
-    min_feedback_per_version: u64,
-    enable_auto_rollback: bool,
-    srm_p_threshold: f64,
-    srm_min_deviation: f64,
-    check_interval_hours: f64,
-    enable_bandit: bool,
-    min_units_per_arm: u64,
-    ratio_metrics: Vec<&'static str>,
-    cuped: bool,
-    cuped_lookback_days: f64,
-    feedback_maturity_hours: f64,
-    guardrails: ShownGuardrails,
-    bandit: ShownBandit,
-}
-
-#[derive(Serialize)]
-struct ShownGuardrails {
-    latency_ms: Margin,
-    negative_rate: Margin,
-    positive_rate: Margin,
-    quality: Margin,
-}
-
-/// A guardrail: its margin, or `false`.
-struct Margin(Option<f64>);
-
-impl Serialize for Margin {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(margin) => serializer.serialize_f64(margin),
-            None => serializer.serialize_bool(false),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ShownBandit {
-    arm_floor: f64,
-    champion_floor: f64,
-    draws: u32,
-}
-
-#[derive(Serialize)]
 struct ShownLoop {
     check_interval: String,
     enable_ab_testing: bool,
@@ -162,18 +108,8 @@ struct ShownTrainer {
 
 fn shown(config: &Config) -> Shown<'_> {
     let g = &config.generator;
-    let a = &config.abtest;
     let l = &config.loop_settings;
     let r = &config.retrain;
-    let margin = |metric: Metric| {
-        Margin(
-            a.guardrails
-                .iter()
-                .find(|guardrail| guardrail.metric == metric)
-                .map(|guardrail| guardrail.margin),
-        )
-    };
-    let bandit = a.bandit.unwrap_or_default();
     Shown {
         store: &config.store,
         trigger: &config.trigger,
@@ -193,43 +129,7 @@ fn shown(config: &Config) -> Shown<'_> {
             system_prompt: g.system_prompt.clone(),
             write_back_scores: g.write_back_scores,
         },
-        abtest: ShownAbTest {
-            initial_challenger_traffic: a.initial_challenger_traffic,
-            min_samples_per_version: a.min_samples_per_version,
-            min_improvement_threshold: a.min_improvement_threshold,
-            enable_auto_promotion: a.enable_auto_promotion,
-            promotion_threshold: a.promotion_threshold,
-            min_duration_hours: a.min_duration_hours,
-            primary_metric: match a.primary_metric {
-                PrimaryMetric::Quality => "quality",
-                PrimaryMetric::PositiveRate => "positive_rate",
-            },
-            alpha: a.alpha,
-            min_lift: a.min_lift,
-            expected_effect: a.expected_effect,
-            min_feedback_per_version: a.min_feedback_per_version,
-            enable_auto_rollback: a.enable_auto_rollback,
-            srm_p_threshold: a.srm_p_threshold,
-            srm_min_deviation: a.srm_min_deviation,
-            check_interval_hours: a.check_interval_hours,
-            enable_bandit: a.bandit.is_some(),
-            min_units_per_arm: a.min_units_per_arm,
-            ratio_metrics: a.ratio_metrics.iter().map(|m| m.key()).collect(),
-            cuped: a.cuped,
-            cuped_lookback_days: a.cuped_lookback_days,
-            feedback_maturity_hours: a.feedback_maturity_hours,
-            guardrails: ShownGuardrails {
-                latency_ms: margin(Metric::Latency),
-                negative_rate: margin(Metric::NegativeRate),
-                positive_rate: margin(Metric::PositiveRate),
-                quality: margin(Metric::Quality),
-            },
-            bandit: ShownBandit {
-                arm_floor: bandit.arm_floor,
-                champion_floor: bandit.champion_floor,
-                draws: bandit.draws,
-            },
-        },
+        abtest: AbTestSettings::from(&config.abtest),
         looping: ShownLoop {
             check_interval: format_duration(l.check_interval),
             enable_ab_testing: l.enable_ab_testing,
