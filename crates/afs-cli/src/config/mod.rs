@@ -39,6 +39,7 @@ use afs_store::NewModelVersion;
 use afs_store_sqlite::{SqliteConfig, Synchronous};
 use afs_trigger::{RetrainerConfig, TriggerConfig};
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::GlobalArgs;
 use crate::exit::InvalidInput;
@@ -104,26 +105,39 @@ pub(crate) struct RetrainSettings {
     pub(crate) retrainer: RetrainerConfig,
 }
 
-/// The `[loop]` section: the loop's own fields of [`LoopConfig`].
-#[derive(Debug, Clone, PartialEq)]
+/// The `[loop]` section: the loop's own fields of [`LoopConfig`], declared once: its serde
+/// keys are the file's (read from every layer, written by `afs config show`), its
+/// [`Default`] the defaults and [`LoopSettings::validate`] the checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct LoopSettings {
-    /// `check_interval`: time between the starts of two iterations.
+    /// `check_interval`: time between the starts of two iterations (seconds, or `30m`).
+    #[serde(with = "sections::duration_text")]
     pub(crate) check_interval: Duration,
     /// `enable_ab_testing`: deploy new models as challengers.
     pub(crate) enable_ab_testing: bool,
     /// `enable_auto_promotion`: apply promote decisions (with `abtest.enable_auto_promotion`).
     pub(crate) enable_auto_promotion: bool,
     /// `eval_cmd`: the evaluation gate's command.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) eval_cmd: Option<String>,
     /// `eval_timeout_secs`: how long the evaluation command may run.
+    #[serde(rename = "eval_timeout_secs", with = "sections::whole_secs")]
     pub(crate) eval_timeout: Duration,
     /// `champion`: the model to register as champion when the database has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) champion: Option<String>,
     /// `champion_path`: where that model lives.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) champion_path: Option<String>,
     /// `model_stem`: the name stem of new models (`<stem>-v<N>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) model_stem: Option<String>,
     /// `training_window`: only records this recent go into a dataset.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "sections::optional_duration_text"
+    )]
     pub(crate) training_window: Option<Duration>,
 }
 

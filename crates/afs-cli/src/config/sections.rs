@@ -37,9 +37,10 @@ impl KeyError {
 /// key is optional: an absent key keeps the default.
 ///
 /// `[store]`, `[trigger]` and `[abtest]` are the libraries' own written forms
-/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`]), declared once with their serde
-/// keys and defaults; the other sections are still mirrored here and mapped onto the
-/// libraries' configs by [`FileConfig::into_config`].
+/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`]) and `[loop]` is
+/// [`LoopSettings`], each declared once with its serde keys and defaults; the other sections
+/// are still mirrored here and mapped onto the libraries' configs by
+/// [`FileConfig::into_config`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
@@ -52,7 +53,7 @@ pub(super) struct FileConfig {
     #[serde(default)]
     abtest: AbTestSettings,
     #[serde(default, rename = "loop")]
-    looping: LoopSection,
+    looping: LoopSettings,
     #[serde(default)]
     trainer: TrainerSection,
     /// The old name of `[trainer]`. It is folded into `trainer` before the layers are
@@ -169,22 +170,6 @@ impl TrainerSection {
             dataset_name: self.dataset_name.or(other.dataset_name),
         }
     }
-}
-
-/// `[loop]`: the continuous loop's own settings (the seed's `LoopConfig` names where they
-/// exist; `check_interval` is the seed's `check_interval_seconds`, also written `30m`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoopSection {
-    check_interval: Option<DurationSetting>,
-    enable_ab_testing: Option<bool>,
-    enable_auto_promotion: Option<bool>,
-    eval_cmd: Option<String>,
-    eval_timeout_secs: Option<u64>,
-    champion: Option<String>,
-    champion_path: Option<String>,
-    model_stem: Option<String>,
-    training_window: Option<DurationSetting>,
 }
 
 /// `generator.min_user_feedback`: an integer (-1, 0 or 1: the minimum feedback a record
@@ -418,7 +403,8 @@ impl FileConfig {
             }
             other => KeyError::new("abtest", other.to_string()),
         })?;
-        config.loop_settings = self.looping.into_settings()?;
+        self.looping.validate()?;
+        config.loop_settings = self.looping;
 
         config.serve = self.serve.into_settings()?;
         config.serve.token_file = config
@@ -528,36 +514,23 @@ impl ServeSection {
     }
 }
 
-impl LoopSection {
-    /// The loop settings of `[loop]`, validated.
-    fn into_settings(self) -> Result<LoopSettings, KeyError> {
-        let mut settings = LoopSettings::default();
-        if let Some(DurationSetting(interval)) = self.check_interval {
-            settings.check_interval = interval;
-        }
-        set_present!(self => settings; enable_ab_testing, enable_auto_promotion);
-        if let Some(cmd) = self.eval_cmd {
-            if cmd.trim().is_empty() {
-                return Err(KeyError::new("loop.eval_cmd", "must not be empty"));
-            }
-            settings.eval_cmd = Some(cmd);
-        }
-        if let Some(secs) = self.eval_timeout_secs {
-            if secs == 0 {
-                return Err(KeyError::new(
-                    "loop.eval_timeout_secs",
-                    "must be at least 1",
-                ));
-            }
-            settings.eval_timeout = Duration::from_secs(secs);
-        }
-        let not_blank = |key: &str, value: Option<String>| match value {
+impl LoopSettings {
+    /// Checks the settings of `[loop]`; an error names the key.
+    fn validate(&self) -> Result<(), KeyError> {
+        let not_blank = |key: &str, value: &Option<String>| match value {
             Some(v) if v.trim().is_empty() => Err(KeyError::new(key, "must not be empty")),
-            other => Ok(other),
+            _ => Ok(()),
         };
-        settings.champion = not_blank("loop.champion", self.champion)?;
-        settings.champion_path = not_blank("loop.champion_path", self.champion_path)?;
-        match (&settings.champion, &settings.champion_path) {
+        not_blank("loop.eval_cmd", &self.eval_cmd)?;
+        if self.eval_timeout.is_zero() {
+            return Err(KeyError::new(
+                "loop.eval_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        not_blank("loop.champion", &self.champion)?;
+        not_blank("loop.champion_path", &self.champion_path)?;
+        match (&self.champion, &self.champion_path) {
             (Some(_), None) => {
                 return Err(KeyError::new(
                     "loop.champion",
@@ -572,17 +545,65 @@ impl LoopSection {
             }
             _ => {}
         }
-        if let Some(stem) = self.model_stem {
+        if let Some(stem) = &self.model_stem {
             if stem.trim().is_empty() || stem.chars().any(char::is_whitespace) {
                 return Err(KeyError::new(
                     "loop.model_stem",
                     format!("{stem:?} must be non-empty and without whitespace"),
                 ));
             }
-            settings.model_stem = Some(stem);
         }
-        settings.training_window = self.training_window.map(|DurationSetting(d)| d);
-        Ok(settings)
+        Ok(())
+    }
+}
+
+/// A duration written as text in the largest whole unit (`30m`), read from seconds or text
+/// (see [`DurationSetting`]); for `#[serde(with)]`.
+pub(super) mod duration_text {
+    use super::DurationSetting;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::time_arg::format_duration(*d))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        DurationSetting::deserialize(d).map(|DurationSetting(d)| d)
+    }
+}
+
+/// [`duration_text`] for an optional duration (absent when `None`).
+pub(super) mod optional_duration_text {
+    use super::DurationSetting;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_text::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        DurationSetting::deserialize(d).map(|DurationSetting(d)| Some(d))
+    }
+}
+
+/// A duration written as whole seconds (keys ending in `_secs`); for `#[serde(with)]`.
+pub(super) mod whole_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
     }
 }
 

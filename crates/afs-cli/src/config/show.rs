@@ -9,8 +9,7 @@ use afs_store_sqlite::SqliteConfig;
 use afs_trigger::TriggerConfig;
 use serde::{Serialize, Serializer};
 
-use super::Config;
-use crate::time_arg::format_duration;
+use super::{Config, LoopSettings};
 
 #[derive(Serialize)]
 struct Shown<'a> {
@@ -19,7 +18,7 @@ struct Shown<'a> {
     generator: ShownGenerator,
     abtest: AbTestSettings,
     #[serde(rename = "loop")]
-    looping: ShownLoop,
+    looping: &'a LoopSettings,
     trainer: ShownTrainer,
     serve: ShownServe,
 }
@@ -79,24 +78,6 @@ impl Serialize for Feedback {
 }
 
 #[derive(Serialize)]
-struct ShownLoop {
-    check_interval: String,
-    enable_ab_testing: bool,
-    enable_auto_promotion: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eval_cmd: Option<String>,
-    eval_timeout_secs: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    champion: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    champion_path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model_stem: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    training_window: Option<String>,
-}
-
-#[derive(Serialize)]
 struct ShownTrainer {
     #[serde(skip_serializing_if = "Option::is_none")]
     train_cmd: Option<String>,
@@ -108,7 +89,6 @@ struct ShownTrainer {
 
 fn shown(config: &Config) -> Shown<'_> {
     let g = &config.generator;
-    let l = &config.loop_settings;
     let r = &config.retrain;
     Shown {
         store: &config.store,
@@ -130,17 +110,7 @@ fn shown(config: &Config) -> Shown<'_> {
             write_back_scores: g.write_back_scores,
         },
         abtest: AbTestSettings::from(&config.abtest),
-        looping: ShownLoop {
-            check_interval: format_duration(l.check_interval),
-            enable_ab_testing: l.enable_ab_testing,
-            enable_auto_promotion: l.enable_auto_promotion,
-            eval_cmd: l.eval_cmd.clone(),
-            eval_timeout_secs: l.eval_timeout.as_secs(),
-            champion: l.champion.clone(),
-            champion_path: l.champion_path.clone(),
-            model_stem: l.model_stem.clone(),
-            training_window: l.training_window.map(format_duration),
-        },
+        looping: &config.loop_settings,
         trainer: ShownTrainer {
             train_cmd: r.train_cmd.clone(),
             timeout_secs: r.timeout.as_secs(),
