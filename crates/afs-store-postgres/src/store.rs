@@ -31,7 +31,7 @@ pub struct PgConfig {
     /// The most bytes a free-text field may hold (as the SQLite store's setting).
     pub max_field_bytes: usize,
     /// Whether single-record logging commits without waiting for the server to flush its
-    /// write-ahead log (`synchronous_commit = off` on the logging connections only): the
+    /// write-ahead log (`synchronous_commit = off` on the logging connection only): the
     /// counterpart of SQLite's `synchronous = normal`, the default. A logged call is then
     /// safe when `afs` crashes, and the database stays consistent whatever crashes, but a
     /// crash of the server or the machine may lose the last fraction of a second of logged
@@ -63,9 +63,6 @@ impl PgConfig {
 /// pooled connection for the duration of its transaction.
 pub struct PgStore {
     pub(crate) pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
-    /// The connections single-record logging commits on (group commit has one commit in
-    /// flight per process; two let a new group start while a slow one finishes).
-    pub(crate) log_pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: PgConfig,
     /// The URL without its password, for messages.
@@ -118,18 +115,9 @@ impl PgStore {
             .min_idle(Some(0))
             .connection_timeout(config.connect_timeout)
             .build_unchecked(manager);
-        let log_pool = r2d2::Pool::builder()
-            .max_size(2)
-            .min_idle(Some(0))
-            .connection_timeout(config.connect_timeout)
-            .connection_customizer(Box::new(LogSession {
-                fast: config.fast_log_commits,
-            }))
-            .build_unchecked(PostgresConnectionManager::new(pg.clone(), NoTls));
         let usage = crate::usage::UsageState::new();
         Ok(PgStore {
             pool,
-            log_pool,
             clock,
             config,
             shown,
@@ -189,11 +177,19 @@ impl PgStore {
         Ok(value)
     }
 
-    /// A connection for single-record logging (see [`PgConfig::fast_log_commits`]).
-    pub(crate) fn log_conn(&self) -> Result<Conn> {
-        self.log_pool
-            .get()
-            .map_err(|e| pool(format!("no connection to {}", self.shown), e))
+    /// A new connection of its own (outside the pool) for single-record logging: with
+    /// `synchronous_commit = off` when [`PgConfig::fast_log_commits`].
+    pub(crate) fn connect_for_logging(&self) -> Result<postgres::Client> {
+        let mut client = self
+            .pg
+            .connect(NoTls)
+            .map_err(|e| connect_error(&self.shown, e))?;
+        if self.config.fast_log_commits {
+            client
+                .batch_execute("SET synchronous_commit = off")
+                .map_err(|e| db("set up the logging connection", e))?;
+        }
+        Ok(client)
     }
 
     /// Runs `f` in one read-committed transaction and commits it; `what` names the work in
@@ -278,21 +274,6 @@ enum Attempt {
 
 /// How many times a transaction whose connection was lost before its commit is tried again.
 const LOST_RETRIES: u32 = 2;
-
-/// Sets up each logging connection when the pool opens it.
-#[derive(Debug)]
-struct LogSession {
-    fast: bool,
-}
-
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for LogSession {
-    fn on_acquire(&self, conn: &mut postgres::Client) -> std::result::Result<(), postgres::Error> {
-        if self.fast {
-            conn.batch_execute("SET synchronous_commit = off")?;
-        }
-        Ok(())
-    }
-}
 
 /// The error for a failed first connection: `Unavailable` for a server that is not there,
 /// `Database` naming the cause for one that refused us.

@@ -1,18 +1,24 @@
 //! Group commit of single-record `log` calls, without a writer thread: a caller queues its
 //! row; if nobody is committing it becomes the leader and commits every row queued so far
-//! in one statement (one `INSERT ... unnest` in autocommit, sent with its types in one round
-//! trip, whose statement trigger updates each rollup bucket once) on a logging connection
-//! (`PgConfig::fast_log_commits`), then wakes the callers whose rows it held. Nobody is answered before the
-//! transaction holding its row has committed.
+//! in one statement (one `INSERT ... unnest` in autocommit, whose statement trigger updates
+//! each rollup bucket once), then wakes the callers whose rows it held. Nobody is answered
+//! before the transaction holding its row has committed.
+//!
+//! One leader commits at a time, so the leaders share one connection of their own (outside
+//! the pool; `PgConfig::fast_log_commits`) with the insert prepared on it: a commit is one
+//! round trip, and the server plans the insert once per connection rather than once per
+//! statement. A connection idle for a while is checked before use (as the pool checks its
+//! own), so a restarted server costs no logged call after a quiet spell.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use afs_store::{Result, StoreError};
 
 use crate::error::{db, is_retryable};
 use crate::store::PgStore;
-use crate::usage_rows::{insert_rows, InsertRow};
+use crate::usage_rows::{insert_rows_prepared, prepare_insert, InsertRow};
 
 /// Most rows one group transaction takes; bounds the latency of the first caller in a group.
 const MAX_GROUP: usize = 1024;
@@ -36,6 +42,48 @@ pub(crate) struct GroupCommit {
     committed: Condvar,
     /// Callers inside [`GroupCommit::log`]: queuing, waiting, leading or returning.
     inside: AtomicUsize,
+    /// The leaders' connection, opened by the first leader and again after it is lost.
+    conn: Mutex<Option<LeaderConn>>,
+}
+
+/// A connection of the group commit's own, with the insert prepared on it.
+struct LeaderConn {
+    client: postgres::Client,
+    insert: postgres::Statement,
+    /// When it last answered.
+    used: Instant,
+}
+
+impl std::fmt::Debug for LeaderConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderConn")
+            .field("closed", &self.client.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A leaders' connection idle for longer is checked (one empty query) before a commit.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+impl LeaderConn {
+    fn open(store: &PgStore) -> Result<LeaderConn> {
+        let mut client = store.connect_for_logging()?;
+        let insert = prepare_insert(&mut client).map_err(|e| db("prepare the log's insert", e))?;
+        Ok(LeaderConn {
+            client,
+            insert,
+            used: Instant::now(),
+        })
+    }
+
+    /// Whether this connection can take a commit: not known to be closed, and, after a quiet
+    /// spell, answering.
+    fn usable(&mut self) -> bool {
+        if self.client.is_closed() {
+            return false;
+        }
+        self.used.elapsed() < CHECK_AFTER_IDLE || self.client.simple_query("").is_ok()
+    }
 }
 
 /// Rows waiting for a commit, and whether a caller is committing (the leader).
@@ -97,54 +145,96 @@ impl GroupCommit {
             drop(shared);
             {
                 let _step_down = StepDown(self);
-                commit_group(store, group);
+                self.commit_group(store, group);
             }
             shared = lock(&self.shared);
         }
     }
 }
 
-/// Commits `group` in one transaction and leaves each caller its outcome. If the group
-/// fails on something other than a lost server, each row is tried alone, so one bad row
-/// fails only its own caller.
-fn commit_group(store: &PgStore, group: Vec<(InsertRow, Slot)>) {
-    let (rows, slots): (Vec<InsertRow>, Vec<Slot>) = group.into_iter().unzip();
-    match commit(store, &rows) {
-        Ok(()) => {
-            for (row, slot) in rows.into_iter().zip(slots) {
-                *lock(&slot) = Some(Ok(row.id));
+impl GroupCommit {
+    /// Commits `group` in one transaction and leaves each caller its outcome. If the group
+    /// fails on something other than a lost server, each row is tried alone, so one bad row
+    /// fails only its own caller.
+    fn commit_group(&self, store: &PgStore, group: Vec<(InsertRow, Slot)>) {
+        let (rows, slots): (Vec<InsertRow>, Vec<Slot>) = group.into_iter().unzip();
+        match self.commit(store, &rows) {
+            Ok(()) => {
+                for (row, slot) in rows.into_iter().zip(slots) {
+                    *lock(&slot) = Some(Ok(row.id));
+                }
+            }
+            Err(e) if rows.len() == 1 || matches!(e, StoreError::Unavailable { .. }) => {
+                for slot in slots {
+                    *lock(&slot) = Some(Err(copy_error(&e)));
+                }
+            }
+            Err(_) => {
+                for (row, slot) in rows.into_iter().zip(slots) {
+                    let one = std::slice::from_ref(&row);
+                    *lock(&slot) = Some(self.commit(store, one).map(|()| row.id));
+                }
             }
         }
-        Err(e) if rows.len() == 1 || matches!(e, StoreError::Unavailable { .. }) => {
-            for slot in slots {
-                *lock(&slot) = Some(Err(copy_error(&e)));
+    }
+
+    /// One transaction inserting `rows`, on the leaders' connection.
+    ///
+    /// Tried again where nothing can have been committed: after a deadlock or serialisation
+    /// failure, and when the server answered the insert by ending the session (it was
+    /// stopped or restarted, or an administrator ended the connection: a statement aborted
+    /// that way is rolled back), on a new connection after 0.1 s and 0.4 s. A connection
+    /// that just went silent is not: the insert may have committed.
+    fn commit(&self, store: &PgStore, rows: &[InsertRow]) -> Result<()> {
+        let mut held = lock(&self.conn);
+        let (mut attempt, mut ended) = (0, 0);
+        loop {
+            if !held.as_mut().is_some_and(LeaderConn::usable) {
+                *held = Some(LeaderConn::open(store)?);
             }
-        }
-        Err(_) => {
-            for (row, slot) in rows.into_iter().zip(slots) {
-                let one = std::slice::from_ref(&row);
-                *lock(&slot) = Some(commit(store, one).map(|()| row.id));
+            let Some(conn) = held.as_mut() else {
+                return Err(StoreError::Io {
+                    context: "log a record: no logging connection".into(),
+                    source: std::io::Error::other("the logging connection was not kept"),
+                });
+            };
+            attempt += 1;
+            match insert_rows_prepared(&mut conn.client, &conn.insert, rows) {
+                Ok(_) => {
+                    conn.used = Instant::now();
+                    return Ok(());
+                }
+                Err(e) if is_retryable(&e) && attempt <= 8 => {
+                    std::thread::sleep(Duration::from_millis(attempt * 2));
+                }
+                Err(e) if session_ended(&e) && ended < 2 => {
+                    ended += 1;
+                    *held = None;
+                    tracing::warn!(error = %e, "the server ended the logging connection; trying again");
+                    std::thread::sleep(Duration::from_millis(100 * 4u64.pow(ended - 1)));
+                }
+                Err(e) => {
+                    if conn.client.is_closed() || session_ended(&e) {
+                        *held = None;
+                    }
+                    return Err(db("log a record", e));
+                }
             }
         }
     }
 }
 
-/// One transaction inserting `rows`.
-fn commit(store: &PgStore, rows: &[InsertRow]) -> Result<()> {
-    // One statement in autocommit: atomic, and one round trip (the insert is sent with its
-    // types, unprepared). A deadlock or serialisation failure committed nothing: again.
-    let mut conn = store.log_conn()?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match insert_rows(&mut *conn, rows) {
-            Ok(_) => return Ok(()),
-            Err(e) if is_retryable(&e) && attempt <= 8 => {
-                std::thread::sleep(std::time::Duration::from_millis(attempt * 2));
-            }
-            Err(e) => return Err(db("log a record", e)),
-        }
-    }
+/// Whether the server answered by ending the session (nothing of the statement committed).
+fn session_ended(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.code().is_some_and(|code| {
+        [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
+    })
 }
 
 fn copy_error(e: &StoreError) -> StoreError {
