@@ -261,6 +261,22 @@ fn the_dashboard_draws_the_services_data_without_console_errors() {
         feedback_points
     );
     assert_eq!(number(&dom, "chart-quality", "series"), 2);
+    // The deploy of nayru-v2 (a day ago) is marked on both charts; the champion was set
+    // before the 48-hour window and is not.
+    assert_eq!(number(&dom, "chart-quality", "marks"), 1);
+    assert_eq!(number(&dom, "chart-feedback", "marks"), 1);
+    // The value axis follows the data (hourly means near 0.70-0.76), not 0..1.
+    let y_min: f64 = data(&dom, "chart-quality", "y-min").parse().unwrap();
+    let y_max: f64 = data(&dom, "chart-quality", "y-max").parse().unwrap();
+    assert!(
+        y_min > 0.3 && y_max < 1.0 && y_max - y_min < 0.5,
+        "quality axis {y_min}..{y_max}"
+    );
+    // The newest records are in this hour: the window ends now and needs no note.
+    assert!(
+        dom.contains("id=\"window-note\" class=\"note\" hidden"),
+        "no note for a live database"
+    );
     assert_eq!(number(&dom, "traffic-weights", "models"), 2);
     assert_eq!(number(&dom, "traffic-observed", "models"), 2);
     assert_eq!(number(&dom, "models", "rows"), 2);
@@ -304,4 +320,85 @@ fn the_dashboard_draws_the_services_data_without_console_errors() {
     // Without the token the browser gets the sign-in page, not the dashboard.
     let (dom, _) = browse(&browser, &server.url(), "--dump-dom");
     assert!(dom.contains("401") && !dom.contains("afs-status"), "{dom}");
+}
+
+/// `afs demo` leaves weeks of simulated traffic in the past; `afs serve` on its database
+/// shows the newest of it (not an empty window ending now), with the deploys, promotions
+/// and rollbacks marked, and says that the window ends before now.
+#[test]
+fn the_dashboard_shows_a_demo_database_whose_data_lies_in_the_past() {
+    let Some(browser) = chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is not installed, and CI is set: the dashboard test must run in CI");
+        }
+        eprintln!("notice: chromium not found; skipping the headless-browser dashboard test");
+        return;
+    };
+    let env = Env::new();
+    env.afs(
+        None,
+        &[
+            "demo",
+            "--days",
+            "5",
+            "--requests-per-hour",
+            "60",
+            "--seed",
+            "42",
+        ],
+    );
+    let server = env.serve_with(None, &[], &["--token", TOKEN]);
+    let now_window = server.get("/v1/series?hours=48").json();
+    assert!(
+        now_window["models"].as_array().unwrap().is_empty(),
+        "the demo's records are older than 48 hours: {now_window}"
+    );
+    let latest = server.get("/v1/series?hours=48&end=latest").json();
+    let points: usize = latest["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["points"].as_array().unwrap().len())
+        .sum();
+    assert!(points >= 40, "the demo's last 48 hours: {latest}");
+    let bad = server.get("/v1/series?end=soon");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.json()["error"].to_string().contains("end"), "{bad:?}");
+    let until = chrono::DateTime::parse_from_rfc3339(latest["until"].as_str().unwrap()).unwrap();
+    let since = chrono::DateTime::parse_from_rfc3339(latest["since"].as_str().unwrap()).unwrap();
+    assert_eq!((until - since).num_hours(), 48);
+    let history = server
+        .get("/v1/history?limit=500&kinds=set_champion,deploy,promote,rollback")
+        .json();
+    let marked = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            let at = chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap();
+            at >= since && at <= until
+        })
+        .count();
+    assert!(
+        marked >= 1,
+        "the demo deploys or decides within its last 48 hours: {history}"
+    );
+
+    let url = format!("{}/?token={TOKEN}", server.url());
+    let (dom, log) = browse(&browser, &url, "--dump-dom");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console:\n{}", console.join("\n"));
+    assert_eq!(data(&dom, "afs-status", "ready"), "1");
+    assert_eq!(data(&dom, "afs-status", "errors"), "0");
+    assert!(number(&dom, "chart-quality", "points") >= 40);
+    assert!(number(&dom, "chart-feedback", "points") >= 40);
+    assert_eq!(number(&dom, "chart-quality", "marks") as usize, marked);
+    assert_eq!(
+        data(&dom, "afs-status", "window-end"),
+        latest["until"].as_str().unwrap()
+    );
+    assert!(
+        dom.contains("id=\"window-note\" class=\"note\">No records since"),
+        "the page says the window ends before now"
+    );
 }

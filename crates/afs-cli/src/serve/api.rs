@@ -304,21 +304,51 @@ async fn get_stats(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json<
 /// Most hours `GET /v1/series` returns: 90 days.
 const MAX_SERIES_HOURS: u64 = 90 * 24;
 
-/// `GET /v1/series?hours=N&model=M`: hourly statistics per model over the last `hours`
-/// hours (the current hour included), for charts. Only hours with records appear.
+/// `GET /v1/series?hours=N&model=M&end=now|latest`: hourly statistics per model over
+/// `hours` hours ending with the current hour, for charts. With `end=latest`, when no
+/// record lies in that window, the window ends with the hour of the newest record instead
+/// (so a database whose records lie in the past, such as the demo's, still shows them).
+/// Only hours with records appear.
 async fn get_series(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json<Value>, ApiError> {
-    let params = Params::parse(&uri, &["hours", "model"])?;
+    let params = Params::parse(&uri, &["hours", "model", "end"])?;
     let hours = params.int("hours", 48, 1, MAX_SERIES_HOURS)?;
     let model = params.text("model")?;
+    let latest = match params.text("end")?.as_deref() {
+        None | Some("now") => false,
+        Some("latest") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "end",
+                format!("{other:?} is not now or latest"),
+            ))
+        }
+    };
     let answer = blocking(&state, move |s| {
         let now = s.store.clock().now();
-        let hour_start = now
-            .duration_trunc(chrono::Duration::hours(1))
-            .unwrap_or(now);
-        let since = hour_start - chrono::Duration::hours(hours as i64 - 1);
+        let hour_of = |t: chrono::DateTime<chrono::Utc>| {
+            t.duration_trunc(chrono::Duration::hours(1)).unwrap_or(t)
+        };
+        let now_hour = hour_of(now);
+        let hours_back = chrono::Duration::hours(hours as i64 - 1);
+        let mut end_hour = now_hour;
+        if latest {
+            // The hourly rollups, not the log: bounded by the hours of history.
+            let all = StatsWindow {
+                model: model.clone(),
+                ..StatsWindow::default()
+            };
+            if let Some(newest) = s.store.stats_by_hour(&all)?.into_keys().next_back() {
+                // Only when no record lies in the window ending now.
+                if newest < now_hour - hours_back {
+                    end_hour = hour_of(newest);
+                }
+            }
+        }
+        let since = end_hour - hours_back;
+        let until = (end_hour < now_hour).then(|| end_hour + chrono::Duration::hours(1));
         let window = StatsWindow {
             since: Some(since),
-            until: None,
+            until,
             model: model.clone(),
         };
         let mut models = Vec::new();
@@ -349,6 +379,7 @@ async fn get_series(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Json
         Ok(json!({
             "now": rfc3339(now),
             "since": rfc3339(since),
+            "until": rfc3339(until.unwrap_or(now)),
             "hours": hours,
             "models": models,
         }))

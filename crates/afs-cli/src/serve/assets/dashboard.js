@@ -125,23 +125,67 @@
 
   // ---- line charts ---------------------------------------------------------------------
 
-  // Draws one line per model of `series` (value picked by `pick`) on a 0..1 scale over
-  // the window [since, now]; returns the number of points drawn.
-  function lineChart(container, series, pick, since, now) {
+  // The value range a chart shows: the data's, padded, at least 0.05 wide, within 0..1,
+  // so an effect of a few hundredths (the size the judge decides on) is visible.
+  function valueRange(series, pick) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const line of series) {
+      for (const p of line.points) {
+        const v = pick(p);
+        if (v !== null && v !== undefined && isFinite(v)) {
+          lo = Math.min(lo, v);
+          hi = Math.max(hi, v);
+        }
+      }
+    }
+    if (!isFinite(lo)) {
+      return { lo: 0, hi: 1 };
+    }
+    const padBy = Math.max((hi - lo) * 0.15, 0.01);
+    lo = Math.max(0, lo - padBy);
+    hi = Math.min(1, hi + padBy);
+    if (hi - lo < 0.05) {
+      const mid = (hi + lo) / 2;
+      lo = Math.max(0, Math.min(mid - 0.025, 0.95));
+      hi = Math.min(1, lo + 0.05);
+    }
+    return { lo: lo, hi: hi };
+  }
+
+  // Tick values for [lo, hi]: about five, at a round step.
+  function ticks(lo, hi) {
+    const step = [0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25].find(function (s) { return (hi - lo) / s <= 5; }) || 0.25;
+    const out = [];
+    for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + 1e-9; v += step) {
+      out.push(v);
+    }
+    return { values: out, digits: step < 0.01 ? 3 : 2 };
+  }
+
+  // What a mark on the time axis says, by event kind.
+  const MARKS = { set_champion: "champion", deploy: "deploy", promote: "promote", rollback: "rollback" };
+
+  // Draws one line per model of `series` (value picked by `pick`) over the window
+  // [since, until], on the value range of the data, with a dashed mark at each deploy,
+  // promotion and rollback of `events`; returns the number of points drawn.
+  function lineChart(container, series, pick, since, until, events) {
     const width = Math.max(container.clientWidth || 560, 280);
     const height = 210;
-    const m = { top: 10, right: 22, bottom: 24, left: 36 };
+    const m = { top: 14, right: 22, bottom: 24, left: 42 };
     const plotW = width - m.left - m.right;
     const plotH = height - m.top - m.bottom;
     const x0 = since.getTime();
-    const x1 = Math.max(now.getTime(), x0 + 3600 * 1000);
+    const x1 = Math.max(until.getTime(), x0 + 3600 * 1000);
+    const range = valueRange(series, pick);
     const x = function (t) { return m.left + ((t - x0) / (x1 - x0)) * plotW; };
-    const y = function (v) { return m.top + (1 - v) * plotH; };
+    const y = function (v) { return m.top + (1 - (Math.min(range.hi, Math.max(range.lo, v)) - range.lo) / (range.hi - range.lo)) * plotH; };
     const root = svg("svg", { viewBox: "0 0 " + width + " " + height, height: height, role: "img" });
 
-    for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    const yTicks = ticks(range.lo, range.hi);
+    for (const v of yTicks.values) {
       root.appendChild(svg("line", { x1: m.left, x2: width - m.right, y1: y(v), y2: y(v), stroke: "#edf0f4" }));
-      root.appendChild(svg("text", { x: m.left - 6, y: y(v) + 3, "text-anchor": "end" }, v.toFixed(2)));
+      root.appendChild(svg("text", { x: m.left - 6, y: y(v) + 3, "text-anchor": "end" }, v.toFixed(yTicks.digits)));
     }
     const hourMs = 3600 * 1000;
     const spanHours = (x1 - x0) / hourMs;
@@ -155,6 +199,20 @@
     }
     root.appendChild(svg("line", { x1: m.left, x2: m.left, y1: m.top, y2: m.top + plotH, stroke: "#c9cfd8" }));
 
+    let marks = 0;
+    for (const e of events) {
+      const t = new Date(e.at).getTime();
+      if (!MARKS[e.kind] || !(t >= x0 && t <= x1)) {
+        continue;
+      }
+      const mark = svg("g", { class: "mark mark-" + e.kind });
+      mark.appendChild(svg("line", { x1: x(t), x2: x(t), y1: m.top, y2: m.top + plotH }));
+      mark.appendChild(svg("text", { x: x(t) + 3, y: m.top - 3 }, MARKS[e.kind]));
+      mark.appendChild(svg("title", {}, MARKS[e.kind] + " " + (e.model || "") + " at " + utc(e.at) + (e.reason ? ": " + e.reason : "")));
+      root.appendChild(mark);
+      marks += 1;
+    }
+
     let points = 0;
     for (const line of series) {
       const color = colorOf(line.model);
@@ -166,14 +224,14 @@
       let previous = null;
       for (const p of values) {
         const joined = previous !== null && p.t - previous.t <= hourMs * 1.5;
-        d += (joined ? "L" : "M") + x(p.t).toFixed(1) + " " + y(Math.min(1, Math.max(0, p.v))).toFixed(1) + " ";
+        d += (joined ? "L" : "M") + x(p.t).toFixed(1) + " " + y(p.v).toFixed(1) + " ";
         previous = p;
       }
       if (d) {
         root.appendChild(svg("path", { d: d.trim(), fill: "none", stroke: color, "stroke-width": 2, "stroke-linejoin": "round" }));
       }
       for (const p of values) {
-        const dot = svg("circle", { cx: x(p.t).toFixed(1), cy: y(Math.min(1, Math.max(0, p.v))).toFixed(1), r: 2.6, fill: color });
+        const dot = svg("circle", { cx: x(p.t).toFixed(1), cy: y(p.v).toFixed(1), r: 2.6, fill: color });
         dot.appendChild(svg("title", {}, line.model + " " + utc(p.p.hour) + ": " + p.v.toFixed(3) + " (" + p.p.total + " records)"));
         root.appendChild(dot);
         points += 1;
@@ -185,15 +243,28 @@
     container.replaceChildren(root);
     container.dataset.series = String(series.length);
     container.dataset.points = String(points);
+    container.dataset.marks = String(marks);
+    container.dataset.yMin = range.lo.toFixed(3);
+    container.dataset.yMax = range.hi.toFixed(3);
     return points;
   }
 
-  function renderSeries(data) {
+  function renderSeries(data, marks) {
     const since = new Date(data.since);
+    const until = new Date(data.until || data.now);
     const now = new Date(data.now);
     const models = data.models || [];
-    const quality = lineChart(document.getElementById("chart-quality"), models, function (p) { return p.avg_quality_score; }, since, now);
-    const feedback = lineChart(document.getElementById("chart-feedback"), models, function (p) { return p.positive_rate; }, since, now);
+    const events = (marks && marks.events) || [];
+    const quality = lineChart(document.getElementById("chart-quality"), models, function (p) { return p.avg_quality_score; }, since, until, events);
+    const feedback = lineChart(document.getElementById("chart-feedback"), models, function (p) { return p.positive_rate; }, since, until, events);
+    // The window follows the data: a database whose newest record is older than this hour
+    // (the demo's simulated weeks) is shown up to that record, and the note says so.
+    const note = document.getElementById("window-note");
+    const behind = now.getTime() - until.getTime() > 3600 * 1000;
+    note.hidden = !behind;
+    note.textContent = behind ? "No records since " + utc(data.until) + " UTC; showing the " + state.hours + " h up to then." : "";
+    status.dataset.windowEnd = data.until || data.now;
+    status.dataset.marks = document.getElementById("chart-quality").dataset.marks;
     const legend = document.getElementById("legend");
     legend.replaceChildren();
     for (const line of models) {
@@ -406,7 +477,7 @@
 
   function renderRuns(data) {
     const rows = (data.runs || []).map(function (r) {
-      return [r.id.slice(-6), badge(r.status), r.trigger_type, shortUtc(r.started_at), duration(r.duration_secs),
+      return [r.id, badge(r.status), r.trigger_type, shortUtc(r.started_at), duration(r.duration_secs),
         r.n_samples === null ? "–" : count(r.n_samples), r.model_path || r.error || "–"];
     });
     fillTable("runs", rows, 7, "no retrain runs yet");
@@ -428,15 +499,16 @@
     try {
       const results = await Promise.all([
         getJson("/v1/status"),
-        getJson("/v1/series?hours=" + state.hours),
+        getJson("/v1/series?end=latest&hours=" + state.hours),
         getJson("/v1/experiment"),
         getJson("/v1/runs?limit=12"),
         getJson("/v1/history?limit=12"),
+        getJson("/v1/history?limit=500&kinds=set_champion,deploy,promote,rollback"),
       ]);
       const summary = results[0];
       const series = results[1];
       renderFacts(summary);
-      renderSeries(series);
+      renderSeries(series, results[5]);
       renderTraffic(summary, series);
       renderExperiment(results[2]);
       renderRuns(results[3]);
