@@ -224,7 +224,7 @@ fn opt(value: Option<f64>) -> Value {
 }
 
 fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 impl MetricResult {
