@@ -29,6 +29,7 @@ pub struct AbTestSettings {
     pub enable_auto_promotion: bool,
     pub promotion_threshold: f64,
     pub min_duration_hours: f64,
+    #[serde(deserialize_with = "primary_metric_by_name")]
     pub primary_metric: PrimaryMetric,
     pub alpha: f64,
     pub min_lift: f64,
@@ -210,6 +211,13 @@ impl GuardrailSettings {
     }
 }
 
+/// `primary_metric` by its name, from any text (an environment variable's too): an unknown
+/// name is refused with the known ones named.
+fn primary_metric_by_name<'de, D: Deserializer<'de>>(d: D) -> Result<PrimaryMetric, D::Error> {
+    let name = String::deserialize(d)?;
+    PrimaryMetric::deserialize(de::value::StrDeserializer::<D::Error>::new(name.trim()))
+}
+
 impl Serialize for Margin {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
@@ -352,6 +360,17 @@ mod tests {
         let text = serde_json::to_string(&AbTestSettings::from(&config)).unwrap();
         let read: AbTestSettings = serde_json::from_str(&text).unwrap();
         assert_eq!(read.into_config().unwrap(), config);
+    }
+
+    #[test]
+    fn an_unknown_primary_metric_names_the_known_ones() {
+        let err = serde_json::from_str::<AbTestSettings>(r#"{"primary_metric": "latency"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("latency") && err.contains("quality") && err.contains("positive_rate"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -188,15 +188,22 @@ pub(crate) const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 /// long is dropped with its connection.
 pub(crate) const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
 
-/// The `[serve]` section: the settings of `afs serve` under its flags.
-#[derive(Debug, Clone, PartialEq)]
+/// The `[serve]` section: the settings of `afs serve` under its flags, declared once: its
+/// serde keys are the file's (read from every layer, written by `afs config show`, which
+/// never shows the tokens), its [`Default`] the defaults and `checked` (in `sections.rs`)
+/// the checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct ServeSettings {
     /// `addr`: where to listen.
+    #[serde(with = "sections::socket_addr_text")]
     pub(crate) addr: SocketAddr,
-    /// `tokens`: bearer tokens given inline.
+    /// `tokens`: bearer tokens given inline (secrets: never written out).
+    #[serde(skip_serializing, deserialize_with = "sections::text_list")]
     pub(crate) tokens: Vec<String>,
     /// `token_file`: a file of bearer tokens, one a line (resolved against the config
     /// file's directory; read by `afs serve`, see [`Config::serve_tokens`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) token_file: Option<PathBuf>,
     /// `protect_reads`: with tokens, reads need one too.
     pub(crate) protect_reads: bool,
@@ -205,20 +212,26 @@ pub(crate) struct ServeSettings {
     /// `max_batch`: the most records in one batch.
     pub(crate) max_batch: usize,
     /// `shutdown_timeout_secs`: how long shutdown waits.
+    #[serde(rename = "shutdown_timeout_secs", with = "sections::whole_secs")]
     pub(crate) shutdown_timeout: Duration,
     /// `with_loop`: run the continuous loop in the service's process.
     pub(crate) with_loop: bool,
     /// `allowed_hosts`: host names served besides the loopback ones.
+    #[serde(deserialize_with = "sections::text_list")]
     pub(crate) allowed_hosts: Vec<String>,
     /// `allowed_origins`: origins (`https://host[:port]`) whose pages may write.
+    #[serde(deserialize_with = "sections::text_list")]
     pub(crate) allowed_origins: Vec<String>,
     /// `max_connections`: the most connections held open at once.
     pub(crate) max_connections: usize,
     /// `header_timeout_secs`: time for a connection to send a complete request head.
+    #[serde(rename = "header_timeout_secs", with = "sections::whole_secs")]
     pub(crate) header_timeout: Duration,
     /// `body_timeout_secs`: time for a request to send its body.
+    #[serde(rename = "body_timeout_secs", with = "sections::whole_secs")]
     pub(crate) body_timeout: Duration,
     /// `write_timeout_secs`: time an answer may wait for its client to read.
+    #[serde(rename = "write_timeout_secs", with = "sections::whole_secs")]
     pub(crate) write_timeout: Duration,
 }
 
@@ -532,8 +545,11 @@ pub(crate) fn build(
         let single = config::Config::builder()
             .set_override(key.as_str(), flag.value.as_str())
             .map_err(|e| InvalidInput(format!("--set {}: {e}", flag.key)))?;
-        check_builder(single, &key)
-            .map_err(|e| InvalidInput(format!("--set {}: {e}", flag.key)))?;
+        // The flag names the key already: "--set K: what is wrong", not "--set K: K: ...".
+        check_builder(single, &key).map_err(|e| {
+            let what = e.strip_prefix(&format!("{key}: ")).unwrap_or(&e);
+            InvalidInput(format!("--set {}: {what}", flag.key))
+        })?;
         builder = builder
             .set_override(key.as_str(), flag.value.as_str())
             .map_err(|e| InvalidInput(format!("--set {}: {e}", flag.key)))?;

@@ -37,10 +37,10 @@ impl KeyError {
 /// key is optional: an absent key keeps the default.
 ///
 /// `[store]`, `[trigger]` and `[abtest]` are the libraries' own written forms
-/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`]) and `[loop]` is
-/// [`LoopSettings`], each declared once with its serde keys and defaults; the other sections
-/// are still mirrored here and mapped onto the libraries' configs by
-/// [`FileConfig::into_config`].
+/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`]), `[loop]` and `[serve]` are
+/// [`LoopSettings`] and [`ServeSettings`], each declared once with its serde keys and
+/// defaults; `[generator]` and `[trainer]` are still mirrored here and mapped onto the
+/// libraries' configs by [`FileConfig::into_config`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
@@ -61,65 +61,57 @@ pub(super) struct FileConfig {
     #[serde(default)]
     retrain: TrainerSection,
     #[serde(default)]
-    serve: ServeSection,
-}
-
-/// `[serve]`: the settings of `afs serve` (its flags, `AFS_ADDR` and `AFS_TOKENS` override
-/// these).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServeSection {
-    addr: Option<String>,
-    tokens: Option<TokensSetting>,
-    token_file: Option<PathBuf>,
-    protect_reads: Option<bool>,
-    max_body_bytes: Option<u64>,
-    max_batch: Option<u64>,
-    shutdown_timeout_secs: Option<u64>,
-    with_loop: Option<bool>,
-    allowed_hosts: Option<TokensSetting>,
-    allowed_origins: Option<TokensSetting>,
-    max_connections: Option<u64>,
-    header_timeout_secs: Option<u64>,
-    body_timeout_secs: Option<u64>,
-    write_timeout_secs: Option<u64>,
+    serve: ServeSettings,
 }
 
 /// `serve.tokens` (and the other lists of `[serve]`: `allowed_hosts`, `allowed_origins`):
 /// an array of strings in a file, or a comma-separated list in an environment variable or
-/// `--set` (as `AFS_TOKENS`).
-#[derive(Debug, Clone, PartialEq)]
-struct TokensSetting(Vec<String>);
+/// `--set` (as `AFS_TOKENS`); for `#[serde(deserialize_with)]`. Empty parts of text are kept,
+/// so that they are refused with the key named.
+pub(super) fn text_list<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    struct ListVisitor;
 
-impl<'de> Deserialize<'de> for TokensSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TokensVisitor;
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
 
-        impl<'de> Visitor<'de> for TokensVisitor {
-            type Value = TokensSetting;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of strings (or, as text, a comma-separated list)")
-            }
-
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut tokens = Vec::new();
-                while let Some(token) = seq.next_element::<String>()? {
-                    tokens.push(token);
-                }
-                Ok(TokensSetting(tokens))
-            }
-
-            // Environment variables and `--set` give text. Empty parts are kept, so that
-            // they are refused with the key named.
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(TokensSetting(
-                    v.split(',').map(|t| t.trim().to_string()).collect(),
-                ))
-            }
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of strings (or, as text, a comma-separated list)")
         }
 
-        deserializer.deserialize_any(TokensVisitor)
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.split(',').map(|t| t.trim().to_string()).collect())
+        }
+    }
+
+    deserializer.deserialize_any(ListVisitor)
+}
+
+/// `serve.addr`: `HOST:PORT` with an IP address; for `#[serde(with)]`.
+pub(super) mod socket_addr_text {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub(crate) fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(addr)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim().parse().map_err(|_| {
+            de::Error::custom(format!(
+                "{text:?} is not HOST:PORT with an IP address (e.g. 127.0.0.1:8080)"
+            ))
+        })
     }
 }
 
@@ -406,7 +398,7 @@ impl FileConfig {
         self.looping.validate()?;
         config.loop_settings = self.looping;
 
-        config.serve = self.serve.into_settings()?;
+        config.serve = self.serve.checked()?;
         config.serve.token_file = config
             .serve
             .token_file
@@ -416,101 +408,59 @@ impl FileConfig {
     }
 }
 
-impl ServeSection {
-    /// The service settings of `[serve]`, validated (`token_file` as written; the caller
-    /// resolves it against the file's directory, and `afs serve` reads it).
-    fn into_settings(self) -> Result<ServeSettings, KeyError> {
-        let mut serve = ServeSettings::default();
-        if let Some(addr) = self.addr {
-            serve.addr = addr.trim().parse().map_err(|_| {
-                KeyError::new(
-                    "serve.addr",
-                    format!("{addr:?} is not HOST:PORT with an IP address (e.g. 127.0.0.1:8080)"),
-                )
-            })?;
+impl ServeSettings {
+    /// The settings of `[serve]`, checked, with `allowed_hosts` and `allowed_origins` in
+    /// their normal form (`token_file` as written; the caller resolves it against the file's
+    /// directory, and `afs serve` reads it).
+    fn checked(mut self) -> Result<ServeSettings, KeyError> {
+        if let Some(i) = self.tokens.iter().position(|t| t.trim().is_empty()) {
+            return Err(KeyError::new(
+                "serve.tokens",
+                format!("token {} of {} is empty", i + 1, self.tokens.len()),
+            ));
         }
-        if let Some(TokensSetting(tokens)) = self.tokens {
-            if let Some(i) = tokens.iter().position(|t| t.trim().is_empty()) {
-                return Err(KeyError::new(
-                    "serve.tokens",
-                    format!("token {} of {} is empty", i + 1, tokens.len()),
-                ));
-            }
-            serve.tokens = tokens;
+        if self
+            .token_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(KeyError::new("serve.token_file", "must not be empty"));
         }
-        if let Some(path) = self.token_file {
-            if path.as_os_str().is_empty() {
-                return Err(KeyError::new("serve.token_file", "must not be empty"));
-            }
-            serve.token_file = Some(path);
+        if self.max_body_bytes == 0 {
+            return Err(KeyError::new("serve.max_body_bytes", "must be at least 1"));
         }
-        set_present!(self => serve; protect_reads, with_loop);
-        if let Some(bytes) = self.max_body_bytes {
-            if bytes == 0 {
-                return Err(KeyError::new("serve.max_body_bytes", "must be at least 1"));
-            }
-            serve.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        if self.max_batch == 0 {
+            return Err(KeyError::new("serve.max_batch", "must be at least 1"));
         }
-        if let Some(n) = self.max_batch {
-            if n == 0 {
-                return Err(KeyError::new("serve.max_batch", "must be at least 1"));
-            }
-            serve.max_batch = usize::try_from(n).unwrap_or(usize::MAX);
+        self.allowed_hosts = self
+            .allowed_hosts
+            .iter()
+            .map(|h| crate::serve::parse_allowed_host(h))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| KeyError::new("serve.allowed_hosts", reason))?;
+        self.allowed_origins = self
+            .allowed_origins
+            .iter()
+            .map(|o| crate::serve::parse_allowed_origin(o))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| KeyError::new("serve.allowed_origins", reason))?;
+        let limit = crate::serve::MAX_CONNECTIONS_LIMIT;
+        if !(1..=limit).contains(&self.max_connections) {
+            return Err(KeyError::new(
+                "serve.max_connections",
+                format!("{} is not within 1..={limit}", self.max_connections),
+            ));
         }
-        if let Some(secs) = self.shutdown_timeout_secs {
-            serve.shutdown_timeout = Duration::from_secs(secs);
-        }
-        if let Some(TokensSetting(hosts)) = self.allowed_hosts {
-            serve.allowed_hosts = hosts
-                .iter()
-                .map(|h| crate::serve::parse_allowed_host(h))
-                .collect::<Result<_, _>>()
-                .map_err(|reason| KeyError::new("serve.allowed_hosts", reason))?;
-        }
-        if let Some(TokensSetting(origins)) = self.allowed_origins {
-            serve.allowed_origins = origins
-                .iter()
-                .map(|o| crate::serve::parse_allowed_origin(o))
-                .collect::<Result<_, _>>()
-                .map_err(|reason| KeyError::new("serve.allowed_origins", reason))?;
-        }
-        if let Some(n) = self.max_connections {
-            let limit = crate::serve::MAX_CONNECTIONS_LIMIT;
-            serve.max_connections = usize::try_from(n)
-                .ok()
-                .filter(|n| (1..=limit).contains(n))
-                .ok_or_else(|| {
-                    KeyError::new(
-                        "serve.max_connections",
-                        format!("{n} is not within 1..={limit}"),
-                    )
-                })?;
-        }
-        for (key, value, field) in [
-            (
-                "serve.header_timeout_secs",
-                self.header_timeout_secs,
-                &mut serve.header_timeout,
-            ),
-            (
-                "serve.body_timeout_secs",
-                self.body_timeout_secs,
-                &mut serve.body_timeout,
-            ),
-            (
-                "serve.write_timeout_secs",
-                self.write_timeout_secs,
-                &mut serve.write_timeout,
-            ),
+        for (key, value) in [
+            ("serve.header_timeout_secs", self.header_timeout),
+            ("serve.body_timeout_secs", self.body_timeout),
+            ("serve.write_timeout_secs", self.write_timeout),
         ] {
-            if let Some(secs) = value {
-                if secs == 0 {
-                    return Err(KeyError::new(key, "must be at least 1"));
-                }
-                *field = Duration::from_secs(secs);
+            if value.is_zero() {
+                return Err(KeyError::new(key, "must be at least 1"));
             }
         }
-        Ok(serve)
+        Ok(self)
     }
 }
 

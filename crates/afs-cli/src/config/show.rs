@@ -9,7 +9,7 @@ use afs_store_sqlite::SqliteConfig;
 use afs_trigger::TriggerConfig;
 use serde::{Serialize, Serializer};
 
-use super::{Config, LoopSettings};
+use super::{Config, LoopSettings, ServeSettings};
 
 #[derive(Serialize)]
 struct Shown<'a> {
@@ -20,27 +20,8 @@ struct Shown<'a> {
     #[serde(rename = "loop")]
     looping: &'a LoopSettings,
     trainer: ShownTrainer,
-    serve: ShownServe,
-}
-
-/// `[serve]`. The tokens themselves are secrets and never shown: `to_toml` says in a
-/// comment how many are set.
-#[derive(Serialize)]
-struct ShownServe {
-    addr: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token_file: Option<String>,
-    protect_reads: bool,
-    max_body_bytes: usize,
-    max_batch: usize,
-    shutdown_timeout_secs: u64,
-    with_loop: bool,
-    allowed_hosts: Vec<String>,
-    allowed_origins: Vec<String>,
-    max_connections: usize,
-    header_timeout_secs: u64,
-    body_timeout_secs: u64,
-    write_timeout_secs: u64,
+    /// `[serve]`, without its tokens (secrets: `to_toml` says in a comment how many are set).
+    serve: &'a ServeSettings,
 }
 
 #[derive(Serialize)]
@@ -118,25 +99,7 @@ fn shown(config: &Config) -> Shown<'_> {
             output_dir: r.retrainer.output_dir.display().to_string(),
             dataset_name: r.retrainer.dataset_name.clone(),
         },
-        serve: ShownServe {
-            addr: config.serve.addr.to_string(),
-            token_file: config
-                .serve
-                .token_file
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            protect_reads: config.serve.protect_reads,
-            max_body_bytes: config.serve.max_body_bytes,
-            max_batch: config.serve.max_batch,
-            shutdown_timeout_secs: config.serve.shutdown_timeout.as_secs(),
-            with_loop: config.serve.with_loop,
-            allowed_hosts: config.serve.allowed_hosts.clone(),
-            allowed_origins: config.serve.allowed_origins.clone(),
-            max_connections: config.serve.max_connections,
-            header_timeout_secs: config.serve.header_timeout.as_secs(),
-            body_timeout_secs: config.serve.body_timeout.as_secs(),
-            write_timeout_secs: config.serve.write_timeout.as_secs(),
-        },
+        serve: &config.serve,
     }
 }
 
