@@ -279,61 +279,108 @@ fn plain(value: f64) -> [(String, f64); 1] {
 
 /// Renders every metric. Reads the store: call it on the blocking pool.
 pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
-    let store = &*state.store;
-    let now = store.clock().now();
-    let mut all = store.stats_by_model(&StatsWindow::default())?;
-    let day = store.stats_by_model(&StatsWindow {
-        since: Some(now - chrono::Duration::hours(24)),
-        ..StatsWindow::default()
-    })?;
-    // Counted by the store, not read row by row: a scrape costs the same after years.
-    let mut runs = Vec::new();
-    for status in [
-        RunStatus::Running,
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::TimedOut,
-        RunStatus::Interrupted,
-    ] {
-        runs.push((status, store.count_runs(status)?));
-    }
-    let promotions = store.count_events(EventKind::Promote)?;
-    let status_now = state.ab.status()?;
-    let last_decision = match &status_now.experiment {
-        Some(e) => store
-            .events(&afs_store::EventFilter {
-                experiment_id: Some(e.id),
-                kinds: vec![EventKind::Decision],
-                limit: Some(1),
-                newest_first: true,
-            })?
-            .into_iter()
-            .next()
-            .and_then(|event| event.decision),
-        None => None,
-    };
-    let rollbacks = store.count_events(EventKind::Rollback)?;
-    let status = status_now;
-    // Only a bounded set of models gets series of its own.
-    let serving: Vec<&str> = status
-        .champion
-        .iter()
-        .map(|c| c.name.as_str())
-        .chain(status.experiment.iter().map(|e| e.challenger.as_str()))
-        .collect();
-    let exported: Vec<String> = exported_models(&serving, &all, &day)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    let omitted = all.keys().filter(|name| !exported.contains(name)).count();
-    all.retain(|name, _| exported.contains(name));
-    let loop_state = afs_loop::LoopState::load(store)?;
-    let m = &state.metrics;
-    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-
+    let snapshot = Snapshot::read(state)?;
     let mut out = String::with_capacity(8192);
+    write_process(&mut out, state);
+    write_models(&mut out, &snapshot);
+    write_serving(&mut out, &snapshot);
+    write_http(&mut out, &state.metrics);
+    Ok(out)
+}
+
+/// What a scrape reports from the store: read first, then written out.
+struct Snapshot {
+    /// The exported models' statistics over all time.
+    all: std::collections::BTreeMap<String, afs_store::UsageStats>,
+    /// Models in the store left out of the per-model metrics.
+    omitted: usize,
+    status: afs_abtest::AbStatus,
+    /// Retrain runs by status.
+    runs: Vec<(RunStatus, u64)>,
+    promotions: u64,
+    rollbacks: u64,
+    last_decision: Option<afs_store::Decision>,
+    loop_state: afs_loop::LoopState,
+}
+
+impl Snapshot {
+    fn read(state: &AppState) -> Result<Snapshot, ApiError> {
+        let store = &*state.store;
+        let now = store.clock().now();
+        let mut all = store.stats_by_model(&StatsWindow::default())?;
+        let day = store.stats_by_model(&StatsWindow {
+            since: Some(now - chrono::Duration::hours(24)),
+            ..StatsWindow::default()
+        })?;
+        // Counted by the store, not read row by row: a scrape costs the same after years.
+        let mut runs = Vec::new();
+        for status in [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::TimedOut,
+            RunStatus::Interrupted,
+        ] {
+            runs.push((status, store.count_runs(status)?));
+        }
+        let promotions = store.count_events(EventKind::Promote)?;
+        let status = state.ab.status()?;
+        let last_decision = match &status.experiment {
+            Some(e) => store
+                .events(&afs_store::EventFilter {
+                    experiment_id: Some(e.id),
+                    kinds: vec![EventKind::Decision],
+                    limit: Some(1),
+                    newest_first: true,
+                })?
+                .into_iter()
+                .next()
+                .and_then(|event| event.decision),
+            None => None,
+        };
+        let rollbacks = store.count_events(EventKind::Rollback)?;
+        // Only a bounded set of models gets series of its own.
+        let serving: Vec<&str> = status
+            .champion
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(status.experiment.iter().map(|e| e.challenger.as_str()))
+            .collect();
+        let exported: Vec<String> = exported_models(&serving, &all, &day)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let omitted = all.keys().filter(|name| !exported.contains(name)).count();
+        all.retain(|name, _| exported.contains(name));
+        let loop_state = afs_loop::LoopState::load(store)?;
+        Ok(Snapshot {
+            all,
+            omitted,
+            status,
+            runs,
+            promotions,
+            rollbacks,
+            last_decision,
+            loop_state,
+        })
+    }
+}
+
+/// A counter's value as a sample.
+fn load(counter: &AtomicU64) -> f64 {
+    counter.load(Ordering::Relaxed) as f64
+}
+
+/// The `model` label of a model's series.
+fn model(name: &str) -> String {
+    format!("model=\"{}\"", model_label(name))
+}
+
+/// The binary, and what this process wrote.
+fn write_process(out: &mut String, state: &AppState) {
+    let m = &state.metrics;
     family(
-        &mut out,
+        out,
         "afs_build_info",
         "gauge",
         "Version of the afs binary serving (always 1).",
@@ -347,7 +394,7 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         )],
     );
     family(
-        &mut out,
+        out,
         "afs_process_start_time_seconds",
         "gauge",
         "When this server started, in Unix seconds.",
@@ -356,21 +403,21 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
 
     // What this process wrote.
     family(
-        &mut out,
+        out,
         "afs_usage_records_logged_total",
         "counter",
         "Usage records logged through this server since it started.",
         plain(load(&m.records_logged)),
     );
     family(
-        &mut out,
+        out,
         "afs_usage_batches_logged_total",
         "counter",
         "Batches logged through this server since it started.",
         plain(load(&m.batches_logged)),
     );
     family(
-        &mut out,
+        out,
         "afs_feedback_recorded_total",
         "counter",
         "Feedback recorded through this server since it started, by value.",
@@ -379,30 +426,32 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
             .zip(&m.feedback)
             .map(|(value, n)| (format!("value=\"{value}\""), load(n))),
     );
+}
 
-    // What the store holds, per model.
-    let model = |name: &str| format!("model=\"{}\"", model_label(name));
+/// What the store holds, per exported model.
+fn write_models(out: &mut String, snapshot: &Snapshot) {
+    let Snapshot { all, omitted, .. } = snapshot;
     family(
-        &mut out,
+        out,
         "afs_model_labels_omitted",
         "gauge",
         "Models in the store left out of the per-model metrics (at most 20 are exported: \
          the serving ones, then the busiest of the last 24 hours).",
-        plain(omitted as f64),
+        plain(*omitted as f64),
     );
     // Per model: counts and sums in base units, so PromQL can take any window
     // (`rate(afs_model_quality_score_sum[1h]) / rate(afs_model_quality_score_count[1h])`)
     // and add instances up. They are the store's totals: they fall only when records are
     // deleted (prune, dedupe, forget), which Prometheus treats as a counter reset.
     family(
-        &mut out,
+        out,
         "afs_model_records_total",
         "counter",
         "Usage records in the store, per model.",
         all.iter().map(|(name, s)| (model(name), s.total as f64)),
     );
     family(
-        &mut out,
+        out,
         "afs_model_feedback_total",
         "counter",
         "Records in the store with feedback, per model and value (the values partition the \
@@ -417,29 +466,40 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         }),
     );
     summary(
-        &mut out,
+        out,
         "afs_model_quality_score",
         "Quality scores (0 to 1) of the records in the store, per model: their sum and count.",
         all.iter()
             .map(|(name, s)| (model(name), s.sum_quality, s.n_quality as f64)),
     );
     summary(
-        &mut out,
+        out,
         "afs_model_latency_seconds",
         "Model latency of the records in the store, per model, in seconds: sum and count.",
         all.iter()
             .map(|(name, s)| (model(name), s.sum_latency_ms / 1000.0, s.n_latency as f64)),
     );
     family(
-        &mut out,
+        out,
         "afs_model_tokens_total",
         "counter",
         "Tokens of the records in the store, per model.",
         all.iter()
             .map(|(name, s)| (model(name), s.total_tokens as f64)),
     );
+}
 
-    // Serving state, experiments, retrains and the loop.
+/// Serving state, experiments, retrains and the loop.
+fn write_serving(out: &mut String, snapshot: &Snapshot) {
+    let Snapshot {
+        status,
+        runs,
+        promotions,
+        rollbacks,
+        last_decision,
+        loop_state,
+        ..
+    } = snapshot;
     let challenger_weight = status
         .experiment
         .as_ref()
@@ -455,35 +515,35 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
                 .map(|e| (&e.challenger, "challenger", challenger_weight)),
         );
     family(
-        &mut out,
+        out,
         "afs_traffic_share",
         "gauge",
         "Share of traffic routed to each serving model.",
         shares.map(|(name, arm, share)| (format!("{},arm=\"{arm}\"", model(name)), share)),
     );
     family(
-        &mut out,
+        out,
         "afs_experiment_running",
         "gauge",
         "1 while a champion/challenger experiment runs.",
         plain(f64::from(u8::from(status.experiment.is_some()))),
     );
     family(
-        &mut out,
+        out,
         "afs_promotions_total",
         "counter",
         "Challengers promoted to champion (from the store's event log).",
-        plain(promotions as f64),
+        plain(*promotions as f64),
     );
     family(
-        &mut out,
+        out,
         "afs_rollbacks_total",
         "counter",
         "Challengers rolled back (from the store's event log).",
-        plain(rollbacks as f64),
+        plain(*rollbacks as f64),
     );
     family(
-        &mut out,
+        out,
         "afs_retrain_runs_total",
         "counter",
         "Finished retrain runs in the store, by final status (the statuses partition them).",
@@ -492,7 +552,7 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
             .map(|(status, n)| (format!("status=\"{}\"", status.as_str()), *n as f64)),
     );
     family(
-        &mut out,
+        out,
         "afs_retrain_running",
         "gauge",
         "1 while a retrain run is running.",
@@ -503,7 +563,7 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         ),
     );
     family(
-        &mut out,
+        out,
         "afs_loop_iterations_total",
         "counter",
         "Iterations of the continuous loop on this database (any process), by outcome (the \
@@ -522,7 +582,7 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         .map(|(outcome, n)| (format!("outcome=\"{outcome}\""), n as f64)),
     );
     family(
-        &mut out,
+        out,
         "afs_loop_last_check_timestamp_seconds",
         "gauge",
         "When the continuous loop last checked (Unix seconds; absent before its first check).",
@@ -531,17 +591,19 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
             .map(|at| (String::new(), at.timestamp_millis() as f64 / 1000.0)),
     );
     family(
-        &mut out,
+        out,
         "afs_experiment_last_decision",
         "gauge",
         "The judge's last recorded decision on the running experiment: 1 on that decision's \
          series (hold means the data is suspect, e.g. a sample-ratio mismatch).",
         last_decision.map(|d| (format!("decision=\"{}\"", d.as_str()), 1.0)),
     );
+}
 
-    // Requests served by this process.
+/// Requests served by this process.
+fn write_http(out: &mut String, m: &Metrics) {
     family(
-        &mut out,
+        out,
         "afs_http_requests_in_flight",
         "gauge",
         "Requests being served now.",
@@ -561,7 +623,7 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
             })
     });
     family(
-        &mut out,
+        out,
         "afs_http_requests_refused_total",
         "counter",
         "Requests refused before routing, by reason: host (421), origin (403), content_type \
@@ -576,14 +638,14 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
         load(&m.unmatched),
     );
     family(
-        &mut out,
+        out,
         "afs_http_requests_total",
         "counter",
         "Requests served, by route and status class.",
         by_class.chain([unmatched]),
     );
     header(
-        &mut out,
+        out,
         "afs_http_request_duration_seconds",
         "histogram",
         "Time from receiving a request to its response, by route.",
@@ -614,7 +676,6 @@ pub(super) fn render(state: &AppState) -> Result<String, ApiError> {
             "afs_http_request_duration_seconds_count{{{labels}}} {cumulative}"
         );
     }
-    Ok(out)
 }
 
 #[cfg(test)]
