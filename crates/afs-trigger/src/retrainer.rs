@@ -1,7 +1,7 @@
 //! `AutoRetrainer`: check → generate data into a run directory → train → record the run.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -144,12 +144,74 @@ impl AutoRetrainer {
         if !trigger.triggered {
             return Ok(RetrainOutcome::NotTriggered(trigger));
         }
+        let (run, run_dir) = match self.begin_run(store, &trigger)? {
+            Ok(begun) => begun,
+            Err(reason) => return Ok(RetrainOutcome::AlreadyRunning { trigger, reason }),
+        };
+        let stopped = |stop: Stop| -> Result<RetrainOutcome, TriggerError> {
+            match stop {
+                Stop::Run(status, error) => {
+                    let run = fail_run(store, &run.id, status, error)?;
+                    Ok(RetrainOutcome::Failed {
+                        run,
+                        trigger: trigger.clone(),
+                    })
+                }
+                Stop::Store(e) => Err(e),
+            }
+        };
+        let (dataset, dataset_path) = match self.make_dataset(store, &run.id, &run_dir) {
+            Ok(made) => made,
+            Err(stop) => return stopped(stop),
+        };
+        if dataset.final_count < self.config.min_samples_for_retrain {
+            let error = format!(
+                "refused: the dataset has {} samples, fewer than min_samples_for_retrain ({})",
+                dataset.final_count, self.config.min_samples_for_retrain
+            );
+            let run = fail_run(store, &run.id, RunStatus::Failed, error)?;
+            return Ok(RetrainOutcome::Refused {
+                run,
+                trigger,
+                dataset: Box::new(dataset),
+            });
+        }
+        let output = match train(trainer, &run.id, run_dir, dataset_path, dataset.final_count) {
+            Ok(output) => output,
+            Err(stop) => return stopped(stop),
+        };
+        let run = store.finish_run(
+            &run.id,
+            RunOutcome {
+                status: RunStatus::Completed,
+                model_path: Some(output.model_path.clone()),
+                metrics: serde_json::to_string(&output.metrics).ok(),
+                error: None,
+            },
+        )?;
+        record_retrain_succeeded(store, run.started_at)?;
+        tracing::info!(run = %run.id, model = %output.model_path, "retrain completed");
+        Ok(RetrainOutcome::Completed {
+            run,
+            trigger,
+            dataset: Box::new(dataset),
+            output,
+        })
+    }
+
+    /// Records a new run for `trigger` (its directory: `<output_dir>/runs/<run id>`), or says
+    /// why another run holds the database.
+    fn begin_run<S: TriggerStore + ?Sized>(
+        &self,
+        store: &S,
+        trigger: &TriggerResult,
+    ) -> Result<Result<(RetrainRun, PathBuf), String>, TriggerError> {
         let run_id = afs_store::new_id(store.clock().now());
         let run_dir = self.config.output_dir.join("runs").join(&run_id);
         let trigger_json =
-            serde_json::to_string(&trigger).map_err(|e| TriggerError::State(e.to_string()))?;
+            serde_json::to_string(trigger).map_err(|e| TriggerError::State(e.to_string()))?;
         let new_run = NewRun {
-            id: Some(run_id.clone()),
+            id: Some(run_id),
             trigger_type: trigger
                 .trigger_type
                 .unwrap_or(TriggerType::Manual)
@@ -160,139 +222,120 @@ impl AutoRetrainer {
         };
         let run = match store.begin_run(new_run) {
             Ok(run) => run,
-            Err(e) if e.kind() == ErrorKind::Conflict => {
-                return Ok(RetrainOutcome::AlreadyRunning {
-                    trigger,
-                    reason: e.to_string(),
-                });
-            }
+            Err(e) if e.kind() == ErrorKind::Conflict => return Ok(Err(e.to_string())),
             Err(e) => return Err(e.into()),
         };
         record_retrain_started(store)?;
         tracing::info!(run = %run.id, trigger = ?trigger.trigger_type, "retrain started");
+        Ok(Ok((run, run_dir)))
+    }
 
-        let fail = |status: RunStatus, error: String| -> Result<RetrainRun, TriggerError> {
-            tracing::warn!(run = %run.id, %error, "retrain failed");
-            Ok(store.finish_run(
-                &run.id,
-                RunOutcome {
-                    status,
-                    model_path: None,
-                    metrics: None,
-                    error: Some(error),
-                },
-            )?)
-        };
-
-        if let Err(error) = create_fresh_dir(&run_dir, "run directory") {
-            let run = fail(RunStatus::Failed, error)?;
-            return Ok(RetrainOutcome::Failed { run, trigger });
-        }
+    /// Writes the run's dataset into its fresh directory and records it on the run.
+    fn make_dataset<S: TriggerStore + ?Sized>(
+        &self,
+        store: &S,
+        run_id: &str,
+        run_dir: &Path,
+    ) -> Result<(GenerationResult, PathBuf), Stop> {
+        create_fresh_dir(run_dir, "run directory")
+            .map_err(|error| Stop::Run(RunStatus::Failed, error))?;
         let dataset_path = run_dir.join(&self.config.dataset_name);
         let hooks = Hooks {
             progress: None,
             stop: self.stop.as_deref(),
             ..Hooks::default()
         };
-        let dataset = match generate_with(
+        let dataset = generate_with(
             store.as_usage(),
             &self.generator,
             &dataset_path,
             self.scorer.as_ref(),
             hooks,
-        ) {
-            Ok(result) => result,
-            Err(DatagenError::Interrupted) => {
-                let run = fail(
-                    RunStatus::Interrupted,
-                    "interrupted while generating the training data".into(),
-                )?;
-                return Ok(RetrainOutcome::Failed { run, trigger });
-            }
-            Err(e) => {
-                let run = fail(RunStatus::Failed, format!("generate training data: {e}"))?;
-                return Ok(RetrainOutcome::Failed { run, trigger });
-            }
-        };
+        )
+        .map_err(|e| match e {
+            DatagenError::Interrupted => Stop::Run(
+                RunStatus::Interrupted,
+                "interrupted while generating the training data".into(),
+            ),
+            e => Stop::Run(RunStatus::Failed, format!("generate training data: {e}")),
+        })?;
         let manifest =
             std::fs::read_to_string(&dataset.manifest_path).unwrap_or_else(|_| "{}".into());
-        store.set_run_dataset(
-            &run.id,
-            &dataset_path.to_string_lossy(),
-            &manifest,
-            dataset.final_count,
-        )?;
-
-        if dataset.final_count < self.config.min_samples_for_retrain {
-            let run = fail(
-                RunStatus::Failed,
-                format!(
-                    "refused: the dataset has {} samples, fewer than min_samples_for_retrain ({})",
-                    dataset.final_count, self.config.min_samples_for_retrain
-                ),
-            )?;
-            return Ok(RetrainOutcome::Refused {
-                run,
-                trigger,
-                dataset: Box::new(dataset),
-            });
-        }
-
-        let output_dir = run_dir.join("model");
-        if let Err(error) = create_fresh_dir(&output_dir, "model directory") {
-            let run = fail(RunStatus::Failed, error)?;
-            return Ok(RetrainOutcome::Failed { run, trigger });
-        }
-        let job = TrainJob {
-            run_id: run.id.clone(),
-            dataset_path,
-            output_dir,
-            run_dir,
-            n_samples: dataset.final_count,
-        };
-        let trained =
-            catch_unwind(AssertUnwindSafe(|| trainer.train(&job))).unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(TrainError::Failed(format!(
-                    "the trainer panicked: {message}"
-                )))
-            });
-        match trained {
-            Ok(output) => {
-                let metrics = serde_json::to_string(&output.metrics).ok();
-                let run = store.finish_run(
-                    &run.id,
-                    RunOutcome {
-                        status: RunStatus::Completed,
-                        model_path: Some(output.model_path.clone()),
-                        metrics,
-                        error: None,
-                    },
-                )?;
-                record_retrain_succeeded(store, run.started_at)?;
-                tracing::info!(run = %run.id, model = %output.model_path, "retrain completed");
-                Ok(RetrainOutcome::Completed {
-                    run,
-                    trigger,
-                    dataset: Box::new(dataset),
-                    output,
-                })
-            }
-            Err(e) => {
-                let status = match e {
-                    TrainError::TimedOut(_) => RunStatus::TimedOut,
-                    TrainError::Interrupted => RunStatus::Interrupted,
-                    _ => RunStatus::Failed,
-                };
-                let run = fail(status, e.to_string())?;
-                Ok(RetrainOutcome::Failed { run, trigger })
-            }
-        }
+        store
+            .set_run_dataset(
+                run_id,
+                &dataset_path.to_string_lossy(),
+                &manifest,
+                dataset.final_count,
+            )
+            .map_err(|e| Stop::Store(e.into()))?;
+        Ok((dataset, dataset_path))
     }
+}
+
+/// Why a run stopped before its trainer succeeded: an outcome to record on the run, or a
+/// failure of the store itself.
+enum Stop {
+    Run(RunStatus, String),
+    Store(TriggerError),
+}
+
+/// Records the run `run_id` as ended with `status` and `error`.
+fn fail_run<S: TriggerStore + ?Sized>(
+    store: &S,
+    run_id: &str,
+    status: RunStatus,
+    error: String,
+) -> Result<RetrainRun, TriggerError> {
+    tracing::warn!(run = %run_id, %error, "retrain failed");
+    Ok(store.finish_run(
+        run_id,
+        RunOutcome {
+            status,
+            model_path: None,
+            metrics: None,
+            error: Some(error),
+        },
+    )?)
+}
+
+/// Runs `trainer` on the run's dataset with a fresh `model/` directory; a panic in it is a
+/// failure like any other.
+fn train(
+    trainer: &dyn Trainer,
+    run_id: &str,
+    run_dir: PathBuf,
+    dataset_path: PathBuf,
+    n_samples: u64,
+) -> Result<TrainOutput, Stop> {
+    let output_dir = run_dir.join("model");
+    create_fresh_dir(&output_dir, "model directory")
+        .map_err(|error| Stop::Run(RunStatus::Failed, error))?;
+    let job = TrainJob {
+        run_id: run_id.to_string(),
+        dataset_path,
+        output_dir,
+        run_dir,
+        n_samples,
+    };
+    let trained = catch_unwind(AssertUnwindSafe(|| trainer.train(&job))).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(TrainError::Failed(format!(
+            "the trainer panicked: {message}"
+        )))
+    });
+    trained.map_err(|e| {
+        let status = match e {
+            TrainError::TimedOut(_) => RunStatus::TimedOut,
+            TrainError::Interrupted => RunStatus::Interrupted,
+            _ => RunStatus::Failed,
+        };
+        Stop::Run(status, e.to_string())
+    })
 }
 
 /// Creates `dir` (and its parents); an existing directory is accepted only when empty, so
