@@ -1,7 +1,8 @@
 //! The HTTP contract: a property-based conformance tester (schemathesis, pinned in
 //! `.ci/python-requirements.txt`) generates requests from `docs/openapi.yaml`, valid and
 //! invalid, sends them to a real `afs serve` and checks every answer against the spec
-//! (status codes, content types, response schemas, no 5xx, invalid input refused).
+//! (status codes, content types, response schemas, no 5xx, invalid input refused); and
+//! every answer carries the schema version header.
 //!
 //! The tester runs from `AFS_PYTHON` (else `python3`); when it is missing the test fails if
 //! `CI` is set and prints a notice otherwise. Its run is bounded: a fixed seed and a few
@@ -11,7 +12,7 @@ mod serve_support;
 
 use std::process::Command;
 
-use serve_support::{workspace_root, Env};
+use serve_support::{record, workspace_root, Env};
 
 /// Most examples the tester generates per operation in its fuzzing phase (the examples and
 /// coverage phases are bounded by the spec itself): about 900 requests, under ten seconds.
@@ -19,6 +20,36 @@ use serve_support::{workspace_root, Env};
 const MAX_EXAMPLES: &str = "20";
 /// The token of the server under test.
 const TOKEN: &str = "conformance-token";
+
+#[test]
+fn every_answer_carries_the_schema_version() {
+    let env = Env::new();
+    env.afs(None, &["import", "/dev/null"]);
+    let server = env.serve(&["--token", "t"]);
+    let answers = [
+        server.get("/healthz"),
+        server.get("/v1/stats?by_model=true"),
+        server.get("/v1/experiment"),
+        server.get("/v1/route"),                         // 409: no champion
+        server.get("/v1/nothing"),                       // 404
+        server.post("/v1/usage", &record("q", "m", "")), // 401: no token
+        server.get_with("/v1/stats", &[("Host", "evil.example")]), // 421 from the guard
+        server.get("/"),                                 // 401: the dashboard's page
+    ];
+    for answer in &answers {
+        assert_eq!(
+            answer.header("afs-schema-version"),
+            Some("1"),
+            "{answer:#?}"
+        );
+    }
+    // The bodies that did not match docs/openapi.yaml: an experiment that does not exist is
+    // null, and statistics by model are an object keyed by model.
+    let experiment = answers[2].json();
+    assert!(experiment["experiment"].is_null(), "{experiment}");
+    assert!(experiment["last_ended"].is_null(), "{experiment}");
+    assert_eq!(answers[1].json(), serde_json::json!({}));
+}
 
 #[test]
 fn afs_serve_conforms_to_its_openapi_description() {
