@@ -160,7 +160,7 @@ fn the_python_package_passes_its_live_suite_against_afs_serve() {
         .unwrap();
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("Ran 11 tests"), "{log}");
+    assert!(log.contains("Ran 12 tests"), "{log}");
     assert!(!log.contains("skipped"), "{log}");
 
     // What the suite logged is in the database: the batched logger's records (one refused),
@@ -169,6 +169,7 @@ fn the_python_package_passes_its_live_suite_against_afs_serve() {
     assert_eq!(stats(&env, "py-exit-flush")["total"], 300);
     assert_eq!(stats(&env, "py-keepalive")["total"], 10);
     assert_eq!(stats(&env, "py-async")["total"], 24);
+    assert_eq!(stats(&env, "py-fork")["total"], 7);
     // The full queue's records went to a socket that never answered, not here.
     assert_eq!(stats(&env, "py-full")["total"], 0);
 }

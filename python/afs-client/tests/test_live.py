@@ -217,6 +217,29 @@ class Batches(unittest.TestCase):
             self.assertFalse(logger.log("after", "r", "py-full"))
             self.assertEqual(logger.stats().dropped, 7)
 
+    @unittest.skipUnless(hasattr(os, "fork"), "needs fork")
+    def test_a_forked_child_logs_through_a_thread_of_its_own(self) -> None:
+        # As under gunicorn --preload: the logger is made, and used, before the fork.
+        with BatchLogger(URL, token=TOKEN, flush_interval=0.05) as logger:
+            logger.log("parent", "r", "py-fork")
+            self.assertTrue(logger.flush(timeout=10))
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    for i in range(5):
+                        logger.log(f"child{i}", "r", "py-fork")
+                    code = 0 if logger.close(timeout=10) and logger.stats().sent == 5 else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+            logger.log("parent-again", "r", "py-fork")
+            self.assertTrue(logger.flush(timeout=10))
+            self.assertEqual(logger.stats().sent, 2)
+        with AfsClient(URL, token=TOKEN) as afs:
+            self.assertEqual(afs.stats(model="py-fork")["total"], 7)
+
     def test_a_process_that_exits_flushes_its_queue(self) -> None:
         # Batches are sent only at exit: the interval is longer than the child lives.
         program = textwrap.dedent(

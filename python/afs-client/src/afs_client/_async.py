@@ -229,6 +229,11 @@ class AsyncAfsClient:
         result: Dict[str, Json] = await self.request("GET", "/v1/stats", params=params)
         return result
 
+    async def series(self, hours: Optional[int] = None, model: Optional[str] = None) -> Dict[str, Json]:
+        """Hourly statistics per model over the last ``hours`` hours."""
+        result: Dict[str, Json] = await self.request("GET", "/v1/series", params={"hours": hours, "model": model})
+        return result
+
     async def status(self) -> Dict[str, Json]:
         """The status summary and the server's own state."""
         result: Dict[str, Json] = await self.request("GET", "/v1/status")

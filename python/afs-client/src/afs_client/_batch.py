@@ -10,6 +10,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, List, Mapping, Optional, Union
@@ -21,6 +22,12 @@ from ._errors import AfsError
 _log = logging.getLogger("afs_client")
 
 _RECORD_AT = re.compile(r"^records\[(\d+)\]")
+
+
+def _after_fork(ref: "weakref.ReferenceType[BatchLogger]") -> None:
+    logger = ref()
+    if logger is not None:
+        logger._after_fork_in_child()
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,9 @@ class BatchLogger:
         self._thread: Optional[threading.Thread] = None
         self._reset()
         atexit.register(self._at_exit)
+        if hasattr(os, "register_at_fork"):
+            me = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _after_fork(me))
 
     def _reset(self) -> None:
         """A new queue, counters and wake-up events (at start, and in a forked child)."""
@@ -110,17 +120,21 @@ class BatchLogger:
         self._rejected = 0
         self._failed = 0
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the parent's thread does not exist here, its locks may have
+        been held at the fork, and what it queued is the parent's to send. The child starts
+        afresh on its first `log`."""
+        self._start_lock = threading.Lock()
+        self._reset()
+        self._thread = None
+        self._client._forget_connections()
+
     def _ensure_thread(self) -> None:
         if self._pid == os.getpid():
             return
         with self._start_lock:
             if self._pid == os.getpid():
                 return
-            if self._pid != -1:
-                # A forked child: the parent's thread does not exist here, and what the
-                # parent queued is the parent's to send.
-                self._reset()
-                self._client._forget_connections()
             self._thread = threading.Thread(target=self._run, name="afs-batch-logger", daemon=True)
             self._thread.start()
             self._pid = os.getpid()

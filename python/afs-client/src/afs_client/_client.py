@@ -75,9 +75,10 @@ class AfsClient:
 
     def _forget_connections(self) -> None:
         """Drops the idle connections without closing them (after a fork: they are the
-        parent's)."""
-        with self._lock:
-            self._idle = []
+        parent's). The lock is replaced, not taken: a thread of the parent may have held it
+        at the fork."""
+        self._lock = threading.Lock()
+        self._idle = []
 
     def _acquire(self) -> Tuple[http.client.HTTPConnection, bool]:
         with self._lock:
