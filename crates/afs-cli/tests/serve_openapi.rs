@@ -111,7 +111,6 @@ fn afs_serve_conforms_to_its_openapi_description() {
         // One worker: for a given seed the run is the same each time.
         .args(["--workers", "1", "--no-color"])
         .current_dir(env.dir.path())
-        .env("SCHEMATHESIS_TELEMETRY", "false")
         .output()
         .unwrap();
     let log = format!(

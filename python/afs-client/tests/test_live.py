@@ -111,12 +111,20 @@ class KeepAlive(unittest.TestCase):
             self.assertEqual(server_connections() - before, 1)
 
     def test_a_connection_the_server_closed_is_replaced(self) -> None:
+        before = server_connections()
         with AfsClient(URL, token=TOKEN) as afs:
             afs.health()
-            # The server closes a connection idle for its keep-alive time (1 s here).
-            time.sleep(1.5)
+            self.assertEqual(server_connections() - before, 1)
+            # The server closes a connection idle for its keep-alive time (1 s here); wait
+            # until the kernel no longer counts it as established.
+            deadline = time.monotonic() + 20
+            while server_connections() > before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(server_connections(), before)
             afs.log("q", "r", "py-stale")
             self.assertEqual(afs.connections_opened, 2)
+        with AfsClient(URL, token=TOKEN) as afs:
+            self.assertEqual(afs.stats(model="py-stale")["total"], 1)
 
     def test_threads_share_a_client(self) -> None:
         with AfsClient(URL, token=TOKEN) as afs:
