@@ -69,7 +69,11 @@ fn report_error(err: &anyhow::Error, json: bool) -> u8 {
     let (code, kind) = exit::classify(err);
     let message = format!("{err:#}");
     if json {
-        eprintln!("{}", serde_json::json!({ "error": message, "kind": kind }));
+        let error = serde_json::json!({ "error": message, "kind": kind });
+        eprintln!(
+            "{}",
+            output::json_text(&error).unwrap_or_else(|_| error.to_string())
+        );
     } else {
         eprintln!("error: {message}");
     }

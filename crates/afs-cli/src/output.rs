@@ -88,9 +88,40 @@ pub(crate) fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
         .map_err(stdout_error)
 }
 
+/// The version of the JSON that afs writes: its `--json` documents and the bodies of its
+/// HTTP API (sent as the `Afs-Schema-Version` header). It changes only with a change that
+/// could break a reader; what may change without it is in docs/CLI.md (JSON output).
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// The environment variable that wraps every JSON document afs writes (stdout, and errors on
+/// stderr) as `{"schema_version": N, "data": DOCUMENT}`.
+pub(crate) const ENVELOPE_ENV: &str = "AFS_JSON_ENVELOPE";
+
+/// Whether [`ENVELOPE_ENV`] asks for the envelope (`1` or `true`), read once.
+fn envelope() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var(ENVELOPE_ENV)
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
+    })
+}
+
+/// `value` as one JSON document: as it is, or in the envelope that names the schema version
+/// when [`ENVELOPE_ENV`] asks for it.
+pub(crate) fn json_text(value: &impl Serialize) -> serde_json::Result<String> {
+    if envelope() {
+        serde_json::to_string(&serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "data": value,
+        }))
+    } else {
+        serde_json::to_string(value)
+    }
+}
+
 /// Prints `value` as one line of JSON on stdout.
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let text = serde_json::to_string(value)?;
+    let text = json_text(value)?;
     print_line(&text)
 }
 

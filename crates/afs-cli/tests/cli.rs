@@ -61,6 +61,7 @@ impl Env {
         let mut cmd = Command::cargo_bin("afs").unwrap();
         cmd.env_remove("AFS_DB")
             .env_remove("AFS_CONFIG")
+            .env_remove("AFS_JSON_ENVELOPE")
             .env_remove("RUST_LOG")
             .env("AFS_NOW", now);
         cmd.arg("--db").arg(&self.db).args(args);
@@ -1113,4 +1114,42 @@ fn human_and_json_outputs() {
             .replace(file.to_str().unwrap(), "mixed.jsonl"),
     ];
     insta::assert_snapshot!("outputs", outputs.join("\n"));
+}
+
+/// `AFS_JSON_ENVELOPE=1` wraps every JSON document in `{"schema_version", "data"}`: a
+/// document keyed by model names, each line of JSON lines, and an error on stderr. Without
+/// it the same documents are printed as they are.
+#[test]
+fn the_json_envelope_carries_the_schema_version() {
+    let env = Env::new();
+    let id = env.log("q", "nayru-v1", &[]);
+    let wrapped = |args: &[&str]| {
+        let output = env
+            .command_at(NOW, args)
+            .env("AFS_JSON_ENVELOPE", "1")
+            .output()
+            .unwrap();
+        Run {
+            code: output.status.code().unwrap(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    };
+
+    let plain = env.check(&["stats", "--by-model", "--json"], 0, "").json();
+    assert_eq!(plain["nayru-v1"]["total"], 1);
+    let run = wrapped(&["stats", "--by-model", "--json"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(run.json(), json!({"schema_version": 1, "data": plain}));
+
+    let lines = wrapped(&["records", "--json"]).json_lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["schema_version"], 1);
+    assert_eq!(lines[0]["data"]["id"], id.as_str());
+
+    let run = wrapped(&["--json", "feedback", "nope", "--up"]);
+    assert_eq!(run.code, 4, "{run:#?}");
+    let error: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(error["schema_version"], 1, "{run:#?}");
+    assert_eq!(error["data"]["kind"], "not_found", "{run:#?}");
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::cli::{GlobalArgs, RecordsArgs};
 use crate::exit::InvalidInput;
-use crate::output::{stdout_error, RecordJson};
+use crate::output::{json_text, stdout_error, RecordJson};
 use crate::store_open::{configured, open, Create};
 
 /// Writes every record matching `args` to stdout, one JSON object per line, as it is read.
@@ -58,7 +58,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RecordsArgs) -> anyhow::Result<()>
     for record in store.query(&filter)? {
         let record = record.context("cannot read records")?;
         line.clear();
-        serde_json::to_writer(&mut line, &RecordJson::from(&record))?;
+        line.extend_from_slice(json_text(&RecordJson::from(&record))?.as_bytes());
         line.push(b'\n');
         out.write_all(&line).map_err(stdout_error)?;
         n_records += 1;

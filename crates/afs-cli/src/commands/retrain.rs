@@ -219,7 +219,7 @@ pub(crate) fn runs(global: &GlobalArgs, args: &RunsArgs) -> anyhow::Result<()> {
     if global.json {
         let mut out = BufWriter::new(io::stdout().lock());
         for run in &runs {
-            let line = serde_json::to_string(&RunJson::from(run))?;
+            let line = crate::output::json_text(&RunJson::from(run))?;
             writeln!(out, "{line}").map_err(stdout_error)?;
         }
         return out.flush().map_err(stdout_error);

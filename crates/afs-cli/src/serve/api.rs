@@ -125,7 +125,22 @@ pub(super) fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             state.clone(),
             guard::check,
         ))
+        // Outermost, so that every answer carries it, the guard's refusals included.
+        .layer(axum::middleware::map_response(schema_version))
         .with_state(state)
+}
+
+/// The header that names the version of the JSON schema of the answers' bodies (and of
+/// `docs/openapi.yaml`, whose `info.version` it equals).
+pub(super) const SCHEMA_VERSION_HEADER: &str = "afs-schema-version";
+
+/// Adds [`SCHEMA_VERSION_HEADER`] to an answer.
+async fn schema_version(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        SCHEMA_VERSION_HEADER,
+        header::HeaderValue::from(crate::output::SCHEMA_VERSION),
+    );
+    response
 }
 
 /// Runs `work` on the blocking pool (store calls block) and returns its result; a panic in
@@ -583,6 +598,19 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_openapi_version_is_the_schema_version() {
+        let version = OPENAPI
+            .lines()
+            .skip_while(|l| l.trim_end() != "info:")
+            .find_map(|l| l.trim().strip_prefix("version:"))
+            .expect("info.version in docs/openapi.yaml");
+        assert_eq!(
+            version.trim().trim_matches('"'),
+            crate::output::SCHEMA_VERSION.to_string()
+        );
     }
 
     #[test]

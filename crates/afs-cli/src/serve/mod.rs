@@ -417,7 +417,7 @@ fn announce(addr: SocketAddr, json: bool, state: &AppState) -> anyhow::Result<()
             "with_loop": state.with_loop,
             "auth": state.auth.enabled(),
         });
-        writeln!(stdout, "{line}")?;
+        writeln!(stdout, "{}", crate::output::json_text(&line)?)?;
     } else {
         writeln!(stdout, "listening on {url}")?;
     }

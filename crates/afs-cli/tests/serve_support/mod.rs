@@ -41,6 +41,7 @@ impl Env {
             .env_remove("AFS_TOKENS")
             .env_remove("AFS_ADDR")
             .env_remove("AFS_NOW")
+            .env_remove("AFS_JSON_ENVELOPE")
             .env_remove("RUST_LOG")
             .current_dir(self.dir.path())
             .arg("--db")
