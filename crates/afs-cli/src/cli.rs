@@ -777,7 +777,7 @@ pub(crate) struct GenerateArgs {
     #[arg(long, value_name = "FORMAT", value_parser = FormatParser)]
     pub(crate) format: Option<Format>,
 
-    /// plain (strings) or conversational (message lists), for completion, dpo and kto; the other formats have one shape [config: shape; default plain for those three]
+    /// Shape of completion, dpo and kto lines: plain (strings) or conversational (message lists); the other formats have one shape [config: shape; default plain]
     #[arg(long, value_name = "SHAPE", ignore_case = true, value_parser = shape_parser())]
     pub(crate) shape: Option<Shape>,
 
