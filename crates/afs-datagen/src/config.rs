@@ -29,7 +29,8 @@ use crate::error::DatagenError;
 /// [`GeneratorConfig::min_user_feedback`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Format {
-    /// Chat messages (OpenAI fine-tuning, TRL SFT conversational, axolotl `chat_template`).
+    /// Chat messages with a `metadata` object per line (TRL SFT conversational, axolotl
+    /// `chat_template`); without metadata it is [`Format::OpenAi`].
     #[default]
     ChatMl,
     /// Alpaca instruction/input/output.
@@ -38,7 +39,8 @@ pub enum Format {
     Completion,
     /// Plain language-modelling text.
     Text,
-    /// ShareGPT conversations (LLaMA-Factory).
+    /// ShareGPT conversations with the system turn inside and `system`/`user`/`assistant`
+    /// roles (LLaMA-Factory with its `tags`, axolotl, TRL after `maybe_convert_to_chatml`).
     ShareGpt,
     /// Preference pairs for DPO-style trainers (TRL).
     Dpo,

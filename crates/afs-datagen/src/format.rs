@@ -1,5 +1,5 @@
-//! Output formats: the [`Formatter`] trait, one implementation per [`Format`], and the
-//! JSON-line writer they share.
+//! Output formats: the [`Formatter`] trait, the built-in formatter of each [`Format`] and
+//! [`Shape`], and the JSON-line writer they share.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::ser::SerializeMap;
