@@ -121,37 +121,35 @@ fn no_samples(r: &GenerationResult, g: &GeneratorConfig) -> String {
             None => "had no feedback".to_string(),
         }
     };
+    let quality = format!("below the minimum quality {}", g.min_quality_score);
+    // (count, what happened to them, whether it is said with "was"/"were")
     let mut stages = [
         (
             r.unpaired,
-            "had no counterpart of opposite feedback for their query".to_string(),
+            "had no counterpart of opposite feedback for their query",
+            false,
         ),
-        (r.filtered_by_feedback, feedback),
-        (
-            r.filtered_by_quality,
-            format!("were below the minimum quality {}", g.min_quality_score),
-        ),
-        (r.duplicates_removed, "were duplicates".to_string()),
-        (
-            r.near_duplicates_removed,
-            "were near-duplicates".to_string(),
-        ),
+        (r.filtered_by_feedback, feedback.as_str(), false),
+        (r.filtered_by_quality, quality.as_str(), true),
+        (r.duplicates_removed, "duplicates", true),
+        (r.near_duplicates_removed, "near-duplicates", true),
         (
             r.existing_duplicates_removed,
-            "were already in the existing file".to_string(),
+            "already in the existing file",
+            true,
         ),
     ];
-    stages.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    stages.sort_by_key(|(n, _, _)| std::cmp::Reverse(*n));
     let reasons: Vec<String> = stages
         .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, why)| {
-            let verb_fix = if *n == 1 {
-                why.replacen("were ", "was ", 1)
-            } else {
-                why.clone()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|&(n, what, with_be)| {
+            let be = match (with_be, n) {
+                (false, _) => "",
+                (true, 1) => "was ",
+                (true, _) => "were ",
             };
-            format!("{} {verb_fix}", count(*n, "record"))
+            format!("{} {be}{what}", count(n, "record"))
         })
         .collect();
     let what = if g.format.is_paired() {
