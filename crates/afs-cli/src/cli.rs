@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use afs_datagen::Format;
+use afs_datagen::{Format, Shape};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
@@ -284,14 +284,21 @@ pub(crate) enum Command {
                       progress bar is drawn on stderr when it is a terminal. Malformed lines of \
                       the existing file are reported (and warned about on stderr) but do not \
                       fail the run; a missing existing file does (exit code 1).",
-        after_help = "Formats:\n  \
-                      chatml      {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}]}\n  \
+        after_help = "Formats (see docs/TRAINING.md for the trainer that reads each):\n  \
+                      chatml      {\"messages\": [{\"role\": \"user\", ...}, {\"role\": \"assistant\", ...}], \"metadata\"}\n  \
+                      openai      {\"messages\"}: OpenAI chat fine-tuning (chatml without metadata)\n  \
                       alpaca      {\"instruction\", \"input\", \"output\"}\n  \
                       completion  {\"prompt\", \"completion\"}\n  \
                       text        {\"text\"}\n  \
-                      sharegpt    {\"conversations\": [{\"from\": \"human\", ...}, {\"from\": \"gpt\", ...}]}\n  \
+                      sharegpt    {\"conversations\": [{\"from\": \"user\", ...}, {\"from\": \"assistant\", ...}]}\n  \
                       dpo         {\"prompt\", \"chosen\", \"rejected\"}: a thumbs-up and a thumbs-down response to one query\n  \
+                      openai-dpo  {\"input\", \"preferred_output\", \"non_preferred_output\"}: OpenAI preference fine-tuning\n  \
                       kto         {\"prompt\", \"completion\", \"label\"}: label = the feedback (up or down)\n\n\
+                      Shapes (--shape): completion, dpo and kto are plain by default: strings, the \
+                      prompt being the system prompt (if any) and the query, each followed by a \
+                      blank line (\"\\n\\n\"), so that prompt + completion is the text line; \
+                      conversational writes message lists instead. A system prompt never changes \
+                      the shape.\n\n\
                       Examples:\n  \
                       afs generate --out train.jsonl\n  \
                       afs generate --out train.jsonl --format alpaca --min-quality 0.8 --since 7d --near-dedupe\n  \
@@ -718,9 +725,45 @@ pub(crate) struct MigrateArgs {
 }
 
 /// Parses `--format`: one of the format names, any case.
-fn format_parser() -> impl TypedValueParser<Value = Format> {
-    PossibleValuesParser::new(Format::ALL.map(Format::as_str))
-        .try_map(|name| name.parse::<Format>())
+/// Parses `--format`, ignoring ASCII case. Unlike a list of possible values, its error
+/// names the format another tool's name means (`openai_dpo`, `trl-dpo`, ...).
+#[derive(Debug, Clone, Copy)]
+struct FormatParser;
+
+impl TypedValueParser for FormatParser {
+    type Value = Format;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Format, clap::Error> {
+        let name = value.to_string_lossy();
+        name.parse::<Format>().map_err(|err| {
+            let flag = arg.map_or_else(|| "--format".to_string(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value for {flag}: {err}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            Format::ALL
+                .into_iter()
+                .map(|f| clap::builder::PossibleValue::new(f.as_str())),
+        ))
+    }
+}
+
+/// Parses `--shape`, ignoring ASCII case.
+fn shape_parser() -> impl TypedValueParser<Value = Shape> {
+    PossibleValuesParser::new(Shape::ALL.map(Shape::as_str)).try_map(|name| name.parse::<Shape>())
 }
 
 /// Arguments of `afs generate`.
@@ -730,9 +773,21 @@ pub(crate) struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) out: PathBuf,
 
-    /// Output format [config: format; default chatml]
-    #[arg(long, value_name = "FORMAT", ignore_case = true, value_parser = format_parser())]
+    /// Output format (list below) [config: format; default chatml]
+    #[arg(long, value_name = "FORMAT", value_parser = FormatParser)]
     pub(crate) format: Option<Format>,
+
+    /// Shape of completion, dpo and kto lines: plain (strings) or conversational (message lists); the other formats have one shape [config: shape; default plain]
+    #[arg(long, value_name = "SHAPE", ignore_case = true, value_parser = shape_parser())]
+    pub(crate) shape: Option<Shape>,
+
+    /// Leave chatml's "metadata" object out of each line [config: metadata = false]
+    #[arg(long, overrides_with = "metadata")]
+    pub(crate) no_metadata: bool,
+
+    /// Write chatml's "metadata" object (the default)
+    #[arg(long, hide = true, overrides_with = "no_metadata")]
+    pub(crate) metadata: bool,
 
     /// Leave out records with a quality score below this, in [0, 1] [config: min_quality_score; default 0.7]
     #[arg(long, value_name = "SCORE", allow_negative_numbers = true)]

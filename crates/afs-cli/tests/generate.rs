@@ -81,10 +81,21 @@ fn every_format_writes_lines_that_parse() {
         unicode["messages"][0]["content"],
         "naïve café — 日本語 \"quoted\" \\ tab\t and a line separator \u{2028} end"
     );
+    let openai = check("openai", &["messages"], 5);
+    assert!(openai.iter().all(|l| l.as_object().unwrap().len() == 1));
     check("alpaca", &["instruction", "input", "output"], 5);
     check("completion", &["prompt", "completion"], 5);
     check("text", &["text"], 5);
     check("sharegpt", &["conversations"], 5);
+    let pairs = check(
+        "openai-dpo",
+        &["input", "preferred_output", "non_preferred_output"],
+        1,
+    );
+    assert_eq!(
+        pairs[0]["non_preferred_output"][0]["content"],
+        "It is always 8 bits."
+    );
     // dpo: the one query with a thumbs-up and a thumbs-down response.
     let dpo = check("dpo", &["prompt", "chosen", "rejected"], 1);
     assert_eq!(dpo[0]["rejected"], "It is always 8 bits.");
@@ -358,6 +369,25 @@ fn invalid_flag_values_name_the_flag() {
     check(&["--since", "1h", "--until", "2h"], 3, &["--since"]);
     check(&["--model", ""], 3, &["--model"]);
     check(
+        &["--shape", "plain"],
+        3,
+        &["invalid --shape: format chatml is conversational only"],
+    );
+    check(
+        &["--format", "alpaca", "--shape", "conversational"],
+        3,
+        &["--shape", "alpaca is plain only"],
+    );
+    check(&["--shape", "lists"], 2, &["lists", "conversational"]);
+    // An unknown format names the format meant.
+    check(
+        &["--format", "openai_dpo"],
+        2,
+        &["did you mean openai-dpo?"],
+    );
+    check(&["--format", "trl-dpo"], 2, &["did you mean dpo?"]);
+    check(&["--format", "chatlm"], 2, &["did you mean chatml?"]);
+    check(
         &["--min-feedback", "1", "--any-feedback"],
         2,
         &["--any-feedback"],
@@ -497,6 +527,63 @@ fn an_interrupted_run_removes_its_files_and_leaves_the_old_output() {
 }
 
 #[test]
+fn the_shape_and_metadata_are_options_of_their_own() {
+    let env = fixture();
+    let run = |name: &str, extra: &[&str]| {
+        let out = env.path(name);
+        let mut args = vec!["generate", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        env.check(&args, 0);
+        read_lines(&out)
+    };
+    // A system prompt leaves a plain completion file plain: it starts the prompt string.
+    let plain = run(
+        "plain.jsonl",
+        &["--format", "completion", "--system-prompt", "Be brief."],
+    );
+    for l in &plain {
+        let prompt = l["prompt"].as_str().expect("a string prompt");
+        assert!(
+            prompt.starts_with("Be brief.\n\n") && prompt.ends_with("\n\n"),
+            "{l}"
+        );
+        assert!(l["completion"].is_string(), "{l}");
+    }
+    // The conversational shape is asked for explicitly, with or without a system prompt.
+    for extra in [&[][..], &["--system-prompt", "Be brief."]] {
+        let mut args = vec!["--format", "kto", "--shape", "Conversational"];
+        args.extend_from_slice(extra);
+        for l in run("conv.jsonl", &args) {
+            assert!(l["prompt"].is_array() && l["completion"].is_array(), "{l}");
+            assert_eq!(
+                l["prompt"][0]["role"],
+                if extra.is_empty() { "user" } else { "system" }
+            );
+        }
+    }
+    // sharegpt carries the system turn inside the conversation.
+    let sharegpt = run(
+        "sharegpt.jsonl",
+        &["--format", "sharegpt", "--system-prompt", "Be brief."],
+    );
+    let roles: Vec<&str> = sharegpt[0]["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["from"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant"]);
+    assert!(sharegpt[0].get("system").is_none());
+    // chatml without metadata is the openai line.
+    let bare = run("bare.jsonl", &["--no-metadata"]);
+    let openai = run("openai.jsonl", &["--format", "openai"]);
+    assert_eq!(bare, openai);
+    assert!(run("meta.jsonl", &["--no-metadata", "--metadata"])[0]
+        .get("metadata")
+        .is_some());
+}
+
+#[test]
 fn a_run_that_finds_no_records_says_why() {
     let env = fixture();
     let out = env.path("out.jsonl");
@@ -515,9 +602,23 @@ fn a_run_that_finds_no_records_says_why() {
         0,
         &["warning: no records at or after 2030-01-01T00:00:00Z; the output is empty"],
     );
-    // Records found but all filtered out: no warning (the counts say where they went).
-    let run = env.check(&["generate", "--min-quality", "1", "--out", out], 0);
-    assert!(!run.stderr.contains("warning"), "{run:#?}");
+    // Records found but all filtered out: an empty file is no dataset, so the warning
+    // names the stages that dropped them, largest first.
+    env.check_err(
+        &["generate", "--min-quality", "1", "--out", out],
+        0,
+        &[
+            "warning: no samples: of 7 records, 5 records were below the minimum quality 1, \
+             2 records had no feedback of at least 1; the output",
+        ],
+    );
+    // dpo with no query answered both ways: the reason is the missing counterparts.
+    env.check_err(
+        &["generate", "--format", "dpo", "--model", "m2", "--out", out],
+        0,
+        &["warning: no pairs: of 1 record, 1 record had no counterpart of opposite feedback"],
+    );
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "");
     // An empty log.
     let empty = Env::new();
     empty.import(&[]);

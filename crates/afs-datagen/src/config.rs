@@ -14,18 +14,23 @@ use crate::error::DatagenError;
 /// | name | one line |
 /// | --- | --- |
 /// | `chatml` | `{"messages":[{"role":"system",..}?,{"role":"user",..},{"role":"assistant",..}],"metadata":{..}}` |
+/// | `openai` | `{"messages":[..]}`: OpenAI's chat fine-tuning format, messages only |
 /// | `alpaca` | `{"instruction":..,"input":"","output":..,"system":..?}` |
 /// | `completion` | `{"prompt":..,"completion":..}` |
 /// | `text` | `{"text":..}` |
-/// | `sharegpt` | `{"conversations":[{"from":"human",..},{"from":"gpt",..}],"system":..?}` |
+/// | `sharegpt` | `{"conversations":[{"from":"system",..}?,{"from":"user",..},{"from":"assistant",..}]}` |
 /// | `dpo` | `{"prompt":..,"chosen":..,"rejected":..}` |
+/// | `openai-dpo` | `{"input":{"messages":[..]},"preferred_output":[..],"non_preferred_output":[..]}` |
 /// | `kto` | `{"prompt":..,"completion":..,"label":true}` |
 ///
-/// `dpo` and `kto` are preference formats: the user's feedback is their label, so the
-/// feedback filter does not apply to them (see [`GeneratorConfig::min_user_feedback`]).
+/// `completion`, `dpo` and `kto` come in either [`Shape`]; the others have one shape only.
+/// `dpo`, `openai-dpo` and `kto` are preference formats: the user's feedback is their
+/// label, so the feedback filter does not apply to them (see
+/// [`GeneratorConfig::min_user_feedback`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Format {
-    /// Chat messages (OpenAI fine-tuning, TRL SFT conversational, axolotl `chat_template`).
+    /// Chat messages with a `metadata` object per line (TRL SFT conversational, axolotl
+    /// `chat_template`); without metadata it is [`Format::OpenAi`].
     #[default]
     ChatMl,
     /// Alpaca instruction/input/output.
@@ -34,23 +39,30 @@ pub enum Format {
     Completion,
     /// Plain language-modelling text.
     Text,
-    /// ShareGPT conversations (LLaMA-Factory).
+    /// ShareGPT conversations with the system turn inside and `system`/`user`/`assistant`
+    /// roles (LLaMA-Factory with its `tags`, axolotl, TRL after `maybe_convert_to_chatml`).
     ShareGpt,
     /// Preference pairs for DPO-style trainers (TRL).
     Dpo,
     /// Unpaired labelled examples for KTO (TRL).
     Kto,
+    /// OpenAI's chat fine-tuning format: `messages` and nothing else.
+    OpenAi,
+    /// OpenAI's preference fine-tuning format (DPO).
+    OpenAiDpo,
 }
 
 impl Format {
     /// Every format, in the order of the table above.
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 9] = [
         Format::ChatMl,
+        Format::OpenAi,
         Format::Alpaca,
         Format::Completion,
         Format::Text,
         Format::ShareGpt,
         Format::Dpo,
+        Format::OpenAiDpo,
         Format::Kto,
     ];
 
@@ -64,22 +76,106 @@ impl Format {
             Format::ShareGpt => "sharegpt",
             Format::Dpo => "dpo",
             Format::Kto => "kto",
+            Format::OpenAi => "openai",
+            Format::OpenAiDpo => "openai-dpo",
         }
     }
 
-    /// The kind of example the format holds: `dpo` preference pairs, `kto` labelled
-    /// responses, every other format supervised examples.
+    /// The kind of example the format holds: `dpo` and `openai-dpo` preference pairs,
+    /// `kto` labelled responses, every other format supervised examples.
     pub fn example_kind(self) -> crate::ExampleKind {
         match self {
-            Format::Dpo => crate::ExampleKind::Preference,
+            Format::Dpo | Format::OpenAiDpo => crate::ExampleKind::Preference,
             Format::Kto => crate::ExampleKind::Labeled,
             _ => crate::ExampleKind::Sft,
         }
     }
 
-    /// True for `dpo` and `kto`, whose label is the user's feedback.
+    /// True for `dpo`, `openai-dpo` and `kto`, whose label is the user's feedback.
     pub fn is_preference(self) -> bool {
-        matches!(self, Format::Dpo | Format::Kto)
+        matches!(self, Format::Dpo | Format::OpenAiDpo | Format::Kto)
+    }
+
+    /// True for the formats whose samples are pairs of records (`dpo`, `openai-dpo`).
+    pub fn is_paired(self) -> bool {
+        self.example_kind() == crate::ExampleKind::Preference
+    }
+
+    /// The shapes the format can be written in: both for `completion`, `dpo` and `kto`;
+    /// only [`Shape::Conversational`] for the message formats (`chatml`, `openai`,
+    /// `sharegpt`, `openai-dpo`); only [`Shape::Plain`] for `alpaca` and `text`.
+    pub fn shapes(self) -> &'static [Shape] {
+        match self {
+            Format::Completion | Format::Dpo | Format::Kto => {
+                &[Shape::Plain, Shape::Conversational]
+            }
+            Format::ChatMl | Format::OpenAi | Format::ShareGpt | Format::OpenAiDpo => {
+                &[Shape::Conversational]
+            }
+            Format::Alpaca | Format::Text => &[Shape::Plain],
+        }
+    }
+
+    /// The shape used when none is configured: the first of [`Format::shapes`], so
+    /// `completion`, `dpo` and `kto` are plain (strings) unless asked otherwise.
+    pub fn default_shape(self) -> Shape {
+        self.shapes()[0]
+    }
+}
+
+/// Whether prompts and responses are plain strings or lists of chat messages.
+///
+/// The shape is chosen by the configuration alone ([`GeneratorConfig::shape`]), never by
+/// the data: every line of one file has the same shape, and a system prompt is carried in
+/// the way the shape allows. In the plain shape of `completion`, `dpo` and `kto`, the
+/// prompt is the system prompt (if any) and the query, each followed by a blank line
+/// ([`PLAIN_SEPARATOR`]), and the response follows it unchanged, so that `prompt +
+/// completion` is exactly the `text` format's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// Strings: `{"prompt":"..\n\n","completion":".."}`.
+    Plain,
+    /// Message lists, as TRL's conversational datasets and chat templates take them.
+    Conversational,
+}
+
+/// What ends the system prompt and the query in a plain prompt (see [`Shape`]).
+pub const PLAIN_SEPARATOR: &str = "\n\n";
+
+impl Shape {
+    /// Both shapes.
+    pub const ALL: [Shape; 2] = [Shape::Plain, Shape::Conversational];
+
+    /// `plain` or `conversational`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shape::Plain => "plain",
+            Shape::Conversational => "conversational",
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Shape {
+    type Err = String;
+
+    /// Parses `plain` or `conversational`, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Shape::ALL
+            .into_iter()
+            .find(|shape| shape.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown shape {s:?} (expected plain or conversational)"))
+    }
+}
+
+impl serde::Serialize for Shape {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -89,12 +185,78 @@ impl fmt::Display for Format {
     }
 }
 
-/// An unknown format name.
+/// An unknown format name. Its message names the format meant when the name is another
+/// tool's name for one of afs's formats, or a near misspelling.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown format {name:?} (expected one of chatml, alpaca, completion, text, sharegpt, dpo, kto)")]
+#[error("unknown format {name:?}{}; expected one of chatml, openai, alpaca, completion, text, sharegpt, dpo, openai-dpo, kto", hint_text(.name))]
 pub struct ParseFormatError {
     /// The name that was given.
     pub name: String,
+}
+
+/// Other tools' names for afs's formats (lowercase, `_` and spaces written `-`), and the
+/// format each means.
+const OTHER_NAMES: &[(&str, &str)] = &[
+    (
+        "messages",
+        "chatml (with metadata) or openai (messages only)",
+    ),
+    ("chat", "chatml (with metadata) or openai (messages only)"),
+    ("openai-chat", "openai"),
+    ("openai-sft", "openai"),
+    ("openai-messages", "openai"),
+    ("openai-preference", "openai-dpo"),
+    ("openai-pref", "openai-dpo"),
+    ("preference", "dpo (TRL) or openai-dpo (OpenAI)"),
+    ("trl-dpo", "dpo"),
+    ("orpo", "dpo"),
+    ("cpo", "dpo"),
+    ("pairs", "dpo"),
+    ("trl-kto", "kto"),
+    ("unpaired", "kto"),
+    ("prompt-completion", "completion"),
+    ("trl", "completion, dpo or kto (TRL's formats)"),
+    ("llama-factory", "sharegpt or alpaca"),
+    ("llamafactory", "sharegpt or alpaca"),
+    ("conversations", "sharegpt"),
+    ("vicuna", "sharegpt"),
+    ("plain", "text"),
+    ("lm", "text"),
+];
+
+/// `" (did you mean X?)"` for a name that is another tool's name for a format, differs
+/// from one only in case, `_` or spaces, or is one or two edits away from one; else "".
+fn hint_text(name: &str) -> String {
+    let normal = name.trim().to_ascii_lowercase().replace(['_', ' '], "-");
+    if let Some((_, meant)) = OTHER_NAMES.iter().find(|(other, _)| *other == normal) {
+        return format!(" (did you mean {meant}?)");
+    }
+    let closest = Format::ALL
+        .into_iter()
+        .map(|f| (edit_distance(&normal, f.as_str()), f))
+        .min_by_key(|(d, _)| *d);
+    match closest {
+        Some((d, f)) if d <= 2 && d < normal.len() => format!(" (did you mean {f}?)"),
+        _ => String::new(),
+    }
+}
+
+/// Levenshtein distance between two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 impl FromStr for Format {
@@ -201,8 +363,16 @@ pub struct GeneratorConfig {
     pub until: Option<DateTime<Utc>>,
     /// Only records of this model.
     pub model: Option<String>,
-    /// A system prompt added to every sample (in the way each format carries one).
+    /// A system prompt added to every sample (in the way each format carries one: a
+    /// system message, `alpaca`'s `system` key, or the start of a plain prompt). It never
+    /// changes the shape of the output.
     pub system_prompt: Option<String>,
+    /// Plain strings or message lists; `None` = the format's [`Format::default_shape`].
+    /// Must be one of the format's [`Format::shapes`].
+    pub shape: Option<Shape>,
+    /// Write `chatml`'s `metadata` object (provenance of each line). Off, a `chatml` line
+    /// is exactly an `openai` line. Other formats never carry metadata.
+    pub metadata: bool,
     /// Write the scores the scorer gives to unscored records back to the store.
     pub write_back_scores: bool,
 }
@@ -224,12 +394,19 @@ impl Default for GeneratorConfig {
             until: None,
             model: None,
             system_prompt: None,
+            shape: None,
+            metadata: true,
             write_back_scores: true,
         }
     }
 }
 
 impl GeneratorConfig {
+    /// The shape lines are written in: [`GeneratorConfig::shape`], or the format's default.
+    pub fn effective_shape(&self) -> Shape {
+        self.shape.unwrap_or(self.format.default_shape())
+    }
+
     /// Checks every field; the first problem found is returned, naming its field.
     pub fn validate(&self) -> Result<(), DatagenError> {
         let q = self.min_quality_score;
@@ -244,6 +421,18 @@ impl GeneratorConfig {
                 return Err(DatagenError::config(
                     "min_user_feedback",
                     format!("{n} is not one of -1, 0, 1"),
+                ));
+            }
+        }
+        if let Some(shape) = self.shape {
+            if !self.format.shapes().contains(&shape) {
+                let only = self.format.default_shape();
+                return Err(DatagenError::config(
+                    "shape",
+                    format!(
+                        "format {} is {only} only; {shape} is for completion, dpo and kto",
+                        self.format
+                    ),
                 ));
             }
         }
@@ -323,6 +512,65 @@ mod tests {
         assert_eq!(" ShareGPT ".parse::<Format>().unwrap(), Format::ShareGpt);
         let err = "jsonl".parse::<Format>().unwrap_err();
         assert!(err.to_string().contains("\"jsonl\""), "{err}");
+    }
+
+    #[test]
+    fn unknown_format_names_point_to_the_format_meant() {
+        let check = |name: &str, hint: &str| {
+            let message = name.parse::<Format>().unwrap_err().to_string();
+            assert!(message.contains(hint), "{name}: {message}");
+            assert!(
+                message.contains("expected one of chatml, openai"),
+                "{message}"
+            );
+        };
+        check("openai_dpo", "did you mean openai-dpo?");
+        check("OpenAI-Preference", "did you mean openai-dpo?");
+        check("openai-chat", "did you mean openai?");
+        check("trl-dpo", "did you mean dpo?");
+        check("prompt_completion", "did you mean completion?");
+        check("llama-factory", "did you mean sharegpt or alpaca?");
+        check("chatlm", "did you mean chatml?");
+        check("shargpt", "did you mean sharegpt?");
+        let far = "jsonl".parse::<Format>().unwrap_err().to_string();
+        assert!(!far.contains("did you mean"), "{far}");
+        let short = "x".parse::<Format>().unwrap_err().to_string();
+        assert!(!short.contains("did you mean"), "{short}");
+        assert_eq!("OpenAI-DPO".parse::<Format>().unwrap(), Format::OpenAiDpo);
+    }
+
+    #[test]
+    fn shapes_are_those_of_the_format() {
+        for format in Format::ALL {
+            assert_eq!(format.default_shape(), format.shapes()[0]);
+            for shape in Shape::ALL {
+                let config = GeneratorConfig {
+                    format,
+                    shape: Some(shape),
+                    ..GeneratorConfig::default()
+                };
+                let allowed = format.shapes().contains(&shape);
+                assert_eq!(config.validate().is_ok(), allowed, "{format} {shape}");
+                if allowed {
+                    assert_eq!(config.effective_shape(), shape);
+                }
+            }
+        }
+        assert_eq!(Format::Completion.default_shape(), Shape::Plain);
+        assert_eq!(Format::ChatMl.default_shape(), Shape::Conversational);
+        assert_eq!(Format::Alpaca.shapes(), [Shape::Plain]);
+        assert_eq!("Conversational".parse::<Shape>(), Ok(Shape::Conversational));
+        assert!("list".parse::<Shape>().is_err());
+        let refused = GeneratorConfig {
+            format: Format::ChatMl,
+            shape: Some(Shape::Plain),
+            ..GeneratorConfig::default()
+        };
+        let message = refused.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("chatml is conversational only"),
+            "{message}"
+        );
     }
 
     fn field_of(config: GeneratorConfig) -> Option<&'static str> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::Format;
+use crate::config::{Format, PLAIN_SEPARATOR};
 use crate::error::DatagenError;
 use crate::format::{Body, Example, Metadata};
 use crate::key::{KeyBuilder, KeySet};
@@ -101,11 +101,12 @@ impl ExistingSample {
 
     /// Whether `format` can write this sample as a rehearsal line. Supervised formats
     /// take pairs, the chosen side of preference pairs and positively labelled lines;
-    /// `text` also takes `text` lines; `dpo` takes only preference pairs and `kto` only
-    /// labelled lines.
+    /// `text` also takes `text` lines; `dpo` and `openai-dpo` take only preference pairs
+    /// and `kto` only labelled lines. The shape of the line does not matter: the output's
+    /// formatter writes every sample in the output's shape.
     pub(crate) fn fits(&self, format: Format) -> bool {
         match format {
-            Format::Dpo => matches!(self, ExistingSample::Preference { .. }),
+            Format::Dpo | Format::OpenAiDpo => matches!(self, ExistingSample::Preference { .. }),
             Format::Kto => matches!(self, ExistingSample::Labeled { .. }),
             Format::Text => !matches!(self, ExistingSample::Labeled { label: false, .. }),
             _ => !matches!(
@@ -268,10 +269,35 @@ fn turns(field: &str, value: &Value) -> Result<Turns, String> {
     Ok(turns)
 }
 
+/// A plain prompt read back: afs's template (see [`crate::Shape`]) ends it with
+/// [`PLAIN_SEPARATOR`], which is taken off, and starts it with the system prompt when there
+/// is one; `system`, the run's configured system prompt, is split off when it starts the
+/// prompt, so that the sample's keys are those of the same record written now.
+fn split_plain(prompt: &str, system: Option<&str>) -> (Option<String>, String) {
+    let Some(body) = prompt.strip_suffix(PLAIN_SEPARATOR) else {
+        return (None, prompt.to_string());
+    };
+    if let Some(system) = system {
+        if let Some(rest) = body
+            .strip_prefix(system)
+            .and_then(|rest| rest.strip_prefix(PLAIN_SEPARATOR))
+        {
+            return (Some(system.to_string()), rest.to_string());
+        }
+    }
+    (None, body.to_string())
+}
+
 /// A TRL prompt: a string, or a list of system and user messages.
-fn prompt_of(obj: &Map<String, Value>) -> Result<(Option<String>, String), String> {
+fn prompt_of(
+    obj: &Map<String, Value>,
+    system: Option<&str>,
+) -> Result<(Option<String>, String), String> {
     match obj.get("prompt") {
-        Some(Value::String(s)) => Ok((optional_string(obj, "system")?, s.clone())),
+        Some(Value::String(s)) => {
+            let (from_prompt, prompt) = split_plain(s, system);
+            Ok((optional_string(obj, "system")?.or(from_prompt), prompt))
+        }
         Some(v @ Value::Array(_)) => {
             let t = turns("prompt", v)?;
             Ok((t.system, t.user.ok_or("field prompt has no user message")?))
@@ -294,7 +320,8 @@ fn reply_of(obj: &Map<String, Value>, key: &str) -> Result<String, String> {
 }
 
 /// Reads one line of a training file in any supported format, detected by its keys.
-pub(crate) fn parse_line(line: &str) -> Result<ExistingSample, String> {
+/// `system` is the run's system prompt (see [`split_plain`]).
+pub(crate) fn parse_line(line: &str, system: Option<&str>) -> Result<ExistingSample, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid json: {e}"))?;
     let Value::Object(obj) = value else {
         return Err("not a json object".into());
@@ -329,8 +356,28 @@ pub(crate) fn parse_line(line: &str) -> Result<ExistingSample, String> {
             response: string_field(&obj, "output")?,
         });
     }
+    if let Some(input) = obj.get("input").filter(|v| v.is_object()) {
+        // `openai-dpo`: {"input":{"messages":[..]},"preferred_output":[..],..}.
+        let t = turns(
+            "input.messages",
+            input.get("messages").unwrap_or(&Value::Null),
+        )?;
+        let output = |key: &str| {
+            obj.get(key)
+                .ok_or_else(|| format!("field {key} is missing"))
+                .and_then(|v| turns(key, v))?
+                .assistant
+                .ok_or_else(|| format!("field {key} has no assistant message"))
+        };
+        return Ok(ExistingSample::Preference {
+            system: t.system,
+            prompt: t.user.ok_or("input.messages has no user message")?,
+            chosen: output("preferred_output")?,
+            rejected: output("non_preferred_output")?,
+        });
+    }
     if obj.contains_key("prompt") {
-        let (system, prompt) = prompt_of(&obj)?;
+        let (system, prompt) = prompt_of(&obj, system)?;
         if obj.contains_key("chosen") || obj.contains_key("rejected") {
             return Ok(ExistingSample::Preference {
                 system,
@@ -416,6 +463,7 @@ pub(crate) struct ExistingIndex {
 pub(crate) fn index(
     path: &Path,
     format: Format,
+    system: Option<&str>,
     collect_keys: bool,
     mut progress: impl FnMut(u64) -> Result<(), DatagenError>,
 ) -> Result<ExistingIndex, DatagenError> {
@@ -433,7 +481,7 @@ pub(crate) fn index(
                 return Ok(());
             }
             RawLine::NotUtf8 => Err("not valid utf-8".to_string()),
-            RawLine::Text(text) => parse_line(text),
+            RawLine::Text(text) => parse_line(text, system),
         };
         match parsed {
             Ok(sample) => {
@@ -474,6 +522,7 @@ pub(crate) fn index(
 pub(crate) fn choose(
     path: &Path,
     format: Format,
+    system: Option<&str>,
     eligible: u64,
     take: u64,
     rng: &mut SplitMix64,
@@ -485,7 +534,7 @@ pub(crate) fn choose(
         let RawLine::Text(text) = raw else {
             return Ok(());
         };
-        let Ok(sample) = parse_line(text) else {
+        let Ok(sample) = parse_line(text, system) else {
             return Ok(());
         };
         if !sample.fits(format) {
@@ -527,7 +576,7 @@ mod tests {
     }
 
     fn check(line: &str, expected: Result<ExistingSample, &str>) {
-        let got = parse_line(line);
+        let got = parse_line(line, None);
         match expected {
             Ok(sample) => assert_eq!(got, Ok(sample), "{line}"),
             Err(fragment) => {
@@ -573,6 +622,40 @@ mod tests {
         check(
             r#"{"text":"hello"}"#,
             Ok(ExistingSample::Text("hello".into())),
+        );
+        // The formats' current forms: sharegpt with its system turn inside, a plain prompt
+        // with afs's separator, and OpenAI's preference format.
+        check(
+            r#"{"conversations":[{"from":"system","value":"s"},{"from":"user","value":"q"},{"from":"assistant","value":"r"}]}"#,
+            Ok(pair(Some("s"), "q", "r")),
+        );
+        check(
+            r#"{"prompt":"q\n\n","completion":"r"}"#,
+            Ok(pair(None, "q", "r")),
+        );
+        check(
+            r#"{"input":{"messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":"c"}],"non_preferred_output":[{"role":"assistant","content":"x"}]}"#,
+            Ok(ExistingSample::Preference {
+                system: Some("s".into()),
+                prompt: "q".into(),
+                chosen: "c".into(),
+                rejected: "x".into(),
+            }),
+        );
+        check(
+            r#"{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[]}"#,
+            Err("preferred_output has no assistant message"),
+        );
+        // A plain prompt starting with the run's system prompt gives it back as such, so
+        // that the sample's keys are the query's; another system prompt stays in the query.
+        let line = r#"{"prompt":"be brief\n\nq\n\n","completion":"r"}"#;
+        assert_eq!(
+            parse_line(line, Some("be brief")),
+            Ok(pair(Some("be brief"), "q", "r"))
+        );
+        assert_eq!(
+            parse_line(line, Some("be long")),
+            Ok(pair(None, "be brief\n\nq", "r"))
         );
         check(
             r#"{"prompt":"q","chosen":"c","rejected":"x"}"#,
@@ -637,6 +720,7 @@ mod tests {
         choose(
             path,
             Format::Completion,
+            None,
             eligible,
             take,
             &mut rng,
@@ -695,7 +779,7 @@ mod tests {
         bytes.extend_from_slice(b"\n{bad\n\xff\xfe\n");
         std::fs::write(file.path(), bytes).unwrap();
         let mut seen = Vec::new();
-        let index = index(file.path(), Format::Text, true, |n| {
+        let index = index(file.path(), Format::Text, None, true, |n| {
             seen.push(n);
             Ok(())
         })

@@ -1,11 +1,11 @@
-//! Output formats: the [`Formatter`] trait, one implementation per [`Format`], and the
-//! JSON-line writer they share.
+//! Output formats: the [`Formatter`] trait, the built-in formatter of each [`Format`] and
+//! [`Shape`], and the JSON-line writer they share.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::config::Format;
+use crate::config::{Format, Shape, PLAIN_SEPARATOR};
 use crate::error::DatagenError;
 
 /// One training example, borrowed from a record (or a pair of records, or an existing line).
@@ -124,17 +124,37 @@ pub trait Formatter: Send + Sync {
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError>;
 }
 
-/// The formatter of `format`.
-pub fn formatter(format: Format) -> &'static dyn Formatter {
-    match format {
-        Format::ChatMl => &ChatMl,
-        Format::Alpaca => &Alpaca,
-        Format::Completion => &Completion,
-        Format::Text => &Text,
-        Format::ShareGpt => &ShareGpt,
-        Format::Dpo => &Dpo,
-        Format::Kto => &Kto,
+/// How a built-in format writes its lines, beyond its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatOptions {
+    /// Plain strings or message lists; `None` = the format's [`Format::default_shape`]. A
+    /// shape the format does not have ([`Format::shapes`]) is replaced by its default.
+    pub shape: Option<Shape>,
+    /// Write `chatml`'s `metadata` object.
+    pub metadata: bool,
+}
+
+impl Default for FormatOptions {
+    /// The format's default shape, with metadata.
+    fn default() -> Self {
+        FormatOptions {
+            shape: None,
+            metadata: true,
+        }
     }
+}
+
+/// The formatter of `format`, writing lines as `options` say.
+pub fn formatter(format: Format, options: FormatOptions) -> Box<dyn Formatter> {
+    let shape = options
+        .shape
+        .filter(|s| format.shapes().contains(s))
+        .unwrap_or(format.default_shape());
+    Box::new(BuiltIn {
+        format,
+        shape,
+        metadata: options.metadata,
+    })
 }
 
 /// The error of a formatter given an example of a kind it cannot hold (for plug-in
@@ -239,22 +259,32 @@ fn push_messages(out: &mut Vec<u8>, system: Option<&str>, rest: &[(&str, &str)])
     out.push(b']');
 }
 
-/// A TRL prompt: a plain string, or (with a system prompt) TRL's conversational form, a
-/// list of system and user messages.
-fn push_prompt(out: &mut Vec<u8>, system: Option<&str>, user: &str) {
-    match system {
-        None => push_json_str(out, user),
-        Some(_) => push_messages(out, system, &[("user", user)]),
+/// A TRL prompt in `shape`: the plain template (see [`Shape`]), or a list of the system
+/// (if any) and user messages.
+fn push_prompt(out: &mut Vec<u8>, shape: Shape, system: Option<&str>, user: &str) {
+    match shape {
+        Shape::Plain => push_json_str(out, &render_plain_prompt(system, user)),
+        Shape::Conversational => push_messages(out, system, &[("user", user)]),
     }
 }
 
-/// A TRL completion: a string, or a one-message assistant list in conversational form.
-fn push_reply(out: &mut Vec<u8>, conversational: bool, content: &str) {
-    if conversational {
-        push_messages(out, None, &[("assistant", content)]);
-    } else {
-        push_json_str(out, content);
+/// A TRL completion in `shape`: the string, or a one-message assistant list.
+fn push_reply(out: &mut Vec<u8>, shape: Shape, content: &str) {
+    match shape {
+        Shape::Plain => push_json_str(out, content),
+        Shape::Conversational => push_messages(out, None, &[("assistant", content)]),
     }
+}
+
+/// The prompt of a plain line: the system prompt (if any) and the query, each followed by
+/// [`PLAIN_SEPARATOR`].
+pub(crate) fn render_plain_prompt(system: Option<&str>, prompt: &str) -> String {
+    let mut text = String::with_capacity(system.map_or(0, str::len) + prompt.len() + 4);
+    for part in system.into_iter().chain([prompt]) {
+        text.push_str(part);
+        text.push_str(PLAIN_SEPARATOR);
+    }
+    text
 }
 
 /// RFC 3339, UTC, microseconds: written digit by digit, without an allocation.
@@ -401,215 +431,132 @@ fn response_of<'a>(example: &Example<'a>) -> Option<&'a str> {
     }
 }
 
-/// `chatml`: `{"messages":[...],"metadata":{...}}`.
+/// The formatter of a built-in [`Format`], in one shape.
 #[derive(Debug, Clone, Copy)]
-struct ChatMl;
-
-impl Formatter for ChatMl {
-    fn name(&self) -> &str {
-        Format::ChatMl.as_str()
-    }
-
-    fn kind(&self) -> ExampleKind {
-        Format::ChatMl.example_kind()
-    }
-
-    fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
-        out.extend_from_slice(b"{\"messages\":");
-        push_messages(
-            out,
-            example.system,
-            &[("user", example.prompt), ("assistant", response)],
-        );
-        out.extend_from_slice(b",\"metadata\":");
-        push_metadata(out, &example.metadata);
-        out.extend_from_slice(b"}\n");
-        Ok(())
-    }
+struct BuiltIn {
+    format: Format,
+    shape: Shape,
+    metadata: bool,
 }
 
-/// `alpaca`: `{"instruction":..,"input":"","output":..,"system":..?}`.
-#[derive(Debug, Clone, Copy)]
-struct Alpaca;
-
-impl Formatter for Alpaca {
+impl Formatter for BuiltIn {
     fn name(&self) -> &str {
-        Format::Alpaca.as_str()
+        self.format.as_str()
     }
 
     fn kind(&self) -> ExampleKind {
-        Format::Alpaca.example_kind()
+        self.format.example_kind()
     }
 
     fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let output = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
-        out.extend_from_slice(b"{\"instruction\":");
-        push_json_str(out, example.prompt);
-        out.extend_from_slice(b",\"input\":\"\",\"output\":");
-        push_json_str(out, output);
-        if let Some(system) = example.system {
-            out.extend_from_slice(b",\"system\":");
-            push_json_str(out, system);
+        let refused = || unsupported_example(self, example);
+        match self.format {
+            Format::ChatMl | Format::OpenAi => {
+                let response = response_of(example).ok_or_else(refused)?;
+                out.extend_from_slice(b"{\"messages\":");
+                push_messages(
+                    out,
+                    example.system,
+                    &[("user", example.prompt), ("assistant", response)],
+                );
+                if self.format == Format::ChatMl && self.metadata {
+                    out.extend_from_slice(b",\"metadata\":");
+                    push_metadata(out, &example.metadata);
+                }
+            }
+            Format::Alpaca => {
+                let output = response_of(example).ok_or_else(refused)?;
+                out.extend_from_slice(b"{\"instruction\":");
+                push_json_str(out, example.prompt);
+                out.extend_from_slice(b",\"input\":\"\",\"output\":");
+                push_json_str(out, output);
+                if let Some(system) = example.system {
+                    out.extend_from_slice(b",\"system\":");
+                    push_json_str(out, system);
+                }
+            }
+            Format::Completion => {
+                let response = response_of(example).ok_or_else(refused)?;
+                out.extend_from_slice(b"{\"prompt\":");
+                push_prompt(out, self.shape, example.system, example.prompt);
+                out.extend_from_slice(b",\"completion\":");
+                push_reply(out, self.shape, response);
+            }
+            Format::Text => {
+                let response = response_of(example).ok_or_else(refused)?;
+                out.extend_from_slice(b"{\"text\":");
+                // A rehearsal `text` line arrives whole, as a prompt with an empty response.
+                if response.is_empty() && example.system.is_none() {
+                    push_json_str(out, example.prompt);
+                } else {
+                    push_json_str(out, &render_text(example.system, example.prompt, response));
+                }
+            }
+            Format::ShareGpt => {
+                // The system turn is inside the conversation, and the roles are the ones
+                // TRL's chat templates need after its `from`/`value` renaming; axolotl reads
+                // them as they are, LLaMA-Factory with its `tags` set (docs/TRAINING.md).
+                let response = response_of(example).ok_or_else(refused)?;
+                out.extend_from_slice(b"{\"conversations\":[");
+                if let Some(system) = example.system {
+                    out.extend_from_slice(b"{\"from\":\"system\",\"value\":");
+                    push_json_str(out, system);
+                    out.extend_from_slice(b"},");
+                }
+                out.extend_from_slice(b"{\"from\":\"user\",\"value\":");
+                push_json_str(out, example.prompt);
+                out.extend_from_slice(b"},{\"from\":\"assistant\",\"value\":");
+                push_json_str(out, response);
+                out.extend_from_slice(b"}]");
+            }
+            Format::Dpo => {
+                let Body::Preference { chosen, rejected } = example.body else {
+                    return Err(refused());
+                };
+                out.extend_from_slice(b"{\"prompt\":");
+                push_prompt(out, self.shape, example.system, example.prompt);
+                out.extend_from_slice(b",\"chosen\":");
+                push_reply(out, self.shape, chosen);
+                out.extend_from_slice(b",\"rejected\":");
+                push_reply(out, self.shape, rejected);
+            }
+            Format::OpenAiDpo => {
+                let Body::Preference { chosen, rejected } = example.body else {
+                    return Err(refused());
+                };
+                out.extend_from_slice(b"{\"input\":{\"messages\":");
+                push_messages(out, example.system, &[("user", example.prompt)]);
+                out.extend_from_slice(b"},\"preferred_output\":");
+                push_messages(out, None, &[("assistant", chosen)]);
+                out.extend_from_slice(b",\"non_preferred_output\":");
+                push_messages(out, None, &[("assistant", rejected)]);
+            }
+            Format::Kto => {
+                let Body::Labeled { completion, label } = example.body else {
+                    return Err(refused());
+                };
+                out.extend_from_slice(b"{\"prompt\":");
+                push_prompt(out, self.shape, example.system, example.prompt);
+                out.extend_from_slice(b",\"completion\":");
+                push_reply(out, self.shape, completion);
+                out.extend_from_slice(if label {
+                    b",\"label\":true"
+                } else {
+                    b",\"label\":false"
+                });
+            }
         }
-        out.extend_from_slice(b"}\n");
-        Ok(())
-    }
-}
-
-/// `completion`: `{"prompt":..,"completion":..}` (conversational lists with a system prompt).
-#[derive(Debug, Clone, Copy)]
-struct Completion;
-
-impl Formatter for Completion {
-    fn name(&self) -> &str {
-        Format::Completion.as_str()
-    }
-
-    fn kind(&self) -> ExampleKind {
-        Format::Completion.example_kind()
-    }
-
-    fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
-        out.extend_from_slice(b"{\"prompt\":");
-        push_prompt(out, example.system, example.prompt);
-        out.extend_from_slice(b",\"completion\":");
-        push_reply(out, example.system.is_some(), response);
         out.extend_from_slice(b"}\n");
         Ok(())
     }
 }
 
 /// The text of a `text` line: the system prompt (if any), the query and the response,
-/// separated by blank lines.
+/// separated by blank lines; the plain prompt followed by the response.
 pub(crate) fn render_text(system: Option<&str>, prompt: &str, response: &str) -> String {
-    let mut text = String::with_capacity(
-        system.map_or(0, |s| s.len() + 2) + prompt.len() + response.len() + 2,
-    );
-    if let Some(system) = system {
-        text.push_str(system);
-        text.push_str("\n\n");
-    }
-    text.push_str(prompt);
-    text.push_str("\n\n");
+    let mut text = render_plain_prompt(system, prompt);
     text.push_str(response);
     text
-}
-
-/// `text`: `{"text":..}`, the system prompt, query and response separated by blank lines.
-#[derive(Debug, Clone, Copy)]
-struct Text;
-
-impl Formatter for Text {
-    fn name(&self) -> &str {
-        Format::Text.as_str()
-    }
-
-    fn kind(&self) -> ExampleKind {
-        Format::Text.example_kind()
-    }
-
-    fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
-        out.extend_from_slice(b"{\"text\":");
-        // A rehearsal `text` line arrives whole, as a prompt with an empty response.
-        if response.is_empty() && example.system.is_none() {
-            push_json_str(out, example.prompt);
-        } else {
-            push_json_str(out, &render_text(example.system, example.prompt, response));
-        }
-        out.extend_from_slice(b"}\n");
-        Ok(())
-    }
-}
-
-/// `sharegpt`: `{"conversations":[{"from":"human",..},{"from":"gpt",..}],"system":..?}`.
-#[derive(Debug, Clone, Copy)]
-struct ShareGpt;
-
-impl Formatter for ShareGpt {
-    fn name(&self) -> &str {
-        Format::ShareGpt.as_str()
-    }
-
-    fn kind(&self) -> ExampleKind {
-        Format::ShareGpt.example_kind()
-    }
-
-    fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let response = response_of(example).ok_or_else(|| unsupported_example(self, example))?;
-        out.extend_from_slice(b"{\"conversations\":[{\"from\":\"human\",\"value\":");
-        push_json_str(out, example.prompt);
-        out.extend_from_slice(b"},{\"from\":\"gpt\",\"value\":");
-        push_json_str(out, response);
-        out.extend_from_slice(b"}]");
-        if let Some(system) = example.system {
-            out.extend_from_slice(b",\"system\":");
-            push_json_str(out, system);
-        }
-        out.extend_from_slice(b"}\n");
-        Ok(())
-    }
-}
-
-/// `dpo`: `{"prompt":..,"chosen":..,"rejected":..}` (conversational lists with a system prompt).
-#[derive(Debug, Clone, Copy)]
-struct Dpo;
-
-impl Formatter for Dpo {
-    fn name(&self) -> &str {
-        Format::Dpo.as_str()
-    }
-
-    fn kind(&self) -> ExampleKind {
-        Format::Dpo.example_kind()
-    }
-
-    fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let Body::Preference { chosen, rejected } = example.body else {
-            return Err(unsupported_example(self, example));
-        };
-        let conversational = example.system.is_some();
-        out.extend_from_slice(b"{\"prompt\":");
-        push_prompt(out, example.system, example.prompt);
-        out.extend_from_slice(b",\"chosen\":");
-        push_reply(out, conversational, chosen);
-        out.extend_from_slice(b",\"rejected\":");
-        push_reply(out, conversational, rejected);
-        out.extend_from_slice(b"}\n");
-        Ok(())
-    }
-}
-
-/// `kto`: `{"prompt":..,"completion":..,"label":bool}` (conversational lists with a system prompt).
-#[derive(Debug, Clone, Copy)]
-struct Kto;
-
-impl Formatter for Kto {
-    fn name(&self) -> &str {
-        Format::Kto.as_str()
-    }
-
-    fn kind(&self) -> ExampleKind {
-        Format::Kto.example_kind()
-    }
-
-    fn write_line(&self, example: &Example<'_>, out: &mut Vec<u8>) -> Result<(), DatagenError> {
-        let Body::Labeled { completion, label } = example.body else {
-            return Err(unsupported_example(self, example));
-        };
-        out.extend_from_slice(b"{\"prompt\":");
-        push_prompt(out, example.system, example.prompt);
-        out.extend_from_slice(b",\"completion\":");
-        push_reply(out, example.system.is_some(), completion);
-        out.extend_from_slice(if label {
-            b",\"label\":true}\n"
-        } else {
-            b",\"label\":false}\n"
-        });
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -617,8 +564,18 @@ mod tests {
     use super::*;
 
     fn line(format: Format, example: &Example<'_>) -> String {
+        line_in(format, None, example)
+    }
+
+    fn line_in(format: Format, shape: Option<Shape>, example: &Example<'_>) -> String {
         let mut out = Vec::new();
-        formatter(format).write_line(example, &mut out).unwrap();
+        let options = FormatOptions {
+            shape,
+            ..FormatOptions::default()
+        };
+        formatter(format, options)
+            .write_line(example, &mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         assert!(text.ends_with('\n'));
@@ -655,12 +612,21 @@ mod tests {
             &e,
             r#"{"instruction":"q","input":"","output":"r"}"#,
         );
-        check(Format::Completion, &e, r#"{"prompt":"q","completion":"r"}"#);
+        check(
+            Format::OpenAi,
+            &e,
+            r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"r"}]}"#,
+        );
+        check(
+            Format::Completion,
+            &e,
+            r#"{"prompt":"q\n\n","completion":"r"}"#,
+        );
         check(Format::Text, &e, r#"{"text":"q\n\nr"}"#);
         check(
             Format::ShareGpt,
             &e,
-            r#"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"r"}]}"#,
+            r#"{"conversations":[{"from":"user","value":"q"},{"from":"assistant","value":"r"}]}"#,
         );
         let pair = Example {
             body: Body::Preference {
@@ -672,7 +638,12 @@ mod tests {
         check(
             Format::Dpo,
             &pair,
-            r#"{"prompt":"q","chosen":"good","rejected":"bad"}"#,
+            r#"{"prompt":"q\n\n","chosen":"good","rejected":"bad"}"#,
+        );
+        check(
+            Format::OpenAiDpo,
+            &pair,
+            r#"{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":"good"}],"non_preferred_output":[{"role":"assistant","content":"bad"}]}"#,
         );
         let labeled = Example {
             body: Body::Labeled {
@@ -684,8 +655,72 @@ mod tests {
         check(
             Format::Kto,
             &labeled,
-            r#"{"prompt":"q","completion":"bad","label":false}"#,
+            r#"{"prompt":"q\n\n","completion":"bad","label":false}"#,
         );
+    }
+
+    #[test]
+    fn the_shape_is_the_configured_one_whatever_the_system_prompt() {
+        let plain = sft("q", "r");
+        let with_system = Example {
+            system: Some("s"),
+            ..plain
+        };
+        let conversational =
+            |e: &Example<'_>| line_in(Format::Completion, Some(Shape::Conversational), e);
+        assert_eq!(
+            conversational(&plain),
+            "{\"prompt\":[{\"role\":\"user\",\"content\":\"q\"}],\"completion\":[{\"role\":\"assistant\",\"content\":\"r\"}]}\n"
+        );
+        assert_eq!(
+            conversational(&with_system),
+            "{\"prompt\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"q\"}],\"completion\":[{\"role\":\"assistant\",\"content\":\"r\"}]}\n"
+        );
+        // Plain: the system prompt starts the prompt string, and prompt + completion is
+        // the `text` line.
+        let plain_line: serde_json::Value = serde_json::from_str(&line_in(
+            Format::Completion,
+            Some(Shape::Plain),
+            &with_system,
+        ))
+        .unwrap();
+        assert_eq!(plain_line["prompt"], "s\n\nq\n\n");
+        let joined = format!(
+            "{}{}",
+            plain_line["prompt"].as_str().unwrap(),
+            plain_line["completion"].as_str().unwrap()
+        );
+        assert_eq!(joined, render_text(Some("s"), "q", "r"));
+        // A shape the format does not have falls back to its only one.
+        assert_eq!(
+            line_in(Format::Text, Some(Shape::Conversational), &plain),
+            line(Format::Text, &plain)
+        );
+        let labeled = Example {
+            body: Body::Labeled {
+                completion: "r",
+                label: true,
+            },
+            ..with_system
+        };
+        assert_eq!(
+            line_in(Format::Kto, Some(Shape::Conversational), &labeled),
+            "{\"prompt\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"q\"}],\"completion\":[{\"role\":\"assistant\",\"content\":\"r\"}],\"label\":true}\n"
+        );
+    }
+
+    #[test]
+    fn chatml_metadata_can_be_left_out() {
+        let e = sft("q", "r");
+        let mut out = Vec::new();
+        let options = FormatOptions {
+            metadata: false,
+            ..FormatOptions::default()
+        };
+        formatter(Format::ChatMl, options)
+            .write_line(&e, &mut out)
+            .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), line(Format::OpenAi, &e));
     }
 
     #[test]
@@ -707,13 +742,13 @@ mod tests {
         check(
             Format::Completion,
             &e,
-            r#"{"prompt":[{"role":"system","content":"be brief"},{"role":"user","content":"q"}],"completion":[{"role":"assistant","content":"r"}]}"#,
+            r#"{"prompt":"be brief\n\nq\n\n","completion":"r"}"#,
         );
         check(Format::Text, &e, r#"{"text":"be brief\n\nq\n\nr"}"#);
         check(
             Format::ShareGpt,
             &e,
-            r#"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"r"}],"system":"be brief"}"#,
+            r#"{"conversations":[{"from":"system","value":"be brief"},{"from":"user","value":"q"},{"from":"assistant","value":"r"}]}"#,
         );
         let pair = Example {
             body: Body::Preference {
@@ -725,7 +760,12 @@ mod tests {
         check(
             Format::Dpo,
             &pair,
-            r#"{"prompt":[{"role":"system","content":"be brief"},{"role":"user","content":"q"}],"chosen":[{"role":"assistant","content":"c"}],"rejected":[{"role":"assistant","content":"x"}]}"#,
+            r#"{"prompt":"be brief\n\nq\n\n","chosen":"c","rejected":"x"}"#,
+        );
+        check(
+            Format::OpenAiDpo,
+            &pair,
+            r#"{"input":{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":"c"}],"non_preferred_output":[{"role":"assistant","content":"x"}]}"#,
         );
     }
 
@@ -771,7 +811,10 @@ mod tests {
             let prompt = match format {
                 Format::ChatMl => &value["messages"][0]["content"],
                 Format::Alpaca => &value["instruction"],
-                Format::Completion => &value["prompt"],
+                Format::Completion => {
+                    assert_eq!(value["prompt"], format!("{nasty}\n\n"));
+                    continue;
+                }
                 Format::ShareGpt => &value["conversations"][0]["value"],
                 _ => {
                     assert_eq!(value["text"], format!("{nasty}\n\n{nasty}"));
@@ -902,13 +945,17 @@ mod tests {
         let e = sft("q", "r");
         let mut out = Vec::new();
         assert!(matches!(
-            formatter(Format::Dpo).write_line(&e, &mut out),
+            formatter(Format::Dpo, FormatOptions::default()).write_line(&e, &mut out),
             Err(DatagenError::UnsupportedExample {
                 format,
                 kind: "sft"
             }) if format == "dpo"
         ));
-        assert!(formatter(Format::Kto).write_line(&e, &mut out).is_err());
+        for f in [Format::Kto, Format::OpenAiDpo] {
+            assert!(formatter(f, FormatOptions::default())
+                .write_line(&e, &mut out)
+                .is_err());
+        }
         let negative = Example {
             body: Body::Labeled {
                 completion: "r",
@@ -916,13 +963,14 @@ mod tests {
             },
             ..e
         };
-        assert!(formatter(Format::ChatMl)
+        assert!(formatter(Format::ChatMl, FormatOptions::default())
             .write_line(&negative, &mut out)
             .is_err());
         assert!(out.is_empty());
         for f in Format::ALL {
-            assert_eq!(formatter(f).name(), f.as_str());
-            assert_eq!(formatter(f).kind(), f.example_kind());
+            let built = formatter(f, FormatOptions::default());
+            assert_eq!(built.name(), f.as_str());
+            assert_eq!(built.kind(), f.example_kind());
         }
     }
 }

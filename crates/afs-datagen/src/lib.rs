@@ -36,10 +36,14 @@ mod rng;
 mod scan;
 mod scorer;
 
-pub use config::{Format, GeneratorConfig, NearDedupeConfig, ParseFormatError};
+pub use config::{
+    Format, GeneratorConfig, NearDedupeConfig, ParseFormatError, Shape, PLAIN_SEPARATOR,
+};
 pub use error::{BoxError, DatagenError};
 pub use existing::{ExistingReport, MalformedLine, MAX_REPORTED_MALFORMED};
-pub use format::{formatter, unsupported_example, Body, Example, ExampleKind, Formatter, Metadata};
+pub use format::{
+    formatter, unsupported_example, Body, Example, ExampleKind, FormatOptions, Formatter, Metadata,
+};
 pub use pipeline::{generate, generate_with, manifest_path, Hooks};
 pub use redact::{RedactionCounts, Redactor, CREDIT_CARD, EMAIL, IP_ADDRESS, PHONE, SECRET};
 pub use result::{GenerationResult, Progress, QualityStats, RecordSpan, Stage};

@@ -14,10 +14,10 @@ use afs_store::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::config::{Format, GeneratorConfig, NearDedupeConfig};
+use crate::config::{Format, GeneratorConfig, NearDedupeConfig, Shape};
 use crate::error::DatagenError;
 use crate::existing::{self, ExistingIndex};
-use crate::format::{formatter, render_text, Body, Example, Formatter, Metadata};
+use crate::format::{formatter, render_text, Body, Example, FormatOptions, Formatter, Metadata};
 use crate::key::{Key, KeyBuilder, KeyHasherBuilder, KeySet};
 use crate::minhash::{lsh_params, NearDeduper};
 use crate::output::{SpoolReader, TempFile};
@@ -181,12 +181,22 @@ pub fn generate_with(
         return Err(DatagenError::Interrupted);
     }
     config.validate()?;
+    let built_in;
     let formatter: &dyn Formatter = match hooks.formatter {
         Some(plugged) => {
             check_plugged(plugged, config)?;
             plugged
         }
-        None => formatter(config.format),
+        None => {
+            built_in = formatter(
+                config.format,
+                FormatOptions {
+                    shape: config.shape,
+                    metadata: config.metadata,
+                },
+            );
+            built_in.as_ref()
+        }
     };
     // Checked before anything is read: the path must not be the database, another user's
     // file, a directory... (see `afs_store::resolve_output`).
@@ -214,6 +224,7 @@ pub fn generate_with(
         Some(path) => Some(existing::index(
             path,
             config.format,
+            config.system_prompt.as_deref(),
             config.deduplicate,
             |n| report(Stage::ReadExisting, n, None),
         )?),
@@ -233,7 +244,7 @@ pub fn generate_with(
     let mut sink = TempFile::create_for(&target, "create temporary output file")?;
     let mut run = Run::new(config, existing.as_ref(), new_budget, formatter);
     let workers = scan::workers();
-    if config.format == Format::Dpo {
+    if config.format.is_paired() {
         run.pairable = pairable_queries(store, config, workers, &report)?;
     }
     let window = StatsWindow {
@@ -264,7 +275,7 @@ pub fn generate_with(
         config,
         // Lines are written as the records stream only without a cap and outside `dpo`;
         // otherwise they are formatted when kept or paired.
-        preformat: new_budget.is_none() && config.format != Format::Dpo,
+        preformat: new_budget.is_none() && !config.format.is_paired(),
         formatter,
     };
     let mut streamed = 0u64;
@@ -570,7 +581,7 @@ impl Preparer<'_> {
         let response = redacted_response.as_deref().unwrap_or(&record.response);
         let changed = redacted_query.is_some() || redacted_response.is_some();
         let redacted_key = (raw_key.is_some() && changed).then(|| keys.pair(query, response));
-        let query_key = (config.format == Format::Dpo).then(|| keys.query(&record.query));
+        let query_key = config.format.is_paired().then(|| keys.query(&record.query));
         let line = match record.quality_score {
             Some(quality) if self.preformat => {
                 let side = SideRef::of(
@@ -964,7 +975,7 @@ impl<'c> Run<'c> {
         formatter: &'c dyn Formatter,
     ) -> Self {
         let near = match (&config.near_dedupe, config.format) {
-            (Some(near), format) if format != Format::Dpo => {
+            (Some(near), format) if !format.is_paired() => {
                 let (bands, rows) = lsh_params(near.threshold, near.num_permutations);
                 tracing::debug!(
                     bands,
@@ -1107,7 +1118,7 @@ impl<'c> Run<'c> {
             (query, response),
             (candidate.query_redactions, candidate.response_redactions),
         );
-        if config.format == Format::Dpo {
+        if config.format.is_paired() {
             let query_key = candidate
                 .query_key
                 .unwrap_or_else(|| self.keys.query(&record.query));
@@ -1275,6 +1286,7 @@ fn merge(
     existing::choose(
         plan.path,
         run.config.format,
+        run.config.system_prompt.as_deref(),
         plan.eligible,
         take,
         &mut rng,
@@ -1341,6 +1353,8 @@ fn manifest_bytes(config: &GeneratorConfig, result: &GenerationResult) -> Vec<u8
         until: Option<String>,
         model: Option<&'a str>,
         system_prompt: Option<&'a str>,
+        shape: Shape,
+        metadata: bool,
         write_back_scores: bool,
     }
     #[derive(Serialize)]
@@ -1400,6 +1414,8 @@ fn manifest_bytes(config: &GeneratorConfig, result: &GenerationResult) -> Vec<u8
             until: time(config.until),
             model: config.model.as_deref(),
             system_prompt: config.system_prompt.as_deref(),
+            shape: config.effective_shape(),
+            metadata: config.metadata,
             write_back_scores: config.write_back_scores,
         },
         result: &portable,

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use afs_datagen::{
     generate, generate_with, BoxError, DatagenError, Format, GenerationResult, GeneratorConfig,
-    HeuristicScorer, Hooks, NearDedupeConfig, Progress, QualityScorer, RedactionCounts, Stage,
+    HeuristicScorer, Hooks, NearDedupeConfig, Progress, QualityScorer, RedactionCounts, Shape,
+    Stage,
 };
 use afs_store::{Feedback, FeedbackValue, ManualClock, NewUsage, UsageStore};
 use afs_store_sqlite::{SqliteConfig, SqliteStore};
@@ -245,8 +246,9 @@ fn feedback_filter_semantics() {
 fn every_format_writes_json_lines_with_its_keys() {
     let env = env();
     env.log(&[good("q1", 0.9), good("q2", 0.8)]);
-    let expected: [(Format, &[&str]); 5] = [
+    let expected: [(Format, &[&str]); 6] = [
         (Format::ChatMl, &["messages", "metadata"]),
+        (Format::OpenAi, &["messages"]),
         (Format::Alpaca, &["input", "instruction", "output"]),
         (Format::Completion, &["completion", "prompt"]),
         (Format::Text, &["text"]),
@@ -323,7 +325,10 @@ fn unicode_survives_every_format() {
         let prompt = match format {
             Format::ChatMl => v["messages"][0]["content"].clone(),
             Format::Alpaca => v["instruction"].clone(),
-            Format::Completion => v["prompt"].clone(),
+            Format::Completion => {
+                assert_eq!(v["prompt"], format!("{query}\n\n"));
+                continue;
+            }
             Format::ShareGpt => v["conversations"][0]["value"].clone(),
             _ => {
                 assert!(v["text"].as_str().unwrap().starts_with(query));
@@ -368,10 +373,10 @@ fn dpo_pairs_thumbs_up_with_thumbs_down_per_query() {
         );
     }
     // In log order, each thumbs-up meets the oldest waiting thumbs-down.
-    assert_eq!(lines[0]["prompt"], "what is  rust?");
+    assert_eq!(lines[0]["prompt"], "what is  rust?\n\n");
     assert_eq!(lines[0]["chosen"], format!("{GOOD} A"));
     assert_eq!(lines[0]["rejected"], "bad answer one");
-    assert_eq!(lines[1]["prompt"], "What is Rust?");
+    assert_eq!(lines[1]["prompt"], "What is Rust?\n\n");
     assert_eq!(lines[1]["chosen"], format!("{GOOD} B"));
     assert_eq!(lines[1]["rejected"], "bad answer two");
     // Both sides of each pair are in the record span.
@@ -380,13 +385,52 @@ fn dpo_pairs_thumbs_up_with_thumbs_down_per_query() {
         "2026-01-01T00:00:00.000000Z"
     );
 
+    // A system prompt does not change the shape: plain stays strings, and the
+    // conversational shape is asked for on its own.
     let with_system = GeneratorConfig {
         system_prompt: Some("sys".into()),
-        ..config
+        ..config.clone()
     };
     let (_, lines) = env.run(&with_system, "dpo-sys.jsonl");
-    assert_eq!(lines[0]["prompt"][0]["role"], "system");
+    assert_eq!(lines[0]["prompt"], "sys\n\nwhat is  rust?\n\n");
+    assert_eq!(lines[0]["chosen"], format!("{GOOD} A"));
+    let conversational = GeneratorConfig {
+        shape: Some(Shape::Conversational),
+        ..config.clone()
+    };
+    let (_, lines) = env.run(&conversational, "dpo-conv.jsonl");
+    assert_eq!(lines[0]["prompt"][0]["role"], "user");
     assert_eq!(lines[0]["chosen"][0]["role"], "assistant");
+    let (_, lines) = env.run(
+        &GeneratorConfig {
+            system_prompt: Some("sys".into()),
+            ..conversational
+        },
+        "dpo-conv-sys.jsonl",
+    );
+    assert_eq!(lines[0]["prompt"][0]["role"], "system");
+
+    // OpenAI's preference format pairs the same records.
+    let (r, lines) = env.run(
+        &GeneratorConfig {
+            format: Format::OpenAiDpo,
+            ..config
+        },
+        "openai-dpo.jsonl",
+    );
+    assert_eq!((r.unpaired, r.new_samples), (3, 2));
+    assert_eq!(
+        lines[0]["input"]["messages"][0]["content"],
+        "what is  rust?"
+    );
+    assert_eq!(
+        lines[0]["preferred_output"][0]["content"],
+        format!("{GOOD} A")
+    );
+    assert_eq!(
+        lines[0]["non_preferred_output"][0]["content"],
+        "bad answer one"
+    );
 }
 
 #[test]
@@ -419,7 +463,7 @@ fn kto_labels_follow_feedback() {
         .iter()
         .map(|l| (l["prompt"].as_str().unwrap(), l["label"].as_bool().unwrap()))
         .collect();
-    assert_eq!(labels, [("a", true), ("b", false)]);
+    assert_eq!(labels, [("a\n\n", true), ("b\n\n", false)]);
     for line in &lines {
         assert_eq!(
             keys(line),
@@ -1363,7 +1407,9 @@ fn big_logs_pair_like_record_by_record_processing() {
         .iter()
         .map(|line| {
             let text = |k: &str| line[k].as_str().unwrap().to_string();
-            (text("prompt"), text("chosen"), text("rejected"))
+            let prompt = text("prompt");
+            let query = prompt.strip_suffix("\n\n").unwrap_or(&prompt).to_string();
+            (query, text("chosen"), text("rejected"))
         })
         .collect();
     assert_eq!(got, expected);
@@ -1451,4 +1497,48 @@ fn a_stopped_run_removes_its_files_and_leaves_the_old_output() {
     let result = generate_with(&env.store, &rehearsal, &output, &HeuristicScorer, hooks).unwrap();
     assert!(result.rehearsal_samples > 0, "{result:?}");
     assert_eq!(read_lines(&output).len() as u64, result.final_count);
+}
+
+#[test]
+fn rehearsal_samples_take_the_shape_of_the_output() {
+    let env = env();
+    env.log(&[good("new question", 0.9)]);
+    let existing = env.path("old.jsonl");
+    let old = [
+        r#"{"prompt":[{"role":"system","content":"old system"},{"role":"user","content":"old q1"}],"completion":[{"role":"assistant","content":"old a1"}]}"#,
+        r#"{"prompt":"old q2\n\n","completion":"old a2"}"#,
+        r#"{"messages":[{"role":"user","content":"old q3"},{"role":"assistant","content":"old a3"}]}"#,
+    ];
+    fs::write(&existing, old.join("\n")).unwrap();
+    for shape in Shape::ALL {
+        let config = GeneratorConfig {
+            format: Format::Completion,
+            shape: Some(shape),
+            existing: Some(existing.clone()),
+            rehearsal_ratio: 0.75,
+            ..GeneratorConfig::default()
+        };
+        let (r, lines) = env.run(&config, "mixed.jsonl");
+        assert_eq!((r.new_samples, r.rehearsal_samples), (1, 3), "{shape}");
+        for line in &lines {
+            let plain = line["prompt"].is_string() && line["completion"].is_string();
+            let listed = line["prompt"].is_array() && line["completion"].is_array();
+            assert!(
+                if shape == Shape::Plain { plain } else { listed },
+                "{shape}: {line}"
+            );
+        }
+        let first = lines
+            .iter()
+            .find(|l| l["completion"].to_string().contains("old a1"))
+            .expect("the first existing line is rehearsed");
+        let expected = match shape {
+            Shape::Plain => serde_json::json!("old system\n\nold q1\n\n"),
+            Shape::Conversational => serde_json::json!([
+                {"role": "system", "content": "old system"},
+                {"role": "user", "content": "old q1"}
+            ]),
+        };
+        assert_eq!(first["prompt"], expected, "{shape}");
+    }
 }

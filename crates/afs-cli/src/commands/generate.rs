@@ -54,6 +54,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &GenerateArgs) -> anyhow::Result<()
 
     if result.total_candidates == 0 {
         eprintln!("warning: {}", no_candidates(&store, &generator)?);
+    } else if result.final_count == 0 {
+        eprintln!("warning: {}", no_samples(&result, &generator));
     }
     if let Some(existing) = &result.existing {
         if existing.malformed > 0 {
@@ -105,6 +107,67 @@ fn no_candidates(store: &dyn UsageStore, g: &GeneratorConfig) -> anyhow::Result<
     } else {
         format!("no records {}; the output is empty", narrowed.join(" and "))
     })
+}
+
+/// Why a run that found records wrote no sample: each stage that dropped some, largest
+/// first. An empty file is not a dataset (`datasets.load_dataset` fails on it), so this is
+/// said on stderr even though the run succeeded.
+fn no_samples(r: &GenerationResult, g: &GeneratorConfig) -> String {
+    let feedback = if g.format.is_preference() {
+        "had no thumbs-up or thumbs-down feedback".to_string()
+    } else {
+        match g.min_user_feedback {
+            Some(n) => format!("had no feedback of at least {n}"),
+            None => "had no feedback".to_string(),
+        }
+    };
+    let quality = format!("below the minimum quality {}", g.min_quality_score);
+    // (count, what happened to them, whether it is said with "was"/"were")
+    let mut stages = [
+        (
+            r.unpaired,
+            "had no counterpart of opposite feedback for their query",
+            false,
+        ),
+        (r.filtered_by_feedback, feedback.as_str(), false),
+        (r.filtered_by_quality, quality.as_str(), true),
+        (r.duplicates_removed, "duplicates", true),
+        (r.near_duplicates_removed, "near-duplicates", true),
+        (
+            r.existing_duplicates_removed,
+            "already in the existing file",
+            true,
+        ),
+    ];
+    stages.sort_by_key(|(n, _, _)| std::cmp::Reverse(*n));
+    let reasons: Vec<String> = stages
+        .iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|&(n, what, with_be)| {
+            let be = match (with_be, n) {
+                (false, _) => "",
+                (true, 1) => "was ",
+                (true, _) => "were ",
+            };
+            format!("{} {be}{what}", count(n, "record"))
+        })
+        .collect();
+    let what = if g.format.is_paired() {
+        "no pairs"
+    } else {
+        "no samples"
+    };
+    format!(
+        "{what}: of {}, {}; the output {} is empty, and loaders such as datasets' load_dataset \
+         refuse an empty file",
+        count(r.total_candidates, "record"),
+        if reasons.is_empty() {
+            "none was kept".to_string()
+        } else {
+            reasons.join(", ")
+        },
+        r.output_path.display()
+    )
 }
 
 /// The generator settings: the config file's `[generator]`, overridden by the flags, and
@@ -161,6 +224,12 @@ fn generator_config(
     if let Some(prompt) = &args.system_prompt {
         g.system_prompt = Some(prompt.clone());
     }
+    if let Some(shape) = args.shape {
+        g.shape = Some(shape);
+    }
+    if let Some(on) = switch(args.metadata, args.no_metadata) {
+        g.metadata = on;
+    }
     if let Some(on) = switch(args.redact, args.no_redact) {
         g.redact = on;
     }
@@ -210,6 +279,7 @@ fn flag_of(field: &str, args: &GenerateArgs) -> Option<&'static str> {
         "rehearsal_ratio" => ("--rehearsal", args.rehearsal.is_some()),
         "since" => ("--since", args.since.is_some() || args.until.is_some()),
         "model" => ("--model", args.model.is_some()),
+        "shape" => ("--shape", args.shape.is_some()),
         "near_dedupe.threshold" => ("--threshold", args.threshold.is_some()),
         _ => return None,
     };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use afs_abtest::{AbTestError, AbTestSettings};
-use afs_datagen::{DatagenError, Format, GeneratorConfig};
+use afs_datagen::{DatagenError, Format, GeneratorConfig, Shape};
 use afs_store::StoreError;
 use afs_store_sqlite::SqliteConfig;
 use afs_trigger::{TriggerConfig, TriggerError};
@@ -133,6 +133,8 @@ struct GeneratorSection {
     seed: Option<u64>,
     model: Option<String>,
     system_prompt: Option<String>,
+    shape: Option<String>,
+    metadata: Option<bool>,
     write_back_scores: Option<bool>,
 }
 
@@ -307,7 +309,7 @@ impl FileConfig {
         let generator = &mut config.generator;
         set_present!(g => generator;
             min_quality_score, deduplicate, redact, rehearsal_ratio,
-            seed, write_back_scores,
+            seed, write_back_scores, metadata,
         );
         if let Some(feedback) = g.min_user_feedback {
             generator.min_user_feedback = match feedback {
@@ -319,6 +321,12 @@ impl FileConfig {
             generator.format = name
                 .parse::<Format>()
                 .map_err(|err| KeyError::new("generator.format", err.to_string()))?;
+        }
+        if let Some(name) = &g.shape {
+            generator.shape = Some(
+                name.parse::<Shape>()
+                    .map_err(|reason| KeyError::new("generator.shape", reason))?,
+            );
         }
         generator.max_samples = g.max_samples.or(generator.max_samples);
         generator.existing = g
@@ -337,8 +345,11 @@ impl FileConfig {
         // near-dedupe is off (a flag may turn it on), and with a stand-in existing file when
         // none is set: `afs generate --existing FILE` may supply the file that
         // `rehearsal_ratio` needs, and the command checks that combination itself.
+        // The shape is checked against the format only when this layer sets the format as
+        // well: `--format` may choose one that has the shape.
         let probe = GeneratorConfig {
             near_dedupe: Some(config.near_dedupe.clone()),
+            shape: generator.shape.filter(|_| g.format.is_some()),
             existing: generator
                 .existing
                 .clone()

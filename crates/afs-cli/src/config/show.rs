@@ -43,6 +43,9 @@ struct ShownGenerator {
     model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shape: Option<&'static str>,
+    metadata: bool,
     write_back_scores: bool,
 }
 
@@ -88,6 +91,8 @@ fn shown(config: &Config) -> Shown<'_> {
             seed: g.seed,
             model: g.model.clone(),
             system_prompt: g.system_prompt.clone(),
+            shape: g.shape.map(|s| s.as_str()),
+            metadata: g.metadata,
             write_back_scores: g.write_back_scores,
         },
         abtest: AbTestSettings::from(&config.abtest),

@@ -614,6 +614,18 @@ fn out_of_range_values_name_the_key() {
         "[generator]\nformat = \"jsonl\"",
         "generator.format: unknown format \"jsonl\"",
     );
+    check(
+        "[generator]\nformat = \"openai_dpo\"",
+        "did you mean openai-dpo?",
+    );
+    check(
+        "[generator]\nshape = \"lists\"",
+        "generator.shape: unknown shape",
+    );
+    check(
+        "[generator]\nformat = \"chatml\"\nshape = \"plain\"",
+        "generator.shape: format chatml is conversational only",
+    );
     check("[generator]\nmodel = \"\"", "generator.model");
     check("[retrain]\ntrain_cmd = \" \"", "retrain.train_cmd");
     check("[retrain]\ntimeout_secs = 0", "retrain.timeout_secs");
@@ -653,6 +665,22 @@ fn relative_paths_are_relative_to_the_file() {
         config.retrain.retrainer.output_dir,
         Path::new("continuous_output")
     );
+}
+
+#[test]
+fn shape_and_metadata_keys() {
+    let config =
+        parse_text("[generator]\nformat = \"dpo\"\nshape = \"conversational\"\nmetadata = false")
+            .unwrap();
+    assert_eq!(
+        config.generator.shape,
+        Some(afs_datagen::Shape::Conversational)
+    );
+    assert!(!config.generator.metadata);
+    // Without a format in the same file, `afs generate --format` may give one that has the
+    // shape, so the combination is left to the command.
+    let config = parse_text("[generator]\nshape = \"plain\"").unwrap();
+    assert_eq!(config.generator.shape, Some(afs_datagen::Shape::Plain));
 }
 
 #[test]
