@@ -841,8 +841,8 @@ impl SpanAcc {
         Some(RecordSpan {
             first_id: self.first_id.clone(),
             last_id: self.last_id.clone(),
-            first_timestamp: first.to_rfc3339_opts(SecondsFormat::Micros, true),
-            last_timestamp: last.to_rfc3339_opts(SecondsFormat::Micros, true),
+            first_timestamp: first.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            last_timestamp: last.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         })
     }
 }
@@ -1379,7 +1379,7 @@ fn manifest_bytes(config: &GeneratorConfig, result: &GenerationResult) -> Vec<u8
             rows,
         }
     };
-    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true));
+    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     let file_name = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -1552,7 +1552,7 @@ mod tests {
         span.add("C", t(10));
         let s = span.to_span().unwrap();
         assert_eq!((s.first_id.as_str(), s.last_id.as_str()), ("A", "C"));
-        assert_eq!(s.first_timestamp, "1970-01-01T00:00:10.000000Z");
+        assert_eq!(s.first_timestamp, "1970-01-01T00:00:10Z");
         let mut q = QualityAcc::default();
         assert_eq!(q.stats(), None);
         for v in [0.8, 1.0, 0.9] {

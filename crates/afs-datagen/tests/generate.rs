@@ -178,8 +178,8 @@ fn every_stage_is_counted() {
     assert_eq!((stats.min, stats.max), (0.7, 1.0));
     assert!((stats.mean - (0.9 + 1.0 + 0.7) / 3.0).abs() < 1e-12);
     let span = r.records.unwrap();
-    assert_eq!(span.first_timestamp, "2026-01-01T00:00:00.000000Z");
-    assert_eq!(span.last_timestamp, "2026-01-01T00:08:00.000000Z");
+    assert_eq!(span.first_timestamp, "2026-01-01T00:00:00Z");
+    assert_eq!(span.last_timestamp, "2026-01-01T00:08:00Z");
     assert!(span.first_id < span.last_id);
 }
 
@@ -382,7 +382,7 @@ fn dpo_pairs_thumbs_up_with_thumbs_down_per_query() {
     // Both sides of each pair are in the record span.
     assert_eq!(
         r.records.unwrap().first_timestamp,
-        "2026-01-01T00:00:00.000000Z"
+        "2026-01-01T00:00:00Z"
     );
 
     // A system prompt does not change the shape: plain stays strings, and the
@@ -1126,11 +1126,11 @@ fn manifest_records_config_counts_and_hash() {
     assert_eq!(manifest["result"]["output_path"], "train.jsonl");
     assert_eq!(
         manifest["result"]["records"]["first_timestamp"],
-        "2026-01-01T00:00:00.000000Z"
+        "2026-01-01T00:00:00Z"
     );
     assert_eq!(
         manifest["result"]["records"]["last_timestamp"],
-        "2026-01-01T00:01:00.000000Z"
+        "2026-01-01T00:01:00Z"
     );
 }
 
