@@ -35,6 +35,7 @@ mod result;
 mod rng;
 mod scan;
 mod scorer;
+mod settings;
 
 pub use config::{
     Format, GeneratorConfig, NearDedupeConfig, ParseFormatError, Shape, PLAIN_SEPARATOR,
@@ -48,3 +49,4 @@ pub use pipeline::{generate, generate_with, manifest_path, Hooks};
 pub use redact::{RedactionCounts, Redactor, CREDIT_CARD, EMAIL, IP_ADDRESS, PHONE, SECRET};
 pub use result::{GenerationResult, Progress, QualityStats, RecordSpan, Stage};
 pub use scorer::{HeuristicScorer, QualityScorer};
+pub use settings::GeneratorSettings;

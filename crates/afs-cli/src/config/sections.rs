@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use afs_abtest::{AbTestError, AbTestSettings};
-use afs_datagen::{DatagenError, Format, GeneratorConfig, Shape};
+use afs_datagen::{DatagenError, GeneratorConfig, GeneratorSettings};
 use afs_store::StoreError;
 use afs_store_sqlite::SqliteConfig;
 use afs_trigger::{TriggerConfig, TriggerError};
@@ -36,11 +36,11 @@ impl KeyError {
 /// The whole file, and what each environment variable and `--set` flag is read into. Every
 /// key is optional: an absent key keeps the default.
 ///
-/// `[store]`, `[trigger]` and `[abtest]` are the libraries' own written forms
-/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`]), `[loop]` and `[serve]` are
-/// [`LoopSettings`] and [`ServeSettings`], each declared once with its serde keys and
-/// defaults; `[generator]` and `[trainer]` are still mirrored here and mapped onto the
-/// libraries' configs by [`FileConfig::into_config`].
+/// `[store]`, `[trigger]`, `[abtest]` and `[generator]` are the libraries' own written forms
+/// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`], [`GeneratorSettings`]),
+/// `[loop]` and `[serve]` are [`LoopSettings`] and [`ServeSettings`], each declared once
+/// with its serde keys and defaults; `[trainer]` is still mirrored here and mapped onto the
+/// library's config by [`FileConfig::into_config`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
@@ -49,7 +49,7 @@ pub(super) struct FileConfig {
     #[serde(default)]
     trigger: TriggerConfig,
     #[serde(default)]
-    generator: GeneratorSection,
+    generator: GeneratorSettings,
     #[serde(default)]
     abtest: AbTestSettings,
     #[serde(default, rename = "loop")]
@@ -115,29 +115,6 @@ pub(super) mod socket_addr_text {
     }
 }
 
-/// `[generator]`: the file-level fields of [`GeneratorConfig`]. The per-run filters
-/// (`since`, `until`) are flags of `afs generate` only.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GeneratorSection {
-    min_quality_score: Option<f64>,
-    min_user_feedback: Option<FeedbackSetting>,
-    deduplicate: Option<bool>,
-    near_dedupe: Option<bool>,
-    near_dedupe_threshold: Option<f64>,
-    format: Option<String>,
-    max_samples: Option<u64>,
-    redact: Option<bool>,
-    existing: Option<PathBuf>,
-    rehearsal_ratio: Option<f64>,
-    seed: Option<u64>,
-    model: Option<String>,
-    system_prompt: Option<String>,
-    shape: Option<String>,
-    metadata: Option<bool>,
-    write_back_scores: Option<bool>,
-}
-
 /// `[trainer]` (and its old name `[retrain]`): the trainer command and [`RetrainerConfig`].
 ///
 /// [`RetrainerConfig`]: afs_trigger::RetrainerConfig
@@ -163,52 +140,6 @@ impl TrainerSection {
             output_dir: self.output_dir.or(other.output_dir),
             dataset_name: self.dataset_name.or(other.dataset_name),
         }
-    }
-}
-
-/// `generator.min_user_feedback`: an integer (-1, 0 or 1: the minimum feedback a record
-/// needs) or the string `"none"` (no feedback condition; records without feedback pass).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FeedbackSetting {
-    AtLeast(i64),
-    NoCondition,
-}
-
-impl<'de> Deserialize<'de> for FeedbackSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FeedbackVisitor;
-
-        impl Visitor<'_> for FeedbackVisitor {
-            type Value = FeedbackSetting;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("-1, 0, 1 or \"none\"")
-            }
-
-            // The range is checked by `GeneratorConfig::validate`, which names the key.
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(FeedbackSetting::AtLeast(v))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v)
-                    .map(FeedbackSetting::AtLeast)
-                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
-            }
-
-            // "none" in a file; an environment variable or `--set` also gives "-1" as text.
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                if v == "none" {
-                    return Ok(FeedbackSetting::NoCondition);
-                }
-                v.trim()
-                    .parse::<i64>()
-                    .map(FeedbackSetting::AtLeast)
-                    .map_err(|_| E::invalid_value(Unexpected::Str(v), &self))
-            }
-        }
-
-        deserializer.deserialize_any(FeedbackVisitor)
     }
 }
 
@@ -264,13 +195,6 @@ impl<'de> Deserialize<'de> for DurationSetting {
     }
 }
 
-/// Copies each `Some` field of `$from` onto the field of the same name of `$to`.
-macro_rules! set_present {
-    ($from:expr => $to:expr; $($field:ident),* $(,)?) => {
-        $( if let Some(value) = $from.$field { $to.$field = value; } )*
-    };
-}
-
 impl FileConfig {
     /// The settings of these merged layers; `sources` says where each key came from (a
     /// relative path from the file is relative to the file's directory).
@@ -305,42 +229,12 @@ impl FileConfig {
             other => KeyError::new("trigger", other.to_string()),
         })?;
 
-        let g = self.generator;
-        let generator = &mut config.generator;
-        set_present!(g => generator;
-            min_quality_score, deduplicate, redact, rehearsal_ratio,
-            seed, write_back_scores, metadata,
-        );
-        if let Some(feedback) = g.min_user_feedback {
-            generator.min_user_feedback = match feedback {
-                FeedbackSetting::AtLeast(n) => Some(n),
-                FeedbackSetting::NoCondition => None,
-            };
-        }
-        if let Some(name) = &g.format {
-            generator.format = name
-                .parse::<Format>()
-                .map_err(|err| KeyError::new("generator.format", err.to_string()))?;
-        }
-        if let Some(name) = &g.shape {
-            generator.shape = Some(
-                name.parse::<Shape>()
-                    .map_err(|reason| KeyError::new("generator.shape", reason))?,
-            );
-        }
-        generator.max_samples = g.max_samples.or(generator.max_samples);
-        generator.existing = g
-            .existing
-            .map(|p| resolve("generator.existing", p))
-            .or(generator.existing.take());
-        generator.model = g.model.or(generator.model.take());
-        generator.system_prompt = g.system_prompt.or(generator.system_prompt.take());
-        if let Some(threshold) = g.near_dedupe_threshold {
-            config.near_dedupe.threshold = threshold;
-        }
-        if g.near_dedupe == Some(true) {
-            generator.near_dedupe = Some(config.near_dedupe.clone());
-        }
+        let format_given = self.generator.format.is_some();
+        let (mut generator, near_dedupe) = self.generator.into_config();
+        generator.existing = generator.existing.map(|p| resolve("generator.existing", p));
+        config.near_dedupe = near_dedupe;
+        config.generator = generator;
+        let generator = &config.generator;
         // Validate with near-dedupe on, so that a bad threshold is reported even while
         // near-dedupe is off (a flag may turn it on), and with a stand-in existing file when
         // none is set: `afs generate --existing FILE` may supply the file that
@@ -349,7 +243,7 @@ impl FileConfig {
         // well: `--format` may choose one that has the shape.
         let probe = GeneratorConfig {
             near_dedupe: Some(config.near_dedupe.clone()),
-            shape: generator.shape.filter(|_| g.format.is_some()),
+            shape: generator.shape.filter(|_| format_given),
             existing: generator
                 .existing
                 .clone()

@@ -5,9 +5,10 @@
 //! are (their serde keys are the file's); the other sections are still mirrored here.
 
 use afs_abtest::AbTestSettings;
+use afs_datagen::GeneratorSettings;
 use afs_store_sqlite::SqliteConfig;
 use afs_trigger::TriggerConfig;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use super::{Config, LoopSettings, ServeSettings};
 
@@ -15,50 +16,13 @@ use super::{Config, LoopSettings, ServeSettings};
 struct Shown<'a> {
     store: &'a SqliteConfig,
     trigger: &'a TriggerConfig,
-    generator: ShownGenerator,
+    generator: GeneratorSettings,
     abtest: AbTestSettings,
     #[serde(rename = "loop")]
     looping: &'a LoopSettings,
     trainer: ShownTrainer,
     /// `[serve]`, without its tokens (secrets: `to_toml` says in a comment how many are set).
     serve: &'a ServeSettings,
-}
-
-#[derive(Serialize)]
-struct ShownGenerator {
-    min_quality_score: f64,
-    min_user_feedback: Feedback,
-    deduplicate: bool,
-    near_dedupe: bool,
-    near_dedupe_threshold: f64,
-    format: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_samples: Option<u64>,
-    redact: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    existing: Option<String>,
-    rehearsal_ratio: f64,
-    seed: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_prompt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shape: Option<&'static str>,
-    metadata: bool,
-    write_back_scores: bool,
-}
-
-/// `min_user_feedback`: an integer, or `"none"`.
-struct Feedback(Option<i64>);
-
-impl Serialize for Feedback {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Some(n) => serializer.serialize_i64(n),
-            None => serializer.serialize_str("none"),
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -72,29 +36,11 @@ struct ShownTrainer {
 }
 
 fn shown(config: &Config) -> Shown<'_> {
-    let g = &config.generator;
     let r = &config.retrain;
     Shown {
         store: &config.store,
         trigger: &config.trigger,
-        generator: ShownGenerator {
-            min_quality_score: g.min_quality_score,
-            min_user_feedback: Feedback(g.min_user_feedback),
-            deduplicate: g.deduplicate,
-            near_dedupe: g.near_dedupe.is_some(),
-            near_dedupe_threshold: config.near_dedupe.threshold,
-            format: g.format.as_str(),
-            max_samples: g.max_samples,
-            redact: g.redact,
-            existing: g.existing.as_ref().map(|p| p.display().to_string()),
-            rehearsal_ratio: g.rehearsal_ratio,
-            seed: g.seed,
-            model: g.model.clone(),
-            system_prompt: g.system_prompt.clone(),
-            shape: g.shape.map(|s| s.as_str()),
-            metadata: g.metadata,
-            write_back_scores: g.write_back_scores,
-        },
+        generator: GeneratorSettings::from((&config.generator, &config.near_dedupe)),
         abtest: AbTestSettings::from(&config.abtest),
         looping: &config.loop_settings,
         trainer: ShownTrainer {

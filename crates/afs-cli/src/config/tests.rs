@@ -610,17 +610,21 @@ fn out_of_range_values_name_the_key() {
         "[generator]\nnear_dedupe_threshold = 0",
         "generator.near_dedupe_threshold",
     );
-    check(
+    // A name that is not a format is refused while the file is read, with its line.
+    check_err(
         "[generator]\nformat = \"jsonl\"",
-        "generator.format: unknown format \"jsonl\"",
+        &[
+            "config file afs.toml, line 2: ",
+            "generator.format: unknown format \"jsonl\"",
+        ],
     );
-    check(
+    check_err(
         "[generator]\nformat = \"openai_dpo\"",
-        "did you mean openai-dpo?",
+        &["line 2", "did you mean openai-dpo?"],
     );
-    check(
+    check_err(
         "[generator]\nshape = \"lists\"",
-        "generator.shape: unknown shape",
+        &["line 2", "generator.shape: unknown shape"],
     );
     check(
         "[generator]\nformat = \"chatml\"\nshape = \"plain\"",
