@@ -31,8 +31,8 @@ use std::time::Duration;
 use afs_abtest::AbTestConfig;
 use afs_datagen::GeneratorConfig;
 use afs_loop::{
-    ContinuousLearningLoop, DeployStep, IterationReport, LoopConfig, LoopError, LoopStore, Result,
-    RetrainStep,
+    ContinuousLearningLoop, DeployStep, ExperimentStep, IterationReport, LoopConfig, LoopError,
+    LoopStore, Result, RetrainStep,
 };
 use afs_store::rng::splitmix64 as splitmix;
 use afs_store::{
@@ -931,61 +931,74 @@ impl<S: LoopStore> Simulation<'_, S> {
 
     fn report_events(&mut self, report: &IterationReport) -> Result<()> {
         if let Some(e) = &report.experiment {
-            match e.applied {
-                Some(Decision::Promote) => {
-                    self.summary_counts.promotions += 1;
-                    let (truth, right) = self.verdict(&e.challenger, &e.champion, true);
-                    self.count_decision(right);
-                    let now = self.clock.now();
-                    if let Some(last) = self.champions.last_mut() {
-                        last.until = Some(now);
-                    }
-                    let q = self.quality_of(&e.challenger);
-                    self.champions.push(ChampionSpan {
-                        name: e.challenger.clone(),
-                        true_quality: q,
-                        since: now,
-                        until: None,
-                    });
-                    self.outcomes
-                        .insert(e.champion.clone(), "promoted, later replaced".into());
-                    self.outcomes
-                        .insert(e.challenger.clone(), "champion".into());
-                    self.emit(
-                        DemoEventKind::Promote,
-                        format!(
-                            "promoted {} over {} after {:.0} h: {}; {truth}",
-                            e.challenger, e.champion, e.elapsed_hours, e.reason
-                        ),
-                    );
-                }
-                Some(Decision::Rollback) => {
-                    self.summary_counts.rollbacks += 1;
-                    let (truth, right) = self.verdict(&e.challenger, &e.champion, false);
-                    self.count_decision(right);
-                    self.outcomes
-                        .insert(e.challenger.clone(), "rolled_back".into());
-                    self.emit(
-                        DemoEventKind::Rollback,
-                        format!(
-                            "rolled back {} after {:.0} h, {} stays champion: {}; {truth}",
-                            e.challenger, e.elapsed_hours, e.champion, e.reason
-                        ),
-                    );
-                }
-                _ if e.decision == Decision::Hold && !self.held.contains(&e.experiment_id) => {
-                    self.held.push(e.experiment_id);
-                    self.emit(
-                        DemoEventKind::Hold,
-                        format!(
-                            "experiment {} ({} vs {}) held: {}",
-                            e.experiment_id, e.champion, e.challenger, e.reason
-                        ),
-                    );
-                }
-                _ => {}
-            }
+            self.report_experiment(e);
         }
+        self.report_retrain(report);
+        self.report_deploy(report.deploy.as_ref());
+        Ok(())
+    }
+
+    /// A promotion, a rollback or a first hold of the running experiment.
+    fn report_experiment(&mut self, e: &ExperimentStep) {
+        match e.applied {
+            Some(Decision::Promote) => {
+                self.summary_counts.promotions += 1;
+                let (truth, right) = self.verdict(&e.challenger, &e.champion, true);
+                self.count_decision(right);
+                let now = self.clock.now();
+                if let Some(last) = self.champions.last_mut() {
+                    last.until = Some(now);
+                }
+                let q = self.quality_of(&e.challenger);
+                self.champions.push(ChampionSpan {
+                    name: e.challenger.clone(),
+                    true_quality: q,
+                    since: now,
+                    until: None,
+                });
+                self.outcomes
+                    .insert(e.champion.clone(), "promoted, later replaced".into());
+                self.outcomes
+                    .insert(e.challenger.clone(), "champion".into());
+                self.emit(
+                    DemoEventKind::Promote,
+                    format!(
+                        "promoted {} over {} after {:.0} h: {}; {truth}",
+                        e.challenger, e.champion, e.elapsed_hours, e.reason
+                    ),
+                );
+            }
+            Some(Decision::Rollback) => {
+                self.summary_counts.rollbacks += 1;
+                let (truth, right) = self.verdict(&e.challenger, &e.champion, false);
+                self.count_decision(right);
+                self.outcomes
+                    .insert(e.challenger.clone(), "rolled_back".into());
+                self.emit(
+                    DemoEventKind::Rollback,
+                    format!(
+                        "rolled back {} after {:.0} h, {} stays champion: {}; {truth}",
+                        e.challenger, e.elapsed_hours, e.champion, e.reason
+                    ),
+                );
+            }
+            _ if e.decision == Decision::Hold && !self.held.contains(&e.experiment_id) => {
+                self.held.push(e.experiment_id);
+                self.emit(
+                    DemoEventKind::Hold,
+                    format!(
+                        "experiment {} ({} vs {}) held: {}",
+                        e.experiment_id, e.champion, e.challenger, e.reason
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A retrain: the demo trainer's model gets its hidden truth under the name the loop
+    /// gives it.
+    fn report_retrain(&mut self, report: &IterationReport) {
         match &report.retrain {
             RetrainStep::Completed {
                 trigger_type,
@@ -1052,7 +1065,11 @@ impl<S: LoopStore> Simulation<'_, S> {
             }
             _ => {}
         }
-        match &report.deploy {
+    }
+
+    /// Where the new model went.
+    fn report_deploy(&mut self, deploy: Option<&DeployStep>) {
+        match deploy {
             Some(DeployStep::Challenger { name, weight, .. }) => {
                 self.outcomes.insert(name.clone(), "testing".into());
                 self.emit(
@@ -1075,7 +1092,6 @@ impl<S: LoopStore> Simulation<'_, S> {
             }
             None => {}
         }
-        Ok(())
     }
 
     fn count_decision(&mut self, right: bool) {
