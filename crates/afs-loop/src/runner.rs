@@ -652,83 +652,9 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             self.trainer.as_ref(),
             options.force_retrain,
         )?;
-        match outcome {
-            RetrainOutcome::NotTriggered(trigger) => {
-                report.notes.push(format!("no retrain: {}", trigger.reason));
-                report.retrain = RetrainStep::NotTriggered {
-                    reason: trigger.reason,
-                };
-            }
-            RetrainOutcome::AlreadyRunning { reason, .. } => {
-                report.notes.push(format!("no retrain: {reason}"));
-                report.retrain = RetrainStep::AlreadyRunning { reason };
-            }
-            RetrainOutcome::Refused {
-                run,
-                trigger,
-                dataset,
-            } => {
-                let reason = run.error.clone().unwrap_or_default();
-                report.notes.push(format!(
-                    "retrain triggered ({}): {}",
-                    trigger_name(&trigger.trigger_type),
-                    trigger.reason
-                ));
-                report
-                    .errors
-                    .push(format!("retrain run {}: {reason}", run.id));
-                report.retrain = RetrainStep::Refused {
-                    run_id: run.id,
-                    n_samples: dataset.final_count,
-                    reason,
-                };
-            }
-            RetrainOutcome::Failed { run, trigger } => {
-                let error = run.error.clone().unwrap_or_default();
-                report.notes.push(format!(
-                    "retrain triggered ({}): {}",
-                    trigger_name(&trigger.trigger_type),
-                    trigger.reason
-                ));
-                report.errors.push(format!(
-                    "retrain run {} {}: {error}",
-                    run.id,
-                    run.status.as_str()
-                ));
-                report.retrain = RetrainStep::Failed {
-                    run_id: run.id,
-                    status: run.status,
-                    error,
-                };
-            }
-            RetrainOutcome::Completed {
-                run,
-                trigger,
-                dataset,
-                output,
-            } => {
-                let trigger_type = trigger_name(&trigger.trigger_type);
-                report.notes.push(format!(
-                    "retrain triggered ({trigger_type}): {}",
-                    trigger.reason
-                ));
-                let dataset_path = run.dataset_path.clone().unwrap_or_default();
-                report.notes.push(format!(
-                    "retrain run {} trained on {} samples ({dataset_path}); the trainer reported {}",
-                    run.id, dataset.final_count, output.model_path
-                ));
-                report.retrain = RetrainStep::Completed {
-                    run_id: run.id.clone(),
-                    trigger_type: trigger_type.to_string(),
-                    trigger_reason: trigger.reason.clone(),
-                    dataset_path,
-                    n_samples: dataset.final_count,
-                    model_path: output.model_path.clone(),
-                    metrics: output.metrics.clone(),
-                };
-                self.deploy_new_model(number, &run, &output, &mut report)?;
-                self.invalidate_routing();
-            }
+        if let Some((run, output)) = record_retrain(&mut report, outcome) {
+            self.deploy_new_model(number, &run, &output, &mut report)?;
+            self.invalidate_routing();
         }
         report.finished_at = self.store.clock().now();
         Ok(report)
@@ -976,6 +902,92 @@ fn next_version_name<'a>(stem: &str, names: impl Iterator<Item = &'a str>) -> St
         .max()
         .unwrap_or(0);
     format!("{stem}-v{}", highest + 1)
+}
+
+/// Writes a retrain's outcome into `report` (its step, notes and errors); returns the run
+/// and the trainer's output when a model was trained, for deployment.
+fn record_retrain(
+    report: &mut IterationReport,
+    outcome: RetrainOutcome,
+) -> Option<(RetrainRun, TrainOutput)> {
+    match outcome {
+        RetrainOutcome::NotTriggered(trigger) => {
+            report.notes.push(format!("no retrain: {}", trigger.reason));
+            report.retrain = RetrainStep::NotTriggered {
+                reason: trigger.reason,
+            };
+        }
+        RetrainOutcome::AlreadyRunning { reason, .. } => {
+            report.notes.push(format!("no retrain: {reason}"));
+            report.retrain = RetrainStep::AlreadyRunning { reason };
+        }
+        RetrainOutcome::Refused {
+            run,
+            trigger,
+            dataset,
+        } => {
+            let reason = run.error.clone().unwrap_or_default();
+            report.notes.push(format!(
+                "retrain triggered ({}): {}",
+                trigger_name(&trigger.trigger_type),
+                trigger.reason
+            ));
+            report
+                .errors
+                .push(format!("retrain run {}: {reason}", run.id));
+            report.retrain = RetrainStep::Refused {
+                run_id: run.id,
+                n_samples: dataset.final_count,
+                reason,
+            };
+        }
+        RetrainOutcome::Failed { run, trigger } => {
+            let error = run.error.clone().unwrap_or_default();
+            report.notes.push(format!(
+                "retrain triggered ({}): {}",
+                trigger_name(&trigger.trigger_type),
+                trigger.reason
+            ));
+            report.errors.push(format!(
+                "retrain run {} {}: {error}",
+                run.id,
+                run.status.as_str()
+            ));
+            report.retrain = RetrainStep::Failed {
+                run_id: run.id,
+                status: run.status,
+                error,
+            };
+        }
+        RetrainOutcome::Completed {
+            run,
+            trigger,
+            dataset,
+            output,
+        } => {
+            let trigger_type = trigger_name(&trigger.trigger_type);
+            report.notes.push(format!(
+                "retrain triggered ({trigger_type}): {}",
+                trigger.reason
+            ));
+            let dataset_path = run.dataset_path.clone().unwrap_or_default();
+            report.notes.push(format!(
+                "retrain run {} trained on {} samples ({dataset_path}); the trainer reported {}",
+                run.id, dataset.final_count, output.model_path
+            ));
+            report.retrain = RetrainStep::Completed {
+                run_id: run.id.clone(),
+                trigger_type: trigger_type.to_string(),
+                trigger_reason: trigger.reason.clone(),
+                dataset_path,
+                n_samples: dataset.final_count,
+                model_path: output.model_path.clone(),
+                metrics: output.metrics.clone(),
+            };
+            return Some((run, output));
+        }
+    }
+    None
 }
 
 fn trigger_name(trigger_type: &Option<afs_trigger::TriggerType>) -> &'static str {
