@@ -746,32 +746,13 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             model_path: output.model_path.clone(),
             reason,
         };
-
-        if let Some(gate) = &self.config.eval_gate {
-            self.set_phase(number, "evaluation gate")?;
-            let outcome = run_gate(
-                gate,
-                &GateJob {
-                    model_path: &output.model_path,
-                    run_id: &run.id,
-                    run_dir: Path::new(&run.run_dir),
-                    dataset_path: &dataset_path,
-                    stop: self.generation_stop.as_deref(),
-                },
-            );
-            let passed = outcome.passed;
-            let detail = outcome.detail.clone();
-            report.gate = Some(outcome);
-            if !passed {
-                let reason = format!("the evaluation gate rejected {name}: {detail}");
-                report.notes.push(format!("not deployed: {reason}"));
-                report.errors.push(reason.clone());
-                report.deploy = Some(not_deployed(reason));
-                return Ok(());
-            }
-            report
-                .notes
-                .push(format!("the evaluation gate passed {name} ({detail})"));
+        if let Some(reason) =
+            self.gate_rejects(number, run, output, &name, &dataset_path, report)?
+        {
+            report.notes.push(format!("not deployed: {reason}"));
+            report.errors.push(reason.clone());
+            report.deploy = Some(not_deployed(reason));
+            return Ok(());
         }
 
         self.set_phase(number, "deploy")?;
@@ -781,37 +762,7 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             dataset: (!dataset_path.is_empty()).then(|| dataset_path.clone()),
             run_id: Some(run.id.clone()),
         };
-        let deployed = if self.store.champion()?.is_none() {
-            let reason = "no champion was set: the first trained model becomes champion";
-            self.make_champion(&version, reason)
-        } else if self.config.enable_ab_testing {
-            let weight = self.config.abtest.initial_challenger_traffic;
-            let reason = format!("trained by retrain run {}", run.id);
-            let deployed = match self.routing_seed {
-                Some(base) => {
-                    let seed = splitmix(base ^ (self.store.experiments()?.len() as u64 + 1));
-                    self.ab
-                        .deploy_challenger_with_seed(&version, Some(weight), seed, &reason)
-                }
-                None => self.ab.deploy_challenger(&version, Some(weight), &reason),
-            };
-            deployed
-                .map(|experiment| DeployStep::Challenger {
-                    name: name.clone(),
-                    model_path: output.model_path.clone(),
-                    weight: experiment.challenger_weight,
-                    experiment_id: experiment.id,
-                })
-                .map_err(LoopError::from)
-        } else if self.config.enable_auto_promotion {
-            self.make_champion(&version, "A/B testing is off and automatic promotion is on")
-        } else {
-            Ok(not_deployed(
-                "A/B testing and automatic promotion are off: the model waits for an operator"
-                    .into(),
-            ))
-        };
-        let step = match deployed {
+        let step = match self.deploy(&version, &run.id) {
             Ok(step) => step,
             // The store refused (a name used before, a concurrent change): the model is not
             // deployed and the loop goes on; a broken database is an error.
@@ -827,23 +778,84 @@ impl<S: LoopStore> ContinuousLearningLoop<S> {
             }
             Err(e) => return Err(e),
         };
-        report.notes.push(match &step {
-            DeployStep::Challenger {
-                name,
-                weight,
-                experiment_id,
-                ..
-            } => format!(
-                "deployed {name} as challenger with {:.0}% of traffic (experiment {experiment_id})",
-                weight * 100.0
-            ),
-            DeployStep::Champion { name, reason, .. } => {
-                format!("made {name} the champion: {reason}")
-            }
-            DeployStep::NotDeployed { reason, .. } => format!("not deployed: {reason}"),
-        });
+        report.notes.push(deploy_note(&step));
         report.deploy = Some(step);
         Ok(())
+    }
+
+    /// Runs the evaluation gate, when there is one, on the new model; returns why it
+    /// rejected the model, if it did. The gate's outcome goes into `report`.
+    fn gate_rejects(
+        &self,
+        number: u64,
+        run: &RetrainRun,
+        output: &TrainOutput,
+        name: &str,
+        dataset_path: &str,
+        report: &mut IterationReport,
+    ) -> Result<Option<String>> {
+        let Some(gate) = &self.config.eval_gate else {
+            return Ok(None);
+        };
+        self.set_phase(number, "evaluation gate")?;
+        let outcome = run_gate(
+            gate,
+            &GateJob {
+                model_path: &output.model_path,
+                run_id: &run.id,
+                run_dir: Path::new(&run.run_dir),
+                dataset_path,
+                stop: self.generation_stop.as_deref(),
+            },
+        );
+        let passed = outcome.passed;
+        let detail = outcome.detail.clone();
+        report.gate = Some(outcome);
+        if !passed {
+            return Ok(Some(format!(
+                "the evaluation gate rejected {name}: {detail}"
+            )));
+        }
+        report
+            .notes
+            .push(format!("the evaluation gate passed {name} ({detail})"));
+        Ok(None)
+    }
+
+    /// Puts `version` where the settings say: champion when there is none, else challenger
+    /// (A/B testing on), else champion (automatic promotion on), else nowhere.
+    fn deploy(&self, version: &NewModelVersion, run_id: &str) -> Result<DeployStep> {
+        if self.store.champion()?.is_none() {
+            let reason = "no champion was set: the first trained model becomes champion";
+            return self.make_champion(version, reason);
+        }
+        if self.config.enable_ab_testing {
+            let weight = self.config.abtest.initial_challenger_traffic;
+            let reason = format!("trained by retrain run {run_id}");
+            let experiment = match self.routing_seed {
+                Some(base) => {
+                    let seed = splitmix(base ^ (self.store.experiments()?.len() as u64 + 1));
+                    self.ab
+                        .deploy_challenger_with_seed(version, Some(weight), seed, &reason)
+                }
+                None => self.ab.deploy_challenger(version, Some(weight), &reason),
+            }?;
+            return Ok(DeployStep::Challenger {
+                name: version.name.clone(),
+                model_path: version.model_path.clone(),
+                weight: experiment.challenger_weight,
+                experiment_id: experiment.id,
+            });
+        }
+        if self.config.enable_auto_promotion {
+            return self.make_champion(version, "A/B testing is off and automatic promotion is on");
+        }
+        Ok(DeployStep::NotDeployed {
+            name: Some(version.name.clone()),
+            model_path: version.model_path.clone(),
+            reason: "A/B testing and automatic promotion are off: the model waits for an operator"
+                .into(),
+        })
     }
 
     fn make_champion(&self, version: &NewModelVersion, reason: &str) -> Result<DeployStep> {
@@ -988,6 +1000,25 @@ fn record_retrain(
         }
     }
     None
+}
+
+/// The report's note on where a new model went.
+fn deploy_note(step: &DeployStep) -> String {
+    match step {
+        DeployStep::Challenger {
+            name,
+            weight,
+            experiment_id,
+            ..
+        } => format!(
+            "deployed {name} as challenger with {:.0}% of traffic (experiment {experiment_id})",
+            weight * 100.0
+        ),
+        DeployStep::Champion { name, reason, .. } => {
+            format!("made {name} the champion: {reason}")
+        }
+        DeployStep::NotDeployed { reason, .. } => format!("not deployed: {reason}"),
+    }
 }
 
 fn trigger_name(trigger_type: &Option<afs_trigger::TriggerType>) -> &'static str {
