@@ -143,22 +143,7 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
         stop_trainer.clone(),
     )?;
     let stop = learning.stop_signal();
-    let stopper = stop.clone();
-    interrupt::install(
-        stop_trainer,
-        vec![
-            Step::Call(
-                Box::new(move || stopper.request_stop()),
-                "afs loop: stopping after the current iteration (send the signal again to stop \
-                 a running trainer, a third time to exit at once)",
-            ),
-            Step::SetFlag(
-                "afs loop: stopping the trainer or the dataset generation; the run is recorded as \
-                 interrupted",
-            ),
-        ],
-        interrupt::RUN_LEFT_UNFINISHED,
-    )?;
+    install_signals(&stop, stop_trainer)?;
     let interval = learning.config().check_interval;
     eprintln!(
         "afs loop: running on {} every {}{}; SIGINT (Ctrl-C) or SIGTERM stops it after the \
@@ -191,6 +176,52 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
         }
     };
 
+    let done = run_iterations(&learning, args, &mut on_iteration);
+    if let Some(err) = print_failure {
+        return Err(err);
+    }
+
+    print_summary(json, &done)?;
+    if done.iterations > 0 && done.failed_iterations == done.iterations {
+        return Err(RunFailed(format!(
+            "every iteration failed ({}); see `afs status`",
+            count(done.iterations, "iteration")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The signals of `afs loop run`: the first stops after the current iteration, the second
+/// stops a running trainer or dataset generation, the third exits at once.
+fn install_signals(stop: &StopSignal, stop_trainer: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let stopper = stop.clone();
+    interrupt::install(
+        stop_trainer,
+        vec![
+            Step::Call(
+                Box::new(move || stopper.request_stop()),
+                "afs loop: stopping after the current iteration (send the signal again to stop \
+                 a running trainer, a third time to exit at once)",
+            ),
+            Step::SetFlag(
+                "afs loop: stopping the trainer or the dataset generation; the run is recorded as \
+                 interrupted",
+            ),
+        ],
+        interrupt::RUN_LEFT_UNFINISHED,
+    )?;
+    Ok(())
+}
+
+/// The iterations of `afs loop run`: with `--force-first`, a first one that retrains
+/// whatever the triggers say, then the loop's own, one check interval apart.
+fn run_iterations(
+    learning: &ContinuousLearningLoop<AnyStore>,
+    args: &LoopRunArgs,
+    on_iteration: &mut dyn FnMut(&Result<IterationReport, LoopError>),
+) -> LoopRunSummary {
+    let stop = learning.stop_signal();
     let mut done = LoopRunSummary {
         iterations: 0,
         failed_iterations: 0,
@@ -208,20 +239,21 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
         max_iterations = max_iterations.map(|n| n - 1);
         if max_iterations == Some(0) {
             done.stop_reason = StopReason::MaxIterations;
-        } else if !nap_until_next(&learning, &stop, started) {
+        } else if !nap_until_next(learning, &stop, started) {
             // `run_loop` runs its first iteration at once; it starts after the interval.
-            let rest = learning.run_loop(max_iterations, &mut on_iteration);
+            let rest = learning.run_loop(max_iterations, &mut *on_iteration);
             done.iterations += rest.iterations;
             done.failed_iterations += rest.failed_iterations;
             done.stop_reason = rest.stop_reason;
         }
     } else {
-        done = learning.run_loop(max_iterations, &mut on_iteration);
+        done = learning.run_loop(max_iterations, &mut *on_iteration);
     }
-    if let Some(err) = print_failure {
-        return Err(err);
-    }
+    done
+}
 
+/// The line (or JSON object) that ends `afs loop run`.
+fn print_summary(json: bool, done: &LoopRunSummary) -> anyhow::Result<()> {
     let reason = match done.stop_reason {
         StopReason::MaxIterations => "max_iterations",
         StopReason::Stopped => "stopped",
@@ -242,13 +274,6 @@ fn run_loop(global: &GlobalArgs, args: &LoopRunArgs) -> anyhow::Result<()> {
                 StopReason::Stopped => "stop requested",
             }
         ))?;
-    }
-    if done.iterations > 0 && done.failed_iterations == done.iterations {
-        return Err(RunFailed(format!(
-            "every iteration failed ({}); see `afs status`",
-            count(done.iterations, "iteration")
-        ))
-        .into());
     }
     Ok(())
 }
