@@ -193,30 +193,7 @@ pub(super) struct AppState {
 
 /// Runs `afs serve` until SIGTERM or SIGINT.
 pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
-    if args.max_body_bytes == Some(0) {
-        return Err(InvalidInput("invalid --max-body-bytes: must be > 0".into()).into());
-    }
-    if args.max_batch == Some(0) {
-        return Err(InvalidInput("invalid --max-batch: must be > 0".into()).into());
-    }
-    if args
-        .max_connections
-        .is_some_and(|n| !(1..=MAX_CONNECTIONS_LIMIT).contains(&n))
-    {
-        return Err(InvalidInput(format!(
-            "invalid --max-connections: must be within 1..={MAX_CONNECTIONS_LIMIT}"
-        ))
-        .into());
-    }
-    for (flag, value) in [
-        ("--header-timeout", args.header_timeout),
-        ("--body-timeout", args.body_timeout),
-        ("--write-timeout", args.write_timeout),
-    ] {
-        if value == Some(0) {
-            return Err(InvalidInput(format!("invalid {flag}: must be > 0")).into());
-        }
-    }
+    check_flags(args)?;
     let config = config::load(global)?;
     let s = &config.serve;
     let with_loop = args.with_loop || s.with_loop;
@@ -228,82 +205,14 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    // Tokens from the flags (or AFS_TOKENS) replace those of the configuration.
-    let (tokens, tokens_from) = if args.tokens.is_empty() {
-        let key = if s.tokens.is_empty() && s.token_file.is_some() {
-            "serve.token_file"
-        } else {
-            "serve.tokens"
-        };
-        (config.serve_tokens()?, config.key_name(key))
-    } else {
-        (args.tokens.clone(), "--token (or AFS_TOKENS)".to_string())
-    };
-    let protect_from = if args.protect_reads {
-        "--protect-reads".to_string()
-    } else {
-        config.key_name("serve.protect_reads")
-    };
-    let auth = auth::Auth::new(
-        &tokens,
-        args.protect_reads || s.protect_reads,
-        &tokens_from,
-        &protect_from,
-    )?;
-    // Hosts and origins from the flags replace those of the configuration.
-    let allowed_hosts = if args.allowed_hosts.is_empty() {
-        s.allowed_hosts.clone()
-    } else {
-        args.allowed_hosts
-            .iter()
-            .map(|h| parse_allowed_host(h))
-            .collect::<Result<_, _>>()
-            .map_err(|reason| InvalidInput(format!("invalid --allowed-host: {reason}")))?
-    };
-    let allowed_origins = if args.allowed_origins.is_empty() {
-        s.allowed_origins.clone()
-    } else {
-        args.allowed_origins
-            .iter()
-            .map(|o| parse_allowed_origin(o))
-            .collect::<Result<_, _>>()
-            .map_err(|reason| InvalidInput(format!("invalid --allowed-origin: {reason}")))?
-    };
-    let settings = Settings {
-        addr: args.addr.unwrap_or(s.addr),
-        max_body_bytes: args.max_body_bytes.unwrap_or(s.max_body_bytes),
-        shutdown_timeout: args
-            .shutdown_timeout
-            .map_or(s.shutdown_timeout, Duration::from_secs),
-        limits: connections::Limits {
-            max_connections: args.max_connections.unwrap_or(s.max_connections),
-            header_timeout: args
-                .header_timeout
-                .map_or(s.header_timeout, Duration::from_secs),
-            body_timeout: args
-                .body_timeout
-                .map_or(s.body_timeout, Duration::from_secs),
-            write_timeout: args
-                .write_timeout
-                .map_or(s.write_timeout, Duration::from_secs),
-        },
-    };
+    let auth = auth_of(args, &config)?;
+    let (allowed_hosts, allowed_origins) = allowed_hosts_and_origins(args, s)?;
+    let settings = settings_of(args, s);
     let guard = guard::Guard::new(settings.addr, allowed_hosts, allowed_origins);
     let max_batch = args.max_batch.unwrap_or(s.max_batch);
     let store_config = config.store_config(&global.db);
     let max_field_bytes = store_config.max_field_bytes();
-    // Serving an empty database that a typo in --db created would hide the mistake: like
-    // every command but `log`, `import` and `ab set-champion`, serve needs an existing one
-    // (a PostgreSQL database without afs's tables is refused when opened).
-    if let Some(path) = store_config.file().filter(|path| !path.exists()) {
-        anyhow::bail!(
-            "database {path} does not exist, and afs serve does not create one: create it \
-             first (`afs --db {path} import /dev/null` makes an empty one; `afs log`, \
-             `afs import` and `afs ab set-champion` create it too), or pass --db PATH (or set \
-             AFS_DB) naming an existing database",
-            path = path.display()
-        );
-    }
+    refuse_missing_file(&store_config)?;
     let store = Arc::new(store_open::open(store_config, Create::Never)?);
     let learning = if with_loop {
         Some(learning::build(store.clone(), &config, args)?)
@@ -346,6 +255,128 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
     // the wait for a routing refresh or a metrics scrape cut off by the timeout.
     runtime.shutdown_timeout(shutdown_timeout);
     result
+}
+
+/// Refuses flag values out of range, before anything is read.
+fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.max_body_bytes == Some(0) {
+        return Err(InvalidInput("invalid --max-body-bytes: must be > 0".into()).into());
+    }
+    if args.max_batch == Some(0) {
+        return Err(InvalidInput("invalid --max-batch: must be > 0".into()).into());
+    }
+    if args
+        .max_connections
+        .is_some_and(|n| !(1..=MAX_CONNECTIONS_LIMIT).contains(&n))
+    {
+        return Err(InvalidInput(format!(
+            "invalid --max-connections: must be within 1..={MAX_CONNECTIONS_LIMIT}"
+        ))
+        .into());
+    }
+    for (flag, value) in [
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--write-timeout", args.write_timeout),
+    ] {
+        if value == Some(0) {
+            return Err(InvalidInput(format!("invalid {flag}: must be > 0")).into());
+        }
+    }
+    Ok(())
+}
+
+/// The token check: tokens from the flags (or `AFS_TOKENS`) replace those of the
+/// configuration.
+fn auth_of(args: &ServeArgs, config: &config::Config) -> anyhow::Result<auth::Auth> {
+    let s = &config.serve;
+    let (tokens, tokens_from) = if args.tokens.is_empty() {
+        let key = if s.tokens.is_empty() && s.token_file.is_some() {
+            "serve.token_file"
+        } else {
+            "serve.tokens"
+        };
+        (config.serve_tokens()?, config.key_name(key))
+    } else {
+        (args.tokens.clone(), "--token (or AFS_TOKENS)".to_string())
+    };
+    let protect_from = if args.protect_reads {
+        "--protect-reads".to_string()
+    } else {
+        config.key_name("serve.protect_reads")
+    };
+    auth::Auth::new(
+        &tokens,
+        args.protect_reads || s.protect_reads,
+        &tokens_from,
+        &protect_from,
+    )
+}
+
+/// The host names and origins the guard admits: those of the flags replace those of the
+/// configuration.
+fn allowed_hosts_and_origins(
+    args: &ServeArgs,
+    s: &config::ServeSettings,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let allowed_hosts = if args.allowed_hosts.is_empty() {
+        s.allowed_hosts.clone()
+    } else {
+        args.allowed_hosts
+            .iter()
+            .map(|h| parse_allowed_host(h))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| InvalidInput(format!("invalid --allowed-host: {reason}")))?
+    };
+    let allowed_origins = if args.allowed_origins.is_empty() {
+        s.allowed_origins.clone()
+    } else {
+        args.allowed_origins
+            .iter()
+            .map(|o| parse_allowed_origin(o))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| InvalidInput(format!("invalid --allowed-origin: {reason}")))?
+    };
+    Ok((allowed_hosts, allowed_origins))
+}
+
+/// The service's settings: each flag, or else its key of `[serve]`.
+fn settings_of(args: &ServeArgs, s: &config::ServeSettings) -> Settings {
+    Settings {
+        addr: args.addr.unwrap_or(s.addr),
+        max_body_bytes: args.max_body_bytes.unwrap_or(s.max_body_bytes),
+        shutdown_timeout: args
+            .shutdown_timeout
+            .map_or(s.shutdown_timeout, Duration::from_secs),
+        limits: connections::Limits {
+            max_connections: args.max_connections.unwrap_or(s.max_connections),
+            header_timeout: args
+                .header_timeout
+                .map_or(s.header_timeout, Duration::from_secs),
+            body_timeout: args
+                .body_timeout
+                .map_or(s.body_timeout, Duration::from_secs),
+            write_timeout: args
+                .write_timeout
+                .map_or(s.write_timeout, Duration::from_secs),
+        },
+    }
+}
+
+/// Serving an empty database that a typo in --db created would hide the mistake: like every
+/// command but `log`, `import` and `ab set-champion`, serve needs an existing one (a
+/// PostgreSQL database without afs's tables is refused when opened).
+fn refuse_missing_file(store_config: &crate::any_store::StoreConfig) -> anyhow::Result<()> {
+    if let Some(path) = store_config.file().filter(|path| !path.exists()) {
+        anyhow::bail!(
+            "database {path} does not exist, and afs serve does not create one: create it \
+             first (`afs --db {path} import /dev/null` makes an empty one; `afs log`, \
+             `afs import` and `afs ab set-champion` create it too), or pass --db PATH (or set \
+             AFS_DB) naming an existing database",
+            path = path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Binds, prints the address, serves until a signal, drains, and stops the loop.
