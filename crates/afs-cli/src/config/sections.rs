@@ -13,7 +13,7 @@ use afs_trigger::{TriggerConfig, TriggerError};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 
-use super::{Config, LoopSettings, ServeSettings, Sources};
+use super::{Config, LoopSettings, RetrainSettings, ServeSettings, Sources};
 use crate::time_arg::{duration_from_secs, parse_duration};
 
 /// A key with a value out of range.
@@ -234,31 +234,72 @@ impl FileConfig {
         generator.existing = generator.existing.map(|p| resolve("generator.existing", p));
         config.near_dedupe = near_dedupe;
         config.generator = generator;
-        let generator = &config.generator;
-        // Validate with near-dedupe on, so that a bad threshold is reported even while
-        // near-dedupe is off (a flag may turn it on), and with a stand-in existing file when
-        // none is set: `afs generate --existing FILE` may supply the file that
-        // `rehearsal_ratio` needs, and the command checks that combination itself.
-        // The shape is checked against the format only when this layer sets the format as
-        // well: `--format` may choose one that has the shape.
-        let probe = GeneratorConfig {
-            near_dedupe: Some(config.near_dedupe.clone()),
-            shape: generator.shape.filter(|_| format_given),
-            existing: generator
-                .existing
-                .clone()
-                .or_else(|| Some(PathBuf::from("(given by a flag)"))),
-            ..generator.clone()
-        };
-        probe.validate().map_err(|err| match err {
-            DatagenError::InvalidConfig { field, reason } => {
-                KeyError::new(generator_key(field), reason)
-            }
-            other => KeyError::new("generator", other.to_string()),
-        })?;
+        check_generator(&config.generator, &config.near_dedupe, format_given)?;
 
-        let r = self.trainer.or(self.retrain);
-        let retrain = &mut config.retrain;
+        config.retrain = self
+            .trainer
+            .or(self.retrain)
+            .into_settings(base, &resolve)?;
+
+        config.abtest = self.abtest.into_config().map_err(|err| match err {
+            AbTestError::InvalidConfig { field, reason } => {
+                KeyError::new(format!("abtest.{field}"), reason)
+            }
+            other => KeyError::new("abtest", other.to_string()),
+        })?;
+        self.looping.validate()?;
+        config.loop_settings = self.looping;
+
+        config.serve = self.serve.checked()?;
+        config.serve.token_file = config
+            .serve
+            .token_file
+            .take()
+            .map(|p| resolve("serve.token_file", p));
+        Ok(config)
+    }
+}
+
+/// Checks the generator's settings of these layers, naming the key.
+///
+/// Validated with near-dedupe on, so that a bad threshold is reported even while near-dedupe
+/// is off (a flag may turn it on), and with a stand-in existing file when none is set: `afs
+/// generate --existing FILE` may supply the file that `rehearsal_ratio` needs, and the
+/// command checks that combination itself. The shape is checked against the format only
+/// when these layers set the format as well: `--format` may choose one that has the shape.
+fn check_generator(
+    generator: &GeneratorConfig,
+    near_dedupe: &afs_datagen::NearDedupeConfig,
+    format_given: bool,
+) -> Result<(), KeyError> {
+    let probe = GeneratorConfig {
+        near_dedupe: Some(near_dedupe.clone()),
+        shape: generator.shape.filter(|_| format_given),
+        existing: generator
+            .existing
+            .clone()
+            .or_else(|| Some(PathBuf::from("(given by a flag)"))),
+        ..generator.clone()
+    };
+    probe.validate().map_err(|err| match err {
+        DatagenError::InvalidConfig { field, reason } => {
+            KeyError::new(generator_key(field), reason)
+        }
+        other => KeyError::new("generator", other.to_string()),
+    })
+}
+
+impl TrainerSection {
+    /// The trainer's settings of `[trainer]`, checked; a relative `output_dir` from the file
+    /// (or the default one, when a file is read) is under the file's directory `base`.
+    fn into_settings(
+        self,
+        base: Option<&Path>,
+        resolve: &dyn Fn(&str, PathBuf) -> PathBuf,
+    ) -> Result<RetrainSettings, KeyError> {
+        let r = self;
+        let mut settings = Config::default().retrain;
+        let retrain = &mut settings;
         if let Some(cmd) = r.train_cmd {
             if cmd.trim().is_empty() {
                 return Err(KeyError::new("trainer.train_cmd", "must not be empty"));
@@ -293,23 +334,7 @@ impl FileConfig {
                 .map_err(|reason| KeyError::new("trainer.dataset_name", reason))?;
             retrain.retrainer.dataset_name = name;
         }
-
-        config.abtest = self.abtest.into_config().map_err(|err| match err {
-            AbTestError::InvalidConfig { field, reason } => {
-                KeyError::new(format!("abtest.{field}"), reason)
-            }
-            other => KeyError::new("abtest", other.to_string()),
-        })?;
-        self.looping.validate()?;
-        config.loop_settings = self.looping;
-
-        config.serve = self.serve.checked()?;
-        config.serve.token_file = config
-            .serve
-            .token_file
-            .take()
-            .map(|p| resolve("serve.token_file", p));
-        Ok(config)
+        Ok(settings)
     }
 }
 
