@@ -115,7 +115,8 @@ def main() -> int:
     rng = random.Random(int(os.environ.get("SELF_IMPROVING_SEED", "11")))
     pool, held_out = split()
     work = tempfile.mkdtemp(prefix="afs-self-improving-")
-    db = os.path.join(work, "afs.db")
+    # SELF_IMPROVING_DB: another database (e.g. postgres://...) instead of a new SQLite file.
+    db = os.environ.get("SELF_IMPROVING_DB") or os.path.join(work, "afs.db")
     seed_path = os.path.join(work, "topic-v1.json")
     Model.train(SEED_EXAMPLES).save(seed_path)
     trainer = f"{shlex.quote(sys.executable)} {shlex.quote(os.path.join(HERE, 'trainer.py'))}"
@@ -178,6 +179,7 @@ def main() -> int:
     def accuracy(name: str) -> float:
         return Model.load(paths[name]).accuracy(held_out)
 
+    served_ok = proc.returncode == 0
     status = subprocess.run([afs, "--db", db, "--json", "ab", "status"], check=True,
                             capture_output=True, text=True)
     final = json.loads(status.stdout)["champion"]["name"]
@@ -197,11 +199,18 @@ def main() -> int:
         "promotions": checked,
         "rollbacks": [e["model"] for e in rollbacks],
         "database": db,
+        "workdir": work,
+        "serve_exit": proc.returncode,
     }
+    if not checked:
+        # Say where the loop got to, for whoever reads a failed run.
+        for what in (["runs"], ["ab", "history", "--limit", "8"]):
+            shown = subprocess.run([afs, "--db", db] + what, capture_output=True, text=True)
+            print(shown.stdout + shown.stderr, file=sys.stderr)
     print(json.dumps(summary))
     improved = summary["held_out_accuracy_final"] > summary["held_out_accuracy_first"]
     right = all(p["held_out_accuracy_after"] > p["held_out_accuracy_before"] for p in checked)
-    return 0 if improved and right and checked else 1
+    return 0 if improved and right and checked and served_ok else 1
 
 
 if __name__ == "__main__":

@@ -262,3 +262,55 @@ fn a_server_that_is_not_there_exits_6_and_hides_the_password() {
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
 }
+
+/// `afs serve --with-loop` on PostgreSQL, end to end: the self-improving example
+/// (`examples/self-improving`) routes and logs through it while its loop retrains with the
+/// example's trainer from afs's generated file, deploys the challenger and promotes it.
+#[test]
+fn the_self_improving_example_runs_its_loop_on_postgres() {
+    let Some((env, database)) = pg_env() else {
+        return;
+    };
+    let python = std::env::var("AFS_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    if !Command::new(&python)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{python:?} is missing, and CI is set"
+        );
+        eprintln!("notice: {python:?} not found; skipping");
+        return;
+    }
+    let root = serve_support::workspace_root();
+    let output = Command::new(&python)
+        .arg(root.join("examples/self-improving/simulate.py"))
+        .current_dir(env.dir.path())
+        .env("AFS_BIN", afs_bin())
+        .env("PYTHONPATH", root.join("python/afs-client/src"))
+        .env("SELF_IMPROVING_DB", &database.url)
+        .env("SELF_IMPROVING_PROMOTIONS", "1")
+        .env("SELF_IMPROVING_MAX_SECONDS", "120")
+        .env_remove("AFS_DB")
+        .env_remove("AFS_CONFIG")
+        .env_remove("AFS_NOW")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let summary = json(stdout.lines().last().unwrap_or_default());
+    assert_eq!(summary["database"], database.url.as_str());
+    assert_eq!(summary["serve_exit"], 0, "afs serve exits cleanly: {stderr}");
+    assert!(
+        summary["held_out_accuracy_final"].as_f64().unwrap()
+            > summary["held_out_accuracy_first"].as_f64().unwrap(),
+        "{summary}"
+    );
+    let (code, history, _) = run(&env, None, &["--json", "ab", "history"]);
+    assert_eq!(code, 0);
+    assert!(history.contains("\"kind\":\"promote\""), "{history}");
+    let _ = std::fs::remove_dir_all(summary["workdir"].as_str().unwrap());
+}

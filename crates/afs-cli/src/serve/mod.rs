@@ -250,10 +250,15 @@ pub(crate) fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let shutdown_timeout = settings.shutdown_timeout;
+    // The store is dropped here, after the runtime, never inside it: a PostgreSQL store's
+    // connections close by blocking on a runtime of their own, which cannot start on a
+    // thread that drives async tasks (it panicked at shutdown).
+    let store_owner = state.clone();
     let result = runtime.block_on(serve(state, &settings, learning, global.json));
     // Every handler's blocking work has finished once the server drained; this only bounds
     // the wait for a routing refresh or a metrics scrape cut off by the timeout.
     runtime.shutdown_timeout(shutdown_timeout);
+    drop(store_owner);
     result
 }
 
