@@ -303,7 +303,10 @@ fn the_self_improving_example_runs_its_loop_on_postgres() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     let summary = json(stdout.lines().last().unwrap_or_default());
     assert_eq!(summary["database"], database.url.as_str());
-    assert_eq!(summary["serve_exit"], 0, "afs serve exits cleanly: {stderr}");
+    assert_eq!(
+        summary["serve_exit"], 0,
+        "afs serve exits cleanly: {stderr}"
+    );
     assert!(
         summary["held_out_accuracy_final"].as_f64().unwrap()
             > summary["held_out_accuracy_first"].as_f64().unwrap(),

@@ -61,7 +61,10 @@ fn a_real_model_gets_better_through_the_loop_and_every_promotion_was_deserved() 
         .and_then(|line| serde_json::from_str(line).ok())
         .unwrap_or_else(|| panic!("no summary; stdout:\n{stdout}\nstderr:\n{stderr}"));
     assert!(output.status.success(), "{summary}\n{stderr}");
-    assert_eq!(summary["serve_exit"], 0, "afs serve exits cleanly: {stderr}");
+    assert_eq!(
+        summary["serve_exit"], 0,
+        "afs serve exits cleanly: {stderr}"
+    );
 
     let first = summary["held_out_accuracy_first"].as_f64().unwrap();
     let last = summary["held_out_accuracy_final"].as_f64().unwrap();
