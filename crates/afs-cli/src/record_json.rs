@@ -326,6 +326,7 @@ impl RecordFields {
             context_hash: self.context_hash,
             timestamp,
             feedback,
+            messages: None,
         };
         usage.validate(max_field_bytes)?;
         Ok(usage)

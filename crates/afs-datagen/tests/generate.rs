@@ -380,10 +380,7 @@ fn dpo_pairs_thumbs_up_with_thumbs_down_per_query() {
     assert_eq!(lines[1]["chosen"], format!("{GOOD} B"));
     assert_eq!(lines[1]["rejected"], "bad answer two");
     // Both sides of each pair are in the record span.
-    assert_eq!(
-        r.records.unwrap().first_timestamp,
-        "2026-01-01T00:00:00Z"
-    );
+    assert_eq!(r.records.unwrap().first_timestamp, "2026-01-01T00:00:00Z");
 
     // A system prompt does not change the shape: plain stays strings, and the
     // conversational shape is asked for on its own.
