@@ -129,12 +129,14 @@ impl ExistingSample {
                 prompt,
                 response,
             } => Example {
+                turns: None,
                 system: system.as_deref(),
                 prompt,
                 body: Body::Response(response),
                 metadata,
             },
             ExistingSample::Text(text) => Example {
+                turns: None,
                 system: None,
                 prompt: text,
                 body: Body::Response(""),
@@ -146,6 +148,7 @@ impl ExistingSample {
                 chosen,
                 rejected,
             } => Example {
+                turns: None,
                 system: system.as_deref(),
                 prompt,
                 body: Body::Preference { chosen, rejected },
@@ -157,6 +160,7 @@ impl ExistingSample {
                 completion,
                 label,
             } => Example {
+                turns: None,
                 system: system.as_deref(),
                 prompt,
                 body: Body::Labeled {
