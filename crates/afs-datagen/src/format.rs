@@ -603,7 +603,15 @@ impl Formatter for BuiltIn {
                 };
                 out.extend_from_slice(b"{\"input\":{\"messages\":");
                 let (system, turns) = prompt_turns(example);
-                push_messages(out, system, &turns);
+                // OpenAI's preference fine-tuning takes a one-turn input: the turns of a
+                // longer conversation become one user message, in the plain template.
+                if let [("user", _)] = turns[..] {
+                    push_messages(out, system, &turns);
+                } else {
+                    let flat = render_plain_turns(None, &turns);
+                    let flat = flat.trim_end_matches(PLAIN_SEPARATOR);
+                    push_messages(out, system, &[("user", flat)]);
+                }
                 out.extend_from_slice(b"},\"preferred_output\":");
                 push_messages(out, None, &[("assistant", chosen)]);
                 out.extend_from_slice(b",\"non_preferred_output\":");
@@ -753,9 +761,7 @@ mod tests {
         check(
             Format::OpenAiDpo,
             &pair,
-            &format!(
-                r#"{{"input":{{"messages":[{msgs}]}},"preferred_output":[{{"role":"assistant","content":"good"}}],"non_preferred_output":[{{"role":"assistant","content":"bad"}}]}}"#
-            ),
+            r#"{"input":{"messages":[{"role":"system","content":"s"},{"role":"user","content":"user: hi\n\nassistant: call\n\ntool: 42\n\nassistant: hello\n\nuser: q"}]},"preferred_output":[{"role":"assistant","content":"good"}],"non_preferred_output":[{"role":"assistant","content":"bad"}]}"#,
         );
         let labeled = Example {
             body: Body::Labeled {
