@@ -1689,6 +1689,56 @@ fn conversations_are_written_whole_and_deduped_whole() {
     let (r, _) = singles.run(&near, "near.jsonl");
     assert_eq!((r.new_samples, r.near_duplicates_removed), (1, 1), "{r:?}");
 
+    // A file written from these conversations holds them all: merging into it adds only a
+    // conversation logged after it (each format keys them as the store does), and
+    // rehearsal keeps every turn of the old ones.
+    let later = conversation(None, "A new opening", ("And the 65816?", &answer));
+    env.log_conversations(&[(later, 0.9, up)]);
+    for (format, system) in [
+        (Format::ChatMl, Some("You are afs.")),
+        (Format::ShareGpt, None),
+    ] {
+        let written = GeneratorConfig {
+            format,
+            system_prompt: system.map(String::from),
+            until: Some(start() + Duration::minutes(5)),
+            ..GeneratorConfig::default()
+        };
+        let name = format!("{}.jsonl", format.as_str());
+        env.run(&written, &name);
+        let merge = GeneratorConfig {
+            existing: Some(env.path(&name)),
+            rehearsal_ratio: 0.8,
+            until: None,
+            ..written.clone()
+        };
+        let (r, lines) = env.run(&merge, "merged.jsonl");
+        assert_eq!(
+            (
+                r.new_samples,
+                r.existing_duplicates_removed,
+                r.rehearsal_samples
+            ),
+            (1, 4, 4),
+            "{format}: {r:?}"
+        );
+        let turns = |l: &Value| {
+            l.get("messages")
+                .or(l.get("conversations"))
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m.get("role").or(m.get("from")).unwrap() == "user")
+                .count()
+        };
+        assert_eq!(
+            lines.iter().filter(|l| turns(l) == 2).count(),
+            4,
+            "{format}: {lines:?}"
+        );
+    }
+
     // sharegpt keeps every turn too.
     let (_, lines) = env.run(
         &GeneratorConfig {
