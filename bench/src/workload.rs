@@ -124,6 +124,7 @@ impl Workload {
             context_hash: None,
             timestamp: Some(timestamp),
             feedback,
+            messages: None,
         }
     }
 

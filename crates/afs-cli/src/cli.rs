@@ -122,10 +122,16 @@ pub(crate) enum Command {
     #[command(
         long_about = "Log one model call and print its new id.\n\nThe record's timestamp is \
                       the current time (or AFS_NOW). --query, --response and --model are \
-                      required and must not be empty; --quality must be within [0, 1].",
+                      required and must not be empty; --quality must be within [0, 1].\n\nA \
+                      multi-turn call gives --messages: a JSON array of {\"role\", \"content\"} \
+                      turns (roles system, user, assistant, tool; system only first; ending with \
+                      the assistant's answer), or @FILE to read it from a file. --query and \
+                      --response may then be left out: they are the last user turn and the final \
+                      assistant turn.",
         after_help = "Examples:\n  \
                       afs log --query 'What is 65816?' --response 'CPU for SNES...' --model nayru-v1 --quality 0.85\n  \
-                      afs log --json --query q --response r --model m --unit user-42 --latency-ms 120 --tokens 512"
+                      afs log --json --query q --response r --model m --unit user-42 --latency-ms 120 --tokens 512\n  \
+                      afs log --model m --messages '[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Hello!\"}]'"
     )]
     Log(LogArgs),
 
@@ -134,7 +140,10 @@ pub(crate) enum Command {
         long_about = "Import records from a JSON Lines file (or `-` for stdin).\n\nEach line is \
                       one JSON object with the keys `query`, `response`, `model` (required) and \
                       optionally `expert`, `latency_ms`, `quality_score`, `feedback` (-1, 0 or \
-                      1), `feedback_text`, `unit`, `timestamp`, `token_count`, `context_hash`. \
+                      1), `feedback_text`, `unit`, `timestamp`, `token_count`, `context_hash`, \
+                      `messages` (a conversation: an array of {\"role\", \"content\"} turns, \
+                      roles system, user, assistant, tool; with it `query` and `response` may be \
+                      left out and are its last user turn and final assistant turn). \
                       A `timestamp` is RFC 3339 (`2025-01-02T03:04:05Z`) or a naive ISO time \
                       (`2025-01-02T03:04:05.123456`, read as UTC); without one the record gets \
                       the current time.\n\nThe output of `afs records` and the archives of `afs \
@@ -170,7 +179,8 @@ pub(crate) enum Command {
         long_about = "Stream records as JSON lines, oldest first (one object per line).\n\n\
                       Each object has: id, timestamp, query, response, model, expert, \
                       latency_ms, token_count, quality_score, user_feedback, feedback_text, \
-                      feedback_at, unit, context_hash, dedupe_hash, created_at. Times are RFC \
+                      feedback_at, unit, context_hash, dedupe_hash, created_at, and messages \
+                      (the conversation) for a multi-turn record only. Times are RFC \
                       3339, UTC; absent values are null. Filters combine with AND. --since and \
                       --until take an RFC 3339 time or a relative age such as 30m, 24h, 7d \
                       (now minus that); --since is inclusive, --until exclusive.",
@@ -535,13 +545,17 @@ pub(crate) struct ManArgs {
 /// Arguments of `afs log`.
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
-    /// The user's query
-    #[arg(long, value_name = "TEXT")]
-    pub(crate) query: String,
+    /// The user's query (with --messages: the last user turn, which it defaults to)
+    #[arg(long, value_name = "TEXT", required_unless_present = "messages")]
+    pub(crate) query: Option<String>,
 
-    /// The model's response
-    #[arg(long, value_name = "TEXT")]
-    pub(crate) response: String,
+    /// The model's response (with --messages: the final assistant turn, which it defaults to)
+    #[arg(long, value_name = "TEXT", required_unless_present = "messages")]
+    pub(crate) response: Option<String>,
+
+    /// The whole conversation: a JSON array of {"role", "content"} turns, or @FILE
+    #[arg(long, value_name = "JSON")]
+    pub(crate) messages: Option<String>,
 
     /// Model identifier, e.g. nayru-v1
     #[arg(long, value_name = "NAME")]

@@ -144,6 +144,9 @@ pub(crate) struct RecordJson<'a> {
     context_hash: Option<&'a str>,
     dedupe_hash: Option<&'a str>,
     created_at: Option<String>,
+    /// Only for a multi-turn record, so single-turn output keeps its shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<&'a [afs_store::Message]>,
 }
 
 impl<'a> From<&'a UsageRecord> for RecordJson<'a> {
@@ -165,6 +168,7 @@ impl<'a> From<&'a UsageRecord> for RecordJson<'a> {
             context_hash: record.context_hash.as_deref(),
             dedupe_hash: record.dedupe_hash.as_deref(),
             created_at: record.created_at.map(rfc3339),
+            messages: record.messages.as_deref(),
         }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! A record has the keys `query`, `response`, `model` (required), `expert`, `latency_ms`,
 //! `quality_score`, `feedback` (-1, 0, 1), `feedback_text`, `unit`, `timestamp`,
-//! `token_count` and `context_hash`. Where the two callers really differ, a [`Dialect`]
+//! `token_count`, `context_hash` and `messages` (a conversation: an array of `{role,
+//! content}` objects; with it, `query` and `response` may be left out and are then its last
+//! user turn and final assistant turn). Where the two callers really differ, a [`Dialect`]
 //! says so: `afs import` also takes the keys of `afs records` output and `afs prune`
 //! archives ([`IMPORT`]); the HTTP API does not ([`API`]). Line numbers (import) and
 //! `records[i].` paths (API batches) are the callers' own.
@@ -17,7 +19,7 @@
 
 use std::fmt;
 
-use afs_store::{Feedback, FeedbackValue, NewUsage, StoreError};
+use afs_store::{Feedback, FeedbackValue, Message, NewUsage, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -27,7 +29,7 @@ use crate::time_arg::parse_timestamp;
 
 /// Every key a record may have: the first [`N_COMMON_KEYS`] in every dialect, the rest only
 /// with [`Dialect::archive_keys`].
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 18] = [
     "query",
     "response",
     "model",
@@ -40,6 +42,7 @@ const KEYS: [&str; 17] = [
     "timestamp",
     "token_count",
     "context_hash",
+    "messages",
     "user_feedback",
     "feedback_at",
     "id",
@@ -48,10 +51,13 @@ const KEYS: [&str; 17] = [
 ];
 
 /// How many of [`KEYS`] every dialect accepts.
-const N_COMMON_KEYS: usize = 12;
+const N_COMMON_KEYS: usize = 13;
 
-/// The keys a record must have.
+/// The keys a record must have; `query` and `response` only when it has no `messages`.
 const REQUIRED_KEYS: [&str; 3] = ["query", "response", "model"];
+
+/// The roles a turn of `messages` may have, as the input names them.
+const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 /// What differs between the callers of the parser.
 #[derive(Debug, Clone, Copy)]
@@ -244,8 +250,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RecordFields {
-    query: String,
-    response: String,
+    #[serde(default)]
+    query: Given<String>,
+    #[serde(default)]
+    response: Given<String>,
     model: String,
     expert: Option<String>,
     latency_ms: Option<f64>,
@@ -257,6 +265,7 @@ pub(crate) struct RecordFields {
     timestamp: Option<String>,
     token_count: Option<i64>,
     context_hash: Option<String>,
+    messages: Option<Vec<Message>>,
     #[serde(default)]
     user_feedback: Given<i64>,
     #[serde(default)]
@@ -294,6 +303,9 @@ impl RecordFields {
         if self.feedback.is_present() && self.user_feedback.is_present() {
             return Err(feedback_twice());
         }
+        let has_messages = self.messages.is_some();
+        let query = turn_text("query", self.query, has_messages)?;
+        let response = turn_text("response", self.response, has_messages)?;
         let feedback = self
             .feedback
             .into_option()
@@ -314,9 +326,9 @@ impl RecordFields {
             }
             None => None,
         };
-        let usage = NewUsage {
-            query: self.query,
-            response: self.response,
+        let mut usage = NewUsage {
+            query,
+            response,
             model: self.model,
             expert: self.expert,
             latency_ms: self.latency_ms,
@@ -326,10 +338,116 @@ impl RecordFields {
             context_hash: self.context_hash,
             timestamp,
             feedback,
+            messages: self.messages,
         };
+        usage.fill_turns();
         usage.validate(max_field_bytes)?;
         Ok(usage)
     }
+}
+
+/// The text of `query` or `response` (`key`): required without `messages`, and then
+/// filled in from them when absent (left empty here).
+fn turn_text(key: &str, given: Given<String>, has_messages: bool) -> Result<String, RecordError> {
+    match given {
+        Given::Present(Some(text)) => Ok(text),
+        Given::Present(None) => Err(RecordError::at(
+            key,
+            format!(
+                "expected a string, got {}",
+                describe_json_value(&Value::Null)
+            ),
+        )),
+        Given::Absent if has_messages => Ok(String::new()),
+        Given::Absent => Err(RecordError::at(key, "missing required key")),
+    }
+}
+
+/// Parses a conversation given on its own (`afs log --messages`): a JSON array of `{role,
+/// content}` objects, with errors naming the turn at fault (`messages[2].role`).
+pub(crate) fn parse_messages(text: &str) -> Result<Vec<Message>, RecordError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| RecordError::at("messages", malformed_json(&e, IMPORT)))?;
+    if let Some(err) = diagnose_messages(&value) {
+        return Err(err);
+    }
+    if value.is_null() {
+        return Err(RecordError::at("messages", "expected an array, got null"));
+    }
+    serde_json::from_value(value).map_err(|e| RecordError::at("messages", e.to_string()))
+}
+
+/// The first problem of a `messages` value: not an array (or null), a turn that is not an
+/// object of exactly `role` and `content`, an unknown role, a content that is not a string.
+fn diagnose_messages(value: &Value) -> Option<RecordError> {
+    let items = match value {
+        Value::Null => return None,
+        Value::Array(items) => items,
+        other => {
+            return Some(RecordError::at(
+                "messages",
+                format!(
+                    "expected an array of {{role, content}} objects, got {}",
+                    describe_json_value(other)
+                ),
+            ))
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(turn) = item else {
+            return Some(RecordError::at(
+                &format!("messages[{i}]"),
+                format!(
+                    "expected a {{role, content}} object, got {}",
+                    describe_json_value(item)
+                ),
+            ));
+        };
+        if let Some(key) = turn
+            .keys()
+            .find(|k| !["role", "content"].contains(&k.as_str()))
+        {
+            return Some(RecordError::at(
+                &format!("messages[{i}].{key}"),
+                "unknown key (known keys: role, content)",
+            ));
+        }
+        match turn.get("role") {
+            None => {
+                return Some(RecordError::at(
+                    &format!("messages[{i}].role"),
+                    "missing required key",
+                ))
+            }
+            Some(Value::String(role)) if ROLES.contains(&role.as_str()) => {}
+            Some(role) => {
+                return Some(RecordError::at(
+                    &format!("messages[{i}].role"),
+                    format!(
+                        "expected one of {}, got {}",
+                        ROLES.join(", "),
+                        describe_json_value(role)
+                    ),
+                ))
+            }
+        }
+        match turn.get("content") {
+            None => {
+                return Some(RecordError::at(
+                    &format!("messages[{i}].content"),
+                    "missing required key",
+                ))
+            }
+            Some(Value::String(_)) => {}
+            Some(content) => {
+                return Some(RecordError::at(
+                    &format!("messages[{i}].content"),
+                    format!("expected a string, got {}", describe_json_value(content)),
+                ))
+            }
+        }
+    }
+    None
 }
 
 fn feedback_twice() -> RecordError {
@@ -381,8 +499,10 @@ pub(crate) fn diagnose(value: &Value, dialect: Dialect) -> Option<RecordError> {
     if let Some(key) = map.keys().find(|key| !keys.contains(&key.as_str())) {
         return Some(dialect.unknown_key(key));
     }
+    let has_messages = map.get("messages").is_some_and(|m| !m.is_null());
     if let Some(key) = REQUIRED_KEYS
         .into_iter()
+        .filter(|key| !has_messages || *key == "model")
         .find(|key| !map.contains_key(*key))
     {
         return Some(RecordError::at(key, "missing required key"));
@@ -391,6 +511,12 @@ pub(crate) fn diagnose(value: &Value, dialect: Dialect) -> Option<RecordError> {
         return Some(feedback_twice());
     }
     for (key, value) in map {
+        if key == "messages" {
+            if let Some(err) = diagnose_messages(value) {
+                return Some(err);
+            }
+            continue;
+        }
         let (expected, ok) = match key.as_str() {
             "query" | "response" | "model" => ("a string", value.is_string()),
             "latency_ms" | "quality_score" => ("a number", value.is_number() || value.is_null()),
@@ -549,6 +675,87 @@ mod tests {
     }
 
     #[test]
+    fn conversations() {
+        let ok = Ok(());
+        let turns = r#"[{"role":"system","content":"s"},{"role":"user","content":"q1"},{"role":"assistant","content":"a1"},{"role":"user","content":"q2"},{"role":"assistant","content":"a2"}]"#;
+        let with = |rest: &str| format!(r#"{{"model":"m","messages":{turns}{rest}}}"#);
+        check(&with(""), ok);
+        check(&with(r#","query":"q2","response":"a2""#), ok);
+        check(
+            &with(r#","query":"q1""#),
+            Err("invalid query: must be the last user turn of messages"),
+        );
+        check(
+            &with(r#","response":"a1""#),
+            Err("invalid response: must be the final assistant turn of messages"),
+        );
+        check(
+            &with(r#","query":null"#),
+            Err("invalid query: expected a string, got null"),
+        );
+        let got = parse(with("").as_bytes(), API, afs_store::DEFAULT_MAX_FIELD_BYTES).unwrap();
+        assert_eq!((got.query.as_str(), got.response.as_str()), ("q2", "a2"));
+        assert_eq!(got.messages.as_ref().map(Vec::len), Some(5));
+        check(
+            r#"{"model":"m","messages":null}"#,
+            Err("invalid query: missing required key"),
+        );
+        check(
+            r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}"#,
+            Err("invalid model: missing required key"),
+        );
+        check(
+            r#"{"model":"m","messages":"hi"}"#,
+            Err("invalid messages: expected an array of {role, content} objects, got a string (\"hi\")"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"},"a"]}"#,
+            Err("invalid messages[1]: expected a {role, content} object, got a string"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"robot","content":"a"}]}"#,
+            Err("invalid messages[1].role: expected one of system, user, assistant, tool, got a string (\"robot\")"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"assistant","text":"a"}]}"#,
+            Err("invalid messages[1].text: unknown key (known keys: role, content)"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"assistant"}]}"#,
+            Err("invalid messages[1].content: missing required key"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"assistant","content":7}]}"#,
+            Err("invalid messages[1].content: expected a string, got a number (7)"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}"#,
+            Err("invalid messages: messages[1].role is system, but only the first turn may be a system turn"),
+        );
+        check(
+            r#"{"model":"m","messages":[{"role":"user","content":"q"}]}"#,
+            Err("invalid messages: messages[0].role is user, but a conversation must end with an assistant turn"),
+        );
+        assert_eq!(
+            parse_messages(r#"[{"role":"user","content":"q"},{"role":"tool","content":"t"}]"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            parse_messages(r#"[{"role":"bot","content":"q"}]"#)
+                .unwrap_err()
+                .key
+                .as_deref(),
+            Some("messages[0].role")
+        );
+        assert!(parse_messages("[")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid messages: malformed JSON"));
+    }
+
+    #[test]
     fn archive_keys_are_imports_only() {
         let import_ok = |text: &str| {
             check_in(IMPORT, text, Ok(()));
@@ -600,7 +807,7 @@ mod tests {
         );
         import_err(
             r#"{"query":"q","response":"r","model":"m","qualty":0.5}"#,
-            "context_hash, user_feedback, feedback_at, id, created_at, dedupe_hash)",
+            "context_hash, messages, user_feedback, feedback_at, id, created_at, dedupe_hash)",
         );
     }
 

@@ -1153,3 +1153,121 @@ fn the_json_envelope_carries_the_schema_version() {
     assert_eq!(error["schema_version"], 1, "{run:#?}");
     assert_eq!(error["data"]["kind"], "not_found", "{run:#?}");
 }
+
+/// A conversation as JSON turns: `(role, content)` pairs.
+fn turns(spec: &[(&str, &str)]) -> Value {
+    Value::Array(
+        spec.iter()
+            .map(|(role, content)| json!({"role": role, "content": content}))
+            .collect(),
+    )
+}
+
+#[test]
+fn conversations_are_logged_imported_shown_and_deduped_whole() {
+    let env = Env::new();
+    let chat = turns(&[
+        ("system", "Be brief."),
+        ("user", "What is 65816?"),
+        ("assistant", "A CPU."),
+        ("user", "Which console?"),
+        ("assistant", "call lookup"),
+        ("tool", "{\"console\": \"SNES\"}"),
+        ("assistant", "The SNES."),
+    ]);
+    // From the flag, and from a file; query and response are filled in.
+    let flag = chat.to_string();
+    let logged = env.check(
+        &["log", "--json", "--model", "m", "--messages", &flag],
+        0,
+        "\"id\"",
+    );
+    let file = env.path("chat.json");
+    std::fs::write(&file, &flag).unwrap();
+    let at_file = format!("@{}", file.display());
+    env.check(&["log", "--model", "m", "--messages", &at_file], 0, "");
+    // The same last exchange after another opening, imported without query and response.
+    let other = {
+        let mut other = chat.clone();
+        other[1]["content"] = json!("What is a 6502?");
+        other
+    };
+    env.import(&[json!({"model": "m", "messages": other, "quality_score": 0.9})]);
+    // A single-turn record prints as before: no messages key.
+    env.log("plain", "m", &[]);
+
+    let records = env.check(&["records"], 0, "").json_lines();
+    assert_eq!(records.len(), 4);
+    let id = logged.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(records[0]["id"], id.as_str());
+    for r in &records[..3] {
+        assert_eq!(r["query"], "Which console?");
+        assert_eq!(r["response"], "The SNES.");
+    }
+    assert_eq!(records[0]["messages"], chat);
+    assert_eq!(records[2]["messages"], other);
+    assert!(records[3].get("messages").is_none(), "{}", records[3]);
+
+    // The output of `afs records` imports again as it is.
+    let again = Env::new();
+    again.import(&records);
+    assert_eq!(
+        again.check(&["records"], 0, "").json_lines()[2]["messages"],
+        other
+    );
+
+    // Only the two copies of one conversation are duplicates, not the other opening.
+    let dedupe = env.check(&["dedupe", "--json"], 0, "").json();
+    assert_eq!(dedupe["removed"], 1, "{dedupe}");
+
+    // Bad conversations are refused naming the turn, from each way in.
+    env.check_err(
+        &[
+            "log",
+            "--model",
+            "m",
+            "--messages",
+            r#"[{"role":"bot","content":"x"}]"#,
+        ],
+        3,
+        "--messages: invalid messages[0].role: expected one of system, user, assistant, tool",
+    );
+    env.check_err(
+        &["log", "--model", "m", "--messages", &turns(&[("user", "q"), ("system", "s"), ("assistant", "a")]).to_string()],
+        3,
+        "invalid messages: messages[1].role is system, but only the first turn may be a system turn",
+    );
+    env.check_err(
+        &[
+            "log",
+            "--model",
+            "m",
+            "--query",
+            "What is 65816?",
+            "--messages",
+            &flag,
+        ],
+        3,
+        "invalid query: must be the last user turn of messages",
+    );
+    let bad = env.path("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{}\n",
+            json!({"model": "m", "messages": turns(&[("user", "q"), ("tool", "t"), ("assistant", "a")])}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}),
+        ),
+    )
+    .unwrap();
+    let run = env.check_err(&["import", bad.to_str().unwrap()], 3, "");
+    assert!(
+        run.stdout.contains("line 1: invalid messages: messages[1].role is tool, but a tool turn must follow an assistant turn"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout
+            .contains("line 2: invalid messages[1].content: missing required key"),
+        "{run:#?}"
+    );
+}

@@ -81,6 +81,19 @@ fn build_source(dir: &Path) {
         ));
         before.push('\n');
     }
+    // Conversations travel whole (the `records` view compares their turns).
+    for (i, opening) in ["Hi", "Hello"].into_iter().enumerate() {
+        let turns = serde_json::json!([
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": opening},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]);
+        let record = serde_json::json!({"model": "champ-v1", "messages": turns, "quality_score": 0.8,
+            "unit": "user-1", "timestamp": format!("2025-06-01T10:30:0{i}.5Z")});
+        before.push_str(&format!("{record}\n"));
+    }
     std::fs::write(dir.join("before.jsonl"), before).unwrap();
     check(dir, T0, &["--db", "src.db", "import", "before.jsonl"], 0);
     check(
@@ -262,7 +275,7 @@ fn a_database_is_copied_with_its_ids_and_verified() {
     build_source(dir);
 
     let summary = migrate(dir, "src.db", "copy.db");
-    assert_eq!(summary["records"], 262);
+    assert_eq!(summary["records"], 264);
     assert_eq!(summary["versions"], 2);
     assert_eq!(summary["experiments"], 1, "{summary}");
     assert_eq!(summary["runs"], 1);

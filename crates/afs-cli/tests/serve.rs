@@ -869,3 +869,52 @@ fn the_help_documents_serve_and_has_no_load_generator() {
         "{output:?}"
     );
 }
+
+#[test]
+fn conversations_are_accepted_alone_and_in_batches_and_bad_turns_are_named() {
+    let env = created();
+    let server = env.serve(&[]);
+    let chat = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]);
+    let one = json!({"model": "m", "messages": chat}).to_string();
+    assert_eq!(server.post("/v1/usage", &one).status, 201);
+    let batch = json!({"records": [
+        {"model": "m", "messages": chat, "query": "2+2?", "response": "4"},
+        {"query": "q", "response": "r", "model": "m"},
+    ]})
+    .to_string();
+    assert_eq!(server.post("/v1/usage", &batch).status, 201);
+    let post =
+        |body: &str, field: &str| check(&server, "POST", "/v1/usage", Some(body), 400, Some(field));
+    post(
+        r#"{"model":"m","messages":[{"role":"user","content":"q"},{"role":"bot","content":"a"}]}"#,
+        "messages[1].role",
+    );
+    post(
+        r#"{"model":"m","messages":[{"role":"assistant","content":"a"},{"role":"user","content":"q"}]}"#,
+        "messages",
+    );
+    post(
+        r#"[{"query":"q","response":"r","model":"m"},{"model":"m","messages":[{"role":"user","content":"q"},{"role":"assistant","content":7}]}]"#,
+        "records[1].messages[1].content",
+    );
+    post(
+        r#"{"model":"m","query":"Hi","messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"a"},{"role":"user","content":"q"},{"role":"assistant","content":"b"}]}"#,
+        "query",
+    );
+    assert_eq!(total(&server), 3);
+    let records: Vec<Value> = env
+        .afs(None, &["records"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records[0]["messages"], chat);
+    assert_eq!(records[0]["query"], "2+2?");
+    assert_eq!(records[1]["messages"], chat);
+    assert!(records[2].get("messages").is_none());
+}

@@ -110,6 +110,11 @@ fn afs_serve_conforms_to_its_openapi_description() {
         .args(["--seed", "20261204", "--generation-database", "none"])
         // One worker: for a given seed the run is the same each time.
         .args(["--workers", "1", "--no-color"])
+        // What the spec cannot say about conversations (see the file).
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            workspace_root().join("crates/afs-cli/tests/serve_openapi_hooks.py"),
+        )
         .current_dir(env.dir.path())
         .output()
         .unwrap();

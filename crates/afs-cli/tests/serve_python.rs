@@ -160,7 +160,7 @@ fn the_python_package_passes_its_live_suite_against_afs_serve() {
         .unwrap();
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("Ran 12 tests"), "{log}");
+    assert!(log.contains("Ran 13 tests"), "{log}");
     assert!(!log.contains("skipped"), "{log}");
 
     // What the suite logged is in the database: the batched logger's records (one refused),
@@ -168,6 +168,21 @@ fn the_python_package_passes_its_live_suite_against_afs_serve() {
     assert_eq!(stats(&env, "py-batch")["total"], 999);
     assert_eq!(stats(&env, "py-exit-flush")["total"], 300);
     assert_eq!(stats(&env, "py-keepalive")["total"], 10);
+    // The conversations, whole; one was given its query and response, the others not.
+    let conversations: Vec<Value> = env
+        .afs(None, &["records", "--model", "py-conv"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(conversations.len(), 4);
+    for r in &conversations {
+        assert_eq!(
+            (r["query"].as_str(), r["response"].as_str()),
+            (Some("2+2?"), Some("4"))
+        );
+        assert_eq!(r["messages"].as_array().map(Vec::len), Some(5), "{r}");
+        assert_eq!(r["messages"][0]["role"], "system");
+    }
     assert_eq!(stats(&env, "py-async")["total"], 24);
     assert_eq!(stats(&env, "py-fork")["total"], 7);
     // The full queue's records went to a socket that never answered, not here.

@@ -157,7 +157,21 @@ def check_file(spec, tok):
     need(len(shapes) == 1, f"is_conversational differs across rows: {sorted(shapes)}")
     expected = shape == "conversational"
     need(shapes == {expected}, f"is_conversational is {shapes.pop()} for a {shape} file")
-    return {"rows": len(ds), "columns": list(ds.features), "conversational": expected}
+    return {"rows": len(ds), "columns": list(ds.features), "conversational": expected,
+            "max_user_turns": max(user_turns(row, fmt) for row in ds)}
+
+
+def user_turns(row, fmt):
+    """How many user turns a row's conversation has (multi-turn records give two), as its
+    consumer sees them; 0 for formats without message lists."""
+    messages = {"chatml": "messages", "openai": "messages", "sharegpt": "conversations"}.get(fmt)
+    if messages is None:
+        prompt = row.get("prompt")
+        turns = prompt if isinstance(prompt, list) else []
+    else:
+        turns = row[messages]
+    role = "from" if fmt == "sharegpt" else "role"
+    return sum(1 for t in turns if t[role] == "user")
 
 
 def check_trainers(spec, afs_data):

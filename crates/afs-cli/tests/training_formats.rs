@@ -91,8 +91,51 @@ fn fixture() -> Env {
         "m1",
         json!({"quality_score": 0.95, "feedback": 1, "timestamp": "2025-06-01T11:00:00Z"}),
     ));
+    // Conversations: two liked ones (one with a system turn of its own), and one prompt
+    // conversation answered once well and once badly.
+    let chat = |system: Option<&str>, opening: &str, answer: &str| {
+        let mut turns: Vec<Value> = system
+            .map(|s| json!({"role": "system", "content": s}))
+            .into_iter()
+            .collect();
+        turns.extend([
+            json!({"role": "user", "content": opening}),
+            json!({"role": "assistant", "content": "The 65816 is a 16-bit CPU."}),
+            json!({"role": "user", "content": "Which machines used it?"}),
+            json!({"role": "assistant", "content": answer}),
+        ]);
+        Value::Array(turns)
+    };
+    let liked = "The SNES and the Apple IIGS used the 65816.";
+    for (i, (system, opening)) in [
+        (Some("Be terse."), "What is the 65816?"),
+        (None, "Tell me about the 65816."),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lines.push(
+            json!({"model": "m1", "messages": chat(system, opening, liked), "quality_score": 0.9,
+            "feedback": 1, "timestamp": format!("2025-06-01T11:1{i}:00Z")}),
+        );
+    }
+    for (answer, feedback, quality) in [(liked, 1, 0.9), ("Only calculators.", -1, 0.2)] {
+        lines.push(
+            json!({"model": "m1", "messages": chat(None, "Explain the 65816 to me.", answer),
+            "quality_score": quality, "feedback": feedback, "timestamp": "2025-06-01T11:20:00Z"}),
+        );
+    }
     env.import(&lines);
     env
+}
+
+/// The lines of a JSON Lines file.
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// An existing file of both shapes and several formats, to rehearse from.
@@ -183,6 +226,19 @@ fn every_format_loads_with_its_consumers_code() {
     for extra in [&[][..], &both] {
         generate("openai-dpo", "conversational", extra);
     }
+    // The conversations are written whole; the conversation's own system turn stays.
+    let openai = generate("openai", "conversational", &with_system);
+    let long: Vec<Value> = json_lines(&openai)
+        .into_iter()
+        .filter(|l| l["messages"].as_array().unwrap().len() == 5)
+        .collect();
+    assert_eq!(long.len(), 3, "{long:?}");
+    assert!(long
+        .iter()
+        .any(|l| l["messages"][0]["content"] == "Be terse."));
+    assert!(long
+        .iter()
+        .any(|l| l["messages"][0]["content"] == "Answer briefly."));
 
     // The checks must catch a file that mixes shapes, as afs once wrote.
     let mixed = env.write(
@@ -219,8 +275,16 @@ fn every_format_loads_with_its_consumers_code() {
         .collect();
     assert_eq!(reports.len(), specs.len(), "{stdout}\n{stderr}");
     let (bad, good) = reports.split_last().unwrap();
-    for report in good {
+    for (report, spec) in good.iter().zip(&specs) {
         assert_eq!(report["ok"], true, "{report}\n{stderr}");
+        // Every format with message lists carries the conversations' both user turns.
+        let lists = matches!(
+            spec["format"].as_str(),
+            Some("chatml" | "openai" | "sharegpt")
+        ) || spec["shape"] == "conversational" && spec["format"] != "openai-dpo";
+        if lists {
+            assert_eq!(report["max_user_turns"], 2, "{report}");
+        }
     }
     assert_eq!(bad["ok"], false, "the mixed file passed: {bad}");
     assert_eq!(bad["trainers_ok"], true, "{bad}");
@@ -237,6 +301,12 @@ fn every_format_loads_with_its_consumers_code() {
     let (ok, _, stderr) = run_python(&python, hf_home, &compile);
     assert!(ok, "{stderr}");
     let conversational_dpo = &last[last.len() - 2];
+    assert!(
+        json_lines(conversational_dpo)
+            .iter()
+            .any(|l| l["prompt"].as_array().unwrap().len() == 4),
+        "no conversation prompt in {conversational_dpo:?}"
+    );
     for (script, file) in scripts
         .iter()
         .zip([&text, conversational_dpo, &last[last.len() - 1]])

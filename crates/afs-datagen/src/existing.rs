@@ -8,6 +8,8 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use afs_store::{Message, Role};
+
 use crate::config::{Format, PLAIN_SEPARATOR};
 use crate::error::DatagenError;
 use crate::format::{Body, Example, Metadata};
@@ -51,11 +53,14 @@ pub struct ExistingReport {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ExistingSample {
     /// A supervised example (`chatml`, `sharegpt`, `alpaca`, `completion`). For multi-turn
-    /// conversations, the last user message and the last assistant message.
+    /// conversations, the last user message and the last assistant message, and (from
+    /// `messages` and `conversations` lines that end with the assistant) the turns before
+    /// that answer, without the system message, in `turns`.
     Pair {
         system: Option<String>,
         prompt: String,
         response: String,
+        turns: Option<Vec<Message>>,
     },
     /// A `text` line, which has no prompt/response split.
     Text(String),
@@ -81,8 +86,28 @@ impl ExistingSample {
     pub(crate) fn keys(&self, kb: &mut KeyBuilder, mut add: impl FnMut(crate::key::Key)) {
         match self {
             ExistingSample::Pair {
-                prompt, response, ..
-            } => add(kb.pair(prompt, response)),
+                system,
+                prompt,
+                response,
+                turns,
+            } => {
+                // A conversation keys as the store keys a record of it: every turn, with the
+                // system turn (which may have been the record's own) and without it; only a
+                // one-exchange line may also stand for a single-turn record.
+                if turns.is_none() {
+                    add(kb.pair(prompt, response));
+                }
+                let user = [Message::new(Role::User, prompt.as_str())];
+                let prompt_turns = turns.as_deref().unwrap_or(&user);
+                if turns.is_some() {
+                    add(kb.record(prompt, response, Some(prompt_turns)));
+                }
+                if let Some(system) = system {
+                    let mut with_system = vec![Message::new(Role::System, system.as_str())];
+                    with_system.extend_from_slice(prompt_turns);
+                    add(kb.record(prompt, response, Some(&with_system)));
+                }
+            }
             ExistingSample::Text(text) => add(kb.text(text)),
             ExistingSample::Preference {
                 prompt,
@@ -128,13 +153,16 @@ impl ExistingSample {
                 system,
                 prompt,
                 response,
+                turns,
             } => Example {
+                turns: turns.as_deref(),
                 system: system.as_deref(),
                 prompt,
                 body: Body::Response(response),
                 metadata,
             },
             ExistingSample::Text(text) => Example {
+                turns: None,
                 system: None,
                 prompt: text,
                 body: Body::Response(""),
@@ -146,6 +174,7 @@ impl ExistingSample {
                 chosen,
                 rejected,
             } => Example {
+                turns: None,
                 system: system.as_deref(),
                 prompt,
                 body: Body::Preference { chosen, rejected },
@@ -157,6 +186,7 @@ impl ExistingSample {
                 completion,
                 label,
             } => Example {
+                turns: None,
                 system: system.as_deref(),
                 prompt,
                 body: Body::Labeled {
@@ -175,10 +205,14 @@ impl ExistingSample {
                 system,
                 prompt,
                 response,
+                turns,
             } => {
                 system.iter_mut().for_each(&mut f);
                 f(prompt);
                 f(response);
+                for turn in turns.iter_mut().flatten() {
+                    f(&mut turn.content);
+                }
             }
             ExistingSample::Text(text) => f(text),
             ExistingSample::Preference {
@@ -229,6 +263,18 @@ struct Turns {
     system: Option<String>,
     user: Option<String>,
     assistant: Option<String>,
+    /// Every user, assistant and tool turn, in order.
+    all: Vec<Message>,
+}
+
+impl Turns {
+    /// The turns before the final answer of a multi-turn conversation: `None` when the
+    /// conversation is one user turn and its answer, or does not end with the assistant.
+    fn prompt_turns(&self) -> Option<Vec<Message>> {
+        let (last, before) = self.all.split_last()?;
+        let single = matches!(before, [only] if only.role == Role::User);
+        (last.role == Role::Assistant && !single && !before.is_empty()).then(|| before.to_vec())
+    }
 }
 
 fn turns(field: &str, value: &Value) -> Result<Turns, String> {
@@ -254,6 +300,16 @@ fn turns(field: &str, value: &Value) -> Result<Turns, String> {
                 ))
             }
         };
+        let known = match role {
+            "user" | "human" => Some(Role::User),
+            "assistant" | "gpt" | "model" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
+            // The system message is kept apart (a later one is ignored, as below).
+            _ => None,
+        };
+        if let Some(known) = known {
+            turns.all.push(Message::new(known, content.clone()));
+        }
         let slot = match role {
             "system" => &mut turns.system,
             "user" | "human" => &mut turns.user,
@@ -329,6 +385,7 @@ pub(crate) fn parse_line(line: &str, system: Option<&str>) -> Result<ExistingSam
     if let Some(messages) = obj.get("messages") {
         let t = turns("messages", messages)?;
         return Ok(ExistingSample::Pair {
+            turns: t.prompt_turns(),
             system: t.system,
             prompt: t.user.ok_or("messages has no user message")?,
             response: t.assistant.ok_or("messages has no assistant message")?,
@@ -337,6 +394,7 @@ pub(crate) fn parse_line(line: &str, system: Option<&str>) -> Result<ExistingSam
     if let Some(conversations) = obj.get("conversations") {
         let t = turns("conversations", conversations)?;
         return Ok(ExistingSample::Pair {
+            turns: t.prompt_turns(),
             system: optional_string(&obj, "system")?.or(t.system),
             prompt: t.user.ok_or("conversations has no human turn")?,
             response: t.assistant.ok_or("conversations has no gpt turn")?,
@@ -354,6 +412,7 @@ pub(crate) fn parse_line(line: &str, system: Option<&str>) -> Result<ExistingSam
             system: optional_string(&obj, "system")?,
             prompt,
             response: string_field(&obj, "output")?,
+            turns: None,
         });
     }
     if let Some(input) = obj.get("input").filter(|v| v.is_object()) {
@@ -392,6 +451,7 @@ pub(crate) fn parse_line(line: &str, system: Option<&str>) -> Result<ExistingSam
                 system,
                 prompt,
                 response: completion,
+                turns: None,
             }),
             Some(Value::Bool(label)) => Ok(ExistingSample::Labeled {
                 system,
@@ -572,6 +632,7 @@ mod tests {
             system: system.map(String::from),
             prompt: prompt.into(),
             response: response.into(),
+            turns: None,
         }
     }
 
@@ -597,7 +658,16 @@ mod tests {
         );
         check(
             r#"{"messages":[{"role":"user","content":"q1"},{"role":"assistant","content":"r1"},{"role":"user","content":"q2"},{"role":"assistant","content":"r2"}]}"#,
-            Ok(pair(None, "q2", "r2")),
+            Ok(ExistingSample::Pair {
+                system: None,
+                prompt: "q2".into(),
+                response: "r2".into(),
+                turns: Some(vec![
+                    Message::new(Role::User, "q1"),
+                    Message::new(Role::Assistant, "r1"),
+                    Message::new(Role::User, "q2"),
+                ]),
+            }),
         );
         check(
             r#"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"r"}],"system":"s"}"#,

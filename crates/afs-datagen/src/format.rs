@@ -1,6 +1,7 @@
 //! Output formats: the [`Formatter`] trait, the built-in formatter of each [`Format`] and
 //! [`Shape`], and the JSON-line writer they share.
 
+use afs_store::{Message, Role};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -13,8 +14,12 @@ use crate::error::DatagenError;
 pub struct Example<'a> {
     /// System prompt, if any.
     pub system: Option<&'a str>,
-    /// The user's query.
+    /// The user's query (of a conversation: its last user turn).
     pub prompt: &'a str,
+    /// Of a multi-turn record: the conversation up to the response (every turn but the
+    /// final assistant turn), which formats write in place of `prompt`. Its own system turn,
+    /// if it has one, wins over `system`.
+    pub turns: Option<&'a [Message]>,
     /// What the example teaches.
     pub body: Body<'a>,
     /// Provenance, written by formats that carry metadata (`chatml`).
@@ -259,12 +264,51 @@ fn push_messages(out: &mut Vec<u8>, system: Option<&str>, rest: &[(&str, &str)])
     out.push(b']');
 }
 
+/// The system prompt and the role/content turns an example's prompt is made of: the
+/// query as one user turn, or a conversation's turns up to the response. A conversation
+/// that has a system turn of its own keeps it, and the configured system prompt is not
+/// added.
+pub(crate) fn prompt_turns<'a>(
+    example: &Example<'a>,
+) -> (Option<&'a str>, Vec<(&'a str, &'a str)>) {
+    match example.turns {
+        None => (example.system, vec![("user", example.prompt)]),
+        Some(turns) => {
+            let (system, rest) = match turns.split_first() {
+                Some((first, rest)) if first.role == Role::System => {
+                    (Some(first.content.as_str()), rest)
+                }
+                _ => (example.system, turns),
+            };
+            let rest = rest
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.as_str()))
+                .collect();
+            (system, rest)
+        }
+    }
+}
+
+/// The prompt of a plain line (see [`render_plain_prompt`] and [`render_plain_turns`]).
+pub(crate) fn plain_prompt(example: &Example<'_>) -> String {
+    match example.turns {
+        None => render_plain_prompt(example.system, example.prompt),
+        Some(_) => {
+            let (system, turns) = prompt_turns(example);
+            render_plain_turns(system, &turns)
+        }
+    }
+}
+
 /// A TRL prompt in `shape`: the plain template (see [`Shape`]), or a list of the system
-/// (if any) and user messages.
-fn push_prompt(out: &mut Vec<u8>, shape: Shape, system: Option<&str>, user: &str) {
+/// (if any) and the prompt's messages.
+fn push_prompt(out: &mut Vec<u8>, shape: Shape, example: &Example<'_>) {
     match shape {
-        Shape::Plain => push_json_str(out, &render_plain_prompt(system, user)),
-        Shape::Conversational => push_messages(out, system, &[("user", user)]),
+        Shape::Plain => push_json_str(out, &plain_prompt(example)),
+        Shape::Conversational => {
+            let (system, turns) = prompt_turns(example);
+            push_messages(out, system, &turns);
+        }
     }
 }
 
@@ -282,6 +326,24 @@ pub(crate) fn render_plain_prompt(system: Option<&str>, prompt: &str) -> String 
     let mut text = String::with_capacity(system.map_or(0, str::len) + prompt.len() + 4);
     for part in system.into_iter().chain([prompt]) {
         text.push_str(part);
+        text.push_str(PLAIN_SEPARATOR);
+    }
+    text
+}
+
+/// The prompt of a plain line made from a conversation: the system prompt (if any), then
+/// every turn as `ROLE: CONTENT` (the role's lowercase name), each followed by
+/// [`PLAIN_SEPARATOR`]; the response follows unchanged, as for a single turn.
+pub(crate) fn render_plain_turns(system: Option<&str>, turns: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    if let Some(system) = system {
+        text.push_str(system);
+        text.push_str(PLAIN_SEPARATOR);
+    }
+    for (role, content) in turns {
+        text.push_str(role);
+        text.push_str(": ");
+        text.push_str(content);
         text.push_str(PLAIN_SEPARATOR);
     }
     text
@@ -454,11 +516,9 @@ impl Formatter for BuiltIn {
             Format::ChatMl | Format::OpenAi => {
                 let response = response_of(example).ok_or_else(refused)?;
                 out.extend_from_slice(b"{\"messages\":");
-                push_messages(
-                    out,
-                    example.system,
-                    &[("user", example.prompt), ("assistant", response)],
-                );
+                let (system, mut turns) = prompt_turns(example);
+                turns.push(("assistant", response));
+                push_messages(out, system, &turns);
                 if self.format == Format::ChatMl && self.metadata {
                     out.extend_from_slice(b",\"metadata\":");
                     push_metadata(out, &example.metadata);
@@ -467,10 +527,19 @@ impl Formatter for BuiltIn {
             Format::Alpaca => {
                 let output = response_of(example).ok_or_else(refused)?;
                 out.extend_from_slice(b"{\"instruction\":");
-                push_json_str(out, example.prompt);
+                let (system, turns) = prompt_turns(example);
+                match example.turns {
+                    None => push_json_str(out, example.prompt),
+                    // A conversation: its turns in the plain template, without a trailing
+                    // separator (the system prompt has a key of its own).
+                    Some(_) => push_json_str(
+                        out,
+                        render_plain_turns(None, &turns).trim_end_matches(PLAIN_SEPARATOR),
+                    ),
+                }
                 out.extend_from_slice(b",\"input\":\"\",\"output\":");
                 push_json_str(out, output);
-                if let Some(system) = example.system {
+                if let Some(system) = system {
                     out.extend_from_slice(b",\"system\":");
                     push_json_str(out, system);
                 }
@@ -478,7 +547,7 @@ impl Formatter for BuiltIn {
             Format::Completion => {
                 let response = response_of(example).ok_or_else(refused)?;
                 out.extend_from_slice(b"{\"prompt\":");
-                push_prompt(out, self.shape, example.system, example.prompt);
+                push_prompt(out, self.shape, example);
                 out.extend_from_slice(b",\"completion\":");
                 push_reply(out, self.shape, response);
             }
@@ -486,10 +555,10 @@ impl Formatter for BuiltIn {
                 let response = response_of(example).ok_or_else(refused)?;
                 out.extend_from_slice(b"{\"text\":");
                 // A rehearsal `text` line arrives whole, as a prompt with an empty response.
-                if response.is_empty() && example.system.is_none() {
+                if response.is_empty() && example.system.is_none() && example.turns.is_none() {
                     push_json_str(out, example.prompt);
                 } else {
-                    push_json_str(out, &render_text(example.system, example.prompt, response));
+                    push_json_str(out, &render_text(example, response));
                 }
             }
             Format::ShareGpt => {
@@ -498,23 +567,31 @@ impl Formatter for BuiltIn {
                 // them as they are, LLaMA-Factory with its `tags` set (docs/TRAINING.md).
                 let response = response_of(example).ok_or_else(refused)?;
                 out.extend_from_slice(b"{\"conversations\":[");
-                if let Some(system) = example.system {
-                    out.extend_from_slice(b"{\"from\":\"system\",\"value\":");
-                    push_json_str(out, system);
-                    out.extend_from_slice(b"},");
+                let (system, mut turns) = prompt_turns(example);
+                turns.push(("assistant", response));
+                for (i, (from, value)) in system
+                    .map(|s| ("system", s))
+                    .iter()
+                    .chain(&turns)
+                    .enumerate()
+                {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"from\":");
+                    push_json_str(out, from);
+                    out.extend_from_slice(b",\"value\":");
+                    push_json_str(out, value);
+                    out.push(b'}');
                 }
-                out.extend_from_slice(b"{\"from\":\"user\",\"value\":");
-                push_json_str(out, example.prompt);
-                out.extend_from_slice(b"},{\"from\":\"assistant\",\"value\":");
-                push_json_str(out, response);
-                out.extend_from_slice(b"}]");
+                out.push(b']');
             }
             Format::Dpo => {
                 let Body::Preference { chosen, rejected } = example.body else {
                     return Err(refused());
                 };
                 out.extend_from_slice(b"{\"prompt\":");
-                push_prompt(out, self.shape, example.system, example.prompt);
+                push_prompt(out, self.shape, example);
                 out.extend_from_slice(b",\"chosen\":");
                 push_reply(out, self.shape, chosen);
                 out.extend_from_slice(b",\"rejected\":");
@@ -525,7 +602,16 @@ impl Formatter for BuiltIn {
                     return Err(refused());
                 };
                 out.extend_from_slice(b"{\"input\":{\"messages\":");
-                push_messages(out, example.system, &[("user", example.prompt)]);
+                let (system, turns) = prompt_turns(example);
+                // OpenAI's preference fine-tuning takes a one-turn input: the turns of a
+                // longer conversation become one user message, in the plain template.
+                if let [("user", _)] = turns[..] {
+                    push_messages(out, system, &turns);
+                } else {
+                    let flat = render_plain_turns(None, &turns);
+                    let flat = flat.trim_end_matches(PLAIN_SEPARATOR);
+                    push_messages(out, system, &[("user", flat)]);
+                }
                 out.extend_from_slice(b"},\"preferred_output\":");
                 push_messages(out, None, &[("assistant", chosen)]);
                 out.extend_from_slice(b",\"non_preferred_output\":");
@@ -536,7 +622,7 @@ impl Formatter for BuiltIn {
                     return Err(refused());
                 };
                 out.extend_from_slice(b"{\"prompt\":");
-                push_prompt(out, self.shape, example.system, example.prompt);
+                push_prompt(out, self.shape, example);
                 out.extend_from_slice(b",\"completion\":");
                 push_reply(out, self.shape, completion);
                 out.extend_from_slice(if label {
@@ -551,10 +637,10 @@ impl Formatter for BuiltIn {
     }
 }
 
-/// The text of a `text` line: the system prompt (if any), the query and the response,
-/// separated by blank lines; the plain prompt followed by the response.
-pub(crate) fn render_text(system: Option<&str>, prompt: &str, response: &str) -> String {
-    let mut text = render_plain_prompt(system, prompt);
+/// The text of a `text` line: the plain prompt (the system prompt if any, and the query
+/// or the conversation's turns, each followed by a blank line), then the response.
+pub(crate) fn render_text(example: &Example<'_>, response: &str) -> String {
+    let mut text = plain_prompt(example);
     text.push_str(response);
     text
 }
@@ -584,6 +670,7 @@ mod tests {
 
     fn sft<'a>(prompt: &'a str, response: &'a str) -> Example<'a> {
         Example {
+            turns: None,
             system: None,
             prompt,
             body: Body::Response(response),
@@ -597,6 +684,115 @@ mod tests {
             format!("{expected}\n"),
             "format {format}"
         );
+    }
+
+    /// A conversation's turns before the response, with its own system turn or not.
+    fn chat(own_system: bool) -> Vec<Message> {
+        let mut turns = vec![
+            Message::new(Role::User, "hi"),
+            Message::new(Role::Assistant, "call"),
+            Message::new(Role::Tool, "42"),
+            Message::new(Role::Assistant, "hello"),
+            Message::new(Role::User, "q"),
+        ];
+        if own_system {
+            turns.insert(0, Message::new(Role::System, "own"));
+        }
+        turns
+    }
+
+    #[test]
+    fn conversations_are_written_whole_in_every_format() {
+        let turns = chat(false);
+        let base = Example {
+            turns: Some(&turns),
+            system: Some("s"),
+            ..sft("q", "r")
+        };
+        let msgs = r#"{"role":"system","content":"s"},{"role":"user","content":"hi"},{"role":"assistant","content":"call"},{"role":"tool","content":"42"},{"role":"assistant","content":"hello"},{"role":"user","content":"q"}"#;
+        // The plain prompt as it reads inside a JSON string.
+        let plain =
+            r"s\n\nuser: hi\n\nassistant: call\n\ntool: 42\n\nassistant: hello\n\nuser: q\n\n";
+        check(
+            Format::ChatMl,
+            &base,
+            &format!(
+                r#"{{"messages":[{msgs},{{"role":"assistant","content":"r"}}],"metadata":{{}}}}"#
+            ),
+        );
+        check(
+            Format::OpenAi,
+            &base,
+            &format!(r#"{{"messages":[{msgs},{{"role":"assistant","content":"r"}}]}}"#),
+        );
+        check(
+            Format::ShareGpt,
+            &base,
+            r#"{"conversations":[{"from":"system","value":"s"},{"from":"user","value":"hi"},{"from":"assistant","value":"call"},{"from":"tool","value":"42"},{"from":"assistant","value":"hello"},{"from":"user","value":"q"},{"from":"assistant","value":"r"}]}"#,
+        );
+        check(Format::Text, &base, &format!(r#"{{"text":"{plain}r"}}"#));
+        check(
+            Format::Alpaca,
+            &base,
+            r#"{"instruction":"user: hi\n\nassistant: call\n\ntool: 42\n\nassistant: hello\n\nuser: q","input":"","output":"r","system":"s"}"#,
+        );
+        check(
+            Format::Completion,
+            &base,
+            &format!(r#"{{"prompt":"{plain}","completion":"r"}}"#),
+        );
+        let pair = Example {
+            body: Body::Preference {
+                chosen: "good",
+                rejected: "bad",
+            },
+            ..base
+        };
+        assert_eq!(
+            line_in(Format::Dpo, Some(Shape::Conversational), &pair).trim_end(),
+            format!(
+                r#"{{"prompt":[{msgs}],"chosen":[{{"role":"assistant","content":"good"}}],"rejected":[{{"role":"assistant","content":"bad"}}]}}"#
+            ),
+        );
+        assert_eq!(
+            line_in(Format::Dpo, Some(Shape::Plain), &pair),
+            format!("{{\"prompt\":\"{plain}\",\"chosen\":\"good\",\"rejected\":\"bad\"}}\n")
+        );
+        check(
+            Format::OpenAiDpo,
+            &pair,
+            r#"{"input":{"messages":[{"role":"system","content":"s"},{"role":"user","content":"user: hi\n\nassistant: call\n\ntool: 42\n\nassistant: hello\n\nuser: q"}]},"preferred_output":[{"role":"assistant","content":"good"}],"non_preferred_output":[{"role":"assistant","content":"bad"}]}"#,
+        );
+        let labeled = Example {
+            body: Body::Labeled {
+                completion: "r",
+                label: false,
+            },
+            ..base
+        };
+        assert_eq!(
+            line_in(Format::Kto, Some(Shape::Conversational), &labeled).trim_end(),
+            format!(
+                r#"{{"prompt":[{msgs}],"completion":[{{"role":"assistant","content":"r"}}],"label":false}}"#
+            ),
+        );
+        // The conversation's own system turn wins over the configured one.
+        let own = chat(true);
+        let with_own = Example {
+            turns: Some(&own),
+            ..base
+        };
+        assert_eq!(
+            line(Format::OpenAi, &with_own),
+            line(
+                Format::OpenAi,
+                &Example {
+                    system: Some("own"),
+                    ..base
+                }
+            )
+        );
+        assert!(!line(Format::ShareGpt, &with_own).contains(r#""value":"s""#));
     }
 
     #[test]
@@ -629,6 +825,7 @@ mod tests {
             r#"{"conversations":[{"from":"user","value":"q"},{"from":"assistant","value":"r"}]}"#,
         );
         let pair = Example {
+            turns: None,
             body: Body::Preference {
                 chosen: "good",
                 rejected: "bad",
@@ -646,6 +843,7 @@ mod tests {
             r#"{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":"good"}],"non_preferred_output":[{"role":"assistant","content":"bad"}]}"#,
         );
         let labeled = Example {
+            turns: None,
             body: Body::Labeled {
                 completion: "bad",
                 label: false,
@@ -663,6 +861,7 @@ mod tests {
     fn the_shape_is_the_configured_one_whatever_the_system_prompt() {
         let plain = sft("q", "r");
         let with_system = Example {
+            turns: None,
             system: Some("s"),
             ..plain
         };
@@ -690,13 +889,14 @@ mod tests {
             plain_line["prompt"].as_str().unwrap(),
             plain_line["completion"].as_str().unwrap()
         );
-        assert_eq!(joined, render_text(Some("s"), "q", "r"));
+        assert_eq!(joined, render_text(&with_system, "r"));
         // A shape the format does not have falls back to its only one.
         assert_eq!(
             line_in(Format::Text, Some(Shape::Conversational), &plain),
             line(Format::Text, &plain)
         );
         let labeled = Example {
+            turns: None,
             body: Body::Labeled {
                 completion: "r",
                 label: true,
@@ -726,6 +926,7 @@ mod tests {
     #[test]
     fn system_prompt_in_each_format() {
         let e = Example {
+            turns: None,
             system: Some("be brief"),
             ..sft("q", "r")
         };
@@ -751,6 +952,7 @@ mod tests {
             r#"{"conversations":[{"from":"system","value":"be brief"},{"from":"user","value":"q"},{"from":"assistant","value":"r"}]}"#,
         );
         let pair = Example {
+            turns: None,
             body: Body::Preference {
                 chosen: "c",
                 rejected: "x",
@@ -773,6 +975,7 @@ mod tests {
     fn metadata_of_a_record() {
         let t = DateTime::from_timestamp_micros(1_767_225_600_123_456).unwrap();
         let e = Example {
+            turns: None,
             metadata: Metadata {
                 id: Some("01J"),
                 model: Some("m1"),
@@ -957,6 +1160,7 @@ mod tests {
                 .is_err());
         }
         let negative = Example {
+            turns: None,
             body: Body::Labeled {
                 completion: "r",
                 label: false,

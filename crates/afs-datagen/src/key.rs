@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 
 use afs_store::key::{key_into, PAIR_TAG};
+use afs_store::{Message, Role};
 
 /// A BLAKE3 digest (32 bytes) identifying a normalised text or query/response pair.
 pub(crate) type Key = afs_store::key::TextKey;
@@ -13,6 +14,8 @@ pub(crate) type Key = afs_store::key::TextKey;
 /// construction.
 const TAG_TEXT: u8 = b'T';
 const TAG_QUERY: u8 = b'Q';
+/// The tag of a conversation's prompt (its turns before the response).
+const TAG_PROMPT_TURNS: u8 = b'R';
 
 /// Builds keys with one reusable buffer, so computing a key allocates nothing once warm.
 #[derive(Debug, Default)]
@@ -39,6 +42,35 @@ impl KeyBuilder {
     /// The key of a query alone (groups responses for preference pairs).
     pub(crate) fn query(&mut self, query: &str) -> Key {
         self.digest(TAG_QUERY, &[query])
+    }
+
+    /// The key `dpo` and `kto` pair records by: the normalised query, or for a conversation
+    /// every turn before the response (a conversation of one user turn keys as its query).
+    pub(crate) fn prompt(&mut self, query: &str, turns: Option<&[Message]>) -> Key {
+        match turns {
+            Some(turns) if !matches!(turns, [only] if only.role == Role::User) => {
+                let parts: Vec<&str> = turns
+                    .iter()
+                    .flat_map(|m| [m.role.as_str(), m.content.as_str()])
+                    .collect();
+                self.digest(TAG_PROMPT_TURNS, &parts)
+            }
+            _ => self.query(query),
+        }
+    }
+
+    /// The exact-duplicate key of a record's texts, as the store computes it
+    /// ([`afs_store::key::record_key`]): a conversation's turns before the response are given
+    /// as `turns`.
+    pub(crate) fn record(&mut self, query: &str, response: &str, turns: Option<&[Message]>) -> Key {
+        match turns {
+            None => self.pair(query, response),
+            Some(turns) => {
+                let mut messages = turns.to_vec();
+                messages.push(Message::new(Role::Assistant, response));
+                afs_store::key::record_key(query, response, Some(&messages))
+            }
+        }
     }
 }
 

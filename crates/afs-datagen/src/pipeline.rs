@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{self, AtomicBool};
 
 use afs_store::{
-    FeedbackFilter, FeedbackValue, OutputTarget, RecordFields, RecordFilter, StatsWindow,
+    FeedbackFilter, FeedbackValue, Message, OutputTarget, RecordFields, RecordFilter, StatsWindow,
     UsageRecord, UsageStats, UsageStore,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -469,7 +469,7 @@ fn pairable_queries(
                 Some(FeedbackValue::Negative) => NEGATIVE,
                 _ => 0,
             };
-            (bit != 0).then(|| (keys.query(&record.query), bit))
+            (bit != 0).then(|| (keys.prompt(&record.query, prompt_turns_of(&record)), bit))
         },
         |entry, _| {
             if let Some((key, bit)) = *entry {
@@ -510,6 +510,8 @@ struct Candidate {
     /// The texts after redaction, where it changed them.
     redacted_query: Option<String>,
     redacted_response: Option<String>,
+    /// A conversation's turns before the response after redaction, where it changed them.
+    redacted_turns: Option<Vec<Message>>,
     query_redactions: RedactionCounts,
     response_redactions: RedactionCounts,
     /// Exact-dedupe key of the redacted texts, when redaction changed them.
@@ -577,17 +579,39 @@ impl Preparer<'_> {
             ),
             None => (None, None),
         };
+        // A conversation's earlier turns are redacted like the query, and counted with it.
+        let redacted_turns = match (redactor, prompt_turns_of(&record)) {
+            (Some(r), Some(turns)) => {
+                let mut changed = false;
+                let redacted: Vec<Message> = turns
+                    .iter()
+                    .map(|m| {
+                        let content = r.redact(&m.content, &mut query_redactions);
+                        changed |= matches!(content, Cow::Owned(_));
+                        Message::new(m.role, content.into_owned())
+                    })
+                    .collect();
+                changed.then_some(redacted)
+            }
+            _ => None,
+        };
         let query = redacted_query.as_deref().unwrap_or(&record.query);
         let response = redacted_response.as_deref().unwrap_or(&record.response);
-        let changed = redacted_query.is_some() || redacted_response.is_some();
-        let redacted_key = (raw_key.is_some() && changed).then(|| keys.pair(query, response));
-        let query_key = config.format.is_paired().then(|| keys.query(&record.query));
+        let turns = redacted_turns.as_deref().or(prompt_turns_of(&record));
+        let changed =
+            redacted_query.is_some() || redacted_response.is_some() || redacted_turns.is_some();
+        let redacted_key =
+            (raw_key.is_some() && changed).then(|| keys.record(query, response, turns));
+        let query_key = config
+            .format
+            .is_paired()
+            .then(|| keys.prompt(&record.query, prompt_turns_of(&record)));
         let line = match record.quality_score {
             Some(quality) if self.preformat => {
                 let side = SideRef::of(
                     &record,
                     quality,
-                    (query, response),
+                    (query, response, turns),
                     (query_redactions, response_redactions),
                 );
                 let start = bytes.len();
@@ -610,6 +634,7 @@ impl Preparer<'_> {
             raw_key,
             redacted_query,
             redacted_response,
+            redacted_turns,
             query_redactions,
             response_redactions,
             redacted_key,
@@ -617,6 +642,15 @@ impl Preparer<'_> {
             line,
         }))
     }
+}
+
+/// A conversation's turns before its response (every turn but the final assistant turn),
+/// for a record with `messages`.
+fn prompt_turns_of(record: &UsageRecord) -> Option<&[Message]> {
+    record
+        .messages
+        .as_deref()
+        .map(|m| &m[..m.len().saturating_sub(1)])
 }
 
 /// The new text of a redaction, if it changed anything.
@@ -651,6 +685,7 @@ struct Side {
     feedback: Option<FeedbackValue>,
     query: String,
     response: String,
+    turns: Option<Vec<Message>>,
     query_redactions: RedactionCounts,
     response_redactions: RedactionCounts,
 }
@@ -665,6 +700,8 @@ struct SideRef<'a> {
     feedback: Option<FeedbackValue>,
     query: &'a str,
     response: &'a str,
+    /// A conversation's turns before the response (see [`Example::turns`]).
+    turns: Option<&'a [Message]>,
     query_redactions: RedactionCounts,
     response_redactions: RedactionCounts,
 }
@@ -675,7 +712,7 @@ impl<'a> SideRef<'a> {
     fn of(
         record: &'a UsageRecord,
         quality: f64,
-        (query, response): (&'a str, &'a str),
+        (query, response, turns): (&'a str, &'a str, Option<&'a [Message]>),
         (query_redactions, response_redactions): (RedactionCounts, RedactionCounts),
     ) -> Self {
         SideRef {
@@ -686,6 +723,7 @@ impl<'a> SideRef<'a> {
             feedback: record.feedback,
             query,
             response,
+            turns,
             query_redactions,
             response_redactions,
         }
@@ -702,6 +740,7 @@ impl Side {
             feedback: self.feedback,
             query: &self.query,
             response: &self.response,
+            turns: self.turns.as_deref(),
             query_redactions: self.query_redactions,
             response_redactions: self.response_redactions,
         }
@@ -718,6 +757,7 @@ impl SideRef<'_> {
             feedback: self.feedback,
             query: self.query.to_string(),
             response: self.response.to_string(),
+            turns: self.turns.map(<[Message]>::to_vec),
             query_redactions: self.query_redactions,
             response_redactions: self.response_redactions,
         }
@@ -908,6 +948,7 @@ fn example_of<'a>(unit: Unit<'a>, format: Format, system: Option<&'a str>) -> Ex
         Unit::One(side) => Example {
             system,
             prompt: side.query,
+            turns: side.turns,
             body: if format == Format::Kto {
                 Body::Labeled {
                     completion: side.response,
@@ -921,6 +962,7 @@ fn example_of<'a>(unit: Unit<'a>, format: Format, system: Option<&'a str>) -> Ex
         Unit::Pair { chosen, rejected } => Example {
             system,
             prompt: chosen.query,
+            turns: chosen.turns,
             body: Body::Preference {
                 chosen: chosen.response,
                 rejected: rejected.response,
@@ -1077,7 +1119,18 @@ impl<'c> Run<'c> {
         }
 
         if let Some(near) = &mut self.near {
-            if near.check_and_insert(&record.query, &record.response) {
+            // A conversation is compared whole: every turn before the response, then it.
+            let prompt = match prompt_turns_of(record) {
+                Some(turns) => Cow::Owned(
+                    turns
+                        .iter()
+                        .map(|m| m.content.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                None => Cow::Borrowed(record.query.as_str()),
+            };
+            if near.check_and_insert(&prompt, &record.response) {
                 self.counts.near_duplicates_removed += 1;
                 return Ok(());
             }
@@ -1088,6 +1141,10 @@ impl<'c> Run<'c> {
             .redacted_response
             .as_deref()
             .unwrap_or(&record.response);
+        let turns = candidate
+            .redacted_turns
+            .as_deref()
+            .or(prompt_turns_of(record));
         let key = match (candidate.raw_key, candidate.redacted_key) {
             (Some(raw), Some(key)) => {
                 if key != raw && !self.seen.insert(key) {
@@ -1100,12 +1157,17 @@ impl<'c> Run<'c> {
         };
 
         if let (Some(existing), Some(key)) = (self.existing, key) {
+            let example = Example {
+                system: config.system_prompt.as_deref(),
+                prompt: query,
+                turns,
+                body: Body::Response(response),
+                metadata: Metadata::default(),
+            };
             let in_text = existing.has_text
-                && existing.keys.contains(&self.keys.text(&render_text(
-                    config.system_prompt.as_deref(),
-                    query,
-                    response,
-                )));
+                && existing
+                    .keys
+                    .contains(&self.keys.text(&render_text(&example, response)));
             if in_text || existing.keys.contains(&key) {
                 self.counts.existing_duplicates_removed += 1;
                 return Ok(());
@@ -1115,13 +1177,13 @@ impl<'c> Run<'c> {
         let side = SideRef::of(
             record,
             quality,
-            (query, response),
+            (query, response, turns),
             (candidate.query_redactions, candidate.response_redactions),
         );
         if config.format.is_paired() {
             let query_key = candidate
                 .query_key
-                .unwrap_or_else(|| self.keys.query(&record.query));
+                .unwrap_or_else(|| self.keys.prompt(&record.query, prompt_turns_of(record)));
             return self.pair_up(seq, query_key, side, sink);
         }
         let line = candidate.line.clone().map(|range| &bytes[range]);
@@ -1521,6 +1583,7 @@ mod tests {
             feedback: None,
             query: String::new(),
             response: String::new(),
+            turns: None,
             query_redactions: RedactionCounts::default(),
             response_redactions: RedactionCounts::default(),
         };

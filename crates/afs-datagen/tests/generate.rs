@@ -1539,3 +1539,268 @@ fn rehearsal_samples_take_the_shape_of_the_output() {
         assert_eq!(first["prompt"], expected, "{shape}");
     }
 }
+
+/// A conversation: an optional system turn, then user/assistant exchanges whose first
+/// user turn is `opening` and whose last exchange is `last` (query, answer).
+fn conversation(
+    system: Option<&str>,
+    opening: &str,
+    last: (&str, &str),
+) -> Vec<afs_store::Message> {
+    use afs_store::{Message, Role};
+    let mut turns: Vec<Message> = system
+        .map(|s| Message::new(Role::System, s))
+        .into_iter()
+        .collect();
+    turns.extend([
+        Message::new(Role::User, opening),
+        Message::new(Role::Assistant, "Sure, ask away."),
+        Message::new(Role::User, last.0),
+        Message::new(Role::Assistant, last.1),
+    ]);
+    turns
+}
+
+impl Env {
+    /// Logs conversations (with quality and feedback), a minute apart after what is there.
+    fn log_conversations(&self, records: &[(Vec<afs_store::Message>, f64, Option<FeedbackValue>)]) {
+        let n_before = self.store.stats(&Default::default()).unwrap().total as i64;
+        let batch = records
+            .iter()
+            .enumerate()
+            .map(|(i, (turns, quality, feedback))| NewUsage {
+                quality_score: Some(*quality),
+                timestamp: Some(start() + Duration::minutes(n_before + i as i64)),
+                feedback: feedback.map(|value| Feedback {
+                    value,
+                    text: None,
+                    at: None,
+                }),
+                ..NewUsage::conversation(turns.clone(), "m1")
+            })
+            .collect();
+        self.store.log_batch(batch).unwrap();
+    }
+}
+
+/// A new store holding `conversations`, each with a thumbs-up and quality 0.9.
+fn env_with_conversations(conversations: &[Vec<afs_store::Message>]) -> Env {
+    let env = env();
+    let records: Vec<_> = conversations
+        .iter()
+        .map(|c| (c.clone(), 0.9, Some(FeedbackValue::Positive)))
+        .collect();
+    env.log_conversations(&records);
+    env
+}
+
+/// A new store holding the same exchange twice with slightly different queries.
+fn singles_env(answer: &str) -> Env {
+    let env = env();
+    let up = Some(FeedbackValue::Positive);
+    env.log(&[
+        rec("And the 65816?", answer, Some(0.9), up),
+        rec("And the 65816 ?", answer, Some(0.9), up),
+    ]);
+    env
+}
+
+#[test]
+fn conversations_are_written_whole_and_deduped_whole() {
+    let env = env();
+    let up = Some(FeedbackValue::Positive);
+    let answer = format!("{GOOD} (second)");
+    env.log_conversations(&[
+        (
+            conversation(None, "Hello there", ("And the 65816?", &answer)),
+            0.9,
+            up,
+        ),
+        // The same conversation again: an exact duplicate.
+        (
+            conversation(None, "Hello there", ("And the 65816?", &answer)),
+            0.9,
+            up,
+        ),
+        // The same last exchange after another opening: not a duplicate.
+        (
+            conversation(None, "Good morning", ("And the 65816?", &answer)),
+            0.9,
+            up,
+        ),
+        // With a system turn of its own, which wins over --system-prompt.
+        (
+            conversation(Some("Be brief."), "Hi", ("And the 65816?", &answer)),
+            0.9,
+            up,
+        ),
+    ]);
+    // A single-turn record of the same last exchange is no duplicate of the conversations.
+    env.log(&[rec("And the 65816?", &answer, Some(0.9), up)]);
+    let config = GeneratorConfig {
+        format: Format::ChatMl,
+        system_prompt: Some("You are afs.".into()),
+        ..GeneratorConfig::default()
+    };
+    let (r, lines) = env.run(&config, "chat.jsonl");
+    assert_eq!((r.new_samples, r.duplicates_removed), (4, 1), "{r:?}");
+    let roles = |line: &Value| -> Vec<String> {
+        line["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let long = ["system", "user", "assistant", "user", "assistant"];
+    assert_eq!(roles(&lines[0]), long);
+    assert_eq!(lines[0]["messages"][0]["content"], "You are afs.");
+    assert_eq!(lines[0]["messages"][1]["content"], "Hello there");
+    assert_eq!(lines[1]["messages"][1]["content"], "Good morning");
+    assert_eq!(lines[2]["messages"][0]["content"], "Be brief.");
+    assert_eq!(roles(&lines[2]), long);
+    assert_eq!(lines[2]["messages"][4]["content"], answer.as_str());
+    assert_eq!(roles(&lines[3]), ["system", "user", "assistant"]);
+
+    // Near-dedupe compares the whole conversation: two that end alike but opened with
+    // long, different turns are both kept, while their last exchanges alone are near
+    // duplicates.
+    let near = GeneratorConfig {
+        near_dedupe: Some(NearDedupeConfig::default()),
+        ..GeneratorConfig::default()
+    };
+    let conversations = env_with_conversations(&[
+        conversation(
+            None,
+            "Tell me everything you know about the history of sixteen-bit home computers sold \
+             in Europe during the eighties, their prices, their games and why they vanished.",
+            ("And the 65816?", &answer),
+        ),
+        conversation(
+            None,
+            "My grandmother collected vintage consoles and left me a box full of cartridges; \
+             which of them could be worth real money today, and where should I sell them?",
+            ("And the 65816?", &answer),
+        ),
+    ]);
+    let (r, _) = conversations.run(&near, "near.jsonl");
+    assert_eq!((r.new_samples, r.near_duplicates_removed), (2, 0), "{r:?}");
+    let singles = singles_env(&answer);
+    let (r, _) = singles.run(&near, "near.jsonl");
+    assert_eq!((r.new_samples, r.near_duplicates_removed), (1, 1), "{r:?}");
+
+    // A file written from these conversations holds them all: merging into it adds only a
+    // conversation logged after it (each format keys them as the store does), and
+    // rehearsal keeps every turn of the old ones.
+    let later = conversation(None, "A new opening", ("And the 65816?", &answer));
+    env.log_conversations(&[(later, 0.9, up)]);
+    for (format, system) in [
+        (Format::ChatMl, Some("You are afs.")),
+        (Format::ShareGpt, None),
+    ] {
+        let written = GeneratorConfig {
+            format,
+            system_prompt: system.map(String::from),
+            until: Some(start() + Duration::minutes(5)),
+            ..GeneratorConfig::default()
+        };
+        let name = format!("{}.jsonl", format.as_str());
+        env.run(&written, &name);
+        let merge = GeneratorConfig {
+            existing: Some(env.path(&name)),
+            rehearsal_ratio: 0.8,
+            until: None,
+            ..written.clone()
+        };
+        let (r, lines) = env.run(&merge, "merged.jsonl");
+        assert_eq!(
+            (
+                r.new_samples,
+                r.existing_duplicates_removed,
+                r.rehearsal_samples
+            ),
+            (1, 4, 4),
+            "{format}: {r:?}"
+        );
+        let turns = |l: &Value| {
+            l.get("messages")
+                .or(l.get("conversations"))
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m.get("role").or(m.get("from")).unwrap() == "user")
+                .count()
+        };
+        assert_eq!(
+            lines.iter().filter(|l| turns(l) == 2).count(),
+            4,
+            "{format}: {lines:?}"
+        );
+    }
+
+    // sharegpt keeps every turn too.
+    let (_, lines) = env.run(
+        &GeneratorConfig {
+            format: Format::ShareGpt,
+            ..GeneratorConfig::default()
+        },
+        "sharegpt.jsonl",
+    );
+    assert_eq!(lines[0]["conversations"].as_array().unwrap().len(), 4);
+    assert_eq!(lines[0]["conversations"][0]["value"], "Hello there");
+}
+
+#[test]
+fn dpo_and_kto_prompt_with_the_conversation_and_pair_within_it() {
+    let env = env();
+    let up = Some(FeedbackValue::Positive);
+    let down = Some(FeedbackValue::Negative);
+    let good_answer = format!("{GOOD} (good)");
+    env.log_conversations(&[
+        (
+            conversation(None, "Hello", ("And the 65816?", &good_answer)),
+            0.9,
+            up,
+        ),
+        // Same prompt conversation, thumbs down: pairs with the first.
+        (
+            conversation(None, "Hello", ("And the 65816?", "no idea")),
+            0.1,
+            down,
+        ),
+        // Same last question after another opening: another prompt, left unpaired.
+        (
+            conversation(None, "Howdy", ("And the 65816?", "dunno")),
+            0.1,
+            down,
+        ),
+    ]);
+    let config = GeneratorConfig {
+        format: Format::Dpo,
+        shape: Some(Shape::Conversational),
+        ..GeneratorConfig::default()
+    };
+    let (r, lines) = env.run(&config, "dpo.jsonl");
+    assert_eq!((r.new_samples, r.unpaired), (1, 1), "{r:?}");
+    let prompt = lines[0]["prompt"].as_array().unwrap();
+    assert_eq!(prompt.len(), 3);
+    assert_eq!(prompt[0]["content"], "Hello");
+    assert_eq!(prompt[2]["role"], "user");
+    assert_eq!(lines[0]["chosen"][0]["content"], good_answer.as_str());
+    assert_eq!(lines[0]["rejected"][0]["content"], "no idea");
+
+    // Plain: the conversation flattened with role names, the answer after it.
+    let (_, lines) = env.run(
+        &GeneratorConfig {
+            format: Format::Kto,
+            ..GeneratorConfig::default()
+        },
+        "kto.jsonl",
+    );
+    assert_eq!(
+        lines[0]["prompt"],
+        "user: Hello\n\nassistant: Sure, ask away.\n\nuser: And the 65816?\n\n"
+    );
+    assert_eq!(lines[0]["completion"], good_answer.as_str());
+}

@@ -4,11 +4,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use afs_store::key::pair_key;
 use afs_store::{
-    dedupe_hash, new_id, validate_quality, validate_time, Clock, DedupeReport, FeedbackFilter,
-    FeedbackValue, NewUsage, Order, PruneReport, RecordFields, RecordFilter, RecordStream, Result,
-    StatsWindow, StoreError, UsageRecord, UsageStats, UsageStore, DEFAULT_MAX_FIELD_BYTES,
+    new_id, validate_quality, validate_time, Clock, DedupeReport, FeedbackFilter, FeedbackValue,
+    NewUsage, Order, PruneReport, RecordFields, RecordFilter, RecordStream, Result, StatsWindow,
+    StoreError, UsageRecord, UsageStats, UsageStore, DEFAULT_MAX_FIELD_BYTES,
 };
 use chrono::{DateTime, Utc};
 
@@ -127,6 +126,8 @@ impl MemStore {
             .feedback
             .as_ref()
             .map(|f| to_micros(f.at.unwrap_or(now)));
+        let dedupe_hash = record.dedupe_hash();
+        let pair_key = record.pair_key();
         let (feedback, feedback_text) = match record.feedback {
             Some(f) => (Some(f.value), f.text),
             None => (None, None),
@@ -134,8 +135,8 @@ impl MemStore {
         UsageRecord {
             id: new_id(now),
             timestamp: to_micros(record.timestamp.unwrap_or(now)),
-            dedupe_hash: Some(dedupe_hash(&record.query, &record.response)),
-            pair_key: Some(pair_key(&record.query, &record.response)),
+            dedupe_hash: Some(dedupe_hash),
+            pair_key: Some(pair_key),
             query: record.query,
             response: record.response,
             model: record.model,
@@ -149,6 +150,7 @@ impl MemStore {
             unit_id: record.unit_id,
             context_hash: record.context_hash,
             created_at: Some(to_micros(now)),
+            messages: record.messages,
         }
     }
 
@@ -223,6 +225,7 @@ fn training(r: &UsageRecord) -> UsageRecord {
         dedupe_hash: None,
         created_at: None,
         pair_key: r.pair_key,
+        messages: r.messages.clone(),
     }
 }
 

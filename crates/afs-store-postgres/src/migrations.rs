@@ -7,7 +7,7 @@ use afs_store::{Result, StoreError};
 use crate::error::dbe;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The advisory-lock key held while migrating (any process of any host).
 const MIGRATION_LOCK: i64 = 0x0afd_0001;
@@ -20,14 +20,23 @@ struct Migration {
 }
 
 /// Every step in order; a step's version is one more than the previous one's.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    what: "the usage log with its rollups, runs, state, experiments and per-unit statistics",
-    sql: &[
-        include_str!("schema/usage.sql"),
-        include_str!("schema/experiments.sql"),
-    ],
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "the usage log with its rollups, runs, state, experiments and per-unit statistics",
+        sql: &[
+            include_str!("schema/usage.sql"),
+            include_str!("schema/experiments.sql"),
+        ],
+    },
+    Migration {
+        version: 2,
+        what: "the conversation of multi-turn records",
+        // A nullable column without a default: PostgreSQL adds it to the log and every
+        // partition without rewriting them. It holds `afs_store::messages_to_json`'s text.
+        sql: &["ALTER TABLE afs_usage ADD COLUMN messages text;"],
+    },
+];
 
 /// Brings the database of `client` to [`SCHEMA_VERSION`], creating afs's tables in an empty
 /// database. Refuses, changing nothing, a database with other tables and no afs schema, and

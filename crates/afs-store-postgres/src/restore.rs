@@ -291,7 +291,8 @@ impl RestoreStore for PgStore {
             let mut writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
             for r in records {
                 let key: Option<&[u8]> = r.pair_key.as_ref().map(|k| &k[..]);
-                let values: [&(dyn ToSql + Sync); 17] = [
+                let messages = r.messages.as_deref().map(afs_store::messages_to_json);
+                let values: [&(dyn ToSql + Sync); 18] = [
                     &r.id,
                     &micros(r.timestamp),
                     &r.query,
@@ -309,6 +310,7 @@ impl RestoreStore for PgStore {
                     &r.dedupe_hash,
                     &r.created_at.map(micros),
                     &key,
+                    &messages,
                 ];
                 writer
                     .write(&values)

@@ -305,7 +305,7 @@ impl UsageStore for PgStore {
             .query_opt(&sql, &[&id])
             .map_err(dbe("get record"))?
             .ok_or_else(|| not_found(id))?;
-        rows::record_from_row(&row).map_err(dbe("read record"))
+        rows::record_from_row(&row)
     }
 
     fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>> {
@@ -422,9 +422,7 @@ impl UsageStore for PgStore {
                     let records = std::iter::from_fn(|| {
                         use postgres::fallible_iterator::FallibleIterator;
                         match iter.next() {
-                            Ok(Some(row)) => {
-                                Some(rows::record_from_row(&row).map_err(|e| db("read record", e)))
-                            }
+                            Ok(Some(row)) => Some(rows::record_from_row(&row)),
                             Ok(None) => None,
                             Err(e) => Some(Err(db(WHAT, e))),
                         }

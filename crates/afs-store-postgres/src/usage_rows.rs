@@ -1,8 +1,10 @@
 //! Rows of `afs_usage`: records prepared for insertion, inserted in one statement (`unnest`
 //! of column arrays, or binary `COPY` for large batches), and read back.
 
-use afs_store::key::{pair_key, TextKey};
-use afs_store::{dedupe_hash, new_id, FeedbackValue, NewUsage, UsageRecord};
+use afs_store::key::TextKey;
+use afs_store::{
+    messages_from_json, messages_to_json, new_id, FeedbackValue, NewUsage, StoreError, UsageRecord,
+};
 use chrono::{DateTime, Utc};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
@@ -10,25 +12,25 @@ use postgres::types::{ToSql, Type};
 /// The columns [`record_from_row`] reads, in order (`seq` last, for keyset paging).
 pub(crate) const RECORD_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
     token_count, quality_score, user_feedback, feedback_text, feedback_at_us, unit_id, \
-    context_hash, dedupe_hash, created_at_us, pair_key, seq";
+    context_hash, dedupe_hash, created_at_us, pair_key, messages, seq";
 
 /// [`RECORD_COLUMNS`] with `NULL` in place of the fields `RecordFields::Training` leaves out.
 pub(crate) const TRAINING_COLUMNS: &str = "id, ts_us, query, response, model, NULL::text, \
     NULL::float8, NULL::int8, quality_score, user_feedback, NULL::text, NULL::int8, NULL::text, \
-    NULL::text, NULL::text, NULL::int8, pair_key, seq";
+    NULL::text, NULL::text, NULL::int8, pair_key, messages, seq";
 
 /// The position of `ts_us` in [`RECORD_COLUMNS`].
 pub(crate) const TS_COLUMN: usize = 1;
 /// The position of `seq` in [`RECORD_COLUMNS`].
-pub(crate) const SEQ_COLUMN: usize = 17;
+pub(crate) const SEQ_COLUMN: usize = 18;
 
 /// The columns an insert writes, in the order of [`InsertRow::values`].
 pub(crate) const INSERT_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
     token_count, quality_score, user_feedback, feedback_text, feedback_at_us, unit_id, \
-    context_hash, dedupe_hash, created_at_us, pair_key";
+    context_hash, dedupe_hash, created_at_us, pair_key, messages";
 
 /// The types of [`INSERT_COLUMNS`], for binary `COPY`.
-pub(crate) const INSERT_TYPES: [Type; 17] = [
+pub(crate) const INSERT_TYPES: [Type; 18] = [
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
@@ -46,6 +48,7 @@ pub(crate) const INSERT_TYPES: [Type; 17] = [
     Type::TEXT,
     Type::INT8,
     Type::BYTEA,
+    Type::TEXT,
 ];
 
 /// Batches of at least this many rows are written with binary `COPY`; smaller ones with
@@ -75,10 +78,12 @@ pub(crate) struct InsertRow {
     created_at_us: i64,
     /// When its feedback (if any) was given.
     feedback_at_us: Option<i64>,
-    /// `afs_store::dedupe_hash` of its query and response.
+    /// `afs_store::record_dedupe_hash` of its query and response (or conversation).
     dedupe_hash: String,
-    /// The normalised pair key of its query and response.
+    /// The normalised key of its query and response (or conversation).
     pair_key: TextKey,
+    /// Its conversation as the JSON text the `messages` column holds.
+    messages: Option<String>,
 }
 
 impl InsertRow {
@@ -92,8 +97,9 @@ impl InsertRow {
                 .feedback
                 .as_ref()
                 .map(|f| micros_of(f.at.unwrap_or(now))),
-            dedupe_hash: dedupe_hash(&record.query, &record.response),
-            pair_key: pair_key(&record.query, &record.response),
+            dedupe_hash: record.dedupe_hash(),
+            pair_key: record.pair_key(),
+            messages: record.messages.as_deref().map(messages_to_json),
             record,
         }
     }
@@ -150,7 +156,7 @@ pub(crate) fn prepare_insert(
 }
 
 /// The types of [`unnest_sql`]'s parameters: [`INSERT_TYPES`] as arrays.
-const UNNEST_TYPES: [Type; 17] = [
+const UNNEST_TYPES: [Type; 18] = [
     Type::TEXT_ARRAY,
     Type::INT8_ARRAY,
     Type::TEXT_ARRAY,
@@ -168,16 +174,17 @@ const UNNEST_TYPES: [Type; 17] = [
     Type::TEXT_ARRAY,
     Type::INT8_ARRAY,
     Type::BYTEA_ARRAY,
+    Type::TEXT_ARRAY,
 ];
 
-/// `INSERT ... SELECT * FROM unnest(arrays)`: a multi-row insert of any size with 17
+/// `INSERT ... SELECT * FROM unnest(arrays)`: a multi-row insert of any size with 18
 /// parameters.
 fn unnest_sql() -> String {
     format!(
         "INSERT INTO afs_usage ({INSERT_COLUMNS}) SELECT * FROM unnest($1::text[], \
          $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::int8[], \
          $9::float8[], $10::int2[], $11::text[], $12::int8[], $13::text[], $14::text[], \
-         $15::text[], $16::int8[], $17::bytea[])"
+         $15::text[], $16::int8[], $17::bytea[], $18::text[])"
     )
 }
 
@@ -208,7 +215,8 @@ fn unnest_rows(
     let dedupe = texts(&|r| &r.dedupe_hash);
     let created: Vec<i64> = rows.iter().map(|r| r.created_at_us).collect();
     let keys: Vec<&[u8]> = rows.iter().map(|r| &r.pair_key[..]).collect();
-    let params: [&(dyn ToSql + Sync); 17] = [
+    let messages = opt_texts(&|r| r.messages.as_deref());
+    let params: [&(dyn ToSql + Sync); 18] = [
         &id,
         &ts,
         &query,
@@ -226,6 +234,7 @@ fn unnest_rows(
         &dedupe,
         &created,
         &keys,
+        &messages,
     ];
     match prepared {
         Some(statement) => tx.execute(statement, &params),
@@ -249,7 +258,7 @@ fn copy_rows(
     let mut writer = BinaryCopyInWriter::new(sink, &INSERT_TYPES);
     for r in rows {
         let key: &[u8] = &r.pair_key;
-        let values: [&(dyn ToSql + Sync); 17] = [
+        let values: [&(dyn ToSql + Sync); 18] = [
             &r.id,
             &r.ts_us,
             &r.record.query,
@@ -267,6 +276,7 @@ fn copy_rows(
             &r.dedupe_hash,
             &r.created_at_us,
             &key,
+            &r.messages,
         ];
         writer.write(&values)?;
     }
@@ -274,7 +284,21 @@ fn copy_rows(
 }
 
 /// Reads a record from a row selected with [`RECORD_COLUMNS`] or [`TRAINING_COLUMNS`].
-pub(crate) fn record_from_row(row: &postgres::Row) -> Result<UsageRecord, postgres::Error> {
+pub(crate) fn record_from_row(row: &postgres::Row) -> afs_store::Result<UsageRecord> {
+    let record = record_columns(row).map_err(crate::error::dbe("read record"))?;
+    let messages: Option<&str> = row.try_get(17).map_err(crate::error::dbe("read record"))?;
+    let messages = match messages {
+        None => None,
+        Some(text) => Some(messages_from_json(text).map_err(|e| StoreError::Database {
+            context: format!("read the messages of record {}", record.id),
+            source: Box::new(e),
+        })?),
+    };
+    Ok(UsageRecord { messages, ..record })
+}
+
+/// The columns of [`record_from_row`] but `messages`, which are plain values.
+fn record_columns(row: &postgres::Row) -> Result<UsageRecord, postgres::Error> {
     let feedback: Option<i16> = row.try_get(9)?;
     let key: Option<&[u8]> = row.try_get(16)?;
     Ok(UsageRecord {
@@ -296,5 +320,6 @@ pub(crate) fn record_from_row(row: &postgres::Row) -> Result<UsageRecord, postgr
         dedupe_hash: row.try_get(14)?,
         created_at: row.try_get::<_, Option<i64>>(15)?.map(time_of_micros),
         pair_key: key.and_then(|k| k.try_into().ok()),
+        messages: None,
     })
 }

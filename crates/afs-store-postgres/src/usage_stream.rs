@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use afs_store::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, Result, UsageRecord};
 use postgres::types::ToSql;
 
-use crate::error::{db, dbe};
+use crate::error::dbe;
 use crate::store::PgStore;
 use crate::usage_rows::{
     micros_of, record_from_row, RECORD_COLUMNS, SEQ_COLUMN, TRAINING_COLUMNS, TS_COLUMN,
@@ -141,7 +141,7 @@ impl<'a> RecordPages<'a> {
         let rows = self.store.conn()?.query(&sql, &params).map_err(dbe(WHAT))?;
         let n = rows.len() as u64;
         for row in &rows {
-            let record = record_from_row(row).map_err(|e| db("read record", e))?;
+            let record = record_from_row(row)?;
             self.after = Some((row.get(TS_COLUMN), row.get(SEQ_COLUMN)));
             self.buffer.push_back(record);
         }

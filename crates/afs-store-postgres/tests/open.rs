@@ -156,3 +156,42 @@ fn processes_opening_a_new_database_at_once_create_it_once() {
         .get(0);
     assert_eq!(version, SCHEMA_VERSION.to_string());
 }
+
+/// A version-1 database (made by opening a new one, dropping the column version 2 added and
+/// setting the version back) keeps its records and takes conversations after migrating.
+#[test]
+fn a_version_1_database_migrates_to_keep_conversations() {
+    use afs_store::{Message, NewUsage, Role, UsageStore};
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let old_id = open(&database.url)
+        .unwrap()
+        .log(NewUsage::new("q", "r", "m"))
+        .unwrap();
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE afs_usage DROP COLUMN messages;
+             UPDATE afs_meta SET value = '1' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    let store = open(&database.url).unwrap();
+    let version: String = client
+        .query_one(
+            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    assert_eq!(store.get(&old_id).unwrap().messages, None);
+    let turns = vec![
+        Message::new(Role::System, "s"),
+        Message::new(Role::User, "q2"),
+        Message::new(Role::Assistant, "r2"),
+    ];
+    let id = store
+        .log(NewUsage::conversation(turns.clone(), "m"))
+        .unwrap();
+    assert_eq!(store.get(&id).unwrap().messages, Some(turns));
+}

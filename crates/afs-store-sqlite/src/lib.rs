@@ -112,6 +112,10 @@
 //!   without one (written before v6 or by the Python module, or with the 16-byte keys of a
 //!   development build of v6) are hashed during generation with the same function. 33 bytes
 //!   per record.
+//! - **Conversations** (schema v10): a multi-turn record keeps its turns in the nullable
+//!   `messages` column as a JSON array of `{role, content}`; its `query` and `response` still
+//!   hold the last user turn and the final answer, so the Python module and single-turn
+//!   readers see the call's last exchange. Its `dedupe_hash` and `pair_key` cover every turn.
 //! - **SQLite build options:** the bundled SQLite is compiled without
 //!   `SQLITE_ENABLE_MEMORY_MANAGEMENT` and without memory statistics (`LIBSQLITE3_FLAGS` in
 //!   `.cargo/config.toml`). With the option, which rusqlite's bundled build sets, every

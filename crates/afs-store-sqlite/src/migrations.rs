@@ -21,7 +21,7 @@ use afs_store::dedupe_hash;
 use afs_store::Result;
 
 /// The schema version this build writes and understands: the last entry of `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 const V1_SEED_USAGE: &str = "
 CREATE TABLE IF NOT EXISTS usage (
@@ -557,7 +557,19 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         apply: super::experiments::migrate_v9,
     },
+    Migration {
+        version: 10,
+        apply: migrate_v10,
+    },
 ];
+
+/// Version 10: the whole conversation of a multi-turn record, as a JSON array of
+/// `{role, content}` objects (see [`afs_store::messages_to_json`]); NULL for single-turn
+/// records, old rows and rows the Python module writes.
+fn migrate_v10(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute_batch("ALTER TABLE usage ADD COLUMN messages TEXT")
+        .map_err(|e| crate::db("migration 10", e))
+}
 
 /// Version 8: the delete trigger's pending deltas can no longer fail, and batches of quality
 /// scores can keep the rollups themselves (see [`BULK_WRITE`]). The delete trigger first: sums that a database

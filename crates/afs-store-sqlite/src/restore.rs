@@ -293,8 +293,8 @@ impl RestoreStore for SqliteStore {
                     "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, \
                      latency_ms, token_count, quality_score, user_feedback, feedback_text, \
                      context_hash, dedupe_hash, created_at, ts_us, feedback_at, unit_id, \
-                     pair_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-                     ?14, ?15, ?16, ?17, ?18, ?19)",
+                     pair_key, messages) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
                 )
                 .map_err(|e| crate::db(CONTEXT, e))?;
             let mut slot = tx
@@ -344,6 +344,7 @@ impl RestoreStore for SqliteStore {
                     r.feedback_at.map(rfc3339),
                     r.unit_id,
                     r.pair_key.as_ref().map(|k| &k[..]),
+                    r.messages.as_deref().map(afs_store::messages_to_json),
                 ]);
                 match inserted {
                     Ok(_) => {}

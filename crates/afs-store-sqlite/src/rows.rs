@@ -6,22 +6,22 @@ use rusqlite::{params, Connection, Row};
 
 use super::migrations::{parse_legacy_time, N_ROLLUP_COLUMNS};
 use super::time::{first_rowid_at, micros_of, rfc3339, time_of_micros, ROWID_SLOTS};
-use afs_store::key::{pair_key, TextKey};
+use afs_store::key::TextKey;
 use afs_store::new_id;
-use afs_store::{dedupe_hash, FeedbackValue, NewUsage, UsageRecord};
+use afs_store::{messages_from_json, messages_to_json, FeedbackValue, NewUsage, UsageRecord};
 
 /// The columns [`record_from_row`] reads, in order; `rowid` (for keyset paging) is
 /// [`ROWID_COLUMN`].
 pub(crate) const RECORD_COLUMNS: &str = "id, ts_us, query, response, model, expert, latency_ms, \
     token_count, quality_score, user_feedback, feedback_text, feedback_at, unit_id, context_hash, \
-    dedupe_hash, created_at, rowid, pair_key";
+    dedupe_hash, created_at, rowid, pair_key, messages";
 
 /// [`RECORD_COLUMNS`] with `NULL` in place of the fields [`RecordFields::Training`] leaves
 /// out, so [`record_from_row`] reads either.
 ///
 /// [`RecordFields::Training`]: afs_store::RecordFields::Training
 pub(crate) const TRAINING_COLUMNS: &str = "id, ts_us, query, response, model, NULL, NULL, NULL, \
-    quality_score, user_feedback, NULL, NULL, NULL, NULL, NULL, NULL, rowid, pair_key";
+    quality_score, user_feedback, NULL, NULL, NULL, NULL, NULL, NULL, rowid, pair_key, messages";
 
 /// The position of `ts_us` in [`RECORD_COLUMNS`].
 pub(crate) const TS_COLUMN: usize = 1;
@@ -40,6 +40,8 @@ pub(crate) struct InsertRow {
     dedupe_hash: String,
     pair_key: TextKey,
     feedback_at: Option<String>,
+    /// The conversation as the JSON text the `messages` column holds.
+    messages: Option<String>,
 }
 
 impl InsertRow {
@@ -54,8 +56,9 @@ impl InsertRow {
             ts_us: micros_of(when),
             timestamp: rfc3339(when),
             created_at: rfc3339(now),
-            dedupe_hash: dedupe_hash(&record.query, &record.response),
-            pair_key: pair_key(&record.query, &record.response),
+            dedupe_hash: record.dedupe_hash(),
+            pair_key: record.pair_key(),
+            messages: record.messages.as_deref().map(messages_to_json),
             feedback_at,
             record,
         }
@@ -128,9 +131,9 @@ impl InsertRow {
         let mut stmt = conn.prepare_cached(
             "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, latency_ms, \
              token_count, quality_score, user_feedback, feedback_text, context_hash, dedupe_hash, \
-             created_at, ts_us, feedback_at, unit_id, pair_key) \
+             created_at, ts_us, feedback_at, unit_id, pair_key, messages) \
              VALUES (?18, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?19)",
+             ?19, ?20)",
         )?;
         let r = &self.record;
         stmt.execute(params![
@@ -153,6 +156,7 @@ impl InsertRow {
             r.unit_id,
             rowid,
             &self.pair_key[..],
+            self.messages,
         ])?;
         Ok(ts_us)
     }
@@ -196,6 +200,12 @@ pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
             ValueRef::Blob(key) => key.try_into().ok(),
             _ => None,
         },
+        messages: match row.get_ref(18)? {
+            ValueRef::Null => None,
+            value => Some(messages_from_json(value.as_str()?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(18, value.data_type(), Box::new(e))
+            })?),
+        },
     })
 }
 
@@ -223,6 +233,7 @@ mod tests {
             "quality_score",
             "user_feedback",
             "pair_key",
+            "messages",
         ] {
             assert!(training.contains(&kept), "{kept}");
         }

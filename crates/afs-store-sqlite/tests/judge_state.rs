@@ -41,11 +41,11 @@ fn version(path: &std::path::Path) -> i64 {
 }
 
 /// The version-8 file is made by opening a new store, recording a look of the default judge,
-/// dropping the column version 9 added and setting `user_version` back to 8: the schema
+/// dropping the columns versions 9 and 10 added and setting `user_version` back to 8: the schema
 /// version 8 wrote, with its rows.
 #[test]
 fn a_version_8_database_migrates_and_keeps_its_sequential_states() {
-    assert_eq!(SCHEMA_VERSION, 9);
+    assert_eq!(SCHEMA_VERSION, 10);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("afs.db");
     let clock = Arc::new(ManualClock::new(start()));
@@ -90,13 +90,14 @@ fn a_version_8_database_migrates_and_keeps_its_sequential_states() {
         .unwrap()
         .execute_batch(
             "ALTER TABLE experiment_sequential_state DROP COLUMN state;
+             ALTER TABLE usage DROP COLUMN messages;
              PRAGMA user_version = 8;",
         )
         .unwrap();
     assert!(!columns(&path).contains(&"state".to_string()));
 
     let store = open(&path, clock.clone());
-    assert_eq!(version(&path), 9);
+    assert_eq!(version(&path), SCHEMA_VERSION);
     assert_eq!(columns(&path).last().map(String::as_str), Some("state"));
     assert_eq!(
         store.sequential_states(id).unwrap(),

@@ -133,6 +133,7 @@ fn migration_from_version_6_builds_the_statistics_of_a_running_experiment() {
              DROP TABLE experiment_cohort;
              ALTER TABLE experiment_period DROP COLUMN started_us;
              ALTER TABLE experiment_sequential_state DROP COLUMN state;
+             ALTER TABLE usage DROP COLUMN messages;
              PRAGMA user_version = 6;",
         )
         .unwrap();
@@ -154,7 +155,7 @@ fn migration_from_version_6_builds_the_statistics_of_a_running_experiment() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 9);
+    assert_eq!(SCHEMA_VERSION, 10);
     let migrated = store.unit_stats(id, None).unwrap();
     assert_unit_cohorts_close(&migrated, &before, "after migration, as before");
     check(&store, id, None, None, "after migration");

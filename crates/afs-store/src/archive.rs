@@ -74,6 +74,8 @@ pub struct ArchiveLine<'a> {
     context_hash: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<&'a [crate::Message]>,
 }
 
 impl<'a> From<&'a UsageRecord> for ArchiveLine<'a> {
@@ -84,6 +86,7 @@ impl<'a> From<&'a UsageRecord> for ArchiveLine<'a> {
             query: &r.query,
             response: &r.response,
             model: &r.model,
+            messages: r.messages.as_deref(),
             expert: r.expert.as_deref(),
             latency_ms: r.latency_ms,
             token_count: r.token_count,

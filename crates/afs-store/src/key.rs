@@ -8,6 +8,8 @@
 
 use std::sync::OnceLock;
 
+use crate::record::{is_single_turn, Message};
+
 /// The BLAKE3 digest (32 bytes, as the design fixes for exact-dedupe keys) identifying a
 /// normalised text, or a group of them.
 pub type TextKey = [u8; 32];
@@ -97,6 +99,23 @@ pub fn key_into(buf: &mut Vec<u8>, tag: u8, parts: &[&str]) -> TextKey {
 /// case or whitespace. The store writes it with every record it logs.
 pub fn pair_key(query: &str, response: &str) -> TextKey {
     key_into(&mut Vec::new(), PAIR_TAG, &[query, response])
+}
+
+/// The domain tag of a conversation's key ([`record_key`]).
+pub const CONVERSATION_TAG: u8 = b'C';
+
+/// The exact-duplicate key of a record: [`pair_key`] of its query and response, or for a
+/// conversation of more than one user and one assistant turn, the key of every turn's role
+/// and content in order, so conversations that end alike but began differently differ.
+pub fn record_key(query: &str, response: &str, messages: Option<&[Message]>) -> TextKey {
+    let Some(messages) = messages.filter(|m| !is_single_turn(m)) else {
+        return pair_key(query, response);
+    };
+    let parts: Vec<&str> = messages
+        .iter()
+        .flat_map(|m| [m.role.as_str(), m.content.as_str()])
+        .collect();
+    key_into(&mut Vec::new(), CONVERSATION_TAG, &parts)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub enum RecordFields {
     #[default]
     All,
     /// What training data is made from: `id`, `timestamp`, `query`, `response`, `model`,
-    /// `quality_score`, `feedback` and `pair_key`. The other fields are `None`, and reading a
+    /// `quality_score`, `feedback`, `pair_key` and `messages`. The other fields are `None`, and reading a
     /// record costs less.
     Training,
 }

@@ -24,6 +24,10 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// Largest accepted `unit_id`, in bytes.
 pub const MAX_UNIT_ID_BYTES: usize = 1024;
 
+/// Largest accepted number of turns in a record's `messages`. Their total size is bounded
+/// by the field limit like any other text field.
+pub const MAX_MESSAGES: usize = 1000;
+
 /// First year a stored time may fall in (times are microseconds since 1970).
 pub(crate) const MIN_YEAR: i32 = 1970;
 
@@ -77,6 +81,89 @@ pub struct Feedback {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// Who speaks a turn of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions to the model; only the first turn may be one.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// The result of a tool the model called; follows an assistant turn (or another tool turn).
+    Tool,
+}
+
+impl Role {
+    /// The role's lowercase name, as stored and as written in training files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One turn of a conversation. Stored as JSON (`{"role": "user", "content": "..."}`), which
+/// is why it derives serde although it is a core type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// Who speaks.
+    pub role: Role,
+    /// What was said (non-empty).
+    pub content: String,
+}
+
+impl Message {
+    /// A turn of `role` saying `content`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// The JSON text a backend stores for a conversation: an array of `{role, content}` objects.
+pub fn messages_to_json(messages: &[Message]) -> String {
+    serde_json::to_string(messages).expect("messages serialise to JSON")
+}
+
+/// Reads a conversation stored by [`messages_to_json`]; a backend maps the error to a
+/// database error (the column held something afs did not write).
+pub fn messages_from_json(text: &str) -> std::result::Result<Vec<Message>, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// The last user turn and the final turn (the assistant's answer) of a conversation, the
+/// texts a conversation's `query` and `response` must hold. `None` where there is no such turn.
+pub fn last_turns(messages: &[Message]) -> (Option<&str>, Option<&str>) {
+    let query = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.as_str());
+    let response = messages
+        .last()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str());
+    (query, response)
+}
+
+/// Whether a conversation says no more than a single-turn record does: one user turn and
+/// one assistant turn. Such a record keeps the single-turn keys ([`dedupe_hash`]), so it
+/// is a duplicate of the same pair logged without `messages`.
+pub(crate) fn is_single_turn(messages: &[Message]) -> bool {
+    matches!(
+        messages,
+        [a, b] if a.role == Role::User && b.role == Role::Assistant
+    )
+}
+
 /// One model call to log. Only `query`, `response` and `model` are required.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewUsage {
@@ -103,6 +190,11 @@ pub struct NewUsage {
     pub timestamp: Option<DateTime<Utc>>,
     /// Feedback already known at logging time (e.g. when importing a history).
     pub feedback: Option<Feedback>,
+    /// The whole conversation, for a multi-turn call: system (only first), user, assistant
+    /// and tool turns in order, ending with the assistant's answer. `query` and `response`
+    /// must then be the last user turn and that answer ([`NewUsage::conversation`] fills
+    /// them in), so single-turn readers still see the call's last exchange.
+    pub messages: Option<Vec<Message>>,
 }
 
 /// A stored usage record.
@@ -142,9 +234,12 @@ pub struct UsageRecord {
     /// When the row was written, if known.
     pub created_at: Option<DateTime<Utc>>,
     /// The exact-duplicate key of the query/response pair ([`pair_key`](crate::key::pair_key):
-    /// BLAKE3 of the normalised texts), written with the record since schema version 6.
-    /// `None` for rows written before that or by the Python module.
+    /// BLAKE3 of the normalised texts), or of the whole conversation for a record with
+    /// `messages` ([`record_key`](crate::key::record_key)), written with the record since
+    /// schema version 6. `None` for rows written before that or by the Python module.
     pub pair_key: Option<TextKey>,
+    /// The whole conversation of a multi-turn call (see [`NewUsage::messages`]).
+    pub messages: Option<Vec<Message>>,
 }
 
 /// The exact-duplicate key of a query/response pair: BLAKE3 over both texts, each prefixed
@@ -155,6 +250,24 @@ pub fn dedupe_hash(query: &str, response: &str) -> String {
     hasher.update(query.as_bytes());
     hasher.update(&(response.len() as u64).to_le_bytes());
     hasher.update(response.as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// The exact-duplicate hash of a record: [`dedupe_hash`] of its query and response, or for a
+/// conversation of more than one user and one assistant turn, BLAKE3 over every turn's role
+/// and content, so conversations that end alike but began differently are not duplicates.
+pub fn record_dedupe_hash(query: &str, response: &str, messages: Option<&[Message]>) -> String {
+    let Some(messages) = messages.filter(|m| !is_single_turn(m)) else {
+        return dedupe_hash(query, response);
+    };
+    let mut hasher = blake3::Hasher::new();
+    // A tag no length prefix of the single-turn hash can start with.
+    hasher.update(b"conversation");
+    for message in messages {
+        hasher.update(message.role.as_str().as_bytes());
+        hasher.update(&(message.content.len() as u64).to_le_bytes());
+        hasher.update(message.content.as_bytes());
+    }
     hasher.finalize().to_hex().to_string()
 }
 
@@ -264,8 +377,64 @@ impl NewUsage {
         }
     }
 
+    /// A multi-turn record: `query` and `response` are the conversation's last user turn
+    /// and final assistant turn (empty when it has none, which [`NewUsage::validate`] refuses).
+    pub fn conversation(messages: Vec<Message>, model: impl Into<String>) -> Self {
+        let mut record = NewUsage {
+            model: model.into(),
+            messages: Some(messages),
+            ..NewUsage::default()
+        };
+        record.fill_turns();
+        record
+    }
+
+    /// With `messages`, sets an empty `query` or `response` to the conversation's last user
+    /// turn or final assistant turn; readers of a logged line call it so that a line may give
+    /// the conversation alone.
+    pub fn fill_turns(&mut self) {
+        let Some(messages) = &self.messages else {
+            return;
+        };
+        let (query, response) = last_turns(messages);
+        if self.query.is_empty() {
+            self.query = query.unwrap_or_default().to_owned();
+        }
+        if self.response.is_empty() {
+            self.response = response.unwrap_or_default().to_owned();
+        }
+    }
+
+    /// The exact-duplicate hash the store writes with this record ([`record_dedupe_hash`]).
+    pub fn dedupe_hash(&self) -> String {
+        record_dedupe_hash(&self.query, &self.response, self.messages.as_deref())
+    }
+
+    /// The exact-duplicate key the store writes with this record
+    /// ([`record_key`](crate::key::record_key)).
+    pub fn pair_key(&self) -> TextKey {
+        crate::key::record_key(&self.query, &self.response, self.messages.as_deref())
+    }
+
     /// Checks every field; the first problem found is returned, naming its field.
     pub fn validate(&self, max_field_bytes: usize) -> Result<()> {
+        if let Some(messages) = &self.messages {
+            validate_messages(messages, max_field_bytes)?;
+            let (query, response) = last_turns(messages);
+            if query != Some(self.query.as_str()) {
+                return Err(StoreError::invalid(
+                    "query",
+                    "must be the last user turn of messages (leave it out to have it filled in)",
+                ));
+            }
+            if response != Some(self.response.as_str()) {
+                return Err(StoreError::invalid(
+                    "response",
+                    "must be the final assistant turn of messages (leave it out to have it \
+                     filled in)",
+                ));
+            }
+        }
         check_text("query", &self.query, true, max_field_bytes)?;
         check_text("response", &self.response, true, max_field_bytes)?;
         check_text(
@@ -316,6 +485,59 @@ impl NewUsage {
             validate_feedback_text(feedback.text.as_deref(), max_field_bytes)?;
         }
         Ok(())
+    }
+}
+
+/// Checks a conversation: its turns are in an order a chat can have, none is empty, and
+/// there are at most [`MAX_MESSAGES`] of them with at most `max_field_bytes` of content in all.
+/// The error names the field `messages` and says which turn (`messages[3].role`) is at fault.
+pub fn validate_messages(messages: &[Message], max_field_bytes: usize) -> Result<()> {
+    let invalid = |reason: String| Err(StoreError::invalid("messages", reason));
+    if messages.len() > MAX_MESSAGES {
+        return invalid(format!(
+            "{} turns exceeds the limit of {MAX_MESSAGES} turns",
+            messages.len()
+        ));
+    }
+    let mut total_bytes = 0usize;
+    let mut seen_user = false;
+    for (i, message) in messages.iter().enumerate() {
+        if message.content.trim().is_empty() {
+            return invalid(format!("messages[{i}].content must not be empty"));
+        }
+        total_bytes += message.content.len();
+        let previous = i.checked_sub(1).map(|p| messages[p].role);
+        match message.role {
+            Role::System if i > 0 => {
+                return invalid(format!(
+                    "messages[{i}].role is system, but only the first turn may be a system turn"
+                ));
+            }
+            Role::Tool if !matches!(previous, Some(Role::Assistant | Role::Tool)) => {
+                return invalid(format!(
+                    "messages[{i}].role is tool, but a tool turn must follow an assistant turn"
+                ));
+            }
+            Role::User => seen_user = true,
+            _ => {}
+        }
+    }
+    if total_bytes > max_field_bytes {
+        return invalid(format!(
+            "{total_bytes} bytes of content exceeds the limit of {max_field_bytes} bytes"
+        ));
+    }
+    match messages.last() {
+        None => invalid("must hold at least a user turn and an assistant turn".to_owned()),
+        Some(last) if last.role != Role::Assistant => invalid(format!(
+            "messages[{}].role is {}, but a conversation must end with an assistant turn",
+            messages.len() - 1,
+            last.role.as_str()
+        )),
+        Some(_) if !seen_user => {
+            invalid("has no user turn before the final assistant turn".to_owned())
+        }
+        Some(_) => Ok(()),
     }
 }
 
@@ -591,6 +813,175 @@ mod tests {
                 "user_feedback"
             );
         }
+    }
+
+    fn turns(spec: &[(Role, &str)]) -> Vec<Message> {
+        spec.iter()
+            .map(|(role, c)| Message::new(*role, *c))
+            .collect()
+    }
+
+    /// Validates the conversation `spec` (query and response filled in from it) and
+    /// returns the error's text, if any.
+    fn conversation_error(spec: &[(Role, &str)]) -> Option<String> {
+        NewUsage::conversation(turns(spec), "m")
+            .validate(32)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn conversations_are_checked_turn_by_turn() {
+        use Role::*;
+        let ok: &[&[(Role, &str)]] = &[
+            &[(User, "q"), (Assistant, "a")],
+            &[(System, "s"), (User, "q"), (Assistant, "a")],
+            &[
+                (User, "q"),
+                (Assistant, "call"),
+                (Tool, "out"),
+                (Assistant, "a"),
+            ],
+            &[
+                (User, "q"),
+                (Assistant, "call"),
+                (Tool, "1"),
+                (Tool, "2"),
+                (Assistant, "a"),
+            ],
+            &[(Assistant, "hi"), (User, "q"), (Assistant, "a")],
+        ];
+        for spec in ok {
+            assert_eq!(conversation_error(spec), None, "{spec:?}");
+        }
+        let bad: &[(&[(Role, &str)], &str)] = &[
+            (&[], "at least a user turn"),
+            (&[(User, "q")], "messages[0].role is user"),
+            (
+                &[(User, "q"), (System, "s"), (Assistant, "a")],
+                "messages[1].role is system",
+            ),
+            (
+                &[(User, "q"), (Tool, "t"), (Assistant, "a")],
+                "messages[1].role is tool",
+            ),
+            (&[(System, "s"), (Assistant, "a")], "no user turn"),
+            (
+                &[(User, " "), (Assistant, "a")],
+                "messages[0].content must not be empty",
+            ),
+            (
+                &[(User, "q"), (Assistant, "a"), (Tool, "t")],
+                "messages[2].role is tool",
+            ),
+            (
+                &[(User, &"x".repeat(20)), (Assistant, &"y".repeat(20))],
+                "40 bytes of content exceeds the limit of 32 bytes",
+            ),
+        ];
+        for (spec, want) in bad {
+            let err = conversation_error(spec).expect("an error");
+            assert!(err.starts_with("invalid messages: "), "{err}");
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+        let long = vec![(User, "q"); MAX_MESSAGES];
+        let mut long = turns(&long);
+        long.push(Message::new(Assistant, "a"));
+        let err = NewUsage::conversation(long, "m")
+            .validate(DEFAULT_MAX_FIELD_BYTES)
+            .unwrap_err();
+        assert!(err.to_string().contains("turns exceeds the limit of 1000"));
+    }
+
+    #[test]
+    fn query_and_response_are_the_conversations_last_turns() {
+        use Role::*;
+        let messages = turns(&[
+            (User, "first"),
+            (Assistant, "one"),
+            (User, "second"),
+            (Assistant, "two"),
+        ]);
+        let record = NewUsage::conversation(messages.clone(), "m");
+        assert_eq!(
+            (record.query.as_str(), record.response.as_str()),
+            ("second", "two")
+        );
+        assert!(record.validate(DEFAULT_MAX_FIELD_BYTES).is_ok());
+        let mismatch = NewUsage {
+            messages: Some(messages.clone()),
+            ..NewUsage::new("first", "two", "m")
+        };
+        assert_eq!(
+            field_of(mismatch.validate(DEFAULT_MAX_FIELD_BYTES).unwrap_err()),
+            "query"
+        );
+        let mismatch = NewUsage {
+            messages: Some(messages),
+            ..NewUsage::new("second", "one", "m")
+        };
+        assert_eq!(
+            field_of(mismatch.validate(DEFAULT_MAX_FIELD_BYTES).unwrap_err()),
+            "response"
+        );
+    }
+
+    #[test]
+    fn conversations_hash_every_turn_and_a_single_exchange_hashes_as_a_pair() {
+        use Role::*;
+        let single = NewUsage::conversation(turns(&[(User, "q"), (Assistant, "a")]), "m");
+        assert_eq!(single.dedupe_hash(), dedupe_hash("q", "a"));
+        assert_eq!(single.pair_key(), crate::key::pair_key("q", "a"));
+        let one = NewUsage::conversation(
+            turns(&[(User, "x"), (Assistant, "y"), (User, "q"), (Assistant, "a")]),
+            "m",
+        );
+        let two = NewUsage::conversation(
+            turns(&[(User, "z"), (Assistant, "y"), (User, "q"), (Assistant, "a")]),
+            "m",
+        );
+        let system =
+            NewUsage::conversation(turns(&[(System, "s"), (User, "q"), (Assistant, "a")]), "m");
+        let hashes = [
+            single.dedupe_hash(),
+            one.dedupe_hash(),
+            two.dedupe_hash(),
+            system.dedupe_hash(),
+        ];
+        let keys = [
+            single.pair_key(),
+            one.pair_key(),
+            two.pair_key(),
+            system.pair_key(),
+        ];
+        for i in 0..4 {
+            for j in 0..i {
+                assert_ne!(hashes[i], hashes[j]);
+                assert_ne!(keys[i], keys[j]);
+            }
+        }
+        // The key normalises like the pair key; the hash is exact.
+        let upper = NewUsage::conversation(
+            turns(&[(User, "X"), (Assistant, "y"), (User, "q"), (Assistant, "a")]),
+            "m",
+        );
+        assert_eq!(upper.pair_key(), one.pair_key());
+        assert_ne!(upper.dedupe_hash(), one.dedupe_hash());
+    }
+
+    #[test]
+    fn messages_are_stored_as_role_and_content_json() {
+        let messages = vec![
+            Message::new(Role::User, "q \"1\""),
+            Message::new(Role::Assistant, "a"),
+        ];
+        let json = messages_to_json(&messages);
+        assert_eq!(
+            json,
+            r#"[{"role":"user","content":"q \"1\""},{"role":"assistant","content":"a"}]"#
+        );
+        assert_eq!(messages_from_json(&json).unwrap(), messages);
+        assert!(messages_from_json(r#"[{"role":"robot","content":"x"}]"#).is_err());
     }
 
     #[test]

@@ -98,6 +98,29 @@ class Errors(unittest.TestCase):
         self.assertEqual((caught.exception.status, caught.exception.kind), (401, "unauthorized"))
 
 
+class Conversations(unittest.TestCase):
+    def test_a_conversation_is_logged_whole_and_a_bad_turn_is_named(self) -> None:
+        chat = [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+        with AfsClient(URL, token=TOKEN) as afs:
+            afs.log(None, None, "py-conv", messages=chat)
+            afs.log("2+2?", "4", "py-conv", messages=chat, quality_score=0.9)
+            afs.log_batch([{"model": "py-conv", "messages": chat}])
+            with self.assertRaises(AfsError) as caught:
+                afs.log(None, None, "py-conv", messages=[{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}])
+            self.assertEqual((caught.exception.status, caught.exception.field), (400, "messages[1].role"))
+            with self.assertRaises(AfsError) as caught:
+                afs.log("Hi", None, "py-conv", messages=chat)
+            self.assertEqual((caught.exception.status, caught.exception.field), (400, "query"))
+        with BatchLogger(URL, token=TOKEN) as logger:
+            self.assertTrue(logger.log(None, None, "py-conv", messages=chat))
+
+
 class KeepAlive(unittest.TestCase):
     def test_calls_reuse_one_connection(self) -> None:
         before = server_connections()

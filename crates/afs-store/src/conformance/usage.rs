@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 
 use super::{all_records, fresh, record, utc, Check, Factory, Fixture, TestStore};
 use crate::{
-    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, NewUsage, Order, Paging, RecordFields,
-    RecordFilter, StatsWindow, StoreError, UsageRecord, UsageStats,
+    ErrorKind, Feedback, FeedbackFilter, FeedbackValue, Message, NewUsage, Order, Paging,
+    RecordFields, RecordFilter, Role, StatsWindow, StoreError, UsageRecord, UsageStats,
 };
 
 /// The checks of this area.
@@ -80,6 +80,18 @@ pub(super) fn checks() -> Vec<Check> {
         (
             "usage::training_fields_read_only_what_training_needs",
             training_fields_read_only_what_training_needs,
+        ),
+        (
+            "usage::conversations_round_trip_through_every_read",
+            conversations_round_trip_through_every_read,
+        ),
+        (
+            "usage::conversations_that_began_differently_are_not_duplicates",
+            conversations_that_began_differently_are_not_duplicates,
+        ),
+        (
+            "usage::bad_conversations_are_refused_with_the_turn_named",
+            bad_conversations_are_refused_with_the_turn_named,
         ),
     ]
 }
@@ -1171,6 +1183,7 @@ fn training_fields_read_only_what_training_needs(factory: &dyn Factory) {
             context_hash: None,
             dedupe_hash: None,
             created_at: None,
+            messages: None,
         }
     );
     assert_eq!(all.expert.as_deref(), Some("asm"));
@@ -1184,4 +1197,155 @@ fn training_fields_read_only_what_training_needs(factory: &dyn Factory) {
         },
     );
     assert_eq!(lean_fb, vec![lean.clone()]);
+}
+
+/// A conversation of `n_exchanges` user/assistant exchanges after a system prompt, whose
+/// first user turn says `opening` and whose last exchange is the same for every opening.
+fn conversation(opening: &str, n_exchanges: usize) -> Vec<Message> {
+    let mut messages = vec![Message::new(Role::System, "You are terse. ✓")];
+    for i in 0..n_exchanges {
+        let user = if i == 0 {
+            opening.to_owned()
+        } else {
+            format!("follow-up {i} \"quoted\"\nline")
+        };
+        messages.push(Message::new(Role::User, user));
+        if i + 1 == n_exchanges {
+            messages.push(Message::new(Role::Assistant, "calling a tool"));
+            messages.push(Message::new(Role::Tool, "{\"result\": 42}"));
+        }
+        messages.push(Message::new(Role::Assistant, format!("answer {i}")));
+    }
+    messages
+}
+
+fn conversations_round_trip_through_every_read(factory: &dyn Factory) {
+    let f = fresh(factory, start());
+    let one = NewUsage {
+        quality_score: Some(0.9),
+        feedback: Some(Feedback {
+            value: FeedbackValue::Positive,
+            text: None,
+            at: None,
+        }),
+        ..NewUsage::conversation(conversation("hello 日本語", 3), "m1")
+    };
+    assert_eq!(one.query, "follow-up 2 \"quoted\"\nline");
+    assert_eq!(one.response, "answer 2");
+    let id = f.store.log(one.clone()).unwrap();
+    let got = f.store.get(&id).unwrap();
+    assert_eq!(got.messages, one.messages);
+    assert_eq!(
+        (got.query.as_str(), got.response.as_str()),
+        ("follow-up 2 \"quoted\"\nline", "answer 2")
+    );
+    assert_eq!(got.dedupe_hash, Some(one.dedupe_hash()));
+    assert_eq!(got.pair_key, Some(one.pair_key()));
+    assert_ne!(
+        got.pair_key,
+        Some(crate::key::pair_key(&one.query, &one.response))
+    );
+
+    let batch = vec![
+        NewUsage::conversation(conversation("batch a", 1), "m1"),
+        record(1),
+        NewUsage::conversation(conversation("batch b", 2), "m2"),
+    ];
+    let ids = f.store.log_batch(batch.clone()).unwrap();
+    for (id, new) in ids.iter().zip(&batch) {
+        let got = f.store.get(id).unwrap();
+        assert_eq!(got.messages, new.messages, "record {id}");
+        assert_eq!(got.query, new.query);
+    }
+    assert_eq!(f.store.get(&ids[1]).unwrap().messages, None);
+
+    let mut want: Vec<Option<Vec<Message>>> = vec![one.messages.clone()];
+    want.extend(batch.iter().map(|n| n.messages.clone()));
+    for fields in [RecordFields::All, RecordFields::Training] {
+        for paging in [Paging::Growing, Paging::Bulk] {
+            let read: Vec<_> = all_records(
+                f.store.as_ref(),
+                &RecordFilter {
+                    fields,
+                    paging,
+                    ..Default::default()
+                },
+            )
+            .into_iter()
+            .map(|r| r.messages)
+            .collect();
+            assert_eq!(read, want, "{fields:?} {paging:?}");
+        }
+    }
+    // Through the feedback index, newest first, too.
+    let liked = all_records(
+        f.store.as_ref(),
+        &RecordFilter {
+            feedback: FeedbackFilter::AtLeast(1),
+            order: Order::NewestFirst,
+            fields: RecordFields::Training,
+            ..Default::default()
+        },
+    );
+    assert_eq!(liked.len(), 1);
+    assert_eq!(liked[0].messages, one.messages);
+}
+
+fn conversations_that_began_differently_are_not_duplicates(factory: &dyn Factory) {
+    let f = fresh(factory, start());
+    let a = NewUsage::conversation(conversation("opening a", 2), "m1");
+    let b = NewUsage::conversation(conversation("opening b", 2), "m1");
+    assert_eq!((&a.query, &a.response), (&b.query, &b.response));
+    // The same last exchange logged alone, and a one-exchange conversation of it.
+    let plain = NewUsage::new(a.query.clone(), a.response.clone(), "m1");
+    let plain_as_turns = NewUsage::conversation(
+        vec![
+            Message::new(Role::User, a.query.clone()),
+            Message::new(Role::Assistant, a.response.clone()),
+        ],
+        "m1",
+    );
+    for new in [&a, &b, &a, &plain, &plain_as_turns] {
+        f.store.log(new.clone()).unwrap();
+        f.clock.advance(Duration::seconds(1));
+    }
+    // `a` twice, and `plain` with its one-exchange twin (the newer, which is kept).
+    let report = f.store.dedupe(false).unwrap();
+    assert_eq!((report.duplicate_groups, report.removed), (2, 2));
+    let left: Vec<_> = all_records(f.store.as_ref(), &RecordFilter::default())
+        .into_iter()
+        .map(|r| r.messages)
+        .collect();
+    assert_eq!(left, vec![b.messages, a.messages, plain_as_turns.messages]);
+}
+
+fn bad_conversations_are_refused_with_the_turn_named(factory: &dyn Factory) {
+    let f = fresh(factory, start());
+    let mut out_of_order = conversation("hi", 2);
+    out_of_order.swap(0, 1);
+    let cases: Vec<(NewUsage, &str)> = vec![
+        (
+            NewUsage::conversation(out_of_order, "m1"),
+            "messages[1].role is system",
+        ),
+        (
+            NewUsage {
+                messages: Some(conversation("hi", 1)),
+                ..record(0)
+            },
+            "invalid query",
+        ),
+        (
+            NewUsage::conversation(vec![Message::new(Role::User, "q")], "m1"),
+            "end with an assistant turn",
+        ),
+    ];
+    for (bad, want) in cases {
+        let err = f.store.log(bad.clone()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(want), "{err} should say {want}");
+        let err = f.store.log_batch(vec![record(0), bad]).unwrap_err();
+        assert!(err.to_string().contains(want), "{err} should say {want}");
+    }
+    assert_eq!(f.store.stats(&StatsWindow::default()).unwrap().total, 0);
 }

@@ -13,7 +13,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from . import _wire
 from ._client import AfsClient
@@ -141,10 +141,11 @@ class BatchLogger:
 
     def log(
         self,
-        query: str,
-        response: str,
+        query: Optional[str],
+        response: Optional[str],
         model: str,
         *,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
         quality_score: Optional[float] = None,
         latency_ms: Optional[float] = None,
         token_count: Optional[int] = None,
@@ -160,7 +161,7 @@ class BatchLogger:
         JSON cannot carry raises `AfsError` (kind ``invalid_input``) at once."""
         return self.log_record(
             _wire.record(
-                query, response, model, quality_score=quality_score, latency_ms=latency_ms,
+                query, response, model, messages=messages, quality_score=quality_score, latency_ms=latency_ms,
                 token_count=token_count, unit=unit, expert=expert, context_hash=context_hash,
                 timestamp=timestamp, feedback=feedback, feedback_text=feedback_text,
             )

@@ -7,7 +7,7 @@ import socket
 import threading
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from . import _wire
 from ._errors import AfsError
@@ -147,10 +147,11 @@ class AfsClient:
 
     def log(
         self,
-        query: str,
-        response: str,
+        query: Optional[str],
+        response: Optional[str],
         model: str,
         *,
+        messages: Optional[Sequence[Mapping[str, str]]] = None,
         quality_score: Optional[float] = None,
         latency_ms: Optional[float] = None,
         token_count: Optional[int] = None,
@@ -164,7 +165,7 @@ class AfsClient:
         """Logs one call and returns its id, once the server has committed it. To keep the
         network off a request path, use `BatchLogger` instead."""
         body = _wire.record(
-            query, response, model, quality_score=quality_score, latency_ms=latency_ms,
+            query, response, model, messages=messages, quality_score=quality_score, latency_ms=latency_ms,
             token_count=token_count, unit=unit, expert=expert, context_hash=context_hash,
             timestamp=timestamp, feedback=feedback, feedback_text=feedback_text,
         )

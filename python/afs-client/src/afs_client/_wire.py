@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
 
 from ._errors import AfsError
@@ -97,10 +97,11 @@ def encode(value: Json) -> bytes:
 
 
 def record(
-    query: str,
-    response: str,
+    query: Optional[str],
+    response: Optional[str],
     model: str,
     *,
+    messages: Optional[Sequence[Mapping[str, str]]] = None,
     quality_score: Optional[float] = None,
     latency_ms: Optional[float] = None,
     token_count: Optional[int] = None,
@@ -112,8 +113,17 @@ def record(
     feedback_text: Optional[str] = None,
 ) -> Dict[str, Json]:
     """A usage record with the keys of ``POST /v1/usage``, leaving out those not given.
-    A ``datetime`` timestamp without a time zone is taken as UTC."""
-    out: Dict[str, Json] = {"query": query, "response": response, "model": model}
+    A ``datetime`` timestamp without a time zone is taken as UTC. ``messages`` is the whole
+    conversation of a multi-turn call (``{"role", "content"}`` dicts; roles system, user,
+    assistant, tool); with it, ``query`` and ``response`` may be ``None`` and the server
+    takes the last user turn and the final assistant turn."""
+    out: Dict[str, Json] = {"model": model}
+    if query is not None:
+        out["query"] = query
+    if response is not None:
+        out["response"] = response
+    if messages is not None:
+        out["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
     if isinstance(timestamp, datetime):
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
