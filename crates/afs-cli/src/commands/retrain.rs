@@ -44,7 +44,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &RetrainArgs) -> anyhow::Result<()>
         "--timeout",
         &config,
     )?;
-    let mut retrainer = config.retrain.retrainer.clone();
+    let mut retrainer = config.retrain.retrainer();
     if let Some(dir) = &args.output_dir {
         retrainer.output_dir = dir.clone();
     }

@@ -14,10 +14,11 @@
 //! Every layer is checked on its own before the merge, so an error names where the bad
 //! value came from: the file (with the line), the environment variable, or the flag.
 //! Unknown keys and values of the wrong type are refused; values out of range are refused
-//! by the libraries' own `validate`, with the key named. `[store]` and `[trigger]` are the
-//! libraries' configs themselves (serde derives on [`SqliteConfig`] and [`TriggerConfig`]),
-//! read and shown as they are; the other sections are still mirrored in `sections.rs` and
-//! `show.rs`. `docs/CONFIGURATION.md` documents every key, and `afs.example.toml` at the
+//! by the libraries' own `validate`, with the key named. Each section is one serde type,
+//! read from every layer and shown as it is: `[store]` and `[trigger]` are the libraries'
+//! configs themselves ([`SqliteConfig`], [`TriggerConfig`]), `[abtest]` and `[generator]`
+//! their written forms, `[loop]`, `[trainer]` and `[serve]` the CLI's [`LoopSettings`],
+//! [`RetrainSettings`] and [`ServeSettings`]. `docs/CONFIGURATION.md` documents every key, and `afs.example.toml` at the
 //! repository root shows them with their defaults; `schema_docs_tests.rs` checks both
 //! against the schema.
 //!
@@ -67,7 +68,7 @@ const ENV_PREFIX: &str = "AFS_";
 const ENV_SEPARATOR: &str = "__";
 
 /// Every setting the commands read from the configuration, defaults filled in and validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Config {
     /// The file the settings were read from; `None` when no file was read.
     pub(crate) path: Option<PathBuf>,
@@ -93,16 +94,49 @@ pub(crate) struct Config {
     pub(crate) sources: Sources,
 }
 
-/// The `[trainer]` section (formerly `[retrain]`).
-#[derive(Debug, Clone)]
+/// The `[trainer]` section (formerly `[retrain]`), declared once: its serde keys are the
+/// file's (read from every layer, written by `afs config show`), its [`Default`] the
+/// defaults and `checked` (in `sections.rs`) the checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct RetrainSettings {
-    /// The trainer command (`train_cmd`); `afs retrain` and `afs loop` need it here or as
+    /// `train_cmd`: the trainer command; `afs retrain` and `afs loop` need it here or as
     /// `--train-cmd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) train_cmd: Option<String>,
-    /// How long the trainer may run (`timeout_secs`).
+    /// `timeout_secs`: how long the trainer may run.
+    #[serde(rename = "timeout_secs", with = "sections::whole_secs")]
     pub(crate) timeout: Duration,
-    /// `min_samples_for_retrain`, `output_dir`, `dataset_name`.
-    pub(crate) retrainer: RetrainerConfig,
+    /// `min_samples_for_retrain`: refuse to train on fewer samples.
+    pub(crate) min_samples_for_retrain: u64,
+    /// `output_dir`: each run gets `runs/<run id>/` under it.
+    pub(crate) output_dir: PathBuf,
+    /// `dataset_name`: the dataset's file name inside the run directory.
+    pub(crate) dataset_name: String,
+}
+
+impl Default for RetrainSettings {
+    fn default() -> Self {
+        let defaults = RetrainerConfig::default();
+        RetrainSettings {
+            train_cmd: None,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            min_samples_for_retrain: defaults.min_samples_for_retrain,
+            output_dir: defaults.output_dir,
+            dataset_name: defaults.dataset_name,
+        }
+    }
+}
+
+impl RetrainSettings {
+    /// The retrainer's part of these settings.
+    pub(crate) fn retrainer(&self) -> RetrainerConfig {
+        RetrainerConfig {
+            min_samples_for_retrain: self.min_samples_for_retrain,
+            output_dir: self.output_dir.clone(),
+            dataset_name: self.dataset_name.clone(),
+        }
+    }
 }
 
 /// The `[loop]` section: the loop's own fields of [`LoopConfig`], declared once: its serde
@@ -252,27 +286,6 @@ impl Default for ServeSettings {
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECS),
             body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
             write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            path: None,
-            store: SqliteConfig::default(),
-            trigger: TriggerConfig::default(),
-            generator: GeneratorConfig::default(),
-            near_dedupe: NearDedupeConfig::default(),
-            retrain: RetrainSettings {
-                train_cmd: None,
-                timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
-                retrainer: RetrainerConfig::default(),
-            },
-            abtest: AbTestConfig::default(),
-            loop_settings: LoopSettings::default(),
-            serve: ServeSettings::default(),
-            sources: Sources::default(),
         }
     }
 }
@@ -731,7 +744,7 @@ impl Config {
             trigger: self.trigger.clone(),
             generator: self.generator.clone(),
             abtest: self.abtest.clone(),
-            retrainer: self.retrain.retrainer.clone(),
+            retrainer: self.retrain.retrainer(),
             eval_gate: l.eval_cmd.as_ref().map(|command| EvalGate {
                 command: command.clone(),
                 timeout: l.eval_timeout,

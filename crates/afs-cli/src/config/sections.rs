@@ -38,9 +38,8 @@ impl KeyError {
 ///
 /// `[store]`, `[trigger]`, `[abtest]` and `[generator]` are the libraries' own written forms
 /// ([`SqliteConfig`], [`TriggerConfig`], [`AbTestSettings`], [`GeneratorSettings`]),
-/// `[loop]` and `[serve]` are [`LoopSettings`] and [`ServeSettings`], each declared once
-/// with its serde keys and defaults; `[trainer]` is still mirrored here and mapped onto the
-/// library's config by [`FileConfig::into_config`].
+/// `[loop]`, `[serve]` and `[trainer]` are [`LoopSettings`], [`ServeSettings`] and
+/// [`RetrainSettings`], each declared once with its serde keys and defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
@@ -55,11 +54,12 @@ pub(super) struct FileConfig {
     #[serde(default, rename = "loop")]
     looping: LoopSettings,
     #[serde(default)]
-    trainer: TrainerSection,
-    /// The old name of `[trainer]`. It is folded into `trainer` before the layers are
-    /// merged (see `super::fold_legacy`), so after that it is always empty.
-    #[serde(default)]
-    retrain: TrainerSection,
+    trainer: RetrainSettings,
+    /// The old name of `[trainer]`, read so that a file's own keys are checked with their
+    /// lines. It is folded into `trainer` before the layers are merged (see
+    /// `super::fold_legacy`), so after that it is never set.
+    #[serde(default, rename = "retrain")]
+    _retrain: RetrainSettings,
     #[serde(default)]
     serve: ServeSettings,
 }
@@ -112,34 +112,6 @@ pub(super) mod socket_addr_text {
                 "{text:?} is not HOST:PORT with an IP address (e.g. 127.0.0.1:8080)"
             ))
         })
-    }
-}
-
-/// `[trainer]` (and its old name `[retrain]`): the trainer command and [`RetrainerConfig`].
-///
-/// [`RetrainerConfig`]: afs_trigger::RetrainerConfig
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TrainerSection {
-    train_cmd: Option<String>,
-    timeout_secs: Option<u64>,
-    min_samples_for_retrain: Option<u64>,
-    output_dir: Option<PathBuf>,
-    dataset_name: Option<String>,
-}
-
-impl TrainerSection {
-    /// Each key of `self`, or else of `other`.
-    fn or(self, other: TrainerSection) -> TrainerSection {
-        TrainerSection {
-            train_cmd: self.train_cmd.or(other.train_cmd),
-            timeout_secs: self.timeout_secs.or(other.timeout_secs),
-            min_samples_for_retrain: self
-                .min_samples_for_retrain
-                .or(other.min_samples_for_retrain),
-            output_dir: self.output_dir.or(other.output_dir),
-            dataset_name: self.dataset_name.or(other.dataset_name),
-        }
     }
 }
 
@@ -236,10 +208,7 @@ impl FileConfig {
         config.generator = generator;
         check_generator(&config.generator, &config.near_dedupe, format_given)?;
 
-        config.retrain = self
-            .trainer
-            .or(self.retrain)
-            .into_settings(base, &resolve)?;
+        config.retrain = self.trainer.checked(&resolve)?;
 
         config.abtest = self.abtest.into_config().map_err(|err| match err {
             AbTestError::InvalidConfig { field, reason } => {
@@ -289,52 +258,35 @@ fn check_generator(
     })
 }
 
-impl TrainerSection {
-    /// The trainer's settings of `[trainer]`, checked; a relative `output_dir` from the file
-    /// (or the default one, when a file is read) is under the file's directory `base`.
-    fn into_settings(
-        self,
-        base: Option<&Path>,
-        resolve: &dyn Fn(&str, PathBuf) -> PathBuf,
-    ) -> Result<RetrainSettings, KeyError> {
-        let r = self;
-        let mut settings = Config::default().retrain;
-        let retrain = &mut settings;
-        if let Some(cmd) = r.train_cmd {
-            if cmd.trim().is_empty() {
-                return Err(KeyError::new("trainer.train_cmd", "must not be empty"));
-            }
-            retrain.train_cmd = Some(cmd);
+impl RetrainSettings {
+    /// These settings, checked; a relative `output_dir` from the file (or the default one,
+    /// when a file is read) is under the file's directory (`resolve`).
+    fn checked(self, resolve: &dyn Fn(&str, PathBuf) -> PathBuf) -> Result<Self, KeyError> {
+        if self
+            .train_cmd
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(KeyError::new("trainer.train_cmd", "must not be empty"));
         }
-        if let Some(secs) = r.timeout_secs {
-            if secs == 0 {
-                return Err(KeyError::new("trainer.timeout_secs", "must be at least 1"));
-            }
-            retrain.timeout = Duration::from_secs(secs);
+        if self.timeout.is_zero() {
+            return Err(KeyError::new("trainer.timeout_secs", "must be at least 1"));
         }
-        if let Some(n) = r.min_samples_for_retrain {
-            if n == 0 {
-                return Err(KeyError::new(
-                    "trainer.min_samples_for_retrain",
-                    "must be at least 1",
-                ));
-            }
-            retrain.retrainer.min_samples_for_retrain = n;
+        if self.min_samples_for_retrain == 0 {
+            return Err(KeyError::new(
+                "trainer.min_samples_for_retrain",
+                "must be at least 1",
+            ));
         }
-        if let Some(dir) = r.output_dir {
-            if dir.as_os_str().is_empty() {
-                return Err(KeyError::new("trainer.output_dir", "must not be empty"));
-            }
-            retrain.retrainer.output_dir = resolve("trainer.output_dir", dir);
-        } else if let Some(base) = base {
-            retrain.retrainer.output_dir = base.join(&retrain.retrainer.output_dir);
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(KeyError::new("trainer.output_dir", "must not be empty"));
         }
-        if let Some(name) = r.dataset_name {
-            check_file_name(&name)
-                .map_err(|reason| KeyError::new("trainer.dataset_name", reason))?;
-            retrain.retrainer.dataset_name = name;
-        }
-        Ok(settings)
+        check_file_name(&self.dataset_name)
+            .map_err(|reason| KeyError::new("trainer.dataset_name", reason))?;
+        Ok(RetrainSettings {
+            output_dir: resolve("trainer.output_dir", self.output_dir),
+            ..self
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! The effective configuration written out (`afs config show`): every key of every section
 //! with its value, in the file's own format, so the output is itself a valid config file.
 //!
-//! `[store]`, `[trigger]` and `[abtest]` are the libraries' written forms serialised as they
-//! are (their serde keys are the file's); the other sections are still mirrored here.
+//! Each section is serialised as it is declared (its serde keys are the file's): the
+//! libraries' written forms and the CLI's own `[loop]`, `[trainer]` and `[serve]`.
 
 use afs_abtest::AbTestSettings;
 use afs_datagen::GeneratorSettings;
@@ -10,7 +10,7 @@ use afs_store_sqlite::SqliteConfig;
 use afs_trigger::TriggerConfig;
 use serde::Serialize;
 
-use super::{Config, LoopSettings, ServeSettings};
+use super::{Config, LoopSettings, RetrainSettings, ServeSettings};
 
 #[derive(Serialize)]
 struct Shown<'a> {
@@ -20,36 +20,19 @@ struct Shown<'a> {
     abtest: AbTestSettings,
     #[serde(rename = "loop")]
     looping: &'a LoopSettings,
-    trainer: ShownTrainer,
+    trainer: &'a RetrainSettings,
     /// `[serve]`, without its tokens (secrets: `to_toml` says in a comment how many are set).
     serve: &'a ServeSettings,
 }
 
-#[derive(Serialize)]
-struct ShownTrainer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    train_cmd: Option<String>,
-    timeout_secs: u64,
-    min_samples_for_retrain: u64,
-    output_dir: String,
-    dataset_name: String,
-}
-
 fn shown(config: &Config) -> Shown<'_> {
-    let r = &config.retrain;
     Shown {
         store: &config.store,
         trigger: &config.trigger,
         generator: GeneratorSettings::from((&config.generator, &config.near_dedupe)),
         abtest: AbTestSettings::from(&config.abtest),
         looping: &config.loop_settings,
-        trainer: ShownTrainer {
-            train_cmd: r.train_cmd.clone(),
-            timeout_secs: r.timeout.as_secs(),
-            min_samples_for_retrain: r.retrainer.min_samples_for_retrain,
-            output_dir: r.retrainer.output_dir.display().to_string(),
-            dataset_name: r.retrainer.dataset_name.clone(),
-        },
+        trainer: &config.retrain,
         serve: &config.serve,
     }
 }

@@ -32,7 +32,7 @@ fn the_example_file_parses_to_the_defaults() {
     assert_eq!(config.generator, defaults.generator);
     assert_eq!(config.near_dedupe, defaults.near_dedupe);
     assert_eq!(config.retrain.timeout, defaults.retrain.timeout);
-    assert_eq!(config.retrain.retrainer, defaults.retrain.retrainer);
+    assert_eq!(config.retrain, defaults.retrain);
     assert_eq!(config.retrain.train_cmd, None);
     assert_eq!(config.abtest, defaults.abtest);
     assert_eq!(config.abtest, AbTestConfig::default());
@@ -179,9 +179,9 @@ dataset_name = "data.jsonl"
     let r = &config.retrain;
     assert_eq!(r.train_cmd.as_deref(), Some("true"));
     assert_eq!(r.timeout, Duration::from_secs(60));
-    assert_eq!(r.retrainer.min_samples_for_retrain, 3);
-    assert_eq!(r.retrainer.output_dir, PathBuf::from("out"));
-    assert_eq!(r.retrainer.dataset_name, "data.jsonl");
+    assert_eq!(r.min_samples_for_retrain, 3);
+    assert_eq!(r.output_dir, PathBuf::from("out"));
+    assert_eq!(r.dataset_name, "data.jsonl");
 }
 
 #[test]
@@ -652,23 +652,17 @@ fn relative_paths_are_relative_to_the_file() {
         config.generator.existing.as_deref(),
         Some(Path::new("/etc/afs/old.jsonl"))
     );
-    assert_eq!(
-        config.retrain.retrainer.output_dir,
-        Path::new("/etc/afs/out")
-    );
+    assert_eq!(config.retrain.output_dir, Path::new("/etc/afs/out"));
     let config = parse("", Path::new("/etc/afs/afs.toml")).unwrap();
     assert_eq!(
-        config.retrain.retrainer.output_dir,
+        config.retrain.output_dir,
         Path::new("/etc/afs/continuous_output")
     );
     let text = "[retrain]\noutput_dir = \"/var/afs\"\n";
     let config = parse(text, Path::new("conf/afs.toml")).unwrap();
-    assert_eq!(config.retrain.retrainer.output_dir, Path::new("/var/afs"));
+    assert_eq!(config.retrain.output_dir, Path::new("/var/afs"));
     let config = parse("", Path::new("afs.toml")).unwrap();
-    assert_eq!(
-        config.retrain.retrainer.output_dir,
-        Path::new("continuous_output")
-    );
+    assert_eq!(config.retrain.output_dir, Path::new("continuous_output"));
 }
 
 #[test]
@@ -959,7 +953,7 @@ fn retrain_is_the_old_name_of_trainer() {
     .unwrap();
     assert_eq!(config.retrain.train_cmd.as_deref(), Some("new"));
     let config = layered("", &[], &["retrain.min_samples_for_retrain=3"]).unwrap();
-    assert_eq!(config.retrain.retrainer.min_samples_for_retrain, 3);
+    assert_eq!(config.retrain.min_samples_for_retrain, 3);
 }
 
 #[test]
@@ -1082,7 +1076,7 @@ fn the_shown_configuration_reads_back_to_itself() {
         assert_eq!(again.loop_settings, config.loop_settings, "{text}");
         assert_eq!(again.retrain.train_cmd, config.retrain.train_cmd, "{text}");
         assert_eq!(again.retrain.timeout, config.retrain.timeout, "{text}");
-        assert_eq!(again.retrain.retrainer, config.retrain.retrainer, "{text}");
+        assert_eq!(again.retrain, config.retrain, "{text}");
         let serve = crate::config::ServeSettings {
             tokens: Vec::new(),
             ..config.serve.clone()
