@@ -18,6 +18,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, DurationRound, SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
 
+use crate::timing::median;
+
 /// Distinct users of the log.
 const UNITS: u64 = 20_000;
 /// Records of history before the burst (a week, for the trigger's baselines).
@@ -69,11 +71,6 @@ fn record(i: u64, model: &str, at: DateTime<Utc>) -> NewUsage {
 /// The model that serves record `i`'s unit, as the service routes.
 fn model_of(i: u64, router: &HashRouter, table: &RoutingTable) -> String {
     crate::abtest::cost_model(i, UNITS, router, table)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A store with a week of history for `v1`, an experiment `v2` at 10% deployed an hour
