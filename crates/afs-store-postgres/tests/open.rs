@@ -102,13 +102,7 @@ fn a_newer_schema_is_refused_and_left_unchanged() {
     let err = open(&database.url).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Database, "{err}");
     assert!(err.to_string().contains("newer"), "{err}");
-    let version: String = client
-        .query_one(
-            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let version = schema_version(&mut client);
     assert_eq!(version, newer);
     assert_eq!(tables(&database.url), before);
 }
@@ -147,13 +141,7 @@ fn processes_opening_a_new_database_at_once_create_it_once() {
         handle.join().unwrap().unwrap();
     }
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
-    let version: String = client
-        .query_one(
-            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let version = schema_version(&mut client);
     assert_eq!(version, SCHEMA_VERSION.to_string());
 }
 
@@ -176,13 +164,7 @@ fn a_version_1_database_migrates_to_keep_conversations() {
         )
         .unwrap();
     let store = open(&database.url).unwrap();
-    let version: String = client
-        .query_one(
-            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let version = schema_version(&mut client);
     assert_eq!(version, SCHEMA_VERSION.to_string());
     assert_eq!(store.get(&old_id).unwrap().messages, None);
     let turns = vec![
@@ -194,4 +176,15 @@ fn a_version_1_database_migrates_to_keep_conversations() {
         .log(NewUsage::conversation(turns.clone(), "m"))
         .unwrap();
     assert_eq!(store.get(&id).unwrap().messages, Some(turns));
+}
+
+/// The schema version a database says it is at.
+fn schema_version(client: &mut postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT value FROM afs_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
 }
