@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use afs_store::window::{plan_window, RollupLevel, WindowPart};
 use afs_store::{Result, StatsWindow, UsageStats};
 use postgres::types::ToSql;
 
@@ -37,43 +38,10 @@ const MINUTELY: Level = Level {
     width_us: MINUTE_US,
 };
 
-/// A piece of a window: whole buckets `[first, last)` of a rollup table, or a range
-/// `[from, to)` of microseconds scanned from the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
-    /// Whole buckets of a rollup table.
-    Buckets(Level, Option<i64>, Option<i64>),
-    /// Records of the log.
-    Scan(Option<i64>, Option<i64>),
-}
-
-/// Splits `[since, until)` over rollup levels, coarse to fine: whole buckets of the first
-/// level, then the rest at either end with the finer levels; what no level covers whole is
-/// scanned from the log.
-fn plan(levels: &[Level], since: Option<i64>, until: Option<i64>) -> Vec<Part> {
-    let Some((level, finer)) = levels.split_first() else {
-        return vec![Part::Scan(since, until)];
-    };
-    let w = level.width_us;
-    let first = since.map(|s| s.div_euclid(w) + i64::from(s.rem_euclid(w) != 0));
-    let last = until.map(|u| u.div_euclid(w));
-    if let (Some(f), Some(l)) = (first, last) {
-        if f >= l {
-            return plan(finer, since, until);
-        }
+impl RollupLevel for Level {
+    fn width_us(&self) -> i64 {
+        self.width_us
     }
-    let mut out = vec![Part::Buckets(*level, first, last)];
-    if let (Some(s), Some(f)) = (since, first) {
-        if s < f * w {
-            out.extend(plan(finer, Some(s), Some(f * w)));
-        }
-    }
-    if let (Some(u), Some(l)) = (until, last) {
-        if l * w < u {
-            out.extend(plan(finer, Some(l * w), Some(u)));
-        }
-    }
-    out
 }
 
 /// How to group a window's statistics.
@@ -133,9 +101,9 @@ pub(crate) fn stats_grouped(
         ""
     };
     let mut parts = Vec::new();
-    for part in plan(&[HOURLY, MINUTELY], since, until) {
+    for part in plan_window(&[HOURLY, MINUTELY], since, until) {
         let (column, from, to, per_hour, source, sums) = match part {
-            Part::Buckets(level, first, last) => (
+            WindowPart::Buckets(level, first, last) => (
                 "bucket",
                 first,
                 last,
@@ -143,7 +111,7 @@ pub(crate) fn stats_grouped(
                 level.table,
                 SUMS,
             ),
-            Part::Scan(from, to) => ("ts_us", from, to, HOUR_US, "afs_usage", RECORD_SUMS),
+            WindowPart::Scan(from, to) => ("ts_us", from, to, HOUR_US, "afs_usage", RECORD_SUMS),
         };
         let group = match grouping {
             Grouping::Model => "model, 0::int8".to_string(),
@@ -198,32 +166,4 @@ pub(crate) fn stats_grouped(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_windows_read_hours_then_minutes_then_the_log() {
-        let (h, m) = (HOUR_US, MINUTE_US);
-        let levels = [HOURLY, MINUTELY];
-        assert_eq!(
-            plan(&levels, None, None),
-            vec![Part::Buckets(HOURLY, None, None)]
-        );
-        assert_eq!(
-            plan(&levels, Some(2 * h + 3 * m + 5), Some(5 * h + 7 * m)),
-            vec![
-                Part::Buckets(HOURLY, Some(3), Some(5)),
-                Part::Buckets(MINUTELY, Some(2 * 60 + 4), Some(3 * 60)),
-                Part::Scan(Some(2 * h + 3 * m + 5), Some(2 * h + 4 * m)),
-                Part::Buckets(MINUTELY, Some(5 * 60), Some(5 * 60 + 7)),
-            ]
-        );
-        assert_eq!(
-            plan(&levels, Some(h + 5), Some(h + 9)),
-            vec![Part::Scan(Some(h + 5), Some(h + 9))]
-        );
-    }
 }

@@ -11,6 +11,7 @@ use super::migrations::{
     N_ROLLUP_COLUMNS, RECENT,
 };
 use super::time::{first_rowid_at, micros_of, micros_of_rowid, time_of_micros};
+use afs_store::window::{plan_window, RollupLevel, WindowPart};
 use afs_store::Result;
 use afs_store::StatsWindow;
 use afs_store::UsageStats;
@@ -57,41 +58,10 @@ fn stats_from_sums(sums: &Sums) -> UsageStats {
     }
 }
 
-/// A piece of a window: whole buckets `[first, last)` of a rollup table, or a range
-/// `[from, to)` of microseconds scanned from the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
-    Buckets(RollupTable, Option<i64>, Option<i64>),
-    Scan(Option<i64>, Option<i64>),
-}
-
-/// Splits `[since, until)` over rollup levels, coarse to fine: whole buckets of the first
-/// level, then the rest at either end with the finer levels, and what no level covers
-/// whole is scanned from the log.
-fn plan(levels: &[RollupTable], since: Option<i64>, until: Option<i64>) -> Vec<Part> {
-    let Some((table, finer)) = levels.split_first() else {
-        return vec![Part::Scan(since, until)];
-    };
-    let w = table.width_us;
-    let first = since.map(|s| s.div_euclid(w) + i64::from(s.rem_euclid(w) != 0));
-    let last = until.map(|u| u.div_euclid(w));
-    if let (Some(f), Some(l)) = (first, last) {
-        if f >= l {
-            return plan(finer, since, until);
-        }
+impl RollupLevel for RollupTable {
+    fn width_us(&self) -> i64 {
+        self.width_us
     }
-    let mut out = vec![Part::Buckets(*table, first, last)];
-    if let (Some(s), Some(f)) = (since, first) {
-        if s < f * w {
-            out.extend(plan(finer, Some(s), Some(f * w)));
-        }
-    }
-    if let (Some(u), Some(l)) = (until, last) {
-        if l * w < u {
-            out.extend(plan(finer, Some(l * w), Some(u)));
-        }
-    }
-    out
 }
 
 /// Statistics of `window`, grouped by model or by hour.
@@ -115,8 +85,8 @@ pub(crate) fn stats_grouped(
         }
     }
     let plan = match grouping {
-        Grouping::Model => plan(&[DAILY, HOURLY, MINUTELY], since, until),
-        Grouping::Hour => plan(&[HOURLY, MINUTELY], since, until),
+        Grouping::Model => plan_window(&[DAILY, HOURLY, MINUTELY], since, until),
+        Grouping::Hour => plan_window(&[HOURLY, MINUTELY], since, until),
     };
     let mut out: BTreeMap<GroupKey, Sums> = BTreeMap::new();
     let group_expr = |hour_expr: &str| match grouping {
@@ -131,8 +101,10 @@ pub(crate) fn stats_grouped(
     for part in plan {
         // A scan reads a range of the log by rowid, which follows time (see `ROWID_SLOTS`).
         let (column, from, to) = match part {
-            Part::Buckets(table, first, last) => (table.key, first, last),
-            Part::Scan(from, to) => ("rowid", from.map(first_rowid_at), to.map(first_rowid_at)),
+            WindowPart::Buckets(table, first, last) => (table.key, first, last),
+            WindowPart::Scan(from, to) => {
+                ("rowid", from.map(first_rowid_at), to.map(first_rowid_at))
+            }
         };
         // The conditions on `column` (the bucket or rowid), and their arguments in order.
         let conditions = |column: &str| {
@@ -156,7 +128,7 @@ pub(crate) fn stats_grouped(
             .collect();
         let conds = conditions(column);
         let sql = match part {
-            Part::Buckets(table, ..) => {
+            WindowPart::Buckets(table, ..) => {
                 // A bucket is its row in its table plus its pending delta in RECENT.
                 let hour_expr =
                     |key: &str| format!("{key} / {}", HOUR_US / table.width_us.min(HOUR_US));
@@ -175,7 +147,7 @@ pub(crate) fn stats_grouped(
                     where_clause(&conds)
                 )
             }
-            Part::Scan(..) => format!(
+            WindowPart::Scan(..) => format!(
                 "SELECT {}, {} FROM usage {} GROUP BY 1, 2",
                 group_expr(&format!("ts_us / {HOUR_US}")),
                 aggregate_select_list(),
@@ -225,82 +197,4 @@ fn accumulate(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::migrations::DAY_US;
-
-    fn hourly(since: Option<i64>, until: Option<i64>) -> Vec<Part> {
-        plan(&[HOURLY], since, until)
-    }
-
-    #[test]
-    fn windows_split_into_whole_hours_and_edges() {
-        let h = HOUR_US;
-        let hours = |f, l| Part::Buckets(HOURLY, f, l);
-        let scan = |f, t| Part::Scan(f, t);
-        assert_eq!(hourly(None, None), vec![hours(None, None)]);
-        assert_eq!(hourly(Some(2 * h), None), vec![hours(Some(2), None)]);
-        assert_eq!(
-            hourly(Some(2 * h + 5), None),
-            vec![hours(Some(3), None), scan(Some(2 * h + 5), Some(3 * h))]
-        );
-        assert_eq!(hourly(None, Some(5 * h)), vec![hours(None, Some(5))]);
-        assert_eq!(
-            hourly(None, Some(5 * h + 1)),
-            vec![hours(None, Some(5)), scan(Some(5 * h), Some(5 * h + 1))]
-        );
-        assert_eq!(
-            hourly(Some(h + 1), Some(3 * h + 1)),
-            vec![
-                hours(Some(2), Some(3)),
-                scan(Some(h + 1), Some(2 * h)),
-                scan(Some(3 * h), Some(3 * h + 1))
-            ]
-        );
-        assert_eq!(
-            hourly(Some(h + 1), Some(h + 7)),
-            vec![scan(Some(h + 1), Some(h + 7))]
-        );
-        assert_eq!(
-            hourly(Some(h + 1), Some(2 * h + 7)),
-            vec![scan(Some(h + 1), Some(2 * h + 7))]
-        );
-        assert_eq!(
-            hourly(Some(-h - 1), Some(0)),
-            vec![hours(Some(-1), Some(0)), scan(Some(-h - 1), Some(-h))]
-        );
-    }
-
-    #[test]
-    fn long_windows_read_days_then_hours_then_minutes_then_the_log() {
-        let (d, h, m) = (DAY_US, HOUR_US, MINUTELY.width_us);
-        let levels = [DAILY, HOURLY, MINUTELY];
-        assert_eq!(
-            plan(&levels, None, None),
-            vec![Part::Buckets(DAILY, None, None)]
-        );
-        assert_eq!(
-            plan(
-                &levels,
-                Some(d + 2 * h + 3 * m + 5),
-                Some(5 * d + 3 * h + 7 * m)
-            ),
-            vec![
-                Part::Buckets(DAILY, Some(2), Some(5)),
-                Part::Buckets(HOURLY, Some(27), Some(48)),
-                Part::Buckets(MINUTELY, Some(26 * 60 + 4), Some(27 * 60)),
-                Part::Scan(Some(d + 2 * h + 3 * m + 5), Some(d + 2 * h + 4 * m)),
-                Part::Buckets(HOURLY, Some(120), Some(123)),
-                Part::Buckets(MINUTELY, Some(123 * 60), Some(123 * 60 + 7)),
-            ]
-        );
-        // Within one minute: a scan alone.
-        assert_eq!(
-            plan(&levels, Some(d + 5), Some(d + 9)),
-            vec![Part::Scan(Some(d + 5), Some(d + 9))]
-        );
-    }
 }

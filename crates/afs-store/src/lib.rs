@@ -46,6 +46,7 @@ mod stats;
 mod store;
 mod target;
 pub mod units;
+pub mod window;
 
 pub use archive::{rfc3339, write_archive, ArchiveLine};
 pub use clock::{Clock, ManualClock, SystemClock};
