@@ -67,8 +67,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use afs_store::units::UnitMoments;
-use afs_store::{CohortBuilder, Experiment, Result, UnitCohort, UnitTally};
+use afs_store::{CohortBuilder, Experiment, LooseTally, Result, UnitCohort, UnitTally};
 use chrono::{DateTime, Utc};
 use postgres::Transaction;
 
@@ -244,68 +243,6 @@ fn tally_at(row: &postgres::Row, at: usize) -> UnitTally {
     }
 }
 
-/// The moments of `k` loose records (each a unit with n = 1) whose values sum to `sum` and
-/// whose squares sum to `sum_sq`.
-fn loose_moments(k: u64, sum: f64, sum_sq: f64) -> UnitMoments {
-    UnitMoments {
-        units: k,
-        sum_mean: sum,
-        sum_mean_sq: sum_sq,
-        sum_y: sum,
-        sum_n: k as f64,
-        sum_y_sq: sum_sq,
-        sum_n_sq: k as f64,
-        sum_yn: sum,
-        ..UnitMoments::default()
-    }
-}
-
-/// A row of `afs_experiment_loose`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Loose {
-    /// Records.
-    n: u64,
-    /// Records with a quality score, Σ quality and Σ quality².
-    n_q: u64,
-    /// Σ quality.
-    sum_q: f64,
-    /// Σ quality².
-    sum_q2: f64,
-    /// Records with a latency.
-    n_lat: u64,
-    /// Σ latency.
-    sum_lat: f64,
-    /// Σ latency².
-    sum_lat2: f64,
-    /// Records with feedback.
-    n_fb: u64,
-    /// Thumbs up.
-    n_pos: u64,
-    /// Thumbs down.
-    n_neg: u64,
-}
-
-impl Loose {
-    /// The cohort of these records in `period` and arm `challenger`.
-    fn cohort(&self, period: u32, challenger: bool) -> UnitCohort {
-        // A thumbs-up (-down) rate of one record is 0 or 1: its square is itself.
-        let pos = self.n_pos as f64;
-        let neg = self.n_neg as f64;
-        UnitCohort {
-            period,
-            challenger,
-            units: self.n,
-            assigned: self.n,
-            records: self.n,
-            loose_records: self.n,
-            quality: loose_moments(self.n_q, self.sum_q, self.sum_q2),
-            latency: loose_moments(self.n_lat, self.sum_lat, self.sum_lat2),
-            positive: loose_moments(self.n_fb, pos, pos),
-            negative: loose_moments(self.n_fb, neg, neg),
-        }
-    }
-}
-
 /// Feedback counted on records that are not mature: what a maturity cut takes out.
 #[derive(Debug, Clone, Copy, Default)]
 struct Immature {
@@ -446,7 +383,7 @@ pub(crate) fn unit_stats(
         let count = |i: usize| row.get::<_, i64>(i).max(0) as u64;
         let period = row.get::<_, i32>(0).max(0) as u32;
         let arm: bool = row.get(1);
-        let mut loose = Loose {
+        let mut loose = LooseTally {
             n: count(2),
             n_q: count(3),
             sum_q: row.get(4),

@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::time::{first_rowid_at, micros_of, ROWID_SLOTS};
-use afs_store::units::{period_at, UnitCohort, UnitMoments};
+use afs_store::units::{period_at, LooseTally, UnitCohort, UnitMoments};
 use afs_store::Experiment;
 use afs_store::FeedbackValue;
 use afs_store::Result;
@@ -890,54 +890,6 @@ pub(crate) fn forget_unit(conn: &Connection, unit: &str) -> Result<()> {
     Ok(())
 }
 
-/// The moments of `k` loose records (each a unit with n = 1) whose values sum to `sum` and
-/// whose squares sum to `sum_sq`.
-fn loose_moments(k: u64, sum: f64, sum_sq: f64) -> UnitMoments {
-    UnitMoments {
-        units: k,
-        sum_mean: sum,
-        sum_mean_sq: sum_sq,
-        sum_y: sum,
-        sum_n: k as f64,
-        sum_y_sq: sum_sq,
-        sum_n_sq: k as f64,
-        sum_yn: sum,
-        ..UnitMoments::default()
-    }
-}
-
-/// A row of `experiment_loose`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Loose {
-    n: u64,
-    n_q: u64,
-    sum_q: f64,
-    sum_q2: f64,
-    n_lat: u64,
-    sum_lat: f64,
-    sum_lat2: f64,
-    n_pos: u64,
-    n_neg: u64,
-    n_fb: u64,
-}
-
-impl Loose {
-    fn cohort(&self, period: u32, challenger: bool) -> UnitCohort {
-        UnitCohort {
-            period,
-            challenger,
-            units: self.n,
-            assigned: self.n,
-            records: self.n,
-            loose_records: self.n,
-            quality: loose_moments(self.n_q, self.sum_q, self.sum_q2),
-            latency: loose_moments(self.n_lat, self.sum_lat, self.sum_lat2),
-            positive: loose_moments(self.n_fb, self.n_pos as f64, self.n_pos as f64),
-            negative: loose_moments(self.n_fb, self.n_neg as f64, self.n_neg as f64),
-        }
-    }
-}
-
 /// Feedback counts to take out of a unit or loose row: (with feedback, positive, negative).
 type Immature = (u64, u64, u64);
 
@@ -1028,7 +980,7 @@ pub(crate) fn unit_stats(
         cohorts.insert((period, challenger), cohort);
     }
 
-    let mut loose: BTreeMap<(u32, bool), Loose> = BTreeMap::new();
+    let mut loose: BTreeMap<(u32, bool), LooseTally> = BTreeMap::new();
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT period, arm, {} FROM experiment_loose WHERE experiment_id = ?1 AND n > 0",
@@ -1043,7 +995,7 @@ pub(crate) fn unit_stats(
         );
         loose.insert(
             key,
-            Loose {
+            LooseTally {
                 n: count(row.get(2).map_err(err)?),
                 n_q: count(row.get(3).map_err(err)?),
                 sum_q: row.get(4).map_err(err)?,
@@ -1085,7 +1037,7 @@ fn mature(
     experiment: &Experiment,
     cut: DateTime<Utc>,
     cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
-    loose: &mut BTreeMap<(u32, bool), Loose>,
+    loose: &mut BTreeMap<(u32, bool), LooseTally>,
 ) -> Result<()> {
     let id = experiment.id;
     let err =

@@ -73,5 +73,6 @@ pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};
 pub use target::{resolve_output, OutputTarget};
 pub use units::{
-    unit_cohorts_from_records, CohortBuilder, UnitCohort, UnitMetric, UnitMoments, UnitTally,
+    unit_cohorts_from_records, CohortBuilder, LooseTally, UnitCohort, UnitMetric, UnitMoments,
+    UnitTally,
 };

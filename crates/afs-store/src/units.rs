@@ -165,6 +165,22 @@ pub struct UnitMoments {
 }
 
 impl UnitMoments {
+    /// The moments of `k` loose records (records without a unit id, each a unit of its own
+    /// with n = 1) whose values sum to `sum` and whose squares sum to `sum_sq`.
+    pub fn of_loose(k: u64, sum: f64, sum_sq: f64) -> UnitMoments {
+        UnitMoments {
+            units: k,
+            sum_mean: sum,
+            sum_mean_sq: sum_sq,
+            sum_y: sum,
+            sum_n: k as f64,
+            sum_y_sq: sum_sq,
+            sum_n_sq: k as f64,
+            sum_yn: sum,
+            ..UnitMoments::default()
+        }
+    }
+
     /// Adds one unit with sum `y` over `n` observations (ignored when `n` is 0) and an
     /// optional covariate `x`.
     pub fn add_unit(&mut self, y: f64, n: u64, x: Option<f64>) {
@@ -453,6 +469,53 @@ pub fn unit_cohorts_from_records<'a>(
         );
     }
     builder.finish()
+}
+
+/// The sums a backend keeps of the loose records (records without a unit id) of one
+/// period and arm; each such record is a unit of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LooseTally {
+    /// Records.
+    pub n: u64,
+    /// Records with a quality score.
+    pub n_q: u64,
+    /// Σ quality.
+    pub sum_q: f64,
+    /// Σ quality².
+    pub sum_q2: f64,
+    /// Records with a latency.
+    pub n_lat: u64,
+    /// Σ latency.
+    pub sum_lat: f64,
+    /// Σ latency².
+    pub sum_lat2: f64,
+    /// Records with feedback.
+    pub n_fb: u64,
+    /// Thumbs up.
+    pub n_pos: u64,
+    /// Thumbs down.
+    pub n_neg: u64,
+}
+
+impl LooseTally {
+    /// The cohort of these records in `period` and arm `challenger`.
+    pub fn cohort(&self, period: u32, challenger: bool) -> UnitCohort {
+        // A thumbs-up (-down) rate of one record is 0 or 1: its square is itself.
+        let pos = self.n_pos as f64;
+        let neg = self.n_neg as f64;
+        UnitCohort {
+            period,
+            challenger,
+            units: self.n,
+            assigned: self.n,
+            records: self.n,
+            loose_records: self.n,
+            quality: UnitMoments::of_loose(self.n_q, self.sum_q, self.sum_q2),
+            latency: UnitMoments::of_loose(self.n_lat, self.sum_lat, self.sum_lat2),
+            positive: UnitMoments::of_loose(self.n_fb, pos, pos),
+            negative: UnitMoments::of_loose(self.n_fb, neg, neg),
+        }
+    }
 }
 
 #[cfg(test)]
