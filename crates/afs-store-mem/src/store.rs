@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use afs_store::{
-    new_id, validate_quality, validate_time, Clock, DedupeReport, FeedbackFilter, FeedbackValue,
-    NewUsage, Order, PruneReport, RecordFields, RecordFilter, RecordStream, Result, StatsWindow,
-    StoreError, UsageRecord, UsageStats, UsageStore, DEFAULT_MAX_FIELD_BYTES,
+    new_id, validate_qualities, validate_quality, validate_time, Clock, DedupeReport,
+    FeedbackFilter, FeedbackValue, NewUsage, Order, PruneReport, RecordFields, RecordFilter,
+    RecordStream, Result, StatsWindow, StoreError, UsageRecord, UsageStats, UsageStore,
+    DEFAULT_MAX_FIELD_BYTES,
 };
 use chrono::{DateTime, Utc};
 
@@ -405,12 +406,7 @@ impl UsageStore for MemStore {
     }
 
     fn update_qualities(&self, scores: &[(String, f64)]) -> Result<()> {
-        for (index, &(_, quality)) in scores.iter().enumerate() {
-            validate_quality(quality).map_err(|e| StoreError::InvalidBatchRecord {
-                index,
-                source: Box::new(e),
-            })?;
-        }
+        validate_qualities(scores)?;
         let mut state = self.lock_write();
         let keys = scores
             .iter()

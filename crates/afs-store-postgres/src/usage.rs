@@ -93,9 +93,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use afs_store::{
-    validate_feedback_text, validate_quality, validate_time, Clock, DedupeReport, FeedbackValue,
-    NewUsage, PruneReport, RecordFilter, RecordStream, Result, StatsWindow, StoreError,
-    UsageRecord, UsageStats, UsageStore,
+    validate_feedback_text, validate_qualities, validate_quality, validate_time, Clock,
+    DedupeReport, FeedbackValue, NewUsage, PruneReport, RecordFilter, RecordStream, Result,
+    StatsWindow, StoreError, UsageRecord, UsageStats, UsageStore,
 };
 use chrono::{DateTime, Utc};
 use postgres::types::{ToSql, Type};
@@ -248,12 +248,7 @@ impl UsageStore for PgStore {
 
     fn update_qualities(&self, scores: &[(String, f64)]) -> Result<()> {
         const WHAT: &str = "update quality scores";
-        for (index, &(_, quality)) in scores.iter().enumerate() {
-            validate_quality(quality).map_err(|e| StoreError::InvalidBatchRecord {
-                index,
-                source: Box::new(e),
-            })?;
-        }
+        validate_qualities(scores)?;
         if scores.is_empty() {
             return Ok(());
         }

@@ -147,8 +147,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use afs_store::Clock;
 use afs_store::UsageStats;
 use afs_store::{
-    validate_feedback_text, validate_quality, validate_time, FeedbackValue, NewUsage, UsageRecord,
-    DEFAULT_MAX_FIELD_BYTES,
+    validate_feedback_text, validate_qualities, validate_quality, validate_time, FeedbackValue,
+    NewUsage, UsageRecord, DEFAULT_MAX_FIELD_BYTES,
 };
 use afs_store::{DedupeReport, PruneReport, RecordStream, UsageStore};
 use afs_store::{RecordFilter, StatsWindow};
@@ -767,12 +767,7 @@ impl UsageStore for SqliteStore {
 
     fn update_qualities(&self, scores: &[(String, f64)]) -> Result<()> {
         const CONTEXT: &str = "update quality scores";
-        for (index, &(_, quality)) in scores.iter().enumerate() {
-            validate_quality(quality).map_err(|e| StoreError::InvalidBatchRecord {
-                index,
-                source: Box::new(e),
-            })?;
-        }
+        validate_qualities(scores)?;
         if scores.is_empty() {
             return Ok(());
         }

@@ -61,10 +61,10 @@ pub use lease::{Lease, LeaseStore};
 pub use query::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, StatsWindow};
 pub use record::{
     dedupe_hash, last_turns, messages_from_json, messages_to_json, record_dedupe_hash,
-    validate_feedback_text, validate_latency, validate_messages, validate_quality, validate_time,
-    validate_token_count, Feedback, FeedbackValue, Message, NewUsage, Role, UsageRecord,
-    DEFAULT_MAX_FIELD_BYTES, MAX_LATENCY_MS, MAX_MESSAGES, MAX_NAME_BYTES, MAX_TOKEN_COUNT,
-    MAX_UNIT_ID_BYTES,
+    validate_feedback_text, validate_latency, validate_messages, validate_qualities,
+    validate_quality, validate_time, validate_token_count, Feedback, FeedbackValue, Message,
+    NewUsage, Role, UsageRecord, DEFAULT_MAX_FIELD_BYTES, MAX_LATENCY_MS, MAX_MESSAGES,
+    MAX_NAME_BYTES, MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
 };
 pub use restore::{ExperimentDump, RestoreStore};
 pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};

@@ -288,6 +288,18 @@ pub fn validate_quality(quality: f64) -> Result<()> {
     Ok(())
 }
 
+/// Checks every score of a batch of `(id, score)` pairs with [`validate_quality`]; the first
+/// bad one is an [`StoreError::InvalidBatchRecord`] naming its index.
+pub fn validate_qualities(scores: &[(String, f64)]) -> Result<()> {
+    for (index, &(_, quality)) in scores.iter().enumerate() {
+        validate_quality(quality).map_err(|e| StoreError::InvalidBatchRecord {
+            index,
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
 fn check_text(field: &'static str, value: &str, required: bool, max_bytes: usize) -> Result<()> {
     if required && value.trim().is_empty() {
         return Err(StoreError::invalid(field, "must not be empty"));
