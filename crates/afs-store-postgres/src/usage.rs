@@ -312,7 +312,7 @@ impl UsageStore for PgStore {
                 ));
             }
         }
-        Ok(Box::new(crate::usage_stream::RecordPages::new(
+        Ok(Box::new(crate::usage_stream::record_pages(
             self,
             filter.clone(),
         )))

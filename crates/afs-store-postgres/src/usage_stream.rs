@@ -4,7 +4,8 @@
 
 use std::collections::VecDeque;
 
-use afs_store::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter, Result, UsageRecord};
+use afs_store::paging::{PageSource, Pages};
+use afs_store::{FeedbackFilter, Order, RecordFields, RecordFilter, Result, UsageRecord};
 use postgres::types::ToSql;
 
 use crate::error::dbe;
@@ -13,53 +14,35 @@ use crate::usage_rows::{
     micros_of, record_from_row, RECORD_COLUMNS, SEQ_COLUMN, TRAINING_COLUMNS, TS_COLUMN,
 };
 
-/// The first page is small so the first record arrives quickly; later pages grow
-/// ([`Paging::Growing`]). [`Paging::Bulk`] starts at the largest.
-const FIRST_PAGE: u64 = 64;
-/// The largest page.
-const MAX_PAGE: u64 = 2048;
-
 /// A parameter of a page's query.
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// A stream of records read in keyset pages.
-pub(crate) struct RecordPages<'a> {
+/// A stream of the records `filter` selects, read in keyset pages.
+pub(crate) fn record_pages(store: &PgStore, filter: RecordFilter) -> Pages<PgPages<'_>> {
+    let (paging, limit) = (filter.paging, filter.limit);
+    Pages::new(
+        PgPages {
+            store,
+            filter,
+            after: None,
+        },
+        paging,
+        limit,
+    )
+}
+
+/// The pages of a stream: the filter's query, continued after the last record read.
+pub(crate) struct PgPages<'a> {
     /// Where pages are read from.
     store: &'a PgStore,
     /// The caller's filter.
     filter: RecordFilter,
-    /// `(ts_us, seq)` of the last record returned.
+    /// `(ts_us, seq)` of the last record read.
     after: Option<(i64, i64)>,
-    /// Records read and not yet returned.
-    buffer: VecDeque<UsageRecord>,
-    /// Rows the next page asks for.
-    page_size: u64,
-    /// Records still to return under the filter's limit.
-    remaining: Option<u64>,
-    /// Whether the last page has been read.
-    exhausted: bool,
 }
 
-impl<'a> RecordPages<'a> {
-    /// A stream of the records `filter` selects.
-    pub(crate) fn new(store: &'a PgStore, filter: RecordFilter) -> Self {
-        let page_size = match filter.paging {
-            Paging::Growing => FIRST_PAGE,
-            Paging::Bulk => MAX_PAGE,
-        };
-        RecordPages {
-            store,
-            remaining: filter.limit,
-            filter,
-            after: None,
-            buffer: VecDeque::new(),
-            page_size,
-            exhausted: false,
-        }
-    }
-
-    /// Reads the next page into the buffer.
-    fn fetch_page(&mut self) -> Result<()> {
+impl PageSource for PgPages<'_> {
+    fn read_page(&mut self, page: u64, into: &mut VecDeque<UsageRecord>) -> Result<bool> {
         const WHAT: &str = "query records";
         let f = &self.filter;
         let mut conds: Vec<String> = Vec::new();
@@ -116,11 +99,6 @@ impl<'a> RecordPages<'a> {
                 args.len()
             ));
         }
-        let page = match self.remaining {
-            Some(left) => left.min(self.page_size),
-            None => self.page_size,
-        };
-        let last_page = self.remaining.is_some_and(|left| left <= self.page_size);
         let columns = match f.fields {
             RecordFields::All => RECORD_COLUMNS,
             RecordFields::Training => TRAINING_COLUMNS,
@@ -143,33 +121,8 @@ impl<'a> RecordPages<'a> {
         for row in &rows {
             let record = record_from_row(row)?;
             self.after = Some((row.get(TS_COLUMN), row.get(SEQ_COLUMN)));
-            self.buffer.push_back(record);
+            into.push_back(record);
         }
-        if n < page || last_page {
-            self.exhausted = true;
-        }
-        self.page_size = (self.page_size * 4).min(MAX_PAGE);
-        Ok(())
-    }
-}
-
-impl Iterator for RecordPages<'_> {
-    type Item = Result<UsageRecord>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == Some(0) {
-            return None;
-        }
-        if self.buffer.is_empty() && !self.exhausted {
-            if let Err(e) = self.fetch_page() {
-                self.exhausted = true;
-                return Some(Err(e));
-            }
-        }
-        let record = self.buffer.pop_front()?;
-        if let Some(left) = self.remaining.as_mut() {
-            *left -= 1;
-        }
-        Some(Ok(record))
+        Ok(n < page)
     }
 }

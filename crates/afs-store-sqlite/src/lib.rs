@@ -869,7 +869,7 @@ impl UsageStore for SqliteStore {
                 ));
             }
         }
-        Ok(Box::new(stream::RecordPages::new(self, filter.clone())))
+        Ok(Box::new(stream::record_pages(self, filter.clone())))
     }
 
     fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {

@@ -9,14 +9,10 @@ use rusqlite::{params_from_iter, Connection};
 use super::rows::{record_from_row, RECORD_COLUMNS, ROWID_COLUMN, TRAINING_COLUMNS, TS_COLUMN};
 use super::time::{first_rowid_at, micros_of};
 use super::SqliteStore;
+use afs_store::paging::{PageSource, Pages};
 use afs_store::Result;
 use afs_store::UsageRecord;
-use afs_store::{FeedbackFilter, Order, Paging, RecordFields, RecordFilter};
-
-/// The first page is small so the first record arrives quickly; later pages grow
-/// ([`Paging::Growing`]). [`Paging::Bulk`] starts at the largest.
-const FIRST_PAGE: u64 = 64;
-const MAX_PAGE: u64 = 2048;
+use afs_store::{FeedbackFilter, Order, RecordFields, RecordFilter};
 
 /// Pages of at least this many rows are read through a memory map of the database file
 /// instead of copying each 8 KiB page from the kernel into SQLite's page cache (records
@@ -31,37 +27,38 @@ const MAPPED_PAGE: u64 = 64;
 const MAP_LIMIT: &str = "PRAGMA mmap_size = 2147418112";
 const UNMAP: &str = "PRAGMA mmap_size = 0";
 
-pub(crate) struct RecordPages<'a> {
-    store: &'a SqliteStore,
-    filter: RecordFilter,
-    /// `(ts_us, rowid)` of the last record returned; the next page starts after its time
-    /// (through the feedback index) or after its rowid (through the table).
-    after: Option<(i64, i64)>,
-    buffer: VecDeque<UsageRecord>,
-    page_size: u64,
-    remaining: Option<u64>,
-    exhausted: bool,
-}
-
-impl<'a> RecordPages<'a> {
-    pub(crate) fn new(store: &'a SqliteStore, filter: RecordFilter) -> Self {
-        let remaining = filter.limit;
-        let page_size = match filter.paging {
-            Paging::Growing => FIRST_PAGE,
-            Paging::Bulk => MAX_PAGE,
-        };
-        RecordPages {
+/// A stream of the records `filter` selects, read in keyset pages.
+pub(crate) fn record_pages(store: &SqliteStore, filter: RecordFilter) -> Pages<SqlitePages<'_>> {
+    let (paging, limit) = (filter.paging, filter.limit);
+    Pages::new(
+        SqlitePages {
             store,
             filter,
             after: None,
-            buffer: VecDeque::new(),
-            page_size,
-            remaining,
-            exhausted: false,
-        }
-    }
+        },
+        paging,
+        limit,
+    )
+}
 
-    fn fetch_page(&mut self) -> Result<()> {
+/// The pages of a stream: the filter's query, continued after the last record read.
+pub(crate) struct SqlitePages<'a> {
+    store: &'a SqliteStore,
+    filter: RecordFilter,
+    /// `(ts_us, rowid)` of the last record read; the next page starts after its time
+    /// (through the feedback index) or after its rowid (through the table).
+    after: Option<(i64, i64)>,
+}
+
+impl PageSource for SqlitePages<'_> {
+    fn read_page(&mut self, page: u64, into: &mut VecDeque<UsageRecord>) -> Result<bool> {
+        self.fetch_page(page, into)
+    }
+}
+
+impl SqlitePages<'_> {
+    /// Reads a page of about `page` records into `into`; returns whether it was the last.
+    fn fetch_page(&mut self, page: u64, into: &mut VecDeque<UsageRecord>) -> Result<bool> {
         let f = &self.filter;
         let mut conds: Vec<&str> = Vec::new();
         let mut args: Vec<Value> = Vec::new();
@@ -140,11 +137,6 @@ impl<'a> RecordPages<'a> {
             conds.push(&keyset);
             args.push(if by_feedback_index { ts } else { rowid }.into());
         }
-        let last_page = self.remaining.is_some_and(|left| left <= self.page_size);
-        let page = match self.remaining {
-            Some(left) => left.min(self.page_size),
-            None => self.page_size,
-        };
         let where_sql = if conds.is_empty() {
             String::new()
         } else {
@@ -168,23 +160,24 @@ impl<'a> RecordPages<'a> {
         if mapped {
             set_map(&conn, MAP_LIMIT)?;
         }
-        let read = self.read_page(&conn, &sql, args, page, last_page, by_feedback_index);
+        let read = self.read_rows(&conn, &sql, args, page, by_feedback_index, into);
         if mapped {
             set_map(&conn, UNMAP)?;
         }
         read
     }
 
-    /// Runs one page's query and keeps its records; see `fetch_page`.
-    fn read_page(
+    /// Runs one page's query and appends its records to `into`; returns whether the page
+    /// was the last. See `fetch_page`.
+    fn read_rows(
         &mut self,
         conn: &Connection,
         sql: &str,
         args: Vec<Value>,
         page: u64,
-        last_page: bool,
         by_feedback_index: bool,
-    ) -> Result<()> {
+        into: &mut VecDeque<UsageRecord>,
+    ) -> Result<bool> {
         let mut stmt = conn
             .prepare_cached(sql)
             .map_err(|e| crate::db("query records", e))?;
@@ -214,7 +207,7 @@ impl<'a> RecordPages<'a> {
             if by_feedback_index {
                 keyed.push((ts, rowid, record));
             } else {
-                self.buffer.push_back(record);
+                into.push_back(record);
             }
             n += 1;
         }
@@ -226,16 +219,10 @@ impl<'a> RecordPages<'a> {
                     keyed.sort_unstable_by_key(|&(ts, rowid, _)| std::cmp::Reverse((ts, rowid)))
                 }
             }
-            self.buffer
-                .extend(keyed.into_iter().map(|(_, _, record)| record));
+            into.extend(keyed.into_iter().map(|(_, _, record)| record));
         }
         // The table path's LIMIT ends a page; only a short one is the last.
-        let short = if by_feedback_index { !full } else { n < page };
-        if short || last_page {
-            self.exhausted = true;
-        }
-        self.page_size = (self.page_size * 4).min(MAX_PAGE);
-        Ok(())
+        Ok(if by_feedback_index { !full } else { n < page })
     }
 }
 
@@ -249,25 +236,4 @@ fn set_map(conn: &Connection, pragma: &str) -> Result<()> {
         Ok(())
     };
     set().map_err(|e| crate::db("set the memory-map limit", e))
-}
-
-impl Iterator for RecordPages<'_> {
-    type Item = Result<UsageRecord>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == Some(0) {
-            return None;
-        }
-        if self.buffer.is_empty() && !self.exhausted {
-            if let Err(e) = self.fetch_page() {
-                self.exhausted = true;
-                return Some(Err(e));
-            }
-        }
-        let record = self.buffer.pop_front()?;
-        if let Some(left) = self.remaining.as_mut() {
-            *left -= 1;
-        }
-        Some(Ok(record))
-    }
 }

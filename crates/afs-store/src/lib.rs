@@ -35,6 +35,7 @@ mod experiment;
 mod id;
 pub mod key;
 mod lease;
+pub mod paging;
 pub mod process;
 mod query;
 mod record;
