@@ -17,12 +17,6 @@ use crate::state::{micros_of, to_micros};
 use crate::units::ExpUnits;
 use crate::MemStore;
 
-fn conflict(reason: impl Into<String>) -> StoreError {
-    StoreError::Conflict {
-        reason: reason.into(),
-    }
-}
-
 impl RestoreStore for MemStore {
     fn is_empty(&self) -> Result<bool> {
         let state = self.lock_read();
@@ -58,7 +52,7 @@ impl RestoreStore for MemStore {
         let mut guard = self.lock_write();
         let state = &mut *guard;
         if !state.meta.versions.is_empty() || !state.meta.experiments.is_empty() {
-            return Err(conflict(
+            return Err(StoreError::conflict(
                 "the store already holds model versions or experiments",
             ));
         }
@@ -96,7 +90,10 @@ impl RestoreStore for MemStore {
         let mut state = self.lock_write();
         for r in records {
             if state.by_id.contains_key(&r.id) {
-                return Err(conflict(format!("record {} already exists", r.id)));
+                return Err(StoreError::conflict(format!(
+                    "record {} already exists",
+                    r.id
+                )));
             }
         }
         for r in records {
@@ -119,7 +116,10 @@ impl RestoreStore for MemStore {
         }
         let mut state = self.lock_write();
         if let Some(run) = runs.iter().find(|r| state.runs.contains_key(&r.id)) {
-            return Err(conflict(format!("run {} already exists", run.id)));
+            return Err(StoreError::conflict(format!(
+                "run {} already exists",
+                run.id
+            )));
         }
         for run in runs {
             state.runs.insert(run.id.clone(), run.clone());

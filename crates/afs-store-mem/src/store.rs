@@ -42,25 +42,6 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn not_found(id: &str) -> StoreError {
-    StoreError::NotFound {
-        what: "usage record",
-        id: id.to_string(),
-    }
-}
-
-/// The error for a clock outside the range a record may carry, naming the clock.
-fn clock_error(e: &StoreError) -> StoreError {
-    let reason = match e {
-        StoreError::InvalidInput { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    };
-    invalid(
-        "clock",
-        format!("the store's clock reads a time outside 1970..2199 ({reason}); records cannot be dated by it"),
-    )
-}
-
 impl MemStore {
     /// An empty store stamping records with `clock`, with afs-store's default field limit
     /// ([`DEFAULT_MAX_FIELD_BYTES`]).
@@ -115,7 +96,7 @@ impl MemStore {
         let needs_clock =
             record.timestamp.is_none() || matches!(&record.feedback, Some(f) if f.at.is_none());
         if needs_clock {
-            validate_time("timestamp", self.clock.now()).map_err(|e| clock_error(&e))?;
+            validate_time("timestamp", self.clock.now()).map_err(|e| StoreError::bad_clock(&e))?;
         }
         Ok(())
     }
@@ -156,7 +137,11 @@ impl MemStore {
     }
 
     fn key_of(state: &State, id: &str) -> Result<i64> {
-        state.by_id.get(id).copied().ok_or_else(|| not_found(id))
+        state
+            .by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| StoreError::record_not_found(id))
     }
 
     /// Deletes the records at `keys` and recomputes the minutes they were in.
@@ -386,7 +371,7 @@ impl UsageStore for MemStore {
             }
         }
         let now = self.clock.now();
-        validate_time("feedback_at", now).map_err(|e| clock_error(&e))?;
+        validate_time("feedback_at", now).map_err(|e| StoreError::bad_clock(&e))?;
         let mut state = self.lock_write();
         let key = Self::key_of(&state, id)?;
         state.update(key, |r| {
@@ -425,7 +410,7 @@ impl UsageStore for MemStore {
             .records
             .get(&key)
             .cloned()
-            .ok_or_else(|| not_found(id))
+            .ok_or_else(|| StoreError::record_not_found(id))
     }
 
     fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>> {

@@ -119,27 +119,6 @@ impl UsageState {
     }
 }
 
-/// The error for an unknown record id.
-fn not_found(id: &str) -> StoreError {
-    StoreError::NotFound {
-        what: "usage record",
-        id: id.to_string(),
-    }
-}
-
-/// The error for a clock outside the range a record may carry, naming the clock rather
-/// than a field the caller did not give.
-fn clock_error(e: &StoreError) -> StoreError {
-    let reason = match e {
-        StoreError::InvalidInput { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    };
-    StoreError::invalid(
-        "clock",
-        format!("the store's clock reads a time outside 1970..2199 ({reason}); records cannot be dated by it"),
-    )
-}
-
 impl PgStore {
     /// Checks a record: its fields, and the clock when the clock will date it.
     fn check_record(&self, record: &NewUsage) -> Result<()> {
@@ -147,7 +126,7 @@ impl PgStore {
         let needs_clock =
             record.timestamp.is_none() || matches!(&record.feedback, Some(f) if f.at.is_none());
         if needs_clock {
-            validate_time("timestamp", self.clock.now()).map_err(|e| clock_error(&e))?;
+            validate_time("timestamp", self.clock.now()).map_err(|e| StoreError::bad_clock(&e))?;
         }
         Ok(())
     }
@@ -175,7 +154,7 @@ impl PgStore {
             }
         };
         if changed == 0 {
-            return Err(not_found(id));
+            return Err(StoreError::record_not_found(id));
         }
         Ok(())
     }
@@ -219,7 +198,7 @@ impl UsageStore for PgStore {
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
         validate_feedback_text(text, self.config.max_field_bytes)?;
         let now = self.clock.now();
-        validate_time("feedback_at", now).map_err(|e| clock_error(&e))?;
+        validate_time("feedback_at", now).map_err(|e| StoreError::bad_clock(&e))?;
         let value = value.as_i64() as i16;
         let at = rows::micros_of(now);
         self.update_one(
@@ -284,7 +263,7 @@ impl UsageStore for PgStore {
                     .map_err(dbe(WHAT))?
                     .map(|row| row.get(0));
                 // Returning the error rolls the transaction back: nothing is written.
-                return Err(not_found(&missing.unwrap_or_default()));
+                return Err(StoreError::record_not_found(&missing.unwrap_or_default()));
             }
             Ok(())
         })
@@ -299,7 +278,7 @@ impl UsageStore for PgStore {
             .conn()?
             .query_opt(&sql, &[&id])
             .map_err(dbe("get record"))?
-            .ok_or_else(|| not_found(id))?;
+            .ok_or_else(|| StoreError::record_not_found(id))?;
         rows::record_from_row(&row)
     }
 

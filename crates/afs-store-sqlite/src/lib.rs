@@ -590,7 +590,7 @@ impl SqliteStore {
         let needs_clock =
             record.timestamp.is_none() || matches!(&record.feedback, Some(f) if f.at.is_none());
         if needs_clock {
-            validate_time("timestamp", self.clock.now()).map_err(|e| clock_error(&e))?;
+            validate_time("timestamp", self.clock.now()).map_err(|e| StoreError::bad_clock(&e))?;
         }
         Ok(())
     }
@@ -692,19 +692,6 @@ pub(crate) fn db(
     }
 }
 
-/// The error for a clock outside the range a record may carry (e.g. `AFS_NOW` set before
-/// 1970), naming the clock rather than a field the caller did not give.
-fn clock_error(e: &StoreError) -> StoreError {
-    let reason = match e {
-        StoreError::InvalidInput { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    };
-    StoreError::invalid(
-        "clock",
-        format!("the store's clock reads a time outside 1970..2199 ({reason}); records cannot be dated by it"),
-    )
-}
-
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(writer) = self.writer.take() {
@@ -745,7 +732,7 @@ impl UsageStore for SqliteStore {
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
         validate_feedback_text(text, self.config.max_field_bytes)?;
         let now = self.clock.now();
-        validate_time("feedback_at", now).map_err(|e| clock_error(&e))?;
+        validate_time("feedback_at", now).map_err(|e| StoreError::bad_clock(&e))?;
         let at = rfc3339(now);
         self.update_one(
             "record feedback",

@@ -172,12 +172,6 @@ pub trait ExperimentBackend: Send + Sync {
     fn record_unit_covariates(&self, experiment_id: i64, since: DateTime<Utc>) -> Result<u64>;
 }
 
-fn conflict(reason: impl Into<String>) -> StoreError {
-    StoreError::Conflict {
-        reason: reason.into(),
-    }
-}
-
 /// Refuses a weight outside [0, 1].
 pub fn check_weight(weight: f64) -> Result<()> {
     if !weight.is_finite() || !(0.0..=1.0).contains(&weight) {
@@ -269,7 +263,7 @@ pub fn check_state(max_field_bytes: usize, state: &SequentialState) -> Result<()
 /// Fails with `Conflict` when `name` was ever used by a version.
 fn check_name_unused(tx: &mut dyn ExperimentTx, name: &str) -> Result<()> {
     match tx.version_named(name)? {
-        Some(v) => Err(conflict(format!(
+        Some(v) => Err(StoreError::conflict(format!(
             "model name {name:?} is already used by version {} ({}); names are never reused \
              because usage statistics are kept per model name",
             v.id,
@@ -291,7 +285,7 @@ fn not_found(id: i64) -> StoreError {
 fn running(tx: &mut dyn ExperimentTx, id: i64) -> Result<(Experiment, ModelVersion, ModelVersion)> {
     let experiment = tx.experiment(id)?.ok_or_else(|| not_found(id))?;
     if experiment.status != ExperimentStatus::Running {
-        return Err(conflict(format!(
+        return Err(StoreError::conflict(format!(
             "experiment {id} is not running (it is {})",
             experiment.status.as_str()
         )));
@@ -385,7 +379,7 @@ impl<B: ExperimentBackend> ExperimentStore for B {
         check_note(self.max_field_bytes(), note)?;
         self.write("set champion", |tx| {
             if let Some(id) = tx.running_experiment_id()? {
-                return Err(conflict(format!(
+                return Err(StoreError::conflict(format!(
                     "experiment {id} is running; promote or roll back its challenger before \
                      setting a champion"
                 )));
@@ -421,12 +415,12 @@ impl<B: ExperimentBackend> ExperimentStore for B {
         check_weight(weight)?;
         self.write("deploy challenger", |tx| {
             let Some(champion) = tx.champion()? else {
-                return Err(conflict(
+                return Err(StoreError::conflict(
                     "no champion is set; set a champion before deploying a challenger",
                 ));
             };
             if let Some(id) = tx.running_experiment_id()? {
-                return Err(conflict(format!(
+                return Err(StoreError::conflict(format!(
                     "experiment {id} is already running; promote or roll back its challenger first"
                 )));
             }

@@ -120,6 +120,39 @@ impl StoreError {
         }
     }
 
+    /// A [`StoreError::Conflict`]: the store's state forbids the operation.
+    pub fn conflict(reason: impl Into<String>) -> Self {
+        StoreError::Conflict {
+            reason: reason.into(),
+        }
+    }
+
+    /// The [`StoreError::NotFound`] of the usage record `id`.
+    pub fn record_not_found(id: &str) -> Self {
+        StoreError::NotFound {
+            what: "usage record",
+            id: id.to_string(),
+        }
+    }
+
+    /// The error for a store clock outside the range a record may carry (e.g. `AFS_NOW`
+    /// before 1970), from the check `e` of the time it reads: an
+    /// [`StoreError::InvalidInput`] naming the clock rather than a field the caller did not
+    /// give.
+    pub fn bad_clock(e: &StoreError) -> Self {
+        let reason = match e {
+            StoreError::InvalidInput { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        StoreError::invalid(
+            "clock",
+            format!(
+                "the store's clock reads a time outside 1970..2199 ({reason}); records cannot \
+                 be dated by it"
+            ),
+        )
+    }
+
     /// An [`StoreError::InvalidInput`] naming `field`.
     pub fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
         StoreError::InvalidInput {
