@@ -515,34 +515,11 @@ impl Formatter for BuiltIn {
         match self.format {
             Format::ChatMl | Format::OpenAi => {
                 let response = response_of(example).ok_or_else(refused)?;
-                out.extend_from_slice(b"{\"messages\":");
-                let (system, mut turns) = prompt_turns(example);
-                turns.push(("assistant", response));
-                push_messages(out, system, &turns);
-                if self.format == Format::ChatMl && self.metadata {
-                    out.extend_from_slice(b",\"metadata\":");
-                    push_metadata(out, &example.metadata);
-                }
+                self.push_messages_line(out, example, response);
             }
             Format::Alpaca => {
                 let output = response_of(example).ok_or_else(refused)?;
-                out.extend_from_slice(b"{\"instruction\":");
-                let (system, turns) = prompt_turns(example);
-                match example.turns {
-                    None => push_json_str(out, example.prompt),
-                    // A conversation: its turns in the plain template, without a trailing
-                    // separator (the system prompt has a key of its own).
-                    Some(_) => push_json_str(
-                        out,
-                        render_plain_turns(None, &turns).trim_end_matches(PLAIN_SEPARATOR),
-                    ),
-                }
-                out.extend_from_slice(b",\"input\":\"\",\"output\":");
-                push_json_str(out, output);
-                if let Some(system) = system {
-                    out.extend_from_slice(b",\"system\":");
-                    push_json_str(out, system);
-                }
+                push_alpaca_line(out, example, output);
             }
             Format::Completion => {
                 let response = response_of(example).ok_or_else(refused)?;
@@ -553,38 +530,11 @@ impl Formatter for BuiltIn {
             }
             Format::Text => {
                 let response = response_of(example).ok_or_else(refused)?;
-                out.extend_from_slice(b"{\"text\":");
-                // A rehearsal `text` line arrives whole, as a prompt with an empty response.
-                if response.is_empty() && example.system.is_none() && example.turns.is_none() {
-                    push_json_str(out, example.prompt);
-                } else {
-                    push_json_str(out, &render_text(example, response));
-                }
+                push_text_line(out, example, response);
             }
             Format::ShareGpt => {
-                // The system turn is inside the conversation, and the roles are the ones
-                // TRL's chat templates need after its `from`/`value` renaming; axolotl reads
-                // them as they are, LLaMA-Factory with its `tags` set (docs/TRAINING.md).
                 let response = response_of(example).ok_or_else(refused)?;
-                out.extend_from_slice(b"{\"conversations\":[");
-                let (system, mut turns) = prompt_turns(example);
-                turns.push(("assistant", response));
-                for (i, (from, value)) in system
-                    .map(|s| ("system", s))
-                    .iter()
-                    .chain(&turns)
-                    .enumerate()
-                {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(b"{\"from\":");
-                    push_json_str(out, from);
-                    out.extend_from_slice(b",\"value\":");
-                    push_json_str(out, value);
-                    out.push(b'}');
-                }
-                out.push(b']');
+                push_sharegpt_line(out, example, response);
             }
             Format::Dpo => {
                 let Body::Preference { chosen, rejected } = example.body else {
@@ -601,21 +551,7 @@ impl Formatter for BuiltIn {
                 let Body::Preference { chosen, rejected } = example.body else {
                     return Err(refused());
                 };
-                out.extend_from_slice(b"{\"input\":{\"messages\":");
-                let (system, turns) = prompt_turns(example);
-                // OpenAI's preference fine-tuning takes a one-turn input: the turns of a
-                // longer conversation become one user message, in the plain template.
-                if let [("user", _)] = turns[..] {
-                    push_messages(out, system, &turns);
-                } else {
-                    let flat = render_plain_turns(None, &turns);
-                    let flat = flat.trim_end_matches(PLAIN_SEPARATOR);
-                    push_messages(out, system, &[("user", flat)]);
-                }
-                out.extend_from_slice(b"},\"preferred_output\":");
-                push_messages(out, None, &[("assistant", chosen)]);
-                out.extend_from_slice(b",\"non_preferred_output\":");
-                push_messages(out, None, &[("assistant", rejected)]);
+                push_openai_dpo_line(out, example, chosen, rejected);
             }
             Format::Kto => {
                 let Body::Labeled { completion, label } = example.body else {
@@ -635,6 +571,100 @@ impl Formatter for BuiltIn {
         out.extend_from_slice(b"}\n");
         Ok(())
     }
+}
+
+impl BuiltIn {
+    /// The line of `chatml` and `openai` but for its closing brace: the messages (the
+    /// prompt's, then `response` as the assistant's), and `chatml`'s metadata when on.
+    fn push_messages_line(&self, out: &mut Vec<u8>, example: &Example<'_>, response: &str) {
+        out.extend_from_slice(b"{\"messages\":");
+        let (system, mut turns) = prompt_turns(example);
+        turns.push(("assistant", response));
+        push_messages(out, system, &turns);
+        if self.format == Format::ChatMl && self.metadata {
+            out.extend_from_slice(b",\"metadata\":");
+            push_metadata(out, &example.metadata);
+        }
+    }
+}
+
+/// An `alpaca` line but for its closing brace: the instruction, an empty input, `output`,
+/// and the system prompt when there is one.
+fn push_alpaca_line(out: &mut Vec<u8>, example: &Example<'_>, output: &str) {
+    out.extend_from_slice(b"{\"instruction\":");
+    let (system, turns) = prompt_turns(example);
+    match example.turns {
+        None => push_json_str(out, example.prompt),
+        // A conversation: its turns in the plain template, without a trailing
+        // separator (the system prompt has a key of its own).
+        Some(_) => push_json_str(
+            out,
+            render_plain_turns(None, &turns).trim_end_matches(PLAIN_SEPARATOR),
+        ),
+    }
+    out.extend_from_slice(b",\"input\":\"\",\"output\":");
+    push_json_str(out, output);
+    if let Some(system) = system {
+        out.extend_from_slice(b",\"system\":");
+        push_json_str(out, system);
+    }
+}
+
+/// A `text` line but for its closing brace: the example's text (see [`render_text`]).
+fn push_text_line(out: &mut Vec<u8>, example: &Example<'_>, response: &str) {
+    out.extend_from_slice(b"{\"text\":");
+    // A rehearsal `text` line arrives whole, as a prompt with an empty response.
+    if response.is_empty() && example.system.is_none() && example.turns.is_none() {
+        push_json_str(out, example.prompt);
+    } else {
+        push_json_str(out, &render_text(example, response));
+    }
+}
+
+/// A `sharegpt` line but for its closing brace: the conversation, `response` last.
+fn push_sharegpt_line(out: &mut Vec<u8>, example: &Example<'_>, response: &str) {
+    // The system turn is inside the conversation, and the roles are the ones
+    // TRL's chat templates need after its `from`/`value` renaming; axolotl reads
+    // them as they are, LLaMA-Factory with its `tags` set (docs/TRAINING.md).
+    out.extend_from_slice(b"{\"conversations\":[");
+    let (system, mut turns) = prompt_turns(example);
+    turns.push(("assistant", response));
+    for (i, (from, value)) in system
+        .map(|s| ("system", s))
+        .iter()
+        .chain(&turns)
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"from\":");
+        push_json_str(out, from);
+        out.extend_from_slice(b",\"value\":");
+        push_json_str(out, value);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// An `openai-dpo` line but for its closing brace: the one-turn input, then the
+/// `chosen` and `rejected` outputs.
+fn push_openai_dpo_line(out: &mut Vec<u8>, example: &Example<'_>, chosen: &str, rejected: &str) {
+    out.extend_from_slice(b"{\"input\":{\"messages\":");
+    let (system, turns) = prompt_turns(example);
+    // OpenAI's preference fine-tuning takes a one-turn input: the turns of a
+    // longer conversation become one user message, in the plain template.
+    if let [("user", _)] = turns[..] {
+        push_messages(out, system, &turns);
+    } else {
+        let flat = render_plain_turns(None, &turns);
+        let flat = flat.trim_end_matches(PLAIN_SEPARATOR);
+        push_messages(out, system, &[("user", flat)]);
+    }
+    out.extend_from_slice(b"},\"preferred_output\":");
+    push_messages(out, None, &[("assistant", chosen)]);
+    out.extend_from_slice(b",\"non_preferred_output\":");
+    push_messages(out, None, &[("assistant", rejected)]);
 }
 
 /// The text of a `text` line: the plain prompt (the system prompt if any, and the query

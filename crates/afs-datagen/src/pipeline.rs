@@ -198,18 +198,7 @@ pub fn generate_with(
             built_in.as_ref()
         }
     };
-    // Checked before anything is read: the path must not be the database, another user's
-    // file, a directory... (see `afs_store::resolve_output`).
-    let target = afs_store::resolve_output(output, "out", &store.files())?;
-    let manifest_target = match &target {
-        OutputTarget::File(path) => Some(afs_store::resolve_output(
-            &manifest_path(path),
-            "out",
-            &store.files(),
-        )?),
-        // A FIFO or device has no directory to put a manifest in.
-        OutputTarget::Stream(_) => None,
-    };
+    let (target, manifest_target) = resolve_targets(store, output)?;
     let report = |stage: Stage, done: u64, total: Option<u64>| {
         if let Some(p) = hooks.progress {
             p(Progress { stage, done, total });
@@ -220,32 +209,112 @@ pub fn generate_with(
         Ok(())
     };
 
-    let existing = match &config.existing {
-        Some(path) => Some(existing::index(
+    let existing = read_existing(config, &report)?;
+    let eligible = existing.as_ref().map_or(0, |e| e.report.eligible);
+    let rehearsal = config.rehearsal_ratio > 0.0 && eligible > 0;
+    let new_budget = new_budget(config, eligible, rehearsal);
+
+    let mut sink = TempFile::create_for(&target, "create temporary output file")?;
+    let mut run = Run::new(config, existing.as_ref(), new_budget, formatter);
+    stream(&mut run, store, scorer, &mut sink, &report)?;
+
+    let rehearsal_samples = rehearse(
+        &mut run, &mut sink, &target, output, eligible, rehearsal, &report,
+    )?;
+    let mut result = finish_output(
+        &run,
+        hooks.formatter.map(|f| f.name().to_string()),
+        rehearsal_samples,
+        &mut sink,
+        output,
+        manifest_target.as_ref(),
+    )?;
+    result.existing = existing.map(|e| e.report);
+    commit(config, sink, manifest_target.as_ref(), &result)?;
+    tracing::info!(
+        output = %output.display(),
+        candidates = result.total_candidates,
+        written = result.final_count,
+        "training data generated"
+    );
+    Ok(result)
+}
+
+/// Where the output and its manifest go, checked before anything is read: a path must
+/// not be the database, another user's file, a directory... (see
+/// `afs_store::resolve_output`). A FIFO or device has no directory to put a manifest in,
+/// so a stream gets none.
+fn resolve_targets(
+    store: &dyn UsageStore,
+    output: &Path,
+) -> Result<(OutputTarget, Option<OutputTarget>), DatagenError> {
+    let target = afs_store::resolve_output(output, "out", &store.files())?;
+    let manifest_target = match &target {
+        OutputTarget::File(path) => Some(afs_store::resolve_output(
+            &manifest_path(path),
+            "out",
+            &store.files(),
+        )?),
+        OutputTarget::Stream(_) => None,
+    };
+    Ok((target, manifest_target))
+}
+
+/// The index of the existing file ([`GeneratorConfig::existing`]), if there is one.
+fn read_existing(
+    config: &GeneratorConfig,
+    report: Report<'_>,
+) -> Result<Option<ExistingIndex>, DatagenError> {
+    match &config.existing {
+        Some(path) => Ok(Some(existing::index(
             path,
             config.format,
             config.system_prompt.as_deref(),
             config.deduplicate,
             |n| report(Stage::ReadExisting, n, None),
-        )?),
-        None => None,
-    };
-    let eligible = existing.as_ref().map_or(0, |e| e.report.eligible);
-    let rehearsal = config.rehearsal_ratio > 0.0 && eligible > 0;
-    let new_budget = config.max_samples.map(|cap| {
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// How many new samples the cap leaves room for, after reserving the rehearsal share of
+/// the `eligible` existing samples (when `rehearsal`); at least one. `None` without a cap.
+fn new_budget(config: &GeneratorConfig, eligible: u64, rehearsal: bool) -> Option<u64> {
+    config.max_samples.map(|cap| {
         let reserve = if rehearsal {
             eligible.min((cap as f64 * config.rehearsal_ratio).round() as u64)
         } else {
             0
         };
         cap - reserve.min(cap - 1)
-    });
+    })
+}
 
-    let mut sink = TempFile::create_for(&target, "create temporary output file")?;
-    let mut run = Run::new(config, existing.as_ref(), new_budget, formatter);
+/// How many of the `eligible` existing samples to mix in among `new_samples` new ones:
+/// the rehearsal share, within the cap's room.
+fn rehearsal_take(config: &GeneratorConfig, eligible: u64, new_samples: u64) -> u64 {
+    let wanted = (new_samples as f64 * config.rehearsal_ratio / (1.0 - config.rehearsal_ratio))
+        .round() as u64;
+    let room = config
+        .max_samples
+        .map_or(u64::MAX, |cap| cap.saturating_sub(new_samples));
+    eligible.min(wanted).min(room)
+}
+
+/// The streaming stages: the `dpo` first pass, then the window's records through `run`
+/// in log order (the store applying the conditions it can, see [`pushdown`]), the
+/// scores written back, and the cap's survivors written to `sink`.
+fn stream(
+    run: &mut Run<'_>,
+    store: &dyn UsageStore,
+    scorer: &dyn QualityScorer,
+    sink: &mut TempFile,
+    report: Report<'_>,
+) -> Result<(), DatagenError> {
+    let config = run.config;
     let workers = scan::workers();
     if config.format.is_paired() {
-        run.pairable = pairable_queries(store, config, workers, &report)?;
+        run.pairable = pairable_queries(store, config, workers, report)?;
     }
     let window = StatsWindow {
         since: config.since,
@@ -275,8 +344,8 @@ pub fn generate_with(
         config,
         // Lines are written as the records stream only without a cap and outside `dpo`;
         // otherwise they are formatted when kept or paired.
-        preformat: new_budget.is_none() && !config.format.is_paired(),
-        formatter,
+        preformat: run.budget.is_none() && !config.format.is_paired(),
+        formatter: run.emitter.formatter,
     };
     let mut streamed = 0u64;
     scan::scan(
@@ -286,7 +355,7 @@ pub fn generate_with(
         &|| (KeyBuilder::default(), config.redact.then(Redactor::new)),
         &|(keys, redactor), record, bytes| preparer.prepare(keys, redactor.as_ref(), record, bytes),
         |prepared, bytes| {
-            run.process(store, scorer, prepared, bytes, &mut sink)?;
+            run.process(store, scorer, prepared, bytes, sink)?;
             streamed += 1;
             if streamed % PROGRESS_EVERY == 0 {
                 report(Stage::Scan, streamed, scan_total)?;
@@ -301,87 +370,101 @@ pub fn generate_with(
     }
     report(Stage::Scan, streamed, Some(streamed))?;
     run.write_back(store)?;
-    run.finish_stream(&mut sink, &report)?;
+    run.finish_stream(sink, report)
+}
 
-    let new_samples = run.emitter.new_samples;
-    let rehearsal_samples = if rehearsal {
-        let wanted = (new_samples as f64 * config.rehearsal_ratio / (1.0 - config.rehearsal_ratio))
-            .round() as u64;
-        let room = config
-            .max_samples
-            .map_or(u64::MAX, |cap| cap.saturating_sub(new_samples));
-        eligible.min(wanted).min(room)
+/// Rehearsal (when `rehearsal`): mixes the share of the `eligible` existing samples
+/// due in among the new ones, `sink` becoming the spool they are read back from and a new
+/// temporary file for `target` the output. Returns how many were mixed in.
+fn rehearse(
+    run: &mut Run<'_>,
+    sink: &mut TempFile,
+    target: &OutputTarget,
+    output: &Path,
+    eligible: u64,
+    rehearsal: bool,
+    report: Report<'_>,
+) -> Result<u64, DatagenError> {
+    let config = run.config;
+    let take = if rehearsal {
+        rehearsal_take(config, eligible, run.emitter.new_samples)
     } else {
         0
     };
-    if rehearsal_samples > 0 {
-        let path = config
-            .existing
-            .as_deref()
-            .expect("rehearsal needs an existing file");
-        let spool = std::mem::replace(
-            &mut sink,
-            TempFile::create_for(&target, "create temporary output file")?,
-        );
-        let rehearsal_plan = Rehearsal {
-            path,
-            eligible,
-            take: rehearsal_samples,
-        };
-        merge(
-            &mut run,
-            spool.into_lines()?,
-            &mut sink,
-            output,
-            &rehearsal_plan,
-            &report,
-        )?;
-    }
-    let (output_blake3, output_bytes) = sink.finish()?;
+    // Existing samples to take mean an existing file.
+    let Some(path) = config.existing.as_deref().filter(|_| take > 0) else {
+        return Ok(take);
+    };
+    let spool = std::mem::replace(
+        sink,
+        TempFile::create_for(target, "create temporary output file")?,
+    );
+    let plan = Rehearsal {
+        path,
+        eligible,
+        take,
+    };
+    merge(run, spool.into_lines()?, sink, output, &plan, report)?;
+    Ok(take)
+}
 
+/// Finishes the output file and gathers the run's result, but for the existing file's
+/// report (`existing` is `None`: the caller moves the report in once `run` is done).
+fn finish_output(
+    run: &Run<'_>,
+    formatter: Option<String>,
+    rehearsal_samples: u64,
+    sink: &mut TempFile,
+    output: &Path,
+    manifest_target: Option<&OutputTarget>,
+) -> Result<GenerationResult, DatagenError> {
+    let (output_blake3, output_bytes) = sink.finish()?;
+    let counts = &run.counts;
     let emitter = &run.emitter;
-    let result = GenerationResult {
-        format: config.format,
-        formatter: hooks.formatter.map(|f| f.name().to_string()),
-        total_candidates: run.counts.total_candidates,
-        filtered_by_feedback: run.counts.filtered_by_feedback,
-        scored_records: run.counts.scored_records,
-        filtered_by_quality: run.counts.filtered_by_quality,
-        duplicates_removed: run.counts.duplicates_removed,
-        near_duplicates_removed: run.counts.near_duplicates_removed,
-        existing_duplicates_removed: run.counts.existing_duplicates_removed,
-        unpaired: run.counts.unpaired,
-        capped: run.counts.capped,
-        new_samples,
+    Ok(GenerationResult {
+        format: run.config.format,
+        formatter,
+        total_candidates: counts.total_candidates,
+        filtered_by_feedback: counts.filtered_by_feedback,
+        scored_records: counts.scored_records,
+        filtered_by_quality: counts.filtered_by_quality,
+        duplicates_removed: counts.duplicates_removed,
+        near_duplicates_removed: counts.near_duplicates_removed,
+        existing_duplicates_removed: counts.existing_duplicates_removed,
+        unpaired: counts.unpaired,
+        capped: counts.capped,
+        new_samples: emitter.new_samples,
         rehearsal_samples,
         final_count: sink.lines(),
         redactions: emitter.redactions,
         quality_stats: emitter.quality.stats(),
         records: emitter.span.to_span(),
-        existing: existing.map(|e| e.report),
+        existing: None,
         output_path: output.to_path_buf(),
         manifest_path: manifest_target
-            .as_ref()
             .map(|t| t.path().to_path_buf())
             .unwrap_or_default(),
         output_blake3,
         output_bytes,
-    };
+    })
+}
+
+/// Writes the manifest (when there is a place for one) and renames the output and the
+/// manifest to their paths.
+fn commit(
+    config: &GeneratorConfig,
+    sink: TempFile,
+    manifest_target: Option<&OutputTarget>,
+    result: &GenerationResult,
+) -> Result<(), DatagenError> {
     let mut files = vec![sink];
-    if let Some(manifest_target) = &manifest_target {
+    if let Some(manifest_target) = manifest_target {
         let mut manifest = TempFile::create_for(manifest_target, "create temporary manifest file")?;
-        manifest.write_line(&manifest_bytes(config, &result))?;
+        manifest.write_line(&manifest_bytes(config, result))?;
         manifest.finish()?;
         files.push(manifest);
     }
-    TempFile::commit_all(files)?;
-    tracing::info!(
-        output = %output.display(),
-        candidates = result.total_candidates,
-        written = result.final_count,
-        "training data generated"
-    );
-    Ok(result)
+    TempFile::commit_all(files)
 }
 
 /// The conditions the store applies itself, so records that cannot pass are never read,
@@ -522,6 +605,30 @@ struct Candidate {
     line: Option<Bytes>,
 }
 
+impl Candidate {
+    /// The texts to write: the query, the response and a conversation's turns before the
+    /// response, redacted where redaction changed them.
+    fn texts(&self) -> (&str, &str, Option<&[Message]>) {
+        let record = &self.record;
+        let query = self.redacted_query.as_deref().unwrap_or(&record.query);
+        let response = self
+            .redacted_response
+            .as_deref()
+            .unwrap_or(&record.response);
+        let turns = self.redacted_turns.as_deref().or(prompt_turns_of(record));
+        (query, response, turns)
+    }
+
+    /// The exact-dedupe key of the texts written (see [`Candidate::texts`]), when
+    /// deduplicating.
+    fn dedupe_key(&self) -> Option<Key> {
+        match (self.raw_key, self.redacted_key) {
+            (Some(_), Some(key)) => Some(key),
+            (raw, _) => raw,
+        }
+    }
+}
+
 /// The per-record work of the streaming stages that needs no state shared between
 /// records: the filters on stored values, dedupe keys, redaction and formatting.
 struct Preparer<'c> {
@@ -533,6 +640,9 @@ struct Preparer<'c> {
 }
 
 impl Preparer<'_> {
+    /// A streamed record's own work: the filters on stored values, then for a candidate
+    /// its dedupe keys, redaction and (see [`Preparer::preformat`]) its line, appended to
+    /// `bytes`.
     fn prepare(
         &self,
         keys: &mut KeyBuilder,
@@ -540,29 +650,10 @@ impl Preparer<'_> {
         record: UsageRecord,
         bytes: &mut Vec<u8>,
     ) -> Prepared {
+        if let Some(filtered) = self.filtered(&record) {
+            return filtered;
+        }
         let config = self.config;
-        let preference = config.format.is_preference();
-        let passes_feedback = if preference {
-            matches!(
-                record.feedback,
-                Some(FeedbackValue::Positive | FeedbackValue::Negative)
-            )
-        } else {
-            match config.min_user_feedback {
-                None => true,
-                Some(n) => record.feedback.is_some_and(|f| f.as_i64() >= n),
-            }
-        };
-        if !passes_feedback {
-            return Prepared::FilteredByFeedback;
-        }
-        let negative = record.feedback == Some(FeedbackValue::Negative);
-        if let Some(q) = record.quality_score {
-            if !(preference && negative) && q < config.min_quality_score {
-                return Prepared::FilteredByQuality;
-            }
-        }
-
         // The store keeps the pair's key with every record it logged; rows written before
         // it did (or by the Python module) are hashed here, with the same function.
         let raw_key = config.deduplicate.then(|| {
@@ -581,18 +672,7 @@ impl Preparer<'_> {
         };
         // A conversation's earlier turns are redacted like the query, and counted with it.
         let redacted_turns = match (redactor, prompt_turns_of(&record)) {
-            (Some(r), Some(turns)) => {
-                let mut changed = false;
-                let redacted: Vec<Message> = turns
-                    .iter()
-                    .map(|m| {
-                        let content = r.redact(&m.content, &mut query_redactions);
-                        changed |= matches!(content, Cow::Owned(_));
-                        Message::new(m.role, content.into_owned())
-                    })
-                    .collect();
-                changed.then_some(redacted)
-            }
+            (Some(r), Some(turns)) => redact_turns(r, turns, &mut query_redactions),
             _ => None,
         };
         let query = redacted_query.as_deref().unwrap_or(&record.query);
@@ -614,18 +694,7 @@ impl Preparer<'_> {
                     (query, response, turns),
                     (query_redactions, response_redactions),
                 );
-                let start = bytes.len();
-                let example = example_of(
-                    Unit::One(side),
-                    config.format,
-                    config.system_prompt.as_deref(),
-                );
-                // A formatter that refuses the example appends nothing; the consumer then
-                // formats it again and reports the error in order.
-                self.formatter
-                    .write_line(&example, bytes)
-                    .is_ok()
-                    .then_some(start..bytes.len())
+                self.format_ahead(side, bytes)
             }
             _ => None,
         };
@@ -642,6 +711,71 @@ impl Preparer<'_> {
             line,
         }))
     }
+
+    /// The filters on stored values: the feedback filter, then the quality filter for a
+    /// record with a score (thumbs-down records skip it in `dpo`/`kto`). The outcome of a
+    /// record one of them drops, `None` for one that passes.
+    fn filtered(&self, record: &UsageRecord) -> Option<Prepared> {
+        let config = self.config;
+        let preference = config.format.is_preference();
+        let passes_feedback = if preference {
+            matches!(
+                record.feedback,
+                Some(FeedbackValue::Positive | FeedbackValue::Negative)
+            )
+        } else {
+            match config.min_user_feedback {
+                None => true,
+                Some(n) => record.feedback.is_some_and(|f| f.as_i64() >= n),
+            }
+        };
+        if !passes_feedback {
+            return Some(Prepared::FilteredByFeedback);
+        }
+        let negative = record.feedback == Some(FeedbackValue::Negative);
+        if let Some(q) = record.quality_score {
+            if !(preference && negative) && q < config.min_quality_score {
+                return Some(Prepared::FilteredByQuality);
+            }
+        }
+        None
+    }
+
+    /// Appends the output line of `side` to `bytes` and returns where it is. A formatter
+    /// that refuses the example appends nothing (`None`); the consumer then formats it
+    /// again and reports the error in order.
+    fn format_ahead(&self, side: SideRef<'_>, bytes: &mut Vec<u8>) -> Option<Bytes> {
+        let config = self.config;
+        let start = bytes.len();
+        let example = example_of(
+            Unit::One(side),
+            config.format,
+            config.system_prompt.as_deref(),
+        );
+        self.formatter
+            .write_line(&example, bytes)
+            .is_ok()
+            .then_some(start..bytes.len())
+    }
+}
+
+/// A conversation's `turns` after redaction by `r`, if it changed any; what it replaced is
+/// added to `counts`.
+fn redact_turns(
+    r: &Redactor,
+    turns: &[Message],
+    counts: &mut RedactionCounts,
+) -> Option<Vec<Message>> {
+    let mut changed = false;
+    let redacted: Vec<Message> = turns
+        .iter()
+        .map(|m| {
+            let content = r.redact(&m.content, counts);
+            changed |= matches!(content, Cow::Owned(_));
+            Message::new(m.role, content.into_owned())
+        })
+        .collect();
+    changed.then_some(redacted)
 }
 
 /// A conversation's turns before its response (every turn but the final assistant turn),
@@ -1065,7 +1199,6 @@ impl<'c> Run<'c> {
         bytes: &[u8],
         sink: &mut TempFile,
     ) -> Result<(), DatagenError> {
-        let config = self.config;
         let seq = self.counts.total_candidates;
         self.counts.total_candidates += 1;
         let candidate = match prepared {
@@ -1080,35 +1213,8 @@ impl<'c> Run<'c> {
             Prepared::Candidate(candidate) => candidate,
         };
         let record = &candidate.record;
-        let quality = match record.quality_score {
-            Some(q) => q,
-            None => {
-                let q = scorer
-                    .score(&record.query, &record.response)
-                    .map_err(|source| DatagenError::Scorer {
-                        id: record.id.clone(),
-                        source,
-                    })?;
-                if !q.is_finite() || !(0.0..=1.0).contains(&q) {
-                    return Err(DatagenError::InvalidScore {
-                        id: record.id.clone(),
-                        value: q,
-                    });
-                }
-                self.counts.scored_records += 1;
-                if config.write_back_scores {
-                    self.scores.push((record.id.clone(), q));
-                    if self.scores.len() >= SCORE_BATCH {
-                        self.write_back(store)?;
-                    }
-                }
-                let negative = record.feedback == Some(FeedbackValue::Negative);
-                if !(config.format.is_preference() && negative) && q < config.min_quality_score {
-                    self.counts.filtered_by_quality += 1;
-                    return Ok(());
-                }
-                q
-            }
+        let Some(quality) = self.quality_of(store, scorer, record)? else {
+            return Ok(());
         };
 
         if let Some(raw) = candidate.raw_key {
@@ -1117,61 +1223,18 @@ impl<'c> Run<'c> {
                 return Ok(());
             }
         }
-
-        if let Some(near) = &mut self.near {
-            // A conversation is compared whole: every turn before the response, then it.
-            let prompt = match prompt_turns_of(record) {
-                Some(turns) => Cow::Owned(
-                    turns
-                        .iter()
-                        .map(|m| m.content.as_str())
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                ),
-                None => Cow::Borrowed(record.query.as_str()),
-            };
-            if near.check_and_insert(&prompt, &record.response) {
-                self.counts.near_duplicates_removed += 1;
-                return Ok(());
-            }
+        if self.is_near_duplicate(record) {
+            self.counts.near_duplicates_removed += 1;
+            return Ok(());
         }
-
-        let query = candidate.redacted_query.as_deref().unwrap_or(&record.query);
-        let response = candidate
-            .redacted_response
-            .as_deref()
-            .unwrap_or(&record.response);
-        let turns = candidate
-            .redacted_turns
-            .as_deref()
-            .or(prompt_turns_of(record));
-        let key = match (candidate.raw_key, candidate.redacted_key) {
-            (Some(raw), Some(key)) => {
-                if key != raw && !self.seen.insert(key) {
-                    self.counts.duplicates_removed += 1;
-                    return Ok(());
-                }
-                Some(key)
-            }
-            (raw, _) => raw,
-        };
-
-        if let (Some(existing), Some(key)) = (self.existing, key) {
-            let example = Example {
-                system: config.system_prompt.as_deref(),
-                prompt: query,
-                turns,
-                body: Body::Response(response),
-                metadata: Metadata::default(),
-            };
-            let in_text = existing.has_text
-                && existing
-                    .keys
-                    .contains(&self.keys.text(&render_text(&example, response)));
-            if in_text || existing.keys.contains(&key) {
-                self.counts.existing_duplicates_removed += 1;
-                return Ok(());
-            }
+        let (query, response, turns) = candidate.texts();
+        if self.is_redacted_duplicate(candidate) {
+            self.counts.duplicates_removed += 1;
+            return Ok(());
+        }
+        if self.is_in_existing(candidate.dedupe_key(), (query, response, turns)) {
+            self.counts.existing_duplicates_removed += 1;
+            return Ok(());
         }
 
         let side = SideRef::of(
@@ -1180,7 +1243,7 @@ impl<'c> Run<'c> {
             (query, response, turns),
             (candidate.query_redactions, candidate.response_redactions),
         );
-        if config.format.is_paired() {
+        if self.config.format.is_paired() {
             let query_key = candidate
                 .query_key
                 .unwrap_or_else(|| self.keys.prompt(&record.query, prompt_turns_of(record)));
@@ -1188,6 +1251,101 @@ impl<'c> Run<'c> {
         }
         let line = candidate.line.clone().map(|range| &bytes[range]);
         self.accept(seq, Unit::One(side), line, sink)
+    }
+
+    /// The record's quality: its stored score, or the one `scorer` gives it (counted, kept
+    /// for writing back when [`GeneratorConfig::write_back_scores`] is set, and written
+    /// back once a batch is full). `None` when the quality filter drops a record scored
+    /// here (counted).
+    fn quality_of(
+        &mut self,
+        store: &dyn UsageStore,
+        scorer: &dyn QualityScorer,
+        record: &UsageRecord,
+    ) -> Result<Option<f64>, DatagenError> {
+        if let Some(q) = record.quality_score {
+            return Ok(Some(q));
+        }
+        let config = self.config;
+        let q = scorer
+            .score(&record.query, &record.response)
+            .map_err(|source| DatagenError::Scorer {
+                id: record.id.clone(),
+                source,
+            })?;
+        if !q.is_finite() || !(0.0..=1.0).contains(&q) {
+            return Err(DatagenError::InvalidScore {
+                id: record.id.clone(),
+                value: q,
+            });
+        }
+        self.counts.scored_records += 1;
+        if config.write_back_scores {
+            self.scores.push((record.id.clone(), q));
+            if self.scores.len() >= SCORE_BATCH {
+                self.write_back(store)?;
+            }
+        }
+        let negative = record.feedback == Some(FeedbackValue::Negative);
+        if !(config.format.is_preference() && negative) && q < config.min_quality_score {
+            self.counts.filtered_by_quality += 1;
+            return Ok(None);
+        }
+        Ok(Some(q))
+    }
+
+    /// Near-dedupe (when on): whether the record is close to an earlier one; if not, it is
+    /// remembered. A conversation is compared whole: every turn before the response, then
+    /// it.
+    fn is_near_duplicate(&mut self, record: &UsageRecord) -> bool {
+        let Some(near) = &mut self.near else {
+            return false;
+        };
+        let prompt = match prompt_turns_of(record) {
+            Some(turns) => Cow::Owned(
+                turns
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            None => Cow::Borrowed(record.query.as_str()),
+        };
+        near.check_and_insert(&prompt, &record.response)
+    }
+
+    /// Exact dedupe after redaction: whether the redacted texts, where redaction changed
+    /// them, duplicate an earlier sample; if not, their key is remembered.
+    fn is_redacted_duplicate(&mut self, candidate: &Candidate) -> bool {
+        match (candidate.raw_key, candidate.redacted_key) {
+            (Some(raw), Some(key)) => key != raw && !self.seen.insert(key),
+            _ => false,
+        }
+    }
+
+    /// The merge check: whether the sample with dedupe `key` and these texts (query,
+    /// response, turns) duplicates a sample of the existing file, by key or (when the file
+    /// has `text` lines) by its text. Never without an existing file or a key.
+    fn is_in_existing(
+        &mut self,
+        key: Option<Key>,
+        (query, response, turns): (&str, &str, Option<&[Message]>),
+    ) -> bool {
+        let (Some(existing), Some(key)) = (self.existing, key) else {
+            return false;
+        };
+        let example = Example {
+            system: self.config.system_prompt.as_deref(),
+            prompt: query,
+            turns,
+            body: Body::Response(response),
+            metadata: Metadata::default(),
+        };
+        let in_text = existing.has_text
+            && existing
+                .keys
+                .contains(&self.keys.text(&render_text(&example, response)));
+        in_text || existing.keys.contains(&key)
     }
 
     /// `dpo`: pairs the record with the oldest waiting record of opposite feedback for the

@@ -672,6 +672,18 @@ struct MemoryState {
     immature: Vec<(DateTime<Utc>, Who, FeedbackValue)>,
 }
 
+impl MemoryState {
+    /// The state before any traffic, for `n_users` users.
+    fn new(n_users: usize) -> Self {
+        MemoryState {
+            units: vec![[None, None]; n_users],
+            loose: Default::default(),
+            history: vec![UnitTally::default(); n_users],
+            immature: Vec::new(),
+        }
+    }
+}
+
 /// Whose sums a record adds to: a user's row in an arm, or (without a unit id) the sums of
 /// its period and arm.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -779,65 +791,17 @@ fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
     let mut rng = TrafficRng::new(seeds.traffic);
     let router = HashRouter::seeded(seeds.router);
     let t0 = sim_start();
-    let n_users = users.users.len();
-    let mut state = MemoryState {
-        units: vec![[None, None]; n_users],
-        loose: Default::default(),
-        history: vec![UnitTally::default(); n_users],
-        immature: Vec::new(),
-    };
-
-    // A week of champion traffic: the users' history.
-    let champion_only = RoutingTable::champion_only("champion");
+    let mut state = MemoryState::new(users.users.len());
+    memory_history(scenario, &users, &router, t0, &mut rng, &mut state);
     let history = scenario.population.history_hours;
-    let mut pending: BinaryHeap<Pending> = BinaryHeap::new();
-    for h in 0..history {
-        let start = t0 - Duration::hours(i64::from(history - h));
-        let hour_of_day = h % 24;
-        for r in hour_of_traffic(
-            scenario,
-            &users,
-            &champion_only,
-            &router,
-            start,
-            hour_of_day,
-            &mut rng,
-        ) {
-            if scenario.routing == Routing::ByUnit {
-                state.history[r.user].add(
-                    Some(r.quality),
-                    Some(r.latency_ms),
-                    r.feedback.map(|f| f.0),
-                    true,
-                );
-            }
-        }
-    }
     let covariates = config.cuped && config.cuped_lookback_days > 0.0;
 
-    let mut experiment = Experiment {
-        id: 1,
-        champion: "champion".into(),
-        challenger: "challenger".into(),
-        status: ExperimentStatus::Running,
-        seed: seeds.experiment,
-        challenger_weight: scenario.challenger_weight,
-        started_at: t0,
-        ended_at: None,
-        periods: vec![ExperimentPeriod {
-            index: 0,
-            started_at: t0,
-            ended_at: None,
-            challenger_weight: scenario.challenger_weight,
-            source: WeightSource::Initial,
-        }],
-    };
+    let mut experiment = memory_experiment(scenario, seeds.experiment, t0);
     let mut periods = vec![PeriodStats {
         challenger_weight: scenario.challenger_weight,
         ..PeriodStats::default()
     }];
-    // Per request of the experiment: whose row it adds to, its arm, period and time.
-    let mut requests: Vec<(Who, usize, usize, DateTime<Utc>)> = Vec::new();
+    let mut ledger = Ledger::default();
     let mut states: Vec<SequentialState> = Vec::new();
     let mut tracker = Tracker::new(seed);
     for hour in 0..scenario.hours {
@@ -853,103 +817,20 @@ fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
             (history + hour) % 24,
             &mut rng,
         ) {
-            let arm = usize::from(r.arm == Arm::Challenger);
-            {
-                let current = &mut periods[period];
-                add_request(
-                    match r.arm {
-                        Arm::Champion => &mut current.champion,
-                        Arm::Challenger => &mut current.challenger,
-                    },
-                    &r,
-                );
-            }
-            let index = requests.len();
-            let mut tally = UnitTally::default();
-            tally.add(Some(r.quality), Some(r.latency_ms), None, true);
-            let who = match scenario.routing {
-                Routing::ByUnit => {
-                    let slot = &mut state.units[r.user][arm];
-                    match slot {
-                        Some(row) => {
-                            row.first = row.first.min(r.at);
-                            row.tally
-                                .add(Some(r.quality), Some(r.latency_ms), None, true);
-                        }
-                        None => {
-                            *slot = Some(UnitRow { first: r.at, tally });
-                        }
-                    }
-                    Who::Unit { user: r.user, arm }
-                }
-                Routing::PerRequest => {
-                    let key = (period as u32, arm == 1);
-                    state
-                        .loose
-                        .entry(key)
-                        .or_insert_with(|| UnitCohort {
-                            period: key.0,
-                            challenger: key.1,
-                            ..UnitCohort::default()
-                        })
-                        .add_unit(&tally, true, true, None);
-                    Who::Loose {
-                        period: key.0,
-                        challenger: key.1,
-                    }
-                }
-            };
-            requests.push((who, arm, period, r.at));
-            if let Some((value, arrives)) = r.feedback {
-                pending.push(Pending {
-                    arrives,
-                    request: index,
-                    value,
-                });
-            }
+            log_memory_request(
+                scenario,
+                &mut state,
+                &mut ledger,
+                &mut periods[period],
+                period,
+                r,
+            );
         }
         let now = hour_start + Duration::hours(1);
-        // Feedback that arrived by the end of the hour.
-        while pending.peek().is_some_and(|p| p.arrives < now) {
-            let Some(p) = pending.pop() else { break };
-            let (who, arm, period, at) = requests[p.request];
-            let stats = &mut periods[period];
-            add_feedback(
-                if arm == 1 {
-                    &mut stats.challenger
-                } else {
-                    &mut stats.champion
-                },
-                p.value,
-            );
-            let mut t = UnitTally::default();
-            t.add(None, None, Some(p.value), true);
-            match who {
-                Who::Unit { user, arm } => {
-                    if let Some(row) = &mut state.units[user][arm] {
-                        add_tally(&mut row.tally, &t);
-                    }
-                }
-                Who::Loose { .. } => {}
-            }
-            match who {
-                Who::Loose { .. } if config.feedback_maturity_hours <= 0.0 => {
-                    loose_feedback(&mut state, who, p.value);
-                }
-                _ if config.feedback_maturity_hours > 0.0 => {
-                    state.immature.push((at, who, p.value));
-                }
-                _ => {}
-            }
-        }
+        deliver_feedback(&config, &mut state, &mut ledger, &mut periods, now);
         let cut = maturity_cut(&config, now);
         if let Some(cut) = cut {
-            let (mature, young): (Vec<_>, Vec<_>) =
-                state.immature.drain(..).partition(|(at, ..)| *at < cut);
-            state.immature = young;
-            for (_, who, value) in mature {
-                loose_feedback(&mut state, who, value);
-            }
+            mature_feedback(&mut state, cut);
         }
         let units = if scenario.unit_analysis {
             memory_cohorts(&state, &experiment, covariates, cut)
@@ -963,49 +844,257 @@ fn run_memory(scenario: &Scenario, seed: u64) -> Result<RunOutcome> {
             previous: &states,
             now,
         });
-        // The store's rule: the states a look names replace the stored ones.
-        for state in &comparison.states {
-            match states.iter_mut().find(|s| s.metric == state.metric) {
-                Some(slot) => *slot = state.clone(),
-                None => states.push(state.clone()),
-            }
-        }
-        let applied = match comparison.decision {
-            Decision::Promote => config.enable_auto_promotion,
-            Decision::Rollback => config.enable_auto_rollback,
-            _ => false,
-        };
+        keep_states(&mut states, &comparison);
+        let applied = is_applied(&config, comparison.decision);
         let done = tracker.look(hour + 1, &comparison, scenario.run_to_horizon);
         if applied || done {
             break;
         }
         if comparison.decision == Decision::KeepTesting {
-            if let Some(update) = bandit_update(
-                &config,
-                &experiment,
-                &periods,
-                (comparison.champion_units, comparison.challenger_units),
-                now,
-            ) {
-                if let Some(last) = experiment.periods.last_mut() {
-                    last.ended_at = Some(now);
-                }
-                experiment.periods.push(ExperimentPeriod {
-                    index: experiment.periods.len() as u32,
-                    started_at: now,
-                    ended_at: None,
-                    challenger_weight: update.weight,
-                    source: WeightSource::Bandit,
-                });
-                experiment.challenger_weight = update.weight;
-                periods.push(PeriodStats {
-                    challenger_weight: update.weight,
-                    ..PeriodStats::default()
-                });
-            }
+            bandit_step(&config, &mut experiment, &mut periods, &comparison, now);
         }
     }
     Ok(tracker.outcome)
+}
+
+/// A week (`history_hours`) of champion traffic before `t0`: the users' history, summed
+/// per user in `state` when routing is by user.
+fn memory_history(
+    scenario: &Scenario,
+    users: &Users,
+    router: &HashRouter,
+    t0: DateTime<Utc>,
+    rng: &mut TrafficRng,
+    state: &mut MemoryState,
+) {
+    let champion_only = RoutingTable::champion_only("champion");
+    let history = scenario.population.history_hours;
+    for h in 0..history {
+        let start = t0 - Duration::hours(i64::from(history - h));
+        let hour_of_day = h % 24;
+        for r in hour_of_traffic(
+            scenario,
+            users,
+            &champion_only,
+            router,
+            start,
+            hour_of_day,
+            rng,
+        ) {
+            if scenario.routing == Routing::ByUnit {
+                state.history[r.user].add(
+                    Some(r.quality),
+                    Some(r.latency_ms),
+                    r.feedback.map(|f| f.0),
+                    true,
+                );
+            }
+        }
+    }
+}
+
+/// The memory run's experiment, started at `t0` with the scenario's challenger weight.
+fn memory_experiment(scenario: &Scenario, seed: u64, t0: DateTime<Utc>) -> Experiment {
+    Experiment {
+        id: 1,
+        champion: "champion".into(),
+        challenger: "challenger".into(),
+        status: ExperimentStatus::Running,
+        seed,
+        challenger_weight: scenario.challenger_weight,
+        started_at: t0,
+        ended_at: None,
+        periods: vec![ExperimentPeriod {
+            index: 0,
+            started_at: t0,
+            ended_at: None,
+            challenger_weight: scenario.challenger_weight,
+            source: WeightSource::Initial,
+        }],
+    }
+}
+
+/// The memory run's requests of the experiment and the thumbs on their way.
+#[derive(Default)]
+struct Ledger {
+    /// Per request of the experiment: whose row it adds to, its arm, period and time.
+    requests: Vec<(Who, usize, usize, DateTime<Utc>)>,
+    /// Thumbs given, not yet arrived.
+    pending: BinaryHeap<Pending>,
+}
+
+/// Logs request `r` of period `period` (whose sums are `current`): added to its arm's
+/// sums, to its user's row in that arm (or, routed per request, to its period and arm's
+/// loose sums), and to the ledger with its thumb on the way, if any.
+fn log_memory_request(
+    scenario: &Scenario,
+    state: &mut MemoryState,
+    ledger: &mut Ledger,
+    current: &mut PeriodStats,
+    period: usize,
+    r: Request,
+) {
+    let arm = usize::from(r.arm == Arm::Challenger);
+    add_request(
+        match r.arm {
+            Arm::Champion => &mut current.champion,
+            Arm::Challenger => &mut current.challenger,
+        },
+        &r,
+    );
+    let index = ledger.requests.len();
+    let mut tally = UnitTally::default();
+    tally.add(Some(r.quality), Some(r.latency_ms), None, true);
+    let who = match scenario.routing {
+        Routing::ByUnit => {
+            let slot = &mut state.units[r.user][arm];
+            match slot {
+                Some(row) => {
+                    row.first = row.first.min(r.at);
+                    row.tally
+                        .add(Some(r.quality), Some(r.latency_ms), None, true);
+                }
+                None => {
+                    *slot = Some(UnitRow { first: r.at, tally });
+                }
+            }
+            Who::Unit { user: r.user, arm }
+        }
+        Routing::PerRequest => {
+            let key = (period as u32, arm == 1);
+            state
+                .loose
+                .entry(key)
+                .or_insert_with(|| UnitCohort {
+                    period: key.0,
+                    challenger: key.1,
+                    ..UnitCohort::default()
+                })
+                .add_unit(&tally, true, true, None);
+            Who::Loose {
+                period: key.0,
+                challenger: key.1,
+            }
+        }
+    };
+    ledger.requests.push((who, arm, period, r.at));
+    if let Some((value, arrives)) = r.feedback {
+        ledger.pending.push(Pending {
+            arrives,
+            request: index,
+            value,
+        });
+    }
+}
+
+/// Records the feedback that arrived before `now`: in its period and arm's sums and in
+/// its user's row; without a maturity wait a loose record's thumb counts at once, with one
+/// every thumb waits in [`MemoryState::immature`].
+fn deliver_feedback(
+    config: &AbTestConfig,
+    state: &mut MemoryState,
+    ledger: &mut Ledger,
+    periods: &mut [PeriodStats],
+    now: DateTime<Utc>,
+) {
+    while ledger.pending.peek().is_some_and(|p| p.arrives < now) {
+        let Some(p) = ledger.pending.pop() else { break };
+        let (who, arm, period, at) = ledger.requests[p.request];
+        let stats = &mut periods[period];
+        add_feedback(
+            if arm == 1 {
+                &mut stats.challenger
+            } else {
+                &mut stats.champion
+            },
+            p.value,
+        );
+        let mut t = UnitTally::default();
+        t.add(None, None, Some(p.value), true);
+        match who {
+            Who::Unit { user, arm } => {
+                if let Some(row) = &mut state.units[user][arm] {
+                    add_tally(&mut row.tally, &t);
+                }
+            }
+            Who::Loose { .. } => {}
+        }
+        match who {
+            Who::Loose { .. } if config.feedback_maturity_hours <= 0.0 => {
+                loose_feedback(state, who, p.value);
+            }
+            _ if config.feedback_maturity_hours > 0.0 => {
+                state.immature.push((at, who, p.value));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Ends the wait of the thumbs on records logged before `cut` (a loose record's then
+/// counts), keeping those on younger records waiting.
+fn mature_feedback(state: &mut MemoryState, cut: DateTime<Utc>) {
+    let (mature, young): (Vec<_>, Vec<_>) =
+        state.immature.drain(..).partition(|(at, ..)| *at < cut);
+    state.immature = young;
+    for (_, who, value) in mature {
+        loose_feedback(state, who, value);
+    }
+}
+
+/// Whether the configuration has `decision` applied automatically (a promotion or a
+/// rollback): the run then ends.
+fn is_applied(config: &AbTestConfig, decision: Decision) -> bool {
+    match decision {
+        Decision::Promote => config.enable_auto_promotion,
+        Decision::Rollback => config.enable_auto_rollback,
+        _ => false,
+    }
+}
+
+/// The store's rule: the states a look names replace the stored ones.
+fn keep_states(states: &mut Vec<SequentialState>, comparison: &Comparison) {
+    for state in &comparison.states {
+        match states.iter_mut().find(|s| s.metric == state.metric) {
+            Some(slot) => *slot = state.clone(),
+            None => states.push(state.clone()),
+        }
+    }
+}
+
+/// The bandit's move after a look that keeps testing: a new weight ends the current
+/// period at `now` and starts one with that weight.
+fn bandit_step(
+    config: &AbTestConfig,
+    experiment: &mut Experiment,
+    periods: &mut Vec<PeriodStats>,
+    comparison: &Comparison,
+    now: DateTime<Utc>,
+) {
+    let Some(update) = bandit_update(
+        config,
+        experiment,
+        periods,
+        (comparison.champion_units, comparison.challenger_units),
+        now,
+    ) else {
+        return;
+    };
+    if let Some(last) = experiment.periods.last_mut() {
+        last.ended_at = Some(now);
+    }
+    experiment.periods.push(ExperimentPeriod {
+        index: experiment.periods.len() as u32,
+        started_at: now,
+        ended_at: None,
+        challenger_weight: update.weight,
+        source: WeightSource::Bandit,
+    });
+    experiment.challenger_weight = update.weight;
+    periods.push(PeriodStats {
+        challenger_weight: update.weight,
+        ..PeriodStats::default()
+    });
 }
 
 fn record_of(scenario: &Scenario, users: &Users, r: &Request, model: &str) -> NewUsage {

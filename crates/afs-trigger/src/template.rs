@@ -137,199 +137,22 @@ impl CommandTemplate {
     /// Checks `text` as the template of a command that is given the values of `allowed`;
     /// `what` names the command in messages ("trainer command").
     pub fn parse(text: &str, allowed: &[Placeholder], what: &str) -> Result<Self, TemplateError> {
-        let bytes = text.as_bytes();
-        let mut out: Vec<u8> = Vec::with_capacity(bytes.len() + 32);
-        let mut stack = vec![Context::Top];
-        let mut used: Vec<Placeholder> = Vec::new();
-        let refuse = |p: Placeholder, why: &str| -> TemplateError {
-            TemplateError(format!("placeholder {p} is inside {why}"))
-        };
-        let placeholders_in = |segment: &[u8]| -> Option<Placeholder> {
-            (0..segment.len()).find_map(|j| Placeholder::at_start(&segment[j..]))
-        };
-        let mut i = 0;
-        while i < bytes.len() {
-            let context = *stack.last().unwrap_or(&Context::Top);
-            let c = bytes[i];
-            let next = bytes.get(i + 1).copied();
-            if c == b'{' {
-                if let Some(p) = Placeholder::at_start(&bytes[i..]) {
-                    if !allowed.contains(&p) {
-                        let names: Vec<String> = allowed.iter().map(|p| p.to_string()).collect();
-                        return Err(TemplateError(format!(
-                            "placeholder {p} is not available to the {what} (it is given {})",
-                            names.join(", ")
-                        )));
-                    }
-                    let var = p.env_var();
-                    match context {
-                        Context::Top | Context::Subst(_) => {
-                            out.extend_from_slice(format!("\"${var}\"").as_bytes())
-                        }
-                        Context::Double => out.extend_from_slice(format!("${{{var}}}").as_bytes()),
-                        Context::Backquote => {
-                            return Err(refuse(p, "backquotes (`...`); use $(...) instead"))
-                        }
-                        Context::Param(_) => {
-                            return Err(refuse(
-                                p,
-                                &format!("${{...}}; use the variable {var} there instead"),
-                            ))
-                        }
-                    }
-                    if !used.contains(&p) {
-                        used.push(p);
-                    }
-                    i += p.name().len() + 2;
-                    continue;
-                }
-            }
-            // A backslash takes the next character literally (in double quotes it only
-            // escapes a few, but copying both unchanged is right either way).
-            if c == b'\\' {
-                let end = (i + 2).min(bytes.len());
-                out.extend_from_slice(&bytes[i..end]);
-                i = end;
-                continue;
-            }
-            if context == Context::Double {
-                match (c, next) {
-                    (b'"', _) => {
-                        stack.pop();
-                    }
-                    (b'$', Some(b'(')) => {
-                        stack.push(Context::Subst(1));
-                        out.extend_from_slice(b"$(");
-                        i += 2;
-                        continue;
-                    }
-                    (b'$', Some(b'{')) => {
-                        stack.push(Context::Param(1));
-                        out.extend_from_slice(b"${");
-                        i += 2;
-                        continue;
-                    }
-                    (b'`', _) => stack.push(Context::Backquote),
-                    _ => {}
-                }
-                out.push(c);
-                i += 1;
-                continue;
-            }
-            // Outside double quotes.
-            match (c, next) {
-                (b'\'', _) => {
-                    let Some(len) = bytes[i + 1..].iter().position(|&b| b == b'\'') else {
-                        return Err(unterminated(&bytes[i + 1..], "a single quote"));
-                    };
-                    let segment = &bytes[i + 1..i + 1 + len];
-                    if let Some(p) = placeholders_in(segment) {
-                        return Err(refuse(
-                            p,
-                            "single quotes, where the shell would not expand it; remove the \
-                             quotes: afs quotes values itself",
-                        ));
-                    }
-                    out.extend_from_slice(&bytes[i..i + len + 2]);
-                    i += len + 2;
-                    continue;
-                }
-                (b'$', Some(b'\'')) => {
-                    // $'...': backslash escapes, ends at an unescaped quote.
-                    let mut j = i + 2;
-                    while j < bytes.len() && bytes[j] != b'\'' {
-                        j += if bytes[j] == b'\\' { 2 } else { 1 };
-                    }
-                    if j >= bytes.len() {
-                        return Err(unterminated(&bytes[i + 2..], "a $'...' string"));
-                    }
-                    if let Some(p) = placeholders_in(&bytes[i + 2..j]) {
-                        return Err(refuse(
-                            p,
-                            "$'...', where the shell would not expand it; remove the quotes: \
-                             afs quotes values itself",
-                        ));
-                    }
-                    out.extend_from_slice(&bytes[i..=j]);
-                    i = j + 1;
-                    continue;
-                }
-                (b'"', _) => stack.push(Context::Double),
-                (b'$', Some(b'(')) => {
-                    stack.push(Context::Subst(1));
-                    out.extend_from_slice(b"$(");
-                    i += 2;
-                    continue;
-                }
-                (b'$', Some(b'{')) => {
-                    stack.push(Context::Param(1));
-                    out.extend_from_slice(b"${");
-                    i += 2;
-                    continue;
-                }
-                (b'`', _) => {
-                    if context == Context::Backquote {
-                        stack.pop();
-                    } else {
-                        stack.push(Context::Backquote);
-                    }
-                }
-                (b'(', _) => {
-                    if let Some(Context::Subst(depth)) = stack.last_mut() {
-                        *depth += 1;
-                    }
-                }
-                (b')', _) => {
-                    if let Some(Context::Subst(depth)) = stack.last_mut() {
-                        *depth -= 1;
-                        if *depth == 0 {
-                            stack.pop();
-                        }
-                    }
-                }
-                (b'{', _) => {
-                    if let Some(Context::Param(depth)) = stack.last_mut() {
-                        *depth += 1;
-                    }
-                }
-                (b'}', _) => {
-                    if let Some(Context::Param(depth)) = stack.last_mut() {
-                        *depth -= 1;
-                        if *depth == 0 {
-                            stack.pop();
-                        }
-                    }
-                }
-                (b'#', _)
-                    if matches!(context, Context::Top | Context::Subst(_))
-                        && (i == 0 || b" \t\n;&|()<>".contains(&bytes[i - 1])) =>
-                {
-                    // A comment, to the end of the line.
-                    let len = bytes[i..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .unwrap_or(bytes.len() - i);
-                    out.extend_from_slice(&bytes[i..i + len]);
-                    i += len;
-                    continue;
-                }
-                _ => {}
-            }
-            out.push(c);
-            i += 1;
+        let mut scanner = Scanner::new(text.as_bytes(), allowed, what);
+        while scanner.i < scanner.bytes.len() {
+            scanner.step()?;
         }
-        if stack.len() > 1 && !used.is_empty() {
+        if scanner.stack.len() > 1 && !scanner.used.is_empty() {
             return Err(TemplateError(
                 "unterminated quote or substitution: the shell could not run it".into(),
             ));
         }
         // Only ASCII was inserted and whole UTF-8 sequences were copied.
-        let script = String::from_utf8(out)
+        let script = String::from_utf8(scanner.out)
             .map_err(|_| TemplateError("the command is not valid UTF-8".into()))?;
         Ok(CommandTemplate {
             text: text.to_string(),
             script,
-            used,
+            used: scanner.used,
         })
     }
 
@@ -359,6 +182,234 @@ fn unterminated(rest: &[u8], what: &str) -> TemplateError {
     } else {
         TemplateError(format!("{what} is not closed: the shell could not run it"))
     }
+}
+
+/// The scan of a template by [`CommandTemplate::parse`]: the script written so far, the
+/// quoting contexts open at `i`, and the placeholders met.
+struct Scanner<'t> {
+    bytes: &'t [u8],
+    allowed: &'t [Placeholder],
+    /// Names the command in messages.
+    what: &'t str,
+    out: Vec<u8>,
+    stack: Vec<Context>,
+    used: Vec<Placeholder>,
+    /// The next byte to read.
+    i: usize,
+}
+
+impl<'t> Scanner<'t> {
+    fn new(bytes: &'t [u8], allowed: &'t [Placeholder], what: &'t str) -> Self {
+        Scanner {
+            bytes,
+            allowed,
+            what,
+            out: Vec::with_capacity(bytes.len() + 32),
+            stack: vec![Context::Top],
+            used: Vec::new(),
+            i: 0,
+        }
+    }
+
+    /// Reads what starts at `i`: a placeholder, an escaped character, a quote, a
+    /// substitution, a comment or one plain byte.
+    fn step(&mut self) -> Result<(), TemplateError> {
+        let bytes = self.bytes;
+        let i = self.i;
+        let context = *self.stack.last().unwrap_or(&Context::Top);
+        let c = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        if c == b'{' {
+            if let Some(p) = Placeholder::at_start(&bytes[i..]) {
+                return self.placeholder(p, context);
+            }
+        }
+        // A backslash takes the next character literally (in double quotes it only
+        // escapes a few, but copying both unchanged is right either way).
+        if c == b'\\' {
+            self.copy_to((i + 2).min(bytes.len()));
+            return Ok(());
+        }
+        if context == Context::Double {
+            self.double_quoted(c, next);
+            return Ok(());
+        }
+        self.unquoted(c, next, context)
+    }
+
+    /// Writes the reference to `p`'s variable for `context`, or refuses `p` there (or for
+    /// this command).
+    fn placeholder(&mut self, p: Placeholder, context: Context) -> Result<(), TemplateError> {
+        if !self.allowed.contains(&p) {
+            let names: Vec<String> = self.allowed.iter().map(|p| p.to_string()).collect();
+            return Err(TemplateError(format!(
+                "placeholder {p} is not available to the {} (it is given {})",
+                self.what,
+                names.join(", ")
+            )));
+        }
+        let var = p.env_var();
+        match context {
+            Context::Top | Context::Subst(_) => {
+                self.out.extend_from_slice(format!("\"${var}\"").as_bytes())
+            }
+            Context::Double => self.out.extend_from_slice(format!("${{{var}}}").as_bytes()),
+            Context::Backquote => return Err(refuse(p, "backquotes (`...`); use $(...) instead")),
+            Context::Param(_) => {
+                return Err(refuse(
+                    p,
+                    &format!("${{...}}; use the variable {var} there instead"),
+                ))
+            }
+        }
+        if !self.used.contains(&p) {
+            self.used.push(p);
+        }
+        self.i += p.name().len() + 2;
+        Ok(())
+    }
+
+    /// Byte `c` (followed by `next`) inside double quotes.
+    fn double_quoted(&mut self, c: u8, next: Option<u8>) {
+        match (c, next) {
+            (b'"', _) => {
+                self.stack.pop();
+            }
+            (b'$', Some(b'(')) => return self.open(Context::Subst(1), b"$("),
+            (b'$', Some(b'{')) => return self.open(Context::Param(1), b"${"),
+            (b'`', _) => self.stack.push(Context::Backquote),
+            _ => {}
+        }
+        self.push(c);
+    }
+
+    /// Byte `c` (followed by `next`) outside double quotes, in `context`.
+    fn unquoted(&mut self, c: u8, next: Option<u8>, context: Context) -> Result<(), TemplateError> {
+        let i = self.i;
+        match (c, next) {
+            (b'\'', _) => return self.single_quoted(),
+            (b'$', Some(b'\'')) => return self.dollar_quoted(),
+            (b'"', _) => self.stack.push(Context::Double),
+            (b'$', Some(b'(')) => {
+                self.open(Context::Subst(1), b"$(");
+                return Ok(());
+            }
+            (b'$', Some(b'{')) => {
+                self.open(Context::Param(1), b"${");
+                return Ok(());
+            }
+            (b'`', _) => {
+                if context == Context::Backquote {
+                    self.stack.pop();
+                } else {
+                    self.stack.push(Context::Backquote);
+                }
+            }
+            (b'(' | b')' | b'{' | b'}', _) => self.nest(c),
+            (b'#', _)
+                if matches!(context, Context::Top | Context::Subst(_))
+                    && (i == 0 || b" \t\n;&|()<>".contains(&self.bytes[i - 1])) =>
+            {
+                // A comment, to the end of the line.
+                let len = self.bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(self.bytes.len() - i);
+                self.copy_to(i + len);
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.push(c);
+        Ok(())
+    }
+
+    /// `'...'` at `i`, copied whole; refused if it holds a placeholder.
+    fn single_quoted(&mut self) -> Result<(), TemplateError> {
+        let bytes = self.bytes;
+        let i = self.i;
+        let Some(len) = bytes[i + 1..].iter().position(|&b| b == b'\'') else {
+            return Err(unterminated(&bytes[i + 1..], "a single quote"));
+        };
+        if let Some(p) = placeholder_in(&bytes[i + 1..i + 1 + len]) {
+            return Err(refuse(
+                p,
+                "single quotes, where the shell would not expand it; remove the \
+                 quotes: afs quotes values itself",
+            ));
+        }
+        self.copy_to(i + len + 2);
+        Ok(())
+    }
+
+    /// `$'...'` at `i` (backslash escapes, ends at an unescaped quote), copied whole;
+    /// refused if it holds a placeholder.
+    fn dollar_quoted(&mut self) -> Result<(), TemplateError> {
+        let bytes = self.bytes;
+        let i = self.i;
+        let mut j = i + 2;
+        while j < bytes.len() && bytes[j] != b'\'' {
+            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        }
+        if j >= bytes.len() {
+            return Err(unterminated(&bytes[i + 2..], "a $'...' string"));
+        }
+        if let Some(p) = placeholder_in(&bytes[i + 2..j]) {
+            return Err(refuse(
+                p,
+                "$'...', where the shell would not expand it; remove the quotes: \
+                 afs quotes values itself",
+            ));
+        }
+        self.copy_to(j + 1);
+        Ok(())
+    }
+
+    /// Counts an opening or closing parenthesis in `$(...)`, or brace in `${...}`; the
+    /// one that closes it leaves it.
+    fn nest(&mut self, c: u8) {
+        match (self.stack.last_mut(), c) {
+            (Some(Context::Subst(depth)), b'(') | (Some(Context::Param(depth)), b'{') => {
+                *depth += 1;
+            }
+            (Some(Context::Subst(depth)), b')') | (Some(Context::Param(depth)), b'}') => {
+                *depth -= 1;
+                if *depth == 0 {
+                    self.stack.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Enters `context` at the two bytes `opening` (`$(` or `${`), copying them.
+    fn open(&mut self, context: Context, opening: &[u8; 2]) {
+        self.stack.push(context);
+        self.out.extend_from_slice(opening);
+        self.i += 2;
+    }
+
+    /// Copies the bytes from `i` to `end` unchanged.
+    fn copy_to(&mut self, end: usize) {
+        self.out.extend_from_slice(&self.bytes[self.i..end]);
+        self.i = end;
+    }
+
+    /// Copies byte `c` at `i`.
+    fn push(&mut self, c: u8) {
+        self.out.push(c);
+        self.i += 1;
+    }
+}
+
+/// The refusal of placeholder `p` inside `why`.
+fn refuse(p: Placeholder, why: &str) -> TemplateError {
+    TemplateError(format!("placeholder {p} is inside {why}"))
+}
+
+/// The first placeholder written in `segment`, if any.
+fn placeholder_in(segment: &[u8]) -> Option<Placeholder> {
+    (0..segment.len()).find_map(|j| Placeholder::at_start(&segment[j..]))
 }
 
 #[cfg(test)]
