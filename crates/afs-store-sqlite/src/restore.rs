@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::migrations::{
     rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS, ROLLUP_TABLES,
@@ -19,8 +19,8 @@ use super::time::{first_rowid_at, micros_of, rfc3339, ROWID_SLOTS};
 use super::{units, SqliteStore};
 use afs_store::units::UnitTally;
 use afs_store::{
-    ExperimentDump, ExperimentStatus, FeedbackValue, RestoreStore, Result, RetrainRun, RunStatus,
-    StoreError, UsageRecord,
+    Experiment, ExperimentDump, ExperimentEvent, ExperimentStatus, FeedbackValue, ModelVersion,
+    RestoreStore, Result, RetrainRun, RunStatus, SequentialState, StoreError, UsageRecord,
 };
 
 fn conflict(reason: impl Into<String>) -> StoreError {
@@ -117,165 +117,13 @@ impl RestoreStore for SqliteStore {
 
     fn restore_experiments(&self, dump: &ExperimentDump) -> Result<()> {
         self.write_txn("restore experiments", |tx| {
-            let db = |what: &str| {
-                let what = what.to_string();
-                move |e| crate::db(format!("restore {what}"), e)
-            };
-            let taken: bool = tx
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM model_version) OR EXISTS (SELECT 1 FROM experiment)",
-                    [],
-                    |row| row.get(0),
-                )
-                .map_err(db("experiments"))?;
-            if taken {
-                return Err(conflict(
-                    "the database already holds model versions or experiments",
-                ));
-            }
-            let mut ids = BTreeMap::new();
-            for v in &dump.versions {
-                tx.execute(
-                    "INSERT INTO model_version (id, name, model_path, status, traffic_weight, \
-                     created_at, promoted_at, retired_at, dataset, run_id) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        v.id,
-                        v.name,
-                        v.model_path,
-                        v.status.as_str(),
-                        v.traffic_weight,
-                        rfc3339(v.created_at),
-                        v.promoted_at.map(rfc3339),
-                        v.retired_at.map(rfc3339),
-                        v.dataset,
-                        v.run_id
-                    ],
-                )
-                .map_err(db(&format!("model version {}", v.name)))?;
-                ids.insert(v.name.as_str(), v.id);
-            }
-            let version_id = |name: &str| {
-                ids.get(name).copied().ok_or_else(|| StoreError::NotFound {
-                    what: "model version",
-                    id: name.to_string(),
-                })
-            };
-            for e in &dump.experiments {
-                let what = format!("experiment {}", e.id);
-                tx.execute(
-                    "INSERT INTO experiment (id, champion_id, challenger_id, status, seed, \
-                     challenger_weight, started_at, ended_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        e.id,
-                        version_id(&e.champion)?,
-                        version_id(&e.challenger)?,
-                        e.status.as_str(),
-                        e.seed as i64,
-                        e.challenger_weight,
-                        rfc3339(e.started_at),
-                        e.ended_at.map(rfc3339)
-                    ],
-                )
-                .map_err(db(&what))?;
-                for p in &e.periods {
-                    tx.execute(
-                        "INSERT INTO experiment_period (experiment_id, idx, started_at, \
-                         started_us, ended_at, challenger_weight, source) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![
-                            e.id,
-                            p.index,
-                            rfc3339(p.started_at),
-                            micros_of(p.started_at),
-                            p.ended_at.map(rfc3339),
-                            p.challenger_weight,
-                            p.source.as_str()
-                        ],
-                    )
-                    .map_err(db(&what))?;
-                }
-            }
-            for (id, states) in &dump.states {
-                for s in states {
-                    tx.execute(
-                        "INSERT INTO experiment_sequential_state (experiment_id, metric, \
-                         n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
-                         started_at, updated_at, state) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                        params![
-                            id,
-                            s.metric,
-                            s.n_looks as i64,
-                            s.baseline,
-                            s.tau,
-                            s.theta0,
-                            s.p_better,
-                            s.p_worse,
-                            s.cs_lower,
-                            s.cs_upper,
-                            rfc3339(s.started_at),
-                            rfc3339(s.updated_at),
-                            s.state
-                        ],
-                    )
-                    .map_err(db(&format!("sequential state of experiment {id}")))?;
-                }
-            }
-            for ev in &dump.events {
-                tx.execute(
-                    "INSERT INTO experiment_event (id, at, experiment_id, kind, model, decision, \
-                     weight, reason, statistics) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        ev.id,
-                        rfc3339(ev.at),
-                        ev.experiment_id,
-                        ev.kind.as_str(),
-                        ev.model,
-                        ev.decision.map(|d| d.as_str()),
-                        ev.weight,
-                        ev.reason,
-                        ev.statistics
-                    ],
-                )
-                .map_err(db(&format!("event {}", ev.id)))?;
-            }
-            for (id, units) in &dump.covariates {
-                let mut insert = tx
-                    .prepare(&format!(
-                        "INSERT INTO experiment_unit_pre (experiment_id, unit, {PRE_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                    ))
-                    .map_err(db("covariates"))?;
-                for (unit, t) in units {
-                    insert
-                        .execute(params![
-                            id,
-                            unit,
-                            t.n_quality as i64,
-                            t.sum_quality,
-                            t.n_latency as i64,
-                            t.sum_latency_ms,
-                            t.n_feedback as i64,
-                            t.n_positive as i64,
-                            t.n_negative as i64
-                        ])
-                        .map_err(db(&format!("covariates of experiment {id}")))?;
-                }
-            }
-            for e in &dump.experiments {
-                if e.status == ExperimentStatus::Running {
-                    units::start_experiment(
-                        tx,
-                        e.id,
-                        &e.champion,
-                        &e.challenger,
-                        micros_of(e.started_at),
-                    )?;
-                }
-            }
-            Ok(())
+            refuse_if_experiments_exist(tx)?;
+            let ids = insert_versions(tx, &dump.versions)?;
+            insert_experiments(tx, &dump.experiments, &ids)?;
+            insert_sequential_states(tx, &dump.states)?;
+            insert_events(tx, &dump.events)?;
+            insert_covariates(tx, &dump.covariates)?;
+            start_running_experiments(tx, &dump.experiments)
         })
     }
 
@@ -444,4 +292,216 @@ impl RestoreStore for SqliteStore {
             Ok(())
         })
     }
+}
+
+/// The error of a failed restore write; `what` names the rows.
+fn restore_error(what: &str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let what = what.to_string();
+    move |e| crate::db(format!("restore {what}"), e)
+}
+
+/// `Conflict` when the database already holds a model version or an experiment.
+fn refuse_if_experiments_exist(conn: &Connection) -> Result<()> {
+    let taken: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM model_version) OR EXISTS (SELECT 1 FROM experiment)",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(restore_error("experiments"))?;
+    if taken {
+        return Err(conflict(
+            "the database already holds model versions or experiments",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the model versions with their ids; returns each version's id by name.
+fn insert_versions<'a>(
+    conn: &Connection,
+    versions: &'a [ModelVersion],
+) -> Result<BTreeMap<&'a str, i64>> {
+    let mut ids = BTreeMap::new();
+    for v in versions {
+        conn.execute(
+            "INSERT INTO model_version (id, name, model_path, status, traffic_weight, \
+             created_at, promoted_at, retired_at, dataset, run_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                v.id,
+                v.name,
+                v.model_path,
+                v.status.as_str(),
+                v.traffic_weight,
+                rfc3339(v.created_at),
+                v.promoted_at.map(rfc3339),
+                v.retired_at.map(rfc3339),
+                v.dataset,
+                v.run_id
+            ],
+        )
+        .map_err(restore_error(&format!("model version {}", v.name)))?;
+        ids.insert(v.name.as_str(), v.id);
+    }
+    Ok(ids)
+}
+
+/// The id of the restored model version `name` (`NotFound` when the dump has none).
+fn version_id(ids: &BTreeMap<&str, i64>, name: &str) -> Result<i64> {
+    ids.get(name).copied().ok_or_else(|| StoreError::NotFound {
+        what: "model version",
+        id: name.to_string(),
+    })
+}
+
+/// Writes the experiments with their ids, each followed by its periods.
+fn insert_experiments(
+    conn: &Connection,
+    experiments: &[Experiment],
+    ids: &BTreeMap<&str, i64>,
+) -> Result<()> {
+    for e in experiments {
+        let what = format!("experiment {}", e.id);
+        conn.execute(
+            "INSERT INTO experiment (id, champion_id, challenger_id, status, seed, \
+             challenger_weight, started_at, ended_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                e.id,
+                version_id(ids, &e.champion)?,
+                version_id(ids, &e.challenger)?,
+                e.status.as_str(),
+                e.seed as i64,
+                e.challenger_weight,
+                rfc3339(e.started_at),
+                e.ended_at.map(rfc3339)
+            ],
+        )
+        .map_err(restore_error(&what))?;
+        for p in &e.periods {
+            conn.execute(
+                "INSERT INTO experiment_period (experiment_id, idx, started_at, \
+                 started_us, ended_at, challenger_weight, source) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    e.id,
+                    p.index,
+                    rfc3339(p.started_at),
+                    micros_of(p.started_at),
+                    p.ended_at.map(rfc3339),
+                    p.challenger_weight,
+                    p.source.as_str()
+                ],
+            )
+            .map_err(restore_error(&what))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the sequential states, by experiment id.
+fn insert_sequential_states(
+    conn: &Connection,
+    states: &[(i64, Vec<SequentialState>)],
+) -> Result<()> {
+    for (id, states) in states {
+        for s in states {
+            conn.execute(
+                "INSERT INTO experiment_sequential_state (experiment_id, metric, \
+                 n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
+                 started_at, updated_at, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    id,
+                    s.metric,
+                    s.n_looks as i64,
+                    s.baseline,
+                    s.tau,
+                    s.theta0,
+                    s.p_better,
+                    s.p_worse,
+                    s.cs_lower,
+                    s.cs_upper,
+                    rfc3339(s.started_at),
+                    rfc3339(s.updated_at),
+                    s.state
+                ],
+            )
+            .map_err(restore_error(&format!(
+                "sequential state of experiment {id}"
+            )))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the experiment events with their ids.
+fn insert_events(conn: &Connection, events: &[ExperimentEvent]) -> Result<()> {
+    for ev in events {
+        conn.execute(
+            "INSERT INTO experiment_event (id, at, experiment_id, kind, model, decision, \
+             weight, reason, statistics) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                ev.id,
+                rfc3339(ev.at),
+                ev.experiment_id,
+                ev.kind.as_str(),
+                ev.model,
+                ev.decision.map(|d| d.as_str()),
+                ev.weight,
+                ev.reason,
+                ev.statistics
+            ],
+        )
+        .map_err(restore_error(&format!("event {}", ev.id)))?;
+    }
+    Ok(())
+}
+
+/// Writes the covariates (`experiment_unit_pre`), by experiment id.
+fn insert_covariates(
+    conn: &Connection,
+    covariates: &[(i64, Vec<(String, UnitTally)>)],
+) -> Result<()> {
+    for (id, units) in covariates {
+        let mut insert = conn
+            .prepare(&format!(
+                "INSERT INTO experiment_unit_pre (experiment_id, unit, {PRE_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))
+            .map_err(restore_error("covariates"))?;
+        for (unit, t) in units {
+            insert
+                .execute(params![
+                    id,
+                    unit,
+                    t.n_quality as i64,
+                    t.sum_quality,
+                    t.n_latency as i64,
+                    t.sum_latency_ms,
+                    t.n_feedback as i64,
+                    t.n_positive as i64,
+                    t.n_negative as i64
+                ])
+                .map_err(restore_error(&format!("covariates of experiment {id}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks the running experiment live (`units::start_experiment`), before any record comes.
+fn start_running_experiments(conn: &Connection, experiments: &[Experiment]) -> Result<()> {
+    for e in experiments {
+        if e.status == ExperimentStatus::Running {
+            units::start_experiment(
+                conn,
+                e.id,
+                &e.champion,
+                &e.challenger,
+                micros_of(e.started_at),
+            )?;
+        }
+    }
+    Ok(())
 }
