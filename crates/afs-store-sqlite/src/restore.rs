@@ -56,6 +56,13 @@ fn rollup_delta(r: &UsageRecord) -> [f64; N_ROLLUP_COLUMNS] {
     ]
 }
 
+/// The context of the errors of [`RestoreStore::restore_records`].
+const RECORDS_CONTEXT: &str = "restore records";
+
+/// Per rollup table (in [`ROLLUP_TABLES`] order), the summed contribution of the restored
+/// records to each (model, bucket).
+type RollupSums = Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>>;
+
 /// The covariate columns of `experiment_unit_pre`, in [`UnitTally`] order (no `n`).
 const PRE_COLUMNS: &str = "n_q, sum_q, n_lat, sum_lat, n_fb, n_pos, n_neg";
 
@@ -131,115 +138,9 @@ impl RestoreStore for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        const CONTEXT: &str = "restore records";
-        self.bulk_write_txn(CONTEXT, |tx| {
-            let mut top = top_rowid(tx).map_err(|e| crate::db(CONTEXT, e))?;
-            let mut buckets: Vec<BTreeMap<(String, i64), [f64; N_ROLLUP_COLUMNS]>> =
-                vec![BTreeMap::new(); ROLLUP_TABLES.len()];
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, \
-                     latency_ms, token_count, quality_score, user_feedback, feedback_text, \
-                     context_hash, dedupe_hash, created_at, ts_us, feedback_at, unit_id, \
-                     pair_key, messages) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-                )
-                .map_err(|e| crate::db(CONTEXT, e))?;
-            let mut slot = tx
-                .prepare_cached("SELECT MAX(rowid) FROM usage WHERE rowid >= ?1 AND rowid < ?2")
-                .map_err(|e| crate::db(CONTEXT, e))?;
-            let mut exists = tx
-                .prepare_cached("SELECT 1 FROM usage WHERE id = ?1")
-                .map_err(|e| crate::db(CONTEXT, e))?;
-            for r in records {
-                let ts_us = micros_of(r.timestamp);
-                // The first free slot of its microsecond, as `InsertRow::insert` chooses it;
-                // a record never moves: a full microsecond is refused.
-                let first = first_rowid_at(ts_us);
-                let last: Option<i64> = match top {
-                    Some(t) if t >= first => slot
-                        .query_row([first, first + ROWID_SLOTS], |row| row.get(0))
-                        .map_err(|e| crate::db(CONTEXT, e))?,
-                    _ => None,
-                };
-                let rowid = match last {
-                    None => first,
-                    Some(last) if last + 1 < first + ROWID_SLOTS => last + 1,
-                    Some(_) => {
-                        return Err(conflict(format!(
-                            "record {}: its microsecond already holds {ROWID_SLOTS} records",
-                            r.id
-                        )))
-                    }
-                };
-                let inserted = insert.execute(params![
-                    rowid,
-                    r.id,
-                    rfc3339(r.timestamp),
-                    r.query,
-                    r.response,
-                    r.model,
-                    r.expert,
-                    r.latency_ms,
-                    r.token_count,
-                    r.quality_score,
-                    r.feedback.map(FeedbackValue::as_i64),
-                    r.feedback_text,
-                    r.context_hash,
-                    r.dedupe_hash,
-                    r.created_at.map(rfc3339),
-                    ts_us,
-                    r.feedback_at.map(rfc3339),
-                    r.unit_id,
-                    r.pair_key.as_ref().map(|k| &k[..]),
-                    r.messages.as_deref().map(afs_store::messages_to_json),
-                ]);
-                match inserted {
-                    Ok(_) => {}
-                    Err(e) if is_constraint(&e) => {
-                        let duplicate = exists
-                            .query_row([&r.id], |_| Ok(()))
-                            .optional()
-                            .map_err(|e| crate::db(CONTEXT, e))?
-                            .is_some();
-                        return Err(if duplicate {
-                            conflict(format!("record {} already exists", r.id))
-                        } else {
-                            crate::db(format!("restore record {}", r.id), e)
-                        });
-                    }
-                    Err(e) => return Err(crate::db(format!("restore record {}", r.id), e)),
-                }
-                top = top.max(Some(rowid));
-                let delta = rollup_delta(r);
-                for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(buckets.iter_mut()) {
-                    let sums = sums_by_bucket
-                        .entry((r.model.clone(), ts_us / table.width_us))
-                        .or_insert([0.0; N_ROLLUP_COLUMNS]);
-                    for (sum, d) in sums.iter_mut().zip(delta) {
-                        *sum += d;
-                    }
-                }
-            }
-            for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(&buckets) {
-                let mut upsert = tx
-                    .prepare_cached(&rollup_upsert_sql(*table))
-                    .map_err(|e| crate::db("update rollups", e))?;
-                for ((model, bucket), sums) in sums_by_bucket {
-                    let mut values: Vec<rusqlite::types::Value> =
-                        vec![model.clone().into(), (*bucket).into()];
-                    for (i, v) in sums.iter().enumerate() {
-                        values.push(if rollup_column_is_real(i) {
-                            (*v).into()
-                        } else {
-                            (v.round() as i64).into()
-                        });
-                    }
-                    upsert
-                        .execute(rusqlite::params_from_iter(values))
-                        .map_err(|e| crate::db("update rollups", e))?;
-                }
-            }
+        self.bulk_write_txn(RECORDS_CONTEXT, |tx| {
+            let rollups = insert_records(tx, records)?;
+            add_to_rollups(tx, &rollups)?;
             // The running experiment's unit rows the triggers changed, folded as a batch
             // folds them.
             units::fold_running(tx)
@@ -501,6 +402,150 @@ fn start_running_experiments(conn: &Connection, experiments: &[Experiment]) -> R
                 &e.challenger,
                 micros_of(e.started_at),
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `records` in the order given, each with the rowid a live write would give it;
+/// returns their contribution to the rollups.
+fn insert_records(conn: &Connection, records: &[UsageRecord]) -> Result<RollupSums> {
+    let mut top = top_rowid(conn).map_err(|e| crate::db(RECORDS_CONTEXT, e))?;
+    let mut rollups: RollupSums = vec![BTreeMap::new(); ROLLUP_TABLES.len()];
+    let mut statements = RecordStatements::prepare(conn)?;
+    for r in records {
+        let ts_us = micros_of(r.timestamp);
+        let rowid = statements.free_rowid(top, r, ts_us)?;
+        statements.insert(rowid, r, ts_us)?;
+        top = top.max(Some(rowid));
+        let delta = rollup_delta(r);
+        for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(rollups.iter_mut()) {
+            let sums = sums_by_bucket
+                .entry((r.model.clone(), ts_us / table.width_us))
+                .or_insert([0.0; N_ROLLUP_COLUMNS]);
+            for (sum, d) in sums.iter_mut().zip(delta) {
+                *sum += d;
+            }
+        }
+    }
+    Ok(rollups)
+}
+
+/// The statements [`insert_records`] runs for each record, prepared once.
+struct RecordStatements<'c> {
+    /// Inserts a record with its rowid.
+    insert: rusqlite::CachedStatement<'c>,
+    /// The highest rowid in a range (a microsecond's slots).
+    slot: rusqlite::CachedStatement<'c>,
+    /// Whether a record id is taken.
+    exists: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> RecordStatements<'c> {
+    /// Prepares the statements on `conn`.
+    fn prepare(conn: &'c Connection) -> Result<Self> {
+        let prepare = |sql: &str| {
+            conn.prepare_cached(sql)
+                .map_err(|e| crate::db(RECORDS_CONTEXT, e))
+        };
+        Ok(RecordStatements {
+            insert: prepare(
+                "INSERT INTO usage (rowid, id, timestamp, query, response, model, expert, \
+                 latency_ms, token_count, quality_score, user_feedback, feedback_text, \
+                 context_hash, dedupe_hash, created_at, ts_us, feedback_at, unit_id, \
+                 pair_key, messages) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            )?,
+            slot: prepare("SELECT MAX(rowid) FROM usage WHERE rowid >= ?1 AND rowid < ?2")?,
+            exists: prepare("SELECT 1 FROM usage WHERE id = ?1")?,
+        })
+    }
+
+    /// The rowid of record `r` (at `ts_us`), `top` being the highest rowid so far: the first
+    /// free slot of its microsecond, as `InsertRow::insert` chooses it. A record never moves:
+    /// a full microsecond is refused.
+    fn free_rowid(&mut self, top: Option<i64>, r: &UsageRecord, ts_us: i64) -> Result<i64> {
+        let first = first_rowid_at(ts_us);
+        let last: Option<i64> = match top {
+            Some(t) if t >= first => self
+                .slot
+                .query_row([first, first + ROWID_SLOTS], |row| row.get(0))
+                .map_err(|e| crate::db(RECORDS_CONTEXT, e))?,
+            _ => None,
+        };
+        match last {
+            None => Ok(first),
+            Some(last) if last + 1 < first + ROWID_SLOTS => Ok(last + 1),
+            Some(_) => Err(conflict(format!(
+                "record {}: its microsecond already holds {ROWID_SLOTS} records",
+                r.id
+            ))),
+        }
+    }
+
+    /// Inserts record `r` (at `ts_us`) with `rowid`; `Conflict` when its id is taken.
+    fn insert(&mut self, rowid: i64, r: &UsageRecord, ts_us: i64) -> Result<()> {
+        let inserted = self.insert.execute(params![
+            rowid,
+            r.id,
+            rfc3339(r.timestamp),
+            r.query,
+            r.response,
+            r.model,
+            r.expert,
+            r.latency_ms,
+            r.token_count,
+            r.quality_score,
+            r.feedback.map(FeedbackValue::as_i64),
+            r.feedback_text,
+            r.context_hash,
+            r.dedupe_hash,
+            r.created_at.map(rfc3339),
+            ts_us,
+            r.feedback_at.map(rfc3339),
+            r.unit_id,
+            r.pair_key.as_ref().map(|k| &k[..]),
+            r.messages.as_deref().map(afs_store::messages_to_json),
+        ]);
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_constraint(&e) => {
+                let duplicate = self
+                    .exists
+                    .query_row([&r.id], |_| Ok(()))
+                    .optional()
+                    .map_err(|e| crate::db(RECORDS_CONTEXT, e))?
+                    .is_some();
+                Err(if duplicate {
+                    conflict(format!("record {} already exists", r.id))
+                } else {
+                    crate::db(format!("restore record {}", r.id), e)
+                })
+            }
+            Err(e) => Err(crate::db(format!("restore record {}", r.id), e)),
+        }
+    }
+}
+
+/// Adds `rollups` to the three rollup tables, one upsert per model and bucket.
+fn add_to_rollups(conn: &Connection, rollups: &RollupSums) -> Result<()> {
+    for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(rollups) {
+        let mut upsert = conn
+            .prepare_cached(&rollup_upsert_sql(*table))
+            .map_err(|e| crate::db("update rollups", e))?;
+        for ((model, bucket), sums) in sums_by_bucket {
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![model.clone().into(), (*bucket).into()];
+            for (i, v) in sums.iter().enumerate() {
+                values.push(if rollup_column_is_real(i) {
+                    (*v).into()
+                } else {
+                    (v.round() as i64).into()
+                });
+            }
+            upsert
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(|e| crate::db("update rollups", e))?;
         }
     }
     Ok(())
