@@ -12,11 +12,12 @@
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
+use postgres::Transaction;
 
 use afs_store::units::UnitTally;
 use afs_store::{
-    ExperimentDump, ExperimentStatus, FeedbackValue, RestoreStore, Result, RetrainRun, RunStatus,
-    StoreError, UsageRecord,
+    Experiment, ExperimentDump, ExperimentEvent, ExperimentStatus, FeedbackValue, ModelVersion,
+    RestoreStore, Result, RetrainRun, RunStatus, SequentialState, StoreError, UsageRecord,
 };
 
 use crate::error::{db, dbe};
@@ -106,162 +107,13 @@ impl RestoreStore for PgStore {
 
     fn restore_experiments(&self, dump: &ExperimentDump) -> Result<()> {
         self.experiment_write("restore experiments", |tx| {
-            let taken: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM afs_model_version) \
-                     OR EXISTS (SELECT 1 FROM afs_experiment)",
-                    &[],
-                )
-                .map_err(dbe("check experiments"))?
-                .get(0);
-            if taken {
-                return Err(conflict(
-                    "the database already holds model versions or experiments",
-                ));
-            }
-            let id_of = |name: &str| {
-                dump.versions
-                    .iter()
-                    .find(|v| v.name == name)
-                    .map(|v| v.id)
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "model version",
-                        id: name.to_string(),
-                    })
-            };
-            for v in &dump.versions {
-                tx.execute(
-                    "INSERT INTO afs_model_version (id, name, model_path, status, \
-                     traffic_weight, created_at_us, promoted_at_us, retired_at_us, dataset, \
-                     run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &v.id,
-                        &v.name,
-                        &v.model_path,
-                        &v.status.as_str(),
-                        &v.traffic_weight,
-                        &micros(v.created_at),
-                        &v.promoted_at.map(micros),
-                        &v.retired_at.map(micros),
-                        &v.dataset,
-                        &v.run_id,
-                    ],
-                )
-                .map_err(|e| write_error(&format!("model version {}", v.name), e))?;
-            }
-            for e in &dump.experiments {
-                let what = format!("experiment {}", e.id);
-                tx.execute(
-                    "INSERT INTO afs_experiment (id, champion_id, challenger_id, status, seed, \
-                     challenger_weight, started_at_us, ended_at_us) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &e.id,
-                        &id_of(&e.champion)?,
-                        &id_of(&e.challenger)?,
-                        &e.status.as_str(),
-                        &(e.seed as i64),
-                        &e.challenger_weight,
-                        &micros(e.started_at),
-                        &e.ended_at.map(micros),
-                    ],
-                )
-                .map_err(|err| write_error(&what, err))?;
-                for p in &e.periods {
-                    tx.execute(
-                        "INSERT INTO afs_experiment_period (experiment_id, idx, started_us, \
-                         ended_us, challenger_weight, source) VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[
-                            &e.id,
-                            &(p.index as i32),
-                            &micros(p.started_at),
-                            &p.ended_at.map(micros),
-                            &p.challenger_weight,
-                            &p.source.as_str(),
-                        ],
-                    )
-                    .map_err(|err| write_error(&what, err))?;
-                }
-            }
-            for (id, states) in &dump.states {
-                for s in states {
-                    tx.execute(
-                        "INSERT INTO afs_experiment_sequential_state (experiment_id, metric, \
-                         n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
-                         started_at_us, updated_at_us, state) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                        &[
-                            id,
-                            &s.metric,
-                            &(s.n_looks as i64),
-                            &s.baseline,
-                            &s.tau,
-                            &s.theta0,
-                            &s.p_better,
-                            &s.p_worse,
-                            &s.cs_lower,
-                            &s.cs_upper,
-                            &micros(s.started_at),
-                            &micros(s.updated_at),
-                            &s.state,
-                        ],
-                    )
-                    .map_err(|e| write_error(&format!("sequential state of experiment {id}"), e))?;
-                }
-            }
-            for ev in &dump.events {
-                tx.execute(
-                    "INSERT INTO afs_experiment_event (id, at_us, experiment_id, kind, model, \
-                     decision, weight, reason, statistics) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[
-                        &ev.id,
-                        &micros(ev.at),
-                        &ev.experiment_id,
-                        &ev.kind.as_str(),
-                        &ev.model,
-                        &ev.decision.map(|d| d.as_str()),
-                        &ev.weight,
-                        &ev.reason,
-                        &ev.statistics,
-                    ],
-                )
-                .map_err(|e| write_error(&format!("event {}", ev.id), e))?;
-            }
-            for (id, units) in &dump.covariates {
-                for (unit, t) in units {
-                    tx.execute(
-                        "INSERT INTO afs_experiment_unit_pre (experiment_id, unit_id, n, n_q, \
-                         sum_q, n_lat, sum_lat, n_fb, n_pos, n_neg) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                        &[
-                            id,
-                            unit,
-                            &(t.n as i64),
-                            &(t.n_quality as i64),
-                            &t.sum_quality,
-                            &(t.n_latency as i64),
-                            &t.sum_latency_ms,
-                            &(t.n_feedback as i64),
-                            &(t.n_positive as i64),
-                            &(t.n_negative as i64),
-                        ],
-                    )
-                    .map_err(|e| write_error(&format!("covariates of experiment {id}"), e))?;
-                }
-            }
-            for e in &dump.experiments {
-                if e.status == ExperimentStatus::Running {
-                    crate::units::start_experiment(
-                        tx,
-                        e.id,
-                        &e.champion,
-                        &e.challenger,
-                        micros(e.started_at),
-                    )?;
-                }
-            }
-            Ok(())
+            refuse_if_experiments_exist(tx)?;
+            insert_versions(tx, &dump.versions)?;
+            insert_experiments(tx, &dump.experiments, &dump.versions)?;
+            insert_sequential_states(tx, &dump.states)?;
+            insert_events(tx, &dump.events)?;
+            insert_covariates(tx, &dump.covariates)?;
+            start_running_experiments(tx, &dump.experiments)
         })
     }
 
@@ -361,4 +213,208 @@ impl RestoreStore for PgStore {
             Ok(())
         })
     }
+}
+
+/// `Conflict` when the database already holds a model version or an experiment.
+fn refuse_if_experiments_exist(tx: &mut Transaction<'_>) -> Result<()> {
+    let taken: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM afs_model_version) \
+             OR EXISTS (SELECT 1 FROM afs_experiment)",
+            &[],
+        )
+        .map_err(dbe("check experiments"))?
+        .get(0);
+    if taken {
+        return Err(conflict(
+            "the database already holds model versions or experiments",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the model versions with their ids.
+fn insert_versions(tx: &mut Transaction<'_>, versions: &[ModelVersion]) -> Result<()> {
+    for v in versions {
+        tx.execute(
+            "INSERT INTO afs_model_version (id, name, model_path, status, \
+             traffic_weight, created_at_us, promoted_at_us, retired_at_us, dataset, \
+             run_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &v.id,
+                &v.name,
+                &v.model_path,
+                &v.status.as_str(),
+                &v.traffic_weight,
+                &micros(v.created_at),
+                &v.promoted_at.map(micros),
+                &v.retired_at.map(micros),
+                &v.dataset,
+                &v.run_id,
+            ],
+        )
+        .map_err(|e| write_error(&format!("model version {}", v.name), e))?;
+    }
+    Ok(())
+}
+
+/// The id of the model version `name` of `versions` (`NotFound` when there is none).
+fn version_id(versions: &[ModelVersion], name: &str) -> Result<i64> {
+    versions
+        .iter()
+        .find(|v| v.name == name)
+        .map(|v| v.id)
+        .ok_or_else(|| StoreError::NotFound {
+            what: "model version",
+            id: name.to_string(),
+        })
+}
+
+/// Writes the experiments with their ids, each followed by its periods; `versions` gives
+/// the ids of their models.
+fn insert_experiments(
+    tx: &mut Transaction<'_>,
+    experiments: &[Experiment],
+    versions: &[ModelVersion],
+) -> Result<()> {
+    for e in experiments {
+        let what = format!("experiment {}", e.id);
+        tx.execute(
+            "INSERT INTO afs_experiment (id, champion_id, challenger_id, status, seed, \
+             challenger_weight, started_at_us, ended_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &e.id,
+                &version_id(versions, &e.champion)?,
+                &version_id(versions, &e.challenger)?,
+                &e.status.as_str(),
+                &(e.seed as i64),
+                &e.challenger_weight,
+                &micros(e.started_at),
+                &e.ended_at.map(micros),
+            ],
+        )
+        .map_err(|err| write_error(&what, err))?;
+        for p in &e.periods {
+            tx.execute(
+                "INSERT INTO afs_experiment_period (experiment_id, idx, started_us, \
+                 ended_us, challenger_weight, source) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &e.id,
+                    &(p.index as i32),
+                    &micros(p.started_at),
+                    &p.ended_at.map(micros),
+                    &p.challenger_weight,
+                    &p.source.as_str(),
+                ],
+            )
+            .map_err(|err| write_error(&what, err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the sequential states, by experiment id.
+fn insert_sequential_states(
+    tx: &mut Transaction<'_>,
+    states: &[(i64, Vec<SequentialState>)],
+) -> Result<()> {
+    for (id, states) in states {
+        for s in states {
+            tx.execute(
+                "INSERT INTO afs_experiment_sequential_state (experiment_id, metric, \
+                 n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
+                 started_at_us, updated_at_us, state) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                &[
+                    id,
+                    &s.metric,
+                    &(s.n_looks as i64),
+                    &s.baseline,
+                    &s.tau,
+                    &s.theta0,
+                    &s.p_better,
+                    &s.p_worse,
+                    &s.cs_lower,
+                    &s.cs_upper,
+                    &micros(s.started_at),
+                    &micros(s.updated_at),
+                    &s.state,
+                ],
+            )
+            .map_err(|e| write_error(&format!("sequential state of experiment {id}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the experiment events with their ids.
+fn insert_events(tx: &mut Transaction<'_>, events: &[ExperimentEvent]) -> Result<()> {
+    for ev in events {
+        tx.execute(
+            "INSERT INTO afs_experiment_event (id, at_us, experiment_id, kind, model, \
+             decision, weight, reason, statistics) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &ev.id,
+                &micros(ev.at),
+                &ev.experiment_id,
+                &ev.kind.as_str(),
+                &ev.model,
+                &ev.decision.map(|d| d.as_str()),
+                &ev.weight,
+                &ev.reason,
+                &ev.statistics,
+            ],
+        )
+        .map_err(|e| write_error(&format!("event {}", ev.id), e))?;
+    }
+    Ok(())
+}
+
+/// Writes the covariates (`afs_experiment_unit_pre`), by experiment id.
+fn insert_covariates(
+    tx: &mut Transaction<'_>,
+    covariates: &[(i64, Vec<(String, UnitTally)>)],
+) -> Result<()> {
+    for (id, units) in covariates {
+        for (unit, t) in units {
+            tx.execute(
+                "INSERT INTO afs_experiment_unit_pre (experiment_id, unit_id, n, n_q, \
+                 sum_q, n_lat, sum_lat, n_fb, n_pos, n_neg) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    id,
+                    unit,
+                    &(t.n as i64),
+                    &(t.n_quality as i64),
+                    &t.sum_quality,
+                    &(t.n_latency as i64),
+                    &t.sum_latency_ms,
+                    &(t.n_feedback as i64),
+                    &(t.n_positive as i64),
+                    &(t.n_negative as i64),
+                ],
+            )
+            .map_err(|e| write_error(&format!("covariates of experiment {id}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the running experiment for the triggers (`units::start_experiment`), before any
+/// record comes.
+fn start_running_experiments(tx: &mut Transaction<'_>, experiments: &[Experiment]) -> Result<()> {
+    for e in experiments {
+        if e.status == ExperimentStatus::Running {
+            crate::units::start_experiment(
+                tx,
+                e.id,
+                &e.champion,
+                &e.challenger,
+                micros(e.started_at),
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -55,7 +55,58 @@ pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()>
     }
     let source = open(config.store_config(&args.from), Create::Never)?;
     let dest = open(config.store_config(&args.to), Create::IfMissing)?;
-    if !RestoreStore::is_empty(&dest).with_context(|| format!("cannot read {to}"))? {
+    refuse_unless_copyable(&source, &dest, &from, &to)?;
+    let progress = std::io::stderr().is_terminal() && !global.json;
+
+    // Experiments, with the running one's covariates, before any record.
+    let dump = dump_experiments(&source)?;
+    let running = dump
+        .experiments
+        .iter()
+        .find(|e| e.status == ExperimentStatus::Running)
+        .map(|e| e.id);
+    dest.restore_experiments(&dump)
+        .with_context(|| format!("cannot copy the experiments into {to}"))?;
+    let records = copy_records(&source, &dest, &to, args.batch as usize, progress)?;
+    let (runs, state_keys) = copy_runs_and_state(&source, &dest, &to)?;
+    tracing::info!(records, runs, "copy done; verifying");
+
+    let differences = verify(&source, &dest, records, running)?;
+    let summary = Summary {
+        from,
+        to,
+        records,
+        models: source.stats_by_model(&StatsWindow::default())?.len(),
+        versions: dump.versions.len(),
+        experiments: dump.experiments.len(),
+        events: dump.events.len(),
+        sequential_states: dump.states.iter().map(|(_, s)| s.len()).sum(),
+        covariate_units: dump.covariates.iter().map(|(_, c)| c.len()).sum(),
+        runs,
+        state_keys,
+        running_experiment: running,
+        verified: differences.is_empty(),
+        differences,
+    };
+    print_summary(&summary, global.json)?;
+    if !summary.verified {
+        bail!(
+            "the copy differs from the source: {}",
+            summary.differences.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// `Busy` unless `dest` (shown as `to`) is empty and no retrain run is running on `source`
+/// (shown as `from`).
+fn refuse_unless_copyable(
+    source: &AnyStore,
+    dest: &AnyStore,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<()> {
+    if !RestoreStore::is_empty(dest).with_context(|| format!("cannot read {to}"))? {
         return Err(Busy(format!(
             "destination {to} is not empty (it holds records, model versions, experiments, \
              runs or state); afs migrate copies only into a new or empty database; nothing was \
@@ -71,25 +122,25 @@ pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()>
         ))
         .into());
     }
-    let progress = std::io::stderr().is_terminal() && !global.json;
+    Ok(())
+}
 
-    // Experiments, with the running one's covariates, before any record.
-    let dump = dump_experiments(&source)?;
-    let running = dump
-        .experiments
-        .iter()
-        .find(|e| e.status == ExperimentStatus::Running)
-        .map(|e| e.id);
-    dest.restore_experiments(&dump)
-        .with_context(|| format!("cannot copy the experiments into {to}"))?;
-
-    // The log, streamed oldest first, in batches.
+/// Copies the log into `dest` (shown as `to`), streamed oldest first, in batches of
+/// `batch_size` records (one transaction each), counting on stderr when `progress`;
+/// returns how many records were copied.
+fn copy_records(
+    source: &AnyStore,
+    dest: &AnyStore,
+    to: &str,
+    batch_size: usize,
+    progress: bool,
+) -> anyhow::Result<u64> {
     let filter = RecordFilter {
         paging: Paging::Bulk,
         ..RecordFilter::default()
     };
     let mut records = 0u64;
-    let mut batch = Vec::with_capacity(args.batch as usize);
+    let mut batch = Vec::with_capacity(batch_size);
     let write = |batch: &mut Vec<afs_store::UsageRecord>, records: &mut u64| {
         dest.restore_records(batch)
             .with_context(|| format!("cannot copy records into {to}"))?;
@@ -102,7 +153,7 @@ pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()>
     };
     for record in source.query(&filter)? {
         batch.push(record?);
-        if batch.len() >= args.batch as usize {
+        if batch.len() >= batch_size {
             write(&mut batch, &mut records)?;
         }
     }
@@ -112,8 +163,16 @@ pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()>
     if progress {
         eprintln!();
     }
+    Ok(records)
+}
 
-    // Runs (oldest first) and controller state.
+/// Copies the runs (oldest first) and the controller state into `dest` (shown as `to`);
+/// returns how many runs and state keys were copied.
+fn copy_runs_and_state(
+    source: &AnyStore,
+    dest: &AnyStore,
+    to: &str,
+) -> anyhow::Result<(usize, usize)> {
     let mut runs = source.runs(usize::MAX)?;
     runs.reverse();
     dest.restore_runs(&runs)
@@ -127,50 +186,30 @@ pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()>
         dest.put_states(&pairs)
             .with_context(|| format!("cannot copy the state into {to}"))?;
     }
-    tracing::info!(records, runs = runs.len(), "copy done; verifying");
+    Ok((runs.len(), state.len()))
+}
 
-    let differences = verify(&source, &dest, records, running)?;
-    let summary = Summary {
-        from,
-        to,
-        records,
-        models: source.stats_by_model(&StatsWindow::default())?.len(),
-        versions: dump.versions.len(),
-        experiments: dump.experiments.len(),
-        events: dump.events.len(),
-        sequential_states: dump.states.iter().map(|(_, s)| s.len()).sum(),
-        covariate_units: dump.covariates.iter().map(|(_, c)| c.len()).sum(),
-        runs: runs.len(),
-        state_keys: state.len(),
-        running_experiment: running,
-        verified: differences.is_empty(),
-        differences,
-    };
-    if global.json {
-        print_json(&summary)?;
-    } else {
-        print_line(&format!(
-            "copied {} records ({} models), {} versions, {} experiments, {} events, {} runs \
-             and {} state keys from {} to {}",
-            summary.records,
-            summary.models,
-            summary.versions,
-            summary.experiments,
-            summary.events,
-            summary.runs,
-            summary.state_keys,
-            summary.from,
-            summary.to
-        ))?;
-        if summary.verified {
-            print_line("verified: record count, stats overall and per model, versions, experiments, events, runs, state and the running experiment's unit statistics match")?;
-        }
+/// Prints what was copied (and, when it was, that the copy was verified), as JSON with
+/// `json`.
+fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(summary);
     }
-    if !summary.verified {
-        bail!(
-            "the copy differs from the source: {}",
-            summary.differences.join("; ")
-        );
+    print_line(&format!(
+        "copied {} records ({} models), {} versions, {} experiments, {} events, {} runs \
+         and {} state keys from {} to {}",
+        summary.records,
+        summary.models,
+        summary.versions,
+        summary.experiments,
+        summary.events,
+        summary.runs,
+        summary.state_keys,
+        summary.from,
+        summary.to
+    ))?;
+    if summary.verified {
+        print_line("verified: record count, stats overall and per model, versions, experiments, events, runs, state and the running experiment's unit statistics match")?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use afs_store::{NewUsage, StoreError, UsageStore};
 use anyhow::Context;
@@ -66,116 +67,214 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
     // far beyond that is refused without being held in memory whole.
     let max_line_bytes = max_field_bytes.saturating_mul(16).max(64 * 1024);
     let progress = progress_bar(input_len);
+    let counts = WriterCounts::default();
+    let mut parsing = Parsing {
+        reader: &mut *reader,
+        file: &args.file,
+        max_line_bytes,
+        max_field_bytes,
+        batch_size: args.batch_size as usize,
+        progress: &progress,
+        counts: &counts,
+        report: Report::default(),
+    };
+    let written = parse_and_write(&store, &mut parsing);
+    progress.finish_and_clear();
+    let report = merge_reports(parsing.report, written?);
+    tracing::info!(
+        imported = report.imported,
+        rejected = report.rejected,
+        "import done"
+    );
+    print_report(&report, global.json)?;
+    if report.rejected > 0 {
+        return Err(InvalidInput(rejected_message(&report)).into());
+    }
+    Ok(())
+}
 
-    // Parsing and writing overlap: this thread parses the next batch while a writer thread
-    // commits the previous one (a channel of one batch keeps memory bounded).
-    let batch_size = args.batch_size as usize;
-    let store_ref: &dyn UsageStore = &store;
-    let mut parse_report = Report::default();
-    // What the writer thread has committed and refused so far, for the progress bar.
-    let committed = AtomicU64::new(0);
-    let store_rejected = AtomicU64::new(0);
-    let (committed_ref, store_rejected_ref) = (&committed, &store_rejected);
-    let message = |parse_report: &Report| {
+/// Parsed records and their line numbers, one batch of the writer thread.
+type ParsedBatch = (Vec<NewUsage>, Vec<u64>);
+
+/// What the writer thread has committed and refused so far, for the progress bar.
+#[derive(Debug, Default)]
+struct WriterCounts {
+    committed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl WriterCounts {
+    /// The progress bar's message: records imported and lines rejected so far, by the
+    /// parser (`parse_report`) and the writer together.
+    fn message(&self, parse_report: &Report) -> String {
         format!(
             "{} imported, {} rejected",
-            committed.load(Ordering::Relaxed),
-            parse_report.rejected + store_rejected.load(Ordering::Relaxed)
+            self.committed.load(Ordering::Relaxed),
+            parse_report.rejected + self.rejected.load(Ordering::Relaxed)
         )
-    };
-    let written: anyhow::Result<Report> = std::thread::scope(|scope| {
-        let (to_writer, batches) = std::sync::mpsc::sync_channel::<(Vec<NewUsage>, Vec<u64>)>(1);
-        let writer = scope.spawn(move || -> anyhow::Result<Report> {
-            let mut batch = Batch {
-                store: store_ref,
-                records: Vec::new(),
-                line_numbers: Vec::new(),
-                report: Report::default(),
-            };
-            for (records, line_numbers) in batches {
-                batch.records = records;
-                batch.line_numbers = line_numbers;
-                batch.flush()?;
-                committed_ref.store(batch.report.imported, Ordering::Relaxed);
-                store_rejected_ref.store(batch.report.rejected, Ordering::Relaxed);
-            }
-            Ok(batch.report)
-        });
-        let mut records = Vec::with_capacity(batch_size);
-        let mut line_numbers = Vec::with_capacity(batch_size);
-        let mut buf = Vec::with_capacity(4096);
-        let mut line_number = 0u64;
-        let mut bytes_read = 0u64;
-        let parsed: anyhow::Result<()> = (|| {
-            loop {
-                buf.clear();
-                let (read, n_bytes) = read_line(&mut reader, &mut buf, max_line_bytes)
-                    .with_context(|| {
-                        format!(
-                            "cannot read {} at line {}",
-                            args.file.display(),
-                            line_number + 1
-                        )
-                    })?;
-                if read == LineRead::Eof {
-                    break;
-                }
-                line_number += 1;
-                bytes_read += n_bytes;
-                if line_number % 256 == 0 {
-                    progress.set_position(bytes_read);
-                    progress.set_message(message(&parse_report));
-                }
-                if read == LineRead::TooLong {
-                    parse_report.reject(
-                        line_number,
-                        format!("line is longer than {max_line_bytes} bytes"),
-                    );
-                    continue;
-                }
-                let text = trim_line_end(&buf, line_number == 1);
-                if text.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                match record_json::parse(text, IMPORT, max_field_bytes) {
-                    Ok(record) => {
-                        records.push(record);
-                        line_numbers.push(line_number);
-                        if records.len() >= batch_size {
-                            let full = (
-                                std::mem::replace(&mut records, Vec::with_capacity(batch_size)),
-                                std::mem::replace(
-                                    &mut line_numbers,
-                                    Vec::with_capacity(batch_size),
-                                ),
-                            );
-                            if to_writer.send(full).is_err() {
-                                // The writer stopped on an error; it reports it below.
-                                return Ok(());
-                            }
-                            progress.set_position(bytes_read);
-                            progress.set_message(message(&parse_report));
-                        }
-                    }
-                    Err(error) => parse_report.reject(line_number, error.to_string()),
-                }
-            }
-            if !records.is_empty() {
-                let _ = to_writer.send((records, line_numbers));
-            }
-            Ok(())
-        })();
+    }
+}
+
+/// Parsing and writing overlap: this thread parses the next batch while a writer thread
+/// commits the previous one (a channel of one batch keeps memory bounded). Returns the
+/// writer's report; the parse rejects are in `parsing.report`.
+fn parse_and_write(store: &dyn UsageStore, parsing: &mut Parsing<'_>) -> anyhow::Result<Report> {
+    let counts = parsing.counts;
+    std::thread::scope(|scope| {
+        let (to_writer, batches) = std::sync::mpsc::sync_channel::<ParsedBatch>(1);
+        let writer = scope.spawn(move || write_batches(store, batches, counts));
+        let parsed = parsing.parse(&to_writer);
         drop(to_writer);
         let written = writer
             .join()
             .map_err(|_| anyhow::anyhow!("the import writer thread panicked"))?;
         parsed?;
         written
-    });
-    progress.finish_and_clear();
-    let written = written?;
+    })
+}
 
-    // One report: parse rejects and store rejects, in line order.
+/// The writer thread: commits each batch it receives, one transaction each, and publishes
+/// its counts for the progress bar; returns its report. On an error it stops, which the
+/// parser sees as a closed channel.
+fn write_batches(
+    store: &dyn UsageStore,
+    batches: Receiver<ParsedBatch>,
+    counts: &WriterCounts,
+) -> anyhow::Result<Report> {
+    let mut batch = Batch {
+        store,
+        records: Vec::new(),
+        line_numbers: Vec::new(),
+        report: Report::default(),
+    };
+    for (records, line_numbers) in batches {
+        batch.records = records;
+        batch.line_numbers = line_numbers;
+        batch.flush()?;
+        counts
+            .committed
+            .store(batch.report.imported, Ordering::Relaxed);
+        counts
+            .rejected
+            .store(batch.report.rejected, Ordering::Relaxed);
+    }
+    Ok(batch.report)
+}
+
+/// The parsing side of an import: the input, its limits, the progress display and the
+/// lines rejected so far.
+struct Parsing<'a> {
+    reader: &'a mut dyn BufRead,
+    /// The input's name, for errors.
+    file: &'a Path,
+    max_line_bytes: usize,
+    max_field_bytes: usize,
+    batch_size: usize,
+    progress: &'a ProgressBar,
+    counts: &'a WriterCounts,
+    /// The lines rejected by the parser.
+    report: Report,
+}
+
+impl Parsing<'_> {
+    /// Reads and parses every line, sending each full batch (and the last, partial one) to
+    /// the writer; stops early, without an error, when the writer has stopped.
+    fn parse(&mut self, to_writer: &SyncSender<ParsedBatch>) -> anyhow::Result<()> {
+        let mut pending = Pending::new(self.batch_size);
+        let mut buf = Vec::with_capacity(4096);
+        let mut line_number = 0u64;
+        let mut bytes_read = 0u64;
+        loop {
+            buf.clear();
+            let (read, n_bytes) = read_line(self.reader, &mut buf, self.max_line_bytes)
+                .with_context(|| {
+                    format!(
+                        "cannot read {} at line {}",
+                        self.file.display(),
+                        line_number + 1
+                    )
+                })?;
+            if read == LineRead::Eof {
+                break;
+            }
+            line_number += 1;
+            bytes_read += n_bytes;
+            if line_number % 256 == 0 {
+                self.show(bytes_read);
+            }
+            if read == LineRead::TooLong {
+                let error = format!("line is longer than {} bytes", self.max_line_bytes);
+                self.report.reject(line_number, error);
+                continue;
+            }
+            let text = trim_line_end(&buf, line_number == 1);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match record_json::parse(text, IMPORT, self.max_field_bytes) {
+                Ok(record) => {
+                    if let Some(full) = pending.push(record, line_number) {
+                        if to_writer.send(full).is_err() {
+                            // The writer stopped on an error; it reports it.
+                            return Ok(());
+                        }
+                        self.show(bytes_read);
+                    }
+                }
+                Err(error) => self.report.reject(line_number, error.to_string()),
+            }
+        }
+        if let Some(rest) = pending.into_rest() {
+            let _ = to_writer.send(rest);
+        }
+        Ok(())
+    }
+
+    /// Updates the progress bar: `bytes_read` of the input and the counts so far.
+    fn show(&self, bytes_read: u64) {
+        self.progress.set_position(bytes_read);
+        self.progress.set_message(self.counts.message(&self.report));
+    }
+}
+
+/// Parsed records not yet sent to the writer, with their line numbers.
+struct Pending {
+    records: Vec<NewUsage>,
+    line_numbers: Vec<u64>,
+    batch_size: usize,
+}
+
+impl Pending {
+    /// No records, room for `batch_size`.
+    fn new(batch_size: usize) -> Self {
+        Pending {
+            records: Vec::with_capacity(batch_size),
+            line_numbers: Vec::with_capacity(batch_size),
+            batch_size,
+        }
+    }
+
+    /// Adds the record of line `line`; returns the batch once it holds `batch_size` records.
+    fn push(&mut self, record: NewUsage, line: u64) -> Option<ParsedBatch> {
+        self.records.push(record);
+        self.line_numbers.push(line);
+        if self.records.len() < self.batch_size {
+            return None;
+        }
+        Some((
+            std::mem::replace(&mut self.records, Vec::with_capacity(self.batch_size)),
+            std::mem::replace(&mut self.line_numbers, Vec::with_capacity(self.batch_size)),
+        ))
+    }
+
+    /// The records left over at the end, if any.
+    fn into_rest(self) -> Option<ParsedBatch> {
+        (!self.records.is_empty()).then_some((self.records, self.line_numbers))
+    }
+}
+
+/// One report: parse rejects and store rejects (`written`), in line order.
+fn merge_reports(parse_report: Report, written: Report) -> Report {
     let mut report = parse_report;
     report.imported = written.imported;
     let unlisted = written.rejected - written.errors.len() as u64;
@@ -185,32 +284,27 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
     report.rejected += unlisted;
     report.errors_truncated |= written.errors_truncated;
     report.errors.sort_by_key(|e| e.line);
-    tracing::info!(
-        imported = report.imported,
-        rejected = report.rejected,
-        "import done"
-    );
-    print_report(&report, global.json)?;
-    if report.rejected > 0 {
-        let message = if report.imported == 0 {
-            format!(
-                "{} rejected; nothing was imported",
-                if report.rejected == 1 {
-                    "the only line was".to_string()
-                } else {
-                    format!("all {} lines were", report.rejected)
-                }
-            )
-        } else {
-            format!(
-                "{} of {} lines rejected (the other lines were imported)",
-                report.rejected,
-                report.rejected + report.imported
-            )
-        };
-        return Err(InvalidInput(message).into());
+    report
+}
+
+/// The error message of an import that rejected lines.
+fn rejected_message(report: &Report) -> String {
+    if report.imported == 0 {
+        format!(
+            "{} rejected; nothing was imported",
+            if report.rejected == 1 {
+                "the only line was".to_string()
+            } else {
+                format!("all {} lines were", report.rejected)
+            }
+        )
+    } else {
+        format!(
+            "{} of {} lines rejected (the other lines were imported)",
+            report.rejected,
+            report.rejected + report.imported
+        )
     }
-    Ok(())
 }
 
 /// Records waiting to be written, with their line numbers, and the report so far.
