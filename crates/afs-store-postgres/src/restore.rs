@@ -28,12 +28,6 @@ use crate::store::PgStore;
 /// generated).
 use crate::usage_rows::{INSERT_COLUMNS as COPY_COLUMNS, INSERT_TYPES as COPY_TYPES};
 
-fn conflict(reason: impl Into<String>) -> StoreError {
-    StoreError::Conflict {
-        reason: reason.into(),
-    }
-}
-
 fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
@@ -46,7 +40,7 @@ fn write_error(what: &str, e: postgres::Error) -> StoreError {
             .and_then(|d| d.detail())
             .unwrap_or("a key already exists")
             .to_string();
-        conflict(format!("{what}: {detail}"))
+        StoreError::conflict(format!("{what}: {detail}"))
     } else {
         db(format!("restore {what}"), e)
     }
@@ -133,7 +127,9 @@ impl RestoreStore for PgStore {
                 .map_err(dbe("restore records"))?
                 .map(|row| row.get(0));
             if let Some(id) = taken {
-                return Err(conflict(format!("a record with id {id} exists already")));
+                return Err(StoreError::conflict(format!(
+                    "a record with id {id} exists already"
+                )));
             }
             let sink = tx
                 .copy_in(&format!(
@@ -226,7 +222,7 @@ fn refuse_if_experiments_exist(tx: &mut Transaction<'_>) -> Result<()> {
         .map_err(dbe("check experiments"))?
         .get(0);
     if taken {
-        return Err(conflict(
+        return Err(StoreError::conflict(
             "the database already holds model versions or experiments",
         ));
     }

@@ -23,12 +23,6 @@ use afs_store::{
     RestoreStore, Result, RetrainRun, RunStatus, SequentialState, StoreError, UsageRecord,
 };
 
-fn conflict(reason: impl Into<String>) -> StoreError {
-    StoreError::Conflict {
-        reason: reason.into(),
-    }
-}
-
 /// Whether `e` is SQLite refusing a duplicate key.
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
@@ -185,7 +179,7 @@ impl RestoreStore for SqliteStore {
                 match inserted {
                     Ok(_) => {}
                     Err(e) if is_constraint(&e) => {
-                        return Err(conflict(format!("run {} already exists", r.id)))
+                        return Err(StoreError::conflict(format!("run {} already exists", r.id)))
                     }
                     Err(e) => return Err(crate::db(format!("restore run {}", r.id), e)),
                 }
@@ -211,7 +205,7 @@ fn refuse_if_experiments_exist(conn: &Connection) -> Result<()> {
         )
         .map_err(restore_error("experiments"))?;
     if taken {
-        return Err(conflict(
+        return Err(StoreError::conflict(
             "the database already holds model versions or experiments",
         ));
     }
@@ -476,7 +470,7 @@ impl<'c> RecordStatements<'c> {
         match last {
             None => Ok(first),
             Some(last) if last + 1 < first + ROWID_SLOTS => Ok(last + 1),
-            Some(_) => Err(conflict(format!(
+            Some(_) => Err(StoreError::conflict(format!(
                 "record {}: its microsecond already holds {ROWID_SLOTS} records",
                 r.id
             ))),
@@ -517,7 +511,7 @@ impl<'c> RecordStatements<'c> {
                     .map_err(|e| crate::db(RECORDS_CONTEXT, e))?
                     .is_some();
                 Err(if duplicate {
-                    conflict(format!("record {} already exists", r.id))
+                    StoreError::conflict(format!("record {} already exists", r.id))
                 } else {
                     crate::db(format!("restore record {}", r.id), e)
                 })
