@@ -109,7 +109,7 @@ use crate::usage_window::{stats_grouped, Grouping, HOUR_US};
 #[derive(Debug, Default)]
 pub(crate) struct UsageState {
     /// Rows waiting for (or in) a group commit.
-    group: crate::usage_writer::GroupCommit,
+    group: crate::usage_writer::LogWriter,
 }
 
 impl UsageState {

@@ -1,6 +1,6 @@
-//! Group commit of single-record `log` calls, without a writer thread: a caller queues its
-//! row; if nobody is committing it becomes the leader and commits every row queued so far
-//! in one statement (one `INSERT ... unnest` in autocommit, whose statement trigger updates
+//! Group commit of single-record `log` calls, without a writer thread
+//! ([`afs_store::group_commit`]): a caller queues its row; if nobody is committing it becomes
+//! the leader and commits every row queued so far in one statement (one `INSERT ... unnest` in autocommit, whose statement trigger updates
 //! each rollup bucket once), then wakes the callers whose rows it held. Nobody is answered
 //! before the transaction holding its row has committed.
 //!
@@ -10,10 +10,10 @@
 //! statement. A connection idle for a while is checked before use (as the pool checks its
 //! own), so a restarted server costs no logged call after a quiet spell.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use afs_store::group_commit::GroupCommit;
 use afs_store::{Result, StoreError};
 
 use crate::error::{db, is_retryable};
@@ -22,28 +22,29 @@ use crate::usage_rows::{insert_rows_prepared, prepare_insert, InsertRow};
 
 /// Most rows one group transaction takes; bounds the latency of the first caller in a group.
 const MAX_GROUP: usize = 1024;
-/// Times a new leader yields its CPU to callers that are inside `log` but not queued yet.
-const YIELDS: usize = 3;
-
-/// Where a queued row's outcome is left for its caller.
-type Slot = Arc<Mutex<Option<Result<String>>>>;
 
 /// Locks `m`; a panic elsewhere while it was held left nothing half-done in it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The queue of rows waiting for a commit, shared by the callers of one store handle.
-#[derive(Debug, Default)]
-pub(crate) struct GroupCommit {
-    /// The queue and the leader flag.
-    shared: Mutex<Shared>,
-    /// Signalled when a leader steps down (its group committed or failed).
-    committed: Condvar,
-    /// Callers inside [`GroupCommit::log`]: queuing, waiting, leading or returning.
-    inside: AtomicUsize,
+/// The group commit of one store handle: the queue of rows waiting for a commit, and the
+/// leaders' connection.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    /// Rows waiting for (or in) a group commit.
+    group: GroupCommit<InsertRow>,
     /// The leaders' connection, opened by the first leader and again after it is lost.
     conn: Mutex<Option<LeaderConn>>,
+}
+
+impl Default for LogWriter {
+    fn default() -> Self {
+        LogWriter {
+            group: GroupCommit::new(MAX_GROUP),
+            conn: Mutex::new(None),
+        }
+    }
 }
 
 /// A connection of the group commit's own, with the insert prepared on it.
@@ -86,95 +87,31 @@ impl LeaderConn {
     }
 }
 
-/// Rows waiting for a commit, and whether a caller is committing (the leader).
-#[derive(Debug, Default)]
-struct Shared {
-    /// Rows not taken by a leader yet, each with its caller's slot.
-    queue: Vec<(InsertRow, Slot)>,
-    /// Whether a caller is committing a group now.
-    leader: bool,
-}
-
-/// Steps the leader down (and wakes the others) however its commit ended, a panic included.
-struct StepDown<'a>(&'a GroupCommit);
-
-impl Drop for StepDown<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.shared).leader = false;
-        self.0.committed.notify_all();
-    }
-}
-
-impl GroupCommit {
-    /// Logs one row through `store`; returns its id once a transaction holding it committed.
+impl LogWriter {
+    /// Logs one row through `store`; returns its id once a transaction holding it committed
+    /// (see [`GroupCommit::log`]).
     pub(crate) fn log(&self, store: &PgStore, row: InsertRow) -> Result<String> {
-        let slot: Slot = Arc::new(Mutex::new(None));
-        self.inside.fetch_add(1, Ordering::AcqRel);
-        lock(&self.shared).queue.push((row, slot.clone()));
-        let result = self.wait_or_lead(store, &slot);
-        self.inside.fetch_sub(1, Ordering::AcqRel);
-        result
+        self.group
+            .log(row, &mut |rows| self.commit_group(store, rows))
     }
 
-    /// Waits for (or leads) the commit of a row already queued under `slot`.
-    fn wait_or_lead(&self, store: &PgStore, slot: &Slot) -> Result<String> {
-        let mut shared = lock(&self.shared);
-        loop {
-            if let Some(result) = lock(slot).take() {
-                return result;
-            }
-            if shared.leader {
-                shared = self
-                    .committed
-                    .wait(shared)
-                    .unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            shared.leader = true;
-            // Callers on their way in: let them queue, so one commit carries several rows.
-            for _ in 0..YIELDS {
-                if shared.queue.len() >= self.inside.load(Ordering::Acquire) {
-                    break;
-                }
-                drop(shared);
-                std::thread::yield_now();
-                shared = lock(&self.shared);
-            }
-            let take = shared.queue.len().min(MAX_GROUP);
-            let group: Vec<(InsertRow, Slot)> = shared.queue.drain(..take).collect();
-            drop(shared);
-            {
-                let _step_down = StepDown(self);
-                self.commit_group(store, group);
-            }
-            shared = lock(&self.shared);
-        }
-    }
-}
-
-impl GroupCommit {
-    /// Commits `group` in one transaction and leaves each caller its outcome. If the group
-    /// fails on something other than a lost server, each row is tried alone, so one bad row
-    /// fails only its own caller.
-    fn commit_group(&self, store: &PgStore, group: Vec<(InsertRow, Slot)>) {
-        let (rows, slots): (Vec<InsertRow>, Vec<Slot>) = group.into_iter().unzip();
+    /// Commits `rows` in one transaction: one outcome per row, in order. If the group fails
+    /// on something other than a lost server, each row is tried alone, so one bad row fails
+    /// only its own caller.
+    fn commit_group(&self, store: &PgStore, rows: Vec<InsertRow>) -> Vec<Result<String>> {
         match self.commit(store, &rows) {
-            Ok(()) => {
-                for (row, slot) in rows.into_iter().zip(slots) {
-                    *lock(&slot) = Some(Ok(row.id));
-                }
+            Ok(()) => rows.into_iter().map(|row| Ok(row.id)).collect(),
+            Err(e) if rows.len() == 1 => vec![Err(e)],
+            Err(e) if matches!(e, StoreError::Unavailable { .. }) => {
+                rows.iter().map(|_| Err(copy_error(&e))).collect()
             }
-            Err(e) if rows.len() == 1 || matches!(e, StoreError::Unavailable { .. }) => {
-                for slot in slots {
-                    *lock(&slot) = Some(Err(copy_error(&e)));
-                }
-            }
-            Err(_) => {
-                for (row, slot) in rows.into_iter().zip(slots) {
+            Err(_) => rows
+                .into_iter()
+                .map(|row| {
                     let one = std::slice::from_ref(&row);
-                    *lock(&slot) = Some(self.commit(store, one).map(|()| row.id));
-                }
-            }
+                    self.commit(store, one).map(|()| row.id)
+                })
+                .collect(),
         }
     }
 

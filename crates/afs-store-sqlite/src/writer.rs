@@ -1,7 +1,8 @@
-//! Group commit without a writer thread: a caller queues its row; if nobody is committing
-//! it becomes the leader and commits every row queued so far in one transaction, then wakes
-//! the callers whose rows that transaction held. Nobody is answered before the transaction
-//! holding its row has committed.
+//! Group commit without a writer thread ([`afs_store::group_commit`]): a caller queues its
+//! row; if nobody is committing it becomes the leader and commits every row queued so far
+//! in one transaction on the write connection, then wakes the callers whose rows that
+//! transaction held. Nobody is answered before the transaction holding its row has
+//! committed.
 //!
 //! Each transaction also adds its rows to the rollups, one upsert per model and bucket: a
 //! group commit into the small table of pending deltas (one page), folded into the rollup
@@ -10,8 +11,8 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -23,13 +24,11 @@ use super::migrations::{
 };
 use super::rows::{top_rowid, InsertRow};
 use super::{open_connection, SqliteConfig};
+use afs_store::group_commit::GroupCommit;
 use afs_store::{Result, StoreError};
 
 /// Most rows one group transaction takes; bounds the latency of the first caller in a group.
 const MAX_GROUP: usize = 4096;
-
-/// Where a queued row's outcome is left for its caller.
-type Slot = Arc<Mutex<Option<Result<String>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -37,18 +36,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) struct Writer {
     conn: Arc<Mutex<WriteConn>>,
-    shared: Mutex<Shared>,
-    committed: Condvar,
+    /// Single-record logs waiting for (or in) a group commit.
+    group: GroupCommit<InsertRow>,
     checkpointer: Checkpointer,
-    /// Callers inside [`Writer::log`]: queuing, waiting, leading or returning.
-    inside: AtomicUsize,
 }
-
-/// Times a new leader yields its CPU to callers not queued yet.
-const YIELDS: usize = 3;
-
-/// Times a follower yields its CPU while the leader commits, before it sleeps until woken.
-const FOLLOWER_YIELDS: usize = 10;
 
 /// The write connection, and the minute of the last fold of pending rollup deltas.
 struct WriteConn {
@@ -65,12 +56,6 @@ enum Rollups<'a> {
     Recent(&'a mut Option<i64>),
 }
 
-/// Rows waiting for a commit, and whether a caller is committing (the leader).
-struct Shared {
-    queue: Vec<(InsertRow, Slot)>,
-    leader: bool,
-}
-
 impl Writer {
     pub(crate) fn start(config: &SqliteConfig) -> Result<Writer> {
         let conn = open_connection(config)?;
@@ -85,83 +70,17 @@ impl Writer {
         Ok(Writer {
             checkpointer: Checkpointer::start(config, conn.clone())?,
             conn,
-            shared: Mutex::new(Shared {
-                queue: Vec::new(),
-                leader: false,
-            }),
-            committed: Condvar::new(),
-            inside: AtomicUsize::new(0),
+            group: GroupCommit::new(MAX_GROUP),
         })
     }
 
-    /// Logs one row; returns once a transaction holding it committed.
-    ///
-    /// The caller queues its row. If another caller is committing, it waits to be woken
-    /// after that commit; otherwise it becomes the leader, commits everything queued so
-    /// far (its own row included) in one transaction, wakes the others and steps down.
+    /// Logs one row; returns once a transaction holding it committed (see
+    /// [`GroupCommit::log`]).
     pub(crate) fn log(&self, row: InsertRow) -> Result<String> {
-        let slot: Slot = Arc::new(Mutex::new(None));
-        self.inside.fetch_add(1, Ordering::AcqRel);
-        lock(&self.shared).queue.push((row, slot.clone()));
-        let result = self.wait_or_lead(slot);
-        self.inside.fetch_sub(1, Ordering::AcqRel);
-        result
-    }
-
-    /// Waits for (or leads) the commit of a row already queued under `slot`.
-    fn wait_or_lead(&self, slot: Slot) -> Result<String> {
-        let mut shared = lock(&self.shared);
-        loop {
-            if let Some(result) = lock(&slot).take() {
-                return result;
-            }
-            if !shared.leader {
-                shared.leader = true;
-                // Other callers are on their way in (queuing a row): let them, so one commit
-                // carries several rows. On a busy machine the leader would otherwise commit
-                // its own row alone before they get a CPU, again and again.
-                for _ in 0..YIELDS {
-                    if shared.queue.len() >= self.inside.load(Ordering::Acquire) {
-                        break;
-                    }
-                    drop(shared);
-                    std::thread::yield_now();
-                    shared = lock(&self.shared);
-                }
-                let n = shared.queue.len().min(MAX_GROUP);
-                let group: Vec<(InsertRow, Slot)> = shared.queue.drain(..n).collect();
-                drop(shared);
-                {
-                    let mut write = lock(&self.conn);
-                    self.commit_group(&mut write, group);
-                }
-                shared = lock(&self.shared);
-                shared.leader = false;
-                self.committed.notify_all();
-                continue;
-            }
-            // A commit takes tens of microseconds: a follower first gives its CPU away a few
-            // times and looks again, so that most are answered without sleeping. A sleep costs
-            // two context switches and a wake-up that, on a busy machine, comes after the next
-            // group has formed without this caller's next row; with 4 threads on 2 cores the
-            // groups were then smaller and the gain over one thread fell from ~1.4x to ~1.2x
-            // (`cargo xtask bench --only log`).
-            drop(shared);
-            for _ in 0..FOLLOWER_YIELDS {
-                if lock(&slot).is_some() {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            shared = lock(&self.shared);
-            if lock(&slot).is_some() || !shared.leader {
-                continue;
-            }
-            shared = self
-                .committed
-                .wait(shared)
-                .unwrap_or_else(|e| e.into_inner());
-        }
+        self.group.log(row, &mut |rows| {
+            let mut write = lock(&self.conn);
+            self.commit_group(&mut write, rows)
+        })
     }
 
     /// Runs `f` on the write connection, between two group commits. A short write of this
@@ -181,50 +100,39 @@ impl Writer {
         Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
-    fn commit_group(&self, write: &mut WriteConn, group: Vec<(InsertRow, Slot)>) {
-        if group.is_empty() {
-            return;
-        }
+    /// Commits `rows` in one transaction; if that fails, each row alone, so that only the
+    /// caller of a bad row sees an error. One outcome per row, in order.
+    fn commit_group(&self, write: &mut WriteConn, rows: Vec<InsertRow>) -> Vec<Result<String>> {
         let WriteConn {
             conn,
             folded_minute,
         } = write;
-        let all = insert_all(
-            conn,
-            group.iter().map(|(row, _)| row),
-            Rollups::Recent(folded_minute),
-        );
-        if all.is_ok() || group.len() == 1 {
-            let n = group.len();
-            let failure = all.err().map(|e| e.to_string());
-            for (row, slot) in group {
-                *lock(&slot) = Some(match &failure {
-                    None => Ok(row.id),
-                    Some(message) => Err(crate::db(
-                        "log record",
-                        std::io::Error::other(message.clone()),
-                    )),
-                });
-            }
-            if failure.is_none() {
-                self.checkpointer.wrote(n);
-                self.checkpointer.hold_bound(conn);
-            }
-            return;
+        let all = insert_all(conn, rows.iter(), Rollups::Recent(folded_minute));
+        if all.is_ok() {
+            self.checkpointer.wrote(rows.len());
+            self.checkpointer.hold_bound(conn);
+        }
+        if all.is_ok() || rows.len() == 1 {
+            return match all {
+                Ok(()) => rows.into_iter().map(|row| Ok(row.id)).collect(),
+                Err(e) => vec![Err(e)],
+            };
         }
         // One row spoiled the group: commit each on its own so only that caller sees an error.
-        for (row, slot) in group {
-            let result = insert_all(
-                conn,
-                std::iter::once(&row),
-                Rollups::Recent(&mut *folded_minute),
-            )
-            .map(|()| row.id);
-            if result.is_ok() {
-                self.checkpointer.wrote(1);
-            }
-            *lock(&slot) = Some(result);
-        }
+        rows.into_iter()
+            .map(|row| {
+                let result = insert_all(
+                    conn,
+                    std::iter::once(&row),
+                    Rollups::Recent(&mut *folded_minute),
+                )
+                .map(|()| row.id);
+                if result.is_ok() {
+                    self.checkpointer.wrote(1);
+                }
+                result
+            })
+            .collect()
     }
 
     /// Stops the checkpointer thread.

@@ -32,6 +32,7 @@ mod clock;
 pub mod conformance;
 mod error;
 mod experiment;
+pub mod group_commit;
 mod id;
 pub mod key;
 mod lease;
