@@ -24,7 +24,8 @@ use crate::Result;
 /// Times a new leader yields its CPU to callers inside `log` but not queued yet.
 const LEADER_YIELDS: usize = 3;
 
-/// Times a follower yields its CPU while the leader commits, before it sleeps until woken.
+/// Times a follower yields its CPU while the leader commits, before it sleeps until woken,
+/// unless the backend says otherwise ([`GroupCommit::with_follower_yields`]).
 const FOLLOWER_YIELDS: usize = 10;
 
 /// Where a queued row's outcome is left for its caller: the record's id, or the error.
@@ -46,6 +47,8 @@ pub struct GroupCommit<R> {
     inside: AtomicUsize,
     /// Most rows one group takes; bounds the latency of the first caller in a group.
     max_group: usize,
+    /// Times a follower yields its CPU before it sleeps.
+    follower_yields: usize,
 }
 
 /// Rows waiting for a commit, and whether a caller is committing (the leader).
@@ -78,7 +81,16 @@ impl<R> GroupCommit<R> {
             committed: Condvar::new(),
             inside: AtomicUsize::new(0),
             max_group: max_group.max(1),
+            follower_yields: FOLLOWER_YIELDS,
         }
+    }
+
+    /// Followers yield their CPU `n` times before they sleep (0: they sleep at once). A
+    /// backend whose commit needs this machine's CPU (a database server on the same host)
+    /// may want fewer yields than one that commits in-process.
+    pub fn with_follower_yields(mut self, n: usize) -> Self {
+        self.follower_yields = n;
+        self
     }
 
     /// Logs `row`; returns its outcome once a transaction holding it has committed (or
@@ -133,7 +145,7 @@ impl<R> GroupCommit<R> {
                 continue;
             }
             drop(shared);
-            for _ in 0..FOLLOWER_YIELDS {
+            for _ in 0..self.follower_yields {
                 if lock(slot).is_some() {
                     break;
                 }
