@@ -902,6 +902,11 @@ fn stats_err(id: i64) -> impl Fn(rusqlite::Error) -> afs_store::StoreError + Cop
     move |e| crate::db(format!("read unit statistics of experiment {id}"), e)
 }
 
+/// The error of a failed read of experiment `id`'s immature feedback.
+fn immature_err(id: i64) -> impl Fn(rusqlite::Error) -> afs_store::StoreError + Copy {
+    move |e| crate::db(format!("read immature feedback of experiment {id}"), e)
+}
+
 /// The unit statistics of `experiment` as stored, with feedback on records logged at or
 /// after `feedback_before` taken out. Reads the experiment's cohort and loose rows (a few
 /// per period), plus, with a maturity cut, the records with feedback after the cut (from
@@ -1061,6 +1066,13 @@ fn add_loose(
     }
 }
 
+/// Immature feedback per (unit id, arm) and, for records without a unit id, per
+/// (period, arm).
+type ImmatureByKey = (
+    HashMap<(String, bool), Immature>,
+    HashMap<(u32, bool), Immature>,
+);
+
 /// Takes the feedback on records logged at or after `cut` out of `cohorts` and `loose`.
 fn mature(
     conn: &Connection,
@@ -1069,51 +1081,12 @@ fn mature(
     cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
     loose: &mut BTreeMap<(u32, bool), LooseTally>,
 ) -> Result<()> {
-    let id = experiment.id;
-    let err =
-        |e: rusqlite::Error| crate::db(format!("read immature feedback of experiment {id}"), e);
     let lo = micros_of(cut).max(micros_of(experiment.started_at));
     let hi = experiment.ended_at.map_or(i64::MAX, micros_of);
     if lo >= hi {
         return Ok(());
     }
-    let mut units: HashMap<(String, bool), Immature> = HashMap::new();
-    let mut loose_immature: HashMap<(u32, bool), Immature> = HashMap::new();
-    {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT model, unit_id, user_feedback, ts_us FROM usage INDEXED BY usage_feedback_ts
-                 WHERE user_feedback IS NOT NULL AND ts_us >= ?1 AND ts_us < ?2 AND model IN (?3, ?4)",
-            )
-            .map_err(err)?;
-        let mut rows = stmt
-            .query(params![lo, hi, experiment.champion, experiment.challenger])
-            .map_err(err)?;
-        while let Some(row) = rows.next().map_err(err)? {
-            let model: String = row.get(0).map_err(err)?;
-            let unit: Option<String> = row.get(1).map_err(err)?;
-            let value = row
-                .get::<_, Option<i64>>(2)
-                .ok()
-                .flatten()
-                .and_then(|v| FeedbackValue::from_i64(v).ok());
-            let Some(value) = value else { continue };
-            let ts_us: i64 = row.get(3).map_err(err)?;
-            let challenger = model == experiment.challenger;
-            let slot = match unit {
-                Some(unit) => units.entry((unit, challenger)).or_default(),
-                None => {
-                    let at = super::time::time_of_micros(ts_us);
-                    loose_immature
-                        .entry((period_at(experiment, at), challenger))
-                        .or_default()
-                }
-            };
-            slot.0 += 1;
-            slot.1 += u64::from(value == FeedbackValue::Positive);
-            slot.2 += u64::from(value == FeedbackValue::Negative);
-        }
-    }
+    let (units, loose_immature) = immature_feedback(conn, experiment, lo, hi)?;
     for (key, (f, p, m)) in loose_immature {
         if let Some(l) = loose.get_mut(&key) {
             l.n_fb = l.n_fb.saturating_sub(f);
@@ -1121,6 +1094,65 @@ fn mature(
             l.n_neg = l.n_neg.saturating_sub(m);
         }
     }
+    mature_units(conn, experiment.id, units, cohorts)
+}
+
+/// The feedback on the experiment's records logged in `lo..hi` (microseconds), by unit
+/// and arm and, for records without a unit id, by period and arm.
+fn immature_feedback(
+    conn: &Connection,
+    experiment: &Experiment,
+    lo: i64,
+    hi: i64,
+) -> Result<ImmatureByKey> {
+    let err = immature_err(experiment.id);
+    let mut units: HashMap<(String, bool), Immature> = HashMap::new();
+    let mut loose_immature: HashMap<(u32, bool), Immature> = HashMap::new();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT model, unit_id, user_feedback, ts_us FROM usage INDEXED BY usage_feedback_ts
+             WHERE user_feedback IS NOT NULL AND ts_us >= ?1 AND ts_us < ?2 AND model IN (?3, ?4)",
+        )
+        .map_err(err)?;
+    let mut rows = stmt
+        .query(params![lo, hi, experiment.champion, experiment.challenger])
+        .map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let model: String = row.get(0).map_err(err)?;
+        let unit: Option<String> = row.get(1).map_err(err)?;
+        let value = row
+            .get::<_, Option<i64>>(2)
+            .ok()
+            .flatten()
+            .and_then(|v| FeedbackValue::from_i64(v).ok());
+        let Some(value) = value else { continue };
+        let ts_us: i64 = row.get(3).map_err(err)?;
+        let challenger = model == experiment.challenger;
+        let slot = match unit {
+            Some(unit) => units.entry((unit, challenger)).or_default(),
+            None => {
+                let at = super::time::time_of_micros(ts_us);
+                loose_immature
+                    .entry((period_at(experiment, at), challenger))
+                    .or_default()
+            }
+        };
+        slot.0 += 1;
+        slot.1 += u64::from(value == FeedbackValue::Positive);
+        slot.2 += u64::from(value == FeedbackValue::Negative);
+    }
+    Ok((units, loose_immature))
+}
+
+/// Takes each unit's immature feedback in `units` out of its cohort's feedback moments in
+/// `cohorts`, reading the unit's row of experiment `id` (units without one are skipped).
+fn mature_units(
+    conn: &Connection,
+    id: i64,
+    units: HashMap<(String, bool), Immature>,
+    cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
+) -> Result<()> {
+    let err = immature_err(id);
     let mut read = conn
         .prepare_cached(
             "SELECT period, n_fb, n_pos, n_neg, x_pos, x_neg FROM experiment_unit
