@@ -737,40 +737,10 @@ impl SequentialJudge {
         let requests_ok = c.champion_requests >= min && c.challenger_requests >= min;
         let units_ok = c.analysis != Analysis::Units
             || (c.champion_units >= min_units && c.challenger_units >= min_units);
-        let harmed: Vec<String> = c
-            .metrics
-            .iter()
-            .filter(|m| matches!(m.verdict, MetricVerdict::Worse | MetricVerdict::Violated))
-            .map(|m| {
-                let what = match m.role {
-                    MetricRole::Primary => "worse than the champion".to_string(),
-                    MetricRole::Guardrail { margin } => {
-                        format!("worse than its {:.0}% margin", margin * 100.0)
-                    }
-                };
-                format!(
-                    "{} {what} (always-valid p = {})",
-                    self.describe(m),
-                    p_text(m.p_worse.unwrap_or(1.0))
-                )
-            })
-            .collect();
+        let harmed = self.harmed(c);
         // Harm is acted on even when the split looks wrong: rolling back is the safe side.
         if requests_ok && units_ok && !harmed.is_empty() {
-            let srm = if c.srm.mismatch {
-                format!(" (also {})", Self::srm_text(c))
-            } else {
-                String::new()
-            };
-            return (
-                Decision::Rollback,
-                format!(
-                    "challenger {} is significantly worse: {} (Holm-corrected at alpha {}){srm}",
-                    c.challenger,
-                    harmed.join("; "),
-                    config.alpha
-                ),
-            );
+            return self.rollback(c, &harmed);
         }
         if c.srm.mismatch {
             return (
@@ -807,6 +777,54 @@ impl SequentialJudge {
                 format!("keep testing: {}", blockers.join("; ")),
             );
         }
+        self.promote(c)
+    }
+
+    /// A description of each metric found worse than the champion (primary) or than its
+    /// margin (guardrail), with its always-valid p-value.
+    fn harmed(&self, c: &Comparison) -> Vec<String> {
+        c.metrics
+            .iter()
+            .filter(|m| matches!(m.verdict, MetricVerdict::Worse | MetricVerdict::Violated))
+            .map(|m| {
+                let what = match m.role {
+                    MetricRole::Primary => "worse than the champion".to_string(),
+                    MetricRole::Guardrail { margin } => {
+                        format!("worse than its {:.0}% margin", margin * 100.0)
+                    }
+                };
+                format!(
+                    "{} {what} (always-valid p = {})",
+                    self.describe(m),
+                    p_text(m.p_worse.unwrap_or(1.0))
+                )
+            })
+            .collect()
+    }
+
+    /// The rollback of a challenger with the `harmed` metrics, noting a sample ratio
+    /// mismatch if there is one.
+    fn rollback(&self, c: &Comparison, harmed: &[String]) -> (Decision, String) {
+        let srm = if c.srm.mismatch {
+            format!(" (also {})", Self::srm_text(c))
+        } else {
+            String::new()
+        };
+        (
+            Decision::Rollback,
+            format!(
+                "challenger {} is significantly worse: {} (Holm-corrected at alpha {}){srm}",
+                c.challenger,
+                harmed.join("; "),
+                self.config.alpha
+            ),
+        )
+    }
+
+    /// The promotion of a challenger whose primary metric is better and guardrails hold,
+    /// with the primary's confidence sequence and the guardrails' values.
+    fn promote(&self, c: &Comparison) -> (Decision, String) {
+        let config = &self.config;
         let primary = &c.metrics[0];
         let interval = primary.interval.map_or(String::new(), |(lo, hi)| {
             format!(
