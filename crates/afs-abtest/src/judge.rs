@@ -320,6 +320,26 @@ fn p_text(p: f64) -> String {
     }
 }
 
+/// A metric's verdict before the Holm-corrected check for harm: no data until both arms
+/// have a value, waiting until its test has a state, then better (primary) or within its
+/// margin (guardrail) when the p-value of an improvement is below `alpha`.
+fn verdict(
+    seen: &units::UnitEstimate,
+    state: Option<&SequentialState>,
+    role: MetricRole,
+    alpha: f64,
+) -> MetricVerdict {
+    match (seen.values.0, seen.values.1, state) {
+        (None, _, _) | (_, None, _) => MetricVerdict::NoData,
+        (_, _, None) => MetricVerdict::WaitingForSamples,
+        (_, _, Some(s)) if s.p_better < alpha => match role {
+            MetricRole::Primary => MetricVerdict::Better,
+            MetricRole::Guardrail { .. } => MetricVerdict::WithinMargin,
+        },
+        _ => MetricVerdict::Inconclusive,
+    }
+}
+
 impl SequentialJudge {
     fn evaluate(
         &self,
@@ -331,29 +351,7 @@ impl SequentialJudge {
     ) -> (MetricResult, Option<SequentialState>) {
         let config = &self.config;
         let aggregation = config.aggregation_of(metric);
-        let seen = if input.units.is_empty() {
-            // No unit statistics: every request is a unit of its own.
-            let (sa, sb) = (metric.summarize(pooled_a), metric.summarize(pooled_b));
-            let (na, nb) = (metric.count(pooled_a), metric.count(pooled_b));
-            units::UnitEstimate {
-                units: (na, nb),
-                observations: (na, nb),
-                values: (sa.map(|s| s.mean), sb.map(|s| s.mean)),
-                difference: match (&sa, &sb) {
-                    (Some(a), Some(b)) => stratified_difference(metric, input.periods, a, b),
-                    _ => None,
-                },
-                cuped_reduction: None,
-            }
-        } else {
-            units::estimate(
-                metric,
-                input.units,
-                input.experiment.periods.len(),
-                aggregation,
-                config.cuped,
-            )
-        };
+        let seen = self.estimate(metric, input, pooled_a, pooled_b);
         let (na, nb) = seen.observations;
         let (ka, kb) = seen.units;
         let estimate = seen.difference;
@@ -362,23 +360,10 @@ impl SequentialJudge {
             (Some((d, _)), Some(a)) if a != 0.0 => Some(d / a),
             _ => None,
         };
-        let min_n = if metric.is_feedback() {
-            config.min_feedback_per_version
-        } else {
-            config.min_samples_per_version
-        };
-        // The unit minimum applies to units with ids; without any, requests are the units
-        // and the observation minimum is the gate.
-        let has_unit_ids = input.units.iter().any(|c| c.units > c.loose_records);
-        let min_units = if has_unit_ids {
-            config.min_units_per_arm
-        } else {
-            0
-        };
         let previous = input.previous.iter().find(|s| s.metric == metric.key());
         // The tests are fed even while the sample-ratio check alarms: a hold blocks promotion,
         // never the rollback of a challenger shown to be worse.
-        let ready = na >= min_n && nb >= min_n && ka >= min_units && kb >= min_units;
+        let ready = self.enough_samples(metric, input, &seen);
         let updated = match (estimate, champion_value) {
             (Some((d, v)), Some(baseline)) if ready => {
                 let seen = Observation {
@@ -392,15 +377,6 @@ impl SequentialJudge {
         };
         let state = updated.as_ref().or(previous);
         let orientation = metric.orientation();
-        let verdict = match (seen.values.0, seen.values.1, state) {
-            (None, _, _) | (_, None, _) => MetricVerdict::NoData,
-            (_, _, None) => MetricVerdict::WaitingForSamples,
-            (_, _, Some(s)) if s.p_better < config.alpha => match role {
-                MetricRole::Primary => MetricVerdict::Better,
-                MetricRole::Guardrail { .. } => MetricVerdict::WithinMargin,
-            },
-            _ => MetricVerdict::Inconclusive,
-        };
         let result = MetricResult {
             metric,
             role,
@@ -428,9 +404,70 @@ impl SequentialJudge {
             null_difference: state.map(|s| orientation * s.theta0),
             p_better: state.map(|s| s.p_better),
             p_worse: state.map(|s| s.p_worse),
-            verdict,
+            verdict: verdict(&seen, state, role, config.alpha),
         };
         (result, updated)
+    }
+
+    /// Both arms' value of `metric` and their difference: from the unit statistics, or,
+    /// without any, from the pooled statistics with every request a unit of its own.
+    fn estimate(
+        &self,
+        metric: Metric,
+        input: &JudgeInput<'_>,
+        pooled_a: &UsageStats,
+        pooled_b: &UsageStats,
+    ) -> units::UnitEstimate {
+        if input.units.is_empty() {
+            // No unit statistics: every request is a unit of its own.
+            let (sa, sb) = (metric.summarize(pooled_a), metric.summarize(pooled_b));
+            let (na, nb) = (metric.count(pooled_a), metric.count(pooled_b));
+            units::UnitEstimate {
+                units: (na, nb),
+                observations: (na, nb),
+                values: (sa.map(|s| s.mean), sb.map(|s| s.mean)),
+                difference: match (&sa, &sb) {
+                    (Some(a), Some(b)) => stratified_difference(metric, input.periods, a, b),
+                    _ => None,
+                },
+                cuped_reduction: None,
+            }
+        } else {
+            units::estimate(
+                metric,
+                input.units,
+                input.experiment.periods.len(),
+                self.config.aggregation_of(metric),
+                self.config.cuped,
+            )
+        }
+    }
+
+    /// Whether both arms have the minimum observations of `metric` and, when the input has
+    /// unit ids, the minimum units to feed its test.
+    fn enough_samples(
+        &self,
+        metric: Metric,
+        input: &JudgeInput<'_>,
+        seen: &units::UnitEstimate,
+    ) -> bool {
+        let config = &self.config;
+        let (na, nb) = seen.observations;
+        let (ka, kb) = seen.units;
+        let min_n = if metric.is_feedback() {
+            config.min_feedback_per_version
+        } else {
+            config.min_samples_per_version
+        };
+        // The unit minimum applies to units with ids; without any, requests are the units
+        // and the observation minimum is the gate.
+        let has_unit_ids = input.units.iter().any(|c| c.units > c.loose_records);
+        let min_units = if has_unit_ids {
+            config.min_units_per_arm
+        } else {
+            0
+        };
+        na >= min_n && nb >= min_n && ka >= min_units && kb >= min_units
     }
 
     fn seed_comparison(
@@ -700,40 +737,10 @@ impl SequentialJudge {
         let requests_ok = c.champion_requests >= min && c.challenger_requests >= min;
         let units_ok = c.analysis != Analysis::Units
             || (c.champion_units >= min_units && c.challenger_units >= min_units);
-        let harmed: Vec<String> = c
-            .metrics
-            .iter()
-            .filter(|m| matches!(m.verdict, MetricVerdict::Worse | MetricVerdict::Violated))
-            .map(|m| {
-                let what = match m.role {
-                    MetricRole::Primary => "worse than the champion".to_string(),
-                    MetricRole::Guardrail { margin } => {
-                        format!("worse than its {:.0}% margin", margin * 100.0)
-                    }
-                };
-                format!(
-                    "{} {what} (always-valid p = {})",
-                    self.describe(m),
-                    p_text(m.p_worse.unwrap_or(1.0))
-                )
-            })
-            .collect();
+        let harmed = self.harmed(c);
         // Harm is acted on even when the split looks wrong: rolling back is the safe side.
         if requests_ok && units_ok && !harmed.is_empty() {
-            let srm = if c.srm.mismatch {
-                format!(" (also {})", Self::srm_text(c))
-            } else {
-                String::new()
-            };
-            return (
-                Decision::Rollback,
-                format!(
-                    "challenger {} is significantly worse: {} (Holm-corrected at alpha {}){srm}",
-                    c.challenger,
-                    harmed.join("; "),
-                    config.alpha
-                ),
-            );
+            return self.rollback(c, &harmed);
         }
         if c.srm.mismatch {
             return (
@@ -770,6 +777,54 @@ impl SequentialJudge {
                 format!("keep testing: {}", blockers.join("; ")),
             );
         }
+        self.promote(c)
+    }
+
+    /// A description of each metric found worse than the champion (primary) or than its
+    /// margin (guardrail), with its always-valid p-value.
+    fn harmed(&self, c: &Comparison) -> Vec<String> {
+        c.metrics
+            .iter()
+            .filter(|m| matches!(m.verdict, MetricVerdict::Worse | MetricVerdict::Violated))
+            .map(|m| {
+                let what = match m.role {
+                    MetricRole::Primary => "worse than the champion".to_string(),
+                    MetricRole::Guardrail { margin } => {
+                        format!("worse than its {:.0}% margin", margin * 100.0)
+                    }
+                };
+                format!(
+                    "{} {what} (always-valid p = {})",
+                    self.describe(m),
+                    p_text(m.p_worse.unwrap_or(1.0))
+                )
+            })
+            .collect()
+    }
+
+    /// The rollback of a challenger with the `harmed` metrics, noting a sample ratio
+    /// mismatch if there is one.
+    fn rollback(&self, c: &Comparison, harmed: &[String]) -> (Decision, String) {
+        let srm = if c.srm.mismatch {
+            format!(" (also {})", Self::srm_text(c))
+        } else {
+            String::new()
+        };
+        (
+            Decision::Rollback,
+            format!(
+                "challenger {} is significantly worse: {} (Holm-corrected at alpha {}){srm}",
+                c.challenger,
+                harmed.join("; "),
+                self.config.alpha
+            ),
+        )
+    }
+
+    /// The promotion of a challenger whose primary metric is better and guardrails hold,
+    /// with the primary's confidence sequence and the guardrails' values.
+    fn promote(&self, c: &Comparison) -> (Decision, String) {
+        let config = &self.config;
         let primary = &c.metrics[0];
         let interval = primary.interval.map_or(String::new(), |(lo, hi)| {
             format!(

@@ -271,6 +271,26 @@ fn period_of(starts: &[i64], us: i64) -> u32 {
     starts.iter().rposition(|&s| s <= us).unwrap_or(0) as u32
 }
 
+/// Feedback on records logged at or after a maturity cut: per unit and arm, and per period
+/// and arm for the records without a unit id.
+#[derive(Default)]
+struct ImmatureFeedback {
+    /// Per (unit id, arm).
+    units: HashMap<(String, bool), Immature>,
+    /// Per (period, arm), for records without a unit id.
+    loose: BTreeMap<(u32, bool), Immature>,
+}
+
+/// A unit row of an experiment with its covariates.
+struct Unit {
+    /// The unit's first record's time, in microseconds.
+    first_us: i64,
+    /// The sums of the unit's records.
+    tally: UnitTally,
+    /// The sums of its records in the covariate look-back window, if recorded.
+    pre: Option<UnitTally>,
+}
+
 /// The cohorts of `experiment` (see
 /// [`ExperimentStore::unit_stats`](afs_store::ExperimentStore::unit_stats)), read in the
 /// caller's snapshot.
@@ -279,45 +299,64 @@ pub(crate) fn unit_stats(
     experiment: &Experiment,
     feedback_before: Option<DateTime<Utc>>,
 ) -> Result<Vec<UnitCohort>> {
-    let id = experiment.id;
     let starts: Vec<i64> = experiment
         .periods
         .iter()
         .map(|p| micros(p.started_at))
         .collect();
-    let started_us = micros(experiment.started_at);
-    let err = || dbe("read unit statistics");
+    let immature = match feedback_before {
+        Some(cut) => immature_feedback(tx, experiment, &starts, cut)?,
+        None => ImmatureFeedback::default(),
+    };
+    let units = read_units(tx, experiment.id)?;
+    let mut builder = CohortBuilder::new();
+    add_units(&mut builder, &units, &immature.units, &starts);
+    add_loose(tx, experiment.id, &immature.loose, &mut builder)?;
+    Ok(builder
+        .finish()
+        .into_iter()
+        .filter(|c| c.units > 0)
+        .collect())
+}
 
-    // Feedback on records logged at or after the cut (and within the experiment).
-    let mut immature: HashMap<(String, bool), Immature> = HashMap::new();
-    let mut immature_loose: BTreeMap<(u32, bool), Immature> = BTreeMap::new();
-    if let Some(cut) = feedback_before {
-        let lo = micros(cut).max(started_us);
-        let hi = experiment.ended_at.map_or(i64::MAX, micros);
-        if lo < hi {
-            let rows = tx
-                .query(
-                    "SELECT model = $4, unit_id, ts_us, user_feedback FROM afs_usage \
-                     WHERE user_feedback IS NOT NULL AND ts_us >= $1 AND ts_us < $2 \
-                     AND model IN ($3, $4)",
-                    &[&lo, &hi, &experiment.champion, &experiment.challenger],
-                )
-                .map_err(err())?;
-            for row in rows {
-                let arm: bool = row.get(0);
-                let feedback: i16 = row.get(3);
-                match row.get::<_, Option<String>>(1) {
-                    Some(unit) => immature.entry((unit, arm)).or_default().add(feedback),
-                    None => immature_loose
-                        .entry((period_of(&starts, row.get(2)), arm))
-                        .or_default()
-                        .add(feedback),
-                }
-            }
+/// Feedback on records logged at or after `cut` (and within the experiment).
+fn immature_feedback(
+    tx: &mut Transaction<'_>,
+    experiment: &Experiment,
+    starts: &[i64],
+    cut: DateTime<Utc>,
+) -> Result<ImmatureFeedback> {
+    let mut immature = ImmatureFeedback::default();
+    let lo = micros(cut).max(micros(experiment.started_at));
+    let hi = experiment.ended_at.map_or(i64::MAX, micros);
+    if lo >= hi {
+        return Ok(immature);
+    }
+    let rows = tx
+        .query(
+            "SELECT model = $4, unit_id, ts_us, user_feedback FROM afs_usage \
+             WHERE user_feedback IS NOT NULL AND ts_us >= $1 AND ts_us < $2 \
+             AND model IN ($3, $4)",
+            &[&lo, &hi, &experiment.champion, &experiment.challenger],
+        )
+        .map_err(dbe("read unit statistics"))?;
+    for row in rows {
+        let arm: bool = row.get(0);
+        let feedback: i16 = row.get(3);
+        match row.get::<_, Option<String>>(1) {
+            Some(unit) => immature.units.entry((unit, arm)).or_default().add(feedback),
+            None => immature
+                .loose
+                .entry((period_of(starts, row.get(2)), arm))
+                .or_default()
+                .add(feedback),
         }
     }
+    Ok(immature)
+}
 
-    // Unit rows with their covariates.
+/// The unit rows of experiment `id` with their covariates, by (unit id, arm).
+fn read_units(tx: &mut Transaction<'_>, id: i64) -> Result<HashMap<(String, bool), Unit>> {
     let rows = tx
         .query(
             "SELECT u.unit_id, u.arm, u.first_us, \
@@ -328,12 +367,7 @@ pub(crate) fn unit_stats(
              WHERE u.experiment_id = $1",
             &[&id],
         )
-        .map_err(err())?;
-    struct Unit {
-        first_us: i64,
-        tally: UnitTally,
-        pre: Option<UnitTally>,
-    }
+        .map_err(dbe("read unit statistics"))?;
     let mut units: HashMap<(String, bool), Unit> = HashMap::with_capacity(rows.len());
     for row in &rows {
         let pre = row
@@ -349,10 +383,18 @@ pub(crate) fn unit_stats(
             },
         );
     }
-    drop(rows);
+    Ok(units)
+}
 
-    let mut builder = CohortBuilder::new();
-    for ((unit, arm), row) in &units {
+/// Adds each unit to `builder` in the cohort of its first record's period, with the
+/// immature feedback taken out; a unit whose row in the other arm starts earlier moved.
+fn add_units(
+    builder: &mut CohortBuilder,
+    units: &HashMap<(String, bool), Unit>,
+    immature: &HashMap<(String, bool), Immature>,
+    starts: &[i64],
+) {
+    for ((unit, arm), row) in units {
         let moved = units
             .get(&(unit.clone(), !arm))
             .is_some_and(|other| other.first_us < row.first_us);
@@ -363,7 +405,7 @@ pub(crate) fn unit_stats(
             tally.n_negative = tally.n_negative.saturating_sub(out.n_neg);
         }
         builder.add_unit(
-            period_of(&starts, row.first_us),
+            period_of(starts, row.first_us),
             *arm,
             &tally,
             !moved,
@@ -371,14 +413,23 @@ pub(crate) fn unit_stats(
             row.pre.as_ref(),
         );
     }
+}
 
+/// Adds the loose rows (records without a unit id) of experiment `id` to `builder`, with
+/// the immature feedback taken out.
+fn add_loose(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    immature: &BTreeMap<(u32, bool), Immature>,
+    builder: &mut CohortBuilder,
+) -> Result<()> {
     let rows = tx
         .query(
             "SELECT period, arm, n, n_q, sum_q, sum_q2, n_lat, sum_lat, sum_lat2, n_fb, n_pos, \
              n_neg FROM afs_experiment_loose WHERE experiment_id = $1 AND n > 0",
             &[&id],
         )
-        .map_err(err())?;
+        .map_err(dbe("read unit statistics"))?;
     for row in &rows {
         let count = |i: usize| row.get::<_, i64>(i).max(0) as u64;
         let period = row.get::<_, i32>(0).max(0) as u32;
@@ -395,16 +446,12 @@ pub(crate) fn unit_stats(
             n_pos: count(10),
             n_neg: count(11),
         };
-        if let Some(out) = immature_loose.get(&(period, arm)) {
+        if let Some(out) = immature.get(&(period, arm)) {
             loose.n_fb = loose.n_fb.saturating_sub(out.n_fb);
             loose.n_pos = loose.n_pos.saturating_sub(out.n_pos);
             loose.n_neg = loose.n_neg.saturating_sub(out.n_neg);
         }
         builder.add_cohort(&loose.cohort(period, arm));
     }
-    Ok(builder
-        .finish()
-        .into_iter()
-        .filter(|c| c.units > 0)
-        .collect())
+    Ok(())
 }

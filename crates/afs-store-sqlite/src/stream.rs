@@ -60,101 +60,19 @@ impl SqlitePages<'_> {
     /// Reads a page of about `page` records into `into`; returns whether it was the last.
     fn fetch_page(&mut self, page: u64, into: &mut VecDeque<UsageRecord>) -> Result<bool> {
         let f = &self.filter;
-        let mut conds: Vec<&str> = Vec::new();
-        let mut args: Vec<Value> = Vec::new();
         // Records with feedback are read through their partial index on `ts_us`; any other
         // filter walks the table itself, whose rowids are in time order.
         let by_feedback_index = matches!(
             f.feedback,
             FeedbackFilter::Present | FeedbackFilter::AtLeast(_)
         );
-        let time_bound = |t| -> Value {
-            let us = micros_of(t);
-            if by_feedback_index {
-                us.into()
-            } else {
-                first_rowid_at(us).into()
-            }
-        };
-        let (lower, upper) = if by_feedback_index {
-            ("ts_us >= ?", "ts_us < ?")
-        } else {
-            ("rowid >= ?", "rowid < ?")
-        };
-        if let Some(since) = f.since {
-            conds.push(lower);
-            args.push(time_bound(since));
-        }
-        if let Some(until) = f.until {
-            conds.push(upper);
-            args.push(time_bound(until));
-        }
-        if let Some(model) = &f.model {
-            conds.push("model = ?");
-            args.push(model.clone().into());
-        }
-        if let Some(expert) = &f.expert {
-            conds.push("expert = ?");
-            args.push(expert.clone().into());
-        }
-        if let Some(unit) = &f.unit_id {
-            conds.push("unit_id = ?");
-            args.push(unit.clone().into());
-        }
-        if let Some(q) = f.min_quality {
-            conds.push(if f.keep_unscored {
-                "(quality_score >= ? OR quality_score IS NULL)"
-            } else {
-                "quality_score >= ?"
-            });
-            args.push(q.into());
-        }
-        match f.feedback {
-            FeedbackFilter::Any => {}
-            FeedbackFilter::Present => conds.push("user_feedback IS NOT NULL"),
-            FeedbackFilter::Absent => conds.push("user_feedback IS NULL"),
-            FeedbackFilter::AtLeast(v) => {
-                conds.push("user_feedback >= ?");
-                args.push(v.into());
-            }
-        }
-        let (cmp, dir) = match f.order {
-            Order::OldestFirst => (">", "ASC"),
-            Order::NewestFirst => ("<", "DESC"),
-        };
-        // Through the feedback index the order is the index's, by `ts_us` (rows of one
-        // microsecond in the index's order, by feedback and quality): ordering by anything
-        // more would sort every page in a temporary b-tree. A page therefore ends only where
-        // the time changes, the next one starts after that time, and each page is put in
-        // insertion (rowid) order within its microseconds once read. Through the table the
-        // order is the rowid's.
-        let (keyset, order) = if by_feedback_index {
-            (format!("ts_us {cmp} ?"), format!("ts_us {dir}"))
-        } else {
-            (format!("rowid {cmp} ?"), format!("rowid {dir}"))
-        };
+        let (mut conds, mut args) = filter_conditions(f, by_feedback_index);
+        let (keyset, order) = keyset_and_order(f.order, by_feedback_index);
         if let Some((ts, rowid)) = self.after {
             conds.push(&keyset);
             args.push(if by_feedback_index { ts } else { rowid }.into());
         }
-        let where_sql = if conds.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conds.join(" AND "))
-        };
-        // The index path reads on past `page` rows to the end of the last microsecond, so it
-        // has no LIMIT, not even on the last page wanted: a LIMIT could cut a microsecond
-        // in index order and keep rows that come after the cut in insertion order.
-        let limit = if by_feedback_index {
-            String::new()
-        } else {
-            format!(" LIMIT {page}")
-        };
-        let columns = match f.fields {
-            RecordFields::All => RECORD_COLUMNS,
-            RecordFields::Training => TRAINING_COLUMNS,
-        };
-        let sql = format!("SELECT {columns} FROM usage {where_sql} ORDER BY {order}{limit}");
+        let sql = page_sql(f.fields, &conds, &order, by_feedback_index, page);
         let conn = self.store.conn()?;
         let mapped = page >= MAPPED_PAGE;
         if mapped {
@@ -224,6 +142,113 @@ impl SqlitePages<'_> {
         // The table path's LIMIT ends a page; only a short one is the last.
         Ok(if by_feedback_index { !full } else { n < page })
     }
+}
+
+/// The conditions of the `WHERE` clause that select `f`'s records, with their arguments in
+/// order. The time bounds are on `ts_us` when read `by_feedback_index`, else on the rowid.
+fn filter_conditions(f: &RecordFilter, by_feedback_index: bool) -> (Vec<&'static str>, Vec<Value>) {
+    let mut conds: Vec<&str> = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    let time_bound = |t| -> Value {
+        let us = micros_of(t);
+        if by_feedback_index {
+            us.into()
+        } else {
+            first_rowid_at(us).into()
+        }
+    };
+    let (lower, upper) = if by_feedback_index {
+        ("ts_us >= ?", "ts_us < ?")
+    } else {
+        ("rowid >= ?", "rowid < ?")
+    };
+    if let Some(since) = f.since {
+        conds.push(lower);
+        args.push(time_bound(since));
+    }
+    if let Some(until) = f.until {
+        conds.push(upper);
+        args.push(time_bound(until));
+    }
+    if let Some(model) = &f.model {
+        conds.push("model = ?");
+        args.push(model.clone().into());
+    }
+    if let Some(expert) = &f.expert {
+        conds.push("expert = ?");
+        args.push(expert.clone().into());
+    }
+    if let Some(unit) = &f.unit_id {
+        conds.push("unit_id = ?");
+        args.push(unit.clone().into());
+    }
+    if let Some(q) = f.min_quality {
+        conds.push(if f.keep_unscored {
+            "(quality_score >= ? OR quality_score IS NULL)"
+        } else {
+            "quality_score >= ?"
+        });
+        args.push(q.into());
+    }
+    match f.feedback {
+        FeedbackFilter::Any => {}
+        FeedbackFilter::Present => conds.push("user_feedback IS NOT NULL"),
+        FeedbackFilter::Absent => conds.push("user_feedback IS NULL"),
+        FeedbackFilter::AtLeast(v) => {
+            conds.push("user_feedback >= ?");
+            args.push(v.into());
+        }
+    }
+    (conds, args)
+}
+
+/// The keyset condition that continues after the last record read, and the `ORDER BY`
+/// terms, for reading in `order`.
+///
+/// Through the feedback index the order is the index's, by `ts_us` (rows of one
+/// microsecond in the index's order, by feedback and quality): ordering by anything more
+/// would sort every page in a temporary b-tree. A page therefore ends only where the time
+/// changes, the next one starts after that time, and each page is put in insertion (rowid)
+/// order within its microseconds once read. Through the table the order is the rowid's.
+fn keyset_and_order(order: Order, by_feedback_index: bool) -> (String, String) {
+    let (cmp, dir) = match order {
+        Order::OldestFirst => (">", "ASC"),
+        Order::NewestFirst => ("<", "DESC"),
+    };
+    if by_feedback_index {
+        (format!("ts_us {cmp} ?"), format!("ts_us {dir}"))
+    } else {
+        (format!("rowid {cmp} ?"), format!("rowid {dir}"))
+    }
+}
+
+/// The query of a page of about `page` records: `fields`' columns, selected by `conds`, in
+/// `order`.
+fn page_sql(
+    fields: RecordFields,
+    conds: &[&str],
+    order: &str,
+    by_feedback_index: bool,
+    page: u64,
+) -> String {
+    let where_sql = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    // The index path reads on past `page` rows to the end of the last microsecond, so it
+    // has no LIMIT, not even on the last page wanted: a LIMIT could cut a microsecond
+    // in index order and keep rows that come after the cut in insertion order.
+    let limit = if by_feedback_index {
+        String::new()
+    } else {
+        format!(" LIMIT {page}")
+    };
+    let columns = match fields {
+        RecordFields::All => RECORD_COLUMNS,
+        RecordFields::Training => TRAINING_COLUMNS,
+    };
+    format!("SELECT {columns} FROM usage {where_sql} ORDER BY {order}{limit}")
 }
 
 /// Sets the connection's memory-map limit (`MAP_LIMIT` or `UNMAP`).

@@ -897,6 +897,16 @@ fn count(v: i64) -> u64 {
     v.max(0) as u64
 }
 
+/// The error of a failed read of experiment `id`'s unit statistics.
+fn stats_err(id: i64) -> impl Fn(rusqlite::Error) -> afs_store::StoreError + Copy {
+    move |e| crate::db(format!("read unit statistics of experiment {id}"), e)
+}
+
+/// The error of a failed read of experiment `id`'s immature feedback.
+fn immature_err(id: i64) -> impl Fn(rusqlite::Error) -> afs_store::StoreError + Copy {
+    move |e| crate::db(format!("read immature feedback of experiment {id}"), e)
+}
+
 /// The unit statistics of `experiment` as stored, with feedback on records logged at or
 /// after `feedback_before` taken out. Reads the experiment's cohort and loose rows (a few
 /// per period), plus, with a maturity cut, the records with feedback after the cut (from
@@ -907,12 +917,29 @@ pub(crate) fn unit_stats(
     feedback_before: Option<DateTime<Utc>>,
 ) -> Result<Vec<UnitCohort>> {
     let id = experiment.id;
-    let err = |e: rusqlite::Error| crate::db(format!("read unit statistics of experiment {id}"), e);
-    // The cohort rows as of the last fold, plus what the unit rows changed since (the
-    // dirty rows: their folded contributions out, their current ones in), read in this one
-    // snapshot. A look writes nothing: the writer folds about once a minute, so the dirty
-    // rows are at most a minute's worth of changed units, and a look never waits for the
-    // write lock behind a burst of logging.
+    let mut cohorts: BTreeMap<(u32, bool), UnitCohort> = cohort_sums(conn, id)?
+        .into_iter()
+        .filter_map(|((period, challenger), f)| {
+            cohort_of(period, challenger, &f).map(|c| ((period, challenger), c))
+        })
+        .collect();
+    let mut loose = read_loose(conn, id)?;
+    if let Some(cut) = feedback_before {
+        mature(conn, experiment, cut, &mut cohorts, &mut loose)?;
+    }
+    add_loose(&mut cohorts, loose);
+    Ok(cohorts.into_values().filter(|c| c.units > 0).collect())
+}
+
+/// The sums of the cohort columns of experiment `id` per (period, arm).
+///
+/// The cohort rows as of the last fold, plus what the unit rows changed since (the dirty
+/// rows: their folded contributions out, their current ones in), read in this one
+/// snapshot. A look writes nothing: the writer folds about once a minute, so the dirty rows
+/// are at most a minute's worth of changed units, and a look never waits for the write
+/// lock behind a burst of logging.
+fn cohort_sums(conn: &Connection, id: i64) -> Result<BTreeMap<(u32, bool), Vec<f64>>> {
+    let err = stats_err(id);
     let columns = cohort_columns("");
     let width = columns.len();
     let mut sums: BTreeMap<(u32, bool), Vec<f64>> = BTreeMap::new();
@@ -937,49 +964,56 @@ pub(crate) fn unit_stats(
             }
         }
     }
-    let mut cohorts: BTreeMap<(u32, bool), UnitCohort> = BTreeMap::new();
-    for ((period, challenger), f) in sums {
-        // Counts are sums of integers, exact in an f64 below 2^53.
-        let whole = |v: f64| v.round().max(0.0) as u64;
-        if whole(f[0]) == 0 {
-            continue;
-        }
-        let mut cohort = UnitCohort {
-            period,
-            challenger,
-            units: whole(f[0]),
-            assigned: whole(f[1]),
-            records: whole(f[2]),
-            ..UnitCohort::default()
-        };
-        let mut i = 3;
-        for moments in [
-            &mut cohort.quality,
-            &mut cohort.latency,
-            &mut cohort.positive,
-            &mut cohort.negative,
-        ] {
-            let m = &f[i..i + MOMENTS.len()];
-            *moments = UnitMoments {
-                units: whole(m[0]),
-                sum_mean: m[1],
-                sum_mean_sq: m[2],
-                sum_y: m[3],
-                sum_n: m[4],
-                sum_y_sq: m[5],
-                sum_n_sq: m[6],
-                sum_yn: m[7],
-                cov_units: whole(m[8]),
-                sum_x: m[9],
-                sum_x_sq: m[10],
-                sum_x_mean: m[11],
-                sum_mean_cov: m[12],
-            };
-            i += MOMENTS.len();
-        }
-        cohorts.insert((period, challenger), cohort);
-    }
+    Ok(sums)
+}
 
+/// The cohort of `period` and arm `challenger` from its column sums `f` (in the order of
+/// [`cohort_columns`]); `None` when it has no units.
+fn cohort_of(period: u32, challenger: bool, f: &[f64]) -> Option<UnitCohort> {
+    // Counts are sums of integers, exact in an f64 below 2^53.
+    let whole = |v: f64| v.round().max(0.0) as u64;
+    if whole(f[0]) == 0 {
+        return None;
+    }
+    let mut cohort = UnitCohort {
+        period,
+        challenger,
+        units: whole(f[0]),
+        assigned: whole(f[1]),
+        records: whole(f[2]),
+        ..UnitCohort::default()
+    };
+    let mut i = 3;
+    for moments in [
+        &mut cohort.quality,
+        &mut cohort.latency,
+        &mut cohort.positive,
+        &mut cohort.negative,
+    ] {
+        let m = &f[i..i + MOMENTS.len()];
+        *moments = UnitMoments {
+            units: whole(m[0]),
+            sum_mean: m[1],
+            sum_mean_sq: m[2],
+            sum_y: m[3],
+            sum_n: m[4],
+            sum_y_sq: m[5],
+            sum_n_sq: m[6],
+            sum_yn: m[7],
+            cov_units: whole(m[8]),
+            sum_x: m[9],
+            sum_x_sq: m[10],
+            sum_x_mean: m[11],
+            sum_mean_cov: m[12],
+        };
+        i += MOMENTS.len();
+    }
+    Some(cohort)
+}
+
+/// The loose rows (records without a unit id) of experiment `id` per (period, arm).
+fn read_loose(conn: &Connection, id: i64) -> Result<BTreeMap<(u32, bool), LooseTally>> {
+    let err = stats_err(id);
     let mut loose: BTreeMap<(u32, bool), LooseTally> = BTreeMap::new();
     let mut stmt = conn
         .prepare_cached(&format!(
@@ -1009,12 +1043,14 @@ pub(crate) fn unit_stats(
             },
         );
     }
-    drop(rows);
-    drop(stmt);
+    Ok(loose)
+}
 
-    if let Some(cut) = feedback_before {
-        mature(conn, experiment, cut, &mut cohorts, &mut loose)?;
-    }
+/// Adds each non-empty loose row to its cohort in `cohorts` (creating the cohort if needed).
+fn add_loose(
+    cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
+    loose: BTreeMap<(u32, bool), LooseTally>,
+) {
     for ((period, challenger), l) in loose {
         if l.n == 0 {
             continue;
@@ -1028,8 +1064,14 @@ pub(crate) fn unit_stats(
             })
             .add(&l.cohort(period, challenger));
     }
-    Ok(cohorts.into_values().filter(|c| c.units > 0).collect())
 }
+
+/// Immature feedback per (unit id, arm) and, for records without a unit id, per
+/// (period, arm).
+type ImmatureByKey = (
+    HashMap<(String, bool), Immature>,
+    HashMap<(u32, bool), Immature>,
+);
 
 /// Takes the feedback on records logged at or after `cut` out of `cohorts` and `loose`.
 fn mature(
@@ -1039,51 +1081,12 @@ fn mature(
     cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
     loose: &mut BTreeMap<(u32, bool), LooseTally>,
 ) -> Result<()> {
-    let id = experiment.id;
-    let err =
-        |e: rusqlite::Error| crate::db(format!("read immature feedback of experiment {id}"), e);
     let lo = micros_of(cut).max(micros_of(experiment.started_at));
     let hi = experiment.ended_at.map_or(i64::MAX, micros_of);
     if lo >= hi {
         return Ok(());
     }
-    let mut units: HashMap<(String, bool), Immature> = HashMap::new();
-    let mut loose_immature: HashMap<(u32, bool), Immature> = HashMap::new();
-    {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT model, unit_id, user_feedback, ts_us FROM usage INDEXED BY usage_feedback_ts
-                 WHERE user_feedback IS NOT NULL AND ts_us >= ?1 AND ts_us < ?2 AND model IN (?3, ?4)",
-            )
-            .map_err(err)?;
-        let mut rows = stmt
-            .query(params![lo, hi, experiment.champion, experiment.challenger])
-            .map_err(err)?;
-        while let Some(row) = rows.next().map_err(err)? {
-            let model: String = row.get(0).map_err(err)?;
-            let unit: Option<String> = row.get(1).map_err(err)?;
-            let value = row
-                .get::<_, Option<i64>>(2)
-                .ok()
-                .flatten()
-                .and_then(|v| FeedbackValue::from_i64(v).ok());
-            let Some(value) = value else { continue };
-            let ts_us: i64 = row.get(3).map_err(err)?;
-            let challenger = model == experiment.challenger;
-            let slot = match unit {
-                Some(unit) => units.entry((unit, challenger)).or_default(),
-                None => {
-                    let at = super::time::time_of_micros(ts_us);
-                    loose_immature
-                        .entry((period_at(experiment, at), challenger))
-                        .or_default()
-                }
-            };
-            slot.0 += 1;
-            slot.1 += u64::from(value == FeedbackValue::Positive);
-            slot.2 += u64::from(value == FeedbackValue::Negative);
-        }
-    }
+    let (units, loose_immature) = immature_feedback(conn, experiment, lo, hi)?;
     for (key, (f, p, m)) in loose_immature {
         if let Some(l) = loose.get_mut(&key) {
             l.n_fb = l.n_fb.saturating_sub(f);
@@ -1091,6 +1094,65 @@ fn mature(
             l.n_neg = l.n_neg.saturating_sub(m);
         }
     }
+    mature_units(conn, experiment.id, units, cohorts)
+}
+
+/// The feedback on the experiment's records logged in `lo..hi` (microseconds), by unit
+/// and arm and, for records without a unit id, by period and arm.
+fn immature_feedback(
+    conn: &Connection,
+    experiment: &Experiment,
+    lo: i64,
+    hi: i64,
+) -> Result<ImmatureByKey> {
+    let err = immature_err(experiment.id);
+    let mut units: HashMap<(String, bool), Immature> = HashMap::new();
+    let mut loose_immature: HashMap<(u32, bool), Immature> = HashMap::new();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT model, unit_id, user_feedback, ts_us FROM usage INDEXED BY usage_feedback_ts
+             WHERE user_feedback IS NOT NULL AND ts_us >= ?1 AND ts_us < ?2 AND model IN (?3, ?4)",
+        )
+        .map_err(err)?;
+    let mut rows = stmt
+        .query(params![lo, hi, experiment.champion, experiment.challenger])
+        .map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let model: String = row.get(0).map_err(err)?;
+        let unit: Option<String> = row.get(1).map_err(err)?;
+        let value = row
+            .get::<_, Option<i64>>(2)
+            .ok()
+            .flatten()
+            .and_then(|v| FeedbackValue::from_i64(v).ok());
+        let Some(value) = value else { continue };
+        let ts_us: i64 = row.get(3).map_err(err)?;
+        let challenger = model == experiment.challenger;
+        let slot = match unit {
+            Some(unit) => units.entry((unit, challenger)).or_default(),
+            None => {
+                let at = super::time::time_of_micros(ts_us);
+                loose_immature
+                    .entry((period_at(experiment, at), challenger))
+                    .or_default()
+            }
+        };
+        slot.0 += 1;
+        slot.1 += u64::from(value == FeedbackValue::Positive);
+        slot.2 += u64::from(value == FeedbackValue::Negative);
+    }
+    Ok((units, loose_immature))
+}
+
+/// Takes each unit's immature feedback in `units` out of its cohort's feedback moments in
+/// `cohorts`, reading the unit's row of experiment `id` (units without one are skipped).
+fn mature_units(
+    conn: &Connection,
+    id: i64,
+    units: HashMap<(String, bool), Immature>,
+    cohorts: &mut BTreeMap<(u32, bool), UnitCohort>,
+) -> Result<()> {
+    let err = immature_err(id);
     let mut read = conn
         .prepare_cached(
             "SELECT period, n_fb, n_pos, n_neg, x_pos, x_neg FROM experiment_unit

@@ -566,11 +566,30 @@ fn metric_block(m: &MetricResult, analysis: Analysis, level: &str, alpha: f64) -
     } else {
         "lower is better"
     };
-    let (role, p_labels) = match m.role {
+    let (role, p_labels) = role_of(m);
+    let mut text = format!("{} ({role}; {direction})\n", metric.key());
+    let by_unit = analysis == Analysis::Units;
+    text.push_str(&arm_rows(m, by_unit));
+    for (name, detail) in [
+        ("aggregation", aggregation_text(m, by_unit)),
+        ("difference", difference_text(m)),
+        ("interval", interval_text(m, level)),
+        ("p-values", p_values_text(m, p_labels, alpha)),
+        ("verdict", m.verdict.as_str().to_string()),
+    ] {
+        text.push_str(&format!("{}{detail}\n", row_label(name)));
+    }
+    text
+}
+
+/// A metric's role as shown in its block's heading, and the labels of its two p-values
+/// (improvement, harm).
+fn role_of(m: &MetricResult) -> (String, (&'static str, &'static str)) {
+    match m.role {
         MetricRole::Primary => ("primary metric".to_string(), ("better", "worse")),
         MetricRole::Guardrail { margin } => {
             let limit = m.null_difference.map_or(String::new(), |d| {
-                format!(" = {}", format_difference(metric, d))
+                format!(" = {}", format_difference(m.metric, d))
             });
             (
                 format!(
@@ -580,54 +599,19 @@ fn metric_block(m: &MetricResult, analysis: Analysis, level: &str, alpha: f64) -
                 ("within margin", "beyond margin"),
             )
         }
-    };
-    let mut text = format!("{} ({role}; {direction})\n", metric.key());
-    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(metric, v));
-    let difference = match (m.difference, m.relative_lift) {
-        (Some(d), Some(lift)) => format!(
-            "{} ({} relative)",
-            format_difference(metric, d),
-            signed_percent(lift)
-        ),
-        (Some(d), None) => format_difference(metric, d),
-        _ => "-".to_string(),
-    };
-    let interval = m.interval.map_or_else(
-        || "- (the test starts when both arms have enough observations)".to_string(),
-        |(lo, hi)| {
-            format!(
-                "[{}, {}] ({level} confidence sequence)",
-                format_bound(metric, lo),
-                format_bound(metric, hi)
-            )
-        },
-    );
-    let p_values = match (m.p_better, m.p_worse) {
-        (Some(better), Some(worse)) => format!(
-            "{} {}, {} {} (always valid; decides below {})",
-            p_labels.0,
-            p_value(better),
-            p_labels.1,
-            p_value(worse),
-            trim_number(alpha)
-        ),
-        _ => "-".to_string(),
-    };
-    let by_unit = analysis == Analysis::Units;
-    let aggregation = match (m.aggregation, by_unit) {
-        (Some(Aggregation::UnitMean), true) => "per-unit mean (every unit weighs the same)",
-        (Some(Aggregation::Ratio), true) => "ratio (every request weighs the same)",
-        _ => "per request",
-    };
-    let aggregation = match m.cuped_reduction {
-        Some(r) => format!(
-            "{aggregation}; CUPED variance reduction {}",
-            percent_precise(r)
-        ),
-        None => aggregation.to_string(),
-    };
-    // Labels padded to one width, so that the arms' columns and the details line up.
-    let label = |name: &str| format!("  {name:<12}  ");
+    }
+}
+
+/// A row label of a metric's block, padded to one width so that the arms' columns and the
+/// details line up.
+fn row_label(name: &str) -> String {
+    format!("  {name:<12}  ")
+}
+
+/// The rows of both arms' value, units (when analysed by unit) and observations, under a
+/// heading row, in right-aligned columns.
+fn arm_rows(m: &MetricResult, by_unit: bool) -> String {
+    let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(m.metric, v));
     let mut arms = vec![
         ("", "champion".to_string(), "challenger".to_string()),
         ("value", value(m.champion_value), value(m.challenger_value)),
@@ -646,19 +630,72 @@ fn metric_block(m: &MetricResult, analysis: Analysis, level: &str, alpha: f64) -
     ));
     let width_a = arms.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
     let width_b = arms.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);
+    let mut text = String::new();
     for (name, a, b) in arms {
-        text.push_str(&format!("{}{a:>width_a$}  {b:>width_b$}\n", label(name)));
-    }
-    for (name, detail) in [
-        ("aggregation", aggregation),
-        ("difference", difference),
-        ("interval", interval),
-        ("p-values", p_values),
-        ("verdict", m.verdict.as_str().to_string()),
-    ] {
-        text.push_str(&format!("{}{detail}\n", label(name)));
+        text.push_str(&format!(
+            "{}{a:>width_a$}  {b:>width_b$}\n",
+            row_label(name)
+        ));
     }
     text
+}
+
+/// How the metric's units were combined, with CUPED's variance reduction when applied.
+fn aggregation_text(m: &MetricResult, by_unit: bool) -> String {
+    let aggregation = match (m.aggregation, by_unit) {
+        (Some(Aggregation::UnitMean), true) => "per-unit mean (every unit weighs the same)",
+        (Some(Aggregation::Ratio), true) => "ratio (every request weighs the same)",
+        _ => "per request",
+    };
+    match m.cuped_reduction {
+        Some(r) => format!(
+            "{aggregation}; CUPED variance reduction {}",
+            percent_precise(r)
+        ),
+        None => aggregation.to_string(),
+    }
+}
+
+/// The difference challenger − champion, with the relative lift when there is one.
+fn difference_text(m: &MetricResult) -> String {
+    match (m.difference, m.relative_lift) {
+        (Some(d), Some(lift)) => format!(
+            "{} ({} relative)",
+            format_difference(m.metric, d),
+            signed_percent(lift)
+        ),
+        (Some(d), None) => format_difference(m.metric, d),
+        _ => "-".to_string(),
+    }
+}
+
+/// The confidence sequence of the difference at `level`, or why there is none yet.
+fn interval_text(m: &MetricResult, level: &str) -> String {
+    m.interval.map_or_else(
+        || "- (the test starts when both arms have enough observations)".to_string(),
+        |(lo, hi)| {
+            format!(
+                "[{}, {}] ({level} confidence sequence)",
+                format_bound(m.metric, lo),
+                format_bound(m.metric, hi)
+            )
+        },
+    )
+}
+
+/// Both always-valid p-values under their `labels`, and the `alpha` they decide below.
+fn p_values_text(m: &MetricResult, labels: (&str, &str), alpha: f64) -> String {
+    match (m.p_better, m.p_worse) {
+        (Some(better), Some(worse)) => format!(
+            "{} {}, {} {} (always valid; decides below {})",
+            labels.0,
+            p_value(better),
+            labels.1,
+            p_value(worse),
+            trim_number(alpha)
+        ),
+        _ => "-".to_string(),
+    }
 }
 
 /// The rows of the periods table of `afs ab status`.

@@ -500,6 +500,14 @@ fn write_serving(out: &mut String, snapshot: &Snapshot) {
         loop_state,
         ..
     } = snapshot;
+    write_routing(out, status);
+    write_outcomes(out, *promotions, *rollbacks);
+    write_retrains(out, runs);
+    write_loop(out, loop_state, *last_decision);
+}
+
+/// Each serving model's share of traffic, and whether an experiment runs.
+fn write_routing(out: &mut String, status: &afs_abtest::AbStatus) {
     let challenger_weight = status
         .experiment
         .as_ref()
@@ -528,20 +536,28 @@ fn write_serving(out: &mut String, snapshot: &Snapshot) {
         "1 while a champion/challenger experiment runs.",
         plain(f64::from(u8::from(status.experiment.is_some()))),
     );
+}
+
+/// The experiments' outcomes: challengers promoted and rolled back.
+fn write_outcomes(out: &mut String, promotions: u64, rollbacks: u64) {
     family(
         out,
         "afs_promotions_total",
         "counter",
         "Challengers promoted to champion (from the store's event log).",
-        plain(*promotions as f64),
+        plain(promotions as f64),
     );
     family(
         out,
         "afs_rollbacks_total",
         "counter",
         "Challengers rolled back (from the store's event log).",
-        plain(*rollbacks as f64),
+        plain(rollbacks as f64),
     );
+}
+
+/// Retrain runs: the finished ones by final status, and whether one is running.
+fn write_retrains(out: &mut String, runs: &[(RunStatus, u64)]) {
     family(
         out,
         "afs_retrain_runs_total",
@@ -562,6 +578,14 @@ fn write_serving(out: &mut String, snapshot: &Snapshot) {
                 .map_or(0.0, |(_, n)| *n as f64),
         ),
     );
+}
+
+/// The continuous loop's iterations and last check, and the judge's last decision.
+fn write_loop(
+    out: &mut String,
+    loop_state: &afs_loop::LoopState,
+    last_decision: Option<afs_store::Decision>,
+) {
     family(
         out,
         "afs_loop_iterations_total",
