@@ -249,15 +249,30 @@ fn push_json_number<T: Serialize>(out: &mut Vec<u8>, value: T) {
 
 /// Appends a list of role/content messages: the optional system message, then `rest`.
 fn push_messages(out: &mut Vec<u8>, system: Option<&str>, rest: &[(&str, &str)]) {
+    push_turns(out, (b"role", b"content"), system, rest);
+}
+
+/// Appends a JSON array of turns, each an object of two keys (`keys`: the role's, then the
+/// content's): the optional system turn, then `rest`.
+fn push_turns(
+    out: &mut Vec<u8>,
+    keys: (&[u8], &[u8]),
+    system: Option<&str>,
+    rest: &[(&str, &str)],
+) {
     out.push(b'[');
     let system = system.map(|s| ("system", s));
     for (i, (role, content)) in system.iter().chain(rest).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"role\":");
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(keys.0);
+        out.extend_from_slice(b"\":");
         push_json_str(out, role);
-        out.extend_from_slice(b",\"content\":");
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(keys.1);
+        out.extend_from_slice(b"\":");
         push_json_str(out, content);
         out.push(b'}');
     }
@@ -626,25 +641,10 @@ fn push_sharegpt_line(out: &mut Vec<u8>, example: &Example<'_>, response: &str) 
     // The system turn is inside the conversation, and the roles are the ones
     // TRL's chat templates need after its `from`/`value` renaming; axolotl reads
     // them as they are, LLaMA-Factory with its `tags` set (docs/TRAINING.md).
-    out.extend_from_slice(b"{\"conversations\":[");
+    out.extend_from_slice(b"{\"conversations\":");
     let (system, mut turns) = prompt_turns(example);
     turns.push(("assistant", response));
-    for (i, (from, value)) in system
-        .map(|s| ("system", s))
-        .iter()
-        .chain(&turns)
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"from\":");
-        push_json_str(out, from);
-        out.extend_from_slice(b",\"value\":");
-        push_json_str(out, value);
-        out.push(b'}');
-    }
-    out.push(b']');
+    push_turns(out, (b"from", b"value"), system, &turns);
 }
 
 /// An `openai-dpo` line but for its closing brace: the one-turn input, then the
