@@ -132,6 +132,21 @@ pub(crate) fn rollup_column_is_real(index: usize) -> bool {
 /// Number of rollup aggregate columns.
 pub(crate) const N_ROLLUP_COLUMNS: usize = 12;
 
+/// Appends a bucket's sums to an upsert's parameters, in [`ROLLUP_COLUMNS`] order: the
+/// float sums as they are, the counts as integers.
+pub(crate) fn push_rollup_sums(
+    values: &mut Vec<rusqlite::types::Value>,
+    sums: &[f64; N_ROLLUP_COLUMNS],
+) {
+    for (i, v) in sums.iter().enumerate() {
+        values.push(if rollup_column_is_real(i) {
+            (*v).into()
+        } else {
+            (v.round() as i64).into()
+        });
+    }
+}
+
 /// Positions of the quality columns in [`ROLLUP_COLUMNS`] (checked by a test).
 pub(crate) const COL_N_QUALITY: usize = 5;
 pub(crate) const COL_SUM_Q: usize = 6;

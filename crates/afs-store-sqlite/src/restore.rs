@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::migrations::{
-    rollup_column_is_real, rollup_upsert_sql, N_ROLLUP_COLUMNS, ROLLUP_TABLES,
-};
+use super::migrations::{push_rollup_sums, rollup_upsert_sql, N_ROLLUP_COLUMNS, ROLLUP_TABLES};
 use super::rows::top_rowid;
 use super::time::{first_rowid_at, micros_of, rfc3339, ROWID_SLOTS};
 use super::{units, SqliteStore};
@@ -530,13 +528,7 @@ fn add_to_rollups(conn: &Connection, rollups: &RollupSums) -> Result<()> {
         for ((model, bucket), sums) in sums_by_bucket {
             let mut values: Vec<rusqlite::types::Value> =
                 vec![model.clone().into(), (*bucket).into()];
-            for (i, v) in sums.iter().enumerate() {
-                values.push(if rollup_column_is_real(i) {
-                    (*v).into()
-                } else {
-                    (v.round() as i64).into()
-                });
-            }
+            push_rollup_sums(&mut values, sums);
             upsert
                 .execute(rusqlite::params_from_iter(values))
                 .map_err(|e| crate::db("update rollups", e))?;

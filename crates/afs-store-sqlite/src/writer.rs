@@ -19,8 +19,8 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::migrations::{
-    fold_sql, recent_upsert_sql, rollup_column_is_real, rollup_upsert_sql, MINUTELY,
-    N_ROLLUP_COLUMNS, ROLLUP_TABLES,
+    fold_sql, push_rollup_sums, recent_upsert_sql, rollup_upsert_sql, MINUTELY, N_ROLLUP_COLUMNS,
+    ROLLUP_TABLES,
 };
 use super::rows::{top_rowid, InsertRow};
 use super::{open_connection, SqliteConfig};
@@ -193,13 +193,7 @@ fn insert_all<'r>(
             } else {
                 values.extend([model.clone().into(), (*bucket).into()]);
             }
-            for (i, v) in sums.iter().enumerate() {
-                values.push(if rollup_column_is_real(i) {
-                    (*v).into()
-                } else {
-                    (v.round() as i64).into()
-                });
-            }
+            push_rollup_sums(&mut values, sums);
             upsert
                 .execute(rusqlite::params_from_iter(values))
                 .map_err(|e| crate::db("update rollups", e))?;
