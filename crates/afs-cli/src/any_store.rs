@@ -115,6 +115,9 @@ impl UsageStore for AnyStore {
     fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>> {
         each!(self, s => s.log_batch(records))
     }
+    fn batch_writers(&self) -> usize {
+        each!(self, s => s.batch_writers())
+    }
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
         each!(self, s => s.record_feedback(id, value, text))
     }

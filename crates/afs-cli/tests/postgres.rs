@@ -166,6 +166,119 @@ fn every_kind_of_command_works_on_postgres() {
     assert_eq!(stats["total"], 35, "{stats}");
 }
 
+/// `n` import lines numbered from 1; line `i` asks "`tag` `i`?". `odd(i)` replaces a line.
+fn import_lines(tag: &str, n: u32, odd: impl Fn(u32) -> Option<String>) -> String {
+    let mut lines = String::new();
+    for i in 1..=n {
+        let line = odd(i).unwrap_or_else(|| {
+            format!(
+                "{{\"query\":\"{tag} {i}?\",\"response\":\"answer {i}\",\"model\":\"m{}\",\
+                 \"quality_score\":0.5,\"timestamp\":\"2025-06-01T10:{:02}:{:02}Z\"}}",
+                i % 3,
+                (i / 60) % 60,
+                i % 60
+            )
+        });
+        lines.push_str(&line);
+        lines.push('\n');
+    }
+    lines
+}
+
+/// The queries of every record in the database.
+fn all_queries(env: &Env) -> std::collections::BTreeSet<String> {
+    env.afs(Some(NOW), &["--json", "records", "--limit", "100000"])
+        .lines()
+        .map(|line| json(line)["query"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_import_writes_batches_side_by_side_and_names_the_batch_that_failed() {
+    let Some((env, database)) = pg_env() else {
+        return;
+    };
+    // 2,000 lines in batches of 25: both writers of a PostgreSQL import take batches. Lines 7
+    // and 1,503 are refused by the parser; every other line is imported once.
+    let lines = import_lines("first", 2000, |i| {
+        [7, 1503]
+            .contains(&i)
+            .then(|| "{\"query\": \"no model\"}".to_string())
+    });
+    std::fs::write(env.path("first.jsonl"), lines).unwrap();
+    let (code, out, err) = run(
+        &env,
+        Some(NOW),
+        &["--json", "import", "first.jsonl", "--batch-size", "25"],
+    );
+    assert_eq!(code, 3, "rejected lines: {err}");
+    let report = json(&out);
+    assert_eq!(report["imported"], 1998, "{report}");
+    let rejected: Vec<u64> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected, [7, 1503], "{report}");
+    let expected: std::collections::BTreeSet<String> = (1..=2000u32)
+        .filter(|i| ![7, 1503].contains(i))
+        .map(|i| format!("first {i}?"))
+        .collect();
+    assert_eq!(all_queries(&env), expected);
+    assert_eq!(
+        json(&env.afs(Some(NOW), &["--json", "stats"]))["total"],
+        1998
+    );
+
+    // The database refuses any statement writing a record asking "boom" (line 505, in the
+    // batch of lines 501-525): the import stops there, says which batch failed and how many
+    // records the other batches imported, and that count is what the database holds.
+    let mut admin = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF EXISTS (SELECT 1 FROM boom_new WHERE query = 'boom') THEN \
+                 RAISE EXCEPTION 'boom is refused'; \
+               END IF; RETURN NULL; END $$; \
+             CREATE TRIGGER refuse_boom AFTER INSERT ON afs_usage \
+               REFERENCING NEW TABLE AS boom_new FOR EACH STATEMENT \
+               EXECUTE FUNCTION refuse_boom();",
+        )
+        .unwrap();
+    let lines = import_lines("second", 1000, |i| {
+        (i == 505).then(|| "{\"query\":\"boom\",\"response\":\"r\",\"model\":\"m1\"}".into())
+    });
+    std::fs::write(env.path("second.jsonl"), lines).unwrap();
+    let (code, _, err) = run(
+        &env,
+        Some(NOW),
+        &["import", "second.jsonl", "--batch-size", "25"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("boom is refused"), "{err}");
+    let said = "import stopped at the batch of lines 501-525, which was not imported; ";
+    let at = err.find(said).unwrap_or_else(|| panic!("{err}"));
+    let imported: u64 = err[at + said.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let second: Vec<u32> = all_queries(&env)
+        .iter()
+        .filter_map(|q| q.strip_prefix("second ")?.strip_suffix('?')?.parse().ok())
+        .collect();
+    assert_eq!(second.len() as u64, imported, "{err}");
+    // Batches are taken in file order and a batch taken is written whole: every line before
+    // the failed batch is in, none of the failed batch.
+    assert!((1..=500).all(|i| second.contains(&i)), "{second:?}");
+    assert!(
+        !second.iter().any(|i| (501..=525).contains(i)),
+        "{second:?}"
+    );
+}
+
 #[test]
 fn two_servers_log_into_one_database_and_see_the_same_routes() {
     let Some((env, _database)) = pg_env() else {

@@ -71,6 +71,14 @@ pub trait UsageStore: Send + Sync {
     /// Logs many calls in one transaction; returns their ids in input order. All or nothing.
     fn log_batch(&self, records: Vec<NewUsage>) -> Result<Vec<String>>;
 
+    /// How many [`log_batch`](Self::log_batch) calls from different threads this store can
+    /// usefully run at once: a hint for importers, which write batches from that many
+    /// threads. Batches written at once may commit in either order. 1 by default (a store
+    /// that serialises its writers gains nothing from more).
+    fn batch_writers(&self) -> usize {
+        1
+    }
+
     /// Sets (or replaces) the feedback of record `id`, stamps `feedback_at` with the clock,
     /// and moves the aggregates from the old value to the new one.
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()>;

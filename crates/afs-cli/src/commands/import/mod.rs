@@ -8,8 +8,9 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Mutex;
 
 use afs_store::{NewUsage, StoreError, UsageStore};
 use anyhow::Context;
@@ -45,6 +46,17 @@ struct Report {
 }
 
 impl Report {
+    /// Adds another writer's report to this one.
+    fn absorb(&mut self, other: Report) {
+        self.imported += other.imported;
+        let unlisted = other.rejected - other.errors.len() as u64;
+        for error in other.errors {
+            self.reject(error.line, error.error);
+        }
+        self.rejected += unlisted;
+        self.errors_truncated |= other.errors_truncated;
+    }
+
     fn reject(&mut self, line: u64, error: String) {
         tracing::debug!(line, %error, "line rejected");
         self.rejected += 1;
@@ -93,10 +105,10 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Parsed records and their line numbers, one batch of the writer thread.
+/// Parsed records and their line numbers, one batch of a writer thread.
 type ParsedBatch = (Vec<NewUsage>, Vec<u64>);
 
-/// What the writer thread has committed and refused so far, for the progress bar.
+/// What the writer threads have committed and refused so far, for the progress bar.
 #[derive(Debug, Default)]
 struct WriterCounts {
     committed: AtomicU64,
@@ -105,7 +117,7 @@ struct WriterCounts {
 
 impl WriterCounts {
     /// The progress bar's message: records imported and lines rejected so far, by the
-    /// parser (`parse_report`) and the writer together.
+    /// parser (`parse_report`) and the writers together.
     fn message(&self, parse_report: &Report) -> String {
         format!(
             "{} imported, {} rejected",
@@ -115,49 +127,129 @@ impl WriterCounts {
     }
 }
 
-/// Parsing and writing overlap: this thread parses the next batch while a writer thread
-/// commits the previous one (a channel of one batch keeps memory bounded). Returns the
-/// writer's report; the parse rejects are in `parsing.report`.
+/// Parsing and writing overlap: this thread parses the next batch while writer threads
+/// commit earlier ones (a channel of one batch per writer keeps memory bounded). There are as
+/// many writers as the store can use at once ([`UsageStore::batch_writers`]): one on SQLite,
+/// whose writes are serialised anyway; two on PostgreSQL, where one connection's work is done
+/// by one server process, which was the limit of an import with one writer. Returns the
+/// writers' report; the parse rejects are in `parsing.report`.
 fn parse_and_write(store: &dyn UsageStore, parsing: &mut Parsing<'_>) -> anyhow::Result<Report> {
     let counts = parsing.counts;
+    let n_writers = store.batch_writers().clamp(1, MAX_WRITERS);
+    let (to_writers, batches) = std::sync::mpsc::sync_channel::<ParsedBatch>(n_writers);
+    let shared = SharedBatches {
+        batches: Mutex::new(Some(batches)),
+        stopped: AtomicBool::new(false),
+    };
+    let shared = &shared;
     std::thread::scope(|scope| {
-        let (to_writer, batches) = std::sync::mpsc::sync_channel::<ParsedBatch>(1);
-        let writer = scope.spawn(move || write_batches(store, batches, counts));
-        let parsed = parsing.parse(&to_writer);
-        drop(to_writer);
-        let written = writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the import writer thread panicked"))?;
+        let writers: Vec<_> = (0..n_writers)
+            .map(|_| scope.spawn(move || write_batches(store, shared, counts)))
+            .collect();
+        let parsed = parsing.parse(&to_writers);
+        drop(to_writers);
+        let mut written = Report::default();
+        let (mut panicked, mut failed) = (false, None);
+        for writer in writers {
+            match writer.join() {
+                Ok(Ok(report)) => written.absorb(report),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Err(_) => panicked = true,
+            }
+        }
+        if panicked {
+            anyhow::bail!("an import writer thread panicked");
+        }
         parsed?;
-        written
+        match failed {
+            // Every writer has stopped: the count is final.
+            Some(failed) => Err(failed.error.context(format!(
+                "import stopped at the batch of lines {}-{}, which was not imported; {} records \
+                 of other batches were",
+                failed.first_line,
+                failed.last_line,
+                counts.committed.load(Ordering::Acquire)
+            ))),
+            None => Ok(written),
+        }
     })
 }
 
-/// The writer thread: commits each batch it receives, one transaction each, and publishes
-/// its counts for the progress bar; returns its report. On an error it stops, which the
-/// parser sees as a closed channel.
+/// A batch the store failed to write: the import stops.
+struct WriterFailed {
+    first_line: u64,
+    last_line: u64,
+    error: anyhow::Error,
+}
+
+/// Most writer threads of one import.
+const MAX_WRITERS: usize = 4;
+
+/// The parsed batches waiting for a writer, shared by the writers.
+struct SharedBatches {
+    /// The receiving end; taken (dropped) by a writer that stops on an error, so that the
+    /// parser's next send fails and it stops too.
+    batches: Mutex<Option<Receiver<ParsedBatch>>>,
+    /// Set by a writer that stopped on an error: the others commit no further batch.
+    stopped: AtomicBool,
+}
+
+impl SharedBatches {
+    /// The next batch, or `None` once the parser is done or a writer stopped.
+    fn next(&self) -> Option<ParsedBatch> {
+        let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = batches.as_ref()?.recv().ok()?;
+        (!self.stopped.load(Ordering::Acquire)).then_some(batch)
+    }
+}
+
+/// Stops the other writers and the parser when a writer leaves on an error or a panic.
+struct StopOthers<'a> {
+    shared: &'a SharedBatches,
+    /// Whether the writer ran out of batches (nothing to stop).
+    finished: bool,
+}
+
+impl Drop for StopOthers<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.shared.stopped.store(true, Ordering::Release);
+            let mut batches = self
+                .shared
+                .batches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            batches.take();
+        }
+    }
+}
+
+/// A writer thread: commits each batch it takes, one transaction each, and adds to the
+/// counts for the progress bar; returns its report. On an error it stops the import.
 fn write_batches(
     store: &dyn UsageStore,
-    batches: Receiver<ParsedBatch>,
+    shared: &SharedBatches,
     counts: &WriterCounts,
-) -> anyhow::Result<Report> {
+) -> Result<Report, WriterFailed> {
+    let mut guard = StopOthers {
+        shared,
+        finished: false,
+    };
     let mut batch = Batch {
         store,
+        counts,
         records: Vec::new(),
         line_numbers: Vec::new(),
         report: Report::default(),
     };
-    for (records, line_numbers) in batches {
+    while let Some((records, line_numbers)) = shared.next() {
         batch.records = records;
         batch.line_numbers = line_numbers;
         batch.flush()?;
-        counts
-            .committed
-            .store(batch.report.imported, Ordering::Relaxed);
-        counts
-            .rejected
-            .store(batch.report.rejected, Ordering::Relaxed);
     }
+    guard.finished = true;
     Ok(batch.report)
 }
 
@@ -178,7 +270,7 @@ struct Parsing<'a> {
 
 impl Parsing<'_> {
     /// Reads and parses every line, sending each full batch (and the last, partial one) to
-    /// the writer; stops early, without an error, when the writer has stopped.
+    /// the writers; stops early, without an error, when a writer has stopped.
     fn parse(&mut self, to_writer: &SyncSender<ParsedBatch>) -> anyhow::Result<()> {
         let mut pending = Pending::new(self.batch_size);
         let mut buf = Vec::with_capacity(4096);
@@ -237,7 +329,7 @@ impl Parsing<'_> {
     }
 }
 
-/// Parsed records not yet sent to the writer, with their line numbers.
+/// Parsed records not yet sent to a writer, with their line numbers.
 struct Pending {
     records: Vec<NewUsage>,
     line_numbers: Vec<u64>,
@@ -276,13 +368,7 @@ impl Pending {
 /// One report: parse rejects and store rejects (`written`), in line order.
 fn merge_reports(parse_report: Report, written: Report) -> Report {
     let mut report = parse_report;
-    report.imported = written.imported;
-    let unlisted = written.rejected - written.errors.len() as u64;
-    for error in written.errors {
-        report.reject(error.line, error.error);
-    }
-    report.rejected += unlisted;
-    report.errors_truncated |= written.errors_truncated;
+    report.absorb(written);
     report.errors.sort_by_key(|e| e.line);
     report
 }
@@ -310,6 +396,8 @@ fn rejected_message(report: &Report) -> String {
 /// Records waiting to be written, with their line numbers, and the report so far.
 struct Batch<'a> {
     store: &'a dyn UsageStore,
+    /// The counts of every writer, for the progress bar and the final count.
+    counts: &'a WriterCounts,
     records: Vec<NewUsage>,
     line_numbers: Vec<u64>,
     report: Report,
@@ -320,12 +408,15 @@ impl Batch<'_> {
     ///
     /// Records were validated one by one already; should the store refuse one anyway, that
     /// line is reported and the rest of the batch is written without it.
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self) -> Result<(), WriterFailed> {
         while !self.records.is_empty() {
             match self.store.log_batch(self.records.clone()) {
                 Ok(ids) => {
                     tracing::debug!(n_records = ids.len(), "batch committed");
                     self.report.imported += ids.len() as u64;
+                    self.counts
+                        .committed
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
                     self.records.clear();
                     self.line_numbers.clear();
                 }
@@ -336,13 +427,13 @@ impl Batch<'_> {
                     let line = self.line_numbers.remove(index);
                     self.report
                         .reject(line, RecordError::from(*source).to_string());
+                    self.counts.rejected.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(err) => {
-                    return Err(err).with_context(|| {
-                        format!(
-                            "import stopped at line {}; {} records from earlier lines were imported",
-                            self.line_numbers[0], self.report.imported
-                        )
+                    return Err(WriterFailed {
+                        first_line: self.line_numbers[0],
+                        last_line: self.line_numbers[self.line_numbers.len() - 1],
+                        error: err.into(),
                     });
                 }
             }
