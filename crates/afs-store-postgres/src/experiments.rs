@@ -110,6 +110,50 @@ fn experiment_from_row(row: &Row) -> Result<Experiment> {
     })
 }
 
+/// Writes `states` of experiment `experiment_id`, each replacing the state of its metric
+/// (the store's writes, and a restore into an empty database). A failure names its metric.
+pub(crate) fn upsert_sequential_states(
+    tx: &mut Transaction<'_>,
+    experiment_id: i64,
+    states: &[SequentialState],
+) -> std::result::Result<(), (String, postgres::Error)> {
+    let statement = tx
+        .prepare(&format!(
+            "INSERT INTO afs_experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (experiment_id, metric) DO UPDATE SET \
+             n_looks = excluded.n_looks, baseline = excluded.baseline, tau = excluded.tau, \
+             theta0 = excluded.theta0, p_better = excluded.p_better, \
+             p_worse = excluded.p_worse, cs_lower = excluded.cs_lower, \
+             cs_upper = excluded.cs_upper, started_at_us = excluded.started_at_us, \
+             updated_at_us = excluded.updated_at_us, state = excluded.state"
+        ))
+        .map_err(|e| (String::new(), e))?;
+    for s in states {
+        let n_looks = i64::try_from(s.n_looks).unwrap_or(i64::MAX);
+        tx.execute(
+            &statement,
+            &[
+                &experiment_id,
+                &s.metric,
+                &n_looks,
+                &s.baseline,
+                &s.tau,
+                &s.theta0,
+                &s.p_better,
+                &s.p_worse,
+                &s.cs_lower,
+                &s.cs_upper,
+                &micros(s.started_at),
+                &micros(s.updated_at),
+                &s.state,
+            ],
+        )
+        .map_err(|e| (s.metric.clone(), e))?;
+    }
+    Ok(())
+}
+
 /// A sequential state from a row of [`STATE_COLUMNS`].
 fn state_from_row(row: &Row) -> Result<SequentialState> {
     Ok(SequentialState {
@@ -526,43 +570,8 @@ impl ExperimentTx for PgTx<'_, '_> {
         experiment_id: i64,
         states: &[SequentialState],
     ) -> Result<()> {
-        let statement = self
-            .tx
-            .prepare(&format!(
-                "INSERT INTO afs_experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (experiment_id, metric) DO UPDATE SET \
-                 n_looks = excluded.n_looks, baseline = excluded.baseline, tau = excluded.tau, \
-                 theta0 = excluded.theta0, p_better = excluded.p_better, \
-                 p_worse = excluded.p_worse, cs_lower = excluded.cs_lower, \
-                 cs_upper = excluded.cs_upper, started_at_us = excluded.started_at_us, \
-                 updated_at_us = excluded.updated_at_us, state = excluded.state"
-            ))
-            .map_err(dbe("write sequential state"))?;
-        for s in states {
-            let n_looks = i64::try_from(s.n_looks).unwrap_or(i64::MAX);
-            self.tx
-                .execute(
-                    &statement,
-                    &[
-                        &experiment_id,
-                        &s.metric,
-                        &n_looks,
-                        &s.baseline,
-                        &s.tau,
-                        &s.theta0,
-                        &s.p_better,
-                        &s.p_worse,
-                        &s.cs_lower,
-                        &s.cs_upper,
-                        &micros(s.started_at),
-                        &micros(s.updated_at),
-                        &s.state,
-                    ],
-                )
-                .map_err(|e| db(format!("write sequential state of {}", s.metric), e))?;
-        }
-        Ok(())
+        upsert_sequential_states(self.tx, experiment_id, states)
+            .map_err(|(metric, e)| db(format!("write sequential state of {metric}"), e))
     }
 
     fn insert_event(&mut self, event: &NewEvent<'_>) -> Result<ExperimentEvent> {

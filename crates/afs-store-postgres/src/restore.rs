@@ -316,30 +316,8 @@ fn insert_sequential_states(
     states: &[(i64, Vec<SequentialState>)],
 ) -> Result<()> {
     for (id, states) in states {
-        for s in states {
-            tx.execute(
-                "INSERT INTO afs_experiment_sequential_state (experiment_id, metric, \
-                 n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
-                 started_at_us, updated_at_us, state) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                &[
-                    id,
-                    &s.metric,
-                    &(s.n_looks as i64),
-                    &s.baseline,
-                    &s.tau,
-                    &s.theta0,
-                    &s.p_better,
-                    &s.p_worse,
-                    &s.cs_lower,
-                    &s.cs_upper,
-                    &micros(s.started_at),
-                    &micros(s.updated_at),
-                    &s.state,
-                ],
-            )
-            .map_err(|e| write_error(&format!("sequential state of experiment {id}"), e))?;
-        }
+        crate::experiments::upsert_sequential_states(tx, *id, states)
+            .map_err(|(_, e)| write_error(&format!("sequential state of experiment {id}"), e))?;
     }
     Ok(())
 }

@@ -218,6 +218,41 @@ struct SqliteTx<'a> {
     store: &'a SqliteStore,
 }
 
+/// Writes `states` of experiment `experiment_id`, each replacing the state of its metric
+/// (the store's writes, and a restore into an empty database). A failure names its metric.
+pub(crate) fn upsert_sequential_states(
+    conn: &Connection,
+    experiment_id: i64,
+    states: &[SequentialState],
+) -> std::result::Result<(), (String, rusqlite::Error)> {
+    let mut upsert = conn
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))
+        .map_err(|e| (String::new(), e))?;
+    for s in states {
+        upsert
+            .execute(params![
+                experiment_id,
+                s.metric,
+                s.n_looks as i64,
+                s.baseline,
+                s.tau,
+                s.theta0,
+                s.p_better,
+                s.p_worse,
+                s.cs_lower,
+                s.cs_upper,
+                rfc3339(s.started_at),
+                rfc3339(s.updated_at),
+                s.state,
+            ])
+            .map_err(|e| (s.metric.clone(), e))?;
+    }
+    Ok(())
+}
+
 fn read_experiment(conn: &Connection, id: i64) -> Result<Option<Experiment>> {
     let found = conn
         .query_row(
@@ -588,33 +623,8 @@ impl ExperimentTx for SqliteTx<'_> {
         experiment_id: i64,
         states: &[SequentialState],
     ) -> Result<()> {
-        let mut upsert = self
-            .conn
-            .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO experiment_sequential_state (experiment_id, {STATE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-            ))
-            .map_err(|e| crate::db("write sequential state", e))?;
-        for s in states {
-            upsert
-                .execute(params![
-                    experiment_id,
-                    s.metric,
-                    s.n_looks as i64,
-                    s.baseline,
-                    s.tau,
-                    s.theta0,
-                    s.p_better,
-                    s.p_worse,
-                    s.cs_lower,
-                    s.cs_upper,
-                    rfc3339(s.started_at),
-                    rfc3339(s.updated_at),
-                    s.state,
-                ])
-                .map_err(|e| crate::db(format!("write sequential state of {}", s.metric), e))?;
-        }
-        Ok(())
+        upsert_sequential_states(self.conn, experiment_id, states)
+            .map_err(|(metric, e)| crate::db(format!("write sequential state of {metric}"), e))
     }
 
     fn insert_event(&mut self, row: &NewEvent<'_>) -> Result<ExperimentEvent> {

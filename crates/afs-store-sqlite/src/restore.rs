@@ -299,32 +299,8 @@ fn insert_sequential_states(
     states: &[(i64, Vec<SequentialState>)],
 ) -> Result<()> {
     for (id, states) in states {
-        for s in states {
-            conn.execute(
-                "INSERT INTO experiment_sequential_state (experiment_id, metric, \
-                 n_looks, baseline, tau, theta0, p_better, p_worse, cs_lower, cs_upper, \
-                 started_at, updated_at, state) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
-                    id,
-                    s.metric,
-                    s.n_looks as i64,
-                    s.baseline,
-                    s.tau,
-                    s.theta0,
-                    s.p_better,
-                    s.p_worse,
-                    s.cs_lower,
-                    s.cs_upper,
-                    rfc3339(s.started_at),
-                    rfc3339(s.updated_at),
-                    s.state
-                ],
-            )
-            .map_err(restore_error(&format!(
-                "sequential state of experiment {id}"
-            )))?;
-        }
+        super::experiments::upsert_sequential_states(conn, *id, states)
+            .map_err(|(_, e)| restore_error(&format!("sequential state of experiment {id}"))(e))?;
     }
     Ok(())
 }
