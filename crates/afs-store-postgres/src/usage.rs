@@ -56,12 +56,12 @@
 //! # Writes
 //!
 //! - **Group commit** (module `usage_writer`): `log` checks the record and computes its id,
-//!   times and keys in the caller's thread, then queues it; a caller whose row is queued
-//!   while fewer than two callers are committing becomes a leader, yields a few times to
-//!   callers already inside `log`, and commits every queued row (up to 1,024) with one
-//!   `INSERT ... SELECT FROM unnest(column arrays)` in autocommit (one statement is atomic),
-//!   prepared once on the leader's own logging connection (one per leader), so a commit is
-//!   one round trip: `synchronous_commit = off` there unless
+//!   times and keys in the caller's thread, then queues it; a caller that finds nobody
+//!   committing becomes the leader, yields a few times to callers already inside `log`,
+//!   and commits every queued row (up to 1,024) with one `INSERT ... SELECT FROM
+//!   unnest(column arrays)` in autocommit (one statement is atomic), sent with its
+//!   parameter types so it costs one round trip (a prepared statement costs three), on a
+//!   logging connection: `synchronous_commit = off` there unless
 //!   `PgConfig::fast_log_commits` is false (SQLite's `synchronous = normal` and `full`).
 //!   Then it wakes the callers it held. Each caller returns only once its own row
 //!   committed. A group that fails on anything but a lost server is retried row by row, so

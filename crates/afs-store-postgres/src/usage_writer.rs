@@ -1,15 +1,14 @@
 //! Group commit of single-record `log` calls, without a writer thread
-//! ([`afs_store::group_commit`]): a caller queues its row; if fewer than [`LEADERS`] callers
-//! are committing it becomes a leader and commits every row queued so far in one statement
-//! (one `INSERT ... unnest` in autocommit, whose statement trigger updates each rollup bucket
-//! once), then wakes the callers whose rows it held. Nobody is answered before the
-//! transaction holding its row has committed.
+//! ([`afs_store::group_commit`]): a caller queues its row; if nobody is committing it becomes
+//! the leader and commits every row queued so far in one statement (one `INSERT ... unnest` in autocommit, whose statement trigger updates
+//! each rollup bucket once), then wakes the callers whose rows it held. Nobody is answered
+//! before the transaction holding its row has committed.
 //!
-//! Each leader commits on a connection of the writer's own (outside the pool;
-//! `PgConfig::fast_log_commits`) with the insert prepared on it: a commit is one round trip,
-//! and the server plans the insert once per connection rather than once per statement. A
-//! connection idle for a while is checked before use (as the pool checks its own), so a
-//! restarted server costs no logged call after a quiet spell.
+//! One leader commits at a time, so the leaders share one connection of their own (outside
+//! the pool; `PgConfig::fast_log_commits`) with the insert prepared on it: a commit is one
+//! round trip, and the server plans the insert once per connection rather than once per
+//! statement. A connection idle for a while is checked before use (as the pool checks its
+//! own), so a restarted server costs no logged call after a quiet spell.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,29 +23,19 @@ use crate::usage_rows::{insert_rows_prepared, prepare_insert, InsertRow};
 /// Most rows one group transaction takes; bounds the latency of the first caller in a group.
 const MAX_GROUP: usize = 1024;
 
-/// Leaders committing at once, each on a connection of its own. The server works on one
-/// statement per connection: with one leader, a single backend process doing every commit was
-/// the limit (4 threads on 2 cores with the server: ~9k records/s, that backend ~90% busy);
-/// with two, two backends share the work (~10-11k; `examples`-style runs of 8,000 records,
-/// alternating, on this machine). Two concurrent groups may commit in either order: callers
-/// that are answered at all are answered after their own row committed, and nothing reads
-/// the log by a watermark of `seq` (several hosts log at once anyway).
-const LEADERS: usize = 2;
-
 /// Locks `m`; a panic elsewhere while it was held left nothing half-done in it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The group commit of one store handle: the queue of rows waiting for a commit, and the
-/// leaders' connections.
+/// leaders' connection.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
     /// Rows waiting for (or in) a group commit.
     group: GroupCommit<InsertRow>,
-    /// The leaders' connections (one per leader at once), each opened by the first leader
-    /// that needs it and again after it is lost.
-    conns: Vec<Mutex<Option<LeaderConn>>>,
+    /// The leaders' connection, opened by the first leader and again after it is lost.
+    conn: Mutex<Option<LeaderConn>>,
 }
 
 impl Default for LogWriter {
@@ -55,10 +44,8 @@ impl Default for LogWriter {
             // Followers sleep at once: the commit needs the server's CPU, and with the server on
             // the same 2 cores, yielding followers took it (one `bench --only postgres --quick`
             // on a loaded machine: 4 threads logged 5.6k records/s, 1 thread 6.3k).
-            group: GroupCommit::new(MAX_GROUP)
-                .with_follower_yields(0)
-                .with_leaders(LEADERS),
-            conns: (0..LEADERS).map(|_| Mutex::new(None)).collect(),
+            group: GroupCommit::new(MAX_GROUP).with_follower_yields(0),
+            conn: Mutex::new(None),
         }
     }
 }
@@ -131,20 +118,7 @@ impl LogWriter {
         }
     }
 
-    /// A leaders' connection no other leader holds (there is one per leader, so one is free).
-    fn free_conn(&self) -> MutexGuard<'_, Option<LeaderConn>> {
-        use std::sync::TryLockError;
-        self.conns
-            .iter()
-            .find_map(|c| match c.try_lock() {
-                Ok(held) => Some(held),
-                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            })
-            .unwrap_or_else(|| lock(&self.conns[0]))
-    }
-
-    /// One transaction inserting `rows`, on a leaders' connection.
+    /// One transaction inserting `rows`, on the leaders' connection.
     ///
     /// Tried again where nothing can have been committed: after a deadlock or serialisation
     /// failure, and when the server answered the insert by ending the session (it was
@@ -152,7 +126,7 @@ impl LogWriter {
     /// that way is rolled back), on a new connection after 0.1 s and 0.4 s. A connection
     /// that just went silent is not: the insert may have committed.
     fn commit(&self, store: &PgStore, rows: &[InsertRow]) -> Result<()> {
-        let mut held = self.free_conn();
+        let mut held = lock(&self.conn);
         let (mut attempt, mut ended) = (0, 0);
         loop {
             if !held.as_mut().is_some_and(LeaderConn::usable) {

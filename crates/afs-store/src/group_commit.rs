@@ -7,11 +7,6 @@
 //! The backend says how a group is committed (the closure given to [`GroupCommit::log`]);
 //! this module keeps the queue, elects the leader and hands the outcomes back.
 //!
-//! A backend whose commits can run side by side (a database server, where one connection's
-//! work is done by one server process) may allow several leaders at once
-//! ([`GroupCommit::with_leaders`]): a caller whose row is still queued while fewer leaders
-//! are committing becomes one. Concurrent groups may then commit in either order.
-//!
 //! Two waits shape the groups on a busy machine (measured with `cargo xtask bench --only
 //! log`, 4 threads on 2 cores):
 //! - a new leader yields its CPU a few times to callers already inside `log` but not yet
@@ -44,7 +39,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The queue of rows of type `R` waiting for a commit, shared by the callers of one store.
 #[derive(Debug)]
 pub struct GroupCommit<R> {
-    /// The queue and the count of leaders.
+    /// The queue and the leader flag.
     shared: Mutex<Shared<R>>,
     /// Signalled when a leader steps down (its group committed or failed).
     committed: Condvar,
@@ -54,24 +49,15 @@ pub struct GroupCommit<R> {
     max_group: usize,
     /// Times a follower yields its CPU before it sleeps.
     follower_yields: usize,
-    /// Most leaders committing at once.
-    max_leaders: usize,
 }
 
-/// Rows waiting for a commit, and how many callers are committing (the leaders).
+/// Rows waiting for a commit, and whether a caller is committing (the leader).
 #[derive(Debug)]
 struct Shared<R> {
     /// Rows not taken by a leader yet, each with its caller's slot.
     queue: Vec<(R, Slot)>,
-    /// Callers committing a group now.
-    leaders: usize,
-}
-
-impl<R> Shared<R> {
-    /// Whether the row of `slot` waits in the queue (no leader has taken it yet).
-    fn queued(&self, slot: &Slot) -> bool {
-        self.queue.iter().any(|(_, s)| Arc::ptr_eq(s, slot))
-    }
+    /// Whether a caller is committing a group now.
+    leader: bool,
 }
 
 /// Steps the leader down (and wakes the others) however its commit ended, a panic included.
@@ -79,7 +65,7 @@ struct StepDown<'a, R>(&'a GroupCommit<R>);
 
 impl<R> Drop for StepDown<'_, R> {
     fn drop(&mut self) {
-        lock(&self.0.shared).leaders -= 1;
+        lock(&self.0.shared).leader = false;
         self.0.committed.notify_all();
     }
 }
@@ -90,21 +76,13 @@ impl<R> GroupCommit<R> {
         GroupCommit {
             shared: Mutex::new(Shared {
                 queue: Vec::new(),
-                leaders: 0,
+                leader: false,
             }),
             committed: Condvar::new(),
             inside: AtomicUsize::new(0),
             max_group: max_group.max(1),
             follower_yields: FOLLOWER_YIELDS,
-            max_leaders: 1,
         }
-    }
-
-    /// Lets up to `n` leaders (at least 1; 1 by default) commit groups at once; `commit`
-    /// must then be safe to call from several threads at once.
-    pub fn with_leaders(mut self, n: usize) -> Self {
-        self.max_leaders = n.max(1);
-        self
     }
 
     /// Followers yield their CPU `n` times before they sleep (0: they sleep at once). A
@@ -118,8 +96,8 @@ impl<R> GroupCommit<R> {
     /// Logs `row`; returns its outcome once a transaction holding it has committed (or
     /// failed).
     ///
-    /// The caller queues its row. If as many callers as allowed are committing, it waits to
-    /// be woken after a commit; otherwise it becomes a leader and calls `commit` with the rows
+    /// The caller queues its row. If another caller is committing, it waits to be woken
+    /// after that commit; otherwise it becomes the leader and calls `commit` with the rows
     /// queued so far (oldest first), which must commit them and return one outcome per row,
     /// in the same order (typically: all in one transaction, and each alone if that fails,
     /// so one bad row fails only its own caller). A leader whose own row was not in its
@@ -146,8 +124,8 @@ impl<R> GroupCommit<R> {
             if let Some(result) = lock(slot).take() {
                 return result;
             }
-            if shared.leaders < self.max_leaders && shared.queued(slot) {
-                shared.leaders += 1;
+            if !shared.leader {
+                shared.leader = true;
                 for _ in 0..LEADER_YIELDS {
                     if shared.queue.len() >= self.inside.load(Ordering::Acquire) {
                         break;
@@ -174,7 +152,7 @@ impl<R> GroupCommit<R> {
                 std::thread::yield_now();
             }
             shared = lock(&self.shared);
-            if lock(slot).is_some() || (shared.leaders < self.max_leaders && shared.queued(slot)) {
+            if lock(slot).is_some() || !shared.leader {
                 continue;
             }
             shared = self
@@ -286,41 +264,6 @@ mod tests {
             sizes.iter().any(|&n| n > 1),
             "no group held more than one row"
         );
-    }
-
-    #[test]
-    fn two_leaders_commit_side_by_side_and_never_more() {
-        // 6 threads, commits of 200 us: with two leaders allowed, two commits overlap at
-        // some point and three never do; every row comes back to its caller once.
-        let group = GroupCommit::<u64>::new(8).with_leaders(2);
-        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let committed = Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            for t in 0..6u64 {
-                let (group, running, most, committed) = (&group, &running, &most, &committed);
-                scope.spawn(move || {
-                    for i in 0..200u64 {
-                        let row = t * 1_000 + i;
-                        let mut commit = |rows: Vec<u64>| {
-                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                            most.fetch_max(now, Ordering::SeqCst);
-                            std::thread::sleep(std::time::Duration::from_micros(200));
-                            lock(committed).extend(rows.iter().copied());
-                            running.fetch_sub(1, Ordering::SeqCst);
-                            rows.iter().map(|r| Ok(r.to_string())).collect()
-                        };
-                        assert_eq!(group.log(row, &mut commit).unwrap(), row.to_string());
-                    }
-                });
-            }
-        });
-        assert_eq!(most.load(Ordering::SeqCst), 2, "commits at once");
-        let mut committed = lock(&committed).clone();
-        committed.sort_unstable();
-        let expected: Vec<u64> = (0..6u64)
-            .flat_map(|t| (0..200u64).map(move |i| t * 1_000 + i))
-            .collect();
-        assert_eq!(committed, expected, "every row committed exactly once");
     }
 
     #[test]
