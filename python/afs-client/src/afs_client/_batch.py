@@ -12,12 +12,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Union
 
 from . import _wire
 from ._client import AfsClient
 from ._errors import AfsError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 _log = logging.getLogger("afs_client")
 
@@ -144,27 +146,13 @@ class BatchLogger:
         query: Optional[str],
         response: Optional[str],
         model: str,
-        *,
-        messages: Optional[Sequence[Mapping[str, str]]] = None,
-        quality_score: Optional[float] = None,
-        latency_ms: Optional[float] = None,
-        token_count: Optional[int] = None,
-        unit: Optional[str] = None,
-        expert: Optional[str] = None,
-        context_hash: Optional[str] = None,
-        timestamp: Union[str, datetime, None] = None,
-        feedback: Optional[int] = None,
-        feedback_text: Optional[str] = None,
+        **fields: Unpack[_wire.LogFields],
     ) -> bool:
         """Queues one call for logging; returns ``True`` when queued, ``False`` when dropped
         (the queue is full or the logger is closed). The record is encoded here, so a value
         JSON cannot carry raises `AfsError` (kind ``invalid_input``) at once."""
         return self.log_record(
-            _wire.record(
-                query, response, model, messages=messages, quality_score=quality_score, latency_ms=latency_ms,
-                token_count=token_count, unit=unit, expert=expert, context_hash=context_hash,
-                timestamp=timestamp, feedback=feedback, feedback_text=feedback_text,
-            )
+            _wire.record(query, response, model, **fields)
         )
 
     def log_record(self, record: Mapping[str, Any]) -> bool:

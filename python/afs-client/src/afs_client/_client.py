@@ -5,13 +5,15 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-from datetime import datetime
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Tuple, Type, Union
 
 from . import _wire
 from ._errors import AfsError
 from ._wire import Json, Param
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # A kept-alive connection the server closed while it sat idle (after the server's
 # keep-alive time, `--header-timeout`) fails at once with one of these; the server never
@@ -150,25 +152,11 @@ class AfsClient:
         query: Optional[str],
         response: Optional[str],
         model: str,
-        *,
-        messages: Optional[Sequence[Mapping[str, str]]] = None,
-        quality_score: Optional[float] = None,
-        latency_ms: Optional[float] = None,
-        token_count: Optional[int] = None,
-        unit: Optional[str] = None,
-        expert: Optional[str] = None,
-        context_hash: Optional[str] = None,
-        timestamp: Union[str, datetime, None] = None,
-        feedback: Optional[int] = None,
-        feedback_text: Optional[str] = None,
+        **fields: Unpack[_wire.LogFields],
     ) -> str:
         """Logs one call and returns its id, once the server has committed it. To keep the
         network off a request path, use `BatchLogger` instead."""
-        body = _wire.record(
-            query, response, model, messages=messages, quality_score=quality_score, latency_ms=latency_ms,
-            token_count=token_count, unit=unit, expert=expert, context_hash=context_hash,
-            timestamp=timestamp, feedback=feedback, feedback_text=feedback_text,
-        )
+        body = _wire.record(query, response, model, **fields)
         return str(self.request("POST", "/v1/usage", _wire.encode(body))["id"])
 
     def log_batch(self, records: Iterable[Mapping[str, Any]]) -> List[str]:

@@ -6,10 +6,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, TypedDict, Union
 from urllib.parse import urlencode, urlsplit
 
 from ._errors import AfsError
+
+if TYPE_CHECKING:
+    # Only for type checkers (``typing.Unpack`` is Python 3.11+): with postponed
+    # annotations nothing imports it at run time, so the package keeps no dependency.
+    from typing_extensions import Unpack
 
 VERSION = "0.1.0"
 
@@ -96,48 +101,59 @@ def encode(value: Json) -> bytes:
         raise AfsError(None, f"cannot encode the request as JSON: {err}", "invalid_input") from None
 
 
+class LogFields(TypedDict, total=False):
+    """The keyword arguments of every client's ``log`` (`AfsClient.log`,
+    `AsyncAfsClient.log`, `BatchLogger.log`) after ``query``, ``response`` and ``model``:
+    the optional keys of ``POST /v1/usage``. Declared once here; each ``log`` takes them as
+    ``**fields: Unpack[LogFields]``, which type checkers expand to these names and types."""
+
+    messages: Optional[Sequence[Mapping[str, str]]]
+    quality_score: Optional[float]
+    latency_ms: Optional[float]
+    token_count: Optional[int]
+    unit: Optional[str]
+    expert: Optional[str]
+    context_hash: Optional[str]
+    timestamp: Union[str, datetime, None]
+    feedback: Optional[int]
+    feedback_text: Optional[str]
+
+
 def record(
-    query: Optional[str],
-    response: Optional[str],
-    model: str,
-    *,
-    messages: Optional[Sequence[Mapping[str, str]]] = None,
-    quality_score: Optional[float] = None,
-    latency_ms: Optional[float] = None,
-    token_count: Optional[int] = None,
-    unit: Optional[str] = None,
-    expert: Optional[str] = None,
-    context_hash: Optional[str] = None,
-    timestamp: Union[str, datetime, None] = None,
-    feedback: Optional[int] = None,
-    feedback_text: Optional[str] = None,
+    query: Optional[str], response: Optional[str], model: str, **fields: Unpack[LogFields]
 ) -> Dict[str, Json]:
     """A usage record with the keys of ``POST /v1/usage``, leaving out those not given.
     A ``datetime`` timestamp without a time zone is taken as UTC. ``messages`` is the whole
     conversation of a multi-turn call (``{"role", "content"}`` dicts; roles system, user,
     assistant, tool); with it, ``query`` and ``response`` may be ``None`` and the server
-    takes the last user turn and the final assistant turn."""
+    takes the last user turn and the final assistant turn. A keyword that is not a field of
+    `LogFields` raises ``TypeError``, as an unknown keyword argument does."""
+    unknown = sorted(set(fields) - set(LogFields.__annotations__))
+    if unknown:
+        raise TypeError(f"log() got an unexpected keyword argument {unknown[0]!r}")
     out: Dict[str, Json] = {"model": model}
     if query is not None:
         out["query"] = query
     if response is not None:
         out["response"] = response
+    messages = fields.get("messages")
     if messages is not None:
         out["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    timestamp = fields.get("timestamp")
     if isinstance(timestamp, datetime):
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
         timestamp = timestamp.isoformat()
     optional: Dict[str, Json] = {
-        "quality_score": quality_score,
-        "latency_ms": latency_ms,
-        "token_count": token_count,
-        "unit": unit,
-        "expert": expert,
-        "context_hash": context_hash,
+        "quality_score": fields.get("quality_score"),
+        "latency_ms": fields.get("latency_ms"),
+        "token_count": fields.get("token_count"),
+        "unit": fields.get("unit"),
+        "expert": fields.get("expert"),
+        "context_hash": fields.get("context_hash"),
         "timestamp": timestamp,
-        "feedback": feedback,
-        "feedback_text": feedback_text,
+        "feedback": fields.get("feedback"),
+        "feedback_text": fields.get("feedback_text"),
     }
     out.update({key: value for key, value in optional.items() if value is not None})
     return out
