@@ -146,46 +146,51 @@ impl BetaBinomialJudge {
         let others = stats.with_feedback.saturating_sub(stats.positive_feedback) as f64;
         (1.0 + up, 1.0 + others)
     }
-}
 
-impl Judge for BetaBinomialJudge {
-    fn judge(&self, input: &JudgeInput<'_>) -> Comparison {
-        let experiment = input.experiment;
-        let (mut a, mut b) = (UsageStats::default(), UsageStats::default());
-        for period in input.periods {
-            a.add(&period.champion);
-            b.add(&period.challenger);
-        }
-        let previous = input
-            .previous
-            .iter()
-            .find(|s| s.metric == Self::KEY)
-            .and_then(|s| Some((s, BetaState::parse(s.state.as_deref()?)?)));
-        let (champion, challenger) = (Self::posterior(&a), Self::posterior(&b));
+    /// This look's state: the posteriors, and the run of looks beyond the threshold on
+    /// either side, continued from the previous look's (`previous`) while it lasts.
+    fn next_state(
+        &self,
+        a: &UsageStats,
+        b: &UsageStats,
+        previous: Option<&BetaState>,
+    ) -> BetaState {
+        let (champion, challenger) = (Self::posterior(a), Self::posterior(b));
         let p_better = prob_greater(champion, challenger);
-        let counts = a.with_feedback >= self.min_feedback_per_arm
-            && b.with_feedback >= self.min_feedback_per_arm;
-        let (mut above, mut below) = previous.map_or((0, 0), |(_, s)| (s.above, s.below));
-        if counts && p_better > self.threshold {
-            (above, below) = (above + 1, 0);
+        let counts = self.has_counts(a, b);
+        let (above, below) = previous.map_or((0, 0), |s| (s.above, s.below));
+        let (above, below) = if counts && p_better > self.threshold {
+            (above + 1, 0)
         } else if counts && p_better < 1.0 - self.threshold {
-            (above, below) = (0, below + 1);
+            (0, below + 1)
         } else {
-            (above, below) = (0, 0);
-        }
-        let state = BetaState {
-            looks: previous.map_or(0, |(_, s)| s.looks) + 1,
+            (0, 0)
+        };
+        BetaState {
+            looks: previous.map_or(0, |s| s.looks) + 1,
             champion,
             challenger,
             p_better,
             above,
             below,
-        };
+        }
+    }
+
+    /// Whether both arms have the feedback a decision needs.
+    fn has_counts(&self, a: &UsageStats, b: &UsageStats) -> bool {
+        a.with_feedback >= self.min_feedback_per_arm && b.with_feedback >= self.min_feedback_per_arm
+    }
+
+    /// The decision of this look, the metric's verdict, and why.
+    fn decide(
+        &self,
+        a: &UsageStats,
+        b: &UsageStats,
+        state: &BetaState,
+    ) -> (Decision, MetricVerdict, String) {
         let confirm = self.confirm_looks.max(1);
-        let rate = |s: &UsageStats| {
-            (s.with_feedback > 0).then(|| s.positive_feedback as f64 / s.with_feedback as f64)
-        };
-        let (decision, verdict, why) = if !counts {
+        let (above, below) = (state.above, state.below);
+        if !self.has_counts(a, b) {
             (
                 Decision::KeepTesting,
                 MetricVerdict::WaitingForSamples,
@@ -221,9 +226,75 @@ impl Judge for BetaBinomialJudge {
                     above.max(below)
                 ),
             )
-        };
-        let (champion_rate, challenger_rate) = (rate(&a), rate(&b));
-        let difference = champion_rate.zip(challenger_rate).map(|(x, y)| y - x);
+        }
+    }
+}
+
+/// Each arm's positive-feedback rate, when it has feedback.
+fn rate(s: &UsageStats) -> Option<f64> {
+    (s.with_feedback > 0).then(|| s.positive_feedback as f64 / s.with_feedback as f64)
+}
+
+/// The one metric this judge reports: the positive-feedback rate of champion `a` and
+/// challenger `b`.
+fn positive_rate(a: &UsageStats, b: &UsageStats, verdict: MetricVerdict) -> MetricResult {
+    let (champion_rate, challenger_rate) = (rate(a), rate(b));
+    let difference = champion_rate.zip(challenger_rate).map(|(x, y)| y - x);
+    MetricResult {
+        metric: Metric::PositiveRate,
+        role: MetricRole::Primary,
+        champion_n: a.with_feedback,
+        challenger_n: b.with_feedback,
+        champion_units: a.with_feedback,
+        challenger_units: b.with_feedback,
+        aggregation: None,
+        cuped_reduction: None,
+        champion_value: champion_rate,
+        challenger_value: challenger_rate,
+        difference,
+        relative_lift: difference
+            .zip(champion_rate)
+            .and_then(|(d, r)| (r > 0.0).then(|| d / r)),
+        // A credible interval is not a confidence sequence, and a posterior probability is
+        // not a p-value: these fields stay empty.
+        interval: None,
+        null_difference: None,
+        p_better: None,
+        p_worse: None,
+        verdict,
+    }
+}
+
+/// The sample-ratio check this judge leaves to others: the request counts, nothing tested.
+fn untested_srm(a: &UsageStats, b: &UsageStats) -> SrmCheck {
+    SrmCheck {
+        champion_requests: a.total,
+        challenger_requests: b.total,
+        champion_units: None,
+        challenger_units: None,
+        expected_challenger_share: None,
+        observed_challenger_share: None,
+        chi_square: None,
+        p_value: None,
+        mismatch: false,
+    }
+}
+
+impl Judge for BetaBinomialJudge {
+    fn judge(&self, input: &JudgeInput<'_>) -> Comparison {
+        let experiment = input.experiment;
+        let (mut a, mut b) = (UsageStats::default(), UsageStats::default());
+        for period in input.periods {
+            a.add(&period.champion);
+            b.add(&period.challenger);
+        }
+        let previous = input
+            .previous
+            .iter()
+            .find(|s| s.metric == Self::KEY)
+            .and_then(|s| Some((s, BetaState::parse(s.state.as_deref()?)?)));
+        let state = self.next_state(&a, &b, previous.as_ref().map(|(_, s)| s));
+        let (decision, verdict, why) = self.decide(&a, &b, &state);
         let units = |challenger: bool| -> u64 {
             input
                 .units
@@ -233,10 +304,11 @@ impl Judge for BetaBinomialJudge {
                 .sum()
         };
         let reason = format!(
-            "{why}; P(challenger better) = {p_better:.4}, positive rate {} -> {} \
+            "{why}; P(challenger better) = {:.4}, positive rate {} -> {} \
              (Bayesian beta-binomial on {} and {} feedback events; not an always-valid test)",
-            champion_rate.map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0)),
-            challenger_rate.map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0)),
+            state.p_better,
+            rate(&a).map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0)),
+            rate(&b).map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0)),
             a.with_feedback,
             b.with_feedback,
         );
@@ -256,40 +328,8 @@ impl Judge for BetaBinomialJudge {
             challenger_units: units(true),
             // Feedback events, each counted as an independent draw.
             analysis: Analysis::Requests,
-            metrics: vec![MetricResult {
-                metric: Metric::PositiveRate,
-                role: MetricRole::Primary,
-                champion_n: a.with_feedback,
-                challenger_n: b.with_feedback,
-                champion_units: a.with_feedback,
-                challenger_units: b.with_feedback,
-                aggregation: None,
-                cuped_reduction: None,
-                champion_value: champion_rate,
-                challenger_value: challenger_rate,
-                difference,
-                relative_lift: difference
-                    .zip(champion_rate)
-                    .and_then(|(d, r)| (r > 0.0).then(|| d / r)),
-                // A credible interval is not a confidence sequence, and a posterior
-                // probability is not a p-value: these fields stay empty.
-                interval: None,
-                null_difference: None,
-                p_better: None,
-                p_worse: None,
-                verdict,
-            }],
-            srm: SrmCheck {
-                champion_requests: a.total,
-                challenger_requests: b.total,
-                champion_units: None,
-                challenger_units: None,
-                expected_challenger_share: None,
-                observed_challenger_share: None,
-                chi_square: None,
-                p_value: None,
-                mismatch: false,
-            },
+            metrics: vec![positive_rate(&a, &b, verdict)],
+            srm: untested_srm(&a, &b),
             seed: SeedComparison {
                 weighted_improvement: None,
                 winner: None,
