@@ -132,6 +132,25 @@ pub struct SrmCheck {
     pub mismatch: bool,
 }
 
+impl SrmCheck {
+    /// The request counts alone, nothing tested yet (no units, shares or p-value; no
+    /// mismatch): where the built-in judge starts, and what a judge that leaves the check to
+    /// others reports.
+    pub fn untested(champion_requests: u64, challenger_requests: u64) -> Self {
+        SrmCheck {
+            champion_requests,
+            challenger_requests,
+            champion_units: None,
+            challenger_units: None,
+            expected_challenger_share: None,
+            observed_challenger_share: None,
+            chi_square: None,
+            p_value: None,
+            mismatch: false,
+        }
+    }
+}
+
 /// The seed's view, reported beside every decision for comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeedComparison {

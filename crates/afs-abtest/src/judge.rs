@@ -173,17 +173,7 @@ pub(crate) fn srm_check(
         expected_b += n as f64 * p.challenger_weight;
         total += n;
     }
-    let mut check = SrmCheck {
-        champion_requests: observed_a,
-        challenger_requests: observed_b,
-        champion_units: None,
-        challenger_units: None,
-        expected_challenger_share: None,
-        observed_challenger_share: None,
-        chi_square: None,
-        p_value: None,
-        mismatch: false,
-    };
+    let mut check = SrmCheck::untested(observed_a, observed_b);
     if !cohorts.is_empty() {
         let (log_bf, units_a, units_b, expected_units_b) =
             units::srm_log_bayes_factor(experiment, cohorts);

@@ -265,21 +265,6 @@ fn positive_rate(a: &UsageStats, b: &UsageStats, verdict: MetricVerdict) -> Metr
     }
 }
 
-/// The sample-ratio check this judge leaves to others: the request counts, nothing tested.
-fn untested_srm(a: &UsageStats, b: &UsageStats) -> SrmCheck {
-    SrmCheck {
-        champion_requests: a.total,
-        challenger_requests: b.total,
-        champion_units: None,
-        challenger_units: None,
-        expected_challenger_share: None,
-        observed_challenger_share: None,
-        chi_square: None,
-        p_value: None,
-        mismatch: false,
-    }
-}
-
 impl Judge for BetaBinomialJudge {
     fn judge(&self, input: &JudgeInput<'_>) -> Comparison {
         let experiment = input.experiment;
@@ -329,7 +314,8 @@ impl Judge for BetaBinomialJudge {
             // Feedback events, each counted as an independent draw.
             analysis: Analysis::Requests,
             metrics: vec![positive_rate(&a, &b, verdict)],
-            srm: untested_srm(&a, &b),
+            // The sample-ratio check is left to others: the request counts alone.
+            srm: SrmCheck::untested(a.total, b.total),
             seed: SeedComparison {
                 weighted_improvement: None,
                 winner: None,
