@@ -112,3 +112,32 @@ def report(args, train_result):
         with open(args.result, "w") as f:
             f.write(text + "\n")
     print(text)
+
+
+def run(trainer, description, trl_classes, check=None):
+    """What every script does: read the command line; with `--check-data`, load and check
+    the dataset and stop; else load it, let `check(args, dataset)` refuse it (it exits with
+    a message), then train with the config and trainer classes `trl_classes()` returns
+    (imported only here, so the check mode needs no torch), save the model and its
+    tokenizer, and report the result to afs."""
+    args = arguments(trainer, description)
+    if args.check_data:
+        check_data(args)
+        return
+    train_dataset, _, _ = load(args.data, trainer)
+    if check is not None:
+        check(args, train_dataset)
+    config_class, trainer_class = trl_classes()
+    config = config_class(
+        output_dir=args.output_dir,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        report_to=[],
+        save_strategy="no",
+        **({"learning_rate": args.learning_rate} if args.learning_rate else {}),
+    )
+    trl_trainer = trainer_class(model=args.model, args=config, train_dataset=train_dataset)
+    result = trl_trainer.train()
+    trl_trainer.save_model(args.output_dir)
+    trl_trainer.processing_class.save_pretrained(args.output_dir)
+    report(args, result)

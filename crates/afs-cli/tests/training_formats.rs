@@ -326,4 +326,31 @@ fn every_format_loads_with_its_consumers_code() {
         assert_eq!(report["ok"], true, "{report}");
         assert!(report["rows"].as_u64().unwrap() > 0, "{report}");
     }
+
+    // Training (not `--check-data`) refuses a KTO file with thumbs-up samples only, before
+    // it imports TRL's trainer (which this environment cannot: no torch).
+    let one_label = env.path("one-label.jsonl");
+    let rows: String = (0..3)
+        .map(|i| format!("{{\"prompt\":\"q{i}\",\"completion\":\"a{i}\",\"label\":true}}\n"))
+        .collect();
+    std::fs::write(&one_label, rows).unwrap();
+    let model_dir = env.path("kto-model");
+    let (ok, _, stderr) = run_python(
+        &python,
+        hf_home,
+        &[
+            scripts[2].to_str().unwrap(),
+            "--data",
+            one_label.to_str().unwrap(),
+            "--output-dir",
+            model_dir.to_str().unwrap(),
+            "--model",
+            "no-such-model",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("KTO needs thumbs-up and thumbs-down samples"),
+        "{stderr}"
+    );
 }
