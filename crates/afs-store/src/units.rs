@@ -240,6 +240,30 @@ impl UnitMoments {
         self.sum_x_mean -= other.sum_x_mean;
         self.sum_mean_cov -= other.sum_mean_cov;
     }
+
+    /// Whether `other` holds the same moments: unit counts exactly, each sum within
+    /// `tolerance` of it (relative, or absolute below 1), since sums of floats added in
+    /// another order (another backend, a copy) differ in their last bits.
+    pub fn approx_eq(&self, other: &UnitMoments, tolerance: f64) -> bool {
+        let close = |a: f64, b: f64| (a - b).abs() <= tolerance * a.abs().max(b.abs()).max(1.0);
+        self.units == other.units
+            && self.cov_units == other.cov_units
+            && [
+                (self.sum_mean, other.sum_mean),
+                (self.sum_mean_sq, other.sum_mean_sq),
+                (self.sum_y, other.sum_y),
+                (self.sum_n, other.sum_n),
+                (self.sum_y_sq, other.sum_y_sq),
+                (self.sum_n_sq, other.sum_n_sq),
+                (self.sum_yn, other.sum_yn),
+                (self.sum_x, other.sum_x),
+                (self.sum_x_sq, other.sum_x_sq),
+                (self.sum_x_mean, other.sum_x_mean),
+                (self.sum_mean_cov, other.sum_mean_cov),
+            ]
+            .iter()
+            .all(|&(a, b)| close(a, b))
+    }
 }
 
 /// The units of one arm first seen in one period, and their per-unit sums.
@@ -310,6 +334,28 @@ impl UnitCohort {
             });
             self.metric_mut(metric).add_unit(y, n, x);
         }
+    }
+
+    /// Whether `other` is the same cohort: period, arm and counts exactly, each metric's
+    /// moments within `tolerance` ([`UnitMoments::approx_eq`]).
+    pub fn approx_eq(&self, other: &UnitCohort, tolerance: f64) -> bool {
+        (
+            self.period,
+            self.challenger,
+            self.units,
+            self.assigned,
+            self.records,
+            self.loose_records,
+        ) == (
+            other.period,
+            other.challenger,
+            other.units,
+            other.assigned,
+            other.records,
+            other.loose_records,
+        ) && UnitMetric::ALL
+            .iter()
+            .all(|&m| self.metric(m).approx_eq(other.metric(m), tolerance))
     }
 
     /// Adds another cohort's units (same period and arm, or a merge for totals).

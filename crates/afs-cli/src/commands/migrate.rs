@@ -10,8 +10,7 @@ use std::io::IsTerminal;
 
 use afs_store::{
     EventFilter, ExperimentDump, ExperimentStatus, ExperimentStore, Paging, RecordFilter,
-    RestoreStore, RunStatus, RunStore, StatsWindow, UnitCohort, UnitMoments, UsageStats,
-    UsageStore,
+    RestoreStore, RunStatus, RunStore, StatsWindow, UnitCohort, UsageStats, UsageStore,
 };
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -294,40 +293,8 @@ fn stats_differences(what: &str, a: &UsageStats, b: &UsageStats, out: &mut Vec<S
     }
 }
 
-fn moments_equal(a: &UnitMoments, b: &UnitMoments) -> bool {
-    a.units == b.units
-        && a.cov_units == b.cov_units
-        && [
-            (a.sum_mean, b.sum_mean),
-            (a.sum_mean_sq, b.sum_mean_sq),
-            (a.sum_y, b.sum_y),
-            (a.sum_n, b.sum_n),
-            (a.sum_y_sq, b.sum_y_sq),
-            (a.sum_n_sq, b.sum_n_sq),
-            (a.sum_yn, b.sum_yn),
-            (a.sum_x, b.sum_x),
-            (a.sum_x_sq, b.sum_x_sq),
-            (a.sum_x_mean, b.sum_x_mean),
-            (a.sum_mean_cov, b.sum_mean_cov),
-        ]
-        .iter()
-        .all(|&(x, y)| close(x, y))
-}
-
 fn cohorts_equal(a: &[UnitCohort], b: &[UnitCohort]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.period == y.period
-                && x.challenger == y.challenger
-                && x.units == y.units
-                && x.assigned == y.assigned
-                && x.records == y.records
-                && x.loose_records == y.loose_records
-                && moments_equal(&x.quality, &y.quality)
-                && moments_equal(&x.latency, &y.latency)
-                && moments_equal(&x.positive, &y.positive)
-                && moments_equal(&x.negative, &y.negative)
-        })
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.approx_eq(y, TOLERANCE))
 }
 
 /// Compares the copy with the source; returns what differs (empty when all matches).

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::{all_records, fresh, utc, Check, Factory, TestStore};
 use crate::{
     unit_cohorts_from_records, Clock, ErrorKind, EventNote, Experiment, Feedback, FeedbackValue,
-    ManualClock, NewModelVersion, NewUsage, RecordFilter, UnitCohort, UnitMoments, WeightSource,
+    ManualClock, NewModelVersion, NewUsage, RecordFilter, UnitCohort, WeightSource,
 };
 
 /// The checks of this area.
@@ -63,54 +63,10 @@ impl Rng {
     }
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-fn moments_match(a: &UnitMoments, b: &UnitMoments) -> bool {
-    a.units == b.units
-        && a.cov_units == b.cov_units
-        && [
-            (a.sum_mean, b.sum_mean),
-            (a.sum_mean_sq, b.sum_mean_sq),
-            (a.sum_y, b.sum_y),
-            (a.sum_n, b.sum_n),
-            (a.sum_y_sq, b.sum_y_sq),
-            (a.sum_n_sq, b.sum_n_sq),
-            (a.sum_yn, b.sum_yn),
-            (a.sum_x, b.sum_x),
-            (a.sum_x_sq, b.sum_x_sq),
-            (a.sum_x_mean, b.sum_x_mean),
-            (a.sum_mean_cov, b.sum_mean_cov),
-        ]
-        .iter()
-        .all(|&(x, y)| close(x, y))
-}
-
 /// Asserts that two lists of cohorts are equal: counts exactly, float sums within 1e-9
 /// (relative, or absolute below 1); `context` starts the panic message.
 pub fn assert_unit_cohorts_close(got: &[UnitCohort], want: &[UnitCohort], context: &str) {
-    let same = got.len() == want.len()
-        && got.iter().zip(want).all(|(g, w)| {
-            (
-                g.period,
-                g.challenger,
-                g.units,
-                g.assigned,
-                g.records,
-                g.loose_records,
-            ) == (
-                w.period,
-                w.challenger,
-                w.units,
-                w.assigned,
-                w.records,
-                w.loose_records,
-            ) && moments_match(&g.quality, &w.quality)
-                && moments_match(&g.latency, &w.latency)
-                && moments_match(&g.positive, &w.positive)
-                && moments_match(&g.negative, &w.negative)
-        });
+    let same = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.approx_eq(w, 1e-9));
     assert!(same, "{context}\n got: {got:#?}\nwant: {want:#?}");
 }
 
