@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 
 use afs_store::units::UnitTally;
 use afs_store::{
-    ExperimentDump, ExperimentStatus, RestoreStore, Result, RetrainRun, RunStatus, StoreError,
-    UsageRecord,
+    ExperimentDump, ExperimentStatus, RestoreStore, Result, RetrainRun, StoreError, UsageRecord,
 };
 
 use crate::state::{micros_of, to_micros};
@@ -105,15 +104,7 @@ impl RestoreStore for MemStore {
     }
 
     fn restore_runs(&self, runs: &[RetrainRun]) -> Result<()> {
-        if let Some(run) = runs.iter().find(|r| r.status == RunStatus::Running) {
-            return Err(StoreError::invalid(
-                "status",
-                format!(
-                    "run {} is still running; only finished runs can be copied",
-                    run.id
-                ),
-            ));
-        }
+        afs_store::check_runs_finished(runs)?;
         let mut state = self.lock_write();
         if let Some(run) = runs.iter().find(|r| state.runs.contains_key(&r.id)) {
             return Err(StoreError::conflict(format!(

@@ -73,9 +73,7 @@ impl RunStore for MemStore {
         let mut state = self.lock_write();
         let run = state.runs.get_mut(id).ok_or_else(|| not_found(id))?;
         if run.status != RunStatus::Running {
-            return Err(StoreError::Conflict {
-                reason: format!("retrain run {id} is not running"),
-            });
+            return Err(StoreError::run_not_running(id));
         }
         run.dataset_path = Some(dataset_path.to_string());
         run.dataset_manifest = Some(manifest.to_string());
@@ -84,12 +82,7 @@ impl RunStore for MemStore {
     }
 
     fn finish_run(&self, id: &str, outcome: RunOutcome) -> Result<RetrainRun> {
-        if outcome.status == RunStatus::Running {
-            return Err(StoreError::InvalidInput {
-                field: "status",
-                reason: "a run cannot finish as running".into(),
-            });
-        }
+        outcome.check_final()?;
         let now = self.now();
         let mut state = self.lock_write();
         let run = state.runs.get_mut(id).ok_or_else(|| not_found(id))?;

@@ -17,7 +17,7 @@ use postgres::Transaction;
 use afs_store::units::UnitTally;
 use afs_store::{
     Experiment, ExperimentDump, ExperimentEvent, ExperimentStatus, FeedbackValue, ModelVersion,
-    RestoreStore, Result, RetrainRun, RunStatus, SequentialState, StoreError, UsageRecord,
+    RestoreStore, Result, RetrainRun, SequentialState, StoreError, UsageRecord,
 };
 
 use crate::error::{db, dbe};
@@ -170,15 +170,7 @@ impl RestoreStore for PgStore {
     }
 
     fn restore_runs(&self, runs: &[RetrainRun]) -> Result<()> {
-        if let Some(run) = runs.iter().find(|r| r.status == RunStatus::Running) {
-            return Err(StoreError::invalid(
-                "status",
-                format!(
-                    "run {} is still running; only finished runs can be copied",
-                    run.id
-                ),
-            ));
-        }
+        afs_store::check_runs_finished(runs)?;
         self.transaction("restore runs", |tx| {
             for r in runs {
                 tx.execute(

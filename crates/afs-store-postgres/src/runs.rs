@@ -368,20 +368,13 @@ impl RunStore for PgStore {
             .map_err(dbe("record run dataset"))?;
         if changed == 0 {
             self.run(id)?;
-            return Err(StoreError::Conflict {
-                reason: format!("retrain run {id} is not running"),
-            });
+            return Err(StoreError::run_not_running(id));
         }
         Ok(())
     }
 
     fn finish_run(&self, id: &str, outcome: RunOutcome) -> Result<RetrainRun> {
-        if outcome.status == RunStatus::Running {
-            return Err(StoreError::invalid(
-                "status",
-                "a run cannot finish as running",
-            ));
-        }
+        outcome.check_final()?;
         let now = micros(self.clock.now());
         let changed = self.runs_transaction("finish run", |tx| {
             tx.execute(

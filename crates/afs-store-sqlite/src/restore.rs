@@ -18,7 +18,7 @@ use super::{units, SqliteStore};
 use afs_store::units::UnitTally;
 use afs_store::{
     Experiment, ExperimentDump, ExperimentEvent, ExperimentStatus, FeedbackValue, ModelVersion,
-    RestoreStore, Result, RetrainRun, RunStatus, SequentialState, StoreError, UsageRecord,
+    RestoreStore, Result, RetrainRun, SequentialState, StoreError, UsageRecord,
 };
 
 /// Whether `e` is SQLite refusing a duplicate key.
@@ -140,15 +140,7 @@ impl RestoreStore for SqliteStore {
     }
 
     fn restore_runs(&self, runs: &[RetrainRun]) -> Result<()> {
-        if let Some(run) = runs.iter().find(|r| r.status == RunStatus::Running) {
-            return Err(StoreError::invalid(
-                "status",
-                format!(
-                    "run {} is still running; only finished runs can be copied",
-                    run.id
-                ),
-            ));
-        }
+        afs_store::check_runs_finished(runs)?;
         self.write_txn("restore runs", |tx| {
             for r in runs {
                 let inserted = tx.execute(

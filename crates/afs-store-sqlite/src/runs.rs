@@ -164,20 +164,13 @@ impl RunStore for SqliteStore {
             .map_err(|e| crate::db("record run dataset", e))?;
         if changed == 0 {
             self.run(id)?;
-            return Err(StoreError::Conflict {
-                reason: format!("retrain run {id} is not running"),
-            });
+            return Err(StoreError::run_not_running(id));
         }
         Ok(())
     }
 
     fn finish_run(&self, id: &str, outcome: RunOutcome) -> Result<RetrainRun> {
-        if outcome.status == RunStatus::Running {
-            return Err(StoreError::invalid(
-                "status",
-                "a run cannot finish as running",
-            ));
-        }
+        outcome.check_final()?;
         let conn = self.conn()?;
         let changed = conn
             .execute(

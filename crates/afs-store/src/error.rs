@@ -127,6 +127,12 @@ impl StoreError {
         }
     }
 
+    /// The `Conflict` of a write that needs retrain run `id` to be running (it has
+    /// finished).
+    pub fn run_not_running(id: &str) -> Self {
+        StoreError::conflict(format!("retrain run {id} is not running"))
+    }
+
     /// The [`StoreError::NotFound`] of the usage record `id`.
     pub fn record_not_found(id: &str) -> Self {
         StoreError::NotFound {

@@ -69,7 +69,7 @@ pub use record::{
     MAX_NAME_BYTES, MAX_TOKEN_COUNT, MAX_UNIT_ID_BYTES,
 };
 pub use restore::{ExperimentDump, RestoreStore};
-pub use runs::{NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
+pub use runs::{check_runs_finished, NewRun, RetrainRun, RunOutcome, RunStatus, RunStore};
 pub use serde_time::text as time_text;
 pub use stats::UsageStats;
 pub use store::{DedupeReport, PruneReport, RecordStream, UsageStore};

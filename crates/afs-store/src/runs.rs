@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 
 /// Where a retrain run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +70,36 @@ pub struct RunOutcome {
     pub metrics: Option<String>,
     /// What went wrong, for failed, timed-out and interrupted runs.
     pub error: Option<String>,
+}
+
+impl RunOutcome {
+    /// Checks that this outcome can finish a run: `InvalidInput` for `Running` (every
+    /// backend's [`RunStore::finish_run`] checks it before touching the run).
+    pub fn check_final(&self) -> Result<()> {
+        if self.status == RunStatus::Running {
+            return Err(StoreError::invalid(
+                "status",
+                "a run cannot finish as running",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that every run of a copy has finished: only finished runs can be restored
+/// ([`crate::RestoreStore::restore_runs`]), since a running one is owned by a process of the
+/// source.
+pub fn check_runs_finished(runs: &[RetrainRun]) -> Result<()> {
+    match runs.iter().find(|r| r.status == RunStatus::Running) {
+        Some(run) => Err(StoreError::invalid(
+            "status",
+            format!(
+                "run {} is still running; only finished runs can be copied",
+                run.id
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A retrain run as stored.
