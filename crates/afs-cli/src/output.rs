@@ -279,6 +279,17 @@ pub(crate) fn duration(secs: f64) -> String {
 /// Lays out rows of cells as an aligned text table: the first column left-aligned, the
 /// others right-aligned, two spaces between columns, no trailing spaces.
 pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    aligned(rows, true)
+}
+
+/// An aligned table with every column left-aligned (the last one not padded).
+pub(crate) fn left_table(rows: &[Vec<String>]) -> String {
+    aligned(rows, false)
+}
+
+/// Rows of cells padded to their column's widest cell, two spaces apart, each line without
+/// trailing spaces; the columns after the first right-aligned when `right`.
+fn aligned(rows: &[Vec<String>], right: bool) -> String {
     let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n_columns)
         .map(|c| {
@@ -293,38 +304,16 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
     for row in rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
+            let width = widths[c];
             if c == 0 {
-                line.push_str(&format!("{cell:<width$}", width = widths[0]));
+                line.push_str(&format!("{cell:<width$}"));
+            } else if right {
+                line.push_str(&format!("  {cell:>width$}"));
             } else {
-                line.push_str(&format!("  {cell:>width$}", width = widths[c]));
+                line.push_str(&format!("  {cell:<width$}"));
             }
         }
         out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// An aligned table with every column left-aligned (the last one not padded).
-pub(crate) fn left_table(rows: &[Vec<String>]) -> String {
-    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n_columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
     out
