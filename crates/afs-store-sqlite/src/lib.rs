@@ -85,7 +85,8 @@
 //!   behind a burst of logging (it used to fold in a write transaction of its own: in the
 //!   burst bench the first look after a burst spent 5.0 ms folding 53 rows). Logging writes
 //!   the unit's row but no cohort row (the cohort page per commit cost ~35% of
-//!   single-record logging). Other short writes of a process that logs run on its write connection between group commits;
+//!   single-record logging). Other short writes of a process that logs run on its write connection between group commits
+//!   (a leader about to commit lets a waiting one in first: the connection's mutex is not fair);
 //!   other processes wait for the lock with a busy handler that retries every 100-400 us
 //!   (SQLite's own sleeps grow to 100 ms, which behind a busy writer cost a check tens to
 //!   hundreds of milliseconds). With a maturity cut it also reads the records with feedback after the cut (partial
