@@ -7,7 +7,7 @@ use afs_store::{Result, StoreError};
 use crate::error::dbe;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The advisory-lock key held while migrating (any process of any host).
 const MIGRATION_LOCK: i64 = 0x0afd_0001;
@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         // A nullable column without a default: PostgreSQL adds it to the log and every
         // partition without rewriting them. It holds `afs_store::messages_to_json`'s text.
         sql: &["ALTER TABLE afs_usage ADD COLUMN messages text;"],
+    },
+    Migration {
+        version: 3,
+        what: "pending rollup deltas of single-record logging, folded a few times a second",
+        sql: &[include_str!("schema/pending.sql")],
     },
 ];
 

@@ -184,6 +184,11 @@ impl PgStore {
             .pg
             .connect(NoTls)
             .map_err(|e| connect_error(&self.shown, e))?;
+        // This connection's inserts leave their rollup contributions pending (migration 3,
+        // `schema/pending.sql`); it folds them itself (`usage_writer`).
+        client
+            .batch_execute("SET afs.defer_rollups = on")
+            .map_err(|e| db("set up the logging connection", e))?;
         if self.config.fast_log_commits {
             client
                 .batch_execute("SET synchronous_commit = off")

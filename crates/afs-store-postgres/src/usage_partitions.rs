@@ -153,11 +153,13 @@ fn parse_month(name: &str) -> Option<Month> {
     Some(month(first, 0))
 }
 
-/// Drops partition `m` (whose records were archived, if asked) and its rollup buckets.
+/// Drops partition `m` (whose records were archived, if asked), its rollup buckets and
+/// their pending deltas.
 pub(crate) fn drop_month(tx: &mut postgres::Transaction<'_>, m: &Month) -> Result<()> {
     const WHAT: &str = "drop a month of the log";
     tx.batch_execute(&format!(
-        "DELETE FROM afs_usage_minute WHERE bucket >= {lo_min} AND bucket < {hi_min};
+        "DELETE FROM afs_usage_pending WHERE minute >= {lo_min} AND minute < {hi_min};
+         DELETE FROM afs_usage_minute WHERE bucket >= {lo_min} AND bucket < {hi_min};
          DELETE FROM afs_usage_hour WHERE bucket >= {lo_hour} AND bucket < {hi_hour};
          DROP TABLE {name};",
         lo_min = m.start_us / 60_000_000,

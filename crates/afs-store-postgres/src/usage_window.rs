@@ -1,5 +1,6 @@
 //! Statistics over a time window from the rollup tables: whole hours from
-//! `afs_usage_hour`, whole minutes at the edges from `afs_usage_minute`, and only the
+//! `afs_usage_hour`, whole minutes at the edges from `afs_usage_minute`, the pending deltas
+//! of single-record logging for all those minutes from `afs_usage_pending`, and only the
 //! records of a partial minute at an edge scanned from the log. One statement, in one
 //! read-only snapshot with the look-up of the newest record.
 
@@ -23,6 +24,8 @@ pub(crate) const HOUR_US: i64 = 3_600_000_000;
 struct Level {
     /// The table.
     table: &'static str,
+    /// Its bucket column.
+    key: &'static str,
     /// The width of its buckets, microseconds.
     width_us: i64,
 }
@@ -30,13 +33,45 @@ struct Level {
 /// The hourly rollups.
 const HOURLY: Level = Level {
     table: "afs_usage_hour",
+    key: "bucket",
     width_us: HOUR_US,
 };
 /// The per-minute rollups.
 const MINUTELY: Level = Level {
     table: "afs_usage_minute",
+    key: "bucket",
     width_us: MINUTE_US,
 };
+/// The rollup deltas of single-record logging not yet folded into the two tables above,
+/// per minute (`schema/pending.sql`).
+const PENDING: Level = Level {
+    table: "afs_usage_pending",
+    key: "minute",
+    width_us: MINUTE_US,
+};
+
+/// The minutes `[first, last)` that the rollup parts of `plan` cover (`None` for an open
+/// end), or `None` if it reads no rollups. The parts are contiguous (whole minutes, then
+/// whole hours, then whole minutes), and each pending delta belongs in both tables, so
+/// adding the pending deltas of exactly these minutes once completes every bucket read.
+fn pending_minutes(plan: &[WindowPart<Level>]) -> Option<(Option<i64>, Option<i64>)> {
+    let mut span: Option<(Option<i64>, Option<i64>)> = None;
+    for part in plan {
+        let WindowPart::Buckets(level, first, last) = part else {
+            continue;
+        };
+        let per_minute = level.width_us / MINUTE_US;
+        let (first, last) = (first.map(|b| b * per_minute), last.map(|b| b * per_minute));
+        span = Some(match span {
+            None => (first, last),
+            Some((f, l)) => (
+                f.zip(first).map(|(a, b)| a.min(b)),
+                l.zip(last).map(|(a, b)| a.max(b)),
+            ),
+        });
+    }
+    span
+}
 
 impl RollupLevel for Level {
     fn width_us(&self) -> i64 {
@@ -100,11 +135,14 @@ pub(crate) fn stats_grouped(
     } else {
         ""
     };
+    let plan = plan_window(&[HOURLY, MINUTELY], since, until);
+    let pending =
+        pending_minutes(&plan).map(|(first, last)| WindowPart::Buckets(PENDING, first, last));
     let mut parts = Vec::new();
-    for part in plan_window(&[HOURLY, MINUTELY], since, until) {
+    for part in plan.into_iter().chain(pending) {
         let (column, from, to, per_hour, source, sums) = match part {
             WindowPart::Buckets(level, first, last) => (
-                "bucket",
+                level.key,
                 first,
                 last,
                 HOUR_US / level.width_us,

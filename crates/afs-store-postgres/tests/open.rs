@@ -158,11 +158,9 @@ fn a_version_1_database_migrates_to_keep_conversations() {
         .unwrap();
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
     client
-        .batch_execute(
-            "ALTER TABLE afs_usage DROP COLUMN messages;
-             UPDATE afs_meta SET value = '1' WHERE key = 'schema_version';",
-        )
+        .batch_execute(&format!("{UNDO_VERSION_3} {UNDO_VERSION_2}"))
         .unwrap();
+    assert_eq!(schema_version(&mut client), "1");
     let store = open(&database.url).unwrap();
     let version = schema_version(&mut client);
     assert_eq!(version, SCHEMA_VERSION.to_string());
@@ -176,6 +174,67 @@ fn a_version_1_database_migrates_to_keep_conversations() {
         .log(NewUsage::conversation(turns.clone(), "m"))
         .unwrap();
     assert_eq!(store.get(&id).unwrap().messages, Some(turns));
+    assert_eq!(store.stats(&Default::default()).unwrap().total, 2);
+}
+
+/// Takes a database of schema version 3 back to version 2.
+const UNDO_VERSION_3: &str = "
+    SELECT afs_usage_fold_pending();
+    DROP TRIGGER afs_usage_pending_insert ON afs_usage;
+    DROP TRIGGER afs_usage_fold_before_delete ON afs_usage;
+    DROP TRIGGER afs_usage_rollup_insert ON afs_usage;
+    CREATE TRIGGER afs_usage_rollup_insert AFTER INSERT ON afs_usage
+        REFERENCING NEW TABLE AS afs_usage_new
+        FOR EACH STATEMENT EXECUTE FUNCTION afs_usage_rollup_on_insert();
+    DROP FUNCTION afs_usage_pending_on_insert();
+    DROP FUNCTION afs_usage_fold_before_delete();
+    DROP FUNCTION afs_usage_fold_pending();
+    DROP TABLE afs_usage_pending;
+    UPDATE afs_meta SET value = '2' WHERE key = 'schema_version';";
+
+/// Takes a database of schema version 2 back to version 1.
+const UNDO_VERSION_2: &str = "
+    ALTER TABLE afs_usage DROP COLUMN messages;
+    UPDATE afs_meta SET value = '1' WHERE key = 'schema_version';";
+
+#[test]
+fn a_version_2_database_migrates_and_its_logging_defers_rollups_exactly() {
+    use afs_store::{NewUsage, StatsWindow, UsageStore};
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let store = open(&database.url).unwrap();
+    store.log(NewUsage::new("q", "r", "m")).unwrap();
+    drop(store);
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    client.batch_execute(UNDO_VERSION_3).unwrap();
+    let store = open(&database.url).unwrap();
+    assert_eq!(schema_version(&mut client), SCHEMA_VERSION.to_string());
+    // Logged one call at a time: the contributions wait in the pending table (nothing has
+    // folded them yet: the logging connection folds every half second at most).
+    let mut record = NewUsage::new("q2", "r2", "m");
+    record.quality_score = Some(0.5);
+    store.log(record).unwrap();
+    let pending: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(n), 0)::int8 FROM afs_usage_pending",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 1, "the new record's contribution is pending");
+    let all = StatsWindow::default();
+    let stats = store.stats(&all).unwrap();
+    assert_eq!((stats.total, stats.n_quality), (2, 1));
+    let folded: i64 = client
+        .query_one("SELECT afs_usage_fold_pending()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(folded, 1);
+    assert_eq!(
+        store.stats(&all).unwrap(),
+        stats,
+        "folding changes no figure"
+    );
 }
 
 /// The schema version a database says it is at.
