@@ -134,30 +134,7 @@ fn random_record(rng: &mut Rng, i: usize, models: &[&str], span_s: i64) -> NewUs
 }
 
 fn assert_stats_close(got: &UsageStats, want: &UsageStats, context: &str) {
-    let counts = |s: &UsageStats| {
-        (
-            s.total,
-            s.with_feedback,
-            s.positive_feedback,
-            s.negative_feedback,
-            s.neutral_feedback,
-            s.n_quality,
-            s.n_latency,
-            s.total_tokens,
-        )
-    };
-    assert_eq!(counts(got), counts(want), "{context}");
-    for (g, w) in [
-        (got.sum_quality, want.sum_quality),
-        (got.sum_quality_sq, want.sum_quality_sq),
-        (got.sum_latency_ms, want.sum_latency_ms),
-        (got.sum_latency_ms_sq, want.sum_latency_ms_sq),
-    ] {
-        assert!(
-            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
-            "{context}: {g} vs {w}"
-        );
-    }
+    assert!(got.approx_eq(want, 1e-6), "{context}: {got:?} vs {want:?}");
 }
 
 /// Random writes of every kind over three days, then every read compared.

@@ -457,6 +457,7 @@ impl UsageStore for PgStore {
         self.transaction("rebuild rollups", |tx| {
             tx.batch_execute(
                 "LOCK TABLE afs_usage IN SHARE ROW EXCLUSIVE MODE; \
+                 DELETE FROM afs_usage_pending; \
                  SELECT afs_usage_rollup_rebuild();",
             )
             .map_err(dbe("rebuild rollups"))

@@ -22,32 +22,9 @@ fn open(url: &str) -> PgStore {
     PgStore::open(PgConfig::new(url), Arc::new(SystemClock)).unwrap()
 }
 
-/// Counts equal, sums equal up to float rounding.
+/// The same statistics, up to float rounding.
 fn assert_close(what: &str, got: &UsageStats, want: &UsageStats) {
-    let counts = |s: &UsageStats| {
-        (
-            s.total,
-            s.with_feedback,
-            s.positive_feedback,
-            s.negative_feedback,
-            s.neutral_feedback,
-            s.n_quality,
-            s.n_latency,
-            s.total_tokens,
-        )
-    };
-    assert_eq!(counts(got), counts(want), "{what}");
-    for (g, w) in [
-        (got.sum_quality, want.sum_quality),
-        (got.sum_quality_sq, want.sum_quality_sq),
-        (got.sum_latency_ms, want.sum_latency_ms),
-        (got.sum_latency_ms_sq, want.sum_latency_ms_sq),
-    ] {
-        assert!(
-            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
-            "{what}: {g} != {w}"
-        );
-    }
+    assert!(got.approx_eq(want, 1e-6), "{what}: {got:?} vs {want:?}");
 }
 
 /// Every statistic the store gives, against the same figures counted from its records:

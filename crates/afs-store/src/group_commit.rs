@@ -300,36 +300,52 @@ mod tests {
         );
     }
 
+    /// A group commit gathering up to `gather` whose last group held `n` rows.
+    fn after_a_group_of(n: usize, gather: Duration) -> GroupCommit<u64> {
+        let group = GroupCommit::<u64>::new(8).with_gather(gather);
+        lock(&group.shared).last_group = n;
+        group
+    }
+
     #[test]
     fn a_gathering_leader_waits_for_the_callers_of_the_last_group() {
-        // 4 threads, 40 rows each, commits of 1 ms. Once a group of 4 has formed, each new
-        // leader waits (up to a bound far beyond any scheduling delay) until the 3 callers
-        // it has just answered have queued their next rows: nearly every row goes in a
-        // group of 4.
-        let group = GroupCommit::<u64>::new(8).with_gather(Duration::from_millis(500));
+        // The last group held 3 rows; its two other callers come back 100 ms after this
+        // leader (a slow wake-up on a busy machine). Without gathering, the leader, alone
+        // inside, would commit its row by itself at once.
+        let group = after_a_group_of(3, Duration::from_secs(10));
         let sizes = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
-            for t in 0..4u64 {
+            for t in 0..3u64 {
                 let (group, sizes) = (&group, &sizes);
                 scope.spawn(move || {
-                    for i in 0..40u64 {
-                        let mut commit = |rows: Vec<u64>| {
-                            lock(sizes).push(rows.len());
-                            std::thread::sleep(Duration::from_millis(1));
-                            rows.iter().map(|r| Ok(r.to_string())).collect()
-                        };
-                        group.log(t * 1_000 + i, &mut commit).unwrap();
+                    if t > 0 {
+                        std::thread::sleep(Duration::from_millis(100));
                     }
+                    let mut commit = |rows: Vec<u64>| {
+                        lock(sizes).push(rows.len());
+                        rows.iter().map(|r| Ok(r.to_string())).collect()
+                    };
+                    assert_eq!(group.log(t, &mut commit).unwrap(), t.to_string());
                 });
             }
         });
-        let sizes = lock(&sizes);
-        assert_eq!(sizes.iter().sum::<usize>(), 160);
-        let in_fours: usize = sizes.iter().filter(|&&n| n == 4).sum();
-        assert!(
-            in_fours >= 140,
-            "rows in groups of 4: {in_fours} ({sizes:?})"
-        );
+        assert_eq!(*lock(&sizes), vec![3]);
+    }
+
+    #[test]
+    fn a_gathering_leader_commits_what_it_has_when_the_bound_passes() {
+        let group = after_a_group_of(3, Duration::from_millis(50));
+        let mut sizes = Vec::new();
+        let started = Instant::now();
+        let mut commit = |rows: Vec<u64>| {
+            sizes.push(rows.len());
+            rows.iter().map(|r| Ok(r.to_string())).collect()
+        };
+        assert_eq!(group.log(7, &mut commit).unwrap(), "7");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(sizes, vec![1]);
+        // Its last group held one row: the next leader does not wait.
+        assert_eq!(lock(&group.shared).last_group, 1);
     }
 
     #[test]

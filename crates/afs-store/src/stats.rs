@@ -76,6 +76,30 @@ impl UsageStats {
         (self.with_feedback > 0).then(|| self.negative_feedback as f64 / self.with_feedback as f64)
     }
 
+    /// Whether `other` holds the same statistics: counts exactly, each float sum within
+    /// `tolerance` of it (relative, or absolute below 1), since sums added in another order
+    /// (rollups against a scan, another backend) differ in their last bits.
+    pub fn approx_eq(&self, other: &UsageStats, tolerance: f64) -> bool {
+        let counts = |s: &UsageStats| {
+            (
+                s.total,
+                s.with_feedback,
+                s.positive_feedback,
+                s.negative_feedback,
+                s.neutral_feedback,
+                s.n_quality,
+                s.n_latency,
+                s.total_tokens,
+            )
+        };
+        let close = |a: f64, b: f64| (a - b).abs() <= tolerance * a.abs().max(b.abs()).max(1.0);
+        counts(self) == counts(other)
+            && close(self.sum_quality, other.sum_quality)
+            && close(self.sum_quality_sq, other.sum_quality_sq)
+            && close(self.sum_latency_ms, other.sum_latency_ms)
+            && close(self.sum_latency_ms_sq, other.sum_latency_ms_sq)
+    }
+
     /// The statistics of `records` by definition: one pass over them. What the store's
     /// rollups must always equal (its tests compare the two), and a reference for other
     /// implementations.
@@ -140,6 +164,26 @@ fn sample_variance(n: u64, sum: f64, sum_sq: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approx_eq_takes_counts_exactly_and_sums_to_rounding() {
+        let a = UsageStats {
+            total: 3,
+            n_quality: 3,
+            sum_quality: 1.9,
+            sum_quality_sq: 1.25,
+            ..UsageStats::default()
+        };
+        let mut b = a.clone();
+        b.sum_quality = 0.7 + 0.6 + 0.6;
+        assert!(a.approx_eq(&b, 1e-9));
+        b.sum_quality = 1.91;
+        assert!(!a.approx_eq(&b, 1e-9));
+        assert!(a.approx_eq(&b, 1e-2));
+        let mut c = a.clone();
+        c.total = 4;
+        assert!(!a.approx_eq(&c, 1.0));
+    }
 
     #[test]
     fn derived_figures() {

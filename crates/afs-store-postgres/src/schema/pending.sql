@@ -47,51 +47,37 @@ CREATE TRIGGER afs_usage_pending_insert AFTER INSERT ON afs_usage
 -- all locked (deleted) before any rollup row, and rollup rows are upserted in key order,
 -- minutes before hours, as every other writer of them does (the hours' insert reads the
 -- minutes' outcome first, so it cannot start before every minute row is locked). Returns the
--- number of deltas folded.
+-- number of deltas folded. Planned at each call (a fold runs twice a second at most).
 CREATE FUNCTION afs_usage_fold_pending() RETURNS bigint
-LANGUAGE sql AS $fn$
-    WITH d AS (
-        DELETE FROM afs_usage_pending RETURNING *
-    ), by_minute AS (
-        SELECT minute AS bucket, model, sum(n) AS n, sum(fb_pos) AS fb_pos,
-            sum(fb_neg) AS fb_neg, sum(fb_neutral) AS fb_neutral,
-            sum(n_quality) AS n_quality, sum(sum_q) AS sum_q, sum(sum_q2) AS sum_q2,
-            sum(n_latency) AS n_latency, sum(sum_lat) AS sum_lat,
-            sum(sum_lat2) AS sum_lat2, sum(tokens) AS tokens, count(*) AS deltas
-        FROM d GROUP BY minute, model
-    ), minutes AS (
-        INSERT INTO afs_usage_minute AS t (bucket, model, n, fb_pos, fb_neg, fb_neutral,
-            n_quality, sum_q, sum_q2, n_latency, sum_lat, sum_lat2, tokens)
-        SELECT bucket, model, n, fb_pos, fb_neg, fb_neutral, n_quality, sum_q, sum_q2,
-            n_latency, sum_lat, sum_lat2, tokens
-        FROM by_minute ORDER BY bucket, model
-        ON CONFLICT (bucket, model) DO UPDATE SET
-            n = t.n + EXCLUDED.n, fb_pos = t.fb_pos + EXCLUDED.fb_pos,
-            fb_neg = t.fb_neg + EXCLUDED.fb_neg,
-            fb_neutral = t.fb_neutral + EXCLUDED.fb_neutral,
-            n_quality = t.n_quality + EXCLUDED.n_quality, sum_q = t.sum_q + EXCLUDED.sum_q,
-            sum_q2 = t.sum_q2 + EXCLUDED.sum_q2, n_latency = t.n_latency + EXCLUDED.n_latency,
-            sum_lat = t.sum_lat + EXCLUDED.sum_lat, sum_lat2 = t.sum_lat2 + EXCLUDED.sum_lat2,
-            tokens = t.tokens + EXCLUDED.tokens
-        RETURNING 1
-    ), hours AS (
-        INSERT INTO afs_usage_hour AS t (bucket, model, n, fb_pos, fb_neg, fb_neutral,
-            n_quality, sum_q, sum_q2, n_latency, sum_lat, sum_lat2, tokens)
-        SELECT bucket / 60, model, sum(n), sum(fb_pos), sum(fb_neg), sum(fb_neutral),
-            sum(n_quality), sum(sum_q), sum(sum_q2), sum(n_latency), sum(sum_lat),
-            sum(sum_lat2), sum(tokens)
-        FROM by_minute WHERE (SELECT count(*) FROM minutes) >= 0
-        GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (bucket, model) DO UPDATE SET
-            n = t.n + EXCLUDED.n, fb_pos = t.fb_pos + EXCLUDED.fb_pos,
-            fb_neg = t.fb_neg + EXCLUDED.fb_neg,
-            fb_neutral = t.fb_neutral + EXCLUDED.fb_neutral,
-            n_quality = t.n_quality + EXCLUDED.n_quality, sum_q = t.sum_q + EXCLUDED.sum_q,
-            sum_q2 = t.sum_q2 + EXCLUDED.sum_q2, n_latency = t.n_latency + EXCLUDED.n_latency,
-            sum_lat = t.sum_lat + EXCLUDED.sum_lat, sum_lat2 = t.sum_lat2 + EXCLUDED.sum_lat2,
-            tokens = t.tokens + EXCLUDED.tokens
-    )
-    SELECT coalesce(sum(deltas), 0)::bigint FROM by_minute;
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    cols text[] := ARRAY['n', 'fb_pos', 'fb_neg', 'fb_neutral', 'n_quality', 'sum_q',
+        'sum_q2', 'n_latency', 'sum_lat', 'sum_lat2', 'tokens'];
+    sums text;
+    adds text;
+    folded bigint;
+BEGIN
+    SELECT string_agg(format('sum(%I)', c), ', '),
+           string_agg(format('%1$I = t.%1$I + EXCLUDED.%1$I', c), ', ')
+        INTO sums, adds FROM unnest(cols) AS c;
+    EXECUTE format($q$
+        WITH d AS (
+            DELETE FROM afs_usage_pending RETURNING *
+        ), minutes AS (
+            INSERT INTO afs_usage_minute AS t (bucket, model, %1$s)
+            SELECT minute, model, %2$s FROM d GROUP BY 1, 2 ORDER BY 1, 2
+            ON CONFLICT (bucket, model) DO UPDATE SET %3$s
+            RETURNING 1
+        ), hours AS (
+            INSERT INTO afs_usage_hour AS t (bucket, model, %1$s)
+            SELECT minute / 60, model, %2$s FROM d WHERE (SELECT count(*) FROM minutes) >= 0
+            GROUP BY 1, 2 ORDER BY 1, 2
+            ON CONFLICT (bucket, model) DO UPDATE SET %3$s
+        )
+        SELECT count(*) FROM d$q$, array_to_string(cols, ', '), sums, adds)
+        INTO folded;
+    RETURN folded;
+END
 $fn$;
 
 -- A delete sums its buckets again from the records that remain, which already counts the
@@ -108,20 +94,3 @@ END
 $fn$;
 CREATE TRIGGER afs_usage_fold_before_delete BEFORE DELETE ON afs_usage
     FOR EACH STATEMENT EXECUTE FUNCTION afs_usage_fold_before_delete();
-
-CREATE OR REPLACE FUNCTION afs_usage_rollup_rebuild() RETURNS void
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    DELETE FROM afs_usage_pending;
-    DELETE FROM afs_usage_minute;
-    DELETE FROM afs_usage_hour;
-    EXECUTE afs_usage_rollup_sql('afs_usage_minute', 60000000,
-        'SELECT ts_us, model, 1::bigint AS s, user_feedback, quality_score, latency_ms,
-             token_count FROM afs_usage');
-    INSERT INTO afs_usage_hour
-        SELECT bucket / 60, model, sum(n), sum(fb_pos), sum(fb_neg), sum(fb_neutral),
-            sum(n_quality), sum(sum_q), sum(sum_q2), sum(n_latency), sum(sum_lat),
-            sum(sum_lat2), sum(tokens)
-        FROM afs_usage_minute GROUP BY 1, 2;
-END
-$fn$;

@@ -547,40 +547,7 @@ pub(super) fn scan_stats(
 }
 
 pub(super) fn assert_stats_close(got: &UsageStats, want: &UsageStats, context: &str) {
-    assert_eq!(
-        (
-            got.total,
-            got.with_feedback,
-            got.positive_feedback,
-            got.negative_feedback,
-            got.neutral_feedback,
-            got.n_quality,
-            got.n_latency,
-            got.total_tokens
-        ),
-        (
-            want.total,
-            want.with_feedback,
-            want.positive_feedback,
-            want.negative_feedback,
-            want.neutral_feedback,
-            want.n_quality,
-            want.n_latency,
-            want.total_tokens
-        ),
-        "{context}"
-    );
-    for (g, w) in [
-        (got.sum_quality, want.sum_quality),
-        (got.sum_quality_sq, want.sum_quality_sq),
-        (got.sum_latency_ms, want.sum_latency_ms),
-        (got.sum_latency_ms_sq, want.sum_latency_ms_sq),
-    ] {
-        assert!(
-            (g - w).abs() <= 1e-6 * w.abs().max(1.0),
-            "{context}: {g} vs {w}"
-        );
-    }
+    assert!(got.approx_eq(want, 1e-6), "{context}: {got:?} vs {want:?}");
 }
 
 /// Logs a random history across ~3 days and several models, with feedback, quality updates
