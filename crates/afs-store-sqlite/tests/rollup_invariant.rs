@@ -121,7 +121,7 @@ fn assert_same(got: &UsageStats, want: &UsageStats, context: &str) {
         sum_quality_sq: 0.0,
         sum_latency_ms: 0.0,
         sum_latency_ms_sq: 0.0,
-        ..s.clone()
+        ..*s
     };
     assert_eq!(
         counts(got),

@@ -174,13 +174,13 @@ mod tests {
             sum_quality_sq: 1.25,
             ..UsageStats::default()
         };
-        let mut b = a.clone();
+        let mut b = a;
         b.sum_quality = 0.7 + 0.6 + 0.6;
         assert!(a.approx_eq(&b, 1e-9));
         b.sum_quality = 1.91;
         assert!(!a.approx_eq(&b, 1e-9));
         assert!(a.approx_eq(&b, 1e-2));
-        let mut c = a.clone();
+        let mut c = a;
         c.total = 4;
         assert!(!a.approx_eq(&c, 1.0));
     }
