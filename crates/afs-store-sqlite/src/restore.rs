@@ -27,27 +27,6 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-/// A record's contribution to its rollup buckets, in rollup column order.
-fn rollup_delta(r: &UsageRecord) -> [f64; N_ROLLUP_COLUMNS] {
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let q = r.quality_score.unwrap_or(0.0);
-    let lat = r.latency_ms.unwrap_or(0.0);
-    [
-        1.0,
-        flag(r.feedback.is_some()),
-        flag(r.feedback == Some(FeedbackValue::Positive)),
-        flag(r.feedback == Some(FeedbackValue::Negative)),
-        flag(r.feedback == Some(FeedbackValue::Neutral)),
-        flag(r.quality_score.is_some()),
-        q,
-        q * q,
-        flag(r.latency_ms.is_some()),
-        lat,
-        lat * lat,
-        r.token_count.unwrap_or(0) as f64,
-    ]
-}
-
 /// The context of the errors of [`RestoreStore::restore_records`].
 const RECORDS_CONTEXT: &str = "restore records";
 
@@ -378,7 +357,8 @@ fn insert_records(conn: &Connection, records: &[UsageRecord]) -> Result<RollupSu
         let rowid = statements.free_rowid(top, r, ts_us)?;
         statements.insert(rowid, r, ts_us)?;
         top = top.max(Some(rowid));
-        let delta = rollup_delta(r);
+        let delta =
+            crate::rows::rollup_delta(r.feedback, r.quality_score, r.latency_ms, r.token_count);
         for (table, sums_by_bucket) in ROLLUP_TABLES.iter().zip(rollups.iter_mut()) {
             let sums = sums_by_bucket
                 .entry((r.model.clone(), ts_us / table.width_us))

@@ -44,6 +44,33 @@ pub(crate) struct InsertRow {
     messages: Option<String>,
 }
 
+/// A record's contribution to its rollup buckets, in rollup column order: the live insert's
+/// and a restore's, from their own kinds of record.
+pub(crate) fn rollup_delta(
+    feedback: Option<FeedbackValue>,
+    quality_score: Option<f64>,
+    latency_ms: Option<f64>,
+    token_count: Option<i64>,
+) -> [f64; N_ROLLUP_COLUMNS] {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let q = quality_score.unwrap_or(0.0);
+    let lat = latency_ms.unwrap_or(0.0);
+    [
+        1.0,
+        flag(feedback.is_some()),
+        flag(feedback == Some(FeedbackValue::Positive)),
+        flag(feedback == Some(FeedbackValue::Negative)),
+        flag(feedback == Some(FeedbackValue::Neutral)),
+        flag(quality_score.is_some()),
+        q,
+        q * q,
+        flag(latency_ms.is_some()),
+        lat,
+        lat * lat,
+        token_count.unwrap_or(0) as f64,
+    ]
+}
+
 impl InsertRow {
     pub(crate) fn new(record: NewUsage, now: DateTime<Utc>) -> Self {
         let when = record.timestamp.unwrap_or(now);
@@ -73,24 +100,12 @@ impl InsertRow {
     /// This row's contribution to its rollup bucket, in rollup column order.
     pub(crate) fn rollup_delta(&self) -> [f64; N_ROLLUP_COLUMNS] {
         let r = &self.record;
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let feedback = r.feedback.as_ref().map(|f| f.value);
-        let q = r.quality_score.unwrap_or(0.0);
-        let lat = r.latency_ms.unwrap_or(0.0);
-        [
-            1.0,
-            flag(feedback.is_some()),
-            flag(feedback == Some(FeedbackValue::Positive)),
-            flag(feedback == Some(FeedbackValue::Negative)),
-            flag(feedback == Some(FeedbackValue::Neutral)),
-            flag(r.quality_score.is_some()),
-            q,
-            q * q,
-            flag(r.latency_ms.is_some()),
-            lat,
-            lat * lat,
-            r.token_count.unwrap_or(0) as f64,
-        ]
+        rollup_delta(
+            r.feedback.as_ref().map(|f| f.value),
+            r.quality_score,
+            r.latency_ms,
+            r.token_count,
+        )
     }
 
     /// Inserts the row at the first free rowid of its microsecond (see [`ROWID_SLOTS`]) and
