@@ -296,7 +296,7 @@ const REWIND_FRAMES: i64 = 8192;
 /// caller itself runs a checkpoint that rewinds it (80 MB at 8 KiB). The thread normally
 /// keeps the WAL far below; on a machine so busy that the thread gets no CPU for a while,
 /// this holds the bound.
-const HARD_CAP_FRAMES: i64 = 10_240;
+pub(crate) const HARD_CAP_FRAMES: i64 = 10_240;
 
 /// How long a commit that found the WAL at [`HARD_CAP_FRAMES`] waits for a checkpoint in
 /// progress (or a reader) to let the WAL be rewound, before leaving it to the next commit.
