@@ -432,14 +432,6 @@ impl UsageStore for MemStore {
         }))
     }
 
-    fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {
-        let mut total = UsageStats::default();
-        for stats in self.stats_by_model(window)?.values() {
-            total.add(stats);
-        }
-        Ok(total)
-    }
-
     fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>> {
         let state = self.lock_read();
         Ok(stats_grouped(&state, window, Grouping::Model)

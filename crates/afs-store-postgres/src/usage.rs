@@ -325,14 +325,6 @@ impl UsageStore for PgStore {
         )))
     }
 
-    fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {
-        let mut total = UsageStats::default();
-        for stats in self.stats_by_model(window)?.values() {
-            total.add(stats);
-        }
-        Ok(total)
-    }
-
     fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>> {
         Ok(stats_grouped(self, window, Grouping::Model)?
             .into_iter()

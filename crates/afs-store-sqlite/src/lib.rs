@@ -868,15 +868,6 @@ impl UsageStore for SqliteStore {
         Ok(Box::new(stream::record_pages(self, filter.clone())))
     }
 
-    fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {
-        let by_model = self.stats_by_model(window)?;
-        let mut total = UsageStats::default();
-        for stats in by_model.values() {
-            total.add(stats);
-        }
-        Ok(total)
-    }
-
     fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>> {
         let conn = self.conn()?;
         window::stats_grouped(&conn, window, window::Grouping::Model).map(|groups| {

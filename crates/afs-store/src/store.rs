@@ -101,8 +101,16 @@ pub trait UsageStore: Send + Sync {
     /// may or may not appear.
     fn query(&self, filter: &RecordFilter) -> Result<RecordStream<'_>>;
 
-    /// Statistics of the records in `window`, from the rollups.
-    fn stats(&self, window: &StatsWindow) -> Result<UsageStats>;
+    /// Statistics of the records in `window`, from the rollups. Provided: the sum of
+    /// [`stats_by_model`](Self::stats_by_model) (a backend with a cheaper total may
+    /// override it).
+    fn stats(&self, window: &StatsWindow) -> Result<UsageStats> {
+        let mut total = UsageStats::default();
+        for stats in self.stats_by_model(window)?.values() {
+            total.add(stats);
+        }
+        Ok(total)
+    }
 
     /// Statistics per model of the records in `window` (its `model` field narrows the set).
     fn stats_by_model(&self, window: &StatsWindow) -> Result<BTreeMap<String, UsageStats>>;
