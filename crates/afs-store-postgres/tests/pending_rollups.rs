@@ -177,7 +177,9 @@ fn a_quiet_spell_leaves_the_deltas_pending_and_the_next_group_folds_them() {
     for i in 0..3 {
         store.log(NewUsage::new(format!("q{i}"), "r", "m")).unwrap();
     }
-    assert_eq!(pending(&mut client), 3);
+    // A fold runs before a group's insert, so the last record's delta is still pending
+    // (the others too, unless the logging connection's first half second had passed).
+    assert!((1..=3).contains(&pending(&mut client)));
     assert_eq!(store.stats(&StatsWindow::default()).unwrap().total, 3);
     let quiet = Instant::now();
     std::thread::sleep(Duration::from_millis(600));
