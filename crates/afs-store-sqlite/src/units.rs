@@ -1300,8 +1300,8 @@ fn mature_units(
 mod tests {
     use super::*;
 
-    #[test]
-    fn schema_parses() {
+    /// An in-memory database with the tables the unit schema refers to, and that schema.
+    fn with_unit_schema() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE usage (id TEXT PRIMARY KEY, model TEXT, ts_us INTEGER, unit_id TEXT,
@@ -1311,19 +1311,17 @@ mod tests {
         )
         .unwrap();
         conn.execute_batch(&v7_schema()).unwrap();
+        conn
+    }
+
+    #[test]
+    fn schema_parses() {
+        with_unit_schema();
     }
 
     #[test]
     fn dirty_rows_are_read_through_their_partial_index() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE usage (id TEXT PRIMARY KEY, model TEXT, ts_us INTEGER, unit_id TEXT,
-             quality_score REAL, latency_ms REAL, user_feedback INTEGER);
-             CREATE TABLE experiment_period (experiment_id INTEGER, idx INTEGER, started_at TEXT,
-             PRIMARY KEY (experiment_id, idx)) WITHOUT ROWID;",
-        )
-        .unwrap();
-        conn.execute_batch(&v7_schema()).unwrap();
+        let conn = with_unit_schema();
         // Many clean unit rows and a few dirty ones. No ANALYZE, as in an afs database: with
         // its statistics the planner finds the partial index by itself.
         conn.execute_batch(
