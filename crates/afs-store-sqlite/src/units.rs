@@ -992,14 +992,12 @@ fn cohort_sums(conn: &Connection, id: i64) -> Result<BTreeMap<(u32, bool), Vec<f
         let challenger = row.get::<_, i64>(0).map_err(err)? != 0;
         let folded = row.get::<_, i64>(1).map_err(err)? != 0;
         let mut add = |at: usize, sign: f64| -> Result<()> {
-            let (period, contribution) = unit_contribution(row, at).map_err(err)?;
+            let period = row.get::<_, Option<i64>>(at).map_err(err)?.unwrap_or(0);
+            let period = u32::try_from(period).unwrap_or(u32::MAX);
             let acc = sums
                 .entry((period, challenger))
                 .or_insert_with(|| vec![0.0; width]);
-            for (slot, c) in acc.iter_mut().zip(contribution) {
-                *slot += sign * c;
-            }
-            Ok(())
+            add_unit_row(row, at, sign, acc).map_err(err)
         };
         add(2, 1.0)?;
         if folded {
@@ -1024,9 +1022,14 @@ fn dirty_rows_sql() -> String {
     )
 }
 
-/// The period and the cohort-column contribution (in [`cohort_columns`] order) of the unit
-/// row whose [`FOLDED`] columns start at column `at` of `row`.
-fn unit_contribution(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(u32, Vec<f64>)> {
+/// Adds `sign` times the cohort-column contribution (in [`cohort_columns`] order) of the
+/// unit row whose [`FOLDED`] columns start at column `at` of `row` to `acc`.
+fn add_unit_row(
+    row: &rusqlite::Row<'_>,
+    at: usize,
+    sign: f64,
+    acc: &mut [f64],
+) -> rusqlite::Result<()> {
     let int = |k: usize| -> rusqlite::Result<u64> {
         Ok(row.get::<_, Option<i64>>(at + k)?.unwrap_or(0).max(0) as u64)
     };
@@ -1036,20 +1039,23 @@ fn unit_contribution(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(u3
     let covariate = |k: usize| row.get::<_, Option<f64>>(at + k);
     // FOLDED: period, moved, n, n_q, sum_q, n_lat, sum_lat, n_pos, n_neg, n_fb, x_q, x_lat,
     // x_pos, x_neg; METRICS: quality, latency, positive, negative.
-    let period = u32::try_from(int(0)?).unwrap_or(u32::MAX);
-    let (n_fb, moved) = (int(9)?, int(1)?);
+    let n_fb = int(9)?;
     let metrics = [
         (real(4)?, int(3)?, covariate(10)?),
         (real(6)?, int(5)?, covariate(11)?),
         (int(7)? as f64, n_fb, covariate(12)?),
         (int(8)? as f64, n_fb, covariate(13)?),
     ];
-    let mut out = Vec::with_capacity(3 + METRICS.len() * MOMENTS.len());
-    out.extend([1.0, f64::from(u8::from(moved == 0)), int(2)? as f64]);
-    for (y, n, x) in metrics {
+    acc[0] += sign;
+    acc[1] += sign * f64::from(u8::from(int(1)? == 0));
+    acc[2] += sign * int(2)? as f64;
+    for ((y, n, x), slots) in metrics
+        .into_iter()
+        .zip(acc[3..].chunks_exact_mut(MOMENTS.len()))
+    {
         let mut m = UnitMoments::default();
         m.add_unit(y, n, x);
-        out.extend([
+        let values = [
             m.units as f64,
             m.sum_mean,
             m.sum_mean_sq,
@@ -1063,9 +1069,12 @@ fn unit_contribution(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(u3
             m.sum_x_sq,
             m.sum_x_mean,
             m.sum_mean_cov,
-        ]);
+        ];
+        for (slot, v) in slots.iter_mut().zip(values) {
+            *slot += sign * v;
+        }
     }
-    Ok((period, out))
+    Ok(())
 }
 
 /// The cohort of `period` and arm `challenger` from its column sums `f` (in the order of
