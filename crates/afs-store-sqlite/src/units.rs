@@ -1055,26 +1055,51 @@ fn add_unit_row(
     {
         let mut m = UnitMoments::default();
         m.add_unit(y, n, x);
-        let values = [
-            m.units as f64,
-            m.sum_mean,
-            m.sum_mean_sq,
-            m.sum_y,
-            m.sum_n,
-            m.sum_y_sq,
-            m.sum_n_sq,
-            m.sum_yn,
-            m.cov_units as f64,
-            m.sum_x,
-            m.sum_x_sq,
-            m.sum_x_mean,
-            m.sum_mean_cov,
-        ];
-        for (slot, v) in slots.iter_mut().zip(values) {
+        for (slot, v) in slots.iter_mut().zip(moment_values(&m)) {
             *slot += sign * v;
         }
     }
     Ok(())
+}
+
+/// The moments of one metric in [`MOMENTS`] order: what [`moments_of`] reads back.
+fn moment_values(m: &UnitMoments) -> [f64; MOMENTS.len()] {
+    [
+        m.units as f64,
+        m.sum_mean,
+        m.sum_mean_sq,
+        m.sum_y,
+        m.sum_n,
+        m.sum_y_sq,
+        m.sum_n_sq,
+        m.sum_yn,
+        m.cov_units as f64,
+        m.sum_x,
+        m.sum_x_sq,
+        m.sum_x_mean,
+        m.sum_mean_cov,
+    ]
+}
+
+/// One metric's moments from their column sums in [`MOMENTS`] order (counts are sums of
+/// integers, exact in an f64 below 2^53).
+fn moments_of(m: &[f64]) -> UnitMoments {
+    let whole = |v: f64| v.round().max(0.0) as u64;
+    UnitMoments {
+        units: whole(m[0]),
+        sum_mean: m[1],
+        sum_mean_sq: m[2],
+        sum_y: m[3],
+        sum_n: m[4],
+        sum_y_sq: m[5],
+        sum_n_sq: m[6],
+        sum_yn: m[7],
+        cov_units: whole(m[8]),
+        sum_x: m[9],
+        sum_x_sq: m[10],
+        sum_x_mean: m[11],
+        sum_mean_cov: m[12],
+    }
 }
 
 /// The cohort of `period` and arm `challenger` from its column sums `f` (in the order of
@@ -1100,22 +1125,7 @@ fn cohort_of(period: u32, challenger: bool, f: &[f64]) -> Option<UnitCohort> {
         &mut cohort.positive,
         &mut cohort.negative,
     ] {
-        let m = &f[i..i + MOMENTS.len()];
-        *moments = UnitMoments {
-            units: whole(m[0]),
-            sum_mean: m[1],
-            sum_mean_sq: m[2],
-            sum_y: m[3],
-            sum_n: m[4],
-            sum_y_sq: m[5],
-            sum_n_sq: m[6],
-            sum_yn: m[7],
-            cov_units: whole(m[8]),
-            sum_x: m[9],
-            sum_x_sq: m[10],
-            sum_x_mean: m[11],
-            sum_mean_cov: m[12],
-        };
+        *moments = moments_of(&f[i..i + MOMENTS.len()]);
         i += MOMENTS.len();
     }
     Some(cohort)
