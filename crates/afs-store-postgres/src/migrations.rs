@@ -48,6 +48,9 @@ const MIGRATIONS: &[Migration] = &[
 /// a schema newer than this build; without `create`, refuses a database without afs's
 /// tables (`NotFound`, what = `"afs schema"`).
 pub(crate) fn migrate(client: &mut postgres::Client, shown: &str, create: bool) -> Result<()> {
+    if is_current(client)? {
+        return Ok(());
+    }
     let mut tx = client
         .transaction()
         .map_err(dbe("starting the schema check"))?;
@@ -145,6 +148,38 @@ pub(crate) fn migrate(client: &mut postgres::Client, shown: &str, create: bool) 
         .map_err(dbe("recording the schema version"))?;
     }
     tx.commit().map_err(dbe("committing the migration"))
+}
+
+/// Whether the database holds afs's schema at exactly [`SCHEMA_VERSION`]: one query,
+/// without the migration lock, which is all that opening an up-to-date database costs. A
+/// migration in progress elsewhere has not committed its new version, so this reads the
+/// old one (or no table) and the caller takes the lock and looks again.
+fn is_current(client: &mut postgres::Client) -> Result<bool> {
+    let meta: Option<String> = client
+        .query_one(
+            "SELECT to_regclass(quote_ident(current_schema()) || '.afs_meta')::text",
+            &[],
+        )
+        .map_err(dbe("reading the schema"))?
+        .get(0);
+    let Some(meta) = meta else {
+        return Ok(false);
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT key, value FROM {meta} WHERE key IN ('application', 'schema_version')"
+            ),
+            &[],
+        )
+        .map_err(dbe("reading afs_meta"))?;
+    let value = |key: &str| {
+        rows.iter()
+            .find(|row| row.get::<_, &str>(0) == key)
+            .map(|row| row.get::<_, String>(1))
+    };
+    Ok(value("application").as_deref() == Some("afs")
+        && value("schema_version").as_deref() == Some(&SCHEMA_VERSION.to_string()))
 }
 
 fn not_afs(shown: &str, reason: &str) -> StoreError {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use afs_store::{ErrorKind, StoreError, SystemClock};
+use afs_store::{ErrorKind, StatsWindow, StoreError, SystemClock, UsageStore};
 use afs_store_postgres::testing::{cluster_url, with_database, TestDatabase};
 use afs_store_postgres::{PgConfig, PgStore, SCHEMA_VERSION};
 use postgres::NoTls;
@@ -143,6 +143,80 @@ fn processes_opening_a_new_database_at_once_create_it_once() {
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
     let version = schema_version(&mut client);
     assert_eq!(version, SCHEMA_VERSION.to_string());
+}
+
+/// `url` with one more query parameter.
+fn with_param(url: &str, param: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{param}")
+}
+
+/// The server backends of connections that name themselves `application_name`.
+fn backends(admin: &mut postgres::Client, application_name: &str) -> Vec<i32> {
+    admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+            &[&application_name],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[test]
+fn a_store_reads_on_the_connection_that_checked_its_schema() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    open(&database.url).unwrap();
+    let name = format!("afs_open_test_{}", std::process::id());
+    let store = open(&with_param(
+        &database.url,
+        &format!("application_name={name}"),
+    ))
+    .unwrap();
+    let mut admin = postgres::Client::connect(&database.url, NoTls).unwrap();
+    let after_open = backends(&mut admin, &name);
+    assert_eq!(
+        after_open.len(),
+        1,
+        "open keeps the connection it checked on"
+    );
+    store.stats(&StatsWindow::default()).unwrap();
+    assert_eq!(
+        backends(&mut admin, &name),
+        after_open,
+        "a first read on the same backend, none started for it"
+    );
+}
+
+#[test]
+fn an_up_to_date_database_opens_while_another_process_holds_the_migration_lock() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    open(&database.url).unwrap();
+    // The key migrations.rs takes (MIGRATION_LOCK), held by another session as a migrating
+    // process would hold it.
+    let mut holder = postgres::Client::connect(&database.url, NoTls).unwrap();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x0afd_0001_i64])
+        .unwrap();
+    // Were the lock waited for, this open would fail after 3 s instead of hanging.
+    let url = with_param(&database.url, "options=-c%20lock_timeout%3D3000");
+    let started = Instant::now();
+    let store = open(&url).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    store.stats(&StatsWindow::default()).unwrap();
+    // A database that needs migrating still waits for the lock (here: until the timeout).
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    client
+        .execute(
+            "UPDATE afs_meta SET value = '2' WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap();
+    let err = open(&url).unwrap_err();
+    assert!(err.to_string().contains("migrating"), "{err}");
 }
 
 /// A version-1 database (made by opening a new one, dropping the column version 2 added and
