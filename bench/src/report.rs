@@ -1761,9 +1761,15 @@ fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
                 Figure::new(2, "postgres.import", label, rate, "rec/s")
                     .issue(issue::POSTGRES)
                     .measured(format!(
-                        "{} ({:.2} s; {})",
+                        "{} (median of {:.2} s in runs of {}; {})",
                         format_value(rate, "rec/s"),
                         import.secs,
+                        import
+                            .runs
+                            .iter()
+                            .map(|s| format!("{s:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         cpu(
                             import.server_cpu_secs,
                             &format!("for {} records", short_count(import.n_records))
@@ -1772,7 +1778,9 @@ fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
                     .at_least(target::PG_IMPORT_RATE)
                     .note(format!(
                         "postgres.import: `afs --db URL --json import FILE` into a fresh \
-                         database (afs creates its tables), timed from process start to exit; \
+                         database (afs creates its tables), timed from process start to exit, \
+                         the median of three, each after a CHECKPOINT and with no autovacuum \
+                         worker running; \
                          the file ({:.0} MB) holds the same records as the SQLite import \
                          figure's; batches of 5,000 written by two threads on two connections \
                          (UsageStore::batch_writers)",
