@@ -7,7 +7,7 @@ use afs_store::{Result, StoreError};
 use crate::error::dbe;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The advisory-lock key held while migrating (any process of any host).
 const MIGRATION_LOCK: i64 = 0x0afd_0001;
@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         what: "pending rollup deltas of single-record logging, folded a few times a second",
         sql: &[include_str!("schema/pending.sql")],
+    },
+    Migration {
+        version: 4,
+        what: "byte order (COLLATE \"C\") for the text keys of the log, rollups and units",
+        sql: &[include_str!("schema/collate.sql")],
     },
 ];
 

@@ -232,7 +232,9 @@ fn a_version_1_database_migrates_to_keep_conversations() {
         .unwrap();
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
     client
-        .batch_execute(&format!("{UNDO_VERSION_3} {UNDO_VERSION_2}"))
+        .batch_execute(&format!(
+            "{UNDO_VERSION_4} {UNDO_VERSION_3} {UNDO_VERSION_2}"
+        ))
         .unwrap();
     assert_eq!(schema_version(&mut client), "1");
     let store = open(&database.url).unwrap();
@@ -280,7 +282,9 @@ fn a_version_2_database_migrates_and_its_logging_defers_rollups_exactly() {
     store.log(NewUsage::new("q", "r", "m")).unwrap();
     drop(store);
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
-    client.batch_execute(UNDO_VERSION_3).unwrap();
+    client
+        .batch_execute(&format!("{UNDO_VERSION_4} {UNDO_VERSION_3}"))
+        .unwrap();
     let store = open(&database.url).unwrap();
     assert_eq!(schema_version(&mut client), SCHEMA_VERSION.to_string());
     // Logged one call at a time: the contributions wait in the pending table (nothing has
@@ -309,6 +313,90 @@ fn a_version_2_database_migrates_and_its_logging_defers_rollups_exactly() {
         stats,
         "folding changes no figure"
     );
+}
+
+/// Undoes migration 4: the text keys back to the database's default collation.
+const UNDO_VERSION_4: &str = "
+    ALTER TABLE afs_usage
+        ALTER COLUMN id TYPE text COLLATE \"default\",
+        ALTER COLUMN model TYPE text COLLATE \"default\",
+        ALTER COLUMN unit_id TYPE text COLLATE \"default\";
+    ALTER TABLE afs_usage_minute ALTER COLUMN model TYPE text COLLATE \"default\";
+    ALTER TABLE afs_usage_hour ALTER COLUMN model TYPE text COLLATE \"default\";
+    ALTER TABLE afs_usage_pending ALTER COLUMN model TYPE text COLLATE \"default\";
+    ALTER TABLE afs_experiment_live ALTER COLUMN model TYPE text COLLATE \"default\";
+    ALTER TABLE afs_experiment_unit ALTER COLUMN unit_id TYPE text COLLATE \"default\";
+    ALTER TABLE afs_experiment_unit_pre ALTER COLUMN unit_id TYPE text COLLATE \"default\";
+    UPDATE afs_meta SET value = '3' WHERE key = 'schema_version';";
+
+/// The collation of each text key column migration 4 sets, as `table.column collation`.
+fn key_collations(client: &mut postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname || '.' || a.attname || ' ' || coalesce(k.collname, '-') \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             LEFT JOIN pg_collation k ON k.oid = a.attcollation \
+             WHERE (c.relname, a.attname) IN (('afs_usage', 'id'), ('afs_usage', 'model'), \
+                 ('afs_usage', 'unit_id'), ('afs_usage_minute', 'model'), \
+                 ('afs_usage_hour', 'model'), ('afs_usage_pending', 'model'), \
+                 ('afs_experiment_live', 'model'), ('afs_experiment_unit', 'unit_id'), \
+                 ('afs_experiment_unit_pre', 'unit_id')) \
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A version-3 database keeps its records, rollups and look-ups after its keys move to
+/// byte order.
+#[test]
+fn a_version_3_database_migrates_its_keys_to_byte_order() {
+    use afs_store::{NewUsage, StatsWindow, UsageStore};
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let store = open(&database.url).unwrap();
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    let collations = key_collations(&mut client);
+    assert_eq!(collations.len(), 9, "{collations:?}");
+    assert!(
+        collations.iter().all(|c| c.ends_with(" C")),
+        "{collations:?}"
+    );
+    let mut ids = Vec::new();
+    for (i, unit) in ["b", "B", "a", "é", "A"].iter().enumerate() {
+        let mut record = NewUsage::new("q", "r", if i % 2 == 0 { "m-a" } else { "m-B" });
+        record.unit_id = Some(unit.to_string());
+        record.quality_score = Some(0.1 * i as f64);
+        ids.push(store.log_batch(vec![record]).unwrap().remove(0));
+    }
+    let before = store.stats_by_model(&StatsWindow::default()).unwrap();
+    drop(store);
+    client.batch_execute(UNDO_VERSION_4).unwrap();
+    assert!(key_collations(&mut client)
+        .iter()
+        .all(|c| c.ends_with(" default")));
+    let store = open(&database.url).unwrap();
+    assert_eq!(schema_version(&mut client), SCHEMA_VERSION.to_string());
+    assert!(key_collations(&mut client)
+        .iter()
+        .all(|c| c.ends_with(" C")));
+    assert_eq!(
+        store.stats_by_model(&StatsWindow::default()).unwrap(),
+        before
+    );
+    for id in &ids {
+        assert_eq!(&store.get(id).unwrap().id, id);
+    }
+    let units: Vec<String> = client
+        .query("SELECT unit_id FROM afs_usage ORDER BY unit_id", &[])
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(units, ["A", "B", "a", "b", "é"], "byte order");
 }
 
 /// The schema version a database says it is at.
