@@ -28,7 +28,8 @@
 //! `AFTER ... FOR EACH STATEMENT` triggers with transition tables, so a statement of any
 //! size costs one upsert per touched bucket (not per row). The insert and update triggers
 //! are static SQL, which PL/pgSQL plans once per session (dynamic `EXECUTE` was planned
-//! again per statement: ~1 ms of server CPU per single-record commit):
+//! again per statement: ~1 ms of server CPU per single-record commit); the schema writes
+//! their bodies from `afs_usage_rollup_sql`, the one text of the upsert:
 //!
 //! - **insert** (`INSERT`, and `COPY`, which fires the same triggers) aggregates the new
 //!   rows per (bucket, model) and upserts each bucket once, in key order, so concurrent

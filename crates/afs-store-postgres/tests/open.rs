@@ -399,6 +399,33 @@ fn a_version_3_database_migrates_its_keys_to_byte_order() {
     assert_eq!(units, ["A", "B", "a", "b", "é"], "byte order");
 }
 
+/// The insert and update triggers' functions hold their upserts as static SQL (planned once
+/// per session), one per rollup table, though the schema writes them from one text.
+#[test]
+fn the_rollup_triggers_hold_one_static_upsert_per_table() {
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    open(&database.url).unwrap();
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    for function in ["afs_usage_rollup_on_insert", "afs_usage_rollup_on_update"] {
+        let body: String = client
+            .query_one(
+                "SELECT prosrc FROM pg_proc WHERE proname = $1",
+                &[&function],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!body.contains("EXECUTE"), "{function}: {body}");
+        for table in ["afs_usage_minute", "afs_usage_hour"] {
+            assert_eq!(
+                body.matches(&format!("INSERT INTO {table} AS t")).count(),
+                1,
+                "{function}: {body}"
+            );
+        }
+    }
+}
+
 /// The schema version a database says it is at.
 fn schema_version(client: &mut postgres::Client) -> String {
     client

@@ -62,7 +62,7 @@ CREATE TABLE afs_usage_hour (LIKE afs_usage_minute INCLUDING ALL);
 -- of `tbl` (width `w` microseconds), one upsert per bucket, in key order (so concurrent
 -- writers lock bucket rows in the same order). `src` is the SQL of the signed rows:
 -- (ts_us, model, s, user_feedback, quality_score, latency_ms, token_count). Used by the
--- rebuild; the insert and update triggers hold the same statement as static SQL.
+-- rebuild, and written into the insert and update triggers' bodies below.
 CREATE FUNCTION afs_usage_rollup_sql(tbl text, w bigint, src text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $fn$
 BEGIN
@@ -98,90 +98,19 @@ BEGIN
 END
 $fn$;
 
--- Inserts and updates add their rows' signed contributions with static SQL (PL/pgSQL plans
--- it once per session and reuses the plan; a dynamic EXECUTE was planned again for every
--- statement, about a millisecond of server CPU per single-record commit).
-CREATE FUNCTION afs_usage_rollup_on_insert() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    INSERT INTO afs_usage_minute AS t (bucket, model, n, fb_pos, fb_neg, fb_neutral, n_quality,
-        sum_q, sum_q2, n_latency, sum_lat, sum_lat2, tokens)
-    SELECT ts_us / 60000000, model, sum(s),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = -1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 0), 0),
-        coalesce(sum(s) FILTER (WHERE quality_score IS NOT NULL), 0),
-        coalesce(sum(s * quality_score), 0),
-        coalesce(sum(s * quality_score * quality_score), 0),
-        coalesce(sum(s) FILTER (WHERE latency_ms IS NOT NULL), 0),
-        coalesce(sum(s * latency_ms), 0),
-        coalesce(sum(s * latency_ms * latency_ms), 0),
-        coalesce(sum(s * token_count), 0)
-    FROM (SELECT ts_us, model, 1::bigint AS s, user_feedback, quality_score,
-        latency_ms, token_count FROM afs_usage_new) AS d
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (bucket, model) DO UPDATE SET
-        n = t.n + EXCLUDED.n,
-        fb_pos = t.fb_pos + EXCLUDED.fb_pos,
-        fb_neg = t.fb_neg + EXCLUDED.fb_neg,
-        fb_neutral = t.fb_neutral + EXCLUDED.fb_neutral,
-        n_quality = t.n_quality + EXCLUDED.n_quality,
-        sum_q = t.sum_q + EXCLUDED.sum_q,
-        sum_q2 = t.sum_q2 + EXCLUDED.sum_q2,
-        n_latency = t.n_latency + EXCLUDED.n_latency,
-        sum_lat = t.sum_lat + EXCLUDED.sum_lat,
-        sum_lat2 = t.sum_lat2 + EXCLUDED.sum_lat2,
-        tokens = t.tokens + EXCLUDED.tokens;
-    INSERT INTO afs_usage_hour AS t (bucket, model, n, fb_pos, fb_neg, fb_neutral, n_quality,
-        sum_q, sum_q2, n_latency, sum_lat, sum_lat2, tokens)
-    SELECT ts_us / 3600000000, model, sum(s),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = -1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 0), 0),
-        coalesce(sum(s) FILTER (WHERE quality_score IS NOT NULL), 0),
-        coalesce(sum(s * quality_score), 0),
-        coalesce(sum(s * quality_score * quality_score), 0),
-        coalesce(sum(s) FILTER (WHERE latency_ms IS NOT NULL), 0),
-        coalesce(sum(s * latency_ms), 0),
-        coalesce(sum(s * latency_ms * latency_ms), 0),
-        coalesce(sum(s * token_count), 0)
-    FROM (SELECT ts_us, model, 1::bigint AS s, user_feedback, quality_score,
-        latency_ms, token_count FROM afs_usage_new) AS d
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (bucket, model) DO UPDATE SET
-        n = t.n + EXCLUDED.n,
-        fb_pos = t.fb_pos + EXCLUDED.fb_pos,
-        fb_neg = t.fb_neg + EXCLUDED.fb_neg,
-        fb_neutral = t.fb_neutral + EXCLUDED.fb_neutral,
-        n_quality = t.n_quality + EXCLUDED.n_quality,
-        sum_q = t.sum_q + EXCLUDED.sum_q,
-        sum_q2 = t.sum_q2 + EXCLUDED.sum_q2,
-        n_latency = t.n_latency + EXCLUDED.n_latency,
-        sum_lat = t.sum_lat + EXCLUDED.sum_lat,
-        sum_lat2 = t.sum_lat2 + EXCLUDED.sum_lat2,
-        tokens = t.tokens + EXCLUDED.tokens;
-    RETURN NULL;
-END
-$fn$;
-
--- Only rows whose contribution changed count: the new values added, the old subtracted.
-CREATE FUNCTION afs_usage_rollup_on_update() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    INSERT INTO afs_usage_minute AS t (bucket, model, n, fb_pos, fb_neg, fb_neutral, n_quality,
-        sum_q, sum_q2, n_latency, sum_lat, sum_lat2, tokens)
-    SELECT ts_us / 60000000, model, sum(s),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = -1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 0), 0),
-        coalesce(sum(s) FILTER (WHERE quality_score IS NOT NULL), 0),
-        coalesce(sum(s * quality_score), 0),
-        coalesce(sum(s * quality_score * quality_score), 0),
-        coalesce(sum(s) FILTER (WHERE latency_ms IS NOT NULL), 0),
-        coalesce(sum(s * latency_ms), 0),
-        coalesce(sum(s * latency_ms * latency_ms), 0),
-        coalesce(sum(s * token_count), 0)
-    FROM (SELECT n.ts_us, n.model, 1::bigint AS s, n.user_feedback,
+-- Inserts and updates add their rows' signed contributions with static SQL: PL/pgSQL plans
+-- it once per session and reuses the plan (a dynamic EXECUTE was planned again for every
+-- statement, about a millisecond of server CPU per single-record commit). The statements
+-- are still written once, by afs_usage_rollup_sql: this block puts them, per rollup table,
+-- into the bodies of the two trigger functions it creates.
+DO $do$
+DECLARE
+    -- An insert: each new row counts once.
+    inserted text := 'SELECT ts_us, model, 1::bigint AS s, user_feedback, quality_score,
+        latency_ms, token_count FROM afs_usage_new';
+    -- An update: only rows whose contribution changed count, the new values added and the
+    -- old subtracted.
+    changed text := 'SELECT n.ts_us, n.model, 1::bigint AS s, n.user_feedback,
             n.quality_score, n.latency_ms, n.token_count
         FROM afs_usage_new n JOIN afs_usage_old o ON o.seq = n.seq
         WHERE (n.ts_us, n.model, n.user_feedback, n.quality_score, n.latency_ms, n.token_count)
@@ -193,62 +122,23 @@ BEGIN
         FROM afs_usage_new n JOIN afs_usage_old o ON o.seq = n.seq
         WHERE (n.ts_us, n.model, n.user_feedback, n.quality_score, n.latency_ms, n.token_count)
             IS DISTINCT FROM
-            (o.ts_us, o.model, o.user_feedback, o.quality_score, o.latency_ms, o.token_count)) AS d
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (bucket, model) DO UPDATE SET
-        n = t.n + EXCLUDED.n,
-        fb_pos = t.fb_pos + EXCLUDED.fb_pos,
-        fb_neg = t.fb_neg + EXCLUDED.fb_neg,
-        fb_neutral = t.fb_neutral + EXCLUDED.fb_neutral,
-        n_quality = t.n_quality + EXCLUDED.n_quality,
-        sum_q = t.sum_q + EXCLUDED.sum_q,
-        sum_q2 = t.sum_q2 + EXCLUDED.sum_q2,
-        n_latency = t.n_latency + EXCLUDED.n_latency,
-        sum_lat = t.sum_lat + EXCLUDED.sum_lat,
-        sum_lat2 = t.sum_lat2 + EXCLUDED.sum_lat2,
-        tokens = t.tokens + EXCLUDED.tokens;
-    INSERT INTO afs_usage_hour AS t (bucket, model, n, fb_pos, fb_neg, fb_neutral, n_quality,
-        sum_q, sum_q2, n_latency, sum_lat, sum_lat2, tokens)
-    SELECT ts_us / 3600000000, model, sum(s),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = -1), 0),
-        coalesce(sum(s) FILTER (WHERE user_feedback = 0), 0),
-        coalesce(sum(s) FILTER (WHERE quality_score IS NOT NULL), 0),
-        coalesce(sum(s * quality_score), 0),
-        coalesce(sum(s * quality_score * quality_score), 0),
-        coalesce(sum(s) FILTER (WHERE latency_ms IS NOT NULL), 0),
-        coalesce(sum(s * latency_ms), 0),
-        coalesce(sum(s * latency_ms * latency_ms), 0),
-        coalesce(sum(s * token_count), 0)
-    FROM (SELECT n.ts_us, n.model, 1::bigint AS s, n.user_feedback,
-            n.quality_score, n.latency_ms, n.token_count
-        FROM afs_usage_new n JOIN afs_usage_old o ON o.seq = n.seq
-        WHERE (n.ts_us, n.model, n.user_feedback, n.quality_score, n.latency_ms, n.token_count)
-            IS DISTINCT FROM
-            (o.ts_us, o.model, o.user_feedback, o.quality_score, o.latency_ms, o.token_count)
-        UNION ALL
-        SELECT o.ts_us, o.model, -1::bigint, o.user_feedback, o.quality_score, o.latency_ms,
-            o.token_count
-        FROM afs_usage_new n JOIN afs_usage_old o ON o.seq = n.seq
-        WHERE (n.ts_us, n.model, n.user_feedback, n.quality_score, n.latency_ms, n.token_count)
-            IS DISTINCT FROM
-            (o.ts_us, o.model, o.user_feedback, o.quality_score, o.latency_ms, o.token_count)) AS d
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (bucket, model) DO UPDATE SET
-        n = t.n + EXCLUDED.n,
-        fb_pos = t.fb_pos + EXCLUDED.fb_pos,
-        fb_neg = t.fb_neg + EXCLUDED.fb_neg,
-        fb_neutral = t.fb_neutral + EXCLUDED.fb_neutral,
-        n_quality = t.n_quality + EXCLUDED.n_quality,
-        sum_q = t.sum_q + EXCLUDED.sum_q,
-        sum_q2 = t.sum_q2 + EXCLUDED.sum_q2,
-        n_latency = t.n_latency + EXCLUDED.n_latency,
-        sum_lat = t.sum_lat + EXCLUDED.sum_lat,
-        sum_lat2 = t.sum_lat2 + EXCLUDED.sum_lat2,
-        tokens = t.tokens + EXCLUDED.tokens;
+            (o.ts_us, o.model, o.user_feedback, o.quality_score, o.latency_ms, o.token_count)';
+    body text := 'CREATE FUNCTION %I() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    %s;
+    %s;
     RETURN NULL;
 END
-$fn$;
+$fn$';
+BEGIN
+    EXECUTE format(body, 'afs_usage_rollup_on_insert',
+        afs_usage_rollup_sql('afs_usage_minute', 60000000, inserted),
+        afs_usage_rollup_sql('afs_usage_hour', 3600000000, inserted));
+    EXECUTE format(body, 'afs_usage_rollup_on_update',
+        afs_usage_rollup_sql('afs_usage_minute', 60000000, changed),
+        afs_usage_rollup_sql('afs_usage_hour', 3600000000, changed));
+END
+$do$;
 
 -- Deletes recompute every bucket they touched from what remains, so float residue never
 -- accumulates: the minute rows are locked first (in key order, waiting out writers of the
