@@ -12,18 +12,22 @@ fn open(url: &str) -> afs_store::Result<PgStore> {
     PgStore::open(PgConfig::new(url), Arc::new(SystemClock))
 }
 
-fn tables(url: &str) -> Vec<String> {
-    let mut client = postgres::Client::connect(url, NoTls).unwrap();
+/// The first column of every row of `sql`, as text.
+fn strings(client: &mut postgres::Client, sql: &str) -> Vec<String> {
     client
-        .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
-             ORDER BY 1",
-            &[],
-        )
+        .query(sql, &[])
         .unwrap()
         .into_iter()
         .map(|row| row.get(0))
         .collect()
+}
+
+fn tables(url: &str) -> Vec<String> {
+    let mut client = postgres::Client::connect(url, NoTls).unwrap();
+    strings(
+        &mut client,
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1",
+    )
 }
 
 #[test]
@@ -331,9 +335,9 @@ const UNDO_VERSION_4: &str = "
 
 /// The collation of each text key column migration 4 sets, as `table.column collation`.
 fn key_collations(client: &mut postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT c.relname || '.' || a.attname || ' ' || coalesce(k.collname, '-') \
+    strings(
+        client,
+        "SELECT c.relname || '.' || a.attname || ' ' || coalesce(k.collname, '-') \
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
              LEFT JOIN pg_collation k ON k.oid = a.attcollation \
              WHERE (c.relname, a.attname) IN (('afs_usage', 'id'), ('afs_usage', 'model'), \
@@ -341,13 +345,8 @@ fn key_collations(client: &mut postgres::Client) -> Vec<String> {
                  ('afs_usage_hour', 'model'), ('afs_usage_pending', 'model'), \
                  ('afs_experiment_live', 'model'), ('afs_experiment_unit', 'unit_id'), \
                  ('afs_experiment_unit_pre', 'unit_id')) \
-             ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .into_iter()
-        .map(|row| row.get(0))
-        .collect()
+         ORDER BY 1",
+    )
 }
 
 /// A version-3 database keeps its records, rollups and look-ups after its keys move to
@@ -390,12 +389,10 @@ fn a_version_3_database_migrates_its_keys_to_byte_order() {
     for id in &ids {
         assert_eq!(&store.get(id).unwrap().id, id);
     }
-    let units: Vec<String> = client
-        .query("SELECT unit_id FROM afs_usage ORDER BY unit_id", &[])
-        .unwrap()
-        .into_iter()
-        .map(|row| row.get(0))
-        .collect();
+    let units = strings(
+        &mut client,
+        "SELECT unit_id FROM afs_usage ORDER BY unit_id",
+    );
     assert_eq!(units, ["A", "B", "a", "b", "é"], "byte order");
 }
 
