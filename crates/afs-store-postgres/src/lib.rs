@@ -17,7 +17,7 @@
 //! - **Versioned migrations** (`src/migrations.rs`) run in one transaction under an advisory
 //!   lock, so several processes opening a new database at once create it once. The version
 //!   lives in the `afs_meta` table, beside `application = afs`. A database already at this
-//!   build's version is recognised by one query without the lock, and the connection that
+//!   build's version is recognised by two short reads without the lock, and the connection that
 //!   checked it is the pool's first: a short command (`afs stats`) starts one server backend
 //!   and took 17 ms instead of 26 (dev cluster, `perf stat -r 20`).
 //! - **Every table is prefixed `afs_`** and lives in the connection's current schema.

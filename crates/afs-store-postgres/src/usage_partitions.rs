@@ -84,15 +84,13 @@ pub(crate) fn ensure(
         .map_err(dbe(WHAT))?
         .get::<_, Option<bool>>(0)
         .unwrap_or(true);
+    let end = months.last().map_or(0, |m| m.end_us);
     if all_exist {
-        return Ok(months.last().map_or(0, |m| m.end_us));
+        return Ok(end);
     }
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
         .map_err(dbe(WHAT))?;
-    let mut end = 0;
-    for offset in from..=to {
-        let m = month(now, offset);
-        end = m.end_us;
+    for m in &months {
         let exists: bool = tx
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&m.name])
             .map_err(dbe(WHAT))?
