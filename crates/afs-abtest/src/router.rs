@@ -157,6 +157,17 @@ impl Default for HashRouter {
 }
 
 impl HashRouter {
+    /// The arm [`Router::route`] gives a unit at `position` (its [`unit_position`] under
+    /// the table's seed): the challenger owns [0, weight). For callers that route the same
+    /// units many times (the simulator) and keep their positions.
+    pub fn arm_at(table: &RoutingTable, position: f64) -> Arm {
+        if position < table.challenger_weight() {
+            Arm::Challenger
+        } else {
+            Arm::Champion
+        }
+    }
+
     /// A router whose requests without a unit draw from the operating system's entropy.
     pub fn new() -> Self {
         Self::default()
@@ -172,8 +183,7 @@ impl HashRouter {
 
 impl Router for HashRouter {
     fn route(&self, table: &RoutingTable, unit: Option<&str>) -> Arm {
-        let weight = table.challenger_weight();
-        if table.challenger.is_none() || weight <= 0.0 {
+        if table.challenger_weight() <= 0.0 {
             return Arm::Champion;
         }
         let position = match unit {
@@ -184,11 +194,7 @@ impl Router for HashRouter {
                 .unwrap_or_else(|e| e.into_inner())
                 .gen::<f64>(),
         };
-        if position < weight {
-            Arm::Challenger
-        } else {
-            Arm::Champion
-        }
+        HashRouter::arm_at(table, position)
     }
 }
 

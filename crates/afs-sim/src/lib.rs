@@ -37,6 +37,7 @@
 //! which the statistical suites in CI cannot afford. The SQLite mode and the test that both
 //! modes decide the same keep the copy honest.
 
+use std::cell::RefCell;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::path::PathBuf;
@@ -52,8 +53,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 
 use afs_abtest::{
-    bandit_update, AbTest, AbTestConfig, Arm, BanditConfig, Comparison, HashRouter, Judge,
-    JudgeInput, PeriodStats, PrimaryMetric, Result, Router, RoutingTable, SequentialJudge,
+    bandit_update, unit_position, AbTest, AbTestConfig, Arm, BanditConfig, Comparison, HashRouter,
+    Judge, JudgeInput, PeriodStats, PrimaryMetric, Result, Router, RoutingTable, SequentialJudge,
 };
 
 /// How one arm's requests behave, on average over users.
@@ -438,7 +439,24 @@ struct Users {
     users: Vec<User>,
     /// Cumulative activity weights, normalised to end at 1.
     cumulative: Vec<f64>,
+    /// What each request of a user would otherwise compute again: see [`Known`].
+    known: RefCell<Known>,
 }
+
+/// Values of a run's users that only change with the experiment or the arm's model, kept
+/// so that a request costs neither a BLAKE3 hash nor a `ln`/`exp` pair for them (a third
+/// of a simulation's time). They are the same numbers, so the runs are unchanged.
+#[derive(Default)]
+struct Known {
+    /// Each user's [`unit_position`] under the routing seed `.0`.
+    positions: Option<(u64, Vec<f64>)>,
+    /// Per arm (champion, challenger).
+    chances: [Option<Chances>; 2],
+}
+
+/// A model's feedback and positive rates, and each user's chance to give feedback and to
+/// give a thumbs up under that model.
+type Chances = ((f64, f64), Vec<(f64, f64)>);
 
 impl Users {
     fn new(population: &Population, rng: &mut TrafficRng) -> Self {
@@ -459,7 +477,54 @@ impl Users {
         for c in &mut cumulative {
             *c /= total;
         }
-        Users { users, cumulative }
+        Users {
+            users,
+            cumulative,
+            known: RefCell::default(),
+        }
+    }
+
+    /// The arm `router` gives `user` under `table` ([`HashRouter::arm_at`] of the user's
+    /// position, which is computed once per routing seed).
+    fn arm(&self, table: &RoutingTable, user: usize) -> Arm {
+        if table.challenger_weight() <= 0.0 {
+            return Arm::Champion;
+        }
+        let mut known = self.known.borrow_mut();
+        let seed = table.seed();
+        if known.positions.as_ref().is_none_or(|(s, _)| *s != seed) {
+            let positions = self
+                .users
+                .iter()
+                .map(|u| unit_position(seed, &u.id))
+                .collect();
+            known.positions = Some((seed, positions));
+        }
+        let position = known.positions.as_ref().map_or(1.0, |(_, p)| p[user]);
+        HashRouter::arm_at(table, position)
+    }
+
+    /// `user`'s chances under `model` serving `arm`: to give feedback, and for that
+    /// feedback to be a thumbs up.
+    fn chances(&self, arm: Arm, model: &ArmModel, user: usize) -> (f64, f64) {
+        let mut known = self.known.borrow_mut();
+        let slot = &mut known.chances[usize::from(arm == Arm::Challenger)];
+        let rates = (model.feedback_rate, model.positive_rate);
+        if slot.as_ref().is_none_or(|(r, _)| *r != rates) {
+            let (rate, positive) = (logit(rates.0), logit(rates.1));
+            let chances = self
+                .users
+                .iter()
+                .map(|u| {
+                    (
+                        sigmoid(rate + u.feedback_offset),
+                        sigmoid(positive + u.positive_offset),
+                    )
+                })
+                .collect();
+            *slot = Some((rates, chances));
+        }
+        slot.as_ref().map_or((0.0, 0.0), |(_, c)| c[user])
     }
 
     fn pick(&self, rng: &mut TrafficRng) -> usize {
@@ -484,6 +549,7 @@ struct Request {
 fn draw(
     model: &ArmModel,
     user: &User,
+    (feedback_chance, positive_chance): (f64, f64),
     population: &Population,
     at: DateTime<Utc>,
     rng: &mut TrafficRng,
@@ -493,8 +559,8 @@ fn draw(
         + model.quality_spread * (2.0 * rng.next_f64() - 1.0))
         .clamp(0.0, 1.0);
     let latency_ms = model.latency_ms * (0.5 + rng.next_f64());
-    let gives = rng.next_f64() < sigmoid(logit(model.feedback_rate) + user.feedback_offset);
-    let positive = rng.next_f64() < sigmoid(logit(model.positive_rate) + user.positive_offset);
+    let gives = rng.next_f64() < feedback_chance;
+    let positive = rng.next_f64() < positive_chance;
     let feedback = gives.then(|| {
         let value = if positive {
             FeedbackValue::Positive
@@ -537,7 +603,8 @@ fn hour_of_traffic(
     for _ in 0..n {
         let user = users.pick(rng);
         let arm = match scenario.routing {
-            Routing::ByUnit => router.route(table, Some(&users.users[user].id)),
+            // The router's answer, from the user's position kept for the run.
+            Routing::ByUnit => users.arm(table, user),
             Routing::PerRequest => router.route(table, None),
         };
         let model = match arm {
@@ -545,7 +612,8 @@ fn hour_of_traffic(
             Arm::Challenger => &scenario.challenger,
         };
         let at = hour_start + Duration::microseconds((rng.next_f64() * 3.6e9) as i64);
-        let (quality, latency_ms, feedback) = draw(model, &users.users[user], p, at, rng);
+        let chances = users.chances(arm, model, user);
+        let (quality, latency_ms, feedback) = draw(model, &users.users[user], chances, p, at, rng);
         out.push(Request {
             user,
             arm,
@@ -1513,4 +1581,55 @@ pub fn bench(runs: usize, base_seed: u64, backend: &Backend) -> Result<BenchRepo
         scenarios,
         routing: routing_check(1_000_000, base_seed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_positions_and_chances_give_what_the_router_and_the_draw_would() {
+        let population = Population {
+            users: 300,
+            ..Population::default()
+        };
+        let users = Users::new(&population, &mut TrafficRng::new(7));
+        let router = HashRouter::seeded(1);
+        let champion_only = RoutingTable::champion_only("a");
+        let mut tables = vec![champion_only];
+        for (weight, seed) in [(0.0, 3), (0.2, 3), (0.7, 3), (0.7, 11), (1.0, 11)] {
+            tables.push(RoutingTable::split("a", "b", weight, seed).unwrap());
+        }
+        // Tables in turn, so a kept position of one seed must not serve another.
+        for table in tables.iter().chain(tables.iter().rev()) {
+            for (u, user) in users.users.iter().enumerate() {
+                assert_eq!(
+                    users.arm(table, u),
+                    router.route(table, Some(&user.id)),
+                    "user {u}, weight {}, seed {}",
+                    table.challenger_weight(),
+                    table.seed()
+                );
+            }
+        }
+        let models = [
+            ArmModel::baseline(),
+            ArmModel {
+                feedback_rate: 0.35,
+                positive_rate: 0.5,
+                ..ArmModel::baseline()
+            },
+        ];
+        for model in models.iter().chain(models.iter().rev()) {
+            for arm in [Arm::Champion, Arm::Challenger] {
+                for (u, user) in users.users.iter().enumerate() {
+                    let expected = (
+                        sigmoid(logit(model.feedback_rate) + user.feedback_offset),
+                        sigmoid(logit(model.positive_rate) + user.positive_offset),
+                    );
+                    assert_eq!(users.chances(arm, model, u), expected, "user {u}");
+                }
+            }
+        }
+    }
 }
