@@ -11,7 +11,9 @@
 //! requests). Each user differs persistently from the others: a quality offset, a
 //! propensity to give feedback and a propensity to give thumbs up (log-odds offsets). A
 //! request is routed **by its user id** with [`HashRouter`], as `afs serve` routes it, so
-//! each arm is a fixed group of users; [`Routing::PerRequest`] routes each request at
+//! each arm is a fixed group of users (each user's hash position is computed once per run
+//! and routed with [`HashRouter::arm_at`], the rule `route` applies to it, so a request
+//! costs no hash); [`Routing::PerRequest`] routes each request at
 //! random and logs no unit id (the contrast: what a request-level analysis assumes).
 //! Feedback arrives late (exponential delay, 3 h mean) and is recorded when it arrives.
 //! Before the challenger is deployed, a week of champion traffic gives each user a history
