@@ -593,10 +593,11 @@ pub(crate) struct ImportArgs {
     #[arg(value_name = "FILE")]
     pub(crate) file: PathBuf,
 
-    /// Records written per transaction
-    #[arg(long, value_name = "N", default_value_t = 5000,
+    /// Records written per transaction [default: the store's: 5000 on SQLite, 2000 on
+    /// PostgreSQL]
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub(crate) batch_size: u32,
+    pub(crate) batch_size: Option<u32>,
 }
 
 /// Arguments of `afs feedback`.

@@ -277,6 +277,19 @@ fn an_import_writes_batches_side_by_side_and_names_the_batch_that_failed() {
         !second.iter().any(|i| (501..=525).contains(i)),
         "{second:?}"
     );
+
+    // Without --batch-size, PostgreSQL's batches are 2,000 lines (the store's choice;
+    // SQLite's are 5,000): "boom" on line 2,100 fails the batch of lines 2,001-4,000.
+    let lines = import_lines("third", 4500, |i| {
+        (i == 2100).then(|| "{\"query\":\"boom\",\"response\":\"r\",\"model\":\"m1\"}".into())
+    });
+    std::fs::write(env.path("third.jsonl"), lines).unwrap();
+    let (code, _, err) = run(&env, Some(NOW), &["import", "third.jsonl"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("import stopped at the batch of lines 2001-4000, which was not imported"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -224,6 +224,14 @@ impl UsageStore for PgStore {
         2
     }
 
+    /// 2,000: with two writers, smaller batches keep the parser and both server backends
+    /// busy from the first batch to the last (a 100k-record `afs import` on the dev cluster,
+    /// interleaved runs: 1.62-1.82 s with 2,000 against 1.83-2.22 s with 5,000, and
+    /// 1.71-1.81 s with 1,000), and each `COPY`'s rows for the statement triggers stay small.
+    fn batch_rows(&self) -> usize {
+        2000
+    }
+
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
         validate_feedback_text(text, self.config.max_field_bytes)?;
         let now = self.clock.now();

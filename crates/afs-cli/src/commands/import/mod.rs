@@ -85,7 +85,9 @@ pub(crate) fn run(global: &GlobalArgs, args: &ImportArgs) -> anyhow::Result<()> 
         file: &args.file,
         max_line_bytes,
         max_field_bytes,
-        batch_size: args.batch_size as usize,
+        batch_size: args
+            .batch_size
+            .map_or_else(|| store.batch_rows(), |n| n as usize),
         progress: &progress,
         counts: &counts,
         report: Report::default(),
