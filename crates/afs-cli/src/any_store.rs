@@ -124,6 +124,7 @@ impl UsageStore for AnyStore {
     fn batch_rows(&self) -> usize {
         each!(self, s => s.batch_rows())
     }
+
     fn record_feedback(&self, id: &str, value: FeedbackValue, text: Option<&str>) -> Result<()> {
         each!(self, s => s.record_feedback(id, value, text))
     }

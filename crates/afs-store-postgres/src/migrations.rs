@@ -157,9 +157,9 @@ pub(crate) fn migrate(client: &mut postgres::Client, shown: &str, create: bool) 
 
 /// Whether the database holds afs's schema at exactly [`SCHEMA_VERSION`]: two short reads
 /// (the table, then its two keys) without the migration lock, which is all that opening an
-/// up-to-date database costs. A
-/// migration in progress elsewhere has not committed its new version, so this reads the
-/// old one (or no table) and the caller takes the lock and looks again.
+/// up-to-date database costs. A migration in progress elsewhere has not committed its new
+/// version, so this reads the old one (or no table) and the caller takes the lock and looks
+/// again.
 fn is_current(client: &mut postgres::Client) -> Result<bool> {
     let meta: Option<String> = client
         .query_one(
