@@ -1782,7 +1782,8 @@ fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
                          the median of three, each after a CHECKPOINT and with no autovacuum \
                          worker running; \
                          the file ({:.0} MB) holds the same records as the SQLite import \
-                         figure's; batches of 5,000 written by two threads on two connections \
+                         figure's; batches of the store's size (UsageStore::batch_rows: 2,000 on \
+                         PostgreSQL) written by two threads on two connections \
                          (UsageStore::batch_writers)",
                         import.file_bytes as f64 / 1e6
                     )),

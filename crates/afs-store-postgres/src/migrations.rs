@@ -7,7 +7,7 @@ use afs_store::{Result, StoreError};
 use crate::error::dbe;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The advisory-lock key held while migrating (any process of any host).
 const MIGRATION_LOCK: i64 = 0x0afd_0001;
@@ -45,6 +45,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         what: "byte order (COLLATE \"C\") for the text keys of the log, rollups and units",
         sql: &[include_str!("schema/collate.sql")],
+    },
+    Migration {
+        version: 5,
+        what: "inserts summed per minute once, and per-unit triggers only while an experiment runs",
+        sql: &[include_str!("schema/insert_sums.sql")],
     },
 ];
 

@@ -237,7 +237,7 @@ fn a_version_1_database_migrates_to_keep_conversations() {
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
     client
         .batch_execute(&format!(
-            "{UNDO_VERSION_4} {UNDO_VERSION_3} {UNDO_VERSION_2}"
+            "{UNDO_VERSION_5} {UNDO_VERSION_4} {UNDO_VERSION_3} {UNDO_VERSION_2}"
         ))
         .unwrap();
     assert_eq!(schema_version(&mut client), "1");
@@ -287,7 +287,9 @@ fn a_version_2_database_migrates_and_its_logging_defers_rollups_exactly() {
     drop(store);
     let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
     client
-        .batch_execute(&format!("{UNDO_VERSION_4} {UNDO_VERSION_3}"))
+        .batch_execute(&format!(
+            "{UNDO_VERSION_5} {UNDO_VERSION_4} {UNDO_VERSION_3}"
+        ))
         .unwrap();
     let store = open(&database.url).unwrap();
     assert_eq!(schema_version(&mut client), SCHEMA_VERSION.to_string());
@@ -317,6 +319,106 @@ fn a_version_2_database_migrates_and_its_logging_defers_rollups_exactly() {
         stats,
         "folding changes no figure"
     );
+}
+
+/// Undoes migration 5: the insert trigger's body as version 1 wrote it (the records summed
+/// again for the hours), the per-unit triggers always enabled, and the functions 5 added
+/// dropped. (The pending trigger keeps its body: 5 wrote the same statement from the shared
+/// text.)
+const UNDO_VERSION_5: &str = "
+    DO $do$
+    DECLARE
+        inserted text := 'SELECT ts_us, model, 1::bigint AS s, user_feedback, quality_score,
+            latency_ms, token_count FROM afs_usage_new';
+    BEGIN
+        EXECUTE format('CREATE OR REPLACE FUNCTION afs_usage_rollup_on_insert()
+            RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN %s; %s; RETURN NULL; END $fn$',
+            afs_usage_rollup_sql('afs_usage_minute', 60000000, inserted),
+            afs_usage_rollup_sql('afs_usage_hour', 3600000000, inserted));
+    END
+    $do$;
+    ALTER TABLE afs_usage ENABLE TRIGGER afs_units_insert;
+    ALTER TABLE afs_usage ENABLE TRIGGER afs_units_update;
+    DROP FUNCTION afs_units_follow_live();
+    DROP FUNCTION afs_usage_insert_rollup_sql(text);
+    DROP FUNCTION afs_usage_minute_sums_sql(text);
+    UPDATE afs_meta SET value = '4' WHERE key = 'schema_version';";
+
+/// Whether the per-unit insert and update triggers are enabled, in that order.
+fn unit_triggers_enabled(client: &mut postgres::Client) -> Vec<String> {
+    strings(
+        client,
+        "SELECT tgname || ' ' || (tgenabled <> 'D')::text FROM pg_trigger \
+         WHERE tgrelid = 'afs_usage'::regclass \
+             AND tgname IN ('afs_units_insert', 'afs_units_update') ORDER BY tgname",
+    )
+}
+
+/// The per-unit triggers of inserts and updates are enabled exactly while an experiment
+/// runs, and a version-4 database (where they always were) migrates to that: enabled if an
+/// experiment runs, disabled if none does. Records logged meanwhile count exactly while
+/// the experiment runs and not after it ended.
+#[test]
+fn the_per_unit_triggers_follow_the_running_experiment() {
+    use afs_store::{EventNote, ExperimentStore, NewModelVersion, NewUsage};
+    let Some(cluster) = cluster_url() else { return };
+    let database = TestDatabase::create(&cluster);
+    let store = open(&database.url).unwrap();
+    let mut client = postgres::Client::connect(&database.url, NoTls).unwrap();
+    let (off, on) = (
+        ["afs_units_insert false", "afs_units_update false"],
+        ["afs_units_insert true", "afs_units_update true"],
+    );
+    assert_eq!(unit_triggers_enabled(&mut client), off);
+    let note = EventNote::reason("test");
+    store
+        .set_champion(&NewModelVersion::new("v1", "/m1"), &note)
+        .unwrap();
+    let logged = |store: &PgStore, unit: &str| {
+        let mut record = NewUsage::new("q", "r", "v1");
+        record.unit_id = Some(unit.to_string());
+        record.quality_score = Some(0.5);
+        store.log(record).unwrap();
+    };
+    logged(&store, "before");
+    let experiment = store
+        .deploy_challenger(&NewModelVersion::new("v2", "/m2"), 0.5, 7, &note)
+        .unwrap();
+    assert_eq!(unit_triggers_enabled(&mut client), on);
+    logged(&store, "during");
+    let units = |store: &PgStore| -> u64 {
+        store
+            .unit_stats(experiment.id, None)
+            .unwrap()
+            .iter()
+            .map(|cohort| cohort.units)
+            .sum()
+    };
+    assert_eq!(units(&store), 1, "the record logged while it ran");
+
+    // Back to version 4 while it runs: migrating keeps the triggers enabled.
+    drop(store);
+    client.batch_execute(UNDO_VERSION_5).unwrap();
+    assert_eq!(unit_triggers_enabled(&mut client), on);
+    let store = open(&database.url).unwrap();
+    assert_eq!(schema_version(&mut client), SCHEMA_VERSION.to_string());
+    assert_eq!(unit_triggers_enabled(&mut client), on);
+
+    store.rollback(experiment.id, &note).unwrap();
+    assert_eq!(unit_triggers_enabled(&mut client), off);
+    logged(&store, "after");
+    assert_eq!(
+        units(&store),
+        1,
+        "an ended experiment's statistics stay as they stood"
+    );
+
+    // Back to version 4 with no experiment running: migrating disables them.
+    drop(store);
+    client.batch_execute(UNDO_VERSION_5).unwrap();
+    assert_eq!(unit_triggers_enabled(&mut client), on);
+    open(&database.url).unwrap();
+    assert_eq!(unit_triggers_enabled(&mut client), off);
 }
 
 /// Undoes migration 4: the text keys back to the database's default collation.
@@ -373,7 +475,9 @@ fn a_version_3_database_migrates_its_keys_to_byte_order() {
     }
     let before = store.stats_by_model(&StatsWindow::default()).unwrap();
     drop(store);
-    client.batch_execute(UNDO_VERSION_4).unwrap();
+    client
+        .batch_execute(&format!("{UNDO_VERSION_5} {UNDO_VERSION_4}"))
+        .unwrap();
     assert!(key_collations(&mut client)
         .iter()
         .all(|c| c.ends_with(" default")));
