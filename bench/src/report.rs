@@ -1779,8 +1779,8 @@ fn postgres_figures(pg: &PgResults, rows: &mut Vec<Figure>) {
                     .note(format!(
                         "postgres.import: `afs --db URL --json import FILE` into a fresh \
                          database (afs creates its tables), timed from process start to exit, \
-                         the median of three, each after a CHECKPOINT and with no autovacuum \
-                         worker running; \
+                         the median of three after one untimed import, each after a \
+                         CHECKPOINT and with no autovacuum worker running; \
                          the file ({:.0} MB) holds the same records as the SQLite import \
                          figure's; batches of the store's size (UsageStore::batch_rows: 2,000 on \
                          PostgreSQL) written by two threads on two connections \
