@@ -53,6 +53,20 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// A fingerprint of the schema this build writes (its version and every step's SQL), naming
+/// the test cluster's template database of it (`testing`), so a changed schema gets a new one.
+#[cfg(feature = "testing")]
+pub(crate) fn fingerprint() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    SCHEMA_VERSION.hash(&mut hasher);
+    for step in MIGRATIONS {
+        step.version.hash(&mut hasher);
+        step.sql.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 /// Brings the database of `client` to [`SCHEMA_VERSION`], creating afs's tables in an empty
 /// database. Refuses, changing nothing, a database with other tables and no afs schema, and
 /// a schema newer than this build; without `create`, refuses a database without afs's

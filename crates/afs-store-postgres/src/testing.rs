@@ -4,7 +4,8 @@
 //! The cluster comes from the environment: `AFS_TEST_PG_URL` names a server and a database
 //! its user may connect to and create databases from (`cargo xtask ci` starts a private
 //! cluster and sets it). [`TestDatabase::create`] makes a new, empty database on that server
-//! and drops it (forcing out its connections) when dropped.
+//! and drops it (forcing out its connections) when dropped; [`TestDatabase::with_schema`]
+//! makes one that already holds afs's schema.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,10 +42,57 @@ pub struct TestDatabase {
     admin_url: String,
 }
 
+/// The advisory-lock key held while a template database is looked for or made.
+const TEMPLATE_LOCK: i64 = 0x0afd_7e57;
+
 impl TestDatabase {
     /// Creates a database with a unique name on the cluster at `cluster_url`. Panics on
     /// failure (a test fixture).
     pub fn create(cluster_url: &str) -> TestDatabase {
+        Self::copy_of(cluster_url, "template0")
+    }
+
+    /// Creates a database already holding afs's schema at this build's version, as opening
+    /// an empty one with `create` makes it (its monthly partitions excepted: opening adds
+    /// those around the store's clock). It is a copy of a template database made once per
+    /// cluster and schema, by the first test that asks; opening the copy migrates nothing,
+    /// which saves ~0.13 s of every fresh store (the conformance suite makes ~120).
+    pub fn with_schema(cluster_url: &str) -> TestDatabase {
+        let template = format!("afs_template_{:016x}", crate::migrations::fingerprint());
+        let mut admin = connect(cluster_url);
+        admin
+            .execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK])
+            .unwrap_or_else(|e| panic!("cannot lock the template database: {e}"));
+        let exists: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&template],
+            )
+            .unwrap_or_else(|e| panic!("cannot look for the template database: {e}"))
+            .get(0);
+        if !exists {
+            let mut made = Self::create(cluster_url);
+            let mut client = postgres::Client::connect(&made.url, NoTls)
+                .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", made.name));
+            crate::migrations::migrate(&mut client, &made.name, true)
+                .unwrap_or_else(|e| panic!("cannot migrate the template database: {e}"));
+            drop(client);
+            // Published under its final name only once complete; a renamed database has no
+            // session left (the rename waits for the one just closed to end).
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {template}",
+                    made.name
+                ))
+                .unwrap_or_else(|e| panic!("cannot name the template database: {e}"));
+            made.name.clear();
+        }
+        let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK]);
+        Self::copy_of(cluster_url, &template)
+    }
+
+    /// A new database with a unique name, a copy of `template`.
+    fn copy_of(cluster_url: &str, template: &str) -> TestDatabase {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "afs_test_{}_{}_{}",
@@ -55,10 +103,8 @@ impl TestDatabase {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0)
         );
-        let mut admin = postgres::Client::connect(cluster_url, NoTls)
-            .unwrap_or_else(|e| panic!("cannot connect to the test cluster {cluster_url}: {e}"));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+        connect(cluster_url)
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         TestDatabase {
             url: with_database(cluster_url, &name),
@@ -68,8 +114,18 @@ impl TestDatabase {
     }
 }
 
+/// An administrative connection to the test cluster.
+fn connect(cluster_url: &str) -> postgres::Client {
+    postgres::Client::connect(cluster_url, NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to the test cluster {cluster_url}: {e}"))
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if self.name.is_empty() {
+            // Kept: it became the template.
+            return;
+        }
         if let Ok(mut admin) = postgres::Client::connect(&self.admin_url, NoTls) {
             let _ = admin.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

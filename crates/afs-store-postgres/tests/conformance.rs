@@ -12,14 +12,15 @@ use afs_store::{ManualClock, SystemClock};
 use afs_store_postgres::testing::{cluster_url, TestDatabase};
 use afs_store_postgres::{PgConfig, PgStore};
 
-/// The PostgreSQL store's factory: a new database on the cluster, dropped with the instance.
+/// The PostgreSQL store's factory: a new database on the cluster holding afs's schema (a copy
+/// of the cluster's template of it), dropped with the instance.
 struct Postgres {
     cluster: String,
 }
 
 impl Factory for Postgres {
     fn create(&self, clock: Arc<ManualClock>) -> Instance {
-        let database = TestDatabase::create(&self.cluster);
+        let database = TestDatabase::with_schema(&self.cluster);
         let url = database.url.clone();
         let store = PgStore::open(PgConfig::new(&url), clock.clone()).unwrap();
         let reopen = url.clone();
