@@ -733,10 +733,11 @@ pub(crate) struct MigrateArgs {
     #[arg(long, value_name = "PATH|URL")]
     pub(crate) to: PathBuf,
 
-    /// Records written per transaction
-    #[arg(long, value_name = "N", default_value_t = 2000,
+    /// Records written per transaction [default: the destination store's: 5000 on SQLite,
+    /// 2000 on PostgreSQL]
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub(crate) batch: u32,
+    pub(crate) batch: Option<u32>,
 }
 
 /// Parses `--format`: one of the format names, any case.

@@ -3,7 +3,8 @@
 //!
 //! Order: experiments first (so the running experiment's per-unit statistics are built by
 //! the destination's own triggers as records arrive), then the log, streamed oldest first
-//! in batches of `--batch` records (one transaction each), then runs and controller state.
+//! in batches of `--batch` records (the destination store's size unless given; one
+//! transaction each), then runs and controller state.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -66,7 +67,8 @@ pub(crate) fn run(global: &GlobalArgs, args: &MigrateArgs) -> anyhow::Result<()>
         .map(|e| e.id);
     dest.restore_experiments(&dump)
         .with_context(|| format!("cannot copy the experiments into {to}"))?;
-    let records = copy_records(&source, &dest, &to, args.batch as usize, progress)?;
+    let batch = args.batch.map_or_else(|| dest.batch_rows(), |n| n as usize);
+    let records = copy_records(&source, &dest, &to, batch, progress)?;
     let (runs, state_keys) = copy_runs_and_state(&source, &dest, &to)?;
     tracing::info!(records, runs, "copy done; verifying");
 
