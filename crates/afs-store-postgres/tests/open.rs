@@ -341,6 +341,7 @@ const UNDO_VERSION_5: &str = "
     ALTER TABLE afs_usage ENABLE TRIGGER afs_units_update;
     DROP FUNCTION afs_units_follow_live();
     DROP FUNCTION afs_usage_insert_rollup_sql(text);
+    DROP FUNCTION afs_usage_rollup_lists();
     DROP FUNCTION afs_usage_minute_sums_sql(text);
     UPDATE afs_meta SET value = '4' WHERE key = 'schema_version';";
 

@@ -29,34 +29,36 @@ SELECT format(
      FROM (%s) AS r GROUP BY 1, 2', src);
 $fn$;
 
+-- The rollup tables' value columns as SQL lists: their names, their sums (`sum(n), ...`)
+-- and an upsert's additions (`n = t.n + EXCLUDED.n, ...`), in the tables' order.
+CREATE FUNCTION afs_usage_rollup_lists(OUT cols text, OUT sums text, OUT adds text)
+LANGUAGE sql IMMUTABLE AS $fn$
+SELECT string_agg(quote_ident(c), ', ' ORDER BY i),
+       string_agg(format('sum(%I)', c), ', ' ORDER BY i),
+       string_agg(format('%1$I = t.%1$I + EXCLUDED.%1$I', c), ', ' ORDER BY i)
+FROM unnest(ARRAY['n', 'fb_pos', 'fb_neg', 'fb_neutral', 'n_quality', 'sum_q', 'sum_q2',
+    'n_latency', 'sum_lat', 'sum_lat2', 'tokens']) WITH ORDINALITY AS v(c, i);
+$fn$;
+
 -- The statement adding the records of `src` to both rollup tables: their minute sums
 -- upserted into the minute rows, then the sums of those into the hour rows, each in key
 -- order (so concurrent writers lock rows in the same order), minutes before hours (the
 -- hours' select waits for the minutes' outcome), as every other writer of them does.
 CREATE FUNCTION afs_usage_insert_rollup_sql(src text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE AS $fn$
-DECLARE
-    cols text[] := ARRAY['n', 'fb_pos', 'fb_neg', 'fb_neutral', 'n_quality', 'sum_q',
-        'sum_q2', 'n_latency', 'sum_lat', 'sum_lat2', 'tokens'];
-    sums text;
-    adds text;
-BEGIN
-    SELECT string_agg(format('sum(%I)', c), ', '),
-           string_agg(format('%1$I = t.%1$I + EXCLUDED.%1$I', c), ', ')
-        INTO sums, adds FROM unnest(cols) AS c;
-    RETURN format(
-        'WITH m AS (%1$s), minutes AS (
-             INSERT INTO afs_usage_minute AS t (bucket, model, %2$s)
-             SELECT * FROM m ORDER BY 1, 2
-             ON CONFLICT (bucket, model) DO UPDATE SET %4$s
-             RETURNING 1
-         )
-         INSERT INTO afs_usage_hour AS t (bucket, model, %2$s)
-         SELECT bucket / 60, model, %3$s FROM m WHERE (SELECT count(*) FROM minutes) >= 0
-         GROUP BY 1, 2 ORDER BY 1, 2
-         ON CONFLICT (bucket, model) DO UPDATE SET %4$s',
-        afs_usage_minute_sums_sql(src), array_to_string(cols, ', '), sums, adds);
-END
+LANGUAGE sql IMMUTABLE AS $fn$
+SELECT format(
+    'WITH m AS (%1$s), minutes AS (
+         INSERT INTO afs_usage_minute AS t (bucket, model, %2$s)
+         SELECT * FROM m ORDER BY 1, 2
+         ON CONFLICT (bucket, model) DO UPDATE SET %4$s
+         RETURNING 1
+     )
+     INSERT INTO afs_usage_hour AS t (bucket, model, %2$s)
+     SELECT bucket / 60, model, %3$s FROM m WHERE (SELECT count(*) FROM minutes) >= 0
+     GROUP BY 1, 2 ORDER BY 1, 2
+     ON CONFLICT (bucket, model) DO UPDATE SET %4$s',
+    afs_usage_minute_sums_sql(src), l.cols, l.sums, l.adds)
+FROM afs_usage_rollup_lists() AS l;
 $fn$;
 
 -- Both insert triggers' bodies, static SQL as before (planned once per session).
